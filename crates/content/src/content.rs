@@ -1,0 +1,297 @@
+//! A piece of content ready to be sent: its length, validators for HTTP caching, and positioned
+//! reads. TFTP reads it block by block, HTTP streams it or a range of it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// A run of bytes inside a backing file: ISO 9660 stores files over 4 GiB (and, rarely, others)
+/// as several extents, so a file is a list of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset in the backing file.
+    pub offset: u64,
+    /// Number of bytes.
+    pub len: u64,
+}
+
+/// What the backing file looked like when the content was opened. Reads check it again so that
+/// a file replaced in place (truncated, rewritten) fails the transfer instead of sending a mix of
+/// old and new bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+impl Fingerprint {
+    fn of(file: &File) -> io::Result<Fingerprint> {
+        let m = file.metadata()?;
+        Ok(Fingerprint {
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ino: m.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// Bytes produced for one request (rendered configs, scripts).
+    Bytes(Bytes),
+    /// Extents of an open file; a plain file is one extent starting at 0.
+    File {
+        file: Arc<File>,
+        extents: Arc<[Extent]>,
+        fingerprint: Fingerprint,
+    },
+}
+
+/// Something to send. Cheap to clone (the file handle and extent list are shared).
+#[derive(Debug, Clone)]
+pub struct Content {
+    body: Body,
+    len: u64,
+    modified: Option<SystemTime>,
+    etag: String,
+}
+
+/// Error returned by [`Content::read_at`] when the backing file changed after the content was
+/// opened. Transfers must abort on it rather than retry.
+pub fn changed_error() -> io::Error {
+    io::Error::other("file changed on disk while being served")
+}
+
+impl Content {
+    /// Content generated in memory.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Content {
+        let bytes: Bytes = bytes.into();
+        let digest = Sha256::digest(&bytes);
+        Content {
+            len: bytes.len() as u64,
+            etag: format!("\"g-{}\"", hex::encode(&digest[..12])),
+            body: Body::Bytes(bytes),
+            modified: None,
+        }
+    }
+
+    /// A whole regular file.
+    pub fn from_file(file: File) -> io::Result<Content> {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let len = meta.len();
+        Content::from_extents(Arc::new(file), vec![Extent { offset: 0, len }])
+    }
+
+    /// Extents of a backing file (an ISO image). The ETag is derived from the image's identity
+    /// and the extents, so it changes when the image is replaced.
+    pub fn from_extents(file: Arc<File>, extents: Vec<Extent>) -> io::Result<Content> {
+        let fingerprint = Fingerprint::of(&file)?;
+        let meta = file.metadata()?;
+        let len: u64 = extents.iter().map(|e| e.len).sum();
+        let first = extents.first().map(|e| e.offset).unwrap_or(0);
+        let etag = format!(
+            "\"{:x}-{:x}-{:x}-{:x}\"",
+            fingerprint.ino, fingerprint.mtime_ns as u64, first, len
+        );
+        Ok(Content {
+            body: Body::File {
+                file,
+                extents: extents.into(),
+                fingerprint,
+            },
+            len,
+            modified: meta.modified().ok(),
+            etag,
+        })
+    }
+
+    /// Overrides the modification time (ISO entries carry their own recording date).
+    pub fn with_modified(mut self, modified: Option<SystemTime>) -> Content {
+        if modified.is_some() {
+            self.modified = modified;
+        }
+        self
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the content has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Last modification time, when known.
+    pub fn modified(&self) -> Option<SystemTime> {
+        self.modified
+    }
+
+    /// A strong validator for HTTP (`ETag`), quoted.
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    /// The bytes themselves when the content was generated in memory.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Bytes(b) => Some(b),
+            Body::File { .. } => None,
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`, returning how many were read (0 at the end).
+    /// Fills `buf` completely unless the end of the content is reached. Fails with
+    /// [`changed_error`] if the backing file was modified since the content was opened.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min((self.len - offset) as usize);
+        let buf = &mut buf[..want];
+        match &self.body {
+            Body::Bytes(b) => {
+                let start = offset as usize;
+                buf.copy_from_slice(&b[start..start + want]);
+                Ok(want)
+            }
+            Body::File {
+                file,
+                extents,
+                fingerprint,
+            } => {
+                let mut done = 0usize;
+                let mut logical = 0u64;
+                for ext in extents.iter() {
+                    if done == want {
+                        break;
+                    }
+                    let pos = offset + done as u64;
+                    if pos >= logical + ext.len {
+                        logical += ext.len;
+                        continue;
+                    }
+                    let within = pos - logical;
+                    let n = ((ext.len - within) as usize).min(want - done);
+                    read_exact_at(file, &mut buf[done..done + n], ext.offset + within)?;
+                    done += n;
+                    logical += ext.len;
+                }
+                // Checked after reading: if the file changed during the read, the bytes in
+                // `buf` may be mixed, and the caller gets an error instead of them.
+                if Fingerprint::of(file)? != *fingerprint {
+                    return Err(changed_error());
+                }
+                Ok(done)
+            }
+        }
+    }
+
+    /// For callers that can use `sendfile`/zero-copy: the backing file and the absolute byte
+    /// range of `[offset, offset+len)` when it lies inside one extent.
+    pub fn file_range(&self, offset: u64, len: u64) -> Option<(&Arc<File>, u64)> {
+        let Body::File { file, extents, .. } = &self.body else {
+            return None;
+        };
+        let mut logical = 0u64;
+        for ext in extents.iter() {
+            if offset >= logical && offset + len <= logical + ext.len {
+                return Some((file, ext.offset + (offset - logical)));
+            }
+            logical += ext.len;
+        }
+        None
+    }
+}
+
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                // The file is shorter than its extents say: truncated under us.
+                return Err(changed_error());
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn all(c: &Content, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = c.read_at(out.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn bytes_read_back_in_any_chunking() {
+        let c = Content::from_bytes(b"hello world".to_vec());
+        assert_eq!(c.len(), 11);
+        for chunk in 1..13 {
+            assert_eq!(all(&c, chunk), b"hello world");
+        }
+        assert!(c.etag().starts_with("\"g-"));
+    }
+
+    #[test]
+    fn extents_are_stitched_in_order() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"0123456789abcdefghij").unwrap();
+        let c = Content::from_extents(
+            Arc::new(f),
+            vec![
+                Extent { offset: 10, len: 5 },
+                Extent { offset: 0, len: 3 },
+                Extent { offset: 18, len: 2 },
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.len(), 10);
+        for chunk in 1..12 {
+            assert_eq!(all(&c, chunk), b"abcde012ij", "chunk {chunk}");
+        }
+        assert!(c.file_range(0, 5).is_some());
+        assert!(c.file_range(3, 4).is_none());
+    }
+
+    #[test]
+    fn truncation_under_a_reader_is_an_error_not_short_data() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+        let c = Content::from_file(f.reopen().unwrap()).unwrap();
+        let mut buf = [0u8; 100];
+        assert_eq!(c.read_at(0, &mut buf).unwrap(), 100);
+        f.as_file().set_len(1000).unwrap();
+        assert!(c.read_at(2000, &mut buf).is_err());
+        assert!(c.read_at(0, &mut buf).is_err(), "changed file must fail");
+    }
+}

@@ -1,0 +1,269 @@
+//! Opening files under a root directory without ever leaving it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::{CleanPath, Content, ResolveError};
+
+/// A directory whose files may be served. Every open is checked twice: the canonical path must
+/// lie under the root (so a symlink pointing outside is refused), and the open itself uses
+/// `openat2(RESOLVE_BENEATH)` relative to the root's descriptor, so a symlink swapped in between
+/// the check and the open still cannot escape.
+#[derive(Debug)]
+pub struct Root {
+    dir: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    /// Opens a root directory. The path is canonicalised once here.
+    pub fn new(path: impl AsRef<Path>) -> io::Result<Root> {
+        let dir = std::fs::canonicalize(path.as_ref())?;
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        let c = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: `c` is a valid NUL-terminated path; the returned descriptor is checked.
+        let raw = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Root { dir, fd })
+    }
+
+    /// The canonical directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Finds the file a clean path names, with a case-insensitive fallback per component when
+    /// the exact name is missing (firmware and Windows clients ask for `PXELINUX.0` and
+    /// `pxelinux.cfg\Default`). Returns the canonical path, which is under the root.
+    pub fn locate(&self, path: &CleanPath) -> Result<PathBuf, ResolveError> {
+        let mut candidate = self.dir.clone();
+        for part in path.parts() {
+            candidate.push(part);
+        }
+        if std::fs::symlink_metadata(&candidate).is_err() {
+            candidate = self.locate_ignoring_case(path)?;
+        }
+        let real = match std::fs::canonicalize(&candidate) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A dangling symlink: say not found, there is nothing to serve.
+                return Err(ResolveError::NotFound);
+            }
+            Err(e) => return Err(ResolveError::Io(e)),
+        };
+        if !real.starts_with(&self.dir) {
+            return Err(ResolveError::Forbidden(format!(
+                "{} resolves outside its root",
+                path
+            )));
+        }
+        Ok(real)
+    }
+
+    fn locate_ignoring_case(&self, path: &CleanPath) -> Result<PathBuf, ResolveError> {
+        let mut at = self.dir.clone();
+        for part in path.parts() {
+            let exact = at.join(part);
+            if std::fs::symlink_metadata(&exact).is_ok() {
+                at = exact;
+                continue;
+            }
+            let entries = std::fs::read_dir(&at).map_err(|_| ResolveError::NotFound)?;
+            let mut found = None;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name
+                    .to_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(part))
+                {
+                    // Two names that differ only by case: ambiguous, refuse to guess.
+                    if found.is_some() {
+                        return Err(ResolveError::NotFound);
+                    }
+                    found = Some(entry.path());
+                }
+            }
+            at = found.ok_or(ResolveError::NotFound)?;
+        }
+        Ok(at)
+    }
+
+    /// Opens a regular file under the root.
+    pub fn open(&self, path: &CleanPath) -> Result<Content, ResolveError> {
+        let real = self.locate(path)?;
+        let meta = std::fs::metadata(&real).map_err(ResolveError::Io)?;
+        if meta.is_dir() {
+            return Err(ResolveError::IsDirectory);
+        }
+        if !meta.is_file() {
+            return Err(ResolveError::Forbidden(format!(
+                "{path} is not a regular file"
+            )));
+        }
+        let rel = real
+            .strip_prefix(&self.dir)
+            .map_err(|_| ResolveError::Forbidden(format!("{path} resolves outside its root")))?;
+        let file = self.open_beneath(rel)?;
+        Content::from_file(file).map_err(ResolveError::Io)
+    }
+
+    /// Lists a directory under the root (for HTTP indexes): names, and whether each is a
+    /// directory. Entries whose target leaves the root are left out.
+    pub fn list(&self, path: Option<&CleanPath>) -> Result<Vec<(String, bool)>, ResolveError> {
+        let real = match path {
+            Some(p) => self.locate(p)?,
+            None => self.dir.clone(),
+        };
+        let rd = std::fs::read_dir(&real).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ResolveError::NotFound,
+            _ => ResolveError::Io(e),
+        })?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(target) = std::fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            if !target.starts_with(&self.dir) {
+                continue;
+            }
+            out.push((name, target.is_dir()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn open_beneath(&self, rel: &Path) -> Result<File, ResolveError> {
+        let c = CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| ResolveError::Forbidden("NUL in path".into()))?;
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64,
+            mode: 0,
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: openat2 with a valid dirfd, NUL-terminated path and a correctly sized
+        // `open_how`; the result is checked before use.
+        let raw = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if raw >= 0 {
+            // SAFETY: a new descriptor returned by the kernel, owned by nobody else.
+            return Ok(unsafe { File::from_raw_fd(raw as i32) });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Kernels before 5.6: the canonical-path check in `locate` already holds; open
+            // the canonical path without following a final symlink.
+            Some(libc::ENOSYS) | Some(libc::EPERM) => {
+                let full = self.dir.join(rel);
+                let c = CString::new(full.as_os_str().as_bytes())
+                    .map_err(|_| ResolveError::Forbidden("NUL in path".into()))?;
+                // SAFETY: valid NUL-terminated path; result checked.
+                let raw = unsafe {
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY,
+                    )
+                };
+                if raw < 0 {
+                    return Err(ResolveError::Io(io::Error::last_os_error()));
+                }
+                // SAFETY: a new descriptor owned by nobody else.
+                Ok(unsafe { File::from_raw_fd(raw) })
+            }
+            Some(libc::EXDEV) | Some(libc::ELOOP) => Err(ResolveError::Forbidden(format!(
+                "{} escapes its root",
+                rel.display()
+            ))),
+            Some(libc::ENOENT) => Err(ResolveError::NotFound),
+            _ => Err(ResolveError::Io(err)),
+        }
+    }
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, tempfile::TempDir, Root) {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("pxelinux.cfg")).unwrap();
+        std::fs::write(root.path().join("pxelinux.cfg/default"), b"DEFAULT x").unwrap();
+        std::fs::write(root.path().join("Undionly.KPXE"), b"kpxe").unwrap();
+        symlink(outside.path().join("secret"), root.path().join("escape")).unwrap();
+        symlink(outside.path(), root.path().join("escdir")).unwrap();
+        symlink("pxelinux.cfg/default", root.path().join("inside")).unwrap();
+        let r = Root::new(root.path()).unwrap();
+        (outside, root, r)
+    }
+
+    fn open(r: &Root, raw: &str) -> Result<Content, ResolveError> {
+        r.open(&CleanPath::parse(raw).unwrap())
+    }
+
+    #[test]
+    fn exact_and_case_insensitive_names_open() {
+        let (_o, _d, r) = setup();
+        assert_eq!(open(&r, "pxelinux.cfg/default").unwrap().len(), 9);
+        assert_eq!(open(&r, "PXELINUX.CFG\\DEFAULT").unwrap().len(), 9);
+        assert_eq!(open(&r, "undionly.kpxe").unwrap().len(), 4);
+        assert!(matches!(open(&r, "nope"), Err(ResolveError::NotFound)));
+        assert!(matches!(open(&r, "pxelinux.cfg"), Err(ResolveError::IsDirectory)));
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let (_o, _d, r) = setup();
+        assert!(matches!(open(&r, "escape"), Err(ResolveError::Forbidden(_))));
+        assert!(matches!(open(&r, "escdir/secret"), Err(ResolveError::Forbidden(_))));
+        assert_eq!(open(&r, "inside").unwrap().len(), 9);
+    }
+
+    #[test]
+    fn listing_hides_escapes() {
+        let (_o, _d, r) = setup();
+        let names: Vec<String> = r.list(None).unwrap().into_iter().map(|e| e.0).collect();
+        assert!(names.contains(&"inside".to_string()));
+        assert!(!names.contains(&"escape".to_string()));
+    }
+}

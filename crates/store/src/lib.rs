@@ -1,0 +1,169 @@
+//! chainboot's embedded state (PRODUCT.md §6): leases, machines and events in one SQLite
+//! database under `state_dir`, in WAL mode.
+//!
+//! Each concern owns a module with its schema and queries (`leases`, `machines`, `events`);
+//! this file owns the connection handling and the migration list. Writers share one
+//! connection behind a mutex (SQLite allows one writer at a time anyway); readers use their
+//! own connection so that dashboards and the API never wait behind a write transaction.
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction};
+use thiserror::Error;
+
+/// The database file name inside `state_dir`.
+pub const DB_FILE: &str = "chainboot.sqlite3";
+
+/// A store failure. The message says what was being done.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state store: cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Schema migrations, applied in order once each; `PRAGMA user_version` records how far a
+/// database got. Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: nothing yet; modules append theirs below.
+    "SELECT 1;",
+];
+
+/// The embedded store.
+pub struct Store {
+    path: Option<PathBuf>,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir` and brings its schema up to date.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let open = |flags| {
+            Connection::open_with_flags(&path, flags).map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })
+        };
+        let writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        configure(&writer)?;
+        migrate(&writer)?;
+        let reader = open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        configure(&reader)?;
+        Ok(Store {
+            path: Some(path),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// A private in-memory store for tests and `explain`. Reads go through the writer
+    /// connection (an in-memory database cannot be shared between connections).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let writer = Connection::open_in_memory()?;
+        migrate(&writer)?;
+        let reader = Connection::open_in_memory()?;
+        Ok(Store {
+            path: None,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The database file, if on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `f` in a write transaction and commits it. With `synchronous=FULL` the data is on
+    /// disk when this returns `Ok`.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the read connection (a consistent snapshot for the duration of `f` if it
+    /// opens a transaction itself).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        if self.path.is_none() {
+            let conn = self.writer.lock();
+            return Ok(f(&conn)?);
+        }
+        let conn = self.reader.lock();
+        Ok(f(&conn)?)
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // WAL: readers never block the writer; synchronous=FULL: a committed transaction survives
+    // power loss, which is what "never ACK before the lease is durable" needs.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_twice_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.write(|tx| tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);"))
+            .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        let n: i64 = s
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(n, 1);
+        let v: usize = s
+            .read(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len());
+    }
+}
