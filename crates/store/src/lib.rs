@@ -6,6 +6,8 @@
 //! connection behind a mutex (SQLite allows one writer at a time anyway); readers use their
 //! own connection so that dashboards and the API never wait behind a write transaction.
 
+pub mod leases;
+
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -37,6 +39,8 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     // 1: nothing yet; modules append theirs below.
     "SELECT 1;",
+    // 2: DHCP leases.
+    leases::MIGRATION,
 ];
 
 /// The embedded store.
