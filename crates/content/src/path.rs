@@ -134,7 +134,11 @@ mod tests {
     #[test]
     fn parent_components_refuse_the_whole_path() {
         for raw in ["../etc/passwd", "a/../../b", "..\\..\\x", "a/..", "/.."] {
-            assert_eq!(CleanPath::parse(raw), Err(PathError::ParentComponent), "{raw}");
+            assert_eq!(
+                CleanPath::parse(raw),
+                Err(PathError::ParentComponent),
+                "{raw}"
+            );
         }
         // `...` and `..foo` are ordinary names.
         assert_eq!(ok("a/.../..foo"), "a/.../..foo");
@@ -154,14 +158,20 @@ mod tests {
         );
         assert_eq!(CleanPath::parse("/"), Err(PathError::Empty));
         assert_eq!(CleanPath::parse(""), Err(PathError::Empty));
-        assert!(matches!(CleanPath::parse("C:\\boot.ini"), Err(PathError::Drive(_))));
+        assert!(matches!(
+            CleanPath::parse("C:\\boot.ini"),
+            Err(PathError::Drive(_))
+        ));
     }
 
     #[test]
     fn prefix_helpers() {
         let p = CleanPath::parse("iso/debian/install.amd/vmlinuz").unwrap();
         assert_eq!(p.first(), "iso");
-        assert_eq!(p.strip_prefix(2).unwrap().as_string(), "install.amd/vmlinuz");
+        assert_eq!(
+            p.strip_prefix(2).unwrap().as_string(),
+            "install.amd/vmlinuz"
+        );
         assert!(p.strip_prefix(4).is_none());
     }
 }

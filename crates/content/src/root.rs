@@ -91,10 +91,7 @@ impl Root {
             let mut found = None;
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if name
-                    .to_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(part))
-                {
+                if name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(part)) {
                     // Two names that differ only by case: ambiguous, refuse to guess.
                     if found.is_some() {
                         return Err(ResolveError::NotFound);
@@ -248,14 +245,23 @@ mod tests {
         assert_eq!(open(&r, "PXELINUX.CFG\\DEFAULT").unwrap().len(), 9);
         assert_eq!(open(&r, "undionly.kpxe").unwrap().len(), 4);
         assert!(matches!(open(&r, "nope"), Err(ResolveError::NotFound)));
-        assert!(matches!(open(&r, "pxelinux.cfg"), Err(ResolveError::IsDirectory)));
+        assert!(matches!(
+            open(&r, "pxelinux.cfg"),
+            Err(ResolveError::IsDirectory)
+        ));
     }
 
     #[test]
     fn symlinks_out_of_the_root_are_refused() {
         let (_o, _d, r) = setup();
-        assert!(matches!(open(&r, "escape"), Err(ResolveError::Forbidden(_))));
-        assert!(matches!(open(&r, "escdir/secret"), Err(ResolveError::Forbidden(_))));
+        assert!(matches!(
+            open(&r, "escape"),
+            Err(ResolveError::Forbidden(_))
+        ));
+        assert!(matches!(
+            open(&r, "escdir/secret"),
+            Err(ResolveError::Forbidden(_))
+        ));
         assert_eq!(open(&r, "inside").unwrap().len(), 9);
     }
 

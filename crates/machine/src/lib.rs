@@ -267,7 +267,10 @@ mod tests {
 
     #[test]
     fn names_and_numbers_parse() {
-        assert_eq!(Arch::parse_name_or_number("efi-x64").unwrap().arch, Arch::EfiX64);
+        assert_eq!(
+            Arch::parse_name_or_number("efi-x64").unwrap().arch,
+            Arch::EfiX64
+        );
         assert_eq!(Arch::parse_name_or_number("9").unwrap().arch, Arch::EfiX64);
         assert!(Arch::parse_name_or_number("amiga").is_err());
         for a in Arch::ALL {

@@ -1,0 +1,39 @@
+//! Durations in config are human strings (`"12h"`, `"90s"`, `"1h 30m"`), as in ISC and Kea
+//! docs people already read; a bare integer means seconds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Parses `"12h"`, `"1h 30m"`, `"500ms"` or `"90"` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration ({e}); write e.g. \"12h\", \"90s\", \"500ms\"")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Secs(u64),
+    Text(String),
+}
+
+/// `#[serde(deserialize_with = "chainboot_config::deserialize_duration")]`.
+pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Optional variant of [`deserialize_duration`] (use with `#[serde(default)]`).
+pub fn deserialize_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(d).map(Some)
+}

@@ -1,0 +1,138 @@
+//! The sections that belong to no single subsystem: `[server]` and `[ipxe]`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{Issue, Validate};
+
+/// The value of `advertise` that means "the address of the interface the request came in on".
+pub const ADVERTISE_AUTO: &str = "auto";
+
+/// `[server]`: where chainboot listens and keeps its state.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Interfaces to serve; empty = every non-loopback interface with an IPv4 address.
+    pub interfaces: Vec<String>,
+    /// Address given to clients in URLs and next-server: "auto" or an IPv4 address.
+    pub advertise: String,
+    /// Where the embedded store and the API token live.
+    pub state_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            interfaces: Vec::new(),
+            advertise: ADVERTISE_AUTO.to_string(),
+            state_dir: PathBuf::from("/var/lib/chainboot"),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The fixed advertised address, or `None` for "auto".
+    pub fn advertise_addr(&self) -> Option<Ipv4Addr> {
+        self.advertise.parse().ok()
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        if self.advertise != ADVERTISE_AUTO && self.advertise.parse::<Ipv4Addr>().is_err() {
+            out.push((
+                vec!["advertise".into()],
+                format!(
+                    "`{}` is neither \"auto\" nor an IPv4 address",
+                    self.advertise
+                ),
+            ));
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                out.push((
+                    vec!["interfaces".into(), i.to_string()],
+                    format!("`{name}` is not a valid interface name"),
+                ));
+            }
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            out.push((vec!["state_dir".into()], "must not be empty".into()));
+        }
+        out
+    }
+}
+
+/// Which x86-64 UEFI first stage to hand out.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum EfiX64Binary {
+    /// iPXE with its own NIC drivers.
+    #[default]
+    #[serde(rename = "ipxe.efi")]
+    IpxeEfi,
+    /// iPXE that drives the NIC through the firmware's SNP (works on NICs iPXE has no driver for).
+    #[serde(rename = "snponly.efi")]
+    SnponlyEfi,
+}
+
+impl EfiX64Binary {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EfiX64Binary::IpxeEfi => "ipxe.efi",
+            EfiX64Binary::SnponlyEfi => "snponly.efi",
+        }
+    }
+}
+
+/// `[ipxe]`: where the first-stage iPXE binaries come from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpxeConfig {
+    /// "auto" (the distribution's folders) or a folder of the user's.
+    pub dir: String,
+    /// The x86-64 UEFI first stage.
+    pub efi_x64: EfiX64Binary,
+}
+
+impl Default for IpxeConfig {
+    fn default() -> Self {
+        IpxeConfig {
+            dir: "auto".into(),
+            efi_x64: EfiX64Binary::default(),
+        }
+    }
+}
+
+impl IpxeConfig {
+    /// The folders searched, in order.
+    pub fn search_dirs(&self) -> Vec<PathBuf> {
+        if self.dir == "auto" {
+            vec![
+                PathBuf::from("/usr/lib/ipxe"),
+                PathBuf::from("/usr/share/ipxe"),
+                PathBuf::from("/usr/local/share/ipxe"),
+            ]
+        } else {
+            vec![PathBuf::from(&self.dir)]
+        }
+    }
+}
+
+impl Validate for IpxeConfig {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        if self.dir != "auto" && !PathBuf::from(&self.dir).is_dir() {
+            out.push((
+                vec!["dir".into()],
+                format!(
+                    "`{}` is not a folder (use \"auto\" for the distribution's)",
+                    self.dir
+                ),
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,142 @@
+use super::*;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Tftp {
+    listen: String,
+    root: Option<String>,
+    #[serde(deserialize_with = "deserialize_duration")]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    name: String,
+    kernel: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Doc {
+    server: ServerConfig,
+    tftp: Tftp,
+    ipxe: IpxeConfig,
+    profile: Vec<Profile>,
+}
+
+impl Validate for Doc {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = under(&["server"], self.server.validate());
+        for (i, p) in self.profile.iter().enumerate() {
+            if p.kernel.is_none() {
+                out.push((
+                    vec!["profile".into(), i.to_string(), "name".into()],
+                    format!("profile `{}` has no kernel", p.name),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn load(text: &str) -> Result<Doc, Problems> {
+    load_str(Path::new("test.toml"), text)
+}
+
+#[test]
+fn a_good_config_loads() {
+    let d = load(
+        "[server]\nadvertise = \"198.18.0.1\"\n[tftp]\nlisten = \"127.0.0.1:69\"\ntimeout = \"2s\"\n\
+         [[profile]]\nname = \"a\"\nkernel = \"k\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.tftp.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        d.server.advertise_addr(),
+        Some("198.18.0.1".parse().unwrap())
+    );
+    assert_eq!(d.profile.len(), 1);
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_line_and_suggestion() {
+    let text = "[server]\nadvertize = \"auto\"\n\n[tftp]\nlisten = \"x\"\nrot = \"/srv\"\n[bogus]\na = 1\n";
+    let p = load(text).unwrap_err().0;
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (2, "server.advertize"));
+    assert!(
+        p[0].message.contains("did you mean `advertise`?"),
+        "{}",
+        p[0].message
+    );
+    assert_eq!((p[1].line, p[1].key.as_str()), (6, "tftp.rot"));
+    assert!(
+        p[1].message.contains("did you mean `root`?"),
+        "{}",
+        p[1].message
+    );
+    assert_eq!((p[2].line, p[2].key.as_str()), (7, "bogus"));
+    assert!(p[0]
+        .to_string()
+        .starts_with("test.toml:2:1: server.advertize: unknown field"));
+}
+
+#[test]
+fn type_errors_in_arrays_of_tables_are_located() {
+    let text = "[[profile]]\nname = \"a\"\nkernel = \"k\"\n[[profile]]\nname = 5\nkernel = \"k\"\n[tftp]\ntimeout = \"soon\"\n";
+    let p = load(text).unwrap_err().0;
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (5, "profile[1].name"));
+    assert_eq!((p[1].line, p[1].key.as_str()), (8, "tftp.timeout"));
+    assert!(p[1].message.contains("not a duration"), "{}", p[1].message);
+}
+
+#[test]
+fn bad_enum_values_get_suggestions() {
+    let p = load("[ipxe]\nefi_x64 = \"snponly.ef\"\n").unwrap_err().0;
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].message.contains("did you mean `snponly.efi`?"),
+        "{}",
+        p[0].message
+    );
+}
+
+#[test]
+fn semantic_problems_point_at_their_keys() {
+    let text = "[server]\nadvertise = \"nowhere\"\n[[profile]]\nname = \"a\"\n";
+    let p = load(text).unwrap_err().0;
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (2, "server.advertise"));
+    assert_eq!((p[1].line, p[1].key.as_str()), (4, "profile[0].name"));
+}
+
+#[test]
+fn broken_toml_is_one_clear_problem() {
+    let p = load("[server\nx = 1\n").unwrap_err().0;
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].line, 1);
+    assert!(
+        p[0].message.starts_with("not valid TOML"),
+        "{}",
+        p[0].message
+    );
+}
+
+#[test]
+fn unreadable_file_names_the_file() {
+    let err = load_file::<Doc>(Path::new("/nonexistent/chainboot.toml")).unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("/nonexistent/chainboot.toml: cannot read"));
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("12h").unwrap().as_secs(), 43200);
+    assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+    assert_eq!(parse_duration("1h 30m").unwrap().as_secs(), 5400);
+    assert!(parse_duration("soon").is_err());
+}
