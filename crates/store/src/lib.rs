@@ -8,6 +8,8 @@
 
 pub mod leases;
 
+pub mod machines;
+
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -41,6 +43,8 @@ const MIGRATIONS: &[&str] = &[
     "SELECT 1;",
     // 2: DHCP leases.
     leases::MIGRATION,
+    // 3: machines (policy).
+    machines::MIGRATION,
 ];
 
 /// The embedded store.

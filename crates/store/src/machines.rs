@@ -1,0 +1,366 @@
+//! Machines: every client chainboot has seen (PRODUCT.md §6, issue 5).
+//!
+//! A machine is keyed by its MAC. Facts (arch, uuid, hostname, ...) are whatever the client
+//! last told us; a fact that a later request leaves out keeps its old value, because DHCP only
+//! knows the MAC and arch while iPXE's HTTP request knows much more. Operator state (pinned
+//! profile, labels, boot-once state) is only changed through the API. The per-machine secret is
+//! chosen once, when the machine is first recorded, and never changes: installers carry it in
+//! their rendered config to authenticate their `installed` event.
+
+use std::collections::BTreeMap;
+
+use chainboot_machine::Mac;
+use rusqlite::{params, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{Store, StoreError};
+
+/// The schema for machines; appended to `MIGRATIONS` in lib.rs.
+pub(crate) const MIGRATION: &str = "
+CREATE TABLE machines (
+    mac TEXT PRIMARY KEY NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    arch TEXT,
+    uuid TEXT,
+    hostname TEXT,
+    serial TEXT,
+    manufacturer TEXT,
+    product TEXT,
+    ip TEXT,
+    pinned_profile TEXT,
+    installed_ms INTEGER,
+    installed_reason TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    secret TEXT NOT NULL,
+    last_profile TEXT
+)";
+
+/// What a client told us about itself. `None` means \"not said this time\".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineFacts {
+    pub arch: Option<String>,
+    pub uuid: Option<String>,
+    pub hostname: Option<String>,
+    pub serial: Option<String>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A remembered machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub mac: Mac,
+    /// Unix time in milliseconds.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub facts: MachineFacts,
+    /// Set by the operator; wins over every group.
+    pub pinned_profile: Option<String>,
+    /// Boot-once: when the machine finished its install (fetched its kernel or POSTed
+    /// `installed`); while set, a machine in a `once` group boots the local disk.
+    pub installed_ms: Option<i64>,
+    pub installed_reason: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Never serialised: the API must not hand one machine's secret to anyone asking.
+    #[serde(skip_serializing, default)]
+    pub secret: String,
+    /// The profile the machine was last given (for the dashboard and `machines show`).
+    pub last_profile: Option<String>,
+}
+
+const COLUMNS: &str = "mac, first_seen_ms, last_seen_ms, arch, uuid, hostname, serial, \
+    manufacturer, product, ip, pinned_profile, installed_ms, installed_reason, labels, secret, \
+    last_profile";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
+    let mac_text: String = r.get(0)?;
+    let mac = mac_text.parse::<Mac>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let labels_text: String = r.get(13)?;
+    let labels = serde_json::from_str(&labels_text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(MachineRecord {
+        mac,
+        first_seen_ms: r.get(1)?,
+        last_seen_ms: r.get(2)?,
+        facts: MachineFacts {
+            arch: r.get(3)?,
+            uuid: r.get(4)?,
+            hostname: r.get(5)?,
+            serial: r.get(6)?,
+            manufacturer: r.get(7)?,
+            product: r.get(8)?,
+            ip: r.get(9)?,
+        },
+        pinned_profile: r.get(10)?,
+        installed_ms: r.get(11)?,
+        installed_reason: r.get(12)?,
+        labels,
+        secret: r.get(14)?,
+        last_profile: r.get(15)?,
+    })
+}
+
+fn get(conn: &rusqlite::Connection, mac: Mac) -> rusqlite::Result<Option<MachineRecord>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM machines WHERE mac = ?1"),
+        [mac.to_string()],
+        from_row,
+    )
+    .optional()
+}
+
+/// Inserts the machine if absent (with `secret`), leaving an existing one untouched.
+fn ensure(
+    tx: &rusqlite::Transaction<'_>,
+    mac: Mac,
+    now_ms: i64,
+    secret: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret) VALUES (?1, ?2, ?2, ?3)
+         ON CONFLICT(mac) DO NOTHING",
+        params![mac.to_string(), now_ms, secret],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Records that `mac` was seen now with `facts` (facts left `None` keep their old value)
+    /// and returns the machine. `secret_if_new` becomes the machine's secret when it is new.
+    pub fn machine_seen(
+        &self,
+        mac: Mac,
+        facts: &MachineFacts,
+        now_ms: i64,
+        secret_if_new: &str,
+    ) -> Result<MachineRecord, StoreError> {
+        self.write(|tx| {
+            ensure(tx, mac, now_ms, secret_if_new)?;
+            tx.execute(
+                "UPDATE machines SET last_seen_ms = max(last_seen_ms, ?2),
+                    arch = coalesce(?3, arch), uuid = coalesce(?4, uuid),
+                    hostname = coalesce(?5, hostname), serial = coalesce(?6, serial),
+                    manufacturer = coalesce(?7, manufacturer), product = coalesce(?8, product),
+                    ip = coalesce(?9, ip)
+                 WHERE mac = ?1",
+                params![
+                    mac.to_string(),
+                    now_ms,
+                    facts.arch,
+                    facts.uuid,
+                    facts.hostname,
+                    facts.serial,
+                    facts.manufacturer,
+                    facts.product,
+                    facts.ip
+                ],
+            )?;
+            get(tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+        })
+    }
+
+    /// Makes sure the machine exists (an operator may pin or label a machine before it ever
+    /// boots) and returns it.
+    pub fn machine_ensure(
+        &self,
+        mac: Mac,
+        now_ms: i64,
+        secret_if_new: &str,
+    ) -> Result<MachineRecord, StoreError> {
+        self.write(|tx| {
+            ensure(tx, mac, now_ms, secret_if_new)?;
+            get(tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+        })
+    }
+
+    /// One machine.
+    pub fn machine(&self, mac: Mac) -> Result<Option<MachineRecord>, StoreError> {
+        self.read(|c| get(c, mac))
+    }
+
+    /// Every machine, most recently seen first.
+    pub fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM machines ORDER BY last_seen_ms DESC, mac"
+            ))?;
+            let rows = st.query_map([], from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// The machine most recently seen with this IP address (PXELINUX asks for its config by
+    /// hex IP when it has no MAC-specific file).
+    pub fn machine_by_ip(&self, ip: &str) -> Result<Option<MachineRecord>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM machines WHERE ip = ?1 ORDER BY last_seen_ms DESC LIMIT 1"
+                ),
+                [ip],
+                from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// Pins (or with `None` unpins) a machine's profile. Returns false for an unknown machine.
+    pub fn machine_set_profile(&self, mac: Mac, profile: Option<&str>) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE machines SET pinned_profile = ?2 WHERE mac = ?1",
+                params![mac.to_string(), profile],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Replaces a machine's labels. Returns false for an unknown machine.
+    pub fn machine_set_labels(
+        &self,
+        mac: Mac,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(labels)
+            .map_err(|e| StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE machines SET labels = ?2 WHERE mac = ?1",
+                params![mac.to_string(), text],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Boot-once: the machine finished installing (`reason` says how we know). Keeps the first
+    /// time if already set. Returns false for an unknown machine.
+    pub fn machine_mark_installed(
+        &self,
+        mac: Mac,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE machines SET installed_ms = coalesce(installed_ms, ?2),
+                    installed_reason = coalesce(installed_reason, ?3) WHERE mac = ?1",
+                params![mac.to_string(), now_ms, reason],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Boot-once: forget the install, so the machine boots its group's profile again.
+    pub fn machine_rearm(&self, mac: Mac) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE machines SET installed_ms = NULL, installed_reason = NULL WHERE mac = ?1",
+                [mac.to_string()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Records the profile a machine was just given.
+    pub fn machine_set_last_profile(&self, mac: Mac, profile: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE machines SET last_profile = ?2 WHERE mac = ?1 AND last_profile IS NOT ?2",
+                params![mac.to_string(), profile],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a machine entirely (a new secret is chosen if it comes back).
+    pub fn machine_forget(&self, mac: Mac) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM machines WHERE mac = ?1", [mac.to_string()])?;
+            Ok(n == 1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn facts_merge_and_secret_stays() {
+        let s = Store::in_memory().unwrap();
+        let m = mac("52:54:00:00:00:01");
+        let first = MachineFacts {
+            arch: Some("bios".into()),
+            ..Default::default()
+        };
+        let r = s.machine_seen(m, &first, 10, "s1").unwrap();
+        assert_eq!(r.secret, "s1");
+        let later = MachineFacts {
+            hostname: Some("node1".into()),
+            ..Default::default()
+        };
+        let r = s.machine_seen(m, &later, 20, "s2").unwrap();
+        assert_eq!(r.secret, "s1", "secret chosen once");
+        assert_eq!(
+            r.facts.arch.as_deref(),
+            Some("bios"),
+            "unsaid facts are kept"
+        );
+        assert_eq!(r.facts.hostname.as_deref(), Some("node1"));
+        assert_eq!((r.first_seen_ms, r.last_seen_ms), (10, 20));
+    }
+
+    #[test]
+    fn operator_state_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mac("52:54:00:00:00:02");
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert!(
+                !s.machine_set_profile(m, Some("x")).unwrap(),
+                "unknown machine"
+            );
+            s.machine_ensure(m, 1, "sec").unwrap();
+            assert!(s.machine_set_profile(m, Some("rescue")).unwrap());
+            let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+            assert!(s.machine_set_labels(m, &labels).unwrap());
+            assert!(s.machine_mark_installed(m, 5, "kernel fetched").unwrap());
+            assert!(s.machine_mark_installed(m, 9, "installed event").unwrap());
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let r = s.machine(m).unwrap().unwrap();
+        assert_eq!(r.pinned_profile.as_deref(), Some("rescue"));
+        assert_eq!(r.labels["rack"], "r1");
+        assert_eq!(r.installed_ms, Some(5), "first install time kept");
+        assert_eq!(r.installed_reason.as_deref(), Some("kernel fetched"));
+        assert!(s.machine_rearm(m).unwrap());
+        assert_eq!(s.machine(m).unwrap().unwrap().installed_ms, None);
+        assert!(s.machine_forget(m).unwrap());
+        assert!(s.machine(m).unwrap().is_none());
+        assert!(s.machines().unwrap().is_empty());
+    }
+
+    #[test]
+    fn secret_is_not_serialised() {
+        let s = Store::in_memory().unwrap();
+        let r = s
+            .machine_seen(
+                mac("52:54:00:00:00:03"),
+                &MachineFacts::default(),
+                1,
+                "topsecret",
+            )
+            .unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("topsecret"), "{json}");
+    }
+}
