@@ -1,0 +1,64 @@
+//! The whole config file: one field per section, each section typed and validated by the crate
+//! that uses it. Adding a section is one field here and one line in `validate`.
+
+use std::path::{Path, PathBuf};
+
+use chainboot_config::{under, Issue, IpxeConfig, Problems, ServerConfig, Validate};
+use serde::Deserialize;
+
+/// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
+/// server, TFTP and HTTP on every interface, and an iPXE menu (PRODUCT.md §3).
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ipxe: IpxeConfig,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = under(&["server"], self.server.validate());
+        out.extend(under(&["ipxe"], self.ipxe.validate()));
+        out
+    }
+}
+
+/// Where a config came from, for messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Embedded => f.write_str("(embedded default)"),
+        }
+    }
+}
+
+/// Loads the given file, or the embedded default.
+pub fn load(path: Option<&Path>) -> Result<(Config, Source), Problems> {
+    match path {
+        Some(p) => Ok((chainboot_config::load_file(p)?, Source::File(p.to_path_buf()))),
+        None => Ok((
+            chainboot_config::load_str(Path::new("(embedded default)"), EMBEDDED_DEFAULT)?,
+            Source::Embedded,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let (cfg, _) = load(None).unwrap();
+        assert_eq!(cfg.server.advertise, "auto");
+    }
+}
