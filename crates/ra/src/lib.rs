@@ -1,0 +1,242 @@
+//! Ending iPXE's wait for IPv6 on IPv4-only boot networks.
+//!
+//! iPXE's "Configuring (net0 ...)" step waits for every network configurator, IPv6 included
+//! (src/usr/ifmgmt.c). Its IPv6 configurator (src/net/ndp.c) sends router solicitations and,
+//! when no router answers, gives up only after ~15.75 s (the build Debian ships) or ~3.9 s
+//! (iPXE 1.21.1 and later). Any router advertisement with the M and O flags clear completes it
+//! at once (PROTOCOL.md, "Where a boot's seconds go"). chainboot therefore answers router
+//! solicitations on its boot interfaces with an advertisement that carries nothing: router
+//! lifetime 0 (no host installs an IPv6 route from it), no prefix (no host configures an
+//! address from it), M and O clear (no DHCPv6). In `auto` mode it stays quiet on any link where
+//! a real IPv6 router has been heard.
+//!
+//! [`responder`] is the sans-IO core; [`RaServer`] owns one raw ICMPv6 socket per interface.
+
+pub mod responder;
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use responder::{Policy, Responder};
+
+/// `[ipv6] router_advertisements`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RaMode {
+    /// Answer router solicitations unless a real IPv6 router is heard on the link.
+    #[default]
+    Auto,
+    /// Always answer.
+    Always,
+    /// Never send anything.
+    Off,
+}
+
+/// `[ipv6]`: chainboot's only IPv6 behaviour, see the crate docs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ipv6Config {
+    pub router_advertisements: RaMode,
+    /// Minimum time between two advertisements on one interface.
+    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    pub min_interval: Duration,
+    /// How long a heard IPv6 router keeps `auto` quiet.
+    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    pub quiet_after_router: Duration,
+}
+
+impl Default for Ipv6Config {
+    fn default() -> Self {
+        Ipv6Config {
+            router_advertisements: RaMode::Auto,
+            min_interval: Duration::from_millis(250),
+            quiet_after_router: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl chainboot_config::Validate for Ipv6Config {
+    fn validate(&self) -> Vec<chainboot_config::Issue> {
+        let mut out = Vec::new();
+        if self.min_interval < Duration::from_millis(10) {
+            out.push((
+                vec!["min_interval".into()],
+                "must be at least 10ms (it bounds the packets a solicitation flood can cause)"
+                    .into(),
+            ));
+        }
+        out
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct RaStats {
+    pub solicitations: AtomicU64,
+    pub advertisements_sent: AtomicU64,
+    pub routers_heard: AtomicU64,
+}
+
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+const IPPROTO_ICMPV6: libc::c_int = 58;
+const ICMP6_FILTER: libc::c_int = 1;
+
+/// One raw ICMPv6 socket on one interface.
+pub struct RaServer {
+    interface: String,
+    ifindex: u32,
+    /// A raw ICMPv6 socket driven through tokio's datagram socket type: `recvfrom`/`sendto`
+    /// are the same system calls for raw and UDP sockets, and this avoids unsafe fd handling.
+    socket: UdpSocket,
+    responder: Responder,
+    stats: Arc<RaStats>,
+}
+
+impl RaServer {
+    /// Opens the socket on `interface`. Fails (and the caller logs and goes on without RA)
+    /// when IPv6 is disabled or the process lacks CAP_NET_RAW.
+    pub fn bind(interface: &str, cfg: &Ipv6Config, stats: Arc<RaStats>) -> io::Result<RaServer> {
+        let policy = match cfg.router_advertisements {
+            RaMode::Auto => Policy::Auto,
+            RaMode::Always => Policy::Always,
+            RaMode::Off => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "router advertisements are off",
+                ))
+            }
+        };
+        let ifindex = if_index(interface)?;
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+        socket.set_nonblocking(true)?;
+        socket.bind_device(Some(interface.as_bytes()))?;
+        // RFC 4861 §6.1: receivers drop RS/RA whose hop limit is not 255.
+        socket.set_multicast_hops_v6(255)?;
+        socket.set_unicast_hops_v6(255)?;
+        socket.set_multicast_if_v6(ifindex)?;
+        socket.set_multicast_loop_v6(false)?;
+        socket.join_multicast_v6(&ALL_ROUTERS, ifindex)?;
+        set_icmp6_filter(
+            &socket,
+            &[
+                responder::ROUTER_SOLICITATION,
+                responder::ROUTER_ADVERTISEMENT,
+            ],
+        )?;
+        Ok(RaServer {
+            interface: interface.to_string(),
+            ifindex,
+            socket: UdpSocket::from_std(std::net::UdpSocket::from(std::os::fd::OwnedFd::from(
+                socket,
+            )))?,
+            responder: Responder::new(policy, cfg.min_interval, cfg.quiet_after_router),
+            stats,
+        })
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) -> io::Result<()> {
+        info!(interface = %self.interface, "answering IPv6 router solicitations with an empty advertisement");
+        let mut buf = [0u8; 1500];
+        loop {
+            let sleep_until = self
+                .responder
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = async {
+                    match sleep_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = std::time::Instant::now();
+                    if let Some(ra) = self.responder.poll_transmit(now) {
+                        let dst = SocketAddrV6::new(ALL_NODES, 0, 0, self.ifindex);
+                        match self.socket.send_to(ra, std::net::SocketAddr::V6(dst)).await {
+                            Ok(_) => {
+                                self.stats.advertisements_sent.fetch_add(1, Ordering::Relaxed);
+                                debug!(interface = %self.interface, "sent empty router advertisement");
+                            }
+                            Err(e) => warn!(interface = %self.interface, "router advertisement not sent: {e}"),
+                        }
+                    }
+                }
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((n, from)) => {
+                            let msg = &buf[..n];
+                            let source = match from {
+                                std::net::SocketAddr::V6(a) => *a.ip(),
+                                std::net::SocketAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+                            };
+                            let before = self.responder.router_heard();
+                            match responder::classify(msg) {
+                                responder::Heard::Solicitation => {
+                                    self.stats.solicitations.fetch_add(1, Ordering::Relaxed);
+                                }
+                                responder::Heard::Advertisement { carries_service: true } => {
+                                    self.stats.routers_heard.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => {}
+                            }
+                            self.responder.handle(std::time::Instant::now(), source, msg);
+                            if before.is_none() && self.responder.router_heard().is_some() {
+                                info!(interface = %self.interface, router = %source,
+                                    "an IPv6 router is on this link; not answering router solicitations in auto mode");
+                            }
+                        }
+                        Err(e) => debug!("icmpv6 receive error: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn if_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
+/// Lets only the given ICMPv6 types through to the socket (RFC 3542 §3.2), so that the
+/// server does not wake up for every neighbour solicitation on a busy link.
+fn set_icmp6_filter(socket: &Socket, pass: &[u8]) -> io::Result<()> {
+    // A set bit blocks the type.
+    let mut filter = [u32::MAX; 8];
+    for &t in pass {
+        filter[(t >> 5) as usize] &= !(1u32 << (t & 31));
+    }
+    // SAFETY: `filter` is the 32-byte icmp6_filter structure the option expects.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            IPPROTO_ICMPV6,
+            ICMP6_FILTER,
+            filter.as_ptr().cast(),
+            std::mem::size_of_val(&filter) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
