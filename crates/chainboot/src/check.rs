@@ -33,7 +33,11 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         )
     );
     let bins = IpxeBinaries::locate(&cfg.ipxe);
-    let dirs: Vec<String> = bins.searched.iter().map(|d| d.display().to_string()).collect();
+    let dirs: Vec<String> = bins
+        .searched
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     println!("iPXE binaries (searched {}):", dirs.join(", "));
     for (name, path) in bins.found() {
         println!("  ok       {name:<16} {}", path.display());
@@ -52,7 +56,10 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         }
     }
     if errors > 0 {
-        println!("{errors} problem{} found", if errors == 1 { "" } else { "s" });
+        println!(
+            "{errors} problem{} found",
+            if errors == 1 { "" } else { "s" }
+        );
         return ExitCode::from(1);
     }
     println!("ok");

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chainboot_config::{under, Issue, IpxeConfig, Problems, ServerConfig, Validate};
+use chainboot_config::{under, IpxeConfig, Issue, Problems, ServerConfig, Validate};
 use serde::Deserialize;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
@@ -15,12 +15,14 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub ipxe: IpxeConfig,
+    pub ipv6: chainboot_ra::Ipv6Config,
 }
 
 impl Validate for Config {
     fn validate(&self) -> Vec<Issue> {
         let mut out = under(&["server"], self.server.validate());
         out.extend(under(&["ipxe"], self.ipxe.validate()));
+        out.extend(under(&["ipv6"], self.ipv6.validate()));
         out
     }
 }
@@ -44,7 +46,10 @@ impl std::fmt::Display for Source {
 /// Loads the given file, or the embedded default.
 pub fn load(path: Option<&Path>) -> Result<(Config, Source), Problems> {
     match path {
-        Some(p) => Ok((chainboot_config::load_file(p)?, Source::File(p.to_path_buf()))),
+        Some(p) => Ok((
+            chainboot_config::load_file(p)?,
+            Source::File(p.to_path_buf()),
+        )),
         None => Ok((
             chainboot_config::load_str(Path::new("(embedded default)"), EMBEDDED_DEFAULT)?,
             Source::Embedded,

@@ -149,6 +149,9 @@ mod tests {
         };
         assert_eq!(get("UNDIONLY.KPXE").unwrap().len(), 4);
         assert!(matches!(get("other.bin"), Err(ResolveError::NotFound)));
-        assert!(matches!(get("x/undionly.kpxe"), Err(ResolveError::NotFound)));
+        assert!(matches!(
+            get("x/undionly.kpxe"),
+            Err(ResolveError::NotFound)
+        ));
     }
 }

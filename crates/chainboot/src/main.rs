@@ -4,6 +4,7 @@
 
 mod check;
 mod config;
+mod interfaces;
 mod ipxe;
 mod logging;
 mod serve;

@@ -5,10 +5,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use std::sync::Arc;
 
-use crate::config;
+use chainboot_ra::{RaMode, RaServer, RaStats};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{config, interfaces};
 
 /// How long in-flight transfers may run after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -24,7 +28,10 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -43,11 +50,41 @@ pub fn run(path: Option<&Path>) -> ExitCode {
 
 async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()> {
     info!(config = %source, "chainboot starting");
-    let _ = cfg;
     let shutdown = CancellationToken::new();
-    wait_for_signal().await?;
+    let mut tasks: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
+    let ifaces = interfaces::select(&cfg.server.interfaces)?;
+
+    if cfg.ipv6.router_advertisements != RaMode::Off {
+        let stats = Arc::new(RaStats::default());
+        for iface in &ifaces {
+            match RaServer::bind(&iface.name, &cfg.ipv6, stats.clone()) {
+                Ok(server) => {
+                    let token = shutdown.clone();
+                    tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
+                }
+                Err(e) => {
+                    warn!(interface = %iface.name, "not answering IPv6 router solicitations: {e}")
+                }
+            }
+        }
+    }
+
+    let result = tokio::select! {
+        r = wait_for_signal() => r,
+        Some(done) = tasks.join_next() => match done {
+            Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
+            Ok((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
+            Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+        },
+    };
     shutdown.cancel();
-    Ok(())
+    // In-flight transfers get a grace period, then everything is dropped.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!("some transfers did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
+    info!("chainboot stopped");
+    result
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

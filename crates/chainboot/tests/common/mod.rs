@@ -1,0 +1,198 @@
+//! Helpers for the binary's integration tests: network namespaces created by the test itself
+//! (addresses from 198.18.0.0/15 only) and a `chainboot serve` child process inside one.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn sh(cmd: &str) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn require_root_and(tools: &[&str]) {
+    // CI runs as root with every tool installed; a missing one is a failure, not a skip.
+    assert!(nix_is_root(), "this test needs root (network namespaces)");
+    for t in tools {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "this test needs `{t}` (bash .ci/install-deps installs it)"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Two namespaces joined by a veth pair: `server` (198.18.<net>.1/24 on `srv0`) and `client`
+/// (198.18.<net>.2/24 on `cli0`). Deleted on drop.
+pub struct NetPair {
+    pub server: String,
+    pub client: String,
+    pub server_ip: String,
+    pub client_ip: String,
+}
+
+impl NetPair {
+    pub fn new(tag: &str, net: u8) -> NetPair {
+        let id = std::process::id();
+        let server = format!("cb-{tag}-s-{id}");
+        let client = format!("cb-{tag}-c-{id}");
+        let server_ip = format!("198.18.{net}.1");
+        let client_ip = format!("198.18.{net}.2");
+        let pair = NetPair {
+            server,
+            client,
+            server_ip,
+            client_ip,
+        };
+        let (s, c) = (&pair.server, &pair.client);
+        sh(&format!("ip netns add {s} && ip netns add {c}"));
+        for ns in [s, c] {
+            // No duplicate address detection: link-local addresses are usable at once.
+            sh(&format!(
+                "ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && ip -n {ns} link set lo up"
+            ));
+        }
+        sh(&format!(
+            "ip link add srv0 netns {s} type veth peer name cli0 netns {c} && \
+             ip -n {s} addr add {}/24 dev srv0 && ip -n {c} addr add {}/24 dev cli0 && \
+             ip -n {s} link set srv0 up && ip -n {c} link set cli0 up",
+            pair.server_ip, pair.client_ip
+        ));
+        pair.wait_link_local(s, "srv0");
+        pair.wait_link_local(c, "cli0");
+        pair
+    }
+
+    /// IPv6 link-local addresses appear shortly after the link has carrier.
+    fn wait_link_local(&self, ns: &str, dev: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link"])
+                .output()
+                .expect("ip");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains("fe80") && !text.contains("tentative") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{dev} in {ns} got no IPv6 link-local address");
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
+    }
+}
+
+pub fn chainboot_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chainboot"))
+}
+
+/// A `chainboot serve` child, killed (by PID) on drop; its stderr goes to a log file.
+pub struct Server {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start_in(netns: Option<&str>, config: &Path, log: PathBuf) -> Server {
+        let logf = std::fs::File::create(&log).expect("log file");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(chainboot_bin());
+                c
+            }
+            None => Command::new(chainboot_bin()),
+        };
+        cmd.args(["--log-level", "debug", "serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(logf);
+        let child = cmd.spawn().expect("spawn chainboot");
+        Server { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (or fails with the log).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "chainboot exited ({status}) before `{needle}`:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "`{needle}` not logged within {timeout:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,131 @@
+//! chainboot answers IPv6 router solicitations with an empty advertisement (so that iPXE stops
+//! waiting for IPv6), and in `auto` mode goes quiet on a link where a real router is heard.
+//! Real peers: `rdisc6` (ndisc6) soliciting, `radvd` as the real router; inside namespaces.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn config(dir: &std::path::Path, mode: &str) -> std::path::PathBuf {
+    let path = dir.join("chainboot.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\ninterfaces = [\"srv0\"]\nstate_dir = \"{}\"\n[ipv6]\nrouter_advertisements = \"{mode}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn solicit(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "rdisc6", "-1", "-r", "2", "-w", "1500", "cli0",
+        ])
+        .output()
+        .expect("rdisc6");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_solicitation_gets_an_advertisement_with_nothing_in_it() {
+    require_root_and(&["ip", "rdisc6"]);
+    let net = NetPair::new("ra1", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(
+        Some(&net.server),
+        &config(dir.path(), "auto"),
+        dir.path().join("log"),
+    );
+    server.wait_for_log(
+        "answering IPv6 router solicitations",
+        Duration::from_secs(20),
+    );
+    let answer = solicit(&net.client);
+    assert!(
+        answer.contains("Router lifetime           :            0 "),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Stateful address conf.    :           No"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Stateful other conf.      :           No"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("Prefix"),
+        "no prefix may be advertised: {answer}"
+    );
+}
+
+#[test]
+fn auto_goes_quiet_when_a_real_router_is_heard_and_off_sends_nothing() {
+    require_root_and(&["ip", "rdisc6", "radvd"]);
+    let net = NetPair::new("ra2", 21);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(
+        Some(&net.server),
+        &config(dir.path(), "auto"),
+        dir.path().join("log"),
+    );
+    server.wait_for_log(
+        "answering IPv6 router solicitations",
+        Duration::from_secs(20),
+    );
+    // A real router on the client side of the link: default lifetime 1800 s, no prefix.
+    let radvd_conf = dir.path().join("radvd.conf");
+    std::fs::write(
+        &radvd_conf,
+        "interface cli0 {\n AdvSendAdvert on;\n AdvDefaultLifetime 1800;\n MinRtrAdvInterval 3;\n MaxRtrAdvInterval 4;\n};\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv6.conf.all.forwarding=1",
+        net.client
+    ));
+    let mut radvd = Command::new("ip")
+        .args(["netns", "exec", &net.client, "radvd", "-n", "-C"])
+        .arg(&radvd_conf)
+        .args([
+            "-p",
+            &dir.path().join("radvd.pid").to_string_lossy(),
+            "-m",
+            "stderr",
+        ])
+        .spawn()
+        .expect("radvd");
+    server.wait_for_log("an IPv6 router is on this link", Duration::from_secs(20));
+    let _ = radvd.kill();
+    let _ = radvd.wait();
+    let answer = solicit(&net.client);
+    assert!(
+        !answer.contains("Router lifetime"),
+        "auto must stay quiet: {answer}"
+    );
+
+    drop(server);
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut off = Server::start_in(
+        Some(&net.server),
+        &config(dir2.path(), "off"),
+        dir2.path().join("log"),
+    );
+    off.wait_for_log("chainboot starting", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = solicit(&net.client);
+    assert!(
+        !answer.contains("Router lifetime"),
+        "off must send nothing: {answer}"
+    );
+}
