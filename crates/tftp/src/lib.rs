@@ -1,1 +1,19 @@
-//! chainboot-tftp
+//! chainboot's TFTP server.
+//!
+//! - [`proto`]: the wire format (RFC 1350 packets, RFC 2347 options), strict and total.
+//! - [`transfer`]: one read transfer as a sans-IO state machine: option negotiation
+//!   (RFC 2348 blksize, RFC 2349 tsize/timeout, RFC 7440 windowsize), windows, resends,
+//!   wrap-around, timeouts. No sockets, no clock.
+//! - [`server`]: the tokio driver: the listening socket, one socket per transfer (the server's
+//!   TID), limits, path resolution through `chainboot_content`, logs and counters.
+
+mod config;
+pub mod proto;
+pub mod server;
+pub mod transfer;
+
+pub use config::TftpConfig;
+pub use server::{
+    TftpServer, TftpStats, TftpStatsSnapshot, TransferObserver, TransferStart, TransferSummary,
+};
+pub use transfer::{Outcome, Transfer, TransferSettings};

@@ -1,0 +1,203 @@
+//! The `[tftp]` section of the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::transfer::{TransferSettings, MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE};
+
+/// `[tftp]`: where the TFTP server listens, what it serves besides the iPXE binaries, and its
+/// limits. Durations are written like `"1s"` or `"500ms"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TftpConfig {
+    /// Address and port of the request socket (RFC 1350: port 69).
+    pub listen: SocketAddr,
+    /// Extra files to serve; the iPXE binaries are always served.
+    pub root: Option<PathBuf>,
+    /// Transfers running at once, all clients together; over it a client gets an ERROR.
+    pub max_transfers: usize,
+    /// Transfers running at once from one IP address. A booting machine fetches one file at a
+    /// time; a relay or NAT can put many machines behind one address, hence not 1.
+    pub max_per_client: usize,
+    /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Retransmissions of one window before a silent client's transfer is dropped.
+    pub retries: u32,
+    /// Largest block size granted (RFC 2348: 8..65464).
+    pub max_blksize: u16,
+    /// Largest window granted (RFC 7440; chainboot caps it at 64).
+    pub max_windowsize: u16,
+    /// On shutdown, how long in-flight transfers may run before they are ended.
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 69)),
+            root: None,
+            max_transfers: 1000,
+            max_per_client: 16,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+            max_blksize: MAX_BLKSIZE,
+            max_windowsize: MAX_WINDOWSIZE,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TftpConfig {
+    /// Semantic checks the types cannot express: each problem as (key path inside `[tftp]`,
+    /// message). Empty when the section is usable.
+    pub fn validate(&self) -> Vec<(Vec<String>, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, msg: String| problems.push((vec![key.to_string()], msg));
+        if self.max_transfers == 0 {
+            bad("max_transfers", "must be at least 1".into());
+        }
+        if self.max_per_client == 0 {
+            bad("max_per_client", "must be at least 1".into());
+        } else if self.max_per_client > self.max_transfers {
+            bad(
+                "max_per_client",
+                format!(
+                    "{} is more than max_transfers ({})",
+                    self.max_per_client, self.max_transfers
+                ),
+            );
+        }
+        if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(255) {
+            bad(
+                "timeout",
+                "must be between 10ms and 255s (RFC 2349 allows 1s..255s from clients)".into(),
+            );
+        }
+        if self.retries == 0 || self.retries > 100 {
+            bad("retries", "must be between 1 and 100".into());
+        }
+        if !(MIN_BLKSIZE..=MAX_BLKSIZE).contains(&self.max_blksize) {
+            bad(
+                "max_blksize",
+                format!("must be between {MIN_BLKSIZE} and {MAX_BLKSIZE} (RFC 2348)"),
+            );
+        }
+        if !(1..=MAX_WINDOWSIZE).contains(&self.max_windowsize) {
+            bad(
+                "max_windowsize",
+                format!("must be between 1 and {MAX_WINDOWSIZE}"),
+            );
+        }
+        if self.shutdown_grace > Duration::from_secs(300) {
+            bad("shutdown_grace", "must be at most 300s".into());
+        }
+        if let Some(root) = &self.root {
+            match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => bad("root", format!("{} is not a directory", root.display())),
+                Err(e) => bad("root", format!("{}: {e}", root.display())),
+            }
+        }
+        problems
+    }
+
+    /// The per-transfer part of the config.
+    pub fn transfer_settings(&self) -> TransferSettings {
+        TransferSettings {
+            timeout: self.timeout,
+            retries: self.retries,
+            max_blksize: self.max_blksize,
+            max_windowsize: self.max_windowsize,
+        }
+    }
+}
+
+/// Durations as human text (`"1s"`, `"250ms"`), the format of every duration in the config.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{e} (write a duration like \"1s\" or \"500ms\")"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_section_is_the_default_and_valid() {
+        let c: TftpConfig = toml::from_str("").unwrap();
+        assert_eq!(c, TftpConfig::default());
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn every_key_parses_and_round_trips() {
+        let text = r#"
+            listen = "127.0.0.1:6969"
+            root = "/tmp"
+            max_transfers = 10
+            max_per_client = 2
+            timeout = "500ms"
+            retries = 3
+            max_blksize = 1468
+            max_windowsize = 16
+            shutdown_grace = "2s"
+        "#;
+        let c: TftpConfig = toml::from_str(text).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6969".parse().unwrap());
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let back: TftpConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        let e = toml::from_str::<TftpConfig>("max_transfer = 3").unwrap_err();
+        assert!(e.to_string().contains("max_transfer"), "{e}");
+        let e = toml::from_str::<TftpConfig>("timeout = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn semantic_problems_name_their_key() {
+        let c = TftpConfig {
+            max_transfers: 4,
+            max_per_client: 8,
+            max_blksize: 7,
+            max_windowsize: 65,
+            retries: 0,
+            timeout: Duration::from_secs(300),
+            root: Some("/nonexistent/chainboot-test".into()),
+            ..TftpConfig::default()
+        };
+        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k.join(".")).collect();
+        assert_eq!(
+            keys,
+            [
+                "max_per_client",
+                "timeout",
+                "retries",
+                "max_blksize",
+                "max_windowsize",
+                "root"
+            ]
+        );
+    }
+}

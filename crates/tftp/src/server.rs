@@ -1,0 +1,777 @@
+//! The tokio driver: moves datagrams and timers between sockets and [`Transfer`]s.
+//!
+//! One socket receives requests (port 69). Each admitted read request gets a task with its own
+//! socket on an ephemeral port of the address the request came to (RFC 1350 section 4: the
+//! server's TID), so transfers never share a receive queue and an unknown TID is simply a
+//! datagram from the wrong source on that socket.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chainboot_content::{CleanPath, ResolveError, Resolver, Transport};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::TftpConfig;
+use crate::proto::{self, ErrorCode, Mode, Packet, Request};
+use crate::transfer::{Handled, Outcome, Transfer, TransferSettings};
+
+/// Counters for the metrics endpoint (all monotonic except `active`).
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    /// Transfers that began sending (the path resolved to content).
+    pub started: AtomicU64,
+    /// Transfers whose last block was acknowledged.
+    pub finished: AtomicU64,
+    /// Transfers that began but did not complete (client error, silence, read failure).
+    pub failed: AtomicU64,
+    /// Requests refused for their path (traversal, escapes): possible attacks.
+    pub refused: AtomicU64,
+    /// Requests for names that do not exist.
+    pub not_found: AtomicU64,
+    /// Requests turned away by `max_transfers` or `max_per_client`.
+    pub busy: AtomicU64,
+    /// Write requests (always refused).
+    pub writes_refused: AtomicU64,
+    /// Datagrams that were not valid TFTP, or made no sense where they arrived.
+    pub malformed: AtomicU64,
+    /// Datagrams from a source that is not the transfer's client (RFC 1350 error 5).
+    pub unknown_tid: AtomicU64,
+    /// Retransmitted RRQs for a transfer already running (ignored).
+    pub duplicate_requests: AtomicU64,
+    /// Payload bytes acknowledged by clients.
+    pub bytes: AtomicU64,
+    /// Transfers running now.
+    pub active: AtomicU64,
+}
+
+/// A plain copy of [`TftpStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TftpStatsSnapshot {
+    pub started: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub not_found: u64,
+    pub busy: u64,
+    pub writes_refused: u64,
+    pub malformed: u64,
+    pub unknown_tid: u64,
+    pub duplicate_requests: u64,
+    pub bytes: u64,
+    pub active: u64,
+}
+
+impl TftpStats {
+    pub fn snapshot(&self) -> TftpStatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TftpStatsSnapshot {
+            started: g(&self.started),
+            finished: g(&self.finished),
+            failed: g(&self.failed),
+            refused: g(&self.refused),
+            not_found: g(&self.not_found),
+            busy: g(&self.busy),
+            writes_refused: g(&self.writes_refused),
+            malformed: g(&self.malformed),
+            unknown_tid: g(&self.unknown_tid),
+            duplicate_requests: g(&self.duplicate_requests),
+            bytes: g(&self.bytes),
+            active: g(&self.active),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A transfer about to send its first datagram.
+#[derive(Debug, Clone)]
+pub struct TransferStart<'a> {
+    pub client: SocketAddr,
+    /// The normalised path.
+    pub path: &'a str,
+    /// Content length in bytes.
+    pub size: u64,
+    pub blksize: usize,
+    pub windowsize: u16,
+}
+
+/// A transfer that ended, successfully or not.
+#[derive(Debug, Clone)]
+pub struct TransferSummary<'a> {
+    pub client: SocketAddr,
+    pub path: &'a str,
+    /// Payload bytes the client acknowledged.
+    pub bytes: u64,
+    pub blksize: usize,
+    pub windowsize: u16,
+    pub duration: Duration,
+    pub outcome: &'a Outcome,
+}
+
+/// Hooks for the event log and metrics (a later issue); every method defaults to doing nothing.
+/// Called from transfer tasks: keep them quick and non-blocking.
+pub trait TransferObserver: Send + Sync + 'static {
+    fn on_start(&self, _start: &TransferStart<'_>) {}
+    fn on_finish(&self, _summary: &TransferSummary<'_>) {}
+    /// A request refused before any data was sent (bad path, not found, write request).
+    fn on_refused(&self, _client: SocketAddr, _path: &str, _reason: &str) {}
+}
+
+struct NoObserver;
+impl TransferObserver for NoObserver {}
+
+/// What every transfer task shares.
+struct Shared {
+    resolver: Arc<dyn Resolver>,
+    settings: TransferSettings,
+    stats: Arc<TftpStats>,
+    observer: Arc<dyn TransferObserver>,
+}
+
+/// A bound TFTP server, ready to [`run`](TftpServer::run).
+pub struct TftpServer {
+    socket: UdpSocket,
+    local: SocketAddr,
+    max_transfers: usize,
+    max_per_client: usize,
+    grace: Duration,
+    shared: Arc<Shared>,
+}
+
+/// Receive buffer of the request socket: a boot storm sends hundreds of RRQs at once, and
+/// each small datagram costs about a kilobyte of buffer in the kernel.
+const REQUEST_SOCKET_RCVBUF: usize = 4 << 20;
+/// Largest datagram we read on the request socket; requests longer than this are malformed.
+const MAX_REQUEST: usize = 2048;
+/// Unknown TIDs answered per transfer; beyond this they are only counted (bounded memory and
+/// bounded replies to a flood).
+const MAX_UNKNOWN_TIDS_ANSWERED: usize = 16;
+
+impl TftpServer {
+    /// Binds the request socket of `config.listen`. Files come from `resolver` (the binary
+    /// composes the iPXE binaries, `[tftp] root` and generated files into one).
+    pub fn bind(config: &TftpConfig, resolver: Arc<dyn Resolver>) -> io::Result<TftpServer> {
+        let socket = new_udp_socket(config.listen, REQUEST_SOCKET_RCVBUF)?;
+        // On a wildcard address, ask the kernel which address each request was sent to, so
+        // the transfer socket answers from that same address (a client that sent to
+        // 198.18.0.1 will not accept data from 198.18.1.1).
+        if config.listen.ip().is_unspecified() {
+            enable_pktinfo(&socket, config.listen.is_ipv6())?;
+        }
+        let local = socket.local_addr()?;
+        let socket = UdpSocket::from_std(socket)?;
+        Ok(TftpServer {
+            socket,
+            local,
+            max_transfers: config.max_transfers.max(1),
+            max_per_client: config.max_per_client.max(1),
+            grace: config.shutdown_grace,
+            shared: Arc::new(Shared {
+                resolver,
+                settings: config.transfer_settings(),
+                stats: Arc::new(TftpStats::default()),
+                observer: Arc::new(NoObserver),
+            }),
+        })
+    }
+
+    /// Installs the observer (before `run`).
+    pub fn with_observer(mut self, observer: Arc<dyn TransferObserver>) -> TftpServer {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.observer = observer;
+        }
+        self
+    }
+
+    /// The request socket's address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn stats(&self) -> Arc<TftpStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops taking requests, lets running
+    /// transfers go on for the configured grace period, and ends the rest with an ERROR.
+    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut owners: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
+        let mut running: HashSet<SocketAddr> = HashSet::new();
+        let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+        let abort = CancellationToken::new();
+        let mut buf = vec![0u8; MAX_REQUEST];
+        let reap = |id: tokio::task::Id,
+                    owners: &mut HashMap<tokio::task::Id, SocketAddr>,
+                    running: &mut HashSet<SocketAddr>,
+                    per_ip: &mut HashMap<IpAddr, usize>| {
+            if let Some(client) = owners.remove(&id) {
+                running.remove(&client);
+                if let Some(n) = per_ip.get_mut(&client.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&client.ip());
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = tasks.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            warn!(error = %e, "tftp transfer task ended abnormally");
+                            e.id()
+                        }
+                    };
+                    reap(id, &mut owners, &mut running, &mut per_ip);
+                }
+                received = recv_with_destination(&self.socket, &mut buf) => {
+                    let (n, client, dst) = match received {
+                        Ok(r) => r,
+                        Err(e) => {
+                            debug!(error = %e, "tftp request socket receive error");
+                            continue;
+                        }
+                    };
+                    let Some(n) = n else {
+                        bump(&self.shared.stats.malformed);
+                        continue;
+                    };
+                    let local_ip = dst.unwrap_or(self.local.ip());
+                    match self.admit(&buf[..n], client, &running, &per_ip, tasks.len()).await {
+                        Admission::Start(request) => {
+                            let handle = tasks.spawn(run_transfer(
+                                self.shared.clone(),
+                                request,
+                                client,
+                                local_ip,
+                                abort.clone(),
+                            ));
+                            owners.insert(handle.id(), client);
+                            running.insert(client);
+                            *per_ip.entry(client.ip()).or_insert(0) += 1;
+                        }
+                        Admission::Answered => {}
+                    }
+                }
+            }
+        }
+        drop(self.socket);
+        info!(
+            running = tasks.len(),
+            grace = ?self.grace,
+            "tftp server stopped accepting requests"
+        );
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        while !tasks.is_empty() {
+            tokio::select! {
+                _ = &mut grace => break,
+                _ = tasks.join_next() => {}
+            }
+        }
+        if !tasks.is_empty() {
+            warn!(
+                running = tasks.len(),
+                "ending tftp transfers still running after the grace period"
+            );
+            abort.cancel();
+            // Each task only has to send one ERROR; a bounded wait, then force.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            tasks.abort_all();
+        }
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        datagram: &[u8],
+        client: SocketAddr,
+        running: &HashSet<SocketAddr>,
+        per_ip: &HashMap<IpAddr, usize>,
+        active: usize,
+    ) -> Admission {
+        let stats = &self.shared.stats;
+        let request = match proto::parse(datagram) {
+            Ok(Packet::Rrq(r)) => r,
+            Ok(Packet::Wrq(r)) => {
+                bump(&stats.writes_refused);
+                info!(client = %client, path = %r.filename.escape_debug(), "tftp write request refused");
+                self.shared
+                    .observer
+                    .on_refused(client, &r.filename, "write request");
+                self.reply_error(
+                    client,
+                    ErrorCode::AccessViolation,
+                    "write requests are not accepted",
+                )
+                .await;
+                return Admission::Answered;
+            }
+            Ok(_) => {
+                // DATA/ACK/ERROR/OACK to the request port: stray or spoofed; answering could
+                // be used for reflection, so only count it.
+                bump(&stats.malformed);
+                return Admission::Answered;
+            }
+            Err(e) => {
+                bump(&stats.malformed);
+                if proto::ParseError::was_request(datagram) {
+                    debug!(client = %client, error = %e, "malformed tftp request");
+                    self.reply_error(client, ErrorCode::IllegalOperation, &e.to_string())
+                        .await;
+                }
+                return Admission::Answered;
+            }
+        };
+        if running.contains(&client) {
+            // The client resent its RRQ because our first datagram is slow or lost; the
+            // running transfer will resend it. A second transfer would send from a second
+            // TID, which the client must reject.
+            bump(&stats.duplicate_requests);
+            return Admission::Answered;
+        }
+        if active >= self.max_transfers {
+            bump(&stats.busy);
+            warn!(client = %client, limit = self.max_transfers, "tftp request refused: too many transfers");
+            self.reply_error(client, ErrorCode::NotDefined, "server busy, try again")
+                .await;
+            return Admission::Answered;
+        }
+        if per_ip.get(&client.ip()).copied().unwrap_or(0) >= self.max_per_client {
+            bump(&stats.busy);
+            warn!(client = %client, limit = self.max_per_client, "tftp request refused: too many transfers from this client");
+            self.reply_error(
+                client,
+                ErrorCode::NotDefined,
+                "too many transfers from this client",
+            )
+            .await;
+            return Admission::Answered;
+        }
+        Admission::Start(request)
+    }
+
+    async fn reply_error(&self, client: SocketAddr, code: ErrorCode, message: &str) {
+        let mut buf = [0u8; 512];
+        let n = proto::put_error(&mut buf, code, message);
+        if let Err(e) = self.socket.send_to(&buf[..n], client).await {
+            debug!(client = %client, error = %e, "tftp error reply not sent");
+        }
+    }
+}
+
+enum Admission {
+    Start(Request),
+    Answered,
+}
+
+/// One transfer, from resolving its path to its last datagram.
+async fn run_transfer(
+    shared: Arc<Shared>,
+    request: Request,
+    client: SocketAddr,
+    local_ip: IpAddr,
+    abort: CancellationToken,
+) {
+    let stats = &shared.stats;
+    let (bind_ip, client) = same_family(local_ip, client);
+    let socket = match new_udp_socket(SocketAddr::new(bind_ip, 0), 0).and_then(UdpSocket::from_std)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(client = %client, error = %e, "tftp: cannot open a transfer socket");
+            bump(&stats.failed);
+            return;
+        }
+    };
+    let raw_name = request.filename.escape_debug().to_string();
+    let send_error = |code: ErrorCode, message: &str| {
+        let mut buf = [0u8; 512];
+        let n = proto::put_error(&mut buf, code, message);
+        // A refusal is best effort: if this one datagram is lost the client times out.
+        let _ = socket.try_send_to(&buf[..n], client);
+    };
+    let path = match CleanPath::parse(&request.filename) {
+        Ok(p) => p,
+        Err(e) => {
+            bump(&stats.refused);
+            warn!(client = %client, path = %raw_name, reason = %e, "tftp request refused");
+            shared
+                .observer
+                .on_refused(client, &raw_name, &e.to_string());
+            send_error(ErrorCode::AccessViolation, "access violation");
+            return;
+        }
+    };
+    let resolver = shared.resolver.clone();
+    let resolve_path = path.clone();
+    // Resolvers touch the file system (and later render templates): keep that off the
+    // runtime's worker threads.
+    let resolved = tokio::task::spawn_blocking(move || {
+        resolver.resolve(&chainboot_content::Request {
+            path: &resolve_path,
+            client,
+            transport: Transport::Tftp,
+        })
+    })
+    .await;
+    let path = path.as_string();
+    let content = match resolved {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let (code, message) = match &e {
+                ResolveError::NotFound | ResolveError::IsDirectory => {
+                    bump(&stats.not_found);
+                    info!(client = %client, path = %path, reason = %e, "tftp file not found");
+                    (ErrorCode::FileNotFound, "file not found")
+                }
+                e if e.is_refusal() => {
+                    bump(&stats.refused);
+                    warn!(client = %client, path = %path, reason = %e, "tftp request refused");
+                    (ErrorCode::AccessViolation, "access violation")
+                }
+                _ => {
+                    bump(&stats.failed);
+                    warn!(client = %client, path = %path, error = %e, "tftp request failed");
+                    (ErrorCode::NotDefined, "cannot read file")
+                }
+            };
+            shared.observer.on_refused(client, &path, &e.to_string());
+            send_error(code, message);
+            return;
+        }
+        Err(e) => {
+            bump(&stats.failed);
+            warn!(client = %client, path = %path, error = %e, "tftp resolver panicked");
+            send_error(ErrorCode::NotDefined, "cannot read file");
+            return;
+        }
+    };
+
+    let started = Instant::now();
+    let mut transfer = Transfer::new(&request, content.len(), started, &shared.settings);
+    bump(&stats.started);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    shared.observer.on_start(&TransferStart {
+        client,
+        path: &path,
+        size: content.len(),
+        blksize: transfer.blksize(),
+        windowsize: transfer.windowsize(),
+    });
+
+    let mut out = vec![0u8; transfer.datagram_capacity()];
+    let mut inbuf = [0u8; 1024];
+    let mut answered_tids: Vec<SocketAddr> = Vec::new();
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut aborted = false;
+    loop {
+        let mut send_failed = None;
+        while let Some(n) = transfer.poll_transmit(Instant::now(), &content, &mut out) {
+            if let Err(e) = socket.send_to(&out[..n], client).await {
+                send_failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = send_failed {
+            // The local stack refused (e.g. no route): nothing to retry into.
+            transfer.abort(&format!("send failed: {e}"));
+            let _ = transfer.poll_transmit(Instant::now(), &content, &mut out);
+        }
+        if transfer.is_done() {
+            break;
+        }
+        let Some(deadline) = transfer.poll_timeout() else {
+            // Not done, nothing to send and nothing in flight cannot happen; end rather than
+            // hang if it ever does.
+            transfer.abort("internal error: transfer stalled");
+            let _ = transfer.poll_transmit(Instant::now(), &content, &mut out);
+            break;
+        };
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(deadline));
+        tokio::select! {
+            biased;
+            _ = abort.cancelled(), if !aborted => {
+                aborted = true;
+                transfer.abort("server shutting down");
+            }
+            received = socket.recv_from(&mut inbuf) => {
+                let (n, from) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // ICMP errors (port unreachable: the client is gone) surface here on
+                        // Linux; the retransmit timer decides when to give up.
+                        debug!(client = %client, error = %e, "tftp transfer socket receive error");
+                        continue;
+                    }
+                };
+                if from != client {
+                    // RFC 1350 section 4: answer an unknown TID with error 5 and carry on.
+                    bump(&stats.unknown_tid);
+                    if answered_tids.len() < MAX_UNKNOWN_TIDS_ANSWERED && !answered_tids.contains(&from) {
+                        answered_tids.push(from);
+                        let mut buf = [0u8; 64];
+                        let n = proto::put_error(&mut buf, ErrorCode::UnknownTid, "unknown transfer ID");
+                        let _ = socket.try_send_to(&buf[..n], from);
+                    }
+                    continue;
+                }
+                if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
+                    bump(&stats.malformed);
+                }
+            }
+            _ = &mut timer => transfer.handle_timeout(Instant::now()),
+        }
+    }
+
+    let duration = started.elapsed();
+    let bytes = transfer.bytes_acked();
+    let outcome = transfer
+        .outcome()
+        .cloned()
+        .unwrap_or_else(|| Outcome::Failed("ended without outcome".into()));
+    stats.active.fetch_sub(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+    if outcome.is_success() {
+        bump(&stats.finished);
+    } else {
+        bump(&stats.failed);
+    }
+    let secs = duration.as_secs_f64();
+    let mb_per_s = if secs > 0.0 {
+        bytes as f64 / secs / 1e6
+    } else {
+        0.0
+    };
+    let c = transfer.counters();
+    info!(
+        client = %client,
+        path = %path,
+        bytes,
+        blksize = transfer.blksize(),
+        windowsize = transfer.windowsize(),
+        duration_ms = duration.as_millis() as u64,
+        mb_per_s = format_args!("{mb_per_s:.1}"),
+        mode = if request.mode == Mode::Netascii { "netascii" } else { "octet" },
+        resent = c.resent,
+        outcome = %outcome,
+        "tftp transfer finished"
+    );
+    shared.observer.on_finish(&TransferSummary {
+        client,
+        path: &path,
+        bytes,
+        blksize: transfer.blksize(),
+        windowsize: transfer.windowsize(),
+        duration,
+        outcome: &outcome,
+    });
+}
+
+/// The transfer socket must have the client's address family: an IPv4 client reaching a
+/// dual-stack socket shows up as `::ffff:a.b.c.d`.
+fn same_family(local: IpAddr, client: SocketAddr) -> (IpAddr, SocketAddr) {
+    match (local, client) {
+        (IpAddr::V6(l), SocketAddr::V6(c)) => match (l.to_ipv4_mapped(), c.ip().to_ipv4_mapped()) {
+            (_, Some(c4)) => (
+                l.to_ipv4_mapped()
+                    .map(IpAddr::V4)
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                SocketAddr::new(IpAddr::V4(c4), c.port()),
+            ),
+            _ => (IpAddr::V6(l), client),
+        },
+        (IpAddr::V4(l), SocketAddr::V4(_)) => (IpAddr::V4(l), client),
+        (IpAddr::V4(_), SocketAddr::V6(_)) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), client),
+        (IpAddr::V6(_), SocketAddr::V4(_)) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), client),
+    }
+}
+
+fn new_udp_socket(addr: SocketAddr, rcvbuf: usize) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    if rcvbuf > 0 {
+        let size = rcvbuf as libc::c_int;
+        // SAFETY: setsockopt on a valid descriptor with a correctly sized int. A failure only
+        // means a smaller buffer, so the result is ignored.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(socket)
+}
+
+fn enable_pktinfo(socket: &std::net::UdpSocket, ipv6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: setsockopt on a valid descriptor with a correctly sized int.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ipv6 {
+        // IPv4 clients of a dual-stack socket report their destination through IP_PKTINFO.
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Receives one datagram with the address it was sent to (when pktinfo is on). The length
+/// is `None` when the datagram did not fit the buffer (never a valid request).
+async fn recv_with_destination(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(Option<usize>, SocketAddr, Option<IpAddr>)> {
+    socket
+        .async_io(Interest::READABLE, || {
+            recvmsg_pktinfo(socket.as_raw_fd(), buf)
+        })
+        .await
+}
+
+fn recvmsg_pktinfo(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> io::Result<(Option<usize>, SocketAddr, Option<IpAddr>)> {
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 32];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at live buffers of the sizes it declares.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let source = sockaddr_to_std(&addr)
+        .ok_or_else(|| io::Error::other("datagram from an unsupported address family"))?;
+    let mut destination = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded by
+    // msg_controllen; each payload is read unaligned at its declared type.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let h = &*cmsg;
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                destination = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                destination = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let len = if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        None
+    } else {
+        Some(n as usize)
+    };
+    Ok((len, source, destination))
+}
+
+fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read_unaligned(addr as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read_unaligned(addr as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_socket_get_an_ipv4_transfer_socket() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let local: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let (ip, c) = same_family(local, mapped);
+        assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(c, "127.0.0.1:5000".parse::<SocketAddr>().unwrap());
+        let v4: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        assert_eq!(same_family("127.0.0.2".parse().unwrap(), v4).1, v4);
+    }
+}
