@@ -16,6 +16,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub ipxe: IpxeConfig,
     pub ipv6: chainboot_ra::Ipv6Config,
+    pub tftp: chainboot_tftp::TftpConfig,
 }
 
 impl Validate for Config {
@@ -23,6 +24,7 @@ impl Validate for Config {
         let mut out = under(&["server"], self.server.validate());
         out.extend(under(&["ipxe"], self.ipxe.validate()));
         out.extend(under(&["ipv6"], self.ipv6.validate()));
+        out.extend(under(&["tftp"], self.tftp.validate()));
         out
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod interfaces;
 mod ipxe;
 mod logging;
+mod resolver;
 mod serve;
 
 use std::path::PathBuf;

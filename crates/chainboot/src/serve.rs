@@ -12,6 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use anyhow::Context;
+use chainboot_content::Root;
+use chainboot_tftp::TftpServer;
+
+use crate::ipxe::IpxeBinaries;
+use crate::resolver::TftpNamespace;
 use crate::{config, interfaces};
 
 /// How long in-flight transfers may run after a stop signal.
@@ -67,6 +73,30 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
                 }
             }
         }
+    }
+
+    let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
+    for (name, path) in ipxe.found() {
+        info!(binary = name, path = %path.display(), "iPXE first stage available");
+    }
+    let tftp_root = match &cfg.tftp.root {
+        Some(dir) => Some(Arc::new(
+            Root::new(dir).with_context(|| format!("[tftp] root {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let tftp_namespace = Arc::new(TftpNamespace {
+        generated: Vec::new(),
+        ipxe: ipxe.clone(),
+        isos: None,
+        root: tftp_root,
+    });
+    let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
+        .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?;
+    info!(listen = %tftp.local_addr(), "TFTP listening");
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("tftp", tftp.run(token).await) });
     }
 
     let result = tokio::select! {
