@@ -1,0 +1,219 @@
+//! `[http]` of the config file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// `[http]`: where to listen, what to serve under `/files/`, and the limits that keep slow or
+/// hostile clients from exhausting the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// One address (`"0.0.0.0:80"`) or a list of them.
+    pub listen: Listen,
+    /// Directory served under `/files/` (profiles' relative asset paths point here).
+    pub root: Option<PathBuf>,
+    /// Directory indexes under `/files/` (off by default: a boot server should not publish
+    /// its tree). `/iso/NAME/` indexes are always on.
+    pub listing: bool,
+    /// Connections served at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Time allowed to send a request's headers (slowloris defence).
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight and no traffic for this long is
+    /// closed.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted (API writes, events); larger gets 413.
+    pub request_body_limit: usize,
+}
+
+/// `listen = "addr"` or `listen = ["addr", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Listen {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Listen {
+    /// The addresses as written.
+    pub fn as_list(&self) -> Vec<&str> {
+        match self {
+            Listen::One(s) => vec![s.as_str()],
+            Listen::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: Listen::One("0.0.0.0:80".into()),
+            root: None,
+            listing: false,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            request_body_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// A config value that cannot work, with the key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("http.{key}: {message}")]
+pub struct HttpConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn err(key: &'static str, message: String) -> HttpConfigError {
+    HttpConfigError { key, message }
+}
+
+impl HttpConfig {
+    /// The listen addresses, parsed.
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, HttpConfigError> {
+        let list = self.listen.as_list();
+        if list.is_empty() {
+            return Err(err("listen", "needs at least one address".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in list {
+            let a: SocketAddr = s.parse().map_err(|_| {
+                err(
+                    "listen",
+                    format!("{s:?} is not an address with a port (\"0.0.0.0:80\", \"[::]:80\")"),
+                )
+            })?;
+            if !seen.insert(a) {
+                return Err(err("listen", format!("{s:?} is listed twice")));
+            }
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), HttpConfigError> {
+        self.listen_addrs()?;
+        if let Some(root) = &self.root {
+            if !root.is_dir() {
+                return Err(err(
+                    "root",
+                    format!("{} is not a directory", root.display()),
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(err(
+                "max_connections",
+                format!("{} is outside 1..=1000000", self.max_connections),
+            ));
+        }
+        for (key, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(err(
+                    key,
+                    format!(
+                        "{} is outside 100ms..1h",
+                        humantime::format_duration(d)
+                    ),
+                ));
+            }
+        }
+        // hyper's read buffer cannot be smaller than 8 KiB; 1 MiB of headers is an attack.
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(err(
+                "max_header_bytes",
+                format!("{} is outside 8192..=1048576", self.max_header_bytes),
+            ));
+        }
+        if self.request_body_limit > 1024 * 1024 * 1024 {
+            return Err(err(
+                "request_body_limit",
+                format!("{} is over 1 GiB", self.request_body_limit),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations written as `"10s"`, `"1m 30s"`, `"500ms"`.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like \"10s\": {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_an_empty_table_gives_them() {
+        let c: HttpConfig = toml::from_str("").unwrap();
+        assert_eq!(c, HttpConfig::default());
+        c.validate().unwrap();
+        assert_eq!(c.listen_addrs().unwrap(), vec!["0.0.0.0:80".parse().unwrap()]);
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let c: HttpConfig =
+            toml::from_str("listen = [\"127.0.0.1:8080\", \"[::1]:8080\"]\nidle_timeout = \"90s\"")
+                .unwrap();
+        assert_eq!(c.listen_addrs().unwrap().len(), 2);
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(toml::from_str::<HttpConfig>("lisen = \"x\"").is_err());
+        assert!(toml::from_str::<HttpConfig>("idle_timeout = \"soon\"").is_err());
+        let cases: Vec<(&str, HttpConfig)> = vec![
+            ("listen", HttpConfig { listen: Listen::One("localhost".into()), ..Default::default() }),
+            ("listen", HttpConfig { listen: Listen::Many(vec![]), ..Default::default() }),
+            (
+                "listen",
+                HttpConfig {
+                    listen: Listen::Many(vec!["127.0.0.1:1".into(), "127.0.0.1:1".into()]),
+                    ..Default::default()
+                },
+            ),
+            ("root", HttpConfig { root: Some("/nonexistent/dir".into()), ..Default::default() }),
+            ("max_connections", HttpConfig { max_connections: 0, ..Default::default() }),
+            ("idle_timeout", HttpConfig { idle_timeout: Duration::ZERO, ..Default::default() }),
+            ("max_header_bytes", HttpConfig { max_header_bytes: 10, ..Default::default() }),
+        ];
+        for (key, c) in cases {
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().starts_with(&format!("http.{key}:")));
+        }
+    }
+}

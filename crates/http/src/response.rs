@@ -1,0 +1,392 @@
+//! Turning a [`Content`] into an HTTP response: validators, conditional requests, single
+//! ranges, and a body streamed by positioned reads.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use chainboot_content::{changed_error, Content};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use http_body::Frame;
+use tokio::task::JoinHandle;
+
+/// Bytes read per positioned read while streaming. Large enough that the per-read costs (a
+/// blocking-pool hop and the content fingerprint check) vanish next to the copy; small enough
+/// that 64 clients streaming at once hold a few MiB, not their files.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Answers GET or HEAD for `content` with everything iPXE and curl expect: Content-Length
+/// always (iPXE needs it, pixiecore#10), `Accept-Ranges`, `ETag` and `Last-Modified`;
+/// `If-None-Match` / `If-Modified-Since` -> 304, `If-Match` / `If-Unmodified-Since` -> 412
+/// (RFC 9110 13.2.2 order), one `Range` (incl. suffix ranges) -> 206, an unsatisfiable one
+/// -> 416 with `Content-Range: bytes */len`, `If-Range` honoured. Several ranges in one
+/// request get the whole content (RFC 9110 14.2 lets a server ignore Range), which every
+/// boot client handles. The body is read in [`CHUNK`]s as it is sent, never whole; if a read
+/// fails mid-way (the file changed or vanished), the body errors and the connection is
+/// aborted, so the client sees a short transfer instead of wrong bytes.
+///
+/// Usable for generated content too (`Content::from_bytes`).
+pub fn content_response(
+    method: &Method,
+    headers: &HeaderMap,
+    content: Content,
+    content_type: &str,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let len = content.len();
+    let modified = content.modified().map(whole_seconds);
+    let etag = content.etag().to_string();
+
+    let mut validators = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        validators.insert(header::ETAG, v);
+    }
+    if let Some(m) = modified {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
+            validators.insert(header::LAST_MODIFIED, v);
+        }
+    }
+
+    // RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
+    // If-Modified-Since; then If-Range with Range.
+    if let Some(im) = header_str(headers, header::IF_MATCH) {
+        if !etag_list_matches(im, &etag, true) {
+            return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
+        }
+    } else if let (Some(ius), Some(m)) = (header_date(headers, header::IF_UNMODIFIED_SINCE), modified) {
+        if m > ius {
+            return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
+        }
+    }
+    if let Some(inm) = header_str(headers, header::IF_NONE_MATCH) {
+        if etag_list_matches(inm, &etag, false) {
+            return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
+        }
+    } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified) {
+        if m <= ims {
+            return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
+        }
+    }
+
+    // Range handling is defined for GET only (RFC 9110 14.2).
+    let mut range = None;
+    if method == Method::GET {
+        if let Some(r) = header_str(headers, header::RANGE) {
+            let if_range_ok = match header_str(headers, header::IF_RANGE) {
+                None => true,
+                // A strong ETag compares strongly; a date must equal Last-Modified exactly.
+                Some(v) if v.starts_with('"') => v == etag,
+                Some(v) => match (httpdate::parse_http_date(v).ok(), modified) {
+                    (Some(d), Some(m)) => d == m,
+                    _ => false,
+                },
+            };
+            if if_range_ok {
+                match parse_range(r, len) {
+                    RangeSpec::Ignore => {}
+                    RangeSpec::Unsatisfiable => {
+                        let mut resp = status_only(StatusCode::RANGE_NOT_SATISFIABLE);
+                        let h = resp.headers_mut();
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                            h.insert(header::CONTENT_RANGE, v);
+                        }
+                        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                        return with_headers(resp, &validators);
+                    }
+                    RangeSpec::Range(start, end) => range = Some((start, end)),
+                }
+            }
+        }
+    }
+
+    let (status, start, end) = match range {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
+        None => (StatusCode::OK, 0, len),
+    };
+    let body = if method == Method::HEAD || start == end {
+        Body::empty()
+    } else if let Some(bytes) = content.as_bytes() {
+        Body::from(bytes.slice(start as usize..end as usize))
+    } else {
+        Body::new(ContentBody::new(content, start, end))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, len)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    with_headers(resp, &validators)
+}
+
+fn status_only(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn with_headers(mut r: Response, extra: &HeaderMap) -> Response {
+    for (k, v) in extra {
+        r.headers_mut().insert(k.clone(), v.clone());
+    }
+    r
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn header_date(h: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    header_str(h, name).and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+/// HTTP dates have whole seconds; comparisons must use the same precision.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_secs(d.as_secs()),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// `*` or a comma-separated list of entity tags. Weak comparison (If-None-Match) ignores the
+/// `W/` prefix; strong comparison (If-Match) never matches a weak tag.
+fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    if list == "*" {
+        return true;
+    }
+    list.split(',').map(str::trim).any(|t| {
+        if let Some(weak) = t.strip_prefix("W/") {
+            !strong && weak == etag
+        } else {
+            t == etag
+        }
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Not a single byte range we serve: send the whole content.
+    Ignore,
+    /// 416.
+    Unsatisfiable,
+    /// `[start, end)`.
+    Range(u64, u64),
+}
+
+/// RFC 9110 14.1.2 byte ranges: `bytes=a-b`, `bytes=a-`, `bytes=-n`.
+fn parse_range(v: &str, len: u64) -> RangeSpec {
+    let Some(spec) = v.strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
+    let spec = spec.trim();
+    if spec.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    if a.is_empty() {
+        // Suffix range: the last n bytes.
+        let Some(n) = num(b) else {
+            return RangeSpec::Ignore;
+        };
+        if n == 0 || len == 0 {
+            return RangeSpec::Unsatisfiable;
+        }
+        return RangeSpec::Range(len - n.min(len), len);
+    }
+    let Some(start) = num(a) else {
+        return RangeSpec::Ignore;
+    };
+    let end = if b.is_empty() {
+        len
+    } else {
+        match num(b) {
+            Some(e) if e >= start => e.saturating_add(1).min(len),
+            _ => return RangeSpec::Ignore,
+        }
+    };
+    if start >= len {
+        return RangeSpec::Unsatisfiable;
+    }
+    RangeSpec::Range(start, end)
+}
+
+/// A body that reads `[pos, end)` of a content in [`CHUNK`]s on the blocking pool, one read
+/// ahead of nothing: memory per response is one chunk in flight.
+struct ContentBody {
+    content: Content,
+    pos: u64,
+    end: u64,
+    pending: Option<JoinHandle<io::Result<Bytes>>>,
+}
+
+impl ContentBody {
+    fn new(content: Content, pos: u64, end: u64) -> ContentBody {
+        ContentBody {
+            content,
+            pos,
+            end,
+            pending: None,
+        }
+    }
+}
+
+impl http_body::Body for ContentBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if this.pos >= this.end {
+            return Poll::Ready(None);
+        }
+        if this.pending.is_none() {
+            let content = this.content.clone();
+            let pos = this.pos;
+            let n = (this.end - this.pos).min(CHUNK as u64) as usize;
+            this.pending = Some(tokio::task::spawn_blocking(move || {
+                let mut buf = BytesMut::zeroed(n);
+                let got = content.read_at(pos, &mut buf)?;
+                if got != n {
+                    // The content promised more bytes than the file now has.
+                    return Err(changed_error());
+                }
+                Ok(buf.freeze())
+            }));
+        }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let res = ready!(Pin::new(pending).poll(cx));
+        this.pending = None;
+        match res {
+            Ok(Ok(bytes)) => {
+                this.pos += bytes.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Ok(Err(e)) => {
+                // Poison the body: an error ends it, and hyper aborts the connection.
+                this.pos = this.end;
+                Poll::Ready(Some(Err(e)))
+            }
+            Err(join) => {
+                this.pos = this.end;
+                Poll::Ready(Some(Err(io::Error::other(join))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.end.saturating_sub(self.pos))
+    }
+}
+
+use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_per_rfc_9110() {
+        use RangeSpec::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Range(0, 1));
+        assert_eq!(parse_range("bytes=2-5", 10), Range(2, 6));
+        assert_eq!(parse_range("bytes=2-", 10), Range(2, 10));
+        assert_eq!(parse_range("bytes=5-100", 10), Range(5, 10));
+        assert_eq!(parse_range("bytes=-3", 10), Range(7, 10));
+        assert_eq!(parse_range("bytes=-30", 10), Range(0, 10));
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-2", 10), Ignore);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Ignore);
+        assert_eq!(parse_range("items=0-1", 10), Ignore);
+        assert_eq!(parse_range("bytes=a-b", 10), Ignore);
+        assert_eq!(parse_range("bytes=+1-2", 10), Ignore);
+        assert_eq!(parse_range("bytes=99999999999999999999999-", 10), Ignore);
+    }
+
+    #[test]
+    fn etag_lists_compare_weak_and_strong() {
+        assert!(etag_list_matches("*", "\"a\"", true));
+        assert!(etag_list_matches("\"b\", \"a\"", "\"a\"", true));
+        assert!(etag_list_matches("W/\"a\"", "\"a\"", false));
+        assert!(!etag_list_matches("W/\"a\"", "\"a\"", true));
+        assert!(!etag_list_matches("\"b\"", "\"a\"", false));
+    }
+
+    fn req(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn generated_content_answers_conditionals_and_ranges() {
+        let c = Content::from_bytes(&b"0123456789"[..]);
+        let etag = c.etag().to_string();
+        let r = content_response(&Method::GET, &HeaderMap::new(), c.clone(), "text/plain");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
+        assert_eq!(r.headers()[header::ETAG], etag.as_str());
+        let r = content_response(&Method::GET, &req(&[(header::IF_NONE_MATCH, &etag)]), c.clone(), "x");
+        assert_eq!(r.status(), 304);
+        let r = content_response(&Method::GET, &req(&[(header::IF_MATCH, "\"other\"")]), c.clone(), "x");
+        assert_eq!(r.status(), 412);
+        let r = content_response(&Method::GET, &req(&[(header::RANGE, "bytes=-4")]), c.clone(), "x");
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 6-9/10");
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "4");
+        let r = content_response(
+            &Method::GET,
+            &req(&[(header::RANGE, "bytes=0-1"), (header::IF_RANGE, "\"stale\"")]),
+            c.clone(),
+            "x",
+        );
+        assert_eq!(r.status(), 200, "If-Range mismatch sends everything");
+        let r = content_response(&Method::GET, &req(&[(header::RANGE, "bytes=10-")]), c.clone(), "x");
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
+        let r = content_response(&Method::HEAD, &req(&[(header::RANGE, "bytes=0-1")]), c.clone(), "x");
+        assert_eq!(r.status(), 200, "Range is defined for GET only");
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
+        let r = content_response(&Method::POST, &HeaderMap::new(), c, "x");
+        assert_eq!(r.status(), 405);
+    }
+}

@@ -1,0 +1,433 @@
+//! `/files/`, `/ipxe-bin/` and `/iso/` routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request as AxumRequest};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chainboot_content::{CleanPath, Content, Request, ResolveError, Resolver, Root, Transport};
+use chainboot_iso::{EntryKind, IsoLibrary};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use crate::content_response;
+
+/// What the static routes serve. Built by the binary from the config.
+#[derive(Clone)]
+pub struct StaticContent {
+    /// `[http] root`, served under `/files/`.
+    pub files: Option<Arc<Root>>,
+    /// iPXE binaries, served under `/ipxe-bin/NAME` (for UEFI HTTP Boot).
+    pub ipxe_bin: Arc<dyn Resolver>,
+    /// `[[iso]]` images, served under `/iso/NAME/`.
+    pub isos: Arc<IsoLibrary>,
+    /// Directory indexes under `/files/` (`[http] listing`).
+    pub listing: bool,
+}
+
+/// The router for `/files/...`, `/ipxe-bin/NAME` and `/iso/NAME/...` (GET and HEAD). The
+/// binary merges its own routers (boot scripts, API) into it and hands the result to
+/// [`crate::HttpServer::run`].
+pub fn static_routes(content: StaticContent) -> Router {
+    let c = Arc::new(content);
+    let files = {
+        let c = c.clone();
+        move |req: AxumRequest| {
+            let c = c.clone();
+            async move { serve_files(&c, req).await }
+        }
+    };
+    let ipxe = {
+        let c = c.clone();
+        move |req: AxumRequest| {
+            let c = c.clone();
+            async move { serve_ipxe_bin(&c, req).await }
+        }
+    };
+    let iso = {
+        let c = c.clone();
+        move |req: AxumRequest| {
+            let c = c.clone();
+            async move { serve_iso(&c, req).await }
+        }
+    };
+    Router::new()
+        .route("/files", get(files.clone()))
+        .route("/files/", get(files.clone()))
+        .route("/files/{*rest}", get(files))
+        .route("/ipxe-bin/{*rest}", get(ipxe))
+        .route("/iso", get(iso.clone()))
+        .route("/iso/", get(iso.clone()))
+        .route("/iso/{*rest}", get(iso))
+}
+
+/// Why a request path was refused before any lookup.
+#[derive(Debug)]
+pub(crate) enum PathRefusal {
+    /// Not valid percent-encoding or not UTF-8.
+    BadEncoding,
+    /// Still percent-encoded after decoding once (`%252e%252e`): double encoding is how
+    /// traversal filters get bypassed, and no boot asset is legitimately named like that.
+    DoubleEncoded,
+    /// Refused by [`CleanPath::parse`] (`..`, control bytes, ...).
+    Path(chainboot_content::PathError),
+}
+
+/// Decodes the part of a raw (still encoded) URL path after `prefix`. `Ok(None)` = the
+/// prefix itself (the root of the tree).
+pub(crate) fn decode_path(raw: &str, prefix: &str) -> Result<Option<CleanPath>, PathRefusal> {
+    let rest = raw.strip_prefix(prefix).unwrap_or("");
+    let decoded = percent_decode_str(rest)
+        .decode_utf8()
+        .map_err(|_| PathRefusal::BadEncoding)?;
+    if has_percent_escape(&decoded) {
+        return Err(PathRefusal::DoubleEncoded);
+    }
+    if decoded.trim_matches(['/', '\\', '.']).is_empty() && !decoded.contains("..") {
+        return Ok(None);
+    }
+    CleanPath::parse(&decoded).map(Some).map_err(PathRefusal::Path)
+}
+
+fn has_percent_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
+fn client_of(req: &AxumRequest) -> SocketAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut msg = msg.into();
+    msg.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+fn refusal_response(r: PathRefusal) -> Response {
+    let msg = match r {
+        PathRefusal::BadEncoding => "bad request path: invalid percent-encoding".to_string(),
+        PathRefusal::DoubleEncoded => "bad request path: double percent-encoding".to_string(),
+        PathRefusal::Path(e) => format!("bad request path: {e}"),
+    };
+    plain(StatusCode::BAD_REQUEST, msg)
+}
+
+fn resolve_error_response(e: &ResolveError) -> Response {
+    match e {
+        ResolveError::BadPath(p) => plain(StatusCode::BAD_REQUEST, format!("bad request path: {p}")),
+        ResolveError::NotFound | ResolveError::IsDirectory => {
+            plain(StatusCode::NOT_FOUND, "not found")
+        }
+        ResolveError::Forbidden(_) => plain(StatusCode::FORBIDDEN, "forbidden"),
+        ResolveError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            plain(StatusCode::NOT_FOUND, "not found")
+        }
+        ResolveError::Generate(_) | ResolveError::Io(_) => {
+            tracing::warn!(target: "chainboot::http", error = %e, "cannot serve");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)")
+        }
+    }
+}
+
+/// Content-Type from the name. Boot assets without a known extension (vmlinuz, initrd,
+/// undionly.kpxe) are octet-stream; scripts and configs are text.
+pub(crate) fn content_type_for(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    match ext {
+        "ipxe" | "cfg" | "conf" | "seed" | "preseed" | "ks" | "txt" => {
+            return "text/plain; charset=utf-8".into()
+        }
+        "efi" | "kpxe" | "pxe" | "lkrn" | "0" | "img" | "iso" | "gz" | "xz" | "zst" => {
+            return "application/octet-stream".into()
+        }
+        _ => {}
+    }
+    mime_guess::from_path(&lower)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
+/// Opening files stats and canonicalises paths and may index an ISO: off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ResolveError> + Send + 'static,
+) -> Result<T, ResolveError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ResolveError::Io(std::io::Error::other(e))))
+}
+
+fn wants_json(uri: &Uri, headers: &HeaderMap) -> bool {
+    let q = uri.query().unwrap_or("");
+    if q.split('&').any(|kv| kv == "format=json") {
+        return true;
+    }
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+/// One row of a directory index.
+#[derive(Debug, serde::Serialize)]
+struct IndexEntry {
+    name: String,
+    kind: EntryKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'\\')
+    .add(b'\'')
+    .add(b'&');
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A small HTML (or JSON) index. Links are absolute, so the URL needs no trailing slash.
+fn index_response(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    base: &str,
+    title: &str,
+    entries: Vec<IndexEntry>,
+) -> Response {
+    let (body, ctype) = if wants_json(uri, headers) {
+        let v = serde_json::json!({ "path": title, "entries": entries });
+        (v.to_string(), "application/json")
+    } else {
+        let mut html = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body><h1>{t}</h1>\n<ul>\n",
+            t = html_escape(title)
+        );
+        for e in &entries {
+            let href: String = utf8_percent_encode(&e.name, PATH_SEGMENT).to_string();
+            let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
+            let size = e.size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
+            html.push_str(&format!(
+                "<li><a href=\"{base}/{href}{slash}\">{}{slash}</a>{size}</li>\n",
+                html_escape(&e.name)
+            ));
+        }
+        html.push_str("</ul></body></html>\n");
+        (html, "text/html; charset=utf-8")
+    };
+    let mut r = content_response(method, &HeaderMap::new(), Content::from_bytes(body), ctype);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn encoded_base(prefix: &str, path: Option<&CleanPath>) -> String {
+    let mut base = prefix.trim_end_matches('/').to_string();
+    if let Some(p) = path {
+        for part in p.parts() {
+            base.push('/');
+            base.push_str(&utf8_percent_encode(part, PATH_SEGMENT).to_string());
+        }
+    }
+    base
+}
+
+async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+    let raw = req.uri().path().to_string();
+    let path = match decode_path(&raw, "/files") {
+        Ok(p) => p,
+        Err(r) => return refusal_response(r),
+    };
+    let Some(root) = c.files.clone() else {
+        return plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
+    };
+    let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+    let listing = c.listing;
+    let p2 = path.clone();
+    let opened = blocking(move || match &p2 {
+        None => Err(ResolveError::IsDirectory),
+        Some(p) => root.open(p).map(|content| (content, None)).or_else(|e| match e {
+            ResolveError::IsDirectory if listing => root.list(Some(p)).map(|l| {
+                (Content::from_bytes(Vec::new()), Some(l))
+            }),
+            e => Err(e),
+        }),
+    })
+    .await;
+    let opened = match (opened, &path, c.files.clone()) {
+        (Err(ResolveError::IsDirectory), None, Some(root)) if listing => {
+            blocking(move || root.list(None).map(|l| (Content::from_bytes(Vec::new()), Some(l)))).await
+        }
+        (other, _, _) => other,
+    };
+    match opened {
+        Ok((_, Some(list))) => {
+            let base = encoded_base("/files", path.as_ref());
+            let title = format!("/files/{}", path.as_ref().map(|p| p.as_string()).unwrap_or_default());
+            let entries = list
+                .into_iter()
+                .map(|(name, is_dir)| IndexEntry {
+                    name,
+                    kind: if is_dir { EntryKind::Dir } else { EntryKind::File },
+                    size: None,
+                })
+                .collect();
+            index_response(&method, &uri, &headers, &base, &title, entries)
+        }
+        Ok((content, None)) => {
+            let name = path.as_ref().map(|p| p.as_string()).unwrap_or_default();
+            content_response(&method, &headers, content, &content_type_for(&name))
+        }
+        Err(e) => resolve_error_response(&e),
+    }
+}
+
+async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+    let raw = req.uri().path().to_string();
+    let path = match decode_path(&raw, "/ipxe-bin") {
+        Ok(Some(p)) => p,
+        Ok(None) => return plain(StatusCode::NOT_FOUND, "not found"),
+        Err(r) => return refusal_response(r),
+    };
+    let client = client_of(&req);
+    let resolver = c.ipxe_bin.clone();
+    let p2 = path.clone();
+    let res = blocking(move || {
+        resolver.resolve(&Request {
+            path: &p2,
+            client,
+            transport: Transport::Http,
+        })
+    })
+    .await;
+    match res {
+        Ok(content) => content_response(
+            req.method(),
+            req.headers(),
+            content,
+            &content_type_for(&path.as_string()),
+        ),
+        Err(e) => resolve_error_response(&e),
+    }
+}
+
+async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+    let raw = req.uri().path().to_string();
+    let path = match decode_path(&raw, "/iso") {
+        Ok(p) => p,
+        Err(r) => return refusal_response(r),
+    };
+    let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+    let Some(path) = path else {
+        // /iso/: the configured images.
+        let entries = c
+            .isos
+            .status()
+            .into_iter()
+            .filter(|s| s.result.is_ok())
+            .map(|s| IndexEntry {
+                name: s.name,
+                kind: EntryKind::Dir,
+                size: None,
+            })
+            .collect();
+        return index_response(&method, &uri, &headers, "/iso", "/iso/", entries);
+    };
+    let name = path.first().to_string();
+    let inner = path.strip_prefix(1);
+    let isos = c.isos.clone();
+    let (n2, i2) = (name.clone(), inner.clone());
+    let res = blocking(move || match &i2 {
+        None => isos.list(&n2, None).map(Err),
+        Some(p) => match isos.content(&n2, p) {
+            Ok(content) => Ok(Ok(content)),
+            Err(ResolveError::IsDirectory) => isos.list(&n2, Some(p)).map(Err),
+            Err(e) => Err(e),
+        },
+    })
+    .await;
+    match res {
+        Ok(Ok(content)) => {
+            let n = inner.as_ref().map(|p| p.as_string()).unwrap_or_default();
+            content_response(&method, &headers, content, &content_type_for(&n))
+        }
+        Ok(Err(list)) => {
+            let base = encoded_base("/iso", Some(&path));
+            let title = format!("/iso/{}", path.as_string());
+            let entries = list
+                .into_iter()
+                .map(|e| IndexEntry {
+                    size: (e.kind == EntryKind::File).then_some(e.len),
+                    name: e.name,
+                    kind: e.kind,
+                })
+                .collect();
+            index_response(&method, &uri, &headers, &base, &title, entries)
+        }
+        Err(e) => resolve_error_response(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_decode_once_and_refuse_traversal() {
+        let ok = |raw: &str| decode_path(raw, "/files").unwrap().map(|p| p.as_string());
+        assert_eq!(ok("/files/a%20b/c.txt"), Some("a b/c.txt".into()));
+        assert_eq!(ok("/files/"), None);
+        assert_eq!(ok("/files"), None);
+        for bad in [
+            "/files/../etc/passwd",
+            "/files/%2e%2e/etc/passwd",
+            "/files/%2E%2E%2Fetc%2Fpasswd",
+            "/files/a/%2e%2e%2f%2e%2e%2fetc",
+            "/files/%252e%252e/etc",
+            "/files/..%5c..%5cetc",
+            "/files/a\\..\\..\\etc",
+            "/files/%00",
+            "/files/%ff",
+            "/files/..",
+        ] {
+            assert!(decode_path(bad, "/files").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_types_fit_boot_assets() {
+        assert_eq!(content_type_for("boot.ipxe"), "text/plain; charset=utf-8");
+        assert_eq!(content_type_for("vmlinuz"), "application/octet-stream");
+        assert_eq!(content_type_for("ipxe.efi"), "application/octet-stream");
+        assert_eq!(content_type_for("index.html"), "text/html");
+    }
+}

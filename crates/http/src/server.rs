@@ -1,0 +1,371 @@
+//! The listener side: sockets, connection cap, timeouts, keep-alive, graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::stats::{AccessRecord, LoggedBody};
+use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
+
+/// How long `run` waits for responses in flight after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Bound HTTP listeners plus the limits to serve them with.
+pub struct HttpServer {
+    listeners: Vec<std::net::TcpListener>,
+    config: HttpConfig,
+    stats: Arc<HttpStats>,
+    observer: Arc<dyn HttpObserver>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("listen", &self.local_addrs())
+            .finish()
+    }
+}
+
+impl HttpServer {
+    /// Validates the config and binds every `listen` address (works outside a runtime, so
+    /// the binary can bind port 80 before dropping privileges). Errors name the address.
+    pub fn bind(config: &HttpConfig) -> io::Result<HttpServer> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let addrs = config
+            .listen_addrs()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut listeners = Vec::new();
+        for addr in addrs {
+            let l = bind_one(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("http.listen {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        Ok(HttpServer {
+            listeners,
+            config: config.clone(),
+            stats: Arc::new(HttpStats::default()),
+            observer: Arc::new(NoObserver),
+        })
+    }
+
+    /// The bound addresses (with the real port when the config said port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The counters, shared with whoever renders `/metrics`.
+    pub fn stats(&self) -> Arc<HttpStats> {
+        self.stats.clone()
+    }
+
+    /// Sets the observer told about every response and connection.
+    pub fn with_observer(mut self, observer: Arc<dyn HttpObserver>) -> HttpServer {
+        self.observer = observer;
+        self
+    }
+
+    /// Serves `router` on every listener until `shutdown` is cancelled, then stops accepting,
+    /// lets responses in flight finish (up to 10 s) and returns. Every response is logged
+    /// (target `chainboot::http::access`) and counted; each request carries
+    /// `ConnectInfo<SocketAddr>` for handlers that want the client address.
+    pub async fn run(self, router: Router, shutdown: CancellationToken) -> io::Result<()> {
+        let cfg = Arc::new(self.config);
+        let app = router.layer(RequestBodyLimitLayer::new(cfg.request_body_limit));
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::new();
+        for l in self.listeners {
+            listeners.push(TcpListener::from_std(l)?);
+        }
+        for listener in listeners {
+            let ctx = ConnCtx {
+                app: app.clone(),
+                cfg: cfg.clone(),
+                stats: self.stats.clone(),
+                observer: self.observer.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let (slots, tracker2) = (slots.clone(), tracker.clone());
+            tracker.spawn(accept_loop(listener, ctx, slots, tracker2));
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "chainboot::http",
+                "connections still open {}s after shutdown; dropping them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]:80` next to `0.0.0.0:80` in the same list must not collide.
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    // A deep backlog: when the connection cap is reached, clients wait here rather than
+    // being refused (iPXE does not retry a refused connection quickly).
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+#[derive(Clone)]
+struct ConnCtx {
+    app: Router,
+    cfg: Arc<HttpConfig>,
+    stats: Arc<HttpStats>,
+    observer: Arc<dyn HttpObserver>,
+    shutdown: CancellationToken,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: ConnCtx,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(target: "chainboot::http", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, peer, ctx).await;
+            drop(permit);
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Last traffic and requests in flight on one connection, for the idle timeout.
+#[derive(Default)]
+struct Activity {
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// Decrements the in-flight count when a response body is gone.
+struct InFlight(Arc<Activity>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A TCP stream that records when bytes last moved.
+struct TrackedStream {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct ConnGuard(Arc<HttpStats>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
+    ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.active_connections.fetch_add(1, Ordering::Relaxed);
+    let _guard = ConnGuard(ctx.stats.clone());
+    ctx.observer.on_connection(peer);
+
+    let activity = Arc::new(Activity::default());
+    activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    let io = TokioIo::new(TrackedStream {
+        inner: stream,
+        activity: activity.clone(),
+    });
+
+    let svc_ctx = ctx.clone();
+    let svc_activity = activity.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let activity = svc_activity.clone();
+        async move {
+            let started = Instant::now();
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight(activity);
+            let record = AccessRecord {
+                client: peer,
+                method: req.method().clone(),
+                path: req.uri().path().to_string(),
+                status: http::StatusCode::OK,
+                bytes: 0,
+                duration: Duration::ZERO,
+                complete: false,
+            };
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let resp = match ctx.app.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let (parts, body) = resp.into_parts();
+            let record = AccessRecord {
+                status: parts.status,
+                ..record
+            };
+            let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer)
+                .with_guard(Box::new(in_flight));
+            Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
+        }
+    });
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.header_read_timeout)
+        .max_buf_size(ctx.cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+
+    let idle_ms = ctx.cfg.idle_timeout.as_millis() as u64;
+    let mut tick = tokio::time::interval(
+        (ctx.cfg.idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(5)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    if e.is_timeout() {
+                        ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(target: "chainboot::http", client = %peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = ctx.shutdown.cancelled(), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+            _ = tick.tick() => {
+                if let Some(since) = closing_since {
+                    // A peer that ignores the close: give up on it after the grace time.
+                    if since.elapsed() > SHUTDOWN_GRACE {
+                        return;
+                    }
+                    continue;
+                }
+                let idle = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_ms {
+                    ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Access log, counters, and the observer hook for later metrics and event work.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::Frame;
+
+/// Counters kept for `/metrics`. All relaxed atomics: they are statistics, not
+/// synchronisation.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Responses by status class: index 0 = 1xx ... 4 = 5xx.
+    pub responses_by_class: [AtomicU64; 5],
+    /// Body bytes sent (what actually left, not what was promised).
+    pub bytes_sent: AtomicU64,
+    /// Responses whose body ended early (client went away, or a read failed).
+    pub aborted: AtomicU64,
+    /// Connections open now.
+    pub active_connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections closed for being idle or slow to send headers.
+    pub connections_timed_out: AtomicU64,
+}
+
+impl HttpStats {
+    /// Responses with status `class`xx (1..=5).
+    pub fn responses(&self, class: u16) -> u64 {
+        match class {
+            1..=5 => self.responses_by_class[class as usize - 1].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// All responses.
+    pub fn requests(&self) -> u64 {
+        (1..=5).map(|c| self.responses(c)).sum()
+    }
+}
+
+/// One finished response, as logged.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub client: SocketAddr,
+    pub method: Method,
+    /// The request path as sent (still percent-encoded), without the query.
+    pub path: String,
+    pub status: StatusCode,
+    /// Body bytes sent.
+    pub bytes: u64,
+    /// From the request arriving to the last body byte handed to the socket (or the abort).
+    pub duration: Duration,
+    /// False when the body did not complete.
+    pub complete: bool,
+}
+
+/// Hook for events and metrics work (boot timelines, dashboards). Every method has a no-op
+/// default; implementations must be cheap (they run on the serving path).
+pub trait HttpObserver: Send + Sync + 'static {
+    /// A response finished (or was aborted).
+    fn on_response(&self, _record: &AccessRecord) {}
+    /// A connection was accepted.
+    fn on_connection(&self, _peer: SocketAddr) {}
+}
+
+/// The observer used when none is set.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl HttpObserver for NoObserver {}
+
+/// Wraps a response body: counts bytes and, when the body ends or is dropped, writes the
+/// access log line, updates the counters and calls the observer. Logging at the end (not
+/// when the handler returns) gives true byte counts and durations for large files.
+pub(crate) struct LoggedBody {
+    inner: Body,
+    record: Option<AccessRecord>,
+    started: Instant,
+    stats: Arc<HttpStats>,
+    observer: Arc<dyn HttpObserver>,
+    done: bool,
+    /// Dropped with the body (the connection's in-flight count).
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl LoggedBody {
+    pub(crate) fn new(
+        inner: Body,
+        record: AccessRecord,
+        started: Instant,
+        stats: Arc<HttpStats>,
+        observer: Arc<dyn HttpObserver>,
+    ) -> LoggedBody {
+        LoggedBody {
+            inner,
+            record: Some(record),
+            started,
+            stats,
+            observer,
+            done: false,
+            _guard: None,
+        }
+    }
+
+    pub(crate) fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> LoggedBody {
+        self._guard = Some(guard);
+        self
+    }
+
+    fn finish(&mut self) {
+        let Some(mut rec) = self.record.take() else {
+            return;
+        };
+        rec.duration = self.started.elapsed();
+        rec.complete = self.done;
+        let class = (rec.status.as_u16() / 100).clamp(1, 5) as usize;
+        self.stats.responses_by_class[class - 1].fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(rec.bytes, Ordering::Relaxed);
+        if !rec.complete {
+            self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(
+            target: "chainboot::http::access",
+            client = %rec.client,
+            method = %rec.method,
+            path = %rec.path,
+            status = rec.status.as_u16(),
+            bytes = rec.bytes,
+            duration_ms = rec.duration.as_secs_f64() * 1000.0,
+            complete = rec.complete,
+            "{} {} {} {} {}B {:.1}ms{}",
+            rec.client,
+            rec.method,
+            rec.path,
+            rec.status.as_u16(),
+            rec.bytes,
+            rec.duration.as_secs_f64() * 1000.0,
+            if rec.complete { "" } else { " (aborted)" }
+        );
+        self.observer.on_response(&rec);
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(rec)) = (frame.data_ref(), this.record.as_mut()) {
+                    rec.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.finish();
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // hyper may drop an empty or fully-sent body without polling it to the end.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.done = true;
+        }
+        self.finish();
+    }
+}
