@@ -1,1 +1,18 @@
-//! chainboot-dhcp
+//! chainboot-dhcp: the DHCP side of chainboot (issue 3).
+//!
+//! - [`boot`]: the boot decision (which file/URL for which client), in one place;
+//! - [`wire`]: DHCP messages on top of dhcproto (option overload, padding, option 57);
+//! - [`engine`]: the sans-IO proxyDHCP / authoritative DHCP engine with its lease table;
+//! - [`config`]: the `[dhcp]` config section and its validation;
+//! - [`snippet`]: config snippets for ISC dhcpd, dnsmasq and Kea (`chainboot dhcp-config`);
+//! - [`server`]: the tokio driver (sockets, IP_PKTINFO, ARP, group-committed leases).
+
+pub mod boot;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod wire;
+
+pub use boot::{decide, first_stage_name, BootDecision, BootSettings, ClientFacts, EfiX64Binary};
+pub use config::{DhcpConfig, Mode};
+pub use engine::{Engine, Handled, Ingress, Outgoing};

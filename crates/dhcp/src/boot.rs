@@ -1,0 +1,432 @@
+//! The boot decision: which file or URL a DHCP client is told to load. This is the one place
+//! that decides it (STYLE.md); the engine, `chainboot explain` and the TFTP/HTTP servers (via
+//! [`first_stage_name`]) all ask here.
+//!
+//! Rules (PRODUCT.md §1, PROTOCOL.md):
+//! - firmware PXE, not iPXE → the first-stage iPXE binary for its architecture, over TFTP;
+//! - UEFI HTTP Boot ("HTTPClient") → `http://<server>:<port>/ipxe-bin/<binary>`, vendor class
+//!   "HTTPClient" echoed;
+//! - iPXE with the HTTP feature (175.19) → `http://<server>:<port>/boot.ipxe`;
+//! - iPXE without it → the TFTP path `boot.ipxe` (never the first stage again: a BIOS iPXE ROM
+//!   would chainload undionly.kpxe forever);
+//! - unknown architecture → no answer (the caller logs the value once per MAC).
+
+use std::net::Ipv4Addr;
+
+use chainboot_machine::{Arch, BootTransport, ClientArch, Mac};
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{code, Request};
+
+/// Which x86-64 UEFI first stage to hand out (`[ipxe] efi_x64`): `ipxe.efi` carries iPXE's
+/// own NIC drivers; `snponly.efi` uses the firmware's SNP driver (works on more NICs, slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EfiX64Binary {
+    #[default]
+    #[serde(rename = "ipxe.efi")]
+    IpxeEfi,
+    #[serde(rename = "snponly.efi")]
+    SnponlyEfi,
+}
+
+/// The TFTP path (and `/ipxe-bin/` name) of the first-stage iPXE binary for `arch`.
+///
+/// | arch | name |
+/// |---|---|
+/// | bios | `undionly.kpxe` (uses the ROM's UNDI driver, ipxe#145) |
+/// | efi-ia32 | `ipxe-i386.efi` |
+/// | efi-x64 | `ipxe.efi` or `snponly.efi` |
+/// | efi-arm32 | `ipxe-arm32.efi` |
+/// | efi-arm64 | `ipxe-arm64.efi` |
+/// | efi-riscv64 | `ipxe-riscv64.efi` |
+pub fn first_stage_name(arch: Arch, efi_x64: EfiX64Binary) -> &'static str {
+    match arch {
+        Arch::Bios => "undionly.kpxe",
+        Arch::EfiIa32 => "ipxe-i386.efi",
+        Arch::EfiX64 => match efi_x64 {
+            EfiX64Binary::IpxeEfi => "ipxe.efi",
+            EfiX64Binary::SnponlyEfi => "snponly.efi",
+        },
+        Arch::EfiArm32 => "ipxe-arm32.efi",
+        Arch::EfiArm64 => "ipxe-arm64.efi",
+        Arch::EfiRiscv64 => "ipxe-riscv64.efi",
+    }
+}
+
+/// Every name [`first_stage_name`] can return, for servers that publish them.
+pub fn first_stage_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Arch::ALL
+        .iter()
+        .map(|a| first_stage_name(*a, EfiX64Binary::IpxeEfi))
+        .collect();
+    v.push("snponly.efi");
+    v
+}
+
+/// The iPXE script path: served over HTTP at `/boot.ipxe` and over TFTP as `boot.ipxe`.
+pub const SCRIPT_NAME: &str = "boot.ipxe";
+
+/// What the boot decision needs to know about where chainboot serves files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSettings {
+    /// Address given to clients for TFTP (siaddr) and HTTP URLs; `None` = the address of the
+    /// interface the request came in on (`[server] advertise = "auto"`).
+    pub advertise: Option<Ipv4Addr>,
+    pub http_port: u16,
+    /// Informational: DHCP cannot tell a client another TFTP port than 69.
+    pub tftp_port: u16,
+    pub efi_x64: EfiX64Binary,
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings {
+            advertise: None,
+            http_port: 80,
+            tftp_port: 69,
+            efi_x64: EfiX64Binary::IpxeEfi,
+        }
+    }
+}
+
+impl BootSettings {
+    /// The address to advertise to a client whose request arrived on `ingress`.
+    pub fn server_for(&self, ingress: Ipv4Addr) -> Ipv4Addr {
+        self.advertise.unwrap_or(ingress)
+    }
+
+    /// `http://server[:port]`.
+    pub fn http_base(&self, server: Ipv4Addr) -> String {
+        if self.http_port == 80 {
+            format!("http://{server}")
+        } else {
+            format!("http://{server}:{}", self.http_port)
+        }
+    }
+}
+
+/// What a DHCP packet tells about the client (the context that travels from packet to reply
+/// and event log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFacts {
+    pub mac: Option<Mac>,
+    /// Option 60 as text.
+    pub vendor_class: Option<String>,
+    /// Option 93 (first value when several are listed).
+    pub arch_code: Option<u16>,
+    /// Option 175 present, or user-class "iPXE".
+    pub is_ipxe: bool,
+    /// Option 175 sub-option 19 (HTTP) present and non-zero.
+    pub ipxe_http: bool,
+    /// Option 97 as sent (type byte + 16-byte UUID).
+    pub uuid: Option<Vec<u8>>,
+    pub giaddr: Ipv4Addr,
+    /// Option 82 as sent.
+    pub relay_info: Option<Vec<u8>>,
+    /// Option 77 as sent.
+    pub user_class: Option<Vec<u8>>,
+    /// Option 12.
+    pub hostname: Option<String>,
+}
+
+impl Default for ClientFacts {
+    fn default() -> Self {
+        ClientFacts {
+            mac: None,
+            vendor_class: None,
+            arch_code: None,
+            is_ipxe: false,
+            ipxe_http: false,
+            uuid: None,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            relay_info: None,
+            user_class: None,
+            hostname: None,
+        }
+    }
+}
+
+impl ClientFacts {
+    pub fn from_request(req: &Request) -> ClientFacts {
+        let h = &req.header;
+        let mac = if h.hlen() == 6 {
+            Mac::from_slice(h.chaddr())
+        } else {
+            None
+        };
+        let text = |c| req.opt(c).map(|b| String::from_utf8_lossy(b).into_owned());
+        let arch_code = req
+            .opt(code::CLIENT_ARCH)
+            .and_then(|b| b.get(..2))
+            .map(|b| u16::from_be_bytes([b[0], b[1]]));
+        let ipxe = req.opt(code::IPXE);
+        let user_class = req.opt(code::USER_CLASS).map(<[u8]>::to_vec);
+        let ipxe_user_class = user_class.as_deref().is_some_and(user_class_is_ipxe);
+        ClientFacts {
+            mac,
+            vendor_class: text(code::VENDOR_CLASS),
+            arch_code,
+            is_ipxe: ipxe.is_some() || ipxe_user_class,
+            ipxe_http: ipxe.is_some_and(|e| ipxe_feature(e, 19)),
+            uuid: req.opt(code::CLIENT_UUID).map(<[u8]>::to_vec),
+            giaddr: h.giaddr(),
+            relay_info: req.opt(code::RELAY_AGENT).map(<[u8]>::to_vec),
+            user_class,
+            hostname: text(code::HOSTNAME),
+        }
+    }
+
+    /// Vendor class starts with "PXEClient".
+    pub fn is_pxe_client(&self) -> bool {
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("PXEClient"))
+    }
+
+    /// Vendor class starts with "HTTPClient" (UEFI HTTP Boot).
+    pub fn is_http_client(&self) -> bool {
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with("HTTPClient"))
+    }
+
+    /// A client chainboot has boot information for (answered in proxy mode).
+    pub fn is_boot_client(&self) -> bool {
+        self.is_pxe_client() || self.is_http_client() || self.is_ipxe
+    }
+}
+
+/// iPXE sends "iPXE" raw; RFC 3004 clients length-prefix each class.
+fn user_class_is_ipxe(b: &[u8]) -> bool {
+    b == b"iPXE" || (b.first() == Some(&4) && b.get(1..5) == Some(b"iPXE"))
+}
+
+/// Whether iPXE's encapsulated option 175 carries feature `sub` with a non-zero value.
+fn ipxe_feature(encap: &[u8], sub: u8) -> bool {
+    let mut i = 0;
+    while i + 1 < encap.len() {
+        let (c, len) = (encap[i], encap[i + 1] as usize);
+        if c == 0 {
+            i += 1;
+            continue;
+        }
+        if c == 255 {
+            break;
+        }
+        let Some(val) = encap.get(i + 2..i + 2 + len) else {
+            return false;
+        };
+        if c == sub {
+            return val.iter().any(|&b| b != 0) || len == 0;
+        }
+        i += 2 + len;
+    }
+    false
+}
+
+/// What stage of the chain a client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootStage {
+    /// The first-stage iPXE binary over TFTP.
+    FirstStage,
+    /// The first-stage iPXE binary over HTTP (UEFI HTTP Boot).
+    FirstStageHttp,
+    /// iPXE with HTTP: the script URL.
+    ScriptHttp,
+    /// iPXE without HTTP: the script over TFTP.
+    ScriptTftp,
+}
+
+/// The answer for a boot client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootAnswer {
+    pub stage: BootStage,
+    /// Goes into the BOOTP `file` field (and option 67 when asked for): a TFTP path or URL.
+    pub file: String,
+    /// siaddr: the TFTP server (set in every answer; iPXE ignores proxy replies without it).
+    pub next_server: Ipv4Addr,
+    /// Option 60 to send: "PXEClient" or "HTTPClient".
+    pub vendor_class: &'static str,
+    pub arch: Option<Arch>,
+}
+
+/// Why a client gets no boot information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum NoBoot {
+    /// Not PXE, not HTTP Boot, not iPXE: an ordinary DHCP client.
+    NotBootClient,
+    /// Option 93 names an architecture chainboot has no binary for.
+    UnknownArch { value: u16 },
+}
+
+/// The boot decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum BootDecision {
+    Boot(BootAnswer),
+    NoBoot(NoBoot),
+}
+
+/// Decides what `facts` gets when its request reached chainboot at `server` (the address to
+/// advertise: [`BootSettings::server_for`]).
+pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) -> BootDecision {
+    if !facts.is_boot_client() {
+        return BootDecision::NoBoot(NoBoot::NotBootClient);
+    }
+    // PXE firmware must send 93 (PXE 2.1); the few old BIOS ROMs that do not are x86 BIOS.
+    let code = facts.arch_code.unwrap_or(0);
+    let arch = Arch::from_option93(code);
+    let base = settings.http_base(server);
+    if facts.is_ipxe {
+        // iPXE already runs: give it the script, never the first stage (no chainload loop).
+        let (stage, file) = if facts.ipxe_http {
+            (BootStage::ScriptHttp, format!("{base}/{SCRIPT_NAME}"))
+        } else {
+            (BootStage::ScriptTftp, SCRIPT_NAME.to_string())
+        };
+        return BootDecision::Boot(BootAnswer {
+            stage,
+            file,
+            next_server: server,
+            vendor_class: "PXEClient",
+            arch: arch.map(|a| a.arch),
+        });
+    }
+    let Some(ClientArch { arch, transport }) = arch else {
+        return BootDecision::NoBoot(NoBoot::UnknownArch { value: code });
+    };
+    let name = first_stage_name(arch, settings.efi_x64);
+    let http_boot = transport == BootTransport::HttpBoot || facts.is_http_client();
+    BootDecision::Boot(if http_boot {
+        BootAnswer {
+            stage: BootStage::FirstStageHttp,
+            file: format!("{base}/ipxe-bin/{name}"),
+            next_server: server,
+            vendor_class: "HTTPClient",
+            arch: Some(arch),
+        }
+    } else {
+        BootAnswer {
+            stage: BootStage::FirstStage,
+            file: name.to_string(),
+            next_server: server,
+            vendor_class: "PXEClient",
+            arch: Some(arch),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+    fn pxe(arch: u16) -> ClientFacts {
+        ClientFacts {
+            vendor_class: Some(format!("PXEClient:Arch:{arch:05}:UNDI:003016")),
+            arch_code: Some(arch),
+            ..Default::default()
+        }
+    }
+
+    fn answer(f: &ClientFacts, s: &BootSettings) -> BootAnswer {
+        match decide(f, s, SERVER) {
+            BootDecision::Boot(a) => a,
+            other => panic!("no boot: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn firmware_gets_first_stage_for_its_arch() {
+        let s = BootSettings::default();
+        for (code, file) in [
+            (0, "undionly.kpxe"),
+            (6, "ipxe-i386.efi"),
+            (7, "ipxe.efi"),
+            (9, "ipxe.efi"),
+            (10, "ipxe-arm32.efi"),
+            (11, "ipxe-arm64.efi"),
+            (27, "ipxe-riscv64.efi"),
+        ] {
+            let a = answer(&pxe(code), &s);
+            assert_eq!(
+                (a.stage, a.file.as_str()),
+                (BootStage::FirstStage, file),
+                "arch {code}"
+            );
+            assert_eq!(a.next_server, SERVER);
+            assert_eq!(a.vendor_class, "PXEClient");
+        }
+        let snp = BootSettings {
+            efi_x64: EfiX64Binary::SnponlyEfi,
+            ..Default::default()
+        };
+        assert_eq!(answer(&pxe(7), &snp).file, "snponly.efi");
+    }
+
+    #[test]
+    fn http_boot_client_gets_url_of_binary_and_httpclient() {
+        let s = BootSettings {
+            http_port: 8080,
+            ..Default::default()
+        };
+        let f = ClientFacts {
+            vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
+            arch_code: Some(16),
+            ..Default::default()
+        };
+        let a = answer(&f, &s);
+        assert_eq!(a.file, "http://198.18.0.1:8080/ipxe-bin/ipxe.efi");
+        assert_eq!(a.vendor_class, "HTTPClient");
+        assert_eq!(a.stage, BootStage::FirstStageHttp);
+    }
+
+    #[test]
+    fn ipxe_with_http_gets_script_url_and_without_gets_tftp_path() {
+        let s = BootSettings {
+            advertise: Some(Ipv4Addr::new(198, 18, 9, 9)),
+            ..Default::default()
+        };
+        let mut f = pxe(0);
+        f.is_ipxe = true;
+        f.ipxe_http = true;
+        let server = s.server_for(SERVER);
+        let BootDecision::Boot(a) = decide(&f, &s, server) else {
+            panic!()
+        };
+        assert_eq!(a.file, "http://198.18.9.9/boot.ipxe");
+        assert_eq!(a.next_server, Ipv4Addr::new(198, 18, 9, 9));
+        f.ipxe_http = false;
+        let a = answer(&f, &s);
+        assert_eq!(
+            (a.stage, a.file.as_str()),
+            (BootStage::ScriptTftp, "boot.ipxe")
+        );
+    }
+
+    #[test]
+    fn unknown_arch_and_plain_clients_get_nothing() {
+        let s = BootSettings::default();
+        assert_eq!(
+            decide(&pxe(1), &s, SERVER),
+            BootDecision::NoBoot(NoBoot::UnknownArch { value: 1 })
+        );
+        assert_eq!(
+            decide(&ClientFacts::default(), &s, SERVER),
+            BootDecision::NoBoot(NoBoot::NotBootClient)
+        );
+    }
+
+    #[test]
+    fn ipxe_feature_parsing() {
+        assert!(ipxe_feature(&[16, 1, 1, 19, 1, 1, 235, 4, 1, 0, 0, 0], 19));
+        assert!(!ipxe_feature(&[16, 1, 1, 21, 1, 1], 19));
+        assert!(!ipxe_feature(&[19, 5, 1], 19));
+        assert!(user_class_is_ipxe(b"iPXE") && user_class_is_ipxe(b"\x04iPXE"));
+        assert!(!user_class_is_ipxe(b"gPXE"));
+        assert_eq!(first_stage_names().len(), 7);
+    }
+}

@@ -1,0 +1,581 @@
+//! The `[dhcp]` section of the config file (PRODUCT.md §4), with `[[dhcp.subnet]]` and
+//! `[[dhcp.host]]` inside it, and its validation (issue 3: overlapping pools, a host outside
+//! its subnet or a pool outside its CIDR are refused at start).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use chainboot_machine::Mac;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// How chainboot takes part in DHCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Beside another DHCP server: answer PXE/iPXE/HTTPClient clients with boot information
+    /// only, never an address (UDP 67 and 4011).
+    #[default]
+    Proxy,
+    /// Authoritative DHCPv4 server for the configured subnets.
+    Server,
+    /// No DHCP at all; another server does everything (`chainboot dhcp-config`).
+    Off,
+}
+
+/// UDP ports; only tests change them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub server: u16,
+    pub client: u16,
+    /// The PXE boot server port (PXE spec 2.1: ProxyDHCP REQUESTs go to 4011).
+    pub proxy: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            server: 67,
+            client: 68,
+            proxy: 4011,
+        }
+    }
+}
+
+/// A duration written the human way in the config ("12h", "30s").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. \"12h\" or \"30s\""
+                ))
+            })
+    }
+}
+
+/// An extra DHCP option: a code and exactly one way to give its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CustomOption {
+    pub code: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Raw bytes as hex ("0a0b0c" or "0a:0b:0c").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<Vec<Ipv4Addr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u8: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u16: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u32: Option<u32>,
+}
+
+impl CustomOption {
+    /// The option's payload, or why it has none.
+    pub fn value(&self) -> Result<Vec<u8>, String> {
+        let mut given = Vec::new();
+        if let Some(t) = &self.text {
+            given.push(t.as_bytes().to_vec());
+        }
+        if let Some(h) = &self.hex {
+            given.push(parse_hex(h)?);
+        }
+        if let Some(ips) = &self.ips {
+            given.push(ips.iter().flat_map(|ip| ip.octets()).collect());
+        }
+        if let Some(v) = self.u8 {
+            given.push(vec![v]);
+        }
+        if let Some(v) = self.u16 {
+            given.push(v.to_be_bytes().to_vec());
+        }
+        if let Some(v) = self.u32 {
+            given.push(v.to_be_bytes().to_vec());
+        }
+        match given.len() {
+            1 => {
+                let v = given.remove(0);
+                if v.len() > 255 {
+                    Err(format!(
+                        "option {} value is {} bytes; at most 255 fit",
+                        self.code,
+                        v.len()
+                    ))
+                } else {
+                    Ok(v)
+                }
+            }
+            0 => Err(format!(
+                "option {} has no value: give one of text, hex, ips, u8, u16, u32",
+                self.code
+            )),
+            _ => Err(format!(
+                "option {} has several values: give exactly one of text, hex, ips, u8, u16, u32",
+                self.code
+            )),
+        }
+    }
+}
+
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits: String = s
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | ' '))
+        .collect();
+    if digits.len() & 1 == 1 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("`{s}` is not hex bytes (e.g. \"0a0b0c\")"));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// One `[[dhcp.subnet]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetConfig {
+    pub cidr: Ipv4Net,
+    /// Inclusive address ranges handed out dynamically.
+    #[serde(default)]
+    pub pools: Vec<[Ipv4Addr; 2]>,
+    /// Option 3.
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    /// Option 6.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Option 15.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Option 42.
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    /// Option 26.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// Option 28; default: the CIDR's broadcast address.
+    #[serde(default)]
+    pub broadcast: Option<Ipv4Addr>,
+    /// Overrides `[dhcp] lease_time` for this subnet.
+    #[serde(default)]
+    pub lease_time: Option<HumanDuration>,
+    /// Option 66 (TFTP server name) for non-PXE clients that want one.
+    #[serde(default)]
+    pub tftp_server: Option<String>,
+    /// Option 67 (boot file) for non-PXE clients; PXE clients get chainboot's decision.
+    #[serde(default)]
+    pub boot_file: Option<String>,
+    #[serde(default)]
+    pub options: Vec<CustomOption>,
+}
+
+/// One `[[dhcp.host]]`: a fixed address (and optionally a name) for one MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    /// Option 12.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sustained packets per second accepted from one MAC; more are dropped and counted.
+    pub per_mac_rate: f64,
+    /// Packets one MAC may send in a burst before the rate applies.
+    pub per_mac_burst: f64,
+    /// Requests longer than this many bytes are dropped as oversized (an Ethernet frame's
+    /// UDP payload is at most 1472 bytes; anything larger is not a firmware DHCP client).
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_mac_rate: 10.0,
+            per_mac_burst: 20.0,
+            max_request_bytes: 1472,
+        }
+    }
+}
+
+/// The `[dhcp]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpConfig {
+    pub mode: Mode,
+    pub ports: Ports,
+    /// Lease time for subnets that do not set their own.
+    pub lease_time: HumanDuration,
+    /// How long an OFFERed address stays held for the client that was offered it.
+    pub offer_time: HumanDuration,
+    /// How long an address a client DECLINEd stays out of the pool.
+    pub decline_time: HumanDuration,
+    /// Options given in every subnet (a subnet's own option with the same code wins).
+    pub options: Vec<CustomOption>,
+    pub subnet: Vec<SubnetConfig>,
+    pub host: Vec<HostConfig>,
+    pub limits: Limits,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: Mode::Proxy,
+            ports: Ports::default(),
+            lease_time: HumanDuration(Duration::from_secs(12 * 3600)),
+            offer_time: HumanDuration(Duration::from_secs(30)),
+            decline_time: HumanDuration(Duration::from_secs(600)),
+            options: Vec::new(),
+            subnet: Vec::new(),
+            host: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A key path inside `[dhcp]` and what is wrong there.
+pub type Problem = (Vec<String>, String);
+
+fn path(parts: &[&dyn fmt::Display]) -> Vec<String> {
+    parts.iter().map(|p| p.to_string()).collect()
+}
+
+/// Option codes chainboot sets itself; a custom option may not replace them.
+const RESERVED_CODES: [u8; 7] = [0, 52, 53, 54, 55, 57, 255];
+
+fn check_options(prefix: &[&dyn fmt::Display], opts: &[CustomOption], out: &mut Vec<Problem>) {
+    for (i, o) in opts.iter().enumerate() {
+        let mut p: Vec<&dyn fmt::Display> = prefix.to_vec();
+        p.push(&i);
+        if RESERVED_CODES.contains(&o.code) {
+            out.push((
+                path(&p),
+                format!(
+                    "option {} is managed by the DHCP engine and cannot be set",
+                    o.code
+                ),
+            ));
+        }
+        if let Err(e) = o.value() {
+            out.push((path(&p), e));
+        }
+    }
+}
+
+impl DhcpConfig {
+    /// Everything wrong with this section; empty when it can be used.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.mode == Mode::Server && self.subnet.is_empty() {
+            out.push((
+                path(&[&"mode"]),
+                "mode = \"server\" needs at least one [[dhcp.subnet]]".to_string(),
+            ));
+        }
+        let ports = [self.ports.server, self.ports.client, self.ports.proxy];
+        if ports.contains(&0) || self.ports.server == self.ports.proxy {
+            out.push((
+                path(&[&"ports"]),
+                "ports must be non-zero and server != proxy".to_string(),
+            ));
+        }
+        for (name, d) in [
+            ("lease_time", self.lease_time),
+            ("offer_time", self.offer_time),
+            ("decline_time", self.decline_time),
+        ] {
+            if d.0.as_secs() == 0 {
+                out.push((
+                    path(&[&name]),
+                    format!("{name} must be at least one second"),
+                ));
+            }
+        }
+        if !(self.limits.per_mac_rate > 0.0 && self.limits.per_mac_burst >= 1.0) {
+            out.push((
+                path(&[&"limits"]),
+                "per_mac_rate must be > 0 and per_mac_burst >= 1".to_string(),
+            ));
+        }
+        if self.limits.max_request_bytes < 300 {
+            out.push((
+                path(&[&"limits", &"max_request_bytes"]),
+                "max_request_bytes below 300 would refuse valid BOOTP messages".to_string(),
+            ));
+        }
+        check_options(&[&"options"], &self.options, &mut out);
+
+        // Every pool with where it came from, for the overlap check across subnets.
+        let mut all_pools: Vec<(usize, usize, u32, u32)> = Vec::new();
+        for (si, s) in self.subnet.iter().enumerate() {
+            if s.cidr.prefix_len() > 30 {
+                out.push((
+                    path(&[&"subnet", &si, &"cidr"]),
+                    format!(
+                        "{} leaves no room for clients (prefix longer than /30)",
+                        s.cidr
+                    ),
+                ));
+            }
+            for (sj, other) in self.subnet.iter().enumerate().skip(si + 1) {
+                if s.cidr.contains(&other.cidr.network()) || other.cidr.contains(&s.cidr.network())
+                {
+                    out.push((
+                        path(&[&"subnet", &sj, &"cidr"]),
+                        format!("{} overlaps subnet {} ({})", other.cidr, si, s.cidr),
+                    ));
+                }
+            }
+            for (pi, [a, b]) in s.pools.iter().enumerate() {
+                let p = path(&[&"subnet", &si, &"pools", &pi]);
+                if u32::from(*a) > u32::from(*b) {
+                    out.push((p.clone(), format!("pool {a} - {b} ends before it starts")));
+                    continue;
+                }
+                if !usable(&s.cidr, *a) || !usable(&s.cidr, *b) {
+                    out.push((p, format!("pool {a} - {b} is not inside {} (network and broadcast addresses excluded)", s.cidr)));
+                    continue;
+                }
+                all_pools.push((si, pi, u32::from(*a), u32::from(*b)));
+            }
+            if let Some(r) = s.router {
+                if !s.cidr.contains(&r) {
+                    out.push((
+                        path(&[&"subnet", &si, &"router"]),
+                        format!("router {r} is not inside {}", s.cidr),
+                    ));
+                }
+            }
+            if let Some(d) = s.lease_time {
+                if d.0.as_secs() == 0 {
+                    out.push((
+                        path(&[&"subnet", &si, &"lease_time"]),
+                        "lease_time must be at least one second".to_string(),
+                    ));
+                }
+            }
+            check_options(&[&"subnet", &si, &"options"], &s.options, &mut out);
+        }
+        for (i, &(si, pi, a, b)) in all_pools.iter().enumerate() {
+            for &(sj, pj, c, d) in &all_pools[i + 1..] {
+                if a <= d && c <= b {
+                    out.push((
+                        path(&[&"subnet", &sj, &"pools", &pj]),
+                        format!(
+                            "pool overlaps subnet {si} pool {pi} ({} - {})",
+                            Ipv4Addr::from(a),
+                            Ipv4Addr::from(b)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (hi, h) in self.host.iter().enumerate() {
+            if !self.subnet.iter().any(|s| usable(&s.cidr, h.ip)) {
+                out.push((
+                    path(&[&"host", &hi, &"ip"]),
+                    format!("{} is not inside any [[dhcp.subnet]]", h.ip),
+                ));
+            }
+            for (hj, other) in self.host.iter().enumerate().skip(hi + 1) {
+                if other.mac == h.mac {
+                    out.push((
+                        path(&[&"host", &hj, &"mac"]),
+                        format!("{} is already host {hi}", h.mac),
+                    ));
+                }
+                if other.ip == h.ip {
+                    out.push((
+                        path(&[&"host", &hj, &"ip"]),
+                        format!("{} is already given to host {hi}", h.ip),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The lease time of a subnet.
+    pub fn lease_time_of(&self, subnet: &SubnetConfig) -> Duration {
+        subnet.lease_time.unwrap_or(self.lease_time).0
+    }
+}
+
+/// Inside the CIDR and neither its network nor its broadcast address.
+pub(crate) fn usable(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    net.contains(&ip) && ip != net.network() && ip != net.broadcast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> DhcpConfig {
+        #[derive(Deserialize)]
+        struct Wrap {
+            dhcp: DhcpConfig,
+        }
+        toml::from_str::<Wrap>(s).unwrap().dhcp
+    }
+
+    const GOOD: &str = r#"
+[dhcp]
+mode = "server"
+lease_time = "1h"
+options = [{ code = 252, text = "http://198.18.0.1/wpad.dat" }]
+[[dhcp.subnet]]
+cidr = "198.18.0.0/24"
+pools = [["198.18.0.100", "198.18.0.200"]]
+router = "198.18.0.1"
+dns = ["198.18.0.1"]
+lease_time = "12h"
+[[dhcp.host]]
+mac = "52:54:00:12:34:56"
+ip = "198.18.0.50"
+hostname = "node1"
+"#;
+
+    #[test]
+    fn product_md_example_parses_and_validates() {
+        let c = parse(GOOD);
+        assert_eq!(c.mode, Mode::Server);
+        assert_eq!(
+            c.subnet[0].lease_time,
+            Some(HumanDuration(Duration::from_secs(43200)))
+        );
+        assert_eq!(c.lease_time_of(&c.subnet[0]), Duration::from_secs(43200));
+        assert_eq!(c.host[0].hostname.as_deref(), Some("node1"));
+        assert_eq!(c.validate(), Vec::<Problem>::new());
+    }
+
+    #[test]
+    fn defaults_are_proxy_with_standard_ports() {
+        let c = DhcpConfig::default();
+        assert_eq!(c.mode, Mode::Proxy);
+        assert_eq!(
+            c.ports,
+            Ports {
+                server: 67,
+                client: 68,
+                proxy: 4011
+            }
+        );
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Wrap {
+            dhcp: DhcpConfig,
+        }
+        let e = toml::from_str::<Wrap>("[dhcp]\nmdoe = \"server\"\n").unwrap_err();
+        assert!(e.to_string().contains("mdoe"), "{e}");
+        let e = toml::from_str::<Wrap>("[dhcp]\nlease_time = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn bad_layouts_are_named_by_key_path() {
+        let c = parse(
+            r#"
+[dhcp]
+mode = "server"
+[[dhcp.subnet]]
+cidr = "198.18.0.0/24"
+pools = [["198.18.0.100", "198.18.0.200"], ["198.18.0.150", "198.18.0.160"], ["198.18.1.1", "198.18.1.9"], ["198.18.0.9", "198.18.0.5"]]
+router = "198.18.5.1"
+options = [{ code = 53, u8 = 1 }, { code = 200 }]
+[[dhcp.host]]
+mac = "52:54:00:12:34:56"
+ip = "198.19.0.50"
+[[dhcp.host]]
+mac = "52:54:00:12:34:56"
+ip = "198.18.0.51"
+"#,
+        );
+        let probs = c.validate();
+        let has = |p: &[&str], needle: &str| {
+            probs.iter().any(|(k, m)| {
+                k.iter().map(String::as_str).eq(p.iter().copied()) && m.contains(needle)
+            })
+        };
+        assert!(has(&["subnet", "0", "pools", "1"], "overlaps"), "{probs:?}");
+        assert!(
+            has(&["subnet", "0", "pools", "2"], "not inside"),
+            "{probs:?}"
+        );
+        assert!(
+            has(&["subnet", "0", "pools", "3"], "ends before"),
+            "{probs:?}"
+        );
+        assert!(has(&["subnet", "0", "router"], "not inside"), "{probs:?}");
+        assert!(
+            has(&["subnet", "0", "options", "0"], "managed"),
+            "{probs:?}"
+        );
+        assert!(
+            has(&["subnet", "0", "options", "1"], "no value"),
+            "{probs:?}"
+        );
+        assert!(has(&["host", "0", "ip"], "not inside any"), "{probs:?}");
+        assert!(has(&["host", "1", "mac"], "already host 0"), "{probs:?}");
+        assert_eq!(probs.len(), 8, "{probs:?}");
+    }
+
+    #[test]
+    fn overlapping_subnets_and_server_without_subnet() {
+        let c = parse("[dhcp]\nmode = \"server\"\n");
+        assert_eq!(c.validate()[0].0, vec!["mode"]);
+        let c = parse(
+            "[dhcp]\n[[dhcp.subnet]]\ncidr = \"198.18.0.0/16\"\n[[dhcp.subnet]]\ncidr = \"198.18.4.0/24\"\n",
+        );
+        assert_eq!(c.validate()[0].0, vec!["subnet", "1", "cidr"]);
+    }
+
+    #[test]
+    fn custom_option_values() {
+        let o = CustomOption {
+            code: 150,
+            ips: Some(vec![Ipv4Addr::new(198, 18, 0, 1)]),
+            ..Default::default()
+        };
+        assert_eq!(o.value().unwrap(), vec![198, 18, 0, 1]);
+        let o = CustomOption {
+            code: 224,
+            hex: Some("0a:0B:ff".into()),
+            ..Default::default()
+        };
+        assert_eq!(o.value().unwrap(), vec![10, 11, 255]);
+        let o = CustomOption {
+            code: 224,
+            hex: Some("abc".into()),
+            ..Default::default()
+        };
+        assert!(o.value().is_err());
+    }
+}

@@ -1,0 +1,1100 @@
+//! The DHCP engine: bytes + time + ingress facts in, replies + lease writes out. No sockets,
+//! no clock, no store (STYLE.md, quinn-proto's shape): the driver in `server.rs` feeds it and
+//! persists `Handled::lease_writes` *before* sending `Handled::outgoing` (issue 3: never ACK
+//! before the lease is durable). `chainboot explain` drives it with a made-up packet.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chainboot_machine::Mac;
+use chainboot_store::leases::{LeaseRecord, LeaseState};
+use ipnet::Ipv4Net;
+
+use crate::boot::{decide, BootAnswer, BootDecision, BootSettings, BootStage, ClientFacts, NoBoot};
+use crate::config::{usable, DhcpConfig, Mode};
+use crate::wire::{code, parse_request, MessageType, ParseError, Reply, Request};
+
+/// Where a request came in: the driver learns it from IP_PKTINFO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    /// Interface index (for sending broadcasts back out of the same interface).
+    pub ifindex: u32,
+    /// Interface name, for logs.
+    pub iface: String,
+    /// The interface's IPv4 address: the server identifier (option 54) of replies.
+    pub local_addr: Ipv4Addr,
+    /// The UDP port the request arrived on (67 or 4011 by default).
+    pub local_port: u16,
+    /// Sender address and port.
+    pub src: SocketAddrV4,
+}
+
+/// Where a reply goes (RFC 2131 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// A normal unicast: relay agent, a client with ciaddr, or a 4011 requester.
+    Unicast(SocketAddrV4),
+    /// 255.255.255.255 on the ingress interface.
+    Broadcast { port: u16 },
+    /// Unicast to a client that does not have its address yet: the driver must insert an ARP
+    /// entry (SIOCSARP) for `mac` first, and broadcast when it cannot.
+    UnicastNoArp { addr: SocketAddrV4, mac: Mac },
+}
+
+/// A reply to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub dest: Destination,
+    /// Send out of this interface ...
+    pub ifindex: u32,
+    /// ... from this address.
+    pub source: Ipv4Addr,
+    pub msg_type: MessageType,
+}
+
+/// Why a request got no answer although it was valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ignored {
+    ModeOff,
+    /// Proxy mode and not a PXE/iPXE/HTTP Boot client.
+    NotBootClient,
+    UnknownArch,
+    /// Server mode: no configured subnet for this link or relay.
+    NoSubnet,
+    PoolExhausted,
+    /// The client selected another server's offer.
+    OtherServer,
+    /// A message type this port/mode does not answer (or one that gets no reply: DECLINE,
+    /// RELEASE).
+    NoReply,
+}
+
+/// What the engine did with one packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Replied(MessageType),
+    Ignored(Ignored),
+    Dropped(Drop),
+}
+
+/// Why a packet was dropped before being looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    Malformed(ParseError),
+    RateLimited,
+    /// The reply would not fit the client's maximum message size even without extras.
+    ReplyTooLarge,
+}
+
+/// Everything the engine decided for one packet.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// To be sent only after `lease_writes` are durable.
+    pub outgoing: Vec<Outgoing>,
+    pub lease_writes: Vec<LeaseRecord>,
+    pub outcome: Outcome,
+    /// The request's type and facts, when it parsed (for the observer / event log).
+    pub request: Option<(MessageType, ClientFacts)>,
+    pub decision: Option<BootDecision>,
+    /// The address offered or acknowledged.
+    pub address: Option<Ipv4Addr>,
+}
+
+impl Handled {
+    fn new(outcome: Outcome) -> Handled {
+        Handled {
+            outgoing: Vec::new(),
+            lease_writes: Vec::new(),
+            outcome,
+            request: None,
+            decision: None,
+            address: None,
+        }
+    }
+}
+
+/// Counters (atomics so that `/metrics` can read them while the driver runs).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub discover: AtomicU64,
+    pub request: AtomicU64,
+    pub decline: AtomicU64,
+    pub release: AtomicU64,
+    pub inform: AtomicU64,
+    pub offer_sent: AtomicU64,
+    pub ack_sent: AtomicU64,
+    pub nak_sent: AtomicU64,
+    pub boot_first_stage: AtomicU64,
+    pub boot_first_stage_http: AtomicU64,
+    pub boot_script_http: AtomicU64,
+    pub boot_script_tftp: AtomicU64,
+    pub ignored_not_boot_client: AtomicU64,
+    pub ignored_unknown_arch: AtomicU64,
+    pub ignored_no_subnet: AtomicU64,
+    pub ignored_other_server: AtomicU64,
+    pub pool_exhausted: AtomicU64,
+    pub drop_malformed: AtomicU64,
+    pub drop_oversized: AtomicU64,
+    pub drop_rate_limited: AtomicU64,
+    pub drop_reply_too_large: AtomicU64,
+    /// Filled by the driver.
+    pub send_errors: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub arp_fallback_broadcast: AtomicU64,
+}
+
+impl Counters {
+    /// Every counter by name (`chainboot_dhcp_<name>` in /metrics).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("received", g(&self.received)),
+            ("discover", g(&self.discover)),
+            ("request", g(&self.request)),
+            ("decline", g(&self.decline)),
+            ("release", g(&self.release)),
+            ("inform", g(&self.inform)),
+            ("offer_sent", g(&self.offer_sent)),
+            ("ack_sent", g(&self.ack_sent)),
+            ("nak_sent", g(&self.nak_sent)),
+            ("boot_first_stage", g(&self.boot_first_stage)),
+            ("boot_first_stage_http", g(&self.boot_first_stage_http)),
+            ("boot_script_http", g(&self.boot_script_http)),
+            ("boot_script_tftp", g(&self.boot_script_tftp)),
+            ("ignored_not_boot_client", g(&self.ignored_not_boot_client)),
+            ("ignored_unknown_arch", g(&self.ignored_unknown_arch)),
+            ("ignored_no_subnet", g(&self.ignored_no_subnet)),
+            ("ignored_other_server", g(&self.ignored_other_server)),
+            ("pool_exhausted", g(&self.pool_exhausted)),
+            ("drop_malformed", g(&self.drop_malformed)),
+            ("drop_oversized", g(&self.drop_oversized)),
+            ("drop_rate_limited", g(&self.drop_rate_limited)),
+            ("drop_reply_too_large", g(&self.drop_reply_too_large)),
+            ("send_errors", g(&self.send_errors)),
+            ("store_errors", g(&self.store_errors)),
+            ("arp_fallback_broadcast", g(&self.arp_fallback_broadcast)),
+        ]
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State of an address in the engine's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Offered, held for the client until `expires` (not persisted).
+    Offered,
+    Bound,
+    Released,
+    Declined,
+}
+
+/// One address in the engine's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub client_id: Option<Vec<u8>>,
+    pub hostname: Option<String>,
+    pub status: LeaseStatus,
+    /// Seconds since the Unix epoch.
+    pub expires: i64,
+}
+
+/// A client's identity for leases: option 61 when sent (RFC 2131 §4.2), else chaddr.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    Id(Vec<u8>),
+    Hw(Mac),
+}
+
+impl Lease {
+    fn key(&self) -> ClientKey {
+        match &self.client_id {
+            Some(id) => ClientKey::Id(id.clone()),
+            None => ClientKey::Hw(self.mac),
+        }
+    }
+
+    /// Free for another client.
+    fn reclaimable(&self, now: i64) -> bool {
+        match self.status {
+            LeaseStatus::Released => true,
+            LeaseStatus::Offered | LeaseStatus::Bound | LeaseStatus::Declined => {
+                self.expires <= now
+            }
+        }
+    }
+
+    fn record(&self, now: i64) -> Option<LeaseRecord> {
+        let state = match self.status {
+            LeaseStatus::Offered => return None,
+            LeaseStatus::Bound => LeaseState::Bound,
+            LeaseStatus::Released => LeaseState::Released,
+            LeaseStatus::Declined => LeaseState::Declined,
+        };
+        Some(LeaseRecord {
+            ip: self.ip,
+            mac: self.mac.to_string(),
+            client_id: self.client_id.clone(),
+            hostname: self.hostname.clone(),
+            state,
+            expires: self.expires,
+            updated: now,
+        })
+    }
+}
+
+struct SubnetPlan {
+    index: usize,
+    net: Ipv4Net,
+    pools: Vec<(u32, u32)>,
+    /// Next pool offset to try (round robin keeps recently freed addresses cool).
+    cursor: u64,
+    size: u64,
+}
+
+impl SubnetPlan {
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        self.pools.iter().any(|&(a, b)| a <= v && v <= b)
+    }
+
+    fn nth(&self, mut n: u64) -> Ipv4Addr {
+        for &(a, b) in &self.pools {
+            let len = (b - a) as u64 + 1;
+            if n < len {
+                return Ipv4Addr::from(a + n as u32);
+            }
+            n -= len;
+        }
+        Ipv4Addr::UNSPECIFIED
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: f64,
+}
+
+/// The DHCP engine. One per server; the driver serialises calls.
+pub struct Engine {
+    cfg: DhcpConfig,
+    boot: BootSettings,
+    subnets: Vec<SubnetPlan>,
+    hosts: HashMap<Mac, usize>,
+    reserved: HashSet<Ipv4Addr>,
+    by_ip: HashMap<Ipv4Addr, Lease>,
+    by_client: HashMap<ClientKey, Ipv4Addr>,
+    buckets: HashMap<[u8; 6], Bucket>,
+    unknown_arch_logged: HashSet<Mac>,
+    counters: Arc<Counters>,
+}
+
+const PXE_DISCOVERY_CONTROL_SKIP: [u8; 4] = [6, 1, 8, 255];
+const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn unix_f(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Engine {
+    /// An engine for a validated config (see [`DhcpConfig::validate`]).
+    pub fn new(cfg: DhcpConfig, boot: BootSettings) -> Engine {
+        let subnets = cfg
+            .subnet
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let pools: Vec<(u32, u32)> = s
+                    .pools
+                    .iter()
+                    .map(|[a, b]| (u32::from(*a), u32::from(*b)))
+                    .filter(|(a, b)| a <= b)
+                    .collect();
+                let size = pools.iter().map(|(a, b)| (b - a) as u64 + 1).sum();
+                SubnetPlan {
+                    index,
+                    net: s.cidr,
+                    pools,
+                    cursor: 0,
+                    size,
+                }
+            })
+            .collect();
+        let hosts = cfg
+            .host
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.mac, i))
+            .collect();
+        let reserved = cfg.host.iter().map(|h| h.ip).collect();
+        Engine {
+            cfg,
+            boot,
+            subnets,
+            hosts,
+            reserved,
+            by_ip: HashMap::new(),
+            by_client: HashMap::new(),
+            buckets: HashMap::new(),
+            unknown_arch_logged: HashSet::new(),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn config(&self) -> &DhcpConfig {
+        &self.cfg
+    }
+
+    pub fn boot_settings(&self) -> &BootSettings {
+        &self.boot
+    }
+
+    /// Loads persisted leases (at start, before the first packet).
+    pub fn load_leases(&mut self, records: &[LeaseRecord]) {
+        for r in records {
+            let Ok(mac) = r.mac.parse::<Mac>() else {
+                tracing::warn!(ip = %r.ip, mac = r.mac, "dhcp: stored lease has a bad MAC; skipped");
+                continue;
+            };
+            let status = match r.state {
+                LeaseState::Bound => LeaseStatus::Bound,
+                LeaseState::Released => LeaseStatus::Released,
+                LeaseState::Declined => LeaseStatus::Declined,
+            };
+            self.insert(Lease {
+                ip: r.ip,
+                mac,
+                client_id: r.client_id.clone(),
+                hostname: r.hostname.clone(),
+                status,
+                expires: r.expires,
+            });
+        }
+    }
+
+    /// Every address in the table (offers included).
+    pub fn leases(&self) -> Vec<Lease> {
+        let mut v: Vec<Lease> = self.by_ip.values().cloned().collect();
+        v.sort_by_key(|l| u32::from(l.ip));
+        v
+    }
+
+    fn insert(&mut self, lease: Lease) {
+        let key = lease.key();
+        if let Some(old) = self.by_ip.get(&lease.ip) {
+            let old_key = old.key();
+            if old_key != key && self.by_client.get(&old_key) == Some(&lease.ip) {
+                self.by_client.remove(&old_key);
+            }
+        }
+        if lease.status != LeaseStatus::Declined {
+            self.by_client.insert(key, lease.ip);
+        }
+        self.by_ip.insert(lease.ip, lease);
+    }
+
+    fn rate_ok(&mut self, chaddr: &[u8], now: SystemTime) -> bool {
+        let mut k = [0u8; 6];
+        for (d, s) in k.iter_mut().zip(chaddr) {
+            *d = *s;
+        }
+        let t = unix_f(now);
+        let (rate, burst) = (self.cfg.limits.per_mac_rate, self.cfg.limits.per_mac_burst);
+        if self.buckets.len() > 65_536 {
+            // Bound the table under a flood of made-up MACs: forget idle (full) buckets.
+            self.buckets.retain(|_, b| t - b.last < burst / rate);
+        }
+        let b = self.buckets.entry(k).or_insert(Bucket {
+            tokens: burst,
+            last: t,
+        });
+        b.tokens = (b.tokens + (t - b.last).max(0.0) * rate).min(burst);
+        b.last = t;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Handles one received packet.
+    pub fn handle(&mut self, now: SystemTime, ingress: &Ingress, bytes: &[u8]) -> Handled {
+        let c = self.counters.clone();
+        bump(&c.received);
+        if self.cfg.mode == Mode::Off {
+            return Handled::new(Outcome::Ignored(Ignored::ModeOff));
+        }
+        let req = match parse_request(bytes, self.cfg.limits.max_request_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                bump(if e == ParseError::Oversized {
+                    &c.drop_oversized
+                } else {
+                    &c.drop_malformed
+                });
+                return Handled::new(Outcome::Dropped(Drop::Malformed(e)));
+            }
+        };
+        if !self.rate_ok(req.header.chaddr(), now) {
+            bump(&c.drop_rate_limited);
+            return Handled::new(Outcome::Dropped(Drop::RateLimited));
+        }
+        bump(match req.msg_type {
+            MessageType::Discover => &c.discover,
+            MessageType::Request => &c.request,
+            MessageType::Decline => &c.decline,
+            MessageType::Release => &c.release,
+            MessageType::Inform => &c.inform,
+            _ => &c.received,
+        });
+        let facts = ClientFacts::from_request(&req);
+        let server = self.boot.server_for(ingress.local_addr);
+        let decision = decide(&facts, &self.boot, server);
+        let mut out = if ingress.local_port == self.cfg.ports.proxy {
+            self.boot_server(&req, &facts, &decision, ingress)
+        } else {
+            match self.cfg.mode {
+                Mode::Proxy => self.proxy(&req, &facts, &decision, ingress),
+                Mode::Server => self.server(now, &req, &facts, &decision, ingress),
+                Mode::Off => Handled::new(Outcome::Ignored(Ignored::ModeOff)),
+            }
+        };
+        match &out.outcome {
+            Outcome::Replied(t) => {
+                bump(match t {
+                    MessageType::Offer => &c.offer_sent,
+                    MessageType::Ack => &c.ack_sent,
+                    _ => &c.nak_sent,
+                });
+                if let BootDecision::Boot(a) = &decision {
+                    if *t != MessageType::Nak {
+                        bump(match a.stage {
+                            BootStage::FirstStage => &c.boot_first_stage,
+                            BootStage::FirstStageHttp => &c.boot_first_stage_http,
+                            BootStage::ScriptHttp => &c.boot_script_http,
+                            BootStage::ScriptTftp => &c.boot_script_tftp,
+                        });
+                    }
+                }
+            }
+            Outcome::Ignored(i) => match i {
+                Ignored::NotBootClient => bump(&c.ignored_not_boot_client),
+                Ignored::UnknownArch => bump(&c.ignored_unknown_arch),
+                Ignored::NoSubnet => bump(&c.ignored_no_subnet),
+                Ignored::OtherServer => bump(&c.ignored_other_server),
+                Ignored::PoolExhausted => bump(&c.pool_exhausted),
+                Ignored::ModeOff | Ignored::NoReply => {}
+            },
+            Outcome::Dropped(Drop::ReplyTooLarge) => bump(&c.drop_reply_too_large),
+            Outcome::Dropped(_) => {}
+        }
+        out.request = Some((req.msg_type, facts));
+        out.decision = Some(decision);
+        out
+    }
+
+    /// Logs an unknown architecture once per MAC (PROTOCOL.md: answer nothing, log the value).
+    fn note_unknown_arch(&mut self, facts: &ClientFacts, value: u16) {
+        let Some(mac) = facts.mac else { return };
+        if self.unknown_arch_logged.len() >= 4096 {
+            self.unknown_arch_logged.clear();
+        }
+        if self.unknown_arch_logged.insert(mac) {
+            tracing::warn!(%mac, option93 = value, "dhcp: client architecture {value} has no first-stage binary; not answering");
+        }
+    }
+
+    /// Proxy mode on the DHCP port: boot information only, never an address.
+    fn proxy(
+        &mut self,
+        req: &Request,
+        facts: &ClientFacts,
+        decision: &BootDecision,
+        ingress: &Ingress,
+    ) -> Handled {
+        let answer = match decision {
+            BootDecision::Boot(a) => a,
+            BootDecision::NoBoot(NoBoot::UnknownArch { value }) => {
+                self.note_unknown_arch(facts, *value);
+                return Handled::new(Outcome::Ignored(Ignored::UnknownArch));
+            }
+            BootDecision::NoBoot(NoBoot::NotBootClient) => {
+                return Handled::new(Outcome::Ignored(Ignored::NotBootClient));
+            }
+        };
+        let reply_type = match req.msg_type {
+            MessageType::Discover => MessageType::Offer,
+            // A REQUEST addressed to us on port 67 (some ROMs do not use 4011).
+            MessageType::Request if req.opt_ip(code::SERVER_ID) == Some(ingress.local_addr) => {
+                MessageType::Ack
+            }
+            _ => return Handled::new(Outcome::Ignored(Ignored::NoReply)),
+        };
+        let mut r = Reply::to(req, reply_type);
+        r.push(code::SERVER_ID, ingress.local_addr.octets().to_vec());
+        self.add_boot(&mut r, req, facts, answer, false);
+        let dest = if !req.header.giaddr().is_unspecified() {
+            Destination::Unicast(SocketAddrV4::new(
+                req.header.giaddr(),
+                self.cfg.ports.server,
+            ))
+        } else if !req.header.ciaddr().is_unspecified() {
+            Destination::Unicast(SocketAddrV4::new(
+                req.header.ciaddr(),
+                self.cfg.ports.client,
+            ))
+        } else {
+            Destination::Broadcast {
+                port: self.cfg.ports.client,
+            }
+        };
+        self.finish(req, r, dest, ingress, reply_type, None)
+    }
+
+    /// The PXE boot server port (4011): REQUEST/INFORM from a client that already has an
+    /// address, answered with an ACK holding the file (UEFI builds that insist on it).
+    fn boot_server(
+        &mut self,
+        req: &Request,
+        facts: &ClientFacts,
+        decision: &BootDecision,
+        ingress: &Ingress,
+    ) -> Handled {
+        if !matches!(req.msg_type, MessageType::Request | MessageType::Inform) {
+            return Handled::new(Outcome::Ignored(Ignored::NoReply));
+        }
+        let answer = match decision {
+            BootDecision::Boot(a) => a,
+            BootDecision::NoBoot(NoBoot::UnknownArch { value }) => {
+                self.note_unknown_arch(facts, *value);
+                return Handled::new(Outcome::Ignored(Ignored::UnknownArch));
+            }
+            BootDecision::NoBoot(NoBoot::NotBootClient) => {
+                return Handled::new(Outcome::Ignored(Ignored::NotBootClient));
+            }
+        };
+        let mut r = Reply::to(req, MessageType::Ack);
+        r.msg.set_ciaddr(req.header.ciaddr());
+        r.push(code::SERVER_ID, ingress.local_addr.octets().to_vec());
+        self.add_boot(&mut r, req, facts, answer, false);
+        let dest = if !ingress.src.ip().is_unspecified() {
+            Destination::Unicast(ingress.src)
+        } else if !req.header.ciaddr().is_unspecified() {
+            Destination::Unicast(SocketAddrV4::new(
+                req.header.ciaddr(),
+                self.cfg.ports.client,
+            ))
+        } else {
+            Destination::Broadcast {
+                port: self.cfg.ports.client,
+            }
+        };
+        self.finish(req, r, dest, ingress, MessageType::Ack, None)
+    }
+
+    /// Boot fields and options for a boot client. `with_address`: the same reply hands out
+    /// the address, so iPXE may skip waiting for ProxyDHCP (175.176, PROTOCOL.md: ~2 s).
+    fn add_boot(
+        &self,
+        r: &mut Reply,
+        req: &Request,
+        facts: &ClientFacts,
+        a: &BootAnswer,
+        with_address: bool,
+    ) {
+        // siaddr always: iPXE ignores a ProxyDHCP reply without it (PROTOCOL.md).
+        r.msg.set_siaddr(a.next_server);
+        if a.file.len() < 128 {
+            r.msg.set_fname_str(&a.file);
+        }
+        r.push(code::VENDOR_CLASS, a.vendor_class.as_bytes().to_vec());
+        if let Some(uuid) = &facts.uuid {
+            // Echo 97 when sent; some Intel ROMs never send it (pixiecore#21).
+            r.push(code::CLIENT_UUID, uuid.clone());
+        }
+        if a.vendor_class == "PXEClient" && !facts.is_ipxe {
+            // 43: PXE_DISCOVERY_CONTROL = 8, "use the boot file, skip boot server discovery".
+            r.push(code::VENDOR_SPECIFIC, PXE_DISCOVERY_CONTROL_SKIP.to_vec());
+        }
+        if a.file.len() >= 128 || req.requested(code::BOOTFILE) {
+            r.push(code::BOOTFILE, a.file.as_bytes().to_vec());
+        }
+        if facts.is_ipxe && with_address {
+            r.push(code::IPXE, IPXE_NO_PXEDHCP.to_vec());
+        }
+    }
+
+    fn finish(
+        &mut self,
+        req: &Request,
+        r: Reply,
+        dest: Destination,
+        ingress: &Ingress,
+        t: MessageType,
+        address: Option<Ipv4Addr>,
+    ) -> Handled {
+        let mut r = r;
+        r.mark_essential();
+        self.finish_with_extras(req, r, dest, ingress, t, address, Vec::new())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_with_extras(
+        &mut self,
+        req: &Request,
+        r: Reply,
+        dest: Destination,
+        ingress: &Ingress,
+        t: MessageType,
+        address: Option<Ipv4Addr>,
+        lease_writes: Vec<LeaseRecord>,
+    ) -> Handled {
+        let Some(bytes) = r.encode(req.max_reply_len()) else {
+            return Handled::new(Outcome::Dropped(Drop::ReplyTooLarge));
+        };
+        let mut h = Handled::new(Outcome::Replied(t));
+        h.outgoing.push(Outgoing {
+            bytes,
+            dest,
+            ifindex: ingress.ifindex,
+            source: ingress.local_addr,
+            msg_type: t,
+        });
+        h.lease_writes = lease_writes;
+        h.address = address;
+        h
+    }
+
+    fn subnet_for(&self, req: &Request, ingress: &Ingress) -> Option<usize> {
+        // Relayed: the relay's address names the client's link (RFC 2131 §4.3.1).
+        let anchor = if req.header.giaddr().is_unspecified() {
+            ingress.local_addr
+        } else {
+            req.header.giaddr()
+        };
+        self.subnets.iter().position(|s| s.net.contains(&anchor))
+    }
+
+    fn client_key(req: &Request, mac: Mac) -> ClientKey {
+        match req.opt(code::CLIENT_ID) {
+            Some(id) if !id.is_empty() => ClientKey::Id(id.to_vec()),
+            _ => ClientKey::Hw(mac),
+        }
+    }
+
+    fn held_by(&self, ip: Ipv4Addr, key: &ClientKey) -> bool {
+        self.by_ip
+            .get(&ip)
+            .is_some_and(|l| &l.key() == key && l.status != LeaseStatus::Declined)
+    }
+
+    /// An address nobody else may use for `key` at `now`.
+    fn free_for(&self, ip: Ipv4Addr, key: &ClientKey, now: i64) -> bool {
+        match self.by_ip.get(&ip) {
+            None => true,
+            Some(l) if &l.key() == key => l.status != LeaseStatus::Declined || l.expires <= now,
+            Some(l) => l.reclaimable(now),
+        }
+    }
+
+    fn reservation(&self, mac: Mac, sub: usize) -> Option<Ipv4Addr> {
+        let h = &self.cfg.host[*self.hosts.get(&mac)?];
+        usable(&self.subnets[sub].net, h.ip).then_some(h.ip)
+    }
+
+    /// The address to offer (RFC 2131 §4.3.1 order: reservation, the client's current or
+    /// previous address, the requested one, then a free one).
+    fn choose_address(
+        &mut self,
+        sub: usize,
+        key: &ClientKey,
+        mac: Mac,
+        requested: Option<Ipv4Addr>,
+        now: i64,
+    ) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.reservation(mac, sub) {
+            return Some(ip);
+        }
+        if let Some(&ip) = self.by_client.get(key) {
+            if self.subnets[sub].in_pool(ip)
+                && !self.reserved.contains(&ip)
+                && self.free_for(ip, key, now)
+            {
+                return Some(ip);
+            }
+        }
+        if let Some(ip) = requested {
+            if self.subnets[sub].in_pool(ip)
+                && !self.reserved.contains(&ip)
+                && self.free_for(ip, key, now)
+            {
+                return Some(ip);
+            }
+        }
+        let plan = &self.subnets[sub];
+        let size = plan.size;
+        if size == 0 {
+            return None;
+        }
+        // First pass: never-used addresses; second: reclaimable ones (expired, released).
+        for pass in 0..2 {
+            for i in 0..size {
+                let n = (plan.cursor + i) % size;
+                let ip = plan.nth(n);
+                if self.reserved.contains(&ip) {
+                    continue;
+                }
+                let ok = match self.by_ip.get(&ip) {
+                    None => true,
+                    Some(l) => pass == 1 && l.reclaimable(now),
+                };
+                if ok {
+                    self.subnets[sub].cursor = n + 1;
+                    return Some(ip);
+                }
+            }
+        }
+        None
+    }
+
+    fn server(
+        &mut self,
+        now_t: SystemTime,
+        req: &Request,
+        facts: &ClientFacts,
+        decision: &BootDecision,
+        ingress: &Ingress,
+    ) -> Handled {
+        let now = unix(now_t);
+        let Some(sub) = self.subnet_for(req, ingress) else {
+            return Handled::new(Outcome::Ignored(Ignored::NoSubnet));
+        };
+        let mac = facts
+            .mac
+            .unwrap_or_else(|| Mac::from_slice(req.header.chaddr()).unwrap_or(Mac([0; 6])));
+        let key = Self::client_key(req, mac);
+        if let BootDecision::NoBoot(NoBoot::UnknownArch { value }) = decision {
+            // Still a DHCP client that deserves an address; it just gets no boot file.
+            self.note_unknown_arch(facts, *value);
+        }
+        let our_id = ingress.local_addr;
+        let server_id = req.opt_ip(code::SERVER_ID);
+        let requested = req.opt_ip(code::REQUESTED_IP);
+        let ciaddr = req.header.ciaddr();
+        let net = self.subnets[sub].net;
+        match req.msg_type {
+            MessageType::Discover => {
+                let Some(ip) = self.choose_address(sub, &key, mac, requested, now) else {
+                    tracing::warn!(subnet = %net, %mac, "dhcp: pool exhausted, no address to offer");
+                    return Handled::new(Outcome::Ignored(Ignored::PoolExhausted));
+                };
+                let keep_bound = self.by_ip.get(&ip).is_some_and(|l| {
+                    l.key() == key && l.status == LeaseStatus::Bound && l.expires > now
+                });
+                if !keep_bound {
+                    self.insert(Lease {
+                        ip,
+                        mac,
+                        client_id: req.opt(code::CLIENT_ID).map(<[u8]>::to_vec),
+                        hostname: facts.hostname.clone(),
+                        status: LeaseStatus::Offered,
+                        expires: now + self.cfg.offer_time.0.as_secs() as i64,
+                    });
+                }
+                self.address_reply(
+                    req,
+                    facts,
+                    decision,
+                    ingress,
+                    sub,
+                    MessageType::Offer,
+                    ip,
+                    Vec::new(),
+                )
+            }
+            MessageType::Request => {
+                let ip = if let Some(sid) = server_id {
+                    // SELECTING (RFC 2131 §4.3.2).
+                    if sid != our_id {
+                        if let Some(&ip) = self.by_client.get(&key) {
+                            if self
+                                .by_ip
+                                .get(&ip)
+                                .is_some_and(|l| l.status == LeaseStatus::Offered)
+                            {
+                                self.by_ip.remove(&ip);
+                                self.by_client.remove(&key);
+                            }
+                        }
+                        return Handled::new(Outcome::Ignored(Ignored::OtherServer));
+                    }
+                    let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr))
+                    else {
+                        return self.nak(req, ingress, "no requested address");
+                    };
+                    if !(self.held_by(ip, &key) || self.reservation(mac, sub) == Some(ip)) {
+                        return self.nak(req, ingress, "address not offered to you");
+                    }
+                    ip
+                } else {
+                    // INIT-REBOOT (requested, no ciaddr) or RENEWING/REBINDING (ciaddr).
+                    let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr))
+                    else {
+                        return Handled::new(Outcome::Ignored(Ignored::NoReply));
+                    };
+                    if !usable(&net, ip) {
+                        return self.nak(req, ingress, "wrong network");
+                    }
+                    match self.reservation(mac, sub) {
+                        Some(r) if r != ip => {
+                            return self.nak(req, ingress, "you have a reserved address")
+                        }
+                        Some(_) => {}
+                        None => {
+                            let adoptable = self.subnets[sub].in_pool(ip)
+                                && !self.reserved.contains(&ip)
+                                && self.free_for(ip, &key, now);
+                            if !adoptable {
+                                return self.nak(req, ingress, "address not available");
+                            }
+                        }
+                    }
+                    ip
+                };
+                let secs = self
+                    .cfg
+                    .lease_time_of(&self.cfg.subnet[self.subnets[sub].index])
+                    .as_secs() as i64;
+                let lease = Lease {
+                    ip,
+                    mac,
+                    client_id: req.opt(code::CLIENT_ID).map(<[u8]>::to_vec),
+                    hostname: facts.hostname.clone(),
+                    status: LeaseStatus::Bound,
+                    expires: now + secs,
+                };
+                let rec = lease.record(now).into_iter().collect();
+                self.insert(lease);
+                self.address_reply(
+                    req,
+                    facts,
+                    decision,
+                    ingress,
+                    sub,
+                    MessageType::Ack,
+                    ip,
+                    rec,
+                )
+            }
+            MessageType::Decline => {
+                if server_id.is_some_and(|s| s != our_id) {
+                    return Handled::new(Outcome::Ignored(Ignored::OtherServer));
+                }
+                let mut h = Handled::new(Outcome::Ignored(Ignored::NoReply));
+                if let Some(ip) = requested {
+                    if self.held_by(ip, &key) {
+                        tracing::warn!(%ip, %mac, "dhcp: client declined address (in use by another host); quarantined");
+                        let lease = Lease {
+                            ip,
+                            mac,
+                            client_id: None,
+                            hostname: None,
+                            status: LeaseStatus::Declined,
+                            expires: now + self.cfg.decline_time.0.as_secs() as i64,
+                        };
+                        self.by_client.remove(&key);
+                        h.lease_writes.extend(lease.record(now));
+                        self.by_ip.insert(ip, lease);
+                    }
+                }
+                h
+            }
+            MessageType::Release => {
+                if server_id.is_some_and(|s| s != our_id) {
+                    return Handled::new(Outcome::Ignored(Ignored::OtherServer));
+                }
+                let mut h = Handled::new(Outcome::Ignored(Ignored::NoReply));
+                if let Some(l) = self.by_ip.get_mut(&ciaddr) {
+                    if l.key() == key && l.status == LeaseStatus::Bound {
+                        l.status = LeaseStatus::Released;
+                        l.expires = now;
+                        h.lease_writes.extend(l.record(now));
+                    }
+                }
+                h
+            }
+            MessageType::Inform => {
+                // RFC 2131 §4.3.5: configuration only; no lease, no yiaddr, reply to ciaddr.
+                let mut r = Reply::to(req, MessageType::Ack);
+                r.msg.set_ciaddr(ciaddr);
+                r.push(code::SERVER_ID, our_id.octets().to_vec());
+                r.mark_essential();
+                self.add_subnet_options(&mut r, sub, mac);
+                if let BootDecision::Boot(a) = decision {
+                    self.add_boot(&mut r, req, facts, a, false);
+                }
+                let dest = self.server_destination(req, None, false);
+                self.finish_with_extras(req, r, dest, ingress, MessageType::Ack, None, Vec::new())
+            }
+            _ => Handled::new(Outcome::Ignored(Ignored::NoReply)),
+        }
+    }
+
+    fn nak(&mut self, req: &Request, ingress: &Ingress, why: &str) -> Handled {
+        let mut r = Reply::to(req, MessageType::Nak);
+        r.push(code::SERVER_ID, ingress.local_addr.octets().to_vec());
+        r.push(code::MESSAGE, why.as_bytes().to_vec());
+        if let Some(ri) = req.opt(code::RELAY_AGENT) {
+            r.push(code::RELAY_AGENT, ri.to_vec());
+        }
+        if !req.header.giaddr().is_unspecified() {
+            // RFC 2131 §4.3.2: a relayed NAK sets the broadcast bit for the relay.
+            r.msg.set_flags(r.msg.flags().set_broadcast());
+        }
+        let dest = self.server_destination(req, None, true);
+        self.finish(req, r, dest, ingress, MessageType::Nak, None)
+    }
+
+    fn server_destination(
+        &self,
+        req: &Request,
+        yiaddr: Option<Ipv4Addr>,
+        nak: bool,
+    ) -> Destination {
+        let h = &req.header;
+        let client_port = self.cfg.ports.client;
+        if !h.giaddr().is_unspecified() {
+            return Destination::Unicast(SocketAddrV4::new(h.giaddr(), self.cfg.ports.server));
+        }
+        if nak {
+            return Destination::Broadcast { port: client_port };
+        }
+        if !h.ciaddr().is_unspecified() {
+            return Destination::Unicast(SocketAddrV4::new(h.ciaddr(), client_port));
+        }
+        if h.flags().broadcast() {
+            return Destination::Broadcast { port: client_port };
+        }
+        match (yiaddr, h.hlen() == 6, Mac::from_slice(h.chaddr())) {
+            (Some(ip), true, Some(mac)) => Destination::UnicastNoArp {
+                addr: SocketAddrV4::new(ip, client_port),
+                mac,
+            },
+            _ => Destination::Broadcast { port: client_port },
+        }
+    }
+
+    fn add_subnet_options(&self, r: &mut Reply, sub: usize, mac: Mac) {
+        let s = &self.cfg.subnet[self.subnets[sub].index];
+        let net = self.subnets[sub].net;
+        r.push(code::SUBNET_MASK, net.netmask().octets().to_vec());
+        if let Some(router) = s.router {
+            r.push(code::ROUTER, router.octets().to_vec());
+        }
+        let ips = |v: &[Ipv4Addr]| v.iter().flat_map(|i| i.octets()).collect::<Vec<u8>>();
+        if !s.dns.is_empty() {
+            r.push(code::DNS, ips(&s.dns));
+        }
+        if let Some(&hi) = self.hosts.get(&mac) {
+            if let Some(name) = &self.cfg.host[hi].hostname {
+                r.push(code::HOSTNAME, name.as_bytes().to_vec());
+            }
+        }
+        if let Some(d) = &s.domain {
+            r.push(code::DOMAIN, d.as_bytes().to_vec());
+        }
+        if let Some(mtu) = s.mtu {
+            r.push(code::MTU, mtu.to_be_bytes().to_vec());
+        }
+        r.push(
+            code::BROADCAST,
+            s.broadcast.unwrap_or(net.broadcast()).octets().to_vec(),
+        );
+        if !s.ntp.is_empty() {
+            r.push(code::NTP, ips(&s.ntp));
+        }
+        if let Some(t) = &s.tftp_server {
+            r.push(code::TFTP_SERVER, t.as_bytes().to_vec());
+        }
+        if let Some(f) = &s.boot_file {
+            r.push(code::BOOTFILE, f.as_bytes().to_vec());
+        }
+        // Global options first, so that a subnet's own option with the same code replaces it.
+        for o in self.cfg.options.iter().chain(&s.options) {
+            if let Ok(v) = o.value() {
+                r.push(o.code, v);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn address_reply(
+        &mut self,
+        req: &Request,
+        facts: &ClientFacts,
+        decision: &BootDecision,
+        ingress: &Ingress,
+        sub: usize,
+        t: MessageType,
+        ip: Ipv4Addr,
+        writes: Vec<LeaseRecord>,
+    ) -> Handled {
+        let secs = self
+            .cfg
+            .lease_time_of(&self.cfg.subnet[self.subnets[sub].index])
+            .as_secs();
+        let lease = u32::try_from(secs).unwrap_or(u32::MAX);
+        let mut r = Reply::to(req, t);
+        r.msg.set_yiaddr(ip);
+        r.msg.set_siaddr(ingress.local_addr);
+        r.push(code::SERVER_ID, ingress.local_addr.octets().to_vec());
+        r.push(code::LEASE_TIME, lease.to_be_bytes().to_vec());
+        r.push(code::RENEWAL_T1, (lease / 2).to_be_bytes().to_vec());
+        r.push(code::REBINDING_T2, (lease / 8 * 7).to_be_bytes().to_vec());
+        if let Some(ri) = req.opt(code::RELAY_AGENT) {
+            // RFC 3046 §2.2: echo option 82 to the relay.
+            r.push(code::RELAY_AGENT, ri.to_vec());
+        }
+        let mac = facts.mac.unwrap_or(Mac([0; 6]));
+        r.push(
+            code::SUBNET_MASK,
+            self.subnets[sub].net.netmask().octets().to_vec(),
+        );
+        if let Some(router) = self.cfg.subnet[self.subnets[sub].index].router {
+            r.push(code::ROUTER, router.octets().to_vec());
+        }
+        if let BootDecision::Boot(a) = decision {
+            self.add_boot(&mut r, req, facts, a, true);
+        }
+        r.mark_essential();
+        self.add_subnet_options(&mut r, sub, mac);
+        let dest = self.server_destination(req, Some(ip), false);
+        self.finish_with_extras(req, r, dest, ingress, t, Some(ip), writes)
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
