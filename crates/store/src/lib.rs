@@ -6,6 +6,7 @@
 //! connection behind a mutex (SQLite allows one writer at a time anyway); readers use their
 //! own connection so that dashboards and the API never wait behind a write transaction.
 
+pub mod events;
 pub mod leases;
 
 pub mod machines;
@@ -45,6 +46,8 @@ const MIGRATIONS: &[&str] = &[
     leases::MIGRATION,
     // 3: machines (policy).
     machines::MIGRATION,
+    // 4: events (boot timelines).
+    events::MIGRATION,
 ];
 
 /// The embedded store.
