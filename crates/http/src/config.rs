@@ -128,10 +128,7 @@ impl HttpConfig {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return Err(err(
                     key,
-                    format!(
-                        "{} is outside 100ms..1h",
-                        humantime::format_duration(d)
-                    ),
+                    format!("{} is outside 100ms..1h", humantime::format_duration(d)),
                 ));
             }
         }
@@ -179,7 +176,10 @@ mod tests {
         let c: HttpConfig = toml::from_str("").unwrap();
         assert_eq!(c, HttpConfig::default());
         c.validate().unwrap();
-        assert_eq!(c.listen_addrs().unwrap(), vec!["0.0.0.0:80".parse().unwrap()]);
+        assert_eq!(
+            c.listen_addrs().unwrap(),
+            vec!["0.0.0.0:80".parse().unwrap()]
+        );
     }
 
     #[test]
@@ -196,8 +196,20 @@ mod tests {
         assert!(toml::from_str::<HttpConfig>("lisen = \"x\"").is_err());
         assert!(toml::from_str::<HttpConfig>("idle_timeout = \"soon\"").is_err());
         let cases: Vec<(&str, HttpConfig)> = vec![
-            ("listen", HttpConfig { listen: Listen::One("localhost".into()), ..Default::default() }),
-            ("listen", HttpConfig { listen: Listen::Many(vec![]), ..Default::default() }),
+            (
+                "listen",
+                HttpConfig {
+                    listen: Listen::One("localhost".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "listen",
+                HttpConfig {
+                    listen: Listen::Many(vec![]),
+                    ..Default::default()
+                },
+            ),
             (
                 "listen",
                 HttpConfig {
@@ -205,10 +217,34 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            ("root", HttpConfig { root: Some("/nonexistent/dir".into()), ..Default::default() }),
-            ("max_connections", HttpConfig { max_connections: 0, ..Default::default() }),
-            ("idle_timeout", HttpConfig { idle_timeout: Duration::ZERO, ..Default::default() }),
-            ("max_header_bytes", HttpConfig { max_header_bytes: 10, ..Default::default() }),
+            (
+                "root",
+                HttpConfig {
+                    root: Some("/nonexistent/dir".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_connections",
+                HttpConfig {
+                    max_connections: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "idle_timeout",
+                HttpConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_header_bytes",
+                HttpConfig {
+                    max_header_bytes: 10,
+                    ..Default::default()
+                },
+            ),
         ];
         for (key, c) in cases {
             let e = c.validate().unwrap_err();

@@ -63,7 +63,9 @@ pub fn content_response(
         if !etag_list_matches(im, &etag, true) {
             return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
         }
-    } else if let (Some(ius), Some(m)) = (header_date(headers, header::IF_UNMODIFIED_SINCE), modified) {
+    } else if let (Some(ius), Some(m)) =
+        (header_date(headers, header::IF_UNMODIFIED_SINCE), modified)
+    {
         if m > ius {
             return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
         }
@@ -72,7 +74,8 @@ pub fn content_response(
         if etag_list_matches(inm, &etag, false) {
             return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
         }
-    } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified) {
+    } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified)
+    {
         if m <= ims {
             return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
         }
@@ -365,25 +368,53 @@ mod tests {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
         assert_eq!(r.headers()[header::ETAG], etag.as_str());
-        let r = content_response(&Method::GET, &req(&[(header::IF_NONE_MATCH, &etag)]), c.clone(), "x");
+        let r = content_response(
+            &Method::GET,
+            &req(&[(header::IF_NONE_MATCH, &etag)]),
+            c.clone(),
+            "x",
+        );
         assert_eq!(r.status(), 304);
-        let r = content_response(&Method::GET, &req(&[(header::IF_MATCH, "\"other\"")]), c.clone(), "x");
+        let r = content_response(
+            &Method::GET,
+            &req(&[(header::IF_MATCH, "\"other\"")]),
+            c.clone(),
+            "x",
+        );
         assert_eq!(r.status(), 412);
-        let r = content_response(&Method::GET, &req(&[(header::RANGE, "bytes=-4")]), c.clone(), "x");
+        let r = content_response(
+            &Method::GET,
+            &req(&[(header::RANGE, "bytes=-4")]),
+            c.clone(),
+            "x",
+        );
         assert_eq!(r.status(), 206);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 6-9/10");
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "4");
         let r = content_response(
             &Method::GET,
-            &req(&[(header::RANGE, "bytes=0-1"), (header::IF_RANGE, "\"stale\"")]),
+            &req(&[
+                (header::RANGE, "bytes=0-1"),
+                (header::IF_RANGE, "\"stale\""),
+            ]),
             c.clone(),
             "x",
         );
         assert_eq!(r.status(), 200, "If-Range mismatch sends everything");
-        let r = content_response(&Method::GET, &req(&[(header::RANGE, "bytes=10-")]), c.clone(), "x");
+        let r = content_response(
+            &Method::GET,
+            &req(&[(header::RANGE, "bytes=10-")]),
+            c.clone(),
+            "x",
+        );
         assert_eq!(r.status(), 416);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
-        let r = content_response(&Method::HEAD, &req(&[(header::RANGE, "bytes=0-1")]), c.clone(), "x");
+        let r = content_response(
+            &Method::HEAD,
+            &req(&[(header::RANGE, "bytes=0-1")]),
+            c.clone(),
+            "x",
+        );
         assert_eq!(r.status(), 200, "Range is defined for GET only");
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
         let r = content_response(&Method::POST, &HeaderMap::new(), c, "x");

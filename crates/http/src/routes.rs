@@ -89,7 +89,9 @@ pub(crate) fn decode_path(raw: &str, prefix: &str) -> Result<Option<CleanPath>, 
     if decoded.trim_matches(['/', '\\', '.']).is_empty() && !decoded.contains("..") {
         return Ok(None);
     }
-    CleanPath::parse(&decoded).map(Some).map_err(PathRefusal::Path)
+    CleanPath::parse(&decoded)
+        .map(Some)
+        .map_err(PathRefusal::Path)
 }
 
 fn has_percent_escape(s: &str) -> bool {
@@ -127,7 +129,9 @@ fn refusal_response(r: PathRefusal) -> Response {
 
 fn resolve_error_response(e: &ResolveError) -> Response {
     match e {
-        ResolveError::BadPath(p) => plain(StatusCode::BAD_REQUEST, format!("bad request path: {p}")),
+        ResolveError::BadPath(p) => {
+            plain(StatusCode::BAD_REQUEST, format!("bad request path: {p}"))
+        }
         ResolveError::NotFound | ResolveError::IsDirectory => {
             plain(StatusCode::NOT_FOUND, "not found")
         }
@@ -137,7 +141,10 @@ fn resolve_error_response(e: &ResolveError) -> Response {
         }
         ResolveError::Generate(_) | ResolveError::Io(_) => {
             tracing::warn!(target: "chainboot::http", error = %e, "cannot serve");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server log)")
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error (see the server log)",
+            )
         }
     }
 }
@@ -270,34 +277,52 @@ async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let Some(root) = c.files.clone() else {
         return plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
     };
-    let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
     let listing = c.listing;
     let p2 = path.clone();
     let opened = blocking(move || match &p2 {
         None => Err(ResolveError::IsDirectory),
-        Some(p) => root.open(p).map(|content| (content, None)).or_else(|e| match e {
-            ResolveError::IsDirectory if listing => root.list(Some(p)).map(|l| {
-                (Content::from_bytes(Vec::new()), Some(l))
+        Some(p) => root
+            .open(p)
+            .map(|content| (content, None))
+            .or_else(|e| match e {
+                ResolveError::IsDirectory if listing => root
+                    .list(Some(p))
+                    .map(|l| (Content::from_bytes(Vec::new()), Some(l))),
+                e => Err(e),
             }),
-            e => Err(e),
-        }),
     })
     .await;
     let opened = match (opened, &path, c.files.clone()) {
         (Err(ResolveError::IsDirectory), None, Some(root)) if listing => {
-            blocking(move || root.list(None).map(|l| (Content::from_bytes(Vec::new()), Some(l)))).await
+            blocking(move || {
+                root.list(None)
+                    .map(|l| (Content::from_bytes(Vec::new()), Some(l)))
+            })
+            .await
         }
         (other, _, _) => other,
     };
     match opened {
         Ok((_, Some(list))) => {
             let base = encoded_base("/files", path.as_ref());
-            let title = format!("/files/{}", path.as_ref().map(|p| p.as_string()).unwrap_or_default());
+            let title = format!(
+                "/files/{}",
+                path.as_ref().map(|p| p.as_string()).unwrap_or_default()
+            );
             let entries = list
                 .into_iter()
                 .map(|(name, is_dir)| IndexEntry {
                     name,
-                    kind: if is_dir { EntryKind::Dir } else { EntryKind::File },
+                    kind: if is_dir {
+                        EntryKind::Dir
+                    } else {
+                        EntryKind::File
+                    },
                     size: None,
                 })
                 .collect();
@@ -346,7 +371,11 @@ async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
         Ok(p) => p,
         Err(r) => return refusal_response(r),
     };
-    let (method, uri, headers) = (req.method().clone(), req.uri().clone(), req.headers().clone());
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
     let Some(path) = path else {
         // /iso/: the configured images.
         let entries = c

@@ -121,7 +121,9 @@ impl LoggedBody {
         rec.complete = self.done;
         let class = (rec.status.as_u16() / 100).clamp(1, 5) as usize;
         self.stats.responses_by_class[class - 1].fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_sent.fetch_add(rec.bytes, Ordering::Relaxed);
+        self.stats
+            .bytes_sent
+            .fetch_add(rec.bytes, Ordering::Relaxed);
         if !rec.complete {
             self.stats.aborted.fetch_add(1, Ordering::Relaxed);
         }

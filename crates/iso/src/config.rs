@@ -120,7 +120,7 @@ mod tests {
         };
         let mut b = a.clone();
         b.name = "DEB".into();
-        assert!(IsoConfig::validate_all(&[a.clone()]).is_ok());
+        assert!(IsoConfig::validate_all(std::slice::from_ref(&a)).is_ok());
         assert!(IsoConfig::validate_all(&[a, b]).is_err());
     }
 }

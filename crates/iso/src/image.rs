@@ -207,9 +207,8 @@ impl IsoImage {
                 _ => {}
             }
         }
-        let primary = primary.ok_or_else(|| {
-            IsoErrorKind::NotIso("no primary volume descriptor".into())
-        })?;
+        let primary =
+            primary.ok_or_else(|| IsoErrorKind::NotIso("no primary volume descriptor".into()))?;
         if !terminated {
             return Err(IsoErrorKind::Corrupt(
                 "no volume descriptor set terminator".into(),
@@ -266,7 +265,12 @@ impl IsoImage {
     }
 
     /// Breadth-first walk of the directory tree.
-    fn index(&mut self, reader: &Reader, root: &DirRecord, skip: usize) -> Result<(), IsoErrorKind> {
+    fn index(
+        &mut self,
+        reader: &Reader,
+        root: &DirRecord,
+        skip: usize,
+    ) -> Result<(), IsoErrorKind> {
         let mut visited: HashSet<u32> = HashSet::new();
         let mut queue: VecDeque<(u32, u32, u64, usize, String)> = VecDeque::new();
         queue.push_back((ROOT, root.lba, root.len, 0, String::new()));
@@ -305,9 +309,9 @@ impl IsoImage {
                     if rec.flags & FLAG_MULTI_EXTENT != 0 {
                         continue;
                     }
-                    let (first, exts) = pending.take().ok_or_else(|| {
-                        IsoErrorKind::Corrupt("multi-extent bookkeeping".into())
-                    })?;
+                    let (first, exts) = pending
+                        .take()
+                        .ok_or_else(|| IsoErrorKind::Corrupt("multi-extent bookkeeping".into()))?;
                     // A multi-extent record set is always a regular file.
                     self.add_file(reader, dir_node, &first, Some(exts), skip, &dir_path)?;
                     continue;
@@ -335,10 +339,15 @@ impl IsoImage {
                     let Some(name) = self.entry_name(&rec, &rr) else {
                         continue;
                     };
-                    let idx = self.insert(dir_node, &name, rec.modified, NodeKind::Dir {
-                        children: HashMap::new(),
-                        folded: HashMap::new(),
-                    })?;
+                    let idx = self.insert(
+                        dir_node,
+                        &name,
+                        rec.modified,
+                        NodeKind::Dir {
+                            children: HashMap::new(),
+                            folded: HashMap::new(),
+                        },
+                    )?;
                     if let Some(idx) = idx {
                         let path = join(&dir_path, &name);
                         queue.push_back((idx, rec.lba, rec.len, depth + 1, path));
@@ -383,10 +392,15 @@ impl IsoImage {
             let dot = DirRecord::parse(&first).ok_or_else(|| {
                 IsoErrorKind::Corrupt(format!("relocated directory /{path} has no \".\" record"))
             })?;
-            let idx = self.insert(dir_node, &name, rec.modified, NodeKind::Dir {
-                children: HashMap::new(),
-                folded: HashMap::new(),
-            })?;
+            let idx = self.insert(
+                dir_node,
+                &name,
+                rec.modified,
+                NodeKind::Dir {
+                    children: HashMap::new(),
+                    folded: HashMap::new(),
+                },
+            )?;
             return Ok(idx.map(|idx| (idx, lba, dot.len, path)));
         }
         if let Some(target) = rr.symlink {
@@ -405,11 +419,21 @@ impl IsoImage {
             None => Vec::new(),
         };
         let len = extents.iter().map(|e| e.len).sum();
-        self.insert(dir_node, &name, rec.modified, NodeKind::File { extents, len })?;
+        self.insert(
+            dir_node,
+            &name,
+            rec.modified,
+            NodeKind::File { extents, len },
+        )?;
         Ok(None)
     }
 
-    fn rock_ridge(&self, reader: &Reader, rec: &DirRecord, skip: usize) -> Result<RockRidge, IsoErrorKind> {
+    fn rock_ridge(
+        &self,
+        reader: &Reader,
+        rec: &DirRecord,
+        skip: usize,
+    ) -> Result<RockRidge, IsoErrorKind> {
         if self.scheme != NameScheme::RockRidge {
             return Ok(RockRidge::default());
         }
@@ -722,7 +746,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, IsoErrorKind> {
-        if offset.checked_add(len as u64).is_none_or(|end| end > self.len) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(IsoErrorKind::Truncated(format!(
                 "{len} bytes at offset {offset} are past the end of the file ({} bytes)",
                 self.len
@@ -762,7 +789,9 @@ impl Reader<'_> {
     fn susp_skip(&self, root: &DirRecord) -> Result<Option<usize>, IsoErrorKind> {
         let first = self.read_extent(root.lba, SECTOR.min(root.len.max(34)), "root directory")?;
         let Some(dot) = DirRecord::parse(&first) else {
-            return Err(IsoErrorKind::Corrupt("root directory has no \".\" record".into()));
+            return Err(IsoErrorKind::Corrupt(
+                "root directory has no \".\" record".into(),
+            ));
         };
         let su = &dot.system_use;
         if su.len() >= 7 && &su[0..2] == b"SP" && su[4] == 0xBE && su[5] == 0xEF {
@@ -790,18 +819,20 @@ impl Reader<'_> {
                 }
                 let e = &area[pos..pos + len];
                 match &sig {
-                    b"NM" if len >= 5 => {
-                        // Flags 2/4 mean "." / ".." (RRIP 4.1.4): not a real name.
-                        if e[4] & 0x06 == 0 {
-                            name.extend_from_slice(&e[5..]);
-                            name_seen = true;
-                        }
+                    // Flags 2/4 mean "." / ".." (RRIP 4.1.4): not a real name.
+                    b"NM" if len >= 5 && e[4] & 0x06 == 0 => {
+                        name.extend_from_slice(&e[5..]);
+                        name_seen = true;
                     }
                     b"SL" if len >= 5 => link.add(&e[5..]),
                     b"RE" => rr.relocated = true,
                     b"CL" if len >= 12 => rr.child_link = Some(le32(&e[4..8])),
                     b"CE" if len >= 28 => {
-                        next = Some((le32(&e[4..8]), le32(&e[12..16]) as u64, le32(&e[20..24]) as u64))
+                        next = Some((
+                            le32(&e[4..8]),
+                            le32(&e[12..16]) as u64,
+                            le32(&e[20..24]) as u64,
+                        ))
                     }
                     b"ST" => break,
                     _ => {}
@@ -885,7 +916,9 @@ fn plain_name(raw: &[u8]) -> String {
 
 /// Joliet names are UCS-2 big-endian; unpaired surrogates become U+FFFD.
 fn decode_ucs2(raw: &[u8]) -> String {
-    let units = raw.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+    let units = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]));
     char::decode_utf16(units)
         .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect()
@@ -894,7 +927,14 @@ fn decode_ucs2(raw: &[u8]) -> String {
 /// ECMA-119 9.1.5 recording date: years since 1900, month, day, hour, minute, second, and
 /// the offset from GMT in 15-minute units.
 fn record_time(b: &[u8]) -> Option<SystemTime> {
-    let (y, mo, d, h, mi, s) = (b[0] as i64 + 1900, b[1] as i64, b[2] as i64, b[3], b[4], b[5]);
+    let (y, mo, d, h, mi, s) = (
+        b[0] as i64 + 1900,
+        b[1] as i64,
+        b[2] as i64,
+        b[3],
+        b[4],
+        b[5],
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
@@ -927,7 +967,10 @@ mod tests {
 
     #[test]
     fn joliet_names_decode_from_ucs2_be() {
-        let raw: Vec<u8> = "Grüße;1".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        let raw: Vec<u8> = "Grüße;1"
+            .encode_utf16()
+            .flat_map(|u| u.to_be_bytes())
+            .collect();
         assert_eq!(strip_version(&decode_ucs2(&raw)), "Grüße");
     }
 
@@ -935,7 +978,10 @@ mod tests {
     fn recording_dates_convert_with_their_gmt_offset() {
         // 2024-02-29 12:00:00 at GMT+1 (4 quarter hours) = 11:00:00 UTC.
         let t = record_time(&[124, 2, 29, 12, 0, 0, 4]).unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_709_204_400);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_709_204_400
+        );
         assert!(record_time(&[0, 0, 0, 0, 0, 0, 0]).is_none());
     }
 
@@ -958,12 +1004,19 @@ mod tests {
             data[i * 255] = 255;
             data[i * 255 + 32] = 1;
         }
-        assert_eq!(parse_directory(&data[..SECTOR as usize], "x").unwrap().len(), 8);
+        assert_eq!(
+            parse_directory(&data[..SECTOR as usize], "x")
+                .unwrap()
+                .len(),
+            8
+        );
         // A record running over its sector is refused.
         data[2040] = 40;
         data[2040 + 32] = 1;
         assert!(parse_directory(&data, "x").is_err());
         // A zero length byte skips to the next sector.
-        assert!(parse_directory(&[0u8; SECTOR as usize], "x").unwrap().is_empty());
+        assert!(parse_directory(&[0u8; SECTOR as usize], "x")
+            .unwrap()
+            .is_empty());
     }
 }

@@ -180,4 +180,3 @@ impl Resolver for IsoLibrary {
         self.content(req.path.first(), &rest)
     }
 }
-
