@@ -1,1 +1,48 @@
-//! chainboot-policy
+//! chainboot's boot policy (issue 5): what each machine boots, decided per machine and rendered
+//! per machine.
+//!
+//! - [`config`]: `[[profile]]`, `[[group]]`, `[boot]`, `[api]` and [`config::validate`];
+//! - [`facts`]: what a client says about itself, sanitised at the door;
+//! - [`select`]: which group a machine belongs to (the most specific wins);
+//! - [`policy`]: [`Policy`], the decision (pinned > group > pixiecore API > default),
+//!   boot-once, `explain`, quick mode;
+//! - [`render`]: iPXE scripts, PXELINUX configs, templates (pure functions);
+//! - [`pixiecore`]: the pixiecore API boot backend;
+//! - [`http`]: the axum routes (`/boot.ipxe`, `/ipxe`, `/boot/...`, `/config/...`,
+//!   `/pxelinux.cfg/...`, the machine part of API v1);
+//! - [`tftp`]: a [`chainboot_content::Resolver`] for `boot.ipxe` and `pxelinux.cfg/` over TFTP.
+
+pub mod config;
+pub mod facts;
+pub mod glob;
+pub mod http;
+pub mod pixiecore;
+pub mod policy;
+pub mod render;
+pub mod select;
+pub mod tftp;
+
+pub use config::{
+    validate, ApiConfig, AssetRef, BootConfig, GroupConfig, MatchConfig, ProfileAction,
+    ProfileConfig,
+};
+pub use facts::{ClientFacts, RawFacts};
+pub use http::{routes, PolicyState};
+pub use policy::{Decision, Explanation, Policy, PolicyConfig, Source};
+pub use render::HttpBase;
+pub use tftp::TftpResolver;
+
+/// `n` random bytes as lower-case hex (API tokens, per-machine secrets).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::fill(&mut bytes[..]);
+    hex::encode(bytes)
+}
+
+/// Milliseconds since the Unix epoch (the store's time unit).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,565 @@
+//! The policy's part of the config file (PRODUCT.md §4): `[[profile]]`, `[[group]]`, `[boot]`,
+//! `[api]`, and [`validate`], which finds every problem at once and names each by its key path
+//! from the document root (array indices 0-based, as TOML editors count them), so that the
+//! loader can point at file and line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chainboot_content::CleanPath;
+use chainboot_machine::Arch;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::glob::Glob;
+
+/// A `[[profile]]`: what a machine boots. Exactly one kind: `kernel` (+ `initrd`, `cmdline`),
+/// `script` (a raw iPXE script template), `action`, or `pxelinux` (iPXE loads the PXELINUX
+/// loader over HTTP, which reads a per-machine `pxelinux.cfg` rendered by chainboot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Asset reference: `path/under/http/root`, `iso:NAME/path`, `http(s)://...`, or
+    /// `file:///absolute/path` (a local file served by chainboot itself; quick mode uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initrd: Vec<String>,
+    /// Kernel command line template (minijinja).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// A raw iPXE script template (minijinja); must start with `#!ipxe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ProfileAction>,
+    /// Asset reference of the PXELINUX loader (normally `lpxelinux.0`, which can fetch over
+    /// HTTP). Makes this a PXELINUX profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pxelinux: Option<String>,
+    /// Template of the machine's `pxelinux.cfg`; when absent it is generated from `kernel`,
+    /// `initrd` and `cmdline` (one LABEL, booted by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pxelinux_config: Option<String>,
+}
+
+/// The built-in profile kinds that need no assets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileAction {
+    /// iPXE exits, so the firmware goes on to the next boot device.
+    LocalDisk,
+    /// An iPXE menu of every other profile.
+    Menu,
+    /// The iPXE shell.
+    Shell,
+}
+
+impl ProfileAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileAction::LocalDisk => "local-disk",
+            ProfileAction::Menu => "menu",
+            ProfileAction::Shell => "shell",
+        }
+    }
+}
+
+/// A `[[group]]`: machines matching `match` boot `profile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub profile: String,
+    /// Boot-once: after the machine fetched its kernel or reported `installed`, it boots the
+    /// local disk until re-armed.
+    #[serde(default)]
+    pub once: bool,
+    #[serde(default, rename = "match")]
+    pub selectors: MatchConfig,
+}
+
+/// Selectors; every one given must match. A value may be one string or a list (any of).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// MAC globs (`52:54:00:*`); `-` and `:` are the same, case does not matter.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub mac: Vec<String>,
+    /// SMBIOS UUIDs, exactly (case does not matter).
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub uuid: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub arch: Vec<Arch>,
+    /// Hostname globs.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hostname: Vec<String>,
+    /// Serial number globs.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub serial: Vec<String>,
+    /// Labels set through the API; every one listed must be equal.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl MatchConfig {
+    /// How specific the group is: the number of selectors given (each label counts once).
+    /// The most specific matching group wins.
+    pub fn specificity(&self) -> usize {
+        [
+            !self.mac.is_empty(),
+            !self.uuid.is_empty(),
+            !self.arch.is_empty(),
+            !self.hostname.is_empty(),
+            !self.serial.is_empty(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count()
+            + self.labels.len()
+    }
+}
+
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    match OneOrMany::<T>::deserialize(d) {
+        Ok(OneOrMany::One(v)) => Ok(vec![v]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a value or a list of values (e.g. \"52:54:00:*\" or [\"a\", \"b\"]); architectures are bios, efi-ia32, efi-x64, efi-arm32, efi-arm64, efi-riscv64",
+        )),
+    }
+}
+
+/// `[boot]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Profile for machines no group matches, or `menu` (an iPXE menu of the profiles).
+    #[serde(default = "default_profile")]
+    pub default: String,
+    /// Base URL of a pixiecore-compatible boot API, asked before `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// How long to wait for the API (`"2s"`, `"500ms"`).
+    #[serde(default = "default_api_timeout", with = "duration_text")]
+    pub api_timeout: Duration,
+    /// Folder of templates for `/config/MAC/NAME` and static `pxelinux.cfg/` files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<PathBuf>,
+    /// How long a machine that cannot boot waits before asking again.
+    #[serde(default = "default_retry_delay", with = "duration_text")]
+    pub retry_delay: Duration,
+}
+
+fn default_profile() -> String {
+    "menu".into()
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retry_delay() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            default: default_profile(),
+            api: None,
+            api_timeout: default_api_timeout(),
+            templates: None,
+            retry_delay: default_retry_delay(),
+        }
+    }
+}
+
+mod duration_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\""
+            ))
+        })
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer token file; default `<state_dir>/api.token`, created 0600 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Whether GETs need the token too.
+    #[serde(default)]
+    pub read_requires_token: bool,
+}
+
+impl ApiConfig {
+    /// Reads the API token, creating the file (mode 0600, 32 random bytes as hex) when it does
+    /// not exist. An empty or unreadable file is an error, never an open API.
+    pub fn load_or_create_token(&self, state_dir: &Path) -> std::io::Result<String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("api.token"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(std::io::Error::other(format!(
+                        "API token file {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(token)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let token = crate::random_hex(32);
+                // create_new: if two starts race, one fails instead of both writing.
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(format!("{token}\n").as_bytes())?;
+                f.sync_all()?;
+                Ok(token)
+            }
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("API token file {}: {e}", path.display()),
+            )),
+        }
+    }
+}
+
+/// Where a profile's file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetRef {
+    /// Under `[http] root`, served at `/files/PATH`.
+    Files(CleanPath),
+    /// Inside a configured ISO image, served at `/iso/NAME/PATH`.
+    Iso { name: String, path: CleanPath },
+    /// An http(s) URL given to iPXE unchanged.
+    Url(String),
+    /// A local file served by the policy's own route (quick mode, pixiecore `file://`).
+    Local(PathBuf),
+    /// An http(s) URL chainboot fetches and relays (pixiecore API answers: the machine may not
+    /// be able to reach the API host, and pixiecore proxies them too).
+    Proxy(String),
+}
+
+impl AssetRef {
+    /// Parses a config asset reference.
+    pub fn parse(s: &str) -> Result<AssetRef, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty asset reference".into());
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("asset reference contains whitespace or control characters".into());
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            let url = reqwest::Url::parse(s).map_err(|e| format!("bad URL `{s}`: {e}"))?;
+            if url.host_str().is_none() {
+                return Err(format!("URL `{s}` has no host"));
+            }
+            return Ok(AssetRef::Url(s.to_string()));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "`{s}`: file:// URLs name absolute paths (file:///srv/vmlinuz)"
+                ));
+            }
+            return Ok(AssetRef::Local(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("iso:") {
+            let (name, path) = rest
+                .split_once('/')
+                .ok_or_else(|| format!("`{s}`: expected iso:NAME/path/inside/the/image"))?;
+            if name.is_empty() {
+                return Err(format!("`{s}`: missing ISO name"));
+            }
+            let path = CleanPath::parse(path).map_err(|e| format!("`{s}`: {e}"))?;
+            return Ok(AssetRef::Iso {
+                name: name.to_string(),
+                path,
+            });
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "`{s}`: only http://, https:// and file:// URLs are supported"
+            ));
+        }
+        if s.starts_with('/') {
+            return Err(format!(
+                "`{s}`: paths are relative to [http] root; for a file elsewhere write file://{s}"
+            ));
+        }
+        Ok(AssetRef::Files(
+            CleanPath::parse(s).map_err(|e| format!("`{s}`: {e}"))?,
+        ))
+    }
+}
+
+/// A config problem: key path from the document root and message.
+pub type Problem = (Vec<String>, String);
+
+fn key(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// Characters allowed in profile and group names (and config template names): they appear in
+/// URLs, file names, iPXE labels and logs. No leading dot, so never `.` or `..`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// MAC glob: hex digits, separators, wildcards. Normalised to lower-case with colons.
+pub(crate) fn mac_glob(s: &str) -> Result<Glob, String> {
+    let norm = s.trim().replace('-', ":").to_ascii_lowercase();
+    Glob::new(&norm, |c| c.is_ascii_hexdigit() || c == ':')
+}
+
+/// Hostname / serial glob: the characters a sanitised fact may contain.
+pub(crate) fn fact_glob(s: &str) -> Result<Glob, String> {
+    Glob::new(s.trim(), crate::facts::fact_char_allowed)
+}
+
+/// Checks profiles, groups and `[boot]` together. Every problem is reported, not just the
+/// first. Two groups that could both match one machine with the same specificity are an
+/// error: precedence must never depend on file order.
+pub fn validate(
+    profiles: &[ProfileConfig],
+    groups: &[GroupConfig],
+    boot: &BootConfig,
+) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in profiles.iter().enumerate() {
+        let idx = i.to_string();
+        let at = |k: &str| key(&["profile", &idx, k]);
+        if !valid_name(&p.name) {
+            out.push((
+                at("name"),
+                format!(
+                    "profile name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                    p.name
+                ),
+            ));
+        } else if p.name == "menu" && p.action != Some(ProfileAction::Menu) {
+            out.push((
+                at("name"),
+                "`menu` is reserved for the built-in profile menu".into(),
+            ));
+        }
+        if let Some(first) = names.insert(&p.name, i) {
+            out.push((
+                at("name"),
+                format!("profile `{}` is already defined as profile {first}", p.name),
+            ));
+        }
+        let kinds = [
+            p.kernel.is_some() && p.pxelinux.is_none(),
+            p.script.is_some(),
+            p.action.is_some(),
+            p.pxelinux.is_some(),
+        ];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => out.push((
+                key(&["profile", &idx]),
+                "profile needs one of kernel, script, action or pxelinux".into(),
+            )),
+            1 => {}
+            _ => out.push((
+                key(&["profile", &idx]),
+                "profile must have only one of kernel, script, action or pxelinux (pxelinux may use kernel/initrd/cmdline for its generated config)".into(),
+            )),
+        }
+        if p.kernel.is_none() && p.pxelinux.is_none() {
+            if !p.initrd.is_empty() {
+                out.push((at("initrd"), "initrd without kernel".into()));
+            }
+            if p.cmdline.is_some() {
+                out.push((at("cmdline"), "cmdline without kernel".into()));
+            }
+        }
+        if p.pxelinux_config.is_some() && p.pxelinux.is_none() {
+            out.push((
+                at("pxelinux_config"),
+                "pxelinux_config needs pxelinux (the loader)".into(),
+            ));
+        }
+        if p.pxelinux.is_some() && p.pxelinux_config.is_none() && p.kernel.is_none() {
+            out.push((
+                at("pxelinux"),
+                "a pxelinux profile needs pxelinux_config or kernel (to generate the config)"
+                    .into(),
+            ));
+        }
+        for (k, v) in [("kernel", &p.kernel), ("pxelinux", &p.pxelinux)] {
+            if let Some(v) = v {
+                if let Err(e) = AssetRef::parse(v) {
+                    out.push((at(k), e));
+                }
+            }
+        }
+        for (j, r) in p.initrd.iter().enumerate() {
+            if let Err(e) = AssetRef::parse(r) {
+                out.push((key(&["profile", &idx, "initrd", &j.to_string()]), e));
+            }
+        }
+        for (k, v) in [
+            ("cmdline", &p.cmdline),
+            ("script", &p.script),
+            ("pxelinux_config", &p.pxelinux_config),
+        ] {
+            if let Some(v) = v {
+                if let Err(e) = crate::render::check_template(v) {
+                    out.push((at(k), e));
+                }
+            }
+        }
+        if let Some(s) = &p.script {
+            if !s.trim_start().starts_with("#!ipxe") {
+                out.push((
+                    at("script"),
+                    "an iPXE script must start with `#!ipxe`".into(),
+                ));
+            }
+        }
+    }
+
+    let profile_exists = |n: &str| names.contains_key(n) || n == "menu" || n == "local-disk";
+    let mut group_names: HashMap<&str, usize> = HashMap::new();
+    let mut compiled = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let idx = i.to_string();
+        let at = |k: &str| key(&["group", &idx, k]);
+        if !valid_name(&g.name) {
+            out.push((
+                at("name"),
+                format!(
+                    "group name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                    g.name
+                ),
+            ));
+        }
+        if let Some(first) = group_names.insert(&g.name, i) {
+            out.push((
+                at("name"),
+                format!("group `{}` is already defined as group {first}", g.name),
+            ));
+        }
+        if !profile_exists(&g.profile) {
+            out.push((at("profile"), unknown_profile(&g.profile, profiles)));
+        }
+        match crate::select::CompiledGroup::compile(i, g) {
+            Ok(c) => compiled.push(c),
+            Err((field, j, e)) => {
+                out.push((key(&["group", &idx, "match", field, &j.to_string()]), e))
+            }
+        }
+    }
+    for (a_i, a) in compiled.iter().enumerate() {
+        for b in &compiled[a_i + 1..] {
+            if a.specificity == b.specificity && a.may_overlap(b) {
+                out.push((
+                    key(&["group", &b.index.to_string(), "match"]),
+                    format!(
+                        "groups `{}` and `{}` can both match the same machine with the same number of selectors ({}); add a selector to the one that should win, or make them disjoint",
+                        groups[a.index].name, groups[b.index].name, a.specificity
+                    ),
+                ));
+            }
+        }
+    }
+
+    if !profile_exists(&boot.default) {
+        out.push((
+            key(&["boot", "default"]),
+            unknown_profile(&boot.default, profiles),
+        ));
+    }
+    if let Some(api) = &boot.api {
+        match reqwest::Url::parse(api) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            Ok(_) => out.push((
+                key(&["boot", "api"]),
+                format!("`{api}`: the boot API must be an http(s) URL"),
+            )),
+            Err(e) => out.push((key(&["boot", "api"]), format!("`{api}`: {e}"))),
+        }
+    }
+    if boot.api_timeout.is_zero() {
+        out.push((key(&["boot", "api_timeout"]), "must be more than 0".into()));
+    }
+    if boot.retry_delay.is_zero() || boot.retry_delay > Duration::from_secs(3600) {
+        out.push((
+            key(&["boot", "retry_delay"]),
+            "must be between 1s and 1h".into(),
+        ));
+    }
+    out
+}
+
+fn unknown_profile(name: &str, profiles: &[ProfileConfig]) -> String {
+    let known: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+    format!(
+        "unknown profile `{name}` (known: {}; built in: menu, local-disk)",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}

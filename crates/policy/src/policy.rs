@@ -1,0 +1,766 @@
+//! The boot policy: which profile a machine boots, and why.
+//!
+//! Precedence (issue 5), one place decides:
+//! 1. a profile pinned to the machine through the API;
+//! 2. the most specific matching `[[group]]` (for a `once` group whose machine has installed:
+//!    `local-disk` until re-armed);
+//! 3. the pixiecore API (`[boot] api`), when configured: its answer is final for machines no
+//!    group claims (a non-200 means "do not boot", as in pixiecore);
+//! 4. `[boot] default` (a profile or `menu`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chainboot_machine::Mac;
+use chainboot_store::machines::MachineRecord;
+use chainboot_store::Store;
+use minijinja::Environment;
+use parking_lot::Mutex;
+
+use crate::config::{
+    validate, AssetRef, BootConfig, GroupConfig, Problem, ProfileAction, ProfileConfig,
+};
+use crate::facts::ClientFacts;
+use crate::pixiecore::{self, ApiBoot};
+use crate::render::{self, HttpBase, KernelBoot, ProfileVars, TemplateVars};
+use crate::select::{best_group, CompiledGroup, SelectorOutcome};
+
+/// The policy's config: `[[profile]]`, `[[group]]`, `[boot]`.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    pub profiles: Vec<ProfileConfig>,
+    pub groups: Vec<GroupConfig>,
+    pub boot: BootConfig,
+}
+
+/// A validated config with its templates compiled.
+pub(crate) struct Compiled {
+    pub(crate) cfg: PolicyConfig,
+    by_name: HashMap<String, usize>,
+    groups: Vec<CompiledGroup>,
+    env: Environment<'static>,
+}
+
+fn tpl_name(profile: &str, what: &str) -> String {
+    format!("profile/{profile}/{what}")
+}
+
+impl Compiled {
+    fn new(cfg: PolicyConfig) -> Result<Compiled, Vec<Problem>> {
+        let problems = validate(&cfg.profiles, &cfg.groups, &cfg.boot);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut env = render::new_env();
+        for p in &cfg.profiles {
+            for (what, src) in [
+                ("cmdline", &p.cmdline),
+                ("script", &p.script),
+                ("pxelinux", &p.pxelinux_config),
+            ] {
+                if let Some(src) = src {
+                    env.add_template_owned(tpl_name(&p.name, what), src.clone())
+                        .map_err(|e| {
+                            vec![(
+                                vec!["profile".into(), p.name.clone(), what.into()],
+                                e.to_string(),
+                            )]
+                        })?;
+                }
+            }
+        }
+        let groups = cfg
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| CompiledGroup::compile(i, g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(f, j, e)| vec![(vec!["group".into(), f.into(), j.to_string()], e)])?;
+        let by_name = cfg
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        Ok(Compiled {
+            cfg,
+            by_name,
+            groups,
+            env,
+        })
+    }
+
+    fn profile(&self, name: &str) -> Option<ProfileRef<'_>> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Some(ProfileRef::Config(&self.cfg.profiles[i]));
+        }
+        match name {
+            "menu" => Some(ProfileRef::Builtin(ProfileAction::Menu)),
+            "local-disk" => Some(ProfileRef::Builtin(ProfileAction::LocalDisk)),
+            _ => None,
+        }
+    }
+}
+
+enum ProfileRef<'a> {
+    Config(&'a ProfileConfig),
+    Builtin(ProfileAction),
+}
+
+/// Why a machine got its profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Pinned through the API.
+    Pinned,
+    /// The named group matched.
+    Group(String),
+    /// A `once` group matched but the machine already installed.
+    OnceDone { group: String, reason: String },
+    /// The pixiecore API answered 200.
+    Api,
+    /// No group matched; `[boot] default`.
+    Default,
+    /// Picked from the menu.
+    MenuChoice,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Pinned => write!(f, "pinned through the API"),
+            Source::Group(g) => write!(f, "group {g}"),
+            Source::OnceDone { group, reason } => {
+                write!(f, "group {group} is boot-once and the machine already installed ({reason}); boots local disk until re-armed")
+            }
+            Source::Api => write!(f, "boot API"),
+            Source::Default => write!(f, "[boot] default"),
+            Source::MenuChoice => write!(f, "chosen from the menu"),
+        }
+    }
+}
+
+/// What was decided, with everything needed to render it later.
+#[derive(Clone)]
+pub struct Decision {
+    pub facts: ClientFacts,
+    pub labels: BTreeMap<String, String>,
+    secret: String,
+    pub profile: String,
+    pub source: Source,
+    /// Set when the machine is in a `once` group and has not installed yet: fetching the
+    /// kernel marks it installed.
+    pub once_group: Option<String>,
+    /// Every group's selectors for this machine (for `explain`).
+    pub groups: Vec<(String, usize, Vec<SelectorOutcome>)>,
+    kind: Kind,
+    compiled: Arc<Compiled>,
+}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("mac", &self.facts.mac)
+            .field("profile", &self.profile)
+            .field("source", &self.source)
+            .field("once_group", &self.once_group)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum Kind {
+    Config,
+    Builtin(ProfileAction),
+    Api(ApiBoot),
+}
+
+/// One of a decision's files that goes through the policy's `/boot/MAC/...` route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetSlot {
+    Kernel,
+    Initrd(usize),
+    /// pixiecore `{{ URL "..." }}` in a cmdline.
+    Url(usize),
+    /// The PXELINUX loader.
+    Loader,
+}
+
+impl AssetSlot {
+    pub fn path(self, mac: Mac) -> String {
+        let m = mac.hyphenated();
+        match self {
+            AssetSlot::Kernel => format!("/boot/{m}/kernel"),
+            AssetSlot::Initrd(i) => format!("/boot/{m}/initrd/{i}"),
+            AssetSlot::Url(i) => format!("/boot/{m}/url/{i}"),
+            AssetSlot::Loader => format!("/boot/{m}/loader"),
+        }
+    }
+}
+
+/// Why a machine cannot boot right now; rendered as an iPXE script that says so and retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BootError(pub String);
+
+/// The boot policy. Reloadable: [`Policy::reload`] swaps the config atomically; decisions in
+/// flight finish with the config they started with.
+pub struct Policy {
+    current: ArcSwap<Compiled>,
+    store: Arc<Store>,
+    client: reqwest::Client,
+    /// The last decision per machine, for the `/boot/MAC/...` asset routes (bounded).
+    recent: Mutex<HashMap<Mac, Arc<Decision>>>,
+}
+
+/// Machines remembered in `recent` before it is cleared.
+const RECENT_MAX: usize = 16_384;
+
+impl Policy {
+    /// Builds a policy; every config problem is returned at once.
+    pub fn new(cfg: PolicyConfig, store: Arc<Store>) -> Result<Policy, Vec<Problem>> {
+        let compiled = Compiled::new(cfg)?;
+        Ok(Policy {
+            current: ArcSwap::from_pointee(compiled),
+            store,
+            client: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            recent: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Quick mode (`chainboot boot KERNEL [INITRD...] --cmdline S`): every machine boots these
+    /// local files, served by the policy's `/boot/MAC/...` routes. `cmdline` is used literally.
+    pub fn quick(
+        kernel: &std::path::Path,
+        initrds: &[std::path::PathBuf],
+        cmdline: &str,
+        store: Arc<Store>,
+    ) -> Result<Policy, Vec<Problem>> {
+        let abs = |p: &std::path::Path| -> Result<String, Vec<Problem>> {
+            let p = std::path::absolute(p)
+                .map_err(|e| vec![(vec!["quick".into()], format!("{}: {e}", p.display()))])?;
+            if !p.is_file() {
+                return Err(vec![(
+                    vec!["quick".into()],
+                    format!("{} is not a readable file", p.display()),
+                )]);
+            }
+            Ok(format!("file://{}", p.display()))
+        };
+        let profile = ProfileConfig {
+            name: "quick".into(),
+            description: Some("chainboot boot (quick mode)".into()),
+            kernel: Some(abs(kernel)?),
+            initrd: initrds.iter().map(|p| abs(p)).collect::<Result<_, _>>()?,
+            // Literal: wrap in a raw block so braces in the user's cmdline are not template syntax.
+            cmdline: (!cmdline.is_empty()).then(|| format!("{{% raw %}}{cmdline}{{% endraw %}}")),
+            script: None,
+            action: None,
+            pxelinux: None,
+            pxelinux_config: None,
+        };
+        Policy::new(
+            PolicyConfig {
+                profiles: vec![profile],
+                groups: vec![],
+                boot: BootConfig {
+                    default: "quick".into(),
+                    ..BootConfig::default()
+                },
+            },
+            store,
+        )
+    }
+
+    /// Replaces the config (after validating it); on error the old config stays.
+    pub fn reload(&self, cfg: PolicyConfig) -> Result<(), Vec<Problem>> {
+        let compiled = Compiled::new(cfg)?;
+        self.current.store(Arc::new(compiled));
+        self.recent.lock().clear();
+        Ok(())
+    }
+
+    /// The store the policy records machines in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The current config.
+    pub fn config(&self) -> PolicyConfig {
+        self.current.load().cfg.clone()
+    }
+
+    /// True if `name` is a profile (configured or built in: `menu`, `local-disk`).
+    pub fn has_profile(&self, name: &str) -> bool {
+        self.current.load().profile(name).is_some()
+    }
+
+    /// Decides what `facts.mac` boots. `stored` is the machine's record (pinned profile,
+    /// labels, boot-once state, secret); `None` for a machine never seen (explain).
+    /// `chosen` is a profile picked from the menu; honoured only when the machine's decision
+    /// is the menu.
+    pub async fn decide(
+        &self,
+        facts: &ClientFacts,
+        stored: Option<&MachineRecord>,
+        chosen: Option<&str>,
+    ) -> Result<Decision, BootError> {
+        self.decide_with(&self.client, facts, stored, chosen).await
+    }
+
+    pub(crate) async fn decide_with(
+        &self,
+        client: &reqwest::Client,
+        facts: &ClientFacts,
+        stored: Option<&MachineRecord>,
+        chosen: Option<&str>,
+    ) -> Result<Decision, BootError> {
+        let compiled = self.current.load_full();
+        let mut facts = facts.clone();
+        if let Some(r) = stored {
+            facts.merge_stored(&r.facts);
+        }
+        let labels = stored.map(|r| r.labels.clone()).unwrap_or_default();
+        let secret = stored.map(|r| r.secret.clone()).unwrap_or_default();
+        let groups: Vec<(String, usize, Vec<SelectorOutcome>)> = compiled
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    compiled.cfg.groups[g.index].name.clone(),
+                    g.specificity,
+                    g.evaluate(&facts, &labels),
+                )
+            })
+            .collect();
+        let mk = |profile: &str, source: Source, once_group: Option<String>, kind: Kind| Decision {
+            facts: facts.clone(),
+            labels: labels.clone(),
+            secret: secret.clone(),
+            profile: profile.to_string(),
+            source,
+            once_group,
+            groups: groups.clone(),
+            kind,
+            compiled: compiled.clone(),
+        };
+        let by_name = |name: &str,
+                       source: Source,
+                       once_group: Option<String>|
+         -> Result<Decision, BootError> {
+            match compiled.profile(name) {
+                Some(ProfileRef::Config(p)) => {
+                    let kind = match p.action {
+                        Some(a) => Kind::Builtin(a),
+                        None => Kind::Config,
+                    };
+                    Ok(mk(name, source, once_group, kind))
+                }
+                Some(ProfileRef::Builtin(a)) => Ok(mk(name, source, once_group, Kind::Builtin(a))),
+                None => Err(BootError(format!(
+                    "profile {name} ({source}) does not exist in the config"
+                ))),
+            }
+        };
+
+        let decision = if let Some(pinned) = stored.and_then(|r| r.pinned_profile.as_deref()) {
+            by_name(pinned, Source::Pinned, None)?
+        } else if let Some((g, ambiguous)) = best_group(&compiled.groups, &facts, &labels) {
+            let group = &compiled.cfg.groups[g.index];
+            if ambiguous {
+                tracing::warn!(mac = %facts.mac, group = %group.name, "several groups of equal specificity match; config not validated?");
+            }
+            match (group.once, stored.and_then(|r| r.installed_ms)) {
+                (true, Some(_)) => {
+                    let reason = stored
+                        .and_then(|r| r.installed_reason.clone())
+                        .unwrap_or_else(|| "installed".into());
+                    mk(
+                        "local-disk",
+                        Source::OnceDone {
+                            group: group.name.clone(),
+                            reason,
+                        },
+                        None,
+                        Kind::Builtin(ProfileAction::LocalDisk),
+                    )
+                }
+                (true, None) => by_name(
+                    &group.profile,
+                    Source::Group(group.name.clone()),
+                    Some(group.name.clone()),
+                )?,
+                (false, _) => by_name(&group.profile, Source::Group(group.name.clone()), None)?,
+            }
+        } else if let Some(api) = &compiled.cfg.boot.api {
+            let boot = pixiecore::ask(client, api, facts.mac, compiled.cfg.boot.api_timeout)
+                .await
+                .map_err(|e| BootError(e.to_string()))?;
+            mk("boot-api", Source::Api, None, Kind::Api(boot))
+        } else {
+            by_name(&compiled.cfg.boot.default.clone(), Source::Default, None)?
+        };
+
+        if let (Kind::Builtin(ProfileAction::Menu), Some(choice)) = (&decision.kind, chosen) {
+            if choice != "menu" {
+                return by_name(choice, Source::MenuChoice, None);
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Remembers a decision for the machine's asset routes.
+    pub fn remember(&self, d: &Decision) -> Arc<Decision> {
+        let d = Arc::new(d.clone());
+        let mut recent = self.recent.lock();
+        if recent.len() >= RECENT_MAX {
+            recent.clear();
+        }
+        recent.insert(d.facts.mac, d.clone());
+        d
+    }
+
+    /// Drops the remembered decision (after the API changed the machine's state).
+    pub fn forget_recent(&self, mac: Mac) {
+        self.recent.lock().remove(&mac);
+    }
+
+    /// The last decision made for `mac` by `/ipxe`, if any.
+    pub fn recent(&self, mac: Mac) -> Option<Arc<Decision>> {
+        self.recent.lock().get(&mac).cloned()
+    }
+
+    /// Retry delay in seconds for error scripts.
+    pub fn retry_secs(&self) -> u64 {
+        self.current.load().cfg.boot.retry_delay.as_secs().max(1)
+    }
+
+    /// The templates folder, if configured.
+    pub fn templates_dir(&self) -> Option<std::path::PathBuf> {
+        self.current.load().cfg.boot.templates.clone()
+    }
+
+    /// What `chainboot explain` prints (without the DHCP part): decision, why, script.
+    pub async fn explain(&self, facts: &ClientFacts, base: &HttpBase) -> Explanation {
+        let stored = self.store.machine(facts.mac).ok().flatten();
+        match self.decide(facts, stored.as_ref(), None).await {
+            Ok(d) => {
+                let script = d.script(base, self.retry_secs());
+                Explanation {
+                    mac: facts.mac,
+                    decision: Some(d.summary()),
+                    groups: d.groups.clone(),
+                    script,
+                    error: None,
+                }
+            }
+            Err(e) => Explanation {
+                mac: facts.mac,
+                decision: None,
+                groups: vec![],
+                script: render::error_script(
+                    Some(&facts.mac.to_string()),
+                    &e.0,
+                    base,
+                    self.retry_secs(),
+                ),
+                error: Some(e.0),
+            },
+        }
+    }
+}
+
+/// The answer to `chainboot explain`.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub mac: Mac,
+    /// "profile X (group Y)".
+    pub decision: Option<String>,
+    /// (group, specificity, selector outcomes), in config order.
+    pub groups: Vec<(String, usize, Vec<SelectorOutcome>)>,
+    /// The script the machine would get.
+    pub script: String,
+    /// Why it cannot boot, if it cannot.
+    pub error: Option<String>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "machine {}", self.mac)?;
+        match (&self.decision, &self.error) {
+            (Some(d), _) => writeln!(f, "boots: {d}")?,
+            (None, Some(e)) => writeln!(f, "cannot boot: {e}")?,
+            (None, None) => {}
+        }
+        for (name, spec, outcomes) in &self.groups {
+            let matched = outcomes.iter().all(|o| o.matched);
+            writeln!(
+                f,
+                "  group {name} ({spec} selector{}): {}",
+                if *spec == 1 { "" } else { "s" },
+                if matched { "matches" } else { "does not match" }
+            )?;
+            for o in outcomes {
+                writeln!(
+                    f,
+                    "    {} {}: wanted {}, machine has {}",
+                    if o.matched { "+" } else { "-" },
+                    o.selector,
+                    o.wanted,
+                    o.got
+                )?;
+            }
+        }
+        writeln!(f, "script:")?;
+        for line in self.script.lines() {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Decision {
+    /// "profile X (why)".
+    pub fn summary(&self) -> String {
+        format!("profile {} ({})", self.profile, self.source)
+    }
+
+    fn vars(&self, base: &HttpBase) -> TemplateVars {
+        let description = match self.compiled.profile(&self.profile) {
+            Some(ProfileRef::Config(p)) => p.description.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        TemplateVars::new(
+            &self.facts,
+            &self.labels,
+            &self.secret,
+            ProfileVars {
+                name: self.profile.clone(),
+                description,
+            },
+            base,
+        )
+    }
+
+    fn config_profile(&self) -> Option<&ProfileConfig> {
+        match (&self.kind, self.compiled.profile(&self.profile)) {
+            (Kind::Config, Some(ProfileRef::Config(p))) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The file behind one of the decision's `/boot/MAC/...` slots.
+    pub fn asset(&self, slot: AssetSlot) -> Option<AssetRef> {
+        if let Kind::Api(ApiBoot::Kernel {
+            kernel,
+            initrd,
+            urls,
+            ..
+        }) = &self.kind
+        {
+            return match slot {
+                AssetSlot::Kernel => Some(kernel.clone()),
+                AssetSlot::Initrd(i) => initrd.get(i).cloned(),
+                AssetSlot::Url(i) => urls.get(i).cloned(),
+                AssetSlot::Loader => None,
+            };
+        }
+        let p = self.config_profile()?;
+        let parse = |s: &String| AssetRef::parse(s).ok();
+        match slot {
+            AssetSlot::Kernel => p.kernel.as_ref().and_then(parse),
+            AssetSlot::Initrd(i) => p.initrd.get(i).and_then(parse),
+            AssetSlot::Loader => p.pxelinux.as_ref().and_then(parse),
+            AssetSlot::Url(_) => None,
+        }
+    }
+
+    fn url(&self, slot: AssetSlot, base: &HttpBase) -> Result<String, BootError> {
+        let asset = self
+            .asset(slot)
+            .ok_or_else(|| BootError(format!("profile {} has no {slot:?}", self.profile)))?;
+        // Boot-once kernels go through the policy route, which records the fetch.
+        let via_policy = slot == AssetSlot::Kernel && self.once_group.is_some();
+        Ok(render::asset_url(
+            &asset,
+            base,
+            &slot.path(self.facts.mac),
+            via_policy,
+        ))
+    }
+
+    fn kernel_urls(
+        &self,
+        base: &HttpBase,
+        n_initrd: usize,
+    ) -> Result<(String, Vec<String>), BootError> {
+        let k = self.url(AssetSlot::Kernel, base)?;
+        let i = (0..n_initrd)
+            .map(|i| self.url(AssetSlot::Initrd(i), base))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((k, i))
+    }
+
+    fn render_tpl(&self, what: &str, base: &HttpBase) -> Result<Option<String>, BootError> {
+        let name = tpl_name(&self.profile, what);
+        let Ok(t) = self.compiled.env.get_template(&name) else {
+            return Ok(None);
+        };
+        t.render(self.vars(base)).map(Some).map_err(|e| {
+            BootError(format!(
+                "profile {} {what}: template error: {e:#}",
+                self.profile
+            ))
+        })
+    }
+
+    fn header(&self) -> String {
+        format!("{} boots {}", self.facts.mac, self.summary())
+    }
+
+    /// The machine's iPXE script, or why it cannot have one.
+    pub fn try_script(&self, base: &HttpBase, retry_secs: u64) -> Result<String, BootError> {
+        let mac = self.facts.mac.to_string();
+        let header = self.header();
+        match &self.kind {
+            Kind::Builtin(ProfileAction::Menu) => {
+                let items: Vec<(String, String)> = self
+                    .compiled
+                    .cfg
+                    .profiles
+                    .iter()
+                    .filter(|p| p.action != Some(ProfileAction::Menu))
+                    .map(|p| (p.name.clone(), p.description.clone().unwrap_or_default()))
+                    .collect();
+                Ok(render::menu_script(&mac, &items, base))
+            }
+            Kind::Builtin(a) => Ok(render::action_script(*a, &header)),
+            Kind::Api(ApiBoot::Script(s)) => Ok(s.clone()),
+            Kind::Api(ApiBoot::Kernel {
+                initrd,
+                cmdline,
+                urls,
+                message,
+                ..
+            }) => {
+                let (k, i) = self.kernel_urls(base, initrd.len())?;
+                let mut cmd = cmdline.clone();
+                for n in 0..urls.len() {
+                    cmd = cmd.replace(
+                        &format!("{{URL:{n}}}"),
+                        &format!("{base}{}", AssetSlot::Url(n).path(self.facts.mac)),
+                    );
+                }
+                Ok(render::kernel_script(
+                    &KernelBoot {
+                        mac: &mac,
+                        profile: &self.profile,
+                        header: &header,
+                        message: message.as_deref(),
+                        kernel_url: &k,
+                        initrd_urls: &i,
+                        cmdline: &cmd,
+                    },
+                    base,
+                    retry_secs,
+                ))
+            }
+            Kind::Config => {
+                let p = self
+                    .config_profile()
+                    .ok_or_else(|| BootError(format!("profile {} vanished", self.profile)))?;
+                if p.script.is_some() {
+                    let s = self.render_tpl("script", base)?.unwrap_or_default();
+                    if !s.trim_start().starts_with("#!ipxe") {
+                        return Err(BootError(format!(
+                            "profile {}: rendered script does not start with #!ipxe",
+                            p.name
+                        )));
+                    }
+                    return Ok(s);
+                }
+                if p.pxelinux.is_some() {
+                    let loader = self.url(AssetSlot::Loader, base)?;
+                    return Ok(render::pxelinux_script(
+                        &self.facts.mac.pxelinux_name(),
+                        &header,
+                        &loader,
+                        base,
+                        retry_secs,
+                    ));
+                }
+                let cmdline = self.render_tpl("cmdline", base)?.unwrap_or_default();
+                let (k, i) = self.kernel_urls(base, p.initrd.len())?;
+                Ok(render::kernel_script(
+                    &KernelBoot {
+                        mac: &mac,
+                        profile: &p.name,
+                        header: &header,
+                        message: None,
+                        kernel_url: &k,
+                        initrd_urls: &i,
+                        cmdline: &cmdline,
+                    },
+                    base,
+                    retry_secs,
+                ))
+            }
+        }
+    }
+
+    /// The machine's iPXE script; on any problem, a script that prints why and retries.
+    pub fn script(&self, base: &HttpBase, retry_secs: u64) -> String {
+        match self.try_script(base, retry_secs) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(mac = %self.facts.mac, profile = %self.profile, error = %e, "cannot render boot script");
+                render::error_script(Some(&self.facts.mac.to_string()), &e.0, base, retry_secs)
+            }
+        }
+    }
+
+    /// The machine's `pxelinux.cfg`, if its profile is a PXELINUX profile.
+    pub fn pxelinux_cfg(&self, base: &HttpBase) -> Result<Option<String>, BootError> {
+        let Some(p) = self.config_profile() else {
+            return Ok(None);
+        };
+        if p.pxelinux.is_none() {
+            return Ok(None);
+        }
+        if let Some(text) = self.render_tpl("pxelinux", base)? {
+            return Ok(Some(text));
+        }
+        let cmdline = self.render_tpl("cmdline", base)?.unwrap_or_default();
+        let (k, i) = self.kernel_urls(base, p.initrd.len())?;
+        Ok(Some(render::pxelinux_cfg(&k, &i, &cmdline)))
+    }
+
+    /// Renders `templates/<profile>/<name>` (or `templates/<name>`) for this machine:
+    /// preseed, kickstart, autoinstall, cloud-init. `Ok(None)` when no such template exists.
+    pub fn config_file(
+        &self,
+        templates: &std::path::Path,
+        name: &str,
+        base: &HttpBase,
+    ) -> Result<Option<String>, BootError> {
+        if !crate::config::valid_name(name) {
+            return Ok(None);
+        }
+        let candidates = [
+            templates.join(&self.profile).join(name),
+            templates.join(name),
+        ];
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Ok(None);
+        };
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| BootError(format!("{}: {e}", path.display())))?;
+        render::render_str(&render::new_env(), &src, &self.vars(base))
+            .map(Some)
+            .map_err(|e| BootError(format!("{}: {e}", path.display())))
+    }
+}

@@ -1,0 +1,431 @@
+//! Turning a chosen profile into the bytes a machine gets: iPXE scripts, kernel command lines,
+//! PXELINUX configs. Pure functions of (profile, machine, base URL): no I/O, no clock.
+//!
+//! Templates (minijinja) see `machine` (mac, mac_hyphen, uuid, arch, ip, hostname, serial,
+//! manufacturer, product, labels, secret, events_url), `profile` (name, description),
+//! `http` (base URL, e.g. `http://198.18.0.1:8080`) and `server` (host, http, api).
+//! Unknown facts are empty strings. Facts were sanitised on the way in (see `facts`), so no
+//! value can carry iPXE, kernel-argument or template syntax; the output of a template is
+//! never rendered again.
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, UndefinedBehavior};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Serialize;
+
+use crate::config::{AssetRef, ProfileAction};
+use crate::facts::ClientFacts;
+
+/// Characters left alone in a URL path segment (RFC 3986 unreserved).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes one URL path segment or query value.
+pub fn encode(s: &str) -> String {
+    utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
+/// The HTTP base URL machines reach chainboot at, without a trailing slash
+/// (`http://198.18.0.1:8080`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpBase(String);
+
+impl HttpBase {
+    /// From `http://host[:port]`; refuses anything with a path, query, or odd characters,
+    /// because it is pasted into scripts.
+    pub fn new(url: &str) -> Result<HttpBase, String> {
+        let trimmed = url.trim().trim_end_matches('/');
+        let rest = trimmed
+            .strip_prefix("http://")
+            .or_else(|| trimmed.strip_prefix("https://"))
+            .ok_or_else(|| format!("`{url}`: base URL must start with http:// or https://"))?;
+        if rest.is_empty()
+            || !rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        {
+            return Err(format!("`{url}`: base URL must be scheme://host[:port]"));
+        }
+        Ok(HttpBase(trimmed.to_string()))
+    }
+
+    /// From an HTTP request's Host header (untrusted: validated like [`HttpBase::new`]).
+    pub fn from_host_header(host: &str) -> Option<HttpBase> {
+        HttpBase::new(&format!("http://{host}")).ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host[:port] part.
+    pub fn host(&self) -> &str {
+        self.0.split_once("://").map(|(_, h)| h).unwrap_or(&self.0)
+    }
+}
+
+impl std::fmt::Display for HttpBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks that a template compiles (used by `validate`).
+pub fn check_template(src: &str) -> Result<(), String> {
+    let env = new_env();
+    env.template_from_str(src)
+        .map(|_| ())
+        .map_err(|e| format!("template error: {e:#}"))
+}
+
+/// The environment every chainboot template renders in: undefined variables are errors (a
+/// typo must not silently render as nothing), no auto-escaping (outputs are not HTML).
+pub fn new_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+/// The `machine` template variable.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineVars {
+    pub mac: String,
+    pub mac_hyphen: String,
+    pub uuid: String,
+    pub arch: String,
+    pub ip: String,
+    pub hostname: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub product: String,
+    pub labels: BTreeMap<String, String>,
+    pub secret: String,
+    /// Where an installer POSTs `{"event": "installed"}`, secret included.
+    pub events_url: String,
+}
+
+/// Everything a template sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateVars {
+    pub machine: MachineVars,
+    pub profile: ProfileVars,
+    pub http: String,
+    pub server: ServerVars,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileVars {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerVars {
+    pub host: String,
+    pub http: String,
+    pub api: String,
+}
+
+impl TemplateVars {
+    pub fn new(
+        facts: &ClientFacts,
+        labels: &BTreeMap<String, String>,
+        secret: &str,
+        profile: ProfileVars,
+        base: &HttpBase,
+    ) -> TemplateVars {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        let mac = facts.mac.to_string();
+        TemplateVars {
+            machine: MachineVars {
+                events_url: format!(
+                    "{base}/api/v1/machines/{mac}/events?secret={}",
+                    encode(secret)
+                ),
+                mac_hyphen: facts.mac.hyphenated(),
+                mac,
+                uuid: s(&facts.uuid),
+                arch: facts.arch.map(|a| a.name().to_string()).unwrap_or_default(),
+                ip: facts.ip.map(|i| i.to_string()).unwrap_or_default(),
+                hostname: s(&facts.hostname),
+                serial: s(&facts.serial),
+                manufacturer: s(&facts.manufacturer),
+                product: s(&facts.product),
+                labels: labels.clone(),
+                secret: secret.to_string(),
+            },
+            profile,
+            http: base.to_string(),
+            server: ServerVars {
+                host: base.host().to_string(),
+                http: base.to_string(),
+                api: format!("{base}/api/v1"),
+            },
+        }
+    }
+}
+
+/// Renders a template source once with `vars`.
+pub fn render_str(env: &Environment<'_>, src: &str, vars: &TemplateVars) -> Result<String, String> {
+    env.render_str(src, vars)
+        .map_err(|e| format!("template error: {e:#}"))
+}
+
+/// A kernel command line as it goes on iPXE's `kernel` line or PXELINUX's `APPEND`: one line,
+/// whitespace runs collapsed (a newline would start a new iPXE command), no control bytes.
+pub fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Text for iPXE's `echo`: iPXE expands `${...}` and splits on `||`/`&&` even there, so only
+/// plain characters survive; everything else becomes `?`. Capped in length.
+pub fn echo_text(s: &str) -> String {
+    s.chars()
+        .take(300)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:;_-+=/()@'<>!?*[]~^".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The URL iPXE should fetch for an asset of `mac`'s profile. Assets chainboot must serve or
+/// relay itself, or whose fetch must be recorded (boot-once kernels), go through the policy
+/// route `slot_path` (`/boot/MAC/kernel`, `/boot/MAC/initrd/N`).
+pub fn asset_url(asset: &AssetRef, base: &HttpBase, slot_path: &str, via_policy: bool) -> String {
+    if via_policy {
+        return format!("{base}{slot_path}");
+    }
+    match asset {
+        AssetRef::Files(p) => {
+            let parts: Vec<String> = p.parts().iter().map(|s| encode(s)).collect();
+            format!("{base}/files/{}", parts.join("/"))
+        }
+        AssetRef::Iso { name, path } => {
+            let parts: Vec<String> = path.parts().iter().map(|s| encode(s)).collect();
+            format!("{base}/iso/{}/{}", encode(name), parts.join("/"))
+        }
+        AssetRef::Url(u) => u.clone(),
+        AssetRef::Local(_) | AssetRef::Proxy(_) => format!("{base}{slot_path}"),
+    }
+}
+
+/// The iPXE script lines that retry after a failure: print why, wait, start over from
+/// `/boot.ipxe` (which re-reads the machine's facts).
+fn retry_tail(out: &mut String, base: &HttpBase, retry_secs: u64) {
+    out.push_str(&format!(
+        "echo chainboot: retrying in {retry_secs} seconds\nsleep {retry_secs}\nchain --replace --autofree {base}/boot.ipxe\n"
+    ));
+}
+
+/// The script for a machine that cannot boot right now: still a valid iPXE script, which
+/// prints the reason on the console and retries after a delay.
+pub fn error_script(mac: Option<&str>, reason: &str, base: &HttpBase, retry_secs: u64) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&format!(
+        "echo chainboot: cannot boot {}: {}\n",
+        echo_text(mac.unwrap_or("this machine")),
+        echo_text(reason)
+    ));
+    retry_tail(&mut out, base, retry_secs);
+    out
+}
+
+/// `/boot.ipxe`: the stub that sends iPXE's facts to `/ipxe`. String settings are expanded as
+/// `:uristring` so iPXE percent-encodes them (an SMBIOS product name may hold spaces or `&`).
+pub fn stub_script(base: &HttpBase) -> String {
+    format!(
+        "#!ipxe\nchain --replace --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}&serial=${{serial:uristring}}&manufacturer=${{manufacturer:uristring}}&product=${{product:uristring}}&hostname=${{hostname:uristring}}&ip=${{ip}}\n"
+    )
+}
+
+/// A kernel boot.
+pub struct KernelBoot<'a> {
+    pub mac: &'a str,
+    pub profile: &'a str,
+    pub header: &'a str,
+    pub message: Option<&'a str>,
+    pub kernel_url: &'a str,
+    pub initrd_urls: &'a [String],
+    pub cmdline: &'a str,
+}
+
+/// iPXE script for a kernel + initrds + cmdline. Every fetch is `|| goto failed` so that a
+/// missing asset ends in a readable message and a retry, not a dead prompt. Initrds are named
+/// `initrd0..N` and passed as `initrd=` arguments: the EFI stub loader of Linux reads them
+/// from there (pixiecore does the same).
+pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&format!("echo chainboot: {}\n", echo_text(k.header)));
+    if let Some(m) = k.message {
+        out.push_str(&format!("echo {}\n", echo_text(m)));
+    }
+    let mut args: Vec<String> = (0..k.initrd_urls.len())
+        .map(|i| format!("initrd=initrd{i}"))
+        .collect();
+    let cmdline = one_line(k.cmdline);
+    if !cmdline.is_empty() {
+        args.push(cmdline);
+    }
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", args.join(" "))
+    };
+    out.push_str(&format!(
+        "kernel --name kernel {}{args} || goto failed\n",
+        k.kernel_url
+    ));
+    for (i, u) in k.initrd_urls.iter().enumerate() {
+        out.push_str(&format!("initrd --name initrd{i} {u} || goto failed\n"));
+    }
+    out.push_str("boot || goto failed\n:failed\n");
+    out.push_str(&format!(
+        "echo chainboot: booting profile {} failed for {} (see the server log)\n",
+        echo_text(k.profile),
+        echo_text(k.mac)
+    ));
+    retry_tail(&mut out, base, retry_secs);
+    out
+}
+
+/// iPXE script for an action profile other than the menu.
+pub fn action_script(action: ProfileAction, header: &str) -> String {
+    match action {
+        // `exit` hands control back to the firmware, which tries the next boot device.
+        ProfileAction::LocalDisk => format!(
+            "#!ipxe\necho chainboot: {}\necho chainboot: booting from local disk\nexit\n",
+            echo_text(header)
+        ),
+        ProfileAction::Shell => format!("#!ipxe\necho chainboot: {}\nshell\n", echo_text(header)),
+        ProfileAction::Menu => unreachable_menu(),
+    }
+}
+
+fn unreachable_menu() -> String {
+    // Menus need the profile list; callers use `menu_script`. Kept total instead of panicking.
+    "#!ipxe\necho chainboot: internal error: menu rendered without profiles\nexit\n".into()
+}
+
+/// iPXE menu of `profiles` (name, description). Choosing one chains to `/ipxe` with
+/// `profile=NAME`. Labels are indices, not names, so no name can collide with iPXE syntax.
+pub fn menu_script(mac: &str, profiles: &[(String, String)], base: &HttpBase) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&format!(
+        "menu chainboot: choose what {} boots\n",
+        echo_text(mac)
+    ));
+    for (i, (name, desc)) in profiles.iter().enumerate() {
+        let text = if desc.is_empty() {
+            name.clone()
+        } else {
+            format!("{name} - {desc}")
+        };
+        out.push_str(&format!("item p{i} {}\n", echo_text(&text)));
+    }
+    out.push_str("item --gap\nitem shell iPXE shell\nitem exit Boot from local disk\n");
+    out.push_str("choose target || goto exit\ngoto ${target}\n");
+    for (i, (name, _)) in profiles.iter().enumerate() {
+        out.push_str(&format!(
+            ":p{i}\nchain --replace --autofree {base}/ipxe?mac={}&profile={}\n",
+            encode(mac),
+            encode(name)
+        ));
+    }
+    out.push_str(":shell\nshell\n:exit\nexit\n");
+    out
+}
+
+/// iPXE script for the PXELINUX flow: options 210 (path prefix) and 209 (config file) tell
+/// PXELINUX where its config is (RFC 5071), then iPXE chains the loader, which reads them from
+/// the DHCP packet iPXE hands over. lpxelinux.0 understands an http:// prefix.
+pub fn pxelinux_script(
+    mac_pxelinux_name: &str,
+    header: &str,
+    loader_url: &str,
+    base: &HttpBase,
+    retry_secs: u64,
+) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&format!("echo chainboot: {}\n", echo_text(header)));
+    out.push_str(&format!("set 210:string {base}/\n"));
+    out.push_str(&format!(
+        "set 209:string pxelinux.cfg/{mac_pxelinux_name}\n"
+    ));
+    out.push_str(&format!("chain {loader_url} || goto failed\n:failed\n"));
+    out.push_str("echo chainboot: loading PXELINUX failed\n");
+    retry_tail(&mut out, base, retry_secs);
+    out
+}
+
+/// A generated `pxelinux.cfg`: one label, booted at once.
+pub fn pxelinux_cfg(kernel_url: &str, initrd_urls: &[String], cmdline: &str) -> String {
+    let mut out = String::from("DEFAULT chainboot\nPROMPT 0\nTIMEOUT 0\nLABEL chainboot\n");
+    out.push_str(&format!("  KERNEL {kernel_url}\n"));
+    if !initrd_urls.is_empty() {
+        out.push_str(&format!("  INITRD {}\n", initrd_urls.join(",")));
+    }
+    let cmdline = one_line(cmdline);
+    if !cmdline.is_empty() {
+        out.push_str(&format!("  APPEND {cmdline}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert!(HttpBase::new("http://198.18.0.1:8080/").is_ok());
+        assert_eq!(
+            HttpBase::new("http://198.18.0.1:8080/").unwrap().host(),
+            "198.18.0.1:8080"
+        );
+        assert!(HttpBase::new("http://x/ y").is_err());
+        assert!(HttpBase::new("ftp://x").is_err());
+        assert!(HttpBase::from_host_header("a\nb").is_none());
+        assert!(HttpBase::from_host_header("[::1]:80").is_some());
+    }
+
+    #[test]
+    fn echo_text_has_no_expansions_or_operators() {
+        let t = echo_text("a ${x} && b || c\nshell #");
+        assert!(
+            !t.contains('$')
+                && !t.contains('&')
+                && !t.contains('|')
+                && !t.contains('\n')
+                && !t.contains('#'),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn stub_sends_every_fact_uri_encoded() {
+        let s = stub_script(&HttpBase::new("http://198.18.0.1").unwrap());
+        assert!(s.starts_with("#!ipxe\n"));
+        for want in [
+            "mac=${mac:hexhyp}",
+            "serial=${serial:uristring}",
+            "product=${product:uristring}",
+            "hostname=${hostname:uristring}",
+            "platform=${platform:uristring}",
+            "buildarch=${buildarch:uristring}",
+        ] {
+            assert!(s.contains(want), "{want} missing in {s}");
+        }
+    }
+}
