@@ -17,6 +17,8 @@ pub struct Config {
     pub ipxe: IpxeConfig,
     pub ipv6: chainboot_ra::Ipv6Config,
     pub tftp: chainboot_tftp::TftpConfig,
+    pub http: chainboot_http::HttpConfig,
+    pub iso: Vec<chainboot_iso::IsoConfig>,
 }
 
 impl Validate for Config {
@@ -25,6 +27,19 @@ impl Validate for Config {
         out.extend(under(&["ipxe"], self.ipxe.validate()));
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
+        if let Err(e) = self.http.validate() {
+            out.push((vec!["http".into(), e.key.into()], e.message));
+        }
+        for (i, iso) in self.iso.iter().enumerate() {
+            if let Err(e) = iso.validate() {
+                out.push((vec!["iso".into(), i.to_string(), e.key.into()], e.message));
+            }
+        }
+        if self.iso.iter().all(|i| i.validate().is_ok()) {
+            if let Err(e) = chainboot_iso::IsoConfig::validate_all(&self.iso) {
+                out.push((vec!["iso".into()], e.message));
+            }
+        }
         out
     }
 }

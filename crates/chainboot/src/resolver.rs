@@ -34,7 +34,11 @@ impl Resolver for TftpNamespace {
         }
         if req.path.first() == "iso" {
             if let Some(isos) = &self.isos {
-                return isos.resolve(req);
+                let inner = req.path.strip_prefix(1).ok_or(ResolveError::IsDirectory)?;
+                return isos.resolve(&Request {
+                    path: &inner,
+                    ..req.clone()
+                });
             }
         }
         match &self.root {

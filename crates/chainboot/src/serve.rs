@@ -14,6 +14,8 @@ use tracing::{error, info, warn};
 
 use anyhow::Context;
 use chainboot_content::Root;
+use chainboot_http::{static_routes, HttpServer, StaticContent};
+use chainboot_iso::IsoLibrary;
 use chainboot_tftp::TftpServer;
 
 use crate::ipxe::IpxeBinaries;
@@ -85,10 +87,21 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         )),
         None => None,
     };
+    let isos = Arc::new(
+        IsoLibrary::open(&cfg.iso).map_err(|e| anyhow::anyhow!("a required ISO image: {e}"))?,
+    );
+    for st in isos.status() {
+        match &st.result {
+            Ok((scheme, entries)) => {
+                info!(iso = %st.name, path = %st.path.display(), ?scheme, entries, "ISO image indexed")
+            }
+            Err(e) => warn!(iso = %st.name, "ISO image not available: {e}"),
+        }
+    }
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: Vec::new(),
         ipxe: ipxe.clone(),
-        isos: None,
+        isos: Some(isos.clone()),
         root: tftp_root,
     });
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
@@ -97,6 +110,27 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
     {
         let token = shutdown.clone();
         tasks.spawn(async move { ("tftp", tftp.run(token).await) });
+    }
+
+    let files = match &cfg.http.root {
+        Some(dir) => Some(Arc::new(
+            Root::new(dir).with_context(|| format!("[http] root {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let router = static_routes(StaticContent {
+        files,
+        ipxe_bin: ipxe.clone(),
+        isos: isos.clone(),
+        listing: cfg.http.listing,
+    });
+    let http = HttpServer::bind(&cfg.http).context("HTTP cannot listen")?;
+    for addr in http.local_addrs() {
+        info!(listen = %addr, "HTTP listening");
+    }
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("http", http.run(router, token).await) });
     }
 
     let result = tokio::select! {
