@@ -1,0 +1,843 @@
+//! The HTTP server on loopback, talked to by real clients: curl (the Debian package) and
+//! reqwest. Traffic only to 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chainboot_content::Root;
+use chainboot_http::{
+    static_routes, AccessRecord, HttpConfig, HttpObserver, HttpServer, HttpStats, Listen,
+    StaticContent,
+};
+use chainboot_iso::{IsoConfig, IsoLibrary};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<AccessRecord>>);
+impl HttpObserver for Recorder {
+    fn on_response(&self, r: &AccessRecord) {
+        self.0.lock().unwrap().push(r.clone());
+    }
+}
+
+struct Server {
+    base: String,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    stats: Arc<HttpStats>,
+    recorder: Arc<Recorder>,
+    files: BTreeMap<String, Vec<u8>>,
+    iso_files: BTreeMap<String, Vec<u8>>,
+    root: PathBuf,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Server {
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), t)
+                .await
+                .expect("server stops after shutdown")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn xorriso(args: &[&str]) {
+    let out = std::process::Command::new("xorriso")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("xorriso is needed (apt-get install xorriso): {e}"));
+    assert!(
+        out.status.success(),
+        "xorriso failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn start(tweak: impl FnOnce(&mut HttpConfig)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), b"TOPSECRET").unwrap();
+    let root = dir.path().join("root");
+    let mut files = BTreeMap::new();
+    for (name, data) in [
+        ("small.txt", bytes(1024, 1)),
+        ("big.bin", bytes(8 << 20, 2)),
+        ("empty", Vec::new()),
+        ("boot.ipxe", b"#!ipxe\nchain /ipxe\n".to_vec()),
+        ("sub/dir/file name.cfg", b"DEFAULT linux\n".to_vec()),
+    ] {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &data).unwrap();
+        files.insert(name.to_string(), data);
+    }
+    symlink(dir.path().join("secret.txt"), root.join("escape")).unwrap();
+    symlink(dir.path(), root.join("escdir")).unwrap();
+
+    let ipxe = dir.path().join("ipxe");
+    std::fs::create_dir(&ipxe).unwrap();
+    std::fs::write(ipxe.join("ipxe.efi"), bytes(100_000, 3)).unwrap();
+    files.insert("ipxe-bin/ipxe.efi".into(), bytes(100_000, 3));
+
+    let iso_src = dir.path().join("iso-src");
+    let mut iso_files = BTreeMap::new();
+    for (name, data) in [
+        ("install.amd/vmlinuz", bytes(3 << 20, 4)),
+        ("install.amd/initrd.gz", bytes(1_234_567, 5)),
+        ("README.txt", b"readme\n".to_vec()),
+        ("odd name (1).cfg", b"odd\n".to_vec()),
+        ("a/b/c/d/e/deep", b"deep\n".to_vec()),
+    ] {
+        let p = iso_src.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &data).unwrap();
+        iso_files.insert(name.to_string(), data);
+    }
+    symlink("install.amd/vmlinuz", iso_src.join("linux")).unwrap();
+    let iso = dir.path().join("debian.iso");
+    xorriso(&[
+        "-as",
+        "mkisofs",
+        "-R",
+        "-J",
+        "-o",
+        iso.to_str().unwrap(),
+        iso_src.to_str().unwrap(),
+    ]);
+    let isos = IsoLibrary::new(&[IsoConfig {
+        name: "debian".into(),
+        path: iso,
+        required: true,
+    }]);
+
+    let mut config = HttpConfig {
+        listen: Listen::One("127.0.0.1:0".into()),
+        root: Some(root.clone()),
+        ..HttpConfig::default()
+    };
+    tweak(&mut config);
+    let recorder = Arc::new(Recorder::default());
+    let server = HttpServer::bind(&config)
+        .unwrap()
+        .with_observer(recorder.clone());
+    let addr = server.local_addrs()[0];
+    let stats = server.stats();
+    let router = static_routes(StaticContent {
+        files: config
+            .root
+            .as_ref()
+            .map(|r| Arc::new(Root::new(r).unwrap())),
+        ipxe_bin: Arc::new(Root::new(&ipxe).unwrap()),
+        isos: Arc::new(isos),
+        listing: config.listing,
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(server.run(router, stop.clone()));
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+        stop,
+        stats,
+        recorder,
+        files,
+        iso_files,
+        root,
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+struct CurlOut {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+/// Runs curl and returns status, response headers and body.
+async fn curl(args: &[&str]) -> CurlOut {
+    let dir = tempfile::tempdir().unwrap();
+    let hdr = dir.path().join("h");
+    let body = dir.path().join("b");
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--noproxy", "*", "--max-time", "30", "-D"])
+        .arg(&hdr)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("curl is needed (apt-get install curl): {e}"));
+    CurlOut {
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        headers: std::fs::read_to_string(&hdr)
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        body: std::fs::read(&body).unwrap_or_default(),
+    }
+}
+
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_whole_files_ranges_and_heads() {
+    let s = start(|_| {}).await;
+    let big = &s.files["big.bin"];
+    let url = format!("{}/files/big.bin", s.base);
+
+    let r = curl(&[&url]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(sha(&r.body), sha(big));
+    assert_eq!(header(&r.headers, "content-length"), Some("8388608"));
+    assert_eq!(header(&r.headers, "accept-ranges"), Some("bytes"));
+    assert!(header(&r.headers, "etag").is_some());
+    assert!(header(&r.headers, "last-modified").is_some());
+
+    for (range, start, end) in [
+        ("0-99", 0usize, 100usize),
+        ("4000000-4999999", 4_000_000, 5_000_000),
+        ("-1000", big.len() - 1000, big.len()),
+        ("8388000-", 8_388_000, big.len()),
+        ("8388000-99999999", 8_388_000, big.len()),
+    ] {
+        let r = curl(&["-r", range, &url]).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.body, &big[start..end], "{range}");
+        assert_eq!(
+            header(&r.headers, "content-range"),
+            Some(format!("bytes {}-{}/{}", start, end - 1, big.len()).as_str()),
+            "{range}"
+        );
+    }
+    let r = curl(&["-r", "8388608-", &url]).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(header(&r.headers, "content-range"), Some("bytes */8388608"));
+
+    let r = curl(&["-I", &url]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r.headers, "content-length"), Some("8388608"));
+    // With -I curl writes the head to -o as well; no body bytes follow it.
+    assert!(r.body.len() < 1024, "HEAD sent a body");
+
+    // Empty files still carry Content-Length (iPXE needs it, pixiecore#10).
+    let r = curl(&[&format!("{}/files/empty", s.base)]).await;
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(header(&r.headers, "content-length"), Some("0"));
+
+    let r = curl(&[&format!("{}/files/boot.ipxe", s.base)]).await;
+    assert_eq!(
+        header(&r.headers, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let r = curl(&[&format!("{}/files/sub/dir/file%20name.cfg", s.base)]).await;
+    assert_eq!(r.body, s.files["sub/dir/file name.cfg"]);
+    let r = curl(&[&format!("{}/ipxe-bin/ipxe.efi", s.base)]).await;
+    assert_eq!(sha(&r.body), sha(&s.files["ipxe-bin/ipxe.efi"]));
+    let r = curl(&["-X", "POST", &url]).await;
+    assert_eq!(r.status, 405);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_conditional_requests() {
+    let s = start(|_| {}).await;
+    let c = client();
+    let url = format!("{}/files/small.txt", s.base);
+    let first = c.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let lm = first.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first.bytes().await.unwrap(), s.files["small.txt"]);
+
+    let r = c
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = c
+        .get(&url)
+        .header("If-None-Match", "\"nope\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(&url)
+        .header("If-Modified-Since", &lm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(&url)
+        .header("If-Modified-Since", "Thu, 01 Jan 1998 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+    let r = c
+        .get(&url)
+        .header("If-None-Match", "\"nope\"")
+        .header("If-Modified-Since", &lm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(&url)
+        .header("If-Match", "\"nope\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .header("If-Range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), s.files["small.txt"][10..20]);
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .header("If-Range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 1024);
+
+    // A changed file gets a new validator.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(s.root.join("small.txt"), b"changed").unwrap();
+    let r = c
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), &b"changed"[..]);
+    s.shutdown().await;
+}
+
+/// Sends one raw request line and returns the status code (0 if the connection closed).
+async fn raw_status(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .ok();
+    let status = std::str::from_utf8(&out)
+        .ok()
+        .and_then(|s| s.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_corpus_is_refused_over_http() {
+    let s = start(|_| {}).await;
+    let corpus = [
+        "/files/../secret.txt",
+        "/files/../../../../etc/passwd",
+        "/files/%2e%2e/secret.txt",
+        "/files/%2E%2E/secret.txt",
+        "/files/%2e%2e%2fsecret.txt",
+        "/files/%2e%2e%2Fsecret.txt",
+        "/files/..%2fsecret.txt",
+        "/files/sub/%2e%2e/%2e%2e/secret.txt",
+        "/files/%252e%252e/secret.txt",
+        "/files/%252e%252e%252fsecret.txt",
+        "/files/..%5csecret.txt",
+        "/files/%5c..%5c..%5csecret.txt",
+        "/files/..\\secret.txt",
+        "/files/sub\\..\\..\\secret.txt",
+        "/files/%2e%2e%5c%2e%2e%5csecret.txt",
+        "/files/%c0%ae%c0%ae/secret.txt",
+        "/files/%00/secret.txt",
+        "/files/small.txt%00.png",
+        "/files/C:/secret.txt",
+        "/files/escape",
+        "/files/escdir/secret.txt",
+        "/iso/debian/../../secret.txt",
+        "/iso/debian/%2e%2e/%2e%2e/secret.txt",
+        "/iso/%2e%2e/secret.txt",
+        "/ipxe-bin/../secret.txt",
+        "/ipxe-bin/%2e%2e%2fsecret.txt",
+        "/ipxe-bin/..%5csecret.txt",
+    ];
+    for path in corpus {
+        let (status, body) = raw_status(s.addr, path).await;
+        assert!(matches!(status, 400 | 403 | 404), "{path}: status {status}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("TOPSECRET"),
+            "{path} leaked the secret"
+        );
+        // curl, without its own path normalisation.
+        let r = curl(&["--path-as-is", &format!("{}{}", s.base, path)]).await;
+        assert!(
+            matches!(r.status, 400 | 403 | 404),
+            "curl {path}: {}",
+            r.status
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains("TOPSECRET"));
+    }
+    // The refusal is specific: the same file through a legal path is served.
+    let (status, _) = raw_status(s.addr, "/files/sub/../small.txt").await;
+    assert_eq!(
+        status, 400,
+        "`..` refuses the whole path even when it stays inside"
+    );
+    let (status, _) = raw_status(s.addr, "/files/./sub//dir/file%20name.cfg").await;
+    assert_eq!(status, 200);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iso_files_over_http_equal_their_sources() {
+    let s = start(|_| {}).await;
+    let c = client();
+    for (name, data) in &s.iso_files {
+        let url = format!("{}/iso/debian/{}", s.base, name.replace(' ', "%20"));
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(
+            r.headers()["content-length"].to_str().unwrap(),
+            data.len().to_string()
+        );
+        assert_eq!(sha(&r.bytes().await.unwrap()), sha(data), "{name}");
+        let r = curl(&[&url]).await;
+        assert_eq!(sha(&r.body), sha(data), "curl {name}");
+    }
+    // Through the symlink, with a range, case-insensitively.
+    let vmlinuz = &s.iso_files["install.amd/vmlinuz"];
+    let r = curl(&["-r", "-4096", &format!("{}/iso/debian/linux", s.base)]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &vmlinuz[vmlinuz.len() - 4096..]);
+    let r = curl(&[&format!("{}/iso/DEBIAN/INSTALL.AMD/VMLINUZ", s.base)]).await;
+    assert_eq!(sha(&r.body), sha(vmlinuz));
+    let r = curl(&[&format!("{}/iso/debian/nope", s.base)]).await;
+    assert_eq!(r.status, 404);
+    let r = curl(&[&format!("{}/iso/other/README.txt", s.base)]).await;
+    assert_eq!(r.status, 404);
+
+    // Directory indexes: JSON by query or Accept, HTML otherwise.
+    let j: serde_json::Value = c
+        .get(format!("{}/iso/debian/install.amd?format=json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["entries"][0]["name"], "initrd.gz");
+    assert_eq!(j["entries"][0]["size"], 1_234_567);
+    assert_eq!(j["entries"][1]["name"], "vmlinuz");
+    let j: serde_json::Value = c
+        .get(format!("{}/iso/debian/", s.base))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "README.txt",
+            "a",
+            "install.amd",
+            "linux",
+            "odd name (1).cfg"
+        ]
+    );
+    let html = c
+        .get(format!("{}/iso/debian", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("href=\"/iso/debian/odd%20name%20(1).cfg\""),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/iso/debian/install.amd/\""), "{html}");
+    let top = c
+        .get(format!("{}/iso/", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(top.contains("/iso/debian/"));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_listings_only_when_enabled() {
+    let s = start(|_| {}).await;
+    let r = curl(&[&format!("{}/files/sub", s.base)]).await;
+    assert_eq!(r.status, 404);
+    let r = curl(&[&format!("{}/files/", s.base)]).await;
+    assert_eq!(r.status, 404);
+    s.shutdown().await;
+
+    let s = start(|c| c.listing = true).await;
+    let r = curl(&[&format!("{}/files/sub/dir", s.base)]).await;
+    assert_eq!(r.status, 200);
+    let html = String::from_utf8(r.body).unwrap();
+    assert!(
+        html.contains("href=\"/files/sub/dir/file%20name.cfg\""),
+        "{html}"
+    );
+    let r = curl(&[
+        "-H",
+        "Accept: application/json",
+        &format!("{}/files/", s.base),
+    ])
+    .await;
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let names: Vec<&str> = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"big.bin") && names.contains(&"sub"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"escape"),
+        "escaping symlinks are not listed"
+    );
+    s.shutdown().await;
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_share_an_8mib_file_with_flat_memory() {
+    let s = start(|_| {}).await;
+    let want = sha(&s.files["big.bin"]);
+    let url = format!("{}/files/big.bin", s.base);
+    // Warm up allocator and page cache, then measure.
+    let c = client();
+    assert_eq!(
+        sha(&c.get(&url).send().await.unwrap().bytes().await.unwrap()),
+        want
+    );
+    let before = rss_kib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = CancellationToken::new();
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.is_cancelled() {
+                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (c, url) = (client(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            // Hash as it streams: the client must not hold the file either.
+            let mut h = Sha256::new();
+            let mut n = 0usize;
+            while let Some(chunk) = r.chunk().await.unwrap() {
+                n += chunk.len();
+                h.update(&chunk);
+            }
+            (n, hex::encode(h.finalize()))
+        }));
+    }
+    for t in tasks {
+        let (n, digest) = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("downloads finish")
+            .unwrap();
+        assert_eq!(n, 8 << 20);
+        assert_eq!(digest, want);
+    }
+    done.cancel();
+    sampler.await.unwrap();
+    let growth_mib = (peak.load(std::sync::atomic::Ordering::Relaxed) - before) / 1024;
+    eprintln!(
+        "RSS before {} MiB, growth during 64 x 8 MiB: {growth_mib} MiB",
+        before / 1024
+    );
+    // Whole-file buffering would need 64 x 8 MiB = 512 MiB; streaming needs a chunk or two
+    // per client plus socket buffers.
+    assert!(growth_mib < 128, "memory grew by {growth_mib} MiB");
+    assert!(
+        s.stats
+            .bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 65 * (8 << 20)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changing_mid_transfer_aborts_the_response() {
+    let s = start(|_| {}).await;
+    let path = s.root.join("huge.bin");
+    std::fs::write(&path, bytes(64 << 20, 8)).unwrap();
+    let mut r = client()
+        .get(format!("{}/files/huge.bin", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // Rewritten in place (same inode), as a careless `cp` over a served file does.
+    std::fs::write(&path, bytes(64 << 20, 9)).unwrap();
+    let mut got = first.len();
+    let outcome = loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break Ok(got),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        outcome.is_err(),
+        "the body must end in an error, got {got} bytes"
+    );
+    assert!(got < 64 << 20);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_idle_connections_and_huge_headers_are_cut_off() {
+    let s = start(|c| {
+        c.header_read_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_millis(500);
+        c.max_header_bytes = 8192;
+    })
+    .await;
+    // Slowloris: half a request, then nothing. The server closes the connection.
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    sock.write_all(b"GET /files/small.txt HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "slow client still connected after 10 s");
+    eprintln!(
+        "slow header connection closed after {:?}",
+        started.elapsed()
+    );
+
+    // Keep-alive connection left idle after a response: closed too.
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    sock.write_all(b"GET /files/small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = sock.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "idle keep-alive connection still open after 10 s"
+    );
+
+    // Oversized request head.
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let big = format!(
+        "GET /files/small.txt HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = sock.write_all(big.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "oversized head got: {text}"
+    );
+    assert!(!text.contains("200 OK"));
+    assert!(
+        s.stats
+            .connections_timed_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_queues_clients_instead_of_refusing_them() {
+    let s = start(|c| {
+        c.max_connections = 2;
+        c.header_read_timeout = Duration::from_millis(800);
+    })
+    .await;
+    // Two silent clients hold both slots...
+    let _a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.stats
+            .active_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // ...a third waits in the backlog and is served once the header timeout frees a slot.
+    let r = curl(&[&format!("{}/files/small.txt", s.base)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, s.files["small.txt"]);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_logged_counted_and_observed() {
+    let s = start(|_| {}).await;
+    let c = client();
+    c.get(format!("{}/files/small.txt", s.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    c.get(format!("{}/files/nope", s.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    c.head(format!("{}/files/big.bin", s.base))
+        .send()
+        .await
+        .unwrap();
+    // Records are written when the body ends; give the server a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.recorder.0.lock().unwrap().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recs = s.recorder.0.lock().unwrap().clone();
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    let small = recs.iter().find(|r| r.path == "/files/small.txt").unwrap();
+    assert_eq!(
+        (small.status.as_u16(), small.bytes, small.complete),
+        (200, 1024, true)
+    );
+    assert_eq!(small.client.ip(), s.addr.ip());
+    let nope = recs.iter().find(|r| r.path == "/files/nope").unwrap();
+    assert_eq!(nope.status.as_u16(), 404);
+    let head = recs.iter().find(|r| r.method == "HEAD").unwrap();
+    assert_eq!(head.bytes, 0);
+    assert_eq!(s.stats.responses(2), 2);
+    assert_eq!(s.stats.responses(4), 1);
+    assert_eq!(s.stats.requests(), 3);
+    s.shutdown().await;
+}
+
+#[test]
+fn bind_reports_bad_config_and_busy_ports_with_the_address() {
+    let e = HttpServer::bind(&HttpConfig {
+        listen: Listen::One("nonsense".into()),
+        ..HttpConfig::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("http.listen"), "{e}");
+    let first = HttpServer::bind(&HttpConfig {
+        listen: Listen::One("127.0.0.1:0".into()),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let taken = first.local_addrs()[0].to_string();
+    let e = HttpServer::bind(&HttpConfig {
+        listen: Listen::Many(vec!["127.0.0.1:0".into(), taken.clone()]),
+        ..HttpConfig::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains(&taken), "{e}");
+    let _ = Path::new("/");
+}
