@@ -11,8 +11,12 @@ pub mod boot;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod server;
+pub mod snippet;
 pub mod wire;
 
 pub use boot::{decide, first_stage_name, BootDecision, BootSettings, ClientFacts, EfiX64Binary};
 pub use config::{DhcpConfig, Mode};
 pub use engine::{Engine, Handled, Ingress, Outgoing};
+pub use server::{DhcpError, DhcpObserver, DhcpServer, NoObserver, ServerOptions};
+pub use snippet::{snippet, SnippetKind};

@@ -1,0 +1,449 @@
+//! The tokio driver: sockets, ingress facts, reply routing, group-committed leases.
+//!
+//! - One UDP socket per port (server port 67 and the PXE boot server port 4011) bound to
+//!   0.0.0.0 with IP_PKTINFO: each datagram says which interface it came in on, so each reply
+//!   carries that interface's address as server id and advertised address (issue 3).
+//! - Replies follow RFC 2131 §4.1 ([`Destination`]): broadcasts leave through the ingress
+//!   interface (IP_PKTINFO ifindex on send), unicasts to a client without an address get an
+//!   ARP entry first (SIOCSARP, as dnsmasq does) and fall back to broadcast when that fails.
+//! - Replies that carry a lease (every ACK) go through the committer thread: it writes all
+//!   leases that queued up during the previous fsync in one transaction (group commit, like
+//!   ISC's delayed-ack) and only then sends those replies. Never an ACK before it is durable.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chainboot_machine::Mac;
+use chainboot_store::leases::{self, LeaseRecord};
+use chainboot_store::Store;
+use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use tokio::io::Interest;
+use tokio_util::sync::CancellationToken;
+
+use crate::boot::BootSettings;
+use crate::config::{DhcpConfig, Mode};
+use crate::engine::{Counters, Destination, Engine, Handled, Ingress, Outgoing};
+
+/// A failure to start or run the DHCP server.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("dhcp: config: {0}")]
+    Config(String),
+    #[error("dhcp: cannot bind UDP port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("dhcp: socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("dhcp: loading leases: {0}")]
+    Store(#[from] chainboot_store::StoreError),
+}
+
+/// Hook for the event log / dashboard: told about every packet the engine handled (after its
+/// replies were queued). Default methods do nothing.
+pub trait DhcpObserver: Send + Sync {
+    fn exchange(&self, _ingress: &Ingress, _handled: &Handled) {}
+}
+
+/// The observer that does nothing.
+pub struct NoObserver;
+impl DhcpObserver for NoObserver {}
+
+/// Options of the driver that are not part of `[dhcp]`.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// `[server] interfaces`: answer only requests that arrive on these (empty = all).
+    pub interfaces: Vec<String>,
+    pub observer: Arc<dyn DhcpObserver>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            interfaces: Vec::new(),
+            observer: Arc::new(NoObserver),
+        }
+    }
+}
+
+struct Listener {
+    port: u16,
+    sock: tokio::net::UdpSocket,
+}
+
+/// Interface index → (name, first IPv4 address), refreshed when an unknown index shows up.
+struct Interfaces {
+    by_index: HashMap<u32, (String, Ipv4Addr)>,
+    refreshed: Option<Instant>,
+}
+
+impl Interfaces {
+    fn lookup(&mut self, ifindex: u32) -> Option<(String, Ipv4Addr)> {
+        if let Some(v) = self.by_index.get(&ifindex) {
+            return Some(v.clone());
+        }
+        // Re-read at most once a second: a flood on an unconfigured interface must not turn
+        // into a getifaddrs storm.
+        if self
+            .refreshed
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.refreshed = Some(Instant::now());
+        self.by_index.clear();
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                let Some(ip) = a
+                    .address
+                    .as_ref()
+                    .and_then(|s| s.as_sockaddr_in())
+                    .map(|s| s.ip())
+                else {
+                    continue;
+                };
+                if let Ok(idx) = nix::net::if_::if_nametoindex(a.interface_name.as_str()) {
+                    self.by_index
+                        .entry(idx)
+                        .or_insert((a.interface_name.clone(), ip));
+                }
+            }
+        }
+        self.by_index.get(&ifindex).cloned()
+    }
+}
+
+struct PendingCommit {
+    records: Vec<LeaseRecord>,
+    outgoing: Vec<Outgoing>,
+    fd: RawFd,
+}
+
+/// The DHCP server: bound sockets plus the engine, ready to [`run`](DhcpServer::run).
+pub struct DhcpServer {
+    engine: Arc<Mutex<Engine>>,
+    listeners: Vec<Arc<Listener>>,
+    store: Arc<Store>,
+    options: ServerOptions,
+    counters: Arc<Counters>,
+    // Keeps the sockets' fds valid while the committer thread sends on them.
+    _keep: Vec<Arc<Listener>>,
+}
+
+fn bind_udp(port: u16) -> Result<Socket, DhcpError> {
+    let wrap = |source| DhcpError::Bind { port, source };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(wrap)?;
+    s.set_reuse_address(true).map_err(wrap)?;
+    s.set_broadcast(true).map_err(wrap)?;
+    s.set_nonblocking(true).map_err(wrap)?;
+    socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(|e| wrap(e.into()))?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .map_err(wrap)?;
+    Ok(s)
+}
+
+impl DhcpServer {
+    /// Validates the config, loads the stored leases and binds the sockets. In mode `off`
+    /// nothing is bound and `run` just waits for shutdown.
+    pub fn bind(
+        cfg: DhcpConfig,
+        boot: BootSettings,
+        store: Arc<Store>,
+        options: ServerOptions,
+    ) -> Result<DhcpServer, DhcpError> {
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            let msg: Vec<String> = problems
+                .iter()
+                .map(|(k, m)| format!("dhcp.{}: {m}", k.join(".")))
+                .collect();
+            return Err(DhcpError::Config(msg.join("; ")));
+        }
+        let mut engine = Engine::new(cfg.clone(), boot);
+        if cfg.mode == Mode::Server {
+            engine.load_leases(&leases::load_all(&store)?);
+        }
+        let counters = engine.counters();
+        let mut listeners = Vec::new();
+        if cfg.mode != Mode::Off {
+            for port in [cfg.ports.server, cfg.ports.proxy] {
+                let std_sock = std::net::UdpSocket::from(bind_udp(port)?);
+                let sock = tokio::net::UdpSocket::from_std(std_sock)?;
+                listeners.push(Arc::new(Listener { port, sock }));
+            }
+        }
+        Ok(DhcpServer {
+            engine: Arc::new(Mutex::new(engine)),
+            _keep: listeners.clone(),
+            listeners,
+            store,
+            options,
+            counters,
+        })
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// The engine, for read-only views (leases in the API, `explain` against live state).
+    pub fn engine(&self) -> Arc<Mutex<Engine>> {
+        self.engine.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled. Leases queued for commit are written (and their
+    /// ACKs sent) before this returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DhcpError> {
+        let (tx, rx) = mpsc::channel::<PendingCommit>();
+        let store = self.store.clone();
+        let counters = self.counters.clone();
+        let committer = std::thread::Builder::new()
+            .name("dhcp-commit".into())
+            .spawn(move || commit_loop(rx, store, counters))?;
+        let ifaces = Arc::new(Mutex::new(Interfaces {
+            by_index: HashMap::new(),
+            refreshed: None,
+        }));
+        let mut tasks = Vec::new();
+        for l in &self.listeners {
+            let l = l.clone();
+            let engine = self.engine.clone();
+            let tx = tx.clone();
+            let ifaces = ifaces.clone();
+            let options = self.options.clone();
+            let counters = self.counters.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    r = receive_loop(l, engine, tx, ifaces, options, counters) => {
+                        if let Err(e) = r {
+                            tracing::error!("dhcp: receive loop failed: {e}");
+                        }
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        shutdown.cancelled().await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        // All senders dropped: the committer drains what is queued and exits.
+        let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        Ok(())
+    }
+}
+
+async fn receive_loop(
+    l: Arc<Listener>,
+    engine: Arc<Mutex<Engine>>,
+    tx: mpsc::Sender<PendingCommit>,
+    ifaces: Arc<Mutex<Interfaces>>,
+    options: ServerOptions,
+    counters: Arc<Counters>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let fd = l.sock.as_raw_fd();
+    loop {
+        l.sock.readable().await?;
+        loop {
+            let (len, src, pktinfo) = match l.sock.try_io(Interest::READABLE, || recv(fd, &mut buf))
+            {
+                Ok(v) => v,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("dhcp: recvmsg on port {}: {e}", l.port);
+                    break;
+                }
+            };
+            let Some((ifindex, spec_dst)) = pktinfo else {
+                continue;
+            };
+            let Some((iface, addr)) = ifaces.lock().lookup(ifindex) else {
+                continue;
+            };
+            if !options.interfaces.is_empty() && !options.interfaces.contains(&iface) {
+                continue;
+            }
+            let local_addr = if spec_dst.is_unspecified() || spec_dst.is_broadcast() {
+                addr
+            } else {
+                spec_dst
+            };
+            let ingress = Ingress {
+                ifindex,
+                iface,
+                local_addr,
+                local_port: l.port,
+                src,
+            };
+            let handled = engine
+                .lock()
+                .handle(SystemTime::now(), &ingress, &buf[..len]);
+            options.observer.exchange(&ingress, &handled);
+            if handled.outgoing.is_empty() && handled.lease_writes.is_empty() {
+                continue;
+            }
+            if handled.lease_writes.is_empty() {
+                for o in &handled.outgoing {
+                    send(fd, o, &counters);
+                }
+            } else {
+                let pending = PendingCommit {
+                    records: handled.lease_writes,
+                    outgoing: handled.outgoing,
+                    fd,
+                };
+                if tx.send(pending).is_err() {
+                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// One datagram, with the ingress interface and local address from IP_PKTINFO.
+#[allow(clippy::type_complexity)]
+fn recv(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddrV4, Option<(u32, Ipv4Addr)>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    match socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+        Ok(msg) => {
+            let mut info = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::Ipv4PacketInfo(p) = c {
+                        info = Some((
+                            p.ipi_ifindex as u32,
+                            Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)),
+                        ));
+                    }
+                }
+            }
+            let src = msg
+                .address
+                .map(|a| SocketAddrV4::new(a.ip(), a.port()))
+                .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            Ok((msg.bytes, src, info))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: Arc<Counters>) {
+    // Blocks for the first pending ACK, then takes everything that queued up meanwhile (while
+    // the previous batch was being fsynced): one transaction, one fsync for the lot.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<LeaseRecord> = batch
+            .iter()
+            .flat_map(|p| p.records.iter().cloned())
+            .collect();
+        match leases::save_batch(&store, &records) {
+            Ok(()) => {
+                for p in &batch {
+                    for o in &p.outgoing {
+                        send(p.fd, o, &counters);
+                    }
+                }
+            }
+            Err(e) => {
+                // Not durable, so not acknowledged: the clients retry.
+                counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "dhcp: could not store {} lease(s), replies withheld: {e}",
+                    records.len()
+                );
+            }
+        }
+    }
+}
+
+fn send(fd: RawFd, o: &Outgoing, counters: &Counters) {
+    let (addr, ifindex) = match o.dest {
+        Destination::Unicast(a) => (a, 0),
+        Destination::Broadcast { port } => {
+            (SocketAddrV4::new(Ipv4Addr::BROADCAST, port), o.ifindex)
+        }
+        Destination::UnicastNoArp { addr, mac } => match set_arp(fd, o.ifindex, *addr.ip(), mac) {
+            Ok(()) => (addr, o.ifindex),
+            Err(e) => {
+                tracing::debug!(
+                    "dhcp: SIOCSARP for {} failed ({e}); broadcasting",
+                    addr.ip()
+                );
+                counters
+                    .arp_fallback_broadcast
+                    .fetch_add(1, Ordering::Relaxed);
+                (
+                    SocketAddrV4::new(Ipv4Addr::BROADCAST, addr.port()),
+                    o.ifindex,
+                )
+            }
+        },
+    };
+    let info = libc::in_pktinfo {
+        ipi_ifindex: ifindex as libc::c_int,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(o.source).to_be(),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
+    let dst = SockaddrIn::from(addr);
+    let iov = [IoSlice::new(&o.bytes)];
+    if let Err(e) = socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst)) {
+        counters.send_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("dhcp: sending {} to {addr}: {e}", o.msg_type.name());
+    }
+}
+
+/// Inserts a complete ARP entry `ip` → `mac` on interface `ifindex` (SIOCSARP), so that a
+/// unicast reply reaches a client that does not answer ARP yet (RFC 2131 §4.1).
+fn set_arp(fd: RawFd, ifindex: u32, ip: Ipv4Addr, mac: Mac) -> std::io::Result<()> {
+    let name = nix::net::if_::if_indextoname(ifindex).map_err(std::io::Error::from)?;
+    let name = name.as_bytes();
+    // SAFETY: arpreq is plain old data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux.
+    req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0) {
+        *d = s as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_COM;
+    for (d, s) in req.arp_dev.iter_mut().zip(name.iter().take(15)) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: fd is a valid socket, req a properly initialised arpreq that outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSARP as _, &req as *const libc::arpreq) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,590 @@
+//! Integration tests in network namespaces: a server namespace running the real server
+//! process (`chainboot-dhcp-testd`) and a client namespace joined by a veth pair, addresses
+//! from 198.18.0.0/15 only. Real clients (busybox udhcpc, perfdhcp, dnsmasq as a peer) and
+//! the firmware-like test client from `chainboot_dhcp::client`.
+//!
+//! Needs root (network namespaces) and the Debian packages from .ci/install-deps; a missing
+//! tool fails the test with its name instead of skipping.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::MessageType;
+use chainboot_store::leases::{load_all, LeaseState};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const TESTD: &str = env!("CARGO_BIN_EXE_chainboot-dhcp-testd");
+
+fn require(tools: &[&str]) {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "these tests create network namespaces and must run as root"
+    );
+    for t in tools {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "required tool `{t}` is missing: run .ci/install-deps"
+        );
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by veth `vs` (server, 198.18.0.1/20) and `vc` (client).
+struct Topology {
+    srv: String,
+    cli: String,
+}
+
+impl Topology {
+    fn new(client_addr: Option<&str>) -> Topology {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("cbdhcp{}x{n}", std::process::id());
+        let t = Topology {
+            srv: format!("{id}s"),
+            cli: format!("{id}c"),
+        };
+        run(&["ip", "netns", "add", &t.srv]);
+        run(&["ip", "netns", "add", &t.cli]);
+        run(&[
+            "ip", "-n", &t.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns",
+            &t.cli,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "198.18.0.1/20",
+            "dev",
+            "vs",
+        ]);
+        for (ns, dev) in [
+            (&t.srv, "vs"),
+            (&t.cli, "vc"),
+            (&t.srv, "lo"),
+            (&t.cli, "lo"),
+        ] {
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        if let Some(a) = client_addr {
+            run(&["ip", "-n", &t.cli, "addr", "add", a, "dev", "vc"]);
+        }
+        t
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.srv, &self.cli] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A child process killed (by its PID) and reaped on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts the test server in `ns` and waits for its "ready".
+fn start_server(ns: &str, config: &str, dir: &Path) -> Proc {
+    let cfg = dir.join("dhcp.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, TESTD])
+        .arg(&cfg)
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    assert_eq!(line.trim(), "ready", "server did not start");
+    Proc(child)
+}
+
+fn server_config(mode: &str) -> String {
+    format!(
+        r#"
+[dhcp]
+mode = "{mode}"
+limits = {{ per_mac_rate = 1000.0, per_mac_burst = 1000.0 }}
+[[dhcp.subnet]]
+cidr = "198.18.0.0/20"
+pools = [["198.18.1.1", "198.18.8.254"]]
+router = "198.18.0.1"
+dns = ["198.18.0.1"]
+lease_time = "1h"
+"#
+    )
+}
+
+/// Runs `f` on a thread that lives in namespace `ns` (network namespaces are per thread).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The firmware-like client's socket: port 68 on `vc`, broadcast allowed.
+fn client_socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(b"vc")).unwrap();
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.into()
+}
+
+/// Sends `m` to `to` and waits up to `wait` for the reply with its xid.
+fn exchange(
+    s: &UdpSocket,
+    m: &ClientMessage,
+    to: SocketAddrV4,
+    wait: Duration,
+) -> Option<ReplyView> {
+    s.send_to(&m.encode(), to).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Some(r) = ReplyView::parse(&buf[..n]) {
+                if r.xid == m.xid {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
+}
+
+const BCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+
+fn expected_file(kind: &ClientKind) -> &'static str {
+    match kind {
+        ClientKind::Firmware { arch: 0 } | ClientKind::IntelNoUuid => "undionly.kpxe",
+        ClientKind::Firmware { arch: 6 } => "ipxe-i386.efi",
+        ClientKind::Firmware { arch: 7 | 9 } => "ipxe.efi",
+        ClientKind::Firmware { arch: 11 } => "ipxe-arm64.efi",
+        ClientKind::HttpBoot { .. } => "http://198.18.0.1/ipxe-bin/ipxe.efi",
+        ClientKind::Ipxe { http: true, .. } => "http://198.18.0.1/boot.ipxe",
+        ClientKind::Ipxe { http: false, .. } => "boot.ipxe",
+        other => panic!("no expectation for {other:?}"),
+    }
+}
+
+fn mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x52, 0x54, 0x00, b[1], b[2], b[3]]
+}
+
+#[test]
+fn pxe_client_in_proxy_mode_gets_boot_info_on_67_and_4011() {
+    require(&["ip"]);
+    let topo = Topology::new(Some("198.18.0.77/20"));
+    let dir = tempfile::tempdir().unwrap();
+    let _srv = start_server(&topo.srv, &server_config("proxy"), dir.path());
+    in_netns(&topo.cli, || {
+        let s = client_socket();
+        for (i, (name, kind)) in ClientKind::matrix().into_iter().enumerate() {
+            let m = ClientMessage::new(kind.clone(), MessageType::Discover, mac(i as u32));
+            let r = exchange(&s, &m, BCAST, Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("{name}: no proxy offer"));
+            assert_eq!(r.msg_type, Some(MessageType::Offer), "{name}");
+            assert_eq!(
+                r.yiaddr,
+                Ipv4Addr::UNSPECIFIED,
+                "{name}: proxy never hands out an address"
+            );
+            assert_eq!(
+                (r.siaddr, r.file.as_str()),
+                (SERVER_IP, expected_file(&kind)),
+                "{name}"
+            );
+            assert!(r.len >= 300, "{name}: padded");
+            // The same client asks the boot server port, as UEFI firmware does.
+            let mut q = ClientMessage::new(kind.clone(), MessageType::Request, mac(i as u32));
+            q.ciaddr = Ipv4Addr::new(198, 18, 0, 77);
+            q.broadcast = false;
+            let r = exchange(
+                &s,
+                &q,
+                SocketAddrV4::new(SERVER_IP, 4011),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|| panic!("{name}: no answer on 4011"));
+            assert_eq!(
+                (r.msg_type, r.file.as_str()),
+                (Some(MessageType::Ack), expected_file(&kind)),
+                "{name}"
+            );
+        }
+        // An ordinary client gets nothing from a proxy.
+        let m = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(999));
+        assert!(exchange(&s, &m, BCAST, Duration::from_millis(700)).is_none());
+    });
+}
+
+#[test]
+fn pxe_client_in_server_mode_gets_address_and_file() {
+    require(&["ip"]);
+    let topo = Topology::new(None);
+    let dir = tempfile::tempdir().unwrap();
+    let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
+    in_netns(&topo.cli, || {
+        let s = client_socket();
+        for (i, (name, kind)) in ClientKind::matrix().into_iter().enumerate() {
+            let m = ClientMessage::new(kind.clone(), MessageType::Discover, mac(100 + i as u32));
+            let offer = exchange(&s, &m, BCAST, Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("{name}: no offer"));
+            assert_eq!(offer.file, expected_file(&kind), "{name}");
+            let mut q = ClientMessage::new(kind.clone(), MessageType::Request, m.mac);
+            q.requested_ip = Some(offer.yiaddr);
+            q.server_id = Some(SERVER_IP);
+            let ack = exchange(&s, &q, BCAST, Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("{name}: no ack"));
+            assert_eq!(
+                (ack.msg_type, ack.yiaddr),
+                (Some(MessageType::Ack), offer.yiaddr),
+                "{name}"
+            );
+            assert_eq!(ack.file, expected_file(&kind), "{name}");
+        }
+    });
+}
+
+#[test]
+fn udhcpc_gets_a_lease_renews_and_releases() {
+    require(&["ip", "busybox"]);
+    let topo = Topology::new(None);
+    let dir = tempfile::tempdir().unwrap();
+    let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
+    let log = dir.path().join("udhcpc.log");
+    let script = dir.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/20\" dev \"$interface\";; deconfig) ip addr flush dev \"$interface\";; esac\necho \"$1 $ip\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    run(&["chmod", "+x", script.to_str().unwrap()]);
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", &topo.cli, "busybox", "udhcpc", "-f", "-i", "vc", "-t", "5", "-T",
+            "1", "-s",
+        ])
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let udhcpc = Proc(child);
+    let pid = nix::unistd::Pid::from_raw(udhcpc.0.id() as i32);
+    let wait_log = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with(needle)) {
+                return line.split_whitespace().nth(1).unwrap_or("").to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "udhcpc never logged `{needle}`:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let ip = wait_log("bound");
+    assert!(ip.starts_with("198.18."), "{ip}");
+    let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
+    let lease_of = |ip: &str| {
+        load_all(&store)
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ip.to_string() == ip)
+    };
+    let first = lease_of(&ip).expect("ACKed lease is stored");
+    assert_eq!(first.state, LeaseState::Bound);
+    // The ip-netns-exec wrapper execs busybox, so the PID is udhcpc's own.
+    std::thread::sleep(Duration::from_millis(1100));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    assert_eq!(wait_log("renew"), ip, "renewed the same address");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease_of(&ip).unwrap().updated == first.updated {
+        assert!(Instant::now() < deadline, "renewal was not stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease_of(&ip).unwrap().state != LeaseState::Released {
+        assert!(Instant::now() < deadline, "release was not stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn perfdhcp_1000_clients_get_1000_leases() {
+    require(&["ip", "perfdhcp"]);
+    let topo = Topology::new(Some("198.18.0.2/20"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start_server(&topo.srv, &server_config("server"), dir.path());
+    // perfdhcp acts as a relay (giaddr = 198.18.0.2): replies come back to it on port 67.
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "ip",
+            "netns",
+            "exec",
+            &topo.cli,
+            "perfdhcp",
+            "-4",
+            "-l",
+            "vc",
+            "-r",
+            "200",
+            "-R",
+            "1000",
+            "-n",
+            "1000",
+            "-W",
+            "2000000",
+            "198.18.0.1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REQUEST-ACK"),
+        "perfdhcp failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(srv.0.kill());
+    srv.kill9();
+    let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
+    let leases = load_all(&store).unwrap();
+    let macs: std::collections::HashSet<_> = leases.iter().map(|l| l.mac.clone()).collect();
+    assert_eq!(leases.len(), 1000, "{text}");
+    assert_eq!(macs.len(), 1000);
+    assert!(leases.iter().all(|l| l.state == LeaseState::Bound));
+}
+
+#[test]
+fn kill_9_and_restart_keeps_every_acked_lease() {
+    require(&["ip"]);
+    let topo = Topology::new(None);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = server_config("server");
+    let srv = start_server(&topo.srv, &cfg, dir.path());
+    let srv = std::sync::Arc::new(std::sync::Mutex::new(srv));
+    let killer = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            srv.lock().unwrap().kill9();
+        })
+    };
+    // DORA as fast as the server answers until it dies under us.
+    let acked = in_netns(&topo.cli, || {
+        let s = client_socket();
+        let mut acked = Vec::new();
+        let mut misses = 0;
+        for i in 0..3000u32 {
+            let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(i));
+            let Some(offer) = exchange(&s, &d, BCAST, Duration::from_millis(300)) else {
+                misses += 1;
+                if misses > 3 {
+                    break;
+                }
+                continue;
+            };
+            let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, d.mac);
+            q.requested_ip = Some(offer.yiaddr);
+            q.server_id = Some(SERVER_IP);
+            if let Some(ack) = exchange(&s, &q, BCAST, Duration::from_millis(300)) {
+                if ack.msg_type == Some(MessageType::Ack) {
+                    acked.push((d.mac, ack.yiaddr));
+                }
+            }
+        }
+        acked
+    });
+    killer.join().unwrap();
+    assert!(
+        acked.len() > 10,
+        "only {} ACKs before the kill",
+        acked.len()
+    );
+    let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
+    let stored = load_all(&store).unwrap();
+    drop(store);
+    for (m, ip) in &acked {
+        let mac = chainboot_machine::Mac(*m).to_string();
+        assert!(
+            stored
+                .iter()
+                .any(|l| l.ip == *ip && l.mac == mac && l.state == LeaseState::Bound),
+            "ACKed lease {mac} -> {ip} lost by kill -9"
+        );
+    }
+    // After a restart, the clients get their addresses back (INIT-REBOOT), and a new client
+    // gets none of them.
+    let _srv = start_server(&topo.srv, &cfg, dir.path());
+    let sample: Vec<_> = acked
+        .iter()
+        .step_by((acked.len() / 10).max(1))
+        .copied()
+        .collect();
+    let all: Vec<Ipv4Addr> = acked.iter().map(|a| a.1).collect();
+    in_netns(&topo.cli, move || {
+        let s = client_socket();
+        for (m, ip) in sample {
+            let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+            q.requested_ip = Some(ip);
+            let r = exchange(&s, &q, BCAST, Duration::from_secs(2)).expect("answer after restart");
+            assert_eq!((r.msg_type, r.yiaddr), (Some(MessageType::Ack), ip));
+        }
+        let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(900_000));
+        let offer = exchange(&s, &d, BCAST, Duration::from_secs(2)).expect("offer after restart");
+        assert!(
+            !all.contains(&offer.yiaddr),
+            "{} was already leased",
+            offer.yiaddr
+        );
+    });
+}
+
+#[test]
+fn dnsmasq_with_our_snippet_answers_like_chainboot() {
+    require(&["ip", "dnsmasq"]);
+    let settings = chainboot_dhcp::BootSettings::default();
+    let snippet =
+        chainboot_dhcp::snippet(chainboot_dhcp::SnippetKind::Dnsmasq, &settings, SERVER_IP);
+    let ours = {
+        let topo = Topology::new(None);
+        let dir = tempfile::tempdir().unwrap();
+        let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
+        in_netns(&topo.cli, offers_for_matrix)
+    };
+    let theirs = {
+        let topo = Topology::new(None);
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("chainboot.conf");
+        std::fs::write(&conf, &snippet).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topo.srv,
+                "dnsmasq",
+                "--no-daemon",
+                "--port=0",
+                "--user=root",
+                "--bind-interfaces",
+                "--interface=vs",
+                "--no-ping",
+                "--dhcp-range=198.18.1.1,198.18.8.254,255.255.240.0,1h",
+            ])
+            .arg(format!("--conf-file={}", conf.display()))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path().join("leases").display()
+            ))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _dnsmasq = Proc(child);
+        std::thread::sleep(Duration::from_millis(500));
+        in_netns(&topo.cli, offers_for_matrix)
+    };
+    for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            a, b,
+            "{name}: chainboot vs dnsmasq with the snippet:\n{snippet}"
+        );
+    }
+}
+
+/// (kind, (file, siaddr, vendor class)) of the OFFER each matrix client gets.
+#[allow(clippy::type_complexity)]
+fn offers_for_matrix() -> Vec<(&'static str, Option<(String, Ipv4Addr, Option<String>)>)> {
+    let s = client_socket();
+    ClientKind::matrix()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, kind))| {
+            let m = ClientMessage::new(kind, MessageType::Discover, mac(500 + i as u32));
+            let r = exchange(&s, &m, BCAST, Duration::from_secs(2));
+            // The boot file may travel in the BOOTP field or in option 67 (dnsmasq uses 67
+            // when the client asked for it).
+            (
+                name,
+                r.map(|r| {
+                    let file = if r.file.is_empty() {
+                        r.opt_str(67).unwrap_or_default()
+                    } else {
+                        r.file.clone()
+                    };
+                    (
+                        file.trim_end_matches('\0').to_string(),
+                        r.siaddr,
+                        r.opt_str(60).filter(|v| v == "HTTPClient"),
+                    )
+                }),
+            )
+        })
+        .collect()
+}
