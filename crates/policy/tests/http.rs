@@ -1,0 +1,899 @@
+//! The policy's HTTP routes over real sockets on 127.0.0.1: boot-once across a restart, the
+//! pixiecore API against a small API server, API v1 with and without the token, per-machine
+//! secrets, config templates, PXELINUX lookup over HTTP and TFTP.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use chainboot_content::{CleanPath, Request, ResolveError, Resolver, Transport};
+use chainboot_policy::{
+    routes, ApiConfig, BootConfig, GroupConfig, HttpBase, Policy, PolicyConfig, PolicyState,
+    ProfileConfig, TftpResolver,
+};
+use chainboot_store::Store;
+use reqwest::redirect::Policy as Redirects;
+use serde::Deserialize;
+
+const TOKEN: &str = "test-token-0123456789";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    #[serde(default)]
+    profile: Vec<ProfileConfig>,
+    #[serde(default)]
+    group: Vec<GroupConfig>,
+    #[serde(default)]
+    boot: BootConfig,
+}
+
+fn config(text: &str) -> PolicyConfig {
+    let d: Doc = toml::from_str(text).unwrap();
+    PolicyConfig {
+        profiles: d.profile,
+        groups: d.group,
+        boot: d.boot,
+    }
+}
+
+/// A running server: base URL and the task (aborted on drop).
+struct Server {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(router: Router) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    Server {
+        url: format!("http://{addr}"),
+        task,
+    }
+}
+
+async fn start(cfg: PolicyConfig, store: Arc<Store>, api: &ApiConfig) -> (Server, Arc<Policy>) {
+    let policy = Arc::new(Policy::new(cfg, store).unwrap());
+    let state = PolicyState::new(
+        policy.clone(),
+        TOKEN.into(),
+        api,
+        HttpBase::new("http://198.18.0.1").unwrap(),
+    );
+    (serve(routes(state)).await, policy)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Redirects::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get_text(url: &str) -> String {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.text().await.unwrap()
+}
+
+/// The argument list of the script's `kernel` line, without `|| goto failed`.
+fn kernel_args(script: &str) -> Vec<String> {
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line in:\n{script}"));
+    let mut w: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
+    if w.ends_with(&["||".into(), "goto".into(), "failed".into()]) {
+        w.truncate(w.len() - 3);
+    }
+    w
+}
+
+const INSTALL: &str = r#"
+[[profile]]
+name = "install"
+kernel = "debian/vmlinuz"
+initrd = ["debian/initrd.gz"]
+cmdline = "auto=true url={{ http }}/config/{{ machine.mac }}/preseed.cfg secret={{ machine.secret }}"
+
+[[profile]]
+name = "rescue"
+kernel = "rescue/vmlinuz"
+
+[[group]]
+name = "rack1"
+profile = "install"
+once = true
+match = { mac = "52:54:00:*" }
+"#;
+
+const M1: &str = "52-54-00-00-00-01";
+const M2: &str = "52-54-00-00-00-02";
+
+#[tokio::test]
+async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiConfig::default();
+    {
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (srv, _) = start(config(INSTALL), store, &api).await;
+        let s = get_text(&format!(
+            "{}/ipxe?mac={M1}&platform=efi&buildarch=x86_64",
+            srv.url
+        ))
+        .await;
+        let k = kernel_args(&s);
+        let kernel_url = format!("{}/boot/{M1}/kernel", srv.url);
+        assert_eq!(
+            k[2], kernel_url,
+            "boot-once kernels go through the policy route:\n{s}"
+        );
+        assert_eq!(k[3], "initrd=initrd0");
+
+        // Asking for the script again does not count as installing.
+        let again = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+        assert!(again.contains("kernel --name kernel"), "{again}");
+
+        let r = client().get(&kernel_url).send().await.unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(
+            r.headers()["location"].to_str().unwrap(),
+            format!("{}/files/debian/vmlinuz", srv.url)
+        );
+    }
+    // Restart: new store handle on the same state dir, new policy, new server.
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (srv, _) = start(config(INSTALL), store.clone(), &api).await;
+    let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(
+        s.lines().any(|l| l == "exit"),
+        "installed machine boots local disk:\n{s}"
+    );
+    assert!(!s.contains("kernel --name"), "{s}");
+    assert!(s.contains("already installed"), "{s}");
+
+    // Another machine of the same group is unaffected.
+    let s = get_text(&format!("{}/ipxe?mac={M2}", srv.url)).await;
+    assert!(s.contains("kernel --name"), "{s}");
+
+    // Re-arm needs the token, then the machine installs again.
+    let rearm = format!("{}/api/v1/machines/{M1}/rearm", srv.url);
+    assert_eq!(client().post(&rearm).send().await.unwrap().status(), 401);
+    let r = client()
+        .post(&rearm)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(s.contains("kernel --name"), "{s}");
+    let rec = store.machine(M1.parse().unwrap()).unwrap().unwrap();
+    assert_eq!(rec.installed_ms, None);
+}
+
+#[tokio::test]
+async fn installed_event_needs_the_machines_own_secret() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let (srv, _) = start(config(INSTALL), store.clone(), &ApiConfig::default()).await;
+    let secret_of = |script: &str| {
+        kernel_args(script)
+            .iter()
+            .find_map(|a| a.strip_prefix("secret=").map(String::from))
+            .unwrap()
+    };
+    let s1 = secret_of(&get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await);
+    let s2 = secret_of(&get_text(&format!("{}/ipxe?mac={M2}", srv.url)).await);
+    assert_eq!(s1.len(), 32);
+    assert_ne!(s1, s2);
+
+    let ev = |m: &str| format!("{}/api/v1/machines/{m}/events", srv.url);
+    let body = serde_json::json!({"event": "installed"});
+    let c = client();
+    // No credentials, another machine's secret (header or query): refused, nothing changes.
+    assert_eq!(
+        c.post(ev(M2)).json(&body).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.post(ev(M2))
+            .bearer_auth(&s1)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = c
+        .post(format!("{}?secret={s1}", ev(M2)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        store
+            .machine(M2.parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .installed_ms,
+        None
+    );
+    // Unknown machines look the same as wrong secrets to the unauthenticated.
+    let r = c
+        .post(ev("52-54-00-99-99-99"))
+        .bearer_auth(&s1)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Its own secret, as an installer would send it (query string).
+    let r = c
+        .post(format!("{}?secret={s1}", ev(M1)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rec = store.machine(M1.parse().unwrap()).unwrap().unwrap();
+    assert_eq!(rec.installed_reason.as_deref(), Some("reported installed"));
+    let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(s.lines().any(|l| l == "exit"), "{s}");
+
+    // The API token works for any machine; the machine JSON never shows the secret.
+    let r = c
+        .post(ev(M2))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&s2), "{text}");
+    // Bad bodies are refused clearly.
+    let r = c
+        .post(ev(M2))
+        .bearer_auth(TOKEN)
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn api_v1_round_trips_with_and_without_the_token() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let (srv, _) = start(config(INSTALL), store.clone(), &ApiConfig::default()).await;
+    let c = client();
+    let url = |p: &str| format!("{}/api/v1{p}", srv.url);
+    get_text(&format!(
+        "{}/ipxe?mac={M1}&hostname=node1&serial=SN1",
+        srv.url
+    ))
+    .await;
+
+    // Reads are open by default.
+    let list: Vec<serde_json::Value> = c
+        .get(url("/machines"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["mac"], "52:54:00:00:00:01");
+    assert_eq!(list[0]["facts"]["hostname"], "node1");
+    assert!(list[0].get("secret").is_none());
+    let one: serde_json::Value = c
+        .get(url(&format!("/machines/{M1}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["last_profile"], "install");
+    assert_eq!(
+        c.get(url("/machines/52-54-00-99-99-99"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(url("/machines/not-a-mac"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let profiles: Vec<serde_json::Value> = c
+        .get(url("/profiles"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profiles[0]["name"], "install");
+    let groups: Vec<serde_json::Value> = c
+        .get(url("/groups"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(groups[0]["match"]["mac"][0], "52:54:00:*");
+
+    // Writes: no token, wrong token -> 401 and nothing changes.
+    let pin = url(&format!("/machines/{M1}/profile"));
+    let body = serde_json::json!({"profile": "rescue"});
+    assert_eq!(c.put(&pin).json(&body).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.put(&pin)
+            .bearer_auth("wrong")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        store
+            .machine(M1.parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .pinned_profile,
+        None
+    );
+    // With the token.
+    let r = c
+        .put(&pin)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(
+        s.contains("/files/rescue/vmlinuz"),
+        "pinned profile wins over the group:\n{s}"
+    );
+    let r = c
+        .put(&pin)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"profile": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .put(&pin)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"profile": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(get_text(&format!("{}/ipxe?mac={M1}", srv.url))
+        .await
+        .contains("/boot/"));
+
+    // Labels: validated, stored, used by selectors.
+    let labels = url(&format!("/machines/{M1}/labels"));
+    let r = c
+        .put(&labels)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"rack": "r1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["labels"]["rack"], "r1");
+    let r = c
+        .put(&labels)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"rack": "${x}\nshell"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Forget.
+    let m = url(&format!("/machines/{M1}"));
+    assert_eq!(c.delete(&m).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.delete(&m)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(c.get(&m).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.delete(&m)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn reads_can_require_the_token() {
+    let api = ApiConfig {
+        token_file: None,
+        read_requires_token: true,
+    };
+    let (srv, _) = start(config(INSTALL), Arc::new(Store::in_memory().unwrap()), &api).await;
+    let c = client();
+    let url = format!("{}/api/v1/machines", srv.url);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/api/v1/profiles", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[test]
+fn token_file_is_created_0600_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiConfig::default();
+    let t1 = api.load_or_create_token(dir.path()).unwrap();
+    let t2 = api.load_or_create_token(dir.path()).unwrap();
+    assert_eq!(t1, t2);
+    assert_eq!(t1.len(), 64);
+    let meta = std::fs::metadata(dir.path().join("api.token")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    std::fs::write(dir.path().join("api.token"), "\n").unwrap();
+    assert!(
+        api.load_or_create_token(dir.path()).is_err(),
+        "empty token file is an error"
+    );
+}
+
+#[tokio::test]
+async fn ipxe_always_answers_a_script_that_explains_and_retries() {
+    let (srv, _) = start(
+        config("[[profile]]\nname = \"x\"\nkernel = \"k\"\n[boot]\ndefault = \"x\"\nretry_delay = \"3s\"\n"),
+        Arc::new(Store::in_memory().unwrap()),
+        &ApiConfig::default(),
+    )
+    .await;
+    for q in [
+        "",
+        "?mac=",
+        "?mac=zz",
+        "?mac=52-54-00-00-00-01%0Ashell",
+        "?%%%",
+    ] {
+        let s = get_text(&format!("{}/ipxe{q}", srv.url)).await;
+        assert!(
+            s.starts_with("#!ipxe\necho chainboot: cannot boot"),
+            "{q}: {s}"
+        );
+        assert!(s.contains("sleep 3\n") && s.contains("/boot.ipxe"), "{s}");
+    }
+    // The stub uses the Host the client used.
+    let stub = get_text(&format!("{}/boot.ipxe", srv.url)).await;
+    assert!(
+        stub.starts_with(&format!(
+            "#!ipxe\nchain --replace --autofree {}/ipxe?mac=${{mac:hexhyp}}",
+            srv.url
+        )),
+        "{stub}"
+    );
+}
+
+// ------------------------------------------------------------------ pixiecore API
+
+async fn pixiecore_api(dir: &Path) -> Server {
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, b"INITRD-FROM-FILE").unwrap();
+    let initrd = format!("file://{}", initrd.display());
+    let app = Router::new()
+        .route(
+            "/api/v1/boot/{mac}",
+            get(
+                move |axum::extract::Path(mac): axum::extract::Path<String>| {
+                    let initrd = initrd.clone();
+                    async move {
+                        match mac.as_str() {
+                            "52:54:00:00:00:01" => axum::Json(serde_json::json!({
+                                "kernel": "/kernel",
+                                "initrd": [initrd],
+                                "cmdline": "console=ttyS0 cloud={{ URL \"/cloud\" }}",
+                                "message": "hello from the API",
+                            }))
+                            .into_response_parts_ok(),
+                            "52:54:00:00:00:03" => axum::Json(serde_json::json!({
+                                "ipxe-script": "#!ipxe\necho custom\nexit\n",
+                            }))
+                            .into_response_parts_ok(),
+                            "52:54:00:00:00:04" => {
+                                // Slower than the configured timeout (bounded).
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                axum::http::StatusCode::NOT_FOUND.into_response_parts_ok()
+                            }
+                            _ => axum::http::StatusCode::NOT_FOUND.into_response_parts_ok(),
+                        }
+                    }
+                },
+            ),
+        )
+        .route("/kernel", get(|| async { "KERNEL-BYTES" }))
+        // pixiecore: naked paths are not rooted within the API path.
+        .route(
+            "/api/kernel",
+            get(|| async { "WRONG: resolved under the API path" }),
+        )
+        .route("/cloud", get(|| async { "#cloud-config" }));
+    serve(app).await
+}
+
+trait IntoResp {
+    fn into_response_parts_ok(self) -> axum::response::Response;
+}
+impl<T: axum::response::IntoResponse> IntoResp for T {
+    fn into_response_parts_ok(self) -> axum::response::Response {
+        self.into_response()
+    }
+}
+
+#[tokio::test]
+async fn pixiecore_api_machines_boot_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_srv = pixiecore_api(dir.path()).await;
+    // The API URL has a path (/api): the boot endpoint is under it, but naked paths in answers
+    // resolve against the host, not under it.
+    let cfg = config(&format!(
+        "[[profile]]\nname = \"rescue\"\nkernel = \"rescue/vmlinuz\"\n[[group]]\nname = \"g\"\nprofile = \"rescue\"\nmatch = {{ mac = \"aa:*\" }}\n[boot]\napi = \"{}/api\"\napi_timeout = \"500ms\"\n",
+        api_srv.url
+    ));
+    let (srv, _) = start(
+        cfg,
+        Arc::new(Store::in_memory().unwrap()),
+        &ApiConfig::default(),
+    )
+    .await;
+    let c = client();
+
+    let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-01", srv.url)).await;
+    assert!(s.contains("echo hello from the API"), "{s}");
+    let k = kernel_args(&s);
+    let m = "52-54-00-00-00-01";
+    assert_eq!(k[2], format!("{}/boot/{m}/kernel", srv.url));
+    assert_eq!(k[3], "initrd=initrd0");
+    assert_eq!(k[4], "console=ttyS0");
+    assert_eq!(k[5], format!("cloud={}/boot/{m}/url/0", srv.url));
+    assert!(
+        s.contains(&format!(
+            "initrd --name initrd0 {}/boot/{m}/initrd/0",
+            srv.url
+        )),
+        "{s}"
+    );
+
+    // The assets are relayed or served by chainboot, with Content-Length.
+    let r = c
+        .get(format!("{}/boot/{m}/kernel", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(12));
+    assert_eq!(r.text().await.unwrap(), "KERNEL-BYTES");
+    let r = c
+        .get(format!("{}/boot/{m}/initrd/0", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.content_length(), Some(16));
+    assert_eq!(r.text().await.unwrap(), "INITRD-FROM-FILE");
+    assert_eq!(
+        get_text(&format!("{}/boot/{m}/url/0", srv.url)).await,
+        "#cloud-config"
+    );
+    assert_eq!(
+        c.get(format!("{}/boot/{m}/initrd/1", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The raw ipxe-script answer is passed through.
+    let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-03", srv.url)).await;
+    assert_eq!(s, "#!ipxe\necho custom\nexit\n");
+
+    // 404 machine: does not boot; the console says why and it retries.
+    let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-02", srv.url)).await;
+    assert!(
+        s.contains("cannot boot 52:54:00:00:00:02: boot API answered HTTP 404"),
+        "{s}"
+    );
+    assert!(!s.contains("kernel"), "{s}");
+
+    // Too slow: same, with the reason.
+    let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-04", srv.url)).await;
+    assert!(
+        s.contains("unreachable") && s.contains("no answer within"),
+        "{s}"
+    );
+
+    // Groups still come first.
+    let s = get_text(&format!("{}/ipxe?mac=aa-00-00-00-00-01", srv.url)).await;
+    assert!(s.contains("/files/rescue/vmlinuz"), "{s}");
+
+    // API down.
+    let api_url = api_srv.url.clone();
+    drop(api_srv);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-05", srv.url)).await;
+    assert!(
+        s.contains("boot API unreachable"),
+        "API at {api_url} is gone: {s}"
+    );
+}
+
+// ------------------------------------------------------------------ templates, PXELINUX, TFTP
+
+const SEED: &str = r#"
+[[profile]]
+name = "seed"
+pxelinux = "lpxelinux.0"
+kernel = "seed/vmlinuz"
+cmdline = "console=ttyS0 ks={{ http }}/config/{{ machine.mac }}/ks.cfg"
+
+[[profile]]
+name = "inst"
+kernel = "k"
+
+[[group]]
+name = "pxe"
+profile = "seed"
+match = { mac = "52:54:00:00:00:0*" }
+
+[[group]]
+name = "other"
+profile = "inst"
+match = { mac = "52:54:00:00:01:*" }
+"#;
+
+fn seed_policy(templates: &Path) -> PolicyConfig {
+    let mut cfg = config(SEED);
+    cfg.boot.templates = Some(templates.to_path_buf());
+    cfg
+}
+
+#[tokio::test]
+async fn config_templates_and_pxelinux_lookup_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path();
+    std::fs::write(t.join("ks.cfg"), "# generic\nurl {{ http }}/files/os\nnetwork --hostname={{ machine.hostname }}\n%post\ncurl -X POST '{{ machine.events_url }}'\n").unwrap();
+    std::fs::create_dir_all(t.join("inst")).unwrap();
+    std::fs::write(
+        t.join("inst").join("ks.cfg"),
+        "# for inst {{ profile.name }}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(t.join("pxelinux.cfg")).unwrap();
+    std::fs::write(t.join("pxelinux.cfg").join("default"), "DEFAULT local\n").unwrap();
+    std::fs::write(t.join("secret.txt"), "outside").unwrap();
+
+    let store = Arc::new(Store::in_memory().unwrap());
+    let (srv, _) = start(seed_policy(t), store.clone(), &ApiConfig::default()).await;
+    let c = client();
+    let s = get_text(&format!(
+        "{}/ipxe?mac={M1}&hostname=node1&ip=198.18.0.10",
+        srv.url
+    ))
+    .await;
+    assert!(
+        s.contains("set 209:string pxelinux.cfg/01-52-54-00-00-00-01"),
+        "{s}"
+    );
+
+    let ks = get_text(&format!("{}/config/{M1}/ks.cfg", srv.url)).await;
+    let secret = store.machine(M1.parse().unwrap()).unwrap().unwrap().secret;
+    assert!(ks.contains("network --hostname=node1"), "{ks}");
+    assert!(
+        ks.contains(&format!(
+            "{}/api/v1/machines/52:54:00:00:00:01/events?secret={secret}",
+            srv.url
+        )),
+        "{ks}"
+    );
+    // The URL from the kickstart works as the installer would use it.
+    let url = ks
+        .lines()
+        .find_map(|l| l.strip_prefix("curl -X POST '"))
+        .unwrap()
+        .trim_end_matches('\'');
+    let r = c
+        .post(url)
+        .json(&serde_json::json!({"event": "installed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Profile-specific template wins.
+    get_text(&format!("{}/ipxe?mac=52-54-00-00-01-01", srv.url)).await;
+    assert_eq!(
+        get_text(&format!("{}/config/52-54-00-00-01-01/ks.cfg", srv.url)).await,
+        "# for inst inst"
+    );
+    for bad in ["nope.cfg", "..", ".hidden", "%2e%2e"] {
+        let r = c
+            .get(format!("{}/config/{M1}/{bad}", srv.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{bad}");
+    }
+
+    // PXELINUX: by MAC, by hex IP (from the facts the machine sent), default static file.
+    let cfg = get_text(&format!("{}/pxelinux.cfg/01-52-54-00-00-00-02", srv.url)).await;
+    assert!(
+        cfg.contains(&format!("KERNEL {}/files/seed/vmlinuz", srv.url)),
+        "{cfg}"
+    );
+    assert!(cfg.contains("APPEND console=ttyS0 ks="), "{cfg}");
+    let by_ip = get_text(&format!("{}/pxelinux.cfg/C612000A", srv.url)).await;
+    assert!(
+        by_ip.contains("ks=") && by_ip.contains("52:54:00:00:00:01"),
+        "{by_ip}"
+    );
+    assert_eq!(
+        get_text(&format!("{}/pxelinux.cfg/default", srv.url)).await,
+        "DEFAULT local\n"
+    );
+    // Not a PXELINUX machine, unknown hex prefix: not found, so PXELINUX tries the next name.
+    let r = c
+        .get(format!("{}/pxelinux.cfg/01-52-54-00-00-01-01", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(format!("{}/pxelinux.cfg/C612", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+fn tftp_get(r: &TftpResolver, path: &str) -> Result<String, ResolveError> {
+    let path = CleanPath::parse(path).unwrap();
+    let req = Request {
+        path: &path,
+        client: "127.0.0.1:2000".parse().unwrap(),
+        transport: Transport::Tftp,
+    };
+    let content = r.resolve(&req)?;
+    let mut buf = vec![0u8; content.len() as usize];
+    let n = content.read_at(0, &mut buf).unwrap();
+    buf.truncate(n);
+    Ok(String::from_utf8(buf).unwrap())
+}
+
+#[test]
+fn tftp_resolver_serves_the_stub_scripts_and_pxelinux_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::in_memory().unwrap());
+    let policy = Arc::new(Policy::new(seed_policy(dir.path()), store).unwrap());
+    let r = TftpResolver::new(
+        policy.clone(),
+        HttpBase::new("http://198.18.0.1:8080").unwrap(),
+    )
+    .unwrap();
+    // Called from a plain thread (as a blocking TFTP worker would).
+    let stub = tftp_get(&r, "boot.ipxe").unwrap();
+    assert!(stub.starts_with("#!ipxe\nchain"), "{stub}");
+    let script = tftp_get(&r, "ipxe/52-54-00-00-00-01").unwrap();
+    assert!(
+        script.contains("chain http://198.18.0.1:8080/files/lpxelinux.0"),
+        "{script}"
+    );
+    let cfg = tftp_get(&r, "\\pxelinux.cfg\\01-52-54-00-00-00-01").unwrap();
+    assert!(
+        cfg.contains("KERNEL http://198.18.0.1:8080/files/seed/vmlinuz"),
+        "{cfg}"
+    );
+    assert!(matches!(
+        tftp_get(&r, "undionly.kpxe"),
+        Err(ResolveError::NotFound)
+    ));
+    assert!(matches!(
+        tftp_get(&r, "pxelinux.cfg/default"),
+        Err(ResolveError::NotFound)
+    ));
+
+    // And from inside a tokio runtime (as an async TFTP server would call it).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(async { tftp_get(&r, "pxelinux.cfg/01-52-54-00-00-00-02") });
+    assert!(out.unwrap().contains("DEFAULT chainboot"));
+}
+
+#[tokio::test]
+async fn quick_mode_serves_local_files_with_content_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("bzImage");
+    std::fs::write(&k, vec![7u8; 300_000]).unwrap();
+    let policy = Arc::new(
+        Policy::quick(
+            &k,
+            &[],
+            "console=ttyS0",
+            Arc::new(Store::in_memory().unwrap()),
+        )
+        .unwrap(),
+    );
+    let state = PolicyState::new(
+        policy,
+        TOKEN.into(),
+        &ApiConfig::default(),
+        HttpBase::new("http://198.18.0.1").unwrap(),
+    );
+    let srv = serve(routes(state)).await;
+    let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    let kurl = kernel_args(&s)[2].clone();
+    let r = client().get(&kurl).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(300_000));
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+}
