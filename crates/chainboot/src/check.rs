@@ -48,7 +48,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             known.name, known.for_whom, known.package
         );
     }
-    let wanted = ["undionly.kpxe", cfg.ipxe.efi_x64.file_name()];
+    let wanted = ["undionly.kpxe", cfg.ipxe.efi_x64_name()];
     for name in wanted {
         if !bins.has(name) {
             println!("error: {name} is needed and was not found");

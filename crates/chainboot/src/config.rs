@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use chainboot_config::{under, IpxeConfig, Issue, Problems, ServerConfig, Validate};
+use chainboot_config::{under, Issue, Problems, ServerConfig, Validate};
+
+use crate::ipxe::IpxeConfig;
 use serde::Deserialize;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
@@ -19,6 +21,7 @@ pub struct Config {
     pub tftp: chainboot_tftp::TftpConfig,
     pub http: chainboot_http::HttpConfig,
     pub iso: Vec<chainboot_iso::IsoConfig>,
+    pub dhcp: chainboot_dhcp::DhcpConfig,
 }
 
 impl Validate for Config {
@@ -27,6 +30,7 @@ impl Validate for Config {
         out.extend(under(&["ipxe"], self.ipxe.validate()));
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
+        out.extend(under(&["dhcp"], self.dhcp.validate()));
         if let Err(e) = self.http.validate() {
             out.push((vec!["http".into(), e.key.into()], e.message));
         }

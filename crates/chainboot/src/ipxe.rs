@@ -10,8 +10,65 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use chainboot_config::IpxeConfig;
+use chainboot_config::{Issue, Validate};
 use chainboot_content::{Content, Request, ResolveError, Resolver};
+use chainboot_dhcp::boot::EfiX64Binary;
+use serde::Deserialize;
+
+/// `[ipxe]`: where the first-stage iPXE binaries come from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpxeConfig {
+    /// "auto" (the distribution's folders) or a folder of the user's.
+    pub dir: String,
+    /// The x86-64 UEFI first stage: "ipxe.efi" or "snponly.efi".
+    pub efi_x64: EfiX64Binary,
+}
+
+impl Default for IpxeConfig {
+    fn default() -> Self {
+        IpxeConfig {
+            dir: "auto".into(),
+            efi_x64: EfiX64Binary::default(),
+        }
+    }
+}
+
+impl IpxeConfig {
+    /// The folders searched, in order.
+    pub fn search_dirs(&self) -> Vec<PathBuf> {
+        if self.dir == "auto" {
+            vec![
+                PathBuf::from("/usr/lib/ipxe"),
+                PathBuf::from("/usr/share/ipxe"),
+                PathBuf::from("/usr/local/share/ipxe"),
+            ]
+        } else {
+            vec![PathBuf::from(&self.dir)]
+        }
+    }
+
+    /// The file name of the x86-64 UEFI first stage.
+    pub fn efi_x64_name(&self) -> &'static str {
+        chainboot_dhcp::boot::first_stage_name(chainboot_machine::Arch::EfiX64, self.efi_x64)
+    }
+}
+
+impl Validate for IpxeConfig {
+    fn validate(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        if self.dir != "auto" && !PathBuf::from(&self.dir).is_dir() {
+            out.push((
+                vec!["dir".into()],
+                format!(
+                    "`{}` is not a folder (use \"auto\" for the distribution's)",
+                    self.dir
+                ),
+            ));
+        }
+        out
+    }
+}
 
 /// A first-stage binary chainboot knows how to hand out.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +112,16 @@ pub const KNOWN: &[Known] = &[
         name: "ipxe-arm64.efi",
         for_whom: "ARM64 UEFI firmware",
         package: "Debian package `ipxe` on arm64 systems, or build bin-arm64-efi/ipxe.efi",
+    },
+    Known {
+        name: "ipxe-arm32.efi",
+        for_whom: "32-bit ARM UEFI firmware",
+        package: "not packaged by Debian: build bin-arm32-efi/snp.efi from iPXE's source",
+    },
+    Known {
+        name: "ipxe-riscv64.efi",
+        for_whom: "RISC-V 64 UEFI firmware",
+        package: "not packaged by Debian: build bin-riscv64-efi/ipxe.efi from iPXE's source",
     },
 ];
 
@@ -125,6 +192,13 @@ impl Resolver for IpxeBinaries {
 mod tests {
     use super::*;
     use chainboot_content::{CleanPath, Transport};
+
+    #[test]
+    fn every_name_the_dhcp_decision_hands_out_is_known() {
+        for name in chainboot_dhcp::boot::first_stage_names() {
+            assert!(KNOWN.iter().any(|k| k.name == name), "{name}");
+        }
+    }
 
     #[test]
     fn a_user_folder_is_searched_and_only_known_names_are_served() {

@@ -14,8 +14,10 @@ use tracing::{error, info, warn};
 
 use anyhow::Context;
 use chainboot_content::Root;
+use chainboot_dhcp::{BootSettings, DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
+use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
 use crate::ipxe::IpxeBinaries;
@@ -77,6 +79,10 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         }
     }
 
+    let store = Arc::new(
+        Store::open(&cfg.server.state_dir)
+            .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
+    );
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
@@ -131,6 +137,33 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
     {
         let token = shutdown.clone();
         tasks.spawn(async move { ("http", http.run(router, token).await) });
+    }
+
+    let http_port = cfg
+        .http
+        .listen_addrs()
+        .ok()
+        .and_then(|a| a.first().map(|a| a.port()))
+        .unwrap_or(80);
+    let boot = BootSettings {
+        advertise: cfg.server.advertise_addr(),
+        http_port,
+        tftp_port: cfg.tftp.listen.port(),
+        efi_x64: cfg.ipxe.efi_x64,
+    };
+    let dhcp = DhcpServer::bind(
+        cfg.dhcp.clone(),
+        boot,
+        store.clone(),
+        ServerOptions {
+            interfaces: cfg.server.interfaces.clone(),
+            ..ServerOptions::default()
+        },
+    )?;
+    info!(mode = ?cfg.dhcp.mode, "DHCP ready");
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("dhcp", dhcp.run(token).await.map_err(std::io::Error::other)) });
     }
 
     let result = tokio::select! {

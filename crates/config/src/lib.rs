@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use toml_edit::{Document, DocumentMut, Item, Value};
 
 pub use duration::{deserialize_duration, deserialize_opt_duration, parse_duration};
-pub use sections::{EfiX64Binary, IpxeConfig, ServerConfig, ADVERTISE_AUTO};
+pub use sections::{ServerConfig, ADVERTISE_AUTO};
 
 /// A problem found by a section's semantic check: the key path inside the document (table
 /// names, array indices as decimal strings) and what is wrong.

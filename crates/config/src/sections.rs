@@ -1,4 +1,4 @@
-//! The sections that belong to no single subsystem: `[server]` and `[ipxe]`.
+//! The section that belongs to no single subsystem: `[server]`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -61,77 +61,6 @@ impl Validate for ServerConfig {
         }
         if self.state_dir.as_os_str().is_empty() {
             out.push((vec!["state_dir".into()], "must not be empty".into()));
-        }
-        out
-    }
-}
-
-/// Which x86-64 UEFI first stage to hand out.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-pub enum EfiX64Binary {
-    /// iPXE with its own NIC drivers.
-    #[default]
-    #[serde(rename = "ipxe.efi")]
-    IpxeEfi,
-    /// iPXE that drives the NIC through the firmware's SNP (works on NICs iPXE has no driver for).
-    #[serde(rename = "snponly.efi")]
-    SnponlyEfi,
-}
-
-impl EfiX64Binary {
-    pub fn file_name(self) -> &'static str {
-        match self {
-            EfiX64Binary::IpxeEfi => "ipxe.efi",
-            EfiX64Binary::SnponlyEfi => "snponly.efi",
-        }
-    }
-}
-
-/// `[ipxe]`: where the first-stage iPXE binaries come from.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IpxeConfig {
-    /// "auto" (the distribution's folders) or a folder of the user's.
-    pub dir: String,
-    /// The x86-64 UEFI first stage.
-    pub efi_x64: EfiX64Binary,
-}
-
-impl Default for IpxeConfig {
-    fn default() -> Self {
-        IpxeConfig {
-            dir: "auto".into(),
-            efi_x64: EfiX64Binary::default(),
-        }
-    }
-}
-
-impl IpxeConfig {
-    /// The folders searched, in order.
-    pub fn search_dirs(&self) -> Vec<PathBuf> {
-        if self.dir == "auto" {
-            vec![
-                PathBuf::from("/usr/lib/ipxe"),
-                PathBuf::from("/usr/share/ipxe"),
-                PathBuf::from("/usr/local/share/ipxe"),
-            ]
-        } else {
-            vec![PathBuf::from(&self.dir)]
-        }
-    }
-}
-
-impl Validate for IpxeConfig {
-    fn validate(&self) -> Vec<Issue> {
-        let mut out = Vec::new();
-        if self.dir != "auto" && !PathBuf::from(&self.dir).is_dir() {
-            out.push((
-                vec!["dir".into()],
-                format!(
-                    "`{}` is not a folder (use \"auto\" for the distribution's)",
-                    self.dir
-                ),
-            ));
         }
         out
     }

@@ -10,6 +10,21 @@ struct Tftp {
     timeout: std::time::Duration,
 }
 
+#[derive(Debug, Deserialize, Default, PartialEq)]
+enum EfiX64 {
+    #[default]
+    #[serde(rename = "ipxe.efi")]
+    IpxeEfi,
+    #[serde(rename = "snponly.efi")]
+    SnponlyEfi,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Ipxe {
+    efi_x64: EfiX64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Profile {
@@ -22,7 +37,7 @@ struct Profile {
 struct Doc {
     server: ServerConfig,
     tftp: Tftp,
-    ipxe: IpxeConfig,
+    ipxe: Ipxe,
     profile: Vec<Profile>,
 }
 
