@@ -250,6 +250,9 @@ impl TftpServer {
                     };
                     let Some(n) = n else {
                         bump(&self.shared.stats.malformed);
+                        if proto::ParseError::was_request(&buf) {
+                            self.reply_error(client, ErrorCode::IllegalOperation, "request too long").await;
+                        }
                         continue;
                     };
                     let local_ip = dst.unwrap_or(self.local.ip());
@@ -404,11 +407,14 @@ async fn run_transfer(
         }
     };
     let raw_name = request.filename.escape_debug().to_string();
-    let send_error = |code: ErrorCode, message: &str| {
-        let mut buf = [0u8; 512];
-        let n = proto::put_error(&mut buf, code, message);
-        // A refusal is best effort: if this one datagram is lost the client times out.
-        let _ = socket.try_send_to(&buf[..n], client);
+    // A refusal is best effort: if this one datagram is lost the client times out.
+    let send_error = |code: ErrorCode, message: &'static str| {
+        let socket = &socket;
+        async move {
+            let mut buf = [0u8; 512];
+            let n = proto::put_error(&mut buf, code, message);
+            let _ = socket.send_to(&buf[..n], client).await;
+        }
     };
     let path = match CleanPath::parse(&request.filename) {
         Ok(p) => p,
@@ -418,7 +424,7 @@ async fn run_transfer(
             shared
                 .observer
                 .on_refused(client, &raw_name, &e.to_string());
-            send_error(ErrorCode::AccessViolation, "access violation");
+            send_error(ErrorCode::AccessViolation, "access violation").await;
             return;
         }
     };
@@ -456,13 +462,13 @@ async fn run_transfer(
                 }
             };
             shared.observer.on_refused(client, &path, &e.to_string());
-            send_error(code, message);
+            send_error(code, message).await;
             return;
         }
         Err(e) => {
             bump(&stats.failed);
             warn!(client = %client, path = %path, error = %e, "tftp resolver panicked");
-            send_error(ErrorCode::NotDefined, "cannot read file");
+            send_error(ErrorCode::NotDefined, "cannot read file").await;
             return;
         }
     };
@@ -534,7 +540,7 @@ async fn run_transfer(
                         answered_tids.push(from);
                         let mut buf = [0u8; 64];
                         let n = proto::put_error(&mut buf, ErrorCode::UnknownTid, "unknown transfer ID");
-                        let _ = socket.try_send_to(&buf[..n], from);
+                        let _ = socket.send_to(&buf[..n], from).await;
                     }
                     continue;
                 }

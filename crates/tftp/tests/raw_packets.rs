@@ -1,0 +1,347 @@
+//! The server seen through hand-made datagrams on real UDP sockets: the cases real clients
+//! cannot produce on purpose (hostile paths, strangers on a transfer's port, floods of
+//! requests, silence, shutdown mid-transfer).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chainboot_tftp::proto::{self, Packet};
+use chainboot_tftp::{TftpConfig, TransferObserver, TransferStart, TransferSummary};
+use common::*;
+
+/// Sends a raw request and returns the first answer, described.
+fn ask(server: SocketAddr, datagram: &[u8]) -> String {
+    let s = raw_client("127.0.0.1");
+    s.send_to(datagram, server).unwrap();
+    match recv(&s) {
+        Some((p, _)) => describe(&p),
+        None => "no answer".into(),
+    }
+}
+
+#[test]
+fn traversal_corpus_is_refused_over_raw_packets() {
+    let srv = TestServer::start();
+    srv.file("ok", 10);
+    let long_ok_syntax = "a/".repeat(600) + "b";
+    let long_name = "x".repeat(1500);
+    let mut corpus: Vec<Vec<u8>> = [
+        "../secret",
+        "../../../../../../etc/passwd",
+        "..\\..\\..\\etc\\passwd",
+        "a/../../secret",
+        "/etc/passwd",
+        "\\\\server\\share\\x",
+        "C:\\windows\\system.ini",
+        "escape",
+        "escdir/secret",
+        "EscDir/Secret",
+        "ok/../../secret",
+        "./../secret",
+        "\u{1b}[2Jok",
+        long_ok_syntax.as_str(),
+        long_name.as_str(),
+    ]
+    .iter()
+    .map(|p| rrq(p, &[]))
+    .collect();
+    // A NUL inside the name ends the name early on the wire: "ok\0../secret" is the name "ok"
+    // with mode "../secret", an unknown mode.
+    corpus.push(b"\x00\x01ok\x00../secret\x00octet\x00".to_vec());
+    // Longer than any request buffer: refused as too long, not truncated and served.
+    corpus.push(rrq(&"y".repeat(5000), &[]));
+    for datagram in &corpus {
+        let answer = ask(srv.addr, datagram);
+        assert!(
+            answer.starts_with("ERROR 1 ")
+                || answer.starts_with("ERROR 2 ")
+                || answer.starts_with("ERROR 4 "),
+            "{:?} -> {answer}",
+            String::from_utf8_lossy(&datagram[..datagram.len().min(60)])
+        );
+    }
+    let s = srv.stats.snapshot();
+    assert_eq!(s.started, 0, "{s:?}");
+    assert!(s.refused >= 10, "{s:?}");
+    // And the legitimate file next to them is still served.
+    assert_eq!(raw_get(srv.addr, "ok").unwrap(), pattern(10, 2));
+}
+
+#[test]
+fn write_requests_get_an_access_violation() {
+    let srv = TestServer::start();
+    let wrq = proto::encode_request(proto::OP_WRQ, "new", "octet", &[]);
+    assert_eq!(
+        ask(srv.addr, &wrq),
+        "ERROR 2 write requests are not accepted"
+    );
+    assert!(!srv.root.path().join("new").exists());
+    assert_eq!(srv.stats.snapshot().writes_refused, 1);
+}
+
+#[test]
+fn garbage_to_the_request_port_is_counted_and_unanswered_but_bad_requests_get_error_4() {
+    let srv = TestServer::start();
+    for junk in [
+        &b"\x00"[..],
+        b"\x00\x04\x00\x01",
+        b"\x00\x03\x00\x01data",
+        b"\xff\xff",
+    ] {
+        assert_eq!(ask(srv.addr, junk), "no answer", "{junk:?}");
+    }
+    assert_eq!(
+        ask(srv.addr, b"\x00\x01f\x00binary\x00"),
+        "ERROR 4 unknown transfer mode \"binary\""
+    );
+    assert_eq!(
+        ask(srv.addr, b"\x00\x01f\x00octet"),
+        "ERROR 4 string field not terminated by NUL"
+    );
+    assert_eq!(srv.stats.snapshot().malformed, 6);
+}
+
+#[test]
+fn unknown_tid_gets_error_5_once_and_the_transfer_goes_on() {
+    let srv = TestServer::start();
+    let data = pattern(2000, 1);
+    std::fs::write(srv.root.path().join("f"), &data).unwrap();
+    let client = raw_client("127.0.0.1");
+    let stranger = raw_client("127.0.0.1");
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    client.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&client).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    assert_ne!(
+        tid.port(),
+        srv.port(),
+        "data comes from the transfer's own port"
+    );
+
+    stranger.send_to(&ack(1), tid).unwrap();
+    let (p, _) = recv(&stranger).unwrap();
+    assert_eq!(describe(&p), "ERROR 5 unknown transfer ID");
+    stranger.send_to(&ack(1), tid).unwrap();
+    assert!(recv(&stranger).is_none(), "error 5 at most once per TID");
+
+    let mut got = p_data(&p_recv_all(&client, tid, 1));
+    got.splice(0..0, data[..512].iter().copied());
+    assert_eq!(got, data);
+    let s = srv.stats.snapshot();
+    assert_eq!((s.unknown_tid, s.finished), (2, 1), "{s:?}");
+}
+
+/// Acks block `first_ack` and keeps fetching lock-step until the short block; returns the
+/// datagrams.
+fn p_recv_all(s: &std::net::UdpSocket, tid: SocketAddr, first_ack: u16) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    s.send_to(&ack(first_ack), tid).unwrap();
+    for _ in 0..10_000 {
+        let (p, from) = recv(s).expect("server went silent");
+        assert_eq!(from, tid);
+        let Ok(Packet::Data { block, data }) = proto::parse(&p) else {
+            panic!("{}", describe(&p))
+        };
+        let last = data.len() < 512;
+        s.send_to(&ack(block), tid).unwrap();
+        out.push(p);
+        if last {
+            return out;
+        }
+    }
+    panic!("too many blocks");
+}
+
+fn p_data(datagrams: &[Vec<u8>]) -> Vec<u8> {
+    datagrams.iter().flat_map(|p| p[4..].to_vec()).collect()
+}
+
+#[test]
+fn duplicate_acks_do_not_double_the_data() {
+    let srv = TestServer::start();
+    srv.file("f", 5000);
+    let c = raw_client("127.0.0.1");
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    c.send_to(&ack(1), tid).unwrap();
+    assert_eq!(describe(&recv(&c).unwrap().0), "DATA 2 (512)");
+    for _ in 0..5 {
+        c.send_to(&ack(1), tid).unwrap();
+    }
+    // Nothing but the timer's resend of DATA 2 (timeout 500 ms) may follow.
+    assert!(recv(&c).is_none(), "a duplicate ACK triggered a send");
+}
+
+#[test]
+fn a_retransmitted_rrq_does_not_start_a_second_transfer() {
+    let srv = TestServer::start();
+    srv.file("f", 100);
+    let c = raw_client("127.0.0.1");
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c.send_to(&rrq("f", &[("blksize", "1024")]), srv.addr)
+        .unwrap();
+    c.send_to(&rrq("f", &[("blksize", "1024")]), srv.addr)
+        .unwrap();
+    let (p, tid) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "OACK blksize=1024");
+    c.send_to(&ack(0), tid).unwrap();
+    let (p, from) = recv(&c).unwrap();
+    assert_eq!((describe(&p), from), ("DATA 1 (100)".to_string(), tid));
+    c.send_to(&ack(1), tid).unwrap();
+    assert!(recv(&c).is_none(), "a second transfer is talking to us");
+    let s = srv.stats.snapshot();
+    assert_eq!((s.started, s.duplicate_requests), (1, 1), "{s:?}");
+}
+
+#[test]
+fn silent_client_is_dropped_after_bounded_retransmits() {
+    let config = TftpConfig {
+        timeout: Duration::from_millis(100),
+        retries: 2,
+        ..config()
+    };
+    let srv = TestServer::start_with(config, None);
+    srv.file("f", 5000);
+    let c = raw_client("127.0.0.1");
+    c.set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let mut copies = 0;
+    while let Some((p, _)) = recv(&c) {
+        assert_eq!(describe(&p), "DATA 1 (512)");
+        copies += 1;
+        assert!(copies <= 3, "more than 1 + retries sends");
+    }
+    assert_eq!(copies, 3);
+    let s = srv.stats.snapshot();
+    assert_eq!((s.failed, s.active), (1, 0), "{s:?}");
+}
+
+#[test]
+fn per_client_and_global_caps_answer_with_an_error() {
+    let config = TftpConfig {
+        max_transfers: 3,
+        max_per_client: 2,
+        ..config()
+    };
+    let srv = TestServer::start_with(config, None);
+    srv.file("f", 100);
+    // Each client asks and then waits without acking: its transfer stays active.
+    let open = |ip: &str| {
+        let c = raw_client(ip);
+        c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+        let (p, from) = recv(&c).unwrap();
+        (c, describe(&p), from)
+    };
+    let (_a1, d, _) = open("127.0.0.1");
+    assert_eq!(d, "DATA 1 (100)");
+    let (a2, d, a2_tid) = open("127.0.0.1");
+    assert_eq!(d, "DATA 1 (100)");
+    let (_a3, d, _) = open("127.0.0.1");
+    assert_eq!(d, "ERROR 0 too many transfers from this client");
+    let (_b1, d, _) = open("127.0.0.2");
+    assert_eq!(d, "DATA 1 (100)");
+    let (_c1, d, _) = open("127.0.0.3");
+    assert_eq!(d, "ERROR 0 server busy, try again");
+    // One transfer ends: its slot is free again.
+    a2.send_to(&ack(1), a2_tid).unwrap();
+    let mut admitted = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        let (_c, d, _) = open("127.0.0.3");
+        if d == "DATA 1 (100)" {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a finished transfer did not free its slot");
+    assert!(srv.stats.snapshot().busy >= 2);
+}
+
+#[test]
+fn wildcard_listener_answers_from_the_address_the_request_was_sent_to() {
+    let config = TftpConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..config()
+    };
+    let srv = TestServer::start_with(config, None);
+    srv.file("f", 10);
+    let c = raw_client("127.0.0.1");
+    let target: SocketAddr = format!("127.0.0.5:{}", srv.port()).parse().unwrap();
+    c.send_to(&rrq("f", &[]), target).unwrap();
+    let (p, from) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (10)");
+    assert_eq!(from.ip().to_string(), "127.0.0.5");
+    c.send_to(&ack(1), from).unwrap();
+}
+
+#[test]
+fn shutdown_ends_running_transfers_with_an_error_after_the_grace_period() {
+    let config = TftpConfig {
+        shutdown_grace: Duration::from_millis(300),
+        timeout: Duration::from_secs(5),
+        ..config()
+    };
+    let mut srv = TestServer::start_with(config, None);
+    srv.file("f", 5000);
+    let c = raw_client("127.0.0.1");
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let (p, _) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    srv.stop().unwrap();
+    let (p, _) = recv(&c).expect("no error at shutdown");
+    assert_eq!(describe(&p), "ERROR 0 server shutting down");
+    // The request socket is closed: new requests get nothing.
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    assert!(recv(&c).is_none());
+}
+
+#[derive(Default)]
+struct Counting {
+    starts: AtomicUsize,
+    finishes: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl TransferObserver for Counting {
+    fn on_start(&self, s: &TransferStart<'_>) {
+        assert!(s.path.eq_ignore_ascii_case("dir/f"), "{}", s.path);
+        self.starts.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_finish(&self, s: &TransferSummary<'_>) {
+        assert!(s.outcome.is_success());
+        self.bytes.fetch_add(s.bytes as usize, Ordering::SeqCst);
+        self.finishes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn observer_sees_start_and_finish_of_each_transfer() {
+    let obs = Arc::new(Counting::default());
+    let srv = TestServer::start_with(config(), Some(obs.clone()));
+    srv.file("dir/f", 1234);
+    // Backslashes and case fold like dnsmasq does.
+    assert_eq!(raw_get(srv.addr, "\\DIR\\F").unwrap().len(), 1234);
+    assert_eq!(raw_get(srv.addr, "dir/f").unwrap().len(), 1234);
+    for _ in 0..100 {
+        if obs.finishes.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(obs.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(obs.finishes.load(Ordering::SeqCst), 2);
+    assert_eq!(obs.bytes.load(Ordering::SeqCst), 2468);
+}
