@@ -1,0 +1,343 @@
+# e2e/lib.sh — the harness: a private network namespace, a bridge, QEMU VMs, cleanup, diagnostics.
+# Sourced by the scenario scripts (e2e/scenarios/*.sh). Bash only; needs root (netns, taps).
+#
+# Network safety: everything runs inside namespaces created here (unique names with our PID), on
+# addresses in 198.18.0.0/24; nothing touches the host's interfaces. Every process we start is
+# recorded by PID and killed by PID on every exit path (trap), then the namespaces are deleted.
+#
+# Topology:   ns $E2E_NS:  br0 198.18.0.1/24 (the boot server side) + tap<N> per VM
+#             optional ns $E2E_NS-<peer>: a veth into br0 (e.g. the plain DHCP server of "proxy")
+# Tunables (environment): E2E_VM_TIMEOUT (s, default 240), E2E_MEM (MiB, default 512),
+#   E2E_NIC (virtio-net-pci | e1000, default virtio-net-pci), E2E_KEEP=1 keeps the run dir,
+#   E2E_RA=1 starts radvd (router advertisement, M/O clear, router lifetime 0, no prefix).
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+E2E_REPO=$(cd "$E2E_DIR/.." && pwd)
+E2E_SERVER_IP=198.18.0.1
+E2E_VM_TIMEOUT=${E2E_VM_TIMEOUT:-240}
+E2E_MEM=${E2E_MEM:-512}
+E2E_NIC=${E2E_NIC:-virtio-net-pci}
+E2E_PIDS=()
+E2E_NSES=()
+E2E_FAILED=0
+
+e2e_log() { echo "[$(date +%H:%M:%S)] ${E2E_NAME:-e2e}: $*" >&2; }
+e2e_die() { e2e_log "ERROR: $*"; E2E_FAILED=1; exit 1; }
+
+# Tools a scenario needs must exist: a missing one fails the run with the package to install.
+e2e_require() {
+  local tool pkg
+  for tool in "$@"; do
+    pkg=${tool#*:}; tool=${tool%%:*}
+    command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] \
+      || e2e_die "missing '$tool' (Debian package $pkg; run: bash .ci/install-deps)"
+  done
+}
+
+# e2e_init NAME: run dir, namespace name, traps. Call once per scenario process.
+e2e_init() {
+  E2E_NAME=$1
+  [ "$(id -u)" = 0 ] || e2e_die "must run as root (network namespaces, tap devices)"
+  e2e_require ip:iproute2 qemu-system-x86_64:qemu-system-x86 tcpdump:tcpdump
+  E2E_NS="cbe2e-$$"
+  local runs=${E2E_RUNS:-$E2E_DIR/.cache/runs}
+  mkdir -p "$runs"
+  E2E_RUN="$runs/$E2E_NAME.$(date +%Y%m%d-%H%M%S).$$"
+  mkdir -p "$E2E_RUN"
+  E2E_TOKEN=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+  trap 'e2e_cleanup' EXIT
+  trap 'E2E_FAILED=1; exit 130' INT
+  trap 'E2E_FAILED=1; exit 143' TERM
+  E2E_CACHE=$("$E2E_DIR/assets.sh") || e2e_die "building the guest assets failed"
+}
+
+# Kills what we started (by PID, newest first), deletes our namespaces, keeps the run dir on failure.
+e2e_cleanup() {
+  local rc=$? i pid n
+  [ $rc -ne 0 ] && E2E_FAILED=1
+  for ((i = ${#E2E_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${E2E_PIDS[$i]}
+    kill -TERM "$pid" 2>/dev/null || continue
+  done
+  for ((i = ${#E2E_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${E2E_PIDS[$i]}
+    for ((n = 0; n < 30; n++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for ((i = ${#E2E_NSES[@]} - 1; i >= 0; i--)); do
+    ip netns del "${E2E_NSES[$i]}" 2>/dev/null || true
+  done
+  if [ -n "${E2E_RUN:-}" ] && [ -d "$E2E_RUN" ]; then
+    if [ "$E2E_FAILED" = 1 ] || [ "${E2E_KEEP:-0}" = 1 ]; then
+      e2e_log "run dir kept: $E2E_RUN (serial logs, server logs, bridge.pcap)"
+    else
+      rm -rf "$E2E_RUN"
+    fi
+  fi
+  return $rc
+}
+
+e2e_ns() { ip netns exec "$E2E_NS" "$@"; }
+
+# e2e_spawn LABEL CMD...: run CMD in the namespace in the background, output to $E2E_RUN/LABEL.log.
+# `ip netns exec` execs the command, so $! is the server's own PID.
+e2e_spawn() {
+  local label=$1; shift
+  ip netns exec "$E2E_NS" "$@" >"$E2E_RUN/$label.log" 2>&1 </dev/null &
+  E2E_PIDS+=($!)
+  eval "E2E_PID_${label//[^A-Za-z0-9_]/_}=$!"
+}
+
+# e2e_spawn_in NS LABEL CMD...: same, in another namespace of ours.
+e2e_spawn_in() {
+  local ns=$1 label=$2; shift 2
+  ip netns exec "$ns" "$@" >"$E2E_RUN/$label.log" 2>&1 </dev/null &
+  E2E_PIDS+=($!)
+}
+
+e2e_topology() {
+  ip netns add "$E2E_NS" || e2e_die "cannot create network namespace $E2E_NS"
+  E2E_NSES+=("$E2E_NS")
+  e2e_ns ip link set lo up
+  e2e_ns ip link add br0 type bridge
+  # No STP/forward delay: ports forward at once (firmware DHCPs immediately after link up).
+  e2e_ns ip link set br0 type bridge stp_state 0 forward_delay 0
+  e2e_ns ip addr add "$E2E_SERVER_IP/24" dev br0
+  e2e_ns ip link set br0 up
+  # The bridge only gets carrier (and its IPv6 link-local, which radvd needs) with a port up;
+  # an always-up veth stub gives it one before any VM starts.
+  e2e_ns ip link add stub0 type veth peer name stub1
+  e2e_ns ip link set stub0 master br0
+  e2e_ns ip link set stub0 up
+  e2e_ns ip link set stub1 up
+  e2e_spawn tcpdump tcpdump -i br0 -U -n -s 0 -w "$E2E_RUN/bridge.pcap"
+  # Wait (bounded) until the bridge address is usable so servers can bind to it.
+  local n
+  for ((n = 0; n < 50; n++)); do
+    e2e_ns ip -4 addr show dev br0 | grep -q "$E2E_SERVER_IP" && break
+    sleep 0.1
+  done
+}
+
+# e2e_peer NAME IP: a second namespace on the bridge via a veth (another host on the segment).
+# Sets E2E_PEER_NS.
+e2e_peer() {
+  local name=$1 addr=$2
+  E2E_PEER_NS="$E2E_NS-$name"
+  ip netns add "$E2E_PEER_NS" || e2e_die "cannot create namespace $E2E_PEER_NS"
+  E2E_NSES+=("$E2E_PEER_NS")
+  e2e_ns ip link add "v$name" type veth peer name eth0 netns "$E2E_PEER_NS"
+  e2e_ns ip link set "v$name" master br0
+  e2e_ns ip link set "v$name" up
+  ip netns exec "$E2E_PEER_NS" ip link set lo up
+  ip netns exec "$E2E_PEER_NS" ip addr add "$addr/24" dev eth0
+  ip netns exec "$E2E_PEER_NS" ip link set eth0 up
+}
+
+# e2e_radvd: router advertisements on br0 that end iPXE's IPv6 wait without configuring anything:
+# M and O clear (no DHCPv6), router lifetime 0 (not a default router), no prefix (no address).
+e2e_radvd() {
+  e2e_require radvd:radvd
+  cat >"$E2E_RUN/radvd.conf" <<EOF
+interface br0 {
+  AdvSendAdvert on;
+  AdvManagedFlag off;
+  AdvOtherConfigFlag off;
+  AdvDefaultLifetime 0;
+  MinRtrAdvInterval 30;
+  MaxRtrAdvInterval 60;
+};
+EOF
+  e2e_spawn radvd radvd -n -d 1 -m stderr -C "$E2E_RUN/radvd.conf" -p "$E2E_RUN/radvd.pid"
+}
+
+# e2e_vm_start LABEL FIRMWARE MAC: FIRMWARE is bios (SeaBIOS + the iPXE NIC ROM of ipxe-qemu) or
+# uefi (OVMF, NIC option ROM disabled so OVMF's own PXE stack boots: arch 7, no iPXE).
+e2e_vm_start() {
+  local label=$1 fw=$2 mac=$3
+  local tap="tap$label" dev rom fwargs=()
+  e2e_ns ip tuntap add dev "$tap" mode tap || e2e_die "cannot create $tap"
+  e2e_ns ip link set "$tap" master br0
+  e2e_ns ip link set "$tap" up
+  local nic=$E2E_NIC
+  case $E2E_NIC in
+    # ipxe-qemu's pxe-virtio.rom declares PCI id 1af4:1041 (virtio 1.0 network device); QEMU's
+    # default transitional device is 1af4:1000 and SeaBIOS silently skips a ROM whose id does not
+    # match, so the VM never netboots. disable-legacy=on makes the device 1041 (Linux and OVMF
+    # drive it as well).
+    virtio-net-pci) rom=/usr/lib/ipxe/qemu/pxe-virtio.rom nic="virtio-net-pci,disable-legacy=on" ;;
+    e1000) rom=/usr/lib/ipxe/qemu/pxe-e1000.rom ;;
+    *) e2e_die "E2E_NIC must be virtio-net-pci or e1000" ;;
+  esac
+  case $fw in
+    bios)
+      [ -f "$rom" ] || e2e_die "missing $rom (package ipxe-qemu)"
+      dev="$nic,netdev=n0,mac=$mac,romfile=$rom"
+      ;;
+    uefi)
+      local code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+      [ -f "$code" ] && [ -f "$vars" ] || e2e_die "missing $code or $vars (package ovmf)"
+      cp "$vars" "$E2E_RUN/$label.vars.fd"
+      fwargs=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
+        -drive "if=pflash,format=raw,unit=1,file=$E2E_RUN/$label.vars.fd")
+      dev="$nic,netdev=n0,mac=$mac,romfile="
+      ;;
+    *) e2e_die "firmware must be bios or uefi" ;;
+  esac
+  : >"$E2E_RUN/$label.serial"
+  date +%s.%N >"$E2E_RUN/$label.start"
+  # timeout(1) is the hard stop even if this shell dies; the wait loop below normally ends first.
+  e2e_spawn "$label.qemu" timeout -k 5 $((E2E_VM_TIMEOUT + 30)) \
+    qemu-system-x86_64 -machine pc -accel tcg -m "$E2E_MEM" -smp 1 \
+    "${fwargs[@]}" -boot n -nographic -monitor none -no-reboot \
+    -serial "file:$E2E_RUN/$label.serial" \
+    -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device "$dev"
+  eval "E2E_VMPID_$label=\$!"
+}
+
+# Milestones seen on the serial console, for "where a boot's seconds go" (first sighting, 0.2 s
+# resolution). The PXE/iPXE strings are those of OVMF 2022.11 and iPXE 1.0.0+git-20190125.
+E2E_MILESTONES=(
+  "pxe|>>Start PXE over IPv4"
+  "ipxe|iPXE initialising devices"
+  "configuring|Configuring (net0"
+  "script|boot.ipxe"
+  "linux|Linux version"
+  "init|Run /init as init process"
+  "marker|CHAINBOOT-MARKER"
+)
+
+# SeaBIOS after every boot device failed; OVMF falling back to its shell/setup; a dead kernel.
+E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic'
+
+# e2e_vm_wait LABEL MAC: waits (bounded) for the marker; checks token and MAC; records timings in
+# $E2E_RUN/LABEL.result. Returns 0 on a good marker, 1 otherwise (and prints diagnostics).
+e2e_vm_wait() {
+  local label=$1 mac=$2
+  local serial="$E2E_RUN/$label.serial" start now elapsed line m key pat
+  local pid; eval "pid=\$E2E_VMPID_$label"
+  start=$(cat "$E2E_RUN/$label.start")
+  declare -A seen=()
+  local deadline=$(($(date +%s) + E2E_VM_TIMEOUT)) status=timeout
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    now=$(date +%s.%N)
+    for m in "${E2E_MILESTONES[@]}"; do
+      key=${m%%|*}; pat=${m#*|}
+      [ -n "${seen[$key]:-}" ] && continue
+      grep -aqF -- "$pat" "$serial" && seen[$key]=$(awk -v a="$now" -v b="$start" 'BEGIN{printf "%.1f", a-b}')
+    done
+    [ -n "${seen[marker]:-}" ] && { status=marker; break; }
+    # Dead ends: fail now instead of at the timeout (the firmware gave up on the network).
+    grep -aqE "$E2E_DEAD_ENDS" "$serial" && { status="dead end: $(grep -aoE "$E2E_DEAD_ENDS" "$serial" | head -1)"; break; }
+    kill -0 "$pid" 2>/dev/null || { status=exited; break; }
+    sleep 0.2
+  done
+  elapsed=${seen[marker]:-$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN{printf "%.1f", a-b}')}
+  local times=""
+  for m in "${E2E_MILESTONES[@]}"; do
+    key=${m%%|*}
+    [ -n "${seen[$key]:-}" ] && times+=" $key=${seen[$key]}"
+  done
+  line=$(grep -a 'CHAINBOOT-MARKER' "$serial" | tr -d '\r' | head -1)
+  local ok=0 why=""
+  if [ "$status" != marker ]; then
+    why="no marker ($status after ${elapsed}s)"
+  elif ! grep -q "token=$E2E_TOKEN " <<<"$line"; then
+    why="marker with wrong token: $line"
+  elif ! grep -qi "mac=$mac " <<<"$line"; then
+    why="marker with wrong MAC: $line"
+  elif ! grep -qE 'ip=198\.18\.0\.[0-9]+$' <<<"$line"; then
+    why="marker without an address from 198.18.0.0/24: $line"
+  else
+    ok=1
+  fi
+  echo "label=$label ok=$ok seconds=$elapsed$times" >"$E2E_RUN/$label.result"
+  if [ $ok = 1 ]; then
+    e2e_log "$label: marker after ${elapsed}s ($line);$times"
+    return 0
+  fi
+  e2e_log "$label: FAILED: $why"
+  e2e_log "$label: milestones:$times"
+  e2e_diagnose "$label" "$mac"
+  return 1
+}
+
+# Serial tail of the VM, the server logs (lines for this MAC first), and where the pcap is.
+e2e_diagnose() {
+  local label=$1 mac=$2 f
+  E2E_FAILED=1
+  echo "----- $label serial tail ($E2E_RUN/$label.serial) -----" >&2
+  # iPXE and OVMF paint the console with ANSI sequences; strip them for a readable tail.
+  sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\r/\n/g' "$E2E_RUN/$label.serial" | grep -av '^\s*$' \
+    | tail -n 40 >&2
+  for f in "$E2E_RUN"/*.log; do
+    [ -s "$f" ] || continue
+    case $f in *tcpdump.log | *qemu.log) continue ;; esac
+    echo "----- $(basename "$f"): lines for $mac (else tail) -----" >&2
+    if grep -qi -- "$mac" "$f"; then grep -i -- "$mac" "$f" | tail -n 30 >&2; else tail -n 30 "$f" >&2; fi
+  done
+  [ -s "$E2E_RUN/$label.qemu.log" ] && { echo "----- qemu -----" >&2; tail -n 10 "$E2E_RUN/$label.qemu.log" >&2; }
+  echo "----- bridge capture: $E2E_RUN/bridge.pcap -----" >&2
+}
+
+# Stop the capture cleanly (flushes the pcap) before the result is read.
+e2e_mac() { printf '52:54:00:e2:e0:%02x' "$1"; }
+
+# e2e_scenario NAME SIDE FIRMWARE FLAVOR [VMS]: the whole scenario: topology, server, VMs booted
+# at the same time, each checked for its marker. Exit status 0 only if every VM printed its marker.
+e2e_scenario() {
+  local name=$1 side=$2 fw=$3 flavor=$4 vms=${5:-1} i macs=() rc=0
+  [ -n "$side" ] || e2e_die "usage: $0 anchor|chainboot"
+  e2e_init "$name-$side"
+  # shellcheck source=servers.sh
+  . "$E2E_DIR/servers.sh"
+  e2e_topology
+  for ((i = 1; i <= vms; i++)); do macs+=("$(e2e_mac "$i")"); done
+  e2e_server_start "$side" "$flavor" "${macs[@]}"
+  for ((i = 1; i <= vms; i++)); do e2e_vm_start "vm$i" "$fw" "${macs[$((i - 1))]}"; done
+  for ((i = 1; i <= vms; i++)); do e2e_vm_wait "vm$i" "${macs[$((i - 1))]}" || rc=1; done
+  E2E_MACS=("${macs[@]}")
+  [ $rc = 0 ] || { E2E_FAILED=1; return 1; }
+}
+
+# e2e_assert_tftp_once FILE BOOTS: the first-stage binary was fetched exactly BOOTS times (once per
+# boot: another fetch would be a chainload loop). Counted in the bridge capture, independent of the
+# server: TFTP read requests for FILE, minus requests the client itself aborted (OVMF first sends an
+# RRQ with "tsize 0" only to learn the size, then aborts it with ERROR 8 and sends the real RRQ).
+e2e_assert_tftp_once() {
+  local file=$1 boots=$2 rrq aborted n pcap="$E2E_RUN/bridge.pcap"
+  kill -INT "$E2E_PID_tcpdump" 2>/dev/null || true
+  wait "$E2E_PID_tcpdump" 2>/dev/null || true
+  rrq=$(tcpdump -r "$pcap" -n 'udp dst port 69' 2>/dev/null | grep -cF "RRQ \"$file\"" || true)
+  # TFTP ERROR (opcode 5) from a VM (198.18.0.100-200) to the server's transfer port.
+  aborted=$(tcpdump -r "$pcap" -n "udp and dst host $E2E_SERVER_IP and not dst port 69 and \
+    src net 198.18.0.0/24 and not src host $E2E_SERVER_IP and udp[8:2] = 5" 2>/dev/null | grep -c . || true)
+  n=$((rrq - aborted))
+  if [ "$n" != "$boots" ]; then
+    E2E_FAILED=1
+    e2e_die "fetches of $file over TFTP: $n ($rrq read requests, $aborted aborted by the client), expected $boots"
+  fi
+  e2e_log "fetches of $file over TFTP: $n ($rrq read requests, $aborted size probes aborted), expected $boots"
+}
+
+# e2e_assert_http_fetched PATH: the capture shows an HTTP GET for a path ending in PATH.
+e2e_assert_http_fetched() {
+  local path=$1
+  tcpdump -r "$E2E_RUN/bridge.pcap" -n -A "tcp dst port 80 and dst host $E2E_SERVER_IP" 2>/dev/null \
+    | grep -aE "GET [^ ]*$path HTTP" >/dev/null \
+    || e2e_die "no HTTP GET for .../$path in the bridge capture"
+  e2e_log "HTTP GET .../$path seen"
+}
+
+# Proxy mode: only the plain DHCP server (198.18.0.2) may offer addresses; a DHCP reply from the
+# boot server must have yiaddr 0.0.0.0 (PXE spec: proxyDHCP never assigns an address).
+e2e_assert_addresses_from_plain_dhcp() {
+  local bad
+  # BOOTP yiaddr is at UDP payload offset 16.
+  bad=$(tcpdump -r "$E2E_RUN/bridge.pcap" -n "udp src port 67 and src host $E2E_SERVER_IP \
+    and udp[24:4] != 0" 2>/dev/null | head -3)
+  [ -z "$bad" ] || e2e_die "the proxyDHCP server handed out an address: $bad"
+  grep -q 'DHCPACK' "$E2E_RUN/dhcp-plain.log" || e2e_die "the plain DHCP server acknowledged nothing"
+  e2e_log "addresses only from the plain DHCP server; proxy replies carry yiaddr 0.0.0.0"
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Scenario 4: proxy mode. A plain DHCP server (dnsmasq, addresses only) on a second host
+# (198.18.0.2) hands out the addresses; the boot server answers only as proxyDHCP. Two VMs boot at
+# the same time: one BIOS (iPXE ROM), one UEFI (OVMF's PXE -> TFTP ipxe.efi -> iPXE) -> markers.
+# Every address must come from the plain server's pool, and the boot server must hand out none.
+# Usage: e2e/scenarios/proxy.sh anchor|chainboot
+set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
+side=${1:-}
+[ -n "$side" ] || e2e_die "usage: $0 anchor|chainboot"
+e2e_init "proxy-$side"
+. "$E2E_DIR/servers.sh"
+e2e_topology
+mac_bios=$(e2e_mac 1) mac_uefi=$(e2e_mac 2)
+E2E_MACS=("$mac_bios" "$mac_uefi")
+e2e_server_start "$side" proxy "${E2E_MACS[@]}"
+e2e_vm_start vm1 bios "$mac_bios"
+e2e_vm_start vm2 uefi "$mac_uefi"
+rc=0
+e2e_vm_wait vm1 "$mac_bios" || rc=1
+e2e_vm_wait vm2 "$mac_uefi" || rc=1
+[ $rc = 0 ] || exit 1
+e2e_assert_addresses_from_plain_dhcp
+e2e_assert_tftp_once ipxe.efi 1

@@ -1,0 +1,251 @@
+# e2e/servers.sh — the server side of a scenario, sourced after lib.sh.
+#   e2e_server_start SIDE FLAVOR MAC...   SIDE: anchor | chainboot; FLAVOR: boot | pxelinux | proxy
+# anchor    = the recipe (../shared/seed): dnsmasq for DHCP + TFTP, nginx for HTTP. dnsmasq tells
+#             plain PXE firmware to TFTP undionly.kpxe (BIOS) / ipxe.efi (UEFI) and iPXE (user-class
+#             "iPXE", exactly the seed's test) to fetch http://198.18.0.1/boot.ipxe.
+# chainboot = target/debug/chainboot (or $CHAINBOOT) `serve --config F` alone, config per PRODUCT.md §4.
+# proxy     = a plain DHCP server (dnsmasq, no boot options) on a second host 198.18.0.2 hands out
+#             the addresses; the boot server answers only as proxyDHCP.
+# Every flavor boots the same kernel and initramfs with the run's token on the kernel command line.
+
+E2E_CMDLINE_BASE="console=ttyS0 loglevel=6"
+
+e2e_cmdline() { echo "$E2E_CMDLINE_BASE e2e.token=$E2E_TOKEN"; }
+
+# Shared file trees: http/ (kernel, initrd) and tftp/ (first-stage iPXE binaries).
+e2e_server_files() {
+  mkdir -p "$E2E_RUN/http" "$E2E_RUN/tftp"
+  ln -sf "$E2E_CACHE/vmlinuz" "$E2E_RUN/http/vmlinuz"
+  ln -sf "$E2E_CACHE/initrd.img" "$E2E_RUN/http/initrd.img"
+  local f
+  for f in undionly.kpxe ipxe.efi; do
+    [ -f "/usr/lib/ipxe/$f" ] || e2e_die "missing /usr/lib/ipxe/$f (package ipxe)"
+    ln -sf "/usr/lib/ipxe/$f" "$E2E_RUN/tftp/$f"
+  done
+}
+
+# PXELINUX over HTTP: lpxelinux.0 + ldlinux.c32 and a per-machine config (01-<mac>, PXELINUX's
+# first MAC-based lookup name). The anchor serves them statically; chainboot renders its own.
+e2e_pxelinux_files() {
+  local dir="$E2E_RUN/http/pxelinux" mac
+  mkdir -p "$dir/pxelinux.cfg"
+  [ -f /usr/lib/PXELINUX/lpxelinux.0 ] || e2e_die "missing /usr/lib/PXELINUX/lpxelinux.0 (package pxelinux)"
+  [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] \
+    || e2e_die "missing /usr/lib/syslinux/modules/bios/ldlinux.c32 (package syslinux-common)"
+  ln -sf /usr/lib/PXELINUX/lpxelinux.0 "$dir/lpxelinux.0"
+  ln -sf /usr/lib/syslinux/modules/bios/ldlinux.c32 "$dir/ldlinux.c32"
+  for mac in "$@"; do
+    cat >"$dir/pxelinux.cfg/01-${mac//:/-}" <<EOF
+DEFAULT e2e
+PROMPT 0
+TIMEOUT 0
+LABEL e2e
+  KERNEL http://$E2E_SERVER_IP/vmlinuz
+  INITRD http://$E2E_SERVER_IP/initrd.img
+  APPEND $(e2e_cmdline)
+EOF
+  done
+}
+
+e2e_nginx() {
+  e2e_require nginx:nginx-light
+  mkdir -p "$E2E_RUN/nginx"
+  cat >"$E2E_RUN/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid $E2E_RUN/nginx/nginx.pid;
+error_log $E2E_RUN/nginx/error.log info;
+events { worker_connections 256; }
+http {
+  log_format timed '\$msec \$remote_addr "\$request" \$status \$body_bytes_sent \$request_time';
+  access_log $E2E_RUN/nginx.access.log timed;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $E2E_RUN/nginx/tmp;
+  proxy_temp_path $E2E_RUN/nginx/tmp;
+  fastcgi_temp_path $E2E_RUN/nginx/tmp;
+  uwsgi_temp_path $E2E_RUN/nginx/tmp;
+  scgi_temp_path $E2E_RUN/nginx/tmp;
+  server {
+    listen $E2E_SERVER_IP:80;
+    root $E2E_RUN/http;
+  }
+}
+EOF
+  e2e_spawn nginx nginx -p "$E2E_RUN/nginx" -e "$E2E_RUN/nginx/error.log" -c "$E2E_RUN/nginx/nginx.conf"
+}
+
+# dnsmasq as the recipe's DHCP + TFTP server (or, with proxy, proxyDHCP + TFTP beside another
+# DHCP server). The tag logic is the seed's "if exists user-class and option user-class = iPXE".
+e2e_dnsmasq_boot() {
+  local flavor=$1 ipxe_url="http://$E2E_SERVER_IP/boot.ipxe" conf="$E2E_RUN/dnsmasq.conf"
+  [ "$flavor" = pxelinux ] && ipxe_url="http://$E2E_SERVER_IP/pxelinux/lpxelinux.0"
+  cat >"$conf" <<EOF
+port=0
+interface=br0
+bind-interfaces
+user=root
+pid-file=
+log-dhcp
+dhcp-leasefile=$E2E_RUN/dnsmasq.leases
+enable-tftp
+tftp-root=$E2E_RUN/tftp
+dhcp-userclass=set:ipxe,iPXE
+dhcp-match=set:efi64,option:client-arch,7
+dhcp-match=set:efi64,option:client-arch,9
+EOF
+  if [ "$flavor" = proxy ]; then
+    # proxyDHCP: boot information only; the PXE menu entries carry the file (dnsmasq keeps a
+    # basename with a dot as is).
+    cat >>"$conf" <<EOF
+dhcp-range=$E2E_SERVER_IP,proxy
+pxe-service=tag:!ipxe,x86PC,"chainboot e2e",undionly.kpxe
+pxe-service=tag:!ipxe,X86-64_EFI,"chainboot e2e",ipxe.efi
+pxe-service=tag:ipxe,x86PC,"chainboot e2e",$ipxe_url
+pxe-service=tag:ipxe,X86-64_EFI,"chainboot e2e",$ipxe_url
+EOF
+  else
+    cat >>"$conf" <<EOF
+dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h
+dhcp-option=option:router,$E2E_SERVER_IP
+dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,$E2E_SERVER_IP
+dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,$E2E_SERVER_IP
+dhcp-boot=tag:ipxe,$ipxe_url
+EOF
+  fi
+  e2e_require dnsmasq:dnsmasq
+  e2e_spawn dnsmasq dnsmasq --keep-in-foreground --log-facility=- --conf-file="$conf"
+}
+
+# The plain DHCP server of the proxy flavor: addresses only, on its own host (198.18.0.2).
+e2e_plain_dhcp() {
+  e2e_peer dhcp 198.18.0.2
+  cat >"$E2E_RUN/dhcp-plain.conf" <<EOF
+port=0
+interface=eth0
+bind-interfaces
+user=root
+pid-file=
+log-dhcp
+dhcp-leasefile=$E2E_RUN/dhcp-plain.leases
+dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h
+dhcp-authoritative
+EOF
+  e2e_spawn_in "$E2E_PEER_NS" dhcp-plain dnsmasq --keep-in-foreground --log-facility=- \
+    --conf-file="$E2E_RUN/dhcp-plain.conf"
+}
+
+e2e_anchor_start() {
+  local flavor=$1; shift
+  e2e_server_files
+  cat >"$E2E_RUN/http/boot.ipxe" <<EOF
+#!ipxe
+kernel http://$E2E_SERVER_IP/vmlinuz initrd=initrd.img $(e2e_cmdline)
+initrd http://$E2E_SERVER_IP/initrd.img
+boot
+EOF
+  [ "$flavor" = pxelinux ] && e2e_pxelinux_files "$@"
+  [ "$flavor" = proxy ] && e2e_plain_dhcp
+  e2e_nginx
+  e2e_dnsmasq_boot "$flavor"
+  e2e_wait_listening 80 tcp
+}
+
+# chainboot alone. The config follows PRODUCT.md §4; E2E_CHAINBOOT_EXTRA is appended verbatim.
+e2e_chainboot_start() {
+  local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
+  [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
+  e2e_server_files
+  mkdir -p "$E2E_RUN/state"
+  local conf="$E2E_RUN/chainboot.toml" mode=server
+  [ "$flavor" = proxy ] && mode=proxy
+  cat >"$conf" <<EOF
+[server]
+interfaces = ["br0"]
+advertise = "$E2E_SERVER_IP"
+state_dir = "$E2E_RUN/state"
+
+[dhcp]
+mode = "$mode"
+EOF
+  if [ "$mode" = server ]; then
+    cat >>"$conf" <<EOF
+
+[[dhcp.subnet]]
+cidr = "198.18.0.0/24"
+pools = [["198.18.0.100", "198.18.0.200"]]
+router = "$E2E_SERVER_IP"
+lease_time = "1h"
+EOF
+  fi
+  cat >>"$conf" <<EOF
+
+[tftp]
+listen = "$E2E_SERVER_IP:69"
+root = "$E2E_RUN/tftp"
+
+[http]
+listen = "$E2E_SERVER_IP:80"
+root = "$E2E_RUN/http"
+
+[ipxe]
+dir = "/usr/lib/ipxe"
+EOF
+  if [ "$flavor" = pxelinux ]; then
+    e2e_pxelinux_files "$@"
+    cat >>"$conf" <<EOF
+
+[[profile]]
+name = "e2e"
+action = "pxelinux"
+kernel = "vmlinuz"
+initrd = ["initrd.img"]
+cmdline = "$(e2e_cmdline)"
+EOF
+  else
+    cat >>"$conf" <<EOF
+
+[[profile]]
+name = "e2e"
+kernel = "vmlinuz"
+initrd = ["initrd.img"]
+cmdline = "$(e2e_cmdline)"
+EOF
+  fi
+  cat >>"$conf" <<EOF
+
+[boot]
+default = "e2e"
+
+[api]
+token_file = "$E2E_RUN/state/api.token"
+${E2E_CHAINBOOT_EXTRA:-}
+EOF
+  [ "$flavor" = proxy ] && e2e_plain_dhcp
+  e2e_spawn chainboot "$bin" serve --config "$conf"
+  e2e_wait_listening 80 tcp
+}
+
+e2e_server_start() {
+  local side=$1; shift
+  case $side in
+    anchor) e2e_anchor_start "$@" ;;
+    chainboot) e2e_chainboot_start "$@" ;;
+    *) e2e_die "server side must be 'anchor' or 'chainboot', not '$side'" ;;
+  esac
+  [ "${E2E_RA:-0}" = 1 ] && e2e_radvd
+  return 0
+}
+
+# Bounded wait (10 s) until something listens on the server address (the servers start async).
+e2e_wait_listening() {
+  local port=$1 n
+  for ((n = 0; n < 100; n++)); do
+    e2e_ns ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && return 0
+    sleep 0.1
+  done
+  e2e_die "no server listening on $E2E_SERVER_IP:$port after 10 s (see $E2E_RUN/*.log)"
+}
