@@ -22,6 +22,21 @@ pub struct Config {
     pub http: chainboot_http::HttpConfig,
     pub iso: Vec<chainboot_iso::IsoConfig>,
     pub dhcp: chainboot_dhcp::DhcpConfig,
+    pub profile: Vec<chainboot_policy::ProfileConfig>,
+    pub group: Vec<chainboot_policy::GroupConfig>,
+    pub boot: chainboot_policy::BootConfig,
+    pub api: chainboot_policy::ApiConfig,
+}
+
+impl Config {
+    /// The boot policy's part of the config.
+    pub fn policy(&self) -> chainboot_policy::PolicyConfig {
+        chainboot_policy::PolicyConfig {
+            profiles: self.profile.clone(),
+            groups: self.group.clone(),
+            boot: self.boot.clone(),
+        }
+    }
 }
 
 impl Validate for Config {
@@ -31,6 +46,11 @@ impl Validate for Config {
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
         out.extend(under(&["dhcp"], self.dhcp.validate()));
+        out.extend(chainboot_policy::validate(
+            &self.profile,
+            &self.group,
+            &self.boot,
+        ));
         if let Err(e) = self.http.validate() {
             out.push((vec!["http".into(), e.key.into()], e.message));
         }

@@ -17,6 +17,7 @@ use chainboot_content::Root;
 use chainboot_dhcp::{BootSettings, DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
+use chainboot_policy::{routes as policy_routes, HttpBase, Policy, PolicyState, TftpResolver};
 use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
@@ -104,12 +105,50 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
             Err(e) => warn!(iso = %st.name, "ISO image not available: {e}"),
         }
     }
+    // URLs in scripts rendered for TFTP clients (no Host header to go by): the advertised
+    // address, or the first served interface's.
+    let http_port = cfg
+        .http
+        .listen_addrs()
+        .ok()
+        .and_then(|a| a.first().map(|a| a.port()))
+        .unwrap_or(80);
+    let base_ip = cfg
+        .server
+        .advertise_addr()
+        .or_else(|| ifaces.iter().find_map(|i| i.ipv4.first().map(|a| a.0)))
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    let base = HttpBase::new(&if http_port == 80 {
+        format!("http://{base_ip}")
+    } else {
+        format!("http://{base_ip}:{http_port}")
+    })
+    .map_err(anyhow::Error::msg)?;
+    let policy = Arc::new(
+        Policy::new(cfg.policy(), store.clone()).map_err(|problems| {
+            let text: Vec<String> = problems
+                .iter()
+                .map(|(path, msg)| format!("{}: {msg}", chainboot_config::dotted(path)))
+                .collect();
+            anyhow::anyhow!("boot policy: {}", text.join("; "))
+        })?,
+    );
+    let token = cfg
+        .api
+        .load_or_create_token(&cfg.server.state_dir)
+        .context("API token")?;
+    let policy_tftp: Arc<dyn chainboot_content::Resolver> =
+        Arc::new(TftpResolver::new(policy.clone(), base.clone())?);
+    // The TFTP resolver owns a small runtime of its own, which must not be dropped inside an
+    // async context: this clone is the last reference and is dropped on a blocking thread.
+    let keep_policy_tftp = policy_tftp.clone();
     let tftp_namespace = Arc::new(TftpNamespace {
-        generated: Vec::new(),
+        generated: vec![policy_tftp],
         ipxe: ipxe.clone(),
         isos: Some(isos.clone()),
         root: tftp_root,
     });
+    let tftp_namespace_keep = tftp_namespace.clone();
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
         .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?;
     info!(listen = %tftp.local_addr(), "TFTP listening");
@@ -129,7 +168,13 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         ipxe_bin: ipxe.clone(),
         isos: isos.clone(),
         listing: cfg.http.listing,
-    });
+    })
+    .merge(policy_routes(PolicyState::new(
+        policy.clone(),
+        token,
+        &cfg.api,
+        base.clone(),
+    )));
     let http = HttpServer::bind(&cfg.http).context("HTTP cannot listen")?;
     for addr in http.local_addrs() {
         info!(listen = %addr, "HTTP listening");
@@ -139,12 +184,6 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         tasks.spawn(async move { ("http", http.run(router, token).await) });
     }
 
-    let http_port = cfg
-        .http
-        .listen_addrs()
-        .ok()
-        .and_then(|a| a.first().map(|a| a.port()))
-        .unwrap_or(80);
     let boot = BootSettings {
         advertise: cfg.server.advertise_addr(),
         http_port,
@@ -180,6 +219,8 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         warn!("some transfers did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+    drop(tftp_namespace_keep);
+    let _ = tokio::task::spawn_blocking(move || drop(keep_policy_tftp)).await;
     info!("chainboot stopped");
     result
 }
