@@ -204,45 +204,68 @@ E2E_MILESTONES=(
   "configuring|Configuring (net0"
   "script|boot.ipxe"
   "linux|Linux version"
-  "init|Run /init as init process"
   "marker|CHAINBOOT-MARKER"
 )
 
 # SeaBIOS after every boot device failed; OVMF falling back to its shell/setup; a dead kernel.
 E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic'
 
-# e2e_vm_wait LABEL MAC: waits (bounded) for the marker; checks token and MAC; records timings in
-# $E2E_RUN/LABEL.result. Returns 0 on a good marker, 1 otherwise (and prints diagnostics).
+# e2e_vm_wait LABEL:MAC...: waits (bounded, E2E_VM_TIMEOUT from each VM's start) for every VM's
+# marker, polling all of them in one loop so concurrent VMs get accurate milestone times; checks
+# token, MAC and address; writes $E2E_RUN/LABEL.result. Returns 0 only if every VM passed.
 e2e_vm_wait() {
-  local label=$1 mac=$2
-  local serial="$E2E_RUN/$label.serial" start now elapsed line m key pat
-  local pid; eval "pid=\$E2E_VMPID_$label"
-  start=$(cat "$E2E_RUN/$label.start")
-  declare -A seen=()
-  local deadline=$(($(date +%s) + E2E_VM_TIMEOUT)) status=timeout
-  while [ "$(date +%s)" -lt "$deadline" ]; do
-    now=$(date +%s.%N)
-    for m in "${E2E_MILESTONES[@]}"; do
-      key=${m%%|*}; pat=${m#*|}
-      [ -n "${seen[$key]:-}" ] && continue
-      grep -aqF -- "$pat" "$serial" && seen[$key]=$(awk -v a="$now" -v b="$start" 'BEGIN{printf "%.1f", a-b}')
-    done
-    [ -n "${seen[marker]:-}" ] && { status=marker; break; }
-    # Dead ends: fail now instead of at the timeout (the firmware gave up on the network).
-    grep -aqE "$E2E_DEAD_ENDS" "$serial" && { status="dead end: $(grep -aoE "$E2E_DEAD_ENDS" "$serial" | head -1)"; break; }
-    kill -0 "$pid" 2>/dev/null || { status=exited; break; }
-    sleep 0.2
+  local spec label mac serial now m key pat pid rc=0 pending=("$@")
+  declare -A seen=() status=() start=()
+  for spec in "$@"; do
+    label=${spec%%:*}
+    start[$label]=$(cat "$E2E_RUN/$label.start")
   done
-  elapsed=${seen[marker]:-$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN{printf "%.1f", a-b}')}
-  local times=""
+  local deadline=$(($(date +%s) + E2E_VM_TIMEOUT))
+  while [ ${#pending[@]} -gt 0 ] && [ "$(date +%s)" -lt "$deadline" ]; do
+    now=$(date +%s.%N)
+    local still=()
+    for spec in "${pending[@]}"; do
+      label=${spec%%:*}
+      serial="$E2E_RUN/$label.serial"
+      for m in "${E2E_MILESTONES[@]}"; do
+        key=${m%%|*}; pat=${m#*|}
+        [ -n "${seen[$label.$key]:-}" ] && continue
+        grep -aqF -- "$pat" "$serial" \
+          && seen[$label.$key]=$(awk -v a="$now" -v b="${start[$label]}" 'BEGIN{printf "%.1f", a-b}')
+      done
+      eval "pid=\$E2E_VMPID_$label"
+      if [ -n "${seen[$label.marker]:-}" ]; then
+        status[$label]=marker
+      elif grep -aqE "$E2E_DEAD_ENDS" "$serial"; then
+        # Dead end: fail now instead of at the timeout (the firmware gave up on the network).
+        status[$label]="dead end: $(grep -aoE "$E2E_DEAD_ENDS" "$serial" | head -1)"
+      elif ! kill -0 "$pid" 2>/dev/null; then
+        status[$label]="QEMU exited"
+      else
+        still+=("$spec")
+      fi
+    done
+    pending=("${still[@]}")
+    [ ${#pending[@]} -gt 0 ] && sleep 0.2
+  done
+  for spec in "$@"; do
+    label=${spec%%:*} mac=${spec#*:}
+    e2e_vm_check "$label" "$mac" "${status[$label]:-timeout}" || rc=1
+  done
+  return $rc
+}
+
+# e2e_vm_check LABEL MAC STATUS (uses `seen` and `start` of the caller): verdict, result file, log.
+e2e_vm_check() {
+  local label=$1 mac=$2 st=$3 m key line elapsed times="" ok=0 why=""
+  elapsed=${seen[$label.marker]:-$(awk -v a="$(date +%s.%N)" -v b="${start[$label]}" 'BEGIN{printf "%.1f", a-b}')}
   for m in "${E2E_MILESTONES[@]}"; do
     key=${m%%|*}
-    [ -n "${seen[$key]:-}" ] && times+=" $key=${seen[$key]}"
+    [ -n "${seen[$label.$key]:-}" ] && times+=" $key=${seen[$label.$key]}"
   done
-  line=$(grep -a 'CHAINBOOT-MARKER' "$serial" | tr -d '\r' | head -1)
-  local ok=0 why=""
-  if [ "$status" != marker ]; then
-    why="no marker ($status after ${elapsed}s)"
+  line=$(grep -a 'CHAINBOOT-MARKER' "$E2E_RUN/$label.serial" | tr -d '\r' | head -1)
+  if [ "$st" != marker ]; then
+    why="no marker ($st after ${elapsed}s)"
   elif ! grep -q "token=$E2E_TOKEN " <<<"$line"; then
     why="marker with wrong token: $line"
   elif ! grep -qi "mac=$mac " <<<"$line"; then
@@ -296,7 +319,9 @@ e2e_scenario() {
   for ((i = 1; i <= vms; i++)); do macs+=("$(e2e_mac "$i")"); done
   e2e_server_start "$side" "$flavor" "${macs[@]}"
   for ((i = 1; i <= vms; i++)); do e2e_vm_start "vm$i" "$fw" "${macs[$((i - 1))]}"; done
-  for ((i = 1; i <= vms; i++)); do e2e_vm_wait "vm$i" "${macs[$((i - 1))]}" || rc=1; done
+  local specs=()
+  for ((i = 1; i <= vms; i++)); do specs+=("vm$i:${macs[$((i - 1))]}"); done
+  e2e_vm_wait "${specs[@]}" || rc=1
   E2E_MACS=("${macs[@]}")
   [ $rc = 0 ] || { E2E_FAILED=1; return 1; }
 }

@@ -16,9 +16,6 @@ E2E_MACS=("$mac_bios" "$mac_uefi")
 e2e_server_start "$side" proxy "${E2E_MACS[@]}"
 e2e_vm_start vm1 bios "$mac_bios"
 e2e_vm_start vm2 uefi "$mac_uefi"
-rc=0
-e2e_vm_wait vm1 "$mac_bios" || rc=1
-e2e_vm_wait vm2 "$mac_uefi" || rc=1
-[ $rc = 0 ] || exit 1
+e2e_vm_wait "vm1:$mac_bios" "vm2:$mac_uefi"
 e2e_assert_addresses_from_plain_dhcp
 e2e_assert_tftp_once ipxe.efi 1

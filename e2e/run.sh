@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the e2e scenarios (QEMU VMs netbooting in a private network namespace) and prints, per
+# scenario, PASS/FAIL and its wall seconds, then exactly "e2e: N passed, M failed".
+# Usage: e2e/run.sh [anchor|chainboot] [SCENARIO...]   (default: chainboot; scenarios: bios uefi
+#        pxelinux proxy). A failing scenario's own output (serial tail, server log, pcap path) is
+#        printed after its line. Exit status non-zero if any scenario failed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+side=${1:-chainboot}
+case $side in anchor | chainboot) shift || true ;; *) side=chainboot ;; esac
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy)
+passed=0 failed=0
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+# Build the guest assets once up front so the first scenario's time is its own.
+"$here/assets.sh" >/dev/null || { echo "e2e: building guest assets failed"; echo "e2e: 0 passed, ${#scenarios[@]} failed"; exit 1; }
+for s in "${scenarios[@]}"; do
+  script="$here/scenarios/$s.sh"
+  start=$(date +%s.%N)
+  if [ -x "$script" ] && "$script" "$side" >"$out" 2>&1; then
+    verdict=PASS; passed=$((passed + 1))
+  else
+    verdict=FAIL; failed=$((failed + 1))
+    [ -x "$script" ] || echo "no such scenario: $script" >"$out"
+  fi
+  secs=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN{printf "%.1f", a-b}')
+  printf '%-4s %-10s %-9s %6ss\n' "$verdict" "$s" "$side" "$secs"
+  if [ "$verdict" = FAIL ] || [ "${E2E_VERBOSE:-0}" = 1 ]; then sed 's/^/    /' "$out"; fi
+done
+echo "e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]
