@@ -29,6 +29,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// The HTTP port clients are sent to (the first `[http] listen` address's).
+    pub fn http_port(&self) -> u16 {
+        self.http
+            .listen_addrs()
+            .ok()
+            .and_then(|a| a.first().map(|a| a.port()))
+            .unwrap_or(80)
+    }
+
+    /// What the DHCP boot decision needs to know about the other servers.
+    pub fn boot_settings(&self) -> chainboot_dhcp::BootSettings {
+        chainboot_dhcp::BootSettings {
+            advertise: self.server.advertise_addr(),
+            http_port: self.http_port(),
+            tftp_port: self.tftp.listen.port(),
+            efi_x64: self.ipxe.efi_x64,
+        }
+    }
+
     /// The boot policy's part of the config.
     pub fn policy(&self) -> chainboot_policy::PolicyConfig {
         chainboot_policy::PolicyConfig {

@@ -4,6 +4,7 @@
 
 mod check;
 mod config;
+mod explain;
 mod interfaces;
 mod ipxe;
 mod logging;
@@ -48,6 +49,34 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Quick mode: every PXE client boots this kernel (and initrds) with this command line.
+    Boot {
+        /// The kernel file.
+        kernel: PathBuf,
+        /// Initrd files, in order.
+        initrd: Vec<PathBuf>,
+        /// Kernel command line (used literally).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Config file for everything but the boot policy (listen addresses, DHCP mode, ...).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Dry run: the DHCP reply and the iPXE script a client would get, and why.
+    Explain(explain::ExplainArgs),
+    /// Print the snippet that makes another DHCP server (ISC dhcpd, dnsmasq, Kea) hand out the
+    /// same boot decisions as chainboot (for `[dhcp] mode = "off"`).
+    DhcpConfig {
+        /// isc, dnsmasq or kea.
+        server: chainboot_dhcp::SnippetKind,
+        /// The address of this chainboot server as clients reach it (default: `[server]
+        /// advertise`).
+        #[arg(long)]
+        server_ip: Option<std::net::Ipv4Addr>,
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +84,51 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Check { config } => check::run(config.as_deref()),
-        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Serve { config } => serve::run(config.as_deref(), None),
+        Command::Boot {
+            kernel,
+            initrd,
+            cmdline,
+            config,
+        } => serve::run(
+            config.as_deref(),
+            Some(serve::QuickBoot {
+                kernel,
+                initrd,
+                cmdline,
+            }),
+        ),
+        Command::Explain(args) => explain::run(&args),
+        Command::DhcpConfig {
+            server,
+            server_ip,
+            config,
+        } => dhcp_config(server, server_ip, config.as_deref()),
     }
+}
+
+fn dhcp_config(
+    kind: chainboot_dhcp::SnippetKind,
+    server_ip: Option<std::net::Ipv4Addr>,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    let cfg = match config::load(config) {
+        Ok((c, _)) => c,
+        Err(p) => {
+            eprintln!("{p}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(ip) = server_ip.or(cfg.server.advertise_addr()) else {
+        eprintln!(
+            "chainboot dhcp-config: the snippet needs this server's address: pass --server-ip \
+             or set [server] advertise"
+        );
+        return ExitCode::from(2);
+    };
+    print!(
+        "{}",
+        chainboot_dhcp::snippet(kind, &cfg.boot_settings(), ip)
+    );
+    ExitCode::SUCCESS
 }

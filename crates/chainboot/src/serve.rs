@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use anyhow::Context;
 use chainboot_content::Root;
-use chainboot_dhcp::{BootSettings, DhcpServer, ServerOptions};
+use chainboot_dhcp::{DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
 use chainboot_policy::{routes as policy_routes, HttpBase, Policy, PolicyState, TftpResolver};
@@ -28,7 +28,15 @@ use crate::{config, interfaces};
 /// How long in-flight transfers may run after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub fn run(path: Option<&Path>) -> ExitCode {
+/// `chainboot boot`: one kernel for every machine, instead of the config's profiles.
+#[derive(Debug, Clone)]
+pub struct QuickBoot {
+    pub kernel: std::path::PathBuf,
+    pub initrd: Vec<std::path::PathBuf>,
+    pub cmdline: String,
+}
+
+pub fn run(path: Option<&Path>, quick: Option<QuickBoot>) -> ExitCode {
     let (cfg, source) = match config::load(path) {
         Ok(c) => c,
         Err(problems) => {
@@ -49,7 +57,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(cfg, source)) {
+    match rt.block_on(serve(cfg, source, quick)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -59,7 +67,11 @@ pub fn run(path: Option<&Path>) -> ExitCode {
     }
 }
 
-async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()> {
+async fn serve(
+    cfg: config::Config,
+    source: config::Source,
+    quick: Option<QuickBoot>,
+) -> anyhow::Result<()> {
     info!(config = %source, "chainboot starting");
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
@@ -107,12 +119,7 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
     }
     // URLs in scripts rendered for TFTP clients (no Host header to go by): the advertised
     // address, or the first served interface's.
-    let http_port = cfg
-        .http
-        .listen_addrs()
-        .ok()
-        .and_then(|a| a.first().map(|a| a.port()))
-        .unwrap_or(80);
+    let http_port = cfg.http_port();
     let base_ip = cfg
         .server
         .advertise_addr()
@@ -124,15 +131,20 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         format!("http://{base_ip}:{http_port}")
     })
     .map_err(anyhow::Error::msg)?;
-    let policy = Arc::new(
-        Policy::new(cfg.policy(), store.clone()).map_err(|problems| {
-            let text: Vec<String> = problems
-                .iter()
-                .map(|(path, msg)| format!("{}: {msg}", chainboot_config::dotted(path)))
-                .collect();
-            anyhow::anyhow!("boot policy: {}", text.join("; "))
-        })?,
-    );
+    let policy = match &quick {
+        Some(q) => {
+            info!(kernel = %q.kernel.display(), "quick mode: every machine boots this kernel");
+            Policy::quick(&q.kernel, &q.initrd, &q.cmdline, store.clone())
+        }
+        None => Policy::new(cfg.policy(), store.clone()),
+    };
+    let policy = Arc::new(policy.map_err(|problems| {
+        let text: Vec<String> = problems
+            .iter()
+            .map(|(path, msg)| format!("{}: {msg}", chainboot_config::dotted(path)))
+            .collect();
+        anyhow::anyhow!("boot policy: {}", text.join("; "))
+    })?);
     let token = cfg
         .api
         .load_or_create_token(&cfg.server.state_dir)
@@ -184,12 +196,7 @@ async fn serve(cfg: config::Config, source: config::Source) -> anyhow::Result<()
         tasks.spawn(async move { ("http", http.run(router, token).await) });
     }
 
-    let boot = BootSettings {
-        advertise: cfg.server.advertise_addr(),
-        http_port,
-        tftp_port: cfg.tftp.listen.port(),
-        efi_x64: cfg.ipxe.efi_x64,
-    };
+    let boot = cfg.boot_settings();
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
         boot,

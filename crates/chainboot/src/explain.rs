@@ -1,0 +1,189 @@
+//! `chainboot explain`: a dry run of one client through the DHCP engine and the boot policy,
+//! printing what it would be told and why. Nothing is sent; the state store is only read.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::MessageType;
+use chainboot_dhcp::{Engine, Ingress, Mode};
+use chainboot_machine::{Arch, BootTransport, Mac};
+use chainboot_policy::{HttpBase, Policy, RawFacts};
+use chainboot_store::Store;
+
+use crate::config;
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The client's MAC address.
+    #[arg(long)]
+    pub mac: String,
+    /// Architecture: a name (bios, efi-x64, efi-ia32, efi-arm64, ...) or an option 93 number.
+    #[arg(long)]
+    pub arch: String,
+    /// User class the client sends; "iPXE" makes it an iPXE client (with option 175).
+    #[arg(long)]
+    pub user_class: Option<String>,
+    /// For an iPXE client: its build lacks HTTP (no option 175.19).
+    #[arg(long)]
+    pub no_http: bool,
+    /// SMBIOS UUID.
+    #[arg(long)]
+    pub uuid: Option<String>,
+    /// Hostname the client reports.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Serial number the client reports.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Address of the interface the request arrives on (default: `[server] advertise`, the
+    /// first subnet's router, or 192.0.2.1 as a placeholder).
+    #[arg(long)]
+    pub server_ip: Option<Ipv4Addr>,
+    /// Config file (TOML).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(args: &ExplainArgs) -> ExitCode {
+    match explain(args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chainboot explain: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
+    let (cfg, source) = config::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
+    let mac: Mac = args.mac.parse()?;
+    let code: u16 = match args.arch.trim().parse::<u16>() {
+        Ok(n) => n,
+        Err(_) => args.arch.parse::<Arch>()?.option93(),
+    };
+    let client_arch = Arch::from_option93(code);
+    let is_ipxe = args
+        .user_class
+        .as_deref()
+        .is_some_and(|u| u.eq_ignore_ascii_case("ipxe"));
+    let kind = if is_ipxe {
+        ClientKind::Ipxe {
+            arch: code,
+            http: !args.no_http,
+            user_class: true,
+        }
+    } else if client_arch.is_some_and(|c| c.transport == BootTransport::HttpBoot) {
+        ClientKind::HttpBoot { arch: code }
+    } else {
+        ClientKind::Firmware { arch: code }
+    };
+    let server_ip = args
+        .server_ip
+        .or(cfg.server.advertise_addr())
+        .or_else(|| cfg.dhcp.subnet.iter().find_map(|s| s.router))
+        .unwrap_or(Ipv4Addr::new(192, 0, 2, 1));
+
+    let mut out = String::new();
+    out.push_str(&format!("config: {source}\n"));
+    out.push_str(&format!(
+        "client: {mac}, option 93 = {code} ({}), {}\n",
+        client_arch.map_or("unknown architecture".to_string(), |c| c.arch.to_string()),
+        match &kind {
+            ClientKind::Ipxe { http: true, .. } => "iPXE with HTTP (option 175.19)",
+            ClientKind::Ipxe { http: false, .. } => "iPXE without HTTP",
+            ClientKind::HttpBoot { .. } => "UEFI HTTP Boot (HTTPClient)",
+            _ => "PXE firmware (PXEClient)",
+        }
+    ));
+
+    // DHCP: the engine itself answers a DISCOVER as it would on the wire.
+    out.push_str(&format!(
+        "\nDHCP ({:?} mode, request received on {server_ip}):\n",
+        cfg.dhcp.mode
+    ));
+    let boot = cfg.boot_settings();
+    let mut engine = Engine::new(cfg.dhcp.clone(), boot.clone());
+    let ingress = Ingress {
+        ifindex: 1,
+        iface: "explain".into(),
+        local_addr: server_ip,
+        local_port: cfg.dhcp.ports.server,
+        src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.dhcp.ports.client),
+    };
+    let packet = ClientMessage::new(kind, MessageType::Discover, mac.0).encode();
+    let handled = engine.handle(SystemTime::now(), &ingress, &packet);
+    if let Some(d) = &handled.decision {
+        out.push_str(&format!(
+            "  decision: {}\n",
+            serde_json::to_string(d).unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!("  outcome: {:?}\n", handled.outcome));
+    for reply in &handled.outgoing {
+        if let Some(view) = ReplyView::parse(&reply.bytes) {
+            out.push_str(&format!(
+                "  reply {:?} to {:?}: yiaddr {}, siaddr {}, file {:?}, {} bytes\n",
+                reply.msg_type, reply.dest, view.yiaddr, view.siaddr, view.file, view.len
+            ));
+            if let Some(vc) = view.opt_str(60) {
+                out.push_str(&format!("    option 60 (vendor class): {vc}\n"));
+            }
+            if let Some(o43) = view.opt(43) {
+                out.push_str(&format!("    option 43 (PXE vendor options): {o43:02x?}\n"));
+            }
+            if let Some(o175) = view.opt(175) {
+                out.push_str(&format!("    option 175 (iPXE options): {o175:02x?}\n"));
+            }
+        }
+    }
+    if cfg.dhcp.mode == Mode::Off {
+        out.push_str("  (DHCP is off: run `chainboot dhcp-config isc|dnsmasq|kea` for your server's snippet)\n");
+    }
+
+    // Boot policy: the script iPXE would get.
+    out.push_str("\nboot policy:\n");
+    let store = Arc::new(open_store(&cfg.server.state_dir)?);
+    let policy = Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let facts = chainboot_policy::ClientFacts::from_raw(
+        mac,
+        &RawFacts {
+            arch: client_arch.map(|c| c.arch),
+            uuid: args.uuid.as_deref(),
+            hostname: args.hostname.as_deref(),
+            serial: args.serial.as_deref(),
+            ..RawFacts::default()
+        },
+    );
+    let port = cfg.http_port();
+    let base = HttpBase::new(&if port == 80 {
+        format!("http://{server_ip}")
+    } else {
+        format!("http://{server_ip}:{port}")
+    })
+    .map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let explanation = rt.block_on(policy.explain(&facts, &base));
+    for line in explanation.to_string().lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    Ok(out)
+}
+
+/// The live store when there is one (pinned profiles and boot-once state matter), otherwise
+/// an empty in-memory one; `explain` never creates files.
+fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
+    if state_dir.join(chainboot_store::DB_FILE).is_file() {
+        Ok(Store::open(state_dir)?)
+    } else {
+        Ok(Store::in_memory()?)
+    }
+}
