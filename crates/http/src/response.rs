@@ -37,6 +37,34 @@ pub fn content_response(
     content: Content,
     content_type: &str,
 ) -> Response {
+    respond(method, headers, content, None, content_type)
+}
+
+/// Files up to this size are read whole in the blocking task that opened them
+/// ([`prefetch_small`]), so a small file costs one trip to the blocking pool, not two.
+pub(crate) const PREFETCH_MAX: u64 = 64 * 1024;
+
+/// Reads a small file-backed content whole (call on the blocking pool, right after opening).
+pub(crate) fn prefetch_small(content: &Content) -> io::Result<Option<Bytes>> {
+    if content.as_bytes().is_some() || content.len() > PREFETCH_MAX || content.is_empty() {
+        return Ok(None);
+    }
+    let mut buf = BytesMut::zeroed(content.len() as usize);
+    let n = content.read_at(0, &mut buf)?;
+    if n != buf.len() {
+        return Err(changed_error());
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// [`content_response`] with the content's bytes possibly already read.
+pub(crate) fn respond(
+    method: &Method,
+    headers: &HeaderMap,
+    content: Content,
+    prefetched: Option<Bytes>,
+    content_type: &str,
+) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
@@ -119,6 +147,8 @@ pub fn content_response(
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else if let Some(bytes) = content.as_bytes() {
+        Body::from(bytes.slice(start as usize..end as usize))
+    } else if let Some(bytes) = prefetched.filter(|b| b.len() as u64 == len) {
         Body::from(bytes.slice(start as usize..end as usize))
     } else {
         Body::new(ContentBody::new(content, start, end))

@@ -13,7 +13,8 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::content_response;
+use crate::response::{prefetch_small, respond};
+use bytes::Bytes;
 
 /// What the static routes serve. Built by the binary from the config.
 #[derive(Clone)]
@@ -251,7 +252,8 @@ fn index_response(
         html.push_str("</ul></body></html>\n");
         (html, "text/html; charset=utf-8")
     };
-    let mut r = content_response(method, &HeaderMap::new(), Content::from_bytes(body), ctype);
+    let mut r =
+        crate::content_response(method, &HeaderMap::new(), Content::from_bytes(body), ctype);
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -268,77 +270,107 @@ fn encoded_base(prefix: &str, path: Option<&CleanPath>) -> String {
     base
 }
 
+/// What a path under `/files/` or `/iso/NAME/` turned out to be.
+enum Found {
+    /// A file, with its bytes when small enough to have been read at once.
+    File(Content, Option<Bytes>),
+    /// A directory to index.
+    Dir(Vec<IndexEntry>),
+}
+
+fn file_found(content: Content) -> Result<Found, ResolveError> {
+    let pre = prefetch_small(&content)?;
+    Ok(Found::File(content, pre))
+}
+
+fn root_entries(list: Vec<(String, bool)>) -> Found {
+    Found::Dir(
+        list.into_iter()
+            .map(|(name, is_dir)| IndexEntry {
+                name,
+                kind: if is_dir {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+                size: None,
+            })
+            .collect(),
+    )
+}
+
+fn iso_entries(list: Vec<chainboot_iso::IsoEntry>) -> Found {
+    Found::Dir(
+        list.into_iter()
+            .map(|e| IndexEntry {
+                size: (e.kind == EntryKind::File).then_some(e.len),
+                name: e.name,
+                kind: e.kind,
+            })
+            .collect(),
+    )
+}
+
+fn found_response(
+    found: Result<Found, ResolveError>,
+    req: &AxumRequest,
+    prefix: &str,
+    path: Option<&CleanPath>,
+    file_name: &str,
+) -> Response {
+    match found {
+        Ok(Found::File(content, pre)) => respond(
+            req.method(),
+            req.headers(),
+            content,
+            pre,
+            &content_type_for(file_name),
+        ),
+        Ok(Found::Dir(entries)) => {
+            let base = encoded_base(prefix, path);
+            let title = format!(
+                "{prefix}/{}",
+                path.map(|p| p.as_string()).unwrap_or_default()
+            );
+            index_response(
+                req.method(),
+                req.uri(),
+                req.headers(),
+                &base,
+                &title,
+                entries,
+            )
+        }
+        Err(e) => resolve_error_response(&e),
+    }
+}
+
 async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
-    let raw = req.uri().path().to_string();
-    let path = match decode_path(&raw, "/files") {
+    let path = match decode_path(req.uri().path(), "/files") {
         Ok(p) => p,
         Err(r) => return refusal_response(r),
     };
     let Some(root) = c.files.clone() else {
         return plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
     };
-    let (method, uri, headers) = (
-        req.method().clone(),
-        req.uri().clone(),
-        req.headers().clone(),
-    );
     let listing = c.listing;
     let p2 = path.clone();
-    let opened = blocking(move || match &p2 {
-        None => Err(ResolveError::IsDirectory),
-        Some(p) => root
-            .open(p)
-            .map(|content| (content, None))
-            .or_else(|e| match e {
-                ResolveError::IsDirectory if listing => root
-                    .list(Some(p))
-                    .map(|l| (Content::from_bytes(Vec::new()), Some(l))),
-                e => Err(e),
-            }),
+    let found = blocking(move || match &p2 {
+        None if listing => root.list(None).map(root_entries),
+        None => Err(ResolveError::NotFound),
+        Some(p) => match root.open(p) {
+            Ok(content) => file_found(content),
+            Err(ResolveError::IsDirectory) if listing => root.list(Some(p)).map(root_entries),
+            Err(e) => Err(e),
+        },
     })
     .await;
-    let opened = match (opened, &path, c.files.clone()) {
-        (Err(ResolveError::IsDirectory), None, Some(root)) if listing => {
-            blocking(move || {
-                root.list(None)
-                    .map(|l| (Content::from_bytes(Vec::new()), Some(l)))
-            })
-            .await
-        }
-        (other, _, _) => other,
-    };
-    match opened {
-        Ok((_, Some(list))) => {
-            let base = encoded_base("/files", path.as_ref());
-            let title = format!(
-                "/files/{}",
-                path.as_ref().map(|p| p.as_string()).unwrap_or_default()
-            );
-            let entries = list
-                .into_iter()
-                .map(|(name, is_dir)| IndexEntry {
-                    name,
-                    kind: if is_dir {
-                        EntryKind::Dir
-                    } else {
-                        EntryKind::File
-                    },
-                    size: None,
-                })
-                .collect();
-            index_response(&method, &uri, &headers, &base, &title, entries)
-        }
-        Ok((content, None)) => {
-            let name = path.as_ref().map(|p| p.as_string()).unwrap_or_default();
-            content_response(&method, &headers, content, &content_type_for(&name))
-        }
-        Err(e) => resolve_error_response(&e),
-    }
+    let name = path.as_ref().map(|p| p.as_string()).unwrap_or_default();
+    found_response(found, &req, "/files", path.as_ref(), &name)
 }
 
 async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
-    let raw = req.uri().path().to_string();
-    let path = match decode_path(&raw, "/ipxe-bin") {
+    let path = match decode_path(req.uri().path(), "/ipxe-bin") {
         Ok(Some(p)) => p,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "not found"),
         Err(r) => return refusal_response(r),
@@ -346,38 +378,25 @@ async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let client = client_of(&req);
     let resolver = c.ipxe_bin.clone();
     let p2 = path.clone();
-    let res = blocking(move || {
-        resolver.resolve(&Request {
+    let found = blocking(move || {
+        let content = resolver.resolve(&Request {
             path: &p2,
             client,
             transport: Transport::Http,
-        })
+        })?;
+        file_found(content)
     })
     .await;
-    match res {
-        Ok(content) => content_response(
-            req.method(),
-            req.headers(),
-            content,
-            &content_type_for(&path.as_string()),
-        ),
-        Err(e) => resolve_error_response(&e),
-    }
+    found_response(found, &req, "/ipxe-bin", Some(&path), &path.as_string())
 }
 
 async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
-    let raw = req.uri().path().to_string();
-    let path = match decode_path(&raw, "/iso") {
+    let path = match decode_path(req.uri().path(), "/iso") {
         Ok(p) => p,
         Err(r) => return refusal_response(r),
     };
-    let (method, uri, headers) = (
-        req.method().clone(),
-        req.uri().clone(),
-        req.headers().clone(),
-    );
     let Some(path) = path else {
-        // /iso/: the configured images.
+        // /iso/: the configured images that opened.
         let entries = c
             .isos
             .status()
@@ -389,41 +408,23 @@ async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
                 size: None,
             })
             .collect();
-        return index_response(&method, &uri, &headers, "/iso", "/iso/", entries);
+        return found_response(Ok(Found::Dir(entries)), &req, "/iso", None, "");
     };
     let name = path.first().to_string();
     let inner = path.strip_prefix(1);
     let isos = c.isos.clone();
-    let (n2, i2) = (name.clone(), inner.clone());
-    let res = blocking(move || match &i2 {
-        None => isos.list(&n2, None).map(Err),
-        Some(p) => match isos.content(&n2, p) {
-            Ok(content) => Ok(Ok(content)),
-            Err(ResolveError::IsDirectory) => isos.list(&n2, Some(p)).map(Err),
+    let i2 = inner.clone();
+    let found = blocking(move || match &i2 {
+        None => isos.list(&name, None).map(iso_entries),
+        Some(p) => match isos.content(&name, p) {
+            Ok(content) => file_found(content),
+            Err(ResolveError::IsDirectory) => isos.list(&name, Some(p)).map(iso_entries),
             Err(e) => Err(e),
         },
     })
     .await;
-    match res {
-        Ok(Ok(content)) => {
-            let n = inner.as_ref().map(|p| p.as_string()).unwrap_or_default();
-            content_response(&method, &headers, content, &content_type_for(&n))
-        }
-        Ok(Err(list)) => {
-            let base = encoded_base("/iso", Some(&path));
-            let title = format!("/iso/{}", path.as_string());
-            let entries = list
-                .into_iter()
-                .map(|e| IndexEntry {
-                    size: (e.kind == EntryKind::File).then_some(e.len),
-                    name: e.name,
-                    kind: e.kind,
-                })
-                .collect();
-            index_response(&method, &uri, &headers, &base, &title, entries)
-        }
-        Err(e) => resolve_error_response(&e),
-    }
+    let file_name = inner.as_ref().map(|p| p.as_string()).unwrap_or_default();
+    found_response(found, &req, "/iso", Some(&path), &file_name)
 }
 
 #[cfg(test)]

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# HTTP benchmark: chainboot vs nginx (sendfile on) on loopback, interleaved rounds.
+#   1 KB file, req/s, 64 connections
+#   8 MiB file, MB/s
+#   the same 8 MiB file read from inside an ISO image (chainboot only; compared to plain)
+# Targets (issue 4): >= 0.9x nginx on 8 MiB, >= 0.8x nginx req/s on 1 KB, ISO within 10%.
+#
+# Usage: bench/http/run.sh [ROUNDS (3)] [SECONDS per run (5)]
+# Needs: wrk, nginx, xorriso, cargo. Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+ROUNDS=${1:-3}
+SECS=${2:-5}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-http}
+for tool in wrk nginx xorriso cargo; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (bash .ci/install-deps)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/chainboot-bench-http.XXXXXX)
+chmod 755 "$WORK"  # nginx workers run as an unprivileged user
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+cargo build --quiet --release -p chainboot-http --example http-bench-server --manifest-path "$REPO/Cargo.toml"
+SERVER="$CARGO_TARGET_DIR/release/examples/http-bench-server"
+
+mkdir -p "$WORK/root" "$WORK/isosrc"
+head -c 1024 /dev/urandom >"$WORK/root/small.bin"
+head -c $((8 << 20)) /dev/urandom >"$WORK/root/big.bin"
+cp "$WORK/root/big.bin" "$WORK/isosrc/big.bin"
+xorriso -as mkisofs -quiet -R -J -o "$WORK/bench.iso" "$WORK/isosrc" 2>/dev/null
+
+# Ports derived from our PID so parallel runs on a shared machine do not collide.
+P_CB=$((20000 + $$ % 20000))
+P_NG=$((P_CB + 1))
+
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/ngx-body;
+    proxy_temp_path $WORK/ngx-proxy;
+    fastcgi_temp_path $WORK/ngx-fcgi;
+    uwsgi_temp_path $WORK/ngx-uwsgi;
+    scgi_temp_path $WORK/ngx-scgi;
+    server {
+        listen 127.0.0.1:$P_NG;
+        root $WORK/root;
+    }
+}
+EOF
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+"$SERVER" "127.0.0.1:$P_CB" "$WORK/root" "$WORK/bench.iso" 2>"$WORK/chainboot.log" &
+PIDS+=($!)
+
+for port in $P_CB $P_NG; do
+    for _ in $(seq 50); do
+        curl -s --noproxy '*' -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+done
+# Sanity: both serve the same bytes.
+cmp <(curl -s --noproxy "*" "http://127.0.0.1:$P_CB/files/big.bin") "$WORK/root/big.bin" || { cat "$WORK/chainboot.log"; curl -sv --noproxy "*" -o /dev/null "http://127.0.0.1:$P_CB/files/big.bin"; exit 1; }
+cmp <(curl -s --noproxy '*' "http://127.0.0.1:$P_CB/iso/bench/big.bin") "$WORK/root/big.bin"
+cmp <(curl -s --noproxy '*' "http://127.0.0.1:$P_NG/big.bin") "$WORK/root/big.bin"
+
+# wrk prints "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}".
+wrk_run() { # conns url -> "req/s MB/s"
+    local out
+    out=$(wrk -t2 -c"$1" -d"${SECS}s" "$2")
+    echo "$out" | awk '
+        /^Requests\/sec:/ { rps = $2 }
+        /^Transfer\/sec:/ {
+            v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[A-Za-z]/, "", v)
+            if (u == "GB") v *= 1024; else if (u == "KB") v /= 1024; else if (u == "B") v /= 1048576
+            mbs = v
+        }
+        END { printf "%.0f %.1f\n", rps, mbs }'
+}
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+    R[ng_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_NG/small.bin" | cut -d' ' -f1)
+    R[cb_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_CB/files/small.bin" | cut -d' ' -f1)
+    R[ng_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_NG/big.bin" | cut -d' ' -f2)
+    R[cb_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/files/big.bin" | cut -d' ' -f2)
+    R[cb_iso_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/iso/bench/big.bin" | cut -d' ' -f2)
+    echo "round $round: 1KB req/s nginx ${R[ng_small_$round]} chainboot ${R[cb_small_$round]};" \
+        "8MiB MB/s nginx ${R[ng_big_$round]} chainboot ${R[cb_big_$round]} iso ${R[cb_iso_$round]}"
+done
+
+median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+col() { local k=$1 s=""; for r in $(seq "$ROUNDS"); do s="$s ${R[${k}_$r]}"; done; echo $s | median; }
+ng_small=$(col ng_small); cb_small=$(col cb_small)
+ng_big=$(col ng_big); cb_big=$(col cb_big); cb_iso=$(col cb_iso)
+echo
+echo "medians over $ROUNDS rounds of ${SECS}s ($(nproc) cores, $(date -u +%FT%TZ))"
+awk -v a="$cb_small" -v b="$ng_small" 'BEGIN { printf "1 KB req/s, 64 conns:  chainboot %s, nginx %s -> %.2fx (target >= 0.8x)\n", a, b, a/b }'
+awk -v a="$cb_big" -v b="$ng_big" 'BEGIN { printf "8 MiB MB/s, 8 conns:    chainboot %s, nginx %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
+awk -v a="$cb_iso" -v b="$cb_big" 'BEGIN { printf "8 MiB from ISO MB/s:    %s vs plain %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
