@@ -2,6 +2,7 @@
 //! Each concern lives in its own crate; this one only parses the command line, loads the
 //! config, builds the servers and runs them until a signal says stop.
 
+mod api_client;
 mod check;
 mod config;
 mod explain;
@@ -62,6 +63,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Machines known to a running server: list, show, set-profile, rearm, label, forget.
+    Machines {
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+        #[command(subcommand)]
+        command: api_client::MachinesCommand,
+    },
     /// Dry run: the DHCP reply and the iPXE script a client would get, and why.
     Explain(explain::ExplainArgs),
     /// Print the snippet that makes another DHCP server (ISC dhcpd, dnsmasq, Kea) hand out the
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Explain(args) => explain::run(&args),
+        Command::Machines { api, command } => api_client::run_machines(&api, &command),
         Command::DhcpConfig {
             server,
             server_ip,

@@ -1,0 +1,304 @@
+//! The binary's commands, run as a user runs them: `check` on good and broken configs,
+//! `explain`, `dhcp-config`, and `machines` against a live `serve` on loopback.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn chainboot(args: &[&str]) -> (i32, String) {
+    let out = Command::new(chainboot_bin())
+        .args(args)
+        .output()
+        .expect("run chainboot");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A config serving on loopback only; returns its path and the HTTP address.
+fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, String) {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("vmlinuz"), b"kernel").unwrap();
+    let path = dir.join("chainboot.toml");
+    let http = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"{state}\"\ninterfaces = [\"lo\"]\n\
+             [dhcp]\nmode = \"off\"\n[ipv6]\nrouter_advertisements = \"off\"\n\
+             [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n\
+             [http]\nlisten = \"{http}\"\nroot = \"{www}\"\n\
+             [[profile]]\nname = \"linux\"\nkernel = \"vmlinuz\"\ncmdline = \"console=ttyS0\"\n\
+             [[profile]]\nname = \"rescue\"\nkernel = \"vmlinuz\"\n\
+             [boot]\ndefault = \"linux\"\n{extra}",
+            state = dir.join("state").display(),
+            tftp = free_port(),
+            www = www.display(),
+        ),
+    )
+    .unwrap();
+    (path, http)
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nadvertize = \"auto\"\n[tftp]\nlisten = \"127.0.0.1:69\"\nrot = \"/srv\"\n[dhcp]\nmode = \"sever\"\n",
+    )
+    .unwrap();
+    let (code, out) = chainboot(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let file = path.display().to_string();
+    assert!(
+        out.contains(&format!("{file}:2:1: server.advertize")),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `advertise`?"), "{out}");
+    assert!(out.contains(&format!("{file}:5:1: tftp.rot")), "{out}");
+    assert!(
+        out.contains(&format!("{file}:7:")) && out.contains("dhcp.mode"),
+        "{out}"
+    );
+    assert!(out.contains("3 problems found"), "{out}");
+}
+
+#[test]
+fn check_accepts_a_good_config_and_lists_ipxe_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("ipxe");
+    std::fs::create_dir_all(&bins).unwrap();
+    for b in ["undionly.kpxe", "ipxe.efi"] {
+        std::fs::write(bins.join(b), b"x").unwrap();
+    }
+    let (cfg, _) = loopback_config(
+        dir.path(),
+        &format!("[ipxe]\ndir = \"{}\"\n", bins.display()),
+    );
+    let (code, out) = chainboot(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok       undionly.kpxe"), "{out}");
+    assert!(out.contains("missing  snponly.efi"), "{out}");
+}
+
+#[test]
+fn a_semantic_error_in_a_profile_points_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(
+        dir.path(),
+        "[[group]]\nname = \"g\"\nprofile = \"nosuch\"\nmatch = { mac = \"52:54:00:*\" }\n",
+    );
+    let (code, out) = chainboot(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("group[0].profile") && out.contains("nosuch"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    // proxy mode for the DHCP part
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mode = \"off\"", "mode = \"proxy\"");
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let (code, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "bios",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("file \"undionly.kpxe\""), "{out}");
+    assert!(out.contains("boots: profile linux"), "{out}");
+    assert!(
+        out.contains("kernel --name kernel http://198.18.0.1:"),
+        "{out}"
+    );
+    let (_, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "7",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+    let (_, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "7",
+        "--user-class",
+        "iPXE",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert!(
+        out.contains("/boot.ipxe\""),
+        "iPXE gets the script URL, never ipxe.efi: {out}"
+    );
+    let (_, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "bios",
+        "--user-class",
+        "iPXE",
+        "--no-http",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert!(out.contains("file \"boot.ipxe\""), "{out}");
+    let (_, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "16",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert!(
+        out.contains("HTTPClient") && out.contains("/ipxe-bin/ipxe.efi"),
+        "{out}"
+    );
+    let (_, out) = chainboot(&[
+        "explain",
+        "-c",
+        c,
+        "--mac",
+        "52:54:00:00:00:01",
+        "--arch",
+        "1",
+        "--server-ip",
+        "198.18.0.1",
+    ]);
+    assert!(
+        out.contains("UnknownArch") || out.contains("unknown-arch"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dhcp_config_prints_a_snippet_for_each_server() {
+    for (kind, needle) in [
+        ("isc", "user-class"),
+        ("dnsmasq", "dhcp-match"),
+        ("kea", "client-classes"),
+    ] {
+        let (code, out) = chainboot(&["dhcp-config", kind, "--server-ip", "198.18.0.1"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(needle), "{kind}: {out}");
+        assert!(out.contains("198.18.0.1"), "{kind}: {out}");
+    }
+    let (code, out) = chainboot(&["dhcp-config", "isc"]);
+    assert_eq!(code, 2, "no address known: {out}");
+}
+
+#[test]
+fn machines_commands_round_trip_through_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, http) = loopback_config(dir.path(), "");
+    let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
+    server.wait_for_log("HTTP listening", Duration::from_secs(20));
+    // A machine fetches its script: it is now known.
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{http}/ipxe?mac=52-54-00-aa-bb-cc&platform=pcbios&buildarch=i386&hostname=node7")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("#!ipxe"));
+    let c = cfg.to_str().unwrap();
+    let (code, out) = chainboot(&["machines", "-c", c, "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("52:54:00:aa:bb:cc") && out.contains("node7") && out.contains("bios"),
+        "{out}"
+    );
+    let (code, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "set-profile",
+        "52:54:00:aa:bb:cc",
+        "rescue",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = chainboot(&["machines", "-c", c, "--json", "show", "52:54:00:aa:bb:cc"]);
+    assert!(out.contains("\"pinned_profile\": \"rescue\""), "{out}");
+    // Writes need the token: a wrong one is refused and changes nothing.
+    let (code, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "--token",
+        "wrong",
+        "set-profile",
+        "52:54:00:aa:bb:cc",
+        "linux",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("401"), "{out}");
+    let (code, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "set-profile",
+        "52:54:00:aa:bb:cc",
+        "--unpin",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = chainboot(&["machines", "-c", c, "--json", "show", "52:54:00:aa:bb:cc"]);
+    assert!(out.contains("\"pinned_profile\": null"), "{out}");
+    let (code, _) = chainboot(&["machines", "-c", c, "forget", "52:54:00:aa:bb:cc"]);
+    assert_eq!(code, 0);
+    let (_, out) = chainboot(&["machines", "-c", c, "list"]);
+    assert!(!out.contains("52:54:00:aa:bb:cc"), "{out}");
+    server.signal("TERM");
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        server.log_text()
+    );
+}
