@@ -207,8 +207,9 @@ E2E_MILESTONES=(
   "marker|CHAINBOOT-MARKER"
 )
 
-# SeaBIOS after every boot device failed; OVMF falling back to its shell/setup; a dead kernel.
-E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic'
+# SeaBIOS after every boot device failed; OVMF falling back to its shell/setup; a dead kernel;
+# chainboot's own failure script (it retries forever, so the first failure is the verdict).
+E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic|chainboot: booting profile [^ ]+ failed'
 
 # e2e_vm_wait LABEL:MAC...: waits (bounded, E2E_VM_TIMEOUT from each VM's start) for every VM's
 # marker, polling all of them in one loop so concurrent VMs get accurate milestone times; checks

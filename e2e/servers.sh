@@ -12,15 +12,19 @@ E2E_CMDLINE_BASE="console=ttyS0 loglevel=6"
 
 e2e_cmdline() { echo "$E2E_CMDLINE_BASE e2e.token=$E2E_TOKEN"; }
 
+# e2e_place SRC DST: a real file at DST (hard link, else copy). Not a symlink: chainboot's
+# content root refuses symlinks that leave the root (openat2 RESOLVE_BENEATH), by design.
+e2e_place() { ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
+
 # Shared file trees: http/ (kernel, initrd) and tftp/ (first-stage iPXE binaries).
 e2e_server_files() {
   mkdir -p "$E2E_RUN/http" "$E2E_RUN/tftp"
-  ln -sf "$E2E_CACHE/vmlinuz" "$E2E_RUN/http/vmlinuz"
-  ln -sf "$E2E_CACHE/initrd.img" "$E2E_RUN/http/initrd.img"
+  e2e_place "$E2E_CACHE/vmlinuz" "$E2E_RUN/http/vmlinuz"
+  e2e_place "$E2E_CACHE/initrd.img" "$E2E_RUN/http/initrd.img"
   local f
   for f in undionly.kpxe ipxe.efi; do
     [ -f "/usr/lib/ipxe/$f" ] || e2e_die "missing /usr/lib/ipxe/$f (package ipxe)"
-    ln -sf "/usr/lib/ipxe/$f" "$E2E_RUN/tftp/$f"
+    e2e_place "/usr/lib/ipxe/$f" "$E2E_RUN/tftp/$f"
   done
 }
 
@@ -32,8 +36,8 @@ e2e_pxelinux_files() {
   [ -f /usr/lib/PXELINUX/lpxelinux.0 ] || e2e_die "missing /usr/lib/PXELINUX/lpxelinux.0 (package pxelinux)"
   [ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] \
     || e2e_die "missing /usr/lib/syslinux/modules/bios/ldlinux.c32 (package syslinux-common)"
-  ln -sf /usr/lib/PXELINUX/lpxelinux.0 "$dir/lpxelinux.0"
-  ln -sf /usr/lib/syslinux/modules/bios/ldlinux.c32 "$dir/ldlinux.c32"
+  e2e_place /usr/lib/PXELINUX/lpxelinux.0 "$dir/lpxelinux.0"
+  e2e_place /usr/lib/syslinux/modules/bios/ldlinux.c32 "$dir/ldlinux.c32"
   for mac in "$@"; do
     cat >"$dir/pxelinux.cfg/01-${mac//:/-}" <<EOF
 DEFAULT e2e
@@ -158,6 +162,9 @@ EOF
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
+  # A private link to this binary, so a rebuild during the run cannot swap it under the test.
+  ln -f "$bin" "$E2E_RUN/chainboot" 2>/dev/null || cp "$bin" "$E2E_RUN/chainboot"
+  bin="$E2E_RUN/chainboot"
   e2e_server_files
   mkdir -p "$E2E_RUN/state"
   local conf="$E2E_RUN/chainboot.toml" mode=server
@@ -193,14 +200,20 @@ root = "$E2E_RUN/http"
 
 [ipxe]
 dir = "/usr/lib/ipxe"
+
+[ipv6]
+router_advertisements = "${E2E_CHAINBOOT_RA:-auto}"
 EOF
   if [ "$flavor" = pxelinux ]; then
-    e2e_pxelinux_files "$@"
+    # Only the loader and ldlinux.c32 are files; pxelinux.cfg/<name> is chainboot's to render.
+    mkdir -p "$E2E_RUN/http/pxelinux"
+    e2e_place /usr/lib/PXELINUX/lpxelinux.0 "$E2E_RUN/http/pxelinux/lpxelinux.0"
+    e2e_place /usr/lib/syslinux/modules/bios/ldlinux.c32 "$E2E_RUN/http/pxelinux/ldlinux.c32"
     cat >>"$conf" <<EOF
 
 [[profile]]
 name = "e2e"
-action = "pxelinux"
+pxelinux = "pxelinux/lpxelinux.0"
 kernel = "vmlinuz"
 initrd = ["initrd.img"]
 cmdline = "$(e2e_cmdline)"
@@ -225,7 +238,7 @@ token_file = "$E2E_RUN/state/api.token"
 ${E2E_CHAINBOOT_EXTRA:-}
 EOF
   [ "$flavor" = proxy ] && e2e_plain_dhcp
-  e2e_spawn chainboot "$bin" serve --config "$conf"
+  e2e_spawn chainboot "$bin" serve --config "$conf" --log-level "${E2E_CHAINBOOT_LOG:-info}"
   e2e_wait_listening 80 tcp
 }
 
