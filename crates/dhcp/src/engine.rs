@@ -146,6 +146,10 @@ pub struct Counters {
     pub send_errors: AtomicU64,
     pub store_errors: AtomicU64,
     pub arp_fallback_broadcast: AtomicU64,
+    /// Lease transactions (fsyncs) and the leases they carried: their ratio is the group
+    /// commit's batching factor.
+    pub commit_batches: AtomicU64,
+    pub committed_leases: AtomicU64,
 }
 
 impl Counters {
@@ -178,6 +182,8 @@ impl Counters {
             ("send_errors", g(&self.send_errors)),
             ("store_errors", g(&self.store_errors)),
             ("arp_fallback_broadcast", g(&self.arp_fallback_broadcast)),
+            ("commit_batches", g(&self.commit_batches)),
+            ("committed_leases", g(&self.committed_leases)),
         ]
     }
 }
@@ -461,14 +467,15 @@ impl Engine {
             bump(&c.drop_rate_limited);
             return Handled::new(Outcome::Dropped(Drop::RateLimited));
         }
-        bump(match req.msg_type {
-            MessageType::Discover => &c.discover,
-            MessageType::Request => &c.request,
-            MessageType::Decline => &c.decline,
-            MessageType::Release => &c.release,
-            MessageType::Inform => &c.inform,
-            _ => &c.received,
-        });
+        match req.msg_type {
+            MessageType::Discover => bump(&c.discover),
+            MessageType::Request => bump(&c.request),
+            MessageType::Decline => bump(&c.decline),
+            MessageType::Release => bump(&c.release),
+            MessageType::Inform => bump(&c.inform),
+            // Server-to-client types sent to a server port: counted as received only.
+            MessageType::Offer | MessageType::Ack | MessageType::Nak => {}
+        }
         let facts = ClientFacts::from_request(&req);
         let server = self.boot.server_for(ingress.local_addr);
         let decision = decide(&facts, &self.boot, server);

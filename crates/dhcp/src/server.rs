@@ -358,6 +358,10 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
             .collect();
         match leases::save_batch(&store, &records) {
             Ok(()) => {
+                counters.commit_batches.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .committed_leases
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 for p in &batch {
                     for o in &p.outgoing {
                         send(p.fd, o, &counters);

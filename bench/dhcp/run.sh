@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# DHCP benchmark (issue 3, PRODUCT.md §7): full DORA exchanges per second measured by perfdhcp
+# against chainboot, kea-dhcp4 (memfile, persist=true), dnsmasq and ISC dhcpd, one after the
+# other in the same network-namespace topology, with leases persisted by every server.
+#
+#   server ns: veth vs 198.18.0.1/15 ---- client ns: veth vc 198.18.0.2/15, perfdhcp
+#
+# perfdhcp acts as a relay (giaddr 198.18.0.2), so every server answers by unicast to it. For
+# each server the offered rate steps up (RATES); a step "holds" when fewer than 1% of the
+# DISCOVER-OFFER and of the REQUEST-ACK exchanges are dropped. The result is the highest
+# ACK rate (received ACKs / period) among the held steps; a server stops climbing once it
+# drops more than 10%.
+#
+# Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
+# Env: RATES="500 1000 ..." PERIOD=seconds, OUT=results file (default bench/dhcp/results.txt)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "$(id -u)" = 0 ] || { echo "bench/dhcp: must run as root (network namespaces)"; exit 1; }
+
+RATES=${RATES:-"100 250 500 1000 1500 2000 3000 4000 6000 8000 12000"}
+PERIOD=${PERIOD:-8}
+if [ "${1:-}" = "--quick" ]; then RATES="500 2000"; PERIOD=3; fi
+OUT=${OUT:-bench/dhcp/results.txt}
+
+need=()
+command -v perfdhcp >/dev/null || need+=(kea-admin)
+command -v kea-dhcp4 >/dev/null || [ -x /usr/sbin/kea-dhcp4 ] || need+=(kea-dhcp4-server)
+[ -x /usr/sbin/dhcpd ] || need+=(isc-dhcp-server)
+command -v dnsmasq >/dev/null || need+=(dnsmasq)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing anchors: ${need[*]}"
+  # Keep the packages' init scripts from starting daemons on the host.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --release -q -p chainboot-dhcp --bin chainboot-dhcp-testd
+TESTD=$CARGO_TARGET_DIR/release/chainboot-dhcp-testd
+
+ID="cbbench$$"
+S=${ID}s
+C=${ID}c
+WORK=$(mktemp -d /tmp/cb-dhcp-bench.XXXXXX)
+SRV_PID=""
+cleanup() {
+  [ -n "$SRV_PID" ] && kill -9 "$SRV_PID" 2>/dev/null || true
+  ip netns pids "$S" 2>/dev/null | while read -r p; do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$S" 2>/dev/null || true
+  ip netns del "$C" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+ip netns add "$S"; ip netns add "$C"
+ip -n "$S" link add vs type veth peer name vc netns "$C"
+ip -n "$S" addr add 198.18.0.1/15 dev vs
+ip -n "$C" addr add 198.18.0.2/15 dev vc
+for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
+ip -n "$S" link set vs up; ip -n "$C" link set vc up
+
+POOL_LO=198.18.1.0
+POOL_HI=198.19.254.254
+
+start_chainboot() {
+  cat > "$WORK/chainboot.toml" <<CFG
+[dhcp]
+mode = "server"
+lease_time = "1h"
+[[dhcp.subnet]]
+cidr = "198.18.0.0/15"
+pools = [["$POOL_LO", "$POOL_HI"]]
+router = "198.18.0.1"
+dns = ["198.18.0.1"]
+CFG
+  rm -rf "$WORK/chainboot-state"
+  ip netns exec "$S" "$TESTD" "$WORK/chainboot.toml" "$WORK/chainboot-state" > "$WORK/chainboot.out" 2>&1 &
+  SRV_PID=$!
+}
+
+start_kea() {
+  rm -f "$WORK/kea-leases.csv"
+  cat > "$WORK/kea.json" <<CFG
+{ "Dhcp4": {
+  "interfaces-config": { "interfaces": [ "vs" ], "dhcp-socket-type": "udp" },
+  "lease-database": { "type": "memfile", "persist": true, "name": "$WORK/kea-leases.csv", "lfc-interval": 0 },
+  "valid-lifetime": 3600,
+  "subnet4": [ { "subnet": "198.18.0.0/15", "pools": [ { "pool": "$POOL_LO - $POOL_HI" } ],
+                 "option-data": [ { "name": "routers", "data": "198.18.0.1" },
+                                  { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
+  "loggers": [ { "name": "kea-dhcp4", "severity": "ERROR", "output_options": [ { "output": "stderr" } ] } ]
+} }
+CFG
+  KEA_PIDFILE_DIR=$WORK KEA_LOCKFILE_DIR=$WORK ip netns exec "$S" /usr/sbin/kea-dhcp4 -c "$WORK/kea.json" > "$WORK/kea.out" 2>&1 &
+  SRV_PID=$!
+}
+
+start_dnsmasq() {
+  rm -f "$WORK/dnsmasq.leases"
+  ip netns exec "$S" dnsmasq --no-daemon --port=0 --user=root --bind-interfaces --interface=vs \
+    --conf-file=/dev/null --no-ping --dhcp-lease-max=200000 --dhcp-authoritative \
+    --dhcp-range=$POOL_LO,$POOL_HI,255.254.0.0,1h --dhcp-option=3,198.18.0.1 --dhcp-option=6,198.18.0.1 \
+    --dhcp-leasefile="$WORK/dnsmasq.leases" --pid-file="$WORK/dnsmasq.pid" > "$WORK/dnsmasq.out" 2>&1 &
+  SRV_PID=$!
+}
+
+start_dhcpd() {
+  : > "$WORK/dhcpd.leases"
+  cat > "$WORK/dhcpd.conf" <<CFG
+authoritative;
+ping-check false;
+default-lease-time 3600;
+max-lease-time 3600;
+subnet 198.18.0.0 netmask 255.254.0.0 {
+  range $POOL_LO $POOL_HI;
+  option routers 198.18.0.1;
+  option domain-name-servers 198.18.0.1;
+}
+CFG
+  ip netns exec "$S" /usr/sbin/dhcpd -4 -f -q -cf "$WORK/dhcpd.conf" -lf "$WORK/dhcpd.leases" \
+    -pf "$WORK/dhcpd.pid" vs > "$WORK/dhcpd.out" 2>&1 &
+  SRV_PID=$!
+}
+
+stop_server() {
+  if [ -n "$SRV_PID" ]; then kill -TERM "$SRV_PID" 2>/dev/null || true; sleep 0.3; kill -9 "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
+  SRV_PID=""
+}
+
+# One perfdhcp step: prints "<ack/s> <DO drop %> <RA drop %> <avg RA delay ms>".
+step() {
+  local rate=$1 clients=$(( $1 * PERIOD + 1000 ))
+  local out
+  out=$(timeout $((PERIOD + 20)) ip netns exec "$C" perfdhcp -4 -l vc -r "$rate" -R "$clients" \
+        -p "$PERIOD" -W 1000000 -b "mac=00:0c:$(printf '%02x' $((RANDOM % 256))):00:00:00" 198.18.0.1 2>&1 || true)
+  echo "$out" > "$WORK/perfdhcp-last.txt"
+  echo "$out" | awk -v period="$PERIOD" '
+    /Statistics for: DISCOVER-OFFER/ { sec = "do" }
+    /Statistics for: REQUEST-ACK/ { sec = "ra" }
+    /^sent packets:/ { sent[sec] = $3 }
+    /^received packets:/ { recv[sec] = $3 }
+    /^avg delay:/ { delay[sec] = $3 }
+    END {
+      dod = sent["do"] ? 100 * (sent["do"] - recv["do"]) / sent["do"] : 100
+      rad = sent["ra"] ? 100 * (sent["ra"] - recv["ra"]) / sent["ra"] : 100
+      printf "%.0f %.2f %.2f %s\n", recv["ra"] / period, dod, rad, (delay["ra"] == "" ? "-" : delay["ra"])
+    }'
+}
+
+declare -A BEST
+{
+  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), perfdhcp $(perfdhcp -v 2>&1 | head -1), period ${PERIOD}s"
+  echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
+} > "$OUT"
+for server in chainboot kea dnsmasq dhcpd; do
+  "start_$server"
+  sleep 1
+  best=0
+  for rate in $RATES; do
+    read -r acks dod rad delay < <(step "$rate")
+    held=no
+    if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a < 1 && b < 1) }'; then held=yes; [ "$acks" -gt "$best" ] && best=$acks; fi
+    printf '%-9s %6s %7s %6s %6s %6s %s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" | tee -a "$OUT"
+    # A shared machine makes single steps noisy: keep climbing past a missed step, stop only
+    # once a server is clearly saturated.
+    awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }' && break
+  done
+  BEST[$server]=$best
+  stop_server
+done
+{
+  echo "# best sustained ACK/s at < 1% drops:"
+  for s in chainboot kea dnsmasq dhcpd; do echo "best $s ${BEST[$s]}"; done
+  for s in kea dnsmasq dhcpd; do
+    awk -v c="${BEST[chainboot]}" -v o="${BEST[$s]}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
+  done
+} | tee -a "$OUT"
