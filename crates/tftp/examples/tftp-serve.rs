@@ -8,8 +8,34 @@ use chainboot_content::Root;
 use chainboot_tftp::{TftpConfig, TftpServer};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
+    // TFTP_SERVE_THREADS=1 runs everything on one thread (no cross-thread wake-ups per ACK).
+    let threads: usize = std::env::var("TFTP_SERVE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()?
+    };
+    rt.block_on(serve())
+}
+
+async fn serve() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| ".".into());
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:6969".into());

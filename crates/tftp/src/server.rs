@@ -619,20 +619,31 @@ fn new_udp_socket(addr: SocketAddr, rcvbuf: usize) -> io::Result<std::net::UdpSo
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
     if rcvbuf > 0 {
-        let size = rcvbuf as libc::c_int;
-        // SAFETY: setsockopt on a valid descriptor with a correctly sized int. A failure only
-        // means a smaller buffer, so the result is ignored.
-        unsafe {
+        set_receive_buffer(&socket, rcvbuf);
+    }
+    Ok(socket)
+}
+
+/// Asks for a receive buffer of `size` bytes: SO_RCVBUFFORCE first (with CAP_NET_ADMIN it may
+/// exceed net.core.rmem_max, which is only 208 KiB by default), else SO_RCVBUF (capped). A
+/// failure only means a smaller buffer.
+pub(crate) fn set_receive_buffer(socket: &impl AsRawFd, size: usize) {
+    let size = size.min(i32::MAX as usize) as libc::c_int;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a valid descriptor with a correctly sized int.
+        let r = unsafe {
             libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
+                option,
                 &size as *const libc::c_int as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            )
+        };
+        if r == 0 {
+            return;
         }
     }
-    Ok(socket)
 }
 
 fn enable_pktinfo(socket: &std::net::UdpSocket, ipv6: bool) -> io::Result<()> {

@@ -133,6 +133,7 @@ fn unknown_tid_gets_error_5_once_and_the_transfer_goes_on() {
     let mut got = p_data(&p_recv_all(&client, tid, 1));
     got.splice(0..0, data[..512].iter().copied());
     assert_eq!(got, data);
+    eventually(|| srv.stats.snapshot().finished == 1);
     let s = srv.stats.snapshot();
     assert_eq!((s.unknown_tid, s.finished), (2, 1), "{s:?}");
 }
@@ -223,6 +224,7 @@ fn silent_client_is_dropped_after_bounded_retransmits() {
         assert!(copies <= 3, "more than 1 + retries sends");
     }
     assert_eq!(copies, 3);
+    eventually(|| srv.stats.snapshot().failed == 1);
     let s = srv.stats.snapshot();
     assert_eq!((s.failed, s.active), (1, 0), "{s:?}");
 }

@@ -124,6 +124,7 @@ fn tftp_hpa_fetches_every_size_intact() {
         assert!(o.status.success(), "{name}: {}", text(&o));
         assert_eq!(sha256(&dst), sha256(&src), "{name}");
     }
+    eventually(|| srv.stats.snapshot().finished == SIZES.len() as u64);
     let s = srv.stats.snapshot();
     assert_eq!(s.finished, SIZES.len() as u64);
     assert_eq!(s.failed, 0);
@@ -343,6 +344,7 @@ fn two_hundred_concurrent_clients_all_succeed() {
         assert!(o.status.success(), "{}: {}", dst.display(), text(&o));
         assert_eq!(sha256(&dst), want, "{}", dst.display());
     }
+    eventually(|| srv.stats.snapshot().finished == 200);
     let s = srv.stats.snapshot();
     assert_eq!((s.finished, s.failed, s.busy), (200, 0, 0), "{s:?}");
 }

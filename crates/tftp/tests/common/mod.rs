@@ -209,3 +209,15 @@ pub fn raw_get(server: SocketAddr, name: &str) -> Result<Vec<u8>, String> {
     }
     Err("too many blocks".into())
 }
+
+/// Polls `cond` for up to 5 s: the server counts a transfer as finished when it processes the
+/// client's last ACK, which is after the client already has every byte.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

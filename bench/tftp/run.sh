@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# TFTP benchmark: chainboot's TFTP server side by side with tftpd-hpa (in.tftpd -L), atftpd and
+# dnsmasq's TFTP, same client (crates/tftp/examples/tftp-bench-client.rs), interleaved rounds.
+#
+# Cases: a big file at blksize 512/1468/8192 x windowsize 1/16, and CLIENTS concurrent clients
+# fetching a 70 KB undionly.kpxe-sized file. Topologies: "loopback" (server and client on lo
+# inside a private network namespace, so port 69 is ours) and "netem" (two namespaces joined
+# by a veth pair, 198.18.0.1 <-> 198.18.0.2, `tc netem delay 250us` on each side: a LAN's
+# round trip, where windowsize matters).
+#
+# Usage: bash bench/tftp/run.sh            (needs root for namespaces; runs ~15-25 min)
+#   env: ROUNDS=3 TOPOLOGIES="loopback netem" BIG_MB=64 NETEM_BIG_MB=16 CLIENTS=500
+#        SERVERS="chainboot tftpd-hpa atftpd dnsmasq" SKIP_BUILD=1 (use the binaries as built)
+# Output: bench/tftp/results/raw-<stamp>.tsv (every run) and summary-<stamp>.md (medians and
+# ratios), printed at the end.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+ROUNDS=${ROUNDS:-3}
+TOPOLOGIES=${TOPOLOGIES:-"loopback netem"}
+BIG_MB=${BIG_MB:-64}
+NETEM_BIG_MB=${NETEM_BIG_MB:-16}
+CLIENTS=${CLIENTS:-500}
+SERVERS=${SERVERS:-"chainboot tftpd-hpa atftpd dnsmasq"}
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+CACHE=$HERE/.cache
+RESULTS=$HERE/results
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW=$RESULTS/raw-$STAMP.tsv
+SUMMARY=$RESULTS/summary-$STAMP.md
+NS_S=cbtftp-$$-s
+NS_C=cbtftp-$$-c
+
+die() { echo "bench/tftp: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, port 69 inside them)"
+for t in in.tftpd dnsmasq ip tc python3 apt-get dpkg; do
+  command -v "$t" >/dev/null || die "$t is missing: bash .ci/install-deps"
+done
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  (cd "$REPO" && cargo build --release -q -p chainboot-tftp --example tftp-serve --example tftp-bench-client)
+fi
+SERVE=$TARGET/release/examples/tftp-serve
+CLIENT=$TARGET/release/examples/tftp-bench-client
+
+# atftpd conflicts with tftpd-hpa in apt: unpack it here instead of installing it.
+ATFTPD=$CACHE/atftpd/usr/sbin/atftpd
+if [ ! -x "$ATFTPD" ]; then
+  mkdir -p "$CACHE"
+  (cd "$CACHE" && apt-get download atftpd >/dev/null && dpkg -x atftpd_*.deb atftpd)
+fi
+
+DATA=$(mktemp -d /tmp/cbtftp-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  ip netns del "$NS_S" 2>/dev/null || true
+  ip netns del "$NS_C" 2>/dev/null || true
+  rm -rf "$DATA"
+}
+trap cleanup EXIT INT TERM
+
+chmod 755 "$DATA"
+head -c $((BIG_MB << 20)) /dev/urandom >"$DATA/big.img"
+head -c $((NETEM_BIG_MB << 20)) "$DATA/big.img" >"$DATA/netem.img"
+head -c 70000 /dev/urandom >"$DATA/undionly.kpxe"
+chmod 644 "$DATA"/*
+mkdir -p "$RESULTS"
+printf 'topology\tround\tserver\tcase\tok\tfailed\twall_s\tmb_per_s\tblksize\twindowsize\tclient_cpu_s\n' >"$RAW"
+
+setup_topology() {
+  ip netns del "$NS_S" 2>/dev/null || true
+  ip netns del "$NS_C" 2>/dev/null || true
+  ip netns add "$NS_S"
+  ip -n "$NS_S" link set lo up
+  # tftpd-hpa resolves its -a address with AI_ADDRCONFIG, which fails in a namespace whose only
+  # IPv4 address is 127.0.0.1; one more (never used) address on lo satisfies it.
+  ip -n "$NS_S" addr add 198.18.1.1/32 dev lo
+  case $1 in
+    loopback)
+      SERVER_IP=127.0.0.1
+      CLIENT_NS=$NS_S
+      ;;
+    netem)
+      ip netns add "$NS_C"
+      ip -n "$NS_C" link set lo up
+      ip link add cbt$$s netns "$NS_S" type veth peer name cbt$$c netns "$NS_C"
+      ip -n "$NS_S" addr add 198.18.0.1/24 dev cbt$$s
+      ip -n "$NS_C" addr add 198.18.0.2/24 dev cbt$$c
+      ip -n "$NS_S" link set cbt$$s up
+      ip -n "$NS_C" link set cbt$$c up
+      ip netns exec "$NS_S" tc qdisc add dev cbt$$s root netem delay 250us limit 100000
+      ip netns exec "$NS_C" tc qdisc add dev cbt$$c root netem delay 250us limit 100000
+      SERVER_IP=198.18.0.1
+      CLIENT_NS=$NS_C
+      ;;
+  esac
+}
+
+SERVER_PID=
+start_server() {
+  local log=$DATA/$1.log
+  case $1 in
+    chainboot) ip netns exec "$NS_S" "$SERVE" "$DATA" "$SERVER_IP:69" 1000 2>"$log" & ;;
+    tftpd-hpa) ip netns exec "$NS_S" in.tftpd -L -s "$DATA" -a "$SERVER_IP:69" 2>"$log" & ;;
+    atftpd) ip netns exec "$NS_S" "$ATFTPD" --daemon --no-fork --port 69 --bind-address "$SERVER_IP" \
+      --maxthread 1000 --logfile /dev/null "$DATA" 2>"$log" & ;;
+    dnsmasq) ip netns exec "$NS_S" dnsmasq -d -p0 --conf-file=/dev/null --pid-file="$DATA/dnsmasq.pid" --enable-tftp \
+      --tftp-root="$DATA" --listen-address="$SERVER_IP" --bind-interfaces --tftp-max=1000 \
+      --quiet-tftp --log-facility="$log" 2>>"$log" & ;;
+  esac
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  sleep 0.5
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; die "$1 did not start"; }
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# run_case TOPO ROUND SERVER CASE CLIENT-ARGS...
+run_case() {
+  local topo=$1 round=$2 server=$3 name=$4
+  shift 4
+  local out cpu line
+  out=$(mktemp)
+  if ! /usr/bin/time -f '%U %S' -o "$out.time" timeout 600 \
+    ip netns exec "$CLIENT_NS" "$CLIENT" "$SERVER_IP:69" "$@" >"$out" 2>"$out.err"; then
+    echo "  ($server $name: some transfers failed: $(head -c 300 "$out.err" | tr '\n' ' '))" >&2
+  fi
+  cpu=$(awk '{print $1 + $2}' "$out.time" 2>/dev/null || echo 0)
+  line=$(cat "$out")
+  rm -f "$out" "$out.err" "$out.time"
+  if [ -z "$line" ]; then line="ok=0 failed=all wall_s=0 mb_per_s=0 blksize=0 windowsize=0"; fi
+  local ok failed wall mbps bs ws
+  ok=$(sed -n 's/.*ok=\([^ ]*\).*/\1/p' <<<"$line")
+  failed=$(sed -n 's/.*failed=\([^ ]*\).*/\1/p' <<<"$line")
+  wall=$(sed -n 's/.*wall_s=\([^ ]*\).*/\1/p' <<<"$line")
+  mbps=$(sed -n 's/.*mb_per_s=\([^ ]*\).*/\1/p' <<<"$line")
+  bs=$(sed -n 's/.*blksize=\([^ ]*\).*/\1/p' <<<"$line")
+  ws=$(sed -n 's/.*windowsize=\([^ ]*\).*/\1/p' <<<"$line")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$topo" "$round" "$server" "$name" \
+    "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu" >>"$RAW"
+  printf '  %-8s r%s %-10s %-16s ok=%s failed=%s wall=%ss %sMB/s (bs %s ws %s) client cpu %ss\n' \
+    "$topo" "$round" "$server" "$name" "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu"
+}
+
+read -r -a server_list <<<"$SERVERS"
+for topo in $TOPOLOGIES; do
+  setup_topology "$topo"
+  if [ "$topo" = netem ]; then file=netem.img; size=$((NETEM_BIG_MB << 20)); else file=big.img; size=$((BIG_MB << 20)); fi
+  for round in $(seq 1 "$ROUNDS"); do
+    # Rotate the order each round so no server always runs first (cold caches) or last.
+    n=${#server_list[@]}
+    for i in $(seq 0 $((n - 1))); do
+      server=${server_list[$(((i + round - 1) % n))]}
+      start_server "$server"
+      for bs in 512 1468 8192; do
+        for ws in 1 16; do
+          run_case "$topo" "$round" "$server" "big-bs$bs-ws$ws" "$file" \
+            --blksize "$bs" --windowsize "$ws" --expect-size "$size"
+        done
+      done
+      run_case "$topo" "$round" "$server" "storm-$CLIENTS" undionly.kpxe \
+        --blksize 1468 --clients "$CLIENTS" --expect-size 70000
+      stop_server
+    done
+  done
+done
+
+python3 "$HERE/summarize.py" "$RAW" >"$SUMMARY"
+cat "$SUMMARY"
