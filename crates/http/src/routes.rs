@@ -358,7 +358,7 @@ async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let found = blocking(move || match &p2 {
         None if listing => root.list(None).map(root_entries),
         None => Err(ResolveError::NotFound),
-        Some(p) => match root.open(p) {
+        Some(p) => match root.open_exact_first(p) {
             Ok(content) => file_found(content),
             Err(ResolveError::IsDirectory) if listing => root.list(Some(p)).map(root_entries),
             Err(e) => Err(e),
