@@ -252,6 +252,18 @@ async fn ipxe(
         }
     };
     let mac = facts.mac;
+    let chosen = q
+        .get("profile")
+        .map(|s| s.as_str())
+        .filter(|s| !s.is_empty());
+    // Fast path: the same machine asking again with the same facts gets the script it was
+    // just given, without touching the store (every write path drops the remembered decision).
+    if chosen.is_none() {
+        if let Some(d) = st.policy.recent(mac).filter(|d| d.fresh_for(&facts)) {
+            tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
+            return text(d.cached_script(&base, retry));
+        }
+    }
     let record = {
         let policy = st.policy.clone();
         let facts = facts.clone();
@@ -293,15 +305,16 @@ async fn ipxe(
         }
         Err(resp) => return resp,
     };
-    let chosen = q
-        .get("profile")
-        .map(|s| s.as_str())
-        .filter(|s| !s.is_empty());
     match st.policy.decide(&facts, Some(&record), chosen).await {
         Ok(d) => {
-            let script = d.script(&base, retry);
-            tracing::info!(%mac, profile = %d.profile, source = %d.source, "boot script");
+            let d = if chosen.is_none() {
+                d.answered(facts)
+            } else {
+                d
+            };
             let d = st.policy.remember(&d);
+            let script = d.cached_script(&base, retry);
+            tracing::info!(%mac, profile = %d.profile, source = %d.source, "boot script");
             if record.last_profile.as_deref() != Some(d.profile.as_str()) {
                 let policy = st.policy.clone();
                 let profile = d.profile.clone();
@@ -391,6 +404,7 @@ async fn boot_asset(
             .await
             {
                 Ok(Ok(_)) => {
+                    st.policy.forget_recent(mac);
                     tracing::info!(%mac, %group, "boot-once: kernel fetched, next boot is local disk")
                 }
                 Ok(Err(e)) => return store_error(e),

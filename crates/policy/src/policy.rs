@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use chainboot_machine::Mac;
@@ -156,6 +157,11 @@ pub struct Decision {
     pub groups: Vec<(String, usize, Vec<SelectorOutcome>)>,
     kind: Kind,
     compiled: Arc<Compiled>,
+    /// The facts of the `/ipxe` request this decision answered (fast path, see `fresh_for`).
+    request_facts: Option<ClientFacts>,
+    made_at: Instant,
+    /// The rendered script for one base URL, so that repeated requests skip rendering.
+    script_cache: Arc<OnceLock<(String, String)>>,
 }
 
 impl fmt::Debug for Decision {
@@ -347,6 +353,9 @@ impl Policy {
             groups: groups.clone(),
             kind,
             compiled: compiled.clone(),
+            request_facts: None,
+            made_at: Instant::now(),
+            script_cache: Arc::new(OnceLock::new()),
         };
         let by_name = |name: &str,
                        source: Source,
@@ -523,7 +532,41 @@ impl fmt::Display for Explanation {
     }
 }
 
+/// How long `/ipxe` may answer a machine from its remembered decision. Every state change that
+/// goes through chainboot (API writes, boot-once kernel fetches, config reloads) drops the
+/// remembered decision at once; this bound only limits how stale `last_seen` gets.
+pub const DECISION_FRESH: Duration = Duration::from_secs(60);
+
 impl Decision {
+    /// Marks the decision as the answer to an `/ipxe` request with these facts.
+    pub(crate) fn answered(mut self, facts: ClientFacts) -> Decision {
+        self.request_facts = Some(facts);
+        self
+    }
+
+    /// True if a new `/ipxe` request with `facts` may be answered from this decision without
+    /// asking the store: same facts, recent, and not from the boot API (whose answers can
+    /// change at any time without chainboot knowing).
+    pub fn fresh_for(&self, facts: &ClientFacts) -> bool {
+        self.request_facts.as_ref() == Some(facts)
+            && self.source != Source::Api
+            && self.made_at.elapsed() < DECISION_FRESH
+    }
+
+    /// [`Decision::script`], rendered once per base URL.
+    pub fn cached_script(&self, base: &HttpBase, retry_secs: u64) -> String {
+        if let Some((b, s)) = self.script_cache.get() {
+            if b == base.as_str() {
+                return s.clone();
+            }
+        }
+        let s = self.script(base, retry_secs);
+        let _ = self
+            .script_cache
+            .set((base.as_str().to_string(), s.clone()));
+        s
+    }
+
     /// "profile X (why)".
     pub fn summary(&self) -> String {
         format!("profile {} ({})", self.profile, self.source)

@@ -152,7 +152,19 @@ impl TftpResolver {
 
 impl Resolver for TftpResolver {
     fn resolve(&self, req: &Request<'_>) -> Result<Content, ResolveError> {
-        let parts = req.path.parts().to_vec();
+        let parts = req.path.parts();
+        // Decide cheaply whether the path is ours: the binary asks this resolver first for
+        // every TFTP request (hundreds of clients fetching undionly.kpxe at once), and those
+        // must not pay for a thread.
+        let ours = match parts {
+            [f] => f.eq_ignore_ascii_case("boot.ipxe"),
+            [d, _] => d.eq_ignore_ascii_case("ipxe") || d.eq_ignore_ascii_case("pxelinux.cfg"),
+            _ => false,
+        };
+        if !ours {
+            return Err(ResolveError::NotFound);
+        }
+        let parts = parts.to_vec();
         // A scoped thread runs the lookup on the resolver's own runtime, so this works whether
         // or not the caller is itself inside a tokio runtime.
         let out = std::thread::scope(|s| {

@@ -158,6 +158,9 @@ async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_
             r.headers()["location"].to_str().unwrap(),
             format!("{}/files/debian/vmlinuz", srv.url)
         );
+        // The very next request, same facts as before, already gets the local disk.
+        let s = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+        assert!(s.lines().any(|l| l == "exit"), "{s}");
     }
     // Restart: new store handle on the same state dir, new policy, new server.
     let store = Arc::new(Store::open(dir.path()).unwrap());
