@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use chainboot_events::{EventLog, EventSettings};
+use chainboot_ops::{routes as ops_routes, Metrics, Observers, OpsState};
 use chainboot_ra::{RaMode, RaServer, RaStats};
+use futures::FutureExt;
+use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -73,39 +77,21 @@ async fn serve(
     quick: Option<QuickBoot>,
 ) -> anyhow::Result<()> {
     info!(config = %source, "chainboot starting");
+    let started = std::time::Instant::now();
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
     let ifaces = interfaces::select(&cfg.server.interfaces)?;
 
-    if cfg.ipv6.router_advertisements != RaMode::Off {
-        let stats = Arc::new(RaStats::default());
-        for iface in &ifaces {
-            match RaServer::bind(&iface.name, &cfg.ipv6, stats.clone()) {
-                Ok(server) => {
-                    let token = shutdown.clone();
-                    tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
-                }
-                Err(e) => {
-                    warn!(interface = %iface.name, "not answering IPv6 router solicitations: {e}")
-                }
-            }
-        }
-    }
-
+    // State and content.
     let store = Arc::new(
         Store::open(&cfg.server.state_dir)
             .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
     );
+    let events = EventLog::start(store.clone(), EventSettings::default());
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
     }
-    let tftp_root = match &cfg.tftp.root {
-        Some(dir) => Some(Arc::new(
-            Root::new(dir).with_context(|| format!("[tftp] root {}", dir.display()))?,
-        )),
-        None => None,
-    };
     let isos = Arc::new(
         IsoLibrary::open(&cfg.iso).map_err(|e| anyhow::anyhow!("a required ISO image: {e}"))?,
     );
@@ -117,8 +103,9 @@ async fn serve(
             Err(e) => warn!(iso = %st.name, "ISO image not available: {e}"),
         }
     }
-    // URLs in scripts rendered for TFTP clients (no Host header to go by): the advertised
-    // address, or the first served interface's.
+
+    // Boot policy. URLs in scripts rendered for TFTP clients (no Host header to go by) use
+    // the advertised address, or the first served interface's.
     let http_port = cfg.http_port();
     let base_ip = cfg
         .server
@@ -149,6 +136,35 @@ async fn serve(
         .api
         .load_or_create_token(&cfg.server.state_dir)
         .context("API token")?;
+    let observers = Arc::new(Observers {
+        events: events.clone(),
+        metrics: Arc::new(Metrics::default()),
+        policy: policy.clone(),
+    });
+
+    // IPv6 router advertisements (iPXE's "Configuring" wait).
+    let ra_stats = Arc::new(RaStats::default());
+    if cfg.ipv6.router_advertisements != RaMode::Off {
+        for iface in &ifaces {
+            match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
+                Ok(server) => {
+                    let token = shutdown.clone();
+                    tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
+                }
+                Err(e) => {
+                    warn!(interface = %iface.name, "not answering IPv6 router solicitations: {e}")
+                }
+            }
+        }
+    }
+
+    // TFTP.
+    let tftp_root = match &cfg.tftp.root {
+        Some(dir) => Some(Arc::new(
+            Root::new(dir).with_context(|| format!("[tftp] root {}", dir.display()))?,
+        )),
+        None => None,
+    };
     let policy_tftp: Arc<dyn chainboot_content::Resolver> =
         Arc::new(TftpResolver::new(policy.clone(), base.clone())?);
     // The TFTP resolver owns a small runtime of its own, which must not be dropped inside an
@@ -162,54 +178,89 @@ async fn serve(
     });
     let tftp_namespace_keep = tftp_namespace.clone();
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
-        .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?;
+        .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?
+        .with_observer(observers.clone());
     info!(listen = %tftp.local_addr(), "TFTP listening");
-    {
-        let token = shutdown.clone();
-        tasks.spawn(async move { ("tftp", tftp.run(token).await) });
-    }
+    let tftp_stats = tftp.stats();
 
+    // DHCP.
+    let dhcp = DhcpServer::bind(
+        cfg.dhcp.clone(),
+        cfg.boot_settings(),
+        store.clone(),
+        ServerOptions {
+            interfaces: cfg.server.interfaces.clone(),
+            observer: observers.clone(),
+        },
+    )?;
+    info!(mode = ?cfg.dhcp.mode, "DHCP ready");
+    let (dhcp_counters, dhcp_engine) = (dhcp.counters(), dhcp.engine());
+
+    // HTTP: static content, boot policy, operations.
+    let http = HttpServer::bind(&cfg.http)
+        .context("HTTP cannot listen")?
+        .with_observer(observers.clone());
+    let http_addrs = http.local_addrs();
+    for addr in &http_addrs {
+        info!(listen = %addr, "HTTP listening");
+    }
     let files = match &cfg.http.root {
         Some(dir) => Some(Arc::new(
             Root::new(dir).with_context(|| format!("[http] root {}", dir.display()))?,
         )),
         None => None,
     };
+    let ops = OpsState {
+        store: store.clone(),
+        events: events.clone(),
+        metrics: observers.metrics.clone(),
+        dhcp_counters: Some(dhcp_counters),
+        dhcp_engine: Some(dhcp_engine),
+        tftp: Some(tftp_stats),
+        http: Some(http.stats()),
+        ra: Some(ra_stats),
+        info: Arc::new(json!({
+            "config": source.to_string(),
+            "dhcp_mode": format!("{:?}", cfg.dhcp.mode).to_lowercase(),
+            "interfaces": ifaces.iter().map(|i| &i.name).collect::<Vec<_>>(),
+            "tftp": cfg.tftp.listen.to_string(),
+            "http": http_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "quick_mode": quick.is_some(),
+        })),
+        started,
+        token: Arc::new(token.clone()),
+        read_requires_token: cfg.api.read_requires_token,
+    };
+    let policy_router = policy_routes(PolicyState::new(
+        policy.clone(),
+        token,
+        &cfg.api,
+        base.clone(),
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        events.clone(),
+        learn_machine_ip,
+    ));
     let router = static_routes(StaticContent {
         files,
         ipxe_bin: ipxe.clone(),
         isos: isos.clone(),
         listing: cfg.http.listing,
     })
-    .merge(policy_routes(PolicyState::new(
-        policy.clone(),
-        token,
-        &cfg.api,
-        base.clone(),
-    )));
-    let http = HttpServer::bind(&cfg.http).context("HTTP cannot listen")?;
-    for addr in http.local_addrs() {
-        info!(listen = %addr, "HTTP listening");
-    }
-    {
-        let token = shutdown.clone();
-        tasks.spawn(async move { ("http", http.run(router, token).await) });
-    }
+    .merge(policy_router)
+    .merge(ops_routes(ops));
 
-    let boot = cfg.boot_settings();
-    let dhcp = DhcpServer::bind(
-        cfg.dhcp.clone(),
-        boot,
-        store.clone(),
-        ServerOptions {
-            interfaces: cfg.server.interfaces.clone(),
-            ..ServerOptions::default()
-        },
-    )?;
-    info!(mode = ?cfg.dhcp.mode, "DHCP ready");
-    {
-        let token = shutdown.clone();
-        tasks.spawn(async move { ("dhcp", dhcp.run(token).await.map_err(std::io::Error::other)) });
+    for (name, fut) in [
+        ("tftp", tftp.run(shutdown.clone()).boxed()),
+        ("http", http.run(router, shutdown.clone()).boxed()),
+        (
+            "dhcp",
+            dhcp.run(shutdown.clone())
+                .map(|r| r.map_err(std::io::Error::other))
+                .boxed(),
+        ),
+    ] {
+        tasks.spawn(async move { (name, fut.await) });
     }
 
     let result = tokio::select! {
@@ -222,14 +273,40 @@ async fn serve(
     };
     shutdown.cancel();
     // In-flight transfers get a grace period, then everything is dropped.
+    let grace = cfg.tftp.shutdown_grace.max(SHUTDOWN_GRACE) + Duration::from_secs(1);
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        warn!("some transfers did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        warn!("some transfers did not finish within {grace:?}; stopping anyway");
     }
+    events.flush(Duration::from_secs(2));
     drop(tftp_namespace_keep);
     let _ = tokio::task::spawn_blocking(move || drop(keep_policy_tftp)).await;
     info!("chainboot stopped");
     result
+}
+
+/// iPXE's script request carries its MAC (`/ipxe?mac=...`): remember which MAC this client
+/// address is, so that its later HTTP and TFTP requests land on the right machine's timeline.
+async fn learn_machine_ip(
+    axum::extract::State(events): axum::extract::State<Arc<EventLog>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.uri().path() == "/ipxe" {
+        let mac = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("mac="))
+                .and_then(|m| m.parse::<chainboot_machine::Mac>().ok())
+        });
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let (Some(mac), Some(ip)) = (mac, peer) {
+            events.learn_ip(ip, mac);
+        }
+    }
+    next.run(req).await
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -1,0 +1,206 @@
+// chainboot dashboard: reads /api/v1, follows /api/v1/events/stream (Server-Sent Events).
+"use strict";
+const $ = (s) => document.querySelector(s);
+const STAGES = ["firmware-dhcp", "first-stage", "ipxe-dhcp", "script", "kernel", "initrd", "os-callback"];
+let machines = [];
+let profiles = [];
+const timelines = new Map();
+const warnings = [];
+
+function text(s) { return s === null || s === undefined || s === "" ? "-" : String(s); }
+function ago(ms) {
+  if (!ms) return "-";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return s + "s ago";
+  if (s < 3600) return Math.floor(s / 60) + "m ago";
+  if (s < 86400) return Math.floor(s / 3600) + "h ago";
+  return Math.floor(s / 86400) + "d ago";
+}
+function td(content, cls) {
+  const el = document.createElement("td");
+  if (cls) el.className = cls;
+  if (content instanceof Node) el.appendChild(content); else el.textContent = text(content);
+  return el;
+}
+async function getJSON(path) {
+  const r = await fetch(path, { headers: authHeaders() });
+  if (!r.ok) throw new Error(path + ": " + r.status);
+  return r.json();
+}
+function token() { return sessionStorage.getItem("chainboot-token") || ""; }
+function authHeaders() { const t = token(); return t ? { Authorization: "Bearer " + t } : {}; }
+
+function bar(boot) {
+  const el = document.createElement("div");
+  el.className = "bar";
+  if (!boot || !boot.stages.length) return el;
+  const start = boot.start_ms, total = Math.max(1, boot.end_ms - start);
+  for (const st of boot.stages) {
+    const span = document.createElement("span");
+    span.className = "s-" + st.stage + (st.error ? " err" : "");
+    span.style.marginLeft = "0";
+    span.style.width = Math.max(2, (100 * Math.max(st.duration_ms, total / 60)) / total) + "%";
+    span.title = st.stage + ": " + st.duration_ms + " ms" + (st.error ? " (error)" : "");
+    span.dataset.stage = st.stage;
+    el.appendChild(span);
+  }
+  el.title = "boot at " + new Date(start).toLocaleTimeString() + ", reached " + text(boot.reached) +
+    ", " + (boot.end_ms - start) + " ms";
+  return el;
+}
+
+function renderMachines() {
+  const body = $("#machines tbody");
+  body.replaceChildren();
+  for (const m of machines) {
+    const tr = document.createElement("tr");
+    tr.dataset.mac = m.mac;
+    const boots = timelines.get(m.mac) || [];
+    const last = boots[boots.length - 1];
+    if (last && last.errors > 0) tr.className = "err";
+    if (warnings.some((w) => w.mac === m.mac)) tr.className = "warn";
+    const f = m.facts || {};
+    const profile = m.pinned_profile ? m.pinned_profile + " (pinned)" : m.last_profile;
+    const state = m.installed_ms ? "installed (boots local disk)" : (last ? "reached " + last.reached : "seen");
+    const edit = document.createElement("button");
+    edit.textContent = "Edit";
+    edit.className = "edit";
+    edit.onclick = () => openEdit(m);
+    tr.append(td(m.mac, "mono"), td(f.arch), td(f.ip, "mono"), td(f.hostname), td(profile, "profile"),
+      td(state, "state"), td(bar(last), "timeline"), td(ago(m.last_seen_ms)), td(edit));
+    body.appendChild(tr);
+  }
+}
+
+function renderWarnings() {
+  const ul = $("#warnings");
+  ul.replaceChildren();
+  if (!warnings.length) { const li = document.createElement("li"); li.className = "muted"; li.textContent = "none"; ul.appendChild(li); return; }
+  for (const w of warnings.slice(-20).reverse()) {
+    const li = document.createElement("li");
+    li.className = w.kind === "chainload-loop" ? "loop" : "";
+    li.textContent = new Date(w.at_ms).toLocaleTimeString() + " " + text(w.mac) + ": " + w.text;
+    ul.appendChild(li);
+  }
+}
+
+function describe(e) {
+  const d = e.detail || {};
+  switch (e.kind) {
+    case "dhcp": return d.msg + " from " + d.client + " → " + (d.decision && d.decision.file ? d.decision.file : d.outcome);
+    case "tftp": return (d.error ? "FAILED " : "") + d.path + " " + text(d.bytes) + " B in " + text(d.duration_ms) + " ms";
+    case "http": return d.status + " " + d.method + " " + d.path + " (" + d.what + ", " + d.bytes + " B)";
+    case "chainload-loop": return "chainload loop: " + d.probable_cause;
+    default: return JSON.stringify(d);
+  }
+}
+
+function addEvent(e, prepend) {
+  const body = $("#events tbody");
+  const tr = document.createElement("tr");
+  const d = e.detail || {};
+  if (e.kind === "chainload-loop") tr.className = "err";
+  else if (d.error || (d.status && d.status >= 400)) tr.className = "warn";
+  tr.append(td(new Date(e.at_ms).toLocaleTimeString()), td(e.mac, "mono"), td(e.kind), td(describe(e)));
+  if (prepend) body.prepend(tr); else body.appendChild(tr);
+  while (body.children.length > 200) body.lastChild.remove();
+  if (e.kind === "chainload-loop" || d.error) {
+    warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text: e.kind === "chainload-loop" ? d.probable_cause : d.error });
+  }
+}
+
+async function loadTimeline(mac) {
+  try {
+    const t = await getJSON("/api/v1/machines/" + encodeURIComponent(mac) + "/timeline");
+    timelines.set(mac, t.boots || []);
+  } catch (err) { /* shown as an empty bar */ }
+}
+
+async function refresh() {
+  try {
+    const [info, ms, ls, ps] = await Promise.all([
+      getJSON("/api/v1/info"), getJSON("/api/v1/machines"), getJSON("/api/v1/leases"), getJSON("/api/v1/profiles"),
+    ]);
+    $("#info").textContent = "v" + info.version + " · DHCP " + text(info.dhcp_mode) + " · up " + info.uptime_s + "s";
+    machines = ms.sort((a, b) => b.last_seen_ms - a.last_seen_ms);
+    profiles = ps.map((p) => p.name || p);
+    await Promise.all(machines.slice(0, 100).map((m) => loadTimeline(m.mac)));
+    renderMachines();
+    renderWarnings();
+    const lb = $("#leases tbody");
+    lb.replaceChildren();
+    for (const l of ls) {
+      const tr = document.createElement("tr");
+      tr.append(td(l.ip, "mono"), td(l.mac, "mono"), td(l.hostname), td(l.state), td(new Date(l.expires * 1000).toLocaleString()));
+      lb.appendChild(tr);
+    }
+  } catch (err) {
+    $("#info").textContent = "cannot reach the API: " + err.message;
+  }
+}
+
+let pending = null;
+function scheduleRefresh() { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 300); }
+
+function openEdit(m) {
+  $("#edit-mac").textContent = m.mac;
+  const sel = $("#edit-profile");
+  sel.replaceChildren();
+  const none = document.createElement("option"); none.value = ""; none.textContent = "(unpinned: groups decide)"; sel.appendChild(none);
+  for (const p of profiles) { const o = document.createElement("option"); o.value = p; o.textContent = p; sel.appendChild(o); }
+  sel.value = m.pinned_profile || "";
+  $("#edit-token").value = token();
+  $("#edit-error").textContent = "";
+  $("#edit").dataset.mac = m.mac;
+  $("#edit").showModal();
+}
+
+async function write(method, path, body) {
+  const t = $("#edit-token").value.trim();
+  if (t) sessionStorage.setItem("chainboot-token", t);
+  const r = await fetch(path, {
+    method, headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!r.ok) {
+    let msg = r.status + "";
+    try { msg += ": " + (await r.json()).error; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+}
+
+$("#edit-save").onclick = async () => {
+  const mac = $("#edit").dataset.mac;
+  const p = $("#edit-profile").value;
+  try {
+    await write("PUT", "/api/v1/machines/" + encodeURIComponent(mac) + "/profile", { profile: p || null });
+    $("#edit").close();
+    refresh();
+  } catch (err) { $("#edit-error").textContent = err.message; }
+};
+$("#edit-rearm").onclick = async () => {
+  const mac = $("#edit").dataset.mac;
+  try {
+    await write("POST", "/api/v1/machines/" + encodeURIComponent(mac) + "/rearm");
+    $("#edit").close();
+    refresh();
+  } catch (err) { $("#edit-error").textContent = err.message; }
+};
+
+async function start() {
+  try {
+    const recent = await getJSON("/api/v1/events?limit=100");
+    for (const e of recent.reverse()) addEvent(e, true);
+  } catch (err) { /* the stream still works */ }
+  await refresh();
+  const es = new EventSource("/api/v1/events/stream");
+  es.addEventListener("open", () => { $("#live").textContent = "live"; $("#live").className = "pill ok"; });
+  es.addEventListener("error", () => { $("#live").textContent = "reconnecting…"; $("#live").className = "pill bad"; });
+  es.addEventListener("event", (msg) => {
+    const e = JSON.parse(msg.data);
+    addEvent(e, true);
+    if (e.mac) scheduleRefresh(); else renderWarnings();
+  });
+  setInterval(refresh, 30000);
+}
+start();

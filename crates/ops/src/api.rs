@@ -1,0 +1,547 @@
+//! The operator's side of API v1 (the machine side lives in chainboot-policy): leases,
+//! events (list and live stream), timelines, server info; and `/metrics`, `/healthz`, the
+//! dashboard.
+
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
+use chainboot_events::{boots, EventLog};
+use chainboot_http::HttpStats;
+use chainboot_machine::Mac;
+use chainboot_ra::RaStats;
+use chainboot_store::events::{self, EventFilter};
+use chainboot_store::Store;
+use chainboot_tftp::TftpStats;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::metrics::{label_value, Writer};
+use crate::observe::Metrics;
+
+/// What the operator routes read. Servers that are not running are `None`.
+#[derive(Clone)]
+pub struct OpsState {
+    pub store: Arc<Store>,
+    pub events: Arc<EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub dhcp_counters: Option<Arc<Counters>>,
+    pub dhcp_engine: Option<Arc<Mutex<Engine>>>,
+    pub tftp: Option<Arc<TftpStats>>,
+    pub http: Option<Arc<HttpStats>>,
+    pub ra: Option<Arc<RaStats>>,
+    pub info: Arc<serde_json::Value>,
+    pub started: Instant,
+    /// API token; reads need it when `read_requires_token`.
+    pub token: Arc<String>,
+    pub read_requires_token: bool,
+}
+
+/// Bearer token from the Authorization header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() || b.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+impl OpsState {
+    fn check_read(&self, headers: &HeaderMap) -> Result<(), Response> {
+        if self.read_requires_token && !bearer(headers).is_some_and(|t| ct_eq(t, &self.token)) {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The routes.
+pub fn routes(state: OpsState) -> Router {
+    Router::new()
+        .route("/api/v1/leases", get(leases))
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/stream", get(stream_events))
+        .route("/api/v1/machines/{mac}/timeline", get(timeline))
+        .route("/api/v1/info", get(info))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard/{file}", get(crate::dashboard::asset))
+        .with_state(state)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("task failed: {e}"),
+        )
+    })
+}
+
+async fn leases(State(st): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let Some(engine) = st.dhcp_engine.clone() else {
+        return Json(json!([])).into_response();
+    };
+    let list: Vec<serde_json::Value> = engine
+        .lock()
+        .leases()
+        .into_iter()
+        .map(|l| {
+            json!({
+                "ip": l.ip.to_string(),
+                "mac": l.mac.to_string(),
+                "hostname": l.hostname,
+                "state": match l.status {
+                    LeaseStatus::Offered => "offered",
+                    LeaseStatus::Bound => "bound",
+                    LeaseStatus::Released => "released",
+                    LeaseStatus::Declined => "declined",
+                },
+                "expires": l.expires,
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    mac: Option<String>,
+    /// Unix milliseconds, or seconds ago with an `s`/`m`/`h` suffix (`since=10m`).
+    since: Option<String>,
+    kind: Option<String>,
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+fn parse_since(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: since takes Unix milliseconds or e.g. 10m, 2h, 30s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    Ok(chainboot_events::now_ms() - secs * 1000)
+}
+
+fn filter_of(q: &EventQuery) -> Result<EventFilter, Response> {
+    let mac = match &q.mac {
+        Some(m) => Some(
+            m.parse::<Mac>()
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?,
+        ),
+        None => None,
+    };
+    let since_ms = match &q.since {
+        Some(s) => Some(parse_since(s).map_err(|e| error(StatusCode::BAD_REQUEST, e))?),
+        None => None,
+    };
+    Ok(EventFilter {
+        mac,
+        since_ms,
+        after_id: q.after,
+        kind: q.kind.clone(),
+        limit: q.limit,
+    })
+}
+
+async fn list_events(
+    State(st): State<OpsState>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let filter = match filter_of(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let store = st.store.clone();
+    match blocking(move || events::list(&store, &filter)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
+    }
+}
+
+async fn stream_events(
+    State(st): State<OpsState>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let filter = match filter_of(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let rx = st.events.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(move |item| {
+        let filter = filter.clone();
+        async move {
+            let e = match item {
+                Ok(e) => e,
+                // A slow reader missed events: say so rather than pretend.
+                Err(_lagged) => {
+                    return Some(Ok::<_, Infallible>(
+                        SseEvent::default().event("lagged").data("{}"),
+                    ))
+                }
+            };
+            if filter.mac.is_some_and(|m| e.mac != Some(m))
+                || filter.kind.as_ref().is_some_and(|k| &e.kind != k)
+            {
+                return None;
+            }
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            Some(Ok(SseEvent::default()
+                .id(e.id.to_string())
+                .event("event")
+                .data(data)))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// A machine's boots as timelines (newest last), from its events.
+pub fn machine_timeline(store: &Store, mac: Mac) -> Result<serde_json::Value, String> {
+    let list = events::list(
+        store,
+        &EventFilter {
+            mac: Some(mac),
+            limit: Some(2000),
+            ..EventFilter::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(serde_json::to_value(boots(&list)).unwrap_or_default())
+}
+
+async fn timeline(
+    State(st): State<OpsState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let mac: Mac = match mac.parse() {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+    };
+    let store = st.store.clone();
+    match blocking(move || machine_timeline(&store, mac)).await {
+        Ok(Ok(v)) => Json(json!({ "mac": mac, "boots": v })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(r) => r,
+    }
+}
+
+async fn info(State(st): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let mut v = (*st.info).clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("uptime_s".into(), json!(st.started.elapsed().as_secs()));
+        o.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    }
+    Json(v).into_response()
+}
+
+async fn healthz(State(st): State<OpsState>) -> Response {
+    // Healthy when the store answers: every server depends on it.
+    let store = st.store.clone();
+    match blocking(move || store.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))))
+        .await
+    {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics(State(st): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&st),
+    )
+        .into_response()
+}
+
+/// Renders every metric (names start with `chainboot_`).
+pub fn render_metrics(st: &OpsState) -> String {
+    let mut w = Writer::new();
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    w.gauge(
+        "chainboot_uptime_seconds",
+        "Seconds since start.",
+        st.started.elapsed().as_secs_f64(),
+    );
+    if let Some(c) = &st.dhcp_counters {
+        for (name, v) in c.snapshot() {
+            w.counter(
+                &format!("chainboot_dhcp_{name}_total"),
+                "DHCP engine counter (see docs/api.md).",
+                v,
+            );
+        }
+    }
+    w.labeled(
+        "chainboot_dhcp_exchanges_total",
+        "DHCP requests by message type, client kind and outcome.",
+        &st.metrics.dhcp_exchanges,
+    );
+    w.histogram(
+        "chainboot_dhcp_decision_seconds",
+        "Time from a DHCP request's arrival to its reply being queued.",
+        &st.metrics.dhcp_decision_seconds,
+    );
+    if let Some(engine) = &st.dhcp_engine {
+        let engine = engine.lock();
+        let leases = engine.leases();
+        let mut used = Vec::new();
+        let mut free = Vec::new();
+        for subnet in &engine.config().subnet {
+            for [start, end] in &subnet.pools {
+                let (s, e) = (u32::from(*start), u32::from(*end));
+                let size = e.saturating_sub(s) as u64 + 1;
+                let in_use = leases
+                    .iter()
+                    .filter(|l| {
+                        let ip = u32::from(l.ip);
+                        ip >= s
+                            && ip <= e
+                            && matches!(
+                                l.status,
+                                LeaseStatus::Bound | LeaseStatus::Offered | LeaseStatus::Declined
+                            )
+                    })
+                    .count() as u64;
+                let label = format!("pool=\"{}-{}\"", Ipv4Addr::from(s), Ipv4Addr::from(e));
+                used.push((label.clone(), in_use as f64));
+                free.push((label, size.saturating_sub(in_use) as f64));
+            }
+        }
+        w.family(
+            "chainboot_dhcp_leases_in_use",
+            "gauge",
+            "Addresses bound, offered or quarantined, per pool.",
+            &used,
+        );
+        w.family(
+            "chainboot_dhcp_leases_free",
+            "gauge",
+            "Addresses free, per pool.",
+            &free,
+        );
+    }
+    if let Some(t) = &st.tftp {
+        let s = t.snapshot();
+        w.counter(
+            "chainboot_tftp_transfers_started_total",
+            "TFTP transfers that began sending.",
+            s.started,
+        );
+        w.counter(
+            "chainboot_tftp_transfers_finished_total",
+            "TFTP transfers completed.",
+            s.finished,
+        );
+        w.counter(
+            "chainboot_tftp_transfers_failed_total",
+            "TFTP transfers that began but did not complete.",
+            s.failed,
+        );
+        w.family(
+            "chainboot_tftp_requests_dropped_total",
+            "counter",
+            "TFTP requests and datagrams refused or dropped, by reason.",
+            &[
+                ("reason=\"refused_path\"".into(), s.refused as f64),
+                ("reason=\"not_found\"".into(), s.not_found as f64),
+                ("reason=\"busy\"".into(), s.busy as f64),
+                ("reason=\"write_request\"".into(), s.writes_refused as f64),
+                ("reason=\"malformed\"".into(), s.malformed as f64),
+                ("reason=\"unknown_tid\"".into(), s.unknown_tid as f64),
+                (
+                    "reason=\"duplicate_request\"".into(),
+                    s.duplicate_requests as f64,
+                ),
+            ],
+        );
+        w.counter(
+            "chainboot_tftp_bytes_total",
+            "TFTP payload bytes acknowledged.",
+            s.bytes,
+        );
+        w.gauge(
+            "chainboot_tftp_active_transfers",
+            "TFTP transfers running now.",
+            s.active as f64,
+        );
+    }
+    w.histogram(
+        "chainboot_tftp_transfer_seconds",
+        "TFTP transfer durations.",
+        &st.metrics.tftp_transfer_seconds,
+    );
+    w.labeled(
+        "chainboot_tftp_transfers_total",
+        "TFTP transfers by what was fetched and outcome.",
+        &st.metrics.tftp_transfers,
+    );
+    if let Some(h) = &st.http {
+        let classes: Vec<(String, f64)> = (1..=5)
+            .map(|c| (format!("code=\"{c}xx\""), h.responses(c) as f64))
+            .collect();
+        w.family(
+            "chainboot_http_responses_by_class_total",
+            "counter",
+            "HTTP responses by status class.",
+            &classes,
+        );
+        w.counter(
+            "chainboot_http_bytes_sent_total",
+            "HTTP body bytes sent.",
+            g(&h.bytes_sent),
+        );
+        w.counter(
+            "chainboot_http_responses_aborted_total",
+            "HTTP responses whose body ended early.",
+            g(&h.aborted),
+        );
+        w.gauge(
+            "chainboot_http_active_connections",
+            "HTTP connections open now.",
+            g(&h.active_connections) as f64,
+        );
+        w.counter(
+            "chainboot_http_connections_total",
+            "HTTP connections accepted.",
+            g(&h.connections_total),
+        );
+        w.counter(
+            "chainboot_http_connections_timed_out_total",
+            "HTTP connections closed as idle or slow.",
+            g(&h.connections_timed_out),
+        );
+    }
+    w.histogram(
+        "chainboot_http_request_seconds",
+        "HTTP request durations (to the last body byte).",
+        &st.metrics.http_request_seconds,
+    );
+    w.labeled(
+        "chainboot_http_responses_total",
+        "HTTP responses by what was fetched and status class.",
+        &st.metrics.http_responses,
+    );
+    w.labeled(
+        "chainboot_http_bytes_total",
+        "HTTP body bytes by what was fetched.",
+        &st.metrics.http_bytes,
+    );
+    if let Some(r) = &st.ra {
+        w.counter(
+            "chainboot_ipv6_router_solicitations_total",
+            "IPv6 router solicitations received.",
+            g(&r.solicitations),
+        );
+        w.counter(
+            "chainboot_ipv6_router_advertisements_sent_total",
+            "Empty router advertisements sent.",
+            g(&r.advertisements_sent),
+        );
+        w.counter(
+            "chainboot_ipv6_routers_heard_total",
+            "Advertisements heard from real IPv6 routers.",
+            g(&r.routers_heard),
+        );
+    }
+    let es = st.events.stats();
+    w.counter(
+        "chainboot_chainload_loops_total",
+        "Chainload loops detected (first stage fetched repeatedly without reaching HTTP).",
+        g(&es.chainload_loops),
+    );
+    w.counter(
+        "chainboot_events_recorded_total",
+        "Events recorded.",
+        g(&es.recorded),
+    );
+    w.counter(
+        "chainboot_events_dropped_total",
+        "Events dropped because the writer fell behind.",
+        g(&es.dropped),
+    );
+    w.counter(
+        "chainboot_events_write_errors_total",
+        "Events the store refused.",
+        g(&es.write_errors),
+    );
+    let batches = g(&es.write_batches);
+    w.counter(
+        "chainboot_store_event_batches_total",
+        "Event batches written (one transaction each).",
+        batches,
+    );
+    w.counter(
+        "chainboot_store_event_write_seconds_total",
+        "Time spent writing event batches (store latency: divide by batches).",
+        g(&es.write_micros_total) / 1_000_000,
+    );
+    let _ = label_value;
+    w.finish()
+}

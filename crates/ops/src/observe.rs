@@ -1,0 +1,304 @@
+//! Observers: the servers call these hooks; they turn activity into events (keyed by MAC) and
+//! metrics. They run on serving paths, so they only touch memory: the event log queues, the
+//! histograms are atomics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chainboot_dhcp::boot::{first_stage_names, BootDecision, SCRIPT_NAME};
+use chainboot_dhcp::{Handled, Ingress};
+use chainboot_events::EventLog;
+use chainboot_http::{AccessRecord, HttpObserver};
+use chainboot_machine::Mac;
+use chainboot_policy::policy::AssetSlot;
+use chainboot_policy::{AssetRef, Policy};
+use chainboot_tftp::server::{TransferObserver, TransferSummary};
+use serde_json::json;
+
+use crate::metrics::{Histogram, LabeledCounter, LATENCY_BUCKETS, TRANSFER_BUCKETS};
+
+/// Histograms and counters the observers fill (the servers' own counters are read directly).
+#[derive(Debug)]
+pub struct Metrics {
+    pub tftp_transfer_seconds: Histogram,
+    pub tftp_transfers: LabeledCounter,
+    pub http_request_seconds: Histogram,
+    pub http_responses: LabeledCounter,
+    pub http_bytes: LabeledCounter,
+    pub dhcp_exchanges: LabeledCounter,
+    pub dhcp_decision_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            tftp_transfer_seconds: Histogram::new(TRANSFER_BUCKETS),
+            tftp_transfers: LabeledCounter::default(),
+            http_request_seconds: Histogram::new(LATENCY_BUCKETS),
+            http_responses: LabeledCounter::default(),
+            http_bytes: LabeledCounter::default(),
+            dhcp_exchanges: LabeledCounter::default(),
+            dhcp_decision_seconds: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+/// Everything the observers share.
+pub struct Observers {
+    pub events: Arc<EventLog>,
+    pub metrics: Arc<Metrics>,
+    pub policy: Arc<Policy>,
+}
+
+/// Whether a TFTP path is a first-stage iPXE binary (for timelines and loop detection).
+pub fn is_first_stage(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.eq_ignore_ascii_case("ipxe.pxe")
+        || first_stage_names()
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn tftp_what(path: &str) -> &'static str {
+    if is_first_stage(path) {
+        "first-stage"
+    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") {
+        "script"
+    } else if path.starts_with("pxelinux.cfg/") {
+        "config"
+    } else {
+        "file"
+    }
+}
+
+impl TransferObserver for Observers {
+    fn on_finish(&self, s: &TransferSummary<'_>) {
+        let secs = s.duration.as_secs_f64();
+        let outcome = s.outcome.to_string();
+        let ok = s.outcome.is_success();
+        self.metrics.tftp_transfer_seconds.observe(secs);
+        self.metrics.tftp_transfers.add(
+            format!(
+                "what=\"{}\",outcome=\"{}\"",
+                tftp_what(s.path),
+                if ok { "completed" } else { "failed" }
+            ),
+            1,
+        );
+        let mac = self.events.mac_for_ip(s.client.ip());
+        self.events.record(
+            mac,
+            "tftp",
+            json!({
+                "client": s.client.to_string(),
+                "path": s.path,
+                "what": tftp_what(s.path),
+                "first_stage": is_first_stage(s.path),
+                "bytes": s.bytes,
+                "blksize": s.blksize,
+                "windowsize": s.windowsize,
+                "duration_ms": s.duration.as_millis() as u64,
+                "mb_per_s": if secs > 0.0 { (s.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0 } else { 0.0 },
+                "outcome": if ok { "completed".to_string() } else { outcome.clone() },
+                "error": if ok { None } else { Some(outcome) },
+            }),
+        );
+    }
+
+    fn on_refused(&self, client: std::net::SocketAddr, path: &str, reason: &str) {
+        self.metrics
+            .tftp_transfers
+            .add("what=\"refused\",outcome=\"refused\"".into(), 1);
+        let mac = self.events.mac_for_ip(client.ip());
+        self.events.record(
+            mac,
+            "tftp",
+            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": "refused"}),
+        );
+    }
+}
+
+/// What an HTTP request was, for timelines.
+fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static str {
+    let rest = |p: &str| path.strip_prefix(p);
+    if path == "/boot.ipxe" || path == "/ipxe" || path.starts_with("/ipxe/") {
+        return "script";
+    }
+    if let Some(r) = rest("/boot/") {
+        let slot = r.split_once('/').map(|(_, s)| s).unwrap_or("");
+        return match slot.split('/').next() {
+            Some("kernel") => "kernel",
+            Some("initrd") => "initrd",
+            Some("loader") => "loader",
+            _ => "file",
+        };
+    }
+    if path.starts_with("/ipxe-bin/") {
+        return "first-stage";
+    }
+    if path.starts_with("/config/") || path.starts_with("/pxelinux.cfg/") {
+        return "config";
+    }
+    if path.starts_with("/files/") || path.starts_with("/iso/") {
+        // A profile's kernel and initrds may be plain static files: compare with the last
+        // decision made for this machine.
+        if let Some(d) = mac.and_then(|m| observers.policy.recent(m)) {
+            let is = |slot| {
+                d.asset(slot)
+                    .is_some_and(|a| asset_path(&a).as_deref() == Some(path))
+            };
+            if is(AssetSlot::Kernel) {
+                return "kernel";
+            }
+            if (0..16).any(|i| is(AssetSlot::Initrd(i))) {
+                return "initrd";
+            }
+        }
+        return "file";
+    }
+    "other"
+}
+
+/// The URL path under which chainboot serves an asset reference.
+fn asset_path(a: &AssetRef) -> Option<String> {
+    match a {
+        AssetRef::Files(p) => Some(format!("/files/{p}")),
+        AssetRef::Iso { name, path } => Some(format!("/iso/{name}/{path}")),
+        _ => None,
+    }
+}
+
+/// `/api/v1/machines/MAC/events`: the machine reporting its own progress.
+fn callback_mac(path: &str) -> Option<Mac> {
+    let rest = path.strip_prefix("/api/v1/machines/")?;
+    let (mac, tail) = rest.split_once('/')?;
+    (tail == "events").then(|| mac.parse().ok()).flatten()
+}
+
+impl HttpObserver for Observers {
+    fn on_response(&self, r: &AccessRecord) {
+        let path = r.path.as_str();
+        // Operator traffic (API reads, metrics, dashboard) is not part of any boot.
+        let is_callback = r.method == http::Method::POST && callback_mac(path).is_some();
+        if !is_callback
+            && (path.starts_with("/api/")
+                || path == "/metrics"
+                || path == "/healthz"
+                || path == "/"
+                || path.starts_with("/dashboard/"))
+        {
+            return;
+        }
+        let client_ip: IpAddr = r.client.ip();
+        let mac = callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip));
+        let what = if is_callback {
+            "callback"
+        } else {
+            http_what(self, path, mac)
+        };
+        let status = r.status.as_u16();
+        self.metrics
+            .http_request_seconds
+            .observe_duration(r.duration);
+        self.metrics
+            .http_responses
+            .add(format!("what=\"{what}\",code=\"{}xx\"", status / 100), 1);
+        self.metrics
+            .http_bytes
+            .add(format!("what=\"{what}\""), r.bytes);
+        let detail = json!({
+            "client": r.client.to_string(),
+            "method": r.method.as_str(),
+            "path": path,
+            "what": what,
+            "status": status,
+            "bytes": r.bytes,
+            "duration_ms": r.duration.as_millis() as u64,
+            "complete": r.complete,
+        });
+        // The callback itself is recorded by the API as an `api` event; this is the transfer.
+        self.events.record(mac, "http", detail);
+    }
+}
+
+/// How a DHCP client presented itself.
+fn client_kind(f: &chainboot_dhcp::ClientFacts) -> &'static str {
+    if f.is_ipxe {
+        "ipxe"
+    } else if f.is_http_client() {
+        "http-boot"
+    } else if f.is_pxe_client() {
+        "pxe"
+    } else {
+        "other"
+    }
+}
+
+impl chainboot_dhcp::DhcpObserver for Observers {
+    fn exchange(&self, ingress: &Ingress, handled: &Handled) {
+        let Some((msg, facts)) = &handled.request else {
+            return;
+        };
+        let outcome = format!("{:?}", handled.outcome);
+        self.metrics.dhcp_exchanges.add(
+            format!(
+                "type=\"{}\",client=\"{}\",outcome=\"{}\"",
+                format!("{msg:?}").to_lowercase(),
+                client_kind(facts),
+                crate::metrics::label_value(outcome.split('(').next().unwrap_or("")),
+            ),
+            1,
+        );
+        if let (Some(mac), Some(addr)) = (facts.mac, handled.address) {
+            self.events.learn_ip(IpAddr::V4(addr), mac);
+        }
+        // Ordinary DHCP clients are not booting through chainboot: counted, not logged.
+        if client_kind(facts) == "other" && handled.decision.is_none() {
+            return;
+        }
+        let decision = match &handled.decision {
+            Some(BootDecision::Boot(a)) => json!({"stage": a.stage, "file": a.file}),
+            Some(BootDecision::NoBoot(n)) => json!({"no_boot": n}),
+            None => serde_json::Value::Null,
+        };
+        self.events.record(
+            facts.mac,
+            "dhcp",
+            json!({
+                "msg": format!("{msg:?}").to_lowercase(),
+                "client": client_kind(facts),
+                "arch": facts.arch_code,
+                "iface": ingress.iface,
+                "port": ingress.local_port,
+                "outcome": outcome,
+                "address": handled.address.map(|a| a.to_string()),
+                "decision": decision,
+            }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_stage_names_are_recognised_anywhere() {
+        assert!(is_first_stage("undionly.kpxe"));
+        assert!(is_first_stage("IPXE.EFI"));
+        assert!(is_first_stage("ipxe.pxe"));
+        assert!(!is_first_stage("boot.ipxe"));
+        assert_eq!(tftp_what("boot.ipxe"), "script");
+        assert_eq!(tftp_what("pxelinux.cfg/default"), "config");
+    }
+
+    #[test]
+    fn callbacks_are_recognised_by_path() {
+        assert_eq!(
+            callback_mac("/api/v1/machines/52:54:00:00:00:01/events"),
+            Some("52:54:00:00:00:01".parse().unwrap())
+        );
+        assert_eq!(callback_mac("/api/v1/machines/52:54:00:00:00:01"), None);
+        assert_eq!(callback_mac("/api/v1/machines/xx/events"), None);
+    }
+}
