@@ -17,7 +17,8 @@ for tool in apt-get apt-cache dpkg dpkg-query gzip sha256sum; do
   command -v "$tool" >/dev/null || die "missing tool '$tool'"
 done
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --list | grep -qx udhcpc \
+# (no `| grep -q` here: under pipefail, grep's early exit would fail busybox with SIGPIPE)
+[ -x "$busybox" ] && case " $("$busybox" --list | tr '\n' ' ') " in *" udhcpc "*) true ;; *) false ;; esac \
   || die "busybox-static not installed (/bin/busybox with udhcpc); run: bash .ci/install-deps"
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' \
   || die "package busybox-static not installed (the initramfs needs a static busybox)"

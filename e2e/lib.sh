@@ -18,6 +18,7 @@ E2E_VM_TIMEOUT=${E2E_VM_TIMEOUT:-240}
 E2E_MEM=${E2E_MEM:-512}
 E2E_NIC=${E2E_NIC:-virtio-net-pci}
 E2E_PIDS=()
+declare -A E2E_FW=()
 E2E_NSES=()
 E2E_FAILED=0
 
@@ -185,6 +186,7 @@ e2e_vm_start() {
       ;;
     *) e2e_die "firmware must be bios or uefi" ;;
   esac
+  E2E_FW[$label]=$fw
   : >"$E2E_RUN/$label.serial"
   date +%s.%N >"$E2E_RUN/$label.start"
   # timeout(1) is the hard stop even if this shell dies; the wait loop below normally ends first.
@@ -208,8 +210,9 @@ E2E_MILESTONES=(
 )
 
 # SeaBIOS after every boot device failed; OVMF falling back to its shell/setup; a dead kernel;
-# chainboot's own failure script (it retries forever, so the first failure is the verdict).
-E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic|chainboot: booting profile [^ ]+ failed'
+# chainboot's own failure script (it retries forever, so the first failure is the verdict);
+# PXELINUX without its ldlinux.c32 or giving up.
+E2E_DEAD_ENDS='No bootable device|Shell> |UEFI Interactive Shell|Kernel panic|chainboot: booting profile [^ ]+ failed|Failed to load ldlinux.c32|Boot failed: press a key to retry'
 
 # e2e_vm_wait LABEL:MAC...: waits (bounded, E2E_VM_TIMEOUT from each VM's start) for every VM's
 # marker, polling all of them in one loop so concurrent VMs get accurate milestone times; checks
@@ -277,6 +280,10 @@ e2e_vm_check() {
     ok=1
   fi
   echo "label=$label ok=$ok seconds=$elapsed$times" >"$E2E_RUN/$label.result"
+  # Benchmarks collect every VM's result line here (bench/boot/run.sh).
+  if [ -n "${E2E_RESULTS:-}" ]; then
+    echo "scenario=$E2E_NAME fw=${E2E_FW[$label]:-?} label=$label ok=$ok seconds=$elapsed$times" >>"$E2E_RESULTS"
+  fi
   if [ $ok = 1 ]; then
     e2e_log "$label: marker after ${elapsed}s ($line);$times"
     return 0
@@ -345,6 +352,14 @@ e2e_assert_tftp_once() {
     e2e_die "fetches of $file over TFTP: $n ($rrq read requests, $aborted aborted by the client), expected $boots"
   fi
   e2e_log "fetches of $file over TFTP: $n ($rrq read requests, $aborted size probes aborted), expected $boots"
+  # And in chainboot's own log: completed transfers of the file (issue 6: from its log/events).
+  if [ -f "$E2E_RUN/chainboot.log" ]; then
+    n=$(grep -a 'tftp transfer finished' "$E2E_RUN/chainboot.log" | grep -a "path=$file " \
+      | grep -ac 'outcome=completed' || true)
+    [ "$n" = "$boots" ] \
+      || e2e_die "chainboot's log shows $n completed TFTP transfers of $file, expected $boots"
+    e2e_log "chainboot's log: $n completed TFTP transfer(s) of $file"
+  fi
 }
 
 # e2e_assert_http_fetched PATH: the capture shows an HTTP GET for a path ending in PATH.
