@@ -191,12 +191,16 @@ pub fn facts_from_query(
     let mac: Mac = mac_raw.parse().map_err(|_| {
         "the request carries no valid mac= (is the chain URL from /boot.ipxe?)".to_string()
     })?;
+    let platform = q.get("platform").map(|s| s.as_str()).unwrap_or("");
+    let buildarch = q.get("buildarch").map(|s| s.as_str()).unwrap_or("");
+    // `arch=` may be a chainboot name (efi-x64) or, as PRODUCT.md §1's stub writes it,
+    // iPXE's ${buildarch} (x86_64), which needs ${platform} to mean anything.
     let arch = match q.get("arch").filter(|s| !s.is_empty()) {
-        Some(a) => a.parse::<Arch>().ok(),
-        None => Arch::from_ipxe(
-            q.get("platform").map(|s| s.as_str()).unwrap_or(""),
-            q.get("buildarch").map(|s| s.as_str()).unwrap_or(""),
-        ),
+        Some(a) => a
+            .parse::<Arch>()
+            .ok()
+            .or_else(|| Arch::from_ipxe(platform, a)),
+        None => Arch::from_ipxe(platform, buildarch),
     };
     let g = |k: &str| q.get(k).map(|s| s.as_str());
     let mut facts = ClientFacts::from_raw(

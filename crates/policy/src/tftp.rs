@@ -85,8 +85,19 @@ pub struct TftpResolver {
     base: HttpBase,
     /// The resolver is called synchronously from TFTP's threads; decisions may need the
     /// pixiecore API (async), so it owns a small runtime of its own and a client bound to it.
-    rt: tokio::runtime::Runtime,
+    /// `Option` only so that `Drop` can take it out (see there).
+    rt: Option<tokio::runtime::Runtime>,
     client: reqwest::Client,
+}
+
+impl Drop for TftpResolver {
+    fn drop(&mut self) {
+        // Dropping a runtime inside an async context panics in tokio; shutting it down in the
+        // background is allowed anywhere, so the resolver can be dropped from any thread.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl TftpResolver {
@@ -102,7 +113,7 @@ impl TftpResolver {
         Ok(TftpResolver {
             policy,
             base,
-            rt,
+            rt: Some(rt),
             client,
         })
     }
@@ -167,8 +178,11 @@ impl Resolver for TftpResolver {
         let parts = parts.to_vec();
         // A scoped thread runs the lookup on the resolver's own runtime, so this works whether
         // or not the caller is itself inside a tokio runtime.
+        let Some(rt) = &self.rt else {
+            return Err(ResolveError::NotFound);
+        };
         let out = std::thread::scope(|s| {
-            s.spawn(|| self.rt.block_on(self.lookup(&parts)))
+            s.spawn(|| rt.block_on(self.lookup(&parts)))
                 .join()
                 .map_err(|_| ResolveError::Generate("policy lookup panicked".into()))
         })?;

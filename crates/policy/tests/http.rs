@@ -870,6 +870,9 @@ fn tftp_resolver_serves_the_stub_scripts_and_pxelinux_configs() {
         .unwrap();
     let out = rt.block_on(async { tftp_get(&r, "pxelinux.cfg/01-52-54-00-00-00-02") });
     assert!(out.unwrap().contains("DEFAULT chainboot"));
+    // Dropping it inside an async context must not panic (tokio forbids dropping a runtime
+    // there; the resolver shuts its own down in the background).
+    rt.block_on(async move { drop(r) });
 }
 
 #[tokio::test]
@@ -899,4 +902,31 @@ async fn quick_mode_serves_local_files_with_content_length() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.content_length(), Some(300_000));
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+}
+
+#[tokio::test]
+async fn arch_comes_from_a_name_or_from_ipxe_platform_and_buildarch() {
+    let cfg = config(
+        "[[profile]]\nname = \"efi\"\nkernel = \"efi/vmlinuz\"\n[[profile]]\nname = \"bios\"\nkernel = \"bios/vmlinuz\"\n[[group]]\nname = \"e\"\nprofile = \"efi\"\nmatch = { arch = \"efi-x64\" }\n[[group]]\nname = \"b\"\nprofile = \"bios\"\nmatch = { arch = \"bios\" }\n[boot]\ndefault = \"local-disk\"\n",
+    );
+    let (srv, _) = start(
+        cfg,
+        Arc::new(Store::in_memory().unwrap()),
+        &ApiConfig::default(),
+    )
+    .await;
+    for (n, (q, want)) in [
+        ("platform=efi&buildarch=x86_64", "/files/efi/vmlinuz"),
+        ("platform=pcbios&buildarch=i386", "/files/bios/vmlinuz"),
+        ("arch=efi-x64", "/files/efi/vmlinuz"),
+        ("arch=x86_64&platform=efi", "/files/efi/vmlinuz"),
+        ("arch=bios", "/files/bios/vmlinuz"),
+        ("platform=efi&buildarch=mips", "exit"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-20-{n:02x}&{q}", srv.url)).await;
+        assert!(s.contains(want), "{q}: {s}");
+    }
 }
