@@ -149,30 +149,35 @@ step() {
     }'
 }
 
-declare -A BEST
+declare -A BEST SATURATED
+SERVERS="chainboot kea dnsmasq dhcpd"
 {
-  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), perfdhcp $(perfdhcp -v 2>&1 | head -1), period ${PERIOD}s"
+  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), perfdhcp $(perfdhcp -v 2>&1 | head -1), period ${PERIOD}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
 } > "$OUT"
-for server in chainboot kea dnsmasq dhcpd; do
-  "start_$server"
-  sleep 1
-  best=0
-  for rate in $RATES; do
+for s in $SERVERS; do BEST[$s]=0; SATURATED[$s]=no; done
+# Rates outer, servers inner: on a shared machine the background load drifts, and this way
+# every server meets each rate at about the same time (a fresh server and lease file each).
+for rate in $RATES; do
+  for server in $SERVERS; do
+    [ "${SATURATED[$server]}" = no ] || continue
+    "start_$server"
+    sleep 1
     read -r acks dod rad delay < <(step "$rate")
+    stop_server
     held=no
-    if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a < 1 && b < 1) }'; then held=yes; [ "$acks" -gt "$best" ] && best=$acks; fi
+    if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a < 1 && b < 1) }'; then
+      held=yes
+      [ "$acks" -gt "${BEST[$server]}" ] && BEST[$server]=$acks
+    fi
     printf '%-9s %6s %7s %6s %6s %6s %s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" | tee -a "$OUT"
-    # A shared machine makes single steps noisy: keep climbing past a missed step, stop only
-    # once a server is clearly saturated.
-    awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }' && break
+    # Stop climbing once a server clearly saturates (a missed step alone may be noise).
+    if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }'; then SATURATED[$server]=yes; fi
   done
-  BEST[$server]=$best
-  stop_server
 done
 {
   echo "# best sustained ACK/s at < 1% drops:"
-  for s in chainboot kea dnsmasq dhcpd; do echo "best $s ${BEST[$s]}"; done
+  for s in $SERVERS; do echo "best $s ${BEST[$s]}"; done
   for s in kea dnsmasq dhcpd; do
     awk -v c="${BEST[chainboot]}" -v o="${BEST[$s]}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
   done

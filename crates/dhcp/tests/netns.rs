@@ -348,6 +348,29 @@ fn udhcpc_gets_a_lease_renews_and_releases() {
     };
     let ip = wait_log("bound");
     assert!(ip.starts_with("198.18."), "{ip}");
+    // udhcpc sets no broadcast flag, so the server unicast the OFFER/ACK to the new address
+    // after inserting an ARP entry for it (SIOCSARP): the entry is there although the client
+    // never sent an ARP packet from that address.
+    let link = Command::new("ip")
+        .args(["-n", &topo.cli, "link", "show", "vc"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout).to_string();
+    let client_mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let neigh = Command::new("ip")
+        .args(["-n", &topo.srv, "neigh", "show", &ip])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    assert!(
+        !client_mac.is_empty() && neigh.contains(&client_mac),
+        "no ARP entry {ip} -> {client_mac}: {neigh}"
+    );
     let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
     let lease_of = |ip: &str| {
         load_all(&store)
