@@ -95,19 +95,21 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
     R[ng_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_NG/small.bin" | cut -d' ' -f1)
     R[cb_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_CB/files/small.bin" | cut -d' ' -f1)
+    R[cb_gen_$round]=$(wrk_run 64 "http://127.0.0.1:$P_CB/gen/1k" | cut -d' ' -f1)
     R[ng_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_NG/big.bin" | cut -d' ' -f2)
     R[cb_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/files/big.bin" | cut -d' ' -f2)
     R[cb_iso_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/iso/bench/big.bin" | cut -d' ' -f2)
-    echo "round $round: 1KB req/s nginx ${R[ng_small_$round]} chainboot ${R[cb_small_$round]};" \
+    echo "round $round: 1KB req/s nginx ${R[ng_small_$round]} chainboot ${R[cb_small_$round]} generated ${R[cb_gen_$round]};" \
         "8MiB MB/s nginx ${R[ng_big_$round]} chainboot ${R[cb_big_$round]} iso ${R[cb_iso_$round]}"
 done
 
 median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { local k=$1 s=""; for r in $(seq "$ROUNDS"); do s="$s ${R[${k}_$r]}"; done; echo $s | median; }
-ng_small=$(col ng_small); cb_small=$(col cb_small)
+ng_small=$(col ng_small); cb_small=$(col cb_small); cb_gen=$(col cb_gen)
 ng_big=$(col ng_big); cb_big=$(col cb_big); cb_iso=$(col cb_iso)
 echo
 echo "medians over $ROUNDS rounds of ${SECS}s ($(nproc) cores, $(date -u +%FT%TZ))"
 awk -v a="$cb_small" -v b="$ng_small" 'BEGIN { printf "1 KB req/s, 64 conns:  chainboot %s, nginx %s -> %.2fx (target >= 0.8x)\n", a, b, a/b }'
+awk -v a="$cb_gen" -v b="$ng_small" 'BEGIN { printf "1 KB generated req/s:   chainboot %s, nginx static %s -> %.2fx (script target >= 0.8x)\n", a, b, a/b }'
 awk -v a="$cb_big" -v b="$ng_big" 'BEGIN { printf "8 MiB MB/s, 8 conns:    chainboot %s, nginx %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
 awk -v a="$cb_iso" -v b="$cb_big" 'BEGIN { printf "8 MiB from ISO MB/s:    %s vs plain %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'

@@ -2,12 +2,18 @@
 //! ISO image under /iso/bench/, nothing else (no DHCP/TFTP, no access-log subscriber, as
 //! nginx runs with `access_log off` in the same benchmark).
 //!
+//! `/gen/1k` answers 1 KB generated per request through `content_response`, the path a
+//! rendered iPXE script takes (PRODUCT.md: script req/s >= 0.8x nginx small static file).
+//!
 //! Usage: http-bench-server LISTEN_ADDR ROOT_DIR ISO_PATH
 
 use std::sync::Arc;
 
-use chainboot_content::Root;
-use chainboot_http::{static_routes, HttpConfig, HttpServer, Listen, StaticContent};
+use axum::http::{HeaderMap, Method};
+use chainboot_content::{Content, Root};
+use chainboot_http::{
+    content_response, static_routes, HttpConfig, HttpServer, Listen, StaticContent,
+};
 use chainboot_iso::{IsoConfig, IsoLibrary};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +38,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ipxe_bin: Arc::new(Root::new(root)?),
         isos: Arc::new(isos),
         listing: false,
-    });
+    })
+    .route(
+        "/gen/1k",
+        axum::routing::get(|method: Method, headers: HeaderMap| async move {
+            // Rendered per request, as a boot script would be.
+            let mut script = String::with_capacity(1024);
+            script.push_str("#!ipxe\n");
+            while script.len() < 1000 {
+                script.push_str("echo generated line for the benchmark\n");
+            }
+            script.truncate(1023);
+            script.push('\n');
+            content_response(&method, &headers, Content::from_bytes(script), "text/plain")
+        }),
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let stop = CancellationToken::new();
