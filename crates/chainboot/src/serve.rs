@@ -165,18 +165,15 @@ async fn serve(
         )),
         None => None,
     };
-    let policy_tftp: Arc<dyn chainboot_content::Resolver> =
-        Arc::new(TftpResolver::new(policy.clone(), base.clone())?);
-    // The TFTP resolver owns a small runtime of its own, which must not be dropped inside an
-    // async context: this clone is the last reference and is dropped on a blocking thread.
-    let keep_policy_tftp = policy_tftp.clone();
+    let policy_tftp: Arc<dyn chainboot_content::Resolver> = Arc::new(DropOffRuntime(Some(
+        TftpResolver::new(policy.clone(), base.clone())?,
+    )));
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: vec![policy_tftp],
         ipxe: ipxe.clone(),
         isos: Some(isos.clone()),
         root: tftp_root,
     });
-    let tftp_namespace_keep = tftp_namespace.clone();
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
         .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?
         .with_observer(observers.clone());
@@ -263,13 +260,23 @@ async fn serve(
         tasks.spawn(async move { (name, fut.await) });
     }
 
-    let result = tokio::select! {
-        r = wait_for_signal() => r,
-        Some(done) = tasks.join_next() => match done {
-            Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
-            Ok((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
-            Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
-        },
+    let mut signals = Signals::new()?;
+    let mut current = cfg.clone();
+    let result = loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Signal::Stop(name) => {
+                    info!("{name}: shutting down");
+                    break Ok(());
+                }
+                Signal::Reload => reload(&source, &mut current, &policy, quick.is_some()),
+            },
+            Some(done) = tasks.join_next() => break match done {
+                Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
+                Ok((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+            },
+        }
     };
     shutdown.cancel();
     // In-flight transfers get a grace period, then everything is dropped.
@@ -279,8 +286,6 @@ async fn serve(
         warn!("some transfers did not finish within {grace:?}; stopping anyway");
     }
     events.flush(Duration::from_secs(2));
-    drop(tftp_namespace_keep);
-    let _ = tokio::task::spawn_blocking(move || drop(keep_policy_tftp)).await;
     info!("chainboot stopped");
     result
 }
@@ -309,13 +314,100 @@ async fn learn_machine_ip(
     next.run(req).await
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+/// The policy's TFTP resolver owns a small runtime of its own, and a runtime must not be
+/// dropped inside an async context (tokio panics). Whatever path drops the last reference
+/// (shutdown, or an error during start-up), the resolver is dropped on a thread of its own.
+struct DropOffRuntime(Option<TftpResolver>);
+
+impl chainboot_content::Resolver for DropOffRuntime {
+    fn resolve(
+        &self,
+        req: &chainboot_content::Request<'_>,
+    ) -> Result<chainboot_content::Content, chainboot_content::ResolveError> {
+        match &self.0 {
+            Some(r) => r.resolve(req),
+            None => Err(chainboot_content::ResolveError::NotFound),
+        }
     }
-    Ok(())
+}
+
+impl Drop for DropOffRuntime {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("drop-resolver".into())
+                .spawn(move || drop(inner));
+        }
+    }
+}
+
+enum Signal {
+    Stop(&'static str),
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// SIGHUP: re-read the config file. A config with any problem is refused as a whole and the
+/// running one stays. The boot policy (profiles, groups, `[boot]`) changes live; other sections
+/// (listen addresses, DHCP subnets, ...) are reported as needing a restart.
+fn reload(source: &config::Source, current: &mut config::Config, policy: &Policy, quick: bool) {
+    let config::Source::File(path) = source else {
+        warn!("SIGHUP: running on the embedded default; there is no file to reload");
+        return;
+    };
+    let new = match config::load(Some(path)) {
+        Ok((c, _)) => c,
+        Err(problems) => {
+            error!(
+                "SIGHUP: {} refused, still serving the previous config: {problems}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let changed = config::changed_sections(current, &new);
+    if changed.is_empty() {
+        info!("SIGHUP: {} reloaded, nothing changed", path.display());
+        return;
+    }
+    let (live, restart): (Vec<&str>, Vec<&str>) = changed
+        .iter()
+        .partition(|s| matches!(**s, "profile" | "group" | "boot"));
+    if !live.is_empty() && !quick {
+        if let Err(problems) = policy.reload(new.policy()) {
+            error!("SIGHUP: boot policy refused, still serving the previous one: {problems:?}");
+            return;
+        }
+        current.profile = new.profile.clone();
+        current.group = new.group.clone();
+        current.boot = new.boot.clone();
+        info!(sections = ?live, "SIGHUP: config reloaded; these sections changed and are live");
+    }
+    if !restart.is_empty() {
+        warn!(sections = ?restart, "SIGHUP: these sections changed but take effect only after a restart");
+    }
 }

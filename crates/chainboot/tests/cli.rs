@@ -8,55 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn chainboot(args: &[&str]) -> (i32, String) {
-    let out = Command::new(chainboot_bin())
-        .args(args)
-        .output()
-        .expect("run chainboot");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A config serving on loopback only; returns its path and the HTTP address.
-fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, String) {
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("vmlinuz"), b"kernel").unwrap();
-    let path = dir.join("chainboot.toml");
-    let http = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nstate_dir = \"{state}\"\ninterfaces = [\"lo\"]\n\
-             [dhcp]\nmode = \"off\"\n[ipv6]\nrouter_advertisements = \"off\"\n\
-             [tftp]\nlisten = \"127.0.0.1:{tftp}\"\n\
-             [http]\nlisten = \"{http}\"\nroot = \"{www}\"\n\
-             [[profile]]\nname = \"linux\"\nkernel = \"vmlinuz\"\ncmdline = \"console=ttyS0\"\n\
-             [[profile]]\nname = \"rescue\"\nkernel = \"vmlinuz\"\n\
-             [boot]\ndefault = \"linux\"\n{extra}",
-            state = dir.join("state").display(),
-            tftp = free_port(),
-            www = www.display(),
-        ),
-    )
-    .unwrap();
-    (path, http)
-}
-
 #[test]
 fn check_reports_every_problem_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -238,9 +189,9 @@ fn dhcp_config_prints_a_snippet_for_each_server() {
 #[test]
 fn machines_commands_round_trip_through_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, http) = loopback_config(dir.path(), "");
+    let (cfg, _) = loopback_config(dir.path(), "");
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
-    server.wait_for_log("HTTP listening", Duration::from_secs(20));
+    let http = server.listening("HTTP");
     // A machine fetches its script: it is now known.
     let out = Command::new("curl")
         .args(["-sf", &format!("http://{http}/ipxe?mac=52-54-00-aa-bb-cc&platform=pcbios&buildarch=i386&hostname=node7")])
@@ -248,7 +199,8 @@ fn machines_commands_round_trip_through_a_running_server() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("#!ipxe"));
     let c = cfg.to_str().unwrap();
-    let (code, out) = chainboot(&["machines", "-c", c, "list"]);
+    let url = format!("http://{http}");
+    let (code, out) = chainboot(&["machines", "-c", c, "--server", &url, "list"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("52:54:00:aa:bb:cc") && out.contains("node7") && out.contains("bios"),
@@ -258,18 +210,31 @@ fn machines_commands_round_trip_through_a_running_server() {
         "machines",
         "-c",
         c,
+        "--server",
+        &url,
         "set-profile",
         "52:54:00:aa:bb:cc",
         "rescue",
     ]);
     assert_eq!(code, 0, "{out}");
-    let (_, out) = chainboot(&["machines", "-c", c, "--json", "show", "52:54:00:aa:bb:cc"]);
+    let (_, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "--json",
+        "show",
+        "52:54:00:aa:bb:cc",
+    ]);
     assert!(out.contains("\"pinned_profile\": \"rescue\""), "{out}");
     // Writes need the token: a wrong one is refused and changes nothing.
     let (code, out) = chainboot(&[
         "machines",
         "-c",
         c,
+        "--server",
+        &url,
         "--token",
         "wrong",
         "set-profile",
@@ -282,16 +247,35 @@ fn machines_commands_round_trip_through_a_running_server() {
         "machines",
         "-c",
         c,
+        "--server",
+        &url,
         "set-profile",
         "52:54:00:aa:bb:cc",
         "--unpin",
     ]);
     assert_eq!(code, 0, "{out}");
-    let (_, out) = chainboot(&["machines", "-c", c, "--json", "show", "52:54:00:aa:bb:cc"]);
+    let (_, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "--json",
+        "show",
+        "52:54:00:aa:bb:cc",
+    ]);
     assert!(out.contains("\"pinned_profile\": null"), "{out}");
-    let (code, _) = chainboot(&["machines", "-c", c, "forget", "52:54:00:aa:bb:cc"]);
+    let (code, _) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "forget",
+        "52:54:00:aa:bb:cc",
+    ]);
     assert_eq!(code, 0);
-    let (_, out) = chainboot(&["machines", "-c", c, "list"]);
+    let (_, out) = chainboot(&["machines", "-c", c, "--server", &url, "list"]);
     assert!(!out.contains("52:54:00:aa:bb:cc"), "{out}");
     server.signal("TERM");
     assert!(

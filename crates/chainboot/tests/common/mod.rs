@@ -172,6 +172,19 @@ impl Server {
         );
     }
 
+    /// The address a server logged for `what` ("TFTP" or "HTTP"), e.g. "127.0.0.1:40123".
+    pub fn listening(&mut self, what: &str) -> String {
+        let needle = format!("{what} listening listen=");
+        self.wait_for_log(&needle, Duration::from_secs(20));
+        let log = self.log_text();
+        let at = log.find(&needle).map(|i| i + needle.len()).unwrap_or(0);
+        log[at..]
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
@@ -195,4 +208,47 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary; returns its exit code and stdout+stderr.
+pub fn chainboot(args: &[&str]) -> (i32, String) {
+    let out = Command::new(chainboot_bin())
+        .args(args)
+        .output()
+        .expect("run chainboot");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A config serving on loopback only (DHCP and IPv6 RA off); returns its path and the HTTP address.
+pub fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, String) {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("vmlinuz"), b"kernel").unwrap();
+    let path = dir.join("chainboot.toml");
+    // Port 0: the server picks free ports and logs them (see `Server::listening`), so
+    // parallel tests never race for a port.
+    let http = "127.0.0.1:0".to_string();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"{state}\"\ninterfaces = [\"lo\"]\n\
+             [dhcp]\nmode = \"off\"\n[ipv6]\nrouter_advertisements = \"off\"\n\
+             [tftp]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"{http}\"\nroot = \"{www}\"\n\
+             [[profile]]\nname = \"linux\"\nkernel = \"vmlinuz\"\ncmdline = \"console=ttyS0\"\n\
+             [[profile]]\nname = \"rescue\"\nkernel = \"vmlinuz\"\n\
+             [boot]\ndefault = \"linux\"\n{extra}",
+            state = dir.join("state").display(),
+            www = www.display(),
+        ),
+    )
+    .unwrap();
+    (path, http)
 }

@@ -1,0 +1,250 @@
+//! Operating a running server: events and timelines from real traffic, chainload-loop
+//! detection, the live event stream, Prometheus metrics (parsed by the reference Python
+//! parser), read-token protection, and SIGHUP reloads (a broken config keeps the old one).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Running {
+    _dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    http: String,
+    tftp: String,
+    server: Server,
+}
+
+fn start(extra: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), extra);
+    let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
+    let http = server.listening("HTTP");
+    let tftp = server.listening("TFTP");
+    Running {
+        _dir: dir,
+        cfg,
+        http,
+        tftp,
+        server,
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tftp_get(addr: &str, file: &str) {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let st = Command::new("tftp")
+        .args([host, port, "-m", "binary", "-c", "get", file, "/dev/null"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn events(r: &Running, query: &str) -> serde_json::Value {
+    // The event log writes in batches of at most 20 ms.
+    std::thread::sleep(Duration::from_millis(150));
+    serde_json::from_str(&curl(&[&format!(
+        "http://{}/api/v1/events?{query}",
+        r.http
+    )]))
+    .unwrap()
+}
+
+#[test]
+fn a_boot_becomes_a_timeline_and_a_loop_is_detected_but_normal_boots_are_not() {
+    let r = start("");
+    let mac = "52:54:00:00:10:01";
+    let script = format!(
+        "http://{}/ipxe?mac={}&platform=pcbios&buildarch=i386",
+        r.http,
+        mac.replace(':', "-")
+    );
+    // Normal boots: first stage, then the script, three times over.
+    assert!(curl(&[&script]).contains("#!ipxe"));
+    for _ in 0..3 {
+        tftp_get(&r.tftp, "undionly.kpxe");
+        assert!(curl(&[&script]).contains("#!ipxe"));
+    }
+    curl(&[&format!("http://{}/files/vmlinuz", r.http)]);
+    let loops = events(&r, "kind=chainload-loop");
+    assert_eq!(
+        loops.as_array().unwrap().len(),
+        0,
+        "normal boots are not loops: {loops}"
+    );
+    let timeline: serde_json::Value = serde_json::from_str(&curl(&[&format!(
+        "http://{}/api/v1/machines/{mac}/timeline",
+        r.http
+    )]))
+    .unwrap();
+    let boots = timeline["boots"].as_array().unwrap();
+    let last = boots.last().unwrap();
+    assert_eq!(last["reached"], "kernel", "{timeline}");
+    let stages: Vec<&str> = last["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert!(
+        stages.contains(&"first-stage") && stages.contains(&"script"),
+        "{stages:?}"
+    );
+
+    // A loop: the first stage again and again, never the script.
+    for _ in 0..3 {
+        tftp_get(&r.tftp, "undionly.kpxe");
+    }
+    let loops = events(&r, "kind=chainload-loop");
+    let loops = loops.as_array().unwrap();
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(loops[0]["mac"], mac);
+    assert!(loops[0]["detail"]["probable_cause"]
+        .as_str()
+        .unwrap()
+        .contains("DHCP"));
+    let metrics = curl(&[&format!("http://{}/metrics", r.http)]);
+    assert!(
+        metrics.contains("chainboot_chainload_loops_total 1"),
+        "{metrics}"
+    );
+    assert!(r.server.log_text().contains("chainload loop detected"));
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let r = start("");
+    let parse = |text: &str| -> std::collections::HashMap<String, f64> {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+                 for f in p(sys.stdin.read()):\n  for s in f.samples:\n    print(s.name + repr(sorted(s.labels.items())), s.value)\n",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 with prometheus_client (bash .ci/install-deps installs it)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "not valid Prometheus text: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+            })
+            .collect()
+    };
+    let before = parse(&curl(&[&format!("http://{}/metrics", r.http)]));
+    tftp_get(&r.tftp, "undionly.kpxe");
+    curl(&[&format!("http://{}/files/vmlinuz", r.http)]);
+    let after = parse(&curl(&[&format!("http://{}/metrics", r.http)]));
+    let get = |m: &std::collections::HashMap<String, f64>, k: &str| {
+        *m.get(k).unwrap_or_else(|| panic!("{k} missing: {m:?}"))
+    };
+    let finished = "chainboot_tftp_transfers_finished_total[]";
+    assert_eq!(get(&after, finished) - get(&before, finished), 1.0);
+    let bytes = "chainboot_tftp_bytes_total[]";
+    assert!(get(&after, bytes) - get(&before, bytes) >= 70_000.0);
+    let http2xx = "chainboot_http_responses_by_class_total[('code', '2xx')]";
+    assert!(get(&after, http2xx) > get(&before, http2xx));
+    assert!(after
+        .keys()
+        .any(|k| k.starts_with("chainboot_http_request_seconds_bucket")));
+}
+
+#[test]
+fn the_event_stream_delivers_events_live() {
+    let r = start("");
+    let stream = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "5",
+            &format!("http://{}/api/v1/events/stream", r.http),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    curl(&[&format!(
+        "http://{}/ipxe?mac=52-54-00-00-10-02&platform=efi&buildarch=x86_64",
+        r.http
+    )]);
+    let out = stream.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("event: event") && text.contains("52:54:00:00:10:02"),
+        "{text}"
+    );
+}
+
+#[test]
+fn reads_can_require_the_token_and_writes_always_do() {
+    let r = start("[api]\nread_requires_token = true\n");
+    let code = |args: &[&str]| curl(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat());
+    let events_url = format!("http://{}/api/v1/events", r.http);
+    assert_eq!(code(&[&events_url]), "401");
+    let token = std::fs::read_to_string(r.cfg.parent().unwrap().join("state/api.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    assert_eq!(code(&["-H", &auth, &events_url]), "200");
+    assert_eq!(code(&[&format!("http://{}/metrics", r.http)]), "401");
+    let rearm = format!("http://{}/api/v1/machines/52:54:00:00:10:03/rearm", r.http);
+    assert_eq!(code(&["-X", "POST", &rearm]), "401");
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
+    let mut r = start("");
+    let script = format!(
+        "http://{}/ipxe?mac=52-54-00-00-10-04&platform=pcbios&buildarch=i386",
+        r.http
+    );
+    assert!(curl(&[&script]).contains("console=ttyS0"));
+    let good = std::fs::read_to_string(&r.cfg).unwrap();
+    // Broken: a typo and a bad type. Refused; the old policy keeps serving.
+    std::fs::write(
+        &r.cfg,
+        good.replace(
+            "cmdline = \"console=ttyS0\"",
+            "cmdlin = \"console=tty1\"\nname = 5",
+        ),
+    )
+    .unwrap();
+    r.server.signal("HUP");
+    r.server.wait_for_log(
+        "refused, still serving the previous config",
+        Duration::from_secs(10),
+    );
+    assert!(curl(&[&script]).contains("console=ttyS0"));
+    // Good: the new command line is live, and the log says what changed.
+    std::fs::write(&r.cfg, good.replace("console=ttyS0", "console=ttyS1")).unwrap();
+    r.server.signal("HUP");
+    r.server
+        .wait_for_log("config reloaded", Duration::from_secs(10));
+    assert!(r.server.log_text().contains("profile"));
+    assert!(curl(&[&script]).contains("console=ttyS1"));
+}
