@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! tftp-bench-client SERVER:PORT FILE [--blksize N] [--windowsize N] [--clients N]
-//!                   [--repeat N] [--timeout-ms N] [--expect-size N]
+//!                   [--repeat N] [--timeout-ms N] [--expect-size N] [--ack-delay-us N]
 //! ```
+//! `--ack-delay-us` holds every ACK (ACK 0 after an OACK included) for that long before sending
+//! it: a LAN round trip emulated at the receiver, for kernels without sch_netem.
 //! Prints one line: `clients=.. ok=.. failed=.. bytes=.. wall_s=.. mb_per_s=.. blksize=..
 //! windowsize=.. p50_ms=.. max_ms=..` (blksize/windowsize as negotiated by the server).
 //! Exit status 1 if any transfer failed.
@@ -26,6 +28,7 @@ struct Opts {
     repeat: usize,
     timeout: Duration,
     expect_size: Option<u64>,
+    ack_delay: Option<Duration>,
 }
 
 struct Result1 {
@@ -38,7 +41,7 @@ struct Result1 {
 fn usage() -> ! {
     eprintln!(
         "usage: tftp-bench-client SERVER:PORT FILE [--blksize N] [--windowsize N] [--clients N] \
-         [--repeat N] [--timeout-ms N] [--expect-size N]"
+         [--repeat N] [--timeout-ms N] [--expect-size N] [--ack-delay-us N]"
     );
     std::process::exit(2)
 }
@@ -59,6 +62,7 @@ fn parse_args() -> Opts {
         repeat: 1,
         timeout: Duration::from_millis(1000),
         expect_size: None,
+        ack_delay: None,
     };
     while let Some(flag) = args.next() {
         let value: u64 = args
@@ -72,6 +76,7 @@ fn parse_args() -> Opts {
             "--repeat" => o.repeat = value.max(1) as usize,
             "--timeout-ms" => o.timeout = Duration::from_millis(value.max(1)),
             "--expect-size" => o.expect_size = Some(value),
+            "--ack-delay-us" => o.ack_delay = Some(Duration::from_micros(value)),
             _ => usage(),
         }
     }
@@ -158,6 +163,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
                     }
                 }
                 proto::put_ack(&mut ack, 0);
+                hold(o.ack_delay);
                 s.send_to(&ack, from).map_err(|e| e.to_string())?;
             }
             Ok(Packet::Data { block, data }) => {
@@ -169,6 +175,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
                     let last = data.len() < blksize;
                     if last || in_window >= windowsize {
                         proto::put_ack(&mut ack, block);
+                        hold(o.ack_delay);
                         s.send_to(&ack, from).map_err(|e| e.to_string())?;
                         in_window = 0;
                     }
@@ -203,6 +210,14 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
     })
 }
 
+/// Sleeps for the emulated round trip. The thread's timer slack is set to 1 ns first, so a
+/// 500 µs sleep is not stretched by the default 50 µs slack.
+fn hold(delay: Option<Duration>) {
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+}
+
 fn receive_buffer(s: &UdpSocket, size: libc::c_int) {
     use std::os::fd::AsRawFd;
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
@@ -230,7 +245,13 @@ fn main() {
         let o = o.clone();
         let h = std::thread::Builder::new()
             .stack_size(256 * 1024)
-            .spawn(move || (0..o.repeat).map(|_| fetch(&o)).collect::<Vec<_>>());
+            .spawn(move || {
+                if o.ack_delay.is_some() {
+                    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                }
+                (0..o.repeat).map(|_| fetch(&o)).collect::<Vec<_>>()
+            });
         match h {
             Ok(h) => handles.push(h),
             Err(e) => {

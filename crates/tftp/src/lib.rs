@@ -7,8 +7,10 @@
 //! - [`server`]: the tokio driver: the listening socket, one socket per transfer (the server's
 //!   TID), limits, path resolution through `chainboot_content`, logs and counters.
 
+mod batch;
 mod config;
 pub mod proto;
+mod readahead;
 pub mod server;
 pub mod transfer;
 

@@ -20,8 +20,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::batch::Batch;
 use crate::config::TftpConfig;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
+use crate::readahead::ReadAhead;
 use crate::transfer::{Handled, Outcome, Transfer, TransferSettings};
 
 /// Counters for the metrics endpoint (all monotonic except `active`).
@@ -485,16 +487,32 @@ async fn run_transfer(
         windowsize: transfer.windowsize(),
     });
 
-    let mut out = vec![0u8; transfer.datagram_capacity()];
+    let source = ReadAhead::new(
+        &content,
+        transfer.blksize() * transfer.windowsize() as usize,
+        content.len(),
+    );
     let mut inbuf = [0u8; 1024];
     let mut answered_tids: Vec<SocketAddr> = Vec::new();
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut aborted = false;
+    let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
     loop {
         let mut send_failed = None;
-        while let Some(n) = transfer.poll_transmit(Instant::now(), &content, &mut out) {
-            if let Err(e) = socket.send_to(&out[..n], client).await {
+        loop {
+            batch.clear();
+            let now = Instant::now();
+            while !batch.is_full() {
+                match transfer.poll_transmit(now, &source, batch.next_slot()) {
+                    Some(n) => batch.commit(n),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if let Err(e) = batch.send(&socket, client).await {
                 send_failed = Some(e);
                 break;
             }
@@ -502,7 +520,9 @@ async fn run_transfer(
         if let Some(e) = send_failed {
             // The local stack refused (e.g. no route): nothing to retry into.
             transfer.abort(&format!("send failed: {e}"));
-            let _ = transfer.poll_transmit(Instant::now(), &content, &mut out);
+            // Ends the transfer; the ERROR it yields cannot be sent either.
+            batch.clear();
+            let _ = transfer.poll_transmit(Instant::now(), &source, batch.next_slot());
         }
         if transfer.is_done() {
             break;
@@ -511,7 +531,11 @@ async fn run_transfer(
             // Not done, nothing to send and nothing in flight cannot happen; end rather than
             // hang if it ever does.
             transfer.abort("internal error: transfer stalled");
-            let _ = transfer.poll_transmit(Instant::now(), &content, &mut out);
+            batch.clear();
+            if let Some(n) = transfer.poll_transmit(Instant::now(), &source, batch.next_slot()) {
+                batch.commit(n);
+                let _ = batch.send(&socket, client).await;
+            }
             break;
         };
         timer
