@@ -347,9 +347,12 @@ pub fn menu_script(mac: &str, profiles: &[(String, String)], base: &HttpBase) ->
     out
 }
 
-/// iPXE script for the PXELINUX flow: options 210 (path prefix) and 209 (config file) tell
-/// PXELINUX where its config is (RFC 5071), then iPXE chains the loader, which reads them from
-/// the DHCP packet iPXE hands over. lpxelinux.0 understands an http:// prefix.
+/// iPXE script for the PXELINUX flow. iPXE hands its DHCP packet to the loader, so settings
+/// made here reach PXELINUX as DHCP options (RFC 5071): 210, the path prefix, is the loader's
+/// own directory, because PXELINUX loads `ldlinux.c32` and its other modules relative to it;
+/// 209, the config file, is an absolute URL (syslinux's `__pxe_searchdir` only prefixes
+/// relative names), so the per-machine config comes from chainboot's `/pxelinux.cfg/` wherever
+/// the loader lives. lpxelinux.0 understands http:// in both.
 pub fn pxelinux_script(
     mac_pxelinux_name: &str,
     header: &str,
@@ -357,11 +360,15 @@ pub fn pxelinux_script(
     base: &HttpBase,
     retry_secs: u64,
 ) -> String {
+    let loader_dir = match loader_url.rfind('/') {
+        Some(i) => &loader_url[..=i],
+        None => loader_url,
+    };
     let mut out = String::from("#!ipxe\n");
     out.push_str(&format!("echo chainboot: {}\n", echo_text(header)));
-    out.push_str(&format!("set 210:string {base}/\n"));
+    out.push_str(&format!("set 210:string {loader_dir}\n"));
     out.push_str(&format!(
-        "set 209:string pxelinux.cfg/{mac_pxelinux_name}\n"
+        "set 209:string {base}/pxelinux.cfg/{mac_pxelinux_name}\n"
     ));
     out.push_str(&format!("chain {loader_url} || goto failed\n:failed\n"));
     out.push_str("echo chainboot: loading PXELINUX failed\n");

@@ -486,10 +486,18 @@ async fn action_script_and_pxelinux_profiles_render() {
     let s = script_for(&p, "seed", &node()).await;
     let l = parse_ipxe(&s);
     let sets: Vec<&Line> = l.iter().filter(|l| l.cmd == "set").collect();
-    assert_eq!(sets[0].args, ["210:string", "http://198.18.0.1:8080/"]);
+    // The prefix is the loader's directory (ldlinux.c32 is loaded from there); the config is
+    // an absolute URL to chainboot's per-machine route.
+    assert_eq!(
+        sets[0].args,
+        ["210:string", "http://198.18.0.1:8080/files/"]
+    );
     assert_eq!(
         sets[1].args,
-        ["209:string", "pxelinux.cfg/01-52-54-00-12-34-56"]
+        [
+            "209:string",
+            "http://198.18.0.1:8080/pxelinux.cfg/01-52-54-00-12-34-56"
+        ]
     );
     assert!(l
         .iter()

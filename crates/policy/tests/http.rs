@@ -743,7 +743,10 @@ async fn config_templates_and_pxelinux_lookup_over_http() {
     ))
     .await;
     assert!(
-        s.contains("set 209:string pxelinux.cfg/01-52-54-00-00-00-01"),
+        s.contains(&format!(
+            "set 209:string {}/pxelinux.cfg/01-52-54-00-00-00-01",
+            srv.url
+        )),
         "{s}"
     );
 
