@@ -272,6 +272,7 @@ impl IsoImage {
         skip: usize,
     ) -> Result<(), IsoErrorKind> {
         let mut visited: HashSet<u32> = HashSet::new();
+        let mut dir_bytes = 0u64;
         let mut queue: VecDeque<(u32, u32, u64, usize, String)> = VecDeque::new();
         queue.push_back((ROOT, root.lba, root.len, 0, String::new()));
         while let Some((dir_node, lba, len, depth, dir_path)) = queue.pop_front() {
@@ -288,6 +289,16 @@ impl IsoImage {
             if len > MAX_DIR_BYTES {
                 return Err(IsoErrorKind::Corrupt(format!(
                     "directory /{dir_path} claims {len} bytes (limit {MAX_DIR_BYTES})"
+                )));
+            }
+            // Extents of a well-formed image never overlap, so all directories together fit
+            // in the file; a hostile image with many directories pointing at the same large
+            // region would otherwise make indexing read far more than the image.
+            dir_bytes += len;
+            if dir_bytes > reader.len {
+                return Err(IsoErrorKind::Corrupt(format!(
+                    "directories add up to more bytes than the image has (at /{dir_path}): \
+                     overlapping directory extents"
                 )));
             }
             let data = reader.read_extent(lba, len, &format!("directory /{dir_path}"))?;

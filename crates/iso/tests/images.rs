@@ -590,3 +590,43 @@ fn library_reindexes_a_changed_image_and_old_readers_fail_cleanly() {
         Err(ResolveError::NotFound)
     ));
 }
+
+#[test]
+fn overlapping_directory_extents_are_refused() {
+    // Three directories all pointed into one region of zeros (a file's data): each read
+    // alone looks like an empty directory, together they read three times the image.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["DA", "DB", "DC"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("ZEROS.BIN"), vec![0u8; 1 << 20]).unwrap();
+    let iso = dir.path().join("o.iso");
+    xorriso(&[
+        "-rockridge",
+        "off",
+        "-joliet",
+        "off",
+        "-outdev",
+        iso.to_str().unwrap(),
+        "-map",
+        src.to_str().unwrap(),
+        "/",
+    ]);
+    let mut image = std::fs::read(&iso).unwrap();
+    IsoImage::open(&iso).unwrap();
+    let recs = root_records(&image);
+    let zeros = &record_named(&recs, b"ZEROS.BIN").1;
+    let zeros_lba = u32::from_le_bytes(zeros[2..6].try_into().unwrap());
+    for (i, name) in [&b"DA"[..], b"DB", b"DC"].iter().enumerate() {
+        let (at, _) = record_named(&recs, name);
+        put32(&mut image[*at..], 2, zeros_lba + i as u32);
+        put32(&mut image[*at..], 10, (1 << 20) - 4 * SECTOR as u32);
+    }
+    std::fs::write(&iso, &image).unwrap();
+    let e = open_err(&iso);
+    assert!(
+        e.to_string().contains("overlapping directory extents"),
+        "{e}"
+    );
+}
