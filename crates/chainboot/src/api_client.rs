@@ -50,6 +50,40 @@ pub enum MachinesCommand {
     Forget { mac: String },
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum LeasesCommand {
+    /// Every address the DHCP server holds (bound, offered, released, declined).
+    List,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EventsCommand {
+    /// Recent events, newest first.
+    List {
+        /// Only this machine's.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Only this kind (dhcp, tftp, http, api, chainload-loop).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only since then: Unix milliseconds, or e.g. 10m, 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Follow events live (Server-Sent Events) until interrupted.
+    Follow {
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// One machine's boots as timelines.
+    Timeline { mac: String },
+}
+
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -98,6 +132,21 @@ impl Client {
         })
     }
 
+    /// A streaming GET (Server-Sent Events); no overall timeout.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let client = reqwest::Client::builder().build()?;
+        let mut req = client.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+        if !resp.status().is_success() {
+            anyhow::bail!("GET {url}: {}", resp.status());
+        }
+        Ok(resp)
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -131,18 +180,198 @@ impl Client {
     }
 }
 
-pub fn run_machines(args: &ApiArgs, cmd: &MachinesCommand) -> ExitCode {
+/// Runs one API command to completion on a small runtime.
+pub fn run<F: std::future::Future<Output = anyhow::Result<()>>>(what: &str, f: F) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(machines(args, cmd)));
+        .and_then(|rt| rt.block_on(f));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chainboot machines: {e:#}");
+            eprintln!("chainboot {what}: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+pub fn run_machines(args: &ApiArgs, cmd: &MachinesCommand) -> ExitCode {
+    run("machines", machines(args, cmd))
+}
+
+pub fn run_leases(args: &ApiArgs, _cmd: &LeasesCommand) -> ExitCode {
+    run("leases", async {
+        let c = Client::from_args(args)?;
+        let v = c.call(Method::GET, "/api/v1/leases", None).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = v
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                let s = |k: &str| l.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                let expires = l.get("expires").and_then(|v| v.as_i64()).map(|e| e * 1000);
+                vec![
+                    s("ip"),
+                    s("mac"),
+                    s("hostname"),
+                    s("state"),
+                    ms_until(expires),
+                ]
+            })
+            .collect();
+        print_table(&["IP", "MAC", "HOSTNAME", "STATE", "EXPIRES"], &rows);
+        Ok(())
+    })
+}
+
+pub fn run_events(args: &ApiArgs, cmd: &EventsCommand) -> ExitCode {
+    run("events", events(args, cmd))
+}
+
+async fn events(args: &ApiArgs, cmd: &EventsCommand) -> anyhow::Result<()> {
+    let c = Client::from_args(args)?;
+    let query = |mac: &Option<String>, kind: &Option<String>| {
+        let mut q = Vec::new();
+        if let Some(m) = mac {
+            q.push(format!("mac={m}"));
+        }
+        if let Some(k) = kind {
+            q.push(format!("kind={k}"));
+        }
+        q
+    };
+    match cmd {
+        EventsCommand::List {
+            mac,
+            kind,
+            since,
+            limit,
+        } => {
+            let mut q = query(mac, kind);
+            if let Some(s) = since {
+                q.push(format!("since={s}"));
+            }
+            q.push(format!("limit={limit}"));
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/events?{}", q.join("&")),
+                    None,
+                )
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for e in v
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .rev()
+                {
+                    println!("{}", event_line(e));
+                }
+            }
+        }
+        EventsCommand::Follow { mac, kind } => {
+            let q = query(mac, kind).join("&");
+            let mut resp = c.stream(&format!("/api/v1/events/stream?{q}")).await?;
+            let mut buf = String::new();
+            while let Some(chunk) = resp.chunk().await? {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    for line in block.lines() {
+                        if let Some(data) = line.strip_prefix("data:") {
+                            let e: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                            if e.is_object() {
+                                if args.json {
+                                    println!("{e}");
+                                } else {
+                                    println!("{}", event_line(&e));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        EventsCommand::Timeline { mac } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/machines/{mac}/timeline"),
+                    None,
+                )
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for boot in v
+                .get("boots")
+                .and_then(|b| b.as_array())
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+            {
+                let start = boot.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(0);
+                println!(
+                    "boot {} ({}), reached {}, {} error(s)",
+                    ms_ago(Some(start)),
+                    start,
+                    boot.get("reached").and_then(|v| v.as_str()).unwrap_or("-"),
+                    boot.get("errors").and_then(|v| v.as_u64()).unwrap_or(0)
+                );
+                for st in boot
+                    .get("stages")
+                    .and_then(|s| s.as_array())
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                {
+                    let off = st.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(start) - start;
+                    println!(
+                        "  +{:>7} ms  {:<14} {:>7} ms{}",
+                        off,
+                        st.get("stage").and_then(|v| v.as_str()).unwrap_or("-"),
+                        st.get("duration_ms").and_then(|v| v.as_i64()).unwrap_or(0),
+                        if st.get("error").and_then(|v| v.as_bool()) == Some(true) {
+                            "  ERROR"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn event_line(e: &Value) -> String {
+    let at = e.get("at_ms").and_then(|v| v.as_i64());
+    let mac = e.get("mac").and_then(|v| v.as_str()).unwrap_or("-");
+    let kind = e.get("kind").and_then(|v| v.as_str()).unwrap_or("-");
+    let detail = e.get("detail").map(|d| d.to_string()).unwrap_or_default();
+    format!("{:>8}  {mac:<17}  {kind:<14} {detail}", ms_ago(at))
+}
+
+fn ms_until(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let s = (ms - chainboot_events::now_ms()) / 1000;
+    if s < 0 {
+        return "expired".into();
+    }
+    match s {
+        0..=59 => format!("in {s}s"),
+        60..=3599 => format!("in {}m", s / 60),
+        3600..=86_399 => format!("in {}h", s / 3600),
+        _ => format!("in {}d", s / 86_400),
     }
 }
 
@@ -252,31 +481,41 @@ pub fn print_machine_table(list: &Value) {
             ]
         })
         .collect();
-    let header = [
-        "MAC",
-        "ARCH",
-        "IP",
-        "HOSTNAME",
-        "PROFILE",
-        "STATE",
-        "LAST SEEN",
-    ];
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.to_vec()).collect();
+    print_table(
+        &[
+            "MAC",
+            "ARCH",
+            "IP",
+            "HOSTNAME",
+            "PROFILE",
+            "STATE",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+}
+
+/// Columns padded to their widest cell.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.len());
+            }
         }
     }
     let line = |cells: Vec<&str>| {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());
-    for r in &rows {
+    for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
 }

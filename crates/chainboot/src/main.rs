@@ -70,6 +70,20 @@ enum Command {
         #[command(subcommand)]
         command: api_client::MachinesCommand,
     },
+    /// DHCP leases of a running server.
+    Leases {
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+        #[command(subcommand)]
+        command: api_client::LeasesCommand,
+    },
+    /// Events of a running server: list, follow live, a machine's boot timelines.
+    Events {
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+        #[command(subcommand)]
+        command: api_client::EventsCommand,
+    },
     /// Dry run: the DHCP reply and the iPXE script a client would get, and why.
     Explain(explain::ExplainArgs),
     /// Print the snippet that makes another DHCP server (ISC dhcpd, dnsmasq, Kea) hand out the
@@ -108,6 +122,8 @@ fn main() -> ExitCode {
         ),
         Command::Explain(args) => explain::run(&args),
         Command::Machines { api, command } => api_client::run_machines(&api, &command),
+        Command::Leases { api, command } => api_client::run_leases(&api, &command),
+        Command::Events { api, command } => api_client::run_events(&api, &command),
         Command::DhcpConfig {
             server,
             server_ip,

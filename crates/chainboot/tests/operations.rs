@@ -248,3 +248,22 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
     assert!(r.server.log_text().contains("profile"));
     assert!(curl(&[&script]).contains("console=ttyS1"));
 }
+
+#[test]
+fn events_and_leases_commands_read_the_running_server() {
+    let r = start("");
+    let url = format!("http://{}", r.http);
+    let c = r.cfg.to_str().unwrap();
+    curl(&[&format!("{url}/ipxe?mac=52-54-00-00-10-05&platform=pcbios&buildarch=i386")]);
+    tftp_get(&r.tftp, "undionly.kpxe");
+    std::thread::sleep(Duration::from_millis(150));
+    let (code, out) = chainboot(&["events", "-c", c, "--server", &url, "list", "--mac", "52:54:00:00:10:05"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tftp") && out.contains("undionly.kpxe") && out.contains("http"), "{out}");
+    let (code, out) = chainboot(&["events", "-c", c, "--server", &url, "timeline", "52:54:00:00:10:05"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("script") && out.contains("first-stage"), "{out}");
+    let (code, out) = chainboot(&["leases", "-c", c, "--server", &url, "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("IP"), "{out}");
+}
