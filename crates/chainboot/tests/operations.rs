@@ -254,15 +254,40 @@ fn events_and_leases_commands_read_the_running_server() {
     let r = start("");
     let url = format!("http://{}", r.http);
     let c = r.cfg.to_str().unwrap();
-    curl(&[&format!("{url}/ipxe?mac=52-54-00-00-10-05&platform=pcbios&buildarch=i386")]);
+    curl(&[&format!(
+        "{url}/ipxe?mac=52-54-00-00-10-05&platform=pcbios&buildarch=i386"
+    )]);
     tftp_get(&r.tftp, "undionly.kpxe");
     std::thread::sleep(Duration::from_millis(150));
-    let (code, out) = chainboot(&["events", "-c", c, "--server", &url, "list", "--mac", "52:54:00:00:10:05"]);
+    let (code, out) = chainboot(&[
+        "events",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "list",
+        "--mac",
+        "52:54:00:00:10:05",
+    ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("tftp") && out.contains("undionly.kpxe") && out.contains("http"), "{out}");
-    let (code, out) = chainboot(&["events", "-c", c, "--server", &url, "timeline", "52:54:00:00:10:05"]);
+    assert!(
+        out.contains("tftp") && out.contains("undionly.kpxe") && out.contains("http"),
+        "{out}"
+    );
+    let (code, out) = chainboot(&[
+        "events",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "timeline",
+        "52:54:00:00:10:05",
+    ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("script") && out.contains("first-stage"), "{out}");
+    assert!(
+        out.contains("script") && out.contains("first-stage"),
+        "{out}"
+    );
     let (code, out) = chainboot(&["leases", "-c", c, "--server", &url, "list"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("IP"), "{out}");

@@ -34,12 +34,15 @@ function bar(boot) {
   const el = document.createElement("div");
   el.className = "bar";
   if (!boot || !boot.stages.length) return el;
+  // Stages on a time axis: left = when it began, width = how long it took (at least a sliver
+  // so that instant stages stay visible).
   const start = boot.start_ms, total = Math.max(1, boot.end_ms - start);
   for (const st of boot.stages) {
     const span = document.createElement("span");
     span.className = "s-" + st.stage + (st.error ? " err" : "");
-    span.style.marginLeft = "0";
-    span.style.width = Math.max(2, (100 * Math.max(st.duration_ms, total / 60)) / total) + "%";
+    const left = (100 * Math.max(0, st.start_ms - start)) / total;
+    span.style.left = Math.min(98, left) + "%";
+    span.style.width = Math.max(2, (100 * st.duration_ms) / total) + "%";
     span.title = st.stage + ": " + st.duration_ms + " ms" + (st.error ? " (error)" : "");
     span.dataset.stage = st.stage;
     el.appendChild(span);

@@ -216,7 +216,11 @@ impl HttpObserver for Observers {
             "duration_ms": r.duration.as_millis() as u64,
             "complete": r.complete,
         });
-        // The callback itself is recorded by the API as an `api` event; this is the transfer.
+        // Requests for anything outside the boot namespace (a browser's /favicon.ico, scanners)
+        // are counted but kept out of machines' timelines.
+        if what == "other" {
+            return;
+        }
         self.events.record(mac, "http", detail);
     }
 }
