@@ -26,6 +26,7 @@ pub struct Config {
     pub group: Vec<chainboot_policy::GroupConfig>,
     pub boot: chainboot_policy::BootConfig,
     pub api: chainboot_policy::ApiConfig,
+    pub events: chainboot_events::EventSettings,
 }
 
 impl Config {
@@ -115,6 +116,11 @@ pub fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
     check("group", format!("{:?}", a.group), format!("{:?}", b.group));
     check("boot", format!("{:?}", a.boot), format!("{:?}", b.boot));
     check("api", format!("{:?}", a.api), format!("{:?}", b.api));
+    check(
+        "events",
+        format!("{:?}", a.events),
+        format!("{:?}", b.events),
+    );
     out
 }
 

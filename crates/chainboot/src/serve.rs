@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use chainboot_events::{EventLog, EventSettings};
+use chainboot_events::EventLog;
 use chainboot_ops::{routes as ops_routes, Metrics, Observers, OpsState};
 use chainboot_ra::{RaMode, RaServer, RaStats};
 use futures::FutureExt;
@@ -87,7 +87,7 @@ async fn serve(
         Store::open(&cfg.server.state_dir)
             .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
     );
-    let events = EventLog::start(store.clone(), EventSettings::default());
+    let events = EventLog::start(store.clone(), cfg.events.clone());
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");

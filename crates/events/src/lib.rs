@@ -29,13 +29,39 @@ pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageS
 /// The event kind of a detected chainload loop (PRODUCT.md §5).
 pub const CHAINLOAD_LOOP: &str = "chainload-loop";
 
-/// Retention and loop-detection settings.
-#[derive(Debug, Clone)]
+/// `[events]`: retention and loop-detection settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
+    /// Events kept at most (oldest pruned first).
     pub max_events: usize,
+    /// Events older than this are pruned.
+    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
     pub max_age: Duration,
+    /// First-stage fetches without reaching HTTP that make a chainload loop.
     pub loop_threshold: usize,
+    /// ... within this window.
+    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
     pub loop_window: Duration,
+}
+
+impl chainboot_config::Validate for EventSettings {
+    fn validate(&self) -> Vec<chainboot_config::Issue> {
+        let mut out = Vec::new();
+        if self.max_events < 100 {
+            out.push((vec!["max_events".into()], "must be at least 100".into()));
+        }
+        if self.loop_threshold < 2 {
+            out.push((
+                vec!["loop_threshold".into()],
+                "must be at least 2 (one fetch is a normal boot)".into(),
+            ));
+        }
+        if self.loop_window < Duration::from_secs(10) {
+            out.push((vec!["loop_window".into()], "must be at least 10s".into()));
+        }
+        out
+    }
 }
 
 impl Default for EventSettings {

@@ -221,7 +221,9 @@ impl HttpObserver for Observers {
         if what == "other" {
             return;
         }
-        self.events.record(mac, "http", detail);
+        // A machine's own callback (e.g. `installed`) is the OS-callback stage of its boot.
+        let kind = if is_callback { "api" } else { "http" };
+        self.events.record(mac, kind, detail);
     }
 }
 
