@@ -120,9 +120,14 @@ dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,$E2E_SERVER_IP
 dhcp-boot=tag:ipxe,$ipxe_url
 EOF
   fi
-  # Measurement knob: iPXE's no-pxedhcp setting (175.176 = 1): do not wait for ProxyDHCP offers.
+  # Measurement knobs. iPXE's no-pxedhcp setting (175.176 = 1): do not wait for ProxyDHCP offers.
   if [ "${E2E_ANCHOR_NOPXEDHCP:-0}" = 1 ]; then
     echo "dhcp-option=tag:ipxe,encap:175,176,1b" >>"$conf"
+  fi
+  # dnsmasq pings an address before offering it to a new client and waits PING_WAIT (3 s) for
+  # an answer; no-ping skips that check.
+  if [ "${E2E_ANCHOR_NOPING:-0}" = 1 ]; then
+    echo "no-ping" >>"$conf"
   fi
   e2e_require dnsmasq:dnsmasq
   e2e_spawn dnsmasq dnsmasq --keep-in-foreground --log-facility=- --conf-file="$conf"

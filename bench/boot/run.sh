@@ -4,6 +4,7 @@
 #   anchor             dnsmasq + nginx doing the recipe (the seed's flow)
 #   anchor+ra          same + radvd: router advertisement, M/O clear, router lifetime 0, no prefix
 #   anchor+ra+nopxe    same + iPXE option 175.176 (no-pxedhcp) from dnsmasq
+#   anchor-tuned       same + dnsmasq no-ping (no 3 s ICMP address check before an offer)
 #   chainboot          target/debug/chainboot (or $CHAINBOOT) with its defaults ([ipv6] auto)
 #   chainboot-ra-off   chainboot with [ipv6] router_advertisements = "off"
 # Usage: bench/boot/run.sh [ROUNDS] [VARIANT...]   (ROUNDS default 3; chainboot variants only if
@@ -17,7 +18,7 @@ rounds=${1:-3}
 shift || true
 variants=("$@")
 if [ ${#variants[@]} -eq 0 ]; then
-  variants=(anchor anchor+ra anchor+ra+nopxe)
+  variants=(anchor anchor+ra anchor+ra+nopxe anchor-tuned)
   [ -x "${CHAINBOOT:-$repo/target/debug/chainboot}" ] && variants+=(chainboot chainboot-ra-off)
 fi
 mkdir -p "$repo/bench/results"
@@ -34,6 +35,7 @@ run_one() {
     anchor) ;;
     anchor+ra) env+=(E2E_RA=1) ;;
     anchor+ra+nopxe) env+=(E2E_RA=1 E2E_ANCHOR_NOPXEDHCP=1) ;;
+    anchor-tuned) env+=(E2E_RA=1 E2E_ANCHOR_NOPXEDHCP=1 E2E_ANCHOR_NOPING=1) ;;
     chainboot) side=chainboot ;;
     chainboot-ra-off) side=chainboot env+=(E2E_CHAINBOOT_RA=off) ;;
     *) echo "unknown variant $variant" >&2; return 1 ;;
