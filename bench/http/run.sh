@@ -62,9 +62,11 @@ http {
 }
 EOF
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 "$SERVER" "127.0.0.1:$P_CB" "$WORK/root" "$WORK/bench.iso" 2>"$WORK/chainboot.log" &
-PIDS+=($!)
+CB_PID=$!
+PIDS+=($CB_PID)
 
 for port in $P_CB $P_NG; do
     for _ in $(seq 50); do
@@ -72,40 +74,52 @@ for port in $P_CB $P_NG; do
         sleep 0.1
     done
 done
+NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
 # Sanity: both serve the same bytes.
 cmp <(curl -s --noproxy "*" "http://127.0.0.1:$P_CB/files/big.bin") "$WORK/root/big.bin" || { cat "$WORK/chainboot.log"; curl -sv --noproxy "*" -o /dev/null "http://127.0.0.1:$P_CB/files/big.bin"; exit 1; }
 cmp <(curl -s --noproxy '*' "http://127.0.0.1:$P_CB/iso/bench/big.bin") "$WORK/root/big.bin"
 cmp <(curl -s --noproxy '*' "http://127.0.0.1:$P_NG/big.bin") "$WORK/root/big.bin"
 
-# wrk prints "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}".
-wrk_run() { # conns url -> "req/s MB/s"
-    local out
-    out=$(wrk -t2 -c"$1" -d"${SECS}s" "$2")
-    echo "$out" | awk '
+# CPU time (user+system, clock ticks) of a set of processes: on a shared machine the
+# throughput of one run depends on what else runs; CPU per request does much less.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# wrk prints "Requests/sec: N", "N requests in" and "Transfer/sec: N{KB,MB,GB}".
+wrk_run() { # conns url pids... -> "req/s MB/s cpu-us-per-request"
+    local conns=$1 url=$2 out c0 c1
+    shift 2
+    c0=$(cpu_ticks "$@")
+    out=$(wrk -t2 -c"$conns" -d"${SECS}s" "$url")
+    c1=$(cpu_ticks "$@")
+    echo "$out" | awk -v ticks=$((c1 - c0)) -v tick_us="$TICK_US" '
+        /requests in/ { n = $1 }
         /^Requests\/sec:/ { rps = $2 }
         /^Transfer\/sec:/ {
             v = $2; u = v; gsub(/[0-9.]/, "", u); gsub(/[A-Za-z]/, "", v)
             if (u == "GB") v *= 1024; else if (u == "KB") v /= 1024; else if (u == "B") v /= 1048576
             mbs = v
         }
-        END { printf "%.0f %.1f\n", rps, mbs }'
+        END { printf "%.0f %.1f %.1f\n", rps, mbs, (n > 0 ? ticks * tick_us / n : 0) }'
 }
 
 declare -A R
 for round in $(seq "$ROUNDS"); do
-    R[ng_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_NG/small.bin" | cut -d' ' -f1)
-    R[cb_small_$round]=$(wrk_run 64 "http://127.0.0.1:$P_CB/files/small.bin" | cut -d' ' -f1)
-    R[cb_gen_$round]=$(wrk_run 64 "http://127.0.0.1:$P_CB/gen/1k" | cut -d' ' -f1)
-    R[ng_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_NG/big.bin" | cut -d' ' -f2)
-    R[cb_big_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/files/big.bin" | cut -d' ' -f2)
-    R[cb_iso_$round]=$(wrk_run 8 "http://127.0.0.1:$P_CB/iso/bench/big.bin" | cut -d' ' -f2)
-    echo "round $round: 1KB req/s nginx ${R[ng_small_$round]} chainboot ${R[cb_small_$round]} generated ${R[cb_gen_$round]};" \
+    read -r R[ng_small_$round] _ R[ng_small_cpu_$round] < <(wrk_run 64 "http://127.0.0.1:$P_NG/small.bin" $NGINX_WORKERS)
+    read -r R[cb_small_$round] _ R[cb_small_cpu_$round] < <(wrk_run 64 "http://127.0.0.1:$P_CB/files/small.bin" "$CB_PID")
+    read -r R[cb_gen_$round] _ R[cb_gen_cpu_$round] < <(wrk_run 64 "http://127.0.0.1:$P_CB/gen/1k" "$CB_PID")
+    read -r _ R[ng_big_$round] _ < <(wrk_run 8 "http://127.0.0.1:$P_NG/big.bin" $NGINX_WORKERS)
+    read -r _ R[cb_big_$round] _ < <(wrk_run 8 "http://127.0.0.1:$P_CB/files/big.bin" "$CB_PID")
+    read -r _ R[cb_iso_$round] _ < <(wrk_run 8 "http://127.0.0.1:$P_CB/iso/bench/big.bin" "$CB_PID")
+    echo "round $round: 1KB req/s (CPU us/req) nginx ${R[ng_small_$round]} (${R[ng_small_cpu_$round]})" \
+        "chainboot ${R[cb_small_$round]} (${R[cb_small_cpu_$round]}) generated ${R[cb_gen_$round]} (${R[cb_gen_cpu_$round]});" \
         "8MiB MB/s nginx ${R[ng_big_$round]} chainboot ${R[cb_big_$round]} iso ${R[cb_iso_$round]}"
 done
 
 median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { local k=$1 s=""; for r in $(seq "$ROUNDS"); do s="$s ${R[${k}_$r]}"; done; echo $s | median; }
 ng_small=$(col ng_small); cb_small=$(col cb_small); cb_gen=$(col cb_gen)
+ng_small_cpu=$(col ng_small_cpu); cb_small_cpu=$(col cb_small_cpu); cb_gen_cpu=$(col cb_gen_cpu)
 ng_big=$(col ng_big); cb_big=$(col cb_big); cb_iso=$(col cb_iso)
 echo
 echo "medians over $ROUNDS rounds of ${SECS}s ($(nproc) cores, $(date -u +%FT%TZ))"
@@ -113,3 +127,4 @@ awk -v a="$cb_small" -v b="$ng_small" 'BEGIN { printf "1 KB req/s, 64 conns:  ch
 awk -v a="$cb_gen" -v b="$ng_small" 'BEGIN { printf "1 KB generated req/s:   chainboot %s, nginx static %s -> %.2fx (script target >= 0.8x)\n", a, b, a/b }'
 awk -v a="$cb_big" -v b="$ng_big" 'BEGIN { printf "8 MiB MB/s, 8 conns:    chainboot %s, nginx %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
 awk -v a="$cb_iso" -v b="$cb_big" 'BEGIN { printf "8 MiB from ISO MB/s:    %s vs plain %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
+awk -v a="$cb_small_cpu" -v g="$cb_gen_cpu" -v b="$ng_small_cpu" 'BEGIN { printf "1 KB CPU us/request:    chainboot static %s, generated %s, nginx %s -> efficiency %.2fx / %.2fx of nginx\n", a, g, b, b/a, b/g }'
