@@ -22,11 +22,14 @@ pub struct HttpConfig {
     pub listing: bool,
     /// Connections served at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Time allowed to send a request's headers (slowloris defence).
+    /// Time allowed to send a request's headers (slowloris defence). hyper starts this clock
+    /// whenever it waits for a request head, so it also bounds how long a keep-alive
+    /// connection may sit idle between requests.
     #[serde(with = "duration_str")]
     pub header_read_timeout: Duration,
-    /// A keep-alive connection with no request in flight and no traffic for this long is
-    /// closed.
+    /// A connection with no request in flight and no traffic for this long is closed (the
+    /// keep-alive wait is in practice bounded by the shorter of this and
+    /// `header_read_timeout`).
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted; larger gets 431.
