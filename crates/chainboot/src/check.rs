@@ -55,6 +55,40 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             errors += 1;
         }
     }
+    if !cfg.iso.is_empty() {
+        println!("ISO images:");
+        let isos = chainboot_iso::IsoLibrary::new(&cfg.iso);
+        for st in isos.status() {
+            match &st.result {
+                Ok((scheme, entries)) => println!(
+                    "  ok       {:<16} {} ({entries} entries, {scheme:?} names)",
+                    st.name,
+                    st.path.display()
+                ),
+                Err(e) => {
+                    println!(
+                        "error: iso {}: {e}{}",
+                        st.name,
+                        if st.required {
+                            " (required: the server will not start)"
+                        } else {
+                            " (the server starts without it)"
+                        }
+                    );
+                    errors += 1;
+                }
+            }
+        }
+    }
+    let profiles = cfg.profile.len();
+    let groups = cfg.group.len();
+    println!(
+        "boot policy: {profiles} profile{}, {groups} group{}, default {}",
+        if profiles == 1 { "" } else { "s" },
+        if groups == 1 { "" } else { "s" },
+        cfg.boot.default
+    );
+    println!("DHCP: {:?} mode", cfg.dhcp.mode);
     if errors > 0 {
         println!(
             "{errors} problem{} found",
