@@ -155,7 +155,7 @@ impl Root {
         // SAFETY: a new descriptor returned by the kernel, owned by nobody else.
         let file = unsafe { File::from_raw_fd(raw as i32) };
         match file.metadata() {
-            Ok(m) if m.is_file() => Content::from_file(file).map_err(ResolveError::Io),
+            Ok(m) if m.is_file() => Content::from_file_metadata(file, &m).map_err(ResolveError::Io),
             // Directories, devices, FIFOs: let `open` classify them.
             _ => self.open(path),
         }
