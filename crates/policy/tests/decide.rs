@@ -692,3 +692,19 @@ async fn quick_mode_boots_local_files_through_the_policy_route() {
     )
     .is_err());
 }
+
+#[tokio::test]
+async fn reload_swaps_the_config_and_a_bad_one_keeps_the_old() {
+    let p = policy("[boot]\ndefault = \"rescue\"\n");
+    let f = node();
+    assert_eq!(p.decide(&f, None, None).await.unwrap().profile, "rescue");
+    let bad = parse(&format!(
+        "{PROFILES}\n[boot]\ndefault = \"nope\"\napi = \"ftp://x\"\n"
+    ));
+    let problems = p.reload(bad).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(p.decide(&f, None, None).await.unwrap().profile, "rescue");
+    p.reload(parse(&format!("{PROFILES}\n[boot]\ndefault = \"shell\"\n")))
+        .unwrap();
+    assert_eq!(p.decide(&f, None, None).await.unwrap().profile, "shell");
+}
