@@ -12,7 +12,8 @@
 # drops more than 10%.
 #
 # Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
-# Env: RATES="500 1000 ..." PERIOD=seconds, OUT=results file (default bench/dhcp/results.txt)
+# Env: RATES="500 1000 ..." PERIOD=seconds SERVERS="chainboot kea ..." OUT=results file
+# (default bench/dhcp/results.txt)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "bench/dhcp: must run as root (network namespaces)"; exit 1; }
@@ -125,8 +126,35 @@ CFG
 }
 
 stop_server() {
-  if [ -n "$SRV_PID" ]; then kill -TERM "$SRV_PID" 2>/dev/null || true; sleep 0.3; kill -9 "$SRV_PID" 2>/dev/null || true; wait "$SRV_PID" 2>/dev/null || true; fi
+  if [ -n "$SRV_PID" ]; then
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+  fi
   SRV_PID=""
+}
+
+# Waits (at most 30 s) until the server answers a DISCOVER: ISC dhcpd, for one, builds its
+# whole pool in memory before it answers.
+wait_ready() {
+  local i
+  for i in $(seq 30); do
+    if timeout 5 ip netns exec "$C" perfdhcp -4 -l vc -r 1 -n 1 -R 1 -W 900000 \
+         -b "mac=00:0e:00:00:00:$(printf '%02x' "$i")" 198.18.0.1 2>&1 \
+         | awk '/^received packets: [1-9]/ { ok = 1 } END { exit !ok }'; then
+      return 0
+    fi
+    sleep 1
+  done
+  echo "warning: $1 did not answer within 30 s" >&2
+}
+
+# chainboot's group commit: leases written per fsync in the last run (from its counters).
+commit_factor() {
+  awk '/^counter commit_batches/ { b = $3 } /^counter committed_leases/ { l = $3 }
+       END { if (b > 0) printf "%d leases in %d fsyncs (%.1f per fsync)", l, b, l / b; else printf "no commits" }' \
+    "$WORK/chainboot.out"
 }
 
 # One perfdhcp step: prints "<ack/s> <DO drop %> <RA drop %> <avg RA delay ms>".
@@ -150,7 +178,7 @@ step() {
 }
 
 declare -A BEST SATURATED
-SERVERS="chainboot kea dnsmasq dhcpd"
+SERVERS=${SERVERS:-"chainboot kea dnsmasq dhcpd"}
 {
   echo "# DHCP DORA benchmark $(date -u +%FT%TZ), perfdhcp $(perfdhcp -v 2>&1 | head -1), period ${PERIOD}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
@@ -162,7 +190,7 @@ for rate in $RATES; do
   for server in $SERVERS; do
     [ "${SATURATED[$server]}" = no ] || continue
     "start_$server"
-    sleep 1
+    wait_ready "$server"
     read -r acks dod rad delay < <(step "$rate")
     stop_server
     held=no
@@ -170,7 +198,9 @@ for rate in $RATES; do
       held=yes
       [ "$acks" -gt "${BEST[$server]}" ] && BEST[$server]=$acks
     fi
-    printf '%-9s %6s %7s %6s %6s %6s %s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" | tee -a "$OUT"
+    extra=""
+    [ "$server" = chainboot ] && extra="  # $(commit_factor)"
+    printf '%-9s %6s %7s %6s %6s %6s %s%s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" "$extra" | tee -a "$OUT"
     # Stop climbing once a server clearly saturates (a missed step alone may be noise).
     if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }'; then SATURATED[$server]=yes; fi
   done
@@ -179,6 +209,6 @@ done
   echo "# best sustained ACK/s at < 1% drops:"
   for s in $SERVERS; do echo "best $s ${BEST[$s]}"; done
   for s in kea dnsmasq dhcpd; do
-    awk -v c="${BEST[chainboot]}" -v o="${BEST[$s]}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
+    awk -v c="${BEST[chainboot]:-0}" -v o="${BEST[$s]:-0}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
   done
 } | tee -a "$OUT"
