@@ -5,7 +5,12 @@
 //!   (RFC 2348 blksize, RFC 2349 tsize/timeout, RFC 7440 windowsize), windows, resends,
 //!   wrap-around, timeouts. No sockets, no clock.
 //! - [`server`]: the tokio driver: the listening socket, one socket per transfer (the server's
-//!   TID), limits, path resolution through `chainboot_content`, logs and counters.
+//!   TID), limits, path resolution through `chainboot_content`, logs and counters. It reads
+//!   file data ahead in 32 KiB (or one window) chunks and sends each window with one
+//!   `sendmmsg`.
+//!
+//! The binary builds a [`TftpServer`] from the `[tftp]` section ([`TftpConfig`]) and a
+//! `chainboot_content::Resolver`, then calls [`TftpServer::run`] with a cancellation token.
 
 mod batch;
 mod config;

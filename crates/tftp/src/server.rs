@@ -246,7 +246,10 @@ impl TftpServer {
                     let (n, client, dst) = match received {
                         Ok(r) => r,
                         Err(e) => {
-                            debug!(error = %e, "tftp request socket receive error");
+                            // Not expected on an unconnected UDP socket; pause so that a
+                            // persistent error cannot spin a core.
+                            warn!(error = %e, "tftp request socket receive error");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
@@ -621,21 +624,24 @@ async fn run_transfer(
 }
 
 /// The transfer socket must have the client's address family: an IPv4 client reaching a
-/// dual-stack socket shows up as `::ffff:a.b.c.d`.
+/// dual-stack socket shows up as `::ffff:a.b.c.d` (and its destination may be reported either
+/// way); such a transfer runs on a plain IPv4 socket bound to the address the client used.
 fn same_family(local: IpAddr, client: SocketAddr) -> (IpAddr, SocketAddr) {
-    match (local, client) {
-        (IpAddr::V6(l), SocketAddr::V6(c)) => match (l.to_ipv4_mapped(), c.ip().to_ipv4_mapped()) {
-            (_, Some(c4)) => (
-                l.to_ipv4_mapped()
-                    .map(IpAddr::V4)
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                SocketAddr::new(IpAddr::V4(c4), c.port()),
-            ),
-            _ => (IpAddr::V6(l), client),
+    let client = match client {
+        SocketAddr::V6(c) => match c.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), c.port()),
+            None => client,
         },
-        (IpAddr::V4(l), SocketAddr::V4(_)) => (IpAddr::V4(l), client),
-        (IpAddr::V4(_), SocketAddr::V6(_)) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), client),
+        v4 => v4,
+    };
+    let local = match local {
+        IpAddr::V6(l) => l.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(local),
+        v4 => v4,
+    };
+    match (local, client) {
+        (IpAddr::V4(_), SocketAddr::V4(_)) | (IpAddr::V6(_), SocketAddr::V6(_)) => (local, client),
         (IpAddr::V6(_), SocketAddr::V4(_)) => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), client),
+        (IpAddr::V4(_), SocketAddr::V6(_)) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), client),
     }
 }
 
@@ -814,5 +820,16 @@ mod tests {
         assert_eq!(c, "127.0.0.1:5000".parse::<SocketAddr>().unwrap());
         let v4: SocketAddr = "127.0.0.1:7".parse().unwrap();
         assert_eq!(same_family("127.0.0.2".parse().unwrap(), v4).1, v4);
+        // Destination reported as IPv4 (IP_PKTINFO) for a mapped client.
+        let (ip, c) = same_family("127.0.0.9".parse().unwrap(), mapped);
+        assert_eq!(
+            (ip.to_string(), c.to_string()),
+            ("127.0.0.9".into(), "127.0.0.1:5000".into())
+        );
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert_eq!(
+            same_family("::1".parse().unwrap(), v6),
+            ("::1".parse().unwrap(), v6)
+        );
     }
 }

@@ -347,3 +347,37 @@ fn observer_sees_start_and_finish_of_each_transfer() {
     assert_eq!(obs.finishes.load(Ordering::SeqCst), 2);
     assert_eq!(obs.bytes.load(Ordering::SeqCst), 2468);
 }
+
+#[test]
+fn ipv6_and_dual_stack_listeners_serve_both_families() {
+    for (listen, client_ip, target_ip) in [
+        ("[::1]:0", "::1", "::1"),
+        ("[::]:0", "::1", "::1"),
+        ("[::]:0", "127.0.0.1", "127.0.0.7"),
+    ] {
+        let config = TftpConfig {
+            listen: listen.parse().unwrap(),
+            ..config()
+        };
+        let srv = TestServer::start_with(config, None);
+        srv.file("f", 600);
+        let c = raw_client(client_ip);
+        let target = SocketAddr::new(target_ip.parse().unwrap(), srv.port());
+        c.send_to(&rrq("f", &[]), target).unwrap();
+        let (p, from) = recv(&c).unwrap_or_else(|| panic!("{listen} {target}: no answer"));
+        assert_eq!(describe(&p), "DATA 1 (512)", "{listen} {target}");
+        assert_eq!(
+            from.ip(),
+            target.ip(),
+            "{listen}: answered from another address"
+        );
+        c.send_to(&ack(1), from).unwrap();
+        let (p, _) = recv(&c).unwrap();
+        assert_eq!(describe(&p), "DATA 2 (88)");
+        c.send_to(&ack(2), from).unwrap();
+        assert!(
+            eventually(|| srv.stats.snapshot().finished == 1),
+            "{listen}"
+        );
+    }
+}
