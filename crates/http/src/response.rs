@@ -374,6 +374,30 @@ mod tests {
     }
 
     #[test]
+    fn random_range_headers_never_escape_the_content() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"bytes=-,0123456789 ";
+        for _ in 0..100_000 {
+            let n = (next() % 24) as usize;
+            let mut v = String::from(if next() % 4 == 0 { "" } else { "bytes=" });
+            for _ in 0..n {
+                v.push(alphabet[(next() % alphabet.len() as u64) as usize] as char);
+            }
+            let len = next() % 50;
+            match parse_range(&v, len) {
+                RangeSpec::Range(a, b) => assert!(a < b && b <= len, "{v:?} len {len}: {a}-{b}"),
+                RangeSpec::Unsatisfiable | RangeSpec::Ignore => {}
+            }
+        }
+    }
+
+    #[test]
     fn etag_lists_compare_weak_and_strong() {
         assert!(etag_list_matches("*", "\"a\"", true));
         assert!(etag_list_matches("\"b\", \"a\"", "\"a\"", true));

@@ -457,6 +457,34 @@ mod tests {
     }
 
     #[test]
+    fn random_request_paths_decode_to_clean_paths_or_refusals() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces = [
+            "%2e", "%2E", "%2f", "%5c", "%25", "%00", "%c0%ae", ".", "..", "/", "\\", "a", "%",
+        ];
+        for _ in 0..100_000 {
+            let mut raw = String::from("/files/");
+            for _ in 0..(next() % 8) {
+                raw.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            if let Ok(Some(p)) = decode_path(&raw, "/files") {
+                for part in p.parts() {
+                    assert!(
+                        part != ".." && part != "." && !part.contains(['/', '\\', '\0']),
+                        "{raw:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn content_types_fit_boot_assets() {
         assert_eq!(content_type_for("boot.ipxe"), "text/plain; charset=utf-8");
         assert_eq!(content_type_for("vmlinuz"), "application/octet-stream");
