@@ -136,6 +136,8 @@ impl TransferObserver for NoObserver {}
 /// What every transfer task shares.
 struct Shared {
     resolver: Arc<dyn Resolver>,
+    /// Bounds resolutions running at once on the blocking pool (see [`RESOLVE_CONCURRENCY`]).
+    resolve_slots: Arc<tokio::sync::Semaphore>,
     settings: TransferSettings,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TransferObserver>,
@@ -154,6 +156,11 @@ pub struct TftpServer {
 /// Receive buffer of the request socket: a boot storm sends hundreds of RRQs at once, and
 /// each small datagram costs about a kilobyte of buffer in the kernel.
 const REQUEST_SOCKET_RCVBUF: usize = 4 << 20;
+/// Path resolutions running at once. Each runs on tokio's blocking pool; in a boot storm an
+/// unbounded number would make the pool start a thread per request (measured: 246 threads and
+/// 0.57 s for 500 clients on a fresh server, 0.35 s once the threads existed), while a
+/// resolution takes tens of microseconds.
+const RESOLVE_CONCURRENCY: usize = 16;
 /// Largest datagram we read on the request socket; requests longer than this are malformed.
 const MAX_REQUEST: usize = 2048;
 /// Unknown TIDs answered per transfer; beyond this they are only counted (bounded memory and
@@ -184,6 +191,7 @@ impl TftpServer {
                 settings: config.transfer_settings(),
                 stats: Arc::new(TftpStats::default()),
                 observer: Arc::new(NoObserver),
+                resolve_slots: Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY)),
             }),
         })
     }
@@ -437,7 +445,9 @@ async fn run_transfer(
     let resolve_path = path.clone();
     // Resolvers touch the file system (and later render templates): keep that off the
     // runtime's worker threads.
+    let slot = shared.resolve_slots.clone().acquire_owned().await;
     let resolved = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         resolver.resolve(&chainboot_content::Request {
             path: &resolve_path,
             client,
