@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use chainboot_events::EventLog;
-use chainboot_ops::{routes as ops_routes, Metrics, Observers, OpsState};
+use chainboot_ops::{routes as ops_routes, MachineEvents, Metrics, Observers, OpsState};
 use chainboot_ra::{RaMode, RaServer, RaStats};
 use futures::FutureExt;
 use serde_json::json;
@@ -228,13 +228,13 @@ async fn serve(
         token: Arc::new(token.clone()),
         read_requires_token: cfg.api.read_requires_token,
     };
-    let policy_router = policy_routes(PolicyState::new(
-        policy.clone(),
-        token,
-        &cfg.api,
-        base.clone(),
-    ))
-    .layer(axum::middleware::from_fn_with_state(
+    let policy_state = PolicyState::new(policy.clone(), token, &cfg.api, base.clone()).with_hooks(
+        Arc::new(MachineEvents {
+            events: events.clone(),
+            store: store.clone(),
+        }),
+    );
+    let policy_router = policy_routes(policy_state).layer(axum::middleware::from_fn_with_state(
         events.clone(),
         learn_machine_ip,
     ));

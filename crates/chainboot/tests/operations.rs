@@ -292,3 +292,42 @@ fn events_and_leases_commands_read_the_running_server() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("IP"), "{out}");
 }
+
+#[test]
+fn a_machines_callback_completes_its_timeline_and_its_json_shows_the_last_boot() {
+    let r = start("");
+    let mac = "52:54:00:00:10:06";
+    curl(&[&format!(
+        "http://{}/ipxe?mac=52-54-00-00-10-06&platform=pcbios&buildarch=i386",
+        r.http
+    )]);
+    curl(&[&format!("http://{}/files/vmlinuz", r.http)]);
+    // The installer reports back with the machine's own secret (the token works too).
+    let token = std::fs::read_to_string(r.cfg.parent().unwrap().join("state/api.token")).unwrap();
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{\"event\":\"installed\"}",
+        &format!("http://{}/api/v1/machines/{mac}/events", r.http),
+    ]);
+    assert!(code.starts_with('2'), "{code}");
+    std::thread::sleep(Duration::from_millis(150));
+    let v: serde_json::Value = serde_json::from_str(&curl(&[&format!(
+        "http://{}/api/v1/machines/{mac}",
+        r.http
+    )]))
+    .unwrap();
+    let last = &v["last_boot"];
+    assert_eq!(last["reached"], "os-callback", "{v}");
+    let api = events(&r, &format!("mac={mac}&kind=api"));
+    assert_eq!(api[0]["detail"]["event"], "installed", "{api}");
+}

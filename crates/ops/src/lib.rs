@@ -18,4 +18,4 @@ pub mod metrics;
 pub mod observe;
 
 pub use api::{machine_timeline, render_metrics, routes, OpsState};
-pub use observe::{Metrics, Observers};
+pub use observe::{MachineEvents, Metrics, Observers};

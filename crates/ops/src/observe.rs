@@ -221,9 +221,9 @@ impl HttpObserver for Observers {
         if what == "other" {
             return;
         }
-        // A machine's own callback (e.g. `installed`) is the OS-callback stage of its boot.
-        let kind = if is_callback { "api" } else { "http" };
-        self.events.record(mac, kind, detail);
+        // A machine's own callback (e.g. `installed`) is recorded with its body by the API
+        // hook ([`MachineEvents`]) as an `api` event; this is the request itself.
+        self.events.record(mac, "http", detail);
     }
 }
 
@@ -281,6 +281,25 @@ impl chainboot_dhcp::DhcpObserver for Observers {
                 "decision": decision,
             }),
         );
+    }
+}
+
+/// The policy routes' hooks: machines' own events go to the event log (the OS-callback stage
+/// of their timeline), and a machine's JSON carries its last boot.
+pub struct MachineEvents {
+    pub events: Arc<EventLog>,
+    pub store: Arc<chainboot_store::Store>,
+}
+
+impl chainboot_policy::MachineHooks for MachineEvents {
+    fn machine_event(&self, mac: Mac, event: &str, body: &serde_json::Value) {
+        self.events
+            .record(Some(mac), "api", json!({ "event": event, "body": body }));
+    }
+
+    fn last_boot(&self, mac: Mac) -> Option<serde_json::Value> {
+        let boots = crate::api::machine_timeline(&self.store, mac).ok()?;
+        boots.as_array()?.last().cloned()
     }
 }
 

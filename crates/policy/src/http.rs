@@ -35,10 +35,26 @@ use crate::facts::{valid_label, ClientFacts, RawFacts};
 use crate::policy::{AssetSlot, Decision, Policy};
 use crate::render::{self, HttpBase};
 
+/// What the rest of chainboot adds to the machine routes: the event log records machines'
+/// own events, and a machine's JSON carries its last boot timeline (both owned by other
+/// crates, hence a hook rather than a dependency). Both default to nothing.
+pub trait MachineHooks: Send + Sync + 'static {
+    /// A machine reported an event (`installed`, or anything else an installer sends).
+    fn machine_event(&self, _mac: Mac, _event: &str, _body: &serde_json::Value) {}
+    /// The machine's last boot, as JSON, for `GET /api/v1/machines/MAC`.
+    fn last_boot(&self, _mac: Mac) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+struct NoHooks;
+impl MachineHooks for NoHooks {}
+
 /// Shared state of the policy routes.
 #[derive(Clone)]
 pub struct PolicyState {
     pub policy: Arc<Policy>,
+    hooks: Arc<dyn MachineHooks>,
     token: Arc<String>,
     read_requires_token: bool,
     /// Used when a request has no usable Host header.
@@ -58,6 +74,7 @@ impl PolicyState {
     ) -> PolicyState {
         PolicyState {
             policy,
+            hooks: Arc::new(NoHooks),
             token: Arc::new(token),
             read_requires_token: api.read_requires_token,
             fallback_base,
@@ -66,6 +83,12 @@ impl PolicyState {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// Attaches the hooks (event log, timelines).
+    pub fn with_hooks(mut self, hooks: Arc<dyn MachineHooks>) -> PolicyState {
+        self.hooks = hooks;
+        self
     }
 
     fn base(&self, headers: &HeaderMap) -> HttpBase {
@@ -568,8 +591,25 @@ async fn show_machine(
         Err(r) => return r,
     };
     let policy = st.policy.clone();
-    match blocking(move || policy.store().machine(mac)).await {
-        Ok(Ok(Some(m))) => Json(m).into_response(),
+    let hooks = st.hooks.clone();
+    match blocking(move || {
+        policy
+            .store()
+            .machine(mac)
+            .map(|m| m.map(|m| (m, hooks.last_boot(mac))))
+    })
+    .await
+    {
+        Ok(Ok(Some((m, last_boot)))) => {
+            let mut v = serde_json::to_value(&m).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "last_boot".into(),
+                    last_boot.unwrap_or(serde_json::Value::Null),
+                );
+            }
+            Json(v).into_response()
+        }
         Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
         Ok(Err(e)) => store_error(e),
         Err(r) => r,
@@ -776,6 +816,7 @@ async fn machine_event(
     };
     let event = render::echo_text(event);
     tracing::info!(%mac, %event, "machine event");
+    st.hooks.machine_event(mac, &event, &body);
     if event == "installed" {
         let policy = st.policy.clone();
         let r = blocking(move || {

@@ -27,7 +27,7 @@ pub use config::{
     ProfileConfig,
 };
 pub use facts::{ClientFacts, RawFacts};
-pub use http::{routes, PolicyState};
+pub use http::{routes, MachineHooks, PolicyState};
 pub use policy::{Decision, Explanation, Policy, PolicyConfig, Source};
 pub use render::HttpBase;
 pub use tftp::TftpResolver;
