@@ -18,6 +18,7 @@ use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
 use chainboot_events::{boots, EventLog};
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
+use chainboot_policy::http::{bearer, ct_eq};
 use chainboot_ra::RaStats;
 use chainboot_store::events::{self, EventFilter};
 use chainboot_store::Store;
@@ -47,22 +48,6 @@ pub struct OpsState {
     /// API token; reads need it when `read_requires_token`.
     pub token: Arc<String>,
     pub read_requires_token: bool,
-}
-
-/// Bearer token from the Authorization header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn ct_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
