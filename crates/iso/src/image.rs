@@ -305,7 +305,10 @@ impl IsoImage {
             let records = parse_directory(&data, &dir_path)?;
             let mut pending: Option<(DirRecord, Vec<Extent>)> = None;
             for rec in records {
-                if rec.is_dot() {
+                // Associated files (ECMA-119 9.1.6 bit 2, e.g. Mac resource forks) carry the
+                // same name as the file and come before it; serving one instead of the file
+                // would send the wrong bytes.
+                if rec.is_dot() || rec.flags & FLAG_ASSOCIATED != 0 {
                     continue;
                 }
                 if let Some((first, exts)) = pending.as_mut() {
@@ -668,6 +671,7 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 const FLAG_DIRECTORY: u8 = 0x02;
+const FLAG_ASSOCIATED: u8 = 0x04;
 const FLAG_MULTI_EXTENT: u8 = 0x80;
 
 /// A directory record (ECMA-119 9.1), the fields we use.

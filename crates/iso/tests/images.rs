@@ -630,3 +630,42 @@ fn overlapping_directory_extents_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn associated_files_do_not_shadow_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("KERNEL"), b"the kernel").unwrap();
+    std::fs::write(src.join("OTHER"), b"resource fork bytes").unwrap();
+    let iso = dir.path().join("a.iso");
+    xorriso(&[
+        "-rockridge",
+        "off",
+        "-joliet",
+        "off",
+        "-outdev",
+        iso.to_str().unwrap(),
+        "-map",
+        src.to_str().unwrap(),
+        "/",
+    ]);
+    let mut image = std::fs::read(&iso).unwrap();
+    let recs = root_records(&image);
+    let (at, kernel) = record_named(&recs, b"KERNEL").clone();
+    let other = &record_named(&recs, b"OTHER").1;
+    // An associated-file record named like KERNEL, pointing at OTHER's bytes, placed right
+    // before KERNEL's record as ECMA-119 orders them.
+    let mut assoc = kernel.clone();
+    assoc[2..10].copy_from_slice(&other[2..10]);
+    assoc[10..18].copy_from_slice(&other[10..18]);
+    assoc[25] |= 0x04;
+    let sector_end = (at / SECTOR as usize + 1) * SECTOR as usize;
+    let tail = image[at..sector_end - assoc.len()].to_vec();
+    image[at..at + assoc.len()].copy_from_slice(&assoc);
+    image[at + assoc.len()..sector_end].copy_from_slice(&tail);
+    std::fs::write(&iso, &image).unwrap();
+    let img = IsoImage::open(&iso).unwrap();
+    assert_eq!(read_all(&img.content(&p("kernel")).unwrap()), b"the kernel");
+    assert_eq!(img.files().len(), 2);
+}
