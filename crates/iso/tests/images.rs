@@ -669,3 +669,50 @@ fn associated_files_do_not_shadow_the_file() {
     assert_eq!(read_all(&img.content(&p("kernel")).unwrap()), b"the kernel");
     assert_eq!(img.files().len(), 2);
 }
+
+#[test]
+fn directories_deeper_than_eight_levels_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let deep = src.join("1/2/3/4/5/6/7/8/9/10/11");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f.txt"), b"deep file").unwrap();
+    for (name, extra) in [
+        ("plain-deep.iso", vec![]),
+        // Deep-directory relocation (RRIP CL/RE entries), as mkisofs does by default.
+        (
+            "relocated.iso",
+            vec!["-compliance", "deep_paths_off", "-rr_reloc_dir", "RR_MOVED"],
+        ),
+    ] {
+        let iso = dir.path().join(name);
+        let mut args = extra.clone();
+        args.extend([
+            "-outdev",
+            iso.to_str().unwrap(),
+            "-map",
+            src.to_str().unwrap(),
+            "/",
+        ]);
+        xorriso(&args);
+        if name == "relocated.iso" {
+            let bytes = std::fs::read(&iso).unwrap();
+            assert!(
+                bytes.windows(4).any(|w| w == b"CL\x0c\x01"),
+                "xorriso did not relocate: the CL path is not exercised"
+            );
+        }
+        let img = IsoImage::open(&iso).unwrap();
+        assert_eq!(img.scheme(), NameScheme::RockRidge);
+        let c = img
+            .content(&p("1/2/3/4/5/6/7/8/9/10/11/f.txt"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(read_all(&c), b"deep file", "{name}");
+        let names: Vec<String> = img.files().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["1/2/3/4/5/6/7/8/9/10/11/f.txt"],
+            "{name}: relocation dir hidden"
+        );
+    }
+}
