@@ -53,7 +53,8 @@ cleanup() {
   ip netns del "$C" 2>/dev/null || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 ip netns add "$S"; ip netns add "$C"
 ip -n "$S" link add vs type veth peer name vc netns "$C"
@@ -138,14 +139,13 @@ stop_server() {
 # Waits (at most 30 s) until the server answers a DISCOVER: ISC dhcpd, for one, builds its
 # whole pool in memory before it answers.
 wait_ready() {
-  local i
+  local i out
   for i in $(seq 30); do
-    if timeout 5 ip netns exec "$C" perfdhcp -4 -l vc -r 1 -n 1 -R 1 -W 900000 \
-         -b "mac=00:0e:00:00:00:$(printf '%02x' "$i")" 198.18.0.1 2>&1 \
-         | awk '/^received packets: [1-9]/ { ok = 1 } END { exit !ok }'; then
-      return 0
-    fi
-    sleep 1
+    # perfdhcp exits non-zero when anything was dropped: capture first (pipefail).
+    out=$(timeout 5 ip netns exec "$C" perfdhcp -4 -l vc -r 1 -n 1 -R 1 -W 500000 \
+          -b "mac=00:0e:00:00:00:$(printf '%02x' "$i")" 198.18.0.1 2>&1 || true)
+    if grep -q '^received packets: [1-9]' <<<"$out"; then return 0; fi
+    sleep 0.5
   done
   echo "warning: $1 did not answer within 30 s" >&2
 }
