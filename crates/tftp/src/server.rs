@@ -512,7 +512,6 @@ async fn run_transfer(
     let mut aborted = false;
     let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
     loop {
-        let mut send_failed = None;
         loop {
             batch.clear();
             let now = Instant::now();
@@ -526,16 +525,12 @@ async fn run_transfer(
                 break;
             }
             if let Err(e) = batch.send(&socket, client).await {
-                send_failed = Some(e);
+                // Treated like a lost window (ENOBUFS under load is transient): the
+                // retransmission timer resends it, and a persistent error (no route) ends the
+                // transfer after `retries` attempts like a silent client would.
+                debug!(client = %client, error = %e, "tftp send failed");
                 break;
             }
-        }
-        if let Some(e) = send_failed {
-            // The local stack refused (e.g. no route): nothing to retry into.
-            transfer.abort(&format!("send failed: {e}"));
-            // Ends the transfer; the ERROR it yields cannot be sent either.
-            batch.clear();
-            let _ = transfer.poll_transmit(Instant::now(), &source, batch.next_slot());
         }
         if transfer.is_done() {
             break;
