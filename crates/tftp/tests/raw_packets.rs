@@ -381,3 +381,39 @@ fn ipv6_and_dual_stack_listeners_serve_both_families() {
         );
     }
 }
+
+#[test]
+fn a_file_rewritten_mid_transfer_ends_it_with_an_error_not_mixed_bytes() {
+    let srv = TestServer::start();
+    let path = srv.file("f", 200_000);
+    let original = std::fs::read(&path).unwrap();
+    let c = raw_client("127.0.0.1");
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    let mut got = p[4..].to_vec();
+    // Replaced in place (same inode, new length and mtime), as a careless `cp` would.
+    std::fs::write(&path, vec![0xAAu8; 150_000]).unwrap();
+    let mut block = 1u16;
+    let error = loop {
+        c.send_to(&ack(block), tid).unwrap();
+        let (p, _) = recv(&c).expect("server went silent");
+        match proto::parse(&p).unwrap() {
+            Packet::Data { block: b, data } => {
+                assert_eq!(b, block + 1);
+                got.extend_from_slice(data);
+                block = b;
+            }
+            Packet::Error { .. } => break describe(&p),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(error.starts_with("ERROR 0 read error"), "{error}");
+    assert_eq!(
+        got,
+        original[..got.len()],
+        "only bytes of the original were sent"
+    );
+    eventually(|| srv.stats.snapshot().failed == 1);
+    assert_eq!(srv.stats.snapshot().failed, 1);
+}
