@@ -105,6 +105,15 @@ impl Drop for Topology {
     }
 }
 
+/// A namespace deleted on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// A child process killed (by its PID) and reaped on drop.
 struct Proc(Child);
 
@@ -610,4 +619,72 @@ fn offers_for_matrix() -> Vec<(&'static str, Option<(String, Ipv4Addr, Option<St
             )
         })
         .collect()
+}
+
+#[test]
+fn multi_homed_server_answers_each_link_with_its_own_address() {
+    require(&["ip"]);
+    // One more link on the same server namespace: vs2 198.19.2.1/24 <-> a second client
+    // namespace whose interface is also called vc.
+    let topo = Topology::new(None);
+    let cli2 = Netns(format!("{}2", topo.cli));
+    run(&["ip", "netns", "add", &cli2.0]);
+    run(&[
+        "ip", "-n", &topo.srv, "link", "add", "vs2", "type", "veth", "peer", "name", "vc", "netns",
+        &cli2.0,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &topo.srv,
+        "addr",
+        "add",
+        "198.19.2.1/24",
+        "dev",
+        "vs2",
+    ]);
+    run(&["ip", "-n", &topo.srv, "link", "set", "vs2", "up"]);
+    run(&["ip", "-n", &cli2.0, "link", "set", "vc", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+[dhcp]
+mode = "server"
+[[dhcp.subnet]]
+cidr = "198.18.0.0/20"
+pools = [["198.18.1.1", "198.18.1.254"]]
+[[dhcp.subnet]]
+cidr = "198.19.2.0/24"
+pools = [["198.19.2.100", "198.19.2.200"]]
+"#;
+    let _srv = start_server(&topo.srv, cfg, dir.path());
+    let ask = |ns: &str, server: Ipv4Addr| {
+        in_netns(ns, move || {
+            let s = client_socket();
+            let kind = ClientKind::Ipxe {
+                arch: 7,
+                http: true,
+                user_class: true,
+            };
+            let m = ClientMessage::new(kind, MessageType::Discover, mac(77));
+            let r = exchange(&s, &m, BCAST, Duration::from_secs(2)).expect("offer");
+            assert_eq!(
+                r.opt_ip(54),
+                Some(server),
+                "server id of the ingress interface"
+            );
+            assert_eq!(r.siaddr, server);
+            assert_eq!(
+                r.file,
+                format!("http://{server}/boot.ipxe"),
+                "advertised address = ingress address"
+            );
+            r.yiaddr
+        })
+    };
+    let a = ask(&topo.cli, SERVER_IP);
+    let b = ask(&cli2.0, Ipv4Addr::new(198, 19, 2, 1));
+    assert!(
+        a.octets()[2] == 1 && b.octets()[2] == 2,
+        "each link gets its own subnet: {a} {b}"
+    );
 }
