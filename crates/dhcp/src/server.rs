@@ -143,6 +143,9 @@ fn bind_udp(port: u16) -> Result<Socket, DhcpError> {
     s.set_reuse_address(true).map_err(wrap)?;
     s.set_broadcast(true).map_err(wrap)?;
     s.set_nonblocking(true).map_err(wrap)?;
+    // Room for a storm of DISCOVERs (a rack powering on) while a lease commit runs; the
+    // kernel caps it at net.core.rmem_max, which is fine.
+    let _ = s.set_recv_buffer_size(4 << 20);
     socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(|e| wrap(e.into()))?;
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
         .map_err(wrap)?;

@@ -425,13 +425,13 @@ fn perfdhcp_1000_clients_get_1000_leases() {
             "-l",
             "vc",
             "-r",
-            "200",
+            "100",
             "-R",
             "1000",
             "-n",
             "1000",
             "-W",
-            "2000000",
+            "3000000",
             "198.18.0.1",
         ])
         .output()
@@ -463,7 +463,7 @@ fn kill_9_and_restart_keeps_every_acked_lease() {
     let killer = {
         let srv = srv.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(800));
             srv.lock().unwrap().kill9();
         })
     };
