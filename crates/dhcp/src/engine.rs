@@ -78,12 +78,12 @@ pub enum Ignored {
 pub enum Outcome {
     Replied(MessageType),
     Ignored(Ignored),
-    Dropped(Drop),
+    Dropped(DropReason),
 }
 
 /// Why a packet was dropped before being looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     Malformed(ParseError),
     RateLimited,
     /// The reply would not fit the client's maximum message size even without extras.
@@ -460,12 +460,12 @@ impl Engine {
                 } else {
                     &c.drop_malformed
                 });
-                return Handled::new(Outcome::Dropped(Drop::Malformed(e)));
+                return Handled::new(Outcome::Dropped(DropReason::Malformed(e)));
             }
         };
         if !self.rate_ok(req.header.chaddr(), now) {
             bump(&c.drop_rate_limited);
-            return Handled::new(Outcome::Dropped(Drop::RateLimited));
+            return Handled::new(Outcome::Dropped(DropReason::RateLimited));
         }
         match req.msg_type {
             MessageType::Discover => bump(&c.discover),
@@ -514,7 +514,7 @@ impl Engine {
                 Ignored::PoolExhausted => bump(&c.pool_exhausted),
                 Ignored::ModeOff | Ignored::NoReply => {}
             },
-            Outcome::Dropped(Drop::ReplyTooLarge) => bump(&c.drop_reply_too_large),
+            Outcome::Dropped(DropReason::ReplyTooLarge) => bump(&c.drop_reply_too_large),
             Outcome::Dropped(_) => {}
         }
         out.request = Some((req.msg_type, facts));
@@ -679,7 +679,7 @@ impl Engine {
         lease_writes: Vec<LeaseRecord>,
     ) -> Handled {
         let Some(bytes) = r.encode(req.max_reply_len()) else {
-            return Handled::new(Outcome::Dropped(Drop::ReplyTooLarge));
+            return Handled::new(Outcome::Dropped(DropReason::ReplyTooLarge));
         };
         let mut h = Handled::new(Outcome::Replied(t));
         h.outgoing.push(Outgoing {

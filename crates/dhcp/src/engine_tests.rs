@@ -573,7 +573,7 @@ fn garbage_is_dropped_and_counted_never_answered() {
             }
         }
         let h = e.handle(t0() + Duration::from_secs(n as u64), &ingress(67), &p);
-        if matches!(h.outcome, Outcome::Dropped(Drop::Malformed(_))) {
+        if matches!(h.outcome, Outcome::Dropped(DropReason::Malformed(_))) {
             dropped += 1;
             assert!(h.outgoing.is_empty());
         }
@@ -583,7 +583,7 @@ fn garbage_is_dropped_and_counted_never_answered() {
     let big = vec![0u8; 2000];
     assert_eq!(
         e.handle(t0(), &ingress(67), &big).outcome,
-        Outcome::Dropped(Drop::Malformed(ParseError::Oversized))
+        Outcome::Dropped(DropReason::Malformed(ParseError::Oversized))
     );
     assert_eq!(e.counters().drop_oversized.load(Ordering::Relaxed), 1);
 }
