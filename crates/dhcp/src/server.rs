@@ -49,7 +49,9 @@ pub enum DhcpError {
 /// Hook for the event log / dashboard: told about every packet the engine handled (after its
 /// replies were queued). Default methods do nothing.
 pub trait DhcpObserver: Send + Sync {
-    fn exchange(&self, _ingress: &Ingress, _handled: &Handled) {}
+    /// `decided_in`: from taking the engine to its answer (includes waiting for the engine
+    /// while another packet is being handled), for the decision-latency metric.
+    fn exchange(&self, _ingress: &Ingress, _handled: &Handled, _decided_in: Duration) {}
 }
 
 /// The observer that does nothing.
@@ -288,10 +290,13 @@ async fn receive_loop(
                 local_port: l.port,
                 src,
             };
+            let started = Instant::now();
             let handled = engine
                 .lock()
                 .handle(SystemTime::now(), &ingress, &buf[..len]);
-            options.observer.exchange(&ingress, &handled);
+            options
+                .observer
+                .exchange(&ingress, &handled, started.elapsed());
             if handled.outgoing.is_empty() && handled.lease_writes.is_empty() {
                 continue;
             }

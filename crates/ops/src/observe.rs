@@ -241,7 +241,10 @@ fn client_kind(f: &chainboot_dhcp::ClientFacts) -> &'static str {
 }
 
 impl chainboot_dhcp::DhcpObserver for Observers {
-    fn exchange(&self, ingress: &Ingress, handled: &Handled) {
+    fn exchange(&self, ingress: &Ingress, handled: &Handled, decided_in: std::time::Duration) {
+        self.metrics
+            .dhcp_decision_seconds
+            .observe_duration(decided_in);
         let Some((msg, facts)) = &handled.request else {
             return;
         };
