@@ -8,7 +8,8 @@
 # Topology:   ns $E2E_NS:  br0 198.18.0.1/24 (the boot server side) + tap<N> per VM
 #             optional ns $E2E_NS-<peer>: a veth into br0 (e.g. the plain DHCP server of "proxy")
 # Tunables (environment): E2E_VM_TIMEOUT (s, default 240), E2E_MEM (MiB, default 512),
-#   E2E_NIC (virtio-net-pci | e1000, default virtio-net-pci), E2E_KEEP=1 keeps the run dir,
+#   E2E_NIC (virtio-net-pci | e1000 (BIOS only), default virtio-net-pci), E2E_KEEP=1 keeps the
+#   run dir (else removed on success), E2E_RESULTS=FILE collects result lines (bench/boot),
 #   E2E_RA=1 starts radvd (router advertisement, M/O clear, router lifetime 0, no prefix).
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -177,6 +178,9 @@ e2e_vm_start() {
       dev="$nic,netdev=n0,mac=$mac,romfile=$rom"
       ;;
     uefi)
+      # OVMF brings a virtio-net driver but none for e1000 (that one lives in the NIC's ROM,
+      # which this scenario disables on purpose).
+      [ "$E2E_NIC" = virtio-net-pci ] || e2e_die "UEFI VMs need E2E_NIC=virtio-net-pci (OVMF has no e1000 driver)"
       local code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
       [ -f "$code" ] && [ -f "$vars" ] || e2e_die "missing $code or $vars (package ovmf)"
       cp "$vars" "$E2E_RUN/$label.vars.fd"

@@ -10,7 +10,8 @@
 
 E2E_CMDLINE_BASE="console=ttyS0 loglevel=6"
 
-e2e_cmdline() { echo "$E2E_CMDLINE_BASE e2e.token=$E2E_TOKEN"; }
+# E2E_SERVED_TOKEN (testing the harness itself): serve another token; the marker check must fail.
+e2e_cmdline() { echo "$E2E_CMDLINE_BASE e2e.token=${E2E_SERVED_TOKEN:-$E2E_TOKEN}"; }
 
 # e2e_place SRC DST: a real file at DST (hard link, else copy). Not a symlink: chainboot's
 # content root refuses symlinks that leave the root (openat2 RESOLVE_BENEATH), by design.
@@ -262,11 +263,19 @@ e2e_server_start() {
   return 0
 }
 
-# Bounded wait (10 s) until something listens on the server address (the servers start async).
+# Bounded wait (10 s) until something listens on the server address (the servers start async);
+# a server that exits meanwhile fails the run at once, with its log.
 e2e_wait_listening() {
-  local port=$1 n
+  local port=$1 n label pid
   for ((n = 0; n < 100; n++)); do
     e2e_ns ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && return 0
+    for label in chainboot nginx dnsmasq; do
+      eval "pid=\${E2E_PID_$label:-}"
+      if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 20 "$E2E_RUN/$label.log" >&2
+        e2e_die "$label exited before listening (log above: $E2E_RUN/$label.log)"
+      fi
+    done
     sleep 0.1
   done
   e2e_die "no server listening on $E2E_SERVER_IP:$port after 10 s (see $E2E_RUN/*.log)"
