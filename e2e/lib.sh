@@ -44,6 +44,8 @@ e2e_init() {
   E2E_NS="cbe2e-$$"
   local runs=${E2E_RUNS:-$E2E_DIR/.cache/runs}
   mkdir -p "$runs"
+  # Failed runs are kept for diagnosis; drop those older than a day (never a running one).
+  find "$runs" -mindepth 1 -maxdepth 1 -type d -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
   E2E_RUN="$runs/$E2E_NAME.$(date +%Y%m%d-%H%M%S).$$"
   mkdir -p "$E2E_RUN"
   E2E_TOKEN=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
