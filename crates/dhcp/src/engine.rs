@@ -221,12 +221,23 @@ enum ClientKey {
     Hw(Mac),
 }
 
+impl ClientKey {
+    /// Option 61 when sent, else chaddr. A client identifier that is just the hardware type 1
+    /// (Ethernet) followed by the MAC names the same client as chaddr alone: UEFI firmware
+    /// (OVMF) sends no option 61 while the iPXE it loads sends `01:<mac>`, and one machine must
+    /// keep one address from firmware to OS (dnsmasq treats them alike too).
+    fn of(client_id: Option<&[u8]>, mac: Mac) -> ClientKey {
+        let is_hw_form = |id: &[u8]| id.len() == 7 && id[0] == 1 && id[1..] == mac.0;
+        match client_id {
+            Some(id) if !id.is_empty() && !is_hw_form(id) => ClientKey::Id(id.to_vec()),
+            _ => ClientKey::Hw(mac),
+        }
+    }
+}
+
 impl Lease {
     fn key(&self) -> ClientKey {
-        match &self.client_id {
-            Some(id) => ClientKey::Id(id.clone()),
-            None => ClientKey::Hw(self.mac),
-        }
+        ClientKey::of(self.client_id.as_deref(), self.mac)
     }
 
     /// Free for another client.
@@ -705,10 +716,7 @@ impl Engine {
     }
 
     fn client_key(req: &Request, mac: Mac) -> ClientKey {
-        match req.opt(code::CLIENT_ID) {
-            Some(id) if !id.is_empty() => ClientKey::Id(id.to_vec()),
-            _ => ClientKey::Hw(mac),
-        }
+        ClientKey::of(req.opt(code::CLIENT_ID), mac)
     }
 
     fn held_by(&self, ip: Ipv4Addr, key: &ClientKey) -> bool {

@@ -500,6 +500,27 @@ fn client_identifier_wins_over_chaddr() {
 }
 
 #[test]
+fn firmware_without_client_id_and_ipxe_with_01_mac_are_one_client() {
+    // OVMF sends no option 61; the iPXE it loads sends 01:<mac>. One machine, one address.
+    let mut e = engine(Mode::Server);
+    let firmware = dora(&mut e, t0(), mac(93));
+    let mut d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(93));
+    let mut id = vec![1u8];
+    id.extend_from_slice(&mac(93));
+    d.client_id = Some(id);
+    assert_eq!(
+        send(&mut e, t0(), &ingress(67), &d).1.unwrap().yiaddr,
+        firmware
+    );
+    // A client id of another form stays a distinct client.
+    d.client_id = Some(b"\x00other-id".to_vec());
+    assert_ne!(
+        send(&mut e, t0(), &ingress(67), &d).1.unwrap().yiaddr,
+        firmware
+    );
+}
+
+#[test]
 fn unicast_reply_without_broadcast_flag_needs_arp() {
     let mut e = engine(Mode::Server);
     let mut d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(95));

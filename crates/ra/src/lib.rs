@@ -101,6 +101,8 @@ pub struct RaServer {
     socket: UdpSocket,
     responder: Responder,
     stats: Arc<RaStats>,
+    /// Consecutive failed sends (for quiet retries during start-up).
+    failures: u32,
 }
 
 impl RaServer {
@@ -142,6 +144,7 @@ impl RaServer {
             )))?,
             responder: Responder::new(policy, cfg.min_interval, cfg.quiet_after_router),
             stats,
+            failures: 0,
         })
     }
 
@@ -167,10 +170,21 @@ impl RaServer {
                         let dst = SocketAddrV6::new(ALL_NODES, 0, 0, self.ifindex);
                         match self.socket.send_to(ra, std::net::SocketAddr::V6(dst)).await {
                             Ok(_) => {
+                                self.failures = 0;
                                 self.stats.advertisements_sent.fetch_add(1, Ordering::Relaxed);
                                 debug!(interface = %self.interface, "sent empty router advertisement");
                             }
-                            Err(e) => warn!(interface = %self.interface, "router advertisement not sent: {e}"),
+                            Err(e) => {
+                                // Right after start the link-local address may still be
+                                // tentative (EADDRNOTAVAIL): retry shortly, quietly at first.
+                                self.failures += 1;
+                                if self.failures > 5 {
+                                    warn!(interface = %self.interface, "router advertisement not sent: {e}");
+                                } else {
+                                    debug!(interface = %self.interface, "router advertisement not sent yet: {e}");
+                                }
+                                self.responder.send_failed(now, Duration::from_millis(500));
+                            }
                         }
                     }
                 }

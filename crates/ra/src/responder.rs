@@ -154,6 +154,16 @@ impl Responder {
         Some(&EMPTY_ADVERTISEMENT)
     }
 
+    /// The advertisement from the last [`Responder::poll_transmit`] could not be sent (e.g.
+    /// the interface's link-local address is still tentative right after start): try again
+    /// after `delay`, so the hosts that solicited are still answered.
+    pub fn send_failed(&mut self, now: Instant, delay: Duration) {
+        self.last_sent = None;
+        if self.due.is_none() {
+            self.due = Some(now + delay);
+        }
+    }
+
     /// Whether a real router has been heard (for `check`/logs).
     pub fn router_heard(&self) -> Option<Instant> {
         self.router_heard
@@ -244,6 +254,18 @@ mod tests {
         r.handle(t0, SRC, &EMPTY_ADVERTISEMENT);
         r.handle(t0, SRC, &RS);
         assert!(r.poll_transmit(t0).is_some());
+    }
+
+    #[test]
+    fn a_failed_send_is_retried() {
+        let t0 = Instant::now();
+        let mut r = responder(Policy::Auto);
+        r.handle(t0, SRC, &RS);
+        assert!(r.poll_transmit(t0).is_some());
+        r.send_failed(t0, Duration::from_millis(500));
+        let retry = t0 + Duration::from_millis(500);
+        assert_eq!(r.poll_timeout(), Some(retry));
+        assert!(r.poll_transmit(retry).is_some());
     }
 
     #[test]
