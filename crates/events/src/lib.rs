@@ -201,9 +201,18 @@ impl EventLog {
         ips.insert(ip, mac);
     }
 
-    /// The MAC last seen with `ip`.
+    /// The MAC last seen with `ip`; failing that, the kernel's neighbour table. A client that
+    /// just exchanged packets with us on the same link is in it, which covers what DHCP cannot
+    /// tell in proxy mode (the address comes from another server) and plain TFTP clients.
     pub fn mac_for_ip(&self, ip: IpAddr) -> Option<Mac> {
-        self.ips.lock().get(&ip).copied()
+        if let Some(mac) = self.ips.lock().get(&ip).copied() {
+            return Some(mac);
+        }
+        let IpAddr::V4(v4) = ip else { return None };
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        let mac = neighbour_mac(&table, v4)?;
+        self.learn_ip(ip, mac);
+        Some(mac)
     }
 
     /// Live events, as they are written.
@@ -219,6 +228,19 @@ impl EventLog {
         }
         rx.recv_timeout(timeout).is_ok()
     }
+}
+
+/// Finds `ip` in the text of /proc/net/arp (complete entries only: flag 0x2).
+fn neighbour_mac(table: &str, ip: std::net::Ipv4Addr) -> Option<Mac> {
+    let want = ip.to_string();
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (addr, flags, hw) = (cols.first()?, cols.get(2)?, cols.get(3)?);
+        let complete = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()? & 0x2 != 0;
+        (*addr == want && complete)
+            .then(|| hw.parse().ok())
+            .flatten()
+    })
 }
 
 /// Events written per transaction at most.
@@ -304,6 +326,20 @@ fn writer(
 mod tests {
     use super::*;
     use chainboot_store::events::EventFilter;
+
+    #[test]
+    fn the_neighbour_table_maps_addresses_of_complete_entries() {
+        let table =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+                     198.18.0.10      0x1         0x2         52:54:00:00:00:0a     *        br0\n\
+                     198.18.0.11      0x1         0x0         00:00:00:00:00:00     *        br0\n";
+        assert_eq!(
+            neighbour_mac(table, "198.18.0.10".parse().unwrap()),
+            Some("52:54:00:00:00:0a".parse().unwrap())
+        );
+        assert_eq!(neighbour_mac(table, "198.18.0.11".parse().unwrap()), None);
+        assert_eq!(neighbour_mac(table, "198.18.0.12".parse().unwrap()), None);
+    }
 
     #[test]
     fn recorded_events_are_written_streamed_and_loops_raised() {
