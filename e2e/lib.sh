@@ -388,3 +388,22 @@ e2e_assert_addresses_from_plain_dhcp() {
   grep -q 'DHCPACK' "$E2E_RUN/dhcp-plain.log" || e2e_die "the plain DHCP server acknowledged nothing"
   e2e_log "addresses only from the plain DHCP server; proxy replies carry yiaddr 0.0.0.0"
 }
+
+# e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API, from inside the
+# namespace) has every STAGE in the machine's last boot. Only for the chainboot side.
+e2e_assert_timeline() {
+  local mac=$1 stage json
+  shift
+  [ -f "$E2E_RUN/chainboot.log" ] || return 0
+  json=$(ip netns exec "$E2E_NS" curl -s --max-time 5 "http://$E2E_SERVER_IP/api/v1/machines/$mac/timeline") \
+    || e2e_die "chainboot's API did not answer for $mac"
+  for stage in "$@"; do
+    python3 -c '
+import json, sys
+boots = json.loads(sys.argv[1]).get("boots") or []
+stages = [s["stage"] for s in boots[-1]["stages"]] if boots else []
+sys.exit(0 if sys.argv[2] in stages else 1)' "$json" "$stage" \
+      || e2e_die "chainboot's timeline for $mac lacks stage $stage: $json"
+  done
+  e2e_log "chainboot's timeline for $mac: $*"
+}

@@ -19,3 +19,5 @@ e2e_vm_start vm2 uefi "$mac_uefi"
 e2e_vm_wait "vm1:$mac_bios" "vm2:$mac_uefi"
 e2e_assert_addresses_from_plain_dhcp
 e2e_assert_tftp_once ipxe.efi 1
+e2e_assert_timeline "$mac_uefi" first-stage script kernel initrd
+e2e_assert_timeline "$mac_bios" script kernel initrd

@@ -8,3 +8,4 @@ set -euo pipefail
 side=${1:-}
 e2e_scenario uefi "$side" uefi boot 1
 e2e_assert_tftp_once ipxe.efi 1
+e2e_assert_timeline "$(e2e_mac 1)" first-stage script kernel initrd

@@ -286,3 +286,99 @@ fn machines_commands_round_trip_through_a_running_server() {
         server.log_text()
     );
 }
+
+#[test]
+fn boot_quick_mode_serves_one_kernel_to_every_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    let kernel = dir.path().join("my-kernel");
+    let initrd = dir.path().join("my-initrd");
+    std::fs::write(&kernel, vec![7u8; 300_000]).unwrap();
+    std::fs::write(&initrd, vec![9u8; 123_457]).unwrap();
+    let log = dir.path().join("log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new(chainboot_bin())
+        .args(["boot", "--cmdline", "console=ttyS0 quick={{x}}", "--config"])
+        .arg(&cfg)
+        .arg(&kernel)
+        .arg(&initrd)
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let mut server = Server::adopt(child, log);
+    let http = server.listening("HTTP");
+    let script = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://{http}/ipxe?mac=52-54-00-00-30-01&platform=efi&buildarch=x86_64"),
+        ])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&script.stdout).into_owned();
+    // The command line is literal (no template expansion), the files come from chainboot.
+    assert!(script.contains("console=ttyS0 quick={{x}}"), "{script}");
+    let urls: Vec<&str> = script
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://") && w.contains("/boot/"))
+        .collect();
+    assert_eq!(urls.len(), 2, "kernel and initrd URLs: {script}");
+    for (url, want) in urls.iter().zip([
+        std::fs::read(&kernel).unwrap(),
+        std::fs::read(&initrd).unwrap(),
+    ]) {
+        let body = Command::new("curl").args(["-sfL", url]).output().unwrap();
+        assert!(body.stdout == want, "{url} differs");
+    }
+}
+
+#[test]
+fn rearm_lets_a_boot_once_machine_install_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(
+        dir.path(),
+        "[[group]]\nname = \"installers\"\nprofile = \"rescue\"\nonce = true\nmatch = { mac = [\"52:54:00:00:40:*\"] }\n",
+    );
+    let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
+    let http = server.listening("HTTP");
+    let url = format!("http://{http}");
+    let script = || {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                &format!("{url}/ipxe?mac=52-54-00-00-40-01&platform=pcbios&buildarch=i386"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = script();
+    assert!(first.contains("boots profile rescue"), "{first}");
+    // Fetching the kernel finishes the install: the machine now boots its local disk.
+    let kernel_url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/kernel"))
+        .unwrap_or_else(|| panic!("no kernel URL: {first}"))
+        .to_string();
+    let st = Command::new("curl")
+        .args(["-sfL", "-o", "/dev/null", &kernel_url])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let after = script();
+    assert!(
+        after.contains("boots profile local-disk") && after.contains("\nexit"),
+        "{after}"
+    );
+    let c = cfg.to_str().unwrap();
+    let (code, out) = chainboot(&[
+        "machines",
+        "-c",
+        c,
+        "--server",
+        &url,
+        "rearm",
+        "52:54:00:00:40:01",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(script().contains("boots profile rescue"));
+}

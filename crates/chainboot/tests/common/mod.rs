@@ -147,6 +147,11 @@ impl Server {
         Server { child, log }
     }
 
+    /// Wraps a child started by the test itself (its stderr already going to `log`).
+    pub fn adopt(child: Child, log: PathBuf) -> Server {
+        Server { child, log }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
