@@ -71,6 +71,8 @@ start_chainboot() {
 [dhcp]
 mode = "server"
 lease_time = "1h"
+# perfdhcp is one relay with endless new MACs: lift the per-relay and new-client guards.
+limits = { per_relay_rate = 1000000.0, per_relay_burst = 1000000.0, new_client_share = 1.0 }
 [[dhcp.subnet]]
 cidr = "198.18.0.0/15"
 pools = [["$POOL_LO", "$POOL_HI"]]

@@ -209,6 +209,20 @@ pub struct Limits {
     /// Requests longer than this many bytes are dropped as oversized (an Ethernet frame's
     /// UDP payload is at most 1472 bytes; anything larger is not a firmware DHCP client).
     pub max_request_bytes: usize,
+    /// Sustained packets per second accepted through one relay (giaddr); more are dropped and
+    /// counted. A relay speaks for a whole link, so this is far above the per-MAC rate.
+    pub per_relay_rate: f64,
+    /// Packets one relay may forward in a burst before the rate applies.
+    pub per_relay_burst: f64,
+    /// Starvation guard: within each `new_client_window`, clients the server has never seen
+    /// (no reservation, no current or previous address) may take at most this share of the
+    /// addresses that were free in the subnet when the window began (rounded up, so a one-address
+    /// pool still serves). Static hosts and returning clients are always served. 1.0 turns the
+    /// guard off. A flood of made-up MACs then needs about log2(pool size) windows to empty a
+    /// pool, logged and counted all along; a boot storm of N machines is not slowed when the pool
+    /// has 2N free addresses.
+    pub new_client_share: f64,
+    pub new_client_window: HumanDuration,
 }
 
 impl Default for Limits {
@@ -217,6 +231,10 @@ impl Default for Limits {
             per_mac_rate: 10.0,
             per_mac_burst: 20.0,
             max_request_bytes: 1472,
+            per_relay_rate: 5000.0,
+            per_relay_burst: 10000.0,
+            new_client_share: 0.5,
+            new_client_window: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -318,6 +336,24 @@ impl DhcpConfig {
             out.push((
                 path(&[&"limits"]),
                 "per_mac_rate must be > 0 and per_mac_burst >= 1".to_string(),
+            ));
+        }
+        if !(self.limits.per_relay_rate > 0.0 && self.limits.per_relay_burst >= 1.0) {
+            out.push((
+                path(&[&"limits"]),
+                "per_relay_rate must be > 0 and per_relay_burst >= 1".to_string(),
+            ));
+        }
+        if !(self.limits.new_client_share > 0.0 && self.limits.new_client_share <= 1.0) {
+            out.push((
+                path(&[&"limits", &"new_client_share"]),
+                "new_client_share must be > 0 and <= 1".to_string(),
+            ));
+        }
+        if self.limits.new_client_window.0.as_secs() == 0 {
+            out.push((
+                path(&[&"limits", &"new_client_window"]),
+                "new_client_window must be at least one second".to_string(),
             ));
         }
         if self.limits.max_request_bytes < 300 {

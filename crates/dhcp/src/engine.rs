@@ -66,6 +66,9 @@ pub enum Ignored {
     /// Server mode: no configured subnet for this link or relay.
     NoSubnet,
     PoolExhausted,
+    /// A client never seen before, beyond `limits.new_client_share` of the free addresses in
+    /// this window (starvation guard).
+    NewClientLimit,
     /// The client selected another server's offer.
     OtherServer,
     /// A message type this port/mode does not answer (or one that gets no reply: DECLINE,
@@ -86,6 +89,8 @@ pub enum Outcome {
 pub enum DropReason {
     Malformed(ParseError),
     RateLimited,
+    /// Beyond `limits.per_relay_rate` for the relay (giaddr) that forwarded it.
+    RelayRateLimited,
     /// The reply would not fit the client's maximum message size even without extras.
     ReplyTooLarge,
 }
@@ -141,6 +146,9 @@ pub struct Counters {
     pub drop_malformed: AtomicU64,
     pub drop_oversized: AtomicU64,
     pub drop_rate_limited: AtomicU64,
+    pub drop_relay_rate_limited: AtomicU64,
+    /// New clients refused by the starvation guard.
+    pub refused_new_client: AtomicU64,
     pub drop_reply_too_large: AtomicU64,
     /// Filled by the driver.
     pub send_errors: AtomicU64,
@@ -178,6 +186,8 @@ impl Counters {
             ("drop_malformed", g(&self.drop_malformed)),
             ("drop_oversized", g(&self.drop_oversized)),
             ("drop_rate_limited", g(&self.drop_rate_limited)),
+            ("drop_relay_rate_limited", g(&self.drop_relay_rate_limited)),
+            ("refused_new_client", g(&self.refused_new_client)),
             ("drop_reply_too_large", g(&self.drop_reply_too_large)),
             ("send_errors", g(&self.send_errors)),
             ("store_errors", g(&self.store_errors)),
@@ -276,6 +286,10 @@ struct SubnetPlan {
     /// Next pool offset to try (round robin keeps recently freed addresses cool).
     cursor: u64,
     size: u64,
+    /// Starvation guard: start of the current window and what new clients may still take.
+    window_start: Option<i64>,
+    allowance: u64,
+    warned: bool,
 }
 
 impl SubnetPlan {
@@ -301,6 +315,32 @@ struct Bucket {
     last: f64,
 }
 
+/// Token bucket check for `key`; the table is bounded under a flood of made-up keys.
+fn take_token<K: std::hash::Hash + Eq>(
+    buckets: &mut HashMap<K, Bucket>,
+    key: K,
+    t: f64,
+    rate: f64,
+    burst: f64,
+) -> bool {
+    if buckets.len() > 65_536 {
+        // Forget idle (full) buckets.
+        buckets.retain(|_, b| t - b.last < burst / rate);
+    }
+    let b = buckets.entry(key).or_insert(Bucket {
+        tokens: burst,
+        last: t,
+    });
+    b.tokens = (b.tokens + (t - b.last).max(0.0) * rate).min(burst);
+    b.last = t;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
 /// The DHCP engine. One per server; the driver serialises calls.
 pub struct Engine {
     cfg: DhcpConfig,
@@ -311,6 +351,7 @@ pub struct Engine {
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
     buckets: HashMap<[u8; 6], Bucket>,
+    relay_buckets: HashMap<Ipv4Addr, Bucket>,
     unknown_arch_logged: HashSet<Mac>,
     counters: Arc<Counters>,
 }
@@ -351,6 +392,9 @@ impl Engine {
                     pools,
                     cursor: 0,
                     size,
+                    window_start: None,
+                    allowance: 0,
+                    warned: false,
                 }
             })
             .collect();
@@ -370,6 +414,7 @@ impl Engine {
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
             buckets: HashMap::new(),
+            relay_buckets: HashMap::new(),
             unknown_arch_logged: HashSet::new(),
             counters: Arc::new(Counters::default()),
         }
@@ -436,24 +481,58 @@ impl Engine {
         for (d, s) in k.iter_mut().zip(chaddr) {
             *d = *s;
         }
-        let t = unix_f(now);
         let (rate, burst) = (self.cfg.limits.per_mac_rate, self.cfg.limits.per_mac_burst);
-        if self.buckets.len() > 65_536 {
-            // Bound the table under a flood of made-up MACs: forget idle (full) buckets.
-            self.buckets.retain(|_, b| t - b.last < burst / rate);
+        take_token(&mut self.buckets, k, unix_f(now), rate, burst)
+    }
+
+    fn relay_rate_ok(&mut self, giaddr: Ipv4Addr, now: SystemTime) -> bool {
+        if giaddr.is_unspecified() {
+            return true;
         }
-        let b = self.buckets.entry(k).or_insert(Bucket {
-            tokens: burst,
-            last: t,
-        });
-        b.tokens = (b.tokens + (t - b.last).max(0.0) * rate).min(burst);
-        b.last = t;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
+        let l = &self.cfg.limits;
+        let (rate, burst) = (l.per_relay_rate, l.per_relay_burst);
+        take_token(&mut self.relay_buckets, giaddr, unix_f(now), rate, burst)
+    }
+
+    /// Addresses of subnet `sub`'s pools nobody holds at `now` (static hosts excluded).
+    fn free_addresses(&self, sub: usize, now: i64) -> u64 {
+        let plan = &self.subnets[sub];
+        let reserved = self.reserved.iter().filter(|ip| plan.in_pool(**ip)).count() as u64;
+        let held = self
+            .by_ip
+            .values()
+            .filter(|l| plan.in_pool(l.ip) && !self.reserved.contains(&l.ip) && !l.reclaimable(now))
+            .count() as u64;
+        plan.size.saturating_sub(reserved + held)
+    }
+
+    /// Starvation guard: may a client never seen before take one more address of `sub` now?
+    fn new_client_ok(&mut self, sub: usize, now: i64) -> bool {
+        let l = self.cfg.limits;
+        if l.new_client_share >= 1.0 {
+            return true;
         }
+        let window = l.new_client_window.0.as_secs().max(1) as i64;
+        let expired = self.subnets[sub]
+            .window_start
+            .is_none_or(|s| now >= s + window || now < s);
+        if expired {
+            let free = self.free_addresses(sub, now);
+            let plan = &mut self.subnets[sub];
+            plan.window_start = Some(now);
+            plan.allowance = (free as f64 * l.new_client_share).ceil() as u64;
+            plan.warned = false;
+        }
+        let plan = &mut self.subnets[sub];
+        if plan.allowance == 0 {
+            if !plan.warned {
+                plan.warned = true;
+                tracing::warn!(subnet = %plan.net, window_s = window, "dhcp: refusing new clients until the window ends (limits.new_client_share of the free addresses taken: many unknown MACs, possible starvation attack); known clients and static hosts are still served");
+            }
+            return false;
+        }
+        plan.allowance -= 1;
+        true
     }
 
     /// Handles one received packet.
@@ -474,6 +553,10 @@ impl Engine {
                 return Handled::new(Outcome::Dropped(DropReason::Malformed(e)));
             }
         };
+        if !self.relay_rate_ok(req.header.giaddr(), now) {
+            bump(&c.drop_relay_rate_limited);
+            return Handled::new(Outcome::Dropped(DropReason::RelayRateLimited));
+        }
         if !self.rate_ok(req.header.chaddr(), now) {
             bump(&c.drop_rate_limited);
             return Handled::new(Outcome::Dropped(DropReason::RateLimited));
@@ -523,6 +606,7 @@ impl Engine {
                 Ignored::NoSubnet => bump(&c.ignored_no_subnet),
                 Ignored::OtherServer => bump(&c.ignored_other_server),
                 Ignored::PoolExhausted => bump(&c.pool_exhausted),
+                Ignored::NewClientLimit => bump(&c.refused_new_client),
                 Ignored::ModeOff | Ignored::NoReply => {}
             },
             Outcome::Dropped(DropReason::ReplyTooLarge) => bump(&c.drop_reply_too_large),
@@ -819,12 +903,17 @@ impl Engine {
         let requested = req.opt_ip(code::REQUESTED_IP);
         let ciaddr = req.header.ciaddr();
         let net = self.subnets[sub].net;
+        // Never seen: no reservation, no current or previous address (starvation guard).
+        let is_new = self.reservation(mac, sub).is_none() && !self.by_client.contains_key(&key);
         match req.msg_type {
             MessageType::Discover => {
                 let Some(ip) = self.choose_address(sub, &key, mac, requested, now) else {
                     tracing::warn!(subnet = %net, %mac, "dhcp: pool exhausted, no address to offer");
                     return Handled::new(Outcome::Ignored(Ignored::PoolExhausted));
                 };
+                if is_new && !self.new_client_ok(sub, now) {
+                    return Handled::new(Outcome::Ignored(Ignored::NewClientLimit));
+                }
                 let keep_bound = self.by_ip.get(&ip).is_some_and(|l| {
                     l.key() == key && l.status == LeaseStatus::Bound && l.expires > now
                 });
@@ -893,6 +982,9 @@ impl Engine {
                                 && self.free_for(ip, &key, now);
                             if !adoptable {
                                 return self.nak(req, ingress, "address not available");
+                            }
+                            if is_new && !self.new_client_ok(sub, now) {
+                                return Handled::new(Outcome::Ignored(Ignored::NewClientLimit));
                             }
                         }
                     }

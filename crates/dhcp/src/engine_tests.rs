@@ -330,6 +330,7 @@ fn release_frees_and_decline_quarantines() {
         "198.18.0.100".parse().unwrap(),
         "198.18.0.101".parse().unwrap(),
     ]];
+    cfg.limits.new_client_share = 1.0;
     let mut e = Engine::new(cfg, BootSettings::default());
     let a = dora(&mut e, t0(), mac(40));
     let b = dora(&mut e, t0(), mac(41));
@@ -607,4 +608,156 @@ fn garbage_is_dropped_and_counted_never_answered() {
         Outcome::Dropped(DropReason::Malformed(ParseError::Oversized))
     );
     assert_eq!(e.counters().drop_oversized.load(Ordering::Relaxed), 1);
+}
+
+/// A MAC from a flood of made-up ones.
+fn fake_mac(n: u32) -> [u8; 6] {
+    let b = n.to_be_bytes();
+    [0x02, 0xfa, b[0], b[1], b[2], b[3]]
+}
+
+/// Full DORA for one client; the ACKed address, or None when refused anywhere.
+fn try_dora(e: &mut Engine, now: SystemTime, m: [u8; 6]) -> Option<Ipv4Addr> {
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
+    let offer = send(e, now, &ingress(67), &d).1?;
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+    q.requested_ip = Some(offer.yiaddr);
+    q.server_id = Some(SERVER);
+    let ack = send(e, now, &ingress(67), &q).1?;
+    (ack.msg_type == Some(MessageType::Ack)).then_some(ack.yiaddr)
+}
+
+#[test]
+fn fake_mac_flood_takes_at_most_the_new_client_share_and_known_clients_are_served() {
+    // Pool of 100 (198.18.0.100-199), share 0.5 per 10 s window (the defaults).
+    let mut e = engine(Mode::Server);
+    assert_eq!(e.config().limits.new_client_share, 0.5);
+    let window = e.config().limits.new_client_window.0;
+    // A returning client: leased an hour before the flood (its lease has expired since).
+    let early = t0() - Duration::from_secs(2 * 3600);
+    let returning = dora(&mut e, early, mac(1));
+    let mut granted = 0;
+    let mut n = 0u32;
+    let mut refusals = 0;
+    let mut exhausted = 0;
+    for w in 0..12u64 {
+        let now = t0() + window * w as u32;
+        let free_before = e.free_addresses(0, unix(now));
+        let mut this_window = 0;
+        for _ in 0..1000 {
+            n += 1;
+            let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, fake_mac(n));
+            match send(&mut e, now, &ingress(67), &d) {
+                (_, Some(_)) => {
+                    this_window += 1;
+                    // Taking it, as a starvation tool does.
+                    assert!(try_dora(&mut e, now, fake_mac(n)).is_some());
+                }
+                (h, None) if h.outcome == Outcome::Ignored(Ignored::NewClientLimit) => {
+                    refusals += 1
+                }
+                (h, None) => {
+                    assert_eq!(h.outcome, Outcome::Ignored(Ignored::PoolExhausted));
+                    exhausted += 1;
+                }
+            }
+        }
+        assert_eq!(
+            this_window,
+            free_before.div_ceil(2),
+            "window {w}: at most half of the {free_before} free addresses"
+        );
+        granted += this_window;
+        // Static hosts and returning clients are still served in the middle of the flood.
+        assert_eq!(
+            try_dora(&mut e, now, [0x52, 0x54, 0x00, 0x00, 0x00, 0x50]),
+            Some(Ipv4Addr::new(198, 18, 0, 50))
+        );
+        assert_eq!(try_dora(&mut e, now, mac(1)), Some(returning));
+    }
+    // 100 addresses, the returning client keeps 1: the flood gets 50 + 25 + 12 + 6 + 3 + 2 + 1
+    // over seven windows (70 s, warned and counted all along) instead of all 99 at once.
+    assert_eq!(granted, 99);
+    assert_eq!(e.free_addresses(0, unix(t0() + window * 12)), 0);
+    let c = e.counters();
+    assert_eq!(c.refused_new_client.load(Ordering::Relaxed), refusals);
+    assert_eq!(c.pool_exhausted.load(Ordering::Relaxed), exhausted);
+    assert_eq!(refusals + exhausted, 12_000 - 99);
+    assert!(refusals > 5000, "{refusals}");
+}
+
+#[test]
+fn new_clients_cannot_bypass_the_guard_with_init_reboot() {
+    let mut e = engine(Mode::Server);
+    // Use up this window's allowance (50 of 100 free).
+    for n in 0..50 {
+        assert!(try_dora(&mut e, t0(), fake_mac(n)).is_some());
+    }
+    assert!(try_dora(&mut e, t0(), fake_mac(50)).is_none());
+    // A made-up client claiming a free address directly (INIT-REBOOT) is refused too ...
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, fake_mac(51));
+    q.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 190));
+    let (h, r) = send(&mut e, t0(), &ingress(67), &q);
+    assert!(r.is_none());
+    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NewClientLimit));
+    // ... and is served once a new window begins.
+    let later = t0() + e.config().limits.new_client_window.0;
+    let (_, r) = send(&mut e, later, &ingress(67), &q);
+    let r = r.expect("ack in the next window");
+    assert_eq!(
+        (r.msg_type, r.yiaddr),
+        (Some(MessageType::Ack), Ipv4Addr::new(198, 18, 0, 190))
+    );
+}
+
+#[test]
+fn share_one_turns_the_guard_off() {
+    let mut cfg = server_cfg();
+    cfg.limits.new_client_share = 1.0;
+    let mut e = Engine::new(cfg, BootSettings::default());
+    let got = (0..150)
+        .filter(|n| try_dora(&mut e, t0(), fake_mac(*n)).is_some())
+        .count();
+    assert_eq!(got, 100, "the whole pool");
+    assert_eq!(e.counters().pool_exhausted.load(Ordering::Relaxed), 50);
+    assert_eq!(e.counters().refused_new_client.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn flood_through_one_relay_is_rate_limited_per_relay() {
+    let mut cfg = server_cfg();
+    cfg.limits.per_relay_rate = 100.0;
+    cfg.limits.per_relay_burst = 200.0;
+    cfg.limits.new_client_share = 1.0;
+    let mut e = Engine::new(cfg, BootSettings::default());
+    let relayed = |n: u32, giaddr: Ipv4Addr| {
+        let mut d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, fake_mac(n));
+        d.giaddr = giaddr;
+        d.encode()
+    };
+    // Every packet from a different MAC: the per-MAC limit never triggers, the relay's does.
+    let passed = (0..500)
+        .filter(|n| {
+            let h = e.handle(t0(), &ingress(67), &relayed(*n, RELAY));
+            h.outcome != Outcome::Dropped(DropReason::RelayRateLimited)
+        })
+        .count();
+    assert_eq!(passed, 200, "burst");
+    let c = e.counters();
+    assert_eq!(c.drop_relay_rate_limited.load(Ordering::Relaxed), 300);
+    assert_eq!(c.drop_rate_limited.load(Ordering::Relaxed), 0);
+    // Another relay and directly attached clients are not affected.
+    let other_relay = Ipv4Addr::new(198, 18, 0, 2);
+    let h = e.handle(t0(), &ingress(67), &relayed(10_000, other_relay));
+    assert_eq!(h.outcome, Outcome::Replied(MessageType::Offer));
+    assert!(try_dora(&mut e, t0(), mac(3)).is_some());
+    // One second later the relay may send 100 more.
+    let later = t0() + Duration::from_secs(1);
+    let passed = (1000..1500)
+        .filter(|n| {
+            let h = e.handle(later, &ingress(67), &relayed(*n, RELAY));
+            h.outcome != Outcome::Dropped(DropReason::RelayRateLimited)
+        })
+        .count();
+    assert_eq!(passed, 100);
 }
