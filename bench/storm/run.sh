@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Boot storm: N simulated machines (crates/stormsim) each doing firmware DHCP -> TFTP first
+# stage (blksize 1468, tsize) -> iPXE DHCP -> /boot.ipxe -> /ipxe?mac=... -> kernel -> initrd,
+# all powered on within SPREAD seconds, against
+#   chainboot  target/debug/chainboot serve (or $CHAINBOOT), DHCP server mode, alone
+#   anchor     dnsmasq (DHCP + TFTP, user-class iPXE -> http URL) + nginx (static script)
+# interleaved per round, in a fresh namespace pair (198.18.0.0/20; the pool 198.18.8.0/21 is
+# routed as local in the client namespace so each machine uses its own leased address).
+# Usage: bench/storm/run.sh [N=1000] [ROUNDS=1] [KERNEL_MIB=8] [INITRD_MIB=30] [SPREAD=10]
+# Per run: time-to-kernel p50/p99, failures, DHCP/TFTP retransmits, server peak RSS (VmHWM,
+# summed over the server processes) and CPU (utime+stime). Raw JSON lines go to
+# bench/storm/results/storm-<time>.jsonl. Root needed. Timing is never asserted: a script.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+N=${1:-1000}; ROUNDS=${2:-1}; KMIB=${3:-8}; IMIB=${4:-30}; SPREAD=${5:-10}
+DEADLINE=${STORM_DEADLINE:-600}
+tdir=${CARGO_TARGET_DIR:-$repo/target}
+SIM=${STORMSIM:-$tdir/debug/chainboot-stormsim}
+CB=${CHAINBOOT:-$tdir/debug/chainboot}
+for t in ip dnsmasq nginx; do command -v $t >/dev/null || { echo "missing $t (.ci/install-deps)" >&2; exit 1; }; done
+[ -x "$SIM" ] || { echo "build the simulator first: cargo build -p chainboot-stormsim ($SIM)" >&2; exit 1; }
+[ -x "$CB" ] || { echo "build chainboot first: cargo build -p chainboot ($CB)" >&2; exit 1; }
+[ -f /usr/lib/ipxe/undionly.kpxe ] || { echo "missing /usr/lib/ipxe (package ipxe)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/cbstorm.XXXXXX)
+S=cbstorm$$s; C=cbstorm$$c
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+ulimit -n "$(ulimit -Hn)"
+
+ip netns add "$S"; ip netns add "$C"
+ip -n "$S" link add vs type veth peer name vc netns "$C"
+ip -n "$S" addr add 198.18.0.1/20 dev vs
+ip -n "$C" addr add 198.18.0.2/20 dev vc
+for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
+ip -n "$S" link set vs up; ip -n "$C" link set vc up
+ip -n "$C" route add local 198.18.8.0/21 dev lo
+
+mkdir -p "$WORK/http" "$WORK/tftp" "$WORK/nginx/tmp"
+head -c $((KMIB << 20)) /dev/urandom >"$WORK/http/vmlinuz"
+head -c $((IMIB << 20)) /dev/urandom >"$WORK/http/initrd.img"
+cp -L /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$WORK/tftp/"
+cat >"$WORK/http/boot.ipxe" <<'S'
+#!ipxe
+chain --replace --autofree http://198.18.0.1/ipxe?mac=${mac:hexhyp}&platform=${platform:uristring}
+S
+cat >"$WORK/http/ipxe.script" <<'S'
+#!ipxe
+kernel http://198.18.0.1/vmlinuz initrd=initrd.img console=ttyS0
+initrd http://198.18.0.1/initrd.img
+boot
+S
+
+cat >"$WORK/chainboot.toml" <<EOF
+[server]
+interfaces = ["vs"]
+advertise = "198.18.0.1"
+state_dir = "$WORK/state"
+[dhcp]
+mode = "server"
+[[dhcp.subnet]]
+cidr = "198.18.0.0/20"
+pools = [["198.18.8.1", "198.18.15.254"]]
+router = "198.18.0.1"
+lease_time = "1h"
+[tftp]
+listen = "198.18.0.1:69"
+root = "$WORK/tftp"
+[http]
+listen = "198.18.0.1:80"
+root = "$WORK/http"
+[ipxe]
+dir = "/usr/lib/ipxe"
+[ipv6]
+router_advertisements = "off"
+[[profile]]
+name = "storm"
+kernel = "vmlinuz"
+initrd = ["initrd.img"]
+cmdline = "console=ttyS0"
+[boot]
+default = "storm"
+[api]
+token_file = "$WORK/state/api.token"
+EOF
+
+cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $WORK/nginx/tmp;
+  proxy_temp_path $WORK/nginx/tmp;
+  fastcgi_temp_path $WORK/nginx/tmp;
+  uwsgi_temp_path $WORK/nginx/tmp;
+  scgi_temp_path $WORK/nginx/tmp;
+  server {
+    listen 198.18.0.1:80 backlog=4096;
+    root $WORK/http;
+    location = /ipxe { default_type text/plain; alias $WORK/http/ipxe.script; }
+  }
+}
+EOF
+# dnsmasq as the recipe's DHCP + TFTP (the seed's user-class test), with the limits a storm
+# needs raised (defaults: 1000 leases, 50 TFTP transfers) and no-ping (its 3 s ping check would
+# find every pool address "in use": the client namespace answers for the whole pool).
+cat >"$WORK/dnsmasq.conf" <<EOF
+port=0
+interface=vs
+bind-interfaces
+user=root
+pid-file=
+dhcp-leasefile=$WORK/dnsmasq.leases
+dhcp-range=198.18.8.1,198.18.15.254,255.255.240.0,1h
+dhcp-option=option:router,198.18.0.1
+dhcp-lease-max=10000
+no-ping
+enable-tftp
+tftp-root=$WORK/tftp
+tftp-max=10000
+dhcp-userclass=set:ipxe,iPXE
+dhcp-match=set:efi64,option:client-arch,7
+dhcp-match=set:efi64,option:client-arch,9
+dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,198.18.0.1
+dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,198.18.0.1
+dhcp-boot=tag:ipxe,http://198.18.0.1/boot.ipxe
+EOF
+
+wait_port() { # wait_port PORT PID...: bounded (10 s)
+  local port=$1 n p; shift
+  for ((n = 0; n < 100; n++)); do
+    ip netns exec "$S" ss -Hltn "sport = :$port" | grep -q . && return 0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null || { echo "server $p exited" >&2; return 1; }; done
+    sleep 0.1
+  done
+  echo "nothing listening on :$port after 10 s" >&2; return 1
+}
+usage_of() { # usage_of PID...: "rss_kib cpu_s" summed over PIDs
+  local p rss=0 cpu=0 r t
+  for p in "$@"; do
+    r=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status")
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat")
+    rss=$((rss + r)); cpu=$((cpu + t))
+  done
+  echo "$rss $(awk -v t="$cpu" -v h="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / h}')"
+}
+
+mkdir -p "$here/results"
+raw="$here/results/storm-$(date -u +%Y%m%d-%H%M%S).jsonl"
+echo "# storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s nproc=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)" | tee "$raw"
+
+run_side() { # run_side SIDE ROUND
+  local side=$1 round=$2 pids=() out usage
+  rm -rf "$WORK/state" "$WORK/dnsmasq.leases"; mkdir -p "$WORK/state"
+  if [ "$side" = chainboot ]; then
+    ip netns exec "$S" "$CB" serve --config "$WORK/chainboot.toml" --log-level warn >"$WORK/chainboot.log" 2>&1 &
+    pids=($!)
+  else
+    ip netns exec "$S" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+    pids=($!)
+    ip netns exec "$S" dnsmasq --keep-in-foreground --log-facility="$WORK/dnsmasq.log" --conf-file="$WORK/dnsmasq.conf" &
+    pids+=($!)
+  fi
+  PIDS+=("${pids[@]}")
+  wait_port 80 "${pids[@]}"
+  sleep 0.5
+  out=$(ip netns exec "$C" "$SIM" --machines "$N" --spread "$SPREAD" --deadline "$DEADLINE" \
+        --iface vc --seed "$round" --per-machine "$here/results/last-$side.jsonl") || true
+  usage=$(usage_of "${pids[@]}")
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "$out" ] || out='{"machines":0,"failures":-1}'
+  echo "{\"side\":\"$side\",\"round\":$round,\"server_peak_rss_kib\":${usage% *},\"server_cpu_s\":${usage#* },\"sim\":$out}" | tee -a "$raw"
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then order=(chainboot anchor); else order=(anchor chainboot); fi
+  for side in "${order[@]}"; do run_side "$side" "$r"; done
+done
+
+python3 - "$raw" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def med(side, f):
+    v = [f(r) for r in runs if r["side"] == side and f(r) is not None]
+    return statistics.median(v) if v else None
+rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
+        ("time-to-kernel p99 s", lambda r: r["sim"].get("time_to_kernel_p99")),
+        ("time-to-done p99 s", lambda r: r["sim"].get("time_to_done_p99")),
+        ("failures", lambda r: r["sim"].get("failures")),
+        ("DHCP retransmits", lambda r: r["sim"].get("dhcp_retransmits")),
+        ("TFTP retransmits", lambda r: r["sim"].get("tftp_retransmits")),
+        ("server peak RSS MiB", lambda r: r["server_peak_rss_kib"] / 1024),
+        ("server CPU s", lambda r: r["server_cpu_s"]),
+        ("wall s", lambda r: r["sim"].get("wall_seconds"))]
+print(f"{'median over rounds':24} {'chainboot':>10} {'anchor':>10} {'ratio':>7}")
+for name, f in rows:
+    c, a = med("chainboot", f), med("anchor", f)
+    ratio = f"{c / a:.2f}x" if c is not None and a else "-"
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"
+    print(f"{name:24} {fmt(c):>10} {fmt(a):>10} {ratio:>7}")
+for r in runs:
+    if r["sim"].get("errors"):
+        print(r["side"], r["round"], "errors:", r["sim"]["errors"])
+PY

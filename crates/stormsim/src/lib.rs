@@ -1,0 +1,788 @@
+//! Boot-storm simulator: N simulated machines, each doing the whole network boot against one
+//! boot server, the way firmware and iPXE do it:
+//!
+//! 1. DHCP DORA as PXE firmware (vendor class `PXEClient`, option 93 = 0 or 7, broadcast flag);
+//! 2. TFTP RRQ of the first-stage file named in the ACK (`blksize 1468`, `tsize 0`), from the
+//!    leased address;
+//! 3. DHCP DORA again as iPXE (option 175 with 19, user-class `iPXE`);
+//! 4. HTTP GET of the boot URL from that ACK; every `chain` line is followed (iPXE variables
+//!    such as `${mac:hexhyp}` expanded) until a script with `kernel`/`initrd` lines;
+//! 5. HTTP GET of the kernel, then of each initrd, streamed and counted against
+//!    `Content-Length`.
+//!
+//! Machines arrive uniformly at random within `spread` (seeded, so a run is repeatable). One
+//! DHCP socket (0.0.0.0:68 bound to the interface) is shared and replies are demultiplexed by
+//! xid; TFTP and HTTP sockets are bound to each machine's leased address, so the client side's
+//! namespace must treat the pool as local (`ip route add local POOL dev lo`). Every wait is
+//! bounded: per-packet timeouts with a bounded number of retransmits, and a global deadline
+//! after which unfinished machines count as failures.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::{code, MessageType};
+use http_body_util::{BodyExt, Empty};
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::net::{TcpSocket, UdpSocket};
+use tokio::sync::mpsc;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct StormConfig {
+    /// Number of machines.
+    pub machines: usize,
+    /// All machines power on within this window (uniform random).
+    pub spread: Duration,
+    /// Global deadline for the whole storm, counted from the start.
+    pub deadline: Duration,
+    /// Interface the DHCP socket is bound to (SO_BINDTODEVICE).
+    pub iface: String,
+    /// Seed for arrival times (and MAC prefix choice).
+    pub seed: u64,
+    /// Second-to-last MAC byte pair; distinct runs against one server use distinct prefixes.
+    pub mac_prefix: [u8; 2],
+    /// TFTP block size asked for.
+    pub blksize: u16,
+}
+
+impl Default for StormConfig {
+    fn default() -> Self {
+        StormConfig {
+            machines: 40,
+            spread: Duration::from_secs(10),
+            deadline: Duration::from_secs(300),
+            iface: "vc".into(),
+            seed: 1,
+            mac_prefix: [0x00, 0x00],
+            blksize: 1468,
+        }
+    }
+}
+
+/// One machine's outcome.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct MachineResult {
+    pub mac: String,
+    pub arch: u16,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Seconds from power-on to the last byte of the kernel.
+    pub time_to_kernel: Option<f64>,
+    /// Seconds from power-on to the last byte of the last initrd.
+    pub time_to_done: Option<f64>,
+    pub dhcp_retransmits: u64,
+    pub tftp_retransmits: u64,
+    pub tftp_bytes: u64,
+    pub http_bytes: u64,
+    /// Seconds from power-on at which each stage finished.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub machines: usize,
+    pub ok: usize,
+    pub failures: usize,
+    pub time_to_kernel_p50: Option<f64>,
+    pub time_to_kernel_p99: Option<f64>,
+    pub time_to_kernel_max: Option<f64>,
+    pub time_to_done_p50: Option<f64>,
+    pub time_to_done_p99: Option<f64>,
+    pub dhcp_retransmits: u64,
+    pub tftp_retransmits: u64,
+    pub bytes: u64,
+    pub wall_seconds: f64,
+    /// The first few distinct errors, with counts.
+    pub errors: Vec<(String, usize)>,
+    #[serde(skip)]
+    pub results: Vec<MachineResult>,
+}
+
+/// Nearest-rank percentile of `v` (sorted in place).
+pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+type Waiters = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ReplyView>>>>;
+
+struct Shared {
+    dhcp: UdpSocket,
+    waiters: Waiters,
+    dhcp_retx: AtomicU64,
+    tftp_retx: AtomicU64,
+    blksize: u16,
+}
+
+/// Runs the storm and returns its report. Fails only on setup errors (socket, interface);
+/// machine failures are in the report.
+pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    sock.bind_device(Some(cfg.iface.as_bytes()))
+        .with_context(|| format!("SO_BINDTODEVICE {}", cfg.iface))?;
+    // Replies to a whole storm can pile up; a larger buffer keeps the kernel from dropping them.
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())
+        .context("bind 0.0.0.0:68 (root needed; nothing else may hold port 68)")?;
+    let dhcp = UdpSocket::from_std(sock.into())?;
+    let shared = Arc::new(Shared {
+        dhcp,
+        waiters: Arc::new(Mutex::new(HashMap::new())),
+        dhcp_retx: AtomicU64::new(0),
+        tftp_retx: AtomicU64::new(0),
+        blksize: cfg.blksize,
+    });
+    let rx_task = {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, _)) = s.dhcp.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let Some(r) = ReplyView::parse(&buf[..n]) else {
+                    continue;
+                };
+                if let Some(tx) = s.waiters.lock().get(&r.xid) {
+                    let _ = tx.send(r);
+                }
+            }
+        })
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(cfg.machines);
+    for i in 0..cfg.machines {
+        let offset = if cfg.spread.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(rng.random_range(0.0..cfg.spread.as_secs_f64()))
+        };
+        let idx = i as u16;
+        let mac = [
+            0x52,
+            0x54,
+            cfg.mac_prefix[0],
+            cfg.mac_prefix[1],
+            (idx >> 8) as u8,
+            idx as u8,
+        ];
+        let arch = if i % 2 == 0 { 0 } else { 7 };
+        let s = shared.clone();
+        let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x7fff_0000;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            machine(s, mac, arch, salt | u32::from(idx)).await
+        }));
+    }
+    let deadline = start + cfg.deadline;
+    let mut results = Vec::with_capacity(cfg.machines);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = match tokio::time::timeout(left, t).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => MachineResult {
+                error: Some(format!("task: {e}")),
+                ..Default::default()
+            },
+            Err(_) => MachineResult {
+                mac: format!("machine #{i}"),
+                error: Some("global deadline".into()),
+                ..Default::default()
+            },
+        };
+        results.push(r);
+    }
+    rx_task.abort();
+    Ok(report(
+        results,
+        start.elapsed(),
+        shared.dhcp_retx.load(Ordering::Relaxed),
+        shared.tftp_retx.load(Ordering::Relaxed),
+    ))
+}
+
+fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, tr: u64) -> StormReport {
+    let ok = results.iter().filter(|r| r.ok).count();
+    let mut ttk: Vec<f64> = results.iter().filter_map(|r| r.time_to_kernel).collect();
+    let mut ttd: Vec<f64> = results.iter().filter_map(|r| r.time_to_done).collect();
+    let mut errors: Vec<(String, usize)> = Vec::new();
+    for e in results.iter().filter_map(|r| r.error.as_ref()) {
+        if let Some((_, n)) = errors.iter_mut().find(|(k, _)| k == e) {
+            *n += 1;
+        } else if errors.len() < 10 {
+            errors.push((e.clone(), 1));
+        }
+    }
+    StormReport {
+        machines: results.len(),
+        ok,
+        failures: results.len() - ok,
+        time_to_kernel_p50: percentile(&mut ttk, 50.0),
+        time_to_kernel_p99: percentile(&mut ttk, 99.0),
+        time_to_kernel_max: percentile(&mut ttk, 100.0),
+        time_to_done_p50: percentile(&mut ttd, 50.0),
+        time_to_done_p99: percentile(&mut ttd, 99.0),
+        dhcp_retransmits: dr,
+        tftp_retransmits: tr,
+        bytes: results.iter().map(|r| r.tftp_bytes + r.http_bytes).sum(),
+        wall_seconds: wall.as_secs_f64(),
+        errors,
+        results,
+    }
+}
+
+fn mac_str(mac: &[u8; 6], sep: char) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+async fn machine(s: Arc<Shared>, mac: [u8; 6], arch: u16, xid: u32) -> MachineResult {
+    let t0 = Instant::now();
+    let mut r = MachineResult {
+        mac: mac_str(&mac, ':'),
+        arch,
+        ..Default::default()
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Two DORAs, two xids (firmware, then iPXE), one channel.
+    let xid_ipxe = xid | 0x8000_0000;
+    {
+        let mut w = s.waiters.lock();
+        w.insert(xid, tx.clone());
+        w.insert(xid_ipxe, tx);
+    }
+    let res = flow(&s, &mut r, &mut rx, mac, arch, xid, xid_ipxe, t0).await;
+    {
+        let mut w = s.waiters.lock();
+        w.remove(&xid);
+        w.remove(&xid_ipxe);
+    }
+    match res {
+        Ok(()) => r.ok = true,
+        Err(e) => r.error = Some(format!("{e:#}")),
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flow(
+    s: &Shared,
+    r: &mut MachineResult,
+    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+    mac: [u8; 6],
+    arch: u16,
+    xid: u32,
+    xid_ipxe: u32,
+    t0: Instant,
+) -> Result<()> {
+    let stage = |r: &mut MachineResult, name: &str| {
+        r.stages.push((name.to_string(), t0.elapsed().as_secs_f64()));
+    };
+    let ack = dora(s, rx, ClientKind::Firmware { arch }, mac, xid, &mut r.dhcp_retransmits)
+        .await
+        .context("firmware DHCP")?;
+    stage(r, "firmware-dhcp");
+    let ip = ack.yiaddr;
+    let tftp_server = if ack.siaddr.is_unspecified() {
+        server_id(&ack).ok_or_else(|| anyhow!("firmware ACK has neither siaddr nor server id"))?
+    } else {
+        ack.siaddr
+    };
+    let file = if ack.file.is_empty() {
+        ack.opt_str(code::BOOTFILE).unwrap_or_default()
+    } else {
+        ack.file.clone()
+    };
+    let file = file.trim_end_matches('\0').to_string();
+    if file.is_empty() {
+        bail!("firmware ACK names no boot file");
+    }
+    let (n, retx) = tftp_get(ip, tftp_server, &file, s.blksize)
+        .await
+        .with_context(|| format!("TFTP {file}"))?;
+    s.tftp_retx.fetch_add(retx, Ordering::Relaxed);
+    r.tftp_retransmits = retx;
+    r.tftp_bytes = n;
+    stage(r, "first-stage");
+
+    let ack2 = dora(
+        s,
+        rx,
+        ClientKind::Ipxe {
+            arch,
+            http: true,
+            user_class: true,
+        },
+        mac,
+        xid_ipxe,
+        &mut r.dhcp_retransmits,
+    )
+    .await
+    .context("iPXE DHCP")?;
+    stage(r, "ipxe-dhcp");
+    let ip2 = ack2.yiaddr;
+    let mut url = if ack2.file.is_empty() {
+        ack2.opt_str(code::BOOTFILE).unwrap_or_default()
+    } else {
+        ack2.file.clone()
+    };
+    url = url.trim_end_matches('\0').to_string();
+    if !url.starts_with("http://") {
+        bail!("iPXE ACK boot file is not an http URL: {url:?}");
+    }
+    let vars = Vars { mac, arch, ip: ip2 };
+    // Follow chain lines (bounded) to the script that boots a kernel.
+    let mut script = String::new();
+    for hop in 0..4 {
+        let (status, body, _) = http_get(ip2, &url, true)
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if status != 200 {
+            bail!("GET {url}: status {status}");
+        }
+        script = String::from_utf8_lossy(&body).into_owned();
+        if !script.starts_with("#!ipxe") {
+            bail!("GET {url}: not an iPXE script");
+        }
+        stage(r, &format!("script{hop}"));
+        if find_cmd(&script, "kernel").is_some() {
+            break;
+        }
+        let Some(next) = find_cmd(&script, "chain") else {
+            bail!("script from {url} has neither kernel nor chain: {script:?}");
+        };
+        url = resolve(&url, &vars.expand(&next));
+    }
+    let kernel = find_cmd(&script, "kernel")
+        .ok_or_else(|| anyhow!("no kernel line after 4 chains: {script:?}"))?;
+    let kernel_url = resolve(&url, &vars.expand(&kernel));
+    let (status, _, n) = http_get(ip2, &kernel_url, false)
+        .await
+        .with_context(|| format!("GET {kernel_url}"))?;
+    if status != 200 {
+        bail!("GET {kernel_url}: status {status}");
+    }
+    r.http_bytes += n;
+    r.time_to_kernel = Some(t0.elapsed().as_secs_f64());
+    stage(r, "kernel");
+    for line in script.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("initrd") {
+            continue;
+        }
+        let Some(u) = first_arg(w) else {
+            continue;
+        };
+        let u = resolve(&url, &vars.expand(&u));
+        let (status, _, n) = http_get(ip2, &u, false)
+            .await
+            .with_context(|| format!("GET {u}"))?;
+        if status != 200 {
+            bail!("GET {u}: status {status}");
+        }
+        r.http_bytes += n;
+    }
+    r.time_to_done = Some(t0.elapsed().as_secs_f64());
+    stage(r, "initrd");
+    Ok(())
+}
+
+fn server_id(r: &ReplyView) -> Option<Ipv4Addr> {
+    let v = r.opt(code::SERVER_ID)?;
+    Some(Ipv4Addr::new(*v.first()?, *v.get(1)?, *v.get(2)?, *v.get(3)?))
+}
+
+/// DHCP timeouts per try (firmware-like backoff, shortened), bounded.
+const DHCP_TIMEOUTS: [u64; 6] = [2, 4, 8, 8, 8, 8];
+
+async fn exchange(
+    s: &Shared,
+    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+    pkt: &[u8],
+    want: &[MessageType],
+    retx: &mut u64,
+) -> Result<ReplyView> {
+    let dst = SocketAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67));
+    for (i, secs) in DHCP_TIMEOUTS.iter().enumerate() {
+        if i > 0 {
+            *retx += 1;
+            s.dhcp_retx.fetch_add(1, Ordering::Relaxed);
+        }
+        s.dhcp.send_to(pkt, dst).await.context("send DHCP")?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(*secs);
+        loop {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => {
+                    if let Some(t) = r.msg_type {
+                        if want.contains(&t) {
+                            return Ok(r);
+                        }
+                    }
+                }
+                Ok(None) => bail!("reply channel closed"),
+                Err(_) => break,
+            }
+        }
+    }
+    bail!(
+        "no {want:?} after {} tries",
+        DHCP_TIMEOUTS.len()
+    )
+}
+
+async fn dora(
+    s: &Shared,
+    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+    kind: ClientKind,
+    mac: [u8; 6],
+    xid: u32,
+    retx: &mut u64,
+) -> Result<ReplyView> {
+    for _attempt in 0..3 {
+        let mut m = ClientMessage::new(kind.clone(), MessageType::Discover, mac);
+        m.xid = xid;
+        let offer = exchange(s, rx, &m.encode(), &[MessageType::Offer], retx).await?;
+        m.msg_type = MessageType::Request;
+        m.requested_ip = Some(offer.yiaddr);
+        m.server_id = server_id(&offer);
+        let ack = exchange(
+            s,
+            rx,
+            &m.encode(),
+            &[MessageType::Ack, MessageType::Nak],
+            retx,
+        )
+        .await?;
+        if ack.msg_type == Some(MessageType::Ack) {
+            if ack.yiaddr.is_unspecified() {
+                bail!("ACK without an address");
+            }
+            return Ok(ack);
+        }
+        // NAK: start over, as firmware does.
+        *retx += 1;
+        s.dhcp_retx.fetch_add(1, Ordering::Relaxed);
+    }
+    bail!("NAKed three times")
+}
+
+/// TFTP timeouts per try, seconds, bounded.
+const TFTP_TIMEOUTS: [u64; 8] = [1, 1, 2, 2, 4, 4, 4, 4];
+
+/// Downloads `file` over TFTP from `local`; returns (bytes, retransmits).
+pub async fn tftp_get(
+    local: Ipv4Addr,
+    server: Ipv4Addr,
+    file: &str,
+    blksize: u16,
+) -> Result<(u64, u64)> {
+    let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))
+        .await
+        .with_context(|| format!("bind {local} (is the pool routed as local?)"))?;
+    let mut rrq = vec![0, 1];
+    for part in [file, "octet", "blksize", &blksize.to_string(), "tsize", "0"] {
+        rrq.extend_from_slice(part.as_bytes());
+        rrq.push(0);
+    }
+    let mut peer = SocketAddr::from(SocketAddrV4::new(server, 69));
+    let mut locked = false;
+    let mut last: Vec<u8> = rrq;
+    let mut bs = 512usize;
+    let mut tsize: Option<u64> = None;
+    let mut expect: u16 = 1;
+    let mut total: u64 = 0;
+    let mut retx = 0u64;
+    let mut tries = 0usize;
+    let mut buf = vec![0u8; 65536];
+    sock.send_to(&last, peer).await?;
+    loop {
+        let secs = TFTP_TIMEOUTS
+            .get(tries)
+            .copied()
+            .ok_or_else(|| anyhow!("no answer after {} tries at block {expect}", tries))?;
+        let got = tokio::time::timeout(Duration::from_secs(secs), sock.recv_from(&mut buf)).await;
+        let (n, from) = match got {
+            Ok(r) => r?,
+            Err(_) => {
+                tries += 1;
+                if tries < TFTP_TIMEOUTS.len() {
+                    retx += 1;
+                    sock.send_to(&last, peer).await?;
+                }
+                continue;
+            }
+        };
+        if locked && from != peer {
+            continue;
+        }
+        if from.ip() != peer.ip() {
+            continue;
+        }
+        let p = &buf[..n];
+        if p.len() < 4 {
+            continue;
+        }
+        let op = u16::from_be_bytes([p[0], p[1]]);
+        match op {
+            6 if !locked => {
+                peer = from;
+                locked = true;
+                let mut fields = p[2..].split(|&b| b == 0);
+                while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                    let k = String::from_utf8_lossy(k).to_ascii_lowercase();
+                    let v = String::from_utf8_lossy(v);
+                    match k.as_str() {
+                        "blksize" => bs = v.parse().context("OACK blksize")?,
+                        "tsize" => tsize = Some(v.parse().context("OACK tsize")?),
+                        _ => {}
+                    }
+                }
+                last = vec![0, 4, 0, 0];
+                tries = 0;
+                sock.send_to(&last, peer).await?;
+            }
+            3 => {
+                if !locked {
+                    peer = from;
+                    locked = true;
+                }
+                let block = u16::from_be_bytes([p[2], p[3]]);
+                let data = p.len() - 4;
+                if block == expect {
+                    total += data as u64;
+                    last = vec![0, 4, p[2], p[3]];
+                    sock.send_to(&last, peer).await?;
+                    tries = 0;
+                    expect = expect.wrapping_add(1);
+                    if data < bs {
+                        if let Some(t) = tsize {
+                            if t != total {
+                                bail!("got {total} bytes, tsize said {t}");
+                            }
+                        }
+                        return Ok((total, retx));
+                    }
+                } else if block == expect.wrapping_sub(1) {
+                    // Our ACK was lost or late: ACK again.
+                    sock.send_to(&last, peer).await?;
+                }
+            }
+            5 => {
+                let msg = String::from_utf8_lossy(&p[4..]);
+                bail!("TFTP error {}: {}", u16::from_be_bytes([p[2], p[3]]), msg.trim_end_matches('\0'));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Values for iPXE's `${...}` variables in chain URLs.
+struct Vars {
+    mac: [u8; 6],
+    arch: u16,
+    ip: Ipv4Addr,
+}
+
+impl Vars {
+    fn expand(&self, s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let Some(j) = rest[i..].find('}') else {
+                out.push_str(&rest[i..]);
+                return out;
+            };
+            let inner = &rest[i + 2..i + j];
+            let (name, ty) = inner.split_once(':').unwrap_or((inner, ""));
+            let name = name.rsplit('/').next().unwrap_or(name);
+            let efi = self.arch != 0;
+            let v = match name {
+                "mac" if ty == "hexhyp" => mac_str(&self.mac, '-'),
+                "mac" => mac_str(&self.mac, ':'),
+                "ip" => self.ip.to_string(),
+                "uuid" => format!("11111111-1111-1111-1111-{}", mac_str(&self.mac, '\0').replace('\0', "")),
+                "buildarch" => (if efi { "x86_64" } else { "i386" }).to_string(),
+                "platform" => (if efi { "efi" } else { "pcbios" }).to_string(),
+                _ => String::new(),
+            };
+            out.push_str(&v);
+            rest = &rest[i + j + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// The first argument of the first `cmd` line that is not an option.
+fn find_cmd(script: &str, cmd: &str) -> Option<String> {
+    script.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        if w.next()? != cmd {
+            return None;
+        }
+        first_arg(w)
+    })
+}
+
+/// The first non-option argument of an iPXE image command (`--name X`, `-n X`, `--timeout X`
+/// and `-t X` take a value).
+fn first_arg<'a>(mut w: impl Iterator<Item = &'a str>) -> Option<String> {
+    while let Some(a) = w.next() {
+        match a {
+            "--name" | "-n" | "--timeout" | "-t" => {
+                w.next();
+            }
+            _ if a.starts_with('-') => {}
+            _ => return Some(a.to_string()),
+        }
+    }
+    None
+}
+
+/// `u` against the URL `base` (absolute, host-relative or path-relative).
+fn resolve(base: &str, u: &str) -> String {
+    if u.starts_with("http://") {
+        return u.to_string();
+    }
+    let after = base.strip_prefix("http://").unwrap_or(base);
+    let host_end = after.find('/').unwrap_or(after.len());
+    let origin = &base[..base.len() - after.len() + host_end];
+    if u.starts_with('/') {
+        return format!("{origin}{u}");
+    }
+    let path = &after[host_end..];
+    let path = path.split('?').next().unwrap_or("/");
+    let dir = &path[..path.rfind('/').map(|i| i + 1).unwrap_or(0)];
+    format!("{origin}{dir}{u}")
+}
+
+/// GET `url` from `local`; returns (status, body if `keep` (at most 1 MiB), bytes received).
+/// The body length is checked against Content-Length.
+pub async fn http_get(local: Ipv4Addr, url: &str, keep: bool) -> Result<(u16, Vec<u8>, u64)> {
+    let after = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("not an http URL"))?;
+    let host_end = after.find('/').unwrap_or(after.len());
+    let host = &after[..host_end];
+    let path = if host_end == after.len() {
+        "/"
+    } else {
+        &after[host_end..]
+    };
+    let addr: SocketAddr = if host.contains(':') {
+        host.parse()?
+    } else {
+        SocketAddr::new(host.parse()?, 80)
+    };
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from(SocketAddrV4::new(local, 0)))?;
+    let stream = tokio::time::timeout(Duration::from_secs(30), sock.connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect timed out"))??;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .header("user-agent", "iPXE/1.21.1 (stormsim)")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(60), send.send_request(req))
+        .await
+        .map_err(|_| anyhow!("no response headers in 60 s"))??;
+    let status = resp.status().as_u16();
+    let clen: Option<u64> = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut body = resp.into_body();
+    let mut kept = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(60), body.frame())
+            .await
+            .map_err(|_| anyhow!("body stalled for 60 s after {n} bytes"))?;
+        let Some(f) = f else { break };
+        let f = f?;
+        if let Ok(d) = f.into_data() {
+            n += d.len() as u64;
+            if keep && kept.len() < (1 << 20) {
+                kept.extend_from_slice(&d);
+            }
+        }
+    }
+    conn.abort();
+    if let Some(c) = clen {
+        if c != n {
+            bail!("body {n} bytes, Content-Length {c}");
+        }
+    }
+    Ok((status, kept, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), Some(50.0));
+        assert_eq!(percentile(&mut v, 99.0), Some(99.0));
+        assert_eq!(percentile(&mut v, 100.0), Some(100.0));
+        assert_eq!(percentile(&mut [], 50.0), None);
+    }
+
+    #[test]
+    fn expands_ipxe_variables_and_resolves() {
+        let v = Vars {
+            mac: [0x52, 0x54, 0, 0, 0x01, 0x02],
+            arch: 7,
+            ip: Ipv4Addr::new(198, 18, 8, 3),
+        };
+        assert_eq!(
+            v.expand("/ipxe?mac=${mac:hexhyp}&p=${platform:uristring}&x=${net0/mac}&q=${nope}"),
+            "/ipxe?mac=52-54-00-00-01-02&p=efi&x=52:54:00:00:01:02&q="
+        );
+        assert_eq!(
+            resolve("http://198.18.0.1/boot.ipxe", "/ipxe?mac=1"),
+            "http://198.18.0.1/ipxe?mac=1"
+        );
+        assert_eq!(
+            resolve("http://198.18.0.1:8080/a/b?x=/y", "k"),
+            "http://198.18.0.1:8080/a/k"
+        );
+        assert_eq!(
+            find_cmd("#!ipxe\nchain --replace --autofree http://h/x\n", "chain").as_deref(),
+            Some("http://h/x")
+        );
+        assert_eq!(
+            find_cmd("kernel --name kernel http://h/k a=b || goto failed\n", "kernel").as_deref(),
+            Some("http://h/k")
+        );
+    }
+}
