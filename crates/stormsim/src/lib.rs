@@ -72,6 +72,9 @@ pub struct MachineResult {
     pub mac: String,
     pub arch: u16,
     pub ok: bool,
+    /// Address leased to the firmware, then to iPXE.
+    pub firmware_address: Option<String>,
+    pub address: Option<String>,
     pub error: Option<String>,
     /// Seconds from power-on to the last byte of the kernel.
     pub time_to_kernel: Option<f64>,
@@ -299,13 +302,22 @@ async fn flow(
     t0: Instant,
 ) -> Result<()> {
     let stage = |r: &mut MachineResult, name: &str| {
-        r.stages.push((name.to_string(), t0.elapsed().as_secs_f64()));
+        r.stages
+            .push((name.to_string(), t0.elapsed().as_secs_f64()));
     };
-    let ack = dora(s, rx, ClientKind::Firmware { arch }, mac, xid, &mut r.dhcp_retransmits)
-        .await
-        .context("firmware DHCP")?;
+    let ack = dora(
+        s,
+        rx,
+        ClientKind::Firmware { arch },
+        mac,
+        xid,
+        &mut r.dhcp_retransmits,
+    )
+    .await
+    .context("firmware DHCP")?;
     stage(r, "firmware-dhcp");
     let ip = ack.yiaddr;
+    r.firmware_address = Some(ip.to_string());
     let tftp_server = if ack.siaddr.is_unspecified() {
         server_id(&ack).ok_or_else(|| anyhow!("firmware ACK has neither siaddr nor server id"))?
     } else {
@@ -344,6 +356,7 @@ async fn flow(
     .context("iPXE DHCP")?;
     stage(r, "ipxe-dhcp");
     let ip2 = ack2.yiaddr;
+    r.address = Some(ip2.to_string());
     let mut url = if ack2.file.is_empty() {
         ack2.opt_str(code::BOOTFILE).unwrap_or_default()
     } else {
@@ -412,7 +425,12 @@ async fn flow(
 
 fn server_id(r: &ReplyView) -> Option<Ipv4Addr> {
     let v = r.opt(code::SERVER_ID)?;
-    Some(Ipv4Addr::new(*v.first()?, *v.get(1)?, *v.get(2)?, *v.get(3)?))
+    Some(Ipv4Addr::new(
+        *v.first()?,
+        *v.get(1)?,
+        *v.get(2)?,
+        *v.get(3)?,
+    ))
 }
 
 /// DHCP timeouts per try (firmware-like backoff, shortened), bounded.
@@ -447,10 +465,7 @@ async fn exchange(
             }
         }
     }
-    bail!(
-        "no {want:?} after {} tries",
-        DHCP_TIMEOUTS.len()
-    )
+    bail!("no {want:?} after {} tries", DHCP_TIMEOUTS.len())
 }
 
 async fn dora(
@@ -592,7 +607,11 @@ pub async fn tftp_get(
             }
             5 => {
                 let msg = String::from_utf8_lossy(&p[4..]);
-                bail!("TFTP error {}: {}", u16::from_be_bytes([p[2], p[3]]), msg.trim_end_matches('\0'));
+                bail!(
+                    "TFTP error {}: {}",
+                    u16::from_be_bytes([p[2], p[3]]),
+                    msg.trim_end_matches('\0')
+                );
             }
             _ => {}
         }
@@ -624,7 +643,10 @@ impl Vars {
                 "mac" if ty == "hexhyp" => mac_str(&self.mac, '-'),
                 "mac" => mac_str(&self.mac, ':'),
                 "ip" => self.ip.to_string(),
-                "uuid" => format!("11111111-1111-1111-1111-{}", mac_str(&self.mac, '\0').replace('\0', "")),
+                "uuid" => format!(
+                    "11111111-1111-1111-1111-{}",
+                    mac_str(&self.mac, '\0').replace('\0', "")
+                ),
                 "buildarch" => (if efi { "x86_64" } else { "i386" }).to_string(),
                 "platform" => (if efi { "efi" } else { "pcbios" }).to_string(),
                 _ => String::new(),
@@ -781,7 +803,11 @@ mod tests {
             Some("http://h/x")
         );
         assert_eq!(
-            find_cmd("kernel --name kernel http://h/k a=b || goto failed\n", "kernel").as_deref(),
+            find_cmd(
+                "kernel --name kernel http://h/k a=b || goto failed\n",
+                "kernel"
+            )
+            .as_deref(),
             Some("http://h/k")
         );
     }
