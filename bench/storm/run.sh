@@ -10,6 +10,8 @@
 # Per run: time-to-kernel p50/p99, failures, DHCP/TFTP retransmits, server peak RSS (VmHWM,
 # summed over the server processes) and CPU (utime+stime). Raw JSON lines go to
 # bench/storm/results/storm-<time>.jsonl. Root needed. Timing is never asserted: a script.
+# Knobs: STORM_SIDES="chainboot" (one side only), STORM_KEEP=1 (keep the work dir and logs),
+# STORM_DEADLINE (s, default 600), CHAINBOOT / STORMSIM (binaries; default $CARGO_TARGET_DIR/debug).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -30,7 +32,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "${STORM_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 ulimit -n "$(ulimit -Hn)"
@@ -190,6 +192,7 @@ run_side() { # run_side SIDE ROUND
 
 for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then order=(chainboot anchor); else order=(anchor chainboot); fi
+  [ -n "${STORM_SIDES:-}" ] && read -ra order <<<"$STORM_SIDES"
   for side in "${order[@]}"; do run_side "$side" "$r"; done
 done
 
@@ -204,6 +207,7 @@ rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
         ("time-to-done p99 s", lambda r: r["sim"].get("time_to_done_p99")),
         ("failures", lambda r: r["sim"].get("failures")),
         ("DHCP retransmits", lambda r: r["sim"].get("dhcp_retransmits")),
+        ("DHCP NAKs", lambda r: r["sim"].get("dhcp_naks")),
         ("TFTP retransmits", lambda r: r["sim"].get("tftp_retransmits")),
         ("server peak RSS MiB", lambda r: r["server_peak_rss_kib"] / 1024),
         ("server CPU s", lambda r: r["server_cpu_s"]),

@@ -100,6 +100,8 @@ pub struct StormReport {
     pub time_to_done_p50: Option<f64>,
     pub time_to_done_p99: Option<f64>,
     pub dhcp_retransmits: u64,
+    /// NAKs received (each restarts the DORA, as firmware does).
+    pub dhcp_naks: u64,
     pub tftp_retransmits: u64,
     pub bytes: u64,
     pub wall_seconds: f64,
@@ -119,12 +121,17 @@ pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
     Some(v[rank.clamp(1, v.len()) - 1])
 }
 
+/// The part of an xid that names the machine (salt and index); the top nibble is the phase and
+/// attempt.
+const XID_MACHINE: u32 = 0x0fff_ffff;
+
 type Waiters = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ReplyView>>>>;
 
 struct Shared {
     dhcp: UdpSocket,
     waiters: Waiters,
     dhcp_retx: AtomicU64,
+    dhcp_naks: AtomicU64,
     tftp_retx: AtomicU64,
     blksize: u16,
 }
@@ -151,6 +158,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         dhcp,
         waiters: Arc::new(Mutex::new(HashMap::new())),
         dhcp_retx: AtomicU64::new(0),
+        dhcp_naks: AtomicU64::new(0),
         tftp_retx: AtomicU64::new(0),
         blksize: cfg.blksize,
     });
@@ -165,7 +173,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
                 let Some(r) = ReplyView::parse(&buf[..n]) else {
                     continue;
                 };
-                if let Some(tx) = s.waiters.lock().get(&r.xid) {
+                if let Some(tx) = s.waiters.lock().get(&(r.xid & XID_MACHINE)) {
                     let _ = tx.send(r);
                 }
             }
@@ -192,7 +200,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         ];
         let arch = if i % 2 == 0 { 0 } else { 7 };
         let s = shared.clone();
-        let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x7fff_0000;
+        let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x0fff_0000;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             machine(s, mac, arch, salt | u32::from(idx)).await
@@ -221,11 +229,12 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         results,
         start.elapsed(),
         shared.dhcp_retx.load(Ordering::Relaxed),
+        shared.dhcp_naks.load(Ordering::Relaxed),
         shared.tftp_retx.load(Ordering::Relaxed),
     ))
 }
 
-fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, tr: u64) -> StormReport {
+fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, naks: u64, tr: u64) -> StormReport {
     let ok = results.iter().filter(|r| r.ok).count();
     let mut ttk: Vec<f64> = results.iter().filter_map(|r| r.time_to_kernel).collect();
     let mut ttd: Vec<f64> = results.iter().filter_map(|r| r.time_to_done).collect();
@@ -247,6 +256,7 @@ fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, tr: u64) -> Stor
         time_to_done_p50: percentile(&mut ttd, 50.0),
         time_to_done_p99: percentile(&mut ttd, 99.0),
         dhcp_retransmits: dr,
+        dhcp_naks: naks,
         tftp_retransmits: tr,
         bytes: results.iter().map(|r| r.tftp_bytes + r.http_bytes).sum(),
         wall_seconds: wall.as_secs_f64(),
@@ -270,18 +280,14 @@ async fn machine(s: Arc<Shared>, mac: [u8; 6], arch: u16, xid: u32) -> MachineRe
         ..Default::default()
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    // Two DORAs, two xids (firmware, then iPXE), one channel.
+    // Two DORAs (firmware, then iPXE), each attempt its own xid (top nibble), one channel:
+    // a late or duplicate reply to an earlier attempt never counts for a later one.
     let xid_ipxe = xid | 0x8000_0000;
-    {
-        let mut w = s.waiters.lock();
-        w.insert(xid, tx.clone());
-        w.insert(xid_ipxe, tx);
-    }
+    s.waiters.lock().insert(xid, tx);
     let res = flow(&s, &mut r, &mut rx, mac, arch, xid, xid_ipxe, t0).await;
     {
         let mut w = s.waiters.lock();
         w.remove(&xid);
-        w.remove(&xid_ipxe);
     }
     match res {
         Ok(()) => r.ok = true,
@@ -440,6 +446,7 @@ async fn exchange(
     s: &Shared,
     rx: &mut mpsc::UnboundedReceiver<ReplyView>,
     pkt: &[u8],
+    xid: u32,
     want: &[MessageType],
     retx: &mut u64,
 ) -> Result<ReplyView> {
@@ -454,6 +461,9 @@ async fn exchange(
         loop {
             match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(r)) => {
+                    if r.xid != xid {
+                        continue;
+                    }
                     if let Some(t) = r.msg_type {
                         if want.contains(&t) {
                             return Ok(r);
@@ -476,10 +486,11 @@ async fn dora(
     xid: u32,
     retx: &mut u64,
 ) -> Result<ReplyView> {
-    for _attempt in 0..3 {
+    let mut last_nak = String::new();
+    for attempt in 0..DORA_ATTEMPTS {
         let mut m = ClientMessage::new(kind.clone(), MessageType::Discover, mac);
-        m.xid = xid;
-        let offer = exchange(s, rx, &m.encode(), &[MessageType::Offer], retx).await?;
+        m.xid = xid | (attempt << 28);
+        let offer = exchange(s, rx, &m.encode(), m.xid, &[MessageType::Offer], retx).await?;
         m.msg_type = MessageType::Request;
         m.requested_ip = Some(offer.yiaddr);
         m.server_id = server_id(&offer);
@@ -487,6 +498,7 @@ async fn dora(
             s,
             rx,
             &m.encode(),
+            m.xid,
             &[MessageType::Ack, MessageType::Nak],
             retx,
         )
@@ -498,11 +510,14 @@ async fn dora(
             return Ok(ack);
         }
         // NAK: start over, as firmware does.
-        *retx += 1;
-        s.dhcp_retx.fetch_add(1, Ordering::Relaxed);
+        last_nak = ack.opt_str(code::MESSAGE).unwrap_or_default();
+        s.dhcp_naks.fetch_add(1, Ordering::Relaxed);
     }
-    bail!("NAKed three times")
+    bail!("NAKed {DORA_ATTEMPTS} times (last: {last_nak:?})")
 }
+
+/// DORAs a machine starts before giving up on NAKs (firmware restarts after a NAK).
+const DORA_ATTEMPTS: u32 = 8;
 
 /// TFTP timeouts per try, seconds, bounded.
 const TFTP_TIMEOUTS: [u64; 8] = [1, 1, 2, 2, 4, 4, 4, 4];
