@@ -10,7 +10,8 @@
 # Per run: time-to-kernel p50/p99, failures, DHCP/TFTP retransmits, server peak RSS (VmHWM,
 # summed over the server processes) and CPU (utime+stime). Raw JSON lines go to
 # bench/storm/results/storm-<time>.jsonl. Root needed. Timing is never asserted: a script.
-# Knobs: STORM_SIDES="chainboot" (one side only), STORM_KEEP=1 (keep the work dir and logs),
+# Knobs: STORM_MACS=random (seeded random MACs; default sequential 52:54:00:00:xx:yy),
+# STORM_SIDES="chainboot" (one side only), STORM_KEEP=1 (keep the work dir and logs),
 # STORM_DEADLINE (s, default 600), CHAINBOOT / STORMSIM (binaries; default $CARGO_TARGET_DIR/debug).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -182,7 +183,7 @@ run_side() { # run_side SIDE ROUND
   wait_port 80 "${pids[@]}"
   sleep 0.5
   out=$(ip netns exec "$C" "$SIM" --machines "$N" --spread "$SPREAD" --deadline "$DEADLINE" \
-        --iface vc --seed "$round" --per-machine "$here/results/last-$side.jsonl") || true
+        --iface vc --seed "$round" ${STORM_MACS:+--random-macs} --per-machine "$here/results/last-$side.jsonl") || true
   usage=$(usage_of "${pids[@]}")
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done

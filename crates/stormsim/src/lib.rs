@@ -50,6 +50,8 @@ pub struct StormConfig {
     pub mac_prefix: [u8; 2],
     /// TFTP block size asked for.
     pub blksize: u16,
+    /// Random (seeded, distinct) last three MAC bytes instead of sequential ones.
+    pub random_macs: bool,
 }
 
 impl Default for StormConfig {
@@ -62,6 +64,7 @@ impl Default for StormConfig {
             seed: 1,
             mac_prefix: [0x00, 0x00],
             blksize: 1468,
+            random_macs: false,
         }
     }
 }
@@ -190,7 +193,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
             Duration::from_secs_f64(rng.random_range(0.0..cfg.spread.as_secs_f64()))
         };
         let idx = i as u16;
-        let mac = [
+        let mut mac = [
             0x52,
             0x54,
             cfg.mac_prefix[0],
@@ -198,6 +201,14 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
             (idx >> 8) as u8,
             idx as u8,
         ];
+        if cfg.random_macs {
+            // Third byte from the RNG, the index in the last two bytes scrambled by an odd
+            // multiplier (a bijection on u16): distinct, and not consecutive.
+            mac[3] = rng.random();
+            let x = idx.wrapping_mul(0x9e37).to_be_bytes();
+            mac[4] = x[0];
+            mac[5] = x[1];
+        }
         let arch = if i % 2 == 0 { 0 } else { 7 };
         let s = shared.clone();
         let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x0fff_0000;

@@ -30,6 +30,9 @@ struct Args {
     /// TFTP blksize asked for.
     #[arg(long, default_value_t = 1468)]
     blksize: u16,
+    /// Random (seeded) MACs instead of sequential ones.
+    #[arg(long)]
+    random_macs: bool,
     /// Write one JSON line per machine here.
     #[arg(long)]
     per_machine: Option<std::path::PathBuf>,
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         seed: a.seed,
         mac_prefix: p,
         blksize: a.blksize,
+        random_macs: a.random_macs,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
