@@ -129,7 +129,7 @@ fn main() {
         ),
         (
             "oack",
-            [&[0u8, 6][..], b"blksize\01468\0tsize\012345\0"].concat(),
+            [&[0u8, 6][..], b"blksize\x001468\x00tsize\x0012345\x00"].concat(),
         ),
     ];
     for (name, b) in &reqs {
