@@ -200,6 +200,21 @@ fn run(mode: Mode, data: &[u8]) {
                 if yiaddr == HOST_IP {
                     assert_eq!(chaddr, HOST_MAC, "static host address given to another MAC");
                 }
+                // An ACK is only sent with its lease write (persisted before sending) and the
+                // table then holds the address, bound, for this client.
+                if msg_type == Some(5) {
+                    assert!(
+                        h.lease_writes.iter().any(|w| w.ip == yiaddr),
+                        "ACK of {yiaddr} without a lease write"
+                    );
+                    let now_table = engine.leases();
+                    let l = now_table
+                        .iter()
+                        .find(|l| l.ip == yiaddr)
+                        .expect("ACKed address is in the table");
+                    assert_eq!(l.status, LeaseStatus::Bound, "ACKed {yiaddr} not bound");
+                    assert!(l.expires > unix(now), "ACKed {yiaddr} already expired");
+                }
             }
         }
         // Table consistency after every packet.
