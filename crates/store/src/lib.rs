@@ -35,6 +35,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The state_dir exists but files cannot be written in it (read-only filesystem, full
+    /// disk, permissions): leases could not be made durable, so the server does not start.
+    #[error("state store: cannot write in {path}: {source}")]
+    NotWritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Schema migrations, applied in order once each; `PRAGMA user_version` records how far a
@@ -70,6 +77,15 @@ impl Store {
             path: state_dir.to_path_buf(),
             source,
         })?;
+        // SQLite opens a database on a read-only filesystem read-only without complaint and
+        // fails later with a vague message: probe first and name the cause.
+        let probe = state_dir.join(".write-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|source| StoreError::NotWritable {
+                path: state_dir.to_path_buf(),
+                source,
+            })?;
         let path = state_dir.join(DB_FILE);
         let open = |flags| {
             Connection::open_with_flags(&path, flags).map_err(|source| StoreError::Open {

@@ -1,0 +1,397 @@
+//! Storage faults under the real server process: its state_dir is a 1 MiB tmpfs mounted in a
+//! private mount namespace of its own (gone with the process, so unmounted on every exit path),
+//! inside a network namespace pair (198.18.0.0/15, names with the PID, deleted on drop). With
+//! the disk full, or the filesystem remounted read-only, no ACK goes out for a lease that could
+//! not be stored, the log says why, and service resumes when space (or write access) returns.
+//!
+//! Needs root and the packages from .ci/install-deps (iproute2, util-linux); a missing tool
+//! fails the test.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::MessageType;
+use chainboot_store::leases::{load_all, LeaseState};
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const BCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+const TESTD: &str = env!("CARGO_BIN_EXE_chainboot-dhcp-testd");
+
+fn require(tools: &[&str]) {
+    assert!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "these tests create network and mount namespaces and must run as root"
+    );
+    for t in tools {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "required tool `{t}` is missing: run .ci/install-deps"
+        );
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Topology {
+    srv: String,
+    cli: String,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("cbfault{}x{n}", std::process::id());
+        let t = Topology {
+            srv: format!("{id}s"),
+            cli: format!("{id}c"),
+        };
+        run(&["ip", "netns", "add", &t.srv]);
+        run(&["ip", "netns", "add", &t.cli]);
+        run(&[
+            "ip", "-n", &t.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns",
+            &t.cli,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &t.srv,
+            "addr",
+            "add",
+            "198.18.0.1/20",
+            "dev",
+            "vs",
+        ]);
+        for (ns, dev) in [
+            (&t.srv, "vs"),
+            (&t.cli, "vc"),
+            (&t.srv, "lo"),
+            (&t.cli, "lo"),
+        ] {
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        t
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in [&self.srv, &self.cli] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The server process, killed by its PID and reaped on drop (its mount namespace, and the
+/// tmpfs in it, go with it).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn client_socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(b"vc")).unwrap();
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.into()
+}
+
+fn exchange(s: &UdpSocket, m: &ClientMessage, wait: Duration) -> Option<ReplyView> {
+    s.send_to(&m.encode(), BCAST).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Some(r) = ReplyView::parse(&buf[..n]) {
+                if r.xid == m.xid {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x52, 0x54, 0x00, b[1], b[2], b[3]]
+}
+
+/// DISCOVER then REQUEST; the offered address and whether the REQUEST was ACKed.
+fn dora(s: &UdpSocket, m: [u8; 6]) -> (Ipv4Addr, bool) {
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
+    let offer = exchange(s, &d, Duration::from_secs(2)).expect("offer (offers need no storage)");
+    (
+        offer.yiaddr,
+        request(s, m, offer.yiaddr, Duration::from_millis(700)),
+    )
+}
+
+fn request(s: &UdpSocket, m: [u8; 6], ip: Ipv4Addr, wait: Duration) -> bool {
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+    q.requested_ip = Some(ip);
+    q.server_id = Some(SERVER_IP);
+    exchange(s, &q, wait).is_some_and(|r| r.msg_type == Some(MessageType::Ack) && r.yiaddr == ip)
+}
+
+/// Fills the filesystem holding `dir` until ENOSPC.
+fn fill(dir: &Path) -> u64 {
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0xa5u8; 4096];
+    let mut n = 0;
+    for _ in 0..100_000 {
+        match f.write_all(&chunk).and_then(|_| f.sync_all()) {
+            Ok(()) => n += 4096,
+            Err(_) => break,
+        }
+    }
+    // Small remainders too.
+    for _ in 0..4096 {
+        if f.write_all(&[0]).and_then(|_| f.sync_all()).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[test]
+fn disk_full_and_read_only_state_dir_withhold_acks_and_service_resumes() {
+    require(&["ip", "unshare", "mount"]);
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = dir.path().join("dhcp.toml");
+    std::fs::write(
+        &cfg,
+        "[dhcp]\nmode = \"server\"\nlease_time = \"1h\"\n\
+         limits = { per_mac_rate = 1000.0, per_mac_burst = 1000.0 }\n\
+         [[dhcp.subnet]]\ncidr = \"198.18.0.0/20\"\npools = [[\"198.18.1.1\", \"198.18.8.254\"]]\n",
+    )
+    .unwrap();
+    let errlog = dir.path().join("server.err");
+    let script = format!(
+        "mount -t tmpfs -o size=1m cbfault '{m}' && exec '{TESTD}' '{c}' '{m}/state'",
+        m = mnt.display(),
+        c = cfg.display()
+    );
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.srv,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errlog).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let srv = Proc(child);
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "server did not start: {}",
+        std::fs::read_to_string(&errlog).unwrap_or_default()
+    );
+    // The server's view of its state_dir (its own mount namespace).
+    let pid = srv.0.id().to_string();
+    let state_fs = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
+    let log = || std::fs::read_to_string(&errlog).unwrap_or_default();
+    const WITHHELD: &str = "could not store";
+
+    let cli = topo.cli.clone();
+    let (fs1, fs2) = (state_fs.clone(), state_fs.clone());
+    let (acked, withheld_ip, filled) = in_netns(&cli, move || {
+        let s = client_socket();
+        let mut acked = Vec::new();
+        let (ip, ok) = dora(&s, mac(1));
+        assert!(ok, "no ACK with an empty disk");
+        acked.push((mac(1), ip));
+        // Disk full: clients are ACKed only while SQLite still finds room in its files, and
+        // the first lease that cannot be written gets no ACK.
+        let filled = fill(&fs1);
+        let mut withheld = None;
+        for i in 2..200u32 {
+            let (ip, ok) = dora(&s, mac(i));
+            if ok {
+                acked.push((mac(i), ip));
+            } else {
+                withheld = Some((mac(i), ip));
+                break;
+            }
+        }
+        let (m, ip) = withheld.expect("every ACK went out with a full disk");
+        // Still full: the client's retries get nothing either.
+        assert!(!request(&s, m, ip, Duration::from_millis(700)));
+        // Space returns: the same client's next REQUEST is ACKed.
+        std::fs::remove_file(fs1.join("filler")).unwrap();
+        let mut ok = false;
+        for _ in 0..10 {
+            if request(&s, m, ip, Duration::from_millis(500)) {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "no ACK after space returned");
+        acked.push((m, ip));
+        (acked, ip, filled)
+    });
+    let full_log = log();
+    assert!(
+        count(&full_log, WITHHELD) >= 1,
+        "the log does not say why ACKs stopped:\n{full_log}"
+    );
+    assert!(
+        full_log.contains("replies withheld"),
+        "the log does not say that ACKs were withheld:\n{full_log}"
+    );
+
+    // Every ACKed lease is in the store, bound to its client.
+    // (A copy: SQLite resolves /proc/PID/root and would look in our own mount namespace.)
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(fs2.join("state")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("chainboot.sqlite3")
+        {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    let store = chainboot_store::Store::open(&copy).unwrap();
+    let stored = load_all(&store).unwrap();
+    drop(store);
+    for (m, ip) in &acked {
+        let mac = chainboot_machine::Mac(*m).to_string();
+        assert!(
+            stored
+                .iter()
+                .any(|l| l.ip == *ip && l.mac == mac && l.state == LeaseState::Bound),
+            "ACKed lease {mac} -> {ip} is not stored"
+        );
+    }
+    eprintln!(
+        "disk full after {filled} filler bytes: {} ACKs, withheld {withheld_ip} until space returned; {} 'could not store' log lines",
+        acked.len(),
+        count(&full_log, WITHHELD)
+    );
+    drop(fs2);
+}
+
+#[test]
+fn a_read_only_state_dir_stops_the_server_with_a_clear_message_and_it_starts_once_writable() {
+    require(&["ip", "unshare", "mount"]);
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = dir.path().join("dhcp.toml");
+    std::fs::write(
+        &cfg,
+        "[dhcp]\nmode = \"server\"\n[[dhcp.subnet]]\ncidr = \"198.18.0.0/20\"\n\
+         pools = [[\"198.18.1.1\", \"198.18.1.254\"]]\n",
+    )
+    .unwrap();
+    // A tmpfs that already holds a store, remounted read-only before the server starts; then
+    // the same made writable again. Both in one private mount namespace per run.
+    let run_server = |ro: bool| {
+        let remount = if ro {
+            format!("mount -o remount,ro '{}' && ", mnt.display())
+        } else {
+            String::new()
+        };
+        let script = format!(
+            "mount -t tmpfs -o size=4m cbfault '{m}' && mkdir '{m}/state' && {remount}\
+             exec timeout 3 '{TESTD}' '{c}' '{m}/state'",
+            m = mnt.display(),
+            c = cfg.display()
+        );
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topo.srv,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+            ])
+            .args(["sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let out = run_server(true);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "started on a read-only state_dir: {err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "said ready on a read-only state_dir"
+    );
+    assert!(
+        err.contains("mnt/state") && err.to_lowercase().contains("read-only"),
+        "the error does not name the state_dir and the cause: {err}"
+    );
+    eprintln!("read-only state_dir: {}", err.trim());
+    // Writable: it starts (and is stopped by `timeout` after 3 s).
+    let out = run_server(false);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
