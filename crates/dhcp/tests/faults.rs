@@ -81,6 +81,17 @@ impl Topology {
             "dev",
             "vs",
         ]);
+        // perfdhcp's relay address (the other tests' clients do not use it).
+        run(&[
+            "ip",
+            "-n",
+            &t.cli,
+            "addr",
+            "add",
+            "198.18.0.2/20",
+            "dev",
+            "vc",
+        ]);
         for (ns, dev) in [
             (&t.srv, "vs"),
             (&t.cli, "vc"),
@@ -393,5 +404,174 @@ fn a_read_only_state_dir_stops_the_server_with_a_clear_message_and_it_starts_onc
         String::from_utf8_lossy(&out.stdout).contains("ready"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the server on `state`, waits for "ready".
+fn start_plain(ns: &str, cfg: &Path, state: &Path) -> Proc {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, TESTD])
+        .arg(cfg)
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let p = Proc(child);
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "server did not start");
+    p
+}
+
+#[test]
+fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_doubles_one() {
+    require(&["ip", "perfdhcp", "timeout"]);
+    let topo = Topology::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("dhcp.toml");
+    std::fs::write(
+        &cfg,
+        "[dhcp]\nmode = \"server\"\nlease_time = \"1h\"\n\
+         limits = { per_mac_rate = 1000.0, per_mac_burst = 1000.0, new_client_share = 1.0 }\n\
+         [[dhcp.subnet]]\ncidr = \"198.18.0.0/16\"\npools = [[\"198.18.1.1\", \"198.18.200.254\"]]\n",
+    )
+    .unwrap();
+    // Kill points: 3 rounds, each after a random 200-1500 ms (seed printed to replay).
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    eprintln!("kill -9 seed {seed}");
+    let mut acked: Vec<([u8; 6], Ipv4Addr)> = Vec::new();
+    for round in 0..3u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(200 + seed % 1300);
+        let srv = std::sync::Arc::new(std::sync::Mutex::new(Some(start_plain(
+            &topo.srv, &cfg, &state,
+        ))));
+        // Background load: perfdhcp (as a relay) doing DORA with random MACs.
+        let load = Proc(
+            Command::new("timeout")
+                .args([
+                    "20",
+                    "ip",
+                    "netns",
+                    "exec",
+                    &topo.cli,
+                    "perfdhcp",
+                    "-4",
+                    "-l",
+                    "vc",
+                    "-r",
+                    "300",
+                    "-R",
+                    "50000",
+                    "-p",
+                    "3",
+                    "198.18.0.1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // perfdhcp binds its sockets first.
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = {
+            let (srv, killed) = (srv.clone(), killed.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                // Dropping the Proc kills it with SIGKILL (by PID) and reaps it.
+                srv.lock().unwrap().take();
+                killed.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let base = 10_000 * (round + 1);
+        let got = in_netns(&topo.cli, move || {
+            let s = client_socket();
+            let mut got = Vec::new();
+            let mut misses = 0;
+            for i in 0..3000u32 {
+                let m = mac(base + i);
+                let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
+                let Some(offer) = exchange(&s, &d, Duration::from_millis(300)) else {
+                    if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                        misses += 1;
+                    }
+                    if misses > 2 {
+                        break;
+                    }
+                    continue;
+                };
+                if request(&s, m, offer.yiaddr, Duration::from_millis(300)) {
+                    got.push((m, offer.yiaddr));
+                }
+            }
+            got
+        });
+        killer.join().unwrap();
+        drop(load);
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} ACKs to the tracked client",
+            got.len()
+        );
+        acked.extend(got);
+    }
+    assert!(
+        acked.len() > 30,
+        "too few ACKs before the kills: {}",
+        acked.len()
+    );
+    // Every ACK is stored, bound to the client it was given to, and no address is bound to
+    // two clients (the tracked ones and perfdhcp's).
+    let store = chainboot_store::Store::open(&state).unwrap();
+    let stored = load_all(&store).unwrap();
+    drop(store);
+    let mut owner = std::collections::HashMap::new();
+    for l in stored.iter().filter(|l| l.state == LeaseState::Bound) {
+        assert!(
+            owner.insert(l.ip, l.mac.clone()).is_none(),
+            "{} stored twice",
+            l.ip
+        );
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (m, ip) in &acked {
+        let mac = chainboot_machine::Mac(*m).to_string();
+        assert_eq!(
+            owner.get(ip),
+            Some(&mac),
+            "ACKed lease {mac} -> {ip} lost or given to another client by kill -9"
+        );
+        if let Some(prev) = seen.insert(*ip, mac.clone()) {
+            panic!("{ip} was ACKed to {prev} and then to {mac}");
+        }
+    }
+    // After a last restart, new clients get none of the leased addresses.
+    let _srv = start_plain(&topo.srv, &cfg, &state);
+    let leased: std::collections::HashSet<Ipv4Addr> = owner.keys().copied().collect();
+    let stored_bound = leased.len();
+    in_netns(&topo.cli, move || {
+        let s = client_socket();
+        for i in 0..20 {
+            let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(900_000 + i));
+            let offer = exchange(&s, &d, Duration::from_secs(2)).expect("offer after restart");
+            assert!(
+                !leased.contains(&offer.yiaddr),
+                "{} was already leased",
+                offer.yiaddr
+            );
+        }
+    });
+    eprintln!(
+        "{} tracked ACKs, {stored_bound} stored bound leases (with perfdhcp's), all consistent",
+        acked.len()
     );
 }
