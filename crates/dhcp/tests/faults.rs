@@ -1,4 +1,4 @@
-//! Storage faults under the real server process: its state_dir is a 1 MiB tmpfs mounted in a
+//! Storage faults under the real server process: its state_dir is a small tmpfs mounted in a
 //! private mount namespace of its own (gone with the process, so unmounted on every exit path),
 //! inside a network namespace pair (198.18.0.0/15, names with the PID, deleted on drop). With
 //! the disk full, or the filesystem remounted read-only, no ACK goes out for a lease that could
@@ -210,7 +210,7 @@ fn count(text: &str, needle: &str) -> usize {
 }
 
 #[test]
-fn disk_full_and_read_only_state_dir_withhold_acks_and_service_resumes() {
+fn a_full_disk_withholds_acks_says_why_and_service_resumes_when_space_returns() {
     require(&["ip", "unshare", "mount"]);
     let topo = Topology::new();
     let dir = tempfile::tempdir().unwrap();

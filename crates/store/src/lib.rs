@@ -77,15 +77,21 @@ impl Store {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        // SQLite opens a database on a read-only filesystem read-only without complaint and
-        // fails later with a vague message: probe first and name the cause.
-        let probe = state_dir.join(".write-probe");
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|source| StoreError::NotWritable {
-                path: state_dir.to_path_buf(),
-                source,
-            })?;
+        Store::open_rw(state_dir).map_err(|e| {
+            // SQLite's own message for an unwritable folder is vague ("unable to open database
+            // file"): when a probe file cannot be written either, name the cause.
+            let probe = state_dir.join(".write-probe");
+            match std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)) {
+                Err(source) => StoreError::NotWritable {
+                    path: state_dir.to_path_buf(),
+                    source,
+                },
+                Ok(()) => e,
+            }
+        })
+    }
+
+    fn open_rw(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
         let open = |flags| {
             Connection::open_with_flags(&path, flags).map_err(|source| StoreError::Open {
