@@ -1,8 +1,10 @@
 //! Storage faults under the real server process: its state_dir is a small tmpfs mounted in a
 //! private mount namespace of its own (gone with the process, so unmounted on every exit path),
 //! inside a network namespace pair (198.18.0.0/15, names with the PID, deleted on drop). With
-//! the disk full, or the filesystem remounted read-only, no ACK goes out for a lease that could
-//! not be stored, the log says why, and service resumes when space (or write access) returns.
+//! the disk full no ACK goes out for a lease that could not be stored, the log says why, and
+//! service resumes when space returns; a read-only state_dir stops the server at start with
+//! the cause (a mounted filesystem with open files cannot be remounted read-only under it);
+//! kill -9 at random moments under perfdhcp load loses no ACKed lease and doubles none.
 //!
 //! Needs root and the packages from .ci/install-deps (iproute2, util-linux); a missing tool
 //! fails the test.
