@@ -148,6 +148,33 @@ fn the_api_refuses_oversized_and_malformed_json_with_a_message_and_changes_nothi
             );
         }
     }
+    // The same without a Content-Length (chunked): cut off while buffering, 400 and a message.
+    for what in ["labels", "profile", "events"] {
+        let method = if what == "events" { "POST" } else { "PUT" };
+        let data = format!("@{}", oversized[1].display());
+        let (code, body) = curl(&[
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+            &format!("{base}/{what}"),
+        ]);
+        assert_eq!(code, "400", "chunked {what}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("length limit"),
+            "chunked {what}: {body}"
+        );
+    }
     for f in &malformed {
         for (what, (code, body)) in [
             ("labels", put("labels", f)),
