@@ -20,6 +20,23 @@ use tokio::task::JoinHandle;
 /// that 64 clients streaming at once hold a few MiB, not their files.
 pub const CHUNK: usize = 256 * 1024;
 
+/// Smallest chunk when many bodies stream at once.
+const MIN_CHUNK: usize = 16 * 1024;
+/// Memory all streaming bodies together aim to hold in chunks. During a boot storm hundreds of
+/// machines fetch kernels and initrds at once; at [`CHUNK`] each, 1000 downloads would hold
+/// 250 MiB of buffers. Chunks shrink as streams grow in number so the total stays near this.
+const CHUNK_BUDGET: usize = 32 * 1024 * 1024;
+
+/// Bodies streaming now (for the chunk size).
+static STREAMING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The chunk size for the next read: [`CHUNK`] when few bodies stream, down to [`MIN_CHUNK`]
+/// when many do, a multiple of 4 KiB (page-aligned reads).
+fn chunk_size() -> usize {
+    let streams = STREAMING.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    (CHUNK_BUDGET / streams).clamp(MIN_CHUNK, CHUNK) & !4095
+}
+
 /// Answers GET or HEAD for `content` with everything iPXE and curl expect: Content-Length
 /// always (iPXE needs it, pixiecore#10), `Accept-Ranges`, `ETag` and `Last-Modified`;
 /// `If-None-Match` / `If-Modified-Since` -> 304, `If-Match` / `If-Unmodified-Since` -> 412
@@ -270,8 +287,8 @@ fn parse_range(v: &str, len: u64) -> RangeSpec {
     RangeSpec::Range(start, end)
 }
 
-/// A body that reads `[pos, end)` of a content in [`CHUNK`]s on the blocking pool, one read
-/// ahead of nothing: memory per response is one chunk in flight.
+/// A body that reads `[pos, end)` of a content in chunks ([`chunk_size`]) on the blocking
+/// pool, one read ahead of nothing: memory per response is one chunk in flight.
 struct ContentBody {
     content: Content,
     pos: u64,
@@ -279,8 +296,15 @@ struct ContentBody {
     pending: Option<JoinHandle<io::Result<Bytes>>>,
 }
 
+impl Drop for ContentBody {
+    fn drop(&mut self) {
+        STREAMING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl ContentBody {
     fn new(content: Content, pos: u64, end: u64) -> ContentBody {
+        STREAMING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ContentBody {
             content,
             pos,
@@ -305,7 +329,7 @@ impl http_body::Body for ContentBody {
         if this.pending.is_none() {
             let content = this.content.clone();
             let pos = this.pos;
-            let n = (this.end - this.pos).min(CHUNK as u64) as usize;
+            let n = (this.end - this.pos).min(chunk_size() as u64) as usize;
             this.pending = Some(tokio::task::spawn_blocking(move || {
                 let mut buf = BytesMut::zeroed(n);
                 let got = content.read_at(pos, &mut buf)?;
@@ -351,6 +375,17 @@ use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chunks_shrink_as_streams_grow_and_stay_page_aligned() {
+        use std::sync::atomic::Ordering::Relaxed;
+        assert!(chunk_size() <= CHUNK);
+        STREAMING.fetch_add(1000, Relaxed);
+        let many = chunk_size();
+        STREAMING.fetch_sub(1000, Relaxed);
+        assert!(many * 1000 <= CHUNK_BUDGET + MIN_CHUNK * 1000, "{many}");
+        assert!(many >= MIN_CHUNK && many.is_multiple_of(4096), "{many}");
+    }
     use super::*;
 
     #[test]
