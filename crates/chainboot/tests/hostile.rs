@@ -280,3 +280,47 @@ fn slowloris_connections_are_cut_off_and_never_block_other_clients() {
         "trickling connections survived the 1 s header timeout for 15 s"
     );
 }
+
+#[test]
+fn a_request_body_trickled_byte_by_byte_gets_408_and_the_connection_is_closed() {
+    let r = start("body_read_timeout = \"1s\"\n");
+    let token = std::fs::read_to_string(r.dir.path().join("state/api.token")).unwrap();
+    let mut sock = TcpStream::connect(&r.http).unwrap();
+    let head = format!(
+        "PUT /api/v1/machines/52:54:00:00:20:02/labels HTTP/1.1\r\nHost: t\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\n\r\n",
+        token.trim()
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut answer = Vec::new();
+    let started = Instant::now();
+    // A byte every 50 ms for at most 15 s, until the server answers and closes.
+    let mut closed = false;
+    for _ in 0..300 {
+        let mut buf = [0u8; 4096];
+        match sock.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if sock.write(b" ").is_err() && !answer.is_empty() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    eprintln!("slow body: answered after {:?}: {text}", started.elapsed());
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_read_timeout"), "{text}");
+    assert!(closed, "the connection stayed open");
+}

@@ -36,6 +36,10 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Largest request body accepted (API writes, events); larger gets 413.
     pub request_body_limit: usize,
+    /// Time allowed to send a whole request body once the head is in (slowloris on the body:
+    /// a client trickling bytes would otherwise hold its connection forever); later gets 408.
+    #[serde(with = "duration_str")]
+    pub body_read_timeout: Duration,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`.
@@ -67,6 +71,7 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             request_body_limit: 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -127,6 +132,7 @@ impl HttpConfig {
         for (key, d) in [
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("body_read_timeout", self.body_read_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return Err(err(

@@ -93,7 +93,14 @@ impl HttpServer {
     /// `ConnectInfo<SocketAddr>` for handlers that want the client address.
     pub async fn run(self, router: Router, shutdown: CancellationToken) -> io::Result<()> {
         let cfg = Arc::new(self.config);
-        let app = router.layer(RequestBodyLimitLayer::new(cfg.request_body_limit));
+        let body_timeout = cfg.body_read_timeout;
+        let app = router
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    body_deadline(body_timeout, req, next)
+                },
+            ))
+            .layer(RequestBodyLimitLayer::new(cfg.request_body_limit));
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
@@ -367,5 +374,49 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                 }
             }
         }
+    }
+}
+
+/// Reads a request's whole body within `timeout` of its head (the size limit is applied by
+/// the `RequestBodyLimitLayer` outside this one), then hands it on. Requests without a body
+/// (every GET) pass straight through.
+async fn body_deadline(
+    timeout: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let h = req.headers();
+    let has_body = h.contains_key(TRANSFER_ENCODING)
+        || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let error = |status: hyper::StatusCode, msg: String| {
+        (
+            status,
+            [(hyper::header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "error": msg }).to_string(),
+        )
+            .into_response()
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, usize::MAX)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => error(
+            hyper::StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        ),
+        Err(_) => error(
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within [http] body_read_timeout ({})",
+                humantime::format_duration(timeout)
+            ),
+        ),
     }
 }
