@@ -100,7 +100,8 @@ impl HttpServer {
                     body_deadline(body_timeout, req, next)
                 },
             ))
-            .layer(RequestBodyLimitLayer::new(cfg.request_body_limit));
+            .layer(RequestBodyLimitLayer::new(cfg.request_body_limit))
+            .layer(axum::middleware::from_fn(api_errors_as_json));
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
@@ -419,4 +420,46 @@ async fn body_deadline(
             ),
         ),
     }
+}
+
+/// The API speaks JSON, errors included (issue 8: oversized or malformed JSON is refused with
+/// 400 and a message). Rejections produced below the handlers — the body limit's 413, the JSON
+/// extractor's 415/422 and plain-text 400s — are turned into `400 {"error": "..."}` for
+/// `/api/` paths; other paths keep their status.
+async fn api_errors_as_json(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let api = req.uri().path().starts_with("/api/");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let rejected = matches!(status.as_u16(), 400 | 413 | 415 | 422);
+    if !api || !rejected || is_json {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let what = match status.as_u16() {
+        413 => "request body too large",
+        415 => "expected Content-Type: application/json",
+        _ => "malformed request",
+    };
+    let message = if text.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {text}")
+    };
+    (
+        http::StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
