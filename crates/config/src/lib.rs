@@ -245,7 +245,10 @@ fn syntax_error(text: &str) -> Option<(usize, String)> {
                 message.push_str(", ");
             }
             match e {
-                toml_parser::Expected::Literal(l) => message.push_str(&format!("`{l}`")),
+                toml_parser::Expected::Literal("\n") => message.push_str("newline"),
+                toml_parser::Expected::Literal(l) => {
+                    message.push_str(&format!("`{}`", l.escape_debug()))
+                }
                 toml_parser::Expected::Description(d) => message.push_str(d),
                 _ => message.push_str("etc"),
             }
