@@ -15,6 +15,7 @@
 # Usage: bash bench/tftp/run.sh            (needs root for namespaces; runs ~15-25 min)
 #   env: ROUNDS=3 TOPOLOGIES="loopback lan" BIG_MB=64 LAN_BIG_MB=8 CLIENTS=500
 #        SERVERS="chainboot tftpd-hpa atftpd dnsmasq" CASES="big storm"
+#        BLKSIZES="512 1468 8192" WINDOWSIZES="1 16" (the big-file cases)
 #        SKIP_BUILD=1 (use the binaries as built)
 # Output: bench/tftp/results/raw-<stamp>.tsv (every run) and summary-<stamp>.md (medians and
 # ratios), printed at the end.
@@ -29,6 +30,8 @@ LAN_BIG_MB=${LAN_BIG_MB:-8}
 CLIENTS=${CLIENTS:-500}
 SERVERS=${SERVERS:-"chainboot tftpd-hpa atftpd dnsmasq"}
 CASES=${CASES:-"big storm"}
+BLKSIZES=${BLKSIZES:-"512 1468 8192"}
+WINDOWSIZES=${WINDOWSIZES:-"1 16"}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 CACHE=$HERE/.cache
 RESULTS=$HERE/results
@@ -172,9 +175,9 @@ for topo in $TOPOLOGIES; do
     for i in $(seq 0 $((n - 1))); do
       server=${server_list[$(((i + round - 1) % n))]}
       start_server "$server"
-      for bs in 512 1468 8192; do
+      for bs in $BLKSIZES; do
         [[ " $CASES " == *" big "* ]] || break
-        for ws in 1 16; do
+        for ws in $WINDOWSIZES; do
           run_case "$topo" "$round" "$server" "big-bs$bs-ws$ws" "$file" \
             --blksize "$bs" --windowsize "$ws" --expect-size "$size" "${RTT_ARGS[@]}"
         done

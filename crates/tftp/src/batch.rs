@@ -5,8 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use crate::socket::TransferSocket;
 
 /// Most datagrams per `sendmmsg` (the largest window granted).
 const MAX_BATCH: usize = 64;
@@ -61,17 +60,22 @@ impl Batch {
     }
 
     /// Sends every datagram of the batch to `to`, in order.
-    pub async fn send(&self, socket: &UdpSocket, to: SocketAddr) -> io::Result<()> {
+    pub async fn send(&self, socket: &TransferSocket, to: SocketAddr) -> io::Result<()> {
         let mut sent = 0;
         while sent < self.lens.len() {
             sent += socket
-                .async_io(Interest::WRITABLE, || self.sendmmsg(socket, to, sent))
+                .send_with(|socket| self.sendmmsg(socket, to, sent))
                 .await?;
         }
         Ok(())
     }
 
-    fn sendmmsg(&self, socket: &UdpSocket, to: SocketAddr, from: usize) -> io::Result<usize> {
+    fn sendmmsg(
+        &self,
+        socket: &std::net::UdpSocket,
+        to: SocketAddr,
+        from: usize,
+    ) -> io::Result<usize> {
         let (addr, addr_len) = sockaddr(to);
         let count = self.lens.len() - from;
         // SAFETY: all-zero is a valid value for these plain C structs.
@@ -165,7 +169,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_arrives_whole_and_in_order() {
-        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let tx = TransferSocket::new(tx).unwrap();
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();

@@ -7,7 +7,8 @@
 //! - [`server`]: the tokio driver: the listening socket, one socket per transfer (the server's
 //!   TID), limits, path resolution through `chainboot_content`, logs and counters. It reads
 //!   file data ahead in 32 KiB (or one window) chunks and sends each window with one
-//!   `sendmmsg`.
+//!   `sendmmsg`. Transfer sockets wait for readability only (`socket`): one reactor wake-up
+//!   per ACK, not two.
 //!
 //! The binary builds a [`TftpServer`] from the `[tftp]` section ([`TftpConfig`]) and a
 //! `chainboot_content::Resolver`, then calls [`TftpServer::run`] with a cancellation token.
@@ -17,6 +18,7 @@ mod config;
 pub mod proto;
 mod readahead;
 pub mod server;
+mod socket;
 pub mod transfer;
 
 pub use config::TftpConfig;

@@ -24,6 +24,7 @@ use crate::batch::Batch;
 use crate::config::TftpConfig;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
+use crate::socket::TransferSocket;
 use crate::transfer::{Handled, Outcome, Transfer, TransferSettings};
 
 /// Counters for the metrics endpoint (all monotonic except `active`).
@@ -410,7 +411,7 @@ async fn run_transfer(
 ) {
     let stats = &shared.stats;
     let (bind_ip, client) = same_family(local_ip, client);
-    let socket = match new_udp_socket(SocketAddr::new(bind_ip, 0), 0).and_then(UdpSocket::from_std)
+    let socket = match new_udp_socket(SocketAddr::new(bind_ip, 0), 0).and_then(TransferSocket::new)
     {
         Ok(s) => s,
         Err(e) => {
@@ -507,8 +508,15 @@ async fn run_transfer(
     );
     let mut inbuf = [0u8; 1024];
     let mut answered_tids: Vec<SocketAddr> = Vec::new();
-    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    // The timer is armed lazily: in a lock-step transfer the deadline moves with every ACK,
+    // and resetting a tokio timer per block costs a lock on the timer wheel. It is only moved
+    // earlier here; when it fires at a deadline that has since moved on, it is re-armed.
+    let far = || Instant::now() + Duration::from_secs(3600);
+    let mut armed = far();
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
     tokio::pin!(timer);
+    let cancelled = abort.cancelled();
+    tokio::pin!(cancelled);
     let mut aborted = false;
     let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
     loop {
@@ -546,12 +554,15 @@ async fn run_transfer(
             }
             break;
         };
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(deadline));
+        if deadline < armed {
+            armed = deadline;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
         tokio::select! {
             biased;
-            _ = abort.cancelled(), if !aborted => {
+            _ = &mut cancelled, if !aborted => {
                 aborted = true;
                 transfer.abort("server shutting down");
             }
@@ -580,7 +591,13 @@ async fn run_transfer(
                     bump(&stats.malformed);
                 }
             }
-            _ = &mut timer => transfer.handle_timeout(Instant::now()),
+            _ = &mut timer => {
+                // Re-armed on the next turn at the transfer's current deadline, which may
+                // have moved on since this one was set (the state machine ignores an early
+                // call).
+                armed = far();
+                transfer.handle_timeout(Instant::now());
+            }
         }
     }
 

@@ -229,6 +229,42 @@ fn silent_client_is_dropped_after_bounded_retransmits() {
     assert_eq!((s.failed, s.active), (1, 0), "{s:?}");
 }
 
+/// The driver arms its retransmission timer lazily (it only moves it earlier, and re-arms it
+/// when it fires at a deadline that has moved on). A client that ACKs steadily for several
+/// timeout periods must never see a resend; when it then stops, the unacknowledged block comes
+/// again one timeout later.
+#[test]
+fn a_steady_client_sees_no_resend_and_a_stalled_one_gets_the_last_block_again() {
+    let config = TftpConfig {
+        timeout: Duration::from_millis(100),
+        retries: 5,
+        ..config()
+    };
+    let srv = TestServer::start_with(config, None);
+    srv.file("f", 512 * 100);
+    let c = raw_client("127.0.0.1");
+    c.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    c.send_to(&rrq("f", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    // 40 blocks at one every 15 ms: 600 ms, six timeout periods, every ACK well in time.
+    for block in 1..=40u16 {
+        std::thread::sleep(Duration::from_millis(15));
+        c.send_to(&ack(block), tid).unwrap();
+        let (p, from) = recv(&c).expect("server went silent");
+        assert_eq!(from, tid);
+        assert_eq!(describe(&p), format!("DATA {} (512)", block + 1), "a resend or a gap");
+    }
+    // Silence: block 41 comes again after about one timeout.
+    let stalled = std::time::Instant::now();
+    let (p, _) = recv(&c).expect("no resend after the client stalled");
+    assert_eq!(describe(&p), "DATA 41 (512)");
+    let waited = stalled.elapsed();
+    assert!(waited >= Duration::from_millis(60), "resent after {waited:?}");
+    assert!(waited < Duration::from_millis(900), "resent after {waited:?}");
+}
+
 #[test]
 fn per_client_and_global_caps_answer_with_an_error() {
     let config = TftpConfig {

@@ -1,0 +1,114 @@
+//! A transfer's socket, registered with the reactor for readability only.
+//!
+//! Why not tokio's `UdpSocket`: it registers every socket for reading *and* writing, and on
+//! Linux every datagram sent makes a UDP socket "writable" again, an edge-triggered event that
+//! wakes the reactor for nothing. In a lock-step transfer (windowsize 1, what every PXE ROM
+//! does) that doubled the reactor wake-ups per block: strace showed two `epoll_wait` per block,
+//! one of them only `EPOLLOUT`. A UDP socket is almost always writable; when its send buffer is
+//! full (a big window on a slow link), a short pause replaces waiting for writability.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Pause before retrying a send that found the socket's send buffer full.
+const SEND_PAUSE: Duration = Duration::from_millis(1);
+/// Sends retried that many times (about 100 ms) before the window counts as lost; the
+/// retransmission timer then resends it like any lost window.
+const SEND_ATTEMPTS: usize = 100;
+
+pub struct TransferSocket {
+    fd: AsyncFd<std::net::UdpSocket>,
+}
+
+impl TransferSocket {
+    /// Wraps a bound, non-blocking socket.
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<TransferSocket> {
+        // SAFETY: a std `UdpSocket` owns its descriptor: it is open and the same one for as
+        // long as the `AsyncFd` (its only owner from here on) lives.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(TransferSocket { fd })
+    }
+
+    #[cfg(test)]
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.fd.get_ref().local_addr()
+    }
+
+    /// Waits for one datagram.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            match ready.try_io(|fd| fd.get_ref().recv_from(buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Runs `send` (one non-blocking send system call, returning what it sent), pausing and
+    /// retrying while the send buffer is full.
+    pub async fn send_with(
+        &self,
+        mut send: impl FnMut(&std::net::UdpSocket) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        for _ in 0..SEND_ATTEMPTS {
+            match send(self.fd.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(SEND_PAUSE).await;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => return result,
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    pub async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.send_with(|socket| socket.send_to(datagram, to)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn datagrams_go_both_ways() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let socket = TransferSocket::new(std).unwrap();
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = peer.local_addr().unwrap();
+        assert_eq!(socket.send_to(b"data", to).await.unwrap(), 4);
+        let mut buf = [0u8; 16];
+        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"data"[..], socket.local_addr().unwrap())
+        );
+        peer.send_to(b"ack", from).await.unwrap();
+        let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"ack"[..], to));
+    }
+
+    #[tokio::test]
+    async fn a_send_that_keeps_blocking_gives_up() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let socket = TransferSocket::new(std).unwrap();
+        let mut calls = 0;
+        let r = socket
+            .send_with(|_| {
+                calls += 1;
+                Err(io::ErrorKind::WouldBlock.into())
+            })
+            .await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(calls, SEND_ATTEMPTS);
+    }
+}
