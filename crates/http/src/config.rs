@@ -40,6 +40,19 @@ pub struct HttpConfig {
     /// a client trickling bytes would otherwise hold its connection forever); later gets 408.
     #[serde(with = "duration_str")]
     pub body_read_timeout: Duration,
+    /// Total time for one request, from its first byte to the response head being ready
+    /// (head and body received, handler done). Later gets 408 when the request body was still
+    /// arriving, 503 when the handler had it all and did not answer; either way the connection
+    /// is closed. The response body is not included: a 700 MB ISO over a slow link may take
+    /// hours, bounded instead by `send_timeout`.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// While a response is being written, the client accepting no byte for this long closes
+    /// the connection (reset, so its socket buffers go too). Every byte accepted restarts the
+    /// clock, so slow links are fine; a reader that stopped reading is not. `idle_timeout`
+    /// does not cover this: a connection with a response in flight is never idle.
+    #[serde(with = "duration_str")]
+    pub send_timeout: Duration,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`.
@@ -72,6 +85,8 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             request_body_limit: 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +148,8 @@ impl HttpConfig {
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("body_read_timeout", self.body_read_timeout),
+            ("request_timeout", self.request_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return Err(err(
@@ -198,6 +215,11 @@ mod tests {
                 .unwrap();
         assert_eq!(c.listen_addrs().unwrap().len(), 2);
         assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        let c: HttpConfig =
+            toml::from_str("request_timeout = \"2m\"\nsend_timeout = \"500ms\"").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(120));
+        assert_eq!(c.send_timeout, Duration::from_millis(500));
+        c.validate().unwrap();
     }
 
     #[test]
@@ -244,6 +266,27 @@ mod tests {
                 "idle_timeout",
                 HttpConfig {
                     idle_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "request_timeout",
+                HttpConfig {
+                    request_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "send_timeout",
+                HttpConfig {
+                    send_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "send_timeout",
+                HttpConfig {
+                    send_timeout: Duration::from_secs(7200),
                     ..Default::default()
                 },
             ),

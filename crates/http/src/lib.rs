@@ -8,7 +8,8 @@
 //! - [`static_routes`]: `/files/...` (`[http] root`), `/ipxe-bin/NAME`, `/iso/NAME/...`, with
 //!   request paths percent-decoded once and then held to the same rules as TFTP
 //!   ([`chainboot_content::CleanPath`]);
-//! - [`HttpServer`]: listeners, connection cap, header/idle timeouts (slowloris), keep-alive,
+//! - [`HttpServer`]: listeners, connection cap, header/idle/body/request/send
+//!   timeouts (slowloris, stalled readers), keep-alive,
 //!   one access-log line per response and [`HttpStats`] counters, an [`HttpObserver`] hook.
 //!
 //! ```no_run

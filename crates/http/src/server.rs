@@ -1,9 +1,10 @@
 //! The listener side: sockets, connection cap, timeouts, keep-alive, graceful shutdown.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -200,11 +201,25 @@ fn now_ms() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Last traffic and requests in flight on one connection, for the idle timeout.
-#[derive(Default)]
+/// `Activity::request_started_ms` when no request has started.
+const NOT_STARTED: u64 = u64::MAX;
+
+/// Last traffic and requests in flight on one connection, for the idle and request timeouts.
 struct Activity {
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// When the first byte of the next request arrived ([`NOT_STARTED`] before it has).
+    request_started_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            last_ms: AtomicU64::new(now_ms()),
+            in_flight: AtomicUsize::new(0),
+            request_started_ms: AtomicU64::new(NOT_STARTED),
+        }
+    }
 }
 
 /// Decrements the in-flight count when a response body is gone.
@@ -216,10 +231,61 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that records when bytes last moved.
+/// A TCP stream that records when bytes last moved and when a request began, and fails a
+/// write the peer has not accepted a byte of for `send_timeout`.
 struct TrackedStream {
     inner: TcpStream,
     activity: Arc<Activity>,
+    peer: SocketAddr,
+    stats: Arc<HttpStats>,
+    send_timeout: Duration,
+    /// Armed when a write first finds the socket full; created on first use (most
+    /// connections never fill their send buffer).
+    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write is waiting for the peer (the timer runs).
+    write_blocked: bool,
+}
+
+impl TrackedStream {
+    /// The peer accepted bytes: the send clock stops.
+    fn wrote(&mut self) {
+        self.write_blocked = false;
+        self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A write found the socket full: start the send clock if it is not running, and fail
+    /// the write once it has run for `send_timeout`. The error ends hyper's connection; the
+    /// linger of 0 makes the close a reset, so the kernel drops the unsent bytes at once
+    /// instead of keeping an orphaned socket's buffers for a peer that does not read.
+    fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.send_timeout;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.write_blocked {
+            self.write_blocked = true;
+            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.write_blocked = false;
+        self.stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_timed_out
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: "chainboot::http",
+            client = %self.peer,
+            "client accepted no bytes for [http] send_timeout ({}); closing the connection",
+            humantime::format_duration(timeout)
+        );
+        let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "send_timeout: the client accepts no bytes",
+        )))
+    }
 }
 
 impl AsyncRead for TrackedStream {
@@ -228,9 +294,21 @@ impl AsyncRead for TrackedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if r.is_ready() {
-            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+            let now = now_ms();
+            self.activity.last_ms.store(now, Ordering::Relaxed);
+            // Bytes while no request is in flight: the next request has begun, and its
+            // request_timeout runs from here (the head's time counts too).
+            if buf.filled().len() > before && self.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                let _ = self.activity.request_started_ms.compare_exchange(
+                    NOT_STARTED,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
         r
     }
@@ -242,11 +320,14 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.wrote();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.write_pending(cx),
         }
-        r
     }
 
     fn poll_write_vectored(
@@ -254,11 +335,14 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.wrote();
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.write_pending(cx),
         }
-        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -287,11 +371,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
     let _guard = ConnGuard(ctx.stats.clone());
     ctx.observer.on_connection(peer);
 
-    let activity = Arc::new(Activity::default());
-    activity.last_ms.store(now_ms(), Ordering::Relaxed);
+    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(TrackedStream {
         inner: stream,
         activity: activity.clone(),
+        peer,
+        stats: ctx.stats.clone(),
+        send_timeout: ctx.cfg.send_timeout,
+        send_timer: None,
+        write_blocked: false,
     });
 
     let svc_ctx = ctx.clone();
@@ -301,6 +389,17 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
         let activity = svc_activity.clone();
         async move {
             let started = Instant::now();
+            // request_timeout runs from the request's first byte (a pipelined request, read
+            // while the previous one was in flight, from now).
+            let first_byte = activity
+                .request_started_ms
+                .swap(NOT_STARTED, Ordering::Relaxed);
+            let waited = match first_byte {
+                NOT_STARTED => Duration::ZERO,
+                t => Duration::from_millis(now_ms().saturating_sub(t)),
+            };
+            let deadline =
+                tokio::time::Instant::now() + ctx.cfg.request_timeout.saturating_sub(waited);
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight(activity);
             let record = AccessRecord {
@@ -312,11 +411,25 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                 duration: Duration::ZERO,
                 complete: false,
             };
-            let mut req = req.map(Body::new);
+            // A request without a body (every GET) has it all from the start.
+            let body_done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
+            let mut req = req.map(|b| {
+                Body::new(WatchedBody {
+                    inner: b,
+                    done: body_done.clone(),
+                })
+            });
             req.extensions_mut().insert(ConnectInfo(peer));
-            let resp = match ctx.app.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let resp = match tokio::time::timeout_at(deadline, ctx.app.oneshot(req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                Err(_) => request_timed_out(
+                    &ctx.cfg,
+                    &ctx.stats,
+                    peer,
+                    &record.path,
+                    body_done.load(Ordering::Relaxed),
+                ),
             };
             let (parts, body) = resp.into_parts();
             let record = AccessRecord {
@@ -375,6 +488,84 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                 }
             }
         }
+    }
+}
+
+/// The answer when [`HttpConfig::request_timeout`] ran out (the handler future is dropped,
+/// which cancels it): 408 if the client had not sent the whole body yet, 503 if it had and
+/// the handler did not answer in time. `Connection: close` makes hyper close the connection
+/// after it: a request body may still be arriving, and a client this slow has used its turn.
+fn request_timed_out(
+    cfg: &HttpConfig,
+    stats: &HttpStats,
+    peer: SocketAddr,
+    path: &str,
+    body_done: bool,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+    stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+    let limit = humantime::format_duration(cfg.request_timeout);
+    let (status, message) = if body_done {
+        (
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            format!("no response within [http] request_timeout ({limit})"),
+        )
+    } else {
+        (
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            format!("request not received within [http] request_timeout ({limit})"),
+        )
+    };
+    tracing::warn!(
+        target: "chainboot::http",
+        client = %peer,
+        path = %path,
+        status = status.as_u16(),
+        "{message}; closing the connection"
+    );
+    (
+        status,
+        [
+            (hyper::header::CONTENT_TYPE, "application/json"),
+            (hyper::header::CONNECTION, "close"),
+        ],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// A request body that records when it has been received whole (for 408 versus 503).
+struct WatchedBody {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -26,8 +26,15 @@ pub struct HttpStats {
     pub active_connections: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
-    /// Connections closed for being idle or slow to send headers.
+    /// Connections closed for being idle or slow (headers, `request_timeout`,
+    /// `send_timeout`).
     pub connections_timed_out: AtomicU64,
+    /// Requests answered 408/503 because `request_timeout` ran out (also in
+    /// `connections_timed_out`).
+    pub request_timeouts: AtomicU64,
+    /// Connections reset because the client accepted no bytes for `send_timeout` (also in
+    /// `connections_timed_out`).
+    pub send_timeouts: AtomicU64,
 }
 
 impl HttpStats {

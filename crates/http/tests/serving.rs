@@ -841,3 +841,293 @@ fn bind_reports_bad_config_and_busy_ports_with_the_address() {
     assert!(e.to_string().contains(&taken), "{e}");
     let _ = Path::new("/");
 }
+
+/// A server on a hand-made router (routes the static ones do not have: a body taker, a slow
+/// handler), with the given limits.
+async fn start_router(
+    router: axum::Router,
+    tweak: impl FnOnce(&mut HttpConfig),
+) -> (SocketAddr, Arc<HttpStats>, CancellationToken) {
+    let mut config = HttpConfig {
+        listen: Listen::One("127.0.0.1:0".into()),
+        ..HttpConfig::default()
+    };
+    tweak(&mut config);
+    let server = HttpServer::bind(&config).unwrap();
+    let addr = server.local_addrs()[0];
+    let stats = server.stats();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(router, stop.clone()));
+    (addr, stats, stop)
+}
+
+/// Reads what a nonblocking socket has, appending to `out`; true once the peer closed.
+fn drain_nonblocking(sock: &mut std::net::TcpStream, out: &mut Vec<u8>) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_past_request_timeout_gets_408_and_the_connection_closes() {
+    let router = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: bytes::Bytes| async move { body }),
+    );
+    // body_read_timeout far away: this is request_timeout's cut, which counts the head too.
+    let (addr, stats, stop) = start_router(router, |c| {
+        c.request_timeout = Duration::from_secs(2);
+        c.body_read_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let (answer, closed, sent) = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        // The head in two parts a second apart, then a body byte a second.
+        sock.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        sock.write_all(b"Content-Length: 100\r\n\r\n").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (mut answer, mut closed, mut sent) = (Vec::new(), false, 0);
+        for _ in 0..15 {
+            closed = drain_nonblocking(&mut sock, &mut answer);
+            if closed {
+                break;
+            }
+            if sock.write(b"x").is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        (answer, closed, sent)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    eprintln!("trickled body: {sent} bytes sent, answer: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(closed, "the connection stayed open");
+    assert!(sent < 100, "the whole body went through");
+    assert_eq!(
+        stats
+            .request_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_request_timeout_gets_503_and_others_are_served_meanwhile() {
+    struct Cancelled(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Cancelled {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = dropped.clone();
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(move || {
+                let guard = Cancelled(flag.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    drop(guard);
+                    "late"
+                }
+            }),
+        )
+        .route("/fast", axum::routing::get(|| async { "fast" }));
+    let (addr, stats, stop) = start_router(router, |c| {
+        c.request_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // While /slow hangs, another client is answered.
+    let fast = client()
+        .get(format!("http://{addr}/fast"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fast.status(), 200);
+    assert_eq!(fast.text().await.unwrap(), "fast");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), sock.read_to_end(&mut out))
+        .await
+        .expect("the slow request's connection is closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    eprintln!("slow handler: {text}");
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "the handler was not cancelled"
+    );
+    assert_eq!(
+        stats
+            .request_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    stop.cancel();
+}
+
+/// A client socket with a small receive buffer, so a server's writes block soon.
+fn small_window_client(addr: SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    let s = start(|c| {
+        c.send_timeout = Duration::from_secs(2);
+        // Shorter than send_timeout, and still not what closes the connection: a connection
+        // with a response in flight is never idle.
+        c.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // 64 MiB (sparse): far more than the socket buffers on both sides hold.
+    let huge = std::fs::File::create(s.root.join("huge.bin")).unwrap();
+    huge.set_len(64 << 20).unwrap();
+    drop(huge);
+    let mut stalled = small_window_client(s.addr);
+    {
+        use std::io::Write;
+        stalled
+            .write_all(b"GET /files/huge.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+    }
+    let asked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another client is served while the stalled one holds its connection.
+    let r = curl(&[&format!("{}/files/small.txt", s.base)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, s.files["small.txt"]);
+    let timeouts = |st: &HttpStats| st.send_timeouts.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while timeouts(&s.stats) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = asked.elapsed();
+    eprintln!("stalled reader cut off after {took:?}");
+    assert_eq!(timeouts(&s.stats), 1, "the stalled reader was not cut off");
+    assert!(
+        took >= Duration::from_millis(1950),
+        "cut off early: {took:?}"
+    );
+    // The connection is gone: what is left in the client's buffer, then EOF or a reset.
+    let got = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0usize;
+        loop {
+            match stalled.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(got),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(got),
+                Err(_) => return Ok(got),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the stalled connection is closed");
+    assert!(got < 64 << 20, "the whole file arrived");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .stats
+        .active_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.stats
+            .active_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let recs = s.recorder.0.lock().unwrap().clone();
+    let rec = recs.iter().find(|r| r.path == "/files/huge.bin").unwrap();
+    assert!(!rec.complete, "{rec:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_outlasts_send_timeout() {
+    let s = start(|c| c.send_timeout = Duration::from_secs(2)).await;
+    let want = s.files["big.bin"].clone();
+    let addr = s.addr;
+    // 8 MiB (twice the largest loopback send buffer) read 1 MiB at a time with a 500 ms
+    // pause between: the server's writes block again and again, each for less than
+    // send_timeout, for 4 s in all. A clock that did not restart on progress would fire.
+    let (body, took) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = small_window_client(addr);
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        'outer: for _ in 0..20 {
+            let mut this_round = 0;
+            while this_round < 1 << 20 {
+                match sock.read(&mut buf) {
+                    Ok(0) => break 'outer,
+                    Ok(n) => {
+                        all.extend_from_slice(&buf[..n]);
+                        this_round += n;
+                    }
+                    Err(e) => panic!("read failed after {} bytes: {e}", all.len()),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        (all, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let split = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    eprintln!("slow reader: {} bytes in {took:?}", body.len() - split);
+    assert_eq!(sha(&body[split..]), sha(&want), "incomplete or wrong body");
+    assert!(
+        took > Duration::from_secs(2),
+        "the download was not slow: {took:?}"
+    );
+    assert_eq!(
+        s.stats
+            .send_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    s.shutdown().await;
+}
