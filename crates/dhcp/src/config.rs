@@ -214,14 +214,16 @@ pub struct Limits {
     pub per_relay_rate: f64,
     /// Packets one relay may forward in a burst before the rate applies.
     pub per_relay_burst: f64,
-    /// Starvation guard: within each `new_client_window`, clients the server has never seen
-    /// (no reservation, no current or previous address) may take at most this share of the
-    /// addresses that were free in the subnet when the window began (rounded up, so a one-address
-    /// pool still serves). Static hosts and returning clients are always served. 1.0 turns the
-    /// guard off. A flood of made-up MACs then needs about log2(pool size) windows to empty a
-    /// pool, logged and counted all along; a boot storm of N machines is not slowed when the pool
-    /// has 2N free addresses.
+    /// Starvation guard: offers and leases held by *unproven* clients may take at most this
+    /// share of a subnet's dynamic pool (rounded up). Unproven = given an address and not come
+    /// back since: a client is proven by a second DORA (iPXE after the firmware), a REQUEST
+    /// renewing, rebinding or rebooting into its lease, a static host entry, or a lease loaded
+    /// from the store at start. Beyond the share, unproven clients get no OFFER (counted as
+    /// `refused_new_client`); proven clients and static hosts are always served. A flood of
+    /// made-up MACs (one DORA each) therefore never holds more than the share, however long it
+    /// lasts. 1.0 turns the guard off.
     pub new_client_share: f64,
+    /// The starvation guard logs its refusals at most once per window (with their count).
     pub new_client_window: HumanDuration,
 }
 

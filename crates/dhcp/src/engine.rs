@@ -3,7 +3,8 @@
 //! persists `Handled::lease_writes` *before* sending `Handled::outgoing` (issue 3: never ACK
 //! before the lease is durable). `chainboot explain` drives it with a made-up packet.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,8 +67,8 @@ pub enum Ignored {
     /// Server mode: no configured subnet for this link or relay.
     NoSubnet,
     PoolExhausted,
-    /// A client never seen before, beyond `limits.new_client_share` of the free addresses in
-    /// this window (starvation guard).
+    /// An unproven client (one that has not come back yet) while the pool's unproven holdings
+    /// are at `limits.new_client_share` of the pool (starvation guard).
     NewClientLimit,
     /// The client selected another server's offer.
     OtherServer,
@@ -147,7 +148,7 @@ pub struct Counters {
     pub drop_oversized: AtomicU64,
     pub drop_rate_limited: AtomicU64,
     pub drop_relay_rate_limited: AtomicU64,
-    /// New clients refused by the starvation guard.
+    /// Unproven clients refused by the starvation guard.
     pub refused_new_client: AtomicU64,
     pub drop_reply_too_large: AtomicU64,
     /// Filled by the driver.
@@ -222,6 +223,10 @@ pub struct Lease {
     pub status: LeaseStatus,
     /// Seconds since the Unix epoch.
     pub expires: i64,
+    /// The client has come back since this binding was made (renewed, rebooted into it, did a
+    /// second DORA), or the lease predates this run (loaded from the store). Unproven offers
+    /// and leases count against `limits.new_client_share` (starvation guard).
+    pub proven: bool,
 }
 
 /// A client's identity for leases: option 61 when sent (RFC 2131 §4.2), else chaddr.
@@ -286,10 +291,27 @@ struct SubnetPlan {
     /// Next pool offset to try (round robin keeps recently freed addresses cool).
     cursor: u64,
     size: u64,
-    /// Starvation guard: start of the current window and what new clients may still take.
-    window_start: Option<i64>,
-    allowance: u64,
-    warned: bool,
+    /// Starvation guard: the pool addresses held (offered, bound, declined) by unproven
+    /// clients. Kept exact on every state change so that the check is O(1) per packet.
+    unproven: HashSet<Ipv4Addr>,
+    /// When each of them stops counting (lazy: an entry whose lease has since been extended or
+    /// proven is skipped when popped), so expiry costs no scan of the pool.
+    unproven_expiry: BinaryHeap<Reverse<(i64, u32)>>,
+    /// ceil(new_client_share x dynamic addresses of the pool).
+    unproven_cap: u64,
+    /// Refusals not logged yet, and when the last warning was logged (one per window).
+    refused_unlogged: u64,
+    last_warning: Option<i64>,
+}
+
+/// The starvation guard's state for one subnet (tests, diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardState {
+    pub subnet: Ipv4Net,
+    /// Pool addresses held by unproven clients now.
+    pub unproven: u64,
+    /// What they may hold at most.
+    pub cap: u64,
 }
 
 impl SubnetPlan {
@@ -374,6 +396,7 @@ fn unix_f(t: SystemTime) -> f64 {
 impl Engine {
     /// An engine for a validated config (see [`DhcpConfig::validate`]).
     pub fn new(cfg: DhcpConfig, boot: BootSettings) -> Engine {
+        let reserved: HashSet<Ipv4Addr> = cfg.host.iter().map(|h| h.ip).collect();
         let subnets = cfg
             .subnet
             .iter()
@@ -386,15 +409,25 @@ impl Engine {
                     .filter(|(a, b)| a <= b)
                     .collect();
                 let size = pools.iter().map(|(a, b)| (b - a) as u64 + 1).sum();
+                let in_pool = |ip: &&Ipv4Addr| {
+                    let v = u32::from(**ip);
+                    pools.iter().any(|&(a, b)| a <= v && v <= b)
+                };
+                let dynamic: u64 = size - reserved.iter().filter(in_pool).count() as u64;
+                // The epsilon keeps 0.7 x 10 from rounding up to 8.
+                let share = cfg.limits.new_client_share;
+                let unproven_cap = (share * dynamic as f64 - 1e-9).ceil().max(0.0) as u64;
                 SubnetPlan {
                     index,
                     net: s.cidr,
                     pools,
                     cursor: 0,
                     size,
-                    window_start: None,
-                    allowance: 0,
-                    warned: false,
+                    unproven: HashSet::new(),
+                    unproven_expiry: BinaryHeap::new(),
+                    unproven_cap,
+                    refused_unlogged: 0,
+                    last_warning: None,
                 }
             })
             .collect();
@@ -404,7 +437,6 @@ impl Engine {
             .enumerate()
             .map(|(i, h)| (h.mac, i))
             .collect();
-        let reserved = cfg.host.iter().map(|h| h.ip).collect();
         Engine {
             cfg,
             boot,
@@ -444,14 +476,19 @@ impl Engine {
                 LeaseState::Released => LeaseStatus::Released,
                 LeaseState::Declined => LeaseStatus::Declined,
             };
-            self.insert(Lease {
-                ip: r.ip,
-                mac,
-                client_id: r.client_id.clone(),
-                hostname: r.hostname.clone(),
-                status,
-                expires: r.expires,
-            });
+            // It existed before this run: proven, so never counted (the time does not matter).
+            self.insert(
+                Lease {
+                    ip: r.ip,
+                    mac,
+                    client_id: r.client_id.clone(),
+                    hostname: r.hostname.clone(),
+                    status,
+                    expires: r.expires,
+                    proven: true,
+                },
+                0,
+            );
         }
     }
 
@@ -462,7 +499,10 @@ impl Engine {
         v
     }
 
-    fn insert(&mut self, lease: Lease) {
+    /// Puts `lease` in the table (replacing whatever held its address) and updates the
+    /// starvation guard's count.
+    fn insert(&mut self, lease: Lease, now: i64) {
+        let ip = lease.ip;
         let key = lease.key();
         if let Some(old) = self.by_ip.get(&lease.ip) {
             let old_key = old.key();
@@ -474,6 +514,116 @@ impl Engine {
             self.by_client.insert(key, lease.ip);
         }
         self.by_ip.insert(lease.ip, lease);
+        self.account(ip, now);
+    }
+
+    /// The subnet whose dynamic pool holds `ip` (static hosts' addresses are in none).
+    fn pool_of(&self, ip: Ipv4Addr) -> Option<usize> {
+        if self.reserved.contains(&ip) {
+            return None;
+        }
+        self.subnets.iter().position(|p| p.in_pool(ip))
+    }
+
+    /// Brings the starvation guard's count up to date for `ip` after its entry in `by_ip`
+    /// changed (every mutation of `by_ip` calls this: that is what keeps the count exact).
+    fn account(&mut self, ip: Ipv4Addr, now: i64) {
+        let Some(sub) = self.pool_of(ip) else { return };
+        let held = self
+            .by_ip
+            .get(&ip)
+            .filter(|l| !l.proven && l.status != LeaseStatus::Released && l.expires > now)
+            .map(|l| l.expires);
+        let by_ip = &self.by_ip;
+        let plan = &mut self.subnets[sub];
+        let Some(expires) = held else {
+            plan.unproven.remove(&ip);
+            return;
+        };
+        plan.unproven.insert(ip);
+        plan.unproven_expiry.push(Reverse((expires, u32::from(ip))));
+        // Superseded entries pile up when leases are extended; rebuild the heap from the set
+        // now and then (amortised O(1): only after more pushes than the set holds).
+        if plan.unproven_expiry.len() > 2 * plan.unproven.len() + 1024 {
+            plan.unproven_expiry = plan
+                .unproven
+                .iter()
+                .filter_map(|ip| by_ip.get(ip).map(|l| Reverse((l.expires, u32::from(*ip)))))
+                .collect();
+        }
+    }
+
+    /// Stops counting the unproven offers and leases of subnet `sub` that lapsed by `now`.
+    fn expire_unproven(&mut self, sub: usize, now: i64) {
+        let by_ip = &self.by_ip;
+        let plan = &mut self.subnets[sub];
+        while let Some(&Reverse((expires, v))) = plan.unproven_expiry.peek() {
+            if expires > now {
+                break;
+            }
+            plan.unproven_expiry.pop();
+            let ip = Ipv4Addr::from(v);
+            // Still held past `now` means the entry was superseded by a later one.
+            if by_ip.get(&ip).is_none_or(|l| l.expires <= now) {
+                plan.unproven.remove(&ip);
+            }
+        }
+    }
+
+    /// May an unproven client of `sub` take `ip` at `now`? Yes when it already holds it (an
+    /// offer turning into a lease) or the pool's unproven holdings are below the cap.
+    fn unproven_room(&mut self, sub: usize, ip: Ipv4Addr, now: i64) -> bool {
+        let l = self.cfg.limits;
+        if l.new_client_share >= 1.0 {
+            return true;
+        }
+        let plan = &mut self.subnets[sub];
+        if plan.unproven.contains(&ip) || (plan.unproven.len() as u64) < plan.unproven_cap {
+            return true;
+        }
+        plan.refused_unlogged += 1;
+        let window = l.new_client_window.0.as_secs().max(1) as i64;
+        if plan
+            .last_warning
+            .is_none_or(|t| now >= t + window || now < t)
+        {
+            tracing::warn!(subnet = %plan.net, held = plan.unproven.len(), cap = plan.unproven_cap, refused = plan.refused_unlogged, "dhcp: starvation guard: clients that never came back hold limits.new_client_share of the pool; refusing new clients (many unknown MACs, possible starvation attack); returning clients and static hosts are still served");
+            plan.last_warning = Some(now);
+            plan.refused_unlogged = 0;
+        }
+        false
+    }
+
+    /// The starvation guard's state per subnet at `now`.
+    pub fn guard_state(&mut self, now: SystemTime) -> Vec<GuardState> {
+        let now = unix(now);
+        (0..self.subnets.len())
+            .map(|sub| {
+                self.expire_unproven(sub, now);
+                let p = &self.subnets[sub];
+                GuardState {
+                    subnet: p.net,
+                    unproven: p.unproven.len() as u64,
+                    cap: p.unproven_cap,
+                }
+            })
+            .collect()
+    }
+
+    /// Has the client `key` come back since it was first given an address (or is it a static
+    /// host)? Its record (current or previous lease) is proven, or it completed a DORA before
+    /// (bound or released): this packet is its return.
+    fn returning(&self, key: &ClientKey, mac: Mac, sub: usize) -> bool {
+        if self.reservation(mac, sub).is_some() {
+            return true;
+        }
+        self.by_client
+            .get(key)
+            .and_then(|ip| self.by_ip.get(ip))
+            .is_some_and(|l| {
+                &l.key() == key
+                    && (l.proven || matches!(l.status, LeaseStatus::Bound | LeaseStatus::Released))
+            })
     }
 
     fn rate_ok(&mut self, chaddr: &[u8], now: SystemTime) -> bool {
@@ -492,47 +642,6 @@ impl Engine {
         let l = &self.cfg.limits;
         let (rate, burst) = (l.per_relay_rate, l.per_relay_burst);
         take_token(&mut self.relay_buckets, giaddr, unix_f(now), rate, burst)
-    }
-
-    /// Addresses of subnet `sub`'s pools nobody holds at `now` (static hosts excluded).
-    fn free_addresses(&self, sub: usize, now: i64) -> u64 {
-        let plan = &self.subnets[sub];
-        let reserved = self.reserved.iter().filter(|ip| plan.in_pool(**ip)).count() as u64;
-        let held = self
-            .by_ip
-            .values()
-            .filter(|l| plan.in_pool(l.ip) && !self.reserved.contains(&l.ip) && !l.reclaimable(now))
-            .count() as u64;
-        plan.size.saturating_sub(reserved + held)
-    }
-
-    /// Starvation guard: may a client never seen before take one more address of `sub` now?
-    fn new_client_ok(&mut self, sub: usize, now: i64) -> bool {
-        let l = self.cfg.limits;
-        if l.new_client_share >= 1.0 {
-            return true;
-        }
-        let window = l.new_client_window.0.as_secs().max(1) as i64;
-        let expired = self.subnets[sub]
-            .window_start
-            .is_none_or(|s| now >= s + window || now < s);
-        if expired {
-            let free = self.free_addresses(sub, now);
-            let plan = &mut self.subnets[sub];
-            plan.window_start = Some(now);
-            plan.allowance = (free as f64 * l.new_client_share).ceil() as u64;
-            plan.warned = false;
-        }
-        let plan = &mut self.subnets[sub];
-        if plan.allowance == 0 {
-            if !plan.warned {
-                plan.warned = true;
-                tracing::warn!(subnet = %plan.net, window_s = window, "dhcp: refusing new clients until the window ends (limits.new_client_share of the free addresses taken: many unknown MACs, possible starvation attack); known clients and static hosts are still served");
-            }
-            return false;
-        }
-        plan.allowance -= 1;
-        true
     }
 
     /// Handles one received packet.
@@ -903,29 +1012,41 @@ impl Engine {
         let requested = req.opt_ip(code::REQUESTED_IP);
         let ciaddr = req.header.ciaddr();
         let net = self.subnets[sub].net;
-        // Never seen: no reservation, no current or previous address (starvation guard).
-        let is_new = self.reservation(mac, sub).is_none() && !self.by_client.contains_key(&key);
+        // Starvation guard: offers and leases lapsed by now stop counting before we decide.
+        self.expire_unproven(sub, now);
         match req.msg_type {
             MessageType::Discover => {
                 let Some(ip) = self.choose_address(sub, &key, mac, requested, now) else {
                     tracing::warn!(subnet = %net, %mac, "dhcp: pool exhausted, no address to offer");
                     return Handled::new(Outcome::Ignored(Ignored::PoolExhausted));
                 };
-                if is_new && !self.new_client_ok(sub, now) {
+                // A second DORA (iPXE after the firmware) proves the client: a boot storm is
+                // limited only while its machines are in their first DORA.
+                let proven = self.returning(&key, mac, sub);
+                if !proven && !self.unproven_room(sub, ip, now) {
                     return Handled::new(Outcome::Ignored(Ignored::NewClientLimit));
                 }
                 let keep_bound = self.by_ip.get(&ip).is_some_and(|l| {
                     l.key() == key && l.status == LeaseStatus::Bound && l.expires > now
                 });
-                if !keep_bound {
-                    self.insert(Lease {
-                        ip,
-                        mac,
-                        client_id: req.opt(code::CLIENT_ID).map(<[u8]>::to_vec),
-                        hostname: facts.hostname.clone(),
-                        status: LeaseStatus::Offered,
-                        expires: now + self.cfg.offer_time.0.as_secs() as i64,
-                    });
+                if keep_bound {
+                    if let Some(l) = self.by_ip.get_mut(&ip) {
+                        l.proven |= proven;
+                    }
+                    self.account(ip, now);
+                } else {
+                    self.insert(
+                        Lease {
+                            ip,
+                            mac,
+                            client_id: req.opt(code::CLIENT_ID).map(<[u8]>::to_vec),
+                            hostname: facts.hostname.clone(),
+                            status: LeaseStatus::Offered,
+                            expires: now + self.cfg.offer_time.0.as_secs() as i64,
+                            proven,
+                        },
+                        now,
+                    );
                 }
                 self.address_reply(
                     req,
@@ -939,7 +1060,7 @@ impl Engine {
                 )
             }
             MessageType::Request => {
-                let ip = if let Some(sid) = server_id {
+                let (ip, proven) = if let Some(sid) = server_id {
                     // SELECTING (RFC 2131 §4.3.2).
                     if sid != our_id {
                         if let Some(&ip) = self.by_client.get(&key) {
@@ -950,6 +1071,7 @@ impl Engine {
                             {
                                 self.by_ip.remove(&ip);
                                 self.by_client.remove(&key);
+                                self.account(ip, now);
                             }
                         }
                         return Handled::new(Outcome::Ignored(Ignored::OtherServer));
@@ -958,10 +1080,18 @@ impl Engine {
                     else {
                         return self.nak(req, ingress, "no requested address");
                     };
-                    if !(self.held_by(ip, &key) || self.reservation(mac, sub) == Some(ip)) {
+                    let reserved = self.reservation(mac, sub) == Some(ip);
+                    if !(self.held_by(ip, &key) || reserved) {
                         return self.nak(req, ingress, "address not offered to you");
                     }
-                    ip
+                    // Proven at the DISCOVER or not at all: a retransmitted REQUEST is no
+                    // return.
+                    let proven = reserved || self.by_ip.get(&ip).is_some_and(|l| l.proven);
+                    // Its offer may have lapsed (and stopped counting) in the meantime.
+                    if !proven && !self.unproven_room(sub, ip, now) {
+                        return Handled::new(Outcome::Ignored(Ignored::NewClientLimit));
+                    }
+                    (ip, proven)
                 } else {
                     // INIT-REBOOT (requested, no ciaddr) or RENEWING/REBINDING (ciaddr).
                     let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr))
@@ -975,7 +1105,7 @@ impl Engine {
                         Some(r) if r != ip => {
                             return self.nak(req, ingress, "you have a reserved address")
                         }
-                        Some(_) => {}
+                        Some(_) => (ip, true),
                         None => {
                             let adoptable = self.subnets[sub].in_pool(ip)
                                 && !self.reserved.contains(&ip)
@@ -983,12 +1113,16 @@ impl Engine {
                             if !adoptable {
                                 return self.nak(req, ingress, "address not available");
                             }
-                            if is_new && !self.new_client_ok(sub, now) {
+                            // Renewing, rebinding or rebooting into the lease it was given is
+                            // the return that proves a client; claiming an address it was
+                            // never given (or only offered) is not.
+                            let proven = self.returning(&key, mac, sub);
+                            if !proven && !self.unproven_room(sub, ip, now) {
                                 return Handled::new(Outcome::Ignored(Ignored::NewClientLimit));
                             }
+                            (ip, proven)
                         }
                     }
-                    ip
                 };
                 let secs = self
                     .cfg
@@ -1001,9 +1135,10 @@ impl Engine {
                     hostname: facts.hostname.clone(),
                     status: LeaseStatus::Bound,
                     expires: now + secs,
+                    proven,
                 };
                 let rec = lease.record(now).into_iter().collect();
-                self.insert(lease);
+                self.insert(lease, now);
                 self.address_reply(
                     req,
                     facts,
@@ -1021,8 +1156,15 @@ impl Engine {
                 }
                 let mut h = Handled::new(Outcome::Ignored(Ignored::NoReply));
                 if let Some(ip) = requested {
-                    if self.held_by(ip, &key) {
+                    // Only a current offer or lease can be declined: quarantining a lapsed one
+                    // would let an unproven client hold an address beyond the guard's cap.
+                    let current = self.by_ip.get(&ip).is_some_and(|l| l.expires > now);
+                    if self.held_by(ip, &key) && current {
                         tracing::warn!(%ip, %mac, "dhcp: client declined address (in use by another host); quarantined");
+                        // An unproven client's decline keeps counting for the quarantine:
+                        // otherwise DISCOVER + DECLINE per made-up MAC would empty the pool
+                        // for decline_time without ever reaching the cap.
+                        let proven = self.by_ip.get(&ip).is_some_and(|l| l.proven);
                         let lease = Lease {
                             ip,
                             mac,
@@ -1030,10 +1172,12 @@ impl Engine {
                             hostname: None,
                             status: LeaseStatus::Declined,
                             expires: now + self.cfg.decline_time.0.as_secs() as i64,
+                            proven,
                         };
                         self.by_client.remove(&key);
                         h.lease_writes.extend(lease.record(now));
                         self.by_ip.insert(ip, lease);
+                        self.account(ip, now);
                     }
                 }
                 h
@@ -1050,6 +1194,7 @@ impl Engine {
                         h.lease_writes.extend(l.record(now));
                     }
                 }
+                self.account(ciaddr, now);
                 h
             }
             MessageType::Inform => {

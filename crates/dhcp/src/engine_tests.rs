@@ -627,87 +627,348 @@ fn try_dora(e: &mut Engine, now: SystemTime, m: [u8; 6]) -> Option<Ipv4Addr> {
     (ack.msg_type == Some(MessageType::Ack)).then_some(ack.yiaddr)
 }
 
+/// Pool addresses of subnet 0 held by unproven clients at `now`, counted the slow way (a scan
+/// of the table): what the engine's O(1) counter must always equal.
+fn unproven_by_scan(e: &Engine, now: SystemTime) -> u64 {
+    let now = unix(now);
+    let pool = 100..=199u8;
+    e.leases()
+        .iter()
+        .filter(|l| {
+            let o = l.ip.octets();
+            o[..3] == [198, 18, 0]
+                && pool.contains(&o[3])
+                && !l.proven
+                && l.status != LeaseStatus::Released
+                && l.expires > now
+        })
+        .count() as u64
+}
+
+/// The guard's count for subnet 0, checked against the scan.
+fn unproven(e: &mut Engine, now: SystemTime) -> u64 {
+    let g = e.guard_state(now)[0];
+    assert_eq!(g.unproven, unproven_by_scan(e, now), "counter == scan");
+    assert!(g.unproven <= g.cap, "{g:?}");
+    g.unproven
+}
+
+/// Current addresses (offered, bound, declined) held by made-up MACs at `now`.
+fn held_by_fakes(e: &Engine, now: SystemTime) -> usize {
+    let now = unix(now);
+    e.leases()
+        .iter()
+        .filter(|l| l.mac.0[..2] == [0x02, 0xfa] && l.status != LeaseStatus::Released)
+        .filter(|l| l.expires > now)
+        .count()
+}
+
 #[test]
-fn fake_mac_flood_takes_at_most_the_new_client_share_and_known_clients_are_served() {
-    // Pool of 100 (198.18.0.100-199), share 0.5 per 10 s window (the defaults).
+fn fake_mac_flood_holds_at_most_the_share_forever_and_known_clients_are_served() {
+    // Pool of 100 (198.18.0.100-199), share 0.5 (the default): at most 50 for unproven clients.
     let mut e = engine(Mode::Server);
     assert_eq!(e.config().limits.new_client_share, 0.5);
-    let window = e.config().limits.new_client_window.0;
-    // A returning client: leased an hour before the flood (its lease has expired since).
+    assert_eq!(e.guard_state(t0())[0].cap, 50);
+    // A returning client: leased two hours before the flood (its lease has expired since).
     let early = t0() - Duration::from_secs(2 * 3600);
     let returning = dora(&mut e, early, mac(1));
-    let mut granted = 0;
-    let mut n = 0u32;
-    let mut refusals = 0;
-    let mut exhausted = 0;
-    for w in 0..12u64 {
-        let now = t0() + window * w as u32;
-        let free_before = e.free_addresses(0, unix(now));
-        let mut this_window = 0;
-        for _ in 0..1000 {
+    let step = Duration::from_secs(60);
+    let (mut n, mut granted, mut refusals, mut peak) = (0u32, 0u64, 0u64, 0);
+    // Three hours of flood, 200 made-up MACs a minute, one DORA each (dhcpstarv, perfdhcp):
+    // three lease times, so leases taken by the flood expire and are taken again.
+    for s in 0..180u32 {
+        let now = t0() + step * s;
+        for _ in 0..200 {
             n += 1;
             let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, fake_mac(n));
             match send(&mut e, now, &ingress(67), &d) {
                 (_, Some(_)) => {
-                    this_window += 1;
-                    // Taking it, as a starvation tool does.
+                    granted += 1;
                     assert!(try_dora(&mut e, now, fake_mac(n)).is_some());
                 }
-                (h, None) if h.outcome == Outcome::Ignored(Ignored::NewClientLimit) => {
-                    refusals += 1
-                }
                 (h, None) => {
-                    assert_eq!(h.outcome, Outcome::Ignored(Ignored::PoolExhausted));
-                    exhausted += 1;
+                    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NewClientLimit));
+                    refusals += 1;
                 }
             }
         }
-        assert_eq!(
-            this_window,
-            free_before.div_ceil(2),
-            "window {w}: at most half of the {free_before} free addresses"
-        );
-        granted += this_window;
-        // Static hosts and returning clients are still served in the middle of the flood.
+        // (Checked by a scan only: the engine must expire the flood's leases on its own.)
+        let held = held_by_fakes(&e, now);
+        peak = peak.max(held);
+        assert!(held <= 50, "minute {s}: the flood holds {held} of 100");
+        // Static hosts and returning clients are served in the middle of the flood.
         assert_eq!(
             try_dora(&mut e, now, [0x52, 0x54, 0x00, 0x00, 0x00, 0x50]),
             Some(Ipv4Addr::new(198, 18, 0, 50))
         );
         assert_eq!(try_dora(&mut e, now, mac(1)), Some(returning));
     }
-    // 100 addresses, the returning client keeps 1: the flood gets 50 + 25 + 12 + 6 + 3 + 2 + 1
-    // over seven windows (70 s, warned and counted all along) instead of all 99 at once.
-    assert_eq!(granted, 99);
-    assert_eq!(e.free_addresses(0, unix(t0() + window * 12)), 0);
+    assert_eq!(peak, 50);
+    let end = t0() + step * 180;
+    assert_eq!(unproven(&mut e, end) as usize, held_by_fakes(&e, end));
+    // Expiry frees budget: each hour the flood's 50 leases lapse and 50 more are taken.
+    assert_eq!(granted, 150, "50 per lease time");
     let c = e.counters();
     assert_eq!(c.refused_new_client.load(Ordering::Relaxed), refusals);
-    assert_eq!(c.pool_exhausted.load(Ordering::Relaxed), exhausted);
-    assert_eq!(refusals + exhausted, 12_000 - 99);
-    assert!(refusals > 5000, "{refusals}");
+    assert_eq!(refusals, 180 * 200 - 150);
+    assert_eq!(c.pool_exhausted.load(Ordering::Relaxed), 0);
+}
+
+/// Firmware DORA then iPXE DORA (same MAC, client id 01:<mac>); the two addresses.
+fn firmware_then_ipxe(e: &mut Engine, now: SystemTime, m: [u8; 6]) -> Option<Ipv4Addr> {
+    let fw = try_dora(e, now, m)?;
+    let kind = ClientKind::Ipxe {
+        arch: 7,
+        http: true,
+        user_class: true,
+    };
+    let mut id = vec![1];
+    id.extend_from_slice(&m);
+    let mut d = ClientMessage::new(kind.clone(), MessageType::Discover, m);
+    d.client_id = Some(id.clone());
+    let offer = send(e, now, &ingress(67), &d)
+        .1
+        .expect("iPXE is always offered");
+    let mut q = ClientMessage::new(kind, MessageType::Request, m);
+    q.client_id = Some(id);
+    q.requested_ip = Some(offer.yiaddr);
+    q.server_id = Some(SERVER);
+    let ack = send(e, now, &ingress(67), &q).1.expect("iPXE is acked");
+    assert_eq!((ack.msg_type, ack.yiaddr), (Some(MessageType::Ack), fw));
+    Some(fw)
 }
 
 #[test]
-fn new_clients_cannot_bypass_the_guard_with_init_reboot() {
+fn a_boot_storm_is_limited_only_during_its_first_dora() {
+    // 90 machines on a pool of 100 (cap 50), all at once: the first 50 firmware DORAs fill the
+    // share, their iPXE DORA seconds later proves them, and the firmware retries of the other
+    // 40 are served then. Every machine ends bound, none is left unproven.
     let mut e = engine(Mode::Server);
-    // Use up this window's allowance (50 of 100 free).
-    for n in 0..50 {
-        assert!(try_dora(&mut e, t0(), fake_mac(n)).is_some());
+    let machines: Vec<[u8; 6]> = (0..90u32).map(|i| [0x52, 0x54, 0, 9, 0, i as u8]).collect();
+    let mut done = std::collections::HashMap::new();
+    for round in 0..3u32 {
+        let now = t0() + Duration::from_secs(4 * u64::from(round));
+        // Firmware DISCOVERs of everyone not done yet, then iPXE of those that got through.
+        let through: Vec<_> = machines
+            .iter()
+            .filter(|m| !done.contains_key(*m))
+            .filter_map(|m| try_dora(&mut e, now, *m).map(|_| *m))
+            .collect();
+        assert_eq!(through.len(), if round == 0 { 50 } else { 40 }, "{round}");
+        for m in through {
+            let ip = firmware_then_ipxe(&mut e, now + Duration::from_secs(3), m).unwrap();
+            done.insert(m, ip);
+        }
+        if done.len() == machines.len() {
+            break;
+        }
     }
-    assert!(try_dora(&mut e, t0(), fake_mac(50)).is_none());
-    // A made-up client claiming a free address directly (INIT-REBOOT) is refused too ...
-    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, fake_mac(51));
-    q.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 190));
-    let (h, r) = send(&mut e, t0(), &ingress(67), &q);
-    assert!(r.is_none());
-    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NewClientLimit));
-    // ... and is served once a new window begins.
-    let later = t0() + e.config().limits.new_client_window.0;
-    let (_, r) = send(&mut e, later, &ingress(67), &q);
-    let r = r.expect("ack in the next window");
+    assert_eq!(done.len(), 90);
+    assert_eq!(unproven(&mut e, t0() + Duration::from_secs(20)), 0);
+}
+
+#[test]
+fn returning_clients_are_proven_and_lapses_free_the_budget() {
+    let mut cfg = server_cfg();
+    // Pool of 10, share 0.3: cap 3.
+    cfg.subnet[0].pools = vec![[
+        "198.18.0.100".parse().unwrap(),
+        "198.18.0.109".parse().unwrap(),
+    ]];
+    cfg.limits.new_client_share = 0.3;
+    let mut e = Engine::new(cfg, BootSettings::default());
+    assert_eq!(e.guard_state(t0())[0].cap, 3);
+    let t = |s: u64| t0() + Duration::from_secs(s);
+    let a = try_dora(&mut e, t(0), mac(1)).unwrap();
+    let b = try_dora(&mut e, t(0), mac(2)).unwrap();
+    let c = try_dora(&mut e, t(0), mac(3)).unwrap();
+    assert_eq!(unproven(&mut e, t(0)), 3);
+    assert_eq!(try_dora(&mut e, t(0), mac(4)), None, "at the cap");
+    // A retransmitted REQUEST (lost ACK) is no return.
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(3));
+    q.requested_ip = Some(c);
+    q.server_id = Some(SERVER);
+    assert!(send(&mut e, t(1), &ingress(67), &q).1.is_some());
+    assert_eq!(unproven(&mut e, t(1)), 3);
+    // RENEWING (ciaddr, unicast) proves a.
+    let mut renew = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(1));
+    renew.ciaddr = a;
+    let ack = send(&mut e, t(1800), &ingress(67), &renew).1.unwrap();
+    assert_eq!((ack.msg_type, ack.yiaddr), (Some(MessageType::Ack), a));
+    assert_eq!(unproven(&mut e, t(1800)), 2);
+    // INIT-REBOOT into its own lease proves b.
+    let mut reboot = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(2));
+    reboot.requested_ip = Some(b);
+    assert!(send(&mut e, t(1800), &ingress(67), &reboot).1.is_some());
+    assert_eq!(unproven(&mut e, t(1800)), 1);
+    // Two new clients fit now; the third is refused, also when it claims an address directly.
+    let offered = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(5));
+    let o = send(&mut e, t(1800), &ingress(67), &offered).1.unwrap();
+    assert!(try_dora(&mut e, t(1800), mac(6)).is_some());
+    assert_eq!(unproven(&mut e, t(1800)), 3);
+    let mut claim = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(7));
+    claim.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 109));
+    let (h, r) = send(&mut e, t(1800), &ingress(67), &claim);
     assert_eq!(
-        (r.msg_type, r.yiaddr),
-        (Some(MessageType::Ack), Ipv4Addr::new(198, 18, 0, 190))
+        (h.outcome, r),
+        (Outcome::Ignored(Ignored::NewClientLimit), None)
     );
+    // mac(5)'s offer lapses after offer_time: budget back at once.
+    let lapse = 1800 + e.config().offer_time.0.as_secs();
+    assert!(send(&mut e, t(lapse), &ingress(67), &claim).1.is_some());
+    assert_eq!(unproven(&mut e, t(lapse)), 3);
+    // Its REQUEST for the lapsed offer is not let past the cap.
+    let mut late = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(5));
+    late.requested_ip = Some(o.yiaddr);
+    late.server_id = Some(SERVER);
+    let (h, _) = send(&mut e, t(lapse + 1), &ingress(67), &late);
+    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NewClientLimit));
+    // Nor can it quarantine the lapsed offer with a DECLINE (that would hold it past the cap).
+    let mut dec5 = ClientMessage::new(ClientKind::Plain, MessageType::Decline, mac(5));
+    dec5.requested_ip = Some(o.yiaddr);
+    dec5.server_id = Some(SERVER);
+    let (h, _) = send(&mut e, t(lapse + 1), &ingress(67), &dec5);
+    assert!(h.lease_writes.is_empty());
+    assert_eq!(unproven(&mut e, t(lapse + 1)), 3);
+    // A RELEASE frees budget at once.
+    let mut rel = ClientMessage::new(ClientKind::Plain, MessageType::Release, mac(7));
+    rel.ciaddr = Ipv4Addr::new(198, 18, 0, 109);
+    rel.server_id = Some(SERVER);
+    send(&mut e, t(lapse + 2), &ingress(67), &rel);
+    assert_eq!(unproven(&mut e, t(lapse + 2)), 2);
+    // An unproven client's DECLINE keeps counting for the quarantine, then frees.
+    let d = try_dora(&mut e, t(lapse + 3), mac(8)).unwrap();
+    let mut dec = ClientMessage::new(ClientKind::Plain, MessageType::Decline, mac(8));
+    dec.requested_ip = Some(d);
+    dec.server_id = Some(SERVER);
+    send(&mut e, t(lapse + 3), &ingress(67), &dec);
+    assert_eq!(unproven(&mut e, t(lapse + 4)), 3);
+    assert_eq!(try_dora(&mut e, t(lapse + 4), mac(9)), None);
+    let quarantine_over = lapse + 3 + e.config().decline_time.0.as_secs();
+    assert!(try_dora(&mut e, t(quarantine_over), mac(9)).is_some());
+    assert_eq!(unproven(&mut e, t(quarantine_over)), 3);
+    // c (never returned) expires with its lease, one lease time after its DORA: its lease
+    // ran until 3601 (renewed by the retransmitted REQUEST at 1).
+    assert_eq!(try_dora(&mut e, t(3600), mac(10)), None);
+    assert_eq!(unproven(&mut e, t(3600)), 3);
+    assert!(try_dora(&mut e, t(3601), mac(10)).is_some());
+    // Proven clients are served whatever the count: fill it again, then a and b return.
+    let mut k = 0;
+    while k < 10 && try_dora(&mut e, t(3602), fake_mac(k)).is_some() {
+        k += 1;
+    }
+    assert_eq!(unproven(&mut e, t(3602)), 3);
+    assert_eq!(try_dora(&mut e, t(3603), mac(1)), Some(a));
+    assert_eq!(try_dora(&mut e, t(3603), mac(2)), Some(b));
+    assert!(e.counters().refused_new_client.load(Ordering::Relaxed) >= 5);
+}
+
+#[test]
+fn leases_loaded_at_start_are_proven() {
+    // 80 of 100 addresses bound before a restart: none counts, their clients renew and
+    // reboot freely, and new clients get the share of the pool (here all 20 left).
+    let mut e = engine(Mode::Server);
+    let records: Vec<LeaseRecord> = (0..80u8)
+        .map(|i| LeaseRecord {
+            ip: Ipv4Addr::new(198, 18, 0, 100 + i),
+            mac: Mac([0x52, 0x54, 0, 8, 0, i]).to_string(),
+            client_id: None,
+            hostname: None,
+            state: LeaseState::Bound,
+            expires: unix(t0()) + 1800,
+            updated: unix(t0()) - 1800,
+        })
+        .collect();
+    e.load_leases(&records);
+    assert_eq!(unproven(&mut e, t0()), 0);
+    for n in 0..30 {
+        let _ = try_dora(&mut e, t0(), fake_mac(n));
+    }
+    assert_eq!(
+        unproven(&mut e, t0()),
+        20,
+        "the pool's last 20 (below the cap of 50)"
+    );
+    for i in 0..80u8 {
+        let mut q = ClientMessage::new(
+            ClientKind::Plain,
+            MessageType::Request,
+            [0x52, 0x54, 0, 8, 0, i],
+        );
+        q.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 100 + i));
+        let r = send(&mut e, t0(), &ingress(67), &q)
+            .1
+            .expect("INIT-REBOOT acked");
+        assert_eq!(r.msg_type, Some(MessageType::Ack));
+    }
+    assert_eq!(unproven(&mut e, t0()), 20);
+}
+
+#[test]
+fn the_guard_count_equals_a_scan_under_random_traffic() {
+    // 2000 random steps from 30 clients on a pool of 10 (cap 5): DISCOVER, SELECTING, renew,
+    // INIT-REBOOT, RELEASE, DECLINE, time jumps. After every step the O(1) counter equals the
+    // scan of the table and never exceeds the cap.
+    let mut cfg = server_cfg();
+    cfg.subnet[0].pools = vec![[
+        "198.18.0.100".parse().unwrap(),
+        "198.18.0.109".parse().unwrap(),
+    ]];
+    cfg.offer_time = HumanDuration(Duration::from_secs(30));
+    cfg.decline_time = HumanDuration(Duration::from_secs(90));
+    cfg.lease_time = HumanDuration(Duration::from_secs(300));
+    cfg.limits.per_mac_rate = 1000.0;
+    cfg.limits.per_mac_burst = 1000.0;
+    let mut e = Engine::new(cfg, BootSettings::default());
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut now = t0();
+    let mut replies = 0;
+    for _ in 0..2000 {
+        now += Duration::from_secs(next(8));
+        let m = mac(next(30) as u8);
+        let ip = Ipv4Addr::new(198, 18, 0, 100 + next(11) as u8);
+        let mut msg = match next(6) {
+            0 | 1 => ClientMessage::new(ClientKind::Plain, MessageType::Discover, m),
+            2 => {
+                let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+                q.server_id = Some(SERVER);
+                q.requested_ip = Some(ip);
+                q
+            }
+            3 => {
+                let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+                if next(2) == 0 {
+                    q.ciaddr = ip;
+                } else {
+                    q.requested_ip = Some(ip);
+                }
+                q
+            }
+            4 => {
+                let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Release, m);
+                q.ciaddr = ip;
+                q
+            }
+            _ => {
+                let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Decline, m);
+                q.requested_ip = Some(ip);
+                q
+            }
+        };
+        msg.xid = next(1 << 31) as u32;
+        if send(&mut e, now, &ingress(67), &msg).1.is_some() {
+            replies += 1;
+        }
+        unproven(&mut e, now);
+    }
+    assert!(replies > 300, "the traffic did something: {replies}");
+    assert!(e.counters().refused_new_client.load(Ordering::Relaxed) > 10);
 }
 
 #[test]
