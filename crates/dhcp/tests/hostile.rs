@@ -1,15 +1,22 @@
 //! Hostile DHCP traffic against the real server process in network namespaces (198.18.0.0/15
 //! only, namespaces named with the PID and deleted on every exit path): a starvation flood of
-//! random MACs from perfdhcp must not empty the pool, and a real client (busybox udhcpc) keeps
-//! getting its lease during the flood and a new one after it.
+//! 1000 made-up MACs (the PXE test client, one DORA each through a relay address, as dhcpstarv
+//! does), then perfdhcp's random MACs, never hold more than `limits.new_client_share` of the
+//! pool; a real client (busybox udhcpc) that came back is served all along, and a brand-new one
+//! gets the address its return freed.
 //!
 //! Needs root and the packages from .ci/install-deps; a missing tool fails the test.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::MessageType;
 use chainboot_store::leases::{load_all, LeaseState};
 
 const TESTD: &str = env!("CARGO_BIN_EXE_chainboot-dhcp-testd");
@@ -116,9 +123,14 @@ impl Drop for Proc {
 }
 
 const POOL: usize = 200;
+/// ceil(0.5 x 200): what unproven clients may hold (the default share).
+const CAP: usize = 100;
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The client namespace's address: the made-up clients' "relay" (giaddr), like perfdhcp's.
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 fn config() -> String {
-    // Default limits except the per-MAC rate, which udhcpc's retries never reach anyway.
+    // Default limits (share 0.5 of the pool, per-MAC and per-relay rates).
     r#"
 [dhcp]
 mode = "server"
@@ -131,6 +143,88 @@ router = "198.18.0.1"
     .to_string()
 }
 
+/// Runs `f` on a thread that has entered network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn fake_mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x02, 0xfa, b[0], b[1], b[2], b[3]]
+}
+
+/// Collects replies on `s` for `wait`, by xid.
+fn collect(s: &UdpSocket, wait: Duration, into: &mut HashMap<u32, ReplyView>) {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Some(r) = ReplyView::parse(&buf[..n]) {
+                into.insert(r.xid, r);
+            }
+        }
+    }
+}
+
+/// A starvation flood from the PXE test client: `k` made-up MACs (firmware PXE DISCOVERs),
+/// relayed through RELAY_IP like a relay agent would, in batches of 100; every offer is
+/// REQUESTed once, as a starvation tool does, and nothing ever comes back. The ACKed MACs.
+fn pxe_flood(ns: &str, k: u32) -> Vec<([u8; 6], Ipv4Addr)> {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(RELAY_IP, 67)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let to = SocketAddrV4::new(SERVER_IP, 67);
+        let msg = |t: MessageType, i: u32| {
+            let mut m = ClientMessage::new(ClientKind::Firmware { arch: 7 }, t, fake_mac(i));
+            m.xid = i;
+            m.giaddr = RELAY_IP;
+            m
+        };
+        let mut acked = Vec::new();
+        for batch in 0..k.div_ceil(100) {
+            let ids = batch * 100..((batch + 1) * 100).min(k);
+            let mut offers = HashMap::new();
+            for i in ids.clone() {
+                s.send_to(&msg(MessageType::Discover, i).encode(), to)
+                    .unwrap();
+            }
+            collect(&s, Duration::from_millis(300), &mut offers);
+            let mut acks = HashMap::new();
+            for i in ids {
+                if let Some(o) = offers.get(&i) {
+                    let mut q = msg(MessageType::Request, i);
+                    q.requested_ip = Some(o.yiaddr);
+                    q.server_id = Some(SERVER_IP);
+                    s.send_to(&q.encode(), to).unwrap();
+                }
+            }
+            collect(&s, Duration::from_millis(300), &mut acks);
+            for (i, a) in acks {
+                if a.msg_type == Some(MessageType::Ack) {
+                    acked.push((fake_mac(i), a.yiaddr));
+                }
+            }
+        }
+        acked
+    })
+}
+
+/// Bound leases in the state_dir whose MAC is not one of `real` (the fake clients' leases).
+fn fake_leases(state: &Path, real: &[&str]) -> usize {
+    let store = chainboot_store::Store::open(state).unwrap();
+    load_all(&store)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.state == LeaseState::Bound && !real.contains(&l.mac.as_str()))
+        .count()
+}
 /// Runs busybox udhcpc once in the client namespace (`-q`: quit once bound); the bound address.
 fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<String> {
     let log = dir.join("udhcpc.log");
@@ -161,17 +255,18 @@ fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<String> {
 }
 
 #[test]
-fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
+fn fake_mac_floods_hold_at_most_the_share_and_real_clients_are_served() {
     require(&["ip", "perfdhcp", "busybox", "timeout"]);
     let topo = Topology::new();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dhcp.toml");
     std::fs::write(&cfg, config()).unwrap();
+    let state = dir.path().join("state");
     let errlog = dir.path().join("server.err");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &topo.srv, TESTD])
         .arg(&cfg)
-        .arg(dir.path().join("state"))
+        .arg(&state)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&errlog).unwrap())
         .spawn()
@@ -181,15 +276,32 @@ fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
     assert_eq!(line.trim(), "ready", "server did not start");
+    let real_a = "02:00:5e:10:00:0a";
+    let real_b = "02:00:5e:10:00:0b";
+    let real_c = "02:00:5e:10:00:0c";
+    let set_mac = |m: &str| run(&["ip", "-n", &topo.cli, "link", "set", "vc", "address", m]);
 
-    // The real client gets a lease before the flood.
+    // A real client gets a lease before the flood (unproven yet: it counts against the share).
+    set_mac(real_a);
     let mine = udhcpc(&topo.cli, dir.path(), 5).expect("udhcpc lease before the flood");
 
-    // 6 s of DORA from up to 100 000 random MACs at 400/s through one relay (2400 attempts,
-    // twelve times the pool), while udhcpc asks for its address again in the middle of it.
+    // 1000 made-up MACs, five times the pool: they get the share minus udhcpc's lease.
+    let acked = pxe_flood(&topo.cli, 1000);
+    let distinct: HashSet<_> = acked.iter().map(|(m, _)| *m).collect();
+    assert_eq!(distinct.len(), acked.len());
+    assert!(acked.len() < CAP, "the flood got {} ACKs", acked.len());
+    assert!(
+        acked.len() > CAP - 10,
+        "the flood did not reach the share: {}",
+        acked.len()
+    );
+    let after_pxe = fake_leases(&state, &[real_a]);
+    assert_eq!(after_pxe, acked.len(), "stored = ACKed");
+
+    // perfdhcp on top: 3 s of DORA from random MACs at 200/s through the same relay address.
     let flood = Command::new("timeout")
         .args([
-            "40",
+            "30",
             "ip",
             "netns",
             "exec",
@@ -199,11 +311,11 @@ fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
             "-l",
             "vc",
             "-r",
-            "400",
+            "200",
             "-R",
             "100000",
             "-p",
-            "6",
+            "3",
             "-W",
             "1000000",
             "198.18.0.1",
@@ -213,10 +325,7 @@ fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
         .spawn()
         .unwrap();
     let mut flood = Proc(flood);
-    std::thread::sleep(Duration::from_secs(2));
-    let again = udhcpc(&topo.cli, dir.path(), 5).expect("udhcpc served during the flood");
-    assert_eq!(again, mine, "the returning client keeps its address");
-    let deadline = Instant::now() + Duration::from_secs(45);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while flood.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "perfdhcp did not finish");
         std::thread::sleep(Duration::from_millis(100));
@@ -232,40 +341,34 @@ fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
         .and_then(|n| n.trim().parse::<usize>().ok())
         .unwrap_or(0);
     assert!(
-        sent_discovers > 4 * POOL,
-        "the flood was too small to prove anything: {text}"
+        sent_discovers > 2 * POOL,
+        "the perfdhcp flood was too small to prove anything: {text}"
+    );
+    // The fake clients' leases never exceed the share (they only grow: leases last an hour,
+    // the flooders never release, so the count now is the most they ever held).
+    let fakes = fake_leases(&state, &[real_a]);
+    assert!(
+        fakes < CAP,
+        "the floods hold {fakes} of {POOL} addresses (cap {CAP})"
     );
 
-    let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
-    let bound = load_all(&store)
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.state == LeaseState::Bound)
-        .count();
-    drop(store);
-    // 6 s of flood fit in at most two 10 s windows: half of the free pool, then half the rest.
-    assert!(
-        bound < POOL * 3 / 4 + 2,
-        "the flood took {bound} of {POOL} addresses"
-    );
-    assert!(
-        bound > 10,
-        "perfdhcp got no leases at all ({bound}): {text}"
-    );
+    // The real client comes back: served, same address, and proven from now on.
+    let again = udhcpc(&topo.cli, dir.path(), 5).expect("returning udhcpc served after the flood");
+    assert_eq!(again, mine, "the returning client keeps its address");
 
-    // A brand-new real client after the flood (another MAC) still finds an address.
-    run(&[
-        "ip",
-        "-n",
-        &topo.cli,
-        "link",
-        "set",
-        "vc",
-        "address",
-        "02:00:5e:10:00:99",
-    ]);
-    let fresh = udhcpc(&topo.cli, dir.path(), 15).expect("a new client is served after the flood");
+    // Its return freed its slot in the share: one brand-new real client gets it ...
+    set_mac(real_b);
+    let fresh = udhcpc(&topo.cli, dir.path(), 5).expect("a new client takes the freed slot");
     assert_ne!(fresh, mine);
+    // ... and one more is refused: the share is full of clients that never came back (the
+    // guard's cost, until the flood's leases expire).
+    set_mac(real_c);
+    assert_eq!(udhcpc(&topo.cli, dir.path(), 2), None, "the share is full");
+    let total_unproven = fake_leases(&state, &[real_a]);
+    assert_eq!(
+        total_unproven, CAP,
+        "fakes + the new client = the share, exactly"
+    );
 
     // Refusals are counted by reason (the server prints its counters on SIGTERM).
     let pid = nix::unistd::Pid::from_raw(srv.0.id() as i32);
@@ -283,13 +386,18 @@ fn random_mac_flood_does_not_exhaust_the_pool_and_a_real_client_is_served() {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or_else(|| panic!("no counter {name} in:\n{err}"))
     };
-    assert!(counter("refused_new_client") > 100, "{err}");
+    let refused = counter("refused_new_client");
     assert!(
-        err.contains("refusing new clients until the window ends"),
+        refused as usize >= 1000 - CAP + sent_discovers / 2,
+        "{refused}\n{err}"
+    );
+    assert!(
+        err.contains("dhcp: starvation guard"),
         "the refusal is logged: {err}"
     );
     eprintln!(
-        "flood: {sent_discovers} DISCOVERs, {bound} of {POOL} addresses taken, {} refused",
-        counter("refused_new_client")
+        "floods: 1000 PXE-client MACs ({} ACKed) + {sent_discovers} perfdhcp DISCOVERs; \
+         {fakes} of {POOL} addresses held by fakes (cap {CAP}); {refused} refused",
+        acked.len()
     );
 }
