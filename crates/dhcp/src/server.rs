@@ -1,20 +1,23 @@
-//! The tokio driver: sockets, ingress facts, reply routing, group-committed leases.
+//! The driver: sockets, ingress facts, reply routing, group-committed leases.
 //!
 //! - One UDP socket per port (server port 67 and the PXE boot server port 4011) bound to
 //!   0.0.0.0 with IP_PKTINFO: each datagram says which interface it came in on, so each reply
 //!   carries that interface's address as server id and advertised address (issue 3).
+//! - Each socket is read by its own thread blocked in `recvmsg` (not a tokio task: see
+//!   [`DhcpServer::run`]); the engine is one state machine behind a mutex that both share.
 //! - Replies follow RFC 2131 §4.1 ([`Destination`]): broadcasts leave through the ingress
 //!   interface (IP_PKTINFO ifindex on send), unicasts to a client without an address get an
 //!   ARP entry first (SIOCSARP, as dnsmasq does) and fall back to broadcast when that fails.
 //! - Replies that carry a lease (every ACK) go through the committer thread: it writes all
 //!   leases that queued up during the previous fsync in one transaction (group commit, like
-//!   ISC's delayed-ack) and only then sends those replies. Never an ACK before it is durable.
+//!   ISC's delayed-ack; under load it also waits `COMMIT_LINGER` (1 ms) for more) and only then
+//!   sends those replies. Never an ACK before it is durable.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +29,6 @@ use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFl
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
 use crate::boot::BootSettings;
@@ -77,8 +79,12 @@ impl Default for ServerOptions {
 
 struct Listener {
     port: u16,
-    sock: tokio::net::UdpSocket,
+    /// A blocking socket with a receive timeout (see [`RECEIVE_TICK`]), read by its own thread.
+    sock: std::net::UdpSocket,
 }
+
+/// How often a receive thread blocked on an idle socket looks at the shutdown flag.
+const RECEIVE_TICK: Duration = Duration::from_millis(200);
 
 /// Interface index → (name, first IPv4 address), refreshed when an unknown index shows up.
 struct Interfaces {
@@ -179,8 +185,9 @@ impl DhcpServer {
         let mut listeners = Vec::new();
         if cfg.mode != Mode::Off {
             for port in [cfg.ports.server, cfg.ports.proxy] {
-                let std_sock = std::net::UdpSocket::from(bind_udp(port)?);
-                let sock = tokio::net::UdpSocket::from_std(std_sock)?;
+                let sock = std::net::UdpSocket::from(bind_udp(port)?);
+                sock.set_nonblocking(false)?;
+                sock.set_read_timeout(Some(RECEIVE_TICK))?;
                 listeners.push(Arc::new(Listener { port, sock }));
             }
         }
@@ -216,7 +223,12 @@ impl DhcpServer {
             by_index: HashMap::new(),
             refreshed: None,
         }));
-        let mut tasks = Vec::new();
+        // Receive loops are plain threads blocked in recvmsg, not tokio tasks: a datagram
+        // then wakes its thread directly, where the reactor costs an epoll_wait plus a
+        // recvmsg that finds the queue empty per wake-up. At thousands of packets per second
+        // those system calls and wake-ups were most of the receive side's CPU time.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
         for l in &self.listeners {
             let l = l.clone();
             let engine = self.engine.clone();
@@ -224,98 +236,111 @@ impl DhcpServer {
             let ifaces = ifaces.clone();
             let options = self.options.clone();
             let counters = self.counters.clone();
-            let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    r = receive_loop(l, engine, tx, ifaces, options, counters) => {
-                        if let Err(e) = r {
-                            tracing::error!("dhcp: receive loop failed: {e}");
-                        }
-                    }
-                }
-            }));
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dhcp-recv-{}", l.port))
+                    .spawn(move || {
+                        receive_loop(&l, &engine, &tx, &ifaces, &options, &counters, &stop)
+                    })?,
+            );
         }
         drop(tx);
         shutdown.cancelled().await;
-        for t in tasks {
-            let _ = t.await;
-        }
-        // All senders dropped: the committer drains what is queued and exits.
-        let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+        stop.store(true, Ordering::Relaxed);
+        // Each thread notices within RECEIVE_TICK; its sender then drops, and once all have,
+        // the committer drains what is queued and exits.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if let Ok(Err(e)) = t.join() {
+                    tracing::error!("dhcp: receive loop failed: {e}");
+                }
+            }
+            let _ = committer.join();
+        })
+        .await;
         Ok(())
     }
 }
 
-async fn receive_loop(
-    l: Arc<Listener>,
-    engine: Arc<Mutex<Engine>>,
-    tx: mpsc::Sender<PendingCommit>,
-    ifaces: Arc<Mutex<Interfaces>>,
-    options: ServerOptions,
-    counters: Arc<Counters>,
+fn receive_loop(
+    l: &Listener,
+    engine: &Mutex<Engine>,
+    tx: &mpsc::Sender<PendingCommit>,
+    ifaces: &Mutex<Interfaces>,
+    options: &ServerOptions,
+    counters: &Counters,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let fd = l.sock.as_raw_fd();
-    loop {
-        l.sock.readable().await?;
-        loop {
-            let (len, src, pktinfo) = match l.sock.try_io(Interest::READABLE, || recv(fd, &mut buf))
+    while !stop.load(Ordering::Relaxed) {
+        let (len, src, pktinfo) = match recv(fd, &mut buf) {
+            Ok(v) => v,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
             {
-                Ok(v) => v,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!("dhcp: recvmsg on port {}: {e}", l.port);
-                    break;
-                }
-            };
-            let Some((ifindex, spec_dst)) = pktinfo else {
-                continue;
-            };
-            let Some((iface, addr)) = ifaces.lock().lookup(ifindex) else {
-                continue;
-            };
-            if !options.interfaces.is_empty() && !options.interfaces.contains(&iface) {
+                continue
+            }
+            Err(e) => {
+                tracing::warn!("dhcp: recvmsg on port {}: {e}", l.port);
+                // Not expected on a UDP socket; pause so that a persistent error cannot spin.
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            let local_addr = if spec_dst.is_unspecified() || spec_dst.is_broadcast() {
-                addr
-            } else {
-                spec_dst
-            };
-            let ingress = Ingress {
-                ifindex,
-                iface,
-                local_addr,
-                local_port: l.port,
-                src,
-            };
-            let started = Instant::now();
-            let handled = engine
-                .lock()
-                .handle(SystemTime::now(), &ingress, &buf[..len]);
-            options
-                .observer
-                .exchange(&ingress, &handled, started.elapsed());
-            if handled.outgoing.is_empty() && handled.lease_writes.is_empty() {
-                continue;
+        };
+        let Some((ifindex, spec_dst)) = pktinfo else {
+            continue;
+        };
+        let Some((iface, addr)) = ifaces.lock().lookup(ifindex) else {
+            continue;
+        };
+        if !options.interfaces.is_empty() && !options.interfaces.contains(&iface) {
+            continue;
+        }
+        let local_addr = if spec_dst.is_unspecified() || spec_dst.is_broadcast() {
+            addr
+        } else {
+            spec_dst
+        };
+        let ingress = Ingress {
+            ifindex,
+            iface,
+            local_addr,
+            local_port: l.port,
+            src,
+        };
+        let started = Instant::now();
+        let handled = engine
+            .lock()
+            .handle(SystemTime::now(), &ingress, &buf[..len]);
+        options
+            .observer
+            .exchange(&ingress, &handled, started.elapsed());
+        if handled.outgoing.is_empty() && handled.lease_writes.is_empty() {
+            continue;
+        }
+        if handled.lease_writes.is_empty() {
+            for o in &handled.outgoing {
+                send(fd, o, counters);
             }
-            if handled.lease_writes.is_empty() {
-                for o in &handled.outgoing {
-                    send(fd, o, &counters);
-                }
-            } else {
-                let pending = PendingCommit {
-                    records: handled.lease_writes,
-                    outgoing: handled.outgoing,
-                    fd,
-                };
-                if tx.send(pending).is_err() {
-                    counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                }
+        } else {
+            let pending = PendingCommit {
+                records: handled.lease_writes,
+                outgoing: handled.outgoing,
+                fd,
+            };
+            if tx.send(pending).is_err() {
+                counters.store_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+    Ok(())
 }
 
 /// One datagram, with the ingress interface and local address from IP_PKTINFO.
@@ -326,7 +351,7 @@ fn recv(
 ) -> std::io::Result<(usize, SocketAddrV4, Option<(u32, Ipv4Addr)>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
-    match socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+    match socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
         Ok(msg) => {
             let mut info = None;
             if let Ok(cmsgs) = msg.cmsgs() {
@@ -349,17 +374,37 @@ fn recv(
     }
 }
 
+/// Most leases written in one transaction.
+const MAX_COMMIT_BATCH: usize = 4096;
+/// Under load, how long the committer waits for more leases before it writes a batch (ISC
+/// dhcpd's `max-ack-delay` idea, kept far shorter than its 250 ms). A fsync costs about the
+/// same CPU for one lease as for fifty, and at thousands of ACKs per second it was most of
+/// the server's CPU time (bench/README.md `## DHCP`).
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
+
 fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: Arc<Counters>) {
     // Blocks for the first pending ACK, then takes everything that queued up meanwhile (while
-    // the previous batch was being fsynced): one transaction, one fsync for the lot.
+    // the previous batch was being fsynced): one transaction, one fsync for the lot. When the
+    // first one came hard on the heels of the previous (less than COMMIT_LINGER apart: load),
+    // it also waits up to COMMIT_LINGER for more. A lone client (one machine booting) never
+    // waits: its ACK goes out as soon as its lease is on disk.
+    let mut previous_arrival: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
+        let arrived = Instant::now();
+        let under_load = previous_arrival.is_some_and(|p| arrived - p < COMMIT_LINGER);
+        if under_load {
+            // Sleep rather than wait on the channel: a waiting receiver is woken (a futex
+            // call and a context switch) by every lease sent to it.
+            std::thread::sleep(COMMIT_LINGER);
+        }
         let mut batch = vec![first];
-        while batch.len() < 4096 {
+        while batch.len() < MAX_COMMIT_BATCH {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
+        previous_arrival = Some(Instant::now());
         let records: Vec<LeaseRecord> = batch
             .iter()
             .flat_map(|p| p.records.iter().cloned())
@@ -421,7 +466,10 @@ fn send(fd: RawFd, o: &Outgoing, counters: &Counters) {
     let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
     let dst = SockaddrIn::from(addr);
     let iov = [IoSlice::new(&o.bytes)];
-    if let Err(e) = socket::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst)) {
+    // MSG_DONTWAIT: the socket blocks for receiving; a reply must never wait for send
+    // buffer space (if there is none, the reply is lost like any datagram and the client
+    // retransmits).
+    if let Err(e) = socket::sendmsg(fd, &iov, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&dst)) {
         counters.send_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("dhcp: sending {} to {addr}: {e}", o.msg_type.name());
     }
