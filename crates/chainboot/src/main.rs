@@ -274,13 +274,17 @@ mod allocator {
         #[test]
         fn cpu_time_of_this_process_is_readable_and_grows() {
             let before = super::cpu_ticks().expect("/proc/self/stat");
+            // Spin until the count moves (a tick is 10 ms of CPU), for at most 10 s.
             let started = std::time::Instant::now();
             let mut x = 0u64;
-            while started.elapsed() < std::time::Duration::from_millis(300) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let mut after = before;
+            while after == before && started.elapsed() < std::time::Duration::from_secs(10) {
+                for _ in 0..100_000 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                after = super::cpu_ticks().unwrap();
             }
             std::hint::black_box(x);
-            let after = super::cpu_ticks().unwrap();
             assert!(after > before, "{before} -> {after}");
             assert!(super::rss_kib() > 0);
         }
