@@ -11,9 +11,17 @@
 # ACK rate (received ACKs / period) among the held steps; a server stops climbing once it
 # drops more than 10%.
 #
+# Load generator (LOADGEN): "perfdhcp" (Kea's perfdhcp 2.2, the standard tool) or "dhcp-load"
+# (crates/dhcp/examples/dhcp-load.rs: the same relayed DORA, new MAC per exchange, sendmmsg/
+# recvmmsg, ~10 us of CPU per exchange). On a 2-core machine perfdhcp needs a whole core by
+# about 14 000 exchanges/s and then drops packets itself, so it cannot show what a faster
+# server sustains; dhcp-load prints its own CPU time to show it is not the limit.
+# PIN=1 (default with dhcp-load on >= 2 CPUs) pins the server to CPU 1 and the generator to
+# CPU 0: every server gets exactly one core, the capacity-per-core comparison.
+#
 # Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
 # Env: RATES="500 1000 ..." PERIOD=seconds SERVERS="chainboot kea ..." OUT=results file
-# (default bench/dhcp/results.txt)
+# (default bench/dhcp/results.txt) LOADGEN=perfdhcp|dhcp-load PIN=0|1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "bench/dhcp: must run as root (network namespaces)"; exit 1; }
@@ -38,8 +46,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p chainboot-dhcp --bin chainboot-dhcp-testd
+cargo build --release -q -p chainboot-dhcp --bin chainboot-dhcp-testd --example dhcp-load
 TESTD=$CARGO_TARGET_DIR/release/chainboot-dhcp-testd
+DHCP_LOAD=$CARGO_TARGET_DIR/release/examples/dhcp-load
+LOADGEN=${LOADGEN:-perfdhcp}
+if [ "$LOADGEN" = dhcp-load ] && [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=${PIN:-0}; fi
+SRV_PIN=(); GEN_PIN=()
+if [ "$PIN" = 1 ]; then SRV_PIN=(taskset -c 1); GEN_PIN=(taskset -c 0); fi
 
 ID="cbbench$$"
 S=${ID}s
@@ -80,7 +93,7 @@ router = "198.18.0.1"
 dns = ["198.18.0.1"]
 CFG
   rm -rf "$WORK/chainboot-state"
-  ip netns exec "$S" "$TESTD" "$WORK/chainboot.toml" "$WORK/chainboot-state" > "$WORK/chainboot.out" 2>&1 &
+  ip netns exec "$S" "${SRV_PIN[@]}" "$TESTD" "$WORK/chainboot.toml" "$WORK/chainboot-state" > "$WORK/chainboot.out" 2>&1 &
   SRV_PID=$!
 }
 
@@ -97,13 +110,13 @@ start_kea() {
   "loggers": [ { "name": "kea-dhcp4", "severity": "ERROR", "output_options": [ { "output": "stderr" } ] } ]
 } }
 CFG
-  KEA_PIDFILE_DIR=$WORK KEA_LOCKFILE_DIR=$WORK ip netns exec "$S" /usr/sbin/kea-dhcp4 -c "$WORK/kea.json" > "$WORK/kea.out" 2>&1 &
+  KEA_PIDFILE_DIR=$WORK KEA_LOCKFILE_DIR=$WORK ip netns exec "$S" "${SRV_PIN[@]}" /usr/sbin/kea-dhcp4 -c "$WORK/kea.json" > "$WORK/kea.out" 2>&1 &
   SRV_PID=$!
 }
 
 start_dnsmasq() {
   rm -f "$WORK/dnsmasq.leases"
-  ip netns exec "$S" dnsmasq --no-daemon --port=0 --user=root --bind-interfaces --interface=vs \
+  ip netns exec "$S" "${SRV_PIN[@]}" dnsmasq --no-daemon --port=0 --user=root --bind-interfaces --interface=vs \
     --conf-file=/dev/null --no-ping --dhcp-lease-max=200000 --dhcp-authoritative \
     --dhcp-range=$POOL_LO,$POOL_HI,255.254.0.0,1h --dhcp-option=3,198.18.0.1 --dhcp-option=6,198.18.0.1 \
     --dhcp-leasefile="$WORK/dnsmasq.leases" --pid-file="$WORK/dnsmasq.pid" > "$WORK/dnsmasq.out" 2>&1 &
@@ -123,7 +136,7 @@ subnet 198.18.0.0 netmask 255.254.0.0 {
   option domain-name-servers 198.18.0.1;
 }
 CFG
-  ip netns exec "$S" /usr/sbin/dhcpd -4 -f -q -cf "$WORK/dhcpd.conf" -lf "$WORK/dhcpd.leases" \
+  ip netns exec "$S" "${SRV_PIN[@]}" /usr/sbin/dhcpd -4 -f -q -cf "$WORK/dhcpd.conf" -lf "$WORK/dhcpd.leases" \
     -pf "$WORK/dhcpd.pid" vs > "$WORK/dhcpd.out" 2>&1 &
   SRV_PID=$!
 }
@@ -159,8 +172,20 @@ commit_factor() {
     "$WORK/chainboot.out"
 }
 
+# One step with dhcp-load: same output as the perfdhcp step, plus the generator's CPU seconds.
+step_dhcp_load() {
+  local out
+  out=$(timeout $((PERIOD + 20)) ip netns exec "$C" "${GEN_PIN[@]}" "$DHCP_LOAD" 198.18.0.1 198.18.0.2 \
+        --rate "$1" --seconds "$PERIOD" --mac-prefix "$(printf '%04x' $((RANDOM % 65536)))" 2>&1 || true)
+  echo "$out" > "$WORK/dhcp-load-last.txt"
+  awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+       END { if (v["acks_per_s"] == "") print "0 100 100 - -";
+             else printf "%s %s %s %s %s\n", v["acks_per_s"], v["do_drop_pct"], v["ra_drop_pct"], v["ra_avg_ms"], v["cpu_s"] }' <<<"$out"
+}
+
 # One perfdhcp step: prints "<ack/s> <DO drop %> <RA drop %> <avg RA delay ms>".
 step() {
+  [ "$LOADGEN" = dhcp-load ] && { step_dhcp_load "$1"; return; }
   local rate=$1 clients=$(( $1 * PERIOD + 1000 ))
   local out
   out=$(timeout $((PERIOD + 20)) ip netns exec "$C" perfdhcp -4 -l vc -r "$rate" -R "$clients" \
@@ -182,7 +207,7 @@ step() {
 declare -A BEST SATURATED
 SERVERS=${SERVERS:-"chainboot kea dnsmasq dhcpd"}
 {
-  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), perfdhcp $(perfdhcp -v 2>&1 | head -1), period ${PERIOD}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), load generator $LOADGEN (perfdhcp $(perfdhcp -v 2>&1 | head -1)), pinned $PIN, period ${PERIOD}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
 } > "$OUT"
 for s in $SERVERS; do BEST[$s]=0; SATURATED[$s]=no; done
@@ -193,7 +218,7 @@ for rate in $RATES; do
     [ "${SATURATED[$server]}" = no ] || continue
     "start_$server"
     wait_ready "$server"
-    read -r acks dod rad delay < <(step "$rate")
+    read -r acks dod rad delay gencpu < <(step "$rate")
     stop_server
     held=no
     if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a < 1 && b < 1) }'; then
@@ -201,7 +226,8 @@ for rate in $RATES; do
       [ "$acks" -gt "${BEST[$server]}" ] && BEST[$server]=$acks
     fi
     extra=""
-    [ "$server" = chainboot ] && extra="  # $(commit_factor)"
+    [ -n "${gencpu:-}" ] && extra="  # generator cpu ${gencpu}s"
+    [ "$server" = chainboot ] && extra="$extra  # $(commit_factor)"
     printf '%-9s %6s %7s %6s %6s %6s %s%s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" "$extra" | tee -a "$OUT"
     # Stop climbing once a server clearly saturates (a missed step alone may be noise).
     if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }'; then SATURATED[$server]=yes; fi
