@@ -174,6 +174,12 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(after
         .keys()
         .any(|k| k.starts_with("chainboot_http_request_seconds_bucket")));
+    for quiet in [
+        "chainboot_http_request_timeouts_total[]",
+        "chainboot_http_send_timeouts_total[]",
+    ] {
+        assert_eq!(get(&after, quiet), 0.0, "{quiet}");
+    }
 }
 
 #[test]

@@ -462,6 +462,16 @@ pub fn render_metrics(st: &OpsState) -> String {
             "HTTP connections closed as idle or slow.",
             g(&h.connections_timed_out),
         );
+        w.counter(
+            "chainboot_http_request_timeouts_total",
+            "HTTP requests answered 408/503 because [http] request_timeout ran out.",
+            g(&h.request_timeouts),
+        );
+        w.counter(
+            "chainboot_http_send_timeouts_total",
+            "HTTP connections reset because the client accepted no bytes for [http] send_timeout.",
+            g(&h.send_timeouts),
+        );
     }
     w.histogram(
         "chainboot_http_request_seconds",
