@@ -1,5 +1,5 @@
-//! The config loader over every section type of the binary's config (the `Config` struct
-//! itself lives in the bin crate; this one has the same fields and the same validation).
+//! The config loader over the binary's whole config (`chainboot_settings::Config`: every
+//! section, with the same validation `chainboot check` runs).
 //!
 //! Invariants: never panics; a text that fails yields at least one problem, and every problem
 //! points at a line (and column) inside the text and names the file.
@@ -7,54 +7,8 @@
 
 use std::path::Path;
 
-use chainboot_config::{under, Issue, ServerConfig, Validate};
+use chainboot_settings::Config;
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    server: ServerConfig,
-    ipv6: chainboot_ra::Ipv6Config,
-    tftp: chainboot_tftp::TftpConfig,
-    http: chainboot_http::HttpConfig,
-    iso: Vec<chainboot_iso::IsoConfig>,
-    dhcp: chainboot_dhcp::DhcpConfig,
-    profile: Vec<chainboot_policy::ProfileConfig>,
-    group: Vec<chainboot_policy::GroupConfig>,
-    boot: chainboot_policy::BootConfig,
-    api: chainboot_policy::ApiConfig,
-    events: chainboot_events::EventSettings,
-}
-
-impl Validate for Config {
-    fn validate(&self) -> Vec<Issue> {
-        let mut out = under(&["server"], self.server.validate());
-        out.extend(under(&["ipv6"], self.ipv6.validate()));
-        out.extend(under(&["tftp"], self.tftp.validate()));
-        out.extend(under(&["dhcp"], self.dhcp.validate()));
-        out.extend(under(&["events"], self.events.validate()));
-        out.extend(chainboot_policy::validate(
-            &self.profile,
-            &self.group,
-            &self.boot,
-        ));
-        if let Err(e) = self.http.validate() {
-            out.push((vec!["http".into(), e.key.into()], e.message));
-        }
-        for (i, iso) in self.iso.iter().enumerate() {
-            if let Err(e) = iso.validate() {
-                out.push((vec!["iso".into(), i.to_string(), e.key.into()], e.message));
-            }
-        }
-        if self.iso.iter().all(|i| i.validate().is_ok()) {
-            if let Err(e) = chainboot_iso::IsoConfig::validate_all(&self.iso) {
-                out.push((vec!["iso".into()], e.message));
-            }
-        }
-        out
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     // Config files are read as UTF-8 text (load_file uses read_to_string).

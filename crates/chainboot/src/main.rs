@@ -5,13 +5,15 @@
 mod allocator;
 mod api_client;
 mod check;
-mod config;
 mod explain;
 mod interfaces;
-mod ipxe;
 mod logging;
 mod resolver;
 mod serve;
+
+// The config file's schema and loader live in their own crate (the fuzz target loads the
+// same `Config`); `crate::config` and `crate::ipxe` name them for the modules here.
+use chainboot_settings::{self as config, ipxe};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -254,15 +254,25 @@ fn a_steady_client_sees_no_resend_and_a_stalled_one_gets_the_last_block_again() 
         c.send_to(&ack(block), tid).unwrap();
         let (p, from) = recv(&c).expect("server went silent");
         assert_eq!(from, tid);
-        assert_eq!(describe(&p), format!("DATA {} (512)", block + 1), "a resend or a gap");
+        assert_eq!(
+            describe(&p),
+            format!("DATA {} (512)", block + 1),
+            "a resend or a gap"
+        );
     }
     // Silence: block 41 comes again after about one timeout.
     let stalled = std::time::Instant::now();
     let (p, _) = recv(&c).expect("no resend after the client stalled");
     assert_eq!(describe(&p), "DATA 41 (512)");
     let waited = stalled.elapsed();
-    assert!(waited >= Duration::from_millis(60), "resent after {waited:?}");
-    assert!(waited < Duration::from_millis(900), "resent after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(60),
+        "resent after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(900),
+        "resent after {waited:?}"
+    );
 }
 
 #[test]

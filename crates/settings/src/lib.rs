@@ -1,12 +1,17 @@
 //! The whole config file: one field per section, each section typed and validated by the crate
 //! that uses it. Adding a section is one field here and one line in `validate`.
+//!
+//! A crate of its own (not a module of the binary) so that the fuzz target of the config
+//! loader (fuzz/fuzz_targets/config.rs) loads exactly this `Config`, `[ipxe]` included.
 
 use std::path::{Path, PathBuf};
 
 use chainboot_config::{under, Issue, Problems, ServerConfig, Validate};
+use serde::Deserialize;
 
 use crate::ipxe::IpxeConfig;
-use serde::Deserialize;
+
+pub mod ipxe;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
 /// server, TFTP and HTTP on every interface, and an iPXE menu (PRODUCT.md §3).
