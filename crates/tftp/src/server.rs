@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chainboot_content::{CleanPath, ResolveError, Resolver, Transport};
+use chainboot_content::{CleanPath, Content, ResolveError, Resolver, Transport};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -139,6 +139,8 @@ struct Shared {
     resolver: Arc<dyn Resolver>,
     /// Bounds resolutions running at once on the blocking pool (see [`RESOLVE_CONCURRENCY`]).
     resolve_slots: Arc<tokio::sync::Semaphore>,
+    /// Lock-step transfers that may run on a thread of their own (see [`lockstep_thread`]).
+    lockstep_slots: Arc<tokio::sync::Semaphore>,
     settings: TransferSettings,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TransferObserver>,
@@ -193,6 +195,11 @@ impl TftpServer {
                 stats: Arc::new(TftpStats::default()),
                 observer: Arc::new(NoObserver),
                 resolve_slots: Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY)),
+                lockstep_slots: Arc::new(tokio::sync::Semaphore::new(
+                    config
+                        .lockstep_threads
+                        .unwrap_or_else(default_lockstep_threads),
+                )),
             }),
         })
     }
@@ -501,105 +508,39 @@ async fn run_transfer(
         windowsize: transfer.windowsize(),
     });
 
-    let source = ReadAhead::new(
-        &content,
-        transfer.blksize() * transfer.windowsize() as usize,
-        content.len(),
-    );
-    let mut inbuf = [0u8; 1024];
-    let mut answered_tids: Vec<SocketAddr> = Vec::new();
-    // The timer is armed lazily: in a lock-step transfer the deadline moves with every ACK,
-    // and resetting a tokio timer per block costs a lock on the timer wheel. It is only moved
-    // earlier here; when it fires at a deadline that has since moved on, it is re-armed.
-    let far = || Instant::now() + Duration::from_secs(3600);
-    let mut armed = far();
-    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
-    tokio::pin!(timer);
-    let cancelled = abort.cancelled();
-    tokio::pin!(cancelled);
-    let mut aborted = false;
-    let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
-    loop {
-        loop {
-            batch.clear();
-            let now = Instant::now();
-            while !batch.is_full() {
-                match transfer.poll_transmit(now, &source, batch.next_slot()) {
-                    Some(n) => batch.commit(n),
-                    None => break,
+    let transfer = match lockstep_thread(&shared, &transfer) {
+        Some(permit) => {
+            let socket = socket.into_std();
+            let (abort, thread_stats) = (abort.clone(), shared.stats.clone());
+            let run = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let mut transfer = transfer;
+                drive_blocking(
+                    &mut transfer,
+                    &content,
+                    socket,
+                    client,
+                    &abort,
+                    &thread_stats,
+                );
+                transfer
+            })
+            .await;
+            match run {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(client = %client, path = %path, error = %e, "tftp transfer thread panicked");
+                    stats.active.fetch_sub(1, Ordering::Relaxed);
+                    bump(&stats.failed);
+                    return;
                 }
             }
-            if batch.is_empty() {
-                break;
-            }
-            if let Err(e) = batch.send(&socket, client).await {
-                // Treated like a lost window (ENOBUFS under load is transient): the
-                // retransmission timer resends it, and a persistent error (no route) ends the
-                // transfer after `retries` attempts like a silent client would.
-                debug!(client = %client, error = %e, "tftp send failed");
-                break;
-            }
         }
-        if transfer.is_done() {
-            break;
+        None => {
+            drive(&mut transfer, &content, &socket, client, &abort, stats).await;
+            transfer
         }
-        let Some(deadline) = transfer.poll_timeout() else {
-            // Not done, nothing to send and nothing in flight cannot happen; end rather than
-            // hang if it ever does.
-            transfer.abort("internal error: transfer stalled");
-            batch.clear();
-            if let Some(n) = transfer.poll_transmit(Instant::now(), &source, batch.next_slot()) {
-                batch.commit(n);
-                let _ = batch.send(&socket, client).await;
-            }
-            break;
-        };
-        if deadline < armed {
-            armed = deadline;
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(deadline));
-        }
-        tokio::select! {
-            biased;
-            _ = &mut cancelled, if !aborted => {
-                aborted = true;
-                transfer.abort("server shutting down");
-            }
-            received = socket.recv_from(&mut inbuf) => {
-                let (n, from) = match received {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // ICMP errors (port unreachable: the client is gone) surface here on
-                        // Linux; the retransmit timer decides when to give up.
-                        debug!(client = %client, error = %e, "tftp transfer socket receive error");
-                        continue;
-                    }
-                };
-                if from != client {
-                    // RFC 1350 section 4: answer an unknown TID with error 5 and carry on.
-                    bump(&stats.unknown_tid);
-                    if answered_tids.len() < MAX_UNKNOWN_TIDS_ANSWERED && !answered_tids.contains(&from) {
-                        answered_tids.push(from);
-                        let mut buf = [0u8; 64];
-                        let n = proto::put_error(&mut buf, ErrorCode::UnknownTid, "unknown transfer ID");
-                        let _ = socket.send_to(&buf[..n], from).await;
-                    }
-                    continue;
-                }
-                if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
-                    bump(&stats.malformed);
-                }
-            }
-            _ = &mut timer => {
-                // Re-armed on the next turn at the transfer's current deadline, which may
-                // have moved on since this one was set (the state machine ignores an early
-                // call).
-                armed = far();
-                transfer.handle_timeout(Instant::now());
-            }
-        }
-    }
+    };
 
     let duration = started.elapsed();
     let bytes = transfer.bytes_acked();
@@ -643,6 +584,241 @@ async fn run_transfer(
         duration,
         outcome: &outcome,
     });
+}
+
+/// Moves one transfer's datagrams as a task: windows go out with one `sendmmsg`, ACKs and the
+/// retransmission timer come in through the reactor.
+async fn drive(
+    transfer: &mut Transfer,
+    content: &Content,
+    socket: &TransferSocket,
+    client: SocketAddr,
+    abort: &CancellationToken,
+    stats: &TftpStats,
+) {
+    let source = ReadAhead::new(
+        content,
+        transfer.blksize() * transfer.windowsize() as usize,
+        content.len(),
+    );
+    let mut inbuf = [0u8; 1024];
+    let mut unknown_tids = UnknownTids::default();
+    // The timer is armed lazily: in a lock-step transfer the deadline moves with every ACK,
+    // and resetting a tokio timer per block costs a lock on the timer wheel. It is only moved
+    // earlier here; when it fires at a deadline that has since moved on, it is re-armed.
+    let far = || Instant::now() + Duration::from_secs(3600);
+    let mut armed = far();
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(armed));
+    tokio::pin!(timer);
+    let cancelled = abort.cancelled();
+    tokio::pin!(cancelled);
+    let mut aborted = false;
+    let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
+    loop {
+        loop {
+            batch.clear();
+            let now = Instant::now();
+            while !batch.is_full() {
+                match transfer.poll_transmit(now, &source, batch.next_slot()) {
+                    Some(n) => batch.commit(n),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if let Err(e) = batch.send(socket, client).await {
+                // Treated like a lost window (ENOBUFS under load is transient): the
+                // retransmission timer resends it, and a persistent error (no route) ends the
+                // transfer after `retries` attempts like a silent client would.
+                debug!(client = %client, error = %e, "tftp send failed");
+                break;
+            }
+        }
+        if transfer.is_done() {
+            break;
+        }
+        let Some(deadline) = transfer.poll_timeout() else {
+            // Not done, nothing to send and nothing in flight cannot happen; end rather than
+            // hang if it ever does.
+            transfer.abort("internal error: transfer stalled");
+            batch.clear();
+            if let Some(n) = transfer.poll_transmit(Instant::now(), &source, batch.next_slot()) {
+                batch.commit(n);
+                let _ = batch.send(socket, client).await;
+            }
+            break;
+        };
+        if deadline < armed {
+            armed = deadline;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut cancelled, if !aborted => {
+                aborted = true;
+                transfer.abort("server shutting down");
+            }
+            received = socket.recv_from(&mut inbuf) => {
+                let (n, from) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // ICMP errors (port unreachable: the client is gone) surface here on
+                        // Linux; the retransmit timer decides when to give up.
+                        debug!(client = %client, error = %e, "tftp transfer socket receive error");
+                        continue;
+                    }
+                };
+                if from != client {
+                    bump(&stats.unknown_tid);
+                    if let Some(error) = unknown_tids.answer(from) {
+                        let _ = socket.send_to(error.as_bytes(), from).await;
+                    }
+                    continue;
+                }
+                if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
+                    bump(&stats.malformed);
+                }
+            }
+            _ = &mut timer => {
+                // Re-armed on the next turn at the transfer's current deadline, which may
+                // have moved on since this one was set (the state machine ignores an early
+                // call).
+                armed = far();
+                transfer.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// `[tftp] lockstep_threads` when unset (see [`lockstep_thread`]).
+fn default_lockstep_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
+/// How often a lock-step thread waiting for an ACK looks at the clock and the abort token:
+/// the retransmission timer's resolution on that path.
+const LOCKSTEP_TICK: Duration = Duration::from_millis(20);
+
+/// A thread for this transfer if it is lock-step and one is free.
+///
+/// Lock-step transfers (windowsize 1, what every PXE ROM asks for) are bound by the round
+/// trip per block, and on a fast link the server's share of it is its wake-up: a thread
+/// blocked in `recvfrom`, as the C servers do it, is woken straight into the system call,
+/// where a task costs an `epoll_wait`, the reactor's dispatch and a `recvfrom` per block.
+/// Only a few get a thread (`[tftp] lockstep_threads`; a boot storm of a thousand would be a
+/// thousand threads); the rest run as tasks, where a thousand cost nothing but memory.
+/// Measured on loopback (bench/README.md `## TFTP`): lock-step went from 0.92-1.01x to
+/// 0.98-1.01x of the best C server, the physical limit of a round trip both sides spend
+/// almost entirely in the kernel.
+fn lockstep_thread(
+    shared: &Shared,
+    transfer: &Transfer,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if transfer.windowsize() != 1 {
+        return None;
+    }
+    shared.lockstep_slots.clone().try_acquire_owned().ok()
+}
+
+/// Moves one lock-step transfer's datagrams on the calling (blocking) thread.
+fn drive_blocking(
+    transfer: &mut Transfer,
+    content: &Content,
+    socket: std::net::UdpSocket,
+    client: SocketAddr,
+    abort: &CancellationToken,
+    stats: &TftpStats,
+) {
+    if let Err(e) = socket
+        .set_nonblocking(false)
+        .and_then(|()| socket.set_read_timeout(Some(LOCKSTEP_TICK)))
+    {
+        warn!(client = %client, error = %e, "tftp: cannot make the transfer socket blocking");
+        transfer.abort("internal error: transfer socket");
+    }
+    let source = ReadAhead::new(content, transfer.blksize(), content.len());
+    let mut out = vec![0u8; transfer.datagram_capacity()];
+    let mut inbuf = [0u8; 1024];
+    let mut unknown_tids = UnknownTids::default();
+    loop {
+        while let Some(n) = transfer.poll_transmit(Instant::now(), &source, &mut out) {
+            if let Err(e) = socket.send_to(&out[..n], client) {
+                // Like a lost block: the retransmission timer resends it.
+                debug!(client = %client, error = %e, "tftp send failed");
+                break;
+            }
+        }
+        if transfer.is_done() {
+            break;
+        }
+        if abort.is_cancelled() && transfer.outcome().is_none() {
+            transfer.abort("server shutting down");
+            continue;
+        }
+        if transfer.poll_timeout().is_none() {
+            // As in `drive`: cannot happen; end rather than hang if it ever does.
+            transfer.abort("internal error: transfer stalled");
+            continue;
+        }
+        match socket.recv_from(&mut inbuf) {
+            Ok((_, from)) if from != client => {
+                bump(&stats.unknown_tid);
+                if let Some(error) = unknown_tids.answer(from) {
+                    let _ = socket.send_to(error.as_bytes(), from);
+                }
+            }
+            Ok((n, _)) => {
+                if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
+                    bump(&stats.malformed);
+                }
+            }
+            // A tick without an ACK (the state machine ignores an early timeout), or an ICMP
+            // error (the client is gone; the retransmission timer decides when to give up).
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    debug!(client = %client, error = %e, "tftp transfer socket receive error");
+                }
+                transfer.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// RFC 1350 section 4: a datagram from an unknown TID gets error 5 and the transfer goes on;
+/// each source is answered once, and only the first few sources (bounded replies to a flood).
+#[derive(Default)]
+struct UnknownTids(Vec<SocketAddr>);
+
+/// The error 5 datagram.
+struct UnknownTidError {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl UnknownTidError {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl UnknownTids {
+    fn answer(&mut self, from: SocketAddr) -> Option<UnknownTidError> {
+        if self.0.len() >= MAX_UNKNOWN_TIDS_ANSWERED || self.0.contains(&from) {
+            return None;
+        }
+        self.0.push(from);
+        let mut buf = [0u8; 64];
+        let len = proto::put_error(&mut buf, ErrorCode::UnknownTid, "unknown transfer ID");
+        Some(UnknownTidError { buf, len })
+    }
 }
 
 /// The transfer socket must have the client's address family: an IPv4 client reaching a

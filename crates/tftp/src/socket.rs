@@ -34,6 +34,11 @@ impl TransferSocket {
         Ok(TransferSocket { fd })
     }
 
+    /// The socket itself, no longer registered with the reactor (still non-blocking).
+    pub fn into_std(self) -> std::net::UdpSocket {
+        self.fd.into_inner()
+    }
+
     #[cfg(test)]
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.fd.get_ref().local_addr()

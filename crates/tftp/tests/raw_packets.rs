@@ -107,7 +107,20 @@ fn garbage_to_the_request_port_is_counted_and_unanswered_but_bad_requests_get_er
 
 #[test]
 fn unknown_tid_gets_error_5_once_and_the_transfer_goes_on() {
-    let srv = TestServer::start();
+    // Both drivers: a thread of its own (the default for a lone lock-step transfer) and a task.
+    for lockstep_threads in [None, Some(0)] {
+        unknown_tid(lockstep_threads);
+    }
+}
+
+fn unknown_tid(lockstep_threads: Option<usize>) {
+    let srv = TestServer::start_with(
+        TftpConfig {
+            lockstep_threads,
+            ..config()
+        },
+        None,
+    );
     let data = pattern(2000, 1);
     std::fs::write(srv.root.path().join("f"), &data).unwrap();
     let client = raw_client("127.0.0.1");
@@ -165,7 +178,19 @@ fn p_data(datagrams: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn duplicate_acks_do_not_double_the_data() {
-    let srv = TestServer::start();
+    for lockstep_threads in [None, Some(0)] {
+        duplicate_acks(lockstep_threads);
+    }
+}
+
+fn duplicate_acks(lockstep_threads: Option<usize>) {
+    let srv = TestServer::start_with(
+        TftpConfig {
+            lockstep_threads,
+            ..config()
+        },
+        None,
+    );
     srv.file("f", 5000);
     let c = raw_client("127.0.0.1");
     c.set_read_timeout(Some(Duration::from_millis(200)))
@@ -206,9 +231,16 @@ fn a_retransmitted_rrq_does_not_start_a_second_transfer() {
 
 #[test]
 fn silent_client_is_dropped_after_bounded_retransmits() {
+    for lockstep_threads in [None, Some(0)] {
+        silent_client_dropped(lockstep_threads);
+    }
+}
+
+fn silent_client_dropped(lockstep_threads: Option<usize>) {
     let config = TftpConfig {
         timeout: Duration::from_millis(100),
         retries: 2,
+        lockstep_threads,
         ..config()
     };
     let srv = TestServer::start_with(config, None);
@@ -235,9 +267,17 @@ fn silent_client_is_dropped_after_bounded_retransmits() {
 /// again one timeout later.
 #[test]
 fn a_steady_client_sees_no_resend_and_a_stalled_one_gets_the_last_block_again() {
+    // Both drivers: a thread of its own (the default for a lone lock-step transfer) and a task.
+    for lockstep_threads in [None, Some(0)] {
+        steady_then_stalled(lockstep_threads);
+    }
+}
+
+fn steady_then_stalled(lockstep_threads: Option<usize>) {
     let config = TftpConfig {
         timeout: Duration::from_millis(100),
         retries: 5,
+        lockstep_threads,
         ..config()
     };
     let srv = TestServer::start_with(config, None);
@@ -335,9 +375,16 @@ fn wildcard_listener_answers_from_the_address_the_request_was_sent_to() {
 
 #[test]
 fn shutdown_ends_running_transfers_with_an_error_after_the_grace_period() {
+    for lockstep_threads in [None, Some(0)] {
+        shutdown_ends_transfers(lockstep_threads);
+    }
+}
+
+fn shutdown_ends_transfers(lockstep_threads: Option<usize>) {
     let config = TftpConfig {
         shutdown_grace: Duration::from_millis(300),
         timeout: Duration::from_secs(5),
+        lockstep_threads,
         ..config()
     };
     let mut srv = TestServer::start_with(config, None);
