@@ -10,169 +10,23 @@
 //! fails the test.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::client::{ClientKind, ClientMessage};
 use chainboot_dhcp::wire::MessageType;
 use chainboot_store::leases::{load_all, LeaseState};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const BCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-const TESTD: &str = env!("CARGO_BIN_EXE_chainboot-dhcp-testd");
-
-fn require(tools: &[&str]) {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "these tests create network and mount namespaces and must run as root"
-    );
-    for t in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "required tool `{t}` is missing: run .ci/install-deps"
-        );
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Topology {
-    srv: String,
-    cli: String,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("cbfault{}x{n}", std::process::id());
-        let t = Topology {
-            srv: format!("{id}s"),
-            cli: format!("{id}c"),
-        };
-        run(&["ip", "netns", "add", &t.srv]);
-        run(&["ip", "netns", "add", &t.cli]);
-        run(&[
-            "ip", "-n", &t.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns",
-            &t.cli,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &t.srv,
-            "addr",
-            "add",
-            "198.18.0.1/20",
-            "dev",
-            "vs",
-        ]);
-        // perfdhcp's relay address (the other tests' clients do not use it).
-        run(&[
-            "ip",
-            "-n",
-            &t.cli,
-            "addr",
-            "add",
-            "198.18.0.2/20",
-            "dev",
-            "vc",
-        ]);
-        for (ns, dev) in [
-            (&t.srv, "vs"),
-            (&t.cli, "vc"),
-            (&t.srv, "lo"),
-            (&t.cli, "lo"),
-        ] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.srv, &self.cli] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// The server process, killed by its PID and reaped on drop (its mount namespace, and the
-/// tmpfs in it, go with it).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = PathBuf::from("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-fn client_socket() -> UdpSocket {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.set_broadcast(true).unwrap();
-    s.bind_device(Some(b"vc")).unwrap();
-    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    s.into()
-}
-
-fn exchange(s: &UdpSocket, m: &ClientMessage, wait: Duration) -> Option<ReplyView> {
-    s.send_to(&m.encode(), BCAST).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 1500];
-    while Instant::now() < deadline {
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            if let Some(r) = ReplyView::parse(&buf[..n]) {
-                if r.xid == m.xid {
-                    return Some(r);
-                }
-            }
-        }
-    }
-    None
-}
-
-fn mac(i: u32) -> [u8; 6] {
-    let b = i.to_be_bytes();
-    [0x52, 0x54, 0x00, b[1], b[2], b[3]]
-}
+mod common;
+use common::*;
 
 /// DISCOVER then REQUEST; the offered address and whether the REQUEST was ACKed.
 fn dora(s: &UdpSocket, m: [u8; 6]) -> (Ipv4Addr, bool) {
     let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
-    let offer = exchange(s, &d, Duration::from_secs(2)).expect("offer (offers need no storage)");
+    let offer =
+        exchange(s, &d, BCAST, Duration::from_secs(2)).expect("offer (offers need no storage)");
     (
         offer.yiaddr,
         request(s, m, offer.yiaddr, Duration::from_millis(700)),
@@ -183,7 +37,8 @@ fn request(s: &UdpSocket, m: [u8; 6], ip: Ipv4Addr, wait: Duration) -> bool {
     let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
     q.requested_ip = Some(ip);
     q.server_id = Some(SERVER_IP);
-    exchange(s, &q, wait).is_some_and(|r| r.msg_type == Some(MessageType::Ack) && r.yiaddr == ip)
+    exchange(s, &q, BCAST, wait)
+        .is_some_and(|r| r.msg_type == Some(MessageType::Ack) && r.yiaddr == ip)
 }
 
 /// Fills the filesystem holding `dir` until ENOSPC.
@@ -214,7 +69,7 @@ fn count(text: &str, needle: &str) -> usize {
 #[test]
 fn a_full_disk_withholds_acks_says_why_and_service_resumes_when_space_returns() {
     require(&["ip", "unshare", "mount"]);
-    let topo = Topology::new();
+    let topo = Topology::new(Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -346,7 +201,7 @@ fn a_full_disk_withholds_acks_says_why_and_service_resumes_when_space_returns() 
 #[test]
 fn a_read_only_state_dir_stops_the_server_with_a_clear_message_and_it_starts_once_writable() {
     require(&["ip", "unshare", "mount"]);
-    let topo = Topology::new();
+    let topo = Topology::new(Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -430,7 +285,7 @@ fn start_plain(ns: &str, cfg: &Path, state: &Path) -> Proc {
 #[test]
 fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_doubles_one() {
     require(&["ip", "perfdhcp", "timeout"]);
-    let topo = Topology::new();
+    let topo = Topology::new(Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let cfg = dir.path().join("dhcp.toml");
@@ -503,7 +358,7 @@ fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_d
             for i in 0..3000u32 {
                 let m = mac(base + i);
                 let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
-                let Some(offer) = exchange(&s, &d, Duration::from_millis(300)) else {
+                let Some(offer) = exchange(&s, &d, BCAST, Duration::from_millis(300)) else {
                     if killed.load(std::sync::atomic::Ordering::SeqCst) {
                         misses += 1;
                     }
@@ -564,7 +419,8 @@ fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_d
         let s = client_socket();
         for i in 0..20 {
             let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(900_000 + i));
-            let offer = exchange(&s, &d, Duration::from_secs(2)).expect("offer after restart");
+            let offer =
+                exchange(&s, &d, BCAST, Duration::from_secs(2)).expect("offer after restart");
             assert!(
                 !leased.contains(&offer.yiaddr),
                 "{} was already leased",

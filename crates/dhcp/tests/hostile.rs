@@ -10,122 +10,20 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
 use chainboot_dhcp::wire::MessageType;
 use chainboot_store::leases::{load_all, LeaseState};
 
-const TESTD: &str = env!("CARGO_BIN_EXE_chainboot-dhcp-testd");
-
-fn require(tools: &[&str]) {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "these tests create network namespaces and must run as root"
-    );
-    for t in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "required tool `{t}` is missing: run .ci/install-deps"
-        );
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Server namespace (veth `vs`, 198.18.0.1/20) and client namespace (veth `vc`, 198.18.0.2/20,
-/// which perfdhcp uses as its relay address), deleted on drop.
-struct Topology {
-    srv: String,
-    cli: String,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        let id = format!("cbhost{}", std::process::id());
-        let t = Topology {
-            srv: format!("{id}s"),
-            cli: format!("{id}c"),
-        };
-        run(&["ip", "netns", "add", &t.srv]);
-        run(&["ip", "netns", "add", &t.cli]);
-        run(&[
-            "ip", "-n", &t.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns",
-            &t.cli,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &t.srv,
-            "addr",
-            "add",
-            "198.18.0.1/20",
-            "dev",
-            "vs",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &t.cli,
-            "addr",
-            "add",
-            "198.18.0.2/20",
-            "dev",
-            "vc",
-        ]);
-        for (ns, dev) in [
-            (&t.srv, "vs"),
-            (&t.cli, "vc"),
-            (&t.srv, "lo"),
-            (&t.cli, "lo"),
-        ] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.srv, &self.cli] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A child process killed (by its PID) and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::*;
 
 const POOL: usize = 200;
 /// ceil(0.5 x 200): what unproven clients may hold (the default share).
 const CAP: usize = 100;
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The client namespace's address: the made-up clients' "relay" (giaddr), like perfdhcp's.
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
@@ -141,18 +39,6 @@ pools = [["198.18.1.1", "198.18.1.200"]]
 router = "198.18.0.1"
 "#
     .to_string()
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = PathBuf::from("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 fn fake_mac(i: u32) -> [u8; 6] {
@@ -257,7 +143,7 @@ fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<String> {
 #[test]
 fn fake_mac_floods_hold_at_most_the_share_and_real_clients_are_served() {
     require(&["ip", "perfdhcp", "busybox", "timeout"]);
-    let topo = Topology::new();
+    let topo = Topology::new(Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dhcp.toml");
     std::fs::write(&cfg, config()).unwrap();
