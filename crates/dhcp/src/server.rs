@@ -14,7 +14,7 @@
 //!   sends those replies. Never an ACK before it is durable.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chainboot_machine::Mac;
 use chainboot_store::leases::{self, LeaseRecord};
 use chainboot_store::Store;
-use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -279,6 +279,7 @@ fn receive_loop(
 ) -> std::io::Result<()> {
     let fd = l.sock.as_raw_fd();
     let mut batch = ReceiveBatch::new();
+    let mut replies: Vec<Outgoing> = Vec::with_capacity(RECEIVE_BATCH);
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = batch.receive(fd) {
             match e.kind() {
@@ -297,15 +298,28 @@ fn receive_loop(
         for i in 0..batch.len() {
             let (datagram, src, pktinfo) = batch.get(i);
             handle_datagram(
-                l, fd, datagram, src, pktinfo, engine, tx, ifaces, options, counters,
+                l,
+                fd,
+                datagram,
+                src,
+                pktinfo,
+                engine,
+                tx,
+                ifaces,
+                options,
+                counters,
+                &mut replies,
             );
         }
+        // The burst's replies in one system call (see `send_all`).
+        send_all(fd, replies.iter(), counters);
+        replies.clear();
     }
     Ok(())
 }
 
-/// One datagram through the engine; its replies sent, or queued for the committer when they
-/// carry a lease.
+/// One datagram through the engine; its replies added to `replies` (sent when the burst is
+/// done), or queued for the committer when they carry a lease.
 #[allow(clippy::too_many_arguments)]
 fn handle_datagram(
     l: &Listener,
@@ -318,6 +332,7 @@ fn handle_datagram(
     ifaces: &Mutex<Interfaces>,
     options: &ServerOptions,
     counters: &Counters,
+    replies: &mut Vec<Outgoing>,
 ) {
     let Some((ifindex, spec_dst)) = pktinfo else {
         return;
@@ -349,9 +364,7 @@ fn handle_datagram(
         return;
     }
     if handled.lease_writes.is_empty() {
-        for o in &handled.outgoing {
-            send(fd, o, counters);
-        }
+        replies.extend(handled.outgoing);
     } else {
         let pending = PendingCommit {
             records: handled.lease_writes,
@@ -478,10 +491,16 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
                 counters
                     .committed_leases
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
-                for p in &batch {
-                    for o in &p.outgoing {
-                        send(p.fd, o, &counters);
-                    }
+                // One `sendmmsg` per socket (port 67 and 4011) for the whole batch.
+                let mut fds: Vec<RawFd> = batch.iter().map(|p| p.fd).collect();
+                fds.sort_unstable();
+                fds.dedup();
+                for fd in fds {
+                    let replies = batch
+                        .iter()
+                        .filter(|p| p.fd == fd)
+                        .flat_map(|p| p.outgoing.iter());
+                    send_all(fd, replies, &counters);
                 }
             }
             Err(e) => {
@@ -496,8 +515,14 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
     }
 }
 
-fn send(fd: RawFd, o: &Outgoing, counters: &Counters) {
-    let (addr, ifindex) = match o.dest {
+/// Replies sent with one `sendmmsg` at most.
+const SEND_BATCH: usize = 64;
+
+/// Where a reply goes, as RFC 2131 section 4.1 says, and the interface it must leave by (0: the
+/// routing table decides). A unicast to a client without an address needs an ARP entry first;
+/// when that cannot be made, the reply is broadcast instead.
+fn destination(fd: RawFd, o: &Outgoing, counters: &Counters) -> (SocketAddrV4, u32) {
+    match o.dest {
         Destination::Unicast(a) => (a, 0),
         Destination::Broadcast { port } => {
             (SocketAddrV4::new(Ipv4Addr::BROADCAST, port), o.ifindex)
@@ -518,23 +543,110 @@ fn send(fd: RawFd, o: &Outgoing, counters: &Counters) {
                 )
             }
         },
-    };
-    let info = libc::in_pktinfo {
-        ipi_ifindex: ifindex as libc::c_int,
-        ipi_spec_dst: libc::in_addr {
-            s_addr: u32::from(o.source).to_be(),
-        },
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
-    let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
-    let dst = SockaddrIn::from(addr);
-    let iov = [IoSlice::new(&o.bytes)];
-    // MSG_DONTWAIT: the socket blocks for receiving; a reply must never wait for send
-    // buffer space (if there is none, the reply is lost like any datagram and the client
-    // retransmits).
-    if let Err(e) = socket::sendmsg(fd, &iov, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&dst)) {
+    }
+}
+
+/// Room for one IP_PKTINFO control message (CMSG_SPACE(12) is 32 bytes on 64-bit Linux),
+/// aligned like a `cmsghdr`.
+type PktinfoSpace = [u64; 4];
+
+/// Sends replies, each to its own destination with its own source address and interface
+/// (IP_PKTINFO), in as few `sendmmsg` calls as possible.
+///
+/// Why not one `sendmsg` each: a burst of replies sent one by one wakes the receiving side once
+/// per datagram, the cost that dominated the receive thread's profile at 28 000 exchanges/s;
+/// sent together, the datagrams land in the receiver's queue before it runs. MSG_DONTWAIT: the
+/// sockets block for receiving, and a reply must never wait for send buffer space (without
+/// space it is lost like any datagram, and the client retransmits).
+fn send_all<'a>(fd: RawFd, replies: impl Iterator<Item = &'a Outgoing>, counters: &Counters) {
+    let mut pending: Vec<(&Outgoing, SocketAddrV4, u32)> = replies
+        .map(|o| {
+            let (to, ifindex) = destination(fd, o, counters);
+            (o, to, ifindex)
+        })
+        .collect();
+    while !pending.is_empty() {
+        let n = pending.len().min(SEND_BATCH);
+        send_chunk(fd, &pending[..n], counters);
+        pending.drain(..n);
+    }
+}
+
+fn send_chunk(fd: RawFd, chunk: &[(&Outgoing, SocketAddrV4, u32)], counters: &Counters) {
+    let names: Vec<libc::sockaddr_in> = chunk
+        .iter()
+        .map(|(_, to, _)| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        })
+        .collect();
+    let mut iovs: Vec<libc::iovec> = chunk
+        .iter()
+        .map(|(o, _, _)| libc::iovec {
+            iov_base: o.bytes.as_ptr() as *mut libc::c_void,
+            iov_len: o.bytes.len(),
+        })
+        .collect();
+    let mut controls: Vec<PktinfoSpace> = vec![[0; 4]; chunk.len()];
+    // SAFETY: all-zero is a valid mmsghdr.
+    let mut msgs: Vec<libc::mmsghdr> = (0..chunk.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) };
+    debug_assert!(space as usize <= std::mem::size_of::<PktinfoSpace>());
+    for (i, (o, _, ifindex)) in chunk.iter().enumerate() {
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = &names[i] as *const libc::sockaddr_in as *mut libc::c_void;
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = controls[i].as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = space as _;
+        let info = libc::in_pktinfo {
+            ipi_ifindex: *ifindex as libc::c_int,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(o.source).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: msg_control points at `space` zeroed, cmsghdr-aligned bytes of
+        // `controls[i]`, enough for one header and an in_pktinfo, so CMSG_FIRSTHDR is non-null
+        // and CMSG_DATA is inside the buffer.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(h);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
+        }
+    }
+    let mut i = 0;
+    while i < msgs.len() {
+        // SAFETY: msgs[i..] point at names, iovecs over the replies' bytes and control
+        // buffers, all alive until the end of this function; the kernel only reads them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[i..].as_mut_ptr(),
+                (msgs.len() - i) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent > 0 {
+            i += sent as usize;
+            continue;
+        }
+        // The datagram at `i` failed (a later one is retried in the next call).
+        let e = std::io::Error::last_os_error();
         counters.send_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("dhcp: sending {} to {addr}: {e}", o.msg_type.name());
+        let (o, to, _) = chunk[i];
+        tracing::warn!("dhcp: sending {} to {to}: {e}", o.msg_type.name());
+        i += 1;
     }
 }
 
