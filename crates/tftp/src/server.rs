@@ -711,8 +711,8 @@ const LOCKSTEP_TICK: Duration = Duration::from_millis(20);
 /// Only a few get a thread (`[tftp] lockstep_threads`; a boot storm of a thousand would be a
 /// thousand threads); the rest run as tasks, where a thousand cost nothing but memory.
 /// Measured on loopback (bench/README.md `## TFTP`): lock-step went from 0.92-1.01x to
-/// 0.98-1.01x of the best C server, the physical limit of a round trip both sides spend
-/// almost entirely in the kernel.
+/// 0.94-1.01x of the best C server in quiet runs, a round trip both sides spend almost
+/// entirely in the kernel.
 fn lockstep_thread(
     shared: &Shared,
     transfer: &Transfer,
