@@ -8,7 +8,8 @@
 //! Invariants: every reply is at least 300 bytes and at most the client's maximum (option 57,
 //! never below 576, minus IP+UDP headers); in server mode no OFFER/ACK names an address outside
 //! the pools and hosts, or one the table holds for another client; the table never holds one
-//! address twice and never a non-pool, non-host address; proxy mode never gives an address.
+//! address twice and never a non-pool, non-host address; proxy mode never gives an address;
+//! what unproven clients hold never exceeds the starvation guard's share of a pool.
 #![no_main]
 
 use std::collections::HashMap;
@@ -233,6 +234,16 @@ fn run(mode: Mode, data: &[u8]) {
                     "static address in the table for another MAC"
                 );
             }
+        }
+        // The starvation guard: what unproven clients hold never exceeds its share of a pool.
+        for g in engine.guard_state(now) {
+            assert!(
+                g.unproven <= g.cap,
+                "unproven clients hold {} of {} in {}",
+                g.unproven,
+                g.cap,
+                g.subnet
+            );
         }
         if mode == Mode::Proxy {
             assert!(leases.is_empty(), "proxy mode holds leases");
