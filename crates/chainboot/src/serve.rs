@@ -192,6 +192,8 @@ async fn serve(
     )?;
     info!(mode = ?cfg.dhcp.mode, "DHCP ready");
     let (dhcp_counters, dhcp_engine) = (dhcp.counters(), dhcp.engine());
+    // SIGHUP hands a new [dhcp] to the same engine.
+    let reloadable_dhcp = dhcp_engine.clone();
 
     // HTTP: static content, boot policy, operations.
     let http = HttpServer::bind(&cfg.http)
@@ -269,7 +271,9 @@ async fn serve(
                     info!("{name}: shutting down");
                     break Ok(());
                 }
-                Signal::Reload => reload(&source, &mut current, &policy, quick.is_some()),
+                Signal::Reload => {
+                    reload(&source, &mut current, &policy, &reloadable_dhcp, quick.is_some())
+                }
             },
             Some(done) = tasks.join_next() => break match done {
                 Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
@@ -372,9 +376,16 @@ impl Signals {
 }
 
 /// SIGHUP: re-read the config file. A config with any problem is refused as a whole and the
-/// running one stays. The boot policy (profiles, groups, `[boot]`) changes live; other sections
-/// (listen addresses, DHCP subnets, ...) are reported as needing a restart.
-fn reload(source: &config::Source, current: &mut config::Config, policy: &Policy, quick: bool) {
+/// running one stays. The boot policy (profiles, groups, `[boot]`) and `[dhcp]` (subnets,
+/// pools, hosts, options, limits; not its mode or ports, which are sockets) change live; other
+/// sections (listen addresses, ...) are reported as needing a restart.
+fn reload(
+    source: &config::Source,
+    current: &mut config::Config,
+    policy: &Policy,
+    dhcp: &parking_lot::Mutex<chainboot_dhcp::Engine>,
+    quick: bool,
+) {
     let config::Source::File(path) = source else {
         warn!("SIGHUP: running on the embedded default; there is no file to reload");
         return;
@@ -394,10 +405,17 @@ fn reload(source: &config::Source, current: &mut config::Config, policy: &Policy
         info!("SIGHUP: {} reloaded, nothing changed", path.display());
         return;
     }
+    // [dhcp] is live unless the sockets would change.
+    let dhcp_live = new.dhcp.mode == current.dhcp.mode && new.dhcp.ports == current.dhcp.ports;
     let (live, restart): (Vec<&str>, Vec<&str>) = changed
         .iter()
-        .partition(|s| matches!(**s, "profile" | "group" | "boot"));
-    if !live.is_empty() && !quick {
+        .partition(|s| matches!(**s, "profile" | "group" | "boot") || (**s == "dhcp" && dhcp_live));
+    if live.contains(&"dhcp") {
+        dhcp.lock().reconfigure(new.dhcp.clone());
+        current.dhcp = new.dhcp.clone();
+    }
+    let policy_changed = live.iter().any(|s| *s != "dhcp");
+    if policy_changed && !quick {
         if let Err(problems) = policy.reload(new.policy()) {
             error!("SIGHUP: boot policy refused, still serving the previous one: {problems:?}");
             return;
@@ -405,6 +423,8 @@ fn reload(source: &config::Source, current: &mut config::Config, policy: &Policy
         current.profile = new.profile.clone();
         current.group = new.group.clone();
         current.boot = new.boot.clone();
+    }
+    if !live.is_empty() {
         info!(sections = ?live, "SIGHUP: config reloaded; these sections changed and are live");
     }
     if !restart.is_empty() {

@@ -568,6 +568,31 @@ impl Engine {
         }
     }
 
+    /// Takes a new `[dhcp]` section (SIGHUP) without a restart: subnets, pools, static hosts,
+    /// options, lease times and limits apply to the next packet. The lease table is kept:
+    /// a lease whose address the new config no longer hands out (pool shrunk, subnet gone,
+    /// address now a static host's) stays until it ends, is never offered again, and a client
+    /// renewing it is NAKed and starts over (RFC 2131 §4.3.2), like after a restart with the
+    /// new file. Carried-over leases count as proven (as after a restart), rate-limit buckets
+    /// start full, counters go on. Mode and ports belong to the sockets: the caller restarts
+    /// for those.
+    pub fn reconfigure(&mut self, cfg: DhcpConfig) {
+        let leases: Vec<Lease> = self.by_ip.drain().map(|(_, l)| l).collect();
+        let counters = self.counters.clone();
+        let boot = self.boot.clone();
+        *self = Engine::new(cfg, boot);
+        self.counters = counters;
+        for lease in leases {
+            self.insert(
+                Lease {
+                    proven: true,
+                    ..lease
+                },
+                0,
+            );
+        }
+    }
+
     /// Every address in the table (offers included).
     pub fn leases(&self) -> Vec<Lease> {
         let mut v: Vec<Lease> = self.by_ip.values().cloned().collect();

@@ -1022,3 +1022,76 @@ fn flood_through_one_relay_is_rate_limited_per_relay() {
         .count();
     assert_eq!(passed, 100);
 }
+
+#[test]
+fn reconfigure_keeps_leases_and_applies_new_pools_hosts_and_lease_time() {
+    let mut e = engine(Mode::Server);
+    let kept = dora(&mut e, t0(), mac(60));
+    let moved = dora(&mut e, t0(), mac(61));
+    assert_eq!(
+        (kept, moved),
+        (
+            Ipv4Addr::new(198, 18, 0, 100),
+            Ipv4Addr::new(198, 18, 0, 101)
+        )
+    );
+    let before = e
+        .counters()
+        .ack_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The new file: the pool starts at .101 (so .100 is out of it), .101 belongs to a new
+    // static host, and leases last 10 minutes.
+    let mut cfg = server_cfg();
+    cfg.lease_time = HumanDuration(Duration::from_secs(600));
+    cfg.subnet[0].pools = vec![[
+        "198.18.0.101".parse().unwrap(),
+        "198.18.0.199".parse().unwrap(),
+    ]];
+    cfg.host.push(HostConfig {
+        mac: "52:54:00:00:00:51".parse().unwrap(),
+        ip: "198.18.0.101".parse().unwrap(),
+        hostname: None,
+    });
+    e.reconfigure(cfg);
+    // The table survived, the counters go on.
+    assert!(e.leases().iter().any(|l| l.ip == kept));
+    assert_eq!(
+        e.counters()
+            .ack_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
+    // Renewing an address the new config no longer hands out: NAK, start over.
+    for (m, ip) in [(mac(60), kept), (mac(61), moved)] {
+        let mut r = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+        r.ciaddr = ip;
+        r.broadcast = false;
+        let later = t0() + Duration::from_secs(60);
+        assert_eq!(
+            send(&mut e, later, &ingress(67), &r).1.unwrap().msg_type,
+            Some(MessageType::Nak),
+            "{ip} renewed after reconfigure"
+        );
+    }
+    // A new DORA gets an address of the new pool (not the static host's) with the new time.
+    let later = t0() + Duration::from_secs(60);
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(60));
+    let offer = send(&mut e, later, &ingress(67), &d).1.unwrap();
+    assert_eq!(offer.yiaddr, Ipv4Addr::new(198, 18, 0, 102));
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(60));
+    q.requested_ip = Some(offer.yiaddr);
+    q.server_id = Some(SERVER);
+    let (h, ack) = send(&mut e, later, &ingress(67), &q);
+    assert_eq!(ack.unwrap().msg_type, Some(MessageType::Ack));
+    assert_eq!(h.lease_writes[0].expires, unix(later) + 600);
+    // The new static host gets its address.
+    let d = ClientMessage::new(
+        ClientKind::Plain,
+        MessageType::Discover,
+        [0x52, 0x54, 0x00, 0x00, 0x00, 0x51],
+    );
+    assert_eq!(
+        send(&mut e, later, &ingress(67), &d).1.unwrap().yiaddr,
+        Ipv4Addr::new(198, 18, 0, 101)
+    );
+}
