@@ -69,7 +69,7 @@ fn count(text: &str, needle: &str) -> usize {
 #[test]
 fn a_full_disk_withholds_acks_says_why_and_service_resumes_when_space_returns() {
     require(&["ip", "unshare", "mount"]);
-    let topo = Topology::new(Some("198.18.0.2/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -201,7 +201,7 @@ fn a_full_disk_withholds_acks_says_why_and_service_resumes_when_space_returns() 
 #[test]
 fn a_read_only_state_dir_stops_the_server_with_a_clear_message_and_it_starts_once_writable() {
     require(&["ip", "unshare", "mount"]);
-    let topo = Topology::new(Some("198.18.0.2/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -285,7 +285,7 @@ fn start_plain(ns: &str, cfg: &Path, state: &Path) -> Proc {
 #[test]
 fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_doubles_one() {
     require(&["ip", "perfdhcp", "timeout"]);
-    let topo = Topology::new(Some("198.18.0.2/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let cfg = dir.path().join("dhcp.toml");

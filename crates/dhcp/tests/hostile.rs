@@ -143,7 +143,7 @@ fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<String> {
 #[test]
 fn fake_mac_floods_hold_at_most_the_share_and_real_clients_are_served() {
     require(&["ip", "perfdhcp", "busybox", "timeout"]);
-    let topo = Topology::new(Some("198.18.0.2/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dhcp.toml");
     std::fs::write(&cfg, config()).unwrap();

@@ -49,7 +49,7 @@ fn expected_file(kind: &ClientKind) -> &'static str {
 #[test]
 fn pxe_client_in_proxy_mode_gets_boot_info_on_67_and_4011() {
     require(&["ip"]);
-    let topo = Topology::new(Some("198.18.0.77/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.77/20"));
     let dir = tempfile::tempdir().unwrap();
     let _srv = start_server(&topo.srv, &server_config("proxy"), dir.path());
     in_netns(&topo.cli, || {
@@ -96,7 +96,7 @@ fn pxe_client_in_proxy_mode_gets_boot_info_on_67_and_4011() {
 #[test]
 fn pxe_client_in_server_mode_gets_address_and_file() {
     require(&["ip"]);
-    let topo = Topology::new(None);
+    let topo = Topology::new("cbdhcp", None);
     let dir = tempfile::tempdir().unwrap();
     let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
     in_netns(&topo.cli, || {
@@ -124,7 +124,7 @@ fn pxe_client_in_server_mode_gets_address_and_file() {
 #[test]
 fn udhcpc_gets_a_lease_renews_and_releases() {
     require(&["ip", "busybox"]);
-    let topo = Topology::new(None);
+    let topo = Topology::new("cbdhcp", None);
     let dir = tempfile::tempdir().unwrap();
     let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
     let log = dir.path().join("udhcpc.log");
@@ -218,7 +218,7 @@ fn udhcpc_gets_a_lease_renews_and_releases() {
 #[test]
 fn perfdhcp_1000_clients_get_1000_leases() {
     require(&["ip", "perfdhcp"]);
-    let topo = Topology::new(Some("198.18.0.2/20"));
+    let topo = Topology::new("cbdhcp", Some("198.18.0.2/20"));
     let dir = tempfile::tempdir().unwrap();
     let mut srv = start_server(&topo.srv, &server_config("server"), dir.path());
     // perfdhcp acts as a relay (giaddr = 198.18.0.2): replies come back to it on port 67.
@@ -264,7 +264,7 @@ fn perfdhcp_1000_clients_get_1000_leases() {
 #[test]
 fn kill_9_and_restart_keeps_every_acked_lease() {
     require(&["ip"]);
-    let topo = Topology::new(None);
+    let topo = Topology::new("cbdhcp", None);
     let dir = tempfile::tempdir().unwrap();
     let cfg = server_config("server");
     let srv = start_server(&topo.srv, &cfg, dir.path());
@@ -353,13 +353,13 @@ fn dnsmasq_with_our_snippet_answers_like_chainboot() {
     let snippet =
         chainboot_dhcp::snippet(chainboot_dhcp::SnippetKind::Dnsmasq, &settings, SERVER_IP);
     let ours = {
-        let topo = Topology::new(None);
+        let topo = Topology::new("cbdhcp", None);
         let dir = tempfile::tempdir().unwrap();
         let _srv = start_server(&topo.srv, &server_config("server"), dir.path());
         in_netns(&topo.cli, offers_for_matrix)
     };
     let theirs = {
-        let topo = Topology::new(None);
+        let topo = Topology::new("cbdhcp", None);
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("chainboot.conf");
         std::fs::write(&conf, &snippet).unwrap();
@@ -435,7 +435,7 @@ fn multi_homed_server_answers_each_link_with_its_own_address() {
     require(&["ip"]);
     // One more link on the same server namespace: vs2 198.19.2.1/24 <-> a second client
     // namespace whose interface is also called vc.
-    let topo = Topology::new(None);
+    let topo = Topology::new("cbdhcp", None);
     let cli2 = Netns(format!("{}2", topo.cli));
     run(&["ip", "netns", "add", &cli2.0]);
     run(&[

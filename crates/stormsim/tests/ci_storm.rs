@@ -11,103 +11,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chainboot_testnet::{run, Proc, Topology};
+
 const SIM: &str = env!("CARGO_BIN_EXE_chainboot-stormsim");
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e} (is iproute2 installed?)"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by veth `vs` (server 198.18.0.1/20) and `vc` (client 198.18.0.2/20,
-/// with the pool 198.18.8.0/21 routed as local so each machine binds its leased address).
-struct Topology {
-    srv: String,
-    cli: String,
-}
-
-impl Topology {
-    fn new() -> Topology {
-        let id = format!("cbstorm{}", std::process::id());
-        let t = Topology {
-            srv: format!("{id}s"),
-            cli: format!("{id}c"),
-        };
-        run(&["ip", "netns", "add", &t.srv]);
-        run(&["ip", "netns", "add", &t.cli]);
-        run(&[
-            "ip", "-n", &t.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns",
-            &t.cli,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &t.srv,
-            "addr",
-            "add",
-            "198.18.0.1/20",
-            "dev",
-            "vs",
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &t.cli,
-            "addr",
-            "add",
-            "198.18.0.2/20",
-            "dev",
-            "vc",
-        ]);
-        for (ns, dev) in [
-            (&t.srv, "vs"),
-            (&t.cli, "vc"),
-            (&t.srv, "lo"),
-            (&t.cli, "lo"),
-        ] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        run(&[
-            "ip",
-            "-n",
-            &t.cli,
-            "route",
-            "add",
-            "local",
-            "198.18.8.0/21",
-            "dev",
-            "lo",
-        ]);
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.srv, &self.cli] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A child process killed (by its PID) and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn chainboot_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CHAINBOOT") {
@@ -179,7 +88,20 @@ token_file = "{dir}/state/api.token"
     );
     std::fs::write(d.join("chainboot.toml"), conf).unwrap();
 
-    let topo = Topology::new();
+    // Server 198.18.0.1/20, client 198.18.0.2/20, and the pool 198.18.8.0/21 routed as local
+    // on the client side so that each machine binds its leased address.
+    let topo = Topology::new("cbstorm", Some("198.18.0.2/20"));
+    run(&[
+        "ip",
+        "-n",
+        &topo.cli,
+        "route",
+        "add",
+        "local",
+        "198.18.8.0/21",
+        "dev",
+        "lo",
+    ]);
     let log = std::fs::File::create(d.join("chainboot.log")).unwrap();
     let mut server = Proc(
         Command::new("ip")

@@ -21,31 +21,10 @@ pub fn sh(cmd: &str) -> Output {
     out
 }
 
+/// Root and every tool, or the test fails (CI runs as root with every tool installed; a
+/// missing one is a failure, not a skip).
 pub fn require_root_and(tools: &[&str]) {
-    // CI runs as root with every tool installed; a missing one is a failure, not a skip.
-    assert!(nix_is_root(), "this test needs root (network namespaces)");
-    for t in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "this test needs `{t}` (bash .ci/install-deps installs it)"
-        );
-    }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    chainboot_testnet::require(tools);
 }
 
 /// Two namespaces joined by a veth pair: `server` (198.18.<net>.1/24 on `srv0`) and `client`
