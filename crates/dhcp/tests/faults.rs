@@ -314,25 +314,7 @@ fn kill_9_at_random_moments_under_perfdhcp_load_loses_no_acked_lease_and_never_d
         ))));
         // Background load: perfdhcp (as a relay) doing DORA with random MACs.
         let load = Proc(
-            Command::new("timeout")
-                .args([
-                    "20",
-                    "ip",
-                    "netns",
-                    "exec",
-                    &topo.cli,
-                    "perfdhcp",
-                    "-4",
-                    "-l",
-                    "vc",
-                    "-r",
-                    "300",
-                    "-R",
-                    "50000",
-                    "-p",
-                    "3",
-                    "198.18.0.1",
-                ])
+            perfdhcp(&topo.cli, 20, &["-r", "300", "-R", "50000", "-p", "3"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -185,31 +185,15 @@ fn fake_mac_floods_hold_at_most_the_share_and_real_clients_are_served() {
     assert_eq!(after_pxe, acked.len(), "stored = ACKed");
 
     // perfdhcp on top: 3 s of DORA from random MACs at 200/s through the same relay address.
-    let flood = Command::new("timeout")
-        .args([
-            "30",
-            "ip",
-            "netns",
-            "exec",
-            &topo.cli,
-            "perfdhcp",
-            "-4",
-            "-l",
-            "vc",
-            "-r",
-            "200",
-            "-R",
-            "100000",
-            "-p",
-            "3",
-            "-W",
-            "1000000",
-            "198.18.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let flood = perfdhcp(
+        &topo.cli,
+        30,
+        &["-r", "200", "-R", "100000", "-p", "3", "-W", "1000000"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut flood = Proc(flood);
     let deadline = Instant::now() + Duration::from_secs(40);
     while flood.0.try_wait().unwrap().is_none() {

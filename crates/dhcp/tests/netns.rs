@@ -222,29 +222,13 @@ fn perfdhcp_1000_clients_get_1000_leases() {
     let dir = tempfile::tempdir().unwrap();
     let mut srv = start_server(&topo.srv, &server_config("server"), dir.path());
     // perfdhcp acts as a relay (giaddr = 198.18.0.2): replies come back to it on port 67.
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "ip",
-            "netns",
-            "exec",
-            &topo.cli,
-            "perfdhcp",
-            "-4",
-            "-l",
-            "vc",
-            "-r",
-            "100",
-            "-R",
-            "1000",
-            "-n",
-            "1000",
-            "-W",
-            "3000000",
-            "198.18.0.1",
-        ])
-        .output()
-        .unwrap();
+    let out = perfdhcp(
+        &topo.cli,
+        60,
+        &["-r", "100", "-R", "1000", "-n", "1000", "-W", "3000000"],
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("REQUEST-ACK"),

@@ -85,3 +85,15 @@ pub fn mac(i: u32) -> [u8; 6] {
     let b = i.to_be_bytes();
     [0x52, 0x54, 0x00, b[1], b[2], b[3]]
 }
+
+/// perfdhcp in the client namespace as a relay on `vc` (giaddr = vc's address), bounded by
+/// `timeout` seconds, against the server at 198.18.0.1; `args` are the rate, count and wait
+/// options of the test.
+pub fn perfdhcp(ns: &str, timeout: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(timeout.to_string())
+        .args(["ip", "netns", "exec", ns, "perfdhcp", "-4", "-l", "vc"])
+        .args(args)
+        .arg("198.18.0.1");
+    cmd
+}
