@@ -3,7 +3,7 @@
 //! - One UDP socket per port (server port 67 and the PXE boot server port 4011) bound to
 //!   0.0.0.0 with IP_PKTINFO: each datagram says which interface it came in on, so each reply
 //!   carries that interface's address as server id and advertised address (issue 3).
-//! - Each socket is read by its own thread blocked in `recvmsg` (not a tokio task: see
+//! - Each socket is read by its own thread blocked in `recvmmsg` (not a tokio task: see
 //!   [`DhcpServer::run`]); the engine is one state machine behind a mutex that both share.
 //! - Replies follow RFC 2131 §4.1 ([`Destination`]): broadcasts leave through the ingress
 //!   interface (IP_PKTINFO ifindex on send), unicasts to a client without an address get an
@@ -150,7 +150,8 @@ fn bind_udp(port: u16) -> Result<Socket, DhcpError> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(wrap)?;
     s.set_reuse_address(true).map_err(wrap)?;
     s.set_broadcast(true).map_err(wrap)?;
-    s.set_nonblocking(true).map_err(wrap)?;
+    // Blocking, read by a thread of its own; the timeout lets it notice shutdown.
+    s.set_read_timeout(Some(RECEIVE_TICK)).map_err(wrap)?;
     // Room for a storm of DISCOVERs (a rack powering on) while the receive thread waits for
     // a core. SO_RCVBUF is capped at net.core.rmem_max (208 KiB by default: about 160
     // datagrams of 300 bytes, 5 ms at 32 000/s); SO_RCVBUFFORCE, allowed to a root process
@@ -191,8 +192,6 @@ impl DhcpServer {
         if cfg.mode != Mode::Off {
             for port in [cfg.ports.server, cfg.ports.proxy] {
                 let sock = std::net::UdpSocket::from(bind_udp(port)?);
-                sock.set_nonblocking(false)?;
-                sock.set_read_timeout(Some(RECEIVE_TICK))?;
                 listeners.push(Arc::new(Listener { port, sock }));
             }
         }
@@ -236,18 +235,18 @@ impl DhcpServer {
         let mut threads = Vec::new();
         for l in &self.listeners {
             let l = l.clone();
-            let engine = self.engine.clone();
-            let tx = tx.clone();
-            let ifaces = ifaces.clone();
-            let options = self.options.clone();
-            let counters = self.counters.clone();
+            let receiver = Receiver {
+                engine: self.engine.clone(),
+                tx: tx.clone(),
+                ifaces: ifaces.clone(),
+                options: self.options.clone(),
+                counters: self.counters.clone(),
+            };
             let stop = stop.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("dhcp-recv-{}", l.port))
-                    .spawn(move || {
-                        receive_loop(&l, &engine, &tx, &ifaces, &options, &counters, &stop)
-                    })?,
+                    .spawn(move || receiver.run(&l, &stop))?,
             );
         }
         drop(tx);
@@ -268,111 +267,100 @@ impl DhcpServer {
     }
 }
 
-fn receive_loop(
-    l: &Listener,
-    engine: &Mutex<Engine>,
-    tx: &mpsc::Sender<PendingCommit>,
-    ifaces: &Mutex<Interfaces>,
-    options: &ServerOptions,
-    counters: &Counters,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
-    let fd = l.sock.as_raw_fd();
-    let mut batch = ReceiveBatch::new();
-    let mut replies: Vec<Outgoing> = Vec::with_capacity(RECEIVE_BATCH);
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = batch.receive(fd) {
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock
-                | std::io::ErrorKind::TimedOut
-                | std::io::ErrorKind::Interrupted => {}
-                _ => {
-                    tracing::warn!("dhcp: recvmmsg on port {}: {e}", l.port);
-                    // Not expected on a UDP socket; pause so that a persistent error cannot
-                    // spin.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            continue;
-        }
-        for i in 0..batch.len() {
-            let (datagram, src, pktinfo) = batch.get(i);
-            handle_datagram(
-                l,
-                fd,
-                datagram,
-                src,
-                pktinfo,
-                engine,
-                tx,
-                ifaces,
-                options,
-                counters,
-                &mut replies,
-            );
-        }
-        // The burst's replies in one system call (see `send_all`).
-        send_all(fd, replies.iter(), counters);
-        replies.clear();
-    }
-    Ok(())
+/// What a receive thread shares with the server: the engine, the committer's queue, the
+/// interface table, the options and the counters.
+struct Receiver {
+    engine: Arc<Mutex<Engine>>,
+    tx: mpsc::Sender<PendingCommit>,
+    ifaces: Arc<Mutex<Interfaces>>,
+    options: ServerOptions,
+    counters: Arc<Counters>,
 }
 
-/// One datagram through the engine; its replies added to `replies` (sent when the burst is
-/// done), or queued for the committer when they carry a lease.
-#[allow(clippy::too_many_arguments)]
-fn handle_datagram(
-    l: &Listener,
-    fd: RawFd,
-    datagram: &[u8],
-    src: SocketAddrV4,
-    pktinfo: PacketInfo,
-    engine: &Mutex<Engine>,
-    tx: &mpsc::Sender<PendingCommit>,
-    ifaces: &Mutex<Interfaces>,
-    options: &ServerOptions,
-    counters: &Counters,
-    replies: &mut Vec<Outgoing>,
-) {
-    let Some((ifindex, spec_dst)) = pktinfo else {
-        return;
-    };
-    let Some((iface, addr)) = ifaces.lock().lookup(ifindex) else {
-        return;
-    };
-    if !options.interfaces.is_empty() && !options.interfaces.contains(&iface) {
-        return;
+impl Receiver {
+    /// Reads `l` until `stop`: each burst through the engine, its replies in one `sendmmsg`.
+    fn run(&self, l: &Listener, stop: &AtomicBool) -> std::io::Result<()> {
+        let fd = l.sock.as_raw_fd();
+        let mut batch = ReceiveBatch::new();
+        let mut replies: Vec<Outgoing> = Vec::with_capacity(RECEIVE_BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = batch.receive(fd) {
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        tracing::warn!("dhcp: recvmmsg on port {}: {e}", l.port);
+                        // Not expected on a UDP socket; pause so that a persistent error
+                        // cannot spin.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                continue;
+            }
+            for i in 0..batch.len() {
+                let (datagram, src, pktinfo) = batch.get(i);
+                self.handle(l.port, fd, datagram, src, pktinfo, &mut replies);
+            }
+            // The burst's replies in one system call (see `send_all`).
+            send_all(fd, replies.iter(), &self.counters);
+            replies.clear();
+        }
+        Ok(())
     }
-    let local_addr = if spec_dst.is_unspecified() || spec_dst.is_broadcast() {
-        addr
-    } else {
-        spec_dst
-    };
-    let ingress = Ingress {
-        ifindex,
-        iface,
-        local_addr,
-        local_port: l.port,
-        src,
-    };
-    let started = Instant::now();
-    let handled = engine.lock().handle(SystemTime::now(), &ingress, datagram);
-    options
-        .observer
-        .exchange(&ingress, &handled, started.elapsed());
-    if handled.outgoing.is_empty() && handled.lease_writes.is_empty() {
-        return;
-    }
-    if handled.lease_writes.is_empty() {
-        replies.extend(handled.outgoing);
-    } else {
+
+    /// One datagram through the engine; its replies added to `replies` (sent when the burst
+    /// is done), or queued for the committer when they carry a lease.
+    fn handle(
+        &self,
+        port: u16,
+        fd: RawFd,
+        datagram: &[u8],
+        src: SocketAddrV4,
+        pktinfo: PacketInfo,
+        replies: &mut Vec<Outgoing>,
+    ) {
+        let Some((ifindex, spec_dst)) = pktinfo else {
+            return;
+        };
+        let Some((iface, addr)) = self.ifaces.lock().lookup(ifindex) else {
+            return;
+        };
+        let options = &self.options;
+        if !options.interfaces.is_empty() && !options.interfaces.contains(&iface) {
+            return;
+        }
+        let local_addr = if spec_dst.is_unspecified() || spec_dst.is_broadcast() {
+            addr
+        } else {
+            spec_dst
+        };
+        let ingress = Ingress {
+            ifindex,
+            iface,
+            local_addr,
+            local_port: port,
+            src,
+        };
+        let started = Instant::now();
+        let handled = self
+            .engine
+            .lock()
+            .handle(SystemTime::now(), &ingress, datagram);
+        options
+            .observer
+            .exchange(&ingress, &handled, started.elapsed());
+        if handled.lease_writes.is_empty() {
+            replies.extend(handled.outgoing);
+            return;
+        }
         let pending = PendingCommit {
             records: handled.lease_writes,
             outgoing: handled.outgoing,
             fd,
         };
-        if tx.send(pending).is_err() {
-            counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(pending).is_err() {
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -559,16 +547,14 @@ type PktinfoSpace = [u64; 4];
 /// sockets block for receiving, and a reply must never wait for send buffer space (without
 /// space it is lost like any datagram, and the client retransmits).
 fn send_all<'a>(fd: RawFd, replies: impl Iterator<Item = &'a Outgoing>, counters: &Counters) {
-    let mut pending: Vec<(&Outgoing, SocketAddrV4, u32)> = replies
+    let addressed: Vec<(&Outgoing, SocketAddrV4, u32)> = replies
         .map(|o| {
             let (to, ifindex) = destination(fd, o, counters);
             (o, to, ifindex)
         })
         .collect();
-    while !pending.is_empty() {
-        let n = pending.len().min(SEND_BATCH);
-        send_chunk(fd, &pending[..n], counters);
-        pending.drain(..n);
+    for chunk in addressed.chunks(SEND_BATCH) {
+        send_chunk(fd, chunk, counters);
     }
 }
 
