@@ -97,35 +97,14 @@ impl Validate for Config {
 /// covers every field).
 pub fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    let mut check = |name: &'static str, x: String, y: String| {
-        if x != y {
-            out.push(name);
-        }
-    };
-    check(
-        "server",
-        format!("{:?}", a.server),
-        format!("{:?}", b.server),
-    );
-    check("ipxe", format!("{:?}", a.ipxe), format!("{:?}", b.ipxe));
-    check("ipv6", format!("{:?}", a.ipv6), format!("{:?}", b.ipv6));
-    check("tftp", format!("{:?}", a.tftp), format!("{:?}", b.tftp));
-    check("http", format!("{:?}", a.http), format!("{:?}", b.http));
-    check("iso", format!("{:?}", a.iso), format!("{:?}", b.iso));
-    check("dhcp", format!("{:?}", a.dhcp), format!("{:?}", b.dhcp));
-    check(
-        "profile",
-        format!("{:?}", a.profile),
-        format!("{:?}", b.profile),
-    );
-    check("group", format!("{:?}", a.group), format!("{:?}", b.group));
-    check("boot", format!("{:?}", a.boot), format!("{:?}", b.boot));
-    check("api", format!("{:?}", a.api), format!("{:?}", b.api));
-    check(
-        "events",
-        format!("{:?}", a.events),
-        format!("{:?}", b.events),
-    );
+    macro_rules! check {
+        ($($section:ident),*) => {
+            $(if format!("{:?}", a.$section) != format!("{:?}", b.$section) {
+                out.push(stringify!($section));
+            })*
+        };
+    }
+    check!(server, ipxe, ipv6, tftp, http, iso, dhcp, profile, group, boot, api, events);
     out
 }
 
