@@ -5,9 +5,11 @@
 //! Why not only perfdhcp: on a 2-core machine perfdhcp 2.2 needs about a full core at
 //! 14 000 exchanges/s (measured: 4.5-6.3 s of CPU per 5 s run at 12 000-16 000/s) and then
 //! drops packets itself, so no server can be shown to sustain more than that. This generator
-//! encodes and parses the few fields it needs by hand, sends with `sendmmsg` every millisecond
-//! and receives with `recvmmsg`, and prints its own CPU time so that a run shows whether it
-//! was the bottleneck.
+//! encodes and parses the few fields it needs by hand (the crate's own test client,
+//! `client::ClientMessage` / `ReplyView`, goes through dhcproto and allocates per packet, which
+//! would make the generator cost as much as the server it measures), sends with `sendmmsg`
+//! every millisecond and receives with `recvmmsg`, and prints its own CPU time so that a run
+//! shows whether it was the bottleneck.
 //!
 //! ```text
 //! dhcp-load SERVER_IP GIADDR --rate N --seconds S [--wait-ms W] [--mac-prefix HEX4]
