@@ -38,6 +38,11 @@ pub struct TftpConfig {
     /// which turns each block around faster than a task does; the rest run as tasks. Unset:
     /// twice the number of CPUs. 0: every transfer runs as a task.
     pub lockstep_threads: Option<usize>,
+    /// How long a lock-step transfer's thread polls for the client's next ACK before it
+    /// sleeps, when the client has been answering that fast and there are fewer transfers
+    /// than spare CPUs (see `busy_poll.rs`). "0s" never polls.
+    #[serde(with = "duration_text")]
+    pub busy_poll: Duration,
 }
 
 impl Default for TftpConfig {
@@ -53,6 +58,7 @@ impl Default for TftpConfig {
             max_windowsize: MAX_WINDOWSIZE,
             shutdown_grace: Duration::from_secs(5),
             lockstep_threads: None,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }
@@ -100,6 +106,12 @@ impl TftpConfig {
         }
         if self.lockstep_threads.is_some_and(|n| n > 1024) {
             bad("lockstep_threads", "must be at most 1024".into());
+        }
+        if self.busy_poll > Duration::from_millis(1) {
+            bad(
+                "busy_poll",
+                "must be at most 1ms (it is CPU spent per block; 50us is plenty)".into(),
+            );
         }
         if self.shutdown_grace > Duration::from_secs(300) {
             bad("shutdown_grace", "must be at most 300s".into());
@@ -166,10 +178,13 @@ mod tests {
             max_blksize = 1468
             max_windowsize = 16
             shutdown_grace = "2s"
+            lockstep_threads = 3
+            busy_poll = "20us"
         "#;
         let c: TftpConfig = toml::from_str(text).unwrap();
         assert_eq!(c.listen, "127.0.0.1:6969".parse().unwrap());
         assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.busy_poll, Duration::from_micros(20));
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         let back: TftpConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
@@ -192,6 +207,7 @@ mod tests {
             max_windowsize: 65,
             retries: 0,
             timeout: Duration::from_secs(300),
+            busy_poll: Duration::from_millis(5),
             root: Some("/nonexistent/chainboot-test".into()),
             ..TftpConfig::default()
         };
@@ -204,6 +220,7 @@ mod tests {
                 "retries",
                 "max_blksize",
                 "max_windowsize",
+                "busy_poll",
                 "root"
             ]
         );

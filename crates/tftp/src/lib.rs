@@ -8,12 +8,14 @@
 //!   TID), limits, path resolution through `chainboot_content`, logs and counters. It reads
 //!   file data ahead in 32 KiB (or one window) chunks and sends each window with one
 //!   `sendmmsg`. Transfer sockets wait for readability only (`socket`): one reactor wake-up
-//!   per ACK, not two.
+//!   per ACK, not two. Lock-step transfers run on a thread of their own, which polls for the
+//!   next ACK for a few tens of microseconds when the client answers that fast (`busy_poll`).
 //!
 //! The binary builds a [`TftpServer`] from the `[tftp]` section ([`TftpConfig`]) and a
 //! `chainboot_content::Resolver`, then calls [`TftpServer::run`] with a cancellation token.
 
 mod batch;
+mod busy_poll;
 mod config;
 pub mod proto;
 mod readahead;

@@ -21,10 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
+use crate::busy_poll::BusyPoll;
 use crate::config::TftpConfig;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
-use crate::socket::TransferSocket;
+use crate::socket::{recv_polling, TransferSocket};
 use crate::transfer::{Handled, Outcome, Transfer, TransferSettings};
 
 /// Counters for the metrics endpoint (all monotonic except `active`).
@@ -141,6 +142,10 @@ struct Shared {
     resolve_slots: Arc<tokio::sync::Semaphore>,
     /// Lock-step transfers that may run on a thread of their own (see [`lockstep_thread`]).
     lockstep_slots: Arc<tokio::sync::Semaphore>,
+    /// `[tftp] busy_poll`, and the most transfers running at once for which a lock-step
+    /// thread still polls: one per spare CPU (see `busy_poll.rs`).
+    busy_poll: Duration,
+    busy_poll_transfers: u64,
     settings: TransferSettings,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TransferObserver>,
@@ -200,6 +205,8 @@ impl TftpServer {
                         .lockstep_threads
                         .unwrap_or_else(default_lockstep_threads),
                 )),
+                busy_poll: config.busy_poll,
+                busy_poll_transfers: spare_cpus(),
             }),
         })
     }
@@ -512,6 +519,10 @@ async fn run_transfer(
         Some(permit) => {
             let socket = socket.into_std();
             let (abort, thread_stats) = (abort.clone(), shared.stats.clone());
+            let polling = Polling {
+                busy: BusyPoll::new(shared.busy_poll),
+                max_transfers: shared.busy_poll_transfers,
+            };
             let run = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let mut transfer = transfer;
@@ -522,6 +533,7 @@ async fn run_transfer(
                     client,
                     &abort,
                     &thread_stats,
+                    polling,
                 );
                 transfer
             })
@@ -698,6 +710,19 @@ fn default_lockstep_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
+/// CPUs a busy-polling transfer may have to itself: all but one (none on a single CPU, where
+/// polling would only delay the client or the rest of the server).
+fn spare_cpus() -> u64 {
+    std::thread::available_parallelism().map_or(0, |n| n.get() as u64 - 1)
+}
+
+/// A lock-step thread's busy-polling: its per-transfer decisions, and the number of running
+/// transfers above which it never polls (they would spin on each other's CPUs).
+struct Polling {
+    busy: BusyPoll,
+    max_transfers: u64,
+}
+
 /// How often a lock-step thread waiting for an ACK looks at the clock and the abort token:
 /// the retransmission timer's resolution on that path.
 const LOCKSTEP_TICK: Duration = Duration::from_millis(20);
@@ -731,6 +756,7 @@ fn drive_blocking(
     client: SocketAddr,
     abort: &CancellationToken,
     stats: &TftpStats,
+    mut polling: Polling,
 ) {
     if let Err(e) = socket
         .set_nonblocking(false)
@@ -763,7 +789,20 @@ fn drive_blocking(
             transfer.abort("internal error: transfer stalled");
             continue;
         }
-        match socket.recv_from(&mut inbuf) {
+        let poll = if stats.active.load(Ordering::Relaxed) <= polling.max_transfers {
+            polling.busy.next_wait()
+        } else {
+            None
+        };
+        let received = match poll {
+            Some(budget) => {
+                let (received, answered) = recv_polling(&socket, &mut inbuf, budget);
+                polling.busy.record(answered);
+                received
+            }
+            None => socket.recv_from(&mut inbuf),
+        };
+        match received {
             Ok((_, from)) if from != client => {
                 bump(&stats.unknown_tid);
                 if let Some(error) = unknown_tids.answer(from) {

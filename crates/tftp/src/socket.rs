@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -78,6 +78,36 @@ impl TransferSocket {
     }
 }
 
+/// Receives one datagram on a blocking socket, first polling it for up to `budget` (see
+/// `busy_poll.rs` for why). Also says whether the datagram (or an error) came while polling;
+/// after that the call blocks as `recv_from` does (until the socket's read timeout).
+pub fn recv_polling(
+    socket: &std::net::UdpSocket,
+    buf: &mut [u8],
+    budget: Duration,
+) -> (io::Result<(usize, SocketAddr)>, bool) {
+    let sock = socket2::SockRef::from(socket);
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the kernel only writes
+    // initialised bytes into it; the slice is never used to de-initialise `buf`.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    let until = Instant::now() + budget;
+    loop {
+        match sock.recv_from_with_flags(uninit, libc::MSG_DONTWAIT) {
+            Ok((n, from)) => match from.as_socket() {
+                Some(from) => return (Ok((n, from)), true),
+                None => return (Err(io::ErrorKind::InvalidData.into()), true),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), true),
+        }
+        if Instant::now() >= until {
+            return (socket.recv_from(buf), false);
+        }
+        std::hint::spin_loop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +145,40 @@ mod tests {
             .await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
         assert_eq!(calls, SEND_ATTEMPTS);
+    }
+
+    #[test]
+    fn polling_finds_a_waiting_datagram_and_sleeps_when_there_is_none() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 16];
+
+        // Nothing comes: the poll runs out, then the blocking receive times out.
+        let started = Instant::now();
+        let (r, answered) = recv_polling(&socket, &mut buf, Duration::from_micros(50));
+        assert!(!answered);
+        let kind = r.unwrap_err().kind();
+        assert!(
+            matches!(kind, io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            "{kind:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(20));
+
+        // A datagram already queued is found by the poll, with its source.
+        peer.send_to(b"ack", socket.local_addr().unwrap()).unwrap();
+        let (r, answered) = recv_polling(&socket, &mut buf, Duration::from_millis(100));
+        let (n, from) = r.unwrap();
+        assert!(answered);
+        assert_eq!((&buf[..n], from), (&b"ack"[..], peer.local_addr().unwrap()));
+
+        // A zero budget still receives what is there.
+        peer.send_to(b"again", socket.local_addr().unwrap())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let (r, _) = recv_polling(&socket, &mut buf, Duration::ZERO);
+        assert_eq!(&buf[..r.unwrap().0], b"again");
     }
 }
