@@ -116,6 +116,43 @@ impl PolicyState {
         }
         Ok(())
     }
+
+    /// The machine a write request names, once the request may write (token first, so a
+    /// caller without one learns nothing from the MAC's validation).
+    fn writable_machine(&self, headers: &HeaderMap, mac: &str) -> Result<Mac, Response> {
+        self.check_write(headers)?;
+        parse_mac(mac)
+    }
+
+    /// Creates the machine's record if needed, applies `change` to it, and answers with the
+    /// record as stored (the decision cache forgets the machine: its next boot decides anew).
+    async fn update_machine<R>(
+        &self,
+        mac: Mac,
+        change: impl FnOnce(&chainboot_store::Store) -> Result<R, chainboot_store::StoreError>
+            + Send
+            + 'static,
+    ) -> Response {
+        let policy = self.policy.clone();
+        let r = blocking(move || {
+            let store = policy.store();
+            store.machine_ensure(mac, crate::now_ms(), &crate::random_hex(16))?;
+            change(store)?;
+            store.machine(mac)
+        })
+        .await;
+        self.policy.forget_recent(mac);
+        machine_result(r, mac)
+    }
+}
+
+/// A JSON body, or a 400 that says what was `expected`.
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    expected: &str,
+) -> Result<T, Response> {
+    body.map(|Json(b)| b)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
 }
 
 /// The policy's routes.
@@ -621,21 +658,16 @@ async fn forget_machine(
     State(st): State<PolicyState>,
     headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Response {
-    if let Err(r) = st.check_write(&headers) {
-        return r;
-    }
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let mac = st.writable_machine(&headers, &mac)?;
     let policy = st.policy.clone();
-    match blocking(move || policy.store().machine_forget(mac)).await {
-        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Ok(false)) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
-        Ok(Err(e)) => store_error(e),
-        Err(r) => r,
-    }
+    Ok(
+        match blocking(move || policy.store().machine_forget(mac)).await? {
+            Ok(true) => StatusCode::NO_CONTENT.into_response(),
+            Ok(false) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
+            Err(e) => store_error(e),
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -649,41 +681,22 @@ async fn set_profile(
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Result<Json<SetProfile>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = st.check_write(&headers) {
-        return r;
-    }
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"profile\": \"NAME\" or null}}: {e}"),
-            )
-        }
-    };
+) -> Result<Response, Response> {
+    let mac = st.writable_machine(&headers, &mac)?;
+    let body = json_body(body, "{\"profile\": \"NAME\" or null}")?;
     if let Some(p) = &body.profile {
         if !st.policy.has_profile(p) {
-            return json_error(
+            return Err(json_error(
                 StatusCode::BAD_REQUEST,
                 format!("unknown profile `{}`", render::echo_text(p)),
-            );
+            ));
         }
     }
-    let policy = st.policy.clone();
-    let r = blocking(move || {
-        let store = policy.store();
-        store.machine_ensure(mac, crate::now_ms(), &crate::random_hex(16))?;
-        store.machine_set_profile(mac, body.profile.as_deref())?;
-        store.machine(mac)
-    })
-    .await;
-    st.policy.forget_recent(mac);
-    machine_result(r, mac)
+    Ok(st
+        .update_machine(mac, move |store| {
+            store.machine_set_profile(mac, body.profile.as_deref())
+        })
+        .await)
 }
 
 fn machine_result(
@@ -705,14 +718,8 @@ async fn rearm(
     State(st): State<PolicyState>,
     headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Response {
-    if let Err(r) = st.check_write(&headers) {
-        return r;
-    }
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let mac = st.writable_machine(&headers, &mac)?;
     let policy = st.policy.clone();
     let r = blocking(move || {
         let store = policy.store();
@@ -723,7 +730,7 @@ async fn rearm(
     })
     .await;
     st.policy.forget_recent(mac);
-    machine_result(r, mac)
+    Ok(machine_result(r, mac))
 }
 
 async fn set_labels(
@@ -731,46 +738,25 @@ async fn set_labels(
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Result<Json<BTreeMap<String, String>>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = st.check_write(&headers) {
-        return r;
-    }
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let Json(labels) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"key\": \"value\", ...}}: {e}"),
-            )
-        }
-    };
+) -> Result<Response, Response> {
+    let mac = st.writable_machine(&headers, &mac)?;
+    let labels = json_body(body, "{\"key\": \"value\", ...}")?;
     if labels.len() > 64 {
-        return json_error(StatusCode::BAD_REQUEST, "at most 64 labels");
+        return Err(json_error(StatusCode::BAD_REQUEST, "at most 64 labels"));
     }
     if let Some((k, v)) = labels.iter().find(|(k, v)| !valid_label(k, v)) {
-        return json_error(
+        return Err(json_error(
             StatusCode::BAD_REQUEST,
             format!(
                 "label `{}` = `{}`: keys and values are up to 64 characters of letters, digits and . _ - : + , /",
                 render::echo_text(k),
                 render::echo_text(v)
             ),
-        );
+        ));
     }
-    let policy = st.policy.clone();
-    let r = blocking(move || {
-        let store = policy.store();
-        store.machine_ensure(mac, crate::now_ms(), &crate::random_hex(16))?;
-        store.machine_set_labels(mac, &labels)?;
-        store.machine(mac)
-    })
-    .await;
-    st.policy.forget_recent(mac);
-    machine_result(r, mac)
+    Ok(st
+        .update_machine(mac, move |store| store.machine_set_labels(mac, &labels))
+        .await)
 }
 
 async fn machine_event(
