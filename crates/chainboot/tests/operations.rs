@@ -174,6 +174,10 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(after
         .keys()
         .any(|k| k.starts_with("chainboot_http_request_seconds_bucket")));
+    for outcome in ["answered", "slept"] {
+        let k = format!("chainboot_tftp_busy_polls_total[('outcome', '{outcome}')]");
+        assert!(after.contains_key(&k), "{k} missing");
+    }
     for quiet in [
         "chainboot_http_request_timeouts_total[]",
         "chainboot_http_send_timeouts_total[]",

@@ -416,6 +416,21 @@ pub fn render_metrics(st: &OpsState) -> String {
             "TFTP transfers running now.",
             s.active as f64,
         );
+        w.family(
+            "chainboot_tftp_busy_polls_total",
+            "counter",
+            "Waits for an ACK that polled first ([tftp] busy_poll), by whether the ACK came while polling.",
+            &[
+                (
+                    "outcome=\"answered\"".into(),
+                    s.busy_polls_answered as f64,
+                ),
+                (
+                    "outcome=\"slept\"".into(),
+                    (s.busy_polls - s.busy_polls_answered) as f64,
+                ),
+            ],
+        );
     }
     w.histogram(
         "chainboot_tftp_transfer_seconds",

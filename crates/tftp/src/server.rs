@@ -55,6 +55,10 @@ pub struct TftpStats {
     pub bytes: AtomicU64,
     /// Transfers running now.
     pub active: AtomicU64,
+    /// Waits for an ACK that busy-polled first (`[tftp] busy_poll`), and those of them whose
+    /// ACK came while polling (the rest then slept: CPU spent for nothing).
+    pub busy_polls: AtomicU64,
+    pub busy_polls_answered: AtomicU64,
 }
 
 /// A plain copy of [`TftpStats`] at one moment.
@@ -72,6 +76,8 @@ pub struct TftpStatsSnapshot {
     pub duplicate_requests: u64,
     pub bytes: u64,
     pub active: u64,
+    pub busy_polls: u64,
+    pub busy_polls_answered: u64,
 }
 
 impl TftpStats {
@@ -90,6 +96,8 @@ impl TftpStats {
             duplicate_requests: g(&self.duplicate_requests),
             bytes: g(&self.bytes),
             active: g(&self.active),
+            busy_polls: g(&self.busy_polls),
+            busy_polls_answered: g(&self.busy_polls_answered),
         }
     }
 }
@@ -798,6 +806,10 @@ fn drive_blocking(
             Some(budget) => {
                 let (received, answered) = recv_polling(&socket, &mut inbuf, budget);
                 polling.busy.record(answered);
+                bump(&stats.busy_polls);
+                if answered {
+                    bump(&stats.busy_polls_answered);
+                }
                 received
             }
             None => socket.recv_from(&mut inbuf),

@@ -176,6 +176,43 @@ fn p_data(datagrams: &[Vec<u8>]) -> Vec<u8> {
     datagrams.iter().flat_map(|p| p[4..].to_vec()).collect()
 }
 
+/// `[tftp] busy_poll`: a lock-step thread polls for the ACK of a client that answers at once;
+/// a client that answers late is polled for three times and then left alone (the backoff);
+/// "0s" never polls; and no polling at all without a spare CPU.
+#[test]
+fn busy_polling_follows_the_client() {
+    let spare_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let polls = |busy_poll: Duration, ack_delay: Duration| {
+        let srv = TestServer::start_with(
+            TftpConfig {
+                busy_poll,
+                ..config()
+            },
+            None,
+        );
+        // 100 blocks: 100 waits for an ACK.
+        let data = pattern(512 * 99 + 100, 3);
+        std::fs::write(srv.root.path().join("f"), &data).unwrap();
+        assert!(raw_get_acking_after(srv.addr, "f", ack_delay).unwrap() == data);
+        assert!(eventually(|| srv.stats.snapshot().finished == 1));
+        srv.stats.snapshot().busy_polls
+    };
+    let at_once = polls(Duration::from_micros(50), Duration::ZERO);
+    let late = polls(Duration::from_micros(50), Duration::from_millis(2));
+    let never = polls(Duration::ZERO, Duration::ZERO);
+    if spare_cpu {
+        // At once: polling goes on unless the ACKs keep missing it (a loaded machine); at
+        // least the first three waits poll.
+        assert!(at_once >= 3, "{at_once}");
+        // Late: three misses, then 64 waits without polling, then three more misses at most
+        // (more only if this machine stalled the server past an ACK's 2 ms).
+        assert!((3..=10).contains(&late), "{late}");
+    } else {
+        assert_eq!((at_once, late), (0, 0));
+    }
+    assert_eq!(never, 0);
+}
+
 #[test]
 fn duplicate_acks_do_not_double_the_data() {
     for lockstep_threads in [None, Some(0)] {

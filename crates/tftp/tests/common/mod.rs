@@ -187,6 +187,15 @@ pub fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
 
 /// Fetches a whole file with raw packets (lock-step, no options); returns the bytes.
 pub fn raw_get(server: SocketAddr, name: &str) -> Result<Vec<u8>, String> {
+    raw_get_acking_after(server, name, Duration::ZERO)
+}
+
+/// [`raw_get`] by a client that holds each ACK for `delay` (a far client).
+pub fn raw_get_acking_after(
+    server: SocketAddr,
+    name: &str,
+    delay: Duration,
+) -> Result<Vec<u8>, String> {
     let s = raw_client("127.0.0.1");
     s.send_to(&rrq(name, &[]), server).unwrap();
     let mut out = Vec::new();
@@ -198,6 +207,9 @@ pub fn raw_get(server: SocketAddr, name: &str) -> Result<Vec<u8>, String> {
         match proto::parse(&p) {
             Ok(Packet::Data { block, data }) if block == expect => {
                 out.extend_from_slice(data);
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
                 s.send_to(&ack(block), from).unwrap();
                 if data.len() < 512 {
                     return Ok(out);
