@@ -158,6 +158,11 @@ fn vanished_tftp_clients_free_their_sessions_and_memory_returns() {
         // Three windows, then silence.
         while acked < 48 {
             let (p, _) = recv(c).expect("data");
+            // The clients are served one after another here, so a later one may find its
+            // OACK sent again (200 ms timeout on a busy machine): that is the protocol.
+            if p[..2] == [0, 6] {
+                continue;
+            }
             assert_eq!(&p[..2], &[0, 3]);
             let b = u16::from_be_bytes([p[2], p[3]]);
             if b % 16 == 0 {
