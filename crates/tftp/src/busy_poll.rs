@@ -144,28 +144,37 @@ mod tests {
     #[test]
     fn an_answer_resets_the_backoff() {
         let mut p = BusyPoll::new(BUDGET);
-        // Fail twice in a row long enough to grow the pause, then answer.
-        for _ in 0..2 {
+        let miss_three_times = |p: &mut BusyPoll| {
             for _ in 0..3 {
-                p.next_wait();
+                assert!(p.next_wait().is_some());
                 p.record(false);
             }
-            while p.next_wait().is_none() {}
-            p.record(true);
+        };
+        let skipped = |p: &mut BusyPoll| {
+            let mut n = 0;
+            while p.next_wait().is_none() {
+                n += 1;
+            }
+            n
+        };
+        // Two failed rounds grow the pause to 2 x FIRST_BACKOFF.
+        miss_three_times(&mut p);
+        assert_eq!(skipped(&mut p), FIRST_BACKOFF);
+        // (`skipped` ends on the wait that polls again.)
+        p.record(false);
+        for _ in 0..2 {
+            assert!(p.next_wait().is_some());
+            p.record(false);
         }
-        // A single miss later does not stop polling; three do, for FIRST_BACKOFF only.
-        p.next_wait();
+        assert_eq!(skipped(&mut p), 2 * FIRST_BACKOFF);
+        // An answer: polling goes on, and a single miss later does not stop it.
+        p.record(true);
+        assert!(p.next_wait().is_some());
         p.record(false);
         assert!(p.next_wait().is_some());
         p.record(true);
-        for _ in 0..3 {
-            p.next_wait();
-            p.record(false);
-        }
-        let mut skipped = 0;
-        while p.next_wait().is_none() {
-            skipped += 1;
-        }
-        assert_eq!(skipped, FIRST_BACKOFF);
+        // Three misses now pause for FIRST_BACKOFF again, not 4 x.
+        miss_three_times(&mut p);
+        assert_eq!(skipped(&mut p), FIRST_BACKOFF);
     }
 }

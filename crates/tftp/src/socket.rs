@@ -79,8 +79,9 @@ impl TransferSocket {
 }
 
 /// Receives one datagram on a blocking socket, first polling it for up to `budget` (see
-/// `busy_poll.rs` for why). Also says whether the datagram (or an error) came while polling;
-/// after that the call blocks as `recv_from` does (until the socket's read timeout).
+/// `busy_poll.rs` for why). Also says whether a datagram came while polling; after that the
+/// call blocks as `recv_from` does (until the socket's read timeout). An error ends the poll
+/// early (not an answer: a client whose datagrams bounce is not worth polling for).
 pub fn recv_polling(
     socket: &std::net::UdpSocket,
     buf: &mut [u8],
@@ -99,7 +100,7 @@ pub fn recv_polling(
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), true),
+            Err(e) => return (Err(e), false),
         }
         if Instant::now() >= until {
             return (socket.recv_from(buf), false);
