@@ -13,8 +13,9 @@
 //!
 //! Polling costs CPU, so it is only done when it pays: [`BusyPoll`] stops after a few ACKs in
 //! a row that came later than the polling time (a real LAN, a slow PXE ROM) and only tries
-//! again after a growing number of blocks; and the server only lets a transfer poll when
-//! there are fewer transfers than spare CPUs (see `server::drive_blocking`), so a boot storm
+//! again after a growing number of blocks; and the server only lets a transfer poll while at
+//! most one transfer runs per two CPUs (see `server::polling_transfers`): the other CPU is left
+//! for the client, often on the same host, and for the rest of the server, and a boot storm
 //! never spins.
 
 use std::time::Duration;

@@ -151,7 +151,7 @@ struct Shared {
     /// Lock-step transfers that may run on a thread of their own (see [`lockstep_thread`]).
     lockstep_slots: Arc<tokio::sync::Semaphore>,
     /// `[tftp] busy_poll`, and the most transfers running at once for which a lock-step
-    /// thread still polls: one per spare CPU (see `busy_poll.rs`).
+    /// thread still polls (see [`polling_transfers`]).
     busy_poll: Duration,
     busy_poll_transfers: u64,
     settings: TransferSettings,
@@ -214,7 +214,7 @@ impl TftpServer {
                         .unwrap_or_else(default_lockstep_threads),
                 )),
                 busy_poll: config.busy_poll,
-                busy_poll_transfers: spare_cpus(),
+                busy_poll_transfers: polling_transfers(),
             }),
         })
     }
@@ -718,10 +718,11 @@ fn default_lockstep_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
-/// CPUs a busy-polling transfer may have to itself: all but one (none on a single CPU, where
-/// polling would only delay the client or the rest of the server).
-fn spare_cpus() -> u64 {
-    std::thread::available_parallelism().map_or(0, |n| n.get() as u64 - 1)
+/// Transfers running at once up to which lock-step threads busy-poll: one per two CPUs, so
+/// each polling thread leaves a CPU for its client (often a VM on the same host) and the rest
+/// of the server; none on a single CPU, where polling would only delay them.
+fn polling_transfers() -> u64 {
+    std::thread::available_parallelism().map_or(0, |n| n.get() as u64 / 2)
 }
 
 /// A lock-step thread's busy-polling: its per-transfer decisions, and the number of running

@@ -178,10 +178,10 @@ fn p_data(datagrams: &[Vec<u8>]) -> Vec<u8> {
 
 /// `[tftp] busy_poll`: a lock-step thread polls for the ACK of a client that answers at once;
 /// a client that answers late is polled for three times and then left alone (the backoff);
-/// "0s" never polls; and no polling at all without a spare CPU.
+/// "0s" never polls; and a single CPU never polls.
 #[test]
 fn busy_polling_follows_the_client() {
-    let spare_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     let polls = |busy_poll: Duration, ack_delay: Duration| {
         let srv = TestServer::start_with(
             TftpConfig {
@@ -200,7 +200,7 @@ fn busy_polling_follows_the_client() {
     let at_once = polls(Duration::from_micros(50), Duration::ZERO);
     let late = polls(Duration::from_micros(50), Duration::from_millis(2));
     let never = polls(Duration::ZERO, Duration::ZERO);
-    if spare_cpu {
+    if two_cpus {
         // At once: polling goes on unless the ACKs keep missing it (a loaded machine); at
         // least the first three waits poll.
         assert!(at_once >= 3, "{at_once}");
