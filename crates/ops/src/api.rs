@@ -427,7 +427,8 @@ pub fn render_metrics(st: &OpsState) -> String {
                 ),
                 (
                     "outcome=\"slept\"".into(),
-                    (s.busy_polls - s.busy_polls_answered) as f64,
+                    // Two loads, not one moment: never let "answered" read later wrap this.
+                    s.busy_polls.saturating_sub(s.busy_polls_answered) as f64,
                 ),
             ],
         );
