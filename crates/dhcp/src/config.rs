@@ -225,6 +225,11 @@ pub struct Limits {
     pub new_client_share: f64,
     /// The starvation guard logs its refusals at most once per window (with their count).
     pub new_client_window: HumanDuration,
+    /// Leases of unproven clients last at most this long (unset: the full `lease_time`). A
+    /// real client is proven when it renews at half of it and gets the full lease then; a
+    /// flood's leases lapse this soon after it stops, so the guard lets new machines in again
+    /// sooner.
+    pub new_client_lease_time: Option<HumanDuration>,
 }
 
 impl Default for Limits {
@@ -237,6 +242,7 @@ impl Default for Limits {
             per_relay_burst: 10000.0,
             new_client_share: 0.5,
             new_client_window: HumanDuration(Duration::from_secs(10)),
+            new_client_lease_time: None,
         }
     }
 }
@@ -352,6 +358,17 @@ impl DhcpConfig {
                 "new_client_share must be > 0 and <= 1".to_string(),
             ));
         }
+        if self
+            .limits
+            .new_client_lease_time
+            .is_some_and(|d| d.0 < Duration::from_secs(120))
+        {
+            out.push((
+                path(&[&"limits", &"new_client_lease_time"]),
+                "new_client_lease_time must be at least 2m (clients renew at half of it)"
+                    .to_string(),
+            ));
+        }
         if self.limits.new_client_window.0.as_secs() == 0 {
             out.push((
                 path(&[&"limits", &"new_client_window"]),
@@ -459,6 +476,16 @@ impl DhcpConfig {
     /// The lease time of a subnet.
     pub fn lease_time_of(&self, subnet: &SubnetConfig) -> Duration {
         subnet.lease_time.unwrap_or(self.lease_time).0
+    }
+
+    /// The lease a client gets in `subnet`: shortened to `limits.new_client_lease_time` while
+    /// it is unproven (see the starvation guard).
+    pub fn lease_time_for(&self, subnet: &SubnetConfig, proven: bool) -> Duration {
+        let full = self.lease_time_of(subnet);
+        match self.limits.new_client_lease_time {
+            Some(short) if !proven => full.min(short.0),
+            _ => full,
+        }
     }
 }
 
@@ -583,6 +610,18 @@ ip = "198.18.0.51"
         assert!(has(&["host", "0", "ip"], "not inside any"), "{probs:?}");
         assert!(has(&["host", "1", "mac"], "already host 0"), "{probs:?}");
         assert_eq!(probs.len(), 8, "{probs:?}");
+    }
+
+    #[test]
+    fn new_client_lease_time_parses_and_is_checked() {
+        let c = parse("[dhcp]\nlimits = { new_client_lease_time = \"10m\" }\n");
+        assert_eq!(
+            c.limits.new_client_lease_time,
+            Some(HumanDuration(Duration::from_secs(600)))
+        );
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let c = parse("[dhcp]\nlimits = { new_client_lease_time = \"30s\" }\n");
+        assert_eq!(c.validate()[0].0, vec!["limits", "new_client_lease_time"]);
     }
 
     #[test]

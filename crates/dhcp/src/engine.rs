@@ -1227,7 +1227,7 @@ impl Engine {
                 };
                 let secs = self
                     .cfg
-                    .lease_time_of(&self.cfg.subnet[self.subnets[sub].index])
+                    .lease_time_for(&self.cfg.subnet[self.subnets[sub].index], proven)
                     .as_secs() as i64;
                 let lease = Lease {
                     ip,
@@ -1414,9 +1414,11 @@ impl Engine {
         ip: Ipv4Addr,
         writes: Vec<LeaseRecord>,
     ) -> Handled {
+        // The offer or lease for `ip` was just recorded, with whether its client is proven.
+        let proven = self.by_ip.get(&ip).is_some_and(|l| l.proven);
         let secs = self
             .cfg
-            .lease_time_of(&self.cfg.subnet[self.subnets[sub].index])
+            .lease_time_for(&self.cfg.subnet[self.subnets[sub].index], proven)
             .as_secs();
         let lease = u32::try_from(secs).unwrap_or(u32::MAX);
         let mut r = Reply::to(req, t);

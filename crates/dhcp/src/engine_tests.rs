@@ -1095,3 +1095,82 @@ fn reconfigure_keeps_leases_and_applies_new_pools_hosts_and_lease_time() {
         Ipv4Addr::new(198, 18, 0, 101)
     );
 }
+
+/// Option 51 of a reply, in seconds.
+fn lease_secs(r: &ReplyView) -> u32 {
+    u32::from_be_bytes(r.opt(51).expect("lease time").try_into().expect("4 bytes"))
+}
+
+#[test]
+fn unproven_clients_get_the_short_lease_until_they_come_back() {
+    let mut cfg = server_cfg();
+    cfg.limits.new_client_lease_time = Some(HumanDuration(Duration::from_secs(600)));
+    let mut e = Engine::new(cfg, BootSettings::default());
+    let m = mac(70);
+    // First DORA: the OFFER and the ACK say 600 s, and the lease lasts 600 s.
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
+    let offer = send(&mut e, t0(), &ingress(67), &d).1.expect("offer");
+    assert_eq!(lease_secs(&offer), 600);
+    assert_eq!(offer.opt(58), Some(&300u32.to_be_bytes()[..]), "T1");
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+    q.requested_ip = Some(offer.yiaddr);
+    q.server_id = Some(SERVER);
+    let (h, ack) = send(&mut e, t0(), &ingress(67), &q);
+    assert_eq!(lease_secs(&ack.expect("ack")), 600);
+    assert_eq!(h.lease_writes[0].expires, unix(t0()) + 600);
+    // Renewing at T1 proves it: the full lease_time (3600 s) from then on.
+    let mut r = ClientMessage::new(ClientKind::Plain, MessageType::Request, m);
+    r.ciaddr = offer.yiaddr;
+    r.broadcast = false;
+    let at_t1 = t0() + Duration::from_secs(300);
+    let (h, ack) = send(&mut e, at_t1, &ingress(67), &r);
+    assert_eq!(lease_secs(&ack.expect("ack")), 3600);
+    assert_eq!(h.lease_writes[0].expires, unix(at_t1) + 3600);
+    // A static host is proven from the start; a PXE client by iPXE's second DORA.
+    let d = ClientMessage::new(
+        ClientKind::Plain,
+        MessageType::Discover,
+        [0x52, 0x54, 0, 0, 0, 0x50],
+    );
+    assert_eq!(
+        lease_secs(&send(&mut e, t0(), &ingress(67), &d).1.unwrap()),
+        3600
+    );
+    firmware_then_ipxe(&mut e, t0(), mac(71)).expect("served");
+    let l = e.leases().into_iter().find(|l| l.mac.0 == mac(71)).unwrap();
+    assert_eq!(l.expires, unix(t0()) + 3600);
+    // Unset: everyone gets lease_time at once (the default).
+    let mut e = engine(Mode::Server);
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(72));
+    assert_eq!(
+        lease_secs(&send(&mut e, t0(), &ingress(67), &d).1.unwrap()),
+        3600
+    );
+}
+
+#[test]
+fn a_short_unproven_lease_lets_new_clients_in_sooner_after_a_flood() {
+    // Pool of 100, cap 50: a flood of one-DORA MACs fills the share at t0 and stops.
+    let admitted_after = |short: Option<u64>| {
+        let mut cfg = server_cfg();
+        cfg.limits.new_client_lease_time = short.map(|s| HumanDuration(Duration::from_secs(s)));
+        let mut e = Engine::new(cfg, BootSettings::default());
+        for n in 0..50 {
+            assert!(try_dora(&mut e, t0(), fake_mac(n)).is_some());
+        }
+        assert!(
+            try_dora(&mut e, t0(), fake_mac(50)).is_none(),
+            "the share is full"
+        );
+        // A new real machine tries once a minute: how long until it gets an address?
+        (1..=120u64)
+            .find(|min| try_dora(&mut e, t0() + Duration::from_secs(60 * min), mac(80)).is_some())
+            .map(|min| min * 60)
+    };
+    assert_eq!(
+        admitted_after(None),
+        Some(3600),
+        "the flood's leases last lease_time"
+    );
+    assert_eq!(admitted_after(Some(600)), Some(600));
+}
