@@ -6,6 +6,7 @@ mod allocator;
 mod api_client;
 mod check;
 mod explain;
+mod identity;
 mod interfaces;
 mod logging;
 mod resolver;

@@ -21,10 +21,13 @@ use chainboot_content::Root;
 use chainboot_dhcp::{DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
-use chainboot_policy::{routes as policy_routes, HttpBase, Policy, PolicyState, TftpResolver};
+use chainboot_api::ApiAuth;
+use chainboot_policy::http::{boot_routes, operator_routes};
+use chainboot_policy::{HttpBase, Policy, PolicyState, TftpResolver};
 use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
+use crate::identity::{HostAddressBook, NeighbourTable};
 use crate::ipxe::IpxeBinaries;
 use crate::resolver::TftpNamespace;
 use crate::{config, interfaces};
@@ -136,6 +139,7 @@ async fn serve(
         .api
         .load_or_create_token(&cfg.server.state_dir)
         .context("API token")?;
+    let auth = ApiAuth::new(&token, cfg.api.read_requires_token);
     let observers = Arc::new(Observers {
         events: events.clone(),
         metrics: Arc::new(Metrics::default()),
@@ -194,6 +198,14 @@ async fn serve(
     let (dhcp_counters, dhcp_engine) = (dhcp.counters(), dhcp.engine());
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = dhcp_engine.clone();
+    // Who holds which address: the policy acts for a MAC only on requests from its address.
+    policy.set_access(
+        Arc::new(HostAddressBook {
+            dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp_engine.clone()),
+            neighbours: NeighbourTable::default(),
+        }),
+        &token,
+    );
 
     // HTTP: static content, boot policy, operations.
     let http = HttpServer::bind(&cfg.http)
@@ -227,28 +239,39 @@ async fn serve(
             "quick_mode": quick.is_some(),
         })),
         started,
-        token: Arc::new(token.clone()),
-        read_requires_token: cfg.api.read_requires_token,
+        auth: auth.clone(),
     };
-    let policy_state = PolicyState::new(policy.clone(), token, &cfg.api, base.clone()).with_hooks(
+    let policy_state = PolicyState::new(policy.clone(), auth.clone(), base.clone()).with_hooks(
         Arc::new(MachineEvents {
             events: events.clone(),
             store: store.clone(),
+            metrics: observers.metrics.clone(),
         }),
     );
-    let policy_router = policy_routes(policy_state).layer(axum::middleware::from_fn_with_state(
-        events.clone(),
-        learn_machine_ip,
-    ));
-    let router = static_routes(StaticContent {
+    let mut router = static_routes(StaticContent {
         files,
         ipxe_bin: ipxe.clone(),
         isos: isos.clone(),
         listing: cfg.http.listing,
     })
-    .merge(policy_router)
-    .merge(ops_routes(ops));
+    .merge(boot_routes(policy_state.clone()));
+    if cfg.api.on_boot_listener {
+        // Shared with the boot network: the token for everything, reads included.
+        let strict = auth.token_only();
+        router = router
+            .merge(operator_routes(policy_state.clone().with_auth(strict.clone())))
+            .merge(ops_routes(OpsState {
+                auth: strict,
+                ..ops.clone()
+            }));
+    }
+    let management = operator_routes(policy_state).merge(ops_routes(ops));
+    let api_server = bind_management(&cfg)?;
 
+    if let Some(server) = api_server {
+        let token = shutdown.clone();
+        tasks.spawn(async move { ("api", server.run(management, token).await) });
+    }
     for (name, fut) in [
         ("tftp", tftp.run(shutdown.clone()).boxed()),
         ("http", http.run(router, shutdown.clone()).boxed()),
@@ -294,28 +317,19 @@ async fn serve(
     result
 }
 
-/// iPXE's script request carries its MAC (`/ipxe?mac=...`): remember which MAC this client
-/// address is, so that its later HTTP and TFTP requests land on the right machine's timeline.
-async fn learn_machine_ip(
-    axum::extract::State(events): axum::extract::State<Arc<EventLog>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if req.uri().path() == "/ipxe" {
-        let mac = req.uri().query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("mac="))
-                .and_then(|m| m.parse::<chainboot_machine::Mac>().ok())
-        });
-        let peer = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        if let (Some(mac), Some(ip)) = (mac, peer) {
-            events.learn_ip(ip, mac);
-        }
+/// The management listener (`[api] listen`): the operator's API, dashboard, event stream and
+/// metrics, off the boot network. Its limits are the boot listener's.
+fn bind_management(cfg: &config::Config) -> anyhow::Result<Option<HttpServer>> {
+    if cfg.api.listen.is_empty() {
+        return Ok(None);
     }
-    next.run(req).await
+    let mut http = cfg.http.clone();
+    http.listen = chainboot_http::Listen::Many(cfg.api.listen.iter().map(|a| a.to_string()).collect());
+    let server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
+    for addr in server.local_addrs() {
+        info!(listen = %addr, "API listening");
+    }
+    Ok(Some(server))
 }
 
 /// The policy's TFTP resolver owns a small runtime of its own, and a runtime must not be

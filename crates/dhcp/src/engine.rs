@@ -593,6 +593,15 @@ impl Engine {
         }
     }
 
+    /// The client holding a bound, unexpired lease of `ip` (`now`: seconds since the epoch).
+    /// Other parts of chainboot use it to tell which machine an address belongs to.
+    pub fn bound_to(&self, ip: Ipv4Addr, now: i64) -> Option<Mac> {
+        self.by_ip
+            .get(&ip)
+            .filter(|l| l.status == LeaseStatus::Bound && l.expires > now)
+            .map(|l| l.mac)
+    }
+
     /// Every address in the table (offers included).
     pub fn leases(&self) -> Vec<Lease> {
         let mut v: Vec<Lease> = self.by_ip.values().cloned().collect();

@@ -18,7 +18,7 @@ use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
 use chainboot_events::{boots, EventLog};
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
-use chainboot_policy::http::{bearer, ct_eq};
+use chainboot_api::ApiAuth;
 use chainboot_ra::RaStats;
 use chainboot_store::events::{self, EventFilter};
 use chainboot_store::Store;
@@ -45,9 +45,8 @@ pub struct OpsState {
     pub ra: Option<Arc<RaStats>>,
     pub info: Arc<serde_json::Value>,
     pub started: Instant,
-    /// API token; reads need it when `read_requires_token`.
-    pub token: Arc<String>,
-    pub read_requires_token: bool,
+    /// Who may read (and, through the policy's routes, write).
+    pub auth: ApiAuth,
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -56,13 +55,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 impl OpsState {
     fn check_read(&self, headers: &HeaderMap) -> Result<(), Response> {
-        if self.read_requires_token && !bearer(headers).is_some_and(|t| ct_eq(t, &self.token)) {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            ));
-        }
-        Ok(())
+        self.auth.check_read(headers).map_err(IntoResponse::into_response)
     }
 }
 
@@ -503,6 +496,11 @@ pub fn render_metrics(st: &OpsState) -> String {
         "chainboot_http_bytes_total",
         "HTTP body bytes by what was fetched.",
         &st.metrics.http_bytes,
+    );
+    w.labeled(
+        "chainboot_refused_identity_total",
+        "Requests refused because they could not prove they came from the machine they named.",
+        &st.metrics.refused_identity,
     );
     if let Some(r) = &st.ra {
         w.counter(

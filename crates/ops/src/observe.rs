@@ -27,6 +27,8 @@ pub struct Metrics {
     pub http_bytes: LabeledCounter,
     pub dhcp_exchanges: LabeledCounter,
     pub dhcp_decision_seconds: Histogram,
+    /// Requests that named a MAC they could not prove they came from, by route.
+    pub refused_identity: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -39,6 +41,7 @@ impl Default for Metrics {
             http_bytes: LabeledCounter::default(),
             dhcp_exchanges: LabeledCounter::default(),
             dhcp_decision_seconds: Histogram::new(LATENCY_BUCKETS),
+            refused_identity: LabeledCounter::default(),
         }
     }
 }
@@ -292,6 +295,7 @@ impl chainboot_dhcp::DhcpObserver for Observers {
 pub struct MachineEvents {
     pub events: Arc<EventLog>,
     pub store: Arc<chainboot_store::Store>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl chainboot_policy::MachineHooks for MachineEvents {
@@ -303,6 +307,18 @@ impl chainboot_policy::MachineHooks for MachineEvents {
     fn last_boot(&self, mac: Mac) -> Option<serde_json::Value> {
         let boots = crate::api::machine_timeline(&self.store, mac).ok()?;
         boots.as_array()?.last().cloned()
+    }
+
+    fn refused(&self, _mac: Mac, _peer: Option<IpAddr>, route: &'static str) {
+        // Counted only: the MAC is whatever the sender typed, so it goes in no machine's
+        // history and no per-request log line (a flood would fill both).
+        self.metrics
+            .refused_identity
+            .add(format!("route=\"{route}\""), 1);
+    }
+
+    fn verified(&self, mac: Mac, ip: IpAddr) {
+        self.events.learn_ip(ip, mac);
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chainboot_policy::{
-    routes, ApiConfig, BootConfig, GroupConfig, HttpBase, MatchConfig, Policy, PolicyConfig,
+    routes, BootConfig, GroupConfig, HttpBase, MatchConfig, Policy, PolicyConfig,
     PolicyState, ProfileConfig,
 };
 use chainboot_store::Store;
@@ -48,8 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = Arc::new(Policy::new(cfg, store).map_err(|p| format!("{p:?}"))?);
     let state = PolicyState::new(
         policy,
-        "bench".into(),
-        &ApiConfig::default(),
+        chainboot_api::ApiAuth::new("bench", false),
         HttpBase::new(&format!("http://127.0.0.1:{port}"))?,
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -182,6 +182,15 @@ pub struct BootConfig {
     /// How long a machine that cannot boot waits before asking again.
     #[serde(default = "default_retry_delay", with = "duration_text")]
     pub retry_delay: Duration,
+    /// Networks whose requests may act for any MAC they name without proving it (routed labs
+    /// in proxy mode, where neither a lease nor the neighbour table can tell who is asking).
+    /// Loopback is always trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// How long the boot capabilities in a machine's script URLs stay valid (an installer
+    /// fetches its config with one up to this long after the script).
+    #[serde(default = "default_capability_lifetime", with = "duration_text")]
+    pub capability_lifetime: Duration,
 }
 
 fn default_profile() -> String {
@@ -193,6 +202,9 @@ fn default_api_timeout() -> Duration {
 fn default_retry_delay() -> Duration {
     Duration::from_secs(10)
 }
+fn default_capability_lifetime() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
 
 impl Default for BootConfig {
     fn default() -> Self {
@@ -202,6 +214,8 @@ impl Default for BootConfig {
             api_timeout: default_api_timeout(),
             templates: None,
             retry_delay: default_retry_delay(),
+            trusted_networks: Vec::new(),
+            capability_lifetime: default_capability_lifetime(),
         }
     }
 }
@@ -222,15 +236,60 @@ mod duration_text {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer token file; default `<state_dir>/api.token`, created 0600 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// Whether GETs need the token too.
-    #[serde(default)]
+    #[serde(default = "yes")]
     pub read_requires_token: bool,
+    /// The management listener (API, dashboard, event stream, metrics): off the boot network
+    /// by default. Empty = no listener of its own.
+    #[serde(default = "default_api_listen", deserialize_with = "one_or_many_addrs")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Also serve the operator's API on the boot listener(s); every request there then needs
+    /// the token, reads included.
+    #[serde(default)]
+    pub on_boot_listener: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The management listener's default address: loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8079";
+
+fn default_api_listen() -> Vec<std::net::SocketAddr> {
+    DEFAULT_API_LISTEN.parse().into_iter().collect()
+}
+
+fn one_or_many_addrs<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(std::net::SocketAddr),
+        Many(Vec<std::net::SocketAddr>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token_file: None,
+            read_requires_token: true,
+            listen: default_api_listen(),
+            on_boot_listener: false,
+        }
+    }
 }
 
 impl ApiConfig {

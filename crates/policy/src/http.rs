@@ -1,4 +1,5 @@
-//! The policy's HTTP routes; the binary merges [`routes`] with the static ones.
+//! The policy's HTTP routes; the binary puts [`boot_routes`] on the boot listener and
+//! [`operator_routes`] on the management listener.
 //!
 //! | route | what |
 //! |---|---|
@@ -7,37 +8,40 @@
 //! | `GET /boot/MAC/kernel`, `/initrd/N`, `/url/N`, `/loader` | a decision's assets: records boot-once kernel fetches, then redirects (302) or serves local files / relays pixiecore API URLs |
 //! | `GET /config/MAC/NAME` | `templates/<profile>/NAME` or `templates/NAME` rendered for the machine |
 //! | `GET /pxelinux.cfg/NAME` | PXELINUX config, PXELINUX's lookup names |
-//! | `/api/v1/machines...`, `/api/v1/profiles`, `/api/v1/groups` | API v1 (PRODUCT.md §5) |
+//! | `POST /api/v1/machines/MAC/events` | a machine's own report (its secret, or the token) |
+//! | `/api/v1/machines...`, `/api/v1/profiles`, `/api/v1/groups` | the operator's API (token) |
+//!
+//! Every route that names a MAC acts for that machine only when the request proves it comes
+//! from it ([`crate::access`]); others are refused and say why.
 //!
 //! `/ipxe` always answers 200 with a valid iPXE script, even when something is wrong: an
 //! HTTP error would leave the operator with iPXE's own terse message; the script says why
-//! and retries (PROTOCOL.md, "HTTP from iPXE").
-
-// Early-exit helpers return the finished error response; it is built once per failed request,
-// so its size does not matter and boxing would only add noise.
-#![allow(clippy::result_large_err)]
+//! and retries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use chainboot_api::{blocking, ApiAuth, ApiError, Operator, Reader};
 use chainboot_machine::{Arch, Mac};
 use serde::Deserialize;
 
-use crate::config::{ApiConfig, AssetRef};
+use crate::access::{Proof, Refusal};
+use crate::config::AssetRef;
 use crate::facts::{valid_label, ClientFacts, RawFacts};
 use crate::policy::{AssetSlot, Decision, Policy};
 use crate::render::{self, HttpBase};
 
 /// What the rest of chainboot adds to the machine routes: the event log records machines'
-/// own events, and a machine's JSON carries its last boot timeline (both owned by other
-/// crates, hence a hook rather than a dependency). Both default to nothing.
+/// own events and refused requests, and a machine's JSON carries its last boot timeline (both
+/// owned by other crates, hence a hook rather than a dependency). All default to nothing.
 pub trait MachineHooks: Send + Sync + 'static {
     /// A machine reported an event (`installed`, or anything else an installer sends).
     fn machine_event(&self, _mac: Mac, _event: &str, _body: &serde_json::Value) {}
@@ -45,6 +49,12 @@ pub trait MachineHooks: Send + Sync + 'static {
     fn last_boot(&self, _mac: Mac) -> Option<serde_json::Value> {
         None
     }
+    /// A request named `mac` and could not prove it came from it (counted; not a machine
+    /// event, since anyone can name any MAC).
+    fn refused(&self, _mac: Mac, _peer: Option<IpAddr>, _route: &'static str) {}
+    /// A request from `ip` proved it came from `mac` (its later TFTP and HTTP requests from
+    /// that address can be filed under the machine).
+    fn verified(&self, _mac: Mac, _ip: IpAddr) {}
 }
 
 struct NoHooks;
@@ -55,28 +65,42 @@ impl MachineHooks for NoHooks {}
 pub struct PolicyState {
     pub policy: Arc<Policy>,
     hooks: Arc<dyn MachineHooks>,
-    token: Arc<String>,
-    read_requires_token: bool,
+    auth: ApiAuth,
     /// Used when a request has no usable Host header.
     fallback_base: HttpBase,
     relay: reqwest::Client,
 }
 
+impl FromRef<PolicyState> for ApiAuth {
+    fn from_ref(st: &PolicyState) -> ApiAuth {
+        st.auth.clone()
+    }
+}
+
+/// The client address of a request (the HTTP server attaches it to every request).
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 impl PolicyState {
-    /// `token` is the API bearer token (see [`ApiConfig::load_or_create_token`]);
-    /// `fallback_base` the URL machines reach this server at when a request carries no Host
-    /// header (scripts otherwise use the Host the client used, which is always reachable).
-    pub fn new(
-        policy: Arc<Policy>,
-        token: String,
-        api: &ApiConfig,
-        fallback_base: HttpBase,
-    ) -> PolicyState {
+    /// `auth` checks the operator's token; `fallback_base` is the URL machines reach this
+    /// server at when a request carries no Host header (scripts otherwise use the Host the
+    /// client used, which is always reachable).
+    pub fn new(policy: Arc<Policy>, auth: ApiAuth, fallback_base: HttpBase) -> PolicyState {
         PolicyState {
             policy,
             hooks: Arc::new(NoHooks),
-            token: Arc::new(token),
-            read_requires_token: api.read_requires_token,
+            auth,
             fallback_base,
             relay: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
@@ -91,6 +115,13 @@ impl PolicyState {
         self
     }
 
+    /// The same state with another access rule (the operator routes on the boot listener
+    /// need the token for reads too).
+    pub fn with_auth(mut self, auth: ApiAuth) -> PolicyState {
+        self.auth = auth;
+        self
+    }
+
     fn base(&self, headers: &HeaderMap) -> HttpBase {
         headers
             .get(header::HOST)
@@ -99,29 +130,19 @@ impl PolicyState {
             .unwrap_or_else(|| self.fallback_base.clone())
     }
 
-    fn is_admin(&self, headers: &HeaderMap) -> bool {
-        bearer(headers).is_some_and(|t| ct_eq(t, &self.token))
-    }
-
-    fn check_read(&self, headers: &HeaderMap) -> Result<(), Response> {
-        if self.read_requires_token && !self.is_admin(headers) {
-            return Err(unauthorized());
-        }
-        Ok(())
-    }
-
-    fn check_write(&self, headers: &HeaderMap) -> Result<(), Response> {
-        if !self.is_admin(headers) {
-            return Err(unauthorized());
-        }
-        Ok(())
-    }
-
-    /// The machine a write request names, once the request may write (token first, so a
-    /// caller without one learns nothing from the MAC's validation).
-    fn writable_machine(&self, headers: &HeaderMap, mac: &str) -> Result<Mac, Response> {
-        self.check_write(headers)?;
-        parse_mac(mac)
+    /// Whether the request may act for `mac`; a refusal is counted and logged (bounded: the
+    /// hook rate-limits what it records).
+    fn verify(
+        &self,
+        mac: Mac,
+        peer: Option<IpAddr>,
+        cap: Option<&str>,
+        route: &'static str,
+    ) -> Result<Proof, Refusal> {
+        self.policy.verify(mac, peer, cap).inspect_err(|r| {
+            tracing::debug!(%mac, ?peer, route, reason = %r, "request refused");
+            self.hooks.refused(mac, peer, route);
+        })
     }
 
     /// Creates the machine's record if needed, applies `change` to it, and answers with the
@@ -132,7 +153,7 @@ impl PolicyState {
         change: impl FnOnce(&chainboot_store::Store) -> Result<R, chainboot_store::StoreError>
             + Send
             + 'static,
-    ) -> Response {
+    ) -> Result<Response, ApiError> {
         let policy = self.policy.clone();
         let r = blocking(move || {
             let store = policy.store();
@@ -142,7 +163,7 @@ impl PolicyState {
         })
         .await;
         self.policy.forget_recent(mac);
-        machine_result(r, mac)
+        machine_json(r?, mac)
     }
 }
 
@@ -150,19 +171,26 @@ impl PolicyState {
 fn json_body<T>(
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
     expected: &str,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("expected {expected}: {e}")))
 }
 
-/// The policy's routes.
-pub fn routes(state: PolicyState) -> Router {
+/// The routes a booting machine uses (the boot listener).
+pub fn boot_routes(state: PolicyState) -> Router {
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(ipxe))
         .route("/boot/{mac}/{*slot}", get(boot_asset))
         .route("/config/{mac}/{name}", get(config_file))
         .route("/pxelinux.cfg/{name}", get(pxelinux_cfg))
+        .route("/api/v1/machines/{mac}/events", post(machine_event))
+        .with_state(state)
+}
+
+/// The operator's machine API (the management listener).
+pub fn operator_routes(state: PolicyState) -> Router {
+    Router::new()
         .route("/api/v1/machines", get(list_machines))
         .route(
             "/api/v1/machines/{mac}",
@@ -171,39 +199,14 @@ pub fn routes(state: PolicyState) -> Router {
         .route("/api/v1/machines/{mac}/profile", put(set_profile))
         .route("/api/v1/machines/{mac}/rearm", post(rearm))
         .route("/api/v1/machines/{mac}/labels", put(set_labels))
-        .route("/api/v1/machines/{mac}/events", post(machine_event))
         .route("/api/v1/profiles", get(list_profiles))
         .route("/api/v1/groups", get(list_groups))
         .with_state(state)
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn ct_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(serde_json::json!({"error": "missing or wrong bearer token"})),
-    )
-        .into_response()
-}
-
-fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({"error": msg.into()}))).into_response()
+/// Both, on one router (tests, and single-listener setups).
+pub fn routes(state: PolicyState) -> Router {
+    boot_routes(state.clone()).merge(operator_routes(state))
 }
 
 fn text(body: String) -> Response {
@@ -217,26 +220,19 @@ fn text(body: String) -> Response {
         .into_response()
 }
 
-fn parse_mac(s: &str) -> Result<Mac, Response> {
+fn parse_mac(s: &str) -> Result<Mac, ApiError> {
     s.parse::<Mac>()
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e.to_string()))
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn store_error(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "state store");
-    json_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("state store: {e}"),
-    )
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal("state store", e)
 }
 
-/// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| store_error(format!("task failed: {e}")))
+/// The query parameter that carries a boot capability.
+#[derive(Deserialize, Default)]
+struct CapQuery {
+    cap: Option<String>,
 }
 
 async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap) -> Response {
@@ -287,16 +283,12 @@ const SEEN_REFRESH_MS: i64 = 60_000;
 
 async fn ipxe(
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-    parts: http::request::Parts,
 ) -> Response {
     let base = st.base(&headers);
     let retry = st.policy.retry_secs();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
@@ -309,76 +301,70 @@ async fn ipxe(
             ));
         }
     };
-    let facts = match facts_from_query(&q, peer) {
+    let peer_addr = peer.map(|ip| SocketAddr::new(ip, 0));
+    let facts = match facts_from_query(&q, peer_addr) {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(peer = ?peer, "{e}");
+            tracing::warn!(?peer, "{e}");
             return text(render::error_script(None, &e, &base, retry));
         }
     };
     let mac = facts.mac;
+    let cap = q.get("cap").map(String::as_str);
+    match st.verify(mac, peer, cap, "ipxe") {
+        Ok(_) => {
+            if let Some(ip) = peer {
+                st.hooks.verified(mac, ip);
+            }
+        }
+        Err(r) => {
+            return text(render::error_script(
+                Some(&mac.to_string()),
+                &r.0,
+                &base,
+                retry,
+            ))
+        }
+    }
     let chosen = q
         .get("profile")
         .map(|s| s.as_str())
         .filter(|s| !s.is_empty());
+    match chosen {
+        None => own_script(&st, facts, &base).await,
+        Some(p) => menu_choice(&st, facts, p, &base).await,
+    }
+}
+
+/// The script of a machine that proved who it is: its facts recorded, its decision made (or
+/// the one it was just given, when it asks again with the same facts) and remembered for its
+/// asset and config routes.
+async fn own_script(st: &PolicyState, facts: ClientFacts, base: &HttpBase) -> Response {
+    let mac = facts.mac;
+    let retry = st.policy.retry_secs();
     // Fast path: the same machine asking again with the same facts gets the script it was
     // just given, without touching the store (every write path drops the remembered decision).
-    if chosen.is_none() {
-        if let Some(d) = st.policy.recent(mac).filter(|d| d.fresh_for(&facts)) {
-            tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
-            return text(d.cached_script(&base, retry));
-        }
+    if let Some(d) = st.policy.recent(mac).filter(|d| d.fresh_for(&facts)) {
+        tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
+        return text(d.cached_script(base, retry));
     }
-    let record = {
-        let policy = st.policy.clone();
-        let facts = facts.clone();
-        blocking(move || -> Result<_, chainboot_store::StoreError> {
-            let store = policy.store();
-            let now = crate::now_ms();
-            let existing = store.machine(facts.mac)?;
-            let wanted = facts.to_store();
-            if let Some(r) = existing {
-                let merged = chainboot_store::machines::MachineFacts {
-                    arch: wanted.arch.clone().or(r.facts.arch.clone()),
-                    uuid: wanted.uuid.clone().or(r.facts.uuid.clone()),
-                    hostname: wanted.hostname.clone().or(r.facts.hostname.clone()),
-                    serial: wanted.serial.clone().or(r.facts.serial.clone()),
-                    manufacturer: wanted.manufacturer.clone().or(r.facts.manufacturer.clone()),
-                    product: wanted.product.clone().or(r.facts.product.clone()),
-                    ip: wanted.ip.clone().or(r.facts.ip.clone()),
-                };
-                // Skip the durable write when nothing changed recently: per-machine scripts
-                // are a hot path and every commit is an fsync.
-                if merged == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS {
-                    return Ok(r);
-                }
-            }
-            store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))
-        })
-        .await
-    };
-    let record = match record {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
+    let record = match record_facts(st, &facts).await {
+        Ok(r) => r,
+        Err(e) => {
             tracing::error!(%mac, error = %e, "state store");
             return text(render::error_script(
                 Some(&mac.to_string()),
                 "state store error (see the server log)",
-                &base,
+                base,
                 retry,
             ));
         }
-        Err(resp) => return resp,
     };
-    match st.policy.decide(&facts, Some(&record), chosen).await {
+    match st.policy.decide(&facts, Some(&record), None).await {
         Ok(d) => {
-            let d = if chosen.is_none() {
-                d.answered(facts)
-            } else {
-                d
-            };
-            let d = st.policy.remember(&d);
-            let script = d.cached_script(&base, retry);
+            let cap = st.policy.capability(mac, None);
+            let d = st.policy.remember(&d.answered(facts).with_capability(cap));
+            let script = d.cached_script(base, retry);
             tracing::info!(%mac, profile = %d.profile, source = %d.source, "boot script");
             if record.last_profile.as_deref() != Some(d.profile.as_str()) {
                 let policy = st.policy.clone();
@@ -397,28 +383,109 @@ async fn ipxe(
             text(render::error_script(
                 Some(&mac.to_string()),
                 &e.0,
-                &base,
+                base,
                 retry,
             ))
         }
     }
 }
 
-/// The decision for `mac`: the one `/ipxe` last made, or a fresh one from stored facts.
-async fn decision_for(st: &PolicyState, mac: Mac) -> Result<Arc<Decision>, Response> {
-    if let Some(d) = st.policy.recent(mac) {
-        return Ok(d);
+/// A profile picked from the menu answers this request only: nothing is stored or
+/// remembered, and the script's asset URLs carry a capability for that profile, so its
+/// kernel, initrds and config files follow the choice while every other request for the
+/// machine still sees its own decision.
+async fn menu_choice(
+    st: &PolicyState,
+    facts: ClientFacts,
+    chosen: &str,
+    base: &HttpBase,
+) -> Response {
+    let mac = facts.mac;
+    let retry = st.policy.retry_secs();
+    let policy = st.policy.clone();
+    let stored = match blocking(move || policy.store().machine(mac).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.message)
+        .and_then(|r| r)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%mac, error = %e, "state store");
+            return text(render::error_script(
+                Some(&mac.to_string()),
+                "state store error (see the server log)",
+                base,
+                retry,
+            ));
+        }
+    };
+    match st.policy.decide(&facts, stored.as_ref(), Some(chosen)).await {
+        Ok(d) => {
+            let profile = d.profile.clone();
+            let d = d.with_capability(st.policy.capability(mac, Some(&profile)));
+            tracing::info!(%mac, %profile, source = %d.source, "boot script (menu choice)");
+            text(d.script(base, retry))
+        }
+        Err(e) => text(render::error_script(
+            Some(&mac.to_string()),
+            &e.0,
+            base,
+            retry,
+        )),
+    }
+}
+
+/// Stores what the machine said about itself (one merge: what it says now wins, what it did
+/// not say is kept), skipping the durable write when nothing changed recently: per-machine
+/// scripts are a hot path and every commit is an fsync.
+async fn record_facts(
+    st: &PolicyState,
+    facts: &ClientFacts,
+) -> Result<chainboot_store::machines::MachineRecord, String> {
+    let policy = st.policy.clone();
+    let facts = facts.clone();
+    blocking(move || -> Result<_, chainboot_store::StoreError> {
+        let store = policy.store();
+        let now = crate::now_ms();
+        let wanted = facts.to_store();
+        if let Some(r) = store.machine(facts.mac)? {
+            if wanted.merged_over(&r.facts) == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS {
+                return Ok(r);
+            }
+        }
+        store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))
+    })
+    .await
+    .map_err(|e| e.message)?
+    .map_err(|e| e.to_string())
+}
+
+/// The decision a verified request for `mac` answers for: the profile its capability was
+/// issued for (a menu choice), else the one `/ipxe` last made, else a fresh one from stored
+/// facts. Unknown machines have none: nothing about them (secrets included) is rendered.
+async fn decision_for(st: &PolicyState, mac: Mac, proof: &Proof) -> Result<Arc<Decision>, ApiError> {
+    if proof.profile().is_none() {
+        if let Some(d) = st.policy.recent(mac) {
+            return Ok(d);
+        }
     }
     let policy = st.policy.clone();
     let stored = blocking(move || policy.store().machine(mac))
         .await?
-        .map_err(store_error)?;
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("machine {mac} not known")))?;
     let d = st
         .policy
-        .decide(&ClientFacts::new(mac), stored.as_ref(), None)
+        .decide(&ClientFacts::new(mac), Some(&stored), proof.profile())
         .await
-        .map_err(|e| json_error(StatusCode::NOT_FOUND, e.0))?;
-    Ok(st.policy.remember(&d))
+        .map_err(|e| ApiError::not_found(e.0))?;
+    Ok(match proof.profile() {
+        Some(p) => Arc::new(d.with_capability(st.policy.capability(mac, Some(p)))),
+        None => {
+            let cap = st.policy.capability(mac, None);
+            st.policy.remember(&d.with_capability(cap))
+        }
+    })
 }
 
 fn parse_slot(s: &str) -> Option<AssetSlot> {
@@ -434,51 +501,40 @@ fn parse_slot(s: &str) -> Option<AssetSlot> {
 
 async fn boot_asset(
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     method: Method,
     headers: HeaderMap,
     Path((mac, slot)): Path<(String, String)>,
-) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let Some(slot) = parse_slot(&slot) else {
-        return json_error(StatusCode::NOT_FOUND, "no such boot asset");
-    };
-    let d = match decision_for(&st, mac).await {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let Some(asset) = d.asset(slot) else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            format!("profile {} has no such asset", d.profile),
-        );
-    };
+    Query(q): Query<CapQuery>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let slot = parse_slot(&slot).ok_or_else(|| ApiError::not_found("no such boot asset"))?;
+    let proof = st
+        .verify(mac, peer, q.cap.as_deref(), "boot")
+        .map_err(|r| ApiError::forbidden(r.0))?;
+    let d = decision_for(&st, mac, &proof).await?;
+    let asset = d.asset(slot).ok_or_else(|| {
+        ApiError::not_found(format!("profile {} has no such asset", d.profile))
+    })?;
     if slot == AssetSlot::Kernel && method == Method::GET {
         if let Some(group) = d.once_group.clone() {
             // Boot-once: the kernel fetch is the point of no return; the next boot of this
-            // machine goes to the local disk (issue 5).
+            // machine goes to the local disk.
             let policy = st.policy.clone();
             let reason = format!("fetched the kernel of profile {}", d.profile);
-            match blocking(move || {
+            blocking(move || {
                 policy
                     .store()
                     .machine_mark_installed(mac, crate::now_ms(), &reason)
             })
-            .await
-            {
-                Ok(Ok(_)) => {
-                    st.policy.forget_recent(mac);
-                    tracing::info!(%mac, %group, "boot-once: kernel fetched, next boot is local disk")
-                }
-                Ok(Err(e)) => return store_error(e),
-                Err(r) => return r,
-            }
+            .await?
+            .map_err(store_error)?;
+            st.policy.forget_recent(mac);
+            tracing::info!(%mac, %group, "boot-once: kernel fetched, next boot is local disk");
         }
     }
     let base = st.base(&headers);
-    serve_asset(&st, &asset, &base, slot, mac).await
+    Ok(serve_asset(&st, &asset, &base, slot, mac).await)
 }
 
 async fn serve_asset(
@@ -493,10 +549,11 @@ async fn serve_asset(
             let url = render::asset_url(asset, base, &slot.path(mac), false);
             match HeaderValue::from_str(&url) {
                 Ok(v) => (StatusCode::FOUND, [(header::LOCATION, v)]).into_response(),
-                Err(_) => json_error(
+                Err(_) => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "asset URL is not a valid header",
-                ),
+                )
+                .into_response(),
             }
         }
         AssetRef::Local(path) => {
@@ -504,16 +561,14 @@ async fn serve_asset(
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "boot asset");
-                    return json_error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display()));
+                    return ApiError::not_found(format!("{}: {e}", path.display())).into_response();
                 }
             };
             let len = match file.metadata().await {
                 Ok(m) if m.is_file() => m.len(),
                 _ => {
-                    return json_error(
-                        StatusCode::NOT_FOUND,
-                        format!("{} is not a file", path.display()),
-                    )
+                    return ApiError::not_found(format!("{} is not a file", path.display()))
+                        .into_response()
                 }
             };
             let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
@@ -537,14 +592,16 @@ async fn serve_asset(
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {
                     tracing::warn!(%url, status = %r.status(), "relayed boot asset");
-                    return json_error(
+                    return ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         format!("{url}: HTTP {}", r.status()),
-                    );
+                    )
+                    .into_response();
                 }
                 Err(e) => {
                     tracing::warn!(%url, error = %e, "relayed boot asset");
-                    return json_error(StatusCode::BAD_GATEWAY, format!("{url}: {e}"));
+                    return ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}"))
+                        .into_response();
                 }
             };
             let len = resp.content_length();
@@ -561,113 +618,96 @@ async fn serve_asset(
 
 async fn config_file(
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Path((mac, name)): Path<(String, String)>,
-) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let Some(dir) = st.policy.templates_dir() else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "no [boot] templates folder configured",
-        );
-    };
-    let d = match decision_for(&st, mac).await {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    Query(q): Query<CapQuery>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let proof = st
+        .verify(mac, peer, q.cap.as_deref(), "config")
+        .map_err(|r| ApiError::forbidden(r.0))?;
+    let dir = st
+        .policy
+        .templates_dir()
+        .ok_or_else(|| ApiError::not_found("no [boot] templates folder configured"))?;
+    let d = decision_for(&st, mac, &proof).await?;
     let base = st.base(&headers);
-    let result = blocking(move || d.config_file(&dir, &name, &base)).await;
-    match result {
-        Ok(Ok(Some(body))) => text(body),
-        Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, "no such template"),
-        Ok(Err(e)) => {
+    match blocking(move || d.config_file(&dir, &name, &base)).await? {
+        Ok(Some(body)) => Ok(text(body)),
+        Ok(None) => Err(ApiError::not_found("no such template")),
+        Err(e) => {
             tracing::warn!(%mac, error = %e, "config template");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.0)
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0))
         }
-        Err(r) => r,
     }
 }
 
 async fn pxelinux_cfg(
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let base = st.base(&headers);
-    match crate::tftp::pxelinux_lookup(&st.policy, None, &name, &base).await {
-        Ok(Some(body)) => text(body),
-        Ok(None) => json_error(StatusCode::NOT_FOUND, "no pxelinux config by that name"),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
+    match crate::tftp::pxelinux_lookup(&st.policy, None, &name, &base, peer).await {
+        Ok(Some(body)) => Ok(text(body)),
+        Ok(None) => Err(ApiError::not_found("no pxelinux config by that name")),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
     }
 }
 
-async fn list_machines(State(st): State<PolicyState>, headers: HeaderMap) -> Response {
-    if let Err(r) = st.check_read(&headers) {
-        return r;
-    }
+async fn list_machines(_: Reader, State(st): State<PolicyState>) -> Result<Response, ApiError> {
     let policy = st.policy.clone();
-    match blocking(move || policy.store().machines()).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => store_error(e),
-        Err(r) => r,
-    }
+    let list = blocking(move || policy.store().machines())
+        .await?
+        .map_err(store_error)?;
+    Ok(Json(list).into_response())
 }
 
 async fn show_machine(
+    _: Reader,
     State(st): State<PolicyState>,
-    headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Response {
-    if let Err(r) = st.check_read(&headers) {
-        return r;
-    }
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let policy = st.policy.clone();
     let hooks = st.hooks.clone();
-    match blocking(move || {
+    let (m, last_boot) = blocking(move || {
         policy
             .store()
             .machine(mac)
             .map(|m| m.map(|m| (m, hooks.last_boot(mac))))
     })
-    .await
-    {
-        Ok(Ok(Some((m, last_boot)))) => {
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert(
-                    "last_boot".into(),
-                    last_boot.unwrap_or(serde_json::Value::Null),
-                );
-            }
-            Json(v).into_response()
-        }
-        Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
-        Ok(Err(e)) => store_error(e),
-        Err(r) => r,
+    .await?
+    .map_err(store_error)?
+    .ok_or_else(|| ApiError::not_found(format!("machine {mac} not known")))?;
+    let mut v = serde_json::to_value(&m).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "last_boot".into(),
+            last_boot.unwrap_or(serde_json::Value::Null),
+        );
     }
+    Ok(Json(v).into_response())
 }
 
 async fn forget_machine(
+    _: Operator,
     State(st): State<PolicyState>,
-    headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Result<Response, Response> {
-    let mac = st.writable_machine(&headers, &mac)?;
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let policy = st.policy.clone();
-    Ok(
-        match blocking(move || policy.store().machine_forget(mac)).await? {
-            Ok(true) => StatusCode::NO_CONTENT.into_response(),
-            Ok(false) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
-            Err(e) => store_error(e),
-        },
-    )
+    let gone = blocking(move || policy.store().machine_forget(mac))
+        .await?
+        .map_err(store_error)?;
+    st.policy.forget_recent(mac);
+    if gone {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!("machine {mac} not known")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -677,49 +717,43 @@ struct SetProfile {
 }
 
 async fn set_profile(
+    _: Operator,
     State(st): State<PolicyState>,
-    headers: HeaderMap,
     Path(mac): Path<String>,
     body: Result<Json<SetProfile>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Response> {
-    let mac = st.writable_machine(&headers, &mac)?;
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let body = json_body(body, "{\"profile\": \"NAME\" or null}")?;
     if let Some(p) = &body.profile {
         if !st.policy.has_profile(p) {
-            return Err(json_error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown profile `{}`", render::echo_text(p)),
-            ));
+            return Err(ApiError::bad_request(format!(
+                "unknown profile `{}`",
+                render::echo_text(p)
+            )));
         }
     }
-    Ok(st
-        .update_machine(mac, move |store| {
-            store.machine_set_profile(mac, body.profile.as_deref())
-        })
-        .await)
+    st.update_machine(mac, move |store| {
+        store.machine_set_profile(mac, body.profile.as_deref())
+    })
+    .await
 }
 
-fn machine_result(
-    r: Result<
-        Result<Option<chainboot_store::machines::MachineRecord>, chainboot_store::StoreError>,
-        Response,
-    >,
+/// The stored record as the answer, or 404 / 500.
+fn machine_json(
+    r: Result<Option<chainboot_store::machines::MachineRecord>, chainboot_store::StoreError>,
     mac: Mac,
-) -> Response {
-    match r {
-        Ok(Ok(Some(m))) => Json(m).into_response(),
-        Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known")),
-        Ok(Err(e)) => store_error(e),
-        Err(r) => r,
-    }
+) -> Result<Response, ApiError> {
+    r.map_err(store_error)?
+        .map(|m| Json(m).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("machine {mac} not known")))
 }
 
 async fn rearm(
+    _: Operator,
     State(st): State<PolicyState>,
-    headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Result<Response, Response> {
-    let mac = st.writable_machine(&headers, &mac)?;
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let policy = st.policy.clone();
     let r = blocking(move || {
         let store = policy.store();
@@ -728,79 +762,66 @@ async fn rearm(
         }
         store.machine(mac)
     })
-    .await;
+    .await?;
     st.policy.forget_recent(mac);
-    Ok(machine_result(r, mac))
+    machine_json(r, mac)
 }
 
 async fn set_labels(
+    _: Operator,
     State(st): State<PolicyState>,
-    headers: HeaderMap,
     Path(mac): Path<String>,
     body: Result<Json<BTreeMap<String, String>>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Response> {
-    let mac = st.writable_machine(&headers, &mac)?;
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let labels = json_body(body, "{\"key\": \"value\", ...}")?;
     if labels.len() > 64 {
-        return Err(json_error(StatusCode::BAD_REQUEST, "at most 64 labels"));
+        return Err(ApiError::bad_request("at most 64 labels"));
     }
     if let Some((k, v)) = labels.iter().find(|(k, v)| !valid_label(k, v)) {
-        return Err(json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "label `{}` = `{}`: keys and values are up to 64 characters of letters, digits and . _ - : + , /",
-                render::echo_text(k),
-                render::echo_text(v)
-            ),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "label `{}` = `{}`: keys and values are up to 64 characters of letters, digits and . _ - : + , /",
+            render::echo_text(k),
+            render::echo_text(v)
+        )));
     }
-    Ok(st
-        .update_machine(mac, move |store| store.machine_set_labels(mac, &labels))
-        .await)
+    st.update_machine(mac, move |store| store.machine_set_labels(mac, &labels))
+        .await
 }
 
+/// A machine's own report. Authorised by the operator's token or the machine's own secret
+/// (Bearer, or `?secret=` for installers that cannot set headers), both checked before the
+/// body is read; a secret never works for another machine.
 async fn machine_event(
     State(st): State<PolicyState>,
     headers: HeaderMap,
     Path(mac): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
     let policy = st.policy.clone();
-    let stored = match blocking(move || policy.store().machine(mac)).await {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return store_error(e),
-        Err(r) => return r,
-    };
-    // The API token, or this machine's own secret (Bearer or ?secret= for installers that
-    // cannot set headers). A secret never works for another machine.
-    let presented = bearer(&headers).or(q.get("secret").map(|s| s.as_str()));
+    let stored = blocking(move || policy.store().machine(mac))
+        .await?
+        .map_err(store_error)?;
+    let presented = chainboot_api::bearer(&headers).or(q.get("secret").map(|s| s.as_str()));
     let own_secret = match (&stored, presented) {
-        (Some(m), Some(p)) => ct_eq(p, &m.secret),
+        (Some(m), Some(p)) => chainboot_api::ct_eq(p.as_bytes(), m.secret.as_bytes()),
         _ => false,
     };
-    if !st.is_admin(&headers) && !own_secret {
-        return unauthorized();
+    if !st.auth.is_operator(&headers) && !own_secret {
+        return Err(ApiError::unauthorized());
     }
-    let Some(_) = stored else {
-        return json_error(StatusCode::NOT_FOUND, format!("machine {mac} not known"));
-    };
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"event\": \"installed\", ...}}: {e}"),
-            )
-        }
-    };
-    let Some(event) = body.get("event").and_then(|e| e.as_str()) else {
-        return json_error(StatusCode::BAD_REQUEST, "missing \"event\"");
-    };
+    if stored.is_none() {
+        return Err(ApiError::not_found(format!("machine {mac} not known")));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("expected {{\"event\": \"installed\", ...}}: {e}"))
+    })?;
+    let event = body
+        .get("event")
+        .and_then(|e| e.as_str())
+        .ok_or_else(|| ApiError::bad_request("missing \"event\""))?;
     let event = render::echo_text(event);
     tracing::info!(%mac, %event, "machine event");
     st.hooks.machine_event(mac, &event, &body);
@@ -811,27 +832,21 @@ async fn machine_event(
             store.machine_mark_installed(mac, crate::now_ms(), "reported installed")?;
             store.machine(mac)
         })
-        .await;
+        .await?;
         st.policy.forget_recent(mac);
-        return machine_result(r, mac);
+        return machine_json(r, mac);
     }
-    (
+    Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"event": event})),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn list_profiles(State(st): State<PolicyState>, headers: HeaderMap) -> Response {
-    if let Err(r) = st.check_read(&headers) {
-        return r;
-    }
+async fn list_profiles(_: Reader, State(st): State<PolicyState>) -> Response {
     Json(st.policy.config().profiles).into_response()
 }
 
-async fn list_groups(State(st): State<PolicyState>, headers: HeaderMap) -> Response {
-    if let Err(r) = st.check_read(&headers) {
-        return r;
-    }
+async fn list_groups(_: Reader, State(st): State<PolicyState>) -> Response {
     Json(st.policy.config().groups).into_response()
 }

@@ -12,6 +12,7 @@
 //!   `/pxelinux.cfg/...`, the machine part of API v1);
 //! - [`tftp`]: a [`chainboot_content::Resolver`] for `boot.ipxe` and `pxelinux.cfg/` over TFTP.
 
+pub mod access;
 pub mod config;
 pub mod facts;
 pub mod glob;

@@ -20,6 +20,7 @@ use chainboot_store::Store;
 use minijinja::Environment;
 use parking_lot::Mutex;
 
+use crate::access::{AddressBook, Capabilities, Gate, NoAddresses, Proof, Refusal};
 use crate::config::{
     validate, AssetRef, BootConfig, GroupConfig, Problem, ProfileAction, ProfileConfig,
 };
@@ -162,6 +163,9 @@ pub struct Decision {
     made_at: Instant,
     /// The rendered script for one base URL, so that repeated requests skip rendering.
     script_cache: Arc<OnceLock<(String, String)>>,
+    /// The boot capability put into the `/boot/MAC/...` URLs of this decision's script and
+    /// offered to templates, so the machine's later fetches prove themselves from anywhere.
+    cap: Option<String>,
 }
 
 impl fmt::Debug for Decision {
@@ -218,6 +222,11 @@ pub struct Policy {
     client: reqwest::Client,
     /// The last decision per machine, for the `/boot/MAC/...` asset routes (bounded).
     recent: Mutex<HashMap<Mac, Arc<Decision>>>,
+    /// Who holds which address (set once the DHCP server exists; until then nothing is known
+    /// and only loopback and trusted networks pass).
+    book: OnceLock<Arc<dyn AddressBook>>,
+    /// Boot capabilities, keyed from the API token (a random key until it is set).
+    caps: OnceLock<Capabilities>,
 }
 
 /// Machines remembered in `recent` before it is cleared.
@@ -235,7 +244,49 @@ impl Policy {
                 .build()
                 .unwrap_or_default(),
             recent: Mutex::new(HashMap::new()),
+            book: OnceLock::new(),
+            caps: OnceLock::new(),
         })
+    }
+
+    /// Connects the policy to what the host knows about addresses and keys its boot
+    /// capabilities from the API token. Called once at start; later calls change nothing.
+    pub fn set_access(&self, book: Arc<dyn AddressBook>, api_token: &str) {
+        let _ = self.book.set(book);
+        let _ = self.caps.set(Capabilities::new(api_token));
+    }
+
+    fn caps(&self) -> &Capabilities {
+        self.caps
+            .get_or_init(|| Capabilities::new(&crate::random_hex(32)))
+    }
+
+    /// Whether a request from `peer` presenting `cap` may act for `mac` (see [`crate::access`]).
+    pub fn verify(
+        &self,
+        mac: Mac,
+        peer: Option<std::net::IpAddr>,
+        cap: Option<&str>,
+    ) -> Result<Proof, Refusal> {
+        let compiled = self.current.load();
+        let none = NoAddresses;
+        let book: &dyn AddressBook = match self.book.get() {
+            Some(b) => b.as_ref(),
+            None => &none,
+        };
+        Gate {
+            book,
+            caps: self.caps(),
+            trusted: &compiled.cfg.boot.trusted_networks,
+        }
+        .verify(mac, peer, cap, std::time::SystemTime::now())
+    }
+
+    /// A boot capability for `mac` (and one profile, for a menu choice).
+    pub fn capability(&self, mac: Mac, profile: Option<&str>) -> String {
+        let lifetime = self.current.load().cfg.boot.capability_lifetime;
+        self.caps()
+            .issue(mac, profile, std::time::SystemTime::now(), lifetime)
     }
 
     /// Quick mode (`chainboot boot KERNEL [INITRD...] --cmdline S`): every machine boots these
@@ -356,6 +407,7 @@ impl Policy {
             request_facts: None,
             made_at: Instant::now(),
             script_cache: Arc::new(OnceLock::new()),
+            cap: None,
         };
         let by_name = |name: &str,
                        source: Source,
@@ -544,6 +596,22 @@ impl Decision {
         self
     }
 
+    /// Puts `cap` into the decision's asset URLs and template variables.
+    pub(crate) fn with_capability(mut self, cap: String) -> Decision {
+        self.cap = Some(cap);
+        self.script_cache = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// `/boot/MAC/...` for `slot`, with the capability when there is one.
+    fn slot_path(&self, slot: AssetSlot) -> String {
+        let path = slot.path(self.facts.mac);
+        match &self.cap {
+            Some(c) => format!("{path}?cap={}", render::encode(c)),
+            None => path,
+        }
+    }
+
     /// True if a new `/ipxe` request with `facts` may be answered from this decision without
     /// asking the store: same facts, recent, and not from the boot API (whose answers can
     /// change at any time without chainboot knowing).
@@ -577,7 +645,7 @@ impl Decision {
             Some(ProfileRef::Config(p)) => p.description.clone().unwrap_or_default(),
             _ => String::new(),
         };
-        TemplateVars::new(
+        let mut vars = TemplateVars::new(
             &self.facts,
             &self.labels,
             &self.secret,
@@ -586,7 +654,9 @@ impl Decision {
                 description,
             },
             base,
-        )
+        );
+        vars.machine.cap = self.cap.clone().unwrap_or_default();
+        vars
     }
 
     fn config_profile(&self) -> Option<&ProfileConfig> {
@@ -631,7 +701,7 @@ impl Decision {
         Ok(render::asset_url(
             &asset,
             base,
-            &slot.path(self.facts.mac),
+            &self.slot_path(slot),
             via_policy,
         ))
     }
@@ -695,7 +765,7 @@ impl Decision {
                 for n in 0..urls.len() {
                     cmd = cmd.replace(
                         &format!("{{URL:{n}}}"),
-                        &format!("{base}{}", AssetSlot::Url(n).path(self.facts.mac)),
+                        &format!("{base}{}", self.slot_path(AssetSlot::Url(n))),
                     );
                 }
                 Ok(render::kernel_script(

@@ -107,6 +107,10 @@ pub struct MachineVars {
     pub secret: String,
     /// Where an installer POSTs `{"event": "installed"}`, secret included.
     pub events_url: String,
+    /// This boot's capability (empty outside a verified boot): append `?cap={{ machine.cap }}`
+    /// to `/config/MAC/NAME` URLs an installer fetches from an address that cannot otherwise
+    /// be tied to the machine.
+    pub cap: String,
 }
 
 /// Everything a template sees.
@@ -158,6 +162,7 @@ impl TemplateVars {
                 product: s(&facts.product),
                 labels: labels.clone(),
                 secret: secret.to_string(),
+                cap: String::new(),
             },
             profile,
             http: base.to_string(),

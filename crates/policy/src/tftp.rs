@@ -21,17 +21,25 @@ use crate::policy::{BootError, Policy};
 use crate::render::HttpBase;
 
 /// `pxelinux.cfg/NAME` for PXELINUX, over HTTP or TFTP. `Ok(None)`: not found.
+///
+/// `requester` is the client's address: a per-machine name (`01-MAC`, or the hex of an
+/// address) is answered only for a requester that proves it is that machine; anyone else
+/// gets not-found and PXELINUX moves on to the next name, ending at the static `default`.
 pub async fn pxelinux_lookup(
     policy: &Policy,
     client: Option<&reqwest::Client>,
     name: &str,
     base: &HttpBase,
+    requester: Option<IpAddr>,
 ) -> Result<Option<String>, BootError> {
     let lower = name.to_ascii_lowercase();
     let machine = if let Some(mac) = lower
         .strip_prefix("01-")
         .and_then(|m| m.parse::<Mac>().ok())
     {
+        if policy.verify(mac, requester, None).is_err() {
+            return Ok(None);
+        }
         let store = policy.store().clone();
         let rec = tokio::task::spawn_blocking(move || store.machine(mac))
             .await
@@ -46,7 +54,8 @@ pub async fn pxelinux_lookup(
             .await
             .map_err(|e| BootError(e.to_string()))?
             .map_err(|e| BootError(e.to_string()))?;
-        rec.map(|r| (r.mac, Some(r)))
+        rec.filter(|r| policy.verify(r.mac, requester, None).is_ok())
+            .map(|r| (r.mac, Some(r)))
     } else {
         None
     };
@@ -118,7 +127,11 @@ impl TftpResolver {
         })
     }
 
-    async fn lookup(&self, parts: &[String]) -> Result<Option<String>, BootError> {
+    async fn lookup(
+        &self,
+        parts: &[String],
+        requester: IpAddr,
+    ) -> Result<Option<String>, BootError> {
         match parts {
             [f] if f.eq_ignore_ascii_case("boot.ipxe") => Ok(Some(
                 "#!ipxe\nchain --replace --autofree ipxe/${mac:hexhyp}\n".to_string(),
@@ -127,12 +140,20 @@ impl TftpResolver {
                 let Ok(mac) = mac.parse::<Mac>() else {
                     return Ok(None);
                 };
+                let retry = self.policy.retry_secs();
+                if let Err(r) = self.policy.verify(mac, Some(requester), None) {
+                    return Ok(Some(crate::render::error_script(
+                        Some(&mac.to_string()),
+                        &r.0,
+                        &self.base,
+                        retry,
+                    )));
+                }
                 let store = self.policy.store().clone();
                 let rec = tokio::task::spawn_blocking(move || store.machine(mac))
                     .await
                     .map_err(|e| BootError(e.to_string()))?
                     .map_err(|e| BootError(e.to_string()))?;
-                let retry = self.policy.retry_secs();
                 let facts = ClientFacts::new(mac);
                 Ok(Some(
                     match self
@@ -154,7 +175,14 @@ impl TftpResolver {
                 ))
             }
             [d, name] if d.eq_ignore_ascii_case("pxelinux.cfg") => {
-                pxelinux_lookup(&self.policy, Some(&self.client), name, &self.base).await
+                pxelinux_lookup(
+                    &self.policy,
+                    Some(&self.client),
+                    name,
+                    &self.base,
+                    Some(requester),
+                )
+                .await
             }
             _ => Ok(None),
         }
@@ -176,13 +204,14 @@ impl Resolver for TftpResolver {
             return Err(ResolveError::NotFound);
         }
         let parts = parts.to_vec();
+        let requester = req.client.ip();
         // A scoped thread runs the lookup on the resolver's own runtime, so this works whether
         // or not the caller is itself inside a tokio runtime.
         let Some(rt) = &self.rt else {
             return Err(ResolveError::NotFound);
         };
         let out = std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(self.lookup(&parts)))
+            s.spawn(|| rt.block_on(self.lookup(&parts, requester)))
                 .join()
                 .map_err(|_| ResolveError::Generate("policy lookup panicked".into()))
         })?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
+use chainboot_api::ApiAuth;
 use chainboot_content::{CleanPath, Request, ResolveError, Resolver, Transport};
 use chainboot_policy::{
     routes, ApiConfig, BootConfig, GroupConfig, HttpBase, Policy, PolicyConfig, PolicyState,
@@ -73,8 +74,7 @@ async fn start(cfg: PolicyConfig, store: Arc<Store>, api: &ApiConfig) -> (Server
     let policy = Arc::new(Policy::new(cfg, store).unwrap());
     let state = PolicyState::new(
         policy.clone(),
-        TOKEN.into(),
-        api,
+        ApiAuth::new(TOKEN, api.read_requires_token),
         HttpBase::new("http://198.18.0.1").unwrap(),
     );
     (serve(routes(state)).await, policy)
@@ -460,8 +460,8 @@ async fn api_v1_round_trips_with_and_without_the_token() {
 #[tokio::test]
 async fn reads_can_require_the_token() {
     let api = ApiConfig {
-        token_file: None,
         read_requires_token: true,
+        ..ApiConfig::default()
     };
     let (srv, _) = start(config(INSTALL), Arc::new(Store::in_memory().unwrap()), &api).await;
     let c = client();
@@ -894,8 +894,7 @@ async fn quick_mode_serves_local_files_with_content_length() {
     );
     let state = PolicyState::new(
         policy,
-        TOKEN.into(),
-        &ApiConfig::default(),
+        ApiAuth::new(TOKEN, true),
         HttpBase::new("http://198.18.0.1").unwrap(),
     );
     let srv = serve(routes(state)).await;

@@ -48,6 +48,23 @@ pub struct MachineFacts {
     pub ip: Option<String>,
 }
 
+impl MachineFacts {
+    /// What the store holds after `machine_seen` with `self` over `older`: what was said now
+    /// wins, what was not said keeps its old value (the same rule as the SQL's coalesce).
+    pub fn merged_over(&self, older: &MachineFacts) -> MachineFacts {
+        let pick = |new: &Option<String>, old: &Option<String>| new.clone().or(old.clone());
+        MachineFacts {
+            arch: pick(&self.arch, &older.arch),
+            uuid: pick(&self.uuid, &older.uuid),
+            hostname: pick(&self.hostname, &older.hostname),
+            serial: pick(&self.serial, &older.serial),
+            manufacturer: pick(&self.manufacturer, &older.manufacturer),
+            product: pick(&self.product, &older.product),
+            ip: pick(&self.ip, &older.ip),
+        }
+    }
+}
+
 /// A remembered machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineRecord {
