@@ -1,5 +1,5 @@
-//! `chainboot machines ...`: talks to a running server's API (PRODUCT.md §5). The address and
-//! token come from flags, or from the same config the server uses (`[http] listen`, `[api]
+//! `chainboot machines ...`: talks to a running server's API (docs/api.md). The address and
+//! token come from flags, or from the same config the server uses (`[api] listen`, `[api]
 //! token_file` / `state_dir/api.token`).
 
 use std::io::IsTerminal;
@@ -14,8 +14,8 @@ use crate::config;
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
-    /// Base URL of the server (default: from the config's `[http] listen`, loopback when it
-    /// listens on every address).
+    /// Base URL of the server's API (default: from the config's `[api] listen`, loopback when
+    /// it listens on every address).
     #[arg(long, global = true)]
     pub server: Option<String>,
     /// API token (default: the token file of the config).
@@ -96,16 +96,22 @@ impl Client {
         let base = match &args.server {
             Some(s) => s.trim_end_matches('/').to_string(),
             None => {
-                let addr = cfg
-                    .http
-                    .listen_addrs()
-                    .ok()
-                    .and_then(|a| a.first().copied())
-                    .context("no [http] listen address in the config; pass --server")?;
-                let host = if addr.ip().is_unspecified() {
-                    "127.0.0.1".to_string()
-                } else {
-                    addr.ip().to_string()
+                // The management listener; the boot listener only when the API shares it.
+                let addr = match cfg.api.listen.first() {
+                    Some(a) => Some(*a),
+                    None => cfg
+                        .http
+                        .listen_addrs()
+                        .ok()
+                        .and_then(|a| a.first().copied())
+                        .filter(|_| cfg.api.on_boot_listener),
+                }
+                .context("no [api] listen address in the config; pass --server")?;
+                let host = match addr.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+                    ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    ip => ip.to_string(),
                 };
                 format!("http://{host}:{}", addr.port())
             }

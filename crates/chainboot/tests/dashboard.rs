@@ -29,6 +29,7 @@ fn the_dashboard_shows_a_boot_and_changes_a_profile() {
     let (cfg, _) = loopback_config(dir.path(), "");
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
     let http = server.listening("HTTP");
+    let api = server.listening("API");
     let tftp = server.listening("TFTP");
     let mac = "52:54:00:00:20:01";
     // A boot: iPXE's script, the first stage over TFTP, the kernel over HTTP.
@@ -58,7 +59,7 @@ fn the_dashboard_shows_a_boot_and_changes_a_profile() {
         .current_dir(&browser_dir)
         .args([
             "dashboard.mjs",
-            &format!("http://{http}"),
+            &format!("http://{api}"),
             token.trim(),
             mac,
             "rescue",
@@ -80,7 +81,7 @@ fn the_dashboard_shows_a_boot_and_changes_a_profile() {
     assert!(shot.is_file(), "no screenshot at {}", shot.display());
     println!("dashboard screenshot: {}", shot.display());
     let machine = Command::new("curl")
-        .args(["-s", &format!("http://{http}/api/v1/machines/{mac}")])
+        .args(["-s", &format!("http://{api}/api/v1/machines/{mac}")])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&machine.stdout).unwrap();

@@ -14,6 +14,7 @@ use common::*;
 struct Running {
     dir: tempfile::TempDir,
     http: String,
+    api: String,
     tftp: SocketAddr,
     pid: u32,
     _server: Server,
@@ -41,10 +42,12 @@ fn start(tftp_keys: &str) -> Running {
     let pid = child.id();
     let mut server = Server::adopt(child, log);
     let http = server.listening("HTTP");
+    let api = server.listening("API");
     let tftp = server.listening("TFTP").parse().unwrap();
     Running {
         dir,
         http,
+        api,
         tftp,
         pid,
         _server: server,
@@ -76,7 +79,7 @@ fn metric(r: &Running, name: &str) -> f64 {
             "-s",
             "--max-time",
             "10",
-            &format!("http://{}/metrics", r.http),
+            &format!("http://{}/metrics", r.api),
         ])
         .output()
         .expect("curl (run .ci/install-deps)");

@@ -14,6 +14,7 @@ use common::*;
 struct Running {
     dir: tempfile::TempDir,
     http: String,
+    api: String,
     _server: Server,
 }
 
@@ -30,9 +31,11 @@ fn start(http_keys: &str) -> Running {
     .unwrap();
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
     let http = server.listening("HTTP");
+    let api = server.listening("API");
     Running {
         dir,
         http,
+        api,
         _server: server,
     }
 }
@@ -71,7 +74,7 @@ fn the_api_refuses_oversized_and_malformed_json_with_a_message_and_changes_nothi
     let token = std::fs::read_to_string(r.dir.path().join("state/api.token")).unwrap();
     let auth = format!("Authorization: Bearer {}", token.trim());
     let mac = "52:54:00:00:20:01";
-    let base = format!("http://{}/api/v1/machines/{mac}", r.http);
+    let base = format!("http://{}/api/v1/machines/{mac}", r.api);
     // The machine exists once iPXE asked for its script; give it a label and a profile.
     let (code, _) = curl(&[&format!("http://{}/ipxe?mac={mac}&platform=pcbios", r.http)]);
     assert_eq!(code, "200");
@@ -199,7 +202,7 @@ fn the_api_refuses_oversized_and_malformed_json_with_a_message_and_changes_nothi
     let m: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(m["labels"], serde_json::json!({"rack": "r1"}), "{body}");
     assert_eq!(m["pinned_profile"], "rescue", "{body}");
-    assert_eq!(curl(&[&format!("http://{}/healthz", r.http)]).0, "200");
+    assert_eq!(curl(&[&format!("http://{}/healthz", r.api)]).0, "200");
 }
 
 /// A connection sending its request head one byte at a time.
@@ -285,7 +288,7 @@ fn slowloris_connections_are_cut_off_and_never_block_other_clients() {
 fn a_request_body_trickled_byte_by_byte_gets_408_and_the_connection_is_closed() {
     let r = start("body_read_timeout = \"1s\"\n");
     let token = std::fs::read_to_string(r.dir.path().join("state/api.token")).unwrap();
-    let mut sock = TcpStream::connect(&r.http).unwrap();
+    let mut sock = TcpStream::connect(&r.api).unwrap();
     let head = format!(
         "PUT /api/v1/machines/52:54:00:00:20:02/labels HTTP/1.1\r\nHost: t\r\n\
          Authorization: Bearer {}\r\nContent-Type: application/json\r\n\

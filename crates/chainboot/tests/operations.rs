@@ -13,6 +13,7 @@ struct Running {
     _dir: tempfile::TempDir,
     cfg: std::path::PathBuf,
     http: String,
+    api: String,
     tftp: String,
     server: Server,
 }
@@ -22,11 +23,13 @@ fn start(extra: &str) -> Running {
     let (cfg, _) = loopback_config(dir.path(), extra);
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
     let http = server.listening("HTTP");
+    let api = server.listening("API");
     let tftp = server.listening("TFTP");
     Running {
         _dir: dir,
         cfg,
         http,
+        api,
         tftp,
         server,
     }
@@ -56,7 +59,7 @@ fn events(r: &Running, query: &str) -> serde_json::Value {
     std::thread::sleep(Duration::from_millis(150));
     serde_json::from_str(&curl(&[&format!(
         "http://{}/api/v1/events?{query}",
-        r.http
+        r.api
     )]))
     .unwrap()
 }
@@ -85,7 +88,7 @@ fn a_boot_becomes_a_timeline_and_a_loop_is_detected_but_normal_boots_are_not() {
     );
     let timeline: serde_json::Value = serde_json::from_str(&curl(&[&format!(
         "http://{}/api/v1/machines/{mac}/timeline",
-        r.http
+        r.api
     )]))
     .unwrap();
     let boots = timeline["boots"].as_array().unwrap();
@@ -114,7 +117,7 @@ fn a_boot_becomes_a_timeline_and_a_loop_is_detected_but_normal_boots_are_not() {
         .as_str()
         .unwrap()
         .contains("DHCP"));
-    let metrics = curl(&[&format!("http://{}/metrics", r.http)]);
+    let metrics = curl(&[&format!("http://{}/metrics", r.api)]);
     assert!(
         metrics.contains("chainboot_chainload_loops_total 1"),
         "{metrics}"
@@ -158,10 +161,10 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
             })
             .collect()
     };
-    let before = parse(&curl(&[&format!("http://{}/metrics", r.http)]));
+    let before = parse(&curl(&[&format!("http://{}/metrics", r.api)]));
     tftp_get(&r.tftp, "undionly.kpxe");
     curl(&[&format!("http://{}/files/vmlinuz", r.http)]);
-    let after = parse(&curl(&[&format!("http://{}/metrics", r.http)]));
+    let after = parse(&curl(&[&format!("http://{}/metrics", r.api)]));
     let get = |m: &std::collections::HashMap<String, f64>, k: &str| {
         *m.get(k).unwrap_or_else(|| panic!("{k} missing: {m:?}"))
     };
@@ -194,7 +197,7 @@ fn the_event_stream_delivers_events_live() {
             "-sN",
             "--max-time",
             "5",
-            &format!("http://{}/api/v1/events/stream", r.http),
+            &format!("http://{}/api/v1/events/stream", r.api),
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -216,13 +219,13 @@ fn the_event_stream_delivers_events_live() {
 fn reads_can_require_the_token_and_writes_always_do() {
     let r = start("[api]\nread_requires_token = true\n");
     let code = |args: &[&str]| curl(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat());
-    let events_url = format!("http://{}/api/v1/events", r.http);
+    let events_url = format!("http://{}/api/v1/events", r.api);
     assert_eq!(code(&[&events_url]), "401");
     let token = std::fs::read_to_string(r.cfg.parent().unwrap().join("state/api.token")).unwrap();
     let auth = format!("Authorization: Bearer {}", token.trim());
     assert_eq!(code(&["-H", &auth, &events_url]), "200");
-    assert_eq!(code(&[&format!("http://{}/metrics", r.http)]), "401");
-    let rearm = format!("http://{}/api/v1/machines/52:54:00:00:10:03/rearm", r.http);
+    assert_eq!(code(&[&format!("http://{}/metrics", r.api)]), "401");
+    let rearm = format!("http://{}/api/v1/machines/52:54:00:00:10:03/rearm", r.api);
     assert_eq!(code(&["-X", "POST", &rearm]), "401");
 }
 
@@ -262,10 +265,11 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
 #[test]
 fn events_and_leases_commands_read_the_running_server() {
     let r = start("");
-    let url = format!("http://{}", r.http);
+    let url = format!("http://{}", r.api);
     let c = r.cfg.to_str().unwrap();
     curl(&[&format!(
-        "{url}/ipxe?mac=52-54-00-00-10-05&platform=pcbios&buildarch=i386"
+        "http://{}/ipxe?mac=52-54-00-00-10-05&platform=pcbios&buildarch=i386",
+        r.http
     )]);
     tftp_get(&r.tftp, "undionly.kpxe");
     std::thread::sleep(Duration::from_millis(150));
@@ -333,7 +337,7 @@ fn a_machines_callback_completes_its_timeline_and_its_json_shows_the_last_boot()
     std::thread::sleep(Duration::from_millis(150));
     let v: serde_json::Value = serde_json::from_str(&curl(&[&format!(
         "http://{}/api/v1/machines/{mac}",
-        r.http
+        r.api
     )]))
     .unwrap();
     let last = &v["last_boot"];

@@ -94,6 +94,15 @@ async fn get_text(url: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// `url` without its `?cap=...` boot capability; panics when there is none.
+fn without_cap(url: &str) -> String {
+    let (path, cap) = url
+        .split_once("?cap=")
+        .unwrap_or_else(|| panic!("no boot capability in {url}"));
+    assert!(cap.len() > 20, "{url}");
+    path.to_string()
+}
+
 /// The argument list of the script's `kernel` line, without `|| goto failed`.
 fn kernel_args(script: &str) -> Vec<String> {
     let line = script
@@ -143,7 +152,8 @@ async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_
         let k = kernel_args(&s);
         let kernel_url = format!("{}/boot/{M1}/kernel", srv.url);
         assert_eq!(
-            k[2], kernel_url,
+            without_cap(&k[2]),
+            kernel_url,
             "boot-once kernels go through the policy route:\n{s}"
         );
         assert_eq!(k[3], "initrd=initrd0");
@@ -299,9 +309,14 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     ))
     .await;
 
-    // Reads are open by default.
+    // Reads need the token by default.
+    assert_eq!(
+        c.get(url("/machines")).send().await.unwrap().status(),
+        401
+    );
     let list: Vec<serde_json::Value> = c
         .get(url("/machines"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -314,6 +329,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     assert!(list[0].get("secret").is_none());
     let one: serde_json::Value = c
         .get(url(&format!("/machines/{M1}")))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -323,6 +339,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     assert_eq!(one["last_profile"], "install");
     assert_eq!(
         c.get(url("/machines/52-54-00-99-99-99"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
@@ -331,6 +348,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     );
     assert_eq!(
         c.get(url("/machines/not-a-mac"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
@@ -339,6 +357,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     );
     let profiles: Vec<serde_json::Value> = c
         .get(url("/profiles"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -348,6 +367,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     assert_eq!(profiles[0]["name"], "install");
     let groups: Vec<serde_json::Value> = c
         .get(url("/groups"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -445,7 +465,10 @@ async fn api_v1_round_trips_with_and_without_the_token() {
             .status(),
         204
     );
-    assert_eq!(c.get(&m).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(&m).bearer_auth(TOKEN).send().await.unwrap().status(),
+        404
+    );
     assert_eq!(
         c.delete(&m)
             .bearer_auth(TOKEN)
@@ -614,13 +637,13 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
     assert!(s.contains("echo hello from the API"), "{s}");
     let k = kernel_args(&s);
     let m = "52-54-00-00-00-01";
-    assert_eq!(k[2], format!("{}/boot/{m}/kernel", srv.url));
+    assert_eq!(without_cap(&k[2]), format!("{}/boot/{m}/kernel", srv.url));
     assert_eq!(k[3], "initrd=initrd0");
     assert_eq!(k[4], "console=ttyS0");
-    assert_eq!(k[5], format!("cloud={}/boot/{m}/url/0", srv.url));
+    assert_eq!(without_cap(&k[5]), format!("cloud={}/boot/{m}/url/0", srv.url));
     assert!(
         s.contains(&format!(
-            "initrd --name initrd0 {}/boot/{m}/initrd/0",
+            "initrd --name initrd0 {}/boot/{m}/initrd/0?cap=",
             srv.url
         )),
         "{s}"

@@ -210,6 +210,22 @@ pub fn chainboot(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `extra` with an `[api]` section whose management listener is on a free loopback port
+/// (logged as "API listening listen=..."), reads open unless `extra` says otherwise.
+fn api_section(extra: &str) -> String {
+    let listen = "listen = \"127.0.0.1:0\"\n";
+    let open = if extra.contains("read_requires_token") {
+        ""
+    } else {
+        "read_requires_token = false\n"
+    };
+    if extra.contains("[api]\n") {
+        extra.replace("[api]\n", &format!("[api]\n{listen}{open}"))
+    } else {
+        format!("{extra}\n[api]\n{listen}{open}")
+    }
+}
+
 /// A config serving on loopback only (DHCP and IPv6 RA off); returns its path and the HTTP address.
 pub fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, String) {
     let www = dir.join("www");
@@ -231,6 +247,7 @@ pub fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBu
              [boot]\ndefault = \"linux\"\n{extra}",
             state = dir.join("state").display(),
             www = www.display(),
+            extra = api_section(extra),
         ),
     )
     .unwrap();
