@@ -199,7 +199,7 @@ fn machines_commands_round_trip_through_a_running_server() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("#!ipxe"));
     let c = cfg.to_str().unwrap();
-    let url = format!("http://{http}");
+    let url = format!("http://{}", server.listening("API"));
     let (code, out) = chainboot(&["machines", "-c", c, "--server", &url, "list"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -356,7 +356,7 @@ fn rearm_lets_a_boot_once_machine_install_again() {
     // Fetching the kernel finishes the install: the machine now boots its local disk.
     let kernel_url = first
         .split_whitespace()
-        .find(|w| w.starts_with("http://") && w.ends_with("/kernel"))
+        .find(|w| w.starts_with("http://") && w.contains("/kernel?cap="))
         .unwrap_or_else(|| panic!("no kernel URL: {first}"))
         .to_string();
     let st = Command::new("curl")
@@ -370,12 +370,13 @@ fn rearm_lets_a_boot_once_machine_install_again() {
         "{after}"
     );
     let c = cfg.to_str().unwrap();
+    let api = format!("http://{}", server.listening("API"));
     let (code, out) = chainboot(&[
         "machines",
         "-c",
         c,
         "--server",
-        &url,
+        &api,
         "rearm",
         "52:54:00:00:40:01",
     ]);
