@@ -389,13 +389,16 @@ e2e_assert_addresses_from_plain_dhcp() {
   e2e_log "addresses only from the plain DHCP server; proxy replies carry yiaddr 0.0.0.0"
 }
 
-# e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API, from inside the
-# namespace) has every STAGE in the machine's last boot. Only for the chainboot side.
+# e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API on the
+# management listener, loopback inside the namespace, with the token) has every STAGE in the
+# machine's last boot. Only for the chainboot side.
 e2e_assert_timeline() {
   local mac=$1 stage json
   shift
   [ -f "$E2E_RUN/chainboot.log" ] || return 0
-  json=$(ip netns exec "$E2E_NS" curl -s --max-time 5 "http://$E2E_SERVER_IP/api/v1/machines/$mac/timeline") \
+  json=$(ip netns exec "$E2E_NS" curl -s --max-time 5 \
+    -H "Authorization: Bearer $(cat "$E2E_RUN/state/api.token")" \
+    "http://127.0.0.1:8079/api/v1/machines/$mac/timeline") \
     || e2e_die "chainboot's API did not answer for $mac"
   for stage in "$@"; do
     python3 -c '

@@ -195,7 +195,9 @@ mod tests {
         let r = ApiError::unauthorized().into_response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
-            r.headers().get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+            r.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
             Some(&b"Bearer"[..])
         );
         let r = ApiError::not_found("machine x not known").into_response();

@@ -2,10 +2,8 @@
 //! (`chainboot_policy::access`): the DHCP server's bound leases and the kernel's neighbour
 //! table.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use chainboot_dhcp::Engine;
 use chainboot_machine::Mac;
@@ -40,83 +38,85 @@ impl AddressBook for HostAddressBook {
     }
 }
 
-/// A cached view of `/proc/net/arp`. The file is generated in full on every read (a storm of
-/// thousands of clients makes it hundreds of KB), so a snapshot is reused for up to
-/// `MAX_AGE`, and a miss re-reads it at most once per `MIN_REREAD`: an attacker asking for
-/// addresses that are not there cannot make every request pay for a full read.
+/// The kernel's IPv4 neighbour (ARP) table, asked one address at a time with `SIOCGARP` on the
+/// interface whose subnet holds the address: a few microseconds, no matter how many thousand
+/// entries a boot storm leaves in the table (reading `/proc/net/arp` would generate all of
+/// them per request). Addresses on no local subnet are not neighbours: no ioctl at all.
 pub struct NeighbourTable {
-    path: std::path::PathBuf,
-    snapshot: Mutex<Snapshot>,
-}
-
-struct Snapshot {
-    read_at: Option<Instant>,
-    entries: HashMap<Ipv4Addr, Mac>,
-}
-
-const MAX_AGE: Duration = Duration::from_secs(1);
-const MIN_REREAD: Duration = Duration::from_millis(50);
-/// Entries kept from one read (the kernel's own default gc_thresh3 is 1024; large sites raise
-/// it, but not past this).
-const MAX_ENTRIES: usize = 1 << 20;
-
-impl Default for NeighbourTable {
-    fn default() -> Self {
-        NeighbourTable::at("/proc/net/arp")
-    }
+    /// (interface name, address, prefix length) of every local IPv4 subnet.
+    subnets: Vec<(String, Ipv4Addr, u8)>,
+    /// Any AF_INET socket: the ioctl needs one.
+    sock: Option<socket2::Socket>,
 }
 
 impl NeighbourTable {
-    pub fn at(path: impl Into<std::path::PathBuf>) -> NeighbourTable {
-        NeighbourTable {
-            path: path.into(),
-            snapshot: Mutex::new(Snapshot {
-                read_at: None,
-                entries: HashMap::new(),
-            }),
-        }
+    pub fn new(interfaces: &[crate::interfaces::Interface]) -> NeighbourTable {
+        let subnets = interfaces
+            .iter()
+            .flat_map(|i| i.ipv4.iter().map(|(a, p)| (i.name.clone(), *a, *p)))
+            .collect();
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .inspect_err(|e| tracing::warn!(error = %e, "no socket for neighbour lookups"))
+            .ok();
+        NeighbourTable { subnets, sock }
     }
 
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<Mac> {
-        let mut snap = self.snapshot.lock();
-        let age = snap.read_at.map(|t| t.elapsed());
-        let hit = snap.entries.get(&ip).copied();
-        let reread = match (age, hit) {
-            (None, _) => true,
-            (Some(a), Some(_)) => a > MAX_AGE,
-            (Some(a), None) => a > MIN_REREAD,
-        };
-        if !reread {
-            return hit;
-        }
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => snap.entries = parse_arp(&text),
-            Err(e) => tracing::debug!(path = %self.path.display(), error = %e, "neighbour table"),
-        }
-        snap.read_at = Some(Instant::now());
-        snap.entries.get(&ip).copied()
+        let sock = self.sock.as_ref()?;
+        self.subnets
+            .iter()
+            .filter(|(_, a, p)| same_subnet(ip, *a, *p))
+            .find_map(|(dev, _, _)| arp_get(sock, ip, dev))
     }
 }
 
-/// `/proc/net/arp`: `IP  HW-type  Flags  HW-address  Mask  Device`; only complete entries
-/// (flag 0x2) name a hardware address that answered.
-fn parse_arp(text: &str) -> HashMap<Ipv4Addr, Mac> {
-    const ATF_COM: u32 = 0x2;
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let [ip, _hw, flags, mac, ..] = f.as_slice() else {
-                return None;
-            };
-            let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
-            if flags & ATF_COM == 0 {
-                return None;
-            }
-            Some((ip.parse().ok()?, mac.parse().ok()?))
-        })
-        .take(MAX_ENTRIES)
-        .collect()
+fn same_subnet(ip: Ipv4Addr, addr: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    u32::from(ip) & mask == u32::from(addr) & mask && ip != addr
+}
+
+/// `SIOCGARP` for `ip` on `dev`: the hardware address of a complete entry.
+fn arp_get(sock: &socket2::Socket, ip: Ipv4Addr, dev: &str) -> Option<Mac> {
+    use std::os::fd::AsRawFd;
+    if dev.len() >= 16 {
+        return None;
+    }
+    // SAFETY: arpreq is plain old data (sockaddrs, an int, a byte array); all zeroes is a
+    // valid value of it.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux; the copy fills
+    // arp_pa with the address the kernel reads as a sockaddr_in for AF_INET.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            (&mut req.arp_pa as *mut libc::sockaddr).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_in>(),
+        );
+    }
+    for (d, s) in req.arp_dev.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGARP reads and writes exactly one arpreq, which `req` is, through a valid
+    // socket descriptor borrowed for the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGARP, &mut req) };
+    if rc != 0 || req.arp_flags & libc::ATF_COM == 0 {
+        return None;
+    }
+    let mut octets = [0u8; 6];
+    for (o, b) in octets.iter_mut().zip(req.arp_ha.sa_data.iter()) {
+        *o = *b as u8;
+    }
+    Some(Mac(octets))
 }
 
 #[cfg(test)]
@@ -124,36 +124,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn complete_entries_only() {
-        let text = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                    198.18.0.2       0x1         0x2         52:54:00:12:34:56     *        veth0\n\
-                    198.18.0.3       0x1         0x0         00:00:00:00:00:00     *        veth0\n\
-                    garbage line\n";
-        let t = parse_arp(text);
-        assert_eq!(t.len(), 1);
-        assert_eq!(
-            t.get(&Ipv4Addr::new(198, 18, 0, 2)).map(|m| m.to_string()),
-            Some("52:54:00:12:34:56".into())
-        );
+    fn subnets() {
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        assert!(same_subnet(Ipv4Addr::new(198, 18, 0, 200), a, 24));
+        assert!(!same_subnet(Ipv4Addr::new(198, 18, 1, 2), a, 24));
+        assert!(!same_subnet(a, a, 24), "our own address is no neighbour");
+        assert!(same_subnet(Ipv4Addr::new(10, 1, 2, 3), a, 0));
     }
 
     #[test]
-    fn misses_reread_at_most_every_interval() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("arp");
-        let header = "IP address HW type Flags HW address Mask Device\n";
-        std::fs::write(&path, header).expect("write");
-        let t = NeighbourTable::at(&path);
-        let ip = Ipv4Addr::new(198, 18, 0, 9);
-        assert_eq!(t.lookup(ip), None);
-        std::fs::write(
-            &path,
-            format!("{header}198.18.0.9 0x1 0x2 52:54:00:00:00:09 * veth0\n"),
-        )
-        .expect("write");
-        // Within MIN_REREAD the snapshot answers; after it the file is read again.
-        assert_eq!(t.lookup(ip), None);
-        std::thread::sleep(MIN_REREAD + Duration::from_millis(20));
-        assert_eq!(t.lookup(ip).map(|m| m.to_string()), Some("52:54:00:00:00:09".into()));
+    fn addresses_off_every_subnet_are_not_looked_up() {
+        let t = NeighbourTable::new(&[crate::interfaces::Interface {
+            name: "nonexistent0".into(),
+            ipv4: vec![(Ipv4Addr::new(198, 18, 0, 1), 24)],
+        }]);
+        assert_eq!(t.lookup(Ipv4Addr::new(198, 19, 0, 2)), None);
+        // On the subnet, but the device does not exist: the ioctl fails, no entry.
+        assert_eq!(t.lookup(Ipv4Addr::new(198, 18, 0, 2)), None);
     }
 }

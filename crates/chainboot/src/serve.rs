@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use anyhow::Context;
+use chainboot_api::ApiAuth;
 use chainboot_content::Root;
 use chainboot_dhcp::{DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
-use chainboot_api::ApiAuth;
 use chainboot_policy::http::{boot_routes, operator_routes};
 use chainboot_policy::{HttpBase, Policy, PolicyState, TftpResolver};
 use chainboot_store::Store;
@@ -201,8 +201,9 @@ async fn serve(
     // Who holds which address: the policy acts for a MAC only on requests from its address.
     policy.set_access(
         Arc::new(HostAddressBook {
-            dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp_engine.clone()),
-            neighbours: NeighbourTable::default(),
+            dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server)
+                .then(|| dhcp_engine.clone()),
+            neighbours: NeighbourTable::new(&interfaces::list().unwrap_or_default()),
         }),
         &token,
     );
@@ -259,7 +260,9 @@ async fn serve(
         // Shared with the boot network: the token for everything, reads included.
         let strict = auth.token_only();
         router = router
-            .merge(operator_routes(policy_state.clone().with_auth(strict.clone())))
+            .merge(operator_routes(
+                policy_state.clone().with_auth(strict.clone()),
+            ))
             .merge(ops_routes(OpsState {
                 auth: strict,
                 ..ops.clone()
@@ -324,7 +327,8 @@ fn bind_management(cfg: &config::Config) -> anyhow::Result<Option<HttpServer>> {
         return Ok(None);
     }
     let mut http = cfg.http.clone();
-    http.listen = chainboot_http::Listen::Many(cfg.api.listen.iter().map(|a| a.to_string()).collect());
+    http.listen =
+        chainboot_http::Listen::Many(cfg.api.listen.iter().map(|a| a.to_string()).collect());
     let server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
     for addr in server.local_addrs() {
         info!(listen = %addr, "API listening");

@@ -57,11 +57,7 @@ fn tftp_get(addr: &str, file: &str) {
 fn events(r: &Running, query: &str) -> serde_json::Value {
     // The event log writes in batches of at most 20 ms.
     std::thread::sleep(Duration::from_millis(150));
-    serde_json::from_str(&curl(&[&format!(
-        "http://{}/api/v1/events?{query}",
-        r.api
-    )]))
-    .unwrap()
+    serde_json::from_str(&curl(&[&format!("http://{}/api/v1/events?{query}", r.api)])).unwrap()
 }
 
 #[test]
@@ -335,11 +331,8 @@ fn a_machines_callback_completes_its_timeline_and_its_json_shows_the_last_boot()
     ]);
     assert!(code.starts_with('2'), "{code}");
     std::thread::sleep(Duration::from_millis(150));
-    let v: serde_json::Value = serde_json::from_str(&curl(&[&format!(
-        "http://{}/api/v1/machines/{mac}",
-        r.api
-    )]))
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("http://{}/api/v1/machines/{mac}", r.api)])).unwrap();
     let last = &v["last_boot"];
     assert_eq!(last["reached"], "os-callback", "{v}");
     let api = events(&r, &format!("mac={mac}&kind=api"));

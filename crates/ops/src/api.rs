@@ -14,11 +14,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chainboot_api::ApiAuth;
 use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
 use chainboot_events::{boots, EventLog};
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
-use chainboot_api::ApiAuth;
 use chainboot_ra::RaStats;
 use chainboot_store::events::{self, EventFilter};
 use chainboot_store::Store;
@@ -55,7 +55,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 impl OpsState {
     fn check_read(&self, headers: &HeaderMap) -> Result<(), Response> {
-        self.auth.check_read(headers).map_err(IntoResponse::into_response)
+        self.auth
+            .check_read(headers)
+            .map_err(IntoResponse::into_response)
     }
 }
 

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chainboot_policy::{
-    routes, BootConfig, GroupConfig, HttpBase, MatchConfig, Policy, PolicyConfig,
-    PolicyState, ProfileConfig,
+    routes, BootConfig, GroupConfig, HttpBase, MatchConfig, Policy, PolicyConfig, PolicyState,
+    ProfileConfig,
 };
 use chainboot_store::Store;
 

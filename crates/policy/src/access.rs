@@ -163,7 +163,9 @@ impl Capabilities {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Decides whether a request may act for a machine.
@@ -262,11 +264,21 @@ mod tests {
         let caps = Capabilities::new("t");
         let g = gate_with(&book, &caps);
         let err = g
-            .verify(mac(VICTIM), Some(ip("198.18.0.66")), None, SystemTime::now())
+            .verify(
+                mac(VICTIM),
+                Some(ip("198.18.0.66")),
+                None,
+                SystemTime::now(),
+            )
             .expect_err("attacker refused");
         assert!(err.0.contains(ATTACKER) && err.0.contains(VICTIM), "{err}");
         assert_eq!(
-            g.verify(mac(ATTACKER), Some(ip("198.18.0.66")), None, SystemTime::now()),
+            g.verify(
+                mac(ATTACKER),
+                Some(ip("198.18.0.66")),
+                None,
+                SystemTime::now()
+            ),
             Ok(Proof::Neighbour)
         );
     }
@@ -280,14 +292,29 @@ mod tests {
         let caps = Capabilities::new("t");
         let g = gate_with(&book, &caps);
         assert_eq!(
-            g.verify(mac(VICTIM), Some(ip("198.19.5.10")), None, SystemTime::now()),
+            g.verify(
+                mac(VICTIM),
+                Some(ip("198.19.5.10")),
+                None,
+                SystemTime::now()
+            ),
             Ok(Proof::Lease)
         );
         assert!(g
-            .verify(mac(ATTACKER), Some(ip("198.19.5.10")), None, SystemTime::now())
+            .verify(
+                mac(ATTACKER),
+                Some(ip("198.19.5.10")),
+                None,
+                SystemTime::now()
+            )
             .is_err());
         assert!(g
-            .verify(mac(VICTIM), Some(ip("198.19.5.11")), None, SystemTime::now())
+            .verify(
+                mac(VICTIM),
+                Some(ip("198.19.5.11")),
+                None,
+                SystemTime::now()
+            )
             .is_err());
     }
 
@@ -326,7 +353,12 @@ mod tests {
         let caps = Capabilities::new("t");
         let g = gate_with(&book, &caps);
         assert!(g
-            .verify(mac(VICTIM), Some(ip("127.0.0.1")), Some("1.00"), SystemTime::now())
+            .verify(
+                mac(VICTIM),
+                Some(ip("127.0.0.1")),
+                Some("1.00"),
+                SystemTime::now()
+            )
             .is_err());
         assert_eq!(
             g.verify(mac(VICTIM), Some(ip("127.0.0.1")), None, SystemTime::now()),

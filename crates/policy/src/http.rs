@@ -419,7 +419,11 @@ async fn menu_choice(
             ));
         }
     };
-    match st.policy.decide(&facts, stored.as_ref(), Some(chosen)).await {
+    match st
+        .policy
+        .decide(&facts, stored.as_ref(), Some(chosen))
+        .await
+    {
         Ok(d) => {
             let profile = d.profile.clone();
             let d = d.with_capability(st.policy.capability(mac, Some(&profile)));
@@ -463,7 +467,11 @@ async fn record_facts(
 /// The decision a verified request for `mac` answers for: the profile its capability was
 /// issued for (a menu choice), else the one `/ipxe` last made, else a fresh one from stored
 /// facts. Unknown machines have none: nothing about them (secrets included) is rendered.
-async fn decision_for(st: &PolicyState, mac: Mac, proof: &Proof) -> Result<Arc<Decision>, ApiError> {
+async fn decision_for(
+    st: &PolicyState,
+    mac: Mac,
+    proof: &Proof,
+) -> Result<Arc<Decision>, ApiError> {
     if proof.profile().is_none() {
         if let Some(d) = st.policy.recent(mac) {
             return Ok(d);
@@ -513,9 +521,9 @@ async fn boot_asset(
         .verify(mac, peer, q.cap.as_deref(), "boot")
         .map_err(|r| ApiError::forbidden(r.0))?;
     let d = decision_for(&st, mac, &proof).await?;
-    let asset = d.asset(slot).ok_or_else(|| {
-        ApiError::not_found(format!("profile {} has no such asset", d.profile))
-    })?;
+    let asset = d
+        .asset(slot)
+        .ok_or_else(|| ApiError::not_found(format!("profile {} has no such asset", d.profile)))?;
     if slot == AssetSlot::Kernel && method == Method::GET {
         if let Some(group) = d.once_group.clone() {
             // Boot-once: the kernel fetch is the point of no return; the next boot of this

@@ -310,10 +310,7 @@ async fn api_v1_round_trips_with_and_without_the_token() {
     .await;
 
     // Reads need the token by default.
-    assert_eq!(
-        c.get(url("/machines")).send().await.unwrap().status(),
-        401
-    );
+    assert_eq!(c.get(url("/machines")).send().await.unwrap().status(), 401);
     let list: Vec<serde_json::Value> = c
         .get(url("/machines"))
         .bearer_auth(TOKEN)
@@ -640,7 +637,10 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
     assert_eq!(without_cap(&k[2]), format!("{}/boot/{m}/kernel", srv.url));
     assert_eq!(k[3], "initrd=initrd0");
     assert_eq!(k[4], "console=ttyS0");
-    assert_eq!(without_cap(&k[5]), format!("cloud={}/boot/{m}/url/0", srv.url));
+    assert_eq!(
+        without_cap(&k[5]),
+        format!("cloud={}/boot/{m}/url/0", srv.url)
+    );
     assert!(
         s.contains(&format!(
             "initrd --name initrd0 {}/boot/{m}/initrd/0?cap=",
