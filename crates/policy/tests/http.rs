@@ -955,3 +955,55 @@ async fn arch_comes_from_a_name_or_from_ipxe_platform_and_buildarch() {
         assert!(s.contains(want), "{q}: {s}");
     }
 }
+
+#[tokio::test]
+async fn a_menu_choice_answers_its_own_request_and_its_capability_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("install")).unwrap();
+    std::fs::write(
+        dir.path().join("install/preseed.cfg"),
+        "install for {{ machine.mac }}\n",
+    )
+    .unwrap();
+    let cfg = config(&format!(
+        "[[profile]]\nname = \"install\"\nkernel = \"debian/vmlinuz\"\n\
+         cmdline = \"url={{{{ http }}}}/config/{{{{ machine.mac }}}}/preseed.cfg?cap={{{{ machine.cap }}}}\"\n\
+         [[profile]]\nname = \"rescue\"\nkernel = \"rescue/vmlinuz\"\n\
+         [boot]\ndefault = \"menu\"\ntemplates = \"{}\"\n",
+        dir.path().display()
+    ));
+    let (srv, policy) = start(
+        cfg,
+        Arc::new(Store::in_memory().unwrap()),
+        &ApiConfig::default(),
+    )
+    .await;
+    let menu = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(menu.contains("profile=install"), "{menu}");
+    let chosen = get_text(&format!("{}/ipxe?mac={M1}&profile=install", srv.url)).await;
+    assert!(chosen.contains("/files/debian/vmlinuz"), "{chosen}");
+    // Nothing was remembered: the machine's own decision is still the menu.
+    assert_eq!(
+        policy
+            .recent(M1.parse().unwrap())
+            .map(|d| d.profile.clone()),
+        Some("menu".into())
+    );
+    let again = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    assert!(again.contains("choose target"), "{again}");
+    // The machine's config without the choice's capability is the menu's (none) ...
+    let plain = format!("{}/config/{M1}/preseed.cfg", srv.url);
+    assert_eq!(client().get(&plain).send().await.unwrap().status(), 404);
+    // ... and with it, the chosen profile's.
+    let url = kernel_args(&chosen)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("url=").map(str::to_string))
+        .unwrap_or_else(|| panic!("no url= in {chosen}"));
+    assert!(url.contains("?cap="), "{url}");
+    assert_eq!(get_text(&url).await.trim_end(), "install for 52:54:00:00:00:01");
+    // The capability is the choice's: it does not carry over to another profile or machine.
+    let forged = url.replace(".install", ".rescue");
+    assert_eq!(client().get(&forged).send().await.unwrap().status(), 403);
+    let other = url.replace("52:54:00:00:00:01", "52:54:00:00:00:02");
+    assert_eq!(client().get(&other).send().await.unwrap().status(), 403);
+}
