@@ -1000,7 +1000,10 @@ async fn a_menu_choice_answers_its_own_request_and_its_capability_only() {
         .find_map(|a| a.strip_prefix("url=").map(str::to_string))
         .unwrap_or_else(|| panic!("no url= in {chosen}"));
     assert!(url.contains("?cap="), "{url}");
-    assert_eq!(get_text(&url).await.trim_end(), "install for 52:54:00:00:00:01");
+    assert_eq!(
+        get_text(&url).await.trim_end(),
+        "install for 52:54:00:00:00:01"
+    );
     // The capability is the choice's: it does not carry over to another profile or machine.
     let forged = url.replace(".install", ".rescue");
     assert_eq!(client().get(&forged).send().await.unwrap().status(), 403);
