@@ -350,15 +350,7 @@ async fn own_script(st: &PolicyState, facts: ClientFacts, base: &HttpBase) -> Re
     }
     let record = match record_facts(st, &facts).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(%mac, error = %e, "state store");
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                "state store error (see the server log)",
-                base,
-                retry,
-            ));
-        }
+        Err(e) => return store_error_script(mac, &e, base, retry),
     };
     match st.policy.decide(&facts, Some(&record), None).await {
         Ok(d) => {
@@ -409,15 +401,7 @@ async fn menu_choice(
         .and_then(|r| r)
     {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(%mac, error = %e, "state store");
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                "state store error (see the server log)",
-                base,
-                retry,
-            ));
-        }
+        Err(e) => return store_error_script(mac, &e, base, retry),
     };
     match st
         .policy
@@ -437,6 +421,17 @@ async fn menu_choice(
             retry,
         )),
     }
+}
+
+/// The script for a store failure: logged with the cause, the console gets the short story.
+fn store_error_script(mac: Mac, e: &str, base: &HttpBase, retry: u64) -> Response {
+    tracing::error!(%mac, error = %e, "state store");
+    text(render::error_script(
+        Some(&mac.to_string()),
+        "state store error (see the server log)",
+        base,
+        retry,
+    ))
 }
 
 /// Stores what the machine said about itself (one merge: what it says now wins, what it did
