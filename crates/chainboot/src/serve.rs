@@ -169,9 +169,8 @@ async fn serve(
         )),
         None => None,
     };
-    let policy_tftp: Arc<dyn chainboot_content::Resolver> = Arc::new(DropOffRuntime(Some(
-        TftpResolver::new(policy.clone(), base.clone())?,
-    )));
+    let policy_tftp: Arc<dyn chainboot_content::Resolver> =
+        Arc::new(TftpResolver::new(policy.clone(), base.clone())?);
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: vec![policy_tftp],
         ipxe: ipxe.clone(),
@@ -334,33 +333,6 @@ fn bind_management(cfg: &config::Config) -> anyhow::Result<Option<HttpServer>> {
         info!(listen = %addr, "API listening");
     }
     Ok(Some(server))
-}
-
-/// The policy's TFTP resolver owns a small runtime of its own, and a runtime must not be
-/// dropped inside an async context (tokio panics). Whatever path drops the last reference
-/// (shutdown, or an error during start-up), the resolver is dropped on a thread of its own.
-struct DropOffRuntime(Option<TftpResolver>);
-
-impl chainboot_content::Resolver for DropOffRuntime {
-    fn resolve(
-        &self,
-        req: &chainboot_content::Request<'_>,
-    ) -> Result<chainboot_content::Content, chainboot_content::ResolveError> {
-        match &self.0 {
-            Some(r) => r.resolve(req),
-            None => Err(chainboot_content::ResolveError::NotFound),
-        }
-    }
-}
-
-impl Drop for DropOffRuntime {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
-            let _ = std::thread::Builder::new()
-                .name("drop-resolver".into())
-                .spawn(move || drop(inner));
-        }
-    }
 }
 
 enum Signal {

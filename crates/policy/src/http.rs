@@ -653,7 +653,8 @@ async fn pxelinux_cfg(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let base = st.base(&headers);
-    match crate::tftp::pxelinux_lookup(&st.policy, None, &name, &base, peer).await {
+    let policy = st.policy.clone();
+    match blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await? {
         Ok(Some(body)) => Ok(text(body)),
         Ok(None) => Err(ApiError::not_found("no pxelinux config by that name")),
         Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),

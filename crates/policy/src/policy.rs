@@ -209,6 +209,32 @@ impl AssetSlot {
     }
 }
 
+/// A decision, or the one thing it still needs from outside.
+#[derive(Debug)]
+pub enum Decided {
+    Done(Decision),
+    /// No group matched and `[boot] api` is set: the pixiecore API decides; fetch its answer
+    /// and decide again with it.
+    NeedsBootApi(BootApiQuestion),
+}
+
+/// What to ask the pixiecore API.
+#[derive(Debug, Clone)]
+pub struct BootApiQuestion {
+    pub api: String,
+    pub mac: Mac,
+    pub timeout: Duration,
+}
+
+impl BootApiQuestion {
+    /// Asks the API (the only I/O a decision can need).
+    pub async fn fetch(&self, client: &reqwest::Client) -> Result<ApiBoot, BootError> {
+        pixiecore::ask(client, &self.api, self.mac, self.timeout)
+            .await
+            .map_err(|e| BootError(e.to_string()))
+    }
+}
+
 /// Why a machine cannot boot right now; rendered as an iPXE script that says so and retries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -359,23 +385,37 @@ impl Policy {
     /// Decides what `facts.mac` boots. `stored` is the machine's record (pinned profile,
     /// labels, boot-once state, secret); `None` for a machine never seen (explain).
     /// `chosen` is a profile picked from the menu; honoured only when the machine's decision
-    /// is the menu.
+    /// is the menu. Asks the pixiecore API when the decision needs it.
     pub async fn decide(
         &self,
         facts: &ClientFacts,
         stored: Option<&MachineRecord>,
         chosen: Option<&str>,
     ) -> Result<Decision, BootError> {
-        self.decide_with(&self.client, facts, stored, chosen).await
+        match self.decide_now(facts, stored, chosen, None)? {
+            Decided::Done(d) => Ok(d),
+            Decided::NeedsBootApi(ask) => {
+                let answer = ask.fetch(&self.client).await?;
+                match self.decide_now(facts, stored, chosen, Some(answer))? {
+                    Decided::Done(d) => Ok(d),
+                    Decided::NeedsBootApi(_) => {
+                        Err(BootError("the boot API's answer was not used".into()))
+                    }
+                }
+            }
+        }
     }
 
-    pub(crate) async fn decide_with(
+    /// The decision without I/O: everything comes from the config, the facts and the stored
+    /// record, except the pixiecore API's answer, which the caller fetches when asked for
+    /// ([`Decided::NeedsBootApi`]) and passes back in as `api_answer`.
+    pub fn decide_now(
         &self,
-        client: &reqwest::Client,
         facts: &ClientFacts,
         stored: Option<&MachineRecord>,
         chosen: Option<&str>,
-    ) -> Result<Decision, BootError> {
+        api_answer: Option<ApiBoot>,
+    ) -> Result<Decided, BootError> {
         let compiled = self.current.load_full();
         let mut facts = facts.clone();
         if let Some(r) = stored {
@@ -458,9 +498,13 @@ impl Policy {
                 (false, _) => by_name(&group.profile, Source::Group(group.name.clone()), None)?,
             }
         } else if let Some(api) = &compiled.cfg.boot.api {
-            let boot = pixiecore::ask(client, api, facts.mac, compiled.cfg.boot.api_timeout)
-                .await
-                .map_err(|e| BootError(e.to_string()))?;
+            let Some(boot) = api_answer else {
+                return Ok(Decided::NeedsBootApi(BootApiQuestion {
+                    api: api.clone(),
+                    mac: facts.mac,
+                    timeout: compiled.cfg.boot.api_timeout,
+                }));
+            };
             mk("boot-api", Source::Api, None, Kind::Api(boot))
         } else {
             by_name(&compiled.cfg.boot.default.clone(), Source::Default, None)?
@@ -468,10 +512,10 @@ impl Policy {
 
         if let (Kind::Builtin(ProfileAction::Menu), Some(choice)) = (&decision.kind, chosen) {
             if choice != "menu" {
-                return by_name(choice, Source::MenuChoice, None);
+                return by_name(choice, Source::MenuChoice, None).map(Decided::Done);
             }
         }
-        Ok(decision)
+        Ok(Decided::Done(decision))
     }
 
     /// Remembers a decision for the machine's asset routes.

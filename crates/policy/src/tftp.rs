@@ -17,22 +17,26 @@ use chainboot_content::{Content, Request, ResolveError, Resolver};
 use chainboot_machine::Mac;
 
 use crate::facts::ClientFacts;
-use crate::policy::{BootError, Policy};
+use crate::pixiecore::ApiBoot;
+use crate::policy::{BootApiQuestion, BootError, Decided, Policy};
 use crate::render::HttpBase;
 
-/// `pxelinux.cfg/NAME` for PXELINUX, over HTTP or TFTP. `Ok(None)`: not found.
+/// `pxelinux.cfg/NAME` for PXELINUX, over HTTP or TFTP. `Ok(None)`: not found. Reads the
+/// store (callers on an async runtime run it as blocking work); needs no other I/O: a machine
+/// whose decision would come from the pixiecore API boots what the API says, never a
+/// PXELINUX profile, so it has no per-machine config here.
 ///
 /// `requester` is the client's address: a per-machine name (`01-MAC`, or the hex of an
 /// address) is answered only for a requester that proves it is that machine; anyone else
 /// gets not-found and PXELINUX moves on to the next name, ending at the static `default`.
-pub async fn pxelinux_lookup(
+pub fn pxelinux_lookup(
     policy: &Policy,
-    client: Option<&reqwest::Client>,
     name: &str,
     base: &HttpBase,
     requester: Option<IpAddr>,
 ) -> Result<Option<String>, BootError> {
     let lower = name.to_ascii_lowercase();
+    let store_err = |e: chainboot_store::StoreError| BootError(e.to_string());
     let machine = if let Some(mac) = lower
         .strip_prefix("01-")
         .and_then(|m| m.parse::<Mac>().ok())
@@ -40,32 +44,22 @@ pub async fn pxelinux_lookup(
         if policy.verify(mac, requester, None).is_err() {
             return Ok(None);
         }
-        let store = policy.store().clone();
-        let rec = tokio::task::spawn_blocking(move || store.machine(mac))
-            .await
-            .map_err(|e| BootError(e.to_string()))?
-            .map_err(|e| BootError(e.to_string()))?;
-        Some((mac, rec))
+        Some((mac, policy.store().machine(mac).map_err(store_err)?))
     } else if lower.len() == 8 && lower.chars().all(|c| c.is_ascii_hexdigit()) {
         let ip = u32::from_str_radix(&lower, 16).map_err(|e| BootError(e.to_string()))?;
         let ip = IpAddr::V4(Ipv4Addr::from(ip)).to_string();
-        let store = policy.store().clone();
-        let rec = tokio::task::spawn_blocking(move || store.machine_by_ip(&ip))
-            .await
-            .map_err(|e| BootError(e.to_string()))?
-            .map_err(|e| BootError(e.to_string()))?;
-        rec.filter(|r| policy.verify(r.mac, requester, None).is_ok())
+        policy
+            .store()
+            .machine_by_ip(&ip)
+            .map_err(store_err)?
+            .filter(|r| policy.verify(r.mac, requester, None).is_ok())
             .map(|r| (r.mac, Some(r)))
     } else {
         None
     };
     if let Some((mac, rec)) = machine {
         let facts = ClientFacts::new(mac);
-        let d = match client {
-            Some(c) => policy.decide_with(c, &facts, rec.as_ref(), None).await,
-            None => policy.decide(&facts, rec.as_ref(), None).await,
-        };
-        if let Ok(d) = d {
+        if let Ok(Decided::Done(d)) = policy.decide_now(&facts, rec.as_ref(), None, None) {
             if let Some(cfg) = d.pxelinux_cfg(base)? {
                 policy.remember(&d);
                 return Ok(Some(cfg));
@@ -88,101 +82,87 @@ pub async fn pxelinux_lookup(
 }
 
 /// Serves `boot.ipxe`, `ipxe/MAC` and `pxelinux.cfg/NAME` over TFTP; everything else is
-/// `NotFound`, so the binary can try its other resolvers.
+/// `NotFound`, so the binary can try its other resolvers. Called on TFTP's own threads and
+/// tasks; the decision is made in place, and only a machine whose decision needs the
+/// pixiecore API costs more (see [`TftpResolver::ask`]).
 pub struct TftpResolver {
     policy: Arc<Policy>,
     base: HttpBase,
-    /// The resolver is called synchronously from TFTP's threads; decisions may need the
-    /// pixiecore API (async), so it owns a small runtime of its own and a client bound to it.
-    /// `Option` only so that `Drop` can take it out (see there).
-    rt: Option<tokio::runtime::Runtime>,
-    client: reqwest::Client,
-}
-
-impl Drop for TftpResolver {
-    fn drop(&mut self) {
-        // Dropping a runtime inside an async context panics in tokio; shutting it down in the
-        // background is allowed anywhere, so the resolver can be dropped from any thread.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 impl TftpResolver {
     /// `base` is the HTTP URL that scripts and configs point assets at.
     pub fn new(policy: Arc<Policy>, base: HttpBase) -> std::io::Result<TftpResolver> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(std::io::Error::other)?;
-        Ok(TftpResolver {
-            policy,
-            base,
-            rt: Some(rt),
-            client,
+        Ok(TftpResolver { policy, base })
+    }
+
+    /// The pixiecore API's answer, on a thread of its own with a runtime and a client of its
+    /// own: the caller may be a runtime worker, maybe the only one, which must not wait on
+    /// the runtime it is blocking. Rare (no group matched, `[boot] api` set, over TFTP), so
+    /// the ~1 ms of setup does not matter.
+    fn ask(&self, q: &BootApiQuestion) -> Result<ApiBoot, BootError> {
+        let fetch = || -> Result<ApiBoot, BootError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| BootError(format!("boot API: {e}")))?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .map_err(|e| BootError(format!("boot API: {e}")))?;
+            rt.block_on(q.fetch(&client))
+        };
+        std::thread::scope(|s| {
+            s.spawn(fetch)
+                .join()
+                .unwrap_or_else(|_| Err(BootError("boot API request panicked".into())))
         })
     }
 
-    async fn lookup(
-        &self,
-        parts: &[String],
-        requester: IpAddr,
-    ) -> Result<Option<String>, BootError> {
+    /// The machine's script for `ipxe/MAC`, or a script saying why it cannot have one.
+    fn script(&self, mac: Mac, requester: IpAddr) -> Result<String, BootError> {
+        let retry = self.policy.retry_secs();
+        let error = |reason: &str| {
+            crate::render::error_script(Some(&mac.to_string()), reason, &self.base, retry)
+        };
+        if let Err(r) = self.policy.verify(mac, Some(requester), None) {
+            return Ok(error(&r.0));
+        }
+        let rec = self
+            .policy
+            .store()
+            .machine(mac)
+            .map_err(|e| BootError(e.to_string()))?;
+        let facts = ClientFacts::new(mac);
+        let decided = match self.policy.decide_now(&facts, rec.as_ref(), None, None) {
+            Ok(Decided::NeedsBootApi(q)) => self.ask(&q).and_then(|answer| {
+                self.policy
+                    .decide_now(&facts, rec.as_ref(), None, Some(answer))
+            }),
+            other => other,
+        };
+        Ok(match decided {
+            Ok(Decided::Done(d)) => {
+                let cap = self.policy.capability(mac, None);
+                let d = self.policy.remember(&d.with_capability(cap));
+                d.script(&self.base, retry)
+            }
+            Ok(Decided::NeedsBootApi(_)) => error("the boot API's answer was not used"),
+            Err(e) => error(&e.0),
+        })
+    }
+
+    fn lookup(&self, parts: &[String], requester: IpAddr) -> Result<Option<String>, BootError> {
         match parts {
             [f] if f.eq_ignore_ascii_case("boot.ipxe") => Ok(Some(
                 "#!ipxe\nchain --replace --autofree ipxe/${mac:hexhyp}\n".to_string(),
             )),
-            [d, mac] if d.eq_ignore_ascii_case("ipxe") => {
-                let Ok(mac) = mac.parse::<Mac>() else {
-                    return Ok(None);
-                };
-                let retry = self.policy.retry_secs();
-                if let Err(r) = self.policy.verify(mac, Some(requester), None) {
-                    return Ok(Some(crate::render::error_script(
-                        Some(&mac.to_string()),
-                        &r.0,
-                        &self.base,
-                        retry,
-                    )));
-                }
-                let store = self.policy.store().clone();
-                let rec = tokio::task::spawn_blocking(move || store.machine(mac))
-                    .await
-                    .map_err(|e| BootError(e.to_string()))?
-                    .map_err(|e| BootError(e.to_string()))?;
-                let facts = ClientFacts::new(mac);
-                Ok(Some(
-                    match self
-                        .policy
-                        .decide_with(&self.client, &facts, rec.as_ref(), None)
-                        .await
-                    {
-                        Ok(d) => {
-                            self.policy.remember(&d);
-                            d.script(&self.base, retry)
-                        }
-                        Err(e) => crate::render::error_script(
-                            Some(&mac.to_string()),
-                            &e.0,
-                            &self.base,
-                            retry,
-                        ),
-                    },
-                ))
-            }
+            [d, mac] if d.eq_ignore_ascii_case("ipxe") => match mac.parse::<Mac>() {
+                Ok(mac) => self.script(mac, requester).map(Some),
+                Err(_) => Ok(None),
+            },
             [d, name] if d.eq_ignore_ascii_case("pxelinux.cfg") => {
-                pxelinux_lookup(
-                    &self.policy,
-                    Some(&self.client),
-                    name,
-                    &self.base,
-                    Some(requester),
-                )
-                .await
+                pxelinux_lookup(&self.policy, name, &self.base, Some(requester))
             }
             _ => Ok(None),
         }
@@ -191,31 +171,7 @@ impl TftpResolver {
 
 impl Resolver for TftpResolver {
     fn resolve(&self, req: &Request<'_>) -> Result<Content, ResolveError> {
-        let parts = req.path.parts();
-        // Decide cheaply whether the path is ours: the binary asks this resolver first for
-        // every TFTP request (hundreds of clients fetching undionly.kpxe at once), and those
-        // must not pay for a thread.
-        let ours = match parts {
-            [f] => f.eq_ignore_ascii_case("boot.ipxe"),
-            [d, _] => d.eq_ignore_ascii_case("ipxe") || d.eq_ignore_ascii_case("pxelinux.cfg"),
-            _ => false,
-        };
-        if !ours {
-            return Err(ResolveError::NotFound);
-        }
-        let parts = parts.to_vec();
-        let requester = req.client.ip();
-        // A scoped thread runs the lookup on the resolver's own runtime, so this works whether
-        // or not the caller is itself inside a tokio runtime.
-        let Some(rt) = &self.rt else {
-            return Err(ResolveError::NotFound);
-        };
-        let out = std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(self.lookup(&parts, requester)))
-                .join()
-                .map_err(|_| ResolveError::Generate("policy lookup panicked".into()))
-        })?;
-        match out {
+        match self.lookup(req.path.parts(), req.client.ip()) {
             Ok(Some(text)) => Ok(Content::from_bytes(text.into_bytes())),
             Ok(None) => Err(ResolveError::NotFound),
             Err(e) => Err(ResolveError::Generate(e.0)),

@@ -612,7 +612,9 @@ impl<T: axum::response::IntoResponse> IntoResp for T {
     }
 }
 
-#[tokio::test]
+// Two workers: the TFTP resolver is called synchronously below, like from a TFTP thread, and
+// the stand-in API server must keep running meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pixiecore_api_machines_boot_and_others_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let api_srv = pixiecore_api(dir.path()).await;
@@ -622,7 +624,7 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
         "[[profile]]\nname = \"rescue\"\nkernel = \"rescue/vmlinuz\"\n[[group]]\nname = \"g\"\nprofile = \"rescue\"\nmatch = {{ mac = \"aa:*\" }}\n[boot]\napi = \"{}/api\"\napi_timeout = \"500ms\"\n",
         api_srv.url
     ));
-    let (srv, _) = start(
+    let (srv, policy) = start(
         cfg,
         Arc::new(Store::in_memory().unwrap()),
         &ApiConfig::default(),
@@ -632,6 +634,10 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
 
     let s = get_text(&format!("{}/ipxe?mac=52-54-00-00-00-01", srv.url)).await;
     assert!(s.contains("echo hello from the API"), "{s}");
+    // Over TFTP: the resolver asks the API on a thread and runtime of its own.
+    let r = TftpResolver::new(policy.clone(), HttpBase::new("http://198.18.0.1").unwrap()).unwrap();
+    let over_tftp = tftp_get(&r, "ipxe/52-54-00-00-00-03").unwrap();
+    assert!(over_tftp.contains("echo custom"), "the API's script: {over_tftp}");
     let k = kernel_args(&s);
     let m = "52-54-00-00-00-01";
     assert_eq!(without_cap(&k[2]), format!("{}/boot/{m}/kernel", srv.url));
@@ -896,8 +902,6 @@ fn tftp_resolver_serves_the_stub_scripts_and_pxelinux_configs() {
         .unwrap();
     let out = rt.block_on(async { tftp_get(&r, "pxelinux.cfg/01-52-54-00-00-00-02") });
     assert!(out.unwrap().contains("DEFAULT chainboot"));
-    // Dropping it inside an async context must not panic (tokio forbids dropping a runtime
-    // there; the resolver shuts its own down in the background).
     rt.block_on(async move { drop(r) });
 }
 
