@@ -212,7 +212,7 @@ impl AssetSlot {
 /// A decision, or the one thing it still needs from outside.
 #[derive(Debug)]
 pub enum Decided {
-    Done(Decision),
+    Done(Box<Decision>),
     /// No group matched and `[boot] api` is set: the pixiecore API decides; fetch its answer
     /// and decide again with it.
     NeedsBootApi(BootApiQuestion),
@@ -393,11 +393,11 @@ impl Policy {
         chosen: Option<&str>,
     ) -> Result<Decision, BootError> {
         match self.decide_now(facts, stored, chosen, None)? {
-            Decided::Done(d) => Ok(d),
+            Decided::Done(d) => Ok(*d),
             Decided::NeedsBootApi(ask) => {
                 let answer = ask.fetch(&self.client).await?;
                 match self.decide_now(facts, stored, chosen, Some(answer))? {
-                    Decided::Done(d) => Ok(d),
+                    Decided::Done(d) => Ok(*d),
                     Decided::NeedsBootApi(_) => {
                         Err(BootError("the boot API's answer was not used".into()))
                     }
@@ -512,10 +512,10 @@ impl Policy {
 
         if let (Kind::Builtin(ProfileAction::Menu), Some(choice)) = (&decision.kind, chosen) {
             if choice != "menu" {
-                return by_name(choice, Source::MenuChoice, None).map(Decided::Done);
+                return by_name(choice, Source::MenuChoice, None).map(|d| Decided::Done(Box::new(d)));
             }
         }
-        Ok(Decided::Done(decision))
+        Ok(Decided::Done(Box::new(decision)))
     }
 
     /// Remembers a decision for the machine's asset routes.
