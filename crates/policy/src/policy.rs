@@ -512,7 +512,8 @@ impl Policy {
 
         if let (Kind::Builtin(ProfileAction::Menu), Some(choice)) = (&decision.kind, chosen) {
             if choice != "menu" {
-                return by_name(choice, Source::MenuChoice, None).map(|d| Decided::Done(Box::new(d)));
+                return by_name(choice, Source::MenuChoice, None)
+                    .map(|d| Decided::Done(Box::new(d)));
             }
         }
         Ok(Decided::Done(Box::new(decision)))

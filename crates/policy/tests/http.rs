@@ -637,7 +637,10 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
     // Over TFTP: the resolver asks the API on a thread and runtime of its own.
     let r = TftpResolver::new(policy.clone(), HttpBase::new("http://198.18.0.1").unwrap()).unwrap();
     let over_tftp = tftp_get(&r, "ipxe/52-54-00-00-00-03").unwrap();
-    assert!(over_tftp.contains("echo custom"), "the API's script: {over_tftp}");
+    assert!(
+        over_tftp.contains("echo custom"),
+        "the API's script: {over_tftp}"
+    );
     let k = kernel_args(&s);
     let m = "52-54-00-00-00-01";
     assert_eq!(without_cap(&k[2]), format!("{}/boot/{m}/kernel", srv.url));
