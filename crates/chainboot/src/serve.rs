@@ -74,18 +74,27 @@ pub fn run(path: Option<&Path>, quick: Option<QuickBoot>) -> ExitCode {
     }
 }
 
-async fn serve(
-    cfg: config::Config,
-    source: config::Source,
-    quick: Option<QuickBoot>,
-) -> anyhow::Result<()> {
-    info!(config = %source, "chainboot starting");
-    let started = std::time::Instant::now();
-    let shutdown = CancellationToken::new();
-    let mut tasks: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
-    let ifaces = interfaces::select(&cfg.server.interfaces)?;
+/// What every server shares: state, content, the boot policy and the observers.
+struct Shared {
+    store: Arc<Store>,
+    events: Arc<EventLog>,
+    ipxe: Arc<IpxeBinaries>,
+    isos: Arc<IsoLibrary>,
+    policy: Arc<Policy>,
+    /// The URL scripts rendered for TFTP clients point at (no Host header to go by).
+    base: HttpBase,
+    token: String,
+    auth: ApiAuth,
+    observers: Arc<Observers>,
+}
 
-    // State and content.
+/// The store, the event log, the iPXE binaries, the ISO images, the boot policy and the API
+/// token, in the order they depend on each other.
+fn open_shared(
+    cfg: &config::Config,
+    ifaces: &[interfaces::Interface],
+    quick: Option<&QuickBoot>,
+) -> anyhow::Result<Shared> {
     let store = Arc::new(
         Store::open(&cfg.server.state_dir)
             .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
@@ -106,9 +115,7 @@ async fn serve(
             Err(e) => warn!(iso = %st.name, "ISO image not available: {e}"),
         }
     }
-
-    // Boot policy. URLs in scripts rendered for TFTP clients (no Host header to go by) use
-    // the advertised address, or the first served interface's.
+    // The advertised address, or the first served interface's.
     let http_port = cfg.http_port();
     let base_ip = cfg
         .server
@@ -121,7 +128,7 @@ async fn serve(
         format!("http://{base_ip}:{http_port}")
     })
     .map_err(anyhow::Error::msg)?;
-    let policy = match &quick {
+    let policy = match quick {
         Some(q) => {
             info!(kernel = %q.kernel.display(), "quick mode: every machine boots this kernel");
             Policy::quick(&q.kernel, &q.initrd, &q.cmdline, store.clone())
@@ -145,24 +152,48 @@ async fn serve(
         metrics: Arc::new(Metrics::default()),
         policy: policy.clone(),
     });
+    Ok(Shared {
+        store,
+        events,
+        ipxe,
+        isos,
+        policy,
+        base,
+        token,
+        auth,
+        observers,
+    })
+}
 
-    // IPv6 router advertisements (iPXE's "Configuring" wait).
+type Tasks = JoinSet<(&'static str, std::io::Result<()>)>;
+
+/// IPv6 router advertisements (iPXE's "Configuring" wait), one responder per interface.
+fn start_ra(
+    cfg: &config::Config,
+    ifaces: &[interfaces::Interface],
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> Arc<RaStats> {
     let ra_stats = Arc::new(RaStats::default());
-    if cfg.ipv6.router_advertisements != RaMode::Off {
-        for iface in &ifaces {
-            match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
-                Ok(server) => {
-                    let token = shutdown.clone();
-                    tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
-                }
-                Err(e) => {
-                    warn!(interface = %iface.name, "not answering IPv6 router solicitations: {e}")
-                }
+    if cfg.ipv6.router_advertisements == RaMode::Off {
+        return ra_stats;
+    }
+    for iface in ifaces {
+        match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
+            Ok(server) => {
+                let token = shutdown.clone();
+                tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
+            }
+            Err(e) => {
+                warn!(interface = %iface.name, "not answering IPv6 router solicitations: {e}")
             }
         }
     }
+    ra_stats
+}
 
-    // TFTP.
+/// TFTP over the generated files, the iPXE binaries, the ISO images and `[tftp] root`.
+fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
     let tftp_root = match &cfg.tftp.root {
         Some(dir) => Some(Arc::new(
             Root::new(dir).with_context(|| format!("[tftp] root {}", dir.display()))?,
@@ -170,64 +201,115 @@ async fn serve(
         None => None,
     };
     let policy_tftp: Arc<dyn chainboot_content::Resolver> =
-        Arc::new(TftpResolver::new(policy.clone(), base.clone())?);
+        Arc::new(TftpResolver::new(sh.policy.clone(), sh.base.clone())?);
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: vec![policy_tftp],
-        ipxe: ipxe.clone(),
-        isos: Some(isos.clone()),
+        ipxe: sh.ipxe.clone(),
+        isos: Some(sh.isos.clone()),
         root: tftp_root,
     });
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
         .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?
-        .with_observer(observers.clone());
+        .with_observer(sh.observers.clone());
     info!(listen = %tftp.local_addr(), "TFTP listening");
-    let tftp_stats = tftp.stats();
+    Ok(tftp)
+}
 
-    // DHCP.
+/// DHCP; and, since the DHCP engine knows who holds which address, the policy's identity
+/// checks (it acts for a MAC only on requests from that machine).
+fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
         cfg.boot_settings(),
-        store.clone(),
+        sh.store.clone(),
         ServerOptions {
             interfaces: cfg.server.interfaces.clone(),
-            observer: observers.clone(),
+            observer: sh.observers.clone(),
         },
     )?;
     info!(mode = ?cfg.dhcp.mode, "DHCP ready");
-    let (dhcp_counters, dhcp_engine) = (dhcp.counters(), dhcp.engine());
-    // SIGHUP hands a new [dhcp] to the same engine.
-    let reloadable_dhcp = dhcp_engine.clone();
-    // Who holds which address: the policy acts for a MAC only on requests from its address.
-    policy.set_access(
+    sh.policy.set_access(
         Arc::new(HostAddressBook {
-            dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server)
-                .then(|| dhcp_engine.clone()),
+            dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp.engine()),
             neighbours: NeighbourTable::new(&interfaces::list().unwrap_or_default()),
         }),
-        &token,
+        &sh.token,
     );
+    Ok(dhcp)
+}
 
-    // HTTP: static content, boot policy, operations.
-    let http = HttpServer::bind(&cfg.http)
-        .context("HTTP cannot listen")?
-        .with_observer(observers.clone());
-    let http_addrs = http.local_addrs();
-    for addr in &http_addrs {
-        info!(listen = %addr, "HTTP listening");
-    }
+/// The boot listener's router (static content and the machine routes) and the management
+/// listener's (the operator's API, dashboard, metrics).
+fn routers(
+    cfg: &config::Config,
+    sh: &Shared,
+    ops: OpsState,
+) -> anyhow::Result<(axum::Router, axum::Router)> {
     let files = match &cfg.http.root {
         Some(dir) => Some(Arc::new(
             Root::new(dir).with_context(|| format!("[http] root {}", dir.display()))?,
         )),
         None => None,
     };
+    let policy_state = PolicyState::new(sh.policy.clone(), sh.auth.clone(), sh.base.clone())
+        .with_hooks(Arc::new(MachineEvents {
+            events: sh.events.clone(),
+            store: sh.store.clone(),
+            metrics: sh.observers.metrics.clone(),
+        }));
+    let mut boot = static_routes(StaticContent {
+        files,
+        ipxe_bin: sh.ipxe.clone(),
+        isos: sh.isos.clone(),
+        listing: cfg.http.listing,
+    })
+    .merge(boot_routes(policy_state.clone()));
+    if cfg.api.on_boot_listener {
+        // Shared with the boot network: the token for everything, reads included.
+        let strict = sh.auth.token_only();
+        boot = boot
+            .merge(operator_routes(
+                policy_state.clone().with_auth(strict.clone()),
+            ))
+            .merge(ops_routes(OpsState {
+                auth: strict,
+                ..ops.clone()
+            }));
+    }
+    let management = operator_routes(policy_state).merge(ops_routes(ops));
+    Ok((boot, management))
+}
+
+async fn serve(
+    cfg: config::Config,
+    source: config::Source,
+    quick: Option<QuickBoot>,
+) -> anyhow::Result<()> {
+    info!(config = %source, "chainboot starting");
+    let started = std::time::Instant::now();
+    let shutdown = CancellationToken::new();
+    let mut tasks: Tasks = JoinSet::new();
+    let ifaces = interfaces::select(&cfg.server.interfaces)?;
+    let sh = open_shared(&cfg, &ifaces, quick.as_ref())?;
+    let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
+    let tftp = bind_tftp(&cfg, &sh)?;
+    let dhcp = bind_dhcp(&cfg, &sh)?;
+    // SIGHUP hands a new [dhcp] to the same engine.
+    let reloadable_dhcp = dhcp.engine();
+    let http = HttpServer::bind(&cfg.http)
+        .context("HTTP cannot listen")?
+        .with_observer(sh.observers.clone());
+    let http_addrs = http.local_addrs();
+    for addr in &http_addrs {
+        info!(listen = %addr, "HTTP listening");
+    }
     let ops = OpsState {
-        store: store.clone(),
-        events: events.clone(),
-        metrics: observers.metrics.clone(),
-        dhcp_counters: Some(dhcp_counters),
-        dhcp_engine: Some(dhcp_engine),
-        tftp: Some(tftp_stats),
+        store: sh.store.clone(),
+        events: sh.events.clone(),
+        metrics: sh.observers.metrics.clone(),
+        dhcp_counters: Some(dhcp.counters()),
+        dhcp_engine: Some(dhcp.engine()),
+        tftp: Some(tftp.stats()),
         http: Some(http.stats()),
         ra: Some(ra_stats),
         info: Arc::new(json!({
@@ -239,38 +321,10 @@ async fn serve(
             "quick_mode": quick.is_some(),
         })),
         started,
-        auth: auth.clone(),
+        auth: sh.auth.clone(),
     };
-    let policy_state = PolicyState::new(policy.clone(), auth.clone(), base.clone()).with_hooks(
-        Arc::new(MachineEvents {
-            events: events.clone(),
-            store: store.clone(),
-            metrics: observers.metrics.clone(),
-        }),
-    );
-    let mut router = static_routes(StaticContent {
-        files,
-        ipxe_bin: ipxe.clone(),
-        isos: isos.clone(),
-        listing: cfg.http.listing,
-    })
-    .merge(boot_routes(policy_state.clone()));
-    if cfg.api.on_boot_listener {
-        // Shared with the boot network: the token for everything, reads included.
-        let strict = auth.token_only();
-        router = router
-            .merge(operator_routes(
-                policy_state.clone().with_auth(strict.clone()),
-            ))
-            .merge(ops_routes(OpsState {
-                auth: strict,
-                ..ops.clone()
-            }));
-    }
-    let management = operator_routes(policy_state).merge(ops_routes(ops));
-    let api_server = bind_management(&cfg)?;
-
-    if let Some(server) = api_server {
+    let (router, management) = routers(&cfg, &sh, ops)?;
+    if let Some(server) = bind_management(&cfg)? {
         let token = shutdown.clone();
         tasks.spawn(async move { ("api", server.run(management, token).await) });
     }
@@ -286,6 +340,7 @@ async fn serve(
     ] {
         tasks.spawn(async move { (name, fut.await) });
     }
+    let (policy, events) = (sh.policy, sh.events);
 
     let mut signals = Signals::new()?;
     let mut current = cfg.clone();
