@@ -96,7 +96,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
         .map_err(|e| e.to_string())?;
     // A whole window of large blocks must fit in the receive buffer, or the client itself
     // drops blocks and the benchmark measures its own losses.
-    receive_buffer(&s, 8 << 20);
+    let _ = chainboot_udp::set_receive_buffer(&s, 8 << 20);
     let mut opts: Vec<(String, String)> = vec![("tsize".into(), "0".into())];
     if let Some(b) = o.blksize {
         opts.push(("blksize".into(), b.to_string()));
@@ -215,25 +215,6 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
 fn hold(delay: Option<Duration>) {
     if let Some(d) = delay {
         std::thread::sleep(d);
-    }
-}
-
-fn receive_buffer(s: &UdpSocket, size: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt on a valid descriptor with a correctly sized int.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                &size as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            return;
-        }
     }
 }
 

@@ -1,14 +1,14 @@
 //! Sending a window in one system call (`sendmmsg`): with windowsize 16 a window is 16
 //! datagrams, and one `sendto` each is most of the server's CPU time at small block sizes.
+//! The system call itself is `chainboot_udp::send`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+
+use chainboot_udp::{Transmit, MAX_BATCH};
 
 use crate::socket::TransferSocket;
 
-/// Most datagrams per `sendmmsg` (the largest window granted).
-const MAX_BATCH: usize = 64;
 /// Upper bound on one transfer's batch buffer, so a thousand transfers at blksize 65464 and
 /// windowsize 64 cannot ask for gigabytes.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -61,98 +61,25 @@ impl Batch {
 
     /// Sends every datagram of the batch to `to`, in order.
     pub async fn send(&self, socket: &TransferSocket, to: SocketAddr) -> io::Result<()> {
+        let mut transmits = [Transmit::EMPTY; MAX_BATCH];
+        for (i, (t, len)) in transmits.iter_mut().zip(&self.lens).enumerate() {
+            let start = i * self.slot_len;
+            *t = Transmit {
+                destination: to,
+                source: None,
+                ifindex: 0,
+                contents: &self.buf[start..start + len],
+            };
+        }
+        let transmits = &transmits[..self.lens.len()];
         let mut sent = 0;
-        while sent < self.lens.len() {
+        while sent < transmits.len() {
             sent += socket
-                .send_with(|socket| self.sendmmsg(socket, to, sent))
+                .send_with(|socket| chainboot_udp::send(socket, &transmits[sent..]))
                 .await?;
         }
         Ok(())
     }
-
-    fn sendmmsg(
-        &self,
-        socket: &std::net::UdpSocket,
-        to: SocketAddr,
-        from: usize,
-    ) -> io::Result<usize> {
-        let (addr, addr_len) = sockaddr(to);
-        let count = self.lens.len() - from;
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-        for k in 0..count {
-            let i = from + k;
-            iovs[k] = libc::iovec {
-                iov_base: self.buf[i * self.slot_len..].as_ptr() as *mut libc::c_void,
-                iov_len: self.lens[i],
-            };
-            msgs[k].msg_hdr.msg_name = &addr as *const libc::sockaddr_storage as *mut libc::c_void;
-            msgs[k].msg_hdr.msg_namelen = addr_len;
-            msgs[k].msg_hdr.msg_iov = &mut iovs[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `msgs[..count]` point at live iovecs over `self.buf` and at `addr`, all of
-        // which outlive the call; the kernel only reads them.
-        let n = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                count as libc::c_uint,
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in,
-                    sin,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe {
-                std::ptr::write(
-                    &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6,
-                    sin6,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,7 +191,7 @@ impl TftpServer {
         // the transfer socket answers from that same address (a client that sent to
         // 198.18.0.1 will not accept data from 198.18.1.1).
         if config.listen.ip().is_unspecified() {
-            enable_pktinfo(&socket, config.listen.is_ipv6())?;
+            chainboot_udp::enable_pktinfo(&socket, config.listen.is_ipv6())?;
         }
         let local = socket.local_addr()?;
         let socket = UdpSocket::from_std(socket)?;
@@ -899,67 +898,10 @@ fn new_udp_socket(addr: SocketAddr, rcvbuf: usize) -> io::Result<std::net::UdpSo
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
     if rcvbuf > 0 {
-        set_receive_buffer(&socket, rcvbuf);
+        // Best effort: a smaller buffer only drops more of a storm's requests.
+        let _ = chainboot_udp::set_receive_buffer(&socket, rcvbuf);
     }
     Ok(socket)
-}
-
-/// Asks for a receive buffer of `size` bytes: SO_RCVBUFFORCE first (with CAP_NET_ADMIN it may
-/// exceed net.core.rmem_max, which is only 208 KiB by default), else SO_RCVBUF (capped). A
-/// failure only means a smaller buffer.
-pub(crate) fn set_receive_buffer(socket: &impl AsRawFd, size: usize) {
-    let size = size.min(i32::MAX as usize) as libc::c_int;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt on a valid descriptor with a correctly sized int.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                &size as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            return;
-        }
-    }
-}
-
-fn enable_pktinfo(socket: &std::net::UdpSocket, ipv6: bool) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    let (level, name) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_PKTINFO)
-    };
-    // SAFETY: setsockopt on a valid descriptor with a correctly sized int.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if ipv6 {
-        // IPv4 clients of a dual-stack socket report their destination through IP_PKTINFO.
-        // SAFETY: as above.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                &on as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Receives one datagram with the address it was sent to (when pktinfo is on). The length
@@ -968,93 +910,14 @@ async fn recv_with_destination(
     socket: &UdpSocket,
     buf: &mut [u8],
 ) -> io::Result<(Option<usize>, SocketAddr, Option<IpAddr>)> {
-    socket
-        .async_io(Interest::READABLE, || {
-            recvmsg_pktinfo(socket.as_raw_fd(), buf)
-        })
-        .await
-}
-
-fn recvmsg_pktinfo(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-) -> io::Result<(Option<usize>, SocketAddr, Option<IpAddr>)> {
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 32];
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = &mut addr as *mut libc::sockaddr_storage as *mut libc::c_void;
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at live buffers of the sizes it declares.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let source = sockaddr_to_std(&addr)
-        .ok_or_else(|| io::Error::other("datagram from an unsupported address family"))?;
-    let mut destination = None;
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded by
-    // msg_controllen; each payload is read unaligned at its declared type.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let h = &*cmsg;
-            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
-                destination = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    info.ipi_addr.s_addr,
-                ))));
-            } else if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
-                let info: libc::in6_pktinfo =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
-                destination = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    let len = if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        None
-    } else {
-        Some(n as usize)
-    };
-    Ok((len, source, destination))
-}
-
-fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match addr.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in =
-                unsafe { std::ptr::read_unaligned(addr as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 =
-                unsafe { std::ptr::read_unaligned(addr as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+    let meta = socket
+        .async_io(Interest::READABLE, || chainboot_udp::recv(socket, buf))
+        .await?;
+    Ok((
+        (!meta.truncated).then_some(meta.len),
+        meta.source,
+        meta.destination,
+    ))
 }
 
 #[cfg(test)]

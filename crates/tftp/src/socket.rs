@@ -87,17 +87,10 @@ pub fn recv_polling(
     buf: &mut [u8],
     budget: Duration,
 ) -> (io::Result<(usize, SocketAddr)>, bool) {
-    let sock = socket2::SockRef::from(socket);
-    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the kernel only writes
-    // initialised bytes into it; the slice is never used to de-initialise `buf`.
-    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
     let until = Instant::now() + budget;
     loop {
-        match sock.recv_from_with_flags(uninit, libc::MSG_DONTWAIT) {
-            Ok((n, from)) => match from.as_socket() {
-                Some(from) => return (Ok((n, from)), true),
-                None => return (Err(io::ErrorKind::InvalidData.into()), true),
-            },
+        match chainboot_udp::try_recv_from(socket, buf) {
+            Ok(received) => return (Ok(received), true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return (Err(e), false),

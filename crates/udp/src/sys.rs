@@ -66,7 +66,7 @@ impl RawAddr {
 
     /// The one conversion back: `None` for a family other than IPv4 and IPv6, or an address
     /// shorter than its family needs.
-    fn to_std(&self, len: libc::socklen_t) -> Option<SocketAddr> {
+    fn to_std(self, len: libc::socklen_t) -> Option<SocketAddr> {
         let len = len as usize;
         // SAFETY: both union members start with the family field, and every bit pattern is a
         // valid `sa_family_t`.
@@ -194,8 +194,7 @@ fn decode(m: &libc::mmsghdr, name: &RawAddr) -> RecvMeta {
                 meta.local = Some(IpAddr::V4(from_in_addr(info.ipi_spec_dst)));
                 meta.ifindex = Some(info.ipi_ifindex as u32);
             } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
-                let info: libc::in6_pktinfo =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 let ip = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr));
                 meta.destination = Some(ip);
                 meta.local = Some(ip);
@@ -296,9 +295,12 @@ fn put_cmsg<T: Copy>(h: &mut libc::msghdr, level: libc::c_int, kind: libc::c_int
     let len = size_of::<T>() as u32;
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(len) } as usize;
-    assert!(space <= h.msg_controllen as usize, "control buffer too small");
-    // SAFETY: msg_control points at msg_controllen zeroed, cmsghdr-aligned bytes (checked to
-    // hold CMSG_SPACE of the value), so CMSG_FIRSTHDR is non-null and the header and the
+    assert!(
+        space <= size_of::<SendControl>(),
+        "control buffer too small"
+    );
+    // SAFETY: msg_control points at a zeroed, cmsghdr-aligned SendControl of msg_controllen
+    // bytes (checked to hold CMSG_SPACE of the value), so CMSG_FIRSTHDR is non-null and the header and the
     // CMSG_DATA payload written here lie inside the buffer.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(h);
@@ -380,7 +382,11 @@ pub(crate) fn set_arp(
     }
     req.arp_flags = libc::ATF_COM;
     // At most 15 bytes: the name must keep its terminating NUL (IFNAMSIZ is 16).
-    for (d, s) in req.arp_dev.iter_mut().zip(ifname.as_bytes().iter().take(15)) {
+    for (d, s) in req
+        .arp_dev
+        .iter_mut()
+        .zip(ifname.as_bytes().iter().take(15))
+    {
         *d = *s as libc::c_char;
     }
     // SAFETY: `fd` is an open socket and `req` a fully initialised arpreq that outlives the

@@ -34,8 +34,11 @@ fn ipv4_datagrams_report_their_destination_and_interface() {
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     tx.send_to(b"hello", to).unwrap();
     // 127.0.0.0/8 is all local: a second destination address on the same socket.
-    tx.send_to(b"again", SocketAddr::new("127.0.0.2".parse().unwrap(), to.port()))
-        .unwrap();
+    tx.send_to(
+        b"again",
+        SocketAddr::new("127.0.0.2".parse().unwrap(), to.port()),
+    )
+    .unwrap();
     let mut batch = RecvBatch::new(8, 64);
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -72,11 +75,17 @@ fn ipv6_datagrams_report_their_destination_and_interface() {
 fn ipv4_clients_of_a_dual_stack_socket_report_their_destination() {
     let (rx, to) = listener(true);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    tx.send_to(b"v4", SocketAddr::new(Ipv4Addr::LOCALHOST.into(), to.port()))
-        .unwrap();
+    tx.send_to(
+        b"v4",
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), to.port()),
+    )
+    .unwrap();
     let mut buf = [0u8; 64];
     let meta = recv(&rx, &mut buf).unwrap();
-    assert_eq!(meta.source.ip().to_canonical(), IpAddr::from(Ipv4Addr::LOCALHOST));
+    assert_eq!(
+        meta.source.ip().to_canonical(),
+        IpAddr::from(Ipv4Addr::LOCALHOST)
+    );
     assert_eq!(
         meta.destination.map(|d| d.to_canonical()),
         Some(Ipv4Addr::LOCALHOST.into())
