@@ -24,8 +24,9 @@
 //! judges); 2 on usage errors.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+use chainboot_udp::{RecvBatch, Transmit};
 
 const BOOTP_HEADER: usize = 236;
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
@@ -172,48 +173,22 @@ fn parse(p: &[u8]) -> Option<Reply> {
 
 /// Sends `packets` to `to` with as few `sendmmsg` calls as the kernel allows; returns how many
 /// went out (a full send buffer drops the rest, counted as drops by the caller's totals).
-fn send_all(fd: i32, to: SocketAddrV4, packets: &[Vec<u8>]) -> usize {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_port = to.port().to_be();
-    addr.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+fn send_all(socket: &UdpSocket, to: SocketAddrV4, packets: &[Vec<u8>]) -> usize {
+    let transmits: Vec<Transmit> = packets
+        .iter()
+        .map(|p| Transmit {
+            destination: to.into(),
+            source: None,
+            ifindex: 0,
+            contents: p,
+        })
+        .collect();
     let mut sent = 0;
-    for chunk in packets.chunks(BATCH) {
-        let mut iovs: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            })
-            .collect();
-        // SAFETY: all-zero is a valid mmsghdr.
-        let mut msgs: Vec<libc::mmsghdr> = (0..chunk.len())
-            .map(|_| unsafe { std::mem::zeroed() })
-            .collect();
-        for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
-            m.msg_hdr.msg_name = &mut addr as *mut libc::sockaddr_in as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
+    while sent < transmits.len() {
+        match chainboot_udp::send(socket, &transmits[sent..]) {
+            Ok(n) if n > 0 => sent += n,
+            _ => break,
         }
-        let mut done = 0;
-        while done < msgs.len() {
-            // SAFETY: msgs[done..] point at live iovecs over live buffers and at `addr`.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    msgs[done..].as_mut_ptr(),
-                    (msgs.len() - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            done += n as usize;
-        }
-        sent += done;
     }
     sent
 }
@@ -242,7 +217,6 @@ fn main() {
             eprintln!("dhcp-load: {e}");
             std::process::exit(2)
         });
-    let fd = socket.as_raw_fd();
     let server = SocketAddrV4::new(o.server, 67);
 
     // Per exchange: when its REQUEST went out, whether its OFFER and ACK came.
@@ -259,7 +233,7 @@ fn main() {
     let deadline = end_of_sending + o.wait;
     let mut next_index = 0usize;
     let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut bufs = vec![[0u8; 1500]; BATCH];
+    let mut batch = RecvBatch::new(BATCH, 1500);
     let mut scratch = Vec::with_capacity(300);
     loop {
         let now = Instant::now();
@@ -284,43 +258,18 @@ fn main() {
             next_index += 1;
         }
         if !out.is_empty() {
-            let n = send_all(fd, server, &out);
+            let n = send_all(&socket, server, &out);
             do_sent += n;
             send_failures += out.len() - n;
         }
         // Everything that has arrived (waiting at most 1 ms for the first datagram).
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: all-zero is a valid mmsghdr.
-        let mut msgs: Vec<libc::mmsghdr> =
-            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: msgs point at live iovecs over `bufs`; the 1 ms SO_RCVTIMEO bounds the wait.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n <= 0 {
+        if !matches!(batch.recv(&socket), Ok(n) if n > 0) {
             continue;
         }
         let received = Instant::now();
         out.clear();
-        for k in 0..n as usize {
-            let len = msgs[k].msg_len as usize;
-            let Some(reply) = parse(&bufs[k][..len]) else {
+        for (datagram, _) in batch.iter() {
+            let Some(reply) = parse(datagram) else {
                 continue;
             };
             let i = reply.xid as usize;
@@ -358,7 +307,7 @@ fn main() {
             }
         }
         if !out.is_empty() {
-            let n = send_all(fd, server, &out);
+            let n = send_all(&socket, server, &out);
             ra_sent += n;
             send_failures += out.len() - n;
         }

@@ -1,4 +1,4 @@
-//! chainboot-dhcp: the DHCP side of chainboot (issue 3).
+//! chainboot-dhcp: the DHCP side of chainboot.
 //!
 //! - [`boot`]: the boot decision (which file/URL for which client), in one place;
 //! - [`wire`]: DHCP messages on top of dhcproto (option overload, padding, option 57);
@@ -6,6 +6,8 @@
 //! - [`config`]: the `[dhcp]` config section and its validation;
 //! - [`snippet`]: config snippets for ISC dhcpd, dnsmasq and Kea (`chainboot dhcp-config`);
 //! - [`server`]: the tokio driver (sockets, IP_PKTINFO, ARP, group-committed leases).
+
+#![deny(unsafe_code)]
 
 pub mod boot;
 pub mod client;

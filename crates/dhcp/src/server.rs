@@ -2,7 +2,7 @@
 //!
 //! - One UDP socket per port (server port 67 and the PXE boot server port 4011) bound to
 //!   0.0.0.0 with IP_PKTINFO: each datagram says which interface it came in on, so each reply
-//!   carries that interface's address as server id and advertised address (issue 3).
+//!   carries that interface's address as server id and advertised address.
 //! - Each socket is read by its own thread blocked in `recvmmsg` (not a tokio task: see
 //!   [`DhcpServer::run`]); the engine is one state machine behind a mutex that both share.
 //! - Replies follow RFC 2131 §4.1 ([`Destination`]): broadcasts leave through the ingress
@@ -14,9 +14,7 @@
 //!   sends those replies. Never an ACK before it is durable.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -25,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chainboot_machine::Mac;
 use chainboot_store::leases::{self, LeaseRecord};
 use chainboot_store::Store;
-use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use chainboot_udp::{RecvBatch, RecvMeta, Transmit};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -131,7 +129,8 @@ impl Interfaces {
 struct PendingCommit {
     records: Vec<LeaseRecord>,
     outgoing: Vec<Outgoing>,
-    fd: RawFd,
+    /// The socket the request came in on, which its replies leave by.
+    listener: Arc<Listener>,
 }
 
 /// The DHCP server: bound sockets plus the engine, ready to [`run`](DhcpServer::run).
@@ -141,8 +140,6 @@ pub struct DhcpServer {
     store: Arc<Store>,
     options: ServerOptions,
     counters: Arc<Counters>,
-    // Keeps the sockets' fds valid while the committer thread sends on them.
-    _keep: Vec<Arc<Listener>>,
 }
 
 fn bind_udp(port: u16) -> Result<Socket, DhcpError> {
@@ -157,10 +154,8 @@ fn bind_udp(port: u16) -> Result<Socket, DhcpError> {
     // datagrams of 300 bytes, 5 ms at 32 000/s); SO_RCVBUFFORCE, allowed to a root process
     // (which a server on port 67 is), is not. Measured: with the cap, 3-4% of DISCOVERs were
     // dropped in bursts at 36 000/s while the receive thread was 70% busy.
-    if socket::setsockopt(&s, sockopt::RcvBufForce, &(4 << 20)).is_err() {
-        let _ = s.set_recv_buffer_size(4 << 20);
-    }
-    socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(|e| wrap(e.into()))?;
+    let _ = chainboot_udp::set_receive_buffer(&s, 4 << 20);
+    chainboot_udp::enable_pktinfo(&s, false).map_err(wrap)?;
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
         .map_err(wrap)?;
     Ok(s)
@@ -197,7 +192,6 @@ impl DhcpServer {
         }
         Ok(DhcpServer {
             engine: Arc::new(Mutex::new(engine)),
-            _keep: listeners.clone(),
             listeners,
             store,
             options,
@@ -279,12 +273,13 @@ struct Receiver {
 
 impl Receiver {
     /// Reads `l` until `stop`: each burst through the engine, its replies in one `sendmmsg`.
-    fn run(&self, l: &Listener, stop: &AtomicBool) -> std::io::Result<()> {
-        let fd = l.sock.as_raw_fd();
-        let mut batch = ReceiveBatch::new();
+    fn run(&self, l: &Arc<Listener>, stop: &AtomicBool) -> std::io::Result<()> {
+        // Blocks (up to the socket's receive timeout) for one datagram, then takes whatever
+        // else has queued: one system call and one wake-up for a burst.
+        let mut batch = RecvBatch::new(RECEIVE_BATCH, MAX_DATAGRAM);
         let mut replies: Vec<Outgoing> = Vec::with_capacity(RECEIVE_BATCH);
         while !stop.load(Ordering::Relaxed) {
-            if let Err(e) = batch.receive(fd) {
+            if let Err(e) = batch.recv(&l.sock) {
                 match e.kind() {
                     std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut
@@ -298,12 +293,11 @@ impl Receiver {
                 }
                 continue;
             }
-            for i in 0..batch.len() {
-                let (datagram, src, pktinfo) = batch.get(i);
-                self.handle(l.port, fd, datagram, src, pktinfo, &mut replies);
+            for (datagram, meta) in batch.iter() {
+                self.handle(l, datagram, meta, &mut replies);
             }
             // The burst's replies in one system call (see `send_all`).
-            send_all(fd, replies.iter(), &self.counters);
+            send_all(&l.sock, replies.iter(), &self.counters);
             replies.clear();
         }
         Ok(())
@@ -313,15 +307,17 @@ impl Receiver {
     /// is done), or queued for the committer when they carry a lease.
     fn handle(
         &self,
-        port: u16,
-        fd: RawFd,
+        l: &Arc<Listener>,
         datagram: &[u8],
-        src: SocketAddrV4,
-        pktinfo: PacketInfo,
+        meta: &RecvMeta,
         replies: &mut Vec<Outgoing>,
     ) {
-        let Some((ifindex, spec_dst)) = pktinfo else {
+        let (Some(ifindex), Some(IpAddr::V4(spec_dst))) = (meta.ifindex, meta.local) else {
             return;
+        };
+        let src = match meta.source {
+            SocketAddr::V4(src) => src,
+            SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         };
         let Some((iface, addr)) = self.ifaces.lock().lookup(ifindex) else {
             return;
@@ -339,7 +335,7 @@ impl Receiver {
             ifindex,
             iface,
             local_addr,
-            local_port: port,
+            local_port: l.port,
             src,
         };
         let started = Instant::now();
@@ -357,7 +353,7 @@ impl Receiver {
         let pending = PendingCommit {
             records: handled.lease_writes,
             outgoing: handled.outgoing,
-            fd,
+            listener: l.clone(),
         };
         if self.tx.send(pending).is_err() {
             self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -370,73 +366,6 @@ impl Receiver {
 const RECEIVE_BATCH: usize = 32;
 /// Largest datagram read; a longer one is truncated and the engine drops it as malformed.
 const MAX_DATAGRAM: usize = 4096;
-
-/// The ingress interface index and the local address a datagram was sent to (IP_PKTINFO).
-type PacketInfo = Option<(u32, Ipv4Addr)>;
-
-/// Buffers for one `recvmmsg`, and what it received: each datagram with its source and, from
-/// IP_PKTINFO, the ingress interface and local address.
-struct ReceiveBatch {
-    bufs: Vec<Vec<u8>>,
-    headers: socket::MultiHeaders<SockaddrIn>,
-    received: Vec<(usize, SocketAddrV4, PacketInfo)>,
-}
-
-impl ReceiveBatch {
-    fn new() -> ReceiveBatch {
-        ReceiveBatch {
-            bufs: vec![vec![0u8; MAX_DATAGRAM]; RECEIVE_BATCH],
-            headers: socket::MultiHeaders::preallocate(
-                RECEIVE_BATCH,
-                Some(nix::cmsg_space!(libc::in_pktinfo)),
-            ),
-            received: Vec::with_capacity(RECEIVE_BATCH),
-        }
-    }
-
-    /// Blocks (up to the socket's receive timeout) for one datagram, then takes whatever else
-    /// has queued (MSG_WAITFORONE).
-    fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
-        self.received.clear();
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-            self.bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-        let results = socket::recvmmsg(
-            fd,
-            &mut self.headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        )?;
-        for msg in results {
-            let mut info = None;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::Ipv4PacketInfo(p) = c {
-                        info = Some((
-                            p.ipi_ifindex as u32,
-                            Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)),
-                        ));
-                    }
-                }
-            }
-            let src = msg
-                .address
-                .map(|a| SocketAddrV4::new(a.ip(), a.port()))
-                .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-            self.received.push((msg.bytes.min(MAX_DATAGRAM), src, info));
-        }
-        Ok(())
-    }
-
-    fn len(&self) -> usize {
-        self.received.len()
-    }
-
-    fn get(&self, i: usize) -> (&[u8], SocketAddrV4, PacketInfo) {
-        let (len, src, info) = self.received[i];
-        (&self.bufs[i][..len], src, info)
-    }
-}
 
 /// Most leases written in one transaction.
 const MAX_COMMIT_BATCH: usize = 4096;
@@ -480,15 +409,16 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
                     .committed_leases
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 // One `sendmmsg` per socket (port 67 and 4011) for the whole batch.
-                let mut fds: Vec<RawFd> = batch.iter().map(|p| p.fd).collect();
-                fds.sort_unstable();
-                fds.dedup();
-                for fd in fds {
+                let mut listeners: Vec<&Arc<Listener>> =
+                    batch.iter().map(|p| &p.listener).collect();
+                listeners.sort_by_key(|l| l.port);
+                listeners.dedup_by_key(|l| l.port);
+                for l in listeners {
                     let replies = batch
                         .iter()
-                        .filter(|p| p.fd == fd)
+                        .filter(|p| p.listener.port == l.port)
                         .flat_map(|p| p.outgoing.iter());
-                    send_all(fd, replies, &counters);
+                    send_all(&l.sock, replies, &counters);
                 }
             }
             Err(e) => {
@@ -503,168 +433,95 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
     }
 }
 
-/// Replies sent with one `sendmmsg` at most.
-const SEND_BATCH: usize = 64;
-
 /// Where a reply goes, as RFC 2131 section 4.1 says, and the interface it must leave by (0: the
 /// routing table decides). A unicast to a client without an address needs an ARP entry first;
 /// when that cannot be made, the reply is broadcast instead.
-fn destination(fd: RawFd, o: &Outgoing, counters: &Counters) -> (SocketAddrV4, u32) {
+fn destination(
+    sock: &std::net::UdpSocket,
+    o: &Outgoing,
+    counters: &Counters,
+) -> (SocketAddrV4, u32) {
     match o.dest {
         Destination::Unicast(a) => (a, 0),
         Destination::Broadcast { port } => {
             (SocketAddrV4::new(Ipv4Addr::BROADCAST, port), o.ifindex)
         }
-        Destination::UnicastNoArp { addr, mac } => match set_arp(fd, o.ifindex, *addr.ip(), mac) {
-            Ok(()) => (addr, o.ifindex),
-            Err(e) => {
-                tracing::debug!(
-                    "dhcp: SIOCSARP for {} failed ({e}); broadcasting",
-                    addr.ip()
-                );
-                counters
-                    .arp_fallback_broadcast
-                    .fetch_add(1, Ordering::Relaxed);
-                (
-                    SocketAddrV4::new(Ipv4Addr::BROADCAST, addr.port()),
-                    o.ifindex,
-                )
+        Destination::UnicastNoArp { addr, mac } => {
+            match set_arp(sock, o.ifindex, *addr.ip(), mac) {
+                Ok(()) => (addr, o.ifindex),
+                Err(e) => {
+                    tracing::debug!(
+                        "dhcp: SIOCSARP for {} failed ({e}); broadcasting",
+                        addr.ip()
+                    );
+                    counters
+                        .arp_fallback_broadcast
+                        .fetch_add(1, Ordering::Relaxed);
+                    (
+                        SocketAddrV4::new(Ipv4Addr::BROADCAST, addr.port()),
+                        o.ifindex,
+                    )
+                }
             }
-        },
+        }
     }
 }
-
-/// Room for one IP_PKTINFO control message (CMSG_SPACE(12) is 32 bytes on 64-bit Linux),
-/// aligned like a `cmsghdr`.
-type PktinfoSpace = [u64; 4];
 
 /// Sends replies, each to its own destination with its own source address and interface
 /// (IP_PKTINFO), in as few `sendmmsg` calls as possible.
 ///
 /// Why not one `sendmsg` each: a burst of replies sent one by one wakes the receiving side once
 /// per datagram, the cost that dominated the receive thread's profile at 28 000 exchanges/s;
-/// sent together, the datagrams land in the receiver's queue before it runs. MSG_DONTWAIT: the
-/// sockets block for receiving, and a reply must never wait for send buffer space (without
-/// space it is lost like any datagram, and the client retransmits).
-fn send_all<'a>(fd: RawFd, replies: impl Iterator<Item = &'a Outgoing>, counters: &Counters) {
-    let addressed: Vec<(&Outgoing, SocketAddrV4, u32)> = replies
+/// sent together, the datagrams land in the receiver's queue before it runs. A reply never
+/// waits for send buffer space (the sockets block for receiving): without space it is lost
+/// like any datagram, and the client retransmits.
+fn send_all<'a>(
+    sock: &std::net::UdpSocket,
+    replies: impl Iterator<Item = &'a Outgoing>,
+    counters: &Counters,
+) {
+    let replies: Vec<&Outgoing> = replies.collect();
+    let transmits: Vec<Transmit> = replies
+        .iter()
         .map(|o| {
-            let (to, ifindex) = destination(fd, o, counters);
-            (o, to, ifindex)
+            let (to, ifindex) = destination(sock, o, counters);
+            Transmit {
+                destination: SocketAddr::V4(to),
+                source: Some(IpAddr::V4(o.source)),
+                ifindex,
+                contents: &o.bytes,
+            }
         })
         .collect();
-    for chunk in addressed.chunks(SEND_BATCH) {
-        send_chunk(fd, chunk, counters);
-    }
-}
-
-fn send_chunk(fd: RawFd, chunk: &[(&Outgoing, SocketAddrV4, u32)], counters: &Counters) {
-    let names: Vec<libc::sockaddr_in> = chunk
-        .iter()
-        .map(|(_, to, _)| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: to.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*to.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        })
-        .collect();
-    let mut iovs: Vec<libc::iovec> = chunk
-        .iter()
-        .map(|(o, _, _)| libc::iovec {
-            iov_base: o.bytes.as_ptr() as *mut libc::c_void,
-            iov_len: o.bytes.len(),
-        })
-        .collect();
-    let mut controls: Vec<PktinfoSpace> = vec![[0; 4]; chunk.len()];
-    // SAFETY: all-zero is a valid mmsghdr.
-    let mut msgs: Vec<libc::mmsghdr> = (0..chunk.len())
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) };
-    debug_assert!(space as usize <= std::mem::size_of::<PktinfoSpace>());
-    for (i, (o, _, ifindex)) in chunk.iter().enumerate() {
-        let h = &mut msgs[i].msg_hdr;
-        h.msg_name = &names[i] as *const libc::sockaddr_in as *mut libc::c_void;
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
-        h.msg_control = controls[i].as_mut_ptr() as *mut libc::c_void;
-        h.msg_controllen = space as _;
-        let info = libc::in_pktinfo {
-            ipi_ifindex: *ifindex as libc::c_int,
-            ipi_spec_dst: libc::in_addr {
-                s_addr: u32::from(o.source).to_be(),
-            },
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        // SAFETY: msg_control points at `space` zeroed, cmsghdr-aligned bytes of
-        // `controls[i]`, enough for one header and an in_pktinfo, so CMSG_FIRSTHDR is non-null
-        // and CMSG_DATA is inside the buffer.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(h);
-            (*c).cmsg_level = libc::IPPROTO_IP;
-            (*c).cmsg_type = libc::IP_PKTINFO;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
-        }
-    }
     let mut i = 0;
-    while i < msgs.len() {
-        // SAFETY: msgs[i..] point at names, iovecs over the replies' bytes and control
-        // buffers, all alive until the end of this function; the kernel only reads them.
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[i..].as_mut_ptr(),
-                (msgs.len() - i) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent > 0 {
-            i += sent as usize;
-            continue;
+    while i < transmits.len() {
+        match chainboot_udp::send(sock, &transmits[i..]) {
+            Ok(sent) => i += sent.max(1),
+            Err(e) => {
+                // The datagram at `i` failed (the ones after it go in the next call).
+                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "dhcp: sending {} to {}: {e}",
+                    replies[i].msg_type.name(),
+                    transmits[i].destination
+                );
+                i += 1;
+            }
         }
-        // The datagram at `i` failed (a later one is retried in the next call).
-        let e = std::io::Error::last_os_error();
-        counters.send_errors.fetch_add(1, Ordering::Relaxed);
-        let (o, to, _) = chunk[i];
-        tracing::warn!("dhcp: sending {} to {to}: {e}", o.msg_type.name());
-        i += 1;
     }
 }
 
-/// Inserts a complete ARP entry `ip` → `mac` on interface `ifindex` (SIOCSARP), so that a
-/// unicast reply reaches a client that does not answer ARP yet (RFC 2131 §4.1).
-fn set_arp(fd: RawFd, ifindex: u32, ip: Ipv4Addr, mac: Mac) -> std::io::Result<()> {
+/// Inserts a complete ARP entry `ip` → `mac` on interface `ifindex`, so that a unicast reply
+/// reaches a client that does not answer ARP yet (RFC 2131 §4.1).
+fn set_arp(
+    sock: &std::net::UdpSocket,
+    ifindex: u32,
+    ip: Ipv4Addr,
+    mac: Mac,
+) -> std::io::Result<()> {
     let name = nix::net::if_::if_indextoname(ifindex).map_err(std::io::Error::from)?;
-    let name = name.as_bytes();
-    // SAFETY: arpreq is plain old data; all-zero is a valid value.
-    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux.
-    req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
-    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0) {
-        *d = s as libc::c_char;
-    }
-    req.arp_flags = libc::ATF_COM;
-    for (d, s) in req.arp_dev.iter_mut().zip(name.iter().take(15)) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: fd is a valid socket, req a properly initialised arpreq that outlives the call.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCSARP as _, &req as *const libc::arpreq) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let name = name
+        .to_str()
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    chainboot_udp::set_arp_entry(sock, name, ip, mac.0)
 }
