@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::client::{ClientKind, ClientMessage, ReplyView};
 use crate::config::{HostConfig, HumanDuration, SubnetConfig};
+use chainboot_store::leases::LeaseState;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const RELAY: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);

@@ -1,0 +1,159 @@
+//! Subnets and their pools (IPv4): which subnet a request belongs to, which address a client
+//! gets (RFC 2131 §4.3.1), which clients count as returning for the starvation guard.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use chainboot_machine::Mac;
+use ipnet::Ipv4Net;
+
+use super::guard::Guard;
+use super::leases::ClientKey;
+use super::{Engine, Ingress};
+use crate::config::{usable, DhcpConfig};
+use crate::wire::Request;
+
+/// One `[[dhcp.subnet]]` as the engine uses it.
+pub(crate) struct SubnetPlan {
+    /// Its position in the config's subnet list.
+    pub(crate) index: usize,
+    pub(crate) net: Ipv4Net,
+    pools: Vec<(u32, u32)>,
+    /// Next pool offset to try (round robin keeps recently freed addresses cool).
+    cursor: u64,
+    size: u64,
+    pub(crate) guard: Guard<Ipv4Addr>,
+}
+
+impl SubnetPlan {
+    /// The plans of `cfg`'s subnets; `reserved`: the static hosts' addresses, which are in no
+    /// dynamic pool.
+    pub(crate) fn all(cfg: &DhcpConfig, reserved: &HashSet<Ipv4Addr>) -> Vec<SubnetPlan> {
+        cfg.subnet
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let pools: Vec<(u32, u32)> = s
+                    .pools
+                    .iter()
+                    .map(|[a, b]| (u32::from(*a), u32::from(*b)))
+                    .filter(|(a, b)| a <= b)
+                    .collect();
+                let size = pools.iter().map(|(a, b)| (b - a) as u64 + 1).sum();
+                let in_pool = |ip: &&Ipv4Addr| {
+                    let v = u32::from(**ip);
+                    pools.iter().any(|&(a, b)| a <= v && v <= b)
+                };
+                let dynamic = size - reserved.iter().filter(in_pool).count() as u64;
+                SubnetPlan {
+                    index,
+                    net: s.cidr,
+                    pools,
+                    cursor: 0,
+                    size,
+                    guard: Guard::new(cfg.limits.new_client_share, dynamic),
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        self.pools.iter().any(|&(a, b)| a <= v && v <= b)
+    }
+
+    fn nth(&self, mut n: u64) -> Ipv4Addr {
+        for &(a, b) in &self.pools {
+            let len = (b - a) as u64 + 1;
+            if n < len {
+                return Ipv4Addr::from(a + n as u32);
+            }
+            n -= len;
+        }
+        Ipv4Addr::UNSPECIFIED
+    }
+}
+
+impl Engine {
+    /// The subnet whose dynamic pool holds `ip` (static hosts' addresses are in none).
+    pub(super) fn pool_of(&self, ip: Ipv4Addr) -> Option<usize> {
+        if self.reserved.contains(&ip) {
+            return None;
+        }
+        self.subnets.iter().position(|p| p.in_pool(ip))
+    }
+
+    /// The subnet of the client's link.
+    pub(super) fn subnet_for(&self, req: &Request, ingress: &Ingress) -> Option<usize> {
+        // Relayed: the relay's address names the client's link (RFC 2131 §4.3.1).
+        let anchor = if req.header.giaddr().is_unspecified() {
+            ingress.local_addr
+        } else {
+            req.header.giaddr()
+        };
+        self.subnets.iter().position(|s| s.net.contains(&anchor))
+    }
+
+    /// The static host address of `mac`, when it lies in subnet `sub`.
+    pub(super) fn reservation(&self, mac: Mac, sub: usize) -> Option<Ipv4Addr> {
+        let h = &self.cfg.host[*self.hosts.get(&mac)?];
+        usable(&self.subnets[sub].net, h.ip).then_some(h.ip)
+    }
+
+    /// Has the client `key` come back since it was first given an address (or is it a static
+    /// host)? Then this packet is its return.
+    pub(super) fn returning(&self, key: &ClientKey, mac: Mac, sub: usize) -> bool {
+        self.reservation(mac, sub).is_some() || self.leases.has_returned(key)
+    }
+
+    /// May `key` take the dynamic address `ip` of subnet `sub` at `now`?
+    pub(super) fn adoptable(&self, sub: usize, ip: Ipv4Addr, key: &ClientKey, now: i64) -> bool {
+        self.subnets[sub].in_pool(ip)
+            && !self.reserved.contains(&ip)
+            && self.leases.free_for(ip, key, now)
+    }
+
+    /// The address to offer (RFC 2131 §4.3.1 order: reservation, the client's current or
+    /// previous address, the requested one, then a free one).
+    pub(super) fn choose_address(
+        &mut self,
+        sub: usize,
+        key: &ClientKey,
+        mac: Mac,
+        requested: Option<Ipv4Addr>,
+        now: i64,
+    ) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.reservation(mac, sub) {
+            return Some(ip);
+        }
+        let known = self.leases.of_client(key);
+        if let Some(ip) = [known, requested]
+            .into_iter()
+            .flatten()
+            .find(|ip| self.adoptable(sub, *ip, key, now))
+        {
+            return Some(ip);
+        }
+        let plan = &self.subnets[sub];
+        let size = plan.size;
+        // First pass: never-used addresses; second: reclaimable ones (expired, released).
+        for pass in 0..2 {
+            for i in 0..size {
+                let n = (plan.cursor + i) % size;
+                let ip = plan.nth(n);
+                if self.reserved.contains(&ip) {
+                    continue;
+                }
+                let ok = match self.leases.get(ip) {
+                    None => true,
+                    Some(l) => pass == 1 && l.reclaimable(now),
+                };
+                if ok {
+                    self.subnets[sub].cursor = n + 1;
+                    return Some(ip);
+                }
+            }
+        }
+        None
+    }
+}
