@@ -25,7 +25,7 @@ use crate::config::TftpConfig;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
 use crate::socket::{recv_polling, TransferSocket};
-use crate::transfer::{Handled, Outcome, Transfer, TransferSettings};
+use crate::transfer::{BlockSource, Handled, Outcome, Transfer, TransferSettings};
 
 /// Counters for the metrics endpoint (all monotonic except `active`).
 #[derive(Debug, Default)]
@@ -430,37 +430,74 @@ async fn run_transfer(
     local_ip: IpAddr,
     abort: CancellationToken,
 ) {
-    let stats = &shared.stats;
     let (bind_ip, client) = same_family(local_ip, client);
     let socket = match new_udp_socket(SocketAddr::new(bind_ip, 0), 0).and_then(TransferSocket::new)
     {
         Ok(s) => s,
         Err(e) => {
             warn!(client = %client, error = %e, "tftp: cannot open a transfer socket");
+            bump(&shared.stats.failed);
+            return;
+        }
+    };
+    let (path, content) = match resolve(&shared, &request, client).await {
+        Ok(resolved) => resolved,
+        Err((code, message)) => {
+            // A refusal is best effort: if this one datagram is lost the client times out.
+            let mut buf = [0u8; 512];
+            let n = proto::put_error(&mut buf, code, message);
+            let _ = socket.send_to(&buf[..n], client).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let transfer = Transfer::new(&request, content.len(), started, &shared.settings);
+    let stats = &shared.stats;
+    bump(&stats.started);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    shared.observer.on_start(&TransferStart {
+        client,
+        path: &path,
+        size: content.len(),
+        blksize: transfer.blksize(),
+        windowsize: transfer.windowsize(),
+    });
+    let transfer = match move_datagrams(&shared, transfer, content, socket, client, abort).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(client = %client, path = %path, error = %e, "tftp transfer thread panicked");
+            stats.active.fetch_sub(1, Ordering::Relaxed);
             bump(&stats.failed);
             return;
         }
     };
-    let raw_name = request.filename.escape_debug().to_string();
-    // A refusal is best effort: if this one datagram is lost the client times out.
-    let send_error = |code: ErrorCode, message: &'static str| {
-        let socket = &socket;
-        async move {
-            let mut buf = [0u8; 512];
-            let n = proto::put_error(&mut buf, code, message);
-            let _ = socket.send_to(&buf[..n], client).await;
-        }
+    let finished = Finished {
+        client,
+        path: &path,
+        netascii: request.mode == Mode::Netascii,
+        started,
     };
+    report_finished(&shared, &transfer, &finished);
+}
+
+/// The request's path resolved to content, or the error to answer with (counted, logged and
+/// told to the observer here).
+async fn resolve(
+    shared: &Shared,
+    request: &Request,
+    client: SocketAddr,
+) -> Result<(String, Content), (ErrorCode, &'static str)> {
+    let stats = &shared.stats;
     let path = match CleanPath::parse(&request.filename) {
         Ok(p) => p,
         Err(e) => {
+            let raw_name = request.filename.escape_debug().to_string();
             bump(&stats.refused);
             warn!(client = %client, path = %raw_name, reason = %e, "tftp request refused");
             shared
                 .observer
                 .on_refused(client, &raw_name, &e.to_string());
-            send_error(ErrorCode::AccessViolation, "access violation").await;
-            return;
+            return Err((ErrorCode::AccessViolation, "access violation"));
         }
     };
     let resolver = shared.resolver.clone();
@@ -478,10 +515,10 @@ async fn run_transfer(
     })
     .await;
     let path = path.as_string();
-    let content = match resolved {
-        Ok(Ok(c)) => c,
+    match resolved {
+        Ok(Ok(content)) => Ok((path, content)),
         Ok(Err(e)) => {
-            let (code, message) = match &e {
+            let answer = match &e {
                 ResolveError::NotFound | ResolveError::IsDirectory => {
                     bump(&stats.not_found);
                     info!(client = %client, path = %path, reason = %e, "tftp file not found");
@@ -499,69 +536,72 @@ async fn run_transfer(
                 }
             };
             shared.observer.on_refused(client, &path, &e.to_string());
-            send_error(code, message).await;
-            return;
+            Err(answer)
         }
         Err(e) => {
             bump(&stats.failed);
             warn!(client = %client, path = %path, error = %e, "tftp resolver panicked");
-            send_error(ErrorCode::NotDefined, "cannot read file").await;
-            return;
+            Err((ErrorCode::NotDefined, "cannot read file"))
         }
+    }
+}
+
+/// Runs the transfer to its end, on a lock-step thread when it is lock-step and one is free,
+/// else as this task. An error: the thread panicked.
+async fn move_datagrams(
+    shared: &Shared,
+    mut transfer: Transfer,
+    content: Content,
+    socket: TransferSocket,
+    client: SocketAddr,
+    abort: CancellationToken,
+) -> Result<Transfer, tokio::task::JoinError> {
+    let Some(permit) = lockstep_thread(shared, &transfer) else {
+        drive(
+            &mut transfer,
+            &content,
+            &socket,
+            client,
+            &abort,
+            &shared.stats,
+        )
+        .await;
+        return Ok(transfer);
     };
-
-    let started = Instant::now();
-    let mut transfer = Transfer::new(&request, content.len(), started, &shared.settings);
-    bump(&stats.started);
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    shared.observer.on_start(&TransferStart {
-        client,
-        path: &path,
-        size: content.len(),
-        blksize: transfer.blksize(),
-        windowsize: transfer.windowsize(),
-    });
-
-    let transfer = match lockstep_thread(&shared, &transfer) {
-        Some(permit) => {
-            let socket = socket.into_std();
-            let (abort, thread_stats) = (abort.clone(), shared.stats.clone());
-            let polling = Polling {
-                busy: BusyPoll::new(shared.busy_poll),
-                max_transfers: shared.busy_poll_transfers,
-            };
-            let run = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let mut transfer = transfer;
-                drive_blocking(
-                    &mut transfer,
-                    &content,
-                    socket,
-                    client,
-                    &abort,
-                    &thread_stats,
-                    polling,
-                );
-                transfer
-            })
-            .await;
-            match run {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(client = %client, path = %path, error = %e, "tftp transfer thread panicked");
-                    stats.active.fetch_sub(1, Ordering::Relaxed);
-                    bump(&stats.failed);
-                    return;
-                }
-            }
-        }
-        None => {
-            drive(&mut transfer, &content, &socket, client, &abort, stats).await;
-            transfer
-        }
+    let socket = socket.into_std();
+    let stats = shared.stats.clone();
+    let polling = Polling {
+        busy: BusyPoll::new(shared.busy_poll),
+        max_transfers: shared.busy_poll_transfers,
     };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        drive_blocking(
+            &mut transfer,
+            &content,
+            socket,
+            client,
+            &abort,
+            &stats,
+            polling,
+        );
+        transfer
+    })
+    .await
+}
 
-    let duration = started.elapsed();
+/// What the end-of-transfer report needs besides the transfer itself.
+struct Finished<'a> {
+    client: SocketAddr,
+    path: &'a str,
+    netascii: bool,
+    started: Instant,
+}
+
+/// Counts, logs and tells the observer how a transfer ended.
+fn report_finished(shared: &Shared, transfer: &Transfer, f: &Finished<'_>) {
+    let stats = &shared.stats;
+    let duration = f.started.elapsed();
     let bytes = transfer.bytes_acked();
     let outcome = transfer
         .outcome()
@@ -582,27 +622,45 @@ async fn run_transfer(
     };
     let c = transfer.counters();
     info!(
-        client = %client,
-        path = %path,
+        client = %f.client,
+        path = %f.path,
         bytes,
         blksize = transfer.blksize(),
         windowsize = transfer.windowsize(),
         duration_ms = duration.as_millis() as u64,
         mb_per_s = format_args!("{mb_per_s:.1}"),
-        mode = if request.mode == Mode::Netascii { "netascii" } else { "octet" },
+        mode = if f.netascii { "netascii" } else { "octet" },
         resent = c.resent,
         outcome = %outcome,
         "tftp transfer finished"
     );
     shared.observer.on_finish(&TransferSummary {
-        client,
-        path: &path,
+        client: f.client,
+        path: f.path,
         bytes,
         blksize: transfer.blksize(),
         windowsize: transfer.windowsize(),
         duration,
         outcome: &outcome,
     });
+}
+
+/// Fills `batch` with the next datagrams the transfer has ready (at most a batch); false when
+/// there are none.
+fn next_window<S: BlockSource + ?Sized>(
+    transfer: &mut Transfer,
+    source: &S,
+    batch: &mut Batch,
+) -> bool {
+    batch.clear();
+    let now = Instant::now();
+    while !batch.is_full() {
+        match transfer.poll_transmit(now, source, batch.next_slot()) {
+            Some(n) => batch.commit(n),
+            None => break,
+        }
+    }
+    !batch.is_empty()
 }
 
 /// Moves one transfer's datagrams as a task: windows go out with one `sendmmsg`, ACKs and the
@@ -634,18 +692,7 @@ async fn drive(
     let mut aborted = false;
     let mut batch = Batch::new(transfer.windowsize() as usize, transfer.datagram_capacity());
     loop {
-        loop {
-            batch.clear();
-            let now = Instant::now();
-            while !batch.is_full() {
-                match transfer.poll_transmit(now, &source, batch.next_slot()) {
-                    Some(n) => batch.commit(n),
-                    None => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
+        while next_window(transfer, &source, &mut batch) {
             if let Err(e) = batch.send(socket, client).await {
                 // Treated like a lost window (ENOBUFS under load is transient): the
                 // retransmission timer resends it, and a persistent error (no route) ends the
