@@ -315,6 +315,16 @@ impl DhcpConfig {
     /// Everything wrong with this section; empty when it can be used.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        self.check_basics(&mut out);
+        self.check_limits(&mut out);
+        check_options(&[&"options"], &self.options, &mut out);
+        self.check_subnets(&mut out);
+        self.check_hosts(&mut out);
+        out
+    }
+
+    /// Mode, ports and times.
+    fn check_basics(&self, out: &mut Vec<Problem>) {
         if self.mode == Mode::Server && self.subnet.is_empty() {
             out.push((
                 path(&[&"mode"]),
@@ -340,6 +350,10 @@ impl DhcpConfig {
                 ));
             }
         }
+    }
+
+    /// `[dhcp.limits]`.
+    fn check_limits(&self, out: &mut Vec<Problem>) {
         if !(self.limits.per_mac_rate > 0.0 && self.limits.per_mac_burst >= 1.0) {
             out.push((
                 path(&[&"limits"]),
@@ -381,8 +395,10 @@ impl DhcpConfig {
                 "max_request_bytes below 300 would refuse valid BOOTP messages".to_string(),
             ));
         }
-        check_options(&[&"options"], &self.options, &mut out);
+    }
 
+    /// Each subnet, its pools (no overlaps, also across subnets), router and options.
+    fn check_subnets(&self, out: &mut Vec<Problem>) {
         // Every pool with where it came from, for the overlap check across subnets.
         let mut all_pools: Vec<(usize, usize, u32, u32)> = Vec::new();
         for (si, s) in self.subnet.iter().enumerate() {
@@ -432,7 +448,7 @@ impl DhcpConfig {
                     ));
                 }
             }
-            check_options(&[&"subnet", &si, &"options"], &s.options, &mut out);
+            check_options(&[&"subnet", &si, &"options"], &s.options, out);
         }
         for (i, &(si, pi, a, b)) in all_pools.iter().enumerate() {
             for &(sj, pj, c, d) in &all_pools[i + 1..] {
@@ -448,6 +464,10 @@ impl DhcpConfig {
                 }
             }
         }
+    }
+
+    /// Static hosts: inside a subnet, no MAC or address given twice.
+    fn check_hosts(&self, out: &mut Vec<Problem>) {
         for (hi, h) in self.host.iter().enumerate() {
             if !self.subnet.iter().any(|s| usable(&s.cidr, h.ip)) {
                 out.push((
@@ -470,7 +490,6 @@ impl DhcpConfig {
                 }
             }
         }
-        out
     }
 
     /// The lease time of a subnet.

@@ -310,32 +310,7 @@ impl TftpServer {
             }
         }
         drop(self.socket);
-        info!(
-            running = tasks.len(),
-            grace = ?self.grace,
-            "tftp server stopped accepting requests"
-        );
-        let grace = tokio::time::sleep(self.grace);
-        tokio::pin!(grace);
-        while !tasks.is_empty() {
-            tokio::select! {
-                _ = &mut grace => break,
-                _ = tasks.join_next() => {}
-            }
-        }
-        if !tasks.is_empty() {
-            warn!(
-                running = tasks.len(),
-                "ending tftp transfers still running after the grace period"
-            );
-            abort.cancel();
-            // Each task only has to send one ERROR; a bounded wait, then force.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            tasks.abort_all();
-        }
+        wind_down(tasks, self.grace, abort).await;
         Ok(())
     }
 
@@ -415,6 +390,38 @@ impl TftpServer {
             debug!(client = %client, error = %e, "tftp error reply not sent");
         }
     }
+}
+
+/// After the request socket closed: lets running transfers go on for `grace`, then ends the
+/// rest with an ERROR (through `abort`), forcing them after a bounded wait.
+async fn wind_down(mut tasks: JoinSet<()>, grace: Duration, abort: CancellationToken) {
+    info!(
+        running = tasks.len(),
+        grace = ?grace,
+        "tftp server stopped accepting requests"
+    );
+    let grace = tokio::time::sleep(grace);
+    tokio::pin!(grace);
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = &mut grace => break,
+            _ = tasks.join_next() => {}
+        }
+    }
+    if tasks.is_empty() {
+        return;
+    }
+    warn!(
+        running = tasks.len(),
+        "ending tftp transfers still running after the grace period"
+    );
+    abort.cancel();
+    // Each task only has to send one ERROR; a bounded wait, then force.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
 }
 
 enum Admission {
