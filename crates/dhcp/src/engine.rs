@@ -13,7 +13,8 @@
 //! - `leases`: the lease table (generic over the address type);
 //! - `guard`: the starvation guard (generic over the address type);
 //! - `rate`: token buckets per key (generic over the key);
-//! - `counters`: the counters behind `/metrics`.
+//! - `counters`: the counters behind `/metrics`;
+//! - `tests`: the engine as packet traces with a fake clock.
 
 mod counters;
 mod exchange;
@@ -374,5 +375,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;
