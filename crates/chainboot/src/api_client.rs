@@ -153,6 +153,44 @@ impl Client {
         Ok(resp)
     }
 
+    /// Every item of a paged list (`path` with its query, without the cursor), following the
+    /// cursor `cursor_param` (taken from the last item by `cursor_of`) until a page comes back
+    /// empty or `want` items are in.
+    pub async fn pages(
+        &self,
+        path: &str,
+        cursor_param: &str,
+        cursor_of: impl Fn(&Value) -> Option<String>,
+        want: Option<usize>,
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let mut url = path.to_string();
+            if let Some(c) = &cursor {
+                url.push_str(&format!("{sep}{cursor_param}={c}"));
+            }
+            let page = match self.call(Method::GET, &url, None).await? {
+                Value::Array(items) => items,
+                other => anyhow::bail!("GET {url}: expected a JSON array, got {other}"),
+            };
+            let Some(next) = page.last().and_then(&cursor_of) else {
+                break;
+            };
+            if cursor.as_deref() == Some(next.as_str()) {
+                anyhow::bail!("GET {url}: the server repeated a page");
+            }
+            all.extend(page);
+            cursor = Some(next);
+            if want.is_some_and(|w| all.len() >= w) {
+                all.truncate(want.unwrap_or(usize::MAX));
+                break;
+            }
+        }
+        Ok(all)
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -263,14 +301,17 @@ async fn events(args: &ApiArgs, cmd: &EventsCommand) -> anyhow::Result<()> {
             if let Some(s) = since {
                 q.push(format!("since={s}"));
             }
-            q.push(format!("limit={limit}"));
-            let v = c
-                .call(
-                    Method::GET,
+            // One page holds at most 1000 events: ask for what is wanted, follow the rest.
+            q.push(format!("limit={}", (*limit).min(1000)));
+            let v = Value::Array(
+                c.pages(
                     &format!("/api/v1/events?{}", q.join("&")),
-                    None,
+                    "before",
+                    |e| e.get("id").and_then(Value::as_i64).map(|i| i.to_string()),
+                    Some(*limit),
                 )
-                .await?;
+                .await?,
+            );
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -384,7 +425,19 @@ fn ms_until(ms: Option<i64>) -> String {
 async fn machines(args: &ApiArgs, cmd: &MachinesCommand) -> anyhow::Result<()> {
     let c = Client::from_args(args)?;
     let value = match cmd {
-        MachinesCommand::List => c.call(Method::GET, "/api/v1/machines", None).await?,
+        MachinesCommand::List => {
+            let mut all = c
+                .pages(
+                    "/api/v1/machines",
+                    "after",
+                    |m| m.get("mac").and_then(Value::as_str).map(str::to_string),
+                    None,
+                )
+                .await?;
+            // Pages come in MAC order; the table shows the most recently seen first.
+            all.sort_by_key(|m| std::cmp::Reverse(m.get("last_seen_ms").and_then(Value::as_i64)));
+            Value::Array(all)
+        }
         MachinesCommand::Show { mac } => {
             c.call(Method::GET, &format!("/api/v1/machines/{mac}"), None)
                 .await?

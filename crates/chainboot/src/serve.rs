@@ -100,6 +100,11 @@ fn open_shared(
             .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
     );
     let events = EventLog::start(store.clone(), cfg.events.clone());
+    tokio::spawn(expire_unproven_machines(
+        store.clone(),
+        cfg.machines.unproven_expiry,
+        shutdown.clone(),
+    ));
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
@@ -372,6 +377,29 @@ async fn serve(
     events.flush(Duration::from_secs(2));
     info!("chainboot stopped");
     result
+}
+
+/// Forgets unproven machine records (see `Store::machine_prune_unproven`) once a minute.
+async fn expire_unproven_machines(
+    store: Arc<Store>,
+    expiry: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let store = store.clone();
+        let older_than = chainboot_events::now_ms() - expiry.as_millis() as i64;
+        match tokio::task::spawn_blocking(move || store.machine_prune_unproven(older_than)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(forgotten = n, "unproven machine records expired"),
+            Ok(Err(e)) => warn!("expiring unproven machines failed: {e}"),
+            Err(e) => warn!("expiring unproven machines: task failed: {e}"),
+        }
+    }
 }
 
 /// The management listener (`[api] listen`): the operator's API, dashboard, event stream and

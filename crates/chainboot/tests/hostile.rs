@@ -185,12 +185,19 @@ fn the_api_refuses_oversized_and_malformed_json_with_a_message_and_changes_nothi
         );
     }
     for f in &malformed {
+        // The events route takes a few KiB at most: larger is 413 before any parsing.
+        let big = std::fs::metadata(f).unwrap().len() > 4096;
         for (what, (code, body)) in [
             ("labels", put("labels", f)),
             ("profile", put("profile", f)),
             ("events", post_event(f)),
         ] {
-            assert_eq!(code, "400", "{what} {f:?}: {body}");
+            let expected = if what == "events" && big {
+                "413"
+            } else {
+                "400"
+            };
+            assert_eq!(code, expected, "{what} {f:?}: {body}");
             let v: serde_json::Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{what} {f:?}: not JSON ({e}): {body}"));
             let msg = v["error"].as_str().unwrap_or_default();

@@ -18,6 +18,23 @@ pub use content::{changed_error, Content, Extent};
 pub use path::{CleanPath, PathError, MAX_COMPONENTS, MAX_PATH_LEN};
 pub use root::Root;
 
+/// Bytes of a requested path shown at most in events and log lines: a stranger's 16 KiB path
+/// must not become 16 KiB per log line.
+pub const MAX_SHOWN_PATH: usize = 256;
+
+/// `path` as events and log lines show it: cut to [`MAX_SHOWN_PATH`] bytes (at a character
+/// boundary) with a marker giving its real length; shorter paths unchanged.
+pub fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= MAX_SHOWN_PATH {
+        return path.into();
+    }
+    let mut end = MAX_SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...[{} bytes]", &path[..end], path.len()).into()
+}
+
 use thiserror::Error;
 
 /// Why a path could not be turned into content.
@@ -79,5 +96,19 @@ pub trait Resolver: Send + Sync + 'static {
 impl Resolver for Root {
     fn resolve(&self, req: &Request<'_>) -> Result<Content, ResolveError> {
         self.open(req.path)
+    }
+}
+
+#[cfg(test)]
+mod shown_path_tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_cut_at_a_character_boundary_with_their_length() {
+        let long = "é".repeat(8000);
+        let cut = shown_path(&long);
+        assert!(cut.len() <= MAX_SHOWN_PATH + 20, "{}", cut.len());
+        assert!(cut.ends_with("...[16000 bytes]"), "{cut}");
+        assert_eq!(shown_path("undionly.kpxe"), "undionly.kpxe");
     }
 }

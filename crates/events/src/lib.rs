@@ -6,6 +6,11 @@
 //!
 //! Recording never blocks a server: events go through a bounded queue and are dropped (and
 //! counted) when the writer falls behind.
+//!
+//! Everything here is bounded, because strangers on the boot network cause most events: a
+//! detail is at most [`MAX_DETAIL_BYTES`] of JSON, events of refused requests carry no MAC and
+//! pass a token bucket, the live channel holds [`LIVE_CAPACITY`] events serialised once (so at
+//! most a few MiB whoever subscribes), and the store is pruned by count, age and bytes.
 
 pub mod timeline;
 
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainboot_machine::Mac;
-use chainboot_store::events::{self, EventRecord, NewEvent};
+use chainboot_store::events::{self, NewEvent, Retention};
+use chainboot_store::limit::{Rate, TokenBucket};
 use chainboot_store::Store;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -43,6 +49,21 @@ pub struct EventSettings {
     /// ... within this window.
     #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
     pub loop_window: Duration,
+    /// Bytes the events may take in the database, table and indexes (oldest pruned first, the
+    /// space given back to the filesystem).
+    pub max_bytes: u64,
+    /// Events without a machine (refused requests) kept at most, apart from the others: a
+    /// flood of them pushes out older ones of its kind, never a machine's history.
+    pub max_unattributed: usize,
+    /// Events of refused requests (missing or refused paths) recorded per second at most, ten
+    /// seconds' worth at once; the rest are counted and dropped.
+    pub refused_per_second: u32,
+    /// A live event stream (`/api/v1/events/stream`) is closed after this long; clients
+    /// reconnect (with `after=` the last id they saw).
+    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    pub stream_max_lifetime: Duration,
+    /// Live event streams one client address may hold at once.
+    pub streams_per_ip: usize,
 }
 
 impl chainboot_config::Validate for EventSettings {
@@ -60,6 +81,33 @@ impl chainboot_config::Validate for EventSettings {
         if self.loop_window < Duration::from_secs(10) {
             out.push((vec!["loop_window".into()], "must be at least 10s".into()));
         }
+        if self.max_bytes < 1024 * 1024 {
+            out.push((
+                vec!["max_bytes".into()],
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if self.max_unattributed < 100 {
+            out.push((
+                vec!["max_unattributed".into()],
+                "must be at least 100".into(),
+            ));
+        }
+        if self.refused_per_second == 0 {
+            out.push((
+                vec!["refused_per_second".into()],
+                "must be at least 1".into(),
+            ));
+        }
+        if self.stream_max_lifetime < Duration::from_secs(10) {
+            out.push((
+                vec!["stream_max_lifetime".into()],
+                "must be at least 10s".into(),
+            ));
+        }
+        if self.streams_per_ip == 0 {
+            out.push((vec!["streams_per_ip".into()], "must be at least 1".into()));
+        }
         out
     }
 }
@@ -71,6 +119,11 @@ impl Default for EventSettings {
             max_age: Duration::from_secs(30 * 24 * 3600),
             loop_threshold: 3,
             loop_window: Duration::from_secs(120),
+            max_bytes: 64 * 1024 * 1024,
+            max_unattributed: 10_000,
+            refused_per_second: 10,
+            stream_max_lifetime: Duration::from_secs(3600),
+            streams_per_ip: 4,
         }
     }
 }
@@ -86,25 +139,75 @@ pub struct EventStats {
     /// Sum and count of batch write latencies, for the store latency metric.
     pub write_micros_total: AtomicU64,
     pub write_batches: AtomicU64,
+    /// Events of refused requests dropped by the rate limit.
+    pub refused_dropped: AtomicU64,
+    /// Details replaced because they were larger than [`MAX_DETAIL_BYTES`].
+    pub truncated: AtomicU64,
+    /// Events deleted by retention (count, age, bytes).
+    pub pruned: AtomicU64,
+    /// Bytes of the events' pages in the store, as of the last pruning.
+    pub stored_bytes: AtomicU64,
+    /// Live streams closed because their reader fell behind.
+    pub streams_lagged: AtomicU64,
+    /// Live streams refused because their address already held `streams_per_ip`.
+    pub streams_refused: AtomicU64,
 }
 
 enum Msg {
-    Event(NewEvent),
+    /// An event and the bytes of its detail's JSON.
+    Event(NewEvent, usize),
     Flush(mpsc::Sender<()>),
 }
 
-/// How many events may wait for the writer.
-const QUEUE: usize = 65_536;
+/// How many events may wait for the writer (each at most [`MAX_DETAIL_BYTES`] of detail).
+const QUEUE: usize = 8192;
 /// IP → MAC entries kept.
 const MAX_IPS: usize = 65_536;
+/// Largest detail kept, as JSON text. Chainboot's own events are a few hundred bytes, and a
+/// machine's own report at most its 4 KiB body; a larger detail is replaced by a note of its
+/// size. With [`QUEUE`] this bounds the writer's backlog to about 36 MiB at worst.
+pub const MAX_DETAIL_BYTES: usize = 4608;
+/// Events the live channel holds for its slowest reader; a reader further behind is told it
+/// lagged and its stream ends. With bounded details this is at most about 5 MiB.
+pub const LIVE_CAPACITY: usize = 1024;
+/// An event as live subscribers get it: serialised to JSON once, shared by every reader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    pub id: i64,
+    pub mac: Option<Mac>,
+    pub kind: String,
+    /// The event as the API lists it (`{"id":..,"at_ms":..,"mac":..,"kind":..,"detail":..}`).
+    pub json: Arc<str>,
+}
 
 /// The event log. Cheap to share (`Arc`).
 pub struct EventLog {
     tx: SyncSender<Msg>,
-    live: broadcast::Sender<EventRecord>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
     ips: Mutex<HashMap<IpAddr, Mac>>,
     loops: Mutex<LoopDetector>,
+    refused: Mutex<TokenBucket>,
+    streams: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    settings: EventSettings,
     stats: Arc<EventStats>,
+}
+
+/// A live stream's hold on its address's share of `streams_per_ip`; released on drop.
+pub struct StreamSlot {
+    ip: IpAddr,
+    streams: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock();
+        if let Some(n) = streams.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                streams.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Unix time in milliseconds.
@@ -119,8 +222,12 @@ impl EventLog {
     /// Starts the writer thread.
     pub fn start(store: Arc<Store>, settings: EventSettings) -> Arc<EventLog> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let (live, _) = broadcast::channel(4096);
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let stats = Arc::new(EventStats::default());
+        let refused_rate = Rate {
+            per_second: f64::from(settings.refused_per_second),
+            burst: f64::from(settings.refused_per_second) * 10.0,
+        };
         let log = Arc::new(EventLog {
             tx,
             live: live.clone(),
@@ -129,6 +236,9 @@ impl EventLog {
                 settings.loop_threshold,
                 settings.loop_window.as_millis() as i64,
             )),
+            refused: Mutex::new(TokenBucket::new(refused_rate, Instant::now())),
+            streams: Arc::new(Mutex::new(HashMap::new())),
+            settings: settings.clone(),
             stats: stats.clone(),
         });
         let spawned = std::thread::Builder::new()
@@ -145,22 +255,52 @@ impl EventLog {
         &self.stats
     }
 
+    /// The settings it runs with.
+    pub fn settings(&self) -> &EventSettings {
+        &self.settings
+    }
+
     /// Records an event now. `mac` may be `None` when not known.
     pub fn record(&self, mac: Option<Mac>, kind: &str, detail: serde_json::Value) {
+        let (detail, bytes) = self.bounded(detail);
         let at_ms = now_ms();
         let alert = match (mac, stage_of(kind, &detail)) {
             (Some(mac), Some(stage)) => self.loops.lock().observe(at_ms, mac, stage),
             _ => None,
         };
-        self.enqueue(NewEvent {
+        let event = NewEvent {
             at_ms,
             mac,
             kind: kind.to_string(),
             detail,
-        });
+        };
+        self.enqueue(event, bytes);
         if let Some(alert) = alert {
             self.raise_loop(at_ms, alert);
         }
+    }
+
+    /// Records the event of a refused request (a missing or refused path): never a machine's
+    /// event (the client's address proves nothing about which machine it is), at most
+    /// `refused_per_second`; returns false when the rate limit dropped it.
+    pub fn record_refused(&self, kind: &str, detail: serde_json::Value) -> bool {
+        if !self.refused.lock().try_take(Instant::now()) {
+            self.stats.refused_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.record(None, kind, detail);
+        true
+    }
+
+    /// `detail`, or a note of its size when its JSON is larger than [`MAX_DETAIL_BYTES`]; and
+    /// the size of what is kept.
+    fn bounded(&self, detail: serde_json::Value) -> (serde_json::Value, usize) {
+        let bytes = detail.to_string().len();
+        if bytes <= MAX_DETAIL_BYTES {
+            return (detail, bytes);
+        }
+        self.stats.truncated.fetch_add(1, Ordering::Relaxed);
+        (json!({ "truncated": true, "bytes": bytes }), 48)
     }
 
     fn raise_loop(&self, at_ms: i64, alert: LoopAlert) {
@@ -170,7 +310,7 @@ impl EventLog {
                      (so iPXE is told to load iPXE again), or its iPXE lacks HTTP support";
         warn!(mac = %alert.mac, fetches = alert.fetches, window_s = alert.window_ms / 1000,
             "chainload loop detected: {cause}");
-        self.enqueue(NewEvent {
+        let event = NewEvent {
             at_ms,
             mac: Some(alert.mac),
             kind: CHAINLOAD_LOOP.to_string(),
@@ -179,12 +319,13 @@ impl EventLog {
                 "window_s": alert.window_ms / 1000,
                 "probable_cause": cause,
             }),
-        });
+        };
+        self.enqueue(event, cause.len() + 64);
     }
 
-    fn enqueue(&self, e: NewEvent) {
+    fn enqueue(&self, e: NewEvent, bytes: usize) {
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Event(e)) {
+        match self.tx.try_send(Msg::Event(e, bytes)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -216,8 +357,24 @@ impl EventLog {
     }
 
     /// Live events, as they are written.
-    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
+    }
+
+    /// A place for one more live stream from `ip`, or `None` when it holds `streams_per_ip`
+    /// already (counted).
+    pub fn stream_slot(&self, ip: IpAddr) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock();
+        let n = streams.entry(ip).or_insert(0);
+        if *n >= self.settings.streams_per_ip {
+            self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            ip,
+            streams: self.streams.clone(),
+        })
     }
 
     /// Waits until everything recorded so far is written (tests, shutdown).
@@ -243,8 +400,11 @@ fn neighbour_mac(table: &str, ip: std::net::Ipv4Addr) -> Option<Mac> {
     })
 }
 
-/// Events written per transaction at most.
+/// Events written per transaction at most...
 const BATCH: usize = 1000;
+/// ... and bytes of their details: a transaction's pages go to the write-ahead log whole, so
+/// this bounds how far one batch can grow it beyond its checkpoint size.
+const BATCH_BYTES: usize = 512 * 1024;
 /// How long the writer waits for more events before writing a partial batch.
 const LINGER: Duration = Duration::from_millis(20);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -252,73 +412,133 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 fn writer(
     store: Arc<Store>,
     rx: Receiver<Msg>,
-    live: broadcast::Sender<EventRecord>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
     stats: Arc<EventStats>,
     settings: EventSettings,
 ) {
+    // Prune at start (the budget may have shrunk, or an older chainboot kept more), then every
+    // PRUNE_EVERY, and sooner when a sixteenth of the byte budget was written since (rows take
+    // up to twice their text in pages: the events stay within about 1.1 times the budget).
     let mut last_prune = Instant::now();
+    let mut written_since_prune = settings.max_bytes;
     loop {
+        if written_since_prune >= settings.max_bytes / 16 || last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            written_since_prune = 0;
+            prune(&store, &settings, &stats);
+        }
         let first = match rx.recv_timeout(PRUNE_EVERY) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut batch = Vec::new();
-        let mut flushes = Vec::new();
-        let mut push = |m: Msg, batch: &mut Vec<NewEvent>| match m {
-            Msg::Event(e) => batch.push(e),
-            Msg::Flush(done) => flushes.push(done),
-        };
+        let mut batch = Batch::default();
         if let Some(m) = first {
-            push(m, &mut batch);
+            batch.push(m);
             let deadline = Instant::now() + LINGER;
-            while batch.len() < BATCH {
+            while !batch.is_full() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
-                    Ok(m) => push(m, &mut batch),
+                    Ok(m) => batch.push(m),
                     Err(_) => break,
                 }
             }
         }
-        if !batch.is_empty() {
-            let started = Instant::now();
-            match events::append_batch(&store, &batch) {
-                Ok(ids) => {
-                    stats.written.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    stats
-                        .write_micros_total
-                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    stats.write_batches.fetch_add(1, Ordering::Relaxed);
-                    for (id, e) in ids.into_iter().zip(batch) {
-                        let _ = live.send(EventRecord {
-                            id,
-                            at_ms: e.at_ms,
-                            mac: e.mac,
-                            kind: e.kind,
-                            detail: e.detail,
-                        });
-                    }
-                }
-                Err(err) => {
-                    stats
-                        .write_errors
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    warn!("events not written: {err}");
-                }
-            }
+        if !batch.events.is_empty() {
+            written_since_prune += write_batch(&store, batch.events, &live, &stats);
         }
-        for done in flushes {
+        for done in batch.flushes {
             let _ = done.send(());
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
-            last_prune = Instant::now();
-            let min_at = now_ms() - settings.max_age.as_millis() as i64;
-            match events::prune(&store, settings.max_events, min_at) {
-                Ok(n) if n > 0 => debug!(deleted = n, "old events pruned"),
-                Ok(_) => {}
-                Err(e) => warn!("pruning events failed: {e}"),
+    }
+}
+
+/// What the writer collected for one transaction.
+#[derive(Default)]
+struct Batch {
+    events: Vec<NewEvent>,
+    bytes: usize,
+    flushes: Vec<mpsc::Sender<()>>,
+}
+
+impl Batch {
+    fn push(&mut self, m: Msg) {
+        match m {
+            Msg::Event(e, bytes) => {
+                self.events.push(e);
+                self.bytes += bytes;
             }
+            Msg::Flush(done) => self.flushes.push(done),
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.events.len() >= BATCH || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// Writes a batch and hands it to live subscribers; returns the bytes written (estimated).
+fn write_batch(
+    store: &Store,
+    batch: Vec<NewEvent>,
+    live: &broadcast::Sender<Arc<LiveEvent>>,
+    stats: &EventStats,
+) -> u64 {
+    let started = Instant::now();
+    let ids = match events::append_batch(store, &batch) {
+        Ok(ids) => ids,
+        Err(err) => {
+            stats
+                .write_errors
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            warn!("events not written: {err}");
+            return 0;
+        }
+    };
+    stats.written.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    stats
+        .write_micros_total
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    stats.write_batches.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = 0u64;
+    for (id, e) in ids.into_iter().zip(batch) {
+        let json = json!({
+            "id": id,
+            "at_ms": e.at_ms,
+            "mac": e.mac,
+            "kind": e.kind,
+            "detail": e.detail,
+        })
+        .to_string();
+        bytes += json.len() as u64;
+        // Serialised here, once: every subscriber shares this text.
+        let _ = live.send(Arc::new(LiveEvent {
+            id,
+            mac: e.mac,
+            kind: e.kind,
+            json: json.into(),
+        }));
+    }
+    bytes
+}
+
+fn prune(store: &Store, settings: &EventSettings, stats: &EventStats) {
+    let keep = Retention {
+        max_count: settings.max_events,
+        min_at_ms: now_ms() - settings.max_age.as_millis() as i64,
+        max_bytes: settings.max_bytes,
+        max_unattributed: settings.max_unattributed,
+    };
+    match events::prune(store, &keep) {
+        Ok(n) if n > 0 => {
+            stats.pruned.fetch_add(n as u64, Ordering::Relaxed);
+            debug!(deleted = n, "old events pruned");
+        }
+        Ok(_) => {}
+        Err(e) => warn!("pruning events failed: {e}"),
+    }
+    if let Ok(b) = events::stored_bytes(store) {
+        stats.stored_bytes.store(b, Ordering::Relaxed);
     }
 }
 
@@ -364,5 +584,66 @@ mod tests {
         assert_eq!(log.stats().chainload_loops.load(Ordering::Relaxed), 1);
         let first = live.try_recv().unwrap();
         assert_eq!(first.kind, "tftp");
+        let parsed: serde_json::Value = serde_json::from_str(&first.json).unwrap();
+        assert_eq!(parsed["detail"]["path"], "undionly.kpxe");
+        assert_eq!(parsed["mac"], "52:54:00:aa:bb:cc");
+    }
+
+    #[test]
+    fn large_details_are_replaced_by_a_note_of_their_size() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store.clone(), EventSettings::default());
+        log.record(None, "api", json!({ "body": "x".repeat(1 << 20) }));
+        assert!(log.flush(Duration::from_secs(5)));
+        let all = events::list(&store, &EventFilter::default()).unwrap();
+        assert_eq!(all[0].detail["truncated"], true);
+        assert!(all[0].detail.to_string().len() < 100);
+        assert_eq!(log.stats().truncated.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn refused_requests_are_rate_limited_and_never_a_machines_events() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let settings = EventSettings::default();
+        let burst = settings.refused_per_second as usize * 10;
+        let log = EventLog::start(store.clone(), settings);
+        let recorded = (0..1000)
+            .filter(|_| {
+                log.record_refused(
+                    "tftp",
+                    json!({"path": "undionly.kpxe", "first_stage": true}),
+                )
+            })
+            .count();
+        assert!((burst..burst + 5).contains(&recorded), "{recorded}");
+        assert!(log.flush(Duration::from_secs(5)));
+        let all = events::list(
+            &store,
+            &EventFilter {
+                limit: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(all.len(), recorded);
+        assert!(all.iter().all(|e| e.mac.is_none()));
+        assert_eq!(log.stats().chainload_loops.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            log.stats().refused_dropped.load(Ordering::Relaxed) as usize,
+            1000 - recorded
+        );
+    }
+
+    #[test]
+    fn streams_per_address_are_capped_and_released() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store, EventSettings::default());
+        let ip: IpAddr = "198.18.0.66".parse().unwrap();
+        let slots: Vec<StreamSlot> = (0..4).filter_map(|_| log.stream_slot(ip)).collect();
+        assert_eq!(slots.len(), 4);
+        assert!(log.stream_slot(ip).is_none());
+        assert!(log.stream_slot("198.18.0.10".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(log.stream_slot(ip).is_some());
     }
 }

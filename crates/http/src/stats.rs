@@ -134,11 +134,12 @@ impl LoggedBody {
         if !rec.complete {
             self.stats.aborted.fetch_add(1, Ordering::Relaxed);
         }
+        let path = chainboot_content::shown_path(&rec.path);
         tracing::info!(
             target: "chainboot::http::access",
             client = %rec.client,
             method = %rec.method,
-            path = %rec.path,
+            path = %path,
             status = rec.status.as_u16(),
             bytes = rec.bytes,
             duration_ms = rec.duration.as_secs_f64() * 1000.0,
@@ -146,7 +147,7 @@ impl LoggedBody {
             "{} {} {} {} {}B {:.1}ms{}",
             rec.client,
             rec.method,
-            rec.path,
+            path,
             rec.status.as_u16(),
             rec.bytes,
             rec.duration.as_secs_f64() * 1000.0,

@@ -27,6 +27,17 @@ async function getJSON(path) {
   if (!r.ok) throw new Error(path + ": " + r.status);
   return r.json();
 }
+// Machines come in pages of up to 1000 in MAC order; follow the cursor (at most 50 pages).
+async function allMachines() {
+  let all = [], after = "";
+  for (let i = 0; i < 50; i++) {
+    const page = await getJSON("/api/v1/machines" + (after ? "?after=" + encodeURIComponent(after) : ""));
+    if (!page.length) break;
+    all = all.concat(page);
+    after = page[page.length - 1].mac;
+  }
+  return all;
+}
 function token() { return sessionStorage.getItem("chainboot-token") || ""; }
 function authHeaders() { const t = token(); return t ? { Authorization: "Bearer " + t } : {}; }
 
@@ -122,7 +133,7 @@ async function loadTimeline(mac) {
 async function refresh() {
   try {
     const [info, ms, ls, ps] = await Promise.all([
-      getJSON("/api/v1/info"), getJSON("/api/v1/machines"), getJSON("/api/v1/leases"), getJSON("/api/v1/profiles"),
+      getJSON("/api/v1/info"), allMachines(), getJSON("/api/v1/leases"), getJSON("/api/v1/profiles"),
     ]);
     $("#info").textContent = "v" + info.version + " · DHCP " + text(info.dhcp_mode) + " · up " + info.uptime_s + "s";
     machines = ms.sort((a, b) => b.last_seen_ms - a.last_seen_ms);

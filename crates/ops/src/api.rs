@@ -3,12 +3,12 @@
 //! dashboard.
 
 use std::convert::Infallible;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
 use chainboot_events::{boots, EventLog};
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
+use chainboot_policy::paging::{json_page, Items, PageSource};
 use chainboot_ra::RaStats;
 use chainboot_store::events::{self, EventFilter};
 use chainboot_store::Store;
@@ -123,6 +124,7 @@ struct EventQuery {
     since: Option<String>,
     kind: Option<String>,
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -161,6 +163,7 @@ fn filter_of(q: &EventQuery) -> Result<EventFilter, Response> {
         mac,
         since_ms,
         after_id: q.after,
+        before_id: q.before,
         kind: q.kind.clone(),
         limit: q.limit,
     })
@@ -178,19 +181,48 @@ async fn list_events(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let store = st.store.clone();
-    match blocking(move || events::list(&store, &filter)).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(r) => r,
+    let limit = filter
+        .limit
+        .unwrap_or(events::DEFAULT_PAGE)
+        .min(events::MAX_PAGE);
+    let first = filter.before_id;
+    let pages = EventPages {
+        store: st.store.clone(),
+        filter,
+    };
+    json_page(pages, first, limit).await
+}
+
+/// Events newest first, the cursor being the id (the next chunk is `before_id` it).
+struct EventPages {
+    store: Arc<Store>,
+    filter: EventFilter,
+}
+
+impl PageSource for EventPages {
+    type Cursor = i64;
+    fn fetch(&self, cursor: Option<i64>, n: usize) -> Items<i64> {
+        let filter = EventFilter {
+            before_id: cursor,
+            limit: Some(n),
+            ..self.filter.clone()
+        };
+        let list = events::list(&self.store, &filter).map_err(|e| e.to_string())?;
+        list.into_iter()
+            .map(|e| Ok((e.id, serde_json::to_vec(&e).map_err(|e| e.to_string())?)))
+            .collect()
     }
 }
 
 async fn stream_events(
     State(st): State<OpsState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Query(q): Query<EventQuery>,
 ) -> Response {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(p)| *p);
     if let Err(r) = st.check_read(&headers) {
         return r;
     }
@@ -198,47 +230,86 @@ async fn stream_events(
         Ok(f) => f,
         Err(r) => return r,
     };
+    let Some(slot) = peer.and_then(|p| st.events.stream_slot(p.ip())) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this address holds {} event streams already ([events] streams_per_ip)",
+                st.events.settings().streams_per_ip
+            ),
+        );
+    };
+    let lifetime = st.events.settings().stream_max_lifetime;
+    let stats = st.events.stats().clone();
     let rx = st.events.subscribe();
-    let stream = BroadcastStream::new(rx).filter_map(move |item| {
-        let filter = filter.clone();
-        async move {
-            let e = match item {
-                Ok(e) => e,
-                // A slow reader missed events: say so rather than pretend.
-                Err(_lagged) => {
-                    return Some(Ok::<_, Infallible>(
-                        SseEvent::default().event("lagged").data("{}"),
-                    ))
+    // The reader's own pace decides: a stream that fell LIVE_CAPACITY events behind gets one
+    // `lagged` message and ends (its client reconnects with `after=`), so nobody holds events
+    // in memory for a reader that does not read.
+    let stream = BroadcastStream::new(rx)
+        .scan(false, move |ended, item| {
+            let out = match (*ended, item) {
+                (true, _) => None,
+                (false, Ok(e)) => Some(Some(e)),
+                (false, Err(_lagged)) => {
+                    *ended = true;
+                    stats.streams_lagged.fetch_add(1, Ordering::Relaxed);
+                    Some(None)
                 }
             };
-            if filter.mac.is_some_and(|m| e.mac != Some(m))
-                || filter.kind.as_ref().is_some_and(|k| &e.kind != k)
-            {
-                return None;
+            futures::future::ready(out)
+        })
+        .filter_map(move |item| {
+            let filter = filter.clone();
+            async move {
+                let Some(e) = item else {
+                    return Some(Ok::<_, Infallible>(
+                        SseEvent::default().event("lagged").data("{}"),
+                    ));
+                };
+                if filter.mac.is_some_and(|m| e.mac != Some(m))
+                    || filter.kind.as_ref().is_some_and(|k| &e.kind != k)
+                {
+                    return None;
+                }
+                Some(Ok(SseEvent::default()
+                    .id(e.id.to_string())
+                    .event("event")
+                    .data(&*e.json)))
             }
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            Some(Ok(SseEvent::default()
-                .id(e.id.to_string())
-                .event("event")
-                .data(data)))
-        }
-    });
+        })
+        .take_until(tokio::time::sleep(lifetime))
+        .chain(futures::stream::once(async move {
+            // Held until the stream ends, whichever way: the address's share is given back.
+            drop(slot);
+            Ok(SseEvent::default().event("end").data("{}"))
+        }));
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
 
-/// A machine's boots as timelines (newest last), from its events.
+/// Events read at most for a machine's timelines (its last boots).
+const TIMELINE_EVENTS: usize = 2000;
+
+/// A machine's boots as timelines (newest last), from its last [`TIMELINE_EVENTS`] events.
 pub fn machine_timeline(store: &Store, mac: Mac) -> Result<serde_json::Value, String> {
-    let list = events::list(
-        store,
-        &EventFilter {
-            mac: Some(mac),
-            limit: Some(2000),
-            ..EventFilter::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let mut list = Vec::new();
+    while list.len() < TIMELINE_EVENTS {
+        let page = events::list(
+            store,
+            &EventFilter {
+                mac: Some(mac),
+                before_id: list.last().map(|e: &events::EventRecord| e.id),
+                limit: Some(TIMELINE_EVENTS - list.len()),
+                ..EventFilter::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        list.extend(page);
+    }
     Ok(serde_json::to_value(boots(&list)).unwrap_or_default())
 }
 
@@ -541,6 +612,40 @@ pub fn render_metrics(st: &OpsState) -> String {
         "chainboot_events_write_errors_total",
         "Events the store refused.",
         g(&es.write_errors),
+    );
+    w.counter(
+        "chainboot_events_refused_dropped_total",
+        "Events of refused requests dropped by [events] refused_per_second.",
+        g(&es.refused_dropped),
+    );
+    w.counter(
+        "chainboot_events_truncated_total",
+        "Event details replaced by a note of their size (over 4.5 KiB).",
+        g(&es.truncated),
+    );
+    w.counter(
+        "chainboot_events_pruned_total",
+        "Events deleted by retention (max_events, max_age, max_bytes, max_unattributed).",
+        g(&es.pruned),
+    );
+    w.gauge(
+        "chainboot_events_stored_bytes",
+        "Bytes of the events' pages in the store (table and indexes), as of the last pruning.",
+        g(&es.stored_bytes) as f64,
+    );
+    w.gauge(
+        "chainboot_store_disk_bytes",
+        "Bytes of the state store on disk (database and write-ahead log).",
+        st.store.disk_bytes() as f64,
+    );
+    w.family(
+        "chainboot_event_streams_closed_total",
+        "counter",
+        "Live event streams closed or refused by a limit, by reason.",
+        &[
+            ("reason=\"lagged\"".into(), g(&es.streams_lagged) as f64),
+            ("reason=\"per_ip\"".into(), g(&es.streams_refused) as f64),
+        ],
     );
     let batches = g(&es.write_batches);
     w.counter(

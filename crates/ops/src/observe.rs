@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use chainboot_content::shown_path;
 use chainboot_dhcp::boot::{first_stage_names, BootDecision, SCRIPT_NAME};
 use chainboot_dhcp::{Handled, Ingress};
 use chainboot_events::EventLog;
@@ -112,11 +113,16 @@ impl TransferObserver for Observers {
         self.metrics
             .tftp_transfers
             .add("what=\"refused\",outcome=\"refused\"".into(), 1);
-        let mac = self.events.mac_for_ip(client.ip());
-        self.events.record(
-            mac,
+        // Not a machine's event: whoever sent the request, its address proves no MAC (and a
+        // refused first-stage name must not count towards a chainload loop).
+        self.events.record_refused(
             "tftp",
-            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": "refused"}),
+            json!({
+                "client": client.to_string(),
+                "path": shown_path(path),
+                "error": shown_path(reason),
+                "outcome": "refused",
+            }),
         );
     }
 }
@@ -193,7 +199,13 @@ impl HttpObserver for Observers {
             return;
         }
         let client_ip: IpAddr = r.client.ip();
-        let mac = callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip));
+        // A refused or missing path (any 4xx) is a stranger's request until proven otherwise.
+        let refused = r.status.is_client_error();
+        let mac = if refused {
+            None
+        } else {
+            callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip))
+        };
         let what = if is_callback {
             "callback"
         } else {
@@ -212,7 +224,7 @@ impl HttpObserver for Observers {
         let detail = json!({
             "client": r.client.to_string(),
             "method": r.method.as_str(),
-            "path": path,
+            "path": shown_path(path),
             "what": what,
             "status": status,
             "bytes": r.bytes,
@@ -222,6 +234,10 @@ impl HttpObserver for Observers {
         // Requests for anything outside the boot namespace (a browser's /favicon.ico, scanners)
         // are counted but kept out of machines' timelines.
         if what == "other" {
+            return;
+        }
+        if refused {
+            self.events.record_refused("http", detail);
             return;
         }
         // A machine's own callback (e.g. `installed`) is recorded with its body by the API
@@ -334,6 +350,24 @@ mod tests {
         assert!(!is_first_stage("boot.ipxe"));
         assert_eq!(tftp_what("boot.ipxe"), "script");
         assert_eq!(tftp_what("pxelinux.cfg/default"), "config");
+    }
+
+    #[test]
+    fn the_largest_machine_report_fits_an_event_whole() {
+        let body = serde_json::json!({
+            "event": "e".repeat(64),
+            "message": "\"".repeat(950),
+            "detail": {"k": "x".repeat(2030)},
+        })
+        .to_string();
+        assert!(
+            body.len() <= chainboot_policy::machine_event::MAX_BODY_BYTES,
+            "{}",
+            body.len()
+        );
+        let (event, kept) = chainboot_policy::machine_event::parse(body.as_bytes()).unwrap();
+        let detail = json!({ "event": event, "body": kept });
+        assert!(detail.to_string().len() <= chainboot_events::MAX_DETAIL_BYTES);
     }
 
     #[test]

@@ -661,12 +661,12 @@ async fn pxelinux_cfg(
     }
 }
 
-async fn list_machines(_: Reader, State(st): State<PolicyState>) -> Result<Response, ApiError> {
-    let policy = st.policy.clone();
-    let list = blocking(move || policy.store().machines())
-        .await?
-        .map_err(store_error)?;
-    Ok(Json(list).into_response())
+async fn list_machines(
+    _: Reader,
+    State(st): State<PolicyState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    crate::paging::machines(st.policy.clone(), &q).await
 }
 
 async fn show_machine(
@@ -819,14 +819,9 @@ async fn machine_event(
     if stored.is_none() {
         return Err(ApiError::not_found(format!("machine {mac} not known")));
     }
-    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("expected {{\"event\": \"installed\", ...}}: {e}"))
-    })?;
-    let event = body
-        .get("event")
-        .and_then(|e| e.as_str())
-        .ok_or_else(|| ApiError::bad_request("missing \"event\""))?;
-    let event = render::echo_text(event);
+    let (event, body) = crate::machine_event::parse(&body)
+        .map_err(|(status, msg)| ApiError::new(status, msg))?;
+    let event = render::echo_text(&event);
     tracing::info!(%mac, %event, "machine event");
     st.hooks.machine_event(mac, &event, &body);
     if event == "installed" {

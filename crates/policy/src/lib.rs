@@ -10,6 +10,8 @@
 //! - [`pixiecore`]: the pixiecore API boot backend;
 //! - [`http`]: the axum routes (`/boot.ipxe`, `/ipxe`, `/boot/...`, `/config/...`,
 //!   `/pxelinux.cfg/...`, the machine part of API v1);
+//! - [`machine_event`]: the bounded fields a machine may report about itself;
+//! - [`paging`]: list responses streamed page by page, bounded by count and bytes;
 //! - [`tftp`]: a [`chainboot_content::Resolver`] for `boot.ipxe` and `pxelinux.cfg/` over TFTP.
 
 pub mod access;
@@ -17,6 +19,8 @@ pub mod config;
 pub mod facts;
 pub mod glob;
 pub mod http;
+pub mod machine_event;
+pub mod paging;
 pub mod pixiecore;
 pub mod policy;
 pub mod render;

@@ -32,6 +32,7 @@ pub struct Config {
     pub boot: chainboot_policy::BootConfig,
     pub api: chainboot_policy::ApiConfig,
     pub events: chainboot_events::EventSettings,
+    pub machines: chainboot_store::limit::MachineLimits,
 }
 
 impl Config {
@@ -71,6 +72,8 @@ impl Validate for Config {
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
         out.extend(under(&["dhcp"], self.dhcp.validate()));
+        out.extend(under(&["events"], self.events.validate()));
+        out.extend(under(&["machines"], self.machines.validate()));
         out.extend(chainboot_policy::validate(
             &self.profile,
             &self.group,
@@ -104,7 +107,7 @@ pub fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
             })*
         };
     }
-    check!(server, ipxe, ipv6, tftp, http, iso, dhcp, profile, group, boot, api, events);
+    check!(server, ipxe, ipv6, tftp, http, iso, dhcp, profile, group, boot, api, events, machines);
     out
 }
 

@@ -8,7 +8,7 @@
 
 pub mod events;
 pub mod leases;
-
+pub mod limit;
 pub mod machines;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +43,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
+
+/// Bytes the write-ahead log is truncated to at checkpoints.
+const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
 /// Schema migrations, applied in order once each; `PRAGMA user_version` records how far a
 /// database got. Append only: never edit a migration that has shipped.
@@ -100,6 +103,7 @@ impl Store {
             })
         };
         let writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        incremental_vacuum_on(&writer)?;
         configure(&writer)?;
         migrate(&writer)?;
         let reader = open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -142,6 +146,33 @@ impl Store {
         Ok(out)
     }
 
+    /// Gives the pages freed by deletions back to the filesystem (the database uses
+    /// `auto_vacuum = INCREMENTAL`, so deleted rows otherwise only become reusable space) and
+    /// truncates the write-ahead log. Returns how many pages were released.
+    pub fn reclaim_space(&self) -> Result<u64, StoreError> {
+        let conn = self.writer.lock();
+        let free: u64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        // Each step of the pragma frees pages: run it to the end.
+        let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        drop(rows);
+        drop(stmt);
+        if self.path.is_some() {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(free)
+    }
+
+    /// Bytes the database takes on disk: the file and its write-ahead log.
+    pub fn disk_bytes(&self) -> u64 {
+        let Some(path) = &self.path else { return 0 };
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        size(path) + size(Path::new(&wal))
+    }
+
     /// Runs `f` on the read connection (a consistent snapshot for the duration of `f` if it
     /// opens a transaction itself).
     pub fn read<T>(
@@ -157,12 +188,33 @@ impl Store {
     }
 }
 
+/// Makes deletions give space back. `auto_vacuum` can only be chosen before the first table
+/// exists; a database created without it (by an older chainboot) is rebuilt once with VACUUM,
+/// which takes a moment proportional to its size, then never again.
+fn incremental_vacuum_on(conn: &Connection) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables > 0 {
+        tracing::info!("state store: converting to incremental vacuum (once)");
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
+}
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     // WAL: readers never block the writer; synchronous=FULL: a committed transaction survives
     // power loss, which is what "never ACK before the lease is durable" needs.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A checkpoint truncates the write-ahead log back to this size, so a burst of writes does
+    // not leave a large WAL file behind.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }
@@ -198,5 +250,35 @@ mod tests {
             .read(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_without_incremental_vacuum_is_converted_and_gives_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an older chainboot left: auto_vacuum off, tables present.
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let mode: i64 = s
+            .read(|c| c.pragma_query_value(None, "auto_vacuum", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(mode, 2, "incremental");
+        s.write(|tx| {
+            tx.execute_batch(
+                "CREATE TABLE big(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+                 INSERT INTO big SELECT randomblob(1000) FROM n;",
+            )
+        })
+        .unwrap();
+        s.reclaim_space().unwrap();
+        let full = s.disk_bytes();
+        assert!(full > 2_000_000, "{full}");
+        s.write(|tx| tx.execute_batch("DELETE FROM big")).unwrap();
+        assert!(s.reclaim_space().unwrap() > 400, "pages freed");
+        let after = s.disk_bytes();
+        assert!(after < full / 4, "{after} of {full} bytes left");
     }
 }

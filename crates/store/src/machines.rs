@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Store, StoreError};
 
+/// Requests of one boot fall within this span; a machine seen only within it after its first
+/// request has not come back.
+pub const UNPROVEN_SPAN_MS: i64 = 10 * 60 * 1000;
+
 /// The schema for machines; appended to `MIGRATIONS` in lib.rs.
 pub(crate) const MIGRATION: &str = "
 CREATE TABLE machines (
@@ -211,6 +215,52 @@ impl Store {
         })
     }
 
+    /// One page of machines in MAC order, starting after `after` (the last MAC of the page
+    /// before); at most `limit`. MAC order is stable while machines are seen, so paging never
+    /// skips or repeats one.
+    pub fn machines_page(
+        &self,
+        after: Option<Mac>,
+        limit: usize,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM machines WHERE (?1 IS NULL OR mac > ?1) ORDER BY mac LIMIT ?2"
+            ))?;
+            let rows = st.query_map(
+                params![after.map(|m| m.to_string()), limit as i64],
+                from_row,
+            )?;
+            rows.collect()
+        })
+    }
+
+    /// How many machines are recorded.
+    pub fn machine_count(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM machines", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        })
+    }
+
+    /// Forgets unproven machines last seen before `older_than_ms`, returning how many. A
+    /// machine is unproven when nothing but its own script requests vouches for it: all its
+    /// requests fell within one boot ([`UNPROVEN_SPAN_MS`] of its first), it never had a lease
+    /// from chainboot's DHCP, and no operator pinned, labelled or marked it installed. Anyone
+    /// can make such a record by naming a made-up MAC in `/ipxe?mac=`; a real machine that
+    /// comes back later simply gets a new record.
+    pub fn machine_prune_unproven(&self, older_than_ms: i64) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM machines WHERE last_seen_ms < ?1
+                    AND last_seen_ms - first_seen_ms < ?2
+                    AND pinned_profile IS NULL AND installed_ms IS NULL AND labels = '{}'
+                    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.mac = machines.mac)",
+                params![older_than_ms, UNPROVEN_SPAN_MS],
+            )
+        })
+    }
+
     /// The machine most recently seen with this IP address (PXELINUX asks for its config by
     /// hex IP when it has no MAC-specific file).
     pub fn machine_by_ip(&self, ip: &str) -> Result<Option<MachineRecord>, StoreError> {
@@ -364,6 +414,51 @@ mod tests {
         assert!(s.machine_forget(m).unwrap());
         assert!(s.machine(m).unwrap().is_none());
         assert!(s.machines().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unproven_machines_expire_and_proven_ones_stay() {
+        let s = Store::in_memory().unwrap();
+        let facts = MachineFacts::default();
+        let hour = 3_600_000;
+        let stranger = mac("52:54:00:00:00:10");
+        s.machine_seen(stranger, &facts, hour, "a").unwrap();
+        let came_back = mac("52:54:00:00:00:11");
+        s.machine_seen(came_back, &facts, hour, "b").unwrap();
+        s.machine_seen(came_back, &facts, 2 * hour, "b").unwrap();
+        let labelled = mac("52:54:00:00:00:12");
+        s.machine_seen(labelled, &facts, hour, "c").unwrap();
+        let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        s.machine_set_labels(labelled, &labels).unwrap();
+        let leased = mac("52:54:00:00:00:13");
+        s.machine_seen(leased, &facts, hour, "d").unwrap();
+        s.write(|tx| {
+            tx.execute(
+                "INSERT INTO leases (ip, mac, state, expires, updated) VALUES ('198.18.0.5', ?1, 'bound', 0, 0)",
+                [leased.to_string()],
+            )
+        })
+        .unwrap();
+        let recent = mac("52:54:00:00:00:14");
+        s.machine_seen(recent, &facts, 5 * hour, "e").unwrap();
+        assert_eq!(s.machine_count().unwrap(), 5);
+
+        assert_eq!(s.machine_prune_unproven(4 * hour).unwrap(), 1);
+        assert!(s.machine(stranger).unwrap().is_none());
+        let left: Vec<Mac> = s
+            .machines_page(None, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(left, [came_back, labelled, leased, recent]);
+        let second: Vec<Mac> = s
+            .machines_page(Some(labelled), 2)
+            .unwrap()
+            .iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(second, [leased, recent], "the page after `labelled`");
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl TftpServer {
             Ok(Packet::Rrq(r)) => r,
             Ok(Packet::Wrq(r)) => {
                 bump(&stats.writes_refused);
-                info!(client = %client, path = %r.filename.escape_debug(), "tftp write request refused");
+                info!(client = %client, path = %chainboot_content::shown_path(&r.filename).escape_debug(), "tftp write request refused");
                 self.shared
                     .observer
                     .on_refused(client, &r.filename, "write request");
@@ -500,7 +500,7 @@ async fn resolve(
         Err(e) => {
             let raw_name = request.filename.escape_debug().to_string();
             bump(&stats.refused);
-            warn!(client = %client, path = %raw_name, reason = %e, "tftp request refused");
+            warn!(client = %client, path = %chainboot_content::shown_path(&raw_name), reason = %e, "tftp request refused");
             shared
                 .observer
                 .on_refused(client, &raw_name, &e.to_string());
@@ -528,12 +528,12 @@ async fn resolve(
             let answer = match &e {
                 ResolveError::NotFound | ResolveError::IsDirectory => {
                     bump(&stats.not_found);
-                    info!(client = %client, path = %path, reason = %e, "tftp file not found");
+                    info!(client = %client, path = %chainboot_content::shown_path(&path), reason = %e, "tftp file not found");
                     (ErrorCode::FileNotFound, "file not found")
                 }
                 e if e.is_refusal() => {
                     bump(&stats.refused);
-                    warn!(client = %client, path = %path, reason = %e, "tftp request refused");
+                    warn!(client = %client, path = %chainboot_content::shown_path(&path), reason = %e, "tftp request refused");
                     (ErrorCode::AccessViolation, "access violation")
                 }
                 _ => {

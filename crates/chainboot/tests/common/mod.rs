@@ -131,6 +131,11 @@ impl Server {
         Server { child, log }
     }
 
+    /// The child's process id (for /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
