@@ -819,8 +819,8 @@ async fn machine_event(
     if stored.is_none() {
         return Err(ApiError::not_found(format!("machine {mac} not known")));
     }
-    let (event, body) = crate::machine_event::parse(&body)
-        .map_err(|(status, msg)| ApiError::new(status, msg))?;
+    let (event, body) =
+        crate::machine_event::parse(&body).map_err(|(status, msg)| ApiError::new(status, msg))?;
     let event = render::echo_text(&event);
     tracing::info!(%mac, %event, "machine event");
     st.hooks.machine_event(mac, &event, &body);
