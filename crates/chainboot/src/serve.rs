@@ -100,11 +100,6 @@ fn open_shared(
             .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
     );
     let events = EventLog::start(store.clone(), cfg.events.clone());
-    tokio::spawn(expire_unproven_machines(
-        store.clone(),
-        cfg.machines.unproven_expiry,
-        shutdown.clone(),
-    ));
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
@@ -296,6 +291,11 @@ async fn serve(
     let mut tasks: Tasks = JoinSet::new();
     let ifaces = interfaces::select(&cfg.server.interfaces)?;
     let sh = open_shared(&cfg, &ifaces, quick.as_ref())?;
+    tokio::spawn(expire_unproven_machines(
+        sh.store.clone(),
+        cfg.machines.unproven_expiry,
+        shutdown.clone(),
+    ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let tftp = bind_tftp(&cfg, &sh)?;
     let dhcp = bind_dhcp(&cfg, &sh)?;
