@@ -22,6 +22,21 @@ pub struct TftpConfig {
     /// Transfers running at once from one IP address. A booting machine fetches one file at a
     /// time; a relay or NAT can put many machines behind one address, hence not 1.
     pub max_per_client: usize,
+    /// Transfers running at once from one network prefix (IPv4 /24, IPv6 /64): one host can
+    /// use many addresses of its prefix, and a real boot network is rarely asked for more
+    /// than this many files at the same moment by one /24.
+    pub max_per_prefix: usize,
+    /// Percentage of `max_transfers` that transfers whose client has not acknowledged
+    /// anything yet may hold: a forged source never will, so a flood of them cannot take
+    /// every slot.
+    pub unproven_percent: u8,
+    /// Retransmissions of the first datagram before a client that never acknowledged
+    /// anything is given up (`retries` applies once it has).
+    pub unproven_retries: u32,
+    /// Longest a transfer may go without progress, whatever timeout x retries the client
+    /// negotiated (RFC 2349 lets it ask for 255 s).
+    #[serde(with = "duration_text")]
+    pub max_silence: Duration,
     /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
     #[serde(with = "duration_text")]
     pub timeout: Duration,
@@ -52,6 +67,10 @@ impl Default for TftpConfig {
             root: None,
             max_transfers: 1000,
             max_per_client: 16,
+            max_per_prefix: 128,
+            unproven_percent: 50,
+            unproven_retries: 2,
+            max_silence: Duration::from_secs(30),
             timeout: Duration::from_secs(1),
             retries: 5,
             max_blksize: MAX_BLKSIZE,
@@ -81,6 +100,33 @@ impl TftpConfig {
                     "{} is more than max_transfers ({})",
                     self.max_per_client, self.max_transfers
                 ),
+            );
+        }
+        if self.max_per_prefix < self.max_per_client {
+            bad(
+                "max_per_prefix",
+                format!(
+                    "{} is less than max_per_client ({})",
+                    self.max_per_prefix, self.max_per_client
+                ),
+            );
+        }
+        if !(1..=100).contains(&self.unproven_percent) {
+            bad(
+                "unproven_percent",
+                "must be between 1 and 100 (a percentage of max_transfers)".into(),
+            );
+        }
+        if self.unproven_retries > self.retries {
+            bad(
+                "unproven_retries",
+                format!("must be at most retries ({})", self.retries),
+            );
+        }
+        if self.max_silence < self.timeout || self.max_silence > Duration::from_secs(3600) {
+            bad(
+                "max_silence",
+                "must be at least timeout and at most 1h".into(),
             );
         }
         if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(255) {
@@ -126,11 +172,23 @@ impl TftpConfig {
         problems
     }
 
+    /// Transfers whose client has not acknowledged anything yet that may run at once: the
+    /// `unproven_percent` of `max_transfers` (rounded up), at least one.
+    pub fn max_unproven(&self) -> usize {
+        let percent = usize::from(self.unproven_percent.clamp(1, 100));
+        self.max_transfers
+            .max(1)
+            .saturating_mul(percent)
+            .div_ceil(100)
+    }
+
     /// The per-transfer part of the config.
     pub fn transfer_settings(&self) -> TransferSettings {
         TransferSettings {
             timeout: self.timeout,
             retries: self.retries,
+            unproven_retries: self.unproven_retries,
+            max_silence: self.max_silence,
             max_blksize: self.max_blksize,
             max_windowsize: self.max_windowsize,
         }
@@ -173,6 +231,10 @@ mod tests {
             root = "/tmp"
             max_transfers = 10
             max_per_client = 2
+            max_per_prefix = 4
+            unproven_percent = 25
+            unproven_retries = 1
+            max_silence = "10s"
             timeout = "500ms"
             retries = 3
             max_blksize = 1468
@@ -203,6 +265,10 @@ mod tests {
         let c = TftpConfig {
             max_transfers: 4,
             max_per_client: 8,
+            max_per_prefix: 8,
+            unproven_percent: 0,
+            unproven_retries: 1,
+            max_silence: Duration::from_secs(7200),
             max_blksize: 7,
             max_windowsize: 65,
             retries: 0,
@@ -216,6 +282,9 @@ mod tests {
             keys,
             [
                 "max_per_client",
+                "unproven_percent",
+                "unproven_retries",
+                "max_silence",
                 "timeout",
                 "retries",
                 "max_blksize",
