@@ -1,8 +1,9 @@
 //! The listener side: sockets, connection cap, timeouts, keep-alive, graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -104,6 +105,7 @@ impl HttpServer {
             .layer(RequestBodyLimitLayer::new(cfg.request_body_limit))
             .layer(axum::middleware::from_fn(api_errors_as_json));
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let per_client = Arc::new(PerClient::new(cfg.max_connections_per_client));
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
         for l in self.listeners {
@@ -116,6 +118,7 @@ impl HttpServer {
                 stats: self.stats.clone(),
                 observer: self.observer.clone(),
                 shutdown: shutdown.clone(),
+                per_client: per_client.clone(),
             };
             let (slots, tracker2) = (slots.clone(), tracker.clone());
             tracker.spawn(accept_loop(listener, ctx, slots, tracker2));
@@ -158,6 +161,79 @@ struct ConnCtx {
     stats: Arc<HttpStats>,
     observer: Arc<dyn HttpObserver>,
     shutdown: CancellationToken,
+    per_client: Arc<PerClient>,
+}
+
+/// Connections open per client address, across every listener (`[http]
+/// max_connections_per_client`), so that one host cannot hold every connection slot.
+struct PerClient {
+    limit: usize,
+    open: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+    /// When the last refusal was logged, and refusals since (logged at most every
+    /// [`REFUSAL_LOG_INTERVAL`]: a flood of refusals must not become a flood of log lines).
+    log: parking_lot::Mutex<(Option<Instant>, u64)>,
+}
+
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One connection's place in its client's count; given back on drop.
+struct ClientSlot {
+    owner: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn new(limit: usize) -> PerClient {
+        PerClient {
+            limit: limit.max(1),
+            open: parking_lot::Mutex::new(HashMap::new()),
+            log: parking_lot::Mutex::new((None, 0)),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or `None` when it already has `limit` open.
+    fn claim(self: &Arc<Self>, peer: SocketAddr) -> Option<ClientSlot> {
+        // An IPv4 client of a dual-stack listener is the same host as over IPv4.
+        let ip = peer.ip().to_canonical();
+        let mut open = self.open.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    fn log_refusal(&self, peer: SocketAddr) {
+        let mut log = self.log.lock();
+        log.1 += 1;
+        if log.0.is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            target: "chainboot::http",
+            client = %peer.ip(),
+            limit = self.limit,
+            refused = log.1,
+            "connections refused: client at [http] max_connections_per_client (count since the last such line)"
+        );
+        *log = (Some(Instant::now()), 0);
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -187,10 +263,21 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(client_slot) = ctx.per_client.claim(peer) else {
+            // Closed at once with a reset: nothing is read or sent, and the global slot
+            // goes back to the queue.
+            ctx.stats
+                .connections_refused_per_client
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.per_client.log_refusal(peer);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         tracker.spawn(async move {
             serve_connection(stream, peer, ctx).await;
+            drop(client_slot);
             drop(permit);
         });
     }

@@ -481,6 +481,11 @@ pub fn render_metrics(st: &OpsState) -> String {
             g(&h.connections_total),
         );
         w.counter(
+            "chainboot_http_connections_refused_per_client_total",
+            "HTTP connections closed at once: their client address had [http] max_connections_per_client open.",
+            g(&h.connections_refused_per_client),
+        );
+        w.counter(
             "chainboot_http_connections_timed_out_total",
             "HTTP connections closed as idle or slow.",
             g(&h.connections_timed_out),
