@@ -52,9 +52,10 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-fn healthz(http: &str) -> String {
+/// `/healthz` on the management (API) listener.
+fn healthz(api: &str) -> String {
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", &format!("http://{http}/healthz")])
+        .args(["-s", "--max-time", "10", &format!("http://{api}/healthz")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -86,8 +87,8 @@ fn sighup_with_a_fifo_or_dev_zero_as_config_keeps_the_running_config() {
     let (cfg, _) = loopback_config(dir.path(), "");
     let good = std::fs::read_to_string(&cfg).unwrap();
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
-    let http = server.listening("HTTP");
-    assert_eq!(healthz(&http), "ok");
+    let api = server.listening("API");
+    assert_eq!(healthz(&api), "ok");
 
     // The config path becomes a FIFO nobody writes to: a blocking read would hang forever.
     std::fs::remove_file(&cfg).unwrap();
@@ -97,7 +98,7 @@ fn sighup_with_a_fifo_or_dev_zero_as_config_keeps_the_running_config() {
         "a FIFO; a config must be a regular file",
         Duration::from_secs(10),
     );
-    assert_eq!(healthz(&http), "ok");
+    assert_eq!(healthz(&api), "ok");
 
     // A device that never ends.
     std::fs::remove_file(&cfg).unwrap();
@@ -107,7 +108,7 @@ fn sighup_with_a_fifo_or_dev_zero_as_config_keeps_the_running_config() {
         "a character device; a config must be a regular file",
         Duration::from_secs(10),
     );
-    assert_eq!(healthz(&http), "ok");
+    assert_eq!(healthz(&api), "ok");
 
     // The running config stayed: a real change is still a change against it, and is live.
     std::fs::remove_file(&cfg).unwrap();
@@ -142,8 +143,8 @@ fn state_dir_database_and_token_are_private_even_when_left_readable() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
-    let http = server.listening("HTTP");
-    assert_eq!(healthz(&http), "ok");
+    let api = server.listening("API");
+    assert_eq!(healthz(&api), "ok");
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&token), 0o600);
     for name in [
@@ -165,8 +166,8 @@ fn state_dir_database_and_token_are_private_even_when_left_readable() {
     let dir2 = tempfile::tempdir().unwrap();
     let (cfg2, _) = loopback_config(dir2.path(), "");
     let mut server2 = Server::start_in(None, &cfg2, dir2.path().join("log"));
-    let http2 = server2.listening("HTTP");
-    assert_eq!(healthz(&http2), "ok");
+    let api2 = server2.listening("API");
+    assert_eq!(healthz(&api2), "ok");
     let state2 = dir2.path().join("state");
     assert_eq!(mode(&state2), 0o700);
     assert_eq!(mode(&state2.join("api.token")), 0o600);
