@@ -24,17 +24,18 @@ pub struct TftpConfig {
     pub max_per_client: usize,
     /// Transfers running at once from one network prefix (IPv4 /24, IPv6 /64): one host can
     /// use many addresses of its prefix, and a real boot network is rarely asked for more
-    /// than this many files at the same moment by one /24.
+    /// than this many files at the same moment by one /24. Never less than `max_per_client`
+    /// (a prefix holds at least what one of its addresses may).
     pub max_per_prefix: usize,
     /// Percentage of `max_transfers` that transfers whose client has not acknowledged
     /// anything yet may hold: a forged source never will, so a flood of them cannot take
     /// every slot.
     pub unproven_percent: u8,
     /// Retransmissions of the first datagram before a client that never acknowledged
-    /// anything is given up (`retries` applies once it has).
+    /// anything is given up (`retries` applies once it has; never more than `retries`).
     pub unproven_retries: u32,
     /// Longest a transfer may go without progress, whatever timeout x retries the client
-    /// negotiated (RFC 2349 lets it ask for 255 s).
+    /// negotiated (RFC 2349 lets it ask for 255 s); never less than `timeout`.
     #[serde(with = "duration_text")]
     pub max_silence: Duration,
     /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
@@ -102,14 +103,8 @@ impl TftpConfig {
                 ),
             );
         }
-        if self.max_per_prefix < self.max_per_client {
-            bad(
-                "max_per_prefix",
-                format!(
-                    "{} is less than max_per_client ({})",
-                    self.max_per_prefix, self.max_per_client
-                ),
-            );
+        if self.max_per_prefix == 0 {
+            bad("max_per_prefix", "must be at least 1".into());
         }
         if !(1..=100).contains(&self.unproven_percent) {
             bad(
@@ -117,17 +112,13 @@ impl TftpConfig {
                 "must be between 1 and 100 (a percentage of max_transfers)".into(),
             );
         }
-        if self.unproven_retries > self.retries {
-            bad(
-                "unproven_retries",
-                format!("must be at most retries ({})", self.retries),
-            );
+        if self.unproven_retries > 100 {
+            bad("unproven_retries", "must be at most 100".into());
         }
-        if self.max_silence < self.timeout || self.max_silence > Duration::from_secs(3600) {
-            bad(
-                "max_silence",
-                "must be at least timeout and at most 1h".into(),
-            );
+        if self.max_silence < Duration::from_millis(10)
+            || self.max_silence > Duration::from_secs(3600)
+        {
+            bad("max_silence", "must be between 10ms and 1h".into());
         }
         if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(255) {
             bad(
@@ -173,6 +164,12 @@ impl TftpConfig {
     }
 
     /// Transfers whose client has not acknowledged anything yet that may run at once: the
+    /// Transfers at once per prefix: `max_per_prefix`, but never less than `max_per_client`
+    /// (behind a NAT a whole prefix is one address).
+    pub fn effective_max_per_prefix(&self) -> usize {
+        self.max_per_prefix.max(self.max_per_client).max(1)
+    }
+
     /// `unproven_percent` of `max_transfers` (rounded up), at least one.
     pub fn max_unproven(&self) -> usize {
         let percent = usize::from(self.unproven_percent.clamp(1, 100));
@@ -187,6 +184,7 @@ impl TftpConfig {
         TransferSettings {
             timeout: self.timeout,
             retries: self.retries,
+            // `Transfer::new` keeps unproven_retries <= retries and max_silence >= timeout.
             unproven_retries: self.unproven_retries,
             max_silence: self.max_silence,
             max_blksize: self.max_blksize,
@@ -265,9 +263,9 @@ mod tests {
         let c = TftpConfig {
             max_transfers: 4,
             max_per_client: 8,
-            max_per_prefix: 8,
+            max_per_prefix: 0,
             unproven_percent: 0,
-            unproven_retries: 1,
+            unproven_retries: 101,
             max_silence: Duration::from_secs(7200),
             max_blksize: 7,
             max_windowsize: 65,
@@ -282,6 +280,7 @@ mod tests {
             keys,
             [
                 "max_per_client",
+                "max_per_prefix",
                 "unproven_percent",
                 "unproven_retries",
                 "max_silence",

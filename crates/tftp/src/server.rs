@@ -220,7 +220,7 @@ impl TftpServer {
             local,
             max_transfers: config.max_transfers.max(1),
             max_per_client: config.max_per_client.max(1),
-            max_per_prefix: config.max_per_prefix.max(1),
+            max_per_prefix: config.effective_max_per_prefix(),
             max_unproven: config.max_unproven(),
             grace: config.shutdown_grace,
             shared: Arc::new(Shared {

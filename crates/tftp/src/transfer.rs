@@ -261,8 +261,10 @@ impl Transfer {
             timeout,
             max_retries: settings.retries,
             unproven_timeout: settings.timeout,
+            // Never more retries before the first ACK than after it, and silence never ends
+            // a transfer before one of the server's own timeouts.
             unproven_retries: settings.unproven_retries.min(settings.retries),
-            max_silence: settings.max_silence,
+            max_silence: settings.max_silence.max(settings.timeout),
             silent_since: now,
             proven: false,
             oack,
