@@ -1,9 +1,8 @@
 //! The listener side: sockets, connection cap, timeouts, keep-alive, graceful shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::per_client::PerClient;
 use crate::stats::{AccessRecord, LoggedBody};
 use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
 
@@ -162,78 +162,6 @@ struct ConnCtx {
     observer: Arc<dyn HttpObserver>,
     shutdown: CancellationToken,
     per_client: Arc<PerClient>,
-}
-
-/// Connections open per client address, across every listener (`[http]
-/// max_connections_per_client`), so that one host cannot hold every connection slot.
-struct PerClient {
-    limit: usize,
-    open: parking_lot::Mutex<HashMap<IpAddr, usize>>,
-    /// When the last refusal was logged, and refusals since (logged at most every
-    /// [`REFUSAL_LOG_INTERVAL`]: a flood of refusals must not become a flood of log lines).
-    log: parking_lot::Mutex<(Option<Instant>, u64)>,
-}
-
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// One connection's place in its client's count; given back on drop.
-struct ClientSlot {
-    owner: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    fn new(limit: usize) -> PerClient {
-        PerClient {
-            limit: limit.max(1),
-            open: parking_lot::Mutex::new(HashMap::new()),
-            log: parking_lot::Mutex::new((None, 0)),
-        }
-    }
-
-    /// A slot for a connection from `peer`, or `None` when it already has `limit` open.
-    fn claim(self: &Arc<Self>, peer: SocketAddr) -> Option<ClientSlot> {
-        // An IPv4 client of a dual-stack listener is the same host as over IPv4.
-        let ip = peer.ip().to_canonical();
-        let mut open = self.open.lock();
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            owner: self.clone(),
-            ip,
-        })
-    }
-
-    fn log_refusal(&self, peer: SocketAddr) {
-        let mut log = self.log.lock();
-        log.1 += 1;
-        if log.0.is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL) {
-            return;
-        }
-        tracing::warn!(
-            target: "chainboot::http",
-            client = %peer.ip(),
-            limit = self.limit,
-            refused = log.1,
-            "connections refused: client at [http] max_connections_per_client (count since the last such line)"
-        );
-        *log = (Some(Instant::now()), 0);
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.owner.open.lock();
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 async fn accept_loop(
