@@ -4,8 +4,9 @@
 //! Invariants: no DATA block lies beyond the content; at most `windowsize` blocks are
 //! unacknowledged (one datagram, the OACK, before ACK 0); a block sent twice carries the same
 //! bytes; the bytes are the content (netascii: converted); the transfer terminates: a silent
-//! client is dropped after `retries` timeouts, a good client completes it with the whole
-//! content, in a bounded number of steps.
+//! client is dropped after `retries` timeouts (`unproven_retries` before its first ACK, and
+//! within `max_silence`), a good client completes it with the whole content, in a bounded
+//! number of steps.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -233,6 +234,8 @@ fuzz_target!(|data: &[u8]| {
     let settings = TransferSettings {
         timeout: Duration::from_secs(1),
         retries: 3,
+        unproven_retries: 2,
+        max_silence: Duration::from_secs(30),
         max_blksize: 65464,
         max_windowsize: if flags & 8 != 0 { 8 } else { 64 },
     };

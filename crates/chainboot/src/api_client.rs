@@ -119,11 +119,7 @@ impl Client {
         let token = match &args.token {
             Some(t) => Some(t.clone()),
             None => {
-                let file = cfg
-                    .api
-                    .token_file
-                    .clone()
-                    .unwrap_or_else(|| cfg.server.state_dir.join("api.token"));
+                let file = cfg.api.token_path(&cfg.server.state_dir);
                 std::fs::read_to_string(&file)
                     .ok()
                     .map(|t| t.trim().to_string())

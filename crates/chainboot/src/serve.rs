@@ -146,6 +146,9 @@ fn open_shared(
         .api
         .load_or_create_token(&cfg.server.state_dir)
         .context("API token")?;
+    let token_path = cfg.api.token_path(&cfg.server.state_dir);
+    chainboot_store::restrict_permissions(&token_path, chainboot_store::PRIVATE_FILE_MODE)
+        .with_context(|| format!("API token {}", token_path.display()))?;
     let auth = ApiAuth::new(&token, cfg.api.read_requires_token);
     let observers = Arc::new(Observers {
         events: events.clone(),
@@ -348,7 +351,13 @@ async fn serve(
     let (policy, events) = (sh.policy, sh.events);
 
     let mut signals = Signals::new()?;
-    let mut current = cfg.clone();
+    let reloader = Reloader::spawn(
+        source.clone(),
+        cfg.clone(),
+        policy.clone(),
+        reloadable_dhcp,
+        quick.is_some(),
+    )?;
     let result = loop {
         tokio::select! {
             sig = signals.next() => match sig {
@@ -356,9 +365,7 @@ async fn serve(
                     info!("{name}: shutting down");
                     break Ok(());
                 }
-                Signal::Reload => {
-                    reload(&source, &mut current, &policy, &reloadable_dhcp, quick.is_some())
-                }
+                Signal::Reload => reloader.request(),
             },
             Some(done) = tasks.join_next() => break match done {
                 Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
@@ -444,6 +451,49 @@ impl Signals {
             _ = self.term.recv() => Signal::Stop("SIGTERM"),
             _ = self.int.recv() => Signal::Stop("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// SIGHUP's reload, on a thread of its own: reading the file and compiling the policy never
+/// hold up the signal loop (a config on a hung mount must not stall SIGTERM). One reload runs
+/// at a time; SIGHUPs that arrive meanwhile fold into one more reload after it, which reads the
+/// file as it is then, so the last change is never missed.
+struct Reloader {
+    queue: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Reloader {
+    fn spawn(
+        source: config::Source,
+        current: config::Config,
+        policy: Arc<Policy>,
+        dhcp: Arc<parking_lot::Mutex<chainboot_dhcp::Engine>>,
+        quick: bool,
+    ) -> std::io::Result<Reloader> {
+        let (queue, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("config-reload".into())
+            .spawn(move || {
+                let mut current = current;
+                // Ends when the server drops the `Reloader`.
+                while requests.recv().is_ok() {
+                    reload(&source, &mut current, &policy, &dhcp, quick);
+                }
+            })?;
+        Ok(Reloader { queue })
+    }
+
+    fn request(&self) {
+        use std::sync::mpsc::TrySendError;
+        match self.queue.try_send(()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(())) => {
+                info!("SIGHUP: a reload is already pending; it will read the file as it is then")
+            }
+            Err(TrySendError::Disconnected(())) => {
+                error!("SIGHUP: the reload thread has stopped; restart to change the config")
+            }
         }
     }
 }

@@ -90,18 +90,77 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// Largest config file read. Real configs are a few kilobytes; the cap keeps a wrong path
+/// (a log, an image) or a file that keeps growing from being read whole into memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Reads and loads a config file.
 pub fn load_file<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, Problems> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_config_text(path).map_err(|message| {
         Problems(vec![Problem {
             file: path.to_path_buf(),
             line: 0,
             column: 0,
             key: String::new(),
-            message: format!("cannot read: {e}"),
+            message,
         }])
     })?;
     load_str(path, &text)
+}
+
+/// Reads a config file, refusing anything but a regular file of at most
+/// [`MAX_CONFIG_BYTES`]: reading a FIFO would wait for a writer forever and a device such as
+/// /dev/zero never ends. The file is opened without blocking (a FIFO opens at once) and its
+/// type is taken from the open descriptor, so it cannot be swapped between check and read.
+fn read_config_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "cannot read: {what}; a config must be a regular file"
+        ));
+    }
+    let too_big = || format!("cannot read: larger than {MAX_CONFIG_BYTES} bytes (4 MiB)");
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    // The file may grow after the size check: never read more than the cap.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "cannot read: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Loads config text; `file` is used in messages only.

@@ -155,3 +155,53 @@ fn durations_parse() {
     assert_eq!(parse_duration("1h 30m").unwrap().as_secs(), 5400);
     assert!(parse_duration("soon").is_err());
 }
+
+fn refusal(path: &Path) -> String {
+    let started = std::time::Instant::now();
+    let err = load_file::<Doc>(path).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{} took {:?}",
+        path.display(),
+        started.elapsed()
+    );
+    assert_eq!(err.0.len(), 1, "{err}");
+    err.0[0].message.clone()
+}
+
+#[test]
+fn a_fifo_a_device_or_a_directory_as_config_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Nobody ever writes to it: a plain read would wait forever.
+    let m = refusal(&fifo);
+    assert!(m.contains("a FIFO") && m.contains("regular file"), "{m}");
+    let m = refusal(Path::new("/dev/zero"));
+    assert!(m.contains("a character device"), "{m}");
+    let m = refusal(dir.path());
+    assert!(m.contains("a directory"), "{m}");
+}
+
+#[test]
+fn a_config_larger_than_the_cap_is_refused_without_reading_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let f = std::fs::File::create(&big).unwrap();
+    // Sparse: 1 GiB of zeros costs no disk.
+    f.set_len(1 << 30).unwrap();
+    let m = refusal(&big);
+    assert!(m.contains("larger than 4194304 bytes"), "{m}");
+    // At the cap it is read (and then fails as TOML, not as a size).
+    let at_cap = dir.path().join("cap.toml");
+    let mut text = "# padding\n".repeat((MAX_CONFIG_BYTES as usize) / 10);
+    text.truncate(MAX_CONFIG_BYTES as usize);
+    std::fs::write(&at_cap, &text).unwrap();
+    assert!(load_file::<Doc>(&at_cap).is_ok());
+    // Symlinks to a regular file are fine.
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&at_cap, &link).unwrap();
+    assert!(load_file::<Doc>(&link).is_ok());
+}

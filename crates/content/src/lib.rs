@@ -8,6 +8,7 @@
 //! 3. the server reads the content with positioned reads ([`Content::read_at`]), which fail
 //!    instead of returning mixed bytes if the backing file changes underneath.
 
+mod case_index;
 mod content;
 mod path;
 mod root;

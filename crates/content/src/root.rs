@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::case_index::CaseIndex;
 use crate::{CleanPath, Content, ResolveError};
 
 /// A directory whose files may be served. Every open is checked twice: the canonical path must
@@ -17,6 +18,8 @@ use crate::{CleanPath, Content, ResolveError};
 pub struct Root {
     dir: PathBuf,
     fd: OwnedFd,
+    /// Directories' names folded to lower case, for the case-insensitive fallback.
+    case_index: CaseIndex,
 }
 
 impl Root {
@@ -43,7 +46,11 @@ impl Root {
         }
         // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Root { dir, fd })
+        Ok(Root {
+            dir,
+            fd,
+            case_index: CaseIndex::default(),
+        })
     }
 
     /// The canonical directory.
@@ -51,9 +58,16 @@ impl Root {
         &self.dir
     }
 
+    /// Directories read whole for the case-insensitive fallback since the root was opened.
+    /// A miss reads its directory only when the directory changed since its last read.
+    pub fn directory_reads(&self) -> u64 {
+        self.case_index.reads()
+    }
+
     /// Finds the file a clean path names, with a case-insensitive fallback per component when
     /// the exact name is missing (firmware and Windows clients ask for `PXELINUX.0` and
-    /// `pxelinux.cfg\Default`). Returns the canonical path, which is under the root.
+    /// `pxelinux.cfg\Default`), answered from an index of the directory (see `case_index`).
+    /// Returns the canonical path, which is under the root.
     pub fn locate(&self, path: &CleanPath) -> Result<PathBuf, ResolveError> {
         let mut candidate = self.dir.clone();
         for part in path.parts() {
@@ -87,19 +101,12 @@ impl Root {
                 at = exact;
                 continue;
             }
-            let entries = std::fs::read_dir(&at).map_err(|_| ResolveError::NotFound)?;
-            let mut found = None;
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(part)) {
-                    // Two names that differ only by case: ambiguous, refuse to guess.
-                    if found.is_some() {
-                        return Err(ResolveError::NotFound);
-                    }
-                    found = Some(entry.path());
-                }
-            }
-            at = found.ok_or(ResolveError::NotFound)?;
+            // Two names that differ only by case are ambiguous: not found, no guess.
+            let real = self
+                .case_index
+                .find(&at, part)
+                .ok_or(ResolveError::NotFound)?;
+            at.push(real);
         }
         Ok(at)
     }
@@ -324,6 +331,80 @@ mod tests {
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
         assert!(matches!(open("fifo"), Err(ResolveError::Forbidden(_))));
+    }
+
+    /// Sets a path's modification time `ago` in the past.
+    fn age(path: &Path, ago: std::time::Duration) {
+        let t = std::time::SystemTime::now() - ago;
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let ts = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as _,
+        };
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path and two timespecs (atime, mtime).
+        let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [ts, ts].as_ptr(), 0) };
+        assert_eq!(r, 0);
+    }
+
+    #[test]
+    fn misses_in_a_huge_directory_read_it_once_and_a_change_is_seen() {
+        let root = tempfile::tempdir().unwrap();
+        let big = root.path().join("big");
+        std::fs::create_dir(&big).unwrap();
+        for i in 0..20_000 {
+            File::create(big.join(format!("file-{i:05}"))).unwrap();
+        }
+        std::fs::write(big.join("PXELINUX.0"), b"pxe").unwrap();
+        std::fs::write(big.join("Twice"), b"1").unwrap();
+        std::fs::write(big.join("TWICE"), b"2").unwrap();
+        age(&big, std::time::Duration::from_secs(3600));
+        let r = Root::new(root.path()).unwrap();
+        let open = |raw: &str| r.open(&CleanPath::parse(raw).unwrap());
+
+        assert_eq!(open("big/pxelinux.0").unwrap().len(), 3);
+        assert_eq!(r.directory_reads(), 1);
+        // A flood of misses (and case-insensitive hits) reads the directory no more.
+        let started = std::time::Instant::now();
+        for i in 0..2000 {
+            assert!(matches!(
+                open(&format!("big/missing-{i}")),
+                Err(ResolveError::NotFound)
+            ));
+            assert_eq!(open("big/Pxelinux.0").unwrap().len(), 3);
+        }
+        eprintln!(
+            "4000 lookups in a 20 000-entry directory: {:?}, {} directory read(s)",
+            started.elapsed(),
+            r.directory_reads()
+        );
+        assert_eq!(r.directory_reads(), 1);
+        // Exact names never need the index; names that differ only by case are ambiguous.
+        assert_eq!(open("big/Twice").unwrap().len(), 1);
+        assert!(matches!(open("big/twice"), Err(ResolveError::NotFound)));
+        assert_eq!(r.directory_reads(), 1);
+
+        // A file added: the directory's mtime moves and the next miss sees it.
+        std::fs::write(big.join("New.CFG"), b"new!").unwrap();
+        assert_eq!(open("big/new.cfg").unwrap().len(), 4);
+        assert_eq!(r.directory_reads(), 2);
+        // Changed just now: a second change could share the timestamp, so the index is not
+        // trusted yet and the next miss reads again...
+        assert!(matches!(open("big/nope"), Err(ResolveError::NotFound)));
+        assert_eq!(r.directory_reads(), 3);
+        // ...until the directory has been quiet for a while.
+        age(&big, std::time::Duration::from_secs(60));
+        assert!(matches!(open("big/nope"), Err(ResolveError::NotFound)));
+        assert!(matches!(open("big/nope2"), Err(ResolveError::NotFound)));
+        assert_eq!(open("big/NEW.cfg").unwrap().len(), 4);
+        assert_eq!(r.directory_reads(), 4);
+        // A file removed is gone from the index too.
+        std::fs::remove_file(big.join("PXELINUX.0")).unwrap();
+        assert!(matches!(
+            open("big/pxelinux.0"),
+            Err(ResolveError::NotFound)
+        ));
+        assert_eq!(r.directory_reads(), 5);
     }
 
     #[test]

@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = HttpConfig {
         listen: Listen::One(listen.clone()),
         root: Some(root.into()),
+        // Every benchmark connection comes from 127.0.0.1.
+        max_connections_per_client: HttpConfig::default().max_connections,
         ..HttpConfig::default()
     };
     let isos = IsoLibrary::open(&[IsoConfig {

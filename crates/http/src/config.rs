@@ -22,6 +22,10 @@ pub struct HttpConfig {
     pub listing: bool,
     /// Connections served at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed as they arrive
+    /// (queueing them would hold up everyone behind in the accept queue). iPXE uses one or
+    /// two at a time; the cap keeps one host from holding every slot of `max_connections`.
+    pub max_connections_per_client: usize,
     /// Time allowed to send a request's headers (slowloris defence). hyper starts this clock
     /// whenever it waits for a request head, so it also bounds how long a keep-alive
     /// connection may sit idle between requests.
@@ -80,6 +84,7 @@ impl Default for HttpConfig {
             root: None,
             listing: false,
             max_connections: 4096,
+            max_connections_per_client: 64,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
@@ -142,6 +147,13 @@ impl HttpConfig {
             return Err(err(
                 "max_connections",
                 format!("{} is outside 1..=1000000", self.max_connections),
+            ));
+        }
+        // Above max_connections it is simply never reached.
+        if self.max_connections_per_client == 0 {
+            return Err(err(
+                "max_connections_per_client",
+                "must be at least 1".into(),
             ));
         }
         for (key, d) in [
@@ -238,6 +250,13 @@ mod tests {
                 "listen",
                 HttpConfig {
                     listen: Listen::Many(vec![]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_connections_per_client",
+                HttpConfig {
+                    max_connections_per_client: 0,
                     ..Default::default()
                 },
             ),

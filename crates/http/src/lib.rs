@@ -24,6 +24,7 @@
 //! ```
 
 mod config;
+mod per_client;
 mod response;
 mod routes;
 mod server;

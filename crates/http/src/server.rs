@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::per_client::PerClient;
 use crate::stats::{AccessRecord, LoggedBody};
 use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
 
@@ -104,6 +105,7 @@ impl HttpServer {
             .layer(RequestBodyLimitLayer::new(cfg.request_body_limit))
             .layer(axum::middleware::from_fn(api_errors_as_json));
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let per_client = Arc::new(PerClient::new(cfg.max_connections_per_client));
         let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
         for l in self.listeners {
@@ -116,6 +118,7 @@ impl HttpServer {
                 stats: self.stats.clone(),
                 observer: self.observer.clone(),
                 shutdown: shutdown.clone(),
+                per_client: per_client.clone(),
             };
             let (slots, tracker2) = (slots.clone(), tracker.clone());
             tracker.spawn(accept_loop(listener, ctx, slots, tracker2));
@@ -158,6 +161,7 @@ struct ConnCtx {
     stats: Arc<HttpStats>,
     observer: Arc<dyn HttpObserver>,
     shutdown: CancellationToken,
+    per_client: Arc<PerClient>,
 }
 
 async fn accept_loop(
@@ -187,10 +191,21 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(client_slot) = ctx.per_client.claim(peer) else {
+            // Closed at once with a reset: nothing is read or sent, and the global slot
+            // goes back to the queue.
+            ctx.stats
+                .connections_refused_per_client
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.per_client.log_refusal(peer);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         tracker.spawn(async move {
             serve_connection(stream, peer, ctx).await;
+            drop(client_slot);
             drop(permit);
         });
     }

@@ -26,6 +26,9 @@ pub struct HttpStats {
     pub active_connections: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Connections closed at once because their client address already had
+    /// `max_connections_per_client` open.
+    pub connections_refused_per_client: AtomicU64,
     /// Connections closed for being idle or slow (headers, `request_timeout`,
     /// `send_timeout`).
     pub connections_timed_out: AtomicU64,

@@ -594,7 +594,9 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_share_an_8mib_file_with_flat_memory() {
-    let s = start(|_| {}).await;
+    // 64 machines would be 64 addresses; here they all come from 127.0.0.1, beside the
+    // warm-up client's kept-alive connection.
+    let s = start(|c| c.max_connections_per_client = c.max_connections).await;
     let want = sha(&s.files["big.bin"]);
     let url = format!("{}/files/big.bin", s.base);
     // Warm up allocator and page cache, then measure.
@@ -771,6 +773,110 @@ async fn connection_cap_queues_clients_instead_of_refusing_them() {
     let r = curl(&[&format!("{}/files/small.txt", s.base)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, s.files["small.txt"]);
+    s.shutdown().await;
+}
+
+/// Connects from a given loopback address (an error when the server reset the connection
+/// before the handshake was reported).
+async fn connect_from(ip: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    sock.connect(addr).await
+}
+
+/// A GET on an open connection: the status, or 0 when the server closed or reset it.
+async fn get_on(mut sock: tokio::net::TcpStream, path: &str) -> u16 {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    if let Err(e) = sock.write_all(req.as_bytes()).await {
+        eprintln!("request not sent: {e}");
+        return 0;
+    }
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+        .await
+        .expect("an answer or a close in time");
+    if let Err(e) = r {
+        eprintln!("response not read: {e} (after {} bytes)", out.len());
+    }
+    // The status line only: the body is binary.
+    let line_end = out.iter().position(|&b| b == b'\r').unwrap_or(0);
+    std::str::from_utf8(&out[..line_end])
+        .ok()
+        .and_then(|s| s.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_hold_every_connection_slot() {
+    let s = start(|c| {
+        c.max_connections = 16;
+        c.max_connections_per_client = 4;
+        c.header_read_timeout = Duration::from_secs(30);
+        c.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let active = || {
+        s.stats
+            .active_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let refused = || {
+        s.stats
+            .connections_refused_per_client
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // One host opens 40 silent connections (enough to fill the server 2.5 times over).
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(connect_from("127.0.0.1", s.addr).await);
+        // One at a time, so that the first four are the ones admitted.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused() < 36 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(), 36, "connections beyond the per-client cap");
+    assert_eq!(active(), 4, "only the per-client cap is held");
+    // The refused ones were closed at once, without a response.
+    let mut closed = 0;
+    for sock in held.drain(4..) {
+        let Ok(mut sock) = sock else {
+            closed += 1;
+            continue;
+        };
+        let mut b = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut b))
+            .await
+            .expect("a refused connection is closed, not left hanging");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        closed += 1;
+    }
+    assert!(
+        held.iter().all(|c| c.is_ok()),
+        "an admitted connection failed"
+    );
+    assert_eq!(closed, 36);
+    // Another host is served at once, the first one's four are still open...
+    let other = connect_from("127.0.0.2", s.addr).await.unwrap();
+    assert_eq!(get_on(other, "/files/small.txt").await, 200);
+    assert_eq!(active(), 4);
+    // ...and the capped host gets a connection again when one of its own closes.
+    drop(held.pop());
+    // The slot is given back when the server has finished with the closed connection.
+    let mut served = false;
+    for _ in 0..250 {
+        if let Ok(again) = connect_from("127.0.0.1", s.addr).await {
+            if get_on(again, "/files/small.txt").await == 200 {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a slot given back was not reusable");
+    drop(held);
     s.shutdown().await;
 }
 

@@ -27,6 +27,16 @@ pub const MAX_SYMLINK_HOPS: usize = 40;
 const MAX_DESCRIPTORS: u64 = 64;
 /// Rock Ridge continuation areas (CE) followed for one directory record.
 const MAX_CONTINUATIONS: usize = 16;
+/// Longest Rock Ridge symlink target (Linux's PATH_MAX: no real file system holds longer).
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+/// Longest Rock Ridge name (NM) kept while assembling it; longer names are not indexed.
+const MAX_NAME: usize = 1024;
+/// Most system use bytes (SUSP entries in directory records and their continuation areas)
+/// read for one image, also never more than the image's own size. A continuation area can be
+/// shared by any number of records and is read again for each of them: without this, a few
+/// megabytes of image made indexing assemble gigabytes of symlink targets. Real images use
+/// a few hundred bytes per entry (a Debian DVD: about 20 MiB for 70 000 entries).
+pub const MAX_SYSTEM_USE_BYTES: u64 = 64 << 20;
 
 /// Which names the index uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +171,7 @@ impl IsoImage {
         let reader = Reader {
             file: &file,
             len: meta.len(),
+            system_use: std::cell::Cell::new(0),
         };
         if reader.len < 17 * SECTOR {
             return Err(IsoErrorKind::NotIso(format!(
@@ -344,7 +355,7 @@ impl IsoImage {
                     continue;
                 }
                 if rec.flags & FLAG_DIRECTORY != 0 {
-                    let rr = self.rock_ridge(reader, &rec, skip)?;
+                    let rr = self.rock_ridge(reader, &rec, skip, &dir_path)?;
                     if rr.relocated {
                         // RRIP 4.1.5.2: a relocated directory is reached through its CL
                         // entry in the original place; hide it here.
@@ -394,7 +405,7 @@ impl IsoImage {
         skip: usize,
         dir_path: &str,
     ) -> Result<Option<Subdir>, IsoErrorKind> {
-        let rr = self.rock_ridge(reader, rec, skip)?;
+        let rr = self.rock_ridge(reader, rec, skip, dir_path)?;
         let Some(name) = self.entry_name(rec, &rr) else {
             return Ok(None);
         };
@@ -447,11 +458,12 @@ impl IsoImage {
         reader: &Reader,
         rec: &DirRecord,
         skip: usize,
+        dir_path: &str,
     ) -> Result<RockRidge, IsoErrorKind> {
         if self.scheme != NameScheme::RockRidge {
             return Ok(RockRidge::default());
         }
-        reader.rock_ridge(rec, skip)
+        reader.rock_ridge(rec, skip, dir_path)
     }
 
     /// The name an entry is indexed under; `None` for names that cannot be a path component.
@@ -757,6 +769,8 @@ struct RockRidge {
 struct Reader<'a> {
     file: &'a File,
     len: u64,
+    /// System use bytes read so far (see [`MAX_SYSTEM_USE_BYTES`]).
+    system_use: std::cell::Cell<u64>,
 }
 
 impl Reader<'_> {
@@ -815,13 +829,34 @@ impl Reader<'_> {
         Ok(None)
     }
 
+    /// Counts `bytes` of system use data against the image's budget.
+    fn charge_system_use(&self, bytes: u64, dir_path: &str) -> Result<(), IsoErrorKind> {
+        let total = self.system_use.get() + bytes;
+        self.system_use.set(total);
+        let limit = MAX_SYSTEM_USE_BYTES.min(self.len);
+        if total > limit {
+            return Err(IsoErrorKind::Corrupt(format!(
+                "Rock Ridge system use data adds up to more than {limit} bytes (at /{dir_path}; \
+                 the limit is the image size, at most {MAX_SYSTEM_USE_BYTES}): continuation \
+                 areas shared between records?"
+            )));
+        }
+        Ok(())
+    }
+
     /// Parses the SUSP entries of a record, following continuation areas (CE).
-    fn rock_ridge(&self, rec: &DirRecord, skip: usize) -> Result<RockRidge, IsoErrorKind> {
+    fn rock_ridge(
+        &self,
+        rec: &DirRecord,
+        skip: usize,
+        dir_path: &str,
+    ) -> Result<RockRidge, IsoErrorKind> {
         let mut rr = RockRidge::default();
         let mut name = Vec::new();
         let mut name_seen = false;
         let mut link = SymlinkBuilder::default();
         let mut area = rec.system_use.get(skip..).unwrap_or_default().to_vec();
+        self.charge_system_use(area.len() as u64, dir_path)?;
         let mut hops = 0;
         loop {
             let mut next: Option<(u32, u64, u64)> = None;
@@ -836,7 +871,10 @@ impl Reader<'_> {
                 match &sig {
                     // Flags 2/4 mean "." / ".." (RRIP 4.1.4): not a real name.
                     b"NM" if len >= 5 && e[4] & 0x06 == 0 => {
-                        name.extend_from_slice(&e[5..]);
+                        // Past the longest name indexed it is dropped anyway (`entry_name`);
+                        // keep one byte more so that it still reads as too long.
+                        let room = (MAX_NAME + 1).saturating_sub(name.len());
+                        name.extend_from_slice(&e[5..][..room.min(len - 5)]);
                         name_seen = true;
                     }
                     b"SL" if len >= 5 => link.add(&e[5..]),
@@ -863,28 +901,37 @@ impl Reader<'_> {
                     "Rock Ridge continuation area at sector {lba} is invalid or chained too long"
                 )));
             }
+            self.charge_system_use(len, dir_path)?;
             area = self.read(lba as u64 * SECTOR + offset, len as usize)?;
         }
         if name_seen {
             rr.name = Some(String::from_utf8_lossy(&name).into_owned());
         }
-        rr.symlink = link.finish();
+        rr.symlink = link.finish().map_err(|()| {
+            IsoErrorKind::Corrupt(format!(
+                "a Rock Ridge symlink in /{dir_path} has a target longer than \
+                 {MAX_SYMLINK_TARGET} bytes"
+            ))
+        })?;
         Ok(rr)
     }
 }
 
-/// Assembles an RRIP "SL" symlink target from its component records (RRIP 4.1.3.1).
+/// Assembles an RRIP "SL" symlink target from its component records (RRIP 4.1.3.1), up to
+/// [`MAX_SYMLINK_TARGET`] bytes.
 #[derive(Default)]
 struct SymlinkBuilder {
     target: Option<String>,
     /// The last component had the CONTINUE flag: the next one is glued on without a `/`.
     continuing: bool,
+    /// The target grew past the cap: the rest is not assembled.
+    too_long: bool,
 }
 
 impl SymlinkBuilder {
     fn add(&mut self, mut comps: &[u8]) {
         let target = self.target.get_or_insert_with(String::new);
-        while comps.len() >= 2 {
+        while comps.len() >= 2 && !self.too_long {
             let flags = comps[0];
             let len = comps[1] as usize;
             let Some(content) = comps.get(2..2 + len) else {
@@ -901,11 +948,19 @@ impl SymlinkBuilder {
             }
             self.continuing = flags & 0x01 != 0;
             comps = &comps[2 + len..];
+            if target.len() > MAX_SYMLINK_TARGET {
+                self.too_long = true;
+                target.clear();
+            }
         }
     }
 
-    fn finish(self) -> Option<String> {
-        self.target
+    /// The target, `Ok(None)` when the record has no SL entry, `Err` when it was too long.
+    fn finish(self) -> Result<Option<String>, ()> {
+        if self.too_long {
+            return Err(());
+        }
+        Ok(self.target)
     }
 }
 
@@ -1006,10 +1061,35 @@ mod tests {
         // "../dir/fi" + "le" (continued) as RRIP component records.
         b.add(&[0x04, 0, 0, 3, b'd', b'i', b'r', 0x01, 2, b'f', b'i']);
         b.add(&[0, 2, b'l', b'e']);
-        assert_eq!(b.finish().unwrap(), "../dir/file");
+        assert_eq!(b.finish().unwrap().unwrap(), "../dir/file");
         let mut b = SymlinkBuilder::default();
         b.add(&[0x08, 0, 0, 3, b'u', b's', b'r']);
-        assert_eq!(b.finish().unwrap(), "/usr");
+        assert_eq!(b.finish().unwrap().unwrap(), "/usr");
+    }
+
+    #[test]
+    fn symlink_targets_stop_at_the_cap() {
+        let component = |n: u8| {
+            let mut c = vec![0u8, 250];
+            c.extend(std::iter::repeat_n(n, 250));
+            c
+        };
+        // 16 components of 250 bytes and their slashes: 4015 bytes, under the cap.
+        let mut b = SymlinkBuilder::default();
+        for i in 0..16 {
+            b.add(&component(b'a' + i));
+        }
+        assert_eq!(b.finish().unwrap().unwrap().len(), 16 * 251 - 1);
+        // One more goes past it: refused, and nothing more is kept while adding.
+        let mut b = SymlinkBuilder::default();
+        for i in 0..1000 {
+            b.add(&component(b'a' + (i % 26) as u8));
+            assert!(b
+                .target
+                .as_ref()
+                .is_some_and(|t| t.len() <= MAX_SYMLINK_TARGET + 251));
+        }
+        assert!(b.finish().is_err());
     }
 
     #[test]

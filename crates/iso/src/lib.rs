@@ -32,6 +32,6 @@ mod library;
 pub use config::{IsoConfig, IsoConfigError};
 pub use image::{
     EntryKind, IsoEntry, IsoError, IsoErrorKind, IsoImage, NameScheme, MAX_DEPTH, MAX_DIR_BYTES,
-    MAX_ENTRIES, MAX_SYMLINK_HOPS, SECTOR,
+    MAX_ENTRIES, MAX_SYMLINK_HOPS, MAX_SYMLINK_TARGET, MAX_SYSTEM_USE_BYTES, SECTOR,
 };
 pub use library::{IsoLibrary, IsoStatus};

@@ -463,6 +463,8 @@ pub fn render_metrics(st: &OpsState) -> String {
                 ("reason=\"refused_path\"".into(), s.refused as f64),
                 ("reason=\"not_found\"".into(), s.not_found as f64),
                 ("reason=\"busy\"".into(), s.busy as f64),
+                ("reason=\"busy_prefix\"".into(), s.busy_prefix as f64),
+                ("reason=\"busy_unproven\"".into(), s.busy_unproven as f64),
                 ("reason=\"write_request\"".into(), s.writes_refused as f64),
                 ("reason=\"malformed\"".into(), s.malformed as f64),
                 ("reason=\"unknown_tid\"".into(), s.unknown_tid as f64),
@@ -481,6 +483,16 @@ pub fn render_metrics(st: &OpsState) -> String {
             "chainboot_tftp_active_transfers",
             "TFTP transfers running now.",
             s.active as f64,
+        );
+        w.gauge(
+            "chainboot_tftp_unproven_transfers",
+            "TFTP transfers admitted whose client has not acknowledged anything yet.",
+            s.unproven as f64,
+        );
+        w.counter(
+            "chainboot_tftp_unproven_timeouts_total",
+            "TFTP transfers given up before their client acknowledged anything.",
+            s.unproven_timeouts,
         );
         w.family(
             "chainboot_tftp_busy_polls_total",
@@ -538,6 +550,11 @@ pub fn render_metrics(st: &OpsState) -> String {
             "chainboot_http_connections_total",
             "HTTP connections accepted.",
             g(&h.connections_total),
+        );
+        w.counter(
+            "chainboot_http_connections_refused_per_client_total",
+            "HTTP connections closed at once: their client address had [http] max_connections_per_client open.",
+            g(&h.connections_refused_per_client),
         );
         w.counter(
             "chainboot_http_connections_timed_out_total",

@@ -293,15 +293,19 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
+    /// Where the API token is: `token_file`, or `api.token` in `state_dir`.
+    pub fn token_path(&self, state_dir: &Path) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("api.token"))
+    }
+
     /// Reads the API token, creating the file (mode 0600, 32 random bytes as hex) when it does
     /// not exist. An empty or unreadable file is an error, never an open API.
     pub fn load_or_create_token(&self, state_dir: &Path) -> std::io::Result<String> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = self
-            .token_file
-            .clone()
-            .unwrap_or_else(|| state_dir.join("api.token"));
+        let path = self.token_path(state_dir);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let token = text.trim().to_string();

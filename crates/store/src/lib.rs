@@ -19,6 +19,68 @@ use thiserror::Error;
 
 /// The database file name inside `state_dir`.
 pub const DB_FILE: &str = "chainboot.sqlite3";
+/// SQLite's write-ahead log and shared-memory index beside it (WAL mode).
+const WAL_FILE: &str = "chainboot.sqlite3-wal";
+const SHM_FILE: &str = "chainboot.sqlite3-shm";
+
+/// Modes of state chainboot keeps private: secrets of every machine (the database) and the
+/// API token.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with mode 0700 when it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (an empty file is a new database to
+/// SQLite, which would otherwise create it 0644).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the permission bits of `path` beyond `allowed` (group and other bits for 0600 or
+/// 0700), logging a warning when it changes anything. A directory with the sticky bit (a
+/// shared one such as /tmp) is left alone with a warning: it is not chainboot's own to change.
+pub fn restrict_permissions(path: &Path, allowed: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & !allowed & 0o777 == 0 {
+        return Ok(());
+    }
+    if meta.is_dir() && mode & 0o1000 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            "state directory is shared (sticky bit): its files are made private, the directory is left as it is"
+        );
+        return Ok(());
+    }
+    let tightened = mode & !(!allowed & 0o777);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(tightened))?;
+    tracing::warn!(
+        path = %path.display(),
+        was = format_args!("{mode:04o}"),
+        now = format_args!("{tightened:04o}"),
+        "state file was readable by others (it holds machine secrets or the API token); permissions tightened"
+    );
+    Ok(())
+}
 
 /// A store failure. The message says what was being done.
 #[derive(Debug, Error)]
@@ -75,12 +137,17 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the database in `state_dir` and brings its schema up to date.
+    /// The database holds every machine's secret: `state_dir` is made 0700 and the database
+    /// files 0600 (created so, and tightened with a warning when found looser).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+        let dir_error = |source| StoreError::Dir {
             path: state_dir.to_path_buf(),
             source,
-        })?;
-        Store::open_rw(state_dir).map_err(|e| {
+        };
+        create_private_dir(state_dir).map_err(dir_error)?;
+        restrict_permissions(state_dir, PRIVATE_DIR_MODE).map_err(dir_error)?;
+        create_private_file(&state_dir.join(DB_FILE)).map_err(dir_error)?;
+        let store = Store::open_rw(state_dir).map_err(|e| {
             // SQLite's own message for an unwritable folder is vague ("unable to open database
             // file"): when a probe file cannot be written either, name the cause.
             let probe = state_dir.join(".write-probe");
@@ -91,7 +158,16 @@ impl Store {
                 },
                 Ok(()) => e,
             }
-        })
+        })?;
+        // SQLite gives -wal and -shm the database file's mode; tighten any left looser by an
+        // older version.
+        for name in [DB_FILE, WAL_FILE, SHM_FILE] {
+            let path = state_dir.join(name);
+            if path.exists() {
+                restrict_permissions(&path, PRIVATE_FILE_MODE).map_err(dir_error)?;
+            }
+        }
+        Ok(store)
     }
 
     fn open_rw(state_dir: &Path) -> Result<Store, StoreError> {
@@ -233,6 +309,54 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_state_dir_is_0700_and_the_database_files_0600() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        let s = Store::open(&dir).unwrap();
+        s.write(|tx| tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);"))
+            .unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for name in [DB_FILE, WAL_FILE, SHM_FILE] {
+            assert!(dir.join(name).exists(), "{name}");
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn looser_state_files_are_tightened_at_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        drop(Store::open(&dir).unwrap());
+        // As an older version left them: 0755 dir, 0644 files.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join(WAL_FILE), b"").unwrap();
+        for name in [DB_FILE, WAL_FILE] {
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        let _s = Store::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(WAL_FILE)), 0o600);
+    }
+
+    #[test]
+    fn a_shared_sticky_directory_is_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let _s = Store::open(base.path()).unwrap();
+        assert_eq!(mode(base.path()), 0o1777);
+        assert_eq!(mode(&base.path().join(DB_FILE)), 0o600);
+    }
 
     #[test]
     fn opens_twice_and_migrates_once() {

@@ -22,6 +22,22 @@ pub struct TftpConfig {
     /// Transfers running at once from one IP address. A booting machine fetches one file at a
     /// time; a relay or NAT can put many machines behind one address, hence not 1.
     pub max_per_client: usize,
+    /// Transfers running at once from one network prefix (IPv4 /24, IPv6 /64): one host can
+    /// use many addresses of its prefix, and a real boot network is rarely asked for more
+    /// than this many files at the same moment by one /24. Never less than `max_per_client`
+    /// (a prefix holds at least what one of its addresses may).
+    pub max_per_prefix: usize,
+    /// Percentage of `max_transfers` that transfers whose client has not acknowledged
+    /// anything yet may hold: a forged source never will, so a flood of them cannot take
+    /// every slot.
+    pub unproven_percent: u8,
+    /// Retransmissions of the first datagram before a client that never acknowledged
+    /// anything is given up (`retries` applies once it has; never more than `retries`).
+    pub unproven_retries: u32,
+    /// Longest a transfer may go without progress, whatever timeout x retries the client
+    /// negotiated (RFC 2349 lets it ask for 255 s); never less than `timeout`.
+    #[serde(with = "duration_text")]
+    pub max_silence: Duration,
     /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
     #[serde(with = "duration_text")]
     pub timeout: Duration,
@@ -52,6 +68,10 @@ impl Default for TftpConfig {
             root: None,
             max_transfers: 1000,
             max_per_client: 16,
+            max_per_prefix: 128,
+            unproven_percent: 50,
+            unproven_retries: 2,
+            max_silence: Duration::from_secs(30),
             timeout: Duration::from_secs(1),
             retries: 5,
             max_blksize: MAX_BLKSIZE,
@@ -82,6 +102,23 @@ impl TftpConfig {
                     self.max_per_client, self.max_transfers
                 ),
             );
+        }
+        if self.max_per_prefix == 0 {
+            bad("max_per_prefix", "must be at least 1".into());
+        }
+        if !(1..=100).contains(&self.unproven_percent) {
+            bad(
+                "unproven_percent",
+                "must be between 1 and 100 (a percentage of max_transfers)".into(),
+            );
+        }
+        if self.unproven_retries > 100 {
+            bad("unproven_retries", "must be at most 100".into());
+        }
+        if self.max_silence < Duration::from_millis(10)
+            || self.max_silence > Duration::from_secs(3600)
+        {
+            bad("max_silence", "must be between 10ms and 1h".into());
         }
         if self.timeout < Duration::from_millis(10) || self.timeout > Duration::from_secs(255) {
             bad(
@@ -126,11 +163,30 @@ impl TftpConfig {
         problems
     }
 
+    /// Transfers whose client has not acknowledged anything yet that may run at once: the
+    /// Transfers at once per prefix: `max_per_prefix`, but never less than `max_per_client`
+    /// (behind a NAT a whole prefix is one address).
+    pub fn effective_max_per_prefix(&self) -> usize {
+        self.max_per_prefix.max(self.max_per_client).max(1)
+    }
+
+    /// `unproven_percent` of `max_transfers` (rounded up), at least one.
+    pub fn max_unproven(&self) -> usize {
+        let percent = usize::from(self.unproven_percent.clamp(1, 100));
+        self.max_transfers
+            .max(1)
+            .saturating_mul(percent)
+            .div_ceil(100)
+    }
+
     /// The per-transfer part of the config.
     pub fn transfer_settings(&self) -> TransferSettings {
         TransferSettings {
             timeout: self.timeout,
             retries: self.retries,
+            // `Transfer::new` keeps unproven_retries <= retries and max_silence >= timeout.
+            unproven_retries: self.unproven_retries,
+            max_silence: self.max_silence,
             max_blksize: self.max_blksize,
             max_windowsize: self.max_windowsize,
         }
@@ -173,6 +229,10 @@ mod tests {
             root = "/tmp"
             max_transfers = 10
             max_per_client = 2
+            max_per_prefix = 4
+            unproven_percent = 25
+            unproven_retries = 1
+            max_silence = "10s"
             timeout = "500ms"
             retries = 3
             max_blksize = 1468
@@ -203,6 +263,10 @@ mod tests {
         let c = TftpConfig {
             max_transfers: 4,
             max_per_client: 8,
+            max_per_prefix: 0,
+            unproven_percent: 0,
+            unproven_retries: 101,
+            max_silence: Duration::from_secs(7200),
             max_blksize: 7,
             max_windowsize: 65,
             retries: 0,
@@ -216,6 +280,10 @@ mod tests {
             keys,
             [
                 "max_per_client",
+                "max_per_prefix",
+                "unproven_percent",
+                "unproven_retries",
+                "max_silence",
                 "timeout",
                 "retries",
                 "max_blksize",

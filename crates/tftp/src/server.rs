@@ -42,6 +42,14 @@ pub struct TftpStats {
     pub not_found: AtomicU64,
     /// Requests turned away by `max_transfers` or `max_per_client`.
     pub busy: AtomicU64,
+    /// Requests turned away by `max_per_prefix` (IPv4 /24, IPv6 /64).
+    pub busy_prefix: AtomicU64,
+    /// Requests turned away because transfers whose client has not acknowledged anything
+    /// yet already hold their share (`unproven_percent`) of `max_transfers`.
+    pub busy_unproven: AtomicU64,
+    /// Transfers given up before their client acknowledged anything (a forged or silent
+    /// source).
+    pub unproven_timeouts: AtomicU64,
     /// Write requests (always refused).
     pub writes_refused: AtomicU64,
     /// Datagrams that were not valid TFTP, or made no sense where they arrived.
@@ -54,6 +62,8 @@ pub struct TftpStats {
     pub bytes: AtomicU64,
     /// Transfers running now.
     pub active: AtomicU64,
+    /// Admitted transfers whose client has not acknowledged anything yet (now).
+    pub unproven: AtomicU64,
     /// Waits for an ACK that busy-polled first (`[tftp] busy_poll`), and those of them whose
     /// ACK came while polling (the rest then slept: CPU spent for nothing).
     pub busy_polls: AtomicU64,
@@ -69,12 +79,16 @@ pub struct TftpStatsSnapshot {
     pub refused: u64,
     pub not_found: u64,
     pub busy: u64,
+    pub busy_prefix: u64,
+    pub busy_unproven: u64,
+    pub unproven_timeouts: u64,
     pub writes_refused: u64,
     pub malformed: u64,
     pub unknown_tid: u64,
     pub duplicate_requests: u64,
     pub bytes: u64,
     pub active: u64,
+    pub unproven: u64,
     pub busy_polls: u64,
     pub busy_polls_answered: u64,
 }
@@ -89,12 +103,16 @@ impl TftpStats {
             refused: g(&self.refused),
             not_found: g(&self.not_found),
             busy: g(&self.busy),
+            busy_prefix: g(&self.busy_prefix),
+            busy_unproven: g(&self.busy_unproven),
+            unproven_timeouts: g(&self.unproven_timeouts),
             writes_refused: g(&self.writes_refused),
             malformed: g(&self.malformed),
             unknown_tid: g(&self.unknown_tid),
             duplicate_requests: g(&self.duplicate_requests),
             bytes: g(&self.bytes),
             active: g(&self.active),
+            unproven: g(&self.unproven),
             busy_polls: g(&self.busy_polls),
             busy_polls_answered: g(&self.busy_polls_answered),
         }
@@ -164,6 +182,8 @@ pub struct TftpServer {
     local: SocketAddr,
     max_transfers: usize,
     max_per_client: usize,
+    max_per_prefix: usize,
+    max_unproven: usize,
     grace: Duration,
     shared: Arc<Shared>,
 }
@@ -200,6 +220,8 @@ impl TftpServer {
             local,
             max_transfers: config.max_transfers.max(1),
             max_per_client: config.max_per_client.max(1),
+            max_per_prefix: config.effective_max_per_prefix(),
+            max_unproven: config.max_unproven(),
             grace: config.shutdown_grace,
             shared: Arc::new(Shared {
                 resolver,
@@ -240,24 +262,9 @@ impl TftpServer {
     pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut owners: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
-        let mut running: HashSet<SocketAddr> = HashSet::new();
-        let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+        let mut occupancy = Occupancy::default();
         let abort = CancellationToken::new();
         let mut buf = vec![0u8; MAX_REQUEST];
-        let reap = |id: tokio::task::Id,
-                    owners: &mut HashMap<tokio::task::Id, SocketAddr>,
-                    running: &mut HashSet<SocketAddr>,
-                    per_ip: &mut HashMap<IpAddr, usize>| {
-            if let Some(client) = owners.remove(&id) {
-                running.remove(&client);
-                if let Some(n) = per_ip.get_mut(&client.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_ip.remove(&client.ip());
-                    }
-                }
-            }
-        };
         loop {
             tokio::select! {
                 biased;
@@ -270,7 +277,9 @@ impl TftpServer {
                             e.id()
                         }
                     };
-                    reap(id, &mut owners, &mut running, &mut per_ip);
+                    if let Some(client) = owners.remove(&id) {
+                        occupancy.remove(client);
+                    }
                 }
                 received = recv_with_destination(&self.socket, &mut buf) => {
                     let (n, client, dst) = match received {
@@ -291,18 +300,19 @@ impl TftpServer {
                         continue;
                     };
                     let local_ip = dst.unwrap_or(self.local.ip());
-                    match self.admit(&buf[..n], client, &running, &per_ip, tasks.len()).await {
+                    match self.admit(&buf[..n], client, &occupancy, tasks.len()).await {
                         Admission::Start(request) => {
+                            let unproven = UnprovenSlot::claim(&self.shared.stats);
                             let handle = tasks.spawn(run_transfer(
                                 self.shared.clone(),
                                 request,
                                 client,
                                 local_ip,
+                                unproven,
                                 abort.clone(),
                             ));
                             owners.insert(handle.id(), client);
-                            running.insert(client);
-                            *per_ip.entry(client.ip()).or_insert(0) += 1;
+                            occupancy.add(client);
                         }
                         Admission::Answered => {}
                     }
@@ -318,8 +328,7 @@ impl TftpServer {
         &self,
         datagram: &[u8],
         client: SocketAddr,
-        running: &HashSet<SocketAddr>,
-        per_ip: &HashMap<IpAddr, usize>,
+        occupancy: &Occupancy,
         active: usize,
     ) -> Admission {
         let stats = &self.shared.stats;
@@ -355,7 +364,7 @@ impl TftpServer {
                 return Admission::Answered;
             }
         };
-        if running.contains(&client) {
+        if occupancy.running.contains(&client) {
             // The client resent its RRQ because our first datagram is slow or lost; the
             // running transfer will resend it. A second transfer would send from a second
             // TID, which the client must reject.
@@ -369,7 +378,7 @@ impl TftpServer {
                 .await;
             return Admission::Answered;
         }
-        if per_ip.get(&client.ip()).copied().unwrap_or(0) >= self.max_per_client {
+        if occupancy.per_ip(client) >= self.max_per_client {
             bump(&stats.busy);
             warn!(client = %client, limit = self.max_per_client, "tftp request refused: too many transfers from this client");
             self.reply_error(
@@ -378,6 +387,26 @@ impl TftpServer {
                 "too many transfers from this client",
             )
             .await;
+            return Admission::Answered;
+        }
+        if occupancy.per_prefix(client) >= self.max_per_prefix {
+            bump(&stats.busy_prefix);
+            warn!(client = %client, prefix = %prefix_of(client.ip()), limit = self.max_per_prefix, "tftp request refused: too many transfers from this network prefix");
+            self.reply_error(
+                client,
+                ErrorCode::NotDefined,
+                "too many transfers from this network",
+            )
+            .await;
+            return Admission::Answered;
+        }
+        // Only the receive loop claims unproven slots, so the count read here cannot grow
+        // before the claim below.
+        if stats.unproven.load(Ordering::Relaxed) >= self.max_unproven as u64 {
+            bump(&stats.busy_unproven);
+            debug!(client = %client, limit = self.max_unproven, "tftp request refused: too many unproven transfers");
+            self.reply_error(client, ErrorCode::NotDefined, "server busy, try again")
+                .await;
             return Admission::Answered;
         }
         Admission::Start(request)
@@ -429,12 +458,112 @@ enum Admission {
     Answered,
 }
 
+/// Who holds the running transfers: client TIDs, and counts per address and per prefix.
+#[derive(Default)]
+struct Occupancy {
+    running: HashSet<SocketAddr>,
+    per_ip: HashMap<IpAddr, usize>,
+    per_prefix: HashMap<IpAddr, usize>,
+}
+
+impl Occupancy {
+    fn add(&mut self, client: SocketAddr) {
+        self.running.insert(client);
+        *self.per_ip.entry(client.ip()).or_insert(0) += 1;
+        *self.per_prefix.entry(prefix_of(client.ip())).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, client: SocketAddr) {
+        self.running.remove(&client);
+        decrement(&mut self.per_ip, client.ip());
+        decrement(&mut self.per_prefix, prefix_of(client.ip()));
+    }
+
+    fn per_ip(&self, client: SocketAddr) -> usize {
+        self.per_ip.get(&client.ip()).copied().unwrap_or(0)
+    }
+
+    fn per_prefix(&self, client: SocketAddr) -> usize {
+        self.per_prefix
+            .get(&prefix_of(client.ip()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn decrement(counts: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
+/// The network a client address belongs to for `max_per_prefix`: its IPv4 /24 (also for an
+/// IPv4 client seen through a dual-stack socket) or its IPv6 /64, the smallest block a
+/// single site is usually given, so one host cannot escape the per-address cap by using
+/// many addresses of its own network.
+fn prefix_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & 0xffff_ff00)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => prefix_of(IpAddr::V4(v4)),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
+/// A transfer's place in the unproven share (`[tftp] unproven_percent`), from admission until
+/// its client first acknowledges something or the transfer ends, whichever comes first; it
+/// carries the counters the transfer reports to.
+struct UnprovenSlot {
+    stats: Arc<TftpStats>,
+    held: bool,
+}
+
+impl UnprovenSlot {
+    fn claim(stats: &Arc<TftpStats>) -> UnprovenSlot {
+        stats.unproven.fetch_add(1, Ordering::Relaxed);
+        UnprovenSlot {
+            stats: stats.clone(),
+            held: true,
+        }
+    }
+
+    fn stats(&self) -> Arc<TftpStats> {
+        self.stats.clone()
+    }
+
+    /// Gives the slot back once the client has acknowledged something.
+    fn release_if_proven(&mut self, transfer: &Transfer) {
+        if transfer.is_proven() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.stats.unproven.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for UnprovenSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// One transfer, from resolving its path to its last datagram.
 async fn run_transfer(
     shared: Arc<Shared>,
     request: Request,
     client: SocketAddr,
     local_ip: IpAddr,
+    unproven: UnprovenSlot,
     abort: CancellationToken,
 ) {
     let (bind_ip, client) = same_family(local_ip, client);
@@ -469,7 +598,8 @@ async fn run_transfer(
         blksize: transfer.blksize(),
         windowsize: transfer.windowsize(),
     });
-    let transfer = match move_datagrams(&shared, transfer, content, socket, client, abort).await {
+    let moved = move_datagrams(&shared, transfer, content, socket, client, abort, unproven);
+    let transfer = match moved.await {
         Ok(t) => t,
         Err(e) => {
             warn!(client = %client, path = %path, error = %e, "tftp transfer thread panicked");
@@ -554,7 +684,8 @@ async fn resolve(
 }
 
 /// Runs the transfer to its end, on a lock-step thread when it is lock-step and one is free,
-/// else as this task. An error: the thread panicked.
+/// else as this task; `unproven` is given back when the client first acknowledges something.
+/// An error: the thread panicked.
 async fn move_datagrams(
     shared: &Shared,
     mut transfer: Transfer,
@@ -562,6 +693,7 @@ async fn move_datagrams(
     socket: TransferSocket,
     client: SocketAddr,
     abort: CancellationToken,
+    mut unproven: UnprovenSlot,
 ) -> Result<Transfer, tokio::task::JoinError> {
     let Some(permit) = lockstep_thread(shared, &transfer) else {
         drive(
@@ -570,13 +702,12 @@ async fn move_datagrams(
             &socket,
             client,
             &abort,
-            &shared.stats,
+            &mut unproven,
         )
         .await;
         return Ok(transfer);
     };
     let socket = socket.into_std();
-    let stats = shared.stats.clone();
     let polling = Polling {
         busy: BusyPoll::new(shared.busy_poll),
         max_transfers: shared.busy_poll_transfers,
@@ -589,7 +720,7 @@ async fn move_datagrams(
             socket,
             client,
             &abort,
-            &stats,
+            &mut unproven,
             polling,
         );
         transfer
@@ -620,6 +751,9 @@ fn report_finished(shared: &Shared, transfer: &Transfer, f: &Finished<'_>) {
         bump(&stats.finished);
     } else {
         bump(&stats.failed);
+        if outcome == Outcome::TimedOut && !transfer.is_proven() {
+            bump(&stats.unproven_timeouts);
+        }
     }
     let secs = duration.as_secs_f64();
     let mb_per_s = if secs > 0.0 {
@@ -678,8 +812,9 @@ async fn drive(
     socket: &TransferSocket,
     client: SocketAddr,
     abort: &CancellationToken,
-    stats: &TftpStats,
+    unproven: &mut UnprovenSlot,
 ) {
+    let stats = unproven.stats();
     let source = ReadAhead::new(
         content,
         transfer.blksize() * transfer.windowsize() as usize,
@@ -754,6 +889,7 @@ async fn drive(
                 if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
                     bump(&stats.malformed);
                 }
+                unproven.release_if_proven(transfer);
             }
             _ = &mut timer => {
                 // Re-armed on the next turn at the transfer's current deadline, which may
@@ -817,9 +953,10 @@ fn drive_blocking(
     socket: std::net::UdpSocket,
     client: SocketAddr,
     abort: &CancellationToken,
-    stats: &TftpStats,
+    unproven: &mut UnprovenSlot,
     mut polling: Polling,
 ) {
+    let stats = unproven.stats();
     if let Err(e) = socket
         .set_nonblocking(false)
         .and_then(|()| socket.set_read_timeout(Some(LOCKSTEP_TICK)))
@@ -879,6 +1016,7 @@ fn drive_blocking(
                 if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
                     bump(&stats.malformed);
                 }
+                unproven.release_if_proven(transfer);
             }
             // A tick without an ACK (the state machine ignores an early timeout), or an ICMP
             // error (the client is gone; the retransmission timer decides when to give up).

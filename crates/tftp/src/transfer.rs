@@ -56,10 +56,19 @@ pub const MAX_WINDOWSIZE: u16 = 64;
 /// Server-side limits and defaults for every transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferSettings {
-    /// Retransmission timeout when the client did not negotiate one (RFC 2349 `timeout`).
+    /// Retransmission timeout when the client did not negotiate one (RFC 2349 `timeout`), and
+    /// always until the client's first ACK: a negotiated timeout only counts once the client
+    /// has shown that it receives what is sent to its address.
     pub timeout: Duration,
     /// Retransmissions of the same window before giving up.
     pub retries: u32,
+    /// Retransmissions of the first datagram (DATA 1 or the OACK) before giving up on a
+    /// client that never acknowledged anything: a spoofed source never will, and each retry
+    /// is a slot held for nothing.
+    pub unproven_retries: u32,
+    /// Longest time without progress (no ACK that moved the transfer on) before giving up,
+    /// whatever timeout x retries the client negotiated.
+    pub max_silence: Duration,
     /// Cap on the negotiated block size (8..=65464).
     pub max_blksize: u16,
     /// Cap on the negotiated window size (1..=64).
@@ -71,6 +80,8 @@ impl Default for TransferSettings {
         TransferSettings {
             timeout: Duration::from_secs(1),
             retries: 5,
+            unproven_retries: 2,
+            max_silence: Duration::from_secs(30),
             max_blksize: MAX_BLKSIZE,
             max_windowsize: MAX_WINDOWSIZE,
         }
@@ -84,7 +95,8 @@ pub enum Outcome {
     Completed,
     /// The client sent an ERROR packet (e.g. 8 when it refuses our OACK).
     ClientError { code: u16, message: String },
-    /// The client went silent: `retries` retransmissions went unanswered.
+    /// The client went silent: `retries` retransmissions went unanswered (`unproven_retries`
+    /// before its first ACK), or no progress for `max_silence`.
     TimedOut,
     /// We ended it with an ERROR packet (read failure, file changed, unsupported mode).
     Failed(String),
@@ -153,8 +165,17 @@ pub struct Transfer {
     mode: Mode,
     blksize: usize,
     windowsize: u64,
+    /// The negotiated (or default) retransmission timeout, in force once proven.
     timeout: Duration,
     max_retries: u32,
+    /// Timeout and retries before the client's first ACK.
+    unproven_timeout: Duration,
+    unproven_retries: u32,
+    max_silence: Duration,
+    /// Since when nothing moved the transfer forward (start, or the last progressing ACK).
+    silent_since: Instant,
+    /// The client acknowledged something (ACK 0 of the OACK, or ACK 1).
+    proven: bool,
     /// Options to acknowledge in the OACK (block 0), in the client's order.
     oack: Vec<(&'static str, String)>,
     /// Oldest unacknowledged block.
@@ -185,7 +206,7 @@ impl Transfer {
     pub fn new(
         request: &Request,
         content_len: u64,
-        _now: Instant,
+        now: Instant,
         settings: &TransferSettings,
     ) -> Transfer {
         let max_blksize = settings.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
@@ -239,6 +260,13 @@ impl Transfer {
             windowsize: windowsize as u64,
             timeout,
             max_retries: settings.retries,
+            unproven_timeout: settings.timeout,
+            // Never more retries before the first ACK than after it, and silence never ends
+            // a transfer before one of the server's own timeouts.
+            unproven_retries: settings.unproven_retries.min(settings.retries),
+            max_silence: settings.max_silence.max(settings.timeout),
+            silent_since: now,
+            proven: false,
             oack,
             base: first,
             next: first,
@@ -275,9 +303,28 @@ impl Transfer {
         self.windowsize as u16
     }
 
-    /// Retransmission timeout in use.
+    /// Retransmission timeout in use now: the server's own until the client's first ACK,
+    /// then the negotiated one.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        if self.proven {
+            self.timeout
+        } else {
+            self.unproven_timeout
+        }
+    }
+
+    /// Whether the client has acknowledged anything yet: only then is its source address
+    /// known to be real (an RRQ's can be forged).
+    pub fn is_proven(&self) -> bool {
+        self.proven
+    }
+
+    fn retry_budget(&self) -> u32 {
+        if self.proven {
+            self.max_retries
+        } else {
+            self.unproven_retries
+        }
     }
 
     /// Buffer size [`Transfer::poll_transmit`] needs: one DATA datagram.
@@ -418,7 +465,7 @@ impl Transfer {
             self.high_water = block + 1;
         }
         self.counters.sent += 1;
-        self.deadline = Some(now + self.timeout);
+        self.deadline = Some((now + self.timeout()).min(self.silent_since + self.max_silence));
         Some(n)
     }
 
@@ -433,7 +480,7 @@ impl Transfer {
     }
 
     /// A datagram arrived from the client's TID.
-    pub fn handle(&mut self, _now: Instant, datagram: &[u8]) -> Handled {
+    pub fn handle(&mut self, now: Instant, datagram: &[u8]) -> Handled {
         if self.outcome.is_some() {
             return Handled::Ignored;
         }
@@ -446,7 +493,14 @@ impl Transfer {
                 });
                 Handled::Ended
             }
-            Ok(Packet::Ack { block }) => self.on_ack(block),
+            Ok(Packet::Ack { block }) => {
+                let handled = self.on_ack(block);
+                if matches!(handled, Handled::Progress | Handled::Ended) {
+                    self.proven = true;
+                    self.silent_since = now;
+                }
+                handled
+            }
             Ok(_) => Handled::Ignored,
         }
     }
@@ -507,7 +561,7 @@ impl Transfer {
         }
         self.counters.timeouts += 1;
         self.retries_used += 1;
-        if self.retries_used > self.max_retries {
+        if self.retries_used > self.retry_budget() || now >= self.silent_since + self.max_silence {
             self.finish(Outcome::TimedOut);
             return;
         }
@@ -1000,14 +1054,121 @@ mod tests {
         };
         let mut tr = start_with("octet", &[], bytes(2000), settings);
         assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+        tr.ack(1);
+        assert_eq!(tr.sends(), ["DATA 2 (512)"]);
         for _ in 0..3 {
             tr.wait(Duration::from_secs(1));
-            assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+            assert_eq!(tr.sends(), ["DATA 2 (512)"]);
         }
         tr.wait(Duration::from_secs(1));
         assert_eq!(tr.sends(), Vec::<String>::new());
         assert_eq!(tr.t.outcome(), Some(&Outcome::TimedOut));
         assert_eq!(tr.t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn before_the_first_ack_a_negotiated_timeout_does_not_apply_and_retries_are_few() {
+        // The lock-out: an RRQ asking `timeout 255` from a source that never answers would
+        // hold its slot for 255 s x (1 + retries). Until ACK 0 the server's own 1 s and two
+        // retries apply: the OACK goes out three times and the slot is free after 3 s.
+        let mut tr = start("octet", &[("timeout", "255")], bytes(2000));
+        assert_eq!(tr.sends(), ["OACK timeout=255"]);
+        assert!(!tr.t.is_proven());
+        assert_eq!(tr.t.timeout(), Duration::from_secs(1));
+        assert_eq!(tr.t.poll_timeout(), Some(tr.now + Duration::from_secs(1)));
+        for _ in 0..2 {
+            tr.wait(Duration::from_secs(1));
+            assert_eq!(tr.sends(), ["OACK timeout=255"]);
+        }
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.sends(), Vec::<String>::new());
+        assert_eq!(tr.t.outcome(), Some(&Outcome::TimedOut));
+        assert_eq!(tr.t.counters().sent, 3);
+    }
+
+    #[test]
+    fn a_plain_request_is_unproven_until_ack_1() {
+        let mut tr = start("octet", &[], bytes(2000));
+        assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+        for _ in 0..2 {
+            tr.wait(Duration::from_secs(1));
+            assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+        }
+        assert!(!tr.t.is_proven());
+        assert_eq!(tr.ack(1), Handled::Progress);
+        assert!(tr.t.is_proven());
+        assert_eq!(tr.sends(), ["DATA 2 (512)"]);
+        // Proven: the full budget of 5 retries now.
+        for _ in 0..5 {
+            tr.wait(Duration::from_secs(1));
+            assert_eq!(tr.sends(), ["DATA 2 (512)"]);
+        }
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.t.outcome(), Some(&Outcome::TimedOut));
+    }
+
+    #[test]
+    fn the_negotiated_timeout_applies_once_ack_0_proves_the_client() {
+        let mut tr = start("octet", &[("timeout", "5")], bytes(2000));
+        assert_eq!(tr.sends(), ["OACK timeout=5"]);
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.sends(), ["OACK timeout=5"], "server's 1 s before ACK 0");
+        assert_eq!(tr.ack(0), Handled::Progress);
+        assert!(tr.t.is_proven());
+        assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+        assert_eq!(tr.t.poll_timeout(), Some(tr.now + Duration::from_secs(5)));
+        tr.wait(Duration::from_secs(4));
+        assert_eq!(tr.sends(), Vec::<String>::new(), "not yet");
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+    }
+
+    #[test]
+    fn total_silence_is_capped_whatever_the_client_negotiated() {
+        // timeout 255 x 6 sends would be 25 minutes of silence; the cap ends it at 30 s.
+        let mut tr = start("octet", &[("timeout", "255")], bytes(2000));
+        tr.sends();
+        tr.ack(0);
+        assert_eq!(tr.sends(), ["DATA 1 (512)"]);
+        assert_eq!(
+            tr.t.poll_timeout(),
+            Some(tr.now + Duration::from_secs(30)),
+            "the deadline is the silence cap, not 255 s"
+        );
+        tr.wait(Duration::from_secs(29));
+        assert!(!tr.t.is_done());
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.sends(), Vec::<String>::new());
+        assert_eq!(tr.t.outcome(), Some(&Outcome::TimedOut));
+    }
+
+    #[test]
+    fn progress_restarts_the_silence_clock_and_duplicates_do_not() {
+        let settings = TransferSettings {
+            max_silence: Duration::from_secs(10),
+            retries: 100,
+            ..TransferSettings::default()
+        };
+        let mut tr = start_with("octet", &[], bytes(5000), settings);
+        tr.sends();
+        tr.ack(1);
+        tr.sends();
+        // 9 s of timeouts, then progress: the clock starts again.
+        for _ in 0..9 {
+            tr.wait(Duration::from_secs(1));
+            tr.sends();
+        }
+        assert_eq!(tr.ack(2), Handled::Progress);
+        tr.sends();
+        for _ in 0..9 {
+            tr.wait(Duration::from_secs(1));
+            tr.sends();
+            // A client repeating its last ACK proves nothing new.
+            assert_eq!(tr.ack(2), Handled::DuplicateAck);
+        }
+        assert!(!tr.t.is_done());
+        tr.wait(Duration::from_secs(1));
+        assert_eq!(tr.t.outcome(), Some(&Outcome::TimedOut));
     }
 
     #[test]
