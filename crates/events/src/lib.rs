@@ -7,6 +7,7 @@
 //! Recording never blocks a server: events go through a bounded queue and are dropped (and
 //! counted) when the writer falls behind.
 
+pub mod detail;
 pub mod timeline;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
 pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageSpan};
 
 /// The event kind of a detected chainload loop (PRODUCT.md §5).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chainboot_dhcp::boot::{first_stage_names, BootDecision, SCRIPT_NAME};
 use chainboot_dhcp::{Handled, Ingress};
-use chainboot_events::EventLog;
+use chainboot_events::{Detail, DhcpDetail, EventLog, HttpDetail, Outcome, TftpDetail};
 use chainboot_http::{AccessRecord, HttpObserver};
 use chainboot_machine::Mac;
 use chainboot_policy::policy::AssetSlot;
@@ -65,12 +65,25 @@ pub fn is_first_stage(path: &str) -> bool {
 fn tftp_what(path: &str) -> &'static str {
     if is_first_stage(path) {
         "first-stage"
-    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") {
+    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") || path.starts_with("pxelinux.cfg/")
+    {
+        // pxelinux's configuration is its boot script.
         "script"
-    } else if path.starts_with("pxelinux.cfg/") {
-        "config"
     } else {
         "file"
+    }
+}
+
+/// A finished transfer's outcome. A client that answers our option acknowledgement with an
+/// error before taking any data only wanted the size (`tsize`): firmware such as OVMF does so
+/// before every real download ("User aborted the transfer", error 8 = option refused, or 0).
+fn tftp_outcome(s: &TransferSummary<'_>) -> Outcome {
+    use chainboot_tftp::transfer::Outcome as T;
+    match s.outcome {
+        T::Completed => Outcome::Ok,
+        T::ClientError { code: 0 | 8, .. } if s.bytes == 0 => Outcome::SizeProbe,
+        T::TimedOut => Outcome::TimedOut,
+        T::ClientError { .. } | T::Failed(_) | T::Aborted(_) => Outcome::Error,
     }
 }
 
@@ -89,23 +102,24 @@ impl TransferObserver for Observers {
             1,
         );
         let mac = self.events.mac_for_ip(s.client.ip());
-        self.events.record(
-            mac,
-            "tftp",
-            json!({
-                "client": s.client.to_string(),
-                "path": s.path,
-                "what": tftp_what(s.path),
-                "first_stage": is_first_stage(s.path),
-                "bytes": s.bytes,
-                "blksize": s.blksize,
-                "windowsize": s.windowsize,
-                "duration_ms": s.duration.as_millis() as u64,
-                "mb_per_s": if secs > 0.0 { (s.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0 } else { 0.0 },
-                "outcome": if ok { "completed".to_string() } else { outcome.clone() },
-                "error": if ok { None } else { Some(outcome) },
-            }),
-        );
+        let detail = TftpDetail {
+            client: s.client.to_string(),
+            path: s.path.to_string(),
+            what: tftp_what(s.path),
+            first_stage: is_first_stage(s.path),
+            bytes: s.bytes,
+            blksize: s.blksize,
+            windowsize: s.windowsize,
+            duration_ms: s.duration.as_millis() as u64,
+            mb_per_s: if secs > 0.0 {
+                (s.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0
+            } else {
+                0.0
+            },
+            outcome: tftp_outcome(s),
+            error: if ok { None } else { Some(outcome) },
+        };
+        self.events.record(mac, TftpDetail::KIND, detail.to_json());
     }
 
     fn on_refused(&self, client: std::net::SocketAddr, path: &str, reason: &str) {
@@ -116,7 +130,7 @@ impl TransferObserver for Observers {
         self.events.record(
             mac,
             "tftp",
-            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": "refused"}),
+            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": Outcome::Refused}),
         );
     }
 }
@@ -209,24 +223,26 @@ impl HttpObserver for Observers {
         self.metrics
             .http_bytes
             .add(format!("what=\"{what}\""), r.bytes);
-        let detail = json!({
-            "client": r.client.to_string(),
-            "method": r.method.as_str(),
-            "path": path,
-            "what": what,
-            "status": status,
-            "bytes": r.bytes,
-            "duration_ms": r.duration.as_millis() as u64,
-            "complete": r.complete,
-        });
+        let detail = HttpDetail {
+            client: r.client.to_string(),
+            method: r.method.as_str().to_string(),
+            path: path.to_string(),
+            what,
+            status,
+            outcome: Outcome::of_http_status(status),
+            bytes: r.bytes,
+            duration_ms: r.duration.as_millis() as u64,
+            complete: r.complete,
+        };
         // Requests for anything outside the boot namespace (a browser's /favicon.ico, scanners)
-        // are counted but kept out of machines' timelines.
-        if what == "other" {
+        // are counted but kept out of timelines, except a known machine's failures (an
+        // installer probing a mirror path that is not there).
+        if what == "other" && (mac.is_none() || status < 400) {
             return;
         }
         // A machine's own callback (e.g. `installed`) is recorded with its body by the API
         // hook ([`MachineEvents`]) as an `api` event; this is the request itself.
-        self.events.record(mac, "http", detail);
+        self.events.record(mac, HttpDetail::KIND, detail.to_json());
     }
 }
 
@@ -251,13 +267,13 @@ impl chainboot_dhcp::DhcpObserver for Observers {
         let Some((msg, facts)) = &handled.request else {
             return;
         };
-        let outcome = format!("{:?}", handled.outcome);
+        let (outcome, reason) = dhcp_outcome(&handled.outcome);
         self.metrics.dhcp_exchanges.add(
             format!(
                 "type=\"{}\",client=\"{}\",outcome=\"{}\"",
                 format!("{msg:?}").to_lowercase(),
                 client_kind(facts),
-                crate::metrics::label_value(outcome.split('(').next().unwrap_or("")),
+                outcome,
             ),
             1,
         );
@@ -273,20 +289,49 @@ impl chainboot_dhcp::DhcpObserver for Observers {
             Some(BootDecision::NoBoot(n)) => json!({"no_boot": n}),
             None => serde_json::Value::Null,
         };
-        self.events.record(
-            facts.mac,
-            "dhcp",
-            json!({
-                "msg": format!("{msg:?}").to_lowercase(),
-                "client": client_kind(facts),
-                "arch": facts.arch_code,
-                "iface": ingress.iface,
-                "port": ingress.local_port,
-                "outcome": outcome,
-                "address": handled.address.map(|a| a.to_string()),
-                "decision": decision,
-            }),
-        );
+        let detail = DhcpDetail {
+            msg: format!("{msg:?}").to_lowercase(),
+            client: client_kind(facts),
+            arch: facts.arch_code,
+            iface: ingress.iface.clone(),
+            port: ingress.local_port,
+            outcome,
+            reason,
+            address: handled.address.map(|a| a.to_string()),
+            decision,
+        };
+        self.events
+            .record(facts.mac, DhcpDetail::KIND, detail.to_json());
+    }
+}
+
+/// The engine's outcome as an event outcome and, when not answered, why. Requests ignored
+/// because the client cannot be served (no subnet, no free address, an unknown architecture)
+/// are refusals: that machine's boot fails there.
+pub fn dhcp_outcome(o: &chainboot_dhcp::engine::Outcome) -> (Outcome, Option<&'static str>) {
+    use chainboot_dhcp::engine::Outcome as O;
+    use chainboot_dhcp::engine::{DropReason, Ignored};
+    use chainboot_dhcp::wire::MessageType as M;
+    match o {
+        O::Replied(M::Offer) => (Outcome::Offer, None),
+        O::Replied(M::Nak) => (Outcome::Nak, None),
+        O::Replied(_) => (Outcome::Ack, None),
+        O::Ignored(why) => match why {
+            Ignored::ModeOff => (Outcome::Ignored, Some("mode-off")),
+            Ignored::NotBootClient => (Outcome::Ignored, Some("not-boot-client")),
+            Ignored::OtherServer => (Outcome::Ignored, Some("other-server")),
+            Ignored::NoReply => (Outcome::Ignored, Some("no-reply")),
+            Ignored::UnknownArch => (Outcome::Refused, Some("unknown-arch")),
+            Ignored::NoSubnet => (Outcome::Refused, Some("no-subnet")),
+            Ignored::PoolExhausted => (Outcome::Refused, Some("pool-exhausted")),
+            Ignored::NewClientLimit => (Outcome::Refused, Some("new-client-limit")),
+        },
+        O::Dropped(why) => match why {
+            DropReason::Malformed(_) => (Outcome::Dropped, Some("malformed")),
+            DropReason::RateLimited => (Outcome::Dropped, Some("rate-limited")),
+            DropReason::RelayRateLimited => (Outcome::Dropped, Some("relay-rate-limited")),
+            DropReason::ReplyTooLarge => (Outcome::Dropped, Some("reply-too-large")),
+        },
     }
 }
 
