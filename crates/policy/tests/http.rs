@@ -806,11 +806,11 @@ async fn config_templates_and_pxelinux_lookup_over_http() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // Profile-specific template wins.
+    // Profile-specific template wins, and keeps its final newline.
     get_text(&format!("{}/ipxe?mac=52-54-00-00-01-01", srv.url)).await;
     assert_eq!(
         get_text(&format!("{}/config/52-54-00-00-01-01/ks.cfg", srv.url)).await,
-        "# for inst inst"
+        "# for inst inst\n"
     );
     for bad in ["nope.cfg", "..", ".hidden", "%2e%2e"] {
         let r = c
