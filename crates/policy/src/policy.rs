@@ -806,6 +806,9 @@ impl Decision {
                 ..
             }) => {
                 let (k, i) = self.kernel_urls(base, initrd.len())?;
+                let names = render::initrd_names(
+                    &initrd.iter().map(AssetRef::file_name).collect::<Vec<_>>(),
+                );
                 let mut cmd = cmdline.clone();
                 for n in 0..urls.len() {
                     cmd = cmd.replace(
@@ -821,6 +824,7 @@ impl Decision {
                         message: message.as_deref(),
                         kernel_url: &k,
                         initrd_urls: &i,
+                        initrd_names: &names,
                         cmdline: &cmd,
                     },
                     base,
@@ -853,6 +857,7 @@ impl Decision {
                 }
                 let cmdline = self.render_tpl("cmdline", base)?.unwrap_or_default();
                 let (k, i) = self.kernel_urls(base, p.initrd.len())?;
+                let names = render::initrd_names(&profile_initrd_files(p));
                 Ok(render::kernel_script(
                     &KernelBoot {
                         mac: &mac,
@@ -861,6 +866,7 @@ impl Decision {
                         message: None,
                         kernel_url: &k,
                         initrd_urls: &i,
+                        initrd_names: &names,
                         cmdline: &cmdline,
                     },
                     base,
@@ -930,4 +936,12 @@ impl Decision {
             .map(Some)
             .map_err(|e| BootError(render::file_error(&path, kind, &src, &e)))
     }
+}
+
+/// The file names of a profile's initrds (for [`render::initrd_names`]).
+pub fn profile_initrd_files(p: &crate::config::ProfileConfig) -> Vec<Option<String>> {
+    p.initrd
+        .iter()
+        .map(|s| AssetRef::parse(s).ok().and_then(|a| a.file_name()))
+        .collect()
 }

@@ -394,25 +394,65 @@ pub struct KernelBoot<'a> {
     pub message: Option<&'a str>,
     pub kernel_url: &'a str,
     pub initrd_urls: &'a [String],
+    /// The name iPXE gives each initrd ([`initrd_names`]), as many as `initrd_urls`.
+    pub initrd_names: &'a [String],
     pub cmdline: &'a str,
 }
 
+/// The names initrds get in iPXE (and so in the kernel's `initrd=` arguments): each one's file
+/// name (`initrd.gz`), so that a command line copied from an existing iPXE script, with its
+/// `initrd=initrd.gz`, still names a loaded file. A name iPXE or the kernel command line cannot
+/// carry, or one already taken, becomes `initrdN`.
+pub fn initrd_names(file_names: &[Option<String>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(file_names.len());
+    for (i, f) in file_names.iter().enumerate() {
+        let usable = f.as_deref().filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        });
+        let name = match usable {
+            Some(n) if !out.iter().any(|o| o == n) => n.to_string(),
+            _ => format!("initrd{i}"),
+        };
+        out.push(name);
+    }
+    out
+}
+
+/// The `initrd=NAME` arguments of a kernel command line.
+pub fn cmdline_initrds(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("initrd="))
+}
+
 /// iPXE script for a kernel + initrds + cmdline. Every fetch is `|| goto failed` so that a
-/// missing asset ends in a readable message and a retry, not a dead prompt. Initrds are named
-/// `initrd0..N` and passed as `initrd=` arguments: the EFI stub loader of Linux reads them
-/// from there (pixiecore does the same).
+/// missing asset ends in a readable message and a retry, not a dead prompt. Each initrd is
+/// named ([`initrd_names`]) and passed as an `initrd=` argument, unless the command line names
+/// it already: the EFI stub loader of Linux reads them from there (pixiecore does the same).
 pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> String {
     let mut out = String::from("#!ipxe\n");
     out.push_str(&format!("echo chainboot: {}\n", echo_text(k.header)));
     if let Some(m) = k.message {
         out.push_str(&format!("echo {}\n", echo_text(m)));
     }
-    let mut args: Vec<String> = (0..k.initrd_urls.len())
-        .map(|i| format!("initrd=initrd{i}"))
-        .collect();
     let cmdline = one_line(k.cmdline);
+    let given: Vec<&str> = cmdline_initrds(&cmdline).collect();
+    let name = |i: usize| {
+        k.initrd_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("initrd{i}"))
+    };
+    let mut args: Vec<String> = (0..k.initrd_urls.len())
+        .map(name)
+        .filter(|n| !given.contains(&n.as_str()))
+        .map(|n| format!("initrd={n}"))
+        .collect();
     if !cmdline.is_empty() {
-        args.push(cmdline);
+        args.push(cmdline.clone());
     }
     let args = if args.is_empty() {
         String::new()
@@ -424,7 +464,7 @@ pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> St
         k.kernel_url
     ));
     for (i, u) in k.initrd_urls.iter().enumerate() {
-        out.push_str(&format!("initrd --name initrd{i} {u} || goto failed\n"));
+        out.push_str(&format!("initrd --name {} {u} || goto failed\n", name(i)));
     }
     out.push_str("boot || goto failed\n:failed\n");
     out.push_str(&format!(
