@@ -109,13 +109,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
     };
     println!("DHCP: {mode} mode");
     // What profiles refer to, resolved now rather than at a machine's boot.
-    let (file, text) = match &source {
-        config::Source::File(p) => (p.clone(), std::fs::read_to_string(p).unwrap_or_default()),
-        config::Source::Embedded => (
-            std::path::PathBuf::from("(embedded default)"),
-            config::EMBEDDED_DEFAULT.to_string(),
-        ),
-    };
+    let (file, text) = config::preflight::source_text(&source);
     let findings = config::preflight::check(&cfg, &file, &text, &isos);
     let mut warnings = 0usize;
     for f in &findings {

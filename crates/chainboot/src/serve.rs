@@ -291,6 +291,7 @@ async fn serve(
     let mut tasks: Tasks = JoinSet::new();
     let ifaces = interfaces::select(&cfg.server.interfaces)?;
     let sh = open_shared(&cfg, &ifaces, quick.as_ref())?;
+    preflight(&cfg, &source, &sh.isos).map_err(anyhow::Error::msg)?;
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let tftp = bind_tftp(&cfg, &sh)?;
     let dhcp = bind_dhcp(&cfg, &sh)?;
@@ -352,7 +353,7 @@ async fn serve(
                     break Ok(());
                 }
                 Signal::Reload => {
-                    reload(&source, &mut current, &policy, &reloadable_dhcp, quick.is_some())
+                    reload(&source, &mut current, &policy, &reloadable_dhcp, &sh.isos, quick.is_some())
                 }
             },
             Some(done) = tasks.join_next() => break match done {
@@ -429,6 +430,7 @@ fn reload(
     current: &mut config::Config,
     policy: &Policy,
     dhcp: &parking_lot::Mutex<chainboot_dhcp::Engine>,
+    isos: &IsoLibrary,
     quick: bool,
 ) {
     let config::Source::File(path) = source else {
@@ -461,6 +463,10 @@ fn reload(
     }
     let policy_changed = live.iter().any(|s| *s != "dhcp");
     if policy_changed && !quick {
+        if let Err(e) = preflight(&new, source, isos) {
+            error!("SIGHUP: boot policy refused, still serving the previous one: {e}");
+            return;
+        }
         if let Err(problems) = policy.reload(new.policy()) {
             error!("SIGHUP: boot policy refused, still serving the previous one: {problems:?}");
             return;
@@ -474,5 +480,36 @@ fn reload(
     }
     if !restart.is_empty() {
         warn!(sections = ?restart, "SIGHUP: these sections changed but take effect only after a restart");
+    }
+}
+
+/// Resolves what the config's profiles refer to (assets, `/config` files, templates) and logs
+/// each problem loudly: a machine booting such a profile fails. `Err` when a reference into a
+/// `required` ISO image fails: the operator said the server is useless without it.
+fn preflight(
+    cfg: &config::Config,
+    source: &config::Source,
+    isos: &IsoLibrary,
+) -> Result<(), String> {
+    let (file, text) = config::preflight::source_text(source);
+    let mut required = Vec::new();
+    for f in config::preflight::check(cfg, &file, &text, isos) {
+        match f.level {
+            config::preflight::Level::Error => {
+                error!("a machine booting this will fail: {}", f.problem)
+            }
+            config::preflight::Level::Warning => warn!("{}", f.problem),
+        }
+        if f.required {
+            required.push(f.problem.to_string());
+        }
+    }
+    if required.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a reference into a required ISO image does not resolve: {}",
+            required.join("; ")
+        ))
     }
 }

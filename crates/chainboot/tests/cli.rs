@@ -529,3 +529,46 @@ fn rearm_lets_a_boot_once_machine_install_again() {
     assert_eq!(code, 0, "{out}");
     assert!(script().contains("boots profile rescue"));
 }
+
+#[test]
+fn serve_warns_about_unresolvable_assets_and_refuses_them_in_a_required_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src");
+    std::fs::create_dir_all(src.join("install.amd")).unwrap();
+    std::fs::write(src.join("install.amd/vmlinuz"), b"kernel").unwrap();
+    make_iso(&src, &d.join("debian.iso"), true);
+    let iso = |required: bool| {
+        format!(
+            "[[iso]]\nname = \"debian\"\npath = \"{}\"\nrequired = {required}\n\
+             [[profile]]\nname = \"d-i\"\nkernel = \"iso:debian/install.amd/vmlinuz-typo\"\n",
+            d.join("debian.iso").display()
+        )
+    };
+    // Not required: the server starts, and says loudly what will fail.
+    let (cfg, _) = loopback_config(d, "");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}{}", iso(false))).unwrap();
+    let mut server = Server::start_in(None, &cfg, d.join("log"));
+    server.listening("HTTP");
+    server.wait_for_log("a machine booting this will fail", Duration::from_secs(10));
+    assert!(server.log_text().contains("vmlinuz-typo"));
+    // A reload that makes the image required is refused; the server keeps serving.
+    std::fs::write(
+        &cfg,
+        format!("{base}{}", iso(true)).replace("vmlinuz-typo", "vmlinuz-typo2"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    server.wait_for_log("SIGHUP: boot policy refused", Duration::from_secs(10));
+    assert!(server.log_text().contains("required ISO image"));
+    drop(server);
+    // Required from the start: the server does not start, and says why.
+    let (code, out) = chainboot(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("a reference into a required ISO image does not resolve")
+            && out.contains("vmlinuz-typo2"),
+        "{out}"
+    );
+}

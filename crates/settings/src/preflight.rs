@@ -41,6 +41,17 @@ const MAX_TEMPLATE_DEPTH: usize = 8;
 /// Template files larger than this are reported instead of read.
 const MAX_TEMPLATE_BYTES: u64 = 16 << 20;
 
+/// The config's file name and text as loaded from `source` (for lines in findings).
+pub fn source_text(source: &crate::Source) -> (PathBuf, String) {
+    match source {
+        crate::Source::File(p) => (p.clone(), std::fs::read_to_string(p).unwrap_or_default()),
+        crate::Source::Embedded => (
+            PathBuf::from("(embedded default)"),
+            crate::EMBEDDED_DEFAULT.to_string(),
+        ),
+    }
+}
+
 /// Resolves everything `cfg` refers to. `file` and `text` are the config's path and text (for
 /// lines in messages); `isos` the indexed images.
 pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Finding> {
