@@ -108,10 +108,29 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         chainboot_dhcp::Mode::Off => "off",
     };
     println!("DHCP: {mode} mode");
+    let mut warnings = 0usize;
+    if cfg.ipv6.router_advertisements != chainboot_ra::RaMode::Off {
+        match crate::interfaces::select(&cfg.server.interfaces) {
+            Ok(list) => {
+                for iface in list {
+                    match chainboot_ra::ipv6_state(&iface.name).problem(&iface.name) {
+                        Some(p) => {
+                            warnings += 1;
+                            println!("warning: {p}");
+                        }
+                        None => println!(
+                            "IPv6 on {}: router solicitations will be answered",
+                            iface.name
+                        ),
+                    }
+                }
+            }
+            Err(e) => println!("warning: [server] interfaces: {e}"),
+        }
+    }
     // What profiles refer to, resolved now rather than at a machine's boot.
     let (file, text) = config::preflight::source_text(&source);
     let findings = config::preflight::check(&cfg, &file, &text, &isos);
-    let mut warnings = 0usize;
     for f in &findings {
         match f.level {
             config::preflight::Level::Error => {

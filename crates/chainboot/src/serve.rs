@@ -179,6 +179,16 @@ fn start_ra(
         return ra_stats;
     }
     for iface in ifaces {
+        if let Ok(mut list) = ra_stats.interfaces.lock() {
+            list.push(iface.name.clone());
+        }
+        let state = chainboot_ra::ipv6_state(&iface.name);
+        if let Some(problem) = state.problem(&iface.name) {
+            warn!(interface = %iface.name, "{problem}");
+        }
+        if matches!(state, chainboot_ra::Ipv6State::Disabled(_)) {
+            continue;
+        }
         match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
             Ok(server) => {
                 let token = shutdown.clone();

@@ -932,7 +932,7 @@ impl Decision {
         let Some(env) = kind.env() else {
             return Ok(Some(src));
         };
-        env.render_str(&src, &self.vars(base))
+        env.render_str(&src, self.vars(base))
             .map(Some)
             .map_err(|e| BootError(render::file_error(&path, kind, &src, &e)))
     }
