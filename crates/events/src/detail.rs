@@ -27,6 +27,9 @@ pub enum Outcome {
     /// Refused before anything was served (a bad or unknown path, no address for the
     /// client, no binary for its architecture).
     Refused,
+    /// A file a loader looks for and goes on without (PXELINUX trying `pxelinux.cfg/` names in
+    /// turn, iPXE's `autoexec.ipxe`), not there.
+    LookupMiss,
     /// Not answered because of a limit (a rate limit, a reply too large).
     Dropped,
     /// HTTP 404: the path names nothing chainboot serves.
@@ -46,7 +49,8 @@ impl Outcome {
             | Outcome::Ack
             | Outcome::Nak
             | Outcome::Ignored
-            | Outcome::SizeProbe => false,
+            | Outcome::SizeProbe
+            | Outcome::LookupMiss => false,
             Outcome::Refused
             | Outcome::Dropped
             | Outcome::NotFound
@@ -65,6 +69,7 @@ impl Outcome {
             Outcome::Ignored => "ignored",
             Outcome::SizeProbe => "size-probe",
             Outcome::Refused => "refused",
+            Outcome::LookupMiss => "lookup-miss",
             Outcome::Dropped => "dropped",
             Outcome::NotFound => "not-found",
             Outcome::TimedOut => "timed-out",
@@ -197,6 +202,7 @@ mod tests {
             (Outcome::Ignored, "ignored", false),
             (Outcome::SizeProbe, "size-probe", false),
             (Outcome::Refused, "refused", true),
+            (Outcome::LookupMiss, "lookup-miss", false),
             (Outcome::Dropped, "dropped", true),
             (Outcome::NotFound, "not-found", true),
             (Outcome::TimedOut, "timed-out", true),

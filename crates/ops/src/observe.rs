@@ -74,6 +74,14 @@ fn tftp_what(path: &str) -> &'static str {
     }
 }
 
+/// Files loaders look for and go on without when they are absent: PXELINUX tries
+/// `pxelinux.cfg/` names in turn (UUID, MAC, IP prefixes, `default`), iPXE asks for
+/// `autoexec.ipxe`. A miss is part of a healthy boot.
+fn is_optional_lookup(path: &str) -> bool {
+    let p = path.trim_start_matches('/');
+    p.starts_with("pxelinux.cfg/") || p.eq_ignore_ascii_case("autoexec.ipxe")
+}
+
 /// A finished transfer's outcome. A client that answers our option acknowledgement with an
 /// error before taking any data only wanted the size (`tsize`): firmware such as OVMF does so
 /// before every real download ("User aborted the transfer", error 8 = option refused, or 0).
@@ -130,7 +138,7 @@ impl TransferObserver for Observers {
         self.events.record(
             mac,
             "tftp",
-            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": Outcome::Refused}),
+            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": if is_optional_lookup(path) { Outcome::LookupMiss } else { Outcome::Refused }}),
         );
     }
 }
@@ -138,7 +146,12 @@ impl TransferObserver for Observers {
 /// What an HTTP request was, for timelines.
 fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static str {
     let rest = |p: &str| path.strip_prefix(p);
-    if path == "/boot.ipxe" || path == "/ipxe" || path.starts_with("/ipxe/") {
+    // pxelinux's configuration is its boot script.
+    if path == "/boot.ipxe"
+        || path == "/ipxe"
+        || path.starts_with("/ipxe/")
+        || path.starts_with("/pxelinux.cfg/")
+    {
         return "script";
     }
     if let Some(r) = rest("/boot/") {
@@ -153,7 +166,7 @@ fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static st
     if path.starts_with("/ipxe-bin/") {
         return "first-stage";
     }
-    if path.starts_with("/config/") || path.starts_with("/pxelinux.cfg/") {
+    if path.starts_with("/config/") {
         return "config";
     }
     if path.starts_with("/files/") || path.starts_with("/iso/") {
@@ -229,7 +242,10 @@ impl HttpObserver for Observers {
             path: path.to_string(),
             what,
             status,
-            outcome: Outcome::of_http_status(status),
+            outcome: match Outcome::of_http_status(status) {
+                Outcome::NotFound if is_optional_lookup(path) => Outcome::LookupMiss,
+                o => o,
+            },
             bytes: r.bytes,
             duration_ms: r.duration.as_millis() as u64,
             complete: r.complete,
@@ -378,7 +394,7 @@ mod tests {
         assert!(is_first_stage("ipxe.pxe"));
         assert!(!is_first_stage("boot.ipxe"));
         assert_eq!(tftp_what("boot.ipxe"), "script");
-        assert_eq!(tftp_what("pxelinux.cfg/default"), "config");
+        assert_eq!(tftp_what("pxelinux.cfg/default"), "script");
     }
 
     #[test]

@@ -143,6 +143,12 @@ impl Rig {
     fn uefi_boot_to_the_installer(&mut self) {
         self.dora(ClientKind::Firmware { arch: 7 });
         self.tftp_like_ovmf("ipxe.efi");
+        // iPXE looks for an autoexec.ipxe next to itself and goes on without it.
+        self.observers.on_refused(
+            SocketAddr::from((self.ip, 1025)),
+            "autoexec.ipxe",
+            "file not found",
+        );
         self.dora(ClientKind::Ipxe {
             arch: 7,
             http: true,
@@ -193,11 +199,31 @@ fn a_healthy_uefi_boot_with_a_size_probe_has_no_errors_and_reaches_the_installer
         .collect();
     for o in &outcomes {
         assert!(
-            ["offer", "ack", "size-probe", "ok"].contains(o),
+            ["offer", "ack", "size-probe", "lookup-miss", "ok"].contains(o),
             "{outcomes:?}"
         );
     }
     assert!(outcomes.contains(&"size-probe"), "{outcomes:?}");
+}
+
+#[test]
+fn pxelinux_trying_config_names_in_turn_is_no_error() {
+    let mut r = rig();
+    r.dora(ClientKind::Ipxe {
+        arch: 0,
+        http: true,
+        user_class: true,
+    });
+    r.get("/boot.ipxe", 200);
+    r.get("/boot/seed/loader", 200);
+    for name in ["a1b2c3d4-0000-0000-0000-000000000000", "C612", "C6"] {
+        r.get(&format!("/pxelinux.cfg/{name}"), 404);
+    }
+    r.get("/pxelinux.cfg/01-52-54-00-00-18-01", 200);
+    r.get("/boot/seed/kernel", 200);
+    let boot = r.last_boot();
+    assert_eq!(boot["errors"], 0, "{boot:#}");
+    assert_eq!(boot["reached"], "kernel", "{boot:#}");
 }
 
 #[test]
