@@ -143,8 +143,12 @@ pub struct TftpDetail {
     pub duration_ms: u64,
     pub mb_per_s: f64,
     pub outcome: Outcome,
-    /// What went wrong, for every outcome but `ok` (a size probe says what the client sent).
+    /// What went wrong, when the outcome is an error.
     pub error: Option<String>,
+    /// What the client said when it ended a transfer without it being an error (a size
+    /// probe's ERROR packet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Detail for TftpDetail {

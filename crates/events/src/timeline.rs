@@ -288,7 +288,9 @@ mod tests {
             duration_ms,
             mb_per_s: 1.0,
             outcome,
-            error: (outcome != Outcome::Ok).then(|| "client error 8: User aborted".into()),
+            error: outcome.is_error().then(|| "timed out".into()),
+            note: (outcome == Outcome::SizeProbe)
+                .then(|| "client error 8: User aborted the transfer".into()),
         }
     }
 

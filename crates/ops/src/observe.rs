@@ -125,7 +125,19 @@ impl TransferObserver for Observers {
                 0.0
             },
             outcome: tftp_outcome(s),
-            error: if ok { None } else { Some(outcome) },
+            error: None,
+            note: None,
+        };
+        let detail = match (ok, detail.outcome.is_error()) {
+            (true, _) => detail,
+            (false, true) => TftpDetail {
+                error: Some(outcome),
+                ..detail
+            },
+            (false, false) => TftpDetail {
+                note: Some(outcome),
+                ..detail
+            },
         };
         self.events.record(mac, TftpDetail::KIND, detail.to_json());
     }
@@ -138,7 +150,11 @@ impl TransferObserver for Observers {
         self.events.record(
             mac,
             "tftp",
-            json!({"client": client.to_string(), "path": path, "error": reason, "outcome": if is_optional_lookup(path) { Outcome::LookupMiss } else { Outcome::Refused }}),
+            if is_optional_lookup(path) {
+                json!({"client": client.to_string(), "path": path, "note": reason, "outcome": Outcome::LookupMiss})
+            } else {
+                json!({"client": client.to_string(), "path": path, "error": reason, "outcome": Outcome::Refused})
+            },
         );
     }
 }

@@ -204,6 +204,10 @@ fn a_healthy_uefi_boot_with_a_size_probe_has_no_errors_and_reaches_the_installer
         );
     }
     assert!(outcomes.contains(&"size-probe"), "{outcomes:?}");
+    // Nothing in a healthy boot carries an error (the dashboard flags those).
+    for e in &list {
+        assert!(e.detail["error"].is_null(), "{:?}", e.detail);
+    }
 }
 
 #[test]
