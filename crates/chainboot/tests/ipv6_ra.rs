@@ -143,11 +143,16 @@ fn ipv6_disabled_on_the_boot_interface_is_said_at_start_in_check_and_in_healthz(
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        format!("{text}[http]\nlisten = \"{}:0\"\n", net.server_ip),
+        format!(
+            "{text}[http]\nlisten = \"{}:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            net.server_ip
+        ),
     )
     .unwrap();
     let mut server = Server::start_in(Some(&net.server), &cfg, dir.path().join("log"));
-    let http = server.listening("HTTP");
+    server.listening("HTTP");
+    // /healthz is on the management listener (loopback inside the namespace).
+    let api = server.listening("API");
     server.wait_for_log("IPv6 is off on srv0", Duration::from_secs(20));
     let log = server.log_text();
     assert!(log.contains("net.ipv6.conf.srv0.disable_ipv6 = 1"), "{log}");
@@ -165,7 +170,7 @@ fn ipv6_disabled_on_the_boot_interface_is_said_at_start_in_check_and_in_healthz(
             "--max-time",
             "5",
         ])
-        .arg(format!("http://{http}/healthz"))
+        .arg(format!("http://{api}/healthz"))
         .output()
         .expect("curl");
     let health = String::from_utf8_lossy(&out.stdout);
@@ -204,7 +209,7 @@ fn ipv6_disabled_on_the_boot_interface_is_said_at_start_in_check_and_in_healthz(
                 "--max-time",
                 "5",
             ])
-            .arg(format!("http://{http}/healthz"))
+            .arg(format!("http://{api}/healthz"))
             .output()
             .expect("curl");
         health = String::from_utf8_lossy(&out.stdout).into_owned();
