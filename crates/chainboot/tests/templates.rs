@@ -58,6 +58,9 @@ fn installer_files_are_served_untouched_marked_only_or_rendered_with_their_final
     let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
     let http = server.listening("HTTP");
     let url = |name: &str| format!("http://{http}/config/{MAC}/{name}");
+    // The machine is known once iPXE has asked for its script.
+    let (status, _) = get(&format!("http://{http}/ipxe?mac={MAC}&platform=efi"));
+    assert_eq!(status, "200");
 
     let (status, body) = get(&url("preseed.cfg"));
     assert_eq!(status, "200", "{}", String::from_utf8_lossy(&body));
