@@ -354,6 +354,8 @@ async fn serve(
     let (policy, events) = (sh.policy, sh.events);
 
     let mut signals = Signals::new()?;
+    // From here on a SIGHUP reloads instead of ending the process (tests wait for this line).
+    info!("ready: SIGHUP reloads the config, SIGINT or SIGTERM stops");
     let mut current = cfg.clone();
     let result = loop {
         tokio::select! {

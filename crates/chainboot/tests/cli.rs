@@ -550,7 +550,7 @@ fn serve_warns_about_unresolvable_assets_and_refuses_them_in_a_required_image() 
     let base = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{base}{}", iso(false))).unwrap();
     let mut server = Server::start_in(None, &cfg, d.join("log"));
-    server.listening("HTTP");
+    server.wait_for_log("ready: SIGHUP reloads", Duration::from_secs(20));
     server.wait_for_log("a machine booting this will fail", Duration::from_secs(10));
     assert!(server.log_text().contains("vmlinuz-typo"));
     // A reload that makes the image required is refused; the server keeps serving.
