@@ -389,24 +389,64 @@ e2e_assert_addresses_from_plain_dhcp() {
   e2e_log "addresses only from the plain DHCP server; proxy replies carry yiaddr 0.0.0.0"
 }
 
-# e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API on the
-# management listener, loopback inside the namespace, with the token) has every STAGE in the
-# machine's last boot. Only for the chainboot side.
+# e2e_api PATH: GET chainboot's API on its management listener (loopback inside the namespace,
+# with the token).
+e2e_api() {
+  ip netns exec "$E2E_NS" curl -s --max-time 5 \
+    -H "Authorization: Bearer $(cat "$E2E_RUN/state/api.token")" "http://127.0.0.1:8079$1"
+}
+
+# e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API) has every STAGE
+# in the machine's last boot, and no errors (a healthy boot: OVMF's TFTP size probe, DHCP offers
+# and acks are no errors). Only for the chainboot side.
 e2e_assert_timeline() {
-  local mac=$1 stage json
+  local mac=$1 json
   shift
   [ -f "$E2E_RUN/chainboot.log" ] || return 0
-  json=$(ip netns exec "$E2E_NS" curl -s --max-time 5 \
-    -H "Authorization: Bearer $(cat "$E2E_RUN/state/api.token")" \
-    "http://127.0.0.1:8079/api/v1/machines/$mac/timeline") \
+  json=$(e2e_api "/api/v1/machines/$mac/timeline") \
     || e2e_die "chainboot's API did not answer for $mac"
-  for stage in "$@"; do
-    python3 -c '
+  python3 -c '
 import json, sys
 boots = json.loads(sys.argv[1]).get("boots") or []
-stages = [s["stage"] for s in boots[-1]["stages"]] if boots else []
-sys.exit(0 if sys.argv[2] in stages else 1)' "$json" "$stage" \
-      || e2e_die "chainboot's timeline for $mac lacks stage $stage: $json"
+last = boots[-1] if boots else {"stages": [], "errors": None}
+stages = [s["stage"] for s in last["stages"]]
+missing = [s for s in sys.argv[2:] if s not in stages]
+if missing:
+    sys.exit("lacks stage(s) %s" % " ".join(missing))
+if last.get("errors") != 0:
+    sys.exit("shows errors: %s (stages with an error: %s)" % (last.get("errors"),
+             " ".join(s["stage"] for s in last["stages"] if s["error"]) or "none"))' "$json" "$@" \
+    || { e2e_events "$mac"; e2e_die "chainboot's timeline for $mac: $json"; }
+  e2e_log "chainboot's timeline for $mac: $*, errors: 0"
+}
+
+# The machine's events as chainboot recorded them (for a failing timeline assertion).
+e2e_events() {
+  e2e_api "/api/v1/events?mac=$1&limit=50" >&2 || true
+  echo >&2
+}
+
+# e2e_wait_timeline_error MAC STAGE: waits (E2E_VM_TIMEOUT) until the machine's last boot in
+# chainboot's timeline counts at least one error and STAGE is its only stage with an error (a boot
+# made to fail must say so, and where).
+e2e_wait_timeline_error() {
+  local mac=$1 stage=$2 json deadline=$(($(date +%s) + E2E_VM_TIMEOUT))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    json=$(e2e_api "/api/v1/machines/$mac/timeline" || true)
+    if python3 -c '
+import json, sys
+try:
+    boots = json.loads(sys.argv[1]).get("boots") or []
+except ValueError:
+    sys.exit(1)
+last = boots[-1] if boots else {"stages": [], "errors": 0}
+bad = [s["stage"] for s in last["stages"] if s["error"]]
+sys.exit(0 if last["errors"] >= 1 and bad == [sys.argv[2]] else 1)' "$json" "$stage"; then
+      e2e_log "chainboot's timeline for $mac shows the failure at $stage: $json"
+      return 0
+    fi
+    sleep 2
   done
-  e2e_log "chainboot's timeline for $mac: $*"
+  e2e_events "$mac"
+  e2e_die "chainboot's timeline for $mac never showed an error at $stage alone: ${json:-no answer}"
 }

@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 side=${1:-chainboot}
 case $side in anchor | chainboot) shift || true ;; *) side=chainboot ;; esac
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy fail)
 passed=0 failed=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

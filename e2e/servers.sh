@@ -233,7 +233,7 @@ EOF
 
 [[profile]]
 name = "e2e"
-kernel = "vmlinuz"
+kernel = "${E2E_KERNEL:-vmlinuz}"
 initrd = ["initrd.img"]
 cmdline = "$(e2e_cmdline)"
 EOF

@@ -5,3 +5,4 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 e2e_scenario bios "${1:-}" bios boot 1
+e2e_assert_timeline "${E2E_MACS[0]}" script kernel initrd

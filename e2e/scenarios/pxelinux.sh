@@ -7,3 +7,4 @@ set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 e2e_scenario pxelinux "${1:-}" bios pxelinux 1
 e2e_assert_http_fetched "pxelinux.cfg/01-${E2E_MACS[0]//:/-}"
+e2e_assert_timeline "${E2E_MACS[0]}" script kernel initrd

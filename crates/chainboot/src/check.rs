@@ -39,12 +39,20 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         .map(|d| d.display().to_string())
         .collect();
     println!("iPXE binaries (searched {}):", dirs.join(", "));
-    for (name, path) in bins.found() {
-        println!("  ok       {name:<16} {}", path.display());
+    for (name, path, real) in bins.found_with_links() {
+        if path == real {
+            println!("  ok       {name:<16} {}", path.display());
+        } else {
+            println!(
+                "  ok       {name:<16} {} (-> {})",
+                path.display(),
+                real.display()
+            );
+        }
     }
     for known in bins.missing() {
         println!(
-            "  missing  {:<16} for {}; get it from {}",
+            "  missing  {:<16} for {}: {}",
             known.name, known.for_whom, known.package
         );
     }
@@ -55,15 +63,21 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             errors += 1;
         }
     }
+    let isos = chainboot_iso::IsoLibrary::new(&cfg.iso);
     if !cfg.iso.is_empty() {
         println!("ISO images:");
-        let isos = chainboot_iso::IsoLibrary::new(&cfg.iso);
         for st in isos.status() {
             match &st.result {
                 Ok((scheme, entries)) => println!(
-                    "  ok       {:<16} {} ({entries} entries, {scheme:?} names)",
+                    "  ok       {:<16} {} ({entries} entries, {})",
                     st.name,
-                    st.path.display()
+                    st.path.display(),
+                    match scheme {
+                        chainboot_iso::NameScheme::RockRidge => "Rock Ridge names",
+                        chainboot_iso::NameScheme::Joliet => "Joliet names",
+                        chainboot_iso::NameScheme::Iso9660 =>
+                            "plain ISO 9660 names, matched in their upper-case 8.3 forms",
+                    }
                 ),
                 Err(e) => {
                     println!(
@@ -88,7 +102,50 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         if groups == 1 { "" } else { "s" },
         cfg.boot.default
     );
-    println!("DHCP: {:?} mode", cfg.dhcp.mode);
+    let mode = match cfg.dhcp.mode {
+        chainboot_dhcp::Mode::Proxy => "proxy",
+        chainboot_dhcp::Mode::Server => "server",
+        chainboot_dhcp::Mode::Off => "off",
+    };
+    println!("DHCP: {mode} mode");
+    let mut warnings = 0usize;
+    if cfg.ipv6.router_advertisements != chainboot_ra::RaMode::Off {
+        match crate::interfaces::select(&cfg.server.interfaces) {
+            Ok(list) => {
+                for iface in list {
+                    match chainboot_ra::ipv6_state(&iface.name).problem(&iface.name) {
+                        Some(p) => {
+                            warnings += 1;
+                            println!("warning: {p}");
+                        }
+                        None => println!(
+                            "IPv6 on {}: router solicitations will be answered",
+                            iface.name
+                        ),
+                    }
+                }
+            }
+            Err(e) => println!("warning: [server] interfaces: {e}"),
+        }
+    }
+    // What profiles refer to, resolved now rather than at a machine's boot.
+    let (file, text) = config::preflight::source_text(&source);
+    let findings = config::preflight::check(&cfg, &file, &text, &isos);
+    for f in &findings {
+        match f.level {
+            config::preflight::Level::Error => {
+                errors += 1;
+                println!("error: {}", f.problem);
+            }
+            config::preflight::Level::Warning => {
+                warnings += 1;
+                println!("warning: {}", f.problem);
+            }
+        }
+    }
+    if warnings > 0 {
+        println!("{warnings} warning{}", if warnings == 1 { "" } else { "s" });
+    }
     if errors > 0 {
         println!(
             "{errors} problem{} found",

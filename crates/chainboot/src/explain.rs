@@ -105,8 +105,12 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
 
     // DHCP: the engine itself answers a DISCOVER as it would on the wire.
     out.push_str(&format!(
-        "\nDHCP ({:?} mode, request received on {server_ip}):\n",
-        cfg.dhcp.mode
+        "\nDHCP ({} mode, request received on {server_ip}):\n",
+        match cfg.dhcp.mode {
+            Mode::Proxy => "proxy",
+            Mode::Server => "server",
+            Mode::Off => "off",
+        }
     ));
     let boot = cfg.boot_settings();
     let mut engine = Engine::new(cfg.dhcp.clone(), boot.clone());
@@ -125,21 +129,36 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
             serde_json::to_string(d).unwrap_or_default()
         ));
     }
-    out.push_str(&format!("  outcome: {:?}\n", handled.outcome));
+    let (outcome, reason) = chainboot_ops::observe::dhcp_outcome(&handled.outcome);
+    match reason {
+        Some(r) => out.push_str(&format!("  outcome: {outcome} ({r})\n")),
+        None => out.push_str(&format!("  outcome: {outcome}\n")),
+    }
     for reply in &handled.outgoing {
         if let Some(view) = ReplyView::parse(&reply.bytes) {
             out.push_str(&format!(
-                "  reply {:?} to {:?}: yiaddr {}, siaddr {}, file {:?}, {} bytes\n",
-                reply.msg_type, reply.dest, view.yiaddr, view.siaddr, view.file, view.len
+                "  reply {} to {}: yiaddr {}, siaddr {}, file \"{}\", {} bytes\n",
+                format!("{:?}", reply.msg_type).to_lowercase(),
+                destination(&reply.dest),
+                view.yiaddr,
+                view.siaddr,
+                view.file.escape_debug(),
+                view.len
             ));
             if let Some(vc) = view.opt_str(60) {
                 out.push_str(&format!("    option 60 (vendor class): {vc}\n"));
             }
             if let Some(o43) = view.opt(43) {
-                out.push_str(&format!("    option 43 (PXE vendor options): {o43:02x?}\n"));
+                out.push_str(&format!(
+                    "    option 43 (PXE vendor options): {}\n",
+                    hex_bytes(o43)
+                ));
             }
             if let Some(o175) = view.opt(175) {
-                out.push_str(&format!("    option 175 (iPXE options): {o175:02x?}\n"));
+                out.push_str(&format!(
+                    "    option 175 (iPXE options): {}\n",
+                    hex_bytes(o175)
+                ));
             }
         }
     }
@@ -186,4 +205,22 @@ fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
     } else {
         Ok(Store::in_memory()?)
     }
+}
+
+/// Where a reply goes, in words.
+fn destination(d: &chainboot_dhcp::engine::Destination) -> String {
+    use chainboot_dhcp::engine::Destination;
+    match d {
+        Destination::Unicast(a) => format!("{a}"),
+        Destination::Broadcast { port } => format!("255.255.255.255:{port} (broadcast)"),
+        Destination::UnicastNoArp { addr, mac } => format!("{addr} (unicast to {mac})"),
+    }
+}
+
+/// Option bytes as `01 a2 ff`.
+fn hex_bytes(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -182,6 +182,16 @@ fn start_ra(
         return ra_stats;
     }
     for iface in ifaces {
+        if let Ok(mut list) = ra_stats.interfaces.lock() {
+            list.push(iface.name.clone());
+        }
+        let state = chainboot_ra::ipv6_state(&iface.name);
+        if let Some(problem) = state.problem(&iface.name) {
+            warn!(interface = %iface.name, "{problem}");
+        }
+        if matches!(state, chainboot_ra::Ipv6State::Disabled(_)) {
+            continue;
+        }
         match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
             Ok(server) => {
                 let token = shutdown.clone();
@@ -294,6 +304,7 @@ async fn serve(
     let mut tasks: Tasks = JoinSet::new();
     let ifaces = interfaces::select(&cfg.server.interfaces)?;
     let sh = open_shared(&cfg, &ifaces, quick.as_ref())?;
+    preflight(&cfg, &source, &sh.isos).map_err(anyhow::Error::msg)?;
     tokio::spawn(expire_unproven_machines(
         sh.store.clone(),
         cfg.machines.unproven_expiry,
@@ -356,8 +367,11 @@ async fn serve(
         cfg.clone(),
         policy.clone(),
         reloadable_dhcp,
+        sh.isos.clone(),
         quick.is_some(),
     )?;
+    // From here on a SIGHUP reloads instead of ending the process (tests wait for this line).
+    info!("ready: SIGHUP reloads the config, SIGINT or SIGTERM stops");
     let result = loop {
         tokio::select! {
             sig = signals.next() => match sig {
@@ -469,6 +483,7 @@ impl Reloader {
         current: config::Config,
         policy: Arc<Policy>,
         dhcp: Arc<parking_lot::Mutex<chainboot_dhcp::Engine>>,
+        isos: Arc<IsoLibrary>,
         quick: bool,
     ) -> std::io::Result<Reloader> {
         let (queue, requests) = std::sync::mpsc::sync_channel::<()>(1);
@@ -478,7 +493,7 @@ impl Reloader {
                 let mut current = current;
                 // Ends when the server drops the `Reloader`.
                 while requests.recv().is_ok() {
-                    reload(&source, &mut current, &policy, &dhcp, quick);
+                    reload(&source, &mut current, &policy, &dhcp, &isos, quick);
                 }
             })?;
         Ok(Reloader { queue })
@@ -507,6 +522,7 @@ fn reload(
     current: &mut config::Config,
     policy: &Policy,
     dhcp: &parking_lot::Mutex<chainboot_dhcp::Engine>,
+    isos: &IsoLibrary,
     quick: bool,
 ) {
     let config::Source::File(path) = source else {
@@ -539,6 +555,10 @@ fn reload(
     }
     let policy_changed = live.iter().any(|s| *s != "dhcp");
     if policy_changed && !quick {
+        if let Err(e) = preflight(&new, source, isos) {
+            error!("SIGHUP: boot policy refused, still serving the previous one: {e}");
+            return;
+        }
         if let Err(problems) = policy.reload(new.policy()) {
             error!("SIGHUP: boot policy refused, still serving the previous one: {problems:?}");
             return;
@@ -552,5 +572,36 @@ fn reload(
     }
     if !restart.is_empty() {
         warn!(sections = ?restart, "SIGHUP: these sections changed but take effect only after a restart");
+    }
+}
+
+/// Resolves what the config's profiles refer to (assets, `/config` files, templates) and logs
+/// each problem loudly: a machine booting such a profile fails. `Err` when a reference into a
+/// `required` ISO image fails: the operator said the server is useless without it.
+fn preflight(
+    cfg: &config::Config,
+    source: &config::Source,
+    isos: &IsoLibrary,
+) -> Result<(), String> {
+    let (file, text) = config::preflight::source_text(source);
+    let mut required = Vec::new();
+    for f in config::preflight::check(cfg, &file, &text, isos) {
+        match f.level {
+            config::preflight::Level::Error => {
+                error!("a machine booting this will fail: {}", f.problem)
+            }
+            config::preflight::Level::Warning => warn!("{}", f.problem),
+        }
+        if f.required {
+            required.push(f.problem.to_string());
+        }
+    }
+    if required.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a reference into a required ISO image does not resolve: {}",
+            required.join("; ")
+        ))
     }
 }

@@ -51,6 +51,148 @@ fn check_accepts_a_good_config_and_lists_ipxe_binaries() {
     assert!(out.contains("missing  snponly.efi"), "{out}");
 }
 
+/// Builds an ISO of `src` with xorriso: Rock Ridge names, or plain ISO 9660 ones.
+fn make_iso(src: &std::path::Path, iso: &std::path::Path, rock_ridge: bool) {
+    let onoff = if rock_ridge { "on" } else { "off" };
+    let st = Command::new("xorriso")
+        .args(["-rockridge", onoff, "-joliet", "off", "-outdev"])
+        .arg(iso)
+        .arg("-map")
+        .arg(src)
+        .arg("/")
+        .output()
+        .expect("xorriso (bash .ci/install-deps installs it)");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn check_resolves_every_asset_and_template_a_profile_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src");
+    std::fs::create_dir_all(src.join("install.amd")).unwrap();
+    std::fs::write(src.join("install.amd/vmlinuz"), b"kernel").unwrap();
+    std::fs::write(src.join("install.amd/initrd.gz"), b"initrd").unwrap();
+    make_iso(&src, &d.join("debian.iso"), true);
+    make_iso(&src, &d.join("plain.iso"), false);
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("vmlinuz"), b"k").unwrap();
+    let templates = d.join("templates");
+    std::fs::create_dir_all(templates.join("pxelinux.cfg")).unwrap();
+    std::fs::write(
+        templates.join("preseed.cfg"),
+        "d-i x string y\nd-i preseed/late_command string sh -c 'x=abc; echo ${#x}'\nd-i z\n",
+    )
+    .unwrap();
+    std::fs::write(templates.join("ok.cfg.raw"), "{{ ${#x}").unwrap();
+    std::fs::write(
+        templates.join("user-data.marked"),
+        "a: {{@ machine.mac @}}\n",
+    )
+    .unwrap();
+    std::fs::write(templates.join("pxelinux.cfg/default"), "{% not a template").unwrap();
+    let bins = d.join("ipxe");
+    let real = d.join("real");
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(bins.join("undionly.kpxe"), b"x").unwrap();
+    std::fs::write(real.join("ipxe.efi"), b"x").unwrap();
+    std::os::unix::fs::symlink(real.join("ipxe.efi"), bins.join("ipxe.efi")).unwrap();
+    let cfg = d.join("chainboot.toml");
+    let text = format!(
+        r#"[server]
+state_dir = "{state}"
+[dhcp]
+mode = "off"
+[http]
+listen = "127.0.0.1:0"
+root = "{www}"
+[ipxe]
+dir = "{bins}"
+[[iso]]
+name = "debian"
+path = "{d}/debian.iso"
+[[iso]]
+name = "plain"
+path = "{d}/plain.iso"
+[[profile]]
+name = "typo"
+kernel = "iso:debian/install.amd/vmlinuz-typo"
+initrd = ["iso:nosuchiso/initrd.gz"]
+[[profile]]
+name = "files"
+kernel = "nosuch/vmlinuz"
+initrd = ["file:///nonexistent/initramfs", "iso:plain/install.amd/initrd.gz"]
+cmdline = "initrd=initrd.img url={{{{ http }}}}/config/{{{{ machine.mac }}}}/missing.cfg"
+[[profile]]
+name = "good"
+kernel = "iso:plain/install.amd/vmlinuz"
+initrd = ["iso:debian/INSTALL.AMD/initrd.gz"]
+cmdline = "initrd=initrd.gz url={{{{ http }}}}/config/{{{{ machine.mac }}}}/preseed.cfg u={{{{ http }}}}/config/{{{{ machine.mac }}}}/user-data"
+[boot]
+default = "good"
+templates = "{templates}"
+"#,
+        state = d.join("state").display(),
+        www = www.display(),
+        bins = bins.display(),
+        d = d.display(),
+        templates = templates.display(),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let file = cfg.display().to_string();
+    let (code, out) = chainboot(&["check", "--config", &file]);
+    assert_eq!(code, 1, "{out}");
+    let has = |s: &str| assert!(out.contains(s), "missing {s:?} in:\n{out}");
+    // A typo in a path inside an image, with the name it probably meant.
+    has(&format!("{file}:{}:1: profile[0].kernel: `iso:debian/install.amd/vmlinuz-typo`: no such file in iso debian", line("vmlinuz-typo")));
+    has("did you mean `iso:debian/install.amd/vmlinuz`?");
+    has(&format!("{file}:{}:", line("nosuchiso")));
+    has("there is no [[iso]] named `nosuchiso` (configured: debian, plain)");
+    has(&format!(
+        "{file}:{}:1: profile[1].kernel: `nosuch/vmlinuz`: no such file under [http] root",
+        line("nosuch/vmlinuz")
+    ));
+    has("`file:///nonexistent/initramfs`: no such file");
+    has("missing.cfg, and neither");
+    // A template that does not parse: its own file and line.
+    has(&format!(
+        "{}:2: template error",
+        templates.join("preseed.cfg").display()
+    ));
+    // `initrd=` naming none of the profile's initrds is a warning; one that names one is fine.
+    has(&format!("warning: {file}:{}:1: profile[1].cmdline: `initrd=initrd.img` names no initrd of this profile (its initrds are named initramfs, initrd.gz)", line("initrd=initrd.img")));
+    assert_eq!(out.matches("warning: ").count(), 1, "{out}");
+    // Everything else resolves: the plain ISO's mangled names, the .marked and .raw files, the
+    // static pxelinux.cfg folder.
+    assert!(!out.contains("profile[2]"), "{out}");
+    assert!(
+        !out.contains("ok.cfg.raw") && !out.contains("pxelinux.cfg/default"),
+        "{out}"
+    );
+    has("6 problems found");
+    // The iPXE binaries as found in the folder, with where a symlink leads; no Rust debug text.
+    has(&format!(
+        "ok       ipxe.efi         {} (-> {})",
+        bins.join("ipxe.efi").display(),
+        real.join("ipxe.efi").display()
+    ));
+    has("missing  ipxe-i386.efi    for 32-bit x86 UEFI firmware: not packaged by Debian; build");
+    has("DHCP: off mode");
+    has("Rock Ridge names");
+    assert!(!out.contains("get it from"), "{out}");
+    assert!(
+        !out.contains("RockRidge") && !out.contains("Off mode"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_semantic_error_in_a_profile_points_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,6 +231,13 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("file \"undionly.kpxe\""), "{out}");
+    // Words, not Rust debug text.
+    assert!(out.contains("outcome: offer\n"), "{out}");
+    assert!(out.contains("(proxy mode"), "{out}");
+    assert!(out.contains("255.255.255.255:68 (broadcast)"), "{out}");
+    for debug in ["Replied(", "Broadcast {", "Some(", "Proxy mode", "[0x"] {
+        assert!(!out.contains(debug), "{debug} in: {out}");
+    }
     assert!(out.contains("boots: profile linux"), "{out}");
     assert!(
         out.contains("kernel --name kernel http://198.18.0.1:"),
@@ -164,10 +313,7 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
         "--server-ip",
         "198.18.0.1",
     ]);
-    assert!(
-        out.contains("UnknownArch") || out.contains("unknown-arch"),
-        "{out}"
-    );
+    assert!(out.contains("outcome: refused (unknown-arch)"), "{out}");
 }
 
 #[test]
@@ -382,4 +528,47 @@ fn rearm_lets_a_boot_once_machine_install_again() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(script().contains("boots profile rescue"));
+}
+
+#[test]
+fn serve_warns_about_unresolvable_assets_and_refuses_them_in_a_required_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src");
+    std::fs::create_dir_all(src.join("install.amd")).unwrap();
+    std::fs::write(src.join("install.amd/vmlinuz"), b"kernel").unwrap();
+    make_iso(&src, &d.join("debian.iso"), true);
+    let iso = |required: bool| {
+        format!(
+            "[[iso]]\nname = \"debian\"\npath = \"{}\"\nrequired = {required}\n\
+             [[profile]]\nname = \"d-i\"\nkernel = \"iso:debian/install.amd/vmlinuz-typo\"\n",
+            d.join("debian.iso").display()
+        )
+    };
+    // Not required: the server starts, and says loudly what will fail.
+    let (cfg, _) = loopback_config(d, "");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}{}", iso(false))).unwrap();
+    let mut server = Server::start_in(None, &cfg, d.join("log"));
+    server.wait_for_log("ready: SIGHUP reloads", Duration::from_secs(20));
+    server.wait_for_log("a machine booting this will fail", Duration::from_secs(10));
+    assert!(server.log_text().contains("vmlinuz-typo"));
+    // A reload that makes the image required is refused; the server keeps serving.
+    std::fs::write(
+        &cfg,
+        format!("{base}{}", iso(true)).replace("vmlinuz-typo", "vmlinuz-typo2"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    server.wait_for_log("SIGHUP: boot policy refused", Duration::from_secs(10));
+    assert!(server.log_text().contains("required ISO image"));
+    drop(server);
+    // Required from the start: the server does not start, and says why.
+    let (code, out) = chainboot(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("a reference into a required ISO image does not resolve")
+            && out.contains("vmlinuz-typo2"),
+        "{out}"
+    );
 }

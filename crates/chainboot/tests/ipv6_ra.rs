@@ -129,3 +129,94 @@ fn auto_goes_quiet_when_a_real_router_is_heard_and_off_sends_nothing() {
         "off must send nothing: {answer}"
     );
 }
+
+#[test]
+fn ipv6_disabled_on_the_boot_interface_is_said_at_start_in_check_and_in_healthz() {
+    require_root_and(&["ip", "curl"]);
+    let net = NetPair::new("ra3", 22);
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv6.conf.srv0.disable_ipv6=1",
+        net.server
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "auto");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}[http]\nlisten = \"{}:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            net.server_ip
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start_in(Some(&net.server), &cfg, dir.path().join("log"));
+    server.listening("HTTP");
+    // /healthz is on the management listener (loopback inside the namespace).
+    let api = server.listening("API");
+    server.wait_for_log("IPv6 is off on srv0", Duration::from_secs(20));
+    let log = server.log_text();
+    assert!(log.contains("net.ipv6.conf.srv0.disable_ipv6 = 1"), "{log}");
+    assert!(
+        !log.contains("answering IPv6 router solicitations"),
+        "claims to answer on an interface without IPv6:\n{log}"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.server,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{api}/healthz"))
+        .output()
+        .expect("curl");
+    let health = String::from_utf8_lossy(&out.stdout);
+    assert!(health.starts_with("ok\n"), "{health}");
+    assert!(
+        health.contains("warning: IPv6 is off on srv0 (net.ipv6.conf.srv0.disable_ipv6 = 1)"),
+        "{health}"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.server])
+        .arg(chainboot_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("chainboot check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: IPv6 is off on srv0 (net.ipv6.conf.srv0.disable_ipv6 = 1)"),
+        "{text}"
+    );
+    // IPv6 back on: healthz says nothing more.
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv6.conf.srv0.disable_ipv6=0",
+        net.server
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut health = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.server,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{api}/healthz"))
+            .output()
+            .expect("curl");
+        health = String::from_utf8_lossy(&out.stdout).into_owned();
+        if health == "ok\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(health, "ok\n");
+}

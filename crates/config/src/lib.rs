@@ -252,6 +252,21 @@ fn is_consequence_of_removal(message: &str, path: &[String], removed: &[Vec<Stri
         .any(|r| r.len() == path.len() + 1 && r[..path.len()] == *path && r[path.len()] == field)
 }
 
+/// A problem found after loading (a file a key names does not exist, ...), located at the key
+/// `path` in the config `text` as the loader locates its own.
+pub fn problem_at(file: &Path, text: &str, path: &[String], message: String) -> Problem {
+    match Document::parse(text.to_string()) {
+        Ok(doc) => locate(file, text, &doc, path, message),
+        Err(_) => Problem {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: dotted(path),
+            message,
+        },
+    }
+}
+
 fn locate(
     file: &Path,
     text: &str,

@@ -12,6 +12,7 @@
 //! pass a token bucket, the live channel holds [`LIVE_CAPACITY`] events serialised once (so at
 //! most a few MiB whoever subscribes), and the store is pruned by count, age and bytes.
 
+pub mod detail;
 pub mod timeline;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
 pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageSpan};
 
 /// The event kind of a detected chainload loop (PRODUCT.md §5).
@@ -280,15 +282,16 @@ impl EventLog {
         }
     }
 
-    /// Records the event of a refused request (a missing or refused path): never a machine's
-    /// event (the client's address proves nothing about which machine it is), at most
-    /// `refused_per_second`; returns false when the rate limit dropped it.
-    pub fn record_refused(&self, kind: &str, detail: serde_json::Value) -> bool {
+    /// Records the event of a refused request (a missing or refused path), at most
+    /// `refused_per_second` of them; returns false when the rate limit dropped it. `mac` only
+    /// when the client's address is one its machine proved is its own (an installer's 404 in
+    /// its timeline); a stranger's request names no machine.
+    pub fn record_refused(&self, mac: Option<Mac>, kind: &str, detail: serde_json::Value) -> bool {
         if !self.refused.lock().try_take(Instant::now()) {
             self.stats.refused_dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        self.record(None, kind, detail);
+        self.record(mac, kind, detail);
         true
     }
 
@@ -610,6 +613,7 @@ mod tests {
         let recorded = (0..1000)
             .filter(|_| {
                 log.record_refused(
+                    None,
                     "tftp",
                     json!({"path": "undionly.kpxe", "first_stage": true}),
                 )

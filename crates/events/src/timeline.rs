@@ -21,18 +21,21 @@ pub enum Stage {
     Script,
     Kernel,
     Initrd,
+    /// The installer fetching its per-machine file (`/config/MAC/NAME`: a preseed, kickstart).
+    Config,
     /// The installed OS or installer calling back (`installed`, ...).
     OsCallback,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::FirmwareDhcp,
         Stage::FirstStage,
         Stage::IpxeDhcp,
         Stage::Script,
         Stage::Kernel,
         Stage::Initrd,
+        Stage::Config,
         Stage::OsCallback,
     ];
 }
@@ -40,7 +43,7 @@ impl Stage {
 /// Which stage an event belongs to, from its kind and the facts the producers put in it:
 /// - `dhcp` events carry `client`: `pxe`, `http-boot` (firmware) or `ipxe`;
 /// - `tftp` events carry `first_stage: true` for iPXE binaries;
-/// - `http` events carry `what`: `first-stage`, `script`, `kernel`, `initrd`, ...;
+/// - `http` events carry `what`: `first-stage`, `script`, `kernel`, `initrd`, `config`, ...;
 /// - `api` events are callbacks from the booted system.
 pub fn stage_of(kind: &str, detail: &serde_json::Value) -> Option<Stage> {
     let s = |k: &str| detail.get(k).and_then(|v| v.as_str());
@@ -67,6 +70,7 @@ pub fn stage_of(kind: &str, detail: &serde_json::Value) -> Option<Stage> {
             Some("script") => Some(Stage::Script),
             Some("kernel") => Some(Stage::Kernel),
             Some("initrd") => Some(Stage::Initrd),
+            Some("config") => Some(Stage::Config),
             _ => None,
         },
         "api" => Some(Stage::OsCallback),
@@ -101,19 +105,6 @@ pub struct Boot {
 /// A pause this long starts a new boot even without a firmware DHCP event.
 pub const BOOT_GAP_MS: i64 = 10 * 60 * 1000;
 
-fn is_error(detail: &serde_json::Value) -> bool {
-    if detail.get("error").is_some_and(|e| !e.is_null()) {
-        return true;
-    }
-    if let Some(status) = detail.get("status").and_then(|v| v.as_u64()) {
-        return status >= 400;
-    }
-    matches!(
-        detail.get("outcome").and_then(|v| v.as_str()),
-        Some(o) if o != "completed" && o != "ok"
-    )
-}
-
 /// Splits one machine's events (any order) into boots, oldest first.
 pub fn boots(events: &[EventRecord]) -> Vec<Boot> {
     let mut sorted: Vec<&EventRecord> = events.iter().collect();
@@ -147,7 +138,7 @@ pub fn boots(events: &[EventRecord]) -> Vec<Boot> {
             continue;
         };
         boot.end_ms = boot.end_ms.max(e.at_ms);
-        let error = is_error(&e.detail);
+        let error = crate::detail::is_error(&e.detail);
         if error {
             boot.errors += 1;
         }
@@ -246,7 +237,7 @@ impl LoopDetector {
                 }
                 None
             }
-            Stage::Script | Stage::Kernel | Stage::Initrd | Stage::OsCallback => {
+            Stage::Script | Stage::Kernel | Stage::Initrd | Stage::Config | Stage::OsCallback => {
                 self.fetches.remove(&mac);
                 None
             }
@@ -258,52 +249,90 @@ impl LoopDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
     use serde_json::json;
 
-    fn ev(id: i64, at: i64, kind: &str, detail: serde_json::Value) -> EventRecord {
+    fn ev<D: Detail>(id: i64, at: i64, d: &D) -> EventRecord {
         EventRecord {
             id,
             at_ms: at,
             mac: Some("52:54:00:00:00:01".parse().unwrap()),
-            kind: kind.into(),
-            detail,
+            kind: D::KIND.into(),
+            detail: d.to_json(),
         }
     }
 
+    fn dhcp(msg: &str, client: &'static str, outcome: Outcome) -> DhcpDetail {
+        DhcpDetail {
+            msg: msg.into(),
+            client,
+            arch: Some(7),
+            iface: "veth0".into(),
+            port: 67,
+            outcome,
+            reason: None,
+            address: Some("198.18.0.100".into()),
+            decision: serde_json::Value::Null,
+        }
+    }
+
+    fn tftp(path: &str, bytes: u64, duration_ms: u64, outcome: Outcome) -> TftpDetail {
+        TftpDetail {
+            client: "198.18.0.100:1024".into(),
+            path: path.into(),
+            what: "first-stage",
+            first_stage: true,
+            bytes,
+            blksize: 1468,
+            windowsize: 1,
+            duration_ms,
+            mb_per_s: 1.0,
+            outcome,
+            error: outcome.is_error().then(|| "timed out".into()),
+            note: (outcome == Outcome::SizeProbe)
+                .then(|| "client error 8: User aborted the transfer".into()),
+        }
+    }
+
+    fn http(what: &'static str, status: u16, duration_ms: u64) -> HttpDetail {
+        HttpDetail {
+            client: "198.18.0.100:40000".into(),
+            method: "GET".into(),
+            path: format!("/{what}"),
+            what,
+            status,
+            outcome: Outcome::of_http_status(status),
+            bytes: 1000,
+            duration_ms,
+            complete: true,
+        }
+    }
+
+    /// A UEFI boot as the servers record it: DHCP offer and ack, OVMF's size probe of the
+    /// first stage, then the real download, iPXE's DHCP, script, kernel, initrd.
     fn a_full_boot(t0: i64, id0: i64) -> Vec<EventRecord> {
         vec![
-            ev(id0, t0, "dhcp", json!({"client": "pxe", "msg": "discover"})),
-            ev(
-                id0 + 1,
-                t0 + 100,
-                "dhcp",
-                json!({"client": "pxe", "msg": "request"}),
-            ),
+            ev(id0, t0, &dhcp("discover", "pxe", Outcome::Offer)),
+            ev(id0 + 1, t0 + 100, &dhcp("request", "pxe", Outcome::Ack)),
             ev(
                 id0 + 2,
-                t0 + 900,
-                "tftp",
-                json!({"first_stage": true, "duration_ms": 700, "outcome": "completed"}),
+                t0 + 150,
+                &tftp("ipxe.efi", 0, 10, Outcome::SizeProbe),
             ),
-            ev(id0 + 3, t0 + 3000, "dhcp", json!({"client": "ipxe"})),
+            ev(
+                id0 + 3,
+                t0 + 900,
+                &tftp("ipxe.efi", 1_000_000, 700, Outcome::Ok),
+            ),
             ev(
                 id0 + 4,
-                t0 + 3100,
-                "http",
-                json!({"what": "script", "status": 200, "duration_ms": 5}),
+                t0 + 3000,
+                &dhcp("discover", "ipxe", Outcome::Offer),
             ),
-            ev(
-                id0 + 5,
-                t0 + 3500,
-                "http",
-                json!({"what": "kernel", "status": 200, "duration_ms": 300}),
-            ),
-            ev(
-                id0 + 6,
-                t0 + 4500,
-                "http",
-                json!({"what": "initrd", "status": 200, "duration_ms": 900}),
-            ),
+            ev(id0 + 5, t0 + 3050, &dhcp("request", "ipxe", Outcome::Ack)),
+            ev(id0 + 6, t0 + 3100, &http("script", 200, 5)),
+            ev(id0 + 7, t0 + 3500, &http("kernel", 200, 300)),
+            ev(id0 + 8, t0 + 4500, &http("initrd", 200, 900)),
         ]
     }
 
@@ -325,7 +354,7 @@ mod tests {
         );
         assert_eq!(b[0].stages[0].duration_ms, 100);
         assert_eq!(
-            b[0].stages[1].start_ms, 1_200,
+            b[0].stages[1].start_ms, 1_140,
             "TFTP began duration_ms before it ended"
         );
         assert_eq!(b[0].reached, Some(Stage::Initrd));
@@ -336,7 +365,7 @@ mod tests {
     fn the_next_power_on_starts_a_new_boot_and_errors_show() {
         let mut events = a_full_boot(1_000, 1);
         let mut second = a_full_boot(20_000, 100);
-        second[5].detail = json!({"what": "kernel", "status": 404});
+        second[7] = ev(107, 23_500, &http("kernel", 404, 3));
         events.extend(second);
         let b = boots(&events);
         assert_eq!(b.len(), 2);
@@ -346,6 +375,27 @@ mod tests {
             .stages
             .iter()
             .any(|s| s.stage == Stage::Kernel && s.error));
+    }
+
+    #[test]
+    fn the_installer_config_fetch_is_a_stage_and_failed_transfers_are_errors() {
+        let mut events = a_full_boot(1_000, 1);
+        events.push(ev(20, 9_000, &http("config", 200, 2)));
+        let b = boots(&events);
+        assert_eq!(b[0].reached, Some(Stage::Config));
+        assert_eq!(b[0].errors, 0);
+        // The same boot where the first stage timed out once and the DHCP server had no
+        // address for the machine's second try.
+        events.push(ev(
+            21,
+            9_100,
+            &tftp("ipxe.efi", 4096, 9000, Outcome::TimedOut),
+        ));
+        let mut refused = dhcp("discover", "ipxe", Outcome::Refused);
+        refused.reason = Some("pool-exhausted");
+        events.push(ev(22, 9_200, &refused));
+        let b = boots(&events);
+        assert_eq!(b[0].errors, 2, "{b:?}");
     }
 
     #[test]

@@ -30,6 +30,13 @@ use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
 /// How long `run` waits for responses in flight after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// After the server ends a connection it keeps reading, and discarding, what the client still
+/// sends for at most this long and this many bytes before it closes. Closing a socket with
+/// unread bytes makes the kernel send a reset, and a client still sending a body the server
+/// refused (over `request_body_limit`) then loses the error response it had not read yet.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
 /// Bound HTTP listeners plus the limits to serve them with.
 pub struct HttpServer {
     listeners: Vec<std::net::TcpListener>,
@@ -259,6 +266,20 @@ struct TrackedStream {
     send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A write is waiting for the peer (the timer runs).
     write_blocked: bool,
+    /// Gets a second handle on the socket when this stream is dropped, so that the connection
+    /// can be closed gracefully ([`linger_close`]) after hyper is done with it. `None` once
+    /// sent, or when the connection is to end with a reset (send timeout).
+    on_close: Option<tokio::sync::oneshot::Sender<Socket>>,
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.on_close.take() {
+            if let Ok(dup) = socket2::SockRef::from(&self.inner).try_clone() {
+                let _ = tx.send(dup);
+            }
+        }
+    }
 }
 
 impl TrackedStream {
@@ -296,6 +317,7 @@ impl TrackedStream {
             humantime::format_duration(timeout)
         );
         let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+        self.on_close = None;
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "send_timeout: the client accepts no bytes",
@@ -387,6 +409,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
     ctx.observer.on_connection(peer);
 
     let activity = Arc::new(Activity::new());
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
     let io = TokioIo::new(TrackedStream {
         inner: stream,
         activity: activity.clone(),
@@ -395,6 +418,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
         send_timeout: ctx.cfg.send_timeout,
         send_timer: None,
         write_blocked: false,
+        on_close: Some(closed_tx),
     });
 
     let svc_ctx = ctx.clone();
@@ -463,45 +487,73 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
         .header_read_timeout(ctx.cfg.header_read_timeout)
         .max_buf_size(ctx.cfg.max_header_bytes.max(8192))
         .keep_alive(true);
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
+    // Ends with whether the connection may be closed gracefully (not when a peer ignored the
+    // close during shutdown: it has had its grace time).
+    let graceful = {
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
 
-    let idle_ms = ctx.cfg.idle_timeout.as_millis() as u64;
-    let mut tick = tokio::time::interval(
-        (ctx.cfg.idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(5)),
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing_since: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    if e.is_timeout() {
-                        ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+        let idle_ms = ctx.cfg.idle_timeout.as_millis() as u64;
+        let mut tick = tokio::time::interval(
+            (ctx.cfg.idle_timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(5)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        if e.is_timeout() {
+                            ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(target: "chainboot::http", client = %peer, error = %e, "connection ended");
                     }
-                    tracing::debug!(target: "chainboot::http", client = %peer, error = %e, "connection ended");
+                    break true;
                 }
-                return;
-            }
-            _ = ctx.shutdown.cancelled(), if closing_since.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                closing_since = Some(Instant::now());
-            }
-            _ = tick.tick() => {
-                if let Some(since) = closing_since {
-                    // A peer that ignores the close: give up on it after the grace time.
-                    if since.elapsed() > SHUTDOWN_GRACE {
-                        return;
-                    }
-                    continue;
-                }
-                let idle = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_ms {
-                    ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                _ = ctx.shutdown.cancelled(), if closing_since.is_none() => {
                     conn.as_mut().graceful_shutdown();
                     closing_since = Some(Instant::now());
                 }
+                _ = tick.tick() => {
+                    if let Some(since) = closing_since {
+                        // A peer that ignores the close: give up on it after the grace time.
+                        if since.elapsed() > SHUTDOWN_GRACE {
+                            break false;
+                        }
+                        continue;
+                    }
+                    let idle = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_ms {
+                        ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+                        conn.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                }
             }
+        }
+    };
+    if let (true, Ok(sock)) = (graceful, closed_rx.try_recv()) {
+        linger_close(sock).await;
+    }
+}
+
+/// Closes a connection hyper is done with without losing what it sent last: stops sending
+/// (FIN after the last response), then reads and discards until the client closes, for at
+/// most [`LINGER_TIME`] and [`LINGER_BYTES`]. Only then is the socket closed, so a client that
+/// was still sending a refused body reads the refusal instead of a reset.
+async fn linger_close(sock: Socket) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = TcpStream::from_std(sock.into()) else {
+        return;
+    };
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
         }
     }
 }

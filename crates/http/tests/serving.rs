@@ -1237,3 +1237,66 @@ async fn a_slow_but_steady_reader_outlasts_send_timeout() {
     );
     s.shutdown().await;
 }
+
+/// A chunked body over `request_body_limit`, sent by a client whose small send buffer makes each
+/// write wait for the server to read: the server answers with its error, keeps reading (and
+/// discarding) what the client still sends for a bounded time, and only then closes. Every
+/// write of the client succeeds and it reads the status and the message, instead of a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_limit_chunked_body_gets_its_error_and_a_clean_close() {
+    let router = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: bytes::Bytes| async move { body }),
+    );
+    let (addr, _stats, stop) = start_router(router, |c| {
+        c.request_body_limit = 64 * 1024;
+    })
+    .await;
+    let (sent, result) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_send_buffer_size(4096).unwrap();
+        s.connect(&addr.into()).unwrap();
+        let mut sock: std::net::TcpStream = s.into();
+        sock.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        let chunk = [b'x'; 4096];
+        let mut sent = 0usize;
+        // 1 MiB: sixteen times the limit.
+        for _ in 0..256 {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if let Err(e) = sock.write_all(&framed) {
+                return (sent, Err(format!("write after {sent} bytes: {e}")));
+            }
+            sent += chunk.len();
+        }
+        if let Err(e) = sock.write_all(b"0\r\n\r\n") {
+            return (sent, Err(format!("last chunk: {e}")));
+        }
+        let mut answer = Vec::new();
+        match sock.read_to_end(&mut answer) {
+            Ok(_) => (sent, Ok(String::from_utf8_lossy(&answer).to_string())),
+            Err(e) => (
+                sent,
+                Err(format!(
+                    "read: {e} after {:?}",
+                    String::from_utf8_lossy(&answer)
+                )),
+            ),
+        }
+    })
+    .await
+    .unwrap();
+    let text = result.unwrap_or_else(|e| panic!("the client saw no clean answer: {e}"));
+    eprintln!("{sent} body bytes sent, answer: {text}");
+    assert!(
+        text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 413"),
+        "{text}"
+    );
+    assert!(text.contains("length limit"), "{text}");
+    stop.cancel();
+}

@@ -563,13 +563,19 @@ impl IsoImage {
             let NodeKind::Dir { children, folded } = &self.nodes[cur as usize].kind else {
                 return Err(ResolveError::NotFound);
             };
+            let folded = || folded.get(&part.to_lowercase()).copied().flatten();
+            // Plain ISO 9660 images carry the names their writer mangled: the name a profile
+            // or a client uses (`install.amd/vmlinuz`) finds `INSTALL_AMD/VMLINUZ` too.
+            let mangled = || {
+                (self.scheme == NameScheme::Iso9660)
+                    .then(|| level1_names(&part))
+                    .into_iter()
+                    .flatten()
+                    .find_map(|n| children.get(&n).copied())
+            };
             let child = match children.get(&part) {
                 Some(c) => *c,
-                None => folded
-                    .get(&part.to_lowercase())
-                    .copied()
-                    .flatten()
-                    .ok_or(ResolveError::NotFound)?,
+                None => folded().or_else(mangled).ok_or(ResolveError::NotFound)?,
             };
             if let NodeKind::Symlink { target } = &self.nodes[child as usize].kind {
                 hops += 1;
@@ -976,6 +982,39 @@ fn strip_version(name: &str) -> &str {
     }
 }
 
+/// The names writers of plain ISO 9660 images give a POSIX name: upper case, characters other
+/// than `A-Z 0-9 _` as `_`, every dot but the last as `_` (all of them in directory names, so
+/// both forms are tried), and those cut to 8.3 (level 1: 8 characters, a 3-character
+/// extension). `install.amd` -> `INSTALL_AMD`, `INSTALL_`; `vmlinuz-6.1.0` ->
+/// `VMLINUZ_6_1.0`, `VMLINUZ_.0`.
+fn level1_names(name: &str) -> Vec<String> {
+    let mapped: String = name
+        .chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            c @ ('A'..='Z' | '0'..='9' | '_' | '.') => c,
+            _ => '_',
+        })
+        .collect();
+    let as_dir = mapped.replace('.', "_");
+    let as_file = match mapped.rfind('.') {
+        Some(i) => format!("{}.{}", mapped[..i].replace('.', "_"), &mapped[i + 1..]),
+        None => mapped.clone(),
+    };
+    let cut = |n: &str| -> String {
+        match n.rfind('.') {
+            Some(i) => {
+                let base: String = n[..i].chars().take(8).collect();
+                let ext: String = n[i + 1..].chars().take(3).collect();
+                format!("{base}.{ext}")
+            }
+            None => n.chars().take(8).collect(),
+        }
+    };
+    let mut out = vec![as_file.clone(), as_dir.clone(), cut(&as_file), cut(&as_dir)];
+    out.dedup();
+    out
+}
+
 /// A plain ISO 9660 name: `README.;1` -> `README`, `VMLINUZ.;1` -> `VMLINUZ`,
 /// `INITRD.GZ;1` -> `INITRD.GZ` (ECMA-119 7.5.1 always writes the dot, even without an
 /// extension).
@@ -1033,6 +1072,15 @@ mod tests {
         assert_eq!(plain_name(b"INITRD.GZ;1"), "INITRD.GZ");
         assert_eq!(plain_name(b"BOOT"), "BOOT");
         assert_eq!(plain_name(b"A.B;12"), "A.B");
+    }
+
+    #[test]
+    fn level1_manglings_of_posix_names() {
+        assert!(level1_names("install.amd").contains(&"INSTALL_AMD".to_string()));
+        assert!(level1_names("install.amd").contains(&"INSTALL_".to_string()));
+        assert!(level1_names("vmlinuz-6.1.0-amd64").contains(&"VMLINUZ_6_1.0_AMD64".to_string()));
+        assert!(level1_names("README.markdown").contains(&"README.MAR".to_string()));
+        assert_eq!(level1_names("vmlinuz")[0], "VMLINUZ");
     }
 
     #[test]

@@ -258,9 +258,11 @@ fn plain_iso9660_names_lose_versions_and_trailing_dots() {
         names.iter().all(|n| !n.contains(';') && !n.ends_with('.')),
         "{names:?}"
     );
-    // Clients ask in lower case.
+    // Clients ask in lower case, and with the names the files had before mangling.
     for (name, source) in [
         ("readme", "README"),
+        ("install.amd/vmlinuz", "install.amd/vmlinuz"),
+        ("install.amd/initrd.gz", "install.amd/initrd.gz"),
         ("install_amd/vmlinuz", "install.amd/vmlinuz"),
         ("install_amd/initrd.gz", "install.amd/initrd.gz"),
         ("a/b/c/d/e/f/deep.txt", "a/b/c/d/e/f/deep.txt"),

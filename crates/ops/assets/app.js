@@ -98,11 +98,19 @@ function renderWarnings() {
   }
 }
 
+// Event outcomes that are failures (the same words as Outcome::is_error, docs/api.md); events
+// stored before outcomes were words fall back to their error and status.
+const FAILURES = ["refused", "dropped", "not-found", "timed-out", "error"];
+function failed(d) {
+  if (typeof d.outcome === "string" && /^[a-z-]+$/.test(d.outcome)) return FAILURES.includes(d.outcome);
+  return Boolean(d.error) || (d.status && d.status >= 400);
+}
+
 function describe(e) {
   const d = e.detail || {};
   switch (e.kind) {
     case "dhcp": return d.msg + " from " + d.client + " → " + (d.decision && d.decision.file ? d.decision.file : d.outcome);
-    case "tftp": return (d.error ? "FAILED " : "") + d.path + " " + text(d.bytes) + " B in " + text(d.duration_ms) + " ms";
+    case "tftp": return (failed(d) ? "FAILED " : "") + d.path + " " + text(d.bytes) + " B in " + text(d.duration_ms) + " ms";
     case "http": return d.status + " " + d.method + " " + d.path + " (" + d.what + ", " + d.bytes + " B)";
     case "chainload-loop": return "chainload loop: " + d.probable_cause;
     default: return JSON.stringify(d);
@@ -114,12 +122,12 @@ function addEvent(e, prepend) {
   const tr = document.createElement("tr");
   const d = e.detail || {};
   if (e.kind === "chainload-loop") tr.className = "err";
-  else if (d.error || (d.status && d.status >= 400)) tr.className = "warn";
+  else if (failed(d)) tr.className = "warn";
   tr.append(td(new Date(e.at_ms).toLocaleTimeString()), td(e.mac, "mono"), td(e.kind), td(describe(e)));
   if (prepend) body.prepend(tr); else body.appendChild(tr);
   while (body.children.length > 200) body.lastChild.remove();
-  if (e.kind === "chainload-loop" || d.error) {
-    warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text: e.kind === "chainload-loop" ? d.probable_cause : d.error });
+  if (e.kind === "chainload-loop" || failed(d)) {
+    warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text: e.kind === "chainload-loop" ? d.probable_cause : (d.error || d.outcome + " " + (d.path || "")) });
   }
 }
 

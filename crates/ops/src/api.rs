@@ -351,10 +351,23 @@ async fn healthz(State(st): State<OpsState>) -> Response {
     match blocking(move || store.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))))
         .await
     {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Ok(_)) => (StatusCode::OK, format!("ok\n{}", health_warnings(&st))).into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
         Err(r) => r,
     }
+}
+
+/// What works but slows every boot, one `warning:` line each (the server still answers 200).
+fn health_warnings(st: &OpsState) -> String {
+    let Some(ra) = &st.ra else {
+        return String::new();
+    };
+    let interfaces = ra.interfaces.lock().map(|l| l.clone()).unwrap_or_default();
+    interfaces
+        .iter()
+        .filter_map(|i| chainboot_ra::ipv6_state(i).problem(i))
+        .map(|p| format!("warning: {p}\n"))
+        .collect()
 }
 
 async fn metrics(State(st): State<OpsState>, headers: HeaderMap) -> Response {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chainboot_content::shown_path;
 use chainboot_dhcp::boot::{first_stage_names, BootDecision, SCRIPT_NAME};
 use chainboot_dhcp::{Handled, Ingress};
-use chainboot_events::EventLog;
+use chainboot_events::{Detail, DhcpDetail, EventLog, HttpDetail, Outcome, TftpDetail};
 use chainboot_http::{AccessRecord, HttpObserver};
 use chainboot_machine::Mac;
 use chainboot_policy::policy::AssetSlot;
@@ -66,12 +66,33 @@ pub fn is_first_stage(path: &str) -> bool {
 fn tftp_what(path: &str) -> &'static str {
     if is_first_stage(path) {
         "first-stage"
-    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") {
+    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") || path.starts_with("pxelinux.cfg/")
+    {
+        // pxelinux's configuration is its boot script.
         "script"
-    } else if path.starts_with("pxelinux.cfg/") {
-        "config"
     } else {
         "file"
+    }
+}
+
+/// Files loaders look for and go on without when they are absent: PXELINUX tries
+/// `pxelinux.cfg/` names in turn (UUID, MAC, IP prefixes, `default`), iPXE asks for
+/// `autoexec.ipxe`. A miss is part of a healthy boot.
+fn is_optional_lookup(path: &str) -> bool {
+    let p = path.trim_start_matches('/');
+    p.starts_with("pxelinux.cfg/") || p.eq_ignore_ascii_case("autoexec.ipxe")
+}
+
+/// A finished transfer's outcome. A client that answers our option acknowledgement with an
+/// error before taking any data only wanted the size (`tsize`): firmware such as OVMF does so
+/// before every real download ("User aborted the transfer", error 8 = option refused, or 0).
+fn tftp_outcome(s: &TransferSummary<'_>) -> Outcome {
+    use chainboot_tftp::transfer::Outcome as T;
+    match s.outcome {
+        T::Completed => Outcome::Ok,
+        T::ClientError { code: 0 | 8, .. } if s.bytes == 0 => Outcome::SizeProbe,
+        T::TimedOut => Outcome::TimedOut,
+        T::ClientError { .. } | T::Failed(_) | T::Aborted(_) => Outcome::Error,
     }
 }
 
@@ -90,23 +111,36 @@ impl TransferObserver for Observers {
             1,
         );
         let mac = self.events.mac_for_ip(s.client.ip());
-        self.events.record(
-            mac,
-            "tftp",
-            json!({
-                "client": s.client.to_string(),
-                "path": s.path,
-                "what": tftp_what(s.path),
-                "first_stage": is_first_stage(s.path),
-                "bytes": s.bytes,
-                "blksize": s.blksize,
-                "windowsize": s.windowsize,
-                "duration_ms": s.duration.as_millis() as u64,
-                "mb_per_s": if secs > 0.0 { (s.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0 } else { 0.0 },
-                "outcome": if ok { "completed".to_string() } else { outcome.clone() },
-                "error": if ok { None } else { Some(outcome) },
-            }),
-        );
+        let detail = TftpDetail {
+            client: s.client.to_string(),
+            path: s.path.to_string(),
+            what: tftp_what(s.path),
+            first_stage: is_first_stage(s.path),
+            bytes: s.bytes,
+            blksize: s.blksize,
+            windowsize: s.windowsize,
+            duration_ms: s.duration.as_millis() as u64,
+            mb_per_s: if secs > 0.0 {
+                (s.bytes as f64 / secs / 1e6 * 10.0).round() / 10.0
+            } else {
+                0.0
+            },
+            outcome: tftp_outcome(s),
+            error: None,
+            note: None,
+        };
+        let detail = match (ok, detail.outcome.is_error()) {
+            (true, _) => detail,
+            (false, true) => TftpDetail {
+                error: Some(outcome),
+                ..detail
+            },
+            (false, false) => TftpDetail {
+                note: Some(outcome),
+                ..detail
+            },
+        };
+        self.events.record(mac, TftpDetail::KIND, detail.to_json());
     }
 
     fn on_refused(&self, client: std::net::SocketAddr, path: &str, reason: &str) {
@@ -116,13 +150,13 @@ impl TransferObserver for Observers {
         // Not a machine's event: whoever sent the request, its address proves no MAC (and a
         // refused first-stage name must not count towards a chainload loop).
         self.events.record_refused(
+            None,
             "tftp",
-            json!({
-                "client": client.to_string(),
-                "path": shown_path(path),
-                "error": shown_path(reason),
-                "outcome": "refused",
-            }),
+            if is_optional_lookup(path) {
+                json!({"client": client.to_string(), "path": shown_path(path), "note": shown_path(reason), "outcome": Outcome::LookupMiss})
+            } else {
+                json!({"client": client.to_string(), "path": shown_path(path), "error": shown_path(reason), "outcome": Outcome::Refused})
+            },
         );
     }
 }
@@ -130,7 +164,12 @@ impl TransferObserver for Observers {
 /// What an HTTP request was, for timelines.
 fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static str {
     let rest = |p: &str| path.strip_prefix(p);
-    if path == "/boot.ipxe" || path == "/ipxe" || path.starts_with("/ipxe/") {
+    // pxelinux's configuration is its boot script.
+    if path == "/boot.ipxe"
+        || path == "/ipxe"
+        || path.starts_with("/ipxe/")
+        || path.starts_with("/pxelinux.cfg/")
+    {
         return "script";
     }
     if let Some(r) = rest("/boot/") {
@@ -145,7 +184,7 @@ fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static st
     if path.starts_with("/ipxe-bin/") {
         return "first-stage";
     }
-    if path.starts_with("/config/") || path.starts_with("/pxelinux.cfg/") {
+    if path.starts_with("/config/") {
         return "config";
     }
     if path.starts_with("/files/") || path.starts_with("/iso/") {
@@ -199,13 +238,13 @@ impl HttpObserver for Observers {
             return;
         }
         let client_ip: IpAddr = r.client.ip();
-        // A refused or missing path (any 4xx) is a stranger's request until proven otherwise.
+        // A refused or missing path (any 4xx) is rate-limited, and belongs to a machine only
+        // when its address is one the machine proved is its own (the policy teaches the event
+        // log an address only after its identity check); anyone else's is unattributed.
         let refused = r.status.is_client_error();
-        let mac = if refused {
-            None
-        } else {
-            callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip))
-        };
+        let mac = callback_mac(path)
+            .filter(|_| !refused)
+            .or_else(|| self.events.mac_for_ip(client_ip));
         let what = if is_callback {
             "callback"
         } else {
@@ -221,28 +260,34 @@ impl HttpObserver for Observers {
         self.metrics
             .http_bytes
             .add(format!("what=\"{what}\""), r.bytes);
-        let detail = json!({
-            "client": r.client.to_string(),
-            "method": r.method.as_str(),
-            "path": shown_path(path),
-            "what": what,
-            "status": status,
-            "bytes": r.bytes,
-            "duration_ms": r.duration.as_millis() as u64,
-            "complete": r.complete,
-        });
+        let detail = HttpDetail {
+            client: r.client.to_string(),
+            method: r.method.as_str().to_string(),
+            path: shown_path(path).into_owned(),
+            what,
+            status,
+            outcome: match Outcome::of_http_status(status) {
+                Outcome::NotFound if is_optional_lookup(path) => Outcome::LookupMiss,
+                o => o,
+            },
+            bytes: r.bytes,
+            duration_ms: r.duration.as_millis() as u64,
+            complete: r.complete,
+        };
         // Requests for anything outside the boot namespace (a browser's /favicon.ico, scanners)
-        // are counted but kept out of machines' timelines.
-        if what == "other" {
+        // are counted but kept out of timelines, except a known machine's failures (an
+        // installer probing a mirror path that is not there).
+        if what == "other" && (mac.is_none() || status < 400) {
             return;
         }
         if refused {
-            self.events.record_refused("http", detail);
+            self.events
+                .record_refused(mac, HttpDetail::KIND, detail.to_json());
             return;
         }
         // A machine's own callback (e.g. `installed`) is recorded with its body by the API
         // hook ([`MachineEvents`]) as an `api` event; this is the request itself.
-        self.events.record(mac, "http", detail);
+        self.events.record(mac, HttpDetail::KIND, detail.to_json());
     }
 }
 
@@ -267,13 +312,13 @@ impl chainboot_dhcp::DhcpObserver for Observers {
         let Some((msg, facts)) = &handled.request else {
             return;
         };
-        let outcome = format!("{:?}", handled.outcome);
+        let (outcome, reason) = dhcp_outcome(&handled.outcome);
         self.metrics.dhcp_exchanges.add(
             format!(
                 "type=\"{}\",client=\"{}\",outcome=\"{}\"",
                 format!("{msg:?}").to_lowercase(),
                 client_kind(facts),
-                crate::metrics::label_value(outcome.split('(').next().unwrap_or("")),
+                outcome,
             ),
             1,
         );
@@ -289,20 +334,49 @@ impl chainboot_dhcp::DhcpObserver for Observers {
             Some(BootDecision::NoBoot(n)) => json!({"no_boot": n}),
             None => serde_json::Value::Null,
         };
-        self.events.record(
-            facts.mac,
-            "dhcp",
-            json!({
-                "msg": format!("{msg:?}").to_lowercase(),
-                "client": client_kind(facts),
-                "arch": facts.arch_code,
-                "iface": ingress.iface,
-                "port": ingress.local_port,
-                "outcome": outcome,
-                "address": handled.address.map(|a| a.to_string()),
-                "decision": decision,
-            }),
-        );
+        let detail = DhcpDetail {
+            msg: format!("{msg:?}").to_lowercase(),
+            client: client_kind(facts),
+            arch: facts.arch_code,
+            iface: ingress.iface.clone(),
+            port: ingress.local_port,
+            outcome,
+            reason,
+            address: handled.address.map(|a| a.to_string()),
+            decision,
+        };
+        self.events
+            .record(facts.mac, DhcpDetail::KIND, detail.to_json());
+    }
+}
+
+/// The engine's outcome as an event outcome and, when not answered, why. Requests ignored
+/// because the client cannot be served (no subnet, no free address, an unknown architecture)
+/// are refusals: that machine's boot fails there.
+pub fn dhcp_outcome(o: &chainboot_dhcp::engine::Outcome) -> (Outcome, Option<&'static str>) {
+    use chainboot_dhcp::engine::Outcome as O;
+    use chainboot_dhcp::engine::{DropReason, Ignored};
+    use chainboot_dhcp::wire::MessageType as M;
+    match o {
+        O::Replied(M::Offer) => (Outcome::Offer, None),
+        O::Replied(M::Nak) => (Outcome::Nak, None),
+        O::Replied(_) => (Outcome::Ack, None),
+        O::Ignored(why) => match why {
+            Ignored::ModeOff => (Outcome::Ignored, Some("mode-off")),
+            Ignored::NotBootClient => (Outcome::Ignored, Some("not-boot-client")),
+            Ignored::OtherServer => (Outcome::Ignored, Some("other-server")),
+            Ignored::NoReply => (Outcome::Ignored, Some("no-reply")),
+            Ignored::UnknownArch => (Outcome::Refused, Some("unknown-arch")),
+            Ignored::NoSubnet => (Outcome::Refused, Some("no-subnet")),
+            Ignored::PoolExhausted => (Outcome::Refused, Some("pool-exhausted")),
+            Ignored::NewClientLimit => (Outcome::Refused, Some("new-client-limit")),
+        },
+        O::Dropped(why) => match why {
+            DropReason::Malformed(_) => (Outcome::Dropped, Some("malformed")),
+            DropReason::RateLimited => (Outcome::Dropped, Some("rate-limited")),
+            DropReason::RelayRateLimited => (Outcome::Dropped, Some("relay-rate-limited")),
+            DropReason::ReplyTooLarge => (Outcome::Dropped, Some("reply-too-large")),
+        },
     }
 }
 
@@ -349,7 +423,7 @@ mod tests {
         assert!(is_first_stage("ipxe.pxe"));
         assert!(!is_first_stage("boot.ipxe"));
         assert_eq!(tftp_what("boot.ipxe"), "script");
-        assert_eq!(tftp_what("pxelinux.cfg/default"), "config");
+        assert_eq!(tftp_what("pxelinux.cfg/default"), "script");
     }
 
     #[test]

@@ -408,6 +408,21 @@ impl AssetRef {
             CleanPath::parse(s).map_err(|e| format!("`{s}`: {e}"))?,
         ))
     }
+
+    /// The file name the reference ends in (`initrd.gz` for `iso:debian/install.amd/initrd.gz`
+    /// or `http://host/x/initrd.gz?v=2`).
+    pub fn file_name(&self) -> Option<String> {
+        match self {
+            AssetRef::Files(p) | AssetRef::Iso { path: p, .. } => p.parts().last().cloned(),
+            AssetRef::Url(u) | AssetRef::Proxy(u) => {
+                let path = u.split(['?', '#']).next().unwrap_or("");
+                let path = path.split_once("://").map_or(path, |(_, rest)| rest);
+                let (_, path) = path.split_once('/')?;
+                path.rsplit('/').next().map(str::to_string)
+            }
+            AssetRef::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+        }
+    }
 }
 
 /// A config problem: key path from the document root and message.

@@ -806,6 +806,9 @@ impl Decision {
                 ..
             }) => {
                 let (k, i) = self.kernel_urls(base, initrd.len())?;
+                let names = render::initrd_names(
+                    &initrd.iter().map(AssetRef::file_name).collect::<Vec<_>>(),
+                );
                 let mut cmd = cmdline.clone();
                 for n in 0..urls.len() {
                     cmd = cmd.replace(
@@ -821,6 +824,7 @@ impl Decision {
                         message: message.as_deref(),
                         kernel_url: &k,
                         initrd_urls: &i,
+                        initrd_names: &names,
                         cmdline: &cmd,
                     },
                     base,
@@ -853,6 +857,7 @@ impl Decision {
                 }
                 let cmdline = self.render_tpl("cmdline", base)?.unwrap_or_default();
                 let (k, i) = self.kernel_urls(base, p.initrd.len())?;
+                let names = render::initrd_names(&profile_initrd_files(p));
                 Ok(render::kernel_script(
                     &KernelBoot {
                         mac: &mac,
@@ -861,6 +866,7 @@ impl Decision {
                         message: None,
                         kernel_url: &k,
                         initrd_urls: &i,
+                        initrd_names: &names,
                         cmdline: &cmdline,
                     },
                     base,
@@ -898,7 +904,9 @@ impl Decision {
     }
 
     /// Renders `templates/<profile>/<name>` (or `templates/<name>`) for this machine:
-    /// preseed, kickstart, autoinstall, cloud-init. `Ok(None)` when no such template exists.
+    /// preseed, kickstart, autoinstall, cloud-init. `<name>.marked` renders only its marked
+    /// parts, `<name>.raw` is served untouched ([`render::FileKind`]). `Ok(None)` when no such
+    /// file exists.
     pub fn config_file(
         &self,
         templates: &std::path::Path,
@@ -908,17 +916,32 @@ impl Decision {
         if !crate::config::valid_name(name) {
             return Ok(None);
         }
-        let candidates = [
-            templates.join(&self.profile).join(name),
-            templates.join(name),
-        ];
-        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        let found = [templates.join(&self.profile), templates.to_path_buf()]
+            .into_iter()
+            .flat_map(|dir| {
+                render::FileKind::candidates(name)
+                    .into_iter()
+                    .map(move |(kind, file)| (kind, dir.join(file)))
+            })
+            .find(|(_, p)| p.is_file());
+        let Some((kind, path)) = found else {
             return Ok(None);
         };
-        let src = std::fs::read_to_string(path)
+        let src = std::fs::read_to_string(&path)
             .map_err(|e| BootError(format!("{}: {e}", path.display())))?;
-        render::render_str(&render::new_env(), &src, &self.vars(base))
+        let Some(env) = kind.env() else {
+            return Ok(Some(src));
+        };
+        env.render_str(&src, self.vars(base))
             .map(Some)
-            .map_err(|e| BootError(format!("{}: {e}", path.display())))
+            .map_err(|e| BootError(render::file_error(&path, kind, &src, &e)))
     }
+}
+
+/// The file names of a profile's initrds (for [`render::initrd_names`]).
+pub fn profile_initrd_files(p: &crate::config::ProfileConfig) -> Vec<Option<String>> {
+    p.initrd
+        .iter()
+        .map(|s| AssetRef::parse(s).ok().and_then(|a| a.file_name()))
+        .collect()
 }

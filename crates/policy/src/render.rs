@@ -83,12 +83,143 @@ pub fn check_template(src: &str) -> Result<(), String> {
 }
 
 /// The environment every chainboot template renders in: undefined variables are errors (a
-/// typo must not silently render as nothing), no auto-escaping (outputs are not HTML).
+/// typo must not silently render as nothing), no auto-escaping (outputs are not HTML), and the
+/// final newline kept (a `while read` loop over a file drops a last line without one).
 pub fn new_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_keep_trailing_newline(true);
     env
+}
+
+/// A file in `[boot] templates` served untouched, byte for byte: `preseed.cfg.raw` answers
+/// `/config/MAC/preseed.cfg`.
+pub const RAW_SUFFIX: &str = ".raw";
+/// A file in `[boot] templates` where only marked parts are template: `{{@ machine.mac @}}`,
+/// `{%@ if ... @%}`, `{#@ comment @#}`; `{{`, `{%`, `{#` and `${#x}` are plain text there.
+pub const MARKED_SUFFIX: &str = ".marked";
+
+/// How a file of the templates folder is served, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// The whole file is a minijinja template.
+    Template,
+    /// Only `{{@ @}}`, `{%@ @%}`, `{#@ @#}` are template syntax.
+    Marked,
+    /// Served as it is.
+    Raw,
+}
+
+impl FileKind {
+    /// The kind of a file by its name, and the name it answers to.
+    pub fn of(file_name: &str) -> (FileKind, &str) {
+        if let Some(n) = file_name.strip_suffix(RAW_SUFFIX) {
+            (FileKind::Raw, n)
+        } else if let Some(n) = file_name.strip_suffix(MARKED_SUFFIX) {
+            (FileKind::Marked, n)
+        } else {
+            (FileKind::Template, file_name)
+        }
+    }
+
+    /// The file names that answer to `name`, in the order they are looked for.
+    pub fn candidates(name: &str) -> [(FileKind, String); 3] {
+        [
+            (FileKind::Template, name.to_string()),
+            (FileKind::Marked, format!("{name}{MARKED_SUFFIX}")),
+            (FileKind::Raw, format!("{name}{RAW_SUFFIX}")),
+        ]
+    }
+
+    /// The environment to compile a file of this kind in (`None` for raw files).
+    pub fn env(self) -> Option<Environment<'static>> {
+        match self {
+            FileKind::Template => Some(new_env()),
+            FileKind::Marked => Some(marked_env()),
+            FileKind::Raw => None,
+        }
+    }
+}
+
+/// [`new_env`] with the marked-only delimiters.
+pub fn marked_env() -> Environment<'static> {
+    let mut env = new_env();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .block_delimiters("{%@", "@%}")
+        .variable_delimiters("{{@", "@}}")
+        .comment_delimiters("{#@", "@#}")
+        .build()
+        .expect("constant delimiters are valid (covered by a test)");
+    env.set_syntax(syntax);
+    env
+}
+
+/// A template file's error as `FILE:LINE: what` (what `check` prints and `/config` logs). An
+/// unterminated comment, block or expression is reported by minijinja at the end of the file;
+/// the line that opened it is the one to fix (`${#x}` in a shell line opens a comment).
+pub fn file_error(
+    path: &std::path::Path,
+    kind: FileKind,
+    src: &str,
+    e: &minijinja::Error,
+) -> String {
+    let opened = e
+        .detail()
+        .filter(|d| d.contains("unexpected end of"))
+        .and_then(|_| {
+            let delims: &[(&str, &str)] = match kind {
+                FileKind::Marked => &[("{#@", "@#}"), ("{%@", "@%}"), ("{{@", "@}}")],
+                _ => &[("{#", "#}"), ("{%", "%}"), ("{{", "}}")],
+            };
+            delims
+                .iter()
+                .filter_map(|(open, close)| unclosed(src, open, close))
+                .min()
+        });
+    let line = opened
+        .or(e.line())
+        .map(|l| format!(":{l}"))
+        .unwrap_or_default();
+    let what = e
+        .detail()
+        .map(|d| format!("{}: {d}", e.kind()))
+        .unwrap_or_else(|| e.kind().to_string());
+    let hint = if kind == FileKind::Template {
+        format!(
+            " (to serve it untouched name it `{0}{RAW_SUFFIX}`; to template only marked parts \
+             `{0}{MARKED_SUFFIX}`; or wrap literal text in {{% raw %}}...{{% endraw %}})",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    format!("{}{line}: template error: {what}{hint}", path.display())
+}
+
+/// The line (1-based) of the first `open` that no `close` follows.
+fn unclosed(src: &str, open: &str, close: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = src[from..].find(open).map(|i| i + from) {
+        let after = i + open.len();
+        match src[after..].find(close) {
+            Some(j) => from = after + j + close.len(),
+            None => return Some(src[..i].matches('\n').count() + 1),
+        }
+    }
+    None
+}
+
+/// Compiles a file of the templates folder: `Err` is [`file_error`]'s text.
+pub fn check_file(path: &std::path::Path, kind: FileKind, src: &str) -> Result<(), String> {
+    let Some(env) = kind.env() else {
+        return Ok(());
+    };
+    env.template_from_str(src)
+        .map(|_| ())
+        .map_err(|e| file_error(path, kind, src, &e))
 }
 
 /// The `machine` template variable.
@@ -263,25 +394,65 @@ pub struct KernelBoot<'a> {
     pub message: Option<&'a str>,
     pub kernel_url: &'a str,
     pub initrd_urls: &'a [String],
+    /// The name iPXE gives each initrd ([`initrd_names`]), as many as `initrd_urls`.
+    pub initrd_names: &'a [String],
     pub cmdline: &'a str,
 }
 
+/// The names initrds get in iPXE (and so in the kernel's `initrd=` arguments): each one's file
+/// name (`initrd.gz`), so that a command line copied from an existing iPXE script, with its
+/// `initrd=initrd.gz`, still names a loaded file. A name iPXE or the kernel command line cannot
+/// carry, or one already taken, becomes `initrdN`.
+pub fn initrd_names(file_names: &[Option<String>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(file_names.len());
+    for (i, f) in file_names.iter().enumerate() {
+        let usable = f.as_deref().filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        });
+        let name = match usable {
+            Some(n) if !out.iter().any(|o| o == n) => n.to_string(),
+            _ => format!("initrd{i}"),
+        };
+        out.push(name);
+    }
+    out
+}
+
+/// The `initrd=NAME` arguments of a kernel command line.
+pub fn cmdline_initrds(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("initrd="))
+}
+
 /// iPXE script for a kernel + initrds + cmdline. Every fetch is `|| goto failed` so that a
-/// missing asset ends in a readable message and a retry, not a dead prompt. Initrds are named
-/// `initrd0..N` and passed as `initrd=` arguments: the EFI stub loader of Linux reads them
-/// from there (pixiecore does the same).
+/// missing asset ends in a readable message and a retry, not a dead prompt. Each initrd is
+/// named ([`initrd_names`]) and passed as an `initrd=` argument, unless the command line names
+/// it already: the EFI stub loader of Linux reads them from there (pixiecore does the same).
 pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> String {
     let mut out = String::from("#!ipxe\n");
     out.push_str(&format!("echo chainboot: {}\n", echo_text(k.header)));
     if let Some(m) = k.message {
         out.push_str(&format!("echo {}\n", echo_text(m)));
     }
-    let mut args: Vec<String> = (0..k.initrd_urls.len())
-        .map(|i| format!("initrd=initrd{i}"))
-        .collect();
     let cmdline = one_line(k.cmdline);
+    let given: Vec<&str> = cmdline_initrds(&cmdline).collect();
+    let name = |i: usize| {
+        k.initrd_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("initrd{i}"))
+    };
+    let mut args: Vec<String> = (0..k.initrd_urls.len())
+        .map(name)
+        .filter(|n| !given.contains(&n.as_str()))
+        .map(|n| format!("initrd={n}"))
+        .collect();
     if !cmdline.is_empty() {
-        args.push(cmdline);
+        args.push(cmdline.clone());
     }
     let args = if args.is_empty() {
         String::new()
@@ -293,7 +464,7 @@ pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> St
         k.kernel_url
     ));
     for (i, u) in k.initrd_urls.iter().enumerate() {
-        out.push_str(&format!("initrd --name initrd{i} {u} || goto failed\n"));
+        out.push_str(&format!("initrd --name {} {u} || goto failed\n", name(i)));
     }
     out.push_str("boot || goto failed\n:failed\n");
     out.push_str(&format!(
@@ -398,6 +569,45 @@ pub fn pxelinux_cfg(kernel_url: &str, initrd_urls: &[String], cmdline: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_template_marked_or_raw_by_suffix_and_errors_name_file_and_line() {
+        assert_eq!(
+            FileKind::of("preseed.cfg"),
+            (FileKind::Template, "preseed.cfg")
+        );
+        assert_eq!(
+            FileKind::of("preseed.cfg.raw"),
+            (FileKind::Raw, "preseed.cfg")
+        );
+        assert_eq!(
+            FileKind::of("user-data.marked"),
+            (FileKind::Marked, "user-data")
+        );
+        let vars = serde_json::json!({"machine": {"mac": "52:54:00:00:00:01"}});
+        let marked = marked_env()
+            .render_str(
+                "echo ${#x} {{ y }} {% z %} {# c #} {{@ machine.mac @}}{#@ gone @#}\n",
+                &vars,
+            )
+            .unwrap();
+        assert_eq!(
+            marked,
+            "echo ${#x} {{ y }} {% z %} {# c #} 52:54:00:00:00:01\n"
+        );
+        assert_eq!(new_env().render_str("a\nb\n", &vars).unwrap(), "a\nb\n");
+        let path = std::path::Path::new("/etc/chainboot/templates/preseed.cfg");
+        let err =
+            check_file(path, FileKind::Template, "line one\nsh -c 'echo ${#x}'\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/chainboot/templates/preseed.cfg:2: template error"),
+            "{err}"
+        );
+        assert!(err.contains("preseed.cfg.raw"), "{err}");
+        assert_eq!(check_file(path, FileKind::Raw, "{{ ${#x}"), Ok(()));
+        let err = check_file(path, FileKind::Marked, "ok\n{{@ x + @}}\n").unwrap_err();
+        assert!(err.contains("preseed.cfg:2: template error"), "{err}");
+    }
 
     #[test]
     fn base_urls_are_checked() {

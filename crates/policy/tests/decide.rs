@@ -399,6 +399,42 @@ fn node() -> ClientFacts {
 }
 
 #[tokio::test]
+async fn a_cmdline_copied_from_an_ipxe_script_keeps_naming_its_initrd() {
+    let p = policy(
+        r#"
+[[profile]]
+name = "copied"
+kernel = "iso:debian-12/install.amd/vmlinuz"
+initrd = ["iso:debian-12/install.amd/initrd.img", "extra/initrd.img", "x/a%24b"]
+cmdline = "initrd=initrd.img vga=788 --- quiet"
+"#,
+    );
+    let s = script_for(&p, "copied", &node()).await;
+    let lines = parse_ipxe(&s);
+    let k = kernel_line(&lines);
+    // The cmdline's `initrd=initrd.img` names the first initrd; it is not added twice. The
+    // second file of the same name, and one with a `%`, get numbered names.
+    assert_eq!(
+        k.args[3..],
+        [
+            "initrd=initrd1",
+            "initrd=initrd2",
+            "initrd=initrd.img",
+            "vga=788",
+            "---",
+            "quiet"
+        ],
+        "{s}"
+    );
+    let names: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.cmd == "initrd")
+        .map(|l| l.args[1].as_str())
+        .collect();
+    assert_eq!(names, ["initrd.img", "initrd1", "initrd2"], "{s}");
+}
+
+#[tokio::test]
 async fn kernel_profile_renders_kernel_initrd_boot_and_retry() {
     let p = policy("");
     let s = script_for(&p, "debian-install", &node()).await;
@@ -412,7 +448,11 @@ async fn kernel_profile_renders_kernel_initrd_boot_and_retry() {
             "http://198.18.0.1:8080/iso/debian-12/install.amd/vmlinuz"
         ]
     );
-    assert_eq!(k.args[3..5], ["initrd=initrd0", "initrd=initrd1"]);
+    // Initrds are named by their file names.
+    assert_eq!(
+        k.args[3..5],
+        ["initrd=initrd.gz", "initrd=firmware.cpio.gz"]
+    );
     assert!(
         k.args.contains(
             &"url=http://198.18.0.1:8080/config/52:54:00:12:34:56/preseed.cfg".to_string()
@@ -427,7 +467,7 @@ async fn kernel_profile_renders_kernel_initrd_boot_and_retry() {
         initrds[0].args,
         [
             "--name",
-            "initrd0",
+            "initrd.gz",
             "http://198.18.0.1:8080/iso/debian-12/install.amd/initrd.gz"
         ]
     );
@@ -683,7 +723,10 @@ async fn quick_mode_boots_local_files_through_the_policy_route() {
         k.args[2],
         "http://198.18.0.1:8080/boot/52-54-00-12-34-56/kernel"
     );
-    assert_eq!(k.args[3..], ["initrd=initrd0", "console=ttyS0", "{weird}"]);
+    assert_eq!(
+        k.args[3..],
+        ["initrd=initrd.img", "console=ttyS0", "{weird}"]
+    );
     assert!(Policy::quick(
         &dir.path().join("missing"),
         &[],

@@ -156,7 +156,7 @@ async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_
             kernel_url,
             "boot-once kernels go through the policy route:\n{s}"
         );
-        assert_eq!(k[3], "initrd=initrd0");
+        assert_eq!(k[3], "initrd=initrd.gz");
 
         // Asking for the script again does not count as installing.
         let again = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
@@ -644,7 +644,7 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
     let k = kernel_args(&s);
     let m = "52-54-00-00-00-01";
     assert_eq!(without_cap(&k[2]), format!("{}/boot/{m}/kernel", srv.url));
-    assert_eq!(k[3], "initrd=initrd0");
+    assert_eq!(k[3], "initrd=initrd.img");
     assert_eq!(k[4], "console=ttyS0");
     assert_eq!(
         without_cap(&k[5]),
@@ -652,7 +652,7 @@ async fn pixiecore_api_machines_boot_and_others_do_not() {
     );
     assert!(
         s.contains(&format!(
-            "initrd --name initrd0 {}/boot/{m}/initrd/0?cap=",
+            "initrd --name initrd.img {}/boot/{m}/initrd/0?cap=",
             srv.url
         )),
         "{s}"
@@ -806,11 +806,11 @@ async fn config_templates_and_pxelinux_lookup_over_http() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // Profile-specific template wins.
+    // Profile-specific template wins, and keeps its final newline.
     get_text(&format!("{}/ipxe?mac=52-54-00-00-01-01", srv.url)).await;
     assert_eq!(
         get_text(&format!("{}/config/52-54-00-00-01-01/ks.cfg", srv.url)).await,
-        "# for inst inst"
+        "# for inst inst\n"
     );
     for bad in ["nope.cfg", "..", ".hidden", "%2e%2e"] {
         let r = c

@@ -85,6 +85,71 @@ pub struct RaStats {
     pub solicitations: AtomicU64,
     pub advertisements_sent: AtomicU64,
     pub routers_heard: AtomicU64,
+    /// The boot interfaces router advertisements are meant for (for `/healthz`, which says
+    /// when IPv6 is off on one of them).
+    pub interfaces: std::sync::Mutex<Vec<String>>,
+}
+
+/// Whether IPv6 works on an interface, as far as answering router solicitations goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6State {
+    Ready,
+    /// IPv6 is on but the interface has no link-local address (yet: the link may be down):
+    /// advertisements cannot be sent from it.
+    NoLinkLocal,
+    /// IPv6 is off there (why): no solicitation can arrive.
+    Disabled(String),
+}
+
+impl Ipv6State {
+    /// What it means for the boots on that interface, for logs, `check` and `/healthz`;
+    /// `None` when ready.
+    pub fn problem(&self, interface: &str) -> Option<String> {
+        let why = match self {
+            Ipv6State::Ready => return None,
+            Ipv6State::NoLinkLocal => format!("{interface} has no IPv6 link-local address"),
+            Ipv6State::Disabled(why) => why.clone(),
+        };
+        Some(format!(
+            "IPv6 is off on {interface} ({why}): chainboot cannot answer IPv6 router \
+             solicitations there, so iPXE waits for IPv6 on every boot (~15 s with Debian's \
+             iPXE); enable IPv6 on it (sysctl -w net.ipv6.conf.{interface}.disable_ipv6=0)"
+        ))
+    }
+}
+
+/// Looks at the interface's IPv6 settings in this network namespace: `disable_ipv6` (and
+/// whether the kernel has IPv6 at all), then its addresses for a link-local one.
+pub fn ipv6_state(interface: &str) -> Ipv6State {
+    if interface.is_empty() || interface.contains('/') || interface.starts_with('.') {
+        return Ipv6State::Disabled(format!("`{interface}` is not an interface name"));
+    }
+    let setting = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    match std::fs::read_to_string(&setting) {
+        Ok(v) if v.trim() == "0" => {}
+        Ok(v) => {
+            return Ipv6State::Disabled(format!(
+                "net.ipv6.conf.{interface}.disable_ipv6 = {}",
+                v.trim()
+            ))
+        }
+        Err(_) if !std::path::Path::new("/proc/sys/net/ipv6").exists() => {
+            return Ipv6State::Disabled("the kernel has no IPv6 (ipv6.disable=1?)".into())
+        }
+        Err(e) => return Ipv6State::Disabled(format!("{setting}: {e}")),
+    }
+    // Lines: address (32 hex digits), ifindex, prefix length, scope, flags, name.
+    let has_link_local = std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 6 && f[5] == interface && f[0].starts_with("fe80")
+        })
+    });
+    if has_link_local {
+        Ipv6State::Ready
+    } else {
+        Ipv6State::NoLinkLocal
+    }
 }
 
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);

@@ -77,7 +77,7 @@ pub struct Known {
     pub name: &'static str,
     /// Who gets it.
     pub for_whom: &'static str,
-    /// Where to get it when missing.
+    /// How to get it when missing, as a sentence (`install the Debian/Ubuntu package ...`).
     pub package: &'static str,
 }
 
@@ -86,42 +86,42 @@ pub const KNOWN: &[Known] = &[
     Known {
         name: "undionly.kpxe",
         for_whom: "BIOS PXE firmware (iPXE over the ROM's UNDI driver)",
-        package: "Debian/Ubuntu package `ipxe`",
+        package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {
         name: "ipxe.pxe",
         for_whom: "BIOS iPXE ROMs that cannot chainload undionly.kpxe",
-        package: "Debian/Ubuntu package `ipxe`",
+        package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {
         name: "ipxe.efi",
         for_whom: "x86-64 UEFI firmware (default [ipxe] efi_x64)",
-        package: "Debian/Ubuntu package `ipxe`",
+        package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {
         name: "snponly.efi",
         for_whom: "x86-64 UEFI firmware when [ipxe] efi_x64 = \"snponly.efi\"",
-        package: "Debian/Ubuntu package `ipxe`",
+        package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {
         name: "ipxe-i386.efi",
         for_whom: "32-bit x86 UEFI firmware",
-        package: "not packaged by Debian: build bin-i386-efi/ipxe.efi from iPXE's source",
+        package: "not packaged by Debian; build bin-i386-efi/ipxe.efi from iPXE's source",
     },
     Known {
         name: "ipxe-arm64.efi",
         for_whom: "ARM64 UEFI firmware",
-        package: "Debian package `ipxe` on arm64 systems, or build bin-arm64-efi/ipxe.efi",
+        package: "install the Debian package `ipxe` on an arm64 system, or build bin-arm64-efi/ipxe.efi from iPXE's source",
     },
     Known {
         name: "ipxe-arm32.efi",
         for_whom: "32-bit ARM UEFI firmware",
-        package: "not packaged by Debian: build bin-arm32-efi/snp.efi from iPXE's source",
+        package: "not packaged by Debian; build bin-arm32-efi/snp.efi from iPXE's source",
     },
     Known {
         name: "ipxe-riscv64.efi",
         for_whom: "RISC-V 64 UEFI firmware",
-        package: "not packaged by Debian: build bin-riscv64-efi/ipxe.efi from iPXE's source",
+        package: "not packaged by Debian; build bin-riscv64-efi/ipxe.efi from iPXE's source",
     },
 ];
 
@@ -130,6 +130,9 @@ pub const KNOWN: &[Known] = &[
 pub struct IpxeBinaries {
     /// Served name -> canonical file.
     found: BTreeMap<&'static str, PathBuf>,
+    /// Served name -> the path in the searched folder (often a symlink, e.g. Debian's
+    /// /usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi).
+    listed: BTreeMap<&'static str, PathBuf>,
     /// Folders searched, in order.
     pub searched: Vec<PathBuf>,
 }
@@ -140,23 +143,37 @@ impl IpxeBinaries {
     pub fn locate(cfg: &IpxeConfig) -> IpxeBinaries {
         let searched = cfg.search_dirs();
         let mut found = BTreeMap::new();
+        let mut listed = BTreeMap::new();
         for known in KNOWN {
             for dir in &searched {
                 let candidate = dir.join(known.name);
                 if let Ok(real) = std::fs::canonicalize(&candidate) {
                     if real.is_file() {
                         found.insert(known.name, real);
+                        listed.insert(known.name, candidate);
                         break;
                     }
                 }
             }
         }
-        IpxeBinaries { found, searched }
+        IpxeBinaries {
+            found,
+            listed,
+            searched,
+        }
     }
 
     /// Binaries with their files.
     pub fn found(&self) -> impl Iterator<Item = (&'static str, &Path)> {
         self.found.iter().map(|(n, p)| (*n, p.as_path()))
+    }
+
+    /// Binaries with the path found in the searched folder and the file it resolves to.
+    pub fn found_with_links(&self) -> impl Iterator<Item = (&'static str, &Path, &Path)> {
+        self.found.iter().map(|(n, real)| {
+            let listed = self.listed.get(n).map_or(real.as_path(), |p| p.as_path());
+            (*n, listed, real.as_path())
+        })
     }
 
     /// Known binaries that were not found.

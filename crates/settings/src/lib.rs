@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::ipxe::IpxeConfig;
 
 pub mod ipxe;
+pub mod preflight;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
 /// server, TFTP and HTTP on every interface, and an iPXE menu (PRODUCT.md §3).
