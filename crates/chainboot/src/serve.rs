@@ -136,10 +136,7 @@ fn open_shared(
         None => Policy::new(cfg.policy(), store.clone()),
     };
     let policy = Arc::new(policy.map_err(|problems| {
-        let text: Vec<String> = problems
-            .iter()
-            .map(|(path, msg)| format!("{}: {msg}", chainboot_config::dotted(path)))
-            .collect();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("boot policy: {}", text.join("; "))
     })?);
     let token = cfg
@@ -560,7 +557,11 @@ fn reload(
             return;
         }
         if let Err(problems) = policy.reload(new.policy()) {
-            error!("SIGHUP: boot policy refused, still serving the previous one: {problems:?}");
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            error!(
+                "SIGHUP: boot policy refused, still serving the previous one: {}",
+                problems.join("; ")
+            );
             return;
         }
         current.profile = new.profile.clone();

@@ -9,7 +9,7 @@
 //! (`[tftp]` by chainboot-tftp, `[dhcp]` by chainboot-dhcp, ...): adding a section needs no
 //! change here.
 
-mod duration;
+pub mod duration;
 mod sections;
 
 use std::fmt;
@@ -23,8 +23,37 @@ pub use duration::{deserialize_duration, deserialize_opt_duration, parse_duratio
 pub use sections::{ServerConfig, ADVERTISE_AUTO};
 
 /// A problem found by a section's semantic check: the key path inside the document (table
-/// names, array indices as decimal strings) and what is wrong.
-pub type Issue = (Vec<String>, String);
+/// names, array indices as decimal strings) and what is wrong. Every section's check returns
+/// all of its issues at once, in this one shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(path: Vec<String>, message: String) -> Issue {
+        Issue { path, message }
+    }
+
+    /// An issue at a path given as string slices.
+    pub fn at(path: &[&str], message: impl Into<String>) -> Issue {
+        Issue {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", dotted(&self.path), self.message)
+        }
+    }
+}
 
 /// Semantic checks that serde cannot express (pools inside their subnet, groups that point at
 /// existing profiles, ...). Paths are from the document root.
@@ -36,10 +65,10 @@ pub trait Validate {
 pub fn under(prefix: &[&str], issues: Vec<Issue>) -> Vec<Issue> {
     issues
         .into_iter()
-        .map(|(path, msg)| {
-            let mut full: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-            full.extend(path);
-            (full, msg)
+        .map(|i| {
+            let mut path: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+            path.extend(i.path);
+            Issue { path, ..i }
         })
         .collect()
 }
@@ -224,8 +253,8 @@ pub fn load_str<T: DeserializeOwned + Validate>(file: &Path, text: &str) -> Resu
     };
     if let Some(v) = &value {
         if problems.is_empty() {
-            for (path, message) in v.validate() {
-                problems.push(locate(file, text, &original, &path, message));
+            for i in v.validate() {
+                problems.push(locate(file, text, &original, &i.path, i.message));
             }
         }
     }

@@ -43,7 +43,7 @@ impl Validate for ServerConfig {
     fn validate(&self) -> Vec<Issue> {
         let mut out = Vec::new();
         if self.advertise != ADVERTISE_AUTO && self.advertise.parse::<Ipv4Addr>().is_err() {
-            out.push((
+            out.push(Issue::new(
                 vec!["advertise".into()],
                 format!(
                     "`{}` is neither \"auto\" nor an IPv4 address",
@@ -53,14 +53,17 @@ impl Validate for ServerConfig {
         }
         for (i, name) in self.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
-                out.push((
+                out.push(Issue::new(
                     vec!["interfaces".into(), i.to_string()],
                     format!("`{name}` is not a valid interface name"),
                 ));
             }
         }
         if self.state_dir.as_os_str().is_empty() {
-            out.push((vec!["state_dir".into()], "must not be empty".into()));
+            out.push(Issue::new(
+                vec!["state_dir".into()],
+                "must not be empty".into(),
+            ));
         }
         out
     }

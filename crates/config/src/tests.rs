@@ -46,7 +46,7 @@ impl Validate for Doc {
         let mut out = under(&["server"], self.server.validate());
         for (i, p) in self.profile.iter().enumerate() {
             if p.kernel.is_none() {
-                out.push((
+                out.push(Issue::new(
                     vec!["profile".into(), i.to_string(), "name".into()],
                     format!("profile `{}` has no kernel", p.name),
                 ));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chainboot_machine::Mac;
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// How chainboot takes part in DHCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -41,29 +41,6 @@ impl Default for Ports {
             client: 68,
             proxy: 4011,
         }
-    }
-}
-
-/// A duration written the human way in the config ("12h", "30s").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct HumanDuration(pub Duration);
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a duration ({e}); write e.g. \"12h\" or \"30s\""
-                ))
-            })
     }
 }
 
@@ -175,8 +152,8 @@ pub struct SubnetConfig {
     #[serde(default)]
     pub broadcast: Option<Ipv4Addr>,
     /// Overrides `[dhcp] lease_time` for this subnet.
-    #[serde(default)]
-    pub lease_time: Option<HumanDuration>,
+    #[serde(default, with = "chainboot_config::duration::option")]
+    pub lease_time: Option<Duration>,
     /// Option 66 (TFTP server name) for non-PXE clients that want one.
     #[serde(default)]
     pub tftp_server: Option<String>,
@@ -224,12 +201,14 @@ pub struct Limits {
     /// lasts. 1.0 turns the guard off.
     pub new_client_share: f64,
     /// The starvation guard logs its refusals at most once per window (with their count).
-    pub new_client_window: HumanDuration,
+    #[serde(with = "chainboot_config::duration")]
+    pub new_client_window: Duration,
     /// Leases of unproven clients last at most this long (unset: the full `lease_time`). A
     /// real client is proven when it renews at half of it and gets the full lease then; a
     /// flood's leases lapse this soon after it stops, so the guard lets new machines in again
     /// sooner.
-    pub new_client_lease_time: Option<HumanDuration>,
+    #[serde(default, with = "chainboot_config::duration::option")]
+    pub new_client_lease_time: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -241,7 +220,7 @@ impl Default for Limits {
             per_relay_rate: 5000.0,
             per_relay_burst: 10000.0,
             new_client_share: 0.5,
-            new_client_window: HumanDuration(Duration::from_secs(10)),
+            new_client_window: Duration::from_secs(10),
             new_client_lease_time: None,
         }
     }
@@ -254,11 +233,14 @@ pub struct DhcpConfig {
     pub mode: Mode,
     pub ports: Ports,
     /// Lease time for subnets that do not set their own.
-    pub lease_time: HumanDuration,
+    #[serde(with = "chainboot_config::duration")]
+    pub lease_time: Duration,
     /// How long an OFFERed address stays held for the client that was offered it.
-    pub offer_time: HumanDuration,
+    #[serde(with = "chainboot_config::duration")]
+    pub offer_time: Duration,
     /// How long an address a client DECLINEd stays out of the pool.
-    pub decline_time: HumanDuration,
+    #[serde(with = "chainboot_config::duration")]
+    pub decline_time: Duration,
     /// Options given in every subnet (a subnet's own option with the same code wins).
     pub options: Vec<CustomOption>,
     pub subnet: Vec<SubnetConfig>,
@@ -271,9 +253,9 @@ impl Default for DhcpConfig {
         DhcpConfig {
             mode: Mode::Proxy,
             ports: Ports::default(),
-            lease_time: HumanDuration(Duration::from_secs(12 * 3600)),
-            offer_time: HumanDuration(Duration::from_secs(30)),
-            decline_time: HumanDuration(Duration::from_secs(600)),
+            lease_time: Duration::from_secs(12 * 3600),
+            offer_time: Duration::from_secs(30),
+            decline_time: Duration::from_secs(600),
             options: Vec::new(),
             subnet: Vec::new(),
             host: Vec::new(),
@@ -283,7 +265,7 @@ impl Default for DhcpConfig {
 }
 
 /// A key path inside `[dhcp]` and what is wrong there.
-pub type Problem = (Vec<String>, String);
+pub use chainboot_config::Issue;
 
 fn path(parts: &[&dyn fmt::Display]) -> Vec<String> {
     parts.iter().map(|p| p.to_string()).collect()
@@ -292,12 +274,12 @@ fn path(parts: &[&dyn fmt::Display]) -> Vec<String> {
 /// Option codes chainboot sets itself; a custom option may not replace them.
 const RESERVED_CODES: [u8; 7] = [0, 52, 53, 54, 55, 57, 255];
 
-fn check_options(prefix: &[&dyn fmt::Display], opts: &[CustomOption], out: &mut Vec<Problem>) {
+fn check_options(prefix: &[&dyn fmt::Display], opts: &[CustomOption], out: &mut Vec<Issue>) {
     for (i, o) in opts.iter().enumerate() {
         let mut p: Vec<&dyn fmt::Display> = prefix.to_vec();
         p.push(&i);
         if RESERVED_CODES.contains(&o.code) {
-            out.push((
+            out.push(Issue::new(
                 path(&p),
                 format!(
                     "option {} is managed by the DHCP engine and cannot be set",
@@ -306,14 +288,14 @@ fn check_options(prefix: &[&dyn fmt::Display], opts: &[CustomOption], out: &mut 
             ));
         }
         if let Err(e) = o.value() {
-            out.push((path(&p), e));
+            out.push(Issue::new(path(&p), e));
         }
     }
 }
 
 impl DhcpConfig {
     /// Everything wrong with this section; empty when it can be used.
-    pub fn validate(&self) -> Vec<Problem> {
+    pub fn validate(&self) -> Vec<Issue> {
         let mut out = Vec::new();
         self.check_basics(&mut out);
         self.check_limits(&mut out);
@@ -324,16 +306,16 @@ impl DhcpConfig {
     }
 
     /// Mode, ports and times.
-    fn check_basics(&self, out: &mut Vec<Problem>) {
+    fn check_basics(&self, out: &mut Vec<Issue>) {
         if self.mode == Mode::Server && self.subnet.is_empty() {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"mode"]),
                 "mode = \"server\" needs at least one [[dhcp.subnet]]".to_string(),
             ));
         }
         let ports = [self.ports.server, self.ports.client, self.ports.proxy];
         if ports.contains(&0) || self.ports.server == self.ports.proxy {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"ports"]),
                 "ports must be non-zero and server != proxy".to_string(),
             ));
@@ -343,8 +325,8 @@ impl DhcpConfig {
             ("offer_time", self.offer_time),
             ("decline_time", self.decline_time),
         ] {
-            if d.0.as_secs() == 0 {
-                out.push((
+            if d.as_secs() == 0 {
+                out.push(Issue::new(
                     path(&[&name]),
                     format!("{name} must be at least one second"),
                 ));
@@ -353,21 +335,21 @@ impl DhcpConfig {
     }
 
     /// `[dhcp.limits]`.
-    fn check_limits(&self, out: &mut Vec<Problem>) {
+    fn check_limits(&self, out: &mut Vec<Issue>) {
         if !(self.limits.per_mac_rate > 0.0 && self.limits.per_mac_burst >= 1.0) {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"limits"]),
                 "per_mac_rate must be > 0 and per_mac_burst >= 1".to_string(),
             ));
         }
         if !(self.limits.per_relay_rate > 0.0 && self.limits.per_relay_burst >= 1.0) {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"limits"]),
                 "per_relay_rate must be > 0 and per_relay_burst >= 1".to_string(),
             ));
         }
         if !(self.limits.new_client_share > 0.0 && self.limits.new_client_share <= 1.0) {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"limits", &"new_client_share"]),
                 "new_client_share must be > 0 and <= 1".to_string(),
             ));
@@ -375,22 +357,22 @@ impl DhcpConfig {
         if self
             .limits
             .new_client_lease_time
-            .is_some_and(|d| d.0 < Duration::from_secs(120))
+            .is_some_and(|d| d < Duration::from_secs(120))
         {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"limits", &"new_client_lease_time"]),
                 "new_client_lease_time must be at least 2m (clients renew at half of it)"
                     .to_string(),
             ));
         }
-        if self.limits.new_client_window.0.as_secs() == 0 {
-            out.push((
+        if self.limits.new_client_window.as_secs() == 0 {
+            out.push(Issue::new(
                 path(&[&"limits", &"new_client_window"]),
                 "new_client_window must be at least one second".to_string(),
             ));
         }
         if self.limits.max_request_bytes < 300 {
-            out.push((
+            out.push(Issue::new(
                 path(&[&"limits", &"max_request_bytes"]),
                 "max_request_bytes below 300 would refuse valid BOOTP messages".to_string(),
             ));
@@ -398,12 +380,12 @@ impl DhcpConfig {
     }
 
     /// Each subnet, its pools (no overlaps, also across subnets), router and options.
-    fn check_subnets(&self, out: &mut Vec<Problem>) {
+    fn check_subnets(&self, out: &mut Vec<Issue>) {
         // Every pool with where it came from, for the overlap check across subnets.
         let mut all_pools: Vec<(usize, usize, u32, u32)> = Vec::new();
         for (si, s) in self.subnet.iter().enumerate() {
             if s.cidr.prefix_len() > 30 {
-                out.push((
+                out.push(Issue::new(
                     path(&[&"subnet", &si, &"cidr"]),
                     format!(
                         "{} leaves no room for clients (prefix longer than /30)",
@@ -414,7 +396,7 @@ impl DhcpConfig {
             for (sj, other) in self.subnet.iter().enumerate().skip(si + 1) {
                 if s.cidr.contains(&other.cidr.network()) || other.cidr.contains(&s.cidr.network())
                 {
-                    out.push((
+                    out.push(Issue::new(
                         path(&[&"subnet", &sj, &"cidr"]),
                         format!("{} overlaps subnet {} ({})", other.cidr, si, s.cidr),
                     ));
@@ -423,26 +405,29 @@ impl DhcpConfig {
             for (pi, [a, b]) in s.pools.iter().enumerate() {
                 let p = path(&[&"subnet", &si, &"pools", &pi]);
                 if u32::from(*a) > u32::from(*b) {
-                    out.push((p.clone(), format!("pool {a} - {b} ends before it starts")));
+                    out.push(Issue::new(
+                        p.clone(),
+                        format!("pool {a} - {b} ends before it starts"),
+                    ));
                     continue;
                 }
                 if !usable(&s.cidr, *a) || !usable(&s.cidr, *b) {
-                    out.push((p, format!("pool {a} - {b} is not inside {} (network and broadcast addresses excluded)", s.cidr)));
+                    out.push(Issue::new(p, format!("pool {a} - {b} is not inside {} (network and broadcast addresses excluded)", s.cidr)));
                     continue;
                 }
                 all_pools.push((si, pi, u32::from(*a), u32::from(*b)));
             }
             if let Some(r) = s.router {
                 if !s.cidr.contains(&r) {
-                    out.push((
+                    out.push(Issue::new(
                         path(&[&"subnet", &si, &"router"]),
                         format!("router {r} is not inside {}", s.cidr),
                     ));
                 }
             }
             if let Some(d) = s.lease_time {
-                if d.0.as_secs() == 0 {
-                    out.push((
+                if d.as_secs() == 0 {
+                    out.push(Issue::new(
                         path(&[&"subnet", &si, &"lease_time"]),
                         "lease_time must be at least one second".to_string(),
                     ));
@@ -453,7 +438,7 @@ impl DhcpConfig {
         for (i, &(si, pi, a, b)) in all_pools.iter().enumerate() {
             for &(sj, pj, c, d) in &all_pools[i + 1..] {
                 if a <= d && c <= b {
-                    out.push((
+                    out.push(Issue::new(
                         path(&[&"subnet", &sj, &"pools", &pj]),
                         format!(
                             "pool overlaps subnet {si} pool {pi} ({} - {})",
@@ -467,23 +452,23 @@ impl DhcpConfig {
     }
 
     /// Static hosts: inside a subnet, no MAC or address given twice.
-    fn check_hosts(&self, out: &mut Vec<Problem>) {
+    fn check_hosts(&self, out: &mut Vec<Issue>) {
         for (hi, h) in self.host.iter().enumerate() {
             if !self.subnet.iter().any(|s| usable(&s.cidr, h.ip)) {
-                out.push((
+                out.push(Issue::new(
                     path(&[&"host", &hi, &"ip"]),
                     format!("{} is not inside any [[dhcp.subnet]]", h.ip),
                 ));
             }
             for (hj, other) in self.host.iter().enumerate().skip(hi + 1) {
                 if other.mac == h.mac {
-                    out.push((
+                    out.push(Issue::new(
                         path(&[&"host", &hj, &"mac"]),
                         format!("{} is already host {hi}", h.mac),
                     ));
                 }
                 if other.ip == h.ip {
-                    out.push((
+                    out.push(Issue::new(
                         path(&[&"host", &hj, &"ip"]),
                         format!("{} is already given to host {hi}", h.ip),
                     ));
@@ -494,7 +479,7 @@ impl DhcpConfig {
 
     /// The lease time of a subnet.
     pub fn lease_time_of(&self, subnet: &SubnetConfig) -> Duration {
-        subnet.lease_time.unwrap_or(self.lease_time).0
+        subnet.lease_time.unwrap_or(self.lease_time)
     }
 
     /// The lease a client gets in `subnet`: shortened to `limits.new_client_lease_time` while
@@ -502,7 +487,7 @@ impl DhcpConfig {
     pub fn lease_time_for(&self, subnet: &SubnetConfig, proven: bool) -> Duration {
         let full = self.lease_time_of(subnet);
         match self.limits.new_client_lease_time {
-            Some(short) if !proven => full.min(short.0),
+            Some(short) if !proven => full.min(short),
             _ => full,
         }
     }
@@ -546,13 +531,10 @@ hostname = "node1"
     fn product_md_example_parses_and_validates() {
         let c = parse(GOOD);
         assert_eq!(c.mode, Mode::Server);
-        assert_eq!(
-            c.subnet[0].lease_time,
-            Some(HumanDuration(Duration::from_secs(43200)))
-        );
+        assert_eq!(c.subnet[0].lease_time, Some(Duration::from_secs(43200)));
         assert_eq!(c.lease_time_of(&c.subnet[0]), Duration::from_secs(43200));
         assert_eq!(c.host[0].hostname.as_deref(), Some("node1"));
-        assert_eq!(c.validate(), Vec::<Problem>::new());
+        assert_eq!(c.validate(), Vec::<Issue>::new());
     }
 
     #[test]
@@ -604,9 +586,14 @@ ip = "198.18.0.51"
         );
         let probs = c.validate();
         let has = |p: &[&str], needle: &str| {
-            probs.iter().any(|(k, m)| {
-                k.iter().map(String::as_str).eq(p.iter().copied()) && m.contains(needle)
-            })
+            probs.iter().any(
+                |Issue {
+                     path: k,
+                     message: m,
+                 }| {
+                    k.iter().map(String::as_str).eq(p.iter().copied()) && m.contains(needle)
+                },
+            )
         };
         assert!(has(&["subnet", "0", "pools", "1"], "overlaps"), "{probs:?}");
         assert!(
@@ -636,21 +623,24 @@ ip = "198.18.0.51"
         let c = parse("[dhcp]\nlimits = { new_client_lease_time = \"10m\" }\n");
         assert_eq!(
             c.limits.new_client_lease_time,
-            Some(HumanDuration(Duration::from_secs(600)))
+            Some(Duration::from_secs(600))
         );
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         let c = parse("[dhcp]\nlimits = { new_client_lease_time = \"30s\" }\n");
-        assert_eq!(c.validate()[0].0, vec!["limits", "new_client_lease_time"]);
+        assert_eq!(
+            c.validate()[0].path,
+            vec!["limits", "new_client_lease_time"]
+        );
     }
 
     #[test]
     fn overlapping_subnets_and_server_without_subnet() {
         let c = parse("[dhcp]\nmode = \"server\"\n");
-        assert_eq!(c.validate()[0].0, vec!["mode"]);
+        assert_eq!(c.validate()[0].path, vec!["mode"]);
         let c = parse(
             "[dhcp]\n[[dhcp.subnet]]\ncidr = \"198.18.0.0/16\"\n[[dhcp.subnet]]\ncidr = \"198.18.4.0/24\"\n",
         );
-        assert_eq!(c.validate()[0].0, vec!["subnet", "1", "cidr"]);
+        assert_eq!(c.validate()[0].path, vec!["subnet", "1", "cidr"]);
     }
 
     #[test]

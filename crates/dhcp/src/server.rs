@@ -174,7 +174,7 @@ impl DhcpServer {
         if !problems.is_empty() {
             let msg: Vec<String> = problems
                 .iter()
-                .map(|(k, m)| format!("dhcp.{}: {m}", k.join(".")))
+                .map(|i| format!("dhcp.{}: {}", i.path.join("."), i.message))
                 .collect();
             return Err(DhcpError::Config(msg.join("; ")));
         }

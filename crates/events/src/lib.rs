@@ -44,12 +44,12 @@ pub struct EventSettings {
     /// Events kept at most (oldest pruned first).
     pub max_events: usize,
     /// Events older than this are pruned.
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub max_age: Duration,
     /// First-stage fetches without reaching HTTP that make a chainload loop.
     pub loop_threshold: usize,
     /// ... within this window.
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub loop_window: Duration,
     /// Bytes the events may take in the database, table and indexes (oldest pruned first, the
     /// space given back to the filesystem).
@@ -72,16 +72,22 @@ impl chainboot_config::Validate for EventSettings {
     fn validate(&self) -> Vec<chainboot_config::Issue> {
         let mut out = Vec::new();
         if self.max_events < 100 {
-            out.push((vec!["max_events".into()], "must be at least 100".into()));
+            out.push(chainboot_config::Issue::new(
+                vec!["max_events".into()],
+                "must be at least 100".into(),
+            ));
         }
         if self.loop_threshold < 2 {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["loop_threshold".into()],
                 "must be at least 2 (one fetch is a normal boot)".into(),
             ));
         }
         if self.loop_window < Duration::from_secs(10) {
-            out.push((vec!["loop_window".into()], "must be at least 10s".into()));
+            out.push(chainboot_config::Issue::new(
+                vec!["loop_window".into()],
+                "must be at least 10s".into(),
+            ));
         }
         if self.max_bytes < 1024 * 1024 {
             out.push((

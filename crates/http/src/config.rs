@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chainboot_config::Issue;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -29,12 +30,12 @@ pub struct HttpConfig {
     /// Time allowed to send a request's headers (slowloris defence). hyper starts this clock
     /// whenever it waits for a request head, so it also bounds how long a keep-alive
     /// connection may sit idle between requests.
-    #[serde(with = "duration_str")]
+    #[serde(with = "chainboot_config::duration")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight and no traffic for this long is closed (the
     /// keep-alive wait is in practice bounded by the shorter of this and
     /// `header_read_timeout`).
-    #[serde(with = "duration_str")]
+    #[serde(with = "chainboot_config::duration")]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
@@ -42,20 +43,20 @@ pub struct HttpConfig {
     pub request_body_limit: usize,
     /// Time allowed to send a whole request body once the head is in (slowloris on the body:
     /// a client trickling bytes would otherwise hold its connection forever); later gets 408.
-    #[serde(with = "duration_str")]
+    #[serde(with = "chainboot_config::duration")]
     pub body_read_timeout: Duration,
     /// Total time for one request, from its first byte to the response head being ready
     /// (head and body received, handler done). Later gets 408 when the request body was still
     /// arriving, 503 when the handler had it all and did not answer; either way the connection
     /// is closed. The response body is not included: a 700 MB ISO over a slow link may take
     /// hours, bounded instead by `send_timeout`.
-    #[serde(with = "duration_str")]
+    #[serde(with = "chainboot_config::duration")]
     pub request_timeout: Duration,
     /// While a response is being written, the client accepting no byte for this long closes
     /// the connection (reset, so its socket buffers go too). Every byte accepted restarts the
     /// clock, so slow links are fine; a reader that stopped reading is not. `idle_timeout`
     /// does not cover this: a connection with a response in flight is never idle.
-    #[serde(with = "duration_str")]
+    #[serde(with = "chainboot_config::duration")]
     pub send_timeout: Duration,
 }
 
@@ -132,20 +133,23 @@ impl HttpConfig {
         Ok(out)
     }
 
-    /// Checks every value; the error names the key.
-    pub fn validate(&self) -> Result<(), HttpConfigError> {
-        self.listen_addrs()?;
+    /// Checks every value; every problem at once, each naming its key inside `[http]`.
+    pub fn validate(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        if let Err(e) = self.listen_addrs() {
+            out.push(Issue::at(&[e.key], e.message));
+        }
         if let Some(root) = &self.root {
             if !root.is_dir() {
-                return Err(err(
-                    "root",
+                out.push(Issue::at(
+                    &["root"],
                     format!("{} is not a directory", root.display()),
                 ));
             }
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
-            return Err(err(
-                "max_connections",
+            out.push(Issue::at(
+                &["max_connections"],
                 format!("{} is outside 1..=1000000", self.max_connections),
             ));
         }
@@ -164,44 +168,26 @@ impl HttpConfig {
             ("send_timeout", self.send_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-                return Err(err(
-                    key,
+                out.push(Issue::at(
+                    &[key],
                     format!("{} is outside 100ms..1h", humantime::format_duration(d)),
                 ));
             }
         }
         // hyper's read buffer cannot be smaller than 8 KiB; 1 MiB of headers is an attack.
         if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
-            return Err(err(
-                "max_header_bytes",
+            out.push(Issue::at(
+                &["max_header_bytes"],
                 format!("{} is outside 8192..=1048576", self.max_header_bytes),
             ));
         }
         if self.request_body_limit > 1024 * 1024 * 1024 {
-            return Err(err(
-                "request_body_limit",
+            out.push(Issue::at(
+                &["request_body_limit"],
                 format!("{} is over 1 GiB", self.request_body_limit),
             ));
         }
-        Ok(())
-    }
-}
-
-/// Durations written as `"10s"`, `"1m 30s"`, `"500ms"`.
-mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration like \"10s\": {e}"))
-        })
+        out
     }
 }
 
@@ -213,7 +199,7 @@ mod tests {
     fn defaults_are_valid_and_an_empty_table_gives_them() {
         let c: HttpConfig = toml::from_str("").unwrap();
         assert_eq!(c, HttpConfig::default());
-        c.validate().unwrap();
+        assert_eq!(c.validate(), vec![]);
         assert_eq!(
             c.listen_addrs().unwrap(),
             vec!["0.0.0.0:80".parse().unwrap()]
@@ -231,7 +217,7 @@ mod tests {
             toml::from_str("request_timeout = \"2m\"\nsend_timeout = \"500ms\"").unwrap();
         assert_eq!(c.request_timeout, Duration::from_secs(120));
         assert_eq!(c.send_timeout, Duration::from_millis(500));
-        c.validate().unwrap();
+        assert_eq!(c.validate(), vec![]);
     }
 
     #[test]
@@ -318,9 +304,17 @@ mod tests {
             ),
         ];
         for (key, c) in cases {
-            let e = c.validate().unwrap_err();
-            assert_eq!(e.key, key, "{e}");
-            assert!(e.to_string().starts_with(&format!("http.{key}:")));
+            let e = c.validate();
+            assert_eq!(e.len(), 1, "{key}: {e:?}");
+            assert_eq!(e[0].path, vec![key.to_string()], "{}", e[0]);
         }
+        // Every problem at once, not the first one only.
+        let all_bad = HttpConfig {
+            max_connections: 0,
+            max_header_bytes: 10,
+            idle_timeout: Duration::from_millis(1),
+            ..Default::default()
+        };
+        assert_eq!(all_bad.validate().len(), 3, "{:?}", all_bad.validate());
     }
 }

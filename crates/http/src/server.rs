@@ -57,9 +57,11 @@ impl HttpServer {
     /// Validates the config and binds every `listen` address (works outside a runtime, so
     /// the binary can bind port 80 before dropping privileges). Errors name the address.
     pub fn bind(config: &HttpConfig) -> io::Result<HttpServer> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let issues = config.validate();
+        if !issues.is_empty() {
+            let text: Vec<String> = issues.iter().map(|i| format!("http.{i}")).collect();
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, text.join("; ")));
+        }
         let addrs = config
             .listen_addrs()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;

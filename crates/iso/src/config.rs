@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use chainboot_config::Issue;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 /// One `[[iso]]` table: an image served under `/iso/NAME/` (HTTP), `iso/NAME/` (TFTP) and
 /// referenced as `iso:NAME/path` by profiles.
@@ -20,64 +20,55 @@ pub struct IsoConfig {
     pub required: bool,
 }
 
-/// A config value that cannot work, with the key it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("iso.{key}: {message}")]
-pub struct IsoConfigError {
-    /// The key inside `[[iso]]` (`name`, `path`).
-    pub key: &'static str,
-    /// What is wrong, for the operator.
-    pub message: String,
-}
-
 impl IsoConfig {
     /// Checks what can be checked without opening the image (the image itself is checked by
-    /// [`crate::IsoImage::open`], whose errors name the file).
-    pub fn validate(&self) -> Result<(), IsoConfigError> {
+    /// [`crate::IsoImage::open`], whose errors name the file): every problem, keys inside
+    /// the `[[iso]]` entry.
+    pub fn validate(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
         let name = &self.name;
         if name.is_empty() || name.len() > 64 {
-            return Err(IsoConfigError {
-                key: "name",
-                message: format!("{name:?} must be 1 to 64 characters"),
-            });
-        }
-        // The name is a URL path component and a TFTP path component: keep it to characters
-        // that need no escaping anywhere and cannot be `.`/`..`.
-        if !name
+            out.push(Issue::at(
+                &["name"],
+                format!("{name:?} must be 1 to 64 characters"),
+            ));
+        } else if !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             || name.starts_with('.')
         {
-            return Err(IsoConfigError {
-                key: "name",
-                message: format!(
-                    "{name:?} may only contain letters, digits, '-', '_' and '.' (not first)"
-                ),
-            });
+            // The name is a URL path component and a TFTP path component: keep it to
+            // characters that need no escaping anywhere and cannot be `.`/`..`.
+            out.push(Issue::at(
+                &["name"],
+                format!("{name:?} may only contain letters, digits, '-', '_' and '.' (not first)"),
+            ));
         }
         if self.path.as_os_str().is_empty() {
-            return Err(IsoConfigError {
-                key: "path",
-                message: format!("image path for {name:?} is empty"),
-            });
+            out.push(Issue::at(
+                &["path"],
+                format!("image path for {name:?} is empty"),
+            ));
         }
-        Ok(())
+        out
     }
 
-    /// Validates a whole `[[iso]]` list: each entry, and names unique (case-insensitively,
-    /// since lookups fall back to case-insensitive matching).
-    pub fn validate_all(list: &[IsoConfig]) -> Result<(), IsoConfigError> {
+    /// Validates a whole `[[iso]]` list: each entry (paths `N.key`), and names unique
+    /// (case-insensitively, since lookups fall back to case-insensitive matching).
+    pub fn validate_all(list: &[IsoConfig]) -> Vec<Issue> {
+        let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for c in list {
-            c.validate()?;
+        for (i, c) in list.iter().enumerate() {
+            let idx = i.to_string();
+            out.extend(chainboot_config::under(&[&idx], c.validate()));
             if !seen.insert(c.name.to_ascii_lowercase()) {
-                return Err(IsoConfigError {
-                    key: "name",
-                    message: format!("{:?} is used by more than one [[iso]]", c.name),
-                });
+                out.push(Issue::at(
+                    &[&idx, "name"],
+                    format!("{:?} is used by more than one [[iso]]", c.name),
+                ));
             }
         }
-        Ok(())
+        out
     }
 }
 
@@ -93,7 +84,7 @@ mod tests {
     fn required_defaults_to_false_and_unknown_keys_are_refused() {
         let c = parse("name = \"debian-12\"\npath = \"/srv/d.iso\"").unwrap();
         assert!(!c.required);
-        c.validate().unwrap();
+        assert_eq!(c.validate(), vec![]);
         assert!(parse("name = \"a\"\npath = \"/x\"\nrequird = true").is_err());
     }
 
@@ -105,10 +96,24 @@ mod tests {
                 path: "/x.iso".into(),
                 required: false,
             };
-            let e = c.validate().unwrap_err();
-            assert_eq!(e.key, "name", "{bad}");
-            assert!(e.to_string().starts_with("iso.name:"));
+            let e = c.validate();
+            assert_eq!(e.len(), 1, "{bad}");
+            assert_eq!(e[0].path, vec!["name"], "{bad}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let c = IsoConfig {
+            name: "a b".into(),
+            path: "".into(),
+            required: false,
+        };
+        let keys: Vec<Vec<String>> = c.validate().into_iter().map(|i| i.path).collect();
+        assert_eq!(
+            keys,
+            vec![vec!["name".to_string()], vec!["path".to_string()]]
+        );
     }
 
     #[test]
@@ -120,7 +125,13 @@ mod tests {
         };
         let mut b = a.clone();
         b.name = "DEB".into();
-        assert!(IsoConfig::validate_all(std::slice::from_ref(&a)).is_ok());
-        assert!(IsoConfig::validate_all(&[a, b]).is_err());
+        assert!(IsoConfig::validate_all(std::slice::from_ref(&a)).is_empty());
+        assert_eq!(
+            IsoConfig::validate_all(&[a, b]),
+            vec![Issue::at(
+                &["1", "name"],
+                "\"DEB\" is used by more than one [[iso]]"
+            )]
+        );
     }
 }

@@ -29,7 +29,7 @@ mod config;
 mod image;
 mod library;
 
-pub use config::{IsoConfig, IsoConfigError};
+pub use config::IsoConfig;
 pub use image::{
     EntryKind, IsoEntry, IsoError, IsoErrorKind, IsoImage, NameScheme, MAX_DEPTH, MAX_DIR_BYTES,
     MAX_ENTRIES, MAX_SYMLINK_HOPS, MAX_SYMLINK_TARGET, MAX_SYSTEM_USE_BYTES, SECTOR,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chainboot_content::CleanPath;
 use chainboot_machine::Arch;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::glob::Glob;
 
@@ -174,13 +174,13 @@ pub struct BootConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
     /// How long to wait for the API (`"2s"`, `"500ms"`).
-    #[serde(default = "default_api_timeout", with = "duration_text")]
+    #[serde(default = "default_api_timeout", with = "chainboot_config::duration")]
     pub api_timeout: Duration,
     /// Folder of templates for `/config/MAC/NAME` and static `pxelinux.cfg/` files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub templates: Option<PathBuf>,
     /// How long a machine that cannot boot waits before asking again.
-    #[serde(default = "default_retry_delay", with = "duration_text")]
+    #[serde(default = "default_retry_delay", with = "chainboot_config::duration")]
     pub retry_delay: Duration,
     /// Networks whose requests may act for any MAC they name without proving it (routed labs
     /// in proxy mode, where neither a lease nor the neighbour table can tell who is asking).
@@ -189,7 +189,10 @@ pub struct BootConfig {
     pub trusted_networks: Vec<ipnet::IpNet>,
     /// How long the boot capabilities in a machine's script URLs stay valid (an installer
     /// fetches its config with one up to this long after the script).
-    #[serde(default = "default_capability_lifetime", with = "duration_text")]
+    #[serde(
+        default = "default_capability_lifetime",
+        with = "chainboot_config::duration"
+    )]
     pub capability_lifetime: Duration,
 }
 
@@ -217,21 +220,6 @@ impl Default for BootConfig {
             trusted_networks: Vec::new(),
             capability_lifetime: default_capability_lifetime(),
         }
-    }
-}
-
-mod duration_text {
-    use super::*;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. \"5s\" or \"500ms\""
-            ))
-        })
     }
 }
 
@@ -426,7 +414,7 @@ impl AssetRef {
 }
 
 /// A config problem: key path from the document root and message.
-pub type Problem = (Vec<String>, String);
+pub use chainboot_config::Issue;
 
 fn key(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
@@ -460,14 +448,14 @@ pub fn validate(
     profiles: &[ProfileConfig],
     groups: &[GroupConfig],
     boot: &BootConfig,
-) -> Vec<Problem> {
-    let mut out: Vec<Problem> = Vec::new();
+) -> Vec<Issue> {
+    let mut out: Vec<Issue> = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, p) in profiles.iter().enumerate() {
         let idx = i.to_string();
         let at = |k: &str| key(&["profile", &idx, k]);
         if !valid_name(&p.name) {
-            out.push((
+            out.push(Issue::new(
                 at("name"),
                 format!(
                     "profile name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
@@ -475,13 +463,13 @@ pub fn validate(
                 ),
             ));
         } else if p.name == "menu" && p.action != Some(ProfileAction::Menu) {
-            out.push((
+            out.push(Issue::new(
                 at("name"),
                 "`menu` is reserved for the built-in profile menu".into(),
             ));
         }
         if let Some(first) = names.insert(&p.name, i) {
-            out.push((
+            out.push(Issue::new(
                 at("name"),
                 format!("profile `{}` is already defined as profile {first}", p.name),
             ));
@@ -493,32 +481,32 @@ pub fn validate(
             p.pxelinux.is_some(),
         ];
         match kinds.iter().filter(|k| **k).count() {
-            0 => out.push((
+            0 => out.push(Issue::new(
                 key(&["profile", &idx]),
                 "profile needs one of kernel, script, action or pxelinux".into(),
             )),
             1 => {}
-            _ => out.push((
+            _ => out.push(Issue::new(
                 key(&["profile", &idx]),
                 "profile must have only one of kernel, script, action or pxelinux (pxelinux may use kernel/initrd/cmdline for its generated config)".into(),
             )),
         }
         if p.kernel.is_none() && p.pxelinux.is_none() {
             if !p.initrd.is_empty() {
-                out.push((at("initrd"), "initrd without kernel".into()));
+                out.push(Issue::new(at("initrd"), "initrd without kernel".into()));
             }
             if p.cmdline.is_some() {
-                out.push((at("cmdline"), "cmdline without kernel".into()));
+                out.push(Issue::new(at("cmdline"), "cmdline without kernel".into()));
             }
         }
         if p.pxelinux_config.is_some() && p.pxelinux.is_none() {
-            out.push((
+            out.push(Issue::new(
                 at("pxelinux_config"),
                 "pxelinux_config needs pxelinux (the loader)".into(),
             ));
         }
         if p.pxelinux.is_some() && p.pxelinux_config.is_none() && p.kernel.is_none() {
-            out.push((
+            out.push(Issue::new(
                 at("pxelinux"),
                 "a pxelinux profile needs pxelinux_config or kernel (to generate the config)"
                     .into(),
@@ -527,13 +515,16 @@ pub fn validate(
         for (k, v) in [("kernel", &p.kernel), ("pxelinux", &p.pxelinux)] {
             if let Some(v) = v {
                 if let Err(e) = AssetRef::parse(v) {
-                    out.push((at(k), e));
+                    out.push(Issue::new(at(k), e));
                 }
             }
         }
         for (j, r) in p.initrd.iter().enumerate() {
             if let Err(e) = AssetRef::parse(r) {
-                out.push((key(&["profile", &idx, "initrd", &j.to_string()]), e));
+                out.push(Issue::new(
+                    key(&["profile", &idx, "initrd", &j.to_string()]),
+                    e,
+                ));
             }
         }
         for (k, v) in [
@@ -543,13 +534,13 @@ pub fn validate(
         ] {
             if let Some(v) = v {
                 if let Err(e) = crate::render::check_template(v) {
-                    out.push((at(k), e));
+                    out.push(Issue::new(at(k), e));
                 }
             }
         }
         if let Some(s) = &p.script {
             if !s.trim_start().starts_with("#!ipxe") {
-                out.push((
+                out.push(Issue::new(
                     at("script"),
                     "an iPXE script must start with `#!ipxe`".into(),
                 ));
@@ -564,7 +555,7 @@ pub fn validate(
         let idx = i.to_string();
         let at = |k: &str| key(&["group", &idx, k]);
         if !valid_name(&g.name) {
-            out.push((
+            out.push(Issue::new(
                 at("name"),
                 format!(
                     "group name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
@@ -573,25 +564,29 @@ pub fn validate(
             ));
         }
         if let Some(first) = group_names.insert(&g.name, i) {
-            out.push((
+            out.push(Issue::new(
                 at("name"),
                 format!("group `{}` is already defined as group {first}", g.name),
             ));
         }
         if !profile_exists(&g.profile) {
-            out.push((at("profile"), unknown_profile(&g.profile, profiles)));
+            out.push(Issue::new(
+                at("profile"),
+                unknown_profile(&g.profile, profiles),
+            ));
         }
         match crate::select::CompiledGroup::compile(i, g) {
             Ok(c) => compiled.push(c),
-            Err((field, j, e)) => {
-                out.push((key(&["group", &idx, "match", field, &j.to_string()]), e))
-            }
+            Err((field, j, e)) => out.push(Issue::new(
+                key(&["group", &idx, "match", field, &j.to_string()]),
+                e,
+            )),
         }
     }
     for (a_i, a) in compiled.iter().enumerate() {
         for b in &compiled[a_i + 1..] {
             if a.specificity == b.specificity && a.may_overlap(b) {
-                out.push((
+                out.push(Issue::new(
                     key(&["group", &b.index.to_string(), "match"]),
                     format!(
                         "groups `{}` and `{}` can both match the same machine with the same number of selectors ({}); add a selector to the one that should win, or make them disjoint",
@@ -603,7 +598,7 @@ pub fn validate(
     }
 
     if !profile_exists(&boot.default) {
-        out.push((
+        out.push(Issue::new(
             key(&["boot", "default"]),
             unknown_profile(&boot.default, profiles),
         ));
@@ -611,18 +606,21 @@ pub fn validate(
     if let Some(api) = &boot.api {
         match reqwest::Url::parse(api) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-            Ok(_) => out.push((
+            Ok(_) => out.push(Issue::new(
                 key(&["boot", "api"]),
                 format!("`{api}`: the boot API must be an http(s) URL"),
             )),
-            Err(e) => out.push((key(&["boot", "api"]), format!("`{api}`: {e}"))),
+            Err(e) => out.push(Issue::new(key(&["boot", "api"]), format!("`{api}`: {e}"))),
         }
     }
     if boot.api_timeout.is_zero() {
-        out.push((key(&["boot", "api_timeout"]), "must be more than 0".into()));
+        out.push(Issue::new(
+            key(&["boot", "api_timeout"]),
+            "must be more than 0".into(),
+        ));
     }
     if boot.retry_delay.is_zero() || boot.retry_delay > Duration::from_secs(3600) {
-        out.push((
+        out.push(Issue::new(
             key(&["boot", "retry_delay"]),
             "must be between 1s and 1h".into(),
         ));

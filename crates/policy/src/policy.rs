@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use crate::access::{AddressBook, Capabilities, Gate, NoAddresses, Proof, Refusal};
 use crate::config::{
-    validate, AssetRef, BootConfig, GroupConfig, Problem, ProfileAction, ProfileConfig,
+    validate, AssetRef, BootConfig, GroupConfig, Issue, ProfileAction, ProfileConfig,
 };
 use crate::facts::ClientFacts;
 use crate::pixiecore::{self, ApiBoot};
@@ -50,7 +50,7 @@ fn tpl_name(profile: &str, what: &str) -> String {
 }
 
 impl Compiled {
-    fn new(cfg: PolicyConfig) -> Result<Compiled, Vec<Problem>> {
+    fn new(cfg: PolicyConfig) -> Result<Compiled, Vec<Issue>> {
         let problems = validate(&cfg.profiles, &cfg.groups, &cfg.boot);
         if !problems.is_empty() {
             return Err(problems);
@@ -65,7 +65,7 @@ impl Compiled {
                 if let Some(src) = src {
                     env.add_template_owned(tpl_name(&p.name, what), src.clone())
                         .map_err(|e| {
-                            vec![(
+                            vec![Issue::new(
                                 vec!["profile".into(), p.name.clone(), what.into()],
                                 e.to_string(),
                             )]
@@ -79,7 +79,9 @@ impl Compiled {
             .enumerate()
             .map(|(i, g)| CompiledGroup::compile(i, g))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|(f, j, e)| vec![(vec!["group".into(), f.into(), j.to_string()], e)])?;
+            .map_err(|(f, j, e)| {
+                vec![Issue::new(vec!["group".into(), f.into(), j.to_string()], e)]
+            })?;
         let by_name = cfg
             .profiles
             .iter()
@@ -260,7 +262,7 @@ const RECENT_MAX: usize = 16_384;
 
 impl Policy {
     /// Builds a policy; every config problem is returned at once.
-    pub fn new(cfg: PolicyConfig, store: Arc<Store>) -> Result<Policy, Vec<Problem>> {
+    pub fn new(cfg: PolicyConfig, store: Arc<Store>) -> Result<Policy, Vec<Issue>> {
         let compiled = Compiled::new(cfg)?;
         Ok(Policy {
             current: ArcSwap::from_pointee(compiled),
@@ -322,13 +324,13 @@ impl Policy {
         initrds: &[std::path::PathBuf],
         cmdline: &str,
         store: Arc<Store>,
-    ) -> Result<Policy, Vec<Problem>> {
-        let abs = |p: &std::path::Path| -> Result<String, Vec<Problem>> {
+    ) -> Result<Policy, Vec<Issue>> {
+        let abs = |p: &std::path::Path| -> Result<String, Vec<Issue>> {
             let p = std::path::absolute(p)
-                .map_err(|e| vec![(vec!["quick".into()], format!("{}: {e}", p.display()))])?;
+                .map_err(|e| vec![Issue::at(&["quick"], format!("{}: {e}", p.display()))])?;
             if !p.is_file() {
-                return Err(vec![(
-                    vec!["quick".into()],
+                return Err(vec![Issue::at(
+                    &["quick"],
                     format!("{} is not a readable file", p.display()),
                 )]);
             }
@@ -360,7 +362,7 @@ impl Policy {
     }
 
     /// Replaces the config (after validating it); on error the old config stays.
-    pub fn reload(&self, cfg: PolicyConfig) -> Result<(), Vec<Problem>> {
+    pub fn reload(&self, cfg: PolicyConfig) -> Result<(), Vec<Issue>> {
         let compiled = Compiled::new(cfg)?;
         self.current.store(Arc::new(compiled));
         self.recent.lock().clear();

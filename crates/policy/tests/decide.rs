@@ -35,6 +35,9 @@ fn parse(toml_text: &str) -> PolicyConfig {
 fn problems(toml_text: &str) -> Vec<(Vec<String>, String)> {
     let c = parse(toml_text);
     validate(&c.profiles, &c.groups, &c.boot)
+        .into_iter()
+        .map(|i| (i.path, i.message))
+        .collect()
 }
 
 fn base() -> HttpBase {

@@ -48,10 +48,10 @@ pub enum RaMode {
 pub struct Ipv6Config {
     pub router_advertisements: RaMode,
     /// Minimum time between two advertisements on one interface.
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub min_interval: Duration,
     /// How long a heard IPv6 router keeps `auto` quiet.
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub quiet_after_router: Duration,
 }
 
@@ -69,7 +69,7 @@ impl chainboot_config::Validate for Ipv6Config {
     fn validate(&self) -> Vec<chainboot_config::Issue> {
         let mut out = Vec::new();
         if self.min_interval < Duration::from_millis(10) {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["min_interval".into()],
                 "must be at least 10ms (it bounds the packets a solicitation flood can cause)"
                     .into(),

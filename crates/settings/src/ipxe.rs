@@ -58,7 +58,7 @@ impl Validate for IpxeConfig {
     fn validate(&self) -> Vec<Issue> {
         let mut out = Vec::new();
         if self.dir != "auto" && !PathBuf::from(&self.dir).is_dir() {
-            out.push((
+            out.push(Issue::new(
                 vec!["dir".into()],
                 format!(
                     "`{}` is not a folder (use \"auto\" for the distribution's)",

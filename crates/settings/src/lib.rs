@@ -80,19 +80,11 @@ impl Validate for Config {
             &self.group,
             &self.boot,
         ));
-        if let Err(e) = self.http.validate() {
-            out.push((vec!["http".into(), e.key.into()], e.message));
-        }
-        for (i, iso) in self.iso.iter().enumerate() {
-            if let Err(e) = iso.validate() {
-                out.push((vec!["iso".into(), i.to_string(), e.key.into()], e.message));
-            }
-        }
-        if self.iso.iter().all(|i| i.validate().is_ok()) {
-            if let Err(e) = chainboot_iso::IsoConfig::validate_all(&self.iso) {
-                out.push((vec!["iso".into()], e.message));
-            }
-        }
+        out.extend(under(&["http"], self.http.validate()));
+        out.extend(under(
+            &["iso"],
+            chainboot_iso::IsoConfig::validate_all(&self.iso),
+        ));
         out
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chainboot_config::Issue;
+
 use serde::{Deserialize, Serialize};
 
 use crate::transfer::{TransferSettings, MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE};
@@ -39,7 +41,7 @@ pub struct TftpConfig {
     #[serde(with = "duration_text")]
     pub max_silence: Duration,
     /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
-    #[serde(with = "duration_text")]
+    #[serde(with = "chainboot_config::duration")]
     pub timeout: Duration,
     /// Retransmissions of one window before a silent client's transfer is dropped.
     pub retries: u32,
@@ -48,7 +50,7 @@ pub struct TftpConfig {
     /// Largest window granted (RFC 7440; chainboot caps it at 64).
     pub max_windowsize: u16,
     /// On shutdown, how long in-flight transfers may run before they are ended.
-    #[serde(with = "duration_text")]
+    #[serde(with = "chainboot_config::duration")]
     pub shutdown_grace: Duration,
     /// Lock-step transfers (windowsize 1) that may run at once on a thread of their own,
     /// which turns each block around faster than a task does; the rest run as tasks. Unset:
@@ -57,7 +59,7 @@ pub struct TftpConfig {
     /// How long a lock-step transfer's thread polls for the client's next ACK before it
     /// sleeps, when the client has been answering that fast and at most one transfer runs per
     /// two CPUs (see `busy_poll.rs`). "0s" never polls.
-    #[serde(with = "duration_text")]
+    #[serde(with = "chainboot_config::duration")]
     pub busy_poll: Duration,
 }
 
@@ -84,11 +86,11 @@ impl Default for TftpConfig {
 }
 
 impl TftpConfig {
-    /// Semantic checks the types cannot express: each problem as (key path inside `[tftp]`,
-    /// message). Empty when the section is usable.
-    pub fn validate(&self) -> Vec<(Vec<String>, String)> {
+    /// Semantic checks the types cannot express, every problem at once (key paths inside
+    /// `[tftp]`). Empty when the section is usable.
+    pub fn validate(&self) -> Vec<Issue> {
         let mut problems = Vec::new();
-        let mut bad = |key: &str, msg: String| problems.push((vec![key.to_string()], msg));
+        let mut bad = |key: &str, msg: String| problems.push(Issue::at(&[key], msg));
         if self.max_transfers == 0 {
             bad("max_transfers", "must be at least 1".into());
         }
@@ -193,24 +195,6 @@ impl TftpConfig {
     }
 }
 
-/// Durations as human text (`"1s"`, `"250ms"`), the format of every duration in the config.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{e} (write a duration like \"1s\" or \"500ms\")"))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +259,7 @@ mod tests {
             root: Some("/nonexistent/chainboot-test".into()),
             ..TftpConfig::default()
         };
-        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k.join(".")).collect();
+        let keys: Vec<String> = c.validate().into_iter().map(|i| i.path.join(".")).collect();
         assert_eq!(
             keys,
             [

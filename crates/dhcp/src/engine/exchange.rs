@@ -155,7 +155,7 @@ impl Engine {
                 client_id: x.req.opt(code::CLIENT_ID).map(<[u8]>::to_vec),
                 hostname: x.facts.hostname.clone(),
                 status: LeaseStatus::Offered,
-                expires: now + self.cfg.offer_time.0.as_secs() as i64,
+                expires: now + self.cfg.offer_time.as_secs() as i64,
                 proven,
             };
             self.insert(offer, now);
@@ -286,7 +286,7 @@ impl Engine {
             client_id: None,
             hostname: None,
             status: LeaseStatus::Declined,
-            expires: now + self.cfg.decline_time.0.as_secs() as i64,
+            expires: now + self.cfg.decline_time.as_secs() as i64,
             proven,
         };
         h.lease_writes.extend(declined.record(now));

@@ -150,7 +150,7 @@ impl Engine {
         if l.new_client_share >= 1.0 {
             return true;
         }
-        let window = l.new_client_window.0.as_secs() as i64;
+        let window = l.new_client_window.as_secs() as i64;
         let plan = &mut self.subnets[sub];
         plan.guard.room(ip, now, window, &plan.net)
     }

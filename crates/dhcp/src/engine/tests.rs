@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::client::{ClientKind, ClientMessage, ReplyView};
-use crate::config::{HostConfig, HumanDuration, SubnetConfig};
+use crate::config::{HostConfig, SubnetConfig};
 use chainboot_store::leases::LeaseState;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -49,7 +49,7 @@ fn server_cfg() -> DhcpConfig {
     s.router = Some(SERVER);
     DhcpConfig {
         mode: Mode::Server,
-        lease_time: HumanDuration(Duration::from_secs(3600)),
+        lease_time: Duration::from_secs(3600),
         subnet: vec![s, subnet("198.18.7.0/24", "198.18.7.10", "198.18.7.20")],
         host: vec![HostConfig {
             mac: "52:54:00:00:00:50".parse().unwrap(),
@@ -815,7 +815,7 @@ fn returning_clients_are_proven_and_lapses_free_the_budget() {
         (Outcome::Ignored(Ignored::NewClientLimit), None)
     );
     // mac(5)'s offer lapses after offer_time: budget back at once.
-    let lapse = 1800 + e.config().offer_time.0.as_secs();
+    let lapse = 1800 + e.config().offer_time.as_secs();
     assert!(send(&mut e, t(lapse), &ingress(67), &claim).1.is_some());
     assert_eq!(unproven(&mut e, t(lapse)), 3);
     // Its REQUEST for the lapsed offer is not let past the cap.
@@ -845,7 +845,7 @@ fn returning_clients_are_proven_and_lapses_free_the_budget() {
     send(&mut e, t(lapse + 3), &ingress(67), &dec);
     assert_eq!(unproven(&mut e, t(lapse + 4)), 3);
     assert_eq!(try_dora(&mut e, t(lapse + 4), mac(9)), None);
-    let quarantine_over = lapse + 3 + e.config().decline_time.0.as_secs();
+    let quarantine_over = lapse + 3 + e.config().decline_time.as_secs();
     assert!(try_dora(&mut e, t(quarantine_over), mac(9)).is_some());
     assert_eq!(unproven(&mut e, t(quarantine_over)), 3);
     // c (never returned) expires with its lease, one lease time after its DORA: its lease
@@ -915,9 +915,9 @@ fn the_guard_count_equals_a_scan_under_random_traffic() {
         "198.18.0.100".parse().unwrap(),
         "198.18.0.109".parse().unwrap(),
     ]];
-    cfg.offer_time = HumanDuration(Duration::from_secs(30));
-    cfg.decline_time = HumanDuration(Duration::from_secs(90));
-    cfg.lease_time = HumanDuration(Duration::from_secs(300));
+    cfg.offer_time = Duration::from_secs(30);
+    cfg.decline_time = Duration::from_secs(90);
+    cfg.lease_time = Duration::from_secs(300);
     cfg.limits.per_mac_rate = 1000.0;
     cfg.limits.per_mac_burst = 1000.0;
     let mut e = Engine::new(cfg, BootSettings::default());
@@ -1043,7 +1043,7 @@ fn reconfigure_keeps_leases_and_applies_new_pools_hosts_and_lease_time() {
     // The new file: the pool starts at .101 (so .100 is out of it), .101 belongs to a new
     // static host, and leases last 10 minutes.
     let mut cfg = server_cfg();
-    cfg.lease_time = HumanDuration(Duration::from_secs(600));
+    cfg.lease_time = Duration::from_secs(600);
     cfg.subnet[0].pools = vec![[
         "198.18.0.101".parse().unwrap(),
         "198.18.0.199".parse().unwrap(),
@@ -1105,7 +1105,7 @@ fn lease_secs(r: &ReplyView) -> u32 {
 #[test]
 fn unproven_clients_get_the_short_lease_until_they_come_back() {
     let mut cfg = server_cfg();
-    cfg.limits.new_client_lease_time = Some(HumanDuration(Duration::from_secs(600)));
+    cfg.limits.new_client_lease_time = Some(Duration::from_secs(600));
     let mut e = Engine::new(cfg, BootSettings::default());
     let m = mac(70);
     // First DORA: the OFFER and the ACK say 600 s, and the lease lasts 600 s.
@@ -1154,7 +1154,7 @@ fn a_short_unproven_lease_lets_new_clients_in_sooner_after_a_flood() {
     // Pool of 100, cap 50: a flood of one-DORA MACs fills the share at t0 and stops.
     let admitted_after = |short: Option<u64>| {
         let mut cfg = server_cfg();
-        cfg.limits.new_client_lease_time = short.map(|s| HumanDuration(Duration::from_secs(s)));
+        cfg.limits.new_client_lease_time = short.map(Duration::from_secs);
         let mut e = Engine::new(cfg, BootSettings::default());
         for n in 0..50 {
             assert!(try_dora(&mut e, t0(), fake_mac(n)).is_some());
