@@ -25,7 +25,8 @@ enum Raw {
     Text(String),
 }
 
-/// `#[serde(deserialize_with = "chainboot_config::deserialize_duration")]`.
+/// A duration field that is only read (no `Serialize`):
+/// `#[serde(deserialize_with = "chainboot_config::duration::deserialize")]`.
 pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match Raw::deserialize(d)? {
         Raw::Secs(s) => Ok(Duration::from_secs(s)),

@@ -62,7 +62,7 @@ pub struct EventSettings {
     pub refused_per_second: u32,
     /// A live event stream (`/api/v1/events/stream`) is closed after this long; clients
     /// reconnect (with `after=` the last id they saw).
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub stream_max_lifetime: Duration,
     /// Live event streams one client address may hold at once.
     pub streams_per_ip: usize,
@@ -90,31 +90,34 @@ impl chainboot_config::Validate for EventSettings {
             ));
         }
         if self.max_bytes < 1024 * 1024 {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["max_bytes".into()],
                 "must be at least 1048576 (1 MiB)".into(),
             ));
         }
         if self.max_unattributed < 100 {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["max_unattributed".into()],
                 "must be at least 100".into(),
             ));
         }
         if self.refused_per_second == 0 {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["refused_per_second".into()],
                 "must be at least 1".into(),
             ));
         }
         if self.stream_max_lifetime < Duration::from_secs(10) {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["stream_max_lifetime".into()],
                 "must be at least 10s".into(),
             ));
         }
         if self.streams_per_ip == 0 {
-            out.push((vec!["streams_per_ip".into()], "must be at least 1".into()));
+            out.push(chainboot_config::Issue::new(
+                vec!["streams_per_ip".into()],
+                "must be at least 1".into(),
+            ));
         }
         out
     }

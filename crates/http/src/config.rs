@@ -155,9 +155,9 @@ impl HttpConfig {
         }
         // Above max_connections it is simply never reached.
         if self.max_connections_per_client == 0 {
-            return Err(err(
-                "max_connections_per_client",
-                "must be at least 1".into(),
+            out.push(Issue::at(
+                &["max_connections_per_client"],
+                "must be at least 1",
             ));
         }
         for (key, d) in [

@@ -121,7 +121,7 @@ pub struct MachineLimits {
     pub max_records: u64,
     /// Unproven machine records (see `Store::machine_prune_unproven`) are forgotten this long
     /// after they were last seen.
-    #[serde(deserialize_with = "chainboot_config::deserialize_duration")]
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub unproven_expiry: Duration,
 }
 
@@ -142,7 +142,7 @@ impl chainboot_config::Validate for MachineLimits {
         let mut out = Vec::new();
         let mut positive = |key: &str, v: u64| {
             if v == 0 {
-                out.push((vec![key.to_string()], "must be at least 1".to_string()));
+                out.push(chainboot_config::Issue::at(&[key], "must be at least 1"));
             }
         };
         positive(
@@ -153,7 +153,7 @@ impl chainboot_config::Validate for MachineLimits {
         positive("new_burst", self.new_burst.into());
         positive("max_records", self.max_records);
         if self.unproven_expiry < Duration::from_secs(600) {
-            out.push((
+            out.push(chainboot_config::Issue::new(
                 vec!["unproven_expiry".into()],
                 "must be at least 10m (an install must be able to report back)".into(),
             ));

@@ -38,7 +38,7 @@ pub struct TftpConfig {
     pub unproven_retries: u32,
     /// Longest a transfer may go without progress, whatever timeout x retries the client
     /// negotiated (RFC 2349 lets it ask for 255 s); never less than `timeout`.
-    #[serde(with = "duration_text")]
+    #[serde(with = "chainboot_config::duration")]
     pub max_silence: Duration,
     /// Retransmission timeout when the client does not negotiate one (RFC 2349: 1s..255s).
     #[serde(with = "chainboot_config::duration")]
