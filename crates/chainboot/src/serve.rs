@@ -24,6 +24,7 @@ use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
 use chainboot_policy::http::{boot_routes, operator_routes};
 use chainboot_policy::{HttpBase, Policy, PolicyState, TftpResolver};
+use chainboot_store::limit::NewMachineLimiter;
 use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
@@ -266,7 +267,11 @@ fn routers(
             events: sh.events.clone(),
             store: sh.store.clone(),
             metrics: sh.observers.metrics.clone(),
-        }));
+        }))
+        .with_limiter(Arc::new(NewMachineLimiter::new(
+            cfg.machines.clone(),
+            std::time::Instant::now(),
+        )));
     let mut boot = static_routes(StaticContent {
         files,
         ipxe_bin: sh.ipxe.clone(),

@@ -338,3 +338,29 @@ fn a_machines_callback_completes_its_timeline_and_its_json_shows_the_last_boot()
     let api = events(&r, &format!("mac={mac}&kind=api"));
     assert_eq!(api[0]["detail"]["event"], "installed", "{api}");
 }
+
+#[test]
+fn new_machines_beyond_the_per_source_budget_are_told_why_and_not_recorded() {
+    let r = start("[machines]\nnew_per_source_per_minute = 3\n");
+    let script = |mac: &str| {
+        curl(&[&format!(
+            "http://{}/ipxe?mac={mac}&platform=pcbios&buildarch=i386",
+            r.http
+        )])
+    };
+    for i in 0..3 {
+        let s = script(&format!("52-54-00-00-11-{i:02x}"));
+        assert!(s.contains("boots profile"), "{s}");
+    }
+    let refused = script("52-54-00-00-11-ff");
+    assert!(
+        refused.contains("cannot boot") && refused.contains("new_per_source_per_minute"),
+        "{refused}"
+    );
+    // A machine already recorded is never refused by the new-machine budget.
+    let again = script("52-54-00-00-11-00");
+    assert!(again.contains("boots profile"), "{again}");
+    let list: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("http://{}/api/v1/machines", r.api)])).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+}

@@ -174,6 +174,19 @@ enum Msg {
 const QUEUE: usize = 8192;
 /// IP → MAC entries kept.
 const MAX_IPS: usize = 65_536;
+
+/// How long an answer of the neighbour table (or its silence) is reused.
+const NEIGHBOUR_TTL: Duration = Duration::from_secs(5);
+
+/// What is known about a client address.
+#[derive(Debug, Clone, Copy)]
+struct Learned {
+    mac: Option<Mac>,
+    /// The address itself was shown to be the machine's.
+    by_address: bool,
+    /// Until when a neighbour-table answer holds (`None`: learned from the machine itself).
+    until: Option<Instant>,
+}
 /// Largest detail kept, as JSON text. Chainboot's own events are a few hundred bytes, and a
 /// machine's own report at most its 4 KiB body; a larger detail is replaced by a note of its
 /// size. With [`QUEUE`] this bounds the writer's backlog to about 36 MiB at worst.
@@ -195,7 +208,7 @@ pub struct LiveEvent {
 pub struct EventLog {
     tx: SyncSender<Msg>,
     live: broadcast::Sender<Arc<LiveEvent>>,
-    ips: Mutex<HashMap<IpAddr, Mac>>,
+    ips: Mutex<HashMap<IpAddr, Learned>>,
     loops: Mutex<LoopDetector>,
     refused: Mutex<TokenBucket>,
     streams: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -345,27 +358,65 @@ impl EventLog {
         }
     }
 
-    /// Remembers that `ip` belongs to `mac` (from a lease, a DHCP packet or a URL).
-    pub fn learn_ip(&self, ip: IpAddr, mac: Mac) {
+    /// Remembers that `ip` is `mac`'s, so its later TFTP and HTTP requests land on its
+    /// timeline. `by_address` when the address itself was shown to be the machine's (a lease
+    /// from this server, the neighbour table): only then are its failed requests filed under
+    /// the machine too (a trusted or loopback address may be shared by many).
+    pub fn learn_ip(&self, ip: IpAddr, mac: Mac, by_address: bool) {
         let mut ips = self.ips.lock();
         if ips.len() >= MAX_IPS && !ips.contains_key(&ip) {
             ips.clear();
         }
-        ips.insert(ip, mac);
+        ips.insert(
+            ip,
+            Learned {
+                mac: Some(mac),
+                by_address,
+                until: None,
+            },
+        );
     }
 
     /// The MAC last seen with `ip`; failing that, the kernel's neighbour table. A client that
     /// just exchanged packets with us on the same link is in it, which covers what DHCP cannot
     /// tell in proxy mode (the address comes from another server) and plain TFTP clients.
     pub fn mac_for_ip(&self, ip: IpAddr) -> Option<Mac> {
-        if let Some(mac) = self.ips.lock().get(&ip).copied() {
-            return Some(mac);
+        self.lookup_ip(ip).mac
+    }
+
+    /// [`EventLog::mac_for_ip`], but only when the address itself is known to be the machine's.
+    pub fn mac_of_address(&self, ip: IpAddr) -> Option<Mac> {
+        let l = self.lookup_ip(ip);
+        l.mac.filter(|_| l.by_address)
+    }
+
+    fn lookup_ip(&self, ip: IpAddr) -> Learned {
+        let now = Instant::now();
+        if let Some(l) = self.ips.lock().get(&ip) {
+            if l.until.is_none_or(|t| t > now) {
+                return *l;
+            }
         }
-        let IpAddr::V4(v4) = ip else { return None };
-        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-        let mac = neighbour_mac(&table, v4)?;
-        self.learn_ip(ip, mac);
-        Some(mac)
+        // The neighbour table is generated in full on every read: its answer (a miss too) is
+        // kept for a few seconds, so a client the table does not know (loopback, routed)
+        // does not make every one of its requests read it.
+        let mac = match ip {
+            IpAddr::V4(v4) => std::fs::read_to_string("/proc/net/arp")
+                .ok()
+                .and_then(|table| neighbour_mac(&table, v4)),
+            IpAddr::V6(_) => None,
+        };
+        let l = Learned {
+            mac,
+            by_address: true,
+            until: Some(now + NEIGHBOUR_TTL),
+        };
+        let mut ips = self.ips.lock();
+        if ips.len() >= MAX_IPS && !ips.contains_key(&ip) {
+            ips.clear();
+        }
+        ips.insert(ip, l);
+        l
     }
 
     /// Live events, as they are written.
@@ -580,7 +631,7 @@ mod tests {
         let log = EventLog::start(store.clone(), EventSettings::default());
         let mut live = log.subscribe();
         let mac: Mac = "52:54:00:aa:bb:cc".parse().unwrap();
-        log.learn_ip("198.18.0.9".parse().unwrap(), mac);
+        log.learn_ip("198.18.0.9".parse().unwrap(), mac, true);
         assert_eq!(log.mac_for_ip("198.18.0.9".parse().unwrap()), Some(mac));
         for _ in 0..3 {
             log.record(

@@ -242,9 +242,11 @@ impl HttpObserver for Observers {
         // when its address is one the machine proved is its own (the policy teaches the event
         // log an address only after its identity check); anyone else's is unattributed.
         let refused = r.status.is_client_error();
-        let mac = callback_mac(path)
-            .filter(|_| !refused)
-            .or_else(|| self.events.mac_for_ip(client_ip));
+        let mac = if refused {
+            self.events.mac_of_address(client_ip)
+        } else {
+            callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip))
+        };
         let what = if is_callback {
             "callback"
         } else {
@@ -323,7 +325,7 @@ impl chainboot_dhcp::DhcpObserver for Observers {
             1,
         );
         if let (Some(mac), Some(addr)) = (facts.mac, handled.address) {
-            self.events.learn_ip(IpAddr::V4(addr), mac);
+            self.events.learn_ip(IpAddr::V4(addr), mac, true);
         }
         // Ordinary DHCP clients are not booting through chainboot: counted, not logged.
         if client_kind(facts) == "other" && handled.decision.is_none() {
@@ -407,8 +409,8 @@ impl chainboot_policy::MachineHooks for MachineEvents {
             .add(format!("route=\"{route}\""), 1);
     }
 
-    fn verified(&self, mac: Mac, ip: IpAddr) {
-        self.events.learn_ip(ip, mac);
+    fn verified(&self, mac: Mac, ip: IpAddr, by_address: bool) {
+        self.events.learn_ip(ip, mac, by_address);
     }
 }
 

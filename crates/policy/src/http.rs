@@ -53,8 +53,9 @@ pub trait MachineHooks: Send + Sync + 'static {
     /// event, since anyone can name any MAC).
     fn refused(&self, _mac: Mac, _peer: Option<IpAddr>, _route: &'static str) {}
     /// A request from `ip` proved it came from `mac` (its later TFTP and HTTP requests from
-    /// that address can be filed under the machine).
-    fn verified(&self, _mac: Mac, _ip: IpAddr) {}
+    /// that address can be filed under the machine); `by_address` when the address itself is
+    /// the proof (a lease or the neighbour table), not a capability or a trusted network.
+    fn verified(&self, _mac: Mac, _ip: IpAddr, _by_address: bool) {}
 }
 
 struct NoHooks;
@@ -69,6 +70,8 @@ pub struct PolicyState {
     /// Used when a request has no usable Host header.
     fallback_base: HttpBase,
     relay: reqwest::Client,
+    /// Admits new machine records (none: every verified machine is recorded).
+    limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
 }
 
 impl FromRef<PolicyState> for ApiAuth {
@@ -106,7 +109,17 @@ impl PolicyState {
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            limiter: None,
         }
+    }
+
+    /// Bounds how many new machines are recorded, per source and in all.
+    pub fn with_limiter(
+        mut self,
+        limiter: Arc<chainboot_store::limit::NewMachineLimiter>,
+    ) -> PolicyState {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// Attaches the hooks (event log, timelines).
@@ -312,9 +325,10 @@ async fn ipxe(
     let mac = facts.mac;
     let cap = q.get("cap").map(String::as_str);
     match st.verify(mac, peer, cap, "ipxe") {
-        Ok(_) => {
+        Ok(proof) => {
             if let Some(ip) = peer {
-                st.hooks.verified(mac, ip);
+                let by_address = matches!(proof, Proof::Lease | Proof::Neighbour);
+                st.hooks.verified(mac, ip, by_address);
             }
         }
         Err(r) => {
@@ -331,7 +345,7 @@ async fn ipxe(
         .map(|s| s.as_str())
         .filter(|s| !s.is_empty());
     match chosen {
-        None => own_script(&st, facts, &base).await,
+        None => own_script(&st, facts, peer, &base).await,
         Some(p) => menu_choice(&st, facts, p, &base).await,
     }
 }
@@ -339,7 +353,12 @@ async fn ipxe(
 /// The script of a machine that proved who it is: its facts recorded, its decision made (or
 /// the one it was just given, when it asks again with the same facts) and remembered for its
 /// asset and config routes.
-async fn own_script(st: &PolicyState, facts: ClientFacts, base: &HttpBase) -> Response {
+async fn own_script(
+    st: &PolicyState,
+    facts: ClientFacts,
+    peer: Option<IpAddr>,
+    base: &HttpBase,
+) -> Response {
     let mac = facts.mac;
     let retry = st.policy.retry_secs();
     // Fast path: the same machine asking again with the same facts gets the script it was
@@ -348,9 +367,17 @@ async fn own_script(st: &PolicyState, facts: ClientFacts, base: &HttpBase) -> Re
         tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
         return text(d.cached_script(base, retry));
     }
-    let record = match record_facts(st, &facts).await {
+    let record = match record_facts(st, &facts, peer).await {
         Ok(r) => r,
-        Err(e) => return store_error_script(mac, &e, base, retry),
+        Err(RecordError::Store(e)) => return store_error_script(mac, &e, base, retry),
+        Err(RecordError::Refused(reason)) => {
+            return text(render::error_script(
+                Some(&mac.to_string()),
+                &reason,
+                base,
+                retry,
+            ))
+        }
     };
     match st.policy.decide(&facts, Some(&record), None).await {
         Ok(d) => {
@@ -437,26 +464,54 @@ fn store_error_script(mac: Mac, e: &str, base: &HttpBase, retry: u64) -> Respons
 /// Stores what the machine said about itself (one merge: what it says now wins, what it did
 /// not say is kept), skipping the durable write when nothing changed recently: per-machine
 /// scripts are a hot path and every commit is an fsync.
+///
+/// A machine chainboot has no record of yet is admitted by the new-machine limiter first
+/// (per source address, for all sources together, and a cap on the table); a refusal is the
+/// reason its console shows.
 async fn record_facts(
     st: &PolicyState,
     facts: &ClientFacts,
-) -> Result<chainboot_store::machines::MachineRecord, String> {
+    peer: Option<IpAddr>,
+) -> Result<chainboot_store::machines::MachineRecord, RecordError> {
     let policy = st.policy.clone();
+    let limiter = st.limiter.clone();
     let facts = facts.clone();
-    blocking(move || -> Result<_, chainboot_store::StoreError> {
+    blocking(move || -> Result<_, RecordError> {
         let store = policy.store();
         let now = crate::now_ms();
         let wanted = facts.to_store();
-        if let Some(r) = store.machine(facts.mac)? {
-            if wanted.merged_over(&r.facts) == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS {
-                return Ok(r);
+        match store.machine(facts.mac)? {
+            Some(r) => {
+                if wanted.merged_over(&r.facts) == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS
+                {
+                    return Ok(r);
+                }
+            }
+            None => {
+                if let Some(l) = &limiter {
+                    let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                    l.admit(source, std::time::Instant::now(), store.machine_count()?)
+                        .map_err(|r| RecordError::Refused(r.to_string()))?;
+                }
             }
         }
-        store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))
+        Ok(store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))?)
     })
     .await
-    .map_err(|e| e.message)?
-    .map_err(|e| e.to_string())
+    .map_err(|e| RecordError::Store(e.message))?
+}
+
+/// Why `/ipxe` could not record a machine.
+enum RecordError {
+    Store(String),
+    /// The new-machine limiter said no (its reason names the config key).
+    Refused(String),
+}
+
+impl From<chainboot_store::StoreError> for RecordError {
+    fn from(e: chainboot_store::StoreError) -> RecordError {
+        RecordError::Store(e.to_string())
+    }
 }
 
 /// The decision a verified request for `mac` answers for: the profile its capability was
