@@ -358,7 +358,7 @@ e2e_assert_tftp_once() {
     e2e_die "fetches of $file over TFTP: $n ($rrq read requests, $aborted aborted by the client), expected $boots"
   fi
   e2e_log "fetches of $file over TFTP: $n ($rrq read requests, $aborted size probes aborted), expected $boots"
-  # And in chainboot's own log: completed transfers of the file (issue 6: from its log/events).
+  # And in chainboot's own log: completed transfers of the file (from its log/events).
   if [ -f "$E2E_RUN/chainboot.log" ]; then
     n=$(grep -a 'tftp transfer finished' "$E2E_RUN/chainboot.log" | grep -a "path=$file " \
       | grep -ac 'outcome=completed' || true)

@@ -3,7 +3,7 @@
 # anchor    = the recipe (../shared/seed): dnsmasq for DHCP + TFTP, nginx for HTTP. dnsmasq tells
 #             plain PXE firmware to TFTP undionly.kpxe (BIOS) / ipxe.efi (UEFI) and iPXE (user-class
 #             "iPXE", exactly the seed's test) to fetch http://198.18.0.1/boot.ipxe.
-# chainboot = target/debug/chainboot (or $CHAINBOOT) `serve --config F` alone, config per PRODUCT.md §4.
+# chainboot = target/debug/chainboot (or $CHAINBOOT) `serve --config F` alone, with a config written here.
 # proxy     = a plain DHCP server (dnsmasq, no boot options) on a second host 198.18.0.2 hands out
 #             the addresses; the boot server answers only as proxyDHCP.
 # Every flavor boots the same kernel and initramfs with the run's token on the kernel command line.
@@ -168,7 +168,7 @@ EOF
   e2e_wait_listening 80 tcp
 }
 
-# chainboot alone. The config follows PRODUCT.md §4; E2E_CHAINBOOT_EXTRA is appended verbatim.
+# chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim.
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"

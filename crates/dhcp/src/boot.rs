@@ -1,8 +1,8 @@
 //! The boot decision: which file or URL a DHCP client is told to load. This is the one place
-//! that decides it (STYLE.md); the engine, `chainboot explain` and the TFTP/HTTP servers (via
+//! that decides it; the engine, `chainboot explain` and the TFTP/HTTP servers (via
 //! [`first_stage_name`]) all ask here.
 //!
-//! Rules (PRODUCT.md §1, PROTOCOL.md):
+//! Rules:
 //! - firmware PXE, not iPXE → the first-stage iPXE binary for its architecture, over TFTP;
 //! - UEFI HTTP Boot ("HTTPClient") → `http://<server>:<port>/ipxe-bin/<binary>`, vendor class
 //!   "HTTPClient" echoed;

@@ -1,5 +1,5 @@
 //! A DHCP client that speaks like boot firmware, on dhcproto: it builds the packets the kinds
-//! of clients in the field send (PROTOCOL.md) and reads replies. Used by the engine tests, the
+//! of clients in the field send and reads replies. Used by the engine tests, the
 //! namespace integration tests and `chainboot explain` (which turns `--arch`/`--user-class`
 //! into one of these packets and runs it through the engine).
 

@@ -1,5 +1,5 @@
-//! The `[dhcp]` section of the config file (PRODUCT.md §4), with `[[dhcp.subnet]]` and
-//! `[[dhcp.host]]` inside it, and its validation (issue 3: overlapping pools, a host outside
+//! The `[dhcp]` section of the config file, with `[[dhcp.subnet]]` and
+//! `[[dhcp.host]]` inside it, and its validation (overlapping pools, a host outside
 //! its subnet or a pool outside its CIDR are refused at start).
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! chainboot's event log (issue 7): every interaction of a machine becomes an event, written to
+//! chainboot's event log: every interaction of a machine becomes an event, written to
 //! the store in batches (one transaction per batch, never one fsync per packet), streamed live
 //! to subscribers (the API's Server-Sent Events), and turned into boot timelines
 //! ([`timeline::boots`]). TFTP and HTTP requests only know a client's IP: the log keeps an
@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
 pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageSpan};
 
-/// The event kind of a detected chainload loop (PRODUCT.md §5).
+/// The event kind of a detected chainload loop.
 pub const CHAINLOAD_LOOP: &str = "chainload-loop";
 
 /// `[events]`: retention and loop-detection settings.

@@ -3,7 +3,7 @@
 //! nginx runs with `access_log off` in the same benchmark).
 //!
 //! `/gen/1k` answers 1 KB generated per request through `content_response`, the path a
-//! rendered iPXE script takes (PRODUCT.md: script req/s >= 0.8x nginx small static file).
+//! rendered iPXE script takes (the target: script req/s >= 0.8x nginx small static file).
 //!
 //! Usage: http-bench-server LISTEN_ADDR ROOT_DIR ISO_PATH
 

@@ -682,7 +682,7 @@ async fn body_deadline(
     }
 }
 
-/// The API speaks JSON, errors included (issue 8: oversized or malformed JSON is refused with
+/// The API speaks JSON, errors included (oversized or malformed JSON is refused with
 /// 400 and a message). Rejections produced below the handlers — the body limit's 413, the JSON
 /// extractor's 415/422 and plain-text 400s — are turned into `400 {"error": "..."}` for
 /// `/api/` paths; other paths keep their status.

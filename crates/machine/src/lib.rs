@@ -2,7 +2,7 @@
 //!
 //! DHCP learns a client's architecture from option 93, iPXE tells it over HTTP as
 //! `${platform}`/`${buildarch}`, the config and CLI name it (`efi-x64`). All of them meet here so
-//! that one table decides what each value means (PRODUCT.md §4, PROTOCOL.md).
+//! that one table decides what each value means .
 
 use std::fmt;
 use std::str::FromStr;

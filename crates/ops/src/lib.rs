@@ -1,4 +1,4 @@
-//! Operating chainboot (issue 7): what every machine is doing, and changing it without editing
+//! Operating chainboot: what every machine is doing, and changing it without editing
 //! files.
 //!
 //! - [`observe`]: hooks the DHCP, TFTP and HTTP servers call; they record events (keyed by

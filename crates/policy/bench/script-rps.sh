@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Per-machine script requests/s (PRODUCT.md §7: script >= 0.8x nginx serving a small static
+# Per-machine script requests/s (the target: script >= 0.8x nginx serving a small static
 # file), side by side in one run. Loopback only; every process started here is stopped by PID.
 # Usage: bash crates/policy/bench/script-rps.sh [seconds] [connections]
 set -euo pipefail

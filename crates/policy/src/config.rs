@@ -1,4 +1,4 @@
-//! The policy's part of the config file (PRODUCT.md §4): `[[profile]]`, `[[group]]`, `[boot]`,
+//! The policy's part of the config file: `[[profile]]`, `[[group]]`, `[boot]`,
 //! `[api]`, and [`validate`], which finds every problem at once and names each by its key path
 //! from the document root (array indices 0-based, as TOML editors count them), so that the
 //! loader can point at file and line.

@@ -263,7 +263,7 @@ pub fn facts_from_query(
     })?;
     let platform = q.get("platform").map(|s| s.as_str()).unwrap_or("");
     let buildarch = q.get("buildarch").map(|s| s.as_str()).unwrap_or("");
-    // `arch=` may be a chainboot name (efi-x64) or, as PRODUCT.md §1's stub writes it,
+    // `arch=` may be a chainboot name (efi-x64) or, as the usual chain URL writes it,
     // iPXE's ${buildarch} (x86_64), which needs ${platform} to mean anything.
     let arch = match q.get("arch").filter(|s| !s.is_empty()) {
         Some(a) => a

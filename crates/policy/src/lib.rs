@@ -1,4 +1,4 @@
-//! chainboot's boot policy (issue 5): what each machine boots, decided per machine and rendered
+//! chainboot's boot policy: what each machine boots, decided per machine and rendered
 //! per machine.
 //!
 //! - [`config`]: `[[profile]]`, `[[group]]`, `[boot]`, `[api]` and [`config::validate`];

@@ -1,6 +1,6 @@
 //! The boot policy: which profile a machine boots, and why.
 //!
-//! Precedence (issue 5), one place decides:
+//! Precedence, decided in one place:
 //! 1. a profile pinned to the machine through the API;
 //! 2. the most specific matching `[[group]]` (for a `once` group whose machine has installed:
 //!    `local-disk` until re-armed);

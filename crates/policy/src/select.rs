@@ -1,4 +1,4 @@
-//! Which group a machine belongs to. One place decides (STYLE.md): the most specific matching
+//! Which group a machine belongs to. One place decides: the most specific matching
 //! group wins; `validate` guarantees that two groups of equal specificity never both match.
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! (src/usr/ifmgmt.c). Its IPv6 configurator (src/net/ndp.c) sends router solicitations and,
 //! when no router answers, gives up only after ~15.75 s (the build Debian ships) or ~3.9 s
 //! (iPXE 1.21.1 and later). Any router advertisement with the M and O flags clear completes it
-//! at once (PROTOCOL.md, "Where a boot's seconds go"). chainboot therefore answers router
+//! at once (measured in bench/README.md). chainboot therefore answers router
 //! solicitations on its boot interfaces with an advertisement that carries nothing: router
 //! lifetime 0 (no host installs an IPv6 route from it), no prefix (no host configures an
 //! address from it), M and O clear (no DHCPv6). In `auto` mode it stays quiet on any link where

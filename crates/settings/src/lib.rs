@@ -15,7 +15,7 @@ pub mod ipxe;
 pub mod preflight;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
-/// server, TFTP and HTTP on every interface, and an iPXE menu (PRODUCT.md §3).
+/// server, TFTP and HTTP on every interface, and an iPXE menu.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1,5 +1,5 @@
 //! Events: every interaction of a machine with chainboot (DHCP, TFTP, HTTP, API callbacks),
-//! the raw material of boot timelines (issue 7). Written in batches by the event log in
+//! the raw material of boot timelines. Written in batches by the event log in
 //! chainboot-events; retention is bounded by count and age.
 
 use chainboot_machine::Mac;

@@ -1,6 +1,6 @@
-//! DHCP leases (PRODUCT.md §6): one row per address the DHCP server has handed out, declined
+//! DHCP leases: one row per address the DHCP server has handed out, declined
 //! or released. The DHCP engine keeps the live table in memory; this module is its durable
-//! copy, written before every ACK leaves (issue 3: "never ACK before the lease is durable")
+//! copy, written before every ACK leaves (never ACK before the lease is durable)
 //! and read back at start.
 //!
 //! Writes come in batches so that the DHCP driver can group-commit: every ACK that arrives

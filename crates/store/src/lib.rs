@@ -1,4 +1,4 @@
-//! chainboot's embedded state (PRODUCT.md §6): leases, machines and events in one SQLite
+//! chainboot's embedded state: leases, machines and events in one SQLite
 //! database under `state_dir`, in WAL mode.
 //!
 //! Each concern owns a module with its schema and queries (`leases`, `machines`, `events`);

@@ -1,4 +1,4 @@
-//! Machines: every client chainboot has seen (PRODUCT.md §6, issue 5).
+//! Machines: every client chainboot has seen.
 //!
 //! A machine is keyed by its MAC. Facts (arch, uuid, hostname, ...) are whatever the client
 //! last told us; a fact that a later request leaves out keeps its old value, because DHCP only
