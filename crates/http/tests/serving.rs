@@ -861,6 +861,12 @@ async fn one_host_cannot_hold_every_connection_slot() {
     // Another host is served at once, the first one's four are still open...
     let other = connect_from("127.0.0.2", s.addr).await.unwrap();
     assert_eq!(get_on(other, "/files/small.txt").await, 200);
+    // The other host's connection is done once the server has seen it close (it drains a
+    // closed connection briefly before letting go): wait for that, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active() != 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(active(), 4);
     // ...and the capped host gets a connection again when one of its own closes.
     drop(held.pop());
