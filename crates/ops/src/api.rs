@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chainboot_api::ApiAuth;
 use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
-use chainboot_events::{boots, EventLog};
+use chainboot_events::EventLog;
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
 use chainboot_policy::paging::{json_page, Items, PageSource};
@@ -32,6 +32,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::metrics::{label_value, Writer};
 use crate::observe::Metrics;
+use crate::timelines::machine_timeline;
 
 /// What the operator routes read. Servers that are not running are `None`.
 #[derive(Clone)]
@@ -286,31 +287,6 @@ async fn stream_events(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-/// Events read at most for a machine's timelines (its last boots).
-const TIMELINE_EVENTS: usize = 2000;
-
-/// A machine's boots as timelines (newest last), from its last [`TIMELINE_EVENTS`] events.
-pub fn machine_timeline(store: &Store, mac: Mac) -> Result<serde_json::Value, String> {
-    let mut list = Vec::new();
-    while list.len() < TIMELINE_EVENTS {
-        let page = events::list(
-            store,
-            &EventFilter {
-                mac: Some(mac),
-                before_id: list.last().map(|e: &events::EventRecord| e.id),
-                limit: Some(TIMELINE_EVENTS - list.len()),
-                ..EventFilter::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        if page.is_empty() {
-            break;
-        }
-        list.extend(page);
-    }
-    Ok(serde_json::to_value(boots(&list)).unwrap_or_default())
 }
 
 async fn timeline(

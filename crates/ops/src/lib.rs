@@ -16,6 +16,8 @@ pub mod api;
 pub mod dashboard;
 pub mod metrics;
 pub mod observe;
+pub mod timelines;
 
-pub use api::{machine_timeline, render_metrics, routes, OpsState};
+pub use api::{render_metrics, routes, OpsState};
 pub use observe::{MachineEvents, Metrics, Observers};
+pub use timelines::machine_timeline;

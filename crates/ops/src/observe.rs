@@ -397,7 +397,7 @@ impl chainboot_policy::MachineHooks for MachineEvents {
     }
 
     fn last_boot(&self, mac: Mac) -> Option<serde_json::Value> {
-        let boots = crate::api::machine_timeline(&self.store, mac).ok()?;
+        let boots = crate::timelines::machine_timeline(&self.store, mac).ok()?;
         boots.as_array()?.last().cloned()
     }
 

@@ -1,7 +1,8 @@
 //! chainboot's boot policy: what each machine boots, decided per machine and rendered
 //! per machine.
 //!
-//! - [`config`]: `[[profile]]`, `[[group]]`, `[boot]`, `[api]` and [`config::validate`];
+//! - [`config`]: `[[profile]]`, `[[group]]`, `[boot]`, `[api]` as plain data;
+//! - [`validate`]: their semantic checks, every problem at once;
 //! - [`facts`]: what a client says about itself, sanitised at the door;
 //! - [`select`]: which group a machine belongs to (the most specific wins);
 //! - [`policy`]: [`Policy`], the decision (pinned > group > pixiecore API > default),
@@ -26,16 +27,17 @@ pub mod policy;
 pub mod render;
 pub mod select;
 pub mod tftp;
+pub mod validate;
 
 pub use config::{
-    validate, ApiConfig, AssetRef, BootConfig, GroupConfig, MatchConfig, ProfileAction,
-    ProfileConfig,
+    ApiConfig, AssetRef, BootConfig, GroupConfig, MatchConfig, ProfileAction, ProfileConfig,
 };
 pub use facts::{ClientFacts, RawFacts};
 pub use http::{routes, MachineHooks, PolicyState};
 pub use policy::{Decision, Explanation, Policy, PolicyConfig, Source};
 pub use render::HttpBase;
 pub use tftp::TftpResolver;
+pub use validate::validate;
 
 /// `n` random bytes as lower-case hex (API tokens, per-machine secrets).
 pub(crate) fn random_hex(n: usize) -> String {

@@ -21,13 +21,12 @@ use minijinja::Environment;
 use parking_lot::Mutex;
 
 use crate::access::{AddressBook, Capabilities, Gate, NoAddresses, Proof, Refusal};
-use crate::config::{
-    validate, AssetRef, BootConfig, GroupConfig, Issue, ProfileAction, ProfileConfig,
-};
+use crate::config::{AssetRef, BootConfig, GroupConfig, Issue, ProfileAction, ProfileConfig};
 use crate::facts::ClientFacts;
 use crate::pixiecore::{self, ApiBoot};
 use crate::render::{self, HttpBase, KernelBoot, ProfileVars, TemplateVars};
 use crate::select::{best_group, CompiledGroup, SelectorOutcome};
+use crate::validate::validate;
 
 /// The policy's config: `[[profile]]`, `[[group]]`, `[boot]`.
 #[derive(Debug, Clone, Default)]
