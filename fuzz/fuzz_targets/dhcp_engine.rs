@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use chainboot_dhcp::config::{HostConfig, HumanDuration, SubnetConfig};
+use chainboot_dhcp::config::{HostConfig, SubnetConfig};
 use chainboot_dhcp::engine::LeaseStatus;
 use chainboot_dhcp::{BootSettings, DhcpConfig, Engine, Ingress, Mode};
 use libfuzzer_sys::fuzz_target;
@@ -51,9 +51,9 @@ fn subnet(cidr: &str, a: [u8; 4], b: [u8; 4]) -> SubnetConfig {
 fn config(mode: Mode) -> DhcpConfig {
     DhcpConfig {
         mode,
-        lease_time: HumanDuration(Duration::from_secs(600)),
-        offer_time: HumanDuration(Duration::from_secs(30)),
-        decline_time: HumanDuration(Duration::from_secs(60)),
+        lease_time: Duration::from_secs(600),
+        offer_time: Duration::from_secs(30),
+        decline_time: Duration::from_secs(60),
         // Small pools so that exhaustion and reuse are reachable.
         subnet: vec![
             subnet("198.18.0.0/24", [198, 18, 0, 100], [198, 18, 0, 103]),
