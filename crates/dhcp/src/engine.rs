@@ -40,6 +40,7 @@ pub use counters::Counters;
 pub use guard::GuardState;
 use leases::{ClientKey, LeaseTable};
 pub use leases::{Lease, LeaseStatus};
+pub use pool::PoolUsage;
 use pool::SubnetPlan;
 use rate::RateTable;
 

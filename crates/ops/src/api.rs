@@ -3,7 +3,7 @@
 //! dashboard.
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::metrics::{label_value, Writer};
+use crate::metrics::Writer;
 use crate::observe::Metrics;
 use crate::timelines::machine_timeline;
 
@@ -360,15 +360,24 @@ async fn metrics(State(st): State<OpsState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Renders every metric (names start with `chainboot_`).
+/// The Prometheus text exposition of every server's counters, one section per server.
 pub fn render_metrics(st: &OpsState) -> String {
     let mut w = Writer::new();
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     w.gauge(
         "chainboot_uptime_seconds",
         "Seconds since start.",
         st.started.elapsed().as_secs_f64(),
     );
+    write_dhcp(&mut w, st);
+    write_tftp(&mut w, st);
+    write_http(&mut w, st);
+    write_ra(&mut w, st);
+    write_events(&mut w, st);
+    w.finish()
+}
+
+/// DHCP: the engine's counters, exchanges, decision times, pool usage.
+fn write_dhcp(w: &mut Writer, st: &OpsState) {
     if let Some(c) = &st.dhcp_counters {
         for (name, v) in c.snapshot() {
             w.counter(
@@ -389,31 +398,14 @@ pub fn render_metrics(st: &OpsState) -> String {
         &st.metrics.dhcp_decision_seconds,
     );
     if let Some(engine) = &st.dhcp_engine {
-        let engine = engine.lock();
-        let leases = engine.leases();
-        let mut used = Vec::new();
-        let mut free = Vec::new();
-        for subnet in &engine.config().subnet {
-            for [start, end] in &subnet.pools {
-                let (s, e) = (u32::from(*start), u32::from(*end));
-                let size = e.saturating_sub(s) as u64 + 1;
-                let in_use = leases
-                    .iter()
-                    .filter(|l| {
-                        let ip = u32::from(l.ip);
-                        ip >= s
-                            && ip <= e
-                            && matches!(
-                                l.status,
-                                LeaseStatus::Bound | LeaseStatus::Offered | LeaseStatus::Declined
-                            )
-                    })
-                    .count() as u64;
-                let label = format!("pool=\"{}-{}\"", Ipv4Addr::from(s), Ipv4Addr::from(e));
-                used.push((label.clone(), in_use as f64));
-                free.push((label, size.saturating_sub(in_use) as f64));
-            }
-        }
+        let usage = engine.lock().pool_usage();
+        let label =
+            |p: &chainboot_dhcp::engine::PoolUsage| format!("pool=\"{}-{}\"", p.start, p.end);
+        let used: Vec<(String, f64)> = usage.iter().map(|p| (label(p), p.in_use as f64)).collect();
+        let free: Vec<(String, f64)> = usage
+            .iter()
+            .map(|p| (label(p), p.size.saturating_sub(p.in_use) as f64))
+            .collect();
         w.family(
             "chainboot_dhcp_leases_in_use",
             "gauge",
@@ -427,6 +419,10 @@ pub fn render_metrics(st: &OpsState) -> String {
             &free,
         );
     }
+}
+
+/// TFTP: transfers, refusals, busy polling.
+fn write_tftp(w: &mut Writer, st: &OpsState) {
     if let Some(t) = &st.tftp {
         let s = t.snapshot();
         w.counter(
@@ -510,6 +506,11 @@ pub fn render_metrics(st: &OpsState) -> String {
         "TFTP transfers by what was fetched and outcome.",
         &st.metrics.tftp_transfers,
     );
+}
+
+/// HTTP: connections, timeouts, responses, refused identities.
+fn write_http(w: &mut Writer, st: &OpsState) {
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     if let Some(h) = &st.http {
         let classes: Vec<(String, f64)> = (1..=5)
             .map(|c| (format!("code=\"{c}xx\""), h.responses(c) as f64))
@@ -581,6 +582,11 @@ pub fn render_metrics(st: &OpsState) -> String {
         "Requests refused because they could not prove they came from the machine they named.",
         &st.metrics.refused_identity,
     );
+}
+
+/// IPv6 router advertisements.
+fn write_ra(w: &mut Writer, st: &OpsState) {
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     if let Some(r) = &st.ra {
         w.counter(
             "chainboot_ipv6_router_solicitations_total",
@@ -598,6 +604,11 @@ pub fn render_metrics(st: &OpsState) -> String {
             g(&r.routers_heard),
         );
     }
+}
+
+/// The event log and the store.
+fn write_events(w: &mut Writer, st: &OpsState) {
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let es = st.events.stats();
     w.counter(
         "chainboot_chainload_loops_total",
@@ -664,6 +675,4 @@ pub fn render_metrics(st: &OpsState) -> String {
         "Time spent writing event batches (store latency: divide by batches).",
         g(&es.write_micros_total) / 1_000_000,
     );
-    let _ = label_value;
-    w.finish()
 }

@@ -157,3 +157,52 @@ impl Engine {
         None
     }
 }
+
+/// How full one pool is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub size: u64,
+    /// Addresses bound, offered or quarantined (declined).
+    pub in_use: u64,
+}
+
+impl Engine {
+    /// Every pool's usage, in address order: one pass over the lease table (each lease finds
+    /// its pool by binary search), nothing cloned, so a metrics scrape holds the engine only
+    /// briefly even with tens of thousands of leases.
+    pub fn pool_usage(&self) -> Vec<PoolUsage> {
+        let mut pools: Vec<PoolUsage> = self
+            .cfg
+            .subnet
+            .iter()
+            .flat_map(|s| s.pools.iter())
+            .map(|[start, end]| PoolUsage {
+                start: *start,
+                end: *end,
+                size: u64::from(u32::from(*end).saturating_sub(u32::from(*start))) + 1,
+                in_use: 0,
+            })
+            .collect();
+        pools.sort_by_key(|p| u32::from(p.start));
+        for l in self.leases.values() {
+            if !matches!(
+                l.status,
+                super::LeaseStatus::Bound
+                    | super::LeaseStatus::Offered
+                    | super::LeaseStatus::Declined
+            ) {
+                continue;
+            }
+            let ip = u32::from(l.ip);
+            let i = pools.partition_point(|p| u32::from(p.start) <= ip);
+            if let Some(p) = i.checked_sub(1).and_then(|i| pools.get_mut(i)) {
+                if ip <= u32::from(p.end) {
+                    p.in_use += 1;
+                }
+            }
+        }
+        pools
+    }
+}

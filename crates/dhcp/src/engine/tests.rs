@@ -1175,3 +1175,35 @@ fn a_short_unproven_lease_lets_new_clients_in_sooner_after_a_flood() {
     );
     assert_eq!(admitted_after(Some(600)), Some(600));
 }
+
+#[test]
+fn pool_usage_counts_each_pools_bound_and_offered_addresses() {
+    let mut e = engine(Mode::Server);
+    let a = dora(&mut e, t0(), mac(20));
+    let b = dora(&mut e, t0(), mac(21));
+    // An offer holds its address too.
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(22));
+    let (_, offer) = send(&mut e, t0(), &ingress(67), &d);
+    let offered = offer.expect("offer").yiaddr;
+    let usage = e.pool_usage();
+    let first = &usage[0];
+    assert_eq!(
+        (first.start, first.size),
+        ("198.18.0.100".parse().unwrap(), 100)
+    );
+    for ip in [a, b, offered] {
+        assert!(u32::from(ip) >= u32::from(first.start) && u32::from(ip) <= u32::from(first.end));
+    }
+    assert_eq!(first.in_use, 3);
+    // The other subnet's pool is untouched; the count matches a full scan of the table.
+    assert_eq!(usage[1].in_use, 0);
+    assert_eq!(usage[1].size, 11);
+    let scanned = e
+        .leases()
+        .iter()
+        .filter(|l| {
+            u32::from(l.ip) >= u32::from(first.start) && u32::from(l.ip) <= u32::from(first.end)
+        })
+        .count() as u64;
+    assert_eq!(first.in_use, scanned);
+}
