@@ -187,10 +187,19 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         format!("http://{server_ip}:{port}")
     })
     .map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let explanation = rt.block_on(policy.explain(&facts, &base));
+    let explanation = match policy.explain_now(&facts, &base, None) {
+        Ok(e) => e,
+        // Only a decision that needs the pixiecore API costs a runtime.
+        Err(question) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let answer = rt.block_on(question.fetch(&reqwest::Client::new()));
+            policy
+                .explain_now(&facts, &base, Some(answer))
+                .map_err(|_| anyhow::anyhow!("the boot API's answer was not used"))?
+        }
+    };
     for line in explanation.to_string().lines() {
         out.push_str(&format!("  {line}\n"));
     }

@@ -551,33 +551,39 @@ impl Policy {
         self.current.load().cfg.boot.templates.clone()
     }
 
-    /// What `chainboot explain` prints (without the DHCP part): decision, why, script.
-    pub async fn explain(&self, facts: &ClientFacts, base: &HttpBase) -> Explanation {
+    /// What `chainboot explain` prints (without the DHCP part): decision, why, script. No I/O
+    /// but the store: when the decision needs the pixiecore API, the question comes back and
+    /// the caller asks again with the answer (`api_answer`; an `Err` is the API's failure).
+    pub fn explain_now(
+        &self,
+        facts: &ClientFacts,
+        base: &HttpBase,
+        api_answer: Option<Result<ApiBoot, BootError>>,
+    ) -> Result<Explanation, BootApiQuestion> {
         let stored = self.store.machine(facts.mac).ok().flatten();
-        match self.decide(facts, stored.as_ref(), None).await {
-            Ok(d) => {
-                let script = d.script(base, self.retry_secs());
-                Explanation {
-                    mac: facts.mac,
-                    decision: Some(d.summary()),
-                    groups: d.groups.clone(),
-                    script,
-                    error: None,
-                }
-            }
+        let decided = match api_answer {
+            Some(Err(e)) => Err(e),
+            Some(Ok(answer)) => self.decide_now(facts, stored.as_ref(), None, Some(answer)),
+            None => self.decide_now(facts, stored.as_ref(), None, None),
+        };
+        let retry = self.retry_secs();
+        Ok(match decided {
+            Ok(Decided::Done(d)) => Explanation {
+                mac: facts.mac,
+                decision: Some(d.summary()),
+                groups: d.groups.clone(),
+                script: d.script(base, retry),
+                error: None,
+            },
+            Ok(Decided::NeedsBootApi(q)) => return Err(q),
             Err(e) => Explanation {
                 mac: facts.mac,
                 decision: None,
                 groups: vec![],
-                script: render::error_script(
-                    Some(&facts.mac.to_string()),
-                    &e.0,
-                    base,
-                    self.retry_secs(),
-                ),
+                script: render::error_script(Some(&facts.mac.to_string()), &e.0, base, retry),
                 error: Some(e.0),
             },
-        }
+        })
     }
 }
 

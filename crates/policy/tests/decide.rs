@@ -678,12 +678,14 @@ async fn hostile_facts_never_escape_their_slot() {
 
 // ---------------------------------------------------------------- explain, quick mode
 
-#[tokio::test]
-async fn explain_says_which_group_matched_and_why() {
+#[test]
+fn explain_says_which_group_matched_and_why() {
     let p = policy(GROUPS);
     let mut f = ClientFacts::new(mac("52:54:00:12:34:56"));
     f.arch = Some(Arch::Bios);
-    let e = p.explain(&f, &base()).await;
+    let e = p
+        .explain_now(&f, &base(), None)
+        .expect("no boot API involved");
     let text = e.to_string();
     assert!(
         text.contains("boots: profile rescue (group qemu)"),
