@@ -27,6 +27,20 @@ pub struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust the API's certificate when it chains to a CA in this PEM file (default with
+    /// `[api] tls = "lab"`: the lab CA in state_dir).
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "pin")]
+    pub ca: Option<PathBuf>,
+    /// Trust exactly the API certificate with this SHA-256 (hex; default with `[api] tls =
+    /// { cert, key }`: the configured certificate's).
+    #[arg(long, global = true, value_name = "SHA256")]
+    pub pin: Option<String>,
+    /// Client certificate (PEM chain) for an API with `[api] client_ca`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -88,6 +102,9 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// How the API's certificate is verified when it speaks HTTPS (None: plain HTTP, or the
+    /// system's web roots for an explicit https:// server).
+    tls: Option<chainboot_http::tls_client::ClientConfig>,
 }
 
 impl Client {
@@ -113,7 +130,12 @@ impl Client {
                     std::net::IpAddr::V6(v6) => format!("[{v6}]"),
                     ip => ip.to_string(),
                 };
-                format!("http://{host}:{}", addr.port())
+                let scheme = if cfg.api.tls.is_some() && !cfg.api.listen.is_empty() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{host}:{}", addr.port())
             }
         };
         let token = match &args.token {
@@ -125,19 +147,22 @@ impl Client {
                     .map(|t| t.trim().to_string())
             }
         };
+        let tls = tls_config(args, &cfg, &base)?;
+        let http = with_tls(reqwest::Client::builder(), &tls)
+            .timeout(std::time::Duration::from_secs(15))
+            .build()?;
         Ok(Client {
             base,
             token,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(15))
-                .build()?,
+            http,
+            tls,
         })
     }
 
     /// A streaming GET (Server-Sent Events); no overall timeout.
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let client = reqwest::Client::builder().build()?;
+        let client = with_tls(reqwest::Client::builder(), &self.tls).build()?;
         let mut req = client.get(&url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -217,6 +242,59 @@ impl Client {
             anyhow::bail!("{method} {url}: {status}: {msg}");
         }
         Ok(value)
+    }
+}
+
+/// The TLS settings for `base`: `--pin`, `--ca`, else from the config (`[api] tls = "lab"`:
+/// the lab CA; a certificate file: that certificate, pinned), plus `--client-cert`.
+fn tls_config(
+    args: &ApiArgs,
+    cfg: &config::Config,
+    base: &str,
+) -> anyhow::Result<Option<chainboot_http::tls_client::ClientConfig>> {
+    use chainboot_http::tls_client::{client_config, file_fingerprint, parse_pin, ServerTrust};
+    let https = base.starts_with("https://");
+    let trust = if let Some(pin) = &args.pin {
+        Some(ServerTrust::Pin(parse_pin(pin)?))
+    } else if let Some(ca) = &args.ca {
+        Some(ServerTrust::CaFile(ca.clone()))
+    } else if https {
+        match &cfg.api.tls {
+            Some(chainboot_http::TlsSource::Lab) => Some(ServerTrust::CaFile(
+                cfg.server.state_dir.join("tls").join("ca.crt"),
+            )),
+            Some(chainboot_http::TlsSource::Files(f)) => Some(ServerTrust::Pin(
+                file_fingerprint(&f.cert)
+                    .context("the API certificate to pin ([api] tls); pass --ca or --pin")?,
+            )),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let identity = args.client_cert.as_deref().zip(args.client_key.as_deref());
+    if !https {
+        if trust.is_some() || identity.is_some() {
+            anyhow::bail!("--ca, --pin and --client-cert need an https:// server ({base})");
+        }
+        return Ok(None);
+    }
+    match trust {
+        Some(t) => Ok(Some(client_config(&t, identity)?)),
+        None if identity.is_some() => {
+            anyhow::bail!("--client-cert needs --ca or --pin to verify the server with")
+        }
+        None => Ok(None),
+    }
+}
+
+fn with_tls(
+    builder: reqwest::ClientBuilder,
+    tls: &Option<chainboot_http::tls_client::ClientConfig>,
+) -> reqwest::ClientBuilder {
+    match tls {
+        Some(c) => builder.use_preconfigured_tls(c.clone()),
+        None => builder,
     }
 }
 

@@ -108,6 +108,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         chainboot_dhcp::Mode::Off => "off",
     };
     println!("DHCP: {mode} mode");
+    print_tls(&cfg);
     let mut warnings = 0usize;
     if cfg.ipv6.router_advertisements != chainboot_ra::RaMode::Off {
         match crate::interfaces::select(&cfg.server.interfaces) {
@@ -155,4 +156,43 @@ pub fn run(path: Option<&Path>) -> ExitCode {
     }
     println!("ok");
     ExitCode::SUCCESS
+}
+
+/// Which listeners speak TLS and with what certificate (the files were checked by the config
+/// load already: a bad pair never gets here).
+fn print_tls(cfg: &config::Config) {
+    use chainboot_http::TlsSource;
+    let http = Some(&cfg.http.tls).filter(|_| !cfg.http.tls_listen.as_list().is_empty());
+    let api = Some(&cfg.api.tls).filter(|_| !cfg.api.listen.is_empty());
+    for (name, source) in [("http", http), ("api", api)] {
+        match source.and_then(|s| s.as_ref()) {
+            None => {}
+            Some(TlsSource::Lab) => {
+                let ca = cfg.server.state_dir.join("tls").join("ca.crt");
+                match chainboot_http::tls_client::file_fingerprint(&ca) {
+                    Ok(sha) => println!("TLS {name}: lab CA {} (sha256 {sha})", ca.display()),
+                    Err(_) => println!(
+                        "TLS {name}: lab CA, made in {} at first start",
+                        ca.display()
+                    ),
+                }
+            }
+            Some(TlsSource::Files(f)) => match chainboot_http::tls::load_pair(f) {
+                Ok((_, info)) => println!(
+                    "TLS {name}: {} serial {} sha256 {} valid until {}",
+                    f.cert.display(),
+                    info.serial,
+                    info.sha256,
+                    info.not_after
+                ),
+                Err(e) => println!("TLS {name}: {e}"),
+            },
+        }
+    }
+    if let Some(ca) = &cfg.api.client_ca {
+        println!(
+            "TLS api: client certificates required, signed by {}",
+            ca.display()
+        );
+    }
 }

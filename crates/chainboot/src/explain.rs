@@ -30,6 +30,9 @@ pub struct ExplainArgs {
     /// For an iPXE client: its build lacks HTTP (no option 175.19).
     #[arg(long)]
     pub no_http: bool,
+    /// For an iPXE client: its build has HTTPS (option 175.20).
+    #[arg(long, conflicts_with = "no_http")]
+    pub https: bool,
     /// SMBIOS UUID.
     #[arg(long)]
     pub uuid: Option<String>,
@@ -96,6 +99,9 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         "client: {mac}, option 93 = {code} ({}), {}\n",
         client_arch.map_or("unknown architecture".to_string(), |c| c.arch.to_string()),
         match &kind {
+            ClientKind::Ipxe { http: true, .. } if args.https => {
+                "iPXE with HTTP and HTTPS (options 175.19, 175.20)"
+            }
             ClientKind::Ipxe { http: true, .. } => "iPXE with HTTP (option 175.19)",
             ClientKind::Ipxe { http: false, .. } => "iPXE without HTTP",
             ClientKind::HttpBoot { .. } => "UEFI HTTP Boot (HTTPClient)",
@@ -121,13 +127,18 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         local_port: cfg.dhcp.ports.server,
         src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, cfg.dhcp.ports.client),
     };
-    let packet = ClientMessage::new(kind, MessageType::Discover, mac.0).encode();
+    let mut message = ClientMessage::new(kind, MessageType::Discover, mac.0);
+    message.ipxe_https = args.https;
+    let packet = message.encode();
     let handled = engine.handle(SystemTime::now(), &ingress, &packet);
     if let Some(d) = &handled.decision {
         out.push_str(&format!(
             "  decision: {}\n",
             serde_json::to_string(d).unwrap_or_default()
         ));
+        if let chainboot_dhcp::BootDecision::Boot(a) = d {
+            out.push_str(&format!("  why: {}\n", a.why));
+        }
     }
     let (outcome, reason) = chainboot_ops::observe::dhcp_outcome(&handled.outcome);
     match reason {

@@ -11,6 +11,7 @@ mod interfaces;
 mod logging;
 mod resolver;
 mod serve;
+mod tls;
 
 // The config file's schema and loader live in their own crate (the fuzz target loads the
 // same `Config`); `crate::config` and `crate::ipxe` name them for the modules here.

@@ -31,6 +31,7 @@ use chainboot_tftp::TftpServer;
 use crate::identity::{HostAddressBook, NeighbourTable};
 use crate::ipxe::IpxeBinaries;
 use crate::resolver::TftpNamespace;
+use crate::tls::Tls;
 use crate::{config, interfaces};
 
 /// How long in-flight transfers may run after a stop signal.
@@ -317,12 +318,20 @@ async fn serve(
     let dhcp = bind_dhcp(&cfg, &sh)?;
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = dhcp.engine();
-    let http = HttpServer::bind(&cfg.http)
+    let tls = Tls::start(&cfg, &ifaces)?;
+    let mut http = HttpServer::bind(&cfg.http)
         .context("HTTP cannot listen")?
         .with_observer(sh.observers.clone());
+    if let Some(t) = &tls.http {
+        http = http.with_tls(t.clone());
+    }
     let http_addrs = http.local_addrs();
     for addr in &http_addrs {
         info!(listen = %addr, "HTTP listening");
+    }
+    let https_addrs = http.tls_local_addrs();
+    for addr in &https_addrs {
+        info!(listen = %addr, "HTTPS listening");
     }
     let ops = OpsState {
         store: sh.store.clone(),
@@ -339,13 +348,19 @@ async fn serve(
             "interfaces": ifaces.iter().map(|i| &i.name).collect::<Vec<_>>(),
             "tftp": cfg.tftp.listen.to_string(),
             "http": http_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "https": https_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "quick_mode": quick.is_some(),
         })),
         started,
         auth: sh.auth.clone(),
     };
-    let (router, management) = routers(&cfg, &sh, ops)?;
-    if let Some(server) = bind_management(&cfg)? {
+    let (mut router, management) = routers(&cfg, &sh, ops)?;
+    if let Some(lab) = &tls.lab {
+        router = router.merge(chainboot_http::lab::ca_routes(lab));
+    }
+    let (router, management) = (nosniff(router), nosniff(management));
+    tls.watch(&shutdown);
+    if let Some(server) = bind_management(&cfg, tls.api.clone())? {
         let token = shutdown.clone();
         tasks.spawn(async move { ("api", server.run(management, token).await) });
     }
@@ -381,7 +396,10 @@ async fn serve(
                     info!("{name}: shutting down");
                     break Ok(());
                 }
-                Signal::Reload => reloader.request(),
+                Signal::Reload => {
+                    tls.reload();
+                    reloader.request()
+                }
             },
             Some(done) = tasks.join_next() => break match done {
                 Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
@@ -425,18 +443,50 @@ async fn expire_unproven_machines(
     }
 }
 
+/// `X-Content-Type-Options: nosniff` on every response: a browser (the dashboard, an operator
+/// opening a script) takes the Content-Type as given instead of guessing, so an uploaded or
+/// templated text cannot be run as HTML or script.
+fn nosniff(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::map_response(
+        |mut resp: axum::response::Response| async move {
+            resp.headers_mut()
+                .entry(axum::http::header::X_CONTENT_TYPE_OPTIONS)
+                .or_insert(axum::http::HeaderValue::from_static("nosniff"));
+            resp
+        },
+    ))
+}
+
 /// The management listener (`[api] listen`): the operator's API, dashboard, event stream and
 /// metrics, off the boot network. Its limits are the boot listener's.
-fn bind_management(cfg: &config::Config) -> anyhow::Result<Option<HttpServer>> {
+fn bind_management(
+    cfg: &config::Config,
+    tls: Option<Arc<chainboot_http::TlsServer>>,
+) -> anyhow::Result<Option<HttpServer>> {
     if cfg.api.listen.is_empty() {
         return Ok(None);
     }
     let mut http = cfg.http.clone();
-    http.listen =
+    let addrs =
         chainboot_http::Listen::Many(cfg.api.listen.iter().map(|a| a.to_string()).collect());
-    let server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
+    // With [api] tls every management address speaks TLS only.
+    (http.listen, http.tls_listen, http.tls) = match &tls {
+        Some(_) => (
+            chainboot_http::Listen::Many(Vec::new()),
+            addrs,
+            cfg.api.tls.clone(),
+        ),
+        None => (addrs, chainboot_http::Listen::Many(Vec::new()), None),
+    };
+    let mut server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
     for addr in server.local_addrs() {
         info!(listen = %addr, "API listening");
+    }
+    for addr in server.tls_local_addrs() {
+        info!(listen = %addr, tls = true, "API listening");
     }
     Ok(Some(server))
 }

@@ -6,7 +6,11 @@
 //! - firmware PXE, not iPXE → the first-stage iPXE binary for its architecture, over TFTP;
 //! - UEFI HTTP Boot ("HTTPClient") → `http://<server>:<port>/ipxe-bin/<binary>`, vendor class
 //!   "HTTPClient" echoed;
-//! - iPXE with the HTTP feature (175.19) → `http://<server>:<port>/boot.ipxe`;
+//! - iPXE with the HTTP feature (175.19) → `http://<server>:<port>/boot.ipxe`; with the HTTPS
+//!   feature (175.20) too, and a TLS listener, `https://<server>:<tls port>/boot.ipxe` (never
+//!   https:// to a client that did not say it can fetch it, and never a redirect);
+//! - UEFI HTTP Boot gets https:// only when `[http] https_for_http_boot` says its firmware
+//!   trusts chainboot's certificate;
 //! - iPXE without it → the TFTP path `boot.ipxe` (never the first stage again: a BIOS iPXE ROM
 //!   would chainload undionly.kpxe forever);
 //! - unknown architecture → no answer (the caller logs the value once per MAC).
@@ -76,6 +80,10 @@ pub struct BootSettings {
     /// Informational: DHCP cannot tell a client another TFTP port than 69.
     pub tftp_port: u16,
     pub efi_x64: EfiX64Binary,
+    /// The boot listener's HTTPS port, when it has one (`[http] tls_listen`).
+    pub https_port: Option<u16>,
+    /// UEFI HTTP Boot clients get https:// URLs (their firmware was given the CA).
+    pub https_for_http_boot: bool,
 }
 
 impl Default for BootSettings {
@@ -85,6 +93,8 @@ impl Default for BootSettings {
             http_port: 80,
             tftp_port: 69,
             efi_x64: EfiX64Binary::IpxeEfi,
+            https_port: None,
+            https_for_http_boot: false,
         }
     }
 }
@@ -103,6 +113,14 @@ impl BootSettings {
             format!("http://{server}:{}", self.http_port)
         }
     }
+
+    /// `https://server[:port]`, when there is a TLS listener.
+    pub fn https_base(&self, server: Ipv4Addr) -> Option<String> {
+        self.https_port.map(|port| match port {
+            443 => format!("https://{server}"),
+            port => format!("https://{server}:{port}"),
+        })
+    }
 }
 
 /// What a DHCP packet tells about the client (the context that travels from packet to reply
@@ -118,6 +136,8 @@ pub struct ClientFacts {
     pub is_ipxe: bool,
     /// Option 175 sub-option 19 (HTTP) present and non-zero.
     pub ipxe_http: bool,
+    /// Option 175 sub-option 20 (HTTPS) present and non-zero.
+    pub ipxe_https: bool,
     /// Option 97 as sent (type byte + 16-byte UUID).
     pub uuid: Option<Vec<u8>>,
     pub giaddr: Ipv4Addr,
@@ -137,6 +157,7 @@ impl Default for ClientFacts {
             arch_code: None,
             is_ipxe: false,
             ipxe_http: false,
+            ipxe_https: false,
             uuid: None,
             giaddr: Ipv4Addr::UNSPECIFIED,
             relay_info: None,
@@ -168,6 +189,7 @@ impl ClientFacts {
             arch_code,
             is_ipxe: ipxe.is_some() || ipxe_user_class,
             ipxe_http: ipxe.is_some_and(|e| ipxe_feature(e, 19)),
+            ipxe_https: ipxe.is_some_and(|e| ipxe_feature(e, 20)),
             uuid: req.opt(code::CLIENT_UUID).map(<[u8]>::to_vec),
             giaddr: h.giaddr(),
             relay_info: req.opt(code::RELAY_AGENT).map(<[u8]>::to_vec),
@@ -249,6 +271,8 @@ pub struct BootAnswer {
     /// Option 60 to send: "PXEClient" or "HTTPClient".
     pub vendor_class: &'static str,
     pub arch: Option<Arch>,
+    /// Why this transport (TFTP, http://, https://), for `explain` and the event log.
+    pub why: &'static str,
 }
 
 /// Why a client gets no boot information.
@@ -279,12 +303,29 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
     let code = facts.arch_code.unwrap_or(0);
     let arch = Arch::from_option93(code);
     let base = settings.http_base(server);
+    let https = settings.https_base(server);
     if facts.is_ipxe {
         // iPXE already runs: give it the script, never the first stage (no chainload loop).
-        let (stage, file) = if facts.ipxe_http {
-            (BootStage::ScriptHttp, format!("{base}/{SCRIPT_NAME}"))
-        } else {
-            (BootStage::ScriptTftp, SCRIPT_NAME.to_string())
+        let (stage, file, why) = match (&https, facts.ipxe_https, facts.ipxe_http) {
+            (Some(https), true, _) => (
+                BootStage::ScriptHttp,
+                format!("{https}/{SCRIPT_NAME}"),
+                "iPXE advertises HTTPS (option 175.20) and [http] tls_listen is set: https://",
+            ),
+            (_, _, true) => (
+                BootStage::ScriptHttp,
+                format!("{base}/{SCRIPT_NAME}"),
+                if https.is_some() {
+                    "iPXE with HTTP (175.19) but without HTTPS (no 175.20): plain http://"
+                } else {
+                    "iPXE with HTTP (option 175.19): http:// (no [http] tls_listen for https://)"
+                },
+            ),
+            _ => (
+                BootStage::ScriptTftp,
+                SCRIPT_NAME.to_string(),
+                "iPXE without HTTP (no option 175.19): the script over TFTP",
+            ),
         };
         return BootDecision::Boot(BootAnswer {
             stage,
@@ -292,6 +333,7 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
             next_server: server,
             vendor_class: "PXEClient",
             arch: arch.map(|a| a.arch),
+            why,
         });
     }
     let Some(ClientArch { arch, transport }) = arch else {
@@ -300,12 +342,23 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
     let name = first_stage_name(arch, settings.efi_x64);
     let http_boot = transport == BootTransport::HttpBoot || facts.is_http_client();
     BootDecision::Boot(if http_boot {
+        let (base, why) = match https.filter(|_| settings.https_for_http_boot) {
+            Some(https) => (
+                https,
+                "UEFI HTTP Boot with [http] https_for_http_boot: https:// (the firmware must trust chainboot's CA)",
+            ),
+            None => (
+                base,
+                "UEFI HTTP Boot: http:// ([http] https_for_http_boot is off or there is no tls_listen)",
+            ),
+        };
         BootAnswer {
             stage: BootStage::FirstStageHttp,
             file: format!("{base}/ipxe-bin/{name}"),
             next_server: server,
             vendor_class: "HTTPClient",
             arch: Some(arch),
+            why,
         }
     } else {
         BootAnswer {
@@ -314,6 +367,7 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
             next_server: server,
             vendor_class: "PXEClient",
             arch: Some(arch),
+            why: "PXE firmware: the first stage over TFTP",
         }
     })
 }
@@ -408,6 +462,44 @@ mod tests {
     }
 
     #[test]
+    fn https_only_for_clients_that_say_they_can_fetch_it() {
+        let s = BootSettings {
+            https_port: Some(8443),
+            ..Default::default()
+        };
+        let mut f = pxe(7);
+        f.is_ipxe = true;
+        f.ipxe_http = true;
+        // 175.19 alone: plain http, even with a TLS listener.
+        assert_eq!(answer(&f, &s).file, "http://198.18.0.1/boot.ipxe");
+        f.ipxe_https = true;
+        let a = answer(&f, &s);
+        assert_eq!(a.file, "https://198.18.0.1:8443/boot.ipxe");
+        assert!(a.why.contains("175.20"), "{}", a.why);
+        // 175.20 without a TLS listener: http.
+        assert_eq!(
+            answer(&f, &BootSettings::default()).file,
+            "http://198.18.0.1/boot.ipxe"
+        );
+        // UEFI HTTP Boot: only when the site says its firmware trusts the CA.
+        let hb = ClientFacts {
+            vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
+            arch_code: Some(16),
+            ..Default::default()
+        };
+        assert_eq!(answer(&hb, &s).file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        let marked = BootSettings {
+            https_port: Some(443),
+            https_for_http_boot: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            answer(&hb, &marked).file,
+            "https://198.18.0.1/ipxe-bin/ipxe.efi"
+        );
+    }
+
+    #[test]
     fn unknown_arch_and_plain_clients_get_nothing() {
         let s = BootSettings::default();
         assert_eq!(
@@ -425,6 +517,7 @@ mod tests {
         assert!(ipxe_feature(&[16, 1, 1, 19, 1, 1, 235, 4, 1, 0, 0, 0], 19));
         assert!(!ipxe_feature(&[16, 1, 1, 21, 1, 1], 19));
         assert!(!ipxe_feature(&[19, 5, 1], 19));
+        assert!(ipxe_feature(&[19, 1, 1, 20, 1, 1], 20));
         assert!(user_class_is_ipxe(b"iPXE") && user_class_is_ipxe(b"\x04iPXE"));
         assert!(!user_class_is_ipxe(b"gPXE"));
         assert_eq!(first_stage_names().len(), 7);

@@ -83,6 +83,8 @@ pub struct ClientMessage {
     pub server_id: Option<Ipv4Addr>,
     pub relay_info: Option<Vec<u8>>,
     pub client_id: Option<Vec<u8>>,
+    /// An iPXE client also advertises HTTPS (option 175.20).
+    pub ipxe_https: bool,
 }
 
 impl ClientMessage {
@@ -99,6 +101,7 @@ impl ClientMessage {
             server_id: None,
             relay_info: None,
             client_id: None,
+            ipxe_https: false,
         }
     }
 
@@ -165,6 +168,9 @@ impl ClientMessage {
                 let mut feat = vec![16, 1, 1, 21, 1, 1, 24, 1, 1, 39, 1, 1];
                 if *http {
                     feat.extend_from_slice(&[19, 1, 1]);
+                }
+                if self.ipxe_https {
+                    feat.extend_from_slice(&[20, 1, 1]);
                 }
                 feat.extend_from_slice(&[235, 4, 1, 0, 0, 0]);
                 raw(code::IPXE, feat);

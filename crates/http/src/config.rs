@@ -9,6 +9,8 @@ use chainboot_config::Issue;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::tls::TlsSource;
+
 /// `[http]`: where to listen, what to serve under `/files/`, and the limits that keep slow or
 /// hostile clients from exhausting the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +18,15 @@ use thiserror::Error;
 pub struct HttpConfig {
     /// One address (`"0.0.0.0:80"`) or a list of them.
     pub listen: Listen,
+    /// HTTPS addresses, beside the plain ones (most iPXE builds cannot fetch https://, so
+    /// the plain listener stays). Needs `tls`.
+    pub tls_listen: Listen,
+    /// The certificate for `tls_listen`: `"lab"` or `{ cert = "FILE", key = "FILE" }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSource>,
+    /// UEFI HTTP Boot clients are sent https:// URLs (only when their firmware was given the
+    /// CA: a firmware that does not trust the certificate refuses to boot).
+    pub https_for_http_boot: bool,
     /// Directory served under `/files/` (profiles' relative asset paths point here).
     pub root: Option<PathBuf>,
     /// Directory indexes under `/files/` (off by default: a boot server should not publish
@@ -82,6 +93,9 @@ impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
             listen: Listen::One("0.0.0.0:80".into()),
+            tls_listen: Listen::Many(Vec::new()),
+            tls: None,
+            https_for_http_boot: false,
             root: None,
             listing: false,
             max_connections: 4096,
@@ -110,34 +124,56 @@ fn err(key: &'static str, message: String) -> HttpConfigError {
 }
 
 impl HttpConfig {
-    /// The listen addresses, parsed.
+    /// The plain listen addresses, parsed.
     pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, HttpConfigError> {
-        let list = self.listen.as_list();
-        if list.is_empty() {
-            return Err(err("listen", "needs at least one address".into()));
-        }
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for s in list {
-            let a: SocketAddr = s.parse().map_err(|_| {
-                err(
-                    "listen",
-                    format!("{s:?} is not an address with a port (\"0.0.0.0:80\", \"[::]:80\")"),
-                )
-            })?;
-            if !seen.insert(a) {
-                return Err(err("listen", format!("{s:?} is listed twice")));
-            }
-            out.push(a);
-        }
-        Ok(out)
+        parse_addrs("listen", &self.listen)
+    }
+
+    /// The TLS listen addresses, parsed.
+    pub fn tls_listen_addrs(&self) -> Result<Vec<SocketAddr>, HttpConfigError> {
+        parse_addrs("tls_listen", &self.tls_listen)
     }
 
     /// Checks every value; every problem at once, each naming its key inside `[http]`.
     pub fn validate(&self) -> Vec<Issue> {
         let mut out = Vec::new();
-        if let Err(e) = self.listen_addrs() {
+        let plain = self.listen_addrs().unwrap_or_else(|e| {
             out.push(Issue::at(&[e.key], e.message));
+            Vec::new()
+        });
+        let tls = self.tls_listen_addrs().unwrap_or_else(|e| {
+            out.push(Issue::at(&[e.key], e.message));
+            Vec::new()
+        });
+        if self.listen.as_list().is_empty() && self.tls_listen.as_list().is_empty() {
+            out.push(Issue::at(&["listen"], "needs at least one address"));
+        }
+        // Port 0 (tests) gets a fresh port each time, so it cannot collide.
+        if let Some(a) = tls.iter().find(|a| a.port() != 0 && plain.contains(a)) {
+            out.push(Issue::at(
+                &["tls_listen"],
+                format!("{a} is also in listen; one port speaks one protocol"),
+            ));
+        }
+        match (&self.tls, self.tls_listen.as_list().is_empty()) {
+            (None, false) => out.push(Issue::at(
+                &["tls"],
+                "tls_listen needs a certificate: tls = \"lab\" or { cert = \"FILE\", key = \"FILE\" }",
+            )),
+            (None, true) if self.https_for_http_boot => out.push(Issue::at(
+                &["https_for_http_boot"],
+                "needs tls_listen and tls: there is no https:// to send clients to",
+            )),
+            (Some(_), true) => out.push(Issue::at(
+                &["tls_listen"],
+                "tls is set but there is no address to serve it on",
+            )),
+            (Some(TlsSource::Files(files)), false) => {
+                if let Err(e) = crate::tls::load_pair(files) {
+                    out.push(Issue::at(&["tls"], e.0));
+                }
+            }
+            _ => {}
         }
         if let Some(root) = &self.root {
             if !root.is_dir() {
@@ -189,6 +225,24 @@ impl HttpConfig {
         }
         out
     }
+}
+
+fn parse_addrs(key: &'static str, listen: &Listen) -> Result<Vec<SocketAddr>, HttpConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for s in listen.as_list() {
+        let a: SocketAddr = s.parse().map_err(|_| {
+            err(
+                key,
+                format!("{s:?} is not an address with a port (\"0.0.0.0:80\", \"[::]:80\")"),
+            )
+        })?;
+        if !seen.insert(a) {
+            return Err(err(key, format!("{s:?} is listed twice")));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - [`HttpServer`]: listeners, connection cap, header/idle/body/request/send
 //!   timeouts (slowloris, stalled readers), keep-alive,
 //!   one access-log line per response and [`HttpStats`] counters, an [`HttpObserver`] hook.
+//! - [`tls`]: HTTPS listeners beside the plain ones (rustls), certificate pairs checked and
+//!   reloaded in place; [`lab`]: a CA of the server's own; [`tls_client`]: the client side.
 //!
 //! ```no_run
 //! # async fn demo(isos: std::sync::Arc<chainboot_iso::IsoLibrary>,
@@ -24,14 +26,18 @@
 //! ```
 
 mod config;
+pub mod lab;
 mod per_client;
 mod response;
 mod routes;
 mod server;
 mod stats;
+pub mod tls;
+pub mod tls_client;
 
 pub use config::{HttpConfig, HttpConfigError, Listen};
 pub use response::{content_response, CHUNK};
 pub use routes::{static_routes, StaticContent};
 pub use server::HttpServer;
 pub use stats::{AccessRecord, HttpObserver, HttpStats, NoObserver};
+pub use tls::{TlsError, TlsFiles, TlsServer, TlsSource};

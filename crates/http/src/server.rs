@@ -40,6 +40,7 @@ const LINGER_BYTES: usize = 16 << 20;
 /// Bound HTTP listeners plus the limits to serve them with.
 pub struct HttpServer {
     listeners: Vec<std::net::TcpListener>,
+    tls: crate::tls::TlsListeners,
     config: HttpConfig,
     stats: Arc<HttpStats>,
     observer: Arc<dyn HttpObserver>,
@@ -73,6 +74,7 @@ impl HttpServer {
         }
         Ok(HttpServer {
             listeners,
+            tls: crate::tls::TlsListeners::bind(config, bind_one)?,
             config: config.clone(),
             stats: Arc::new(HttpStats::default()),
             observer: Arc::new(NoObserver),
@@ -98,6 +100,18 @@ impl HttpServer {
         self
     }
 
+    /// Sets the TLS of the `tls_listen` listeners (`bind` sets it from a `tls = { cert, key }`
+    /// config; a lab certificate or client-certificate checks come this way).
+    pub fn with_tls(mut self, tls: Arc<crate::tls::TlsServer>) -> HttpServer {
+        self.tls.server = Some(tls);
+        self
+    }
+
+    /// The bound TLS addresses.
+    pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tls.local_addrs()
+    }
+
     /// Serves `router` on every listener until `shutdown` is cancelled, then stops accepting,
     /// lets responses in flight finish (up to 10 s) and returns. Every response is logged
     /// (target `chainboot::http::access`) and counted; each request carries
@@ -120,8 +134,11 @@ impl HttpServer {
         for l in self.listeners {
             listeners.push(TcpListener::from_std(l)?);
         }
-        for listener in listeners {
+        let tls = self.tls.into_listeners()?;
+        let with_tls = listeners.into_iter().map(|l| (l, None)).chain(tls);
+        for (listener, tls) in with_tls {
             let ctx = ConnCtx {
+                tls,
                 app: app.clone(),
                 cfg: cfg.clone(),
                 stats: self.stats.clone(),
@@ -171,6 +188,7 @@ struct ConnCtx {
     observer: Arc<dyn HttpObserver>,
     shutdown: CancellationToken,
     per_client: Arc<PerClient>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 async fn accept_loop(
@@ -412,7 +430,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
 
     let activity = Arc::new(Activity::new());
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
-    let io = TokioIo::new(TrackedStream {
+    let tracked = TrackedStream {
         inner: stream,
         activity: activity.clone(),
         peer,
@@ -421,7 +439,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
         send_timer: None,
         write_blocked: false,
         on_close: Some(closed_tx),
-    });
+    };
+    let Some(io) = crate::tls::wrap(ctx.tls.as_deref(), tracked, &ctx.cfg, &ctx.stats, peer).await
+    else {
+        return;
+    };
+    // The handshake's bytes are not a request: request_timeout starts with the first request.
+    activity
+        .request_started_ms
+        .store(NOT_STARTED, Ordering::Relaxed);
+    let io = TokioIo::new(io);
 
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
@@ -461,6 +488,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                 })
             });
             req.extensions_mut().insert(ConnectInfo(peer));
+            if ctx.tls.is_some() {
+                req.extensions_mut().insert(crate::tls::OverTls);
+            }
             let resp = match tokio::time::timeout_at(deadline, ctx.app.oneshot(req)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},

@@ -38,6 +38,11 @@ pub struct HttpStats {
     /// Connections reset because the client accepted no bytes for `send_timeout` (also in
     /// `connections_timed_out`).
     pub send_timeouts: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or did not finish within `header_read_timeout` (the latter
+    /// also in `connections_timed_out`).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl HttpStats {

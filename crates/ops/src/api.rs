@@ -561,6 +561,16 @@ fn write_http(w: &mut Writer, st: &OpsState) {
             "HTTP connections reset because the client accepted no bytes for [http] send_timeout.",
             g(&h.send_timeouts),
         );
+        w.counter(
+            "chainboot_http_tls_handshakes_total",
+            "TLS handshakes completed on the boot listener's tls_listen.",
+            g(&h.tls_handshakes),
+        );
+        w.counter(
+            "chainboot_http_tls_handshake_failures_total",
+            "TLS handshakes that failed or took longer than [http] header_read_timeout.",
+            g(&h.tls_handshake_failures),
+        );
     }
     w.histogram(
         "chainboot_http_request_seconds",

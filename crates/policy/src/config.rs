@@ -241,6 +241,14 @@ pub struct ApiConfig {
     /// the token, reads included.
     #[serde(default)]
     pub on_boot_listener: bool,
+    /// HTTPS for the management listener: `"lab"` or `{ cert = "FILE", key = "FILE" }`.
+    /// With it, every `listen` address speaks TLS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<chainboot_http::TlsSource>,
+    /// PEM file of CAs: clients of the management listener must present a certificate signed
+    /// by one of them (the token is still checked). Needs `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -276,6 +284,8 @@ impl Default for ApiConfig {
             read_requires_token: true,
             listen: default_api_listen(),
             on_boot_listener: false,
+            tls: None,
+            client_ca: None,
         }
     }
 }

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chainboot_api::{blocking, ApiAuth, ApiError, Operator, Reader};
+use chainboot_http::tls::Scheme;
 use chainboot_machine::{Arch, Mac};
 use serde::Deserialize;
 
@@ -135,11 +136,13 @@ impl PolicyState {
         self
     }
 
-    fn base(&self, headers: &HeaderMap) -> HttpBase {
+    /// The base URL for a request: its Host, with the scheme it came over (a client that
+    /// fetched over https:// stays on https://).
+    fn base(&self, headers: &HeaderMap, scheme: Scheme) -> HttpBase {
         headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .and_then(HttpBase::from_host_header)
+            .and_then(|h| HttpBase::new(&format!("{}://{h}", scheme.as_str())).ok())
             .unwrap_or_else(|| self.fallback_base.clone())
     }
 
@@ -248,8 +251,8 @@ struct CapQuery {
     cap: Option<String>,
 }
 
-async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap) -> Response {
-    text(render::stub_script(&st.base(&headers)))
+async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap, scheme: Scheme) -> Response {
+    text(render::stub_script(&st.base(&headers, scheme)))
 }
 
 /// Reads the facts in `/ipxe`'s query string (untrusted; sanitised by `ClientFacts`).
@@ -298,9 +301,10 @@ async fn ipxe(
     State(st): State<PolicyState>,
     Peer(peer): Peer,
     headers: HeaderMap,
+    scheme: Scheme,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let base = st.base(&headers);
+    let base = st.base(&headers, scheme);
     let retry = st.policy.retry_secs();
     let q = match query {
         Ok(Query(q)) => q,
@@ -562,6 +566,7 @@ async fn boot_asset(
     Peer(peer): Peer,
     method: Method,
     headers: HeaderMap,
+    scheme: Scheme,
     Path((mac, slot)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
 ) -> Result<Response, ApiError> {
@@ -591,7 +596,7 @@ async fn boot_asset(
             tracing::info!(%mac, %group, "boot-once: kernel fetched, next boot is local disk");
         }
     }
-    let base = st.base(&headers);
+    let base = st.base(&headers, scheme);
     Ok(serve_asset(&st, &asset, &base, slot, mac).await)
 }
 
@@ -678,6 +683,7 @@ async fn config_file(
     State(st): State<PolicyState>,
     Peer(peer): Peer,
     headers: HeaderMap,
+    scheme: Scheme,
     Path((mac, name)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
 ) -> Result<Response, ApiError> {
@@ -690,7 +696,7 @@ async fn config_file(
         .templates_dir()
         .ok_or_else(|| ApiError::not_found("no [boot] templates folder configured"))?;
     let d = decision_for(&st, mac, &proof).await?;
-    let base = st.base(&headers);
+    let base = st.base(&headers, scheme);
     match blocking(move || d.config_file(&dir, &name, &base)).await? {
         Ok(Some(body)) => Ok(text(body)),
         Ok(None) => Err(ApiError::not_found("no such template")),
@@ -705,9 +711,10 @@ async fn pxelinux_cfg(
     State(st): State<PolicyState>,
     Peer(peer): Peer,
     headers: HeaderMap,
+    scheme: Scheme,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let base = st.base(&headers);
+    let base = st.base(&headers, scheme);
     let policy = st.policy.clone();
     match blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await? {
         Ok(Some(body)) => Ok(text(body)),

@@ -53,6 +53,13 @@ impl Config {
             http_port: self.http_port(),
             tftp_port: self.tftp.listen.port(),
             efi_x64: self.ipxe.efi_x64,
+            https_port: self
+                .http
+                .tls_listen_addrs()
+                .ok()
+                .and_then(|a| a.first().map(|a| a.port()))
+                .filter(|_| self.http.tls.is_some()),
+            https_for_http_boot: self.http.https_for_http_boot,
         }
     }
 
@@ -85,8 +92,42 @@ impl Validate for Config {
             &["iso"],
             chainboot_iso::IsoConfig::validate_all(&self.iso),
         ));
+        if self.http.listen.as_list().is_empty() {
+            out.push(Issue::at(
+                &["http", "listen"],
+                "the boot listener needs a plain HTTP address: most iPXE builds cannot fetch https://",
+            ));
+        }
+        out.extend(under(&["api"], api_tls_issues(&self.api)));
         out
     }
+}
+
+/// `[api] tls` and `client_ca`: files that load, and a CA only together with TLS.
+fn api_tls_issues(api: &chainboot_policy::ApiConfig) -> Vec<Issue> {
+    let mut out: Vec<Issue> = Vec::new();
+    if let Some(chainboot_http::TlsSource::Files(files)) = &api.tls {
+        if let Err(e) = chainboot_http::tls::load_pair(files) {
+            out.push(Issue::at(&["tls"], e.0));
+        }
+    }
+    if let Some(ca) = &api.client_ca {
+        if api.tls.is_none() {
+            out.push(Issue::at(
+                &["client_ca"],
+                "client certificates need TLS: set [api] tls too",
+            ));
+        } else if let Err(e) = chainboot_http::tls::load_roots(ca) {
+            out.push(Issue::at(&["client_ca"], e.0));
+        }
+    }
+    if api.tls.is_some() && api.listen.is_empty() {
+        out.push(Issue::at(
+            &["tls"],
+            "[api] listen is empty: there is no management listener to serve TLS on",
+        ));
+    }
+    out
 }
 
 /// The sections whose values differ between two configs (compared by their debug form, which

@@ -59,6 +59,7 @@ fn run() -> Result<(), String> {
         http_port: cfg.http_port,
         tftp_port: 69,
         efi_x64: cfg.efi_x64,
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
