@@ -371,10 +371,14 @@ fn a_flood_of_long_missing_paths_is_bounded_and_spares_machines_history() {
     assert!(longest < 1024, "a log line of {longest} bytes");
     let log_growth = std::fs::metadata(&r.server.log).unwrap().len() - log_before;
     assert!(log_growth < 6000 * 700, "log grew {log_growth} bytes");
+    // The store holds what the rate limit let through (more on a slow machine, where the flood
+    // takes longer), each event a few hundred bytes plus pages and write-ahead log: bounded by
+    // that, not by the 6000 requests' 90 MB of paths.
     let store_growth = r.store_bytes().saturating_sub(store_before);
+    let allowed = 256 * 1024 + recorded as u64 * 3 * 1024;
     assert!(
-        store_growth < 1024 * 1024,
-        "store grew {store_growth} bytes"
+        store_growth < allowed,
+        "store grew {store_growth} bytes for {recorded} events (allowed {allowed})"
     );
 }
 
