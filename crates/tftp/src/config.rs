@@ -24,10 +24,10 @@ pub struct TftpConfig {
     /// Transfers running at once from one IP address. A booting machine fetches one file at a
     /// time; a relay or NAT can put many machines behind one address, hence not 1.
     pub max_per_client: usize,
-    /// Transfers running at once from one network prefix (IPv4 /24, IPv6 /64): one host can
-    /// use many addresses of its prefix, and a real boot network is rarely asked for more
-    /// than this many files at the same moment by one /24. Never less than `max_per_client`
-    /// (a prefix holds at least what one of its addresses may).
+    /// Transfers not yet acknowledged by their client, at once, from one network prefix (IPv4
+    /// /24, IPv6 /64): one host can forge many addresses of its prefix, and forged sources
+    /// never acknowledge; real clients acknowledge within a round trip, so a rack booting
+    /// together is never held to it. Never less than `max_per_client`.
     pub max_per_prefix: usize,
     /// Percentage of `max_transfers` that transfers whose client has not acknowledged
     /// anything yet may hold: a forged source never will, so a flood of them cannot take

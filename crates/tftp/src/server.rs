@@ -42,7 +42,8 @@ pub struct TftpStats {
     pub not_found: AtomicU64,
     /// Requests turned away by `max_transfers` or `max_per_client`.
     pub busy: AtomicU64,
-    /// Requests turned away by `max_per_prefix` (IPv4 /24, IPv6 /64).
+    /// Requests turned away by `max_per_prefix` (unacknowledged transfers per IPv4 /24, IPv6
+    /// /64).
     pub busy_prefix: AtomicU64,
     /// Requests turned away because transfers whose client has not acknowledged anything
     /// yet already hold their share (`unproven_percent`) of `max_transfers`.
@@ -68,6 +69,32 @@ pub struct TftpStats {
     /// ACK came while polling (the rest then slept: CPU spent for nothing).
     pub busy_polls: AtomicU64,
     pub busy_polls_answered: AtomicU64,
+    /// Unacknowledged transfers per network prefix (see [`prefix_of`]), for `max_per_prefix`.
+    unproven_by_prefix: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl TftpStats {
+    /// Transfers from `client`'s network prefix whose client has not acknowledged anything.
+    fn unproven_in_prefix(&self, client: SocketAddr) -> usize {
+        self.unproven_by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&prefix_of(client.ip()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn prefix_unproven(&self, prefix: IpAddr, up: bool) {
+        let mut map = self
+            .unproven_by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if up {
+            *map.entry(prefix).or_insert(0) += 1;
+        } else {
+            decrement(&mut map, prefix);
+        }
+    }
 }
 
 /// A plain copy of [`TftpStats`] at one moment.
@@ -302,7 +329,7 @@ impl TftpServer {
                     let local_ip = dst.unwrap_or(self.local.ip());
                     match self.admit(&buf[..n], client, &occupancy, tasks.len()).await {
                         Admission::Start(request) => {
-                            let unproven = UnprovenSlot::claim(&self.shared.stats);
+                            let unproven = UnprovenSlot::claim(&self.shared.stats, client);
                             let handle = tasks.spawn(run_transfer(
                                 self.shared.clone(),
                                 request,
@@ -389,7 +416,10 @@ impl TftpServer {
             .await;
             return Admission::Answered;
         }
-        if occupancy.per_prefix(client) >= self.max_per_prefix {
+        // Per prefix, only transfers not yet acknowledged count: a forged or silent source
+        // never acknowledges, while a rack of real machines booting together (hundreds in
+        // one /24) acknowledges within a round trip and is never turned away.
+        if stats.unproven_in_prefix(client) >= self.max_per_prefix {
             bump(&stats.busy_prefix);
             warn!(client = %client, prefix = %prefix_of(client.ip()), limit = self.max_per_prefix, "tftp request refused: too many transfers from this network prefix");
             self.reply_error(
@@ -458,36 +488,26 @@ enum Admission {
     Answered,
 }
 
-/// Who holds the running transfers: client TIDs, and counts per address and per prefix.
+/// Who holds the running transfers: client TIDs, and counts per address.
 #[derive(Default)]
 struct Occupancy {
     running: HashSet<SocketAddr>,
     per_ip: HashMap<IpAddr, usize>,
-    per_prefix: HashMap<IpAddr, usize>,
 }
 
 impl Occupancy {
     fn add(&mut self, client: SocketAddr) {
         self.running.insert(client);
         *self.per_ip.entry(client.ip()).or_insert(0) += 1;
-        *self.per_prefix.entry(prefix_of(client.ip())).or_insert(0) += 1;
     }
 
     fn remove(&mut self, client: SocketAddr) {
         self.running.remove(&client);
         decrement(&mut self.per_ip, client.ip());
-        decrement(&mut self.per_prefix, prefix_of(client.ip()));
     }
 
     fn per_ip(&self, client: SocketAddr) -> usize {
         self.per_ip.get(&client.ip()).copied().unwrap_or(0)
-    }
-
-    fn per_prefix(&self, client: SocketAddr) -> usize {
-        self.per_prefix
-            .get(&prefix_of(client.ip()))
-            .copied()
-            .unwrap_or(0)
     }
 }
 
@@ -522,14 +542,18 @@ fn prefix_of(ip: IpAddr) -> IpAddr {
 struct UnprovenSlot {
     stats: Arc<TftpStats>,
     held: bool,
+    prefix: IpAddr,
 }
 
 impl UnprovenSlot {
-    fn claim(stats: &Arc<TftpStats>) -> UnprovenSlot {
+    fn claim(stats: &Arc<TftpStats>, client: SocketAddr) -> UnprovenSlot {
         stats.unproven.fetch_add(1, Ordering::Relaxed);
+        let prefix = prefix_of(client.ip());
+        stats.prefix_unproven(prefix, true);
         UnprovenSlot {
             stats: stats.clone(),
             held: true,
+            prefix,
         }
     }
 
@@ -547,6 +571,7 @@ impl UnprovenSlot {
     fn release(&mut self) {
         if std::mem::take(&mut self.held) {
             self.stats.unproven.fetch_sub(1, Ordering::Relaxed);
+            self.stats.prefix_unproven(self.prefix, false);
         }
     }
 }
