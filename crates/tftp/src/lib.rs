@@ -9,7 +9,9 @@
 //!   file data ahead in 32 KiB (or one window) chunks and sends each window with one
 //!   `sendmmsg`. Transfer sockets wait for readability only (`socket`): one reactor wake-up
 //!   per ACK, not two. Lock-step transfers run on a thread of their own, which polls for the
-//!   next ACK for a few tens of microseconds when the client answers that fast (`busy_poll`).
+//!   next ACK for a few tens of microseconds when the client answers that fast, no other task
+//!   waits for a CPU, and polling measurably shortens the turnaround (`busy_poll`,
+//!   `runnable`).
 //!
 //! The binary builds a [`TftpServer`] from the `[tftp]` section ([`TftpConfig`]) and a
 //! `chainboot_content::Resolver`, then calls [`TftpServer::run`] with a cancellation token.
@@ -19,6 +21,7 @@ mod busy_poll;
 mod config;
 pub mod proto;
 mod readahead;
+mod runnable;
 pub mod server;
 mod socket;
 pub mod transfer;

@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::batch::Batch;
-use crate::busy_poll::BusyPoll;
+use crate::busy_poll::{BusyPoll, Waited};
 use crate::config::TftpConfig;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
+use crate::runnable::{Runnable, RunnableSource};
 use crate::socket::{recv_polling, TransferSocket};
 use crate::transfer::{BlockSource, Handled, Outcome, Transfer, TransferSettings};
 
@@ -198,6 +199,8 @@ struct Shared {
     /// thread still polls (see [`polling_transfers`]).
     busy_poll: Duration,
     busy_poll_transfers: u64,
+    /// Where polling threads read the runnable-task count (see `runnable.rs`).
+    runnable: RunnableSource,
     settings: TransferSettings,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TransferObserver>,
@@ -263,6 +266,7 @@ impl TftpServer {
                 )),
                 busy_poll: config.busy_poll,
                 busy_poll_transfers: polling_transfers(),
+                runnable: RunnableSource::LoadAvg,
             }),
         })
     }
@@ -271,6 +275,16 @@ impl TftpServer {
     pub fn with_observer(mut self, observer: Arc<dyn TransferObserver>) -> TftpServer {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.observer = observer;
+        }
+        self
+    }
+
+    /// Makes polling threads see a fixed runnable-task count instead of `/proc/loadavg`'s
+    /// (before `run`): tests of the polling decisions must not depend on how busy the machine
+    /// running them is.
+    pub fn with_runnable_count(mut self, runnable: u32) -> TftpServer {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.runnable = RunnableSource::Fixed(runnable);
         }
         self
     }
@@ -734,8 +748,9 @@ async fn move_datagrams(
     };
     let socket = socket.into_std();
     let polling = Polling {
-        busy: BusyPoll::new(shared.busy_poll),
+        busy: BusyPoll::new(shared.busy_poll, cpus()),
         max_transfers: shared.busy_poll_transfers,
+        runnable: shared.runnable,
     };
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -936,14 +951,21 @@ fn default_lockstep_threads() -> usize {
 /// each polling thread leaves a CPU for its client (often a VM on the same host) and the rest
 /// of the server; none on a single CPU, where polling would only delay them.
 fn polling_transfers() -> u64 {
-    std::thread::available_parallelism().map_or(0, |n| n.get() as u64 / 2)
+    u64::from(cpus() / 2)
+}
+
+/// The CPUs this process may run on (0 when unknown, which never polls).
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(0, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 /// A lock-step thread's busy-polling: its per-transfer decisions, and the number of running
-/// transfers above which it never polls (they would spin on each other's CPUs).
+/// transfers above which it never polls (they would spin on each other's CPUs), and where it
+/// reads the runnable-task count.
 struct Polling {
     busy: BusyPoll,
     max_transfers: u64,
+    runnable: RunnableSource,
 }
 
 /// How often a lock-step thread waiting for an ACK looks at the clock and the abort token:
@@ -993,6 +1015,7 @@ fn drive_blocking(
     let mut out = vec![0u8; transfer.datagram_capacity()];
     let mut inbuf = [0u8; 1024];
     let mut unknown_tids = UnknownTids::default();
+    let runnable = Runnable::open(polling.runnable);
     loop {
         while let Some(n) = transfer.poll_transmit(Instant::now(), &source, &mut out) {
             if let Err(e) = socket.send_to(&out[..n], client) {
@@ -1013,23 +1036,40 @@ fn drive_blocking(
             transfer.abort("internal error: transfer stalled");
             continue;
         }
-        let poll = if stats.active.load(Ordering::Relaxed) <= polling.max_transfers {
+        // Sampled right after the send, so that a client woken by the block counts.
+        let sent_at = Instant::now();
+        let may_poll = stats.active.load(Ordering::Relaxed) <= polling.max_transfers;
+        if may_poll && polling.busy.wants_runnable(sent_at) {
+            polling.busy.record_runnable(sent_at, runnable.count());
+        }
+        let poll = if may_poll {
             polling.busy.next_wait()
         } else {
             None
         };
-        let received = match poll {
+        let (received, answered) = match poll {
             Some(budget) => {
                 let (received, answered) = recv_polling(&socket, &mut inbuf, budget);
-                polling.busy.record(answered);
                 bump(&stats.busy_polls);
                 if answered {
                     bump(&stats.busy_polls_answered);
                 }
-                received
+                (received, Some(answered))
             }
-            None => socket.recv_from(&mut inbuf),
+            None => (socket.recv_from(&mut inbuf), None),
         };
+        if may_poll {
+            // The client's turnaround: its datagram's arrival after the block went out.
+            let turnaround = match &received {
+                Ok((_, from)) if *from == client => Some(sent_at.elapsed()),
+                _ => None,
+            };
+            polling.busy.record(match (answered, turnaround) {
+                (Some(true), Some(t)) => Waited::Answered(t),
+                (Some(_), t) => Waited::Missed(t),
+                (None, t) => Waited::Slept(t),
+            });
+        }
         match received {
             Ok((_, from)) if from != client => {
                 bump(&stats.unknown_tid);

@@ -176,33 +176,39 @@ fn p_data(datagrams: &[Vec<u8>]) -> Vec<u8> {
     datagrams.iter().flat_map(|p| p[4..].to_vec()).collect()
 }
 
-/// `[tftp] busy_poll`: a lock-step thread polls for the ACK of a client that answers at once;
-/// a client that answers late is polled for three times and then left alone (the backoff);
+/// Waits for an ACK that busy-polled during a 100-block lock-step transfer from a client that
+/// answers each block after `ack_delay`, with the server seeing `runnable` runnable tasks.
+fn busy_polls(busy_poll: Duration, ack_delay: Duration, runnable: u32) -> u64 {
+    let srv = TestServer::start_seeing(
+        TftpConfig {
+            busy_poll,
+            ..config()
+        },
+        None,
+        Some(runnable),
+    );
+    // 100 blocks: 100 waits for an ACK.
+    let data = pattern(512 * 99 + 100, 3);
+    std::fs::write(srv.root.path().join("f"), &data).unwrap();
+    assert!(raw_get_acking_after(srv.addr, "f", ack_delay).unwrap() == data);
+    assert!(eventually(|| srv.stats.snapshot().finished == 1));
+    srv.stats.snapshot().busy_polls
+}
+
+/// `[tftp] busy_poll`: on a quiet machine (the polling thread and its client the only
+/// runnable tasks) a lock-step thread polls for the ACK of a client that answers at once; a
+/// client that answers late is polled for three times and then left alone (the backoff);
 /// "0s" never polls; and a single CPU never polls.
 #[test]
 fn busy_polling_follows_the_client() {
     let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    let polls = |busy_poll: Duration, ack_delay: Duration| {
-        let srv = TestServer::start_with(
-            TftpConfig {
-                busy_poll,
-                ..config()
-            },
-            None,
-        );
-        // 100 blocks: 100 waits for an ACK.
-        let data = pattern(512 * 99 + 100, 3);
-        std::fs::write(srv.root.path().join("f"), &data).unwrap();
-        assert!(raw_get_acking_after(srv.addr, "f", ack_delay).unwrap() == data);
-        assert!(eventually(|| srv.stats.snapshot().finished == 1));
-        srv.stats.snapshot().busy_polls
-    };
-    let at_once = polls(Duration::from_micros(50), Duration::ZERO);
-    let late = polls(Duration::from_micros(50), Duration::from_millis(2));
-    let never = polls(Duration::ZERO, Duration::ZERO);
+    let at_once = busy_polls(Duration::from_micros(50), Duration::ZERO, 2);
+    let late = busy_polls(Duration::from_micros(50), Duration::from_millis(2), 2);
+    let never = busy_polls(Duration::ZERO, Duration::ZERO, 2);
     if two_cpus {
-        // At once: polling goes on unless the ACKs keep missing it (a loaded machine); at
-        // least the first three waits poll.
+        // At once: polling goes on unless the ACKs keep missing it or polling turns out no
+        // faster than sleeping (this machine may be loaded); at least the first three waits
+        // poll.
         assert!(at_once >= 3, "{at_once}");
         // Late: three misses, then 64 waits without polling, then three more misses at most
         // (more only if this machine stalled the server past an ACK's 2 ms).
@@ -211,6 +217,22 @@ fn busy_polling_follows_the_client() {
         assert_eq!((at_once, late), (0, 0));
     }
     assert_eq!(never, 0);
+}
+
+/// More runnable tasks than CPUs (a CPU hog besides the polling thread and its client): a
+/// thread that polled would take the CPU someone waits for, so no wait polls, however fast
+/// the client answers.
+#[test]
+fn busy_polling_stops_while_more_tasks_are_runnable_than_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    assert_eq!(
+        busy_polls(Duration::from_micros(50), Duration::ZERO, cpus + 1),
+        0
+    );
+    // The same client and a machine with a CPU to spare: it polls (the control).
+    if cpus > 1 {
+        assert!(busy_polls(Duration::from_micros(50), Duration::ZERO, cpus) >= 3);
+    }
 }
 
 #[test]

@@ -44,6 +44,16 @@ impl TestServer {
         config: TftpConfig,
         observer: Option<Arc<dyn TransferObserver>>,
     ) -> TestServer {
+        TestServer::start_seeing(config, observer, None)
+    }
+
+    /// As `start_with`, and with busy-polling threads seeing `runnable` runnable tasks instead
+    /// of this machine's (`None`: this machine's).
+    pub fn start_seeing(
+        config: TftpConfig,
+        observer: Option<Arc<dyn TransferObserver>>,
+        runnable: Option<u32>,
+    ) -> TestServer {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"SECRET-OUTSIDE-THE-ROOT").unwrap();
@@ -61,6 +71,10 @@ impl TestServer {
             .unwrap();
         let server = match observer {
             Some(o) => server.with_observer(o),
+            None => server,
+        };
+        let server = match runnable {
+            Some(n) => server.with_runnable_count(n),
             None => server,
         };
         let addr = server.local_addr();
