@@ -57,8 +57,9 @@ pub struct TftpConfig {
     /// twice the number of CPUs. 0: every transfer runs as a task.
     pub lockstep_threads: Option<usize>,
     /// How long a lock-step transfer's thread polls for the client's next ACK before it
-    /// sleeps, when the client has been answering that fast and at most one transfer runs per
-    /// two CPUs (see `busy_poll.rs`). "0s" never polls.
+    /// sleeps, when the client has been answering that fast, no other task waits for a CPU,
+    /// polling shortens the client's turnaround, and at most one transfer runs per two CPUs
+    /// (see `busy_poll.rs`). "0s" never polls.
     #[serde(with = "chainboot_config::duration")]
     pub busy_poll: Duration,
 }
