@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# DHCP benchmark (issue 3, PRODUCT.md §7): full DORA exchanges per second measured by perfdhcp
-# against chainboot, kea-dhcp4 (memfile, persist=true), dnsmasq and ISC dhcpd, one after the
-# other in the same network-namespace topology, with leases persisted by every server.
+# DHCP benchmark: full DORA exchanges per second against the shipped binary (`chainboot serve`,
+# default config plus the subnet, DHCP server mode on the bench interface and the per-relay and
+# new-client guards lifted, since the load generator is one relay with endless new MACs),
+# kea-dhcp4 (memfile, persist=true; KEA_THREADS=2 for its multi-threaded mode), dnsmasq and ISC
+# dhcpd, one after the other in the same network-namespace topology, with leases persisted by
+# every server (chainboot: every lease fsynced before its ACK goes out, group commit).
 #
 #   server ns: veth vs 198.18.0.1/15 ---- client ns: veth vc 198.18.0.2/15, perfdhcp
 #
 # perfdhcp acts as a relay (giaddr 198.18.0.2), so every server answers by unicast to it. For
 # each server the offered rate steps up (RATES); a step "holds" when fewer than 1% of the
-# DISCOVER-OFFER and of the REQUEST-ACK exchanges are dropped. The result is the highest
+# DISCOVER-OFFER and of the REQUEST-ACK exchanges are dropped and (dhcp-load) the 99th
+# percentile REQUEST-to-ACK delay stays under HOLD_P99_MS (100): the generator waits a second
+# for stragglers after each step, so without the delay bound a server that answers only 2/3
+# of the offered rate, queueing the rest in its socket buffer, "holds" a 2 s step (it answers
+# its backlog in the grace second). The result is the highest
 # ACK rate (received ACKs / period) among the held steps; a server stops climbing once it
 # drops more than 10%.
 #
@@ -19,17 +26,31 @@
 # PIN=1 (default with dhcp-load on >= 2 CPUs) pins the server to CPU 1 and the generator to
 # CPU 0: every server gets exactly one core, the capacity-per-core comparison.
 #
+# Pacing: dhcp-load sends the DISCOVERs due every loop turn (at most 1 ms apart, sooner when
+# replies arrive), each REQUEST as soon as its OFFER is in; PERIOD seconds per step, a fresh
+# server and lease file per step. CONTENDED=1 runs a busy loop pinned to the server's CPU
+# during every step (bench/lib.sh), the same for every server.
+#
 # Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
 # Env: RATES="500 1000 ..." PERIOD=seconds SERVERS="chainboot kea ..." OUT=results file
-# (default bench/dhcp/results.txt) LOADGEN=perfdhcp|dhcp-load PIN=0|1
+# (default bench/dhcp/results-<stamp>.txt) LOADGEN=perfdhcp|dhcp-load PIN=0|1 KEA_THREADS=0|2
+# CONTENDED=0|1 CHAINBOOT=path SKIP_BUILD=1 FORCE=1 (run although the machine is busy)
+# The comparison that decides the target (~10 min):
+#   LOADGEN=dhcp-load PERIOD=5 RATES="8000 12000 16000 20000 24000 28000 32000 40000 48000" \
+#     SERVERS="chainboot kea" bash bench/dhcp/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../lib.sh
+. bench/lib.sh
 [ "$(id -u)" = 0 ] || { echo "bench/dhcp: must run as root (network namespaces)"; exit 1; }
 
 RATES=${RATES:-"100 250 500 1000 1500 2000 3000 4000 6000 8000 12000"}
 PERIOD=${PERIOD:-8}
 if [ "${1:-}" = "--quick" ]; then RATES="500 2000"; PERIOD=3; fi
-OUT=${OUT:-bench/dhcp/results.txt}
+OUT=${OUT:-bench/dhcp/results-$(date -u +%Y%m%dT%H%M%SZ).txt}
+KEA_THREADS=${KEA_THREADS:-0}
+HOLD_P99_MS=${HOLD_P99_MS:-100}
+CONTENDED=${CONTENDED:-0}
 
 need=()
 command -v perfdhcp >/dev/null || need+=(kea-admin)
@@ -46,13 +67,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p chainboot-dhcp --bin chainboot-dhcp-testd --example dhcp-load
-TESTD=$CARGO_TARGET_DIR/release/chainboot-dhcp-testd
+cargo build --release -q -p chainboot-dhcp --example dhcp-load
+CHAINBOOT_BIN=$(chainboot_bin)
 DHCP_LOAD=$CARGO_TARGET_DIR/release/examples/dhcp-load
 LOADGEN=${LOADGEN:-perfdhcp}
 if [ "$LOADGEN" = dhcp-load ] && [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=${PIN:-0}; fi
 SRV_PIN=(); GEN_PIN=()
 if [ "$PIN" = 1 ]; then SRV_PIN=(taskset -c 1); GEN_PIN=(taskset -c 0); fi
+# Kea multi-threaded gets the same CPUs as everyone: both, unpinned, when it runs 2 threads.
+if [ "$KEA_THREADS" -gt 0 ]; then SRV_PIN=(); GEN_PIN=(); fi
 
 ID="cbbench$$"
 S=${ID}s
@@ -60,6 +83,7 @@ C=${ID}c
 WORK=$(mktemp -d /tmp/cb-dhcp-bench.XXXXXX)
 SRV_PID=""
 cleanup() {
+  hog_stop
   [ -n "$SRV_PID" ] && kill -9 "$SRV_PID" 2>/dev/null || true
   ip netns pids "$S" 2>/dev/null | while read -r p; do kill -9 "$p" 2>/dev/null || true; done
   ip netns del "$S" 2>/dev/null || true
@@ -79,12 +103,17 @@ ip -n "$S" link set vs up; ip -n "$C" link set vc up
 POOL_LO=198.18.1.0
 POOL_HI=198.19.254.254
 
+# The shipped binary: its defaults plus the scenario's subnet and interface, and the guards a
+# single relay with endless new MACs would trip.
 start_chainboot() {
+  rm -rf "$WORK/chainboot-state"
   cat > "$WORK/chainboot.toml" <<CFG
+[server]
+interfaces = ["vs"]
+state_dir = "$WORK/chainboot-state"
 [dhcp]
 mode = "server"
 lease_time = "1h"
-# perfdhcp is one relay with endless new MACs: lift the per-relay and new-client guards.
 limits = { per_relay_rate = 1000000.0, per_relay_burst = 1000000.0, new_client_share = 1.0 }
 [[dhcp.subnet]]
 cidr = "198.18.0.0/15"
@@ -92,8 +121,7 @@ pools = [["$POOL_LO", "$POOL_HI"]]
 router = "198.18.0.1"
 dns = ["198.18.0.1"]
 CFG
-  rm -rf "$WORK/chainboot-state"
-  ip netns exec "$S" "${SRV_PIN[@]}" "$TESTD" "$WORK/chainboot.toml" "$WORK/chainboot-state" > "$WORK/chainboot.out" 2>&1 &
+  ip netns exec "$S" "${SRV_PIN[@]}" "$CHAINBOOT_BIN" serve --config "$WORK/chainboot.toml" > "$WORK/chainboot.out" 2>&1 &
   SRV_PID=$!
 }
 
@@ -104,6 +132,8 @@ start_kea() {
   "interfaces-config": { "interfaces": [ "vs" ], "dhcp-socket-type": "udp" },
   "lease-database": { "type": "memfile", "persist": true, "name": "$WORK/kea-leases.csv", "lfc-interval": 0 },
   "valid-lifetime": 3600,
+  "multi-threading": { "enable-multi-threading": $([ "$KEA_THREADS" -gt 0 ] && echo true || echo false),
+                       "thread-pool-size": $((KEA_THREADS > 0 ? KEA_THREADS : 1)), "packet-queue-size": 256 },
   "subnet4": [ { "subnet": "198.18.0.0/15", "pools": [ { "pool": "$POOL_LO - $POOL_HI" } ],
                  "option-data": [ { "name": "routers", "data": "198.18.0.1" },
                                   { "name": "domain-name-servers", "data": "198.18.0.1" } ] } ],
@@ -142,6 +172,11 @@ CFG
 }
 
 stop_server() {
+  if [ "$server" = chainboot ] && [ -n "$SRV_PID" ]; then
+    # The group-commit counters, from the management listener before the server goes.
+    ip netns exec "$S" curl -s --max-time 2 -H "Authorization: Bearer $(cat "$WORK/chainboot-state/api.token" 2>/dev/null)" \
+      http://127.0.0.1:8079/metrics > "$WORK/chainboot.metrics" 2>/dev/null || true
+  fi
   if [ -n "$SRV_PID" ]; then
     kill -TERM "$SRV_PID" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
@@ -167,9 +202,9 @@ wait_ready() {
 
 # chainboot's group commit: leases written per fsync in the last run (from its counters).
 commit_factor() {
-  awk '/^counter commit_batches/ { b = $3 } /^counter committed_leases/ { l = $3 }
+  awk '/^chainboot_dhcp_commit_batches_total/ { b = $2 } /^chainboot_dhcp_committed_leases_total/ { l = $2 }
        END { if (b > 0) printf "%d leases in %d fsyncs (%.1f per fsync)", l, b, l / b; else printf "no commits" }' \
-    "$WORK/chainboot.out"
+    "$WORK/chainboot.metrics"
 }
 
 # One step with dhcp-load: same output as the perfdhcp step, plus the generator's CPU seconds.
@@ -179,8 +214,8 @@ step_dhcp_load() {
         --rate "$1" --seconds "$PERIOD" --mac-prefix "$(printf '%04x' $((RANDOM % 65536)))" 2>&1 || true)
   echo "$out" > "$WORK/dhcp-load-last.txt"
   awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
-       END { if (v["acks_per_s"] == "") print "0 100 100 - -";
-             else printf "%s %s %s %s %s\n", v["acks_per_s"], v["do_drop_pct"], v["ra_drop_pct"], v["ra_avg_ms"], v["cpu_s"] }' <<<"$out"
+       END { if (v["acks_per_s"] == "") print "0 100 100 - - -";
+             else printf "%s %s %s %s %s %s\n", v["acks_per_s"], v["do_drop_pct"], v["ra_drop_pct"], v["ra_avg_ms"], v["cpu_s"], v["ra_p99_ms"] }' <<<"$out"
 }
 
 # One perfdhcp step: prints "<ack/s> <DO drop %> <RA drop %> <avg RA delay ms>".
@@ -204,10 +239,13 @@ step() {
     }'
 }
 
+LOAD_BEFORE=$(check_quiet)
+export BENCH_COMMAND=${BENCH_COMMAND:-"LOADGEN=$LOADGEN PERIOD=$PERIOD RATES=\"$RATES\" SERVERS=\"${SERVERS:-chainboot kea dnsmasq dhcpd}\" KEA_THREADS=$KEA_THREADS CONTENDED=$CONTENDED bash bench/dhcp/run.sh"}
 declare -A BEST SATURATED
 SERVERS=${SERVERS:-"chainboot kea dnsmasq dhcpd"}
 {
-  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), load generator $LOADGEN (perfdhcp $(perfdhcp -v 2>&1 | head -1)), pinned $PIN, period ${PERIOD}s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), load generator $LOADGEN (perfdhcp $(perfdhcp -v 2>&1 | head -1)), pinned $PIN, period ${PERIOD}s, kea threads $KEA_THREADS, contended $CONTENDED, load $LOAD_BEFORE"
+  echo "# chainboot: $CHAINBOOT_BIN serve, config: default + subnet, interfaces, lifted relay/new-client guards"
   echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
 } > "$OUT"
 for s in $SERVERS; do BEST[$s]=0; SATURATED[$s]=no; done
@@ -218,15 +256,18 @@ for rate in $RATES; do
     [ "${SATURATED[$server]}" = no ] || continue
     "start_$server"
     wait_ready "$server"
-    read -r acks dod rad delay gencpu < <(step "$rate")
+    [ "$CONTENDED" = 1 ] && hog_start
+    read -r acks dod rad delay gencpu p99 < <(step "$rate")
+    hog_stop
     stop_server
     held=no
-    if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a < 1 && b < 1) }'; then
+    if awk -v a="$dod" -v b="$rad" -v p="${p99:--}" -v max="$HOLD_P99_MS" \
+      'BEGIN { exit !(a < 1 && b < 1 && (p == "-" || p + 0 <= max)) }'; then
       held=yes
       [ "$acks" -gt "${BEST[$server]}" ] && BEST[$server]=$acks
     fi
     extra=""
-    [ -n "${gencpu:-}" ] && extra="  # generator cpu ${gencpu}s"
+    [ -n "${gencpu:-}" ] && extra="  # generator cpu ${gencpu}s, RA p99 ${p99:-?} ms"
     [ "$server" = chainboot ] && extra="$extra  # $(commit_factor)"
     printf '%-9s %6s %7s %6s %6s %6s %s%s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" "$extra" | tee -a "$OUT"
     # Stop climbing once a server clearly saturates (a missed step alone may be noise).
@@ -240,3 +281,4 @@ done
     awk -v c="${BEST[chainboot]:-0}" -v o="${BEST[$s]:-0}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
   done
 } | tee -a "$OUT"
+python3 bench/dhcp/summarize.py "$OUT" "$LOADGEN" "$KEA_THREADS" "$CONTENDED"

@@ -2,25 +2,37 @@
 # Boot storm: N simulated machines (crates/stormsim) each doing firmware DHCP -> TFTP first
 # stage (blksize 1468, tsize) -> iPXE DHCP -> /boot.ipxe -> /ipxe?mac=... -> kernel -> initrd,
 # all powered on within SPREAD seconds, against
-#   chainboot  target/debug/chainboot serve (or $CHAINBOOT), DHCP server mode, alone
+#   chainboot  target/release/chainboot serve (or $CHAINBOOT), the shipped binary: default config
+#              (default log level, events, observers) plus DHCP server mode and the subnet,
+#              the TFTP/HTTP roots and the one boot profile, alone
 #   anchor     dnsmasq (DHCP + TFTP, user-class iPXE -> http URL) + nginx (static script)
 # interleaved per round, in a fresh namespace pair (198.18.0.0/20; the pool 198.18.8.0/21 is
 # routed as local in the client namespace so each machine uses its own leased address).
 # Usage: bench/storm/run.sh [N=1000] [ROUNDS=1] [KERNEL_MIB=8] [INITRD_MIB=30] [SPREAD=10]
 # Per run: time-to-kernel p50/p99, failures, DHCP/TFTP retransmits, server peak RSS (VmHWM,
-# summed over the server processes) and CPU (utime+stime). Raw JSON lines go to
-# bench/storm/results/storm-<time>.jsonl. Root needed. Timing is never asserted: a script.
+# summed over the server processes) and CPU (utime+stime), and CPU-s per 1000 booted machines.
+# Raw JSON lines go to bench/storm/results/storm-<time>.jsonl, a time-to-kernel CDF plot (gnuplot)
+# to storm-<time>.svg. Root needed. Timing is never asserted: a script.
 # Knobs: STORM_MACS=random (seeded random MACs; default sequential 52:54:00:00:xx:yy),
 # STORM_SIDES="chainboot" (one side only), STORM_KEEP=1 (keep the work dir and logs),
-# STORM_DEADLINE (s, default 600), CHAINBOOT / STORMSIM (binaries; default $CARGO_TARGET_DIR/debug).
+# STORM_DEADLINE (s, default 600), CHAINBOOT / STORMSIM (binaries; default release builds),
+# CONTENDED=1 (a busy loop pinned to the last CPU during every run, the same for both sides),
+# FORCE=1 (run although the machine is busy). The 10 000-machine target:
+#   STORM_MACS=random bash bench/storm/run.sh 10000 1 1 4 30
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
+CONTENDED=${CONTENDED:-0}
 N=${1:-1000}; ROUNDS=${2:-1}; KMIB=${3:-8}; IMIB=${4:-30}; SPREAD=${5:-10}
 DEADLINE=${STORM_DEADLINE:-600}
 tdir=${CARGO_TARGET_DIR:-$repo/target}
-SIM=${STORMSIM:-$tdir/debug/chainboot-stormsim}
-CB=${CHAINBOOT:-$tdir/debug/chainboot}
+if [ -z "${STORMSIM:-}" ] && [ -z "${SKIP_BUILD:-}" ]; then
+  (cd "$repo" && cargo build --release -q -p chainboot-stormsim)
+fi
+SIM=${STORMSIM:-$tdir/release/chainboot-stormsim}
+CB=$(chainboot_bin)
 for t in ip dnsmasq nginx; do command -v $t >/dev/null || { echo "missing $t (.ci/install-deps)" >&2; exit 1; }; done
 [ -x "$SIM" ] || { echo "build the simulator first: cargo build -p chainboot-stormsim ($SIM)" >&2; exit 1; }
 [ -x "$CB" ] || { echo "build chainboot first: cargo build -p chainboot ($CB)" >&2; exit 1; }
@@ -30,6 +42,7 @@ WORK=$(mktemp -d /tmp/cbstorm.XXXXXX)
 S=cbstorm$$s; C=cbstorm$$c
 PIDS=()
 cleanup() {
+  hog_stop
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
@@ -81,8 +94,6 @@ listen = "198.18.0.1:80"
 root = "$WORK/http"
 [ipxe]
 dir = "/usr/lib/ipxe"
-[ipv6]
-router_advertisements = "off"
 [[profile]]
 name = "storm"
 kernel = "vmlinuz"
@@ -90,8 +101,6 @@ initrd = ["initrd.img"]
 cmdline = "console=ttyS0"
 [boot]
 default = "storm"
-[api]
-token_file = "$WORK/state/api.token"
 EOF
 
 cat >"$WORK/nginx/nginx.conf" <<EOF
@@ -165,13 +174,15 @@ usage_of() { # usage_of PID...: "rss_kib cpu_s" summed over PIDs
 
 mkdir -p "$here/results"
 raw="$here/results/storm-$(date -u +%Y%m%d-%H%M%S).jsonl"
-echo "# storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s nproc=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)" | tee "$raw"
+LOAD_BEFORE=$(check_quiet)
+export BENCH_COMMAND=${BENCH_COMMAND:-"${STORM_MACS:+STORM_MACS=$STORM_MACS }CONTENDED=$CONTENDED bash bench/storm/run.sh $N $ROUNDS $KMIB $IMIB $SPREAD"}
+echo "# storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s nproc=$(nproc) load=$LOAD_BEFORE contended=$CONTENDED chainboot=$CB" | tee "$raw"
 
 run_side() { # run_side SIDE ROUND
   local side=$1 round=$2 pids=() out usage
   rm -rf "$WORK/state" "$WORK/dnsmasq.leases"; mkdir -p "$WORK/state"
   if [ "$side" = chainboot ]; then
-    ip netns exec "$S" "$CB" serve --config "$WORK/chainboot.toml" --log-level warn >"$WORK/chainboot.log" 2>&1 &
+    ip netns exec "$S" "$CB" serve --config "$WORK/chainboot.toml" >"$WORK/chainboot.log" 2>&1 &
     pids=($!)
   else
     ip netns exec "$S" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
@@ -182,8 +193,10 @@ run_side() { # run_side SIDE ROUND
   PIDS+=("${pids[@]}")
   wait_port 80 "${pids[@]}"
   sleep 0.5
+  if [ "$CONTENDED" = 1 ]; then hog_start; fi
   out=$(ip netns exec "$C" "$SIM" --machines "$N" --spread "$SPREAD" --deadline "$DEADLINE" \
-        --iface vc --seed "$round" ${STORM_MACS:+--random-macs} --per-machine "$here/results/last-$side.jsonl") || true
+        --iface vc --seed "$round" ${STORM_MACS:+--random-macs} --per-machine "${raw%.jsonl}-$side-r$round.machines.jsonl") || true
+  hog_stop
   usage=$(usage_of "${pids[@]}")
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -197,9 +210,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for side in "${order[@]}"; do run_side "$side" "$r"; done
 done
 
-python3 - "$raw" <<'PY'
-import json, statistics, sys
+python3 - "$raw" "$CONTENDED" <<'PY'
+import glob, json, os, statistics, subprocess, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def per_1000(r):
+    booted = r["sim"].get("machines", 0) - max(r["sim"].get("failures", 0), 0)
+    return r["server_cpu_s"] / booted * 1000 if booted > 0 else None
 def med(side, f):
     v = [f(r) for r in runs if r["side"] == side and f(r) is not None]
     return statistics.median(v) if v else None
@@ -212,6 +228,7 @@ rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
         ("TFTP retransmits", lambda r: r["sim"].get("tftp_retransmits")),
         ("server peak RSS MiB", lambda r: r["server_peak_rss_kib"] / 1024),
         ("server CPU s", lambda r: r["server_cpu_s"]),
+        ("server CPU s / 1000 boots", per_1000),
         ("wall s", lambda r: r["sim"].get("wall_seconds"))]
 print(f"{'median over rounds':24} {'chainboot':>10} {'anchor':>10} {'ratio':>7}")
 for name, f in rows:
@@ -222,4 +239,46 @@ for name, f in rows:
 for r in runs:
     if r["sim"].get("errors"):
         print(r["side"], r["round"], "errors:", r["sim"]["errors"])
+# The summary table's lines (bench/summary.py) and a time-to-kernel CDF (last round per side).
+cond = "contended" if sys.argv[2] == "1" else "quiet"
+base = sys.argv[1].rsplit(".", 1)[0]
+summary = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "..", "..", "summary")
+os.makedirs(summary, exist_ok=True)
+c99 = med("chainboot", lambda r: r["sim"].get("time_to_kernel_p99"))
+a99 = med("anchor", lambda r: r["sim"].get("time_to_kernel_p99"))
+c1k, a1k = med("chainboot", per_1000), med("anchor", per_1000)
+n = runs[0]["sim"].get("machines", 0) if runs else 0
+with open(os.path.join(summary, f"storm-{n}-{cond}.tsv"), "w") as f:
+    src = "bench/storm/results/" + os.path.basename(sys.argv[1])
+    date = __import__("datetime").datetime.now(__import__("datetime").timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+    src = date + "\t" + os.environ.get("BENCH_COMMAND", "bash bench/storm/run.sh") + "\t" + src
+    if c99 and a99:
+        f.write(f"storm {n}: p99 time-to-kernel vs dnsmasq+nginx (lower is better)\t{cond}\t{c99 / a99:.2f}\t{src}\n")
+    if c1k and a1k:
+        f.write(f"storm {n}: CPU-s per 1000 boots vs dnsmasq+nginx ({c1k:.1f} vs {a1k:.1f}; lower is better)\t{cond}\t{c1k / a1k:.2f}\t{src}\n")
+plots = []
+for side in ("chainboot", "anchor"):
+    files = sorted(glob.glob(f"{base}-{side}-r*.machines.jsonl"))
+    if not files:
+        continue
+    t = sorted(m["time_to_kernel"] for m in map(json.loads, open(files[-1])) if m.get("time_to_kernel") is not None)
+    with open(f"{base}-{side}.cdf", "w") as f:
+        for i, v in enumerate(t):
+            f.write(f"{v:.4f} {(i + 1) / n if n else 0:.5f}\n")
+    plots.append(f"'{base}-{side}.cdf' using 1:2 with lines title '{side}'")
+if plots:
+    with open(base + ".gp", "w") as f:
+        f.write(f"""set terminal svg size 900,500
+set output '{base}.svg'
+set title 'Boot storm, {n} machines ({cond}): share of machines that reached the kernel'
+set xlabel 'seconds since power-on'
+set ylabel 'share of machines'
+set key bottom right
+plot {', '.join(plots)}
+""")
+    try:
+        subprocess.run(["gnuplot", base + ".gp"], check=True)
+        print("plot:", base + ".svg")
+    except (OSError, subprocess.CalledProcessError) as e:
+        print("(no plot: gnuplot:", e, ")")
 PY

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# TFTP benchmark: chainboot's TFTP server side by side with tftpd-hpa (in.tftpd -L), atftpd and
-# dnsmasq's TFTP, same client (crates/tftp/examples/tftp-bench-client.rs), interleaved rounds.
+# TFTP benchmark: the shipped binary (`chainboot serve`, default config plus the TFTP root and
+# listen address, `max_per_client = 1000` for the many-clients case, DHCP off) side by side
+# with itself with `busy_poll = "0s"` (chainboot-nopoll), tftpd-hpa (in.tftpd -L), atftpd and
+# dnsmasq's TFTP, same client (crates/tftp/examples/tftp-bench-client.rs), interleaved rounds,
+# each round once quiet and once contended (a busy loop pinned to the last CPU, bench/lib.sh).
 #
 # Cases: a big file at blksize 512/1468/8192 x windowsize 1/16, and CLIENTS concurrent clients
 # fetching a 70 KB undionly.kpxe-sized file. Topologies: "loopback" (server and client on lo
@@ -14,21 +17,27 @@
 #
 # Usage: bash bench/tftp/run.sh            (needs root for namespaces; runs ~15-25 min)
 #   env: ROUNDS=3 TOPOLOGIES="loopback lan" BIG_MB=64 LAN_BIG_MB=8 CLIENTS=500
-#        SERVERS="chainboot tftpd-hpa atftpd dnsmasq" CASES="big storm"
+#        SERVERS="chainboot chainboot-nopoll tftpd-hpa atftpd dnsmasq" CASES="big storm"
 #        BLKSIZES="512 1468 8192" WINDOWSIZES="1 16" (the big-file cases)
-#        SKIP_BUILD=1 (use the binaries as built)
+#        CONDITIONS="quiet contended" SKIP_BUILD=1 (use the binaries as built)
+#        CHAINBOOT=path (another chainboot binary) FORCE=1 (run although the machine is busy)
+# The lock-step comparison (busy polling, quiet and contended), ~5 min:
+#   ROUNDS=5 TOPOLOGIES=loopback BIG_MB=16 BLKSIZES=1468 WINDOWSIZES=1 CASES=big bash bench/tftp/run.sh
 # Output: bench/tftp/results/raw-<stamp>.tsv (every run) and summary-<stamp>.md (medians and
 # ratios), printed at the end.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
 REPO=$(cd "$HERE/../.." && pwd)
 ROUNDS=${ROUNDS:-3}
 TOPOLOGIES=${TOPOLOGIES:-"loopback lan"}
 BIG_MB=${BIG_MB:-64}
 LAN_BIG_MB=${LAN_BIG_MB:-8}
 CLIENTS=${CLIENTS:-500}
-SERVERS=${SERVERS:-"chainboot tftpd-hpa atftpd dnsmasq"}
+SERVERS=${SERVERS:-"chainboot chainboot-nopoll tftpd-hpa atftpd dnsmasq"}
+CONDITIONS=${CONDITIONS:-"quiet contended"}
 CASES=${CASES:-"big storm"}
 BLKSIZES=${BLKSIZES:-"512 1468 8192"}
 WINDOWSIZES=${WINDOWSIZES:-"1 16"}
@@ -48,9 +57,9 @@ for t in in.tftpd dnsmasq ip tc python3 apt-get dpkg /usr/bin/time; do
 done
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  (cd "$REPO" && cargo build --release -q -p chainboot-tftp --example tftp-serve --example tftp-bench-client)
+  (cd "$REPO" && cargo build --release -q -p chainboot-tftp --example tftp-bench-client)
 fi
-SERVE=$TARGET/release/examples/tftp-serve
+CHAINBOOT_BIN=$(chainboot_bin)
 CLIENT=$TARGET/release/examples/tftp-bench-client
 
 # atftpd conflicts with tftpd-hpa in apt: unpack it here instead of installing it.
@@ -63,6 +72,7 @@ fi
 DATA=$(mktemp -d /tmp/cbtftp-bench.XXXXXX)
 PIDS=()
 cleanup() {
+  hog_stop
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   sleep 0.2
   ip netns del "$NS_S" 2>/dev/null || true
@@ -77,7 +87,9 @@ head -c $((LAN_BIG_MB << 20)) "$DATA/big.img" >"$DATA/lan.img"
 head -c 70000 /dev/urandom >"$DATA/undionly.kpxe"
 chmod 644 "$DATA"/*
 mkdir -p "$RESULTS"
-printf 'topology\tround\tserver\tcase\tok\tfailed\twall_s\tmb_per_s\tblksize\twindowsize\tclient_cpu_s\n' >"$RAW"
+LOAD_BEFORE=$(check_quiet)
+export BENCH_COMMAND=${BENCH_COMMAND:-"ROUNDS=$ROUNDS TOPOLOGIES=\"$TOPOLOGIES\" BIG_MB=$BIG_MB BLKSIZES=\"$BLKSIZES\" WINDOWSIZES=\"$WINDOWSIZES\" CASES=\"$CASES\" CONDITIONS=\"$CONDITIONS\" bash bench/tftp/run.sh"}
+printf 'condition\ttopology\tround\tserver\tcase\tok\tfailed\twall_s\tmb_per_s\tblksize\twindowsize\tclient_cpu_s\n' >"$RAW"
 
 setup_topology() {
   ip netns del "$NS_S" 2>/dev/null || true
@@ -114,11 +126,30 @@ setup_topology() {
   esac
 }
 
+# The shipped binary's config: its defaults plus what this scenario needs.
+chainboot_config() { # NAME EXTRA-TFTP-LINES
+  rm -rf "$DATA/state-$1"
+  cat >"$DATA/$1.toml" <<EOF
+[server]
+state_dir = "$DATA/state-$1"
+[dhcp]
+mode = "off"
+[tftp]
+listen = "$SERVER_IP:69"
+root = "$DATA"
+max_per_client = 1000
+$2
+EOF
+  echo "$DATA/$1.toml"
+}
+
 SERVER_PID=
 start_server() {
   local log=$DATA/$1.log
   case $1 in
-    chainboot) ip netns exec "$NS_S" "$SERVE" "$DATA" "$SERVER_IP:69" 1000 2>"$log" & ;;
+    chainboot) ip netns exec "$NS_S" "$CHAINBOOT_BIN" serve --config "$(chainboot_config chainboot "")" >"$log" 2>&1 & ;;
+    chainboot-nopoll) ip netns exec "$NS_S" "$CHAINBOOT_BIN" serve \
+      --config "$(chainboot_config chainboot-nopoll 'busy_poll = "0s"')" >"$log" 2>&1 & ;;
     tftpd-hpa) ip netns exec "$NS_S" in.tftpd -L -s "$DATA" -a "$SERVER_IP:69" 2>"$log" & ;;
     atftpd) ip netns exec "$NS_S" "$ATFTPD" --daemon --no-fork --port 69 --bind-address "$SERVER_IP" \
       --maxthread 1000 --logfile /dev/null "$DATA" 2>"$log" & ;;
@@ -128,7 +159,7 @@ start_server() {
   esac
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
-  sleep 0.5
+  sleep 1
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; die "$1 did not start"; }
 }
 
@@ -159,10 +190,10 @@ run_case() {
   mbps=$(sed -n 's/.*mb_per_s=\([^ ]*\).*/\1/p' <<<"$line")
   bs=$(sed -n 's/.*blksize=\([^ ]*\).*/\1/p' <<<"$line")
   ws=$(sed -n 's/.*windowsize=\([^ ]*\).*/\1/p' <<<"$line")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$topo" "$round" "$server" "$name" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$CONDITION" "$topo" "$round" "$server" "$name" \
     "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu" >>"$RAW"
-  printf '  %-8s r%s %-10s %-16s ok=%s failed=%s wall=%ss %sMB/s (bs %s ws %s) client cpu %ss\n' \
-    "$topo" "$round" "$server" "$name" "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu"
+  printf '  %-9s %-8s r%s %-16s %-16s ok=%s failed=%s wall=%ss %sMB/s (bs %s ws %s) client cpu %ss\n' \
+    "$CONDITION" "$topo" "$round" "$server" "$name" "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu"
 }
 
 read -r -a server_list <<<"$SERVERS"
@@ -170,6 +201,8 @@ for topo in $TOPOLOGIES; do
   setup_topology "$topo"
   if [ "$topo" = lan ]; then file=lan.img; size=$((LAN_BIG_MB << 20)); else file=big.img; size=$((BIG_MB << 20)); fi
   for round in $(seq 1 "$ROUNDS"); do
+   for CONDITION in $CONDITIONS; do
+    if [ "$CONDITION" = contended ]; then hog_start; fi
     # Rotate the order each round so no server always runs first (cold caches) or last.
     n=${#server_list[@]}
     for i in $(seq 0 $((n - 1))); do
@@ -186,8 +219,10 @@ for topo in $TOPOLOGIES; do
         --blksize 1468 --clients "$CLIENTS" --expect-size 70000 "${RTT_ARGS[@]}"
       stop_server
     done
+    if [ "$CONDITION" = contended ]; then hog_stop; fi
+   done
   done
 done
 
-python3 "$HERE/summarize.py" "$RAW" >"$SUMMARY"
+python3 "$HERE/summarize.py" "$RAW" "$LOAD_BEFORE" >"$SUMMARY"
 cat "$SUMMARY"

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""From a bench/dhcp results file: a plot of ACKs/s per offered rate and server (gnuplot, SVG
+next to the results file) and the lines for the summary table at the top of bench/README.md
+(bench/summary/dhcp-<kea mode>-<condition>.tsv).
+
+Usage: summarize.py RESULTS.txt LOADGEN KEA_THREADS CONTENDED(0|1)
+"""
+import datetime
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+
+def main(path, loadgen, kea_threads, contended):
+    steps = defaultdict(list)  # server -> [(rate, acks, held)]
+    best = {}
+    for line in open(path):
+        f = line.split()
+        if len(f) >= 7 and not line.startswith("#") and f[1].isdigit():
+            steps[f[0]].append((int(f[1]), int(f[2]), f[6] == "yes"))
+        if f[:1] == ["best"] and len(f) == 3:
+            best[f[1]] = int(f[2])
+    if not steps:
+        return
+    base = path.rsplit(".", 1)[0]
+    servers = sorted(steps)
+    for s in servers:
+        with open(f"{base}-{s}.dat", "w") as out:
+            for rate, acks, held in sorted(steps[s]):
+                out.write(f"{rate} {acks} {1 if held else 0}\n")
+    kea = "Kea multi-threaded" if int(kea_threads) > 0 else "Kea single-threaded"
+    cond = "contended" if contended == "1" else "quiet"
+    lines = ", ".join(
+        f"'{base}-{s}.dat' using 1:2 with linespoints title '{s}'" for s in servers
+    )
+    script = f"""set terminal svg size 900,500
+set output '{base}.svg'
+set title 'DHCP DORA, ACKs/s per offered DISCOVERs/s ({loadgen}, {cond}, {kea})'
+set xlabel 'offered exchanges/s'
+set ylabel 'ACKs/s'
+set key top left
+plot x title 'offered' with lines dashtype 2, {lines}
+"""
+    with open(base + "-plot.gp", "w") as f:
+        f.write(script)
+    try:
+        subprocess.run(["gnuplot", base + "-plot.gp"], check=True)
+        print(f"plot: {base}.svg")
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"(no plot: gnuplot: {e})")
+    cb = best.get("chainboot", 0)
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "summary")
+    os.makedirs(results, exist_ok=True)
+    mode = "kea-mt" if int(kea_threads) > 0 else "kea"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+    command = os.environ.get("BENCH_COMMAND", "bash bench/dhcp/run.sh")
+    with open(os.path.join(results, f"dhcp-{mode}-{cond}.tsv"), "w") as out:
+        for anchor in ("kea", "dnsmasq", "dhcpd"):
+            if best.get(anchor):
+                name = kea if anchor == "kea" else anchor
+                out.write(
+                    f"DHCP DORA/s vs {name} ({loadgen})\t{cond}\t{cb / best[anchor]:.2f}\t{date}\t"
+                    f"{command}\tbench/dhcp/{os.path.basename(path)}\n"
+                )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
