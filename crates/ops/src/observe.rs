@@ -308,27 +308,50 @@ fn client_kind(f: &chainboot_dhcp::ClientFacts) -> &'static str {
 
 impl chainboot_dhcp::DhcpObserver for Observers {
     fn exchange(&self, ingress: &Ingress, handled: &Handled, decided_in: std::time::Duration) {
+        // Runs once per DHCP packet, on the receive path: everything here is paid per exchange
+        // at load, so the counter's labels are static strings, and an ordinary client costs no
+        // event (only machines that boot through chainboot have a timeline).
+        fn msg_label(m: chainboot_dhcp::wire::MessageType) -> &'static str {
+            use chainboot_dhcp::wire::MessageType as T;
+            match m {
+                T::Discover => "discover",
+                T::Offer => "offer",
+                T::Request => "request",
+                T::Decline => "decline",
+                T::Ack => "ack",
+                T::Nak => "nak",
+                T::Release => "release",
+                T::Inform => "inform",
+            }
+        }
         self.metrics
             .dhcp_decision_seconds
             .observe_duration(decided_in);
         let Some((msg, facts)) = &handled.request else {
             return;
         };
+        let kind = client_kind(facts);
         let (outcome, reason) = dhcp_outcome(&handled.outcome);
         self.metrics.dhcp_exchanges.add(
             format!(
-                "type=\"{}\",client=\"{}\",outcome=\"{}\"",
-                format!("{msg:?}").to_lowercase(),
-                client_kind(facts),
-                outcome,
+                "type=\"{}\",client=\"{kind}\",outcome=\"{outcome}\"",
+                msg_label(*msg)
             ),
             1,
         );
         if let (Some(mac), Some(addr)) = (facts.mac, handled.address) {
             self.events.learn_ip(IpAddr::V4(addr), mac, true);
         }
-        // Ordinary DHCP clients are not booting through chainboot: counted, not logged.
-        if client_kind(facts) == "other" && handled.decision.is_none() {
+        // Ordinary DHCP clients are not booting through chainboot: counted, not logged. (In
+        // server mode they get an address and the decision "not a boot client".)
+        if kind == "other"
+            && matches!(
+                handled.decision,
+                None | Some(BootDecision::NoBoot(
+                    chainboot_dhcp::boot::NoBoot::NotBootClient
+                ))
+            )
+        {
             return;
         }
         let decision = match &handled.decision {
@@ -337,8 +360,8 @@ impl chainboot_dhcp::DhcpObserver for Observers {
             None => serde_json::Value::Null,
         };
         let detail = DhcpDetail {
-            msg: format!("{msg:?}").to_lowercase(),
-            client: client_kind(facts),
+            msg: msg_label(*msg).to_string(),
+            client: kind,
             arch: facts.arch_code,
             iface: ingress.iface.clone(),
             port: ingress.local_port,

@@ -1,0 +1,120 @@
+//! What a DHCP exchange leaves behind: `chainboot serve` in DHCP server mode in a server
+//! namespace, busybox udhcpc in a client namespace (veth, 198.18.24.0/24). An ordinary client
+//! (no PXE vendor class) gets its lease and is counted in the metrics, but writes no event: the
+//! event log is the boot timelines, and a DHCP server's ordinary clients would otherwise cost a
+//! store write per packet. A PXE client's exchange is an event.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(dir: &Path) -> String {
+    format!(
+        "[server]\ninterfaces = [\"srv0\"]\nstate_dir = \"{}\"\n\
+         [ipv6]\nrouter_advertisements = \"off\"\n\
+         [tftp]\nlisten = \"198.18.24.1:0\"\n\
+         [http]\nlisten = \"198.18.24.1:0\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nread_requires_token = false\n\
+         [dhcp]\nmode = \"server\"\n\
+         [[dhcp.subnet]]\ncidr = \"198.18.24.0/24\"\npools = [[\"198.18.24.100\", \"198.18.24.110\"]]\n",
+        dir.join("state").display(),
+    )
+}
+
+/// One DORA with busybox udhcpc in `ns` from MAC `mac`, with udhcpc's extra `args`; the
+/// address it was given.
+fn lease(ns: &str, dir: &Path, mac: &str, args: &str) -> String {
+    sh(&format!("ip -n {ns} link set cli0 address {mac}"));
+    let log = dir.join("udhcpc.log");
+    let _ = std::fs::remove_file(&log);
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1 $ip\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", script.display()));
+    let out = sh(&format!(
+        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 {args} -s {}",
+        script.display()
+    ));
+    assert!(out.status.success(), "udhcpc got no lease: {out:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bound "))
+        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"))
+        .to_string()
+}
+
+/// GET on the management listener, which listens on the server namespace's loopback.
+fn api_get(ns: &str, api: &str, path: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "10"])
+        .arg(format!("http://{api}{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dhcp_events(ns: &str, api: &str) -> Vec<serde_json::Value> {
+    let text = api_get(ns, api, "/api/v1/events?kind=dhcp");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v.as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn ordinary_dhcp_clients_are_counted_but_write_no_event_and_pxe_clients_do() {
+    require_root_and(&["ip", "busybox", "curl"]);
+    let net = NetPair::new("de", 24);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("DHCP ready", Duration::from_secs(20));
+
+    let ordinary = "02:00:00:00:24:01";
+    lease(&net.client, dir.path(), ordinary, "");
+    let pxe = "02:00:00:00:24:02";
+    lease(
+        &net.client,
+        dir.path(),
+        pxe,
+        "-V PXEClient:Arch:00000:UNDI:002001 -x 0x5d:0000",
+    );
+
+    // The PXE client's events come after the ordinary client's in the writer's queue: once
+    // they are in, the ordinary client's would be too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = dhcp_events(&net.server, &api);
+        if events.iter().any(|e| e["mac"] == pxe) || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let of = |mac: &str| events.iter().filter(|e| e["mac"] == mac).count();
+    assert!(
+        of(pxe) >= 2,
+        "DISCOVER and REQUEST of the PXE client: {events:?}"
+    );
+    assert_eq!(of(ordinary), 0, "{events:?}");
+
+    // Both are counted, with the same labels as ever.
+    let metrics = api_get(&net.server, &api, "/metrics");
+    for (client, msg) in [
+        ("other", "discover"),
+        ("other", "request"),
+        ("pxe", "discover"),
+    ] {
+        let line = format!(
+            "chainboot_dhcp_exchanges_total{{type=\"{msg}\",client=\"{client}\",outcome=\"Replied\"}} 1"
+        );
+        assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+    }
+}
