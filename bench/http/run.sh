@@ -155,6 +155,32 @@ for round in $(seq "$ROUNDS"); do
 done
 
 median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Throughput per concurrency level (1 KiB static, both servers, interleaved; one run each at
+# CONNS levels, SECS each) for the plot.
+CONNS=${CONNS:-"1 4 16 64 256"}
+SWEEP=${RAW%.txt}-conns.dat
+echo "# conns nginx_rps chainboot_rps chainboot_generated_rps" >"$REPO/$SWEEP"
+for c in $CONNS; do
+    read -r ng _ _ < <(wrk_run "$c" "http://127.0.0.1:$P_NG/small.bin" $NGINX_WORKERS)
+    read -r cb _ _ < <(wrk_run "$c" "http://127.0.0.1:$P_CB/files/small.bin" "$CB_PID")
+    read -r gen _ _ < <(wrk_run "$c" "http://127.0.0.1:$P_CB/boot.ipxe" "$CB_PID")
+    echo "$c $ng $cb $gen" >>"$REPO/$SWEEP"
+done
+if command -v gnuplot >/dev/null; then
+    gnuplot <<GP || echo "(no plot: gnuplot failed)"
+set terminal svg size 900,500
+set output '$REPO/${RAW%.txt}.svg'
+set title 'HTTP 1 KiB, requests/s per concurrent connections (loopback, contended $CONTENDED)'
+set logscale x 2
+set xlabel 'connections'
+set ylabel 'requests/s'
+set key top left
+plot '$REPO/$SWEEP' using 1:2 with linespoints title 'nginx static', \
+     '' using 1:3 with linespoints title 'chainboot static', \
+     '' using 1:4 with linespoints title 'chainboot generated script'
+GP
+fi
 col() { local k=$1 s=""; for r in $(seq "$ROUNDS"); do s="$s ${R[${k}_$r]}"; done; echo $s | median; }
 ng_small=$(col ng_small); cb_small=$(col cb_small); cb_gen=$(col cb_gen)
 ng_small_cpu=$(col ng_small_cpu); cb_small_cpu=$(col cb_small_cpu); cb_gen_cpu=$(col cb_gen_cpu)
