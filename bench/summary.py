@@ -43,7 +43,10 @@ def main():
             f"`{r['command']}` | {raws} |"
         )
     if not rows:
-        lines.append("| (no run recorded yet) | | | | | |")
+        lines.append(
+            "| (no run of the shipped binary recorded yet: see \"How the benchmarks run\" below) "
+            "| | | | | |"
+        )
     plots = sorted(glob.glob(os.path.join(HERE, "*", "results", "*.svg")))
     plots += sorted(glob.glob(os.path.join(HERE, "dhcp", "*.svg")))
     if plots:
