@@ -105,15 +105,15 @@ fn ordinary_dhcp_clients_are_counted_but_write_no_event_and_pxe_clients_do() {
     );
     assert_eq!(of(ordinary), 0, "{events:?}");
 
-    // Both are counted, with the same labels as ever.
+    // Both are counted.
     let metrics = api_get(&net.server, &api, "/metrics");
-    for (client, msg) in [
-        ("other", "discover"),
-        ("other", "request"),
-        ("pxe", "discover"),
+    for (client, msg, outcome) in [
+        ("other", "discover", "offer"),
+        ("other", "request", "ack"),
+        ("pxe", "discover", "offer"),
     ] {
         let line = format!(
-            "chainboot_dhcp_exchanges_total{{type=\"{msg}\",client=\"{client}\",outcome=\"Replied\"}} 1"
+            "chainboot_dhcp_exchanges_total{{type=\"{msg}\",client=\"{client}\",outcome=\"{outcome}\"}} 1"
         );
         assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
     }
