@@ -50,7 +50,8 @@ plot x title 'offered' with lines dashtype 2, {lines}
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"(no plot: gnuplot: {e})")
     cb = best.get("chainboot", 0)
-    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "summary")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    results = os.path.join(repo, "bench", "summary")
     os.makedirs(results, exist_ok=True)
     mode = "kea-mt" if int(kea_threads) > 0 else "kea"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
@@ -61,7 +62,7 @@ plot x title 'offered' with lines dashtype 2, {lines}
                 name = kea if anchor == "kea" else anchor
                 out.write(
                     f"DHCP DORA/s vs {name} ({loadgen})\t{cond}\t{cb / best[anchor]:.2f}\t{date}\t"
-                    f"{command}\tbench/dhcp/{os.path.basename(path)}\n"
+                    f"{command}\t{os.path.relpath(os.path.abspath(path), repo)}\n"
                 )
 
 
