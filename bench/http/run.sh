@@ -37,7 +37,14 @@ PIDS=()
 cleanup() {
     hog_stop
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Bounded: what has not stopped within 10 s is killed.
+    for _ in $(seq 100); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     ip netns del "$NS" 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -109,7 +116,7 @@ for port in $P_CB $P_NG; do
     done
 done
 # `ip netns exec` execs, so the PIDs are the servers'; nginx's workers are its children.
-NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+NGINX_WORKERS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 # Sanity: both serve the same bytes.
 cmp <(in_ns curl -s --noproxy "*" "http://127.0.0.1:$P_CB/files/big.bin") "$WORK/root/big.bin" || { cat "$WORK/chainboot.log"; exit 1; }
 cmp <(in_ns curl -s --noproxy '*' "http://127.0.0.1:$P_CB/iso/bench/big.bin") "$WORK/root/big.bin"
@@ -192,7 +199,7 @@ awk -v a="$cb_small" -v b="$ng_small" 'BEGIN { printf "1 KB req/s, 64 conns:  ch
 awk -v a="$cb_gen" -v b="$ng_small" 'BEGIN { printf "1 KB generated req/s:   chainboot %s, nginx static %s -> %.2fx (script target >= 1.0x)\n", a, b, a/b }'
 awk -v a="$cb_big" -v b="$ng_big" 'BEGIN { printf "8 MiB MB/s, 8 conns:    chainboot %s, nginx %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
 awk -v a="$cb_iso" -v b="$cb_big" 'BEGIN { printf "8 MiB from ISO MB/s:    %s vs plain %s -> %.2fx (target >= 0.9x)\n", a, b, a/b }'
-awk -v a="$cb_small_cpu" -v g="$cb_gen_cpu" -v b="$ng_small_cpu" 'BEGIN { printf "1 KB CPU us/request:    chainboot static %s, generated %s, nginx %s -> efficiency %.2fx / %.2fx of nginx\n", a, g, b, b/a, b/g }'
+awk -v a="$cb_small_cpu" -v g="$cb_gen_cpu" -v b="$ng_small_cpu" 'BEGIN { printf "1 KB CPU us/request:    chainboot static %s, generated %s, nginx %s -> efficiency %.2fx / %.2fx of nginx\n", a, g, b, (a > 0 ? b/a : 0), (g > 0 ? b/g : 0) }'
 # The summary table's lines (bench/summary.py).
 cond=quiet; [ "$CONTENDED" = 1 ] && cond=contended
 mkdir -p "$REPO/bench/summary"
