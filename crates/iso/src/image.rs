@@ -154,6 +154,15 @@ const ROOT: u32 = 0;
 /// A directory found while reading another: (node, sector, bytes, path).
 type Subdir = (u32, u32, u64, String);
 
+/// A directory waiting in the breadth-first walk: its node, extent, nesting depth and path.
+struct DirToRead {
+    node: u32,
+    lba: u32,
+    len: u64,
+    depth: usize,
+    path: String,
+}
+
 impl IsoImage {
     /// Opens and indexes an image. Every problem is an [`IsoError`] naming the file.
     pub fn open(path: impl AsRef<Path>) -> Result<IsoImage, IsoError> {
@@ -181,64 +190,8 @@ impl IsoImage {
             )));
         }
 
-        let mut primary: Option<Vec<u8>> = None;
-        let mut joliet: Option<Vec<u8>> = None;
-        let mut terminated = false;
-        for i in 0..MAX_DESCRIPTORS {
-            let at = (16 + i) * SECTOR;
-            if at + SECTOR > reader.len {
-                break;
-            }
-            let vd = reader.read(at, SECTOR as usize)?;
-            if &vd[1..6] != b"CD001" {
-                if i == 0 {
-                    return Err(IsoErrorKind::NotIso(
-                        "no CD001 volume descriptor at sector 16".into(),
-                    ));
-                }
-                return Err(IsoErrorKind::Corrupt(format!(
-                    "volume descriptor {i} has no CD001 signature and no terminator came before it"
-                )));
-            }
-            match vd[0] {
-                1 if primary.is_none() => primary = Some(vd),
-                // Joliet: a supplementary descriptor whose escape sequence names UCS-2 level
-                // 1, 2 or 3 (%/@, %/C, %/E).
-                2 if joliet.is_none()
-                    && vd[88] == b'%'
-                    && vd[89] == b'/'
-                    && matches!(vd[90], b'@' | b'C' | b'E') =>
-                {
-                    joliet = Some(vd)
-                }
-                255 => {
-                    terminated = true;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let primary =
-            primary.ok_or_else(|| IsoErrorKind::NotIso("no primary volume descriptor".into()))?;
-        if !terminated {
-            return Err(IsoErrorKind::Corrupt(
-                "no volume descriptor set terminator".into(),
-            ));
-        }
-        let block_size = u16::from_le_bytes([primary[128], primary[129]]) as u64;
-        if block_size != SECTOR {
-            return Err(IsoErrorKind::Corrupt(format!(
-                "logical block size {block_size} (only 2048 is supported)"
-            )));
-        }
-        let volume_blocks = le32(&primary[80..84]) as u64;
-        if volume_blocks * SECTOR > reader.len {
-            return Err(IsoErrorKind::Truncated(format!(
-                "the volume is {} bytes but the file has only {}",
-                volume_blocks * SECTOR,
-                reader.len
-            )));
-        }
+        let (primary, joliet) = reader.volume_descriptors()?;
+        check_primary(&primary, reader.len)?;
         let volume_id = String::from_utf8_lossy(&primary[40..72]).trim().to_string();
 
         let primary_root = DirRecord::parse(&primary[156..190])
@@ -284,9 +237,22 @@ impl IsoImage {
     ) -> Result<(), IsoErrorKind> {
         let mut visited: HashSet<u32> = HashSet::new();
         let mut dir_bytes = 0u64;
-        let mut queue: VecDeque<(u32, u32, u64, usize, String)> = VecDeque::new();
-        queue.push_back((ROOT, root.lba, root.len, 0, String::new()));
-        while let Some((dir_node, lba, len, depth, dir_path)) = queue.pop_front() {
+        let mut queue: VecDeque<DirToRead> = VecDeque::new();
+        queue.push_back(DirToRead {
+            node: ROOT,
+            lba: root.lba,
+            len: root.len,
+            depth: 0,
+            path: String::new(),
+        });
+        while let Some(dir) = queue.pop_front() {
+            let DirToRead {
+                lba,
+                len,
+                depth,
+                path: ref dir_path,
+                ..
+            } = dir;
             if !visited.insert(lba) {
                 return Err(IsoErrorKind::Corrupt(format!(
                     "directory loop: /{dir_path} points back to a directory already read (sector {lba})"
@@ -313,85 +279,115 @@ impl IsoImage {
                 )));
             }
             let data = reader.read_extent(lba, len, &format!("directory /{dir_path}"))?;
-            let records = parse_directory(&data, &dir_path)?;
-            let mut pending: Option<(DirRecord, Vec<Extent>)> = None;
-            for rec in records {
-                // Associated files (ECMA-119 9.1.6 bit 2, e.g. Mac resource forks) carry the
-                // same name as the file and come before it; serving one instead of the file
-                // would send the wrong bytes.
-                if rec.is_dot() || rec.flags & FLAG_ASSOCIATED != 0 {
-                    continue;
-                }
-                if let Some((first, exts)) = pending.as_mut() {
-                    if first.raw_name != rec.raw_name {
-                        return Err(IsoErrorKind::Corrupt(format!(
-                            "multi-extent file in /{dir_path} is followed by a different name"
-                        )));
-                    }
-                    if rec.len > 0 {
-                        exts.push(reader.checked_extent(&rec, &dir_path)?);
-                    }
-                    if rec.flags & FLAG_MULTI_EXTENT != 0 {
-                        continue;
-                    }
-                    let (first, exts) = pending
-                        .take()
-                        .ok_or_else(|| IsoErrorKind::Corrupt("multi-extent bookkeeping".into()))?;
-                    // A multi-extent record set is always a regular file.
-                    self.add_file(reader, dir_node, &first, Some(exts), skip, &dir_path)?;
-                    continue;
-                }
-                if rec.flags & FLAG_MULTI_EXTENT != 0 {
-                    if rec.flags & FLAG_DIRECTORY != 0 {
-                        return Err(IsoErrorKind::Corrupt(format!(
-                            "directory in /{dir_path} has the multi-extent flag"
-                        )));
-                    }
-                    let mut exts = Vec::new();
-                    if rec.len > 0 {
-                        exts.push(reader.checked_extent(&rec, &dir_path)?);
-                    }
-                    pending = Some((rec, exts));
-                    continue;
-                }
-                if rec.flags & FLAG_DIRECTORY != 0 {
-                    let rr = self.rock_ridge(reader, &rec, skip, &dir_path)?;
-                    if rr.relocated {
-                        // RRIP 4.1.5.2: a relocated directory is reached through its CL
-                        // entry in the original place; hide it here.
-                        continue;
-                    }
-                    let Some(name) = self.entry_name(&rec, &rr) else {
-                        continue;
-                    };
-                    let idx = self.insert(
-                        dir_node,
-                        &name,
-                        rec.modified,
-                        NodeKind::Dir {
-                            children: HashMap::new(),
-                            folded: HashMap::new(),
-                        },
-                    )?;
-                    if let Some(idx) = idx {
-                        let path = join(&dir_path, &name);
-                        queue.push_back((idx, rec.lba, rec.len, depth + 1, path));
-                    }
-                    continue;
-                }
-                if let Some((idx, lba, len, path)) =
-                    self.add_file(reader, dir_node, &rec, None, skip, &dir_path)?
-                {
-                    queue.push_back((idx, lba, len, depth + 1, path));
-                }
-            }
-            if pending.is_some() {
-                return Err(IsoErrorKind::Corrupt(format!(
-                    "multi-extent file in /{dir_path} has no final extent"
-                )));
-            }
+            let records = parse_directory(&data, dir_path)?;
+            self.index_records(reader, &dir, records, skip, &mut queue)?;
         }
         Ok(())
+    }
+
+    /// Adds the entries of one directory `dir` (its parsed `records`) below its node; the
+    /// subdirectories found go to `queue`.
+    fn index_records(
+        &mut self,
+        reader: &Reader,
+        dir: &DirToRead,
+        records: Vec<DirRecord>,
+        skip: usize,
+        queue: &mut VecDeque<DirToRead>,
+    ) -> Result<(), IsoErrorKind> {
+        let (dir_node, dir_path, depth) = (dir.node, dir.path.as_str(), dir.depth);
+        let mut pending: Option<(DirRecord, Vec<Extent>)> = None;
+        for rec in records {
+            // Associated files (ECMA-119 9.1.6 bit 2, e.g. Mac resource forks) carry the
+            // same name as the file and come before it; serving one instead of the file
+            // would send the wrong bytes.
+            if rec.is_dot() || rec.flags & FLAG_ASSOCIATED != 0 {
+                continue;
+            }
+            if let Some((first, exts)) = pending.as_mut() {
+                if first.raw_name != rec.raw_name {
+                    return Err(IsoErrorKind::Corrupt(format!(
+                        "multi-extent file in /{dir_path} is followed by a different name"
+                    )));
+                }
+                if rec.len > 0 {
+                    exts.push(reader.checked_extent(&rec, dir_path)?);
+                }
+                if rec.flags & FLAG_MULTI_EXTENT != 0 {
+                    continue;
+                }
+                let (first, exts) = pending
+                    .take()
+                    .ok_or_else(|| IsoErrorKind::Corrupt("multi-extent bookkeeping".into()))?;
+                // A multi-extent record set is always a regular file.
+                self.add_file(reader, dir_node, &first, Some(exts), skip, dir_path)?;
+                continue;
+            }
+            if rec.flags & FLAG_MULTI_EXTENT != 0 {
+                if rec.flags & FLAG_DIRECTORY != 0 {
+                    return Err(IsoErrorKind::Corrupt(format!(
+                        "directory in /{dir_path} has the multi-extent flag"
+                    )));
+                }
+                let mut exts = Vec::new();
+                if rec.len > 0 {
+                    exts.push(reader.checked_extent(&rec, dir_path)?);
+                }
+                pending = Some((rec, exts));
+                continue;
+            }
+            let subdir = if rec.flags & FLAG_DIRECTORY != 0 {
+                self.add_dir(reader, dir_node, &rec, skip, dir_path)?
+            } else {
+                self.add_file(reader, dir_node, &rec, None, skip, dir_path)?
+            };
+            if let Some((node, lba, len, path)) = subdir {
+                queue.push_back(DirToRead {
+                    node,
+                    lba,
+                    len,
+                    depth: depth + 1,
+                    path,
+                });
+            }
+        }
+        if pending.is_some() {
+            return Err(IsoErrorKind::Corrupt(format!(
+                "multi-extent file in /{dir_path} has no final extent"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds the directory described by `rec`; returns it to be read unless Rock Ridge
+    /// relocated it or it has no usable name.
+    fn add_dir(
+        &mut self,
+        reader: &Reader,
+        dir_node: u32,
+        rec: &DirRecord,
+        skip: usize,
+        dir_path: &str,
+    ) -> Result<Option<Subdir>, IsoErrorKind> {
+        let rr = self.rock_ridge(reader, rec, skip, dir_path)?;
+        if rr.relocated {
+            // RRIP 4.1.5.2: a relocated directory is reached through its CL entry in the
+            // original place; hide it here.
+            return Ok(None);
+        }
+        let Some(name) = self.entry_name(rec, &rr) else {
+            return Ok(None);
+        };
+        let idx = self.insert(
+            dir_node,
+            &name,
+            rec.modified,
+            NodeKind::Dir {
+                children: HashMap::new(),
+                folded: HashMap::new(),
+            },
+        )?;
+        Ok(idx.map(|idx| (idx, rec.lba, rec.len, join(dir_path, &name))))
     }
 
     /// Adds a file, symlink or relocated directory (Rock Ridge CL) described by `rec`.
@@ -1060,6 +1056,77 @@ fn record_time(b: &[u8]) -> Option<SystemTime> {
     u64::try_from(secs)
         .ok()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+impl Reader<'_> {
+    /// Reads the volume descriptor set (from sector 16 to its terminator): the primary
+    /// descriptor and, if present, a Joliet supplementary one.
+    fn volume_descriptors(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), IsoErrorKind> {
+        let mut primary: Option<Vec<u8>> = None;
+        let mut joliet: Option<Vec<u8>> = None;
+        let mut terminated = false;
+        for i in 0..MAX_DESCRIPTORS {
+            let at = (16 + i) * SECTOR;
+            if at + SECTOR > self.len {
+                break;
+            }
+            let vd = self.read(at, SECTOR as usize)?;
+            if &vd[1..6] != b"CD001" {
+                if i == 0 {
+                    return Err(IsoErrorKind::NotIso(
+                        "no CD001 volume descriptor at sector 16".into(),
+                    ));
+                }
+                return Err(IsoErrorKind::Corrupt(format!(
+                    "volume descriptor {i} has no CD001 signature and no terminator came before it"
+                )));
+            }
+            match vd[0] {
+                1 if primary.is_none() => primary = Some(vd),
+                // Joliet: a supplementary descriptor whose escape sequence names UCS-2 level
+                // 1, 2 or 3 (%/@, %/C, %/E).
+                2 if joliet.is_none()
+                    && vd[88] == b'%'
+                    && vd[89] == b'/'
+                    && matches!(vd[90], b'@' | b'C' | b'E') =>
+                {
+                    joliet = Some(vd)
+                }
+                255 => {
+                    terminated = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let primary =
+            primary.ok_or_else(|| IsoErrorKind::NotIso("no primary volume descriptor".into()))?;
+        if !terminated {
+            return Err(IsoErrorKind::Corrupt(
+                "no volume descriptor set terminator".into(),
+            ));
+        }
+        Ok((primary, joliet))
+    }
+}
+
+/// Checks the primary descriptor's block size and volume size against the file.
+fn check_primary(primary: &[u8], file_len: u64) -> Result<(), IsoErrorKind> {
+    let block_size = u16::from_le_bytes([primary[128], primary[129]]) as u64;
+    if block_size != SECTOR {
+        return Err(IsoErrorKind::Corrupt(format!(
+            "logical block size {block_size} (only 2048 is supported)"
+        )));
+    }
+    let volume_blocks = le32(&primary[80..84]) as u64;
+    if volume_blocks * SECTOR > file_len {
+        return Err(IsoErrorKind::Truncated(format!(
+            "the volume is {} bytes but the file has only {}",
+            volume_blocks * SECTOR,
+            file_len
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
