@@ -354,121 +354,133 @@ pub fn run_events(args: &ApiArgs, cmd: &EventsCommand) -> ExitCode {
 
 async fn events(args: &ApiArgs, cmd: &EventsCommand) -> anyhow::Result<()> {
     let c = Client::from_args(args)?;
-    let query = |mac: &Option<String>, kind: &Option<String>| {
-        let mut q = Vec::new();
-        if let Some(m) = mac {
-            q.push(format!("mac={m}"));
-        }
-        if let Some(k) = kind {
-            q.push(format!("kind={k}"));
-        }
-        q
-    };
     match cmd {
         EventsCommand::List {
             mac,
             kind,
             since,
             limit,
-        } => {
-            let mut q = query(mac, kind);
-            if let Some(s) = since {
-                q.push(format!("since={s}"));
-            }
-            // One page holds at most 1000 events: ask for what is wanted, follow the rest.
-            q.push(format!("limit={}", (*limit).min(1000)));
-            let v = Value::Array(
-                c.pages(
-                    &format!("/api/v1/events?{}", q.join("&")),
-                    "before",
-                    |e| e.get("id").and_then(Value::as_i64).map(|i| i.to_string()),
-                    Some(*limit),
-                )
-                .await?,
-            );
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for e in v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .rev()
-                {
-                    println!("{}", event_line(e));
-                }
-            }
-        }
+        } => events_list(&c, args, event_query(mac, kind), since, *limit).await,
         EventsCommand::Follow { mac, kind } => {
-            let q = query(mac, kind).join("&");
-            let mut resp = c.stream(&format!("/api/v1/events/stream?{q}")).await?;
-            let mut buf = String::new();
-            while let Some(chunk) = resp.chunk().await? {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    for line in block.lines() {
-                        if let Some(data) = line.strip_prefix("data:") {
-                            let e: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-                            if e.is_object() {
-                                if args.json {
-                                    println!("{e}");
-                                } else {
-                                    println!("{}", event_line(&e));
-                                }
-                            }
-                        }
-                    }
+            events_follow(&c, args, event_query(mac, kind)).await
+        }
+        EventsCommand::Timeline { mac } => events_timeline(&c, args, mac).await,
+    }
+}
+
+/// The query parameters that narrow events to one machine and/or one kind.
+fn event_query(mac: &Option<String>, kind: &Option<String>) -> Vec<String> {
+    let mut q = Vec::new();
+    if let Some(m) = mac {
+        q.push(format!("mac={m}"));
+    }
+    if let Some(k) = kind {
+        q.push(format!("kind={k}"));
+    }
+    q
+}
+
+async fn events_list(
+    c: &Client,
+    args: &ApiArgs,
+    mut q: Vec<String>,
+    since: &Option<String>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    if let Some(s) = since {
+        q.push(format!("since={s}"));
+    }
+    // One page holds at most 1000 events: ask for what is wanted, follow the rest.
+    q.push(format!("limit={}", limit.min(1000)));
+    let v = Value::Array(
+        c.pages(
+            &format!("/api/v1/events?{}", q.join("&")),
+            "before",
+            |e| e.get("id").and_then(Value::as_i64).map(|i| i.to_string()),
+            Some(limit),
+        )
+        .await?,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for e in v
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
+            println!("{}", event_line(e));
+        }
+    }
+    Ok(())
+}
+
+/// Prints the live stream's events as they come (server-sent events: `data:` lines in
+/// blocks ended by a blank line).
+async fn events_follow(c: &Client, args: &ApiArgs, q: Vec<String>) -> anyhow::Result<()> {
+    let mut resp = c
+        .stream(&format!("/api/v1/events/stream?{}", q.join("&")))
+        .await?;
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            for data in block.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let e: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if !e.is_object() {
+                    continue;
+                }
+                if args.json {
+                    println!("{e}");
+                } else {
+                    println!("{}", event_line(&e));
                 }
             }
         }
-        EventsCommand::Timeline { mac } => {
-            let v = c
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/machines/{mac}/timeline"),
-                    None,
-                )
-                .await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            for boot in v
-                .get("boots")
-                .and_then(|b| b.as_array())
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
-            {
-                let start = boot.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(0);
-                println!(
-                    "boot {} ({}), reached {}, {} error(s)",
-                    ms_ago(Some(start)),
-                    start,
-                    boot.get("reached").and_then(|v| v.as_str()).unwrap_or("-"),
-                    boot.get("errors").and_then(|v| v.as_u64()).unwrap_or(0)
-                );
-                for st in boot
-                    .get("stages")
-                    .and_then(|s| s.as_array())
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                {
-                    let off = st.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(start) - start;
-                    println!(
-                        "  +{:>7} ms  {:<14} {:>7} ms{}",
-                        off,
-                        st.get("stage").and_then(|v| v.as_str()).unwrap_or("-"),
-                        st.get("duration_ms").and_then(|v| v.as_i64()).unwrap_or(0),
-                        if st.get("error").and_then(|v| v.as_bool()) == Some(true) {
-                            "  ERROR"
-                        } else {
-                            ""
-                        }
-                    );
+    }
+    Ok(())
+}
+
+async fn events_timeline(c: &Client, args: &ApiArgs, mac: &str) -> anyhow::Result<()> {
+    let v = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/machines/{mac}/timeline"),
+            None,
+        )
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let list = |v: Option<&Value>| -> Vec<Value> {
+        v.and_then(|b| b.as_array()).cloned().unwrap_or_default()
+    };
+    for boot in list(v.get("boots")) {
+        let start = boot.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(0);
+        println!(
+            "boot {} ({}), reached {}, {} error(s)",
+            ms_ago(Some(start)),
+            start,
+            boot.get("reached").and_then(|v| v.as_str()).unwrap_or("-"),
+            boot.get("errors").and_then(|v| v.as_u64()).unwrap_or(0)
+        );
+        for st in list(boot.get("stages")) {
+            let off = st.get("start_ms").and_then(|v| v.as_i64()).unwrap_or(start) - start;
+            println!(
+                "  +{:>7} ms  {:<14} {:>7} ms{}",
+                off,
+                st.get("stage").and_then(|v| v.as_str()).unwrap_or("-"),
+                st.get("duration_ms").and_then(|v| v.as_i64()).unwrap_or(0),
+                if st.get("error").and_then(|v| v.as_bool()) == Some(true) {
+                    "  ERROR"
+                } else {
+                    ""
                 }
-            }
+            );
         }
     }
     Ok(())
