@@ -968,6 +968,57 @@ struct Polling {
     runnable: RunnableSource,
 }
 
+impl Polling {
+    /// Waits for the client's next datagram right after a block went out: busy-polls first
+    /// when `may_poll` and the sans-IO policy asks for it, else blocks (up to
+    /// [`LOCKSTEP_TICK`]); what it saw (answered within the poll, missed, the client's
+    /// turnaround) goes back into the policy.
+    fn wait(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        inbuf: &mut [u8],
+        client: SocketAddr,
+        may_poll: bool,
+        runnable: &Runnable,
+        stats: &TftpStats,
+    ) -> io::Result<(usize, SocketAddr)> {
+        // Sampled right after the send, so that a client woken by the block counts.
+        let sent_at = Instant::now();
+        if may_poll && self.busy.wants_runnable(sent_at) {
+            self.busy.record_runnable(sent_at, runnable.count());
+        }
+        let poll = if may_poll {
+            self.busy.next_wait()
+        } else {
+            None
+        };
+        let (received, answered) = match poll {
+            Some(budget) => {
+                let (received, answered) = recv_polling(socket, inbuf, budget);
+                bump(&stats.busy_polls);
+                if answered {
+                    bump(&stats.busy_polls_answered);
+                }
+                (received, Some(answered))
+            }
+            None => (socket.recv_from(inbuf), None),
+        };
+        if may_poll {
+            // The client's turnaround: its datagram's arrival after the block went out.
+            let turnaround = match &received {
+                Ok((_, from)) if *from == client => Some(sent_at.elapsed()),
+                _ => None,
+            };
+            self.busy.record(match (answered, turnaround) {
+                (Some(true), Some(t)) => Waited::Answered(t),
+                (Some(_), t) => Waited::Missed(t),
+                (None, t) => Waited::Slept(t),
+            });
+        }
+        received
+    }
+}
+
 /// How often a lock-step thread waiting for an ACK looks at the clock and the abort token:
 /// the retransmission timer's resolution on that path.
 const LOCKSTEP_TICK: Duration = Duration::from_millis(20);
@@ -1036,40 +1087,8 @@ fn drive_blocking(
             transfer.abort("internal error: transfer stalled");
             continue;
         }
-        // Sampled right after the send, so that a client woken by the block counts.
-        let sent_at = Instant::now();
         let may_poll = stats.active.load(Ordering::Relaxed) <= polling.max_transfers;
-        if may_poll && polling.busy.wants_runnable(sent_at) {
-            polling.busy.record_runnable(sent_at, runnable.count());
-        }
-        let poll = if may_poll {
-            polling.busy.next_wait()
-        } else {
-            None
-        };
-        let (received, answered) = match poll {
-            Some(budget) => {
-                let (received, answered) = recv_polling(&socket, &mut inbuf, budget);
-                bump(&stats.busy_polls);
-                if answered {
-                    bump(&stats.busy_polls_answered);
-                }
-                (received, Some(answered))
-            }
-            None => (socket.recv_from(&mut inbuf), None),
-        };
-        if may_poll {
-            // The client's turnaround: its datagram's arrival after the block went out.
-            let turnaround = match &received {
-                Ok((_, from)) if *from == client => Some(sent_at.elapsed()),
-                _ => None,
-            };
-            polling.busy.record(match (answered, turnaround) {
-                (Some(true), Some(t)) => Waited::Answered(t),
-                (Some(_), t) => Waited::Missed(t),
-                (None, t) => Waited::Slept(t),
-            });
-        }
+        let received = polling.wait(&socket, &mut inbuf, client, may_poll, &runnable, &stats);
         match received {
             Ok((_, from)) if from != client => {
                 bump(&stats.unknown_tid);
