@@ -29,25 +29,7 @@ fn config(dir: &Path) -> String {
 /// address it was given.
 fn lease(ns: &str, dir: &Path, mac: &str, args: &str) -> String {
     sh(&format!("ip -n {ns} link set cli0 address {mac}"));
-    let log = dir.join("udhcpc.log");
-    let _ = std::fs::remove_file(&log);
-    let script = dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"$1 $ip\" >> {}\n", log.display()),
-    )
-    .unwrap();
-    sh(&format!("chmod +x {}", script.display()));
-    let out = sh(&format!(
-        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 {args} -s {}",
-        script.display()
-    ));
-    assert!(out.status.success(), "udhcpc got no lease: {out:?}");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("bound "))
-        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"))
-        .to_string()
+    udhcpc_lease(ns, dir, args)
 }
 
 /// GET on the management listener, which listens on the server namespace's loopback.

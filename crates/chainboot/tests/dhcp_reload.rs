@@ -24,29 +24,6 @@ fn config(dir: &Path, pool: (&str, &str), mode: &str) -> String {
     )
 }
 
-/// One DORA with busybox udhcpc in `ns`; the address it was given.
-fn lease(ns: &str, dir: &Path) -> String {
-    let log = dir.join("udhcpc.log");
-    let _ = std::fs::remove_file(&log);
-    let script = dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"$1 $ip\" >> {}\n", log.display()),
-    )
-    .unwrap();
-    sh(&format!("chmod +x {}", script.display()));
-    let out = sh(&format!(
-        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 -s {}",
-        script.display()
-    ));
-    assert!(out.status.success(), "udhcpc got no lease: {out:?}");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("bound "))
-        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"))
-        .to_string()
-}
-
 #[test]
 fn sighup_applies_a_new_dhcp_pool_without_a_restart() {
     require_root_and(&["ip", "busybox"]);
@@ -60,7 +37,7 @@ fn sighup_applies_a_new_dhcp_pool_without_a_restart() {
     .unwrap();
     let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
     server.wait_for_log("DHCP ready", Duration::from_secs(20));
-    let first = lease(&net.client, dir.path());
+    let first = udhcpc_lease(&net.client, dir.path(), "");
     assert_eq!(first, "198.18.23.100");
 
     std::fs::write(
@@ -73,7 +50,7 @@ fn sighup_applies_a_new_dhcp_pool_without_a_restart() {
     let log = server.log_text();
     assert!(log.contains("dhcp"), "{log}");
     assert!(!log.contains("only after a restart"), "{log}");
-    let second = lease(&net.client, dir.path());
+    let second = udhcpc_lease(&net.client, dir.path(), "");
     assert_eq!(second, "198.18.23.200");
 
     // The mode is the sockets': that still takes a restart, and nothing changes meanwhile.
@@ -84,5 +61,5 @@ fn sighup_applies_a_new_dhcp_pool_without_a_restart() {
     .unwrap();
     server.signal("HUP");
     server.wait_for_log("only after a restart", Duration::from_secs(10));
-    assert_eq!(lease(&net.client, dir.path()), "198.18.23.200");
+    assert_eq!(udhcpc_lease(&net.client, dir.path(), ""), "198.18.23.200");
 }

@@ -258,3 +258,27 @@ pub fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBu
     .unwrap();
     (path, http)
 }
+
+/// One DORA with busybox udhcpc on `cli0` in `ns`, with udhcpc's extra `args`; the address it
+/// was given (the test fails if it gets none within udhcpc's five tries).
+pub fn udhcpc_lease(ns: &str, dir: &Path, args: &str) -> String {
+    let log = dir.join("udhcpc.log");
+    let _ = std::fs::remove_file(&log);
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1 $ip\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", script.display()));
+    let out = sh(&format!(
+        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 {args} -s {}",
+        script.display()
+    ));
+    assert!(out.status.success(), "udhcpc got no lease: {out:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("bound "))
+        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"))
+        .to_string()
+}
