@@ -79,44 +79,13 @@ fn same_subnet(ip: Ipv4Addr, addr: Ipv4Addr, prefix: u8) -> bool {
 
 /// `SIOCGARP` for `ip` on `dev`: the hardware address of a complete entry.
 fn arp_get(sock: &socket2::Socket, ip: Ipv4Addr, dev: &str) -> Option<Mac> {
-    use std::os::fd::AsRawFd;
     if dev.len() >= 16 {
         return None;
     }
-    // SAFETY: arpreq is plain old data (sockaddrs, an int, a byte array); all zeroes is a
-    // valid value of it.
-    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux; the copy fills
-    // arp_pa with the address the kernel reads as a sockaddr_in for AF_INET.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&sin as *const libc::sockaddr_in).cast::<u8>(),
-            (&mut req.arp_pa as *mut libc::sockaddr).cast::<u8>(),
-            std::mem::size_of::<libc::sockaddr_in>(),
-        );
-    }
-    for (d, s) in req.arp_dev.iter_mut().zip(dev.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: SIOCGARP reads and writes exactly one arpreq, which `req` is, through a valid
-    // socket descriptor borrowed for the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGARP, &mut req) };
-    if rc != 0 || req.arp_flags & libc::ATF_COM == 0 {
-        return None;
-    }
-    let mut octets = [0u8; 6];
-    for (o, b) in octets.iter_mut().zip(req.arp_ha.sa_data.iter()) {
-        *o = *b as u8;
-    }
-    Some(Mac(octets))
+    chainboot_udp::arp_entry(sock, dev, ip)
+        .ok()
+        .flatten()
+        .map(Mac)
 }
 
 #[cfg(test)]

@@ -181,5 +181,11 @@ pub fn set_arp_entry(
     sys::set_arp(socket.as_fd(), ifname, ip, mac)
 }
 
+/// The hardware address of the complete ARP entry for `ip` on the interface named `ifname`
+/// (SIOCGARP: one entry, no table walk), `None` when there is none.
+pub fn arp_entry(socket: &impl AsFd, ifname: &str, ip: Ipv4Addr) -> io::Result<Option<[u8; 6]>> {
+    sys::get_arp(socket.as_fd(), ifname, ip)
+}
+
 #[cfg(test)]
 mod tests;

@@ -370,25 +370,12 @@ pub(crate) fn set_arp(
     ip: Ipv4Addr,
     mac: [u8; 6],
 ) -> io::Result<()> {
-    // SAFETY: arpreq is a plain C struct of integers and byte arrays; all-zero is valid.
-    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
-    let (pa, _) = RawAddr::from_std(SocketAddr::V4(SocketAddrV4::new(ip, 0)));
-    // SAFETY: written as a sockaddr_in just above; sockaddr_in and sockaddr are both 16 bytes
-    // on Linux.
-    req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(pa.v4) };
+    let mut req = arp_request(ifname, ip);
     req.arp_ha.sa_family = libc::ARPHRD_ETHER;
     for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
         *d = s as libc::c_char;
     }
     req.arp_flags = libc::ATF_COM;
-    // At most 15 bytes: the name must keep its terminating NUL (IFNAMSIZ is 16).
-    for (d, s) in req
-        .arp_dev
-        .iter_mut()
-        .zip(ifname.as_bytes().iter().take(15))
-    {
-        *d = *s as libc::c_char;
-    }
     // SAFETY: `fd` is an open socket and `req` a fully initialised arpreq that outlives the
     // call; the kernel only reads it.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSARP as _, &req) };
@@ -396,6 +383,54 @@ pub(crate) fn set_arp(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The arpreq for `ip` on the interface named `ifname` (at most 15 bytes, keeping the
+/// terminating NUL of IFNAMSIZ 16), hardware address and flags empty.
+fn arp_request(ifname: &str, ip: Ipv4Addr) -> libc::arpreq {
+    // SAFETY: arpreq is a plain C struct of integers and byte arrays; all-zero is valid.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let (pa, _) = RawAddr::from_std(SocketAddr::V4(SocketAddrV4::new(ip, 0)));
+    // SAFETY: written as a sockaddr_in just above; sockaddr_in and sockaddr are both 16 bytes
+    // on Linux.
+    req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(pa.v4) };
+    for (d, s) in req
+        .arp_dev
+        .iter_mut()
+        .zip(ifname.as_bytes().iter().take(15))
+    {
+        *d = *s as libc::c_char;
+    }
+    req
+}
+
+/// SIOCGARP: the hardware address of the complete ARP entry for `ip` on `ifname`, if any.
+pub(crate) fn get_arp(
+    fd: BorrowedFd<'_>,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> io::Result<Option<[u8; 6]>> {
+    let mut req = arp_request(ifname, ip);
+    // SAFETY: `fd` is an open socket and `req` an initialised arpreq that outlives the call;
+    // SIOCGARP reads and writes exactly that one struct.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGARP as _, &mut req) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ENXIO: no entry for that address on that interface.
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    if req.arp_flags & libc::ATF_COM == 0 {
+        return Ok(None);
+    }
+    let mut mac = [0u8; 6];
+    for (o, b) in mac.iter_mut().zip(req.arp_ha.sa_data.iter()) {
+        *o = *b as u8;
+    }
+    Ok(Some(mac))
 }
 
 #[cfg(test)]
