@@ -2,6 +2,7 @@
 //! sessions (the /metrics gauge returns to 0) and the memory of a burst is given back (RSS
 //! back within 3 MiB of the baseline once the server is quiet); a file rewritten while it is served over TFTP and over HTTP ends
 //! those transfers with an error, never mixed bytes, and the next request gets the new content.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
 

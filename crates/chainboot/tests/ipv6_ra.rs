@@ -1,6 +1,7 @@
 //! chainboot answers IPv6 router solicitations with an empty advertisement (so that iPXE stops
 //! waiting for IPv6), and in `auto` mode goes quiet on a link where a real router is heard.
 //! Real peers: `rdisc6` (ndisc6) soliciting, `radvd` as the real router; inside namespaces.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
 

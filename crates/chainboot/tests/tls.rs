@@ -1,6 +1,7 @@
 //! HTTPS through the binary: lab mode end to end (CA made and served, the CLI verifying the
 //! API), certificate files refused by `check` and `serve` with the reason, SIGHUP reloads,
 //! client certificates for the API. Loopback only.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
 

@@ -11,6 +11,8 @@
 mod case_index;
 mod content;
 mod path;
+// openat2 (RESOLVE_BENEATH) and O_PATH descriptors, which std does not offer.
+#[allow(unsafe_code)]
 mod root;
 
 use std::net::SocketAddr;

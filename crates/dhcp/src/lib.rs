@@ -7,8 +7,6 @@
 //! - [`snippet`]: config snippets for ISC dhcpd, dnsmasq and Kea (`chainboot dhcp-config`);
 //! - [`server`]: the tokio driver (sockets, IP_PKTINFO, ARP, group-committed leases).
 
-#![deny(unsafe_code)]
-
 pub mod boot;
 pub mod client;
 pub mod config;

@@ -8,6 +8,7 @@
 //!
 //! Needs root and the packages from .ci/install-deps (iproute2, util-linux); a missing tool
 //! fails the test.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, UdpSocket};

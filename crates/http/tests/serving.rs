@@ -1,5 +1,6 @@
 //! The HTTP server on loopback, talked to by real clients: curl (the Debian package) and
 //! reqwest. Traffic only to 127.0.0.1.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! HTTPS on loopback, talked to by real clients (curl, reqwest, a rustls client that reads the
 //! certificate it was given). Certificates are made by rcgen in each test. Traffic only to
 //! 127.0.0.1.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,7 @@
 //! Boot timelines from events as the servers emit them: the real DHCP engine answers real
 //! client packets, the sans-IO TFTP transfer meets OVMF's size probe, and the observers the
 //! servers call turn it all into events; the timeline is then read back as the API serves it.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Decisions and rendering without sockets: config validation, precedence, every profile kind
 //! rendered and parsed back, hostile facts, explain.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

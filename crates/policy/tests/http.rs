@@ -1,6 +1,7 @@
 //! The policy's HTTP routes over real sockets on 127.0.0.1: boot-once across a restart, the
 //! pixiecore API against a small API server, API v1 with and without the token, per-machine
 //! secrets, config templates, PXELINUX lookup over HTTP and TFTP.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::net::SocketAddr;
 use std::path::Path;

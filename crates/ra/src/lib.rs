@@ -285,6 +285,8 @@ impl RaServer {
     }
 }
 
+// if_nametoindex(3): a plain libc call that socket2 does not wrap.
+#[allow(unsafe_code)]
 fn if_index(name: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
@@ -298,6 +300,7 @@ fn if_index(name: &str) -> io::Result<u32> {
 
 /// Lets only the given ICMPv6 types through to the socket (RFC 3542 §3.2), so that the
 /// server does not wake up for every neighbour solicitation on a busy link.
+#[allow(unsafe_code)] // ICMP6_FILTER: a socket option socket2 does not wrap
 fn set_icmp6_filter(socket: &Socket, pass: &[u8]) -> io::Result<()> {
     // A set bit blocks the type.
     let mut filter = [u32::MAX; 8];

@@ -34,11 +34,7 @@ fn chainboot_bin() -> PathBuf {
 
 #[test]
 fn forty_machines_boot_with_zero_failures() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "this test creates network namespaces and must run as root"
-    );
+    chainboot_testnet::require(&["ip"]);
     let ipxe = Path::new("/usr/lib/ipxe/undionly.kpxe");
     assert!(ipxe.is_file(), "missing {} (package ipxe)", ipxe.display());
     let cb = chainboot_bin();

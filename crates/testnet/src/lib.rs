@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Fails (never skips) when not root or when a tool is missing: CI installs them all.
 pub fn require(tools: &[&str]) {
     assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
+        nix::unistd::geteuid().is_root(),
         "these tests create network namespaces and must run as root"
     );
     for t in tools {

@@ -218,6 +218,14 @@ fn hold(delay: Option<Duration>) {
     }
 }
 
+/// Timer slack of 1 ns for this thread, so that its emulated client delay is not rounded up
+/// by 50 us (prctl PR_SET_TIMERSLACK, which nix does not wrap).
+#[allow(unsafe_code)]
+fn tight_timer_slack() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+}
+
 fn main() {
     let o = Arc::new(parse_args());
     let start = Instant::now();
@@ -228,8 +236,7 @@ fn main() {
             .stack_size(256 * 1024)
             .spawn(move || {
                 if o.ack_delay.is_some() {
-                    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                    tight_timer_slack();
                 }
                 (0..o.repeat).map(|_| fetch(&o)).collect::<Vec<_>>()
             });

@@ -26,6 +26,8 @@ pub struct TransferSocket {
 
 impl TransferSocket {
     /// Wraps a bound, non-blocking socket.
+    // tokio's registration is `unsafe` (its safe constructors are deprecated).
+    #[allow(unsafe_code)]
     pub fn new(socket: std::net::UdpSocket) -> io::Result<TransferSocket> {
         // SAFETY: a std `UdpSocket` owns its descriptor: it is open and the same one for as
         // long as the `AsyncFd` (its only owner from here on) lives.

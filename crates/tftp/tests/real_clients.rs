@@ -1,5 +1,6 @@
 //! chainboot's TFTP server against the real clients of the field: tftp-hpa's `tftp`, `atftp`
 //! and `curl`, on 127.0.0.1. Every received file is compared by sha256 with its source.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
 

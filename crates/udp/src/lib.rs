@@ -20,7 +20,6 @@
 //! non-blocking sockets, where the DHCP receive threads block in `recvmmsg` with
 //! MSG_WAITFORONE. What it adds (ECN, GSO/GRO) DHCP and TFTP do not use. nix's
 //! `recvmmsg`/`sendmmsg` would cover the calls but not IPv6 pktinfo on send.
-#![deny(unsafe_code)]
 
 mod sys;
 

@@ -1,6 +1,7 @@
 //! Helpers for the binary's integration tests: network namespaces created by the test itself
 //! (addresses from 198.18.0.0/15 only) and a `chainboot serve` child process inside one.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,6 +1,7 @@
 //! What the namespace tests of this crate share: the server process and the firmware-like
 //! client's socket, on top of `chainboot_testnet` (the two-namespace topology, a thread inside a
 //! namespace, processes killed by PID on drop; network safety is its job).
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 // Each test file uses a different part of this module.
 #![allow(dead_code)]

@@ -1,6 +1,6 @@
 //! A chainboot TFTP server running in-process on 127.0.0.1, serving a temp dir, plus helpers
 //! to talk to it with raw packets and to check files.
-
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
