@@ -142,21 +142,7 @@ struct Shared {
 /// Runs the storm and returns its report. Fails only on setup errors (socket, interface);
 /// machine failures are in the report.
 pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    sock.set_reuse_address(true)?;
-    sock.set_broadcast(true)?;
-    sock.bind_device(Some(cfg.iface.as_bytes()))
-        .with_context(|| format!("SO_BINDTODEVICE {}", cfg.iface))?;
-    // Replies to a whole storm can pile up; a larger buffer keeps the kernel from dropping them.
-    let _ = sock.set_recv_buffer_size(8 << 20);
-    sock.set_nonblocking(true)?;
-    sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())
-        .context("bind 0.0.0.0:68 (root needed; nothing else may hold port 68)")?;
-    let dhcp = UdpSocket::from_std(sock.into())?;
+    let dhcp = dhcp_socket(&cfg.iface)?;
     let shared = Arc::new(Shared {
         dhcp,
         waiters: Arc::new(Mutex::new(HashMap::new())),
@@ -193,22 +179,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
             Duration::from_secs_f64(rng.random_range(0.0..cfg.spread.as_secs_f64()))
         };
         let idx = i as u16;
-        let mut mac = [
-            0x52,
-            0x54,
-            cfg.mac_prefix[0],
-            cfg.mac_prefix[1],
-            (idx >> 8) as u8,
-            idx as u8,
-        ];
-        if cfg.random_macs {
-            // Third byte from the RNG, the index in the last two bytes scrambled by an odd
-            // multiplier (a bijection on u16): distinct, and not consecutive.
-            mac[3] = rng.random();
-            let x = idx.wrapping_mul(0x9e37).to_be_bytes();
-            mac[4] = x[0];
-            mac[5] = x[1];
-        }
+        let mac = machine_mac(cfg, &mut rng, idx);
         let arch = if i % 2 == 0 { 0 } else { 7 };
         let s = shared.clone();
         let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x0fff_0000;
@@ -243,6 +214,48 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         shared.dhcp_naks.load(Ordering::Relaxed),
         shared.tftp_retx.load(Ordering::Relaxed),
     ))
+}
+
+/// The client port 68 on `iface`, broadcast allowed, with a receive buffer large enough for a
+/// whole storm's replies.
+fn dhcp_socket(iface: &str) -> Result<UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    sock.bind_device(Some(iface.as_bytes()))
+        .with_context(|| format!("SO_BINDTODEVICE {}", iface))?;
+    // Replies to a whole storm can pile up; a larger buffer keeps the kernel from dropping them.
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())
+        .context("bind 0.0.0.0:68 (root needed; nothing else may hold port 68)")?;
+    Ok(UdpSocket::from_std(sock.into())?)
+}
+
+/// Machine `idx`'s MAC: 52:54, the configured prefix and the index, or with random MACs a
+/// random fourth byte and the index scrambled.
+fn machine_mac(cfg: &StormConfig, rng: &mut rand::rngs::StdRng, idx: u16) -> [u8; 6] {
+    let mut mac = [
+        0x52,
+        0x54,
+        cfg.mac_prefix[0],
+        cfg.mac_prefix[1],
+        (idx >> 8) as u8,
+        idx as u8,
+    ];
+    if cfg.random_macs {
+        // Third byte from the RNG, the index in the last two bytes scrambled by an odd
+        // multiplier (a bijection on u16): distinct, and not consecutive.
+        mac[3] = rng.random();
+        let x = idx.wrapping_mul(0x9e37).to_be_bytes();
+        mac[4] = x[0];
+        mac[5] = x[1];
+    }
+    mac
 }
 
 fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, naks: u64, tr: u64) -> StormReport {
@@ -295,7 +308,14 @@ async fn machine(s: Arc<Shared>, mac: [u8; 6], arch: u16, xid: u32) -> MachineRe
     // a late or duplicate reply to an earlier attempt never counts for a later one.
     let xid_ipxe = xid | 0x8000_0000;
     s.waiters.lock().insert(xid, tx);
-    let res = flow(&s, &mut r, &mut rx, mac, arch, xid, xid_ipxe, t0).await;
+    let m = Machine {
+        mac,
+        arch,
+        xid,
+        xid_ipxe,
+        t0,
+    };
+    let res = flow(&s, &mut r, &mut rx, &m).await;
     {
         let mut w = s.waiters.lock();
         w.remove(&xid);
@@ -307,32 +327,97 @@ async fn machine(s: Arc<Shared>, mac: [u8; 6], arch: u16, xid: u32) -> MachineRe
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn flow(
-    s: &Shared,
-    r: &mut MachineResult,
-    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+/// One simulated machine: its MAC, client architecture, the xids of its two DORAs and when it
+/// was powered on.
+struct Machine {
     mac: [u8; 6],
     arch: u16,
     xid: u32,
     xid_ipxe: u32,
     t0: Instant,
-) -> Result<()> {
-    let stage = |r: &mut MachineResult, name: &str| {
+}
+
+impl Machine {
+    fn stage(&self, r: &mut MachineResult, name: &str) {
         r.stages
-            .push((name.to_string(), t0.elapsed().as_secs_f64()));
+            .push((name.to_string(), self.t0.elapsed().as_secs_f64()));
+    }
+}
+
+/// The boot a PXE ROM and then iPXE do: firmware DHCP, first stage over TFTP, iPXE's DHCP,
+/// scripts over HTTP, kernel, initrds.
+async fn flow(
+    s: &Shared,
+    r: &mut MachineResult,
+    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+    m: &Machine,
+) -> Result<()> {
+    firmware_stage(s, r, rx, m).await?;
+    let ack2 = dora(
+        s,
+        rx,
+        ClientKind::Ipxe {
+            arch: m.arch,
+            http: true,
+            user_class: true,
+        },
+        m.mac,
+        m.xid_ipxe,
+        &mut r.dhcp_retransmits,
+    )
+    .await
+    .context("iPXE DHCP")?;
+    m.stage(r, "ipxe-dhcp");
+    let ip2 = ack2.yiaddr;
+    r.address = Some(ip2.to_string());
+    let url = boot_file(&ack2);
+    if !url.starts_with("http://") {
+        bail!("iPXE ACK boot file is not an http URL: {url:?}");
+    }
+    let vars = Vars {
+        mac: m.mac,
+        arch: m.arch,
+        ip: ip2,
     };
+    let (url, script) = follow_scripts(r, m, ip2, url, &vars).await?;
+    let kernel = find_cmd(&script, "kernel")
+        .ok_or_else(|| anyhow!("no kernel line after 4 chains: {script:?}"))?;
+    r.http_bytes += fetch(ip2, &resolve(&url, &vars.expand(&kernel))).await?;
+    r.time_to_kernel = Some(m.t0.elapsed().as_secs_f64());
+    m.stage(r, "kernel");
+    for line in script.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("initrd") {
+            continue;
+        }
+        let Some(u) = first_arg(w) else {
+            continue;
+        };
+        r.http_bytes += fetch(ip2, &resolve(&url, &vars.expand(&u))).await?;
+    }
+    r.time_to_done = Some(m.t0.elapsed().as_secs_f64());
+    m.stage(r, "initrd");
+    Ok(())
+}
+
+/// The firmware's part: DORA, then the boot file its ACK names over TFTP.
+async fn firmware_stage(
+    s: &Shared,
+    r: &mut MachineResult,
+    rx: &mut mpsc::UnboundedReceiver<ReplyView>,
+    m: &Machine,
+) -> Result<()> {
     let ack = dora(
         s,
         rx,
-        ClientKind::Firmware { arch },
-        mac,
-        xid,
+        ClientKind::Firmware { arch: m.arch },
+        m.mac,
+        m.xid,
         &mut r.dhcp_retransmits,
     )
     .await
     .context("firmware DHCP")?;
-    stage(r, "firmware-dhcp");
+    m.stage(r, "firmware-dhcp");
     let ip = ack.yiaddr;
     r.firmware_address = Some(ip.to_string());
     let tftp_server = if ack.siaddr.is_unspecified() {
@@ -340,12 +425,7 @@ async fn flow(
     } else {
         ack.siaddr
     };
-    let file = if ack.file.is_empty() {
-        ack.opt_str(code::BOOTFILE).unwrap_or_default()
-    } else {
-        ack.file.clone()
-    };
-    let file = file.trim_end_matches('\0').to_string();
+    let file = boot_file(&ack);
     if file.is_empty() {
         bail!("firmware ACK names no boot file");
     }
@@ -355,39 +435,32 @@ async fn flow(
     s.tftp_retx.fetch_add(retx, Ordering::Relaxed);
     r.tftp_retransmits = retx;
     r.tftp_bytes = n;
-    stage(r, "first-stage");
+    m.stage(r, "first-stage");
+    Ok(())
+}
 
-    let ack2 = dora(
-        s,
-        rx,
-        ClientKind::Ipxe {
-            arch,
-            http: true,
-            user_class: true,
-        },
-        mac,
-        xid_ipxe,
-        &mut r.dhcp_retransmits,
-    )
-    .await
-    .context("iPXE DHCP")?;
-    stage(r, "ipxe-dhcp");
-    let ip2 = ack2.yiaddr;
-    r.address = Some(ip2.to_string());
-    let mut url = if ack2.file.is_empty() {
-        ack2.opt_str(code::BOOTFILE).unwrap_or_default()
+/// The boot file of a reply: the `file` field, else option 67 (without trailing NULs).
+fn boot_file(ack: &ReplyView) -> String {
+    let file = if ack.file.is_empty() {
+        ack.opt_str(code::BOOTFILE).unwrap_or_default()
     } else {
-        ack2.file.clone()
+        ack.file.clone()
     };
-    url = url.trim_end_matches('\0').to_string();
-    if !url.starts_with("http://") {
-        bail!("iPXE ACK boot file is not an http URL: {url:?}");
-    }
-    let vars = Vars { mac, arch, ip: ip2 };
-    // Follow chain lines (bounded) to the script that boots a kernel.
+    file.trim_end_matches('\0').to_string()
+}
+
+/// Follows `chain` lines (at most four hops) from `url` to the script that boots a kernel;
+/// that script and its URL.
+async fn follow_scripts(
+    r: &mut MachineResult,
+    m: &Machine,
+    ip: Ipv4Addr,
+    mut url: String,
+    vars: &Vars,
+) -> Result<(String, String)> {
     let mut script = String::new();
     for hop in 0..4 {
-        let (status, body, _) = http_get(ip2, &url, true)
+        let (status, body, _) = http_get(ip, &url, true)
             .await
             .with_context(|| format!("GET {url}"))?;
         if status != 200 {
@@ -397,7 +470,7 @@ async fn flow(
         if !script.starts_with("#!ipxe") {
             bail!("GET {url}: not an iPXE script");
         }
-        stage(r, &format!("script{hop}"));
+        m.stage(r, &format!("script{hop}"));
         if find_cmd(&script, "kernel").is_some() {
             break;
         }
@@ -406,38 +479,19 @@ async fn flow(
         };
         url = resolve(&url, &vars.expand(&next));
     }
-    let kernel = find_cmd(&script, "kernel")
-        .ok_or_else(|| anyhow!("no kernel line after 4 chains: {script:?}"))?;
-    let kernel_url = resolve(&url, &vars.expand(&kernel));
-    let (status, _, n) = http_get(ip2, &kernel_url, false)
+    Ok((url, script))
+}
+
+/// GET `url` from `ip`, body counted and dropped; its length, or an error for any status
+/// other than 200.
+async fn fetch(ip: Ipv4Addr, url: &str) -> Result<u64> {
+    let (status, _, n) = http_get(ip, url, false)
         .await
-        .with_context(|| format!("GET {kernel_url}"))?;
+        .with_context(|| format!("GET {url}"))?;
     if status != 200 {
-        bail!("GET {kernel_url}: status {status}");
+        bail!("GET {url}: status {status}");
     }
-    r.http_bytes += n;
-    r.time_to_kernel = Some(t0.elapsed().as_secs_f64());
-    stage(r, "kernel");
-    for line in script.lines() {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("initrd") {
-            continue;
-        }
-        let Some(u) = first_arg(w) else {
-            continue;
-        };
-        let u = resolve(&url, &vars.expand(&u));
-        let (status, _, n) = http_get(ip2, &u, false)
-            .await
-            .with_context(|| format!("GET {u}"))?;
-        if status != 200 {
-            bail!("GET {u}: status {status}");
-        }
-        r.http_bytes += n;
-    }
-    r.time_to_done = Some(t0.elapsed().as_secs_f64());
-    stage(r, "initrd");
-    Ok(())
+    Ok(n)
 }
 
 fn server_id(r: &ReplyView) -> Option<Ipv4Addr> {
@@ -543,27 +597,20 @@ pub async fn tftp_get(
     let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))
         .await
         .with_context(|| format!("bind {local} (is the pool routed as local?)"))?;
-    let mut rrq = vec![0, 1];
-    for part in [file, "octet", "blksize", &blksize.to_string(), "tsize", "0"] {
-        rrq.extend_from_slice(part.as_bytes());
-        rrq.push(0);
-    }
-    let mut peer = SocketAddr::from(SocketAddrV4::new(server, 69));
-    let mut locked = false;
-    let mut last: Vec<u8> = rrq;
-    let mut bs = 512usize;
-    let mut tsize: Option<u64> = None;
-    let mut expect: u16 = 1;
-    let mut total: u64 = 0;
+    let mut dl = Download::new(
+        SocketAddr::from(SocketAddrV4::new(server, 69)),
+        file,
+        blksize,
+    );
     let mut retx = 0u64;
     let mut tries = 0usize;
     let mut buf = vec![0u8; 65536];
-    sock.send_to(&last, peer).await?;
+    sock.send_to(&dl.last, dl.peer).await?;
     loop {
         let secs = TFTP_TIMEOUTS
             .get(tries)
             .copied()
-            .ok_or_else(|| anyhow!("no answer after {} tries at block {expect}", tries))?;
+            .ok_or_else(|| anyhow!("no answer after {} tries at block {}", tries, dl.expect))?;
         let got = tokio::time::timeout(Duration::from_secs(secs), sock.recv_from(&mut buf)).await;
         let (n, from) = match got {
             Ok(r) => r?,
@@ -571,66 +618,93 @@ pub async fn tftp_get(
                 tries += 1;
                 if tries < TFTP_TIMEOUTS.len() {
                     retx += 1;
-                    sock.send_to(&last, peer).await?;
+                    sock.send_to(&dl.last, dl.peer).await?;
                 }
                 continue;
             }
         };
-        if locked && from != peer {
-            continue;
+        match dl.on_datagram(from, &buf[..n])? {
+            Step::Ignore => {}
+            Step::Progress => {
+                tries = 0;
+                sock.send_to(&dl.last, dl.peer).await?;
+            }
+            Step::Repeat => {
+                sock.send_to(&dl.last, dl.peer).await?;
+            }
+            Step::Done => {
+                sock.send_to(&dl.last, dl.peer).await?;
+                return Ok((dl.total, retx));
+            }
         }
-        if from.ip() != peer.ip() {
-            continue;
+    }
+}
+
+/// What a TFTP client does after a datagram.
+enum Step {
+    /// Not for this transfer, or nothing to do.
+    Ignore,
+    /// New data or the OACK: send `last` (the new ACK) and start the timeouts over.
+    Progress,
+    /// The previous block again (our ACK was lost or late): ACK it again.
+    Repeat,
+    /// The last block: send its ACK and finish.
+    Done,
+}
+
+/// The client side of one TFTP read: the server's TID once known, the datagram to resend on
+/// timeout, the negotiated block size and transfer size, and what has arrived.
+struct Download {
+    peer: SocketAddr,
+    locked: bool,
+    last: Vec<u8>,
+    blksize: usize,
+    tsize: Option<u64>,
+    expect: u16,
+    total: u64,
+}
+
+impl Download {
+    /// Starts with the RRQ (asking for `blksize` and the transfer size) as `last`.
+    fn new(server: SocketAddr, file: &str, blksize: u16) -> Download {
+        let mut rrq = vec![0, 1];
+        for part in [file, "octet", "blksize", &blksize.to_string(), "tsize", "0"] {
+            rrq.extend_from_slice(part.as_bytes());
+            rrq.push(0);
         }
-        let p = &buf[..n];
-        if p.len() < 4 {
-            continue;
+        Download {
+            peer: server,
+            locked: false,
+            last: rrq,
+            blksize: 512,
+            tsize: None,
+            expect: 1,
+            total: 0,
         }
-        let op = u16::from_be_bytes([p[0], p[1]]);
-        match op {
-            6 if !locked => {
-                peer = from;
-                locked = true;
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, p: &[u8]) -> Result<Step> {
+        if (self.locked && from != self.peer) || from.ip() != self.peer.ip() || p.len() < 4 {
+            return Ok(Step::Ignore);
+        }
+        match u16::from_be_bytes([p[0], p[1]]) {
+            6 if !self.locked => {
+                self.peer = from;
+                self.locked = true;
                 let mut fields = p[2..].split(|&b| b == 0);
                 while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
                     let k = String::from_utf8_lossy(k).to_ascii_lowercase();
                     let v = String::from_utf8_lossy(v);
                     match k.as_str() {
-                        "blksize" => bs = v.parse().context("OACK blksize")?,
-                        "tsize" => tsize = Some(v.parse().context("OACK tsize")?),
+                        "blksize" => self.blksize = v.parse().context("OACK blksize")?,
+                        "tsize" => self.tsize = Some(v.parse().context("OACK tsize")?),
                         _ => {}
                     }
                 }
-                last = vec![0, 4, 0, 0];
-                tries = 0;
-                sock.send_to(&last, peer).await?;
+                self.last = vec![0, 4, 0, 0];
+                Ok(Step::Progress)
             }
-            3 => {
-                if !locked {
-                    peer = from;
-                    locked = true;
-                }
-                let block = u16::from_be_bytes([p[2], p[3]]);
-                let data = p.len() - 4;
-                if block == expect {
-                    total += data as u64;
-                    last = vec![0, 4, p[2], p[3]];
-                    sock.send_to(&last, peer).await?;
-                    tries = 0;
-                    expect = expect.wrapping_add(1);
-                    if data < bs {
-                        if let Some(t) = tsize {
-                            if t != total {
-                                bail!("got {total} bytes, tsize said {t}");
-                            }
-                        }
-                        return Ok((total, retx));
-                    }
-                } else if block == expect.wrapping_sub(1) {
-                    // Our ACK was lost or late: ACK again.
-                    sock.send_to(&last, peer).await?;
-                }
-            }
+            3 => self.on_data(from, p),
             5 => {
                 let msg = String::from_utf8_lossy(&p[4..]);
                 bail!(
@@ -639,8 +713,35 @@ pub async fn tftp_get(
                     msg.trim_end_matches('\0')
                 );
             }
-            _ => {}
+            _ => Ok(Step::Ignore),
         }
+    }
+
+    fn on_data(&mut self, from: SocketAddr, p: &[u8]) -> Result<Step> {
+        if !self.locked {
+            self.peer = from;
+            self.locked = true;
+        }
+        let block = u16::from_be_bytes([p[2], p[3]]);
+        let data = p.len() - 4;
+        if block == self.expect.wrapping_sub(1) {
+            return Ok(Step::Repeat);
+        }
+        if block != self.expect {
+            return Ok(Step::Ignore);
+        }
+        self.total += data as u64;
+        self.last = vec![0, 4, p[2], p[3]];
+        self.expect = self.expect.wrapping_add(1);
+        if data >= self.blksize {
+            return Ok(Step::Progress);
+        }
+        if let Some(t) = self.tsize {
+            if t != self.total {
+                bail!("got {} bytes, tsize said {t}", self.total);
+            }
+        }
+        Ok(Step::Done)
     }
 }
 
