@@ -10,7 +10,9 @@
 # Tunables (environment): E2E_VM_TIMEOUT (s, default 240), E2E_MEM (MiB, default 512),
 #   E2E_NIC (virtio-net-pci | e1000 (BIOS only), default virtio-net-pci), E2E_KEEP=1 keeps the
 #   run dir (else removed on success), E2E_RESULTS=FILE collects result lines (bench/boot),
-#   E2E_RA=1 starts radvd (router advertisement, M/O clear, router lifetime 0, no prefix).
+#   E2E_RA=1 starts radvd (router advertisement, M/O clear, router lifetime 0, no prefix),
+#   E2E_OVMF_DIR holds the OVMF images of uefi VMs (default /usr/share/OVMF),
+#   E2E_QEMU_EXTRA (array) is appended to every VM's QEMU command line (e.g. OVMF's fw_cfg knobs).
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 E2E_REPO=$(cd "$E2E_DIR/.." && pwd)
@@ -183,7 +185,7 @@ e2e_vm_start() {
       # OVMF brings a virtio-net driver but none for e1000 (that one lives in the NIC's ROM,
       # which this scenario disables on purpose).
       [ "$E2E_NIC" = virtio-net-pci ] || e2e_die "UEFI VMs need E2E_NIC=virtio-net-pci (OVMF has no e1000 driver)"
-      local code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+      local code=${E2E_OVMF_DIR:-/usr/share/OVMF}/OVMF_CODE_4M.fd vars=${E2E_OVMF_DIR:-/usr/share/OVMF}/OVMF_VARS_4M.fd
       [ -f "$code" ] && [ -f "$vars" ] || e2e_die "missing $code or $vars (package ovmf)"
       cp "$vars" "$E2E_RUN/$label.vars.fd"
       fwargs=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
@@ -198,7 +200,7 @@ e2e_vm_start() {
   # timeout(1) is the hard stop even if this shell dies; the wait loop below normally ends first.
   e2e_spawn "$label.qemu" timeout -k 5 $((E2E_VM_TIMEOUT + 30)) \
     qemu-system-x86_64 -machine pc -accel tcg -m "$E2E_MEM" -smp 1 \
-    "${fwargs[@]}" -boot n -nographic -monitor none -no-reboot \
+    "${fwargs[@]}" ${E2E_QEMU_EXTRA[@]+"${E2E_QEMU_EXTRA[@]}"} -boot n -nographic -monitor none -no-reboot \
     -serial "file:$E2E_RUN/$label.serial" \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device "$dev"
   eval "E2E_VMPID_$label=\$!"

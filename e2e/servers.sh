@@ -168,7 +168,8 @@ EOF
   e2e_wait_listening 80 tcp
 }
 
-# chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim.
+# chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim at the end,
+# E2E_CHAINBOOT_HTTP_EXTRA inside [http].
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
@@ -207,6 +208,7 @@ root = "$E2E_RUN/tftp"
 [http]
 listen = "$E2E_SERVER_IP:80"
 root = "$E2E_RUN/http"
+${E2E_CHAINBOOT_HTTP_EXTRA:-}
 
 [ipxe]
 dir = "/usr/lib/ipxe"

@@ -478,6 +478,9 @@ fn bind_management(
         ),
         None => (addrs, chainboot_http::Listen::Many(Vec::new()), None),
     };
+    // Which URLs boot clients get is the boot listener's business; here it would only fail
+    // validation on a management listener without TLS.
+    http.https_for_http_boot = false;
     let mut server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
     if let Some(tls) = tls {
         server = server.with_tls(tls);

@@ -486,3 +486,21 @@ fn testssl_finds_nothing_above_low_on_either_listener() {
         }
     }
 }
+
+#[test]
+fn https_for_http_boot_starts_beside_a_plain_management_listener() {
+    // The management listener takes its limits from [http]; the boot listener's choice of
+    // URL scheme must not make it refuse to start without TLS of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "tls_listen = \"127.0.0.1:0\"\ntls = \"lab\"\nhttps_for_http_boot = true\n",
+        "",
+    );
+    let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
+    server.listening("HTTPS");
+    let api = server.listening("API");
+    let (ok, body, err) = curl(&[&format!("http://{api}/healthz")]);
+    assert!(ok, "the plain API answers: {err}");
+    assert!(!body.is_empty());
+}
