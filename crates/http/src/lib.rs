@@ -26,6 +26,7 @@
 //! ```
 
 mod config;
+mod ffdhe;
 pub mod lab;
 mod per_client;
 mod response;

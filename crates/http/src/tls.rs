@@ -106,6 +106,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The label of the boot listener's TLS (`[http] tls`), the one UEFI firmware talks to.
+pub const BOOT_LISTENER: &str = "http";
+
+/// The boot listener's crypto: ring's, plus TLS 1.2 DHE suites and the ffdhe2048 group after
+/// everything else, for edk2 firmware's HTTPS Boot, which offers no ECDHE (see `ffdhe`).
+pub fn boot_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.extend(crate::ffdhe::dhe_suites());
+    p.kx_groups.push(&crate::ffdhe::FFDHE2048_GROUP);
+    Arc::new(p)
+}
+
 /// SHA-256 of DER bytes as lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
@@ -333,7 +345,12 @@ impl TlsServer {
         seen.update(stamp(files));
         let (pair, info) = load_pair(files)?;
         let cert = Arc::new(CurrentCert(ArcSwap::from_pointee(pair)));
-        let builder = ServerConfig::builder_with_provider(provider())
+        let crypto = if label == BOOT_LISTENER {
+            boot_provider()
+        } else {
+            provider()
+        };
+        let builder = ServerConfig::builder_with_provider(crypto)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .or_else(|e| fail(format!("TLS settings: {e}")))?;
         let builder = match client_ca {

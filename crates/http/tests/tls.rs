@@ -585,3 +585,80 @@ async fn lab_mode_makes_its_ca_once_and_serves_it_for_enrolment() {
     }
     stop.cancel();
 }
+
+/// A TLS 1.2 client that, like edk2's HTTPS Boot, can do nothing but DHE: the suite and group
+/// it negotiated with the listener at `addr`, or the handshake error.
+async fn dhe_only_handshake(
+    addr: SocketAddr,
+    ca: &Path,
+) -> Result<(Option<rustls::CipherSuite>, Option<rustls::NamedGroup>), String> {
+    let mut crypto = (*chainboot_http::tls::boot_provider()).clone();
+    crypto.cipher_suites.retain(|s| {
+        matches!(
+            s.suite(),
+            rustls::CipherSuite::TLS_DHE_RSA_WITH_AES_256_GCM_SHA384
+                | rustls::CipherSuite::TLS_DHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    crypto
+        .kx_groups
+        .retain(|g| g.name() == rustls::NamedGroup::FFDHE2048);
+    assert_eq!(crypto.cipher_suites.len(), 2);
+    assert_eq!(crypto.kx_groups.len(), 1);
+    let roots = chainboot_http::tls::load_roots(ca).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tls.get_ref().1;
+    Ok((
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        conn.negotiated_key_exchange_group().map(|g| g.name()),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_that_only_does_dhe_gets_ffdhe2048_on_the_boot_listener_only() {
+    // The DHE suites are DHE_RSA: the lab certificate (RSA, what firmware is given) carries them.
+    let site = site();
+    let tls_dir = site.dir.path().join("lab");
+    let names = vec!["127.0.0.1".to_string()];
+    let lab = lab::ensure(&tls_dir, &names, CRL).unwrap();
+    let ca = tls_dir.join("ca.crt");
+    let boot = serve(
+        &site,
+        Some(TlsServer::new("http", &lab.server, None).unwrap()),
+        |_| {},
+    )
+    .await;
+    let got = dhe_only_handshake(boot.tls, &ca).await.unwrap();
+    assert_eq!(
+        got,
+        (
+            Some(rustls::CipherSuite::TLS_DHE_RSA_WITH_AES_256_GCM_SHA384),
+            Some(rustls::NamedGroup::FFDHE2048)
+        )
+    );
+    // A modern client still gets TLS 1.3 or ECDHE from the same listener.
+    assert!(presented_cert(boot.tls, &ca).await.is_ok());
+    let api = serve(
+        &site,
+        Some(TlsServer::new("api", &lab.server, None).unwrap()),
+        |_| {},
+    )
+    .await;
+    let refused = dhe_only_handshake(api.tls, &ca).await;
+    assert!(
+        refused.is_err(),
+        "the management listener offers ECDHE only: {refused:?}"
+    );
+}
