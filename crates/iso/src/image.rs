@@ -378,16 +378,26 @@ impl IsoImage {
         let Some(name) = self.entry_name(rec, &rr) else {
             return Ok(None);
         };
-        let idx = self.insert(
+        let idx = self.insert_dir(dir_node, &name, rec.modified)?;
+        Ok(idx.map(|idx| (idx, rec.lba, rec.len, join(dir_path, &name))))
+    }
+
+    /// An empty directory node named `name` below `dir_node` (see [`Self::insert`]).
+    fn insert_dir(
+        &mut self,
+        dir_node: u32,
+        name: &str,
+        modified: Option<SystemTime>,
+    ) -> Result<Option<u32>, IsoErrorKind> {
+        self.insert(
             dir_node,
-            &name,
-            rec.modified,
+            name,
+            modified,
             NodeKind::Dir {
                 children: HashMap::new(),
                 folded: HashMap::new(),
             },
-        )?;
-        Ok(idx.map(|idx| (idx, rec.lba, rec.len, join(dir_path, &name))))
+        )
     }
 
     /// Adds a file, symlink or relocated directory (Rock Ridge CL) described by `rec`.
@@ -413,15 +423,7 @@ impl IsoImage {
             let dot = DirRecord::parse(&first).ok_or_else(|| {
                 IsoErrorKind::Corrupt(format!("relocated directory /{path} has no \".\" record"))
             })?;
-            let idx = self.insert(
-                dir_node,
-                &name,
-                rec.modified,
-                NodeKind::Dir {
-                    children: HashMap::new(),
-                    folded: HashMap::new(),
-                },
-            )?;
+            let idx = self.insert_dir(dir_node, &name, rec.modified)?;
             return Ok(idx.map(|idx| (idx, lba, dot.len, path)));
         }
         if let Some(target) = rr.symlink {
