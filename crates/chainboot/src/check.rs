@@ -129,6 +129,19 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             Err(e) => println!("warning: [server] interfaces: {e}"),
         }
     }
+    // The host's cheap checks (`chainboot doctor` has them all): warnings here, since `check`
+    // also runs beside a running server or as another user than the service's.
+    let mut host = crate::doctor::check_ports(&cfg);
+    host.push(crate::doctor::check_state_dir(&cfg));
+    host.push(crate::doctor::check_clock());
+    for f in host {
+        if f.level >= crate::doctor::Level::Warning {
+            warnings += 1;
+            let mut f = f;
+            f.level = crate::doctor::Level::Warning;
+            println!("{}", f.check_line());
+        }
+    }
     // What profiles refer to, resolved now rather than at a machine's boot.
     let (file, text) = config::preflight::source_text(&source);
     let findings = config::preflight::check(&cfg, &file, &text, &isos);

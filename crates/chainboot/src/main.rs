@@ -7,8 +7,11 @@
 mod allocator;
 mod api_client;
 mod check;
+mod doctor;
 mod explain;
+mod generate;
 mod identity;
+mod init;
 mod interfaces;
 mod logging;
 mod resolver;
@@ -22,7 +25,7 @@ use chainboot_settings::{self as config, ipxe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +109,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write a starter config for this host: its boot interfaces, proxy or server DHCP mode
+    /// (from one DHCP probe on the named interfaces), the iPXE binaries found.
+    Init(init::InitArgs),
+    /// Everything on this host that would stop a boot, each problem with its fix: ports,
+    /// iPXE binaries, IPv6, firewall, other DHCP servers (--probe), state directory, clock.
+    /// Changes nothing.
+    Doctor(doctor::DoctorArgs),
+    /// Man pages and shell completions, from this command-line definition (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,6 +158,9 @@ fn main() -> ExitCode {
             server_ip,
             config,
         } => dhcp_config(server, server_ip, config.as_deref()),
+        Command::Init(args) => init::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Generate { command } => generate::run(&command, Cli::command()),
     }
 }
 

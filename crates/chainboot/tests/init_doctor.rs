@@ -1,0 +1,367 @@
+//! `chainboot init` and `chainboot doctor` on real networks: a server namespace and a client
+//! namespace joined by a veth pair (198.18.<n>.0/24), with and without dnsmasq answering DHCP
+//! on the client side, with IPv6 disabled, with a port taken, behind an nftables drop policy.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chainboot_testnet::Proc;
+use common::{chainboot_bin, require_root_and, sh, NetPair, Server};
+
+/// `chainboot ARGS` inside `ns` (no terminal: never interactive).
+fn chainboot_in(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(chainboot_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainboot")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// dnsmasq as the segment's ordinary DHCP server, on the client side of `net`.
+fn dnsmasq(net: &NetPair, n: u8, dir: &Path) -> Proc {
+    let conf = dir.join("dnsmasq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port=0\ninterface=cli0\nbind-interfaces\nuser=root\npid-file=\nlog-dhcp\n\
+             dhcp-leasefile={}\ndhcp-range=198.18.{n}.100,198.18.{n}.150,255.255.255.0,1h\n",
+            dir.join("leases").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("dnsmasq.log")).unwrap();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.client,
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
+        .arg("--log-facility=-")
+        .arg(format!("--conf-file={}", conf.display()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("dnsmasq");
+    let p = Proc(child);
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("dnsmasq.log")).is_ok_and(|l| l.contains("DHCP, IP range"))
+    });
+    p
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("condition not met within {timeout:?}");
+}
+
+fn discovers_heard(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("dnsmasq.log"))
+        .unwrap_or_default()
+        .matches("DHCPDISCOVER(cli0)")
+        .count()
+}
+
+fn init_in(net: &NetPair, dir: &Path, extra: &[&str]) -> (Output, String) {
+    let conf = dir.join("chainboot.toml");
+    let state = dir.join("state");
+    let mut args = vec![
+        "init",
+        "--config",
+        conf.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = chainboot_in(&net.server, &args);
+    let written = std::fs::read_to_string(&conf).unwrap_or_default();
+    (out, written)
+}
+
+fn check_passes(net: &NetPair, conf: &Path) {
+    let out = chainboot_in(&net.server, &["check", "--config", conf.to_str().unwrap()]);
+    assert!(out.status.success(), "check failed:\n{}", text(&out));
+}
+
+#[test]
+fn init_suggests_proxy_mode_when_a_dhcp_server_answers() {
+    require_root_and(&["ip", "dnsmasq"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("initpx", 31);
+    let _dnsmasq = dnsmasq(&net, 31, dir.path());
+    let (out, conf) = init_in(&net, dir.path(), &["--interface", "srv0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(conf.contains("mode = \"proxy\""), "{conf}");
+    assert!(conf.contains("interfaces = [\"srv0\"]"), "{conf}");
+    assert!(
+        conf.contains("heard on srv0: DHCP server 198.18.31.2 offered 198.18.31.1"),
+        "{conf}"
+    );
+    assert!(!conf.contains("[[dhcp.subnet]]"), "{conf}");
+    assert_eq!(discovers_heard(dir.path()), 1, "exactly one probe");
+    check_passes(&net, &dir.path().join("chainboot.toml"));
+}
+
+#[test]
+fn init_suggests_server_mode_with_a_pool_that_serves_when_nothing_answers() {
+    require_root_and(&["ip", "busybox"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("initsv", 32);
+    let (out, conf) = init_in(
+        &net,
+        dir.path(),
+        &["--interface", "srv0", "--probe-wait", "1s"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(conf.contains("mode = \"server\""), "{conf}");
+    assert!(conf.contains("cidr = \"198.18.32.0/24\""), "{conf}");
+    assert!(
+        conf.contains("pools = [[\"198.18.32.128\", \"198.18.32.254\"]]"),
+        "{conf}"
+    );
+    let path = dir.path().join("chainboot.toml");
+    check_passes(&net, &path);
+    // The suggestion really serves: an ordinary client gets an address from the pool.
+    let mut cfg = conf.clone();
+    cfg.push_str(
+        "\n[api]\nlisten = []\n[http]\nlisten = \"198.18.32.1:80\"\n[tftp]\nlisten = \"198.18.32.1:69\"\n",
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("serve.log"));
+    server.wait_for_log("DHCP ready", Duration::from_secs(30));
+    let out = sh(&format!(
+        "timeout 30 ip netns exec {} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 -s /bin/true 2>&1",
+        net.client
+    ));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("lease of 198.18.32."), "{said}");
+    let ip: u8 = said
+        .split("lease of 198.18.32.")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|o| o.parse().ok())
+        .expect("an address");
+    assert!((128..=254).contains(&ip), "{said}");
+}
+
+#[test]
+fn init_sends_no_probe_on_an_interface_nobody_named() {
+    require_root_and(&["ip", "dnsmasq"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("initnp", 33);
+    let _dnsmasq = dnsmasq(&net, 33, dir.path());
+    let (out, conf) = init_in(&net, dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(conf.contains("mode = \"proxy\""), "{conf}");
+    assert!(conf.contains("no probe was sent"), "{conf}");
+    assert!(conf.contains("# interfaces = "), "{conf}");
+    // --no-probe with a named interface sends nothing either.
+    std::fs::remove_file(dir.path().join("chainboot.toml")).unwrap();
+    let (out, _) = init_in(&net, dir.path(), &["--interface", "srv0", "--no-probe"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(discovers_heard(dir.path()), 0);
+}
+
+#[test]
+fn init_never_replaces_an_existing_config_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("chainboot.toml");
+    std::fs::write(&conf, "# mine\n").unwrap();
+    let run = |force: bool| {
+        let mut c = Command::new(chainboot_bin());
+        c.args(["init", "--no-probe", "--config"]).arg(&conf);
+        if force {
+            c.arg("--force");
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let out = run(false);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "# mine\n");
+    let out = run(true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read_to_string(&conf).unwrap().contains("[dhcp]"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("chainboot.toml.bak")).unwrap(),
+        "# mine\n"
+    );
+}
+
+/// A config serving `srv0` in `mode`, its files under `dir`.
+fn doctor_config(dir: &Path, mode: &str, n: u8) -> std::path::PathBuf {
+    let path = dir.join("doctor.toml");
+    let mut s = format!(
+        "[server]\ninterfaces = [\"srv0\"]\nstate_dir = \"{}\"\n[dhcp]\nmode = \"{mode}\"\n",
+        dir.join("state").display()
+    );
+    if mode == "server" {
+        s.push_str(&format!(
+            "[[dhcp.subnet]]\ncidr = \"198.18.{n}.0/24\"\npools = [[\"198.18.{n}.200\", \"198.18.{n}.210\"]]\n"
+        ));
+    }
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn doctor(net: &NetPair, conf: &Path, extra: &[&str]) -> (Output, String) {
+    let mut args = vec!["doctor", "--config", conf.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = chainboot_in(&net.server, &args);
+    let t = text(&out);
+    (out, t)
+}
+
+#[test]
+fn doctor_reports_another_dhcp_server_against_server_mode() {
+    require_root_and(&["ip", "dnsmasq"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("docdh", 34);
+    let _dnsmasq = dnsmasq(&net, 34, dir.path());
+    let conf = doctor_config(dir.path(), "server", 34);
+    let (out, said) = doctor(&net, &conf, &["--probe", "srv0"]);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("error    on srv0: DHCP server 198.18.34.2 offered 198.18.34.1"),
+        "{said}"
+    );
+    assert!(said.contains("set [dhcp] mode = \"proxy\""), "{said}");
+    // Without --probe nothing is sent.
+    let before = discovers_heard(dir.path());
+    let (_, said) = doctor(&net, &conf, &[]);
+    assert!(said.contains("not probed"), "{said}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(discovers_heard(dir.path()), before);
+}
+
+#[test]
+fn doctor_reports_proxy_mode_with_no_dhcp_server_on_the_segment() {
+    require_root_and(&["ip"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("docnd", 35);
+    let conf = doctor_config(dir.path(), "proxy", 35);
+    let (out, said) = doctor(&net, &conf, &["--probe", "srv0", "--probe-wait", "1s"]);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("error    no DHCP server answered on srv0"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: nothing gives the machines an address"),
+        "{said}"
+    );
+}
+
+#[test]
+fn doctor_and_check_report_ipv6_disabled_on_a_boot_interface_with_the_fix() {
+    require_root_and(&["ip"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("docv6", 36);
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv6.conf.srv0.disable_ipv6=1",
+        net.server
+    ));
+    let conf = doctor_config(dir.path(), "proxy", 36);
+    let (_, said) = doctor(&net, &conf, &[]);
+    assert!(said.contains("warning  IPv6 is off on srv0"), "{said}");
+    assert!(
+        said.contains("sysctl -w net.ipv6.conf.srv0.disable_ipv6=0"),
+        "{said}"
+    );
+    let out = chainboot_in(&net.server, &["check", "--config", conf.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("warning: IPv6 is off on srv0"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn doctor_and_check_name_the_program_holding_a_port() {
+    require_root_and(&["ip", "python3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("docpt", 37);
+    let holder = Command::new("ip")
+        .args(["netns", "exec", &net.server, "python3", "-c"])
+        .arg(
+            "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', 69))\ntime.sleep(120)\n",
+        )
+        .spawn()
+        .expect("python3");
+    let holder = Proc(holder);
+    let conf = doctor_config(dir.path(), "proxy", 37);
+    let want = format!(
+        "error    UDP 0.0.0.0:69 (TFTP) is taken by python3 (pid {})",
+        holder.0.id()
+    );
+    let mut said = String::new();
+    let mut failed = false;
+    wait_until(Duration::from_secs(10), || {
+        let (out, s) = doctor(&net, &conf, &[]);
+        said = s;
+        failed = !out.status.success();
+        said.contains(&want)
+    });
+    assert!(failed, "{said}");
+    assert!(said.contains("fix: stop that service"), "{said}");
+    let out = chainboot_in(&net.server, &["check", "--config", conf.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("warning: UDP 0.0.0.0:69 (TFTP) is taken by python3"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn doctor_reports_a_firewall_that_drops_a_boot_port() {
+    require_root_and(&["ip", "nft"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("docfw", 38);
+    let rules = dir.path().join("rules.nft");
+    std::fs::write(
+        &rules,
+        "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n  \
+         ct state established,related accept\n  udp dport { 67, 4011 } accept\n  \
+         tcp dport 80 accept\n }\n}\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "ip netns exec {} nft -f {}",
+        net.server,
+        rules.display()
+    ));
+    let conf = doctor_config(dir.path(), "proxy", 38);
+    let (out, said) = doctor(&net, &conf, &[]);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("error    the firewall drops UDP 69 (TFTP) on srv0: the drop policy of chain inet filter input"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: nft insert rule inet filter input udp dport 69 accept"),
+        "{said}"
+    );
+    assert!(!said.contains("drops UDP 67"), "{said}");
+    assert!(!said.contains("drops TCP 80"), "{said}");
+}
