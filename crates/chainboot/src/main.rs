@@ -16,6 +16,7 @@ mod interfaces;
 mod logging;
 mod resolver;
 mod serve;
+mod service_manager;
 mod tls;
 
 // The config file's schema and loader live in their own crate (the fuzz target loads the

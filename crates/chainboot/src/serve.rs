@@ -389,11 +389,13 @@ async fn serve(
     )?;
     // From here on a SIGHUP reloads instead of ending the process (tests wait for this line).
     info!("ready: SIGHUP reloads the config, SIGINT or SIGTERM stops");
+    crate::service_manager::ready();
     let result = loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Signal::Stop(name) => {
                     info!("{name}: shutting down");
+                    crate::service_manager::stopping();
                     break Ok(());
                 }
                 Signal::Reload => {
