@@ -193,4 +193,16 @@ check "without CAP_NET_RAW: no router advertisements" grep -q "not answering IPv
 check "without CAP_NET_RAW: a router solicitation goes unanswered" sh -c "! grep -q 'Router lifetime' '$root/tmp/no-raw.rdisc6'"
 run_as_unit no-admin "$(without net_admin)"
 check "without CAP_NET_ADMIN: SIOCSARP refused" grep -q "SIOCSARP" "$root/tmp/no-admin.log"
+umount "$root/proc"
+
+# ---- the unit under systemd, booting a VM ----
+out=$(mktemp)
+bash "$here/boot-through-unit.sh" "$root" 2>"$out.err" | tee "$out"
+rc=${PIPESTATUS[0]}
+passed=$((passed + $(grep -c '^PASS' "$out")))
+failed=$((failed + $(grep -c '^FAIL' "$out")))
+if [ "$rc" != 0 ] && ! grep -q '^FAIL' "$out"; then
+  bad "booting through the unit: $(tail -5 "$out.err")"
+fi
+rm -f "$out" "$out.err"
 finish
