@@ -205,4 +205,15 @@ if [ "$rc" != 0 ] && ! grep -q '^FAIL' "$out"; then
   bad "booting through the unit: $(tail -5 "$out.err")"
 fi
 rm -f "$out" "$out.err"
+
+# ---- purge ----
+mkdir -p "$root/var/lib/chainboot" && touch "$root/var/lib/chainboot/leases.db"
+if chroot "$root" dpkg --purge chainboot >"$root/tmp/purge.log" 2>&1; then
+  ok "dpkg --purge"
+else
+  bad "dpkg --purge"; cat "$root/tmp/purge.log"
+fi
+check "purge removes the state directory" test ! -e "$root/var/lib/chainboot"
+check "purge removes the config" test ! -e "$root/etc/chainboot/chainboot.toml"
+check "purge removes the unit" test ! -e "$root/usr/lib/systemd/system/chainboot.service"
 finish
