@@ -1,6 +1,7 @@
 //! `chainboot init` and `chainboot doctor` on real networks: a server namespace and a client
 //! namespace joined by a veth pair (198.18.<n>.0/24), with and without dnsmasq answering DHCP
 //! on the client side, with IPv6 disabled, with a port taken, behind an nftables drop policy.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 mod common;
 
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chainboot_testnet::Proc;
-use common::{chainboot_bin, require_root_and, sh, NetPair, Server};
+use common::{chainboot_bin, require_root_and, sh, udhcpc_lease, NetPair, Server};
 
 /// `chainboot ARGS` inside `ns` (no terminal: never interactive).
 fn chainboot_in(ns: &str, args: &[&str]) -> Output {
@@ -148,19 +149,15 @@ fn init_suggests_server_mode_with_a_pool_that_serves_when_nothing_answers() {
     std::fs::write(&path, cfg).unwrap();
     let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("serve.log"));
     server.wait_for_log("DHCP ready", Duration::from_secs(30));
-    let out = sh(&format!(
-        "timeout 30 ip netns exec {} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 -s /bin/true 2>&1",
-        net.client
-    ));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("lease of 198.18.32."), "{said}");
-    let ip: u8 = said
-        .split("lease of 198.18.32.")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
+    let ip = udhcpc_lease(&net.client, dir.path(), "");
+    let last: u8 = ip
+        .strip_prefix("198.18.32.")
         .and_then(|o| o.parse().ok())
-        .expect("an address");
-    assert!((128..=254).contains(&ip), "{said}");
+        .unwrap_or_else(|| panic!("{ip} is not in 198.18.32.0/24"));
+    assert!(
+        (128..=254).contains(&last),
+        "{ip} is outside the suggested pool"
+    );
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! The systemd readiness protocol (Type=notify), spoken to a datagram socket of the test's own
 //! as systemd's would be: READY=1 once every listener is bound, STOPPING=1 on SIGTERM.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{chainboot_bin, Server};
+use common::{chainboot_bin, loopback_config, Server};
 
 #[test]
 fn serve_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
@@ -15,16 +16,7 @@ fn serve_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let conf = dir.path().join("c.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[server]\nstate_dir = \"{}\"\n[dhcp]\nmode = \"off\"\n[tftp]\nlisten = \"127.0.0.1:0\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = []\n[ipv6]\nrouter_advertisements = \"off\"\n",
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
+    let (conf, _) = loopback_config(dir.path(), "");
     let log = dir.path().join("serve.log");
     let child = Command::new(chainboot_bin())
         .args(["serve", "--config"])
