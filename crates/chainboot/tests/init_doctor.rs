@@ -362,3 +362,49 @@ fn doctor_reports_a_firewall_that_drops_a_boot_port() {
     assert!(!said.contains("drops UDP 67"), "{said}");
     assert!(!said.contains("drops TCP 80"), "{said}");
 }
+
+/// `chainboot init` at a terminal (util-linux `script` gives it one) with `answers` typed in.
+fn init_at_a_terminal(net: &NetPair, dir: &Path, answers: &str) -> String {
+    let conf = dir.join("chainboot.toml");
+    let _ = std::fs::remove_file(&conf);
+    let cmd = format!(
+        "ip netns exec {} {} init --config {} --state-dir {}",
+        net.server,
+        chainboot_bin().display(),
+        conf.display(),
+        dir.join("state").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), answers.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::read_to_string(&conf).unwrap_or_default()
+}
+
+#[test]
+fn init_at_a_terminal_probes_only_the_interfaces_named_and_confirmed() {
+    require_root_and(&["ip", "dnsmasq", "script"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("inittt", 39);
+    let _dnsmasq = dnsmasq(&net, 39, dir.path());
+    // Named but not confirmed: no probe.
+    let conf = init_at_a_terminal(&net, dir.path(), "srv0\nn\n");
+    assert!(conf.contains("interfaces = [\"srv0\"]"), "{conf}");
+    assert!(conf.contains("no probe was sent"), "{conf}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(discovers_heard(dir.path()), 0);
+    // Named and confirmed: one probe, and dnsmasq's answer decides.
+    let conf = init_at_a_terminal(&net, dir.path(), "srv0\n\n");
+    assert!(conf.contains("mode = \"proxy\""), "{conf}");
+    assert!(
+        conf.contains("heard on srv0: DHCP server 198.18.39.2"),
+        "{conf}"
+    );
+    assert_eq!(discovers_heard(dir.path()), 1);
+}
