@@ -97,8 +97,12 @@ fn init(args: &InitArgs) -> Result<(), String> {
                 i.name,
                 humantime::format_duration(args.probe_wait)
             );
-            let heard = dhcp_probe::probe(&i.name, args.probe_wait)
-                .map_err(|e| format!("probing DHCP on {}: {e}", i.name))?;
+            let heard = dhcp_probe::probe(&i.name, args.probe_wait).map_err(|e| {
+                format!(
+                    "probing DHCP on {}: {e} (the probe needs root; or pass --no-probe, or --mode)",
+                    i.name
+                )
+            })?;
             for a in heard {
                 eprintln!("  heard {a}");
                 answers.push((i.name.clone(), a));

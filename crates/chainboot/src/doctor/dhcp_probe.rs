@@ -69,7 +69,7 @@ pub fn random_mac() -> [u8; 6] {
 }
 
 /// Sends one DISCOVER out of `interface` and collects the OFFERs for it until `wait` has
-/// passed. Needs root (port 68, SO_BINDTODEVICE).
+/// passed. Needs root for port 68 (and, before Linux 5.7, for SO_BINDTODEVICE).
 pub fn probe(interface: &str, wait: Duration) -> io::Result<Vec<Answer>> {
     let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
         io::Error::new(
