@@ -123,6 +123,12 @@ done
 inside journalctl -u chainboot --no-pager -o cat | grep -q "SIGHUP: " \
   && [ "$(inside systemctl is-active chainboot)" = active ] \
   && ok "systemctl reload: SIGHUP reloads, the service stays active" || bad "reload"
+said=$(inside chainboot doctor --config /etc/chainboot/chainboot.toml 2>&1)
+if [ $? = 0 ] && grep -q "UDP 0.0.0.0:67 (DHCP) is held by chainboot (pid $pid) (already running)" <<<"$said"; then
+  ok "doctor beside the running service: its ports are the service's own, nothing stops a boot"
+else
+  bad "doctor beside the running service: $said"
+fi
 echo "systemd-analyze security chainboot: $(inside systemd-analyze security chainboot --no-pager 2>/dev/null | tail -1)"
 inside systemctl stop chainboot
 [ "$(inside systemctl is-active chainboot)" = inactive ] && ok "systemctl stop" || bad "systemctl stop"
