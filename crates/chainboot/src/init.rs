@@ -92,6 +92,14 @@ fn init(args: &InitArgs) -> Result<(), String> {
     let probed = probe_ok && !args.no_probe && args.mode.is_none();
     if probed {
         for i in &chosen {
+            // Silence behind a firewall that drops the answers would suggest server mode
+            // beside a working DHCP server.
+            if let Some((by, chain)) = crate::doctor::firewall::probe_replies_dropped(&i.name) {
+                return Err(format!(
+                    "the firewall drops UDP 68 on {} ({by}): the probe could hear no DHCP server there; allow it (nft insert rule {chain} udp dport 68 accept) or pass --mode",
+                    i.name
+                ));
+            }
             eprintln!(
                 "probing DHCP on {} (one DHCPDISCOVER, {} wait)...",
                 i.name,

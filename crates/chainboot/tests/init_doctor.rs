@@ -408,3 +408,47 @@ fn init_at_a_terminal_probes_only_the_interfaces_named_and_confirmed() {
     );
     assert_eq!(discovers_heard(dir.path()), 1);
 }
+
+#[test]
+fn a_firewall_dropping_dhcp_replies_stops_init_and_doctor_from_trusting_silence() {
+    require_root_and(&["ip", "nft", "dnsmasq"]);
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::new("initfw", 40);
+    let _dnsmasq = dnsmasq(&net, 40, dir.path());
+    let rules = dir.path().join("rules.nft");
+    std::fs::write(
+        &rules,
+        "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n  \
+         udp dport { 67, 69, 4011 } accept\n }\n}\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "ip netns exec {} nft -f {}",
+        net.server,
+        rules.display()
+    ));
+    let (out, conf) = init_in(&net, dir.path(), &["--interface", "srv0"]);
+    assert!(!out.status.success(), "{conf}");
+    assert!(
+        text(&out).contains("the firewall drops UDP 68 on srv0"),
+        "{}",
+        text(&out)
+    );
+    assert!(conf.is_empty(), "nothing written: {conf}");
+    let conf = doctor_config(dir.path(), "proxy", 40);
+    let (out, said) = doctor(&net, &conf, &["--probe", "srv0"]);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("not probed on srv0: the firewall drops UDP 68"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fix: nft insert rule inet filter input udp dport 68 accept"),
+        "{said}"
+    );
+    assert_eq!(
+        discovers_heard(dir.path()),
+        0,
+        "no probe sent into the void"
+    );
+}

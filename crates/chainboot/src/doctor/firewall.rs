@@ -235,6 +235,21 @@ pub fn ruleset() -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j list ruleset: {e}"))
 }
 
+/// Why the DHCP probe on `interface` could hear no answer: this host's ruleset drops the
+/// servers' replies to UDP port 68 there (as far as it can tell). `None` when it lets them in
+/// or cannot be read.
+pub fn probe_replies_dropped(interface: &str) -> Option<(String, String)> {
+    let rules = ruleset().ok()?;
+    match fate(&rules, Proto::Udp, 68, Some(interface)) {
+        Fate::Dropped {
+            by,
+            chain,
+            certain: true,
+        } => Some((by, chain)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

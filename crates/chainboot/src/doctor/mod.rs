@@ -407,6 +407,18 @@ fn check_dhcp_neighbours(cfg: &Config, probe: &[String], wait: Duration) -> Vec<
     let mode = cfg.dhcp.mode;
     let mut out = Vec::new();
     for iface in probe {
+        if let Some((by, chain)) = firewall::probe_replies_dropped(iface) {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    format!(
+                        "not probed on {iface}: the firewall drops UDP 68 there ({by}), so no DHCP server's answer could be heard"
+                    ),
+                )
+                .fix(format!("nft insert rule {chain} udp dport 68 accept")),
+            );
+            continue;
+        }
         let answers = match dhcp_probe::probe(iface, wait) {
             Ok(a) => a,
             Err(e) => {
