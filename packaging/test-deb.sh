@@ -23,7 +23,7 @@ check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else b
 finish() { echo "package: $passed passed, $failed failed"; [ "$failed" = 0 ]; }
 
 [ "$(id -u)" = 0 ] || { echo "must run as root"; exit 1; }
-for t in debootstrap systemd-nspawn cargo-deb dpkg-deb ip busybox rdisc6; do
+for t in debootstrap systemd-nspawn cargo-deb dpkg-deb ip busybox rdisc6 lintian; do
   command -v "$t" >/dev/null || { echo "missing $t: run .ci/install-deps"; exit 1; }
 done
 
@@ -56,6 +56,15 @@ fi
 # ---- the package ----
 bash "$here/build-deb.sh" dev >/dev/null 2>&1 || { bash "$here/build-deb.sh" dev; exit 1; }
 deb=$(ls -t target/debian/chainboot_*.deb | head -1)
+
+# Debian's own package checker: no error (warnings are printed).
+if lintian --fail-on error "$deb" >/tmp/lintian.$$ 2>&1; then
+  ok "lintian: no errors"
+else
+  bad "lintian"
+fi
+grep -E '^[EW]:' /tmp/lintian.$$ || true
+rm -f /tmp/lintian.$$
 
 root=$(mktemp -d /var/tmp/chainboot-pkg.XXXXXX)
 caps_ns="cbpkg-$$"
