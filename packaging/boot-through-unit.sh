@@ -98,6 +98,16 @@ grep -qE '^Seccomp:\s+2$' <<<"$status" \
   && ok "seccomp filter on (SystemCallFilter, RestrictAddressFamilies, ...)" || bad "$(grep ^Seccomp <<<"$status")"
 # The service's own mount namespace ($pid is the container's number for it).
 view() { inside nsenter --target "$pid" --mount -- "$@"; }
+grep -qE '^Umask:\s+0077$' <<<"$status" && ok "UMask=0077" || bad "$(grep ^Umask <<<"$status")"
+# LimitNOFILE=65536, as far as the container's own hard limit allows (systemd there cannot
+# raise it; without the line the service would keep systemd's soft default of 1024).
+cap=$(inside cat /proc/1/limits | awk '/^Max open files/ {print $5}')
+want=$(( cap < 65536 ? cap : 65536 ))
+inside cat /proc/"$pid"/limits | grep -qE "^Max open files\s+$want\s+$want\s" \
+  && ok "LimitNOFILE: $want open files (65536, or the container's hard limit $cap)" \
+  || bad "open files: $(inside cat /proc/"$pid"/limits | grep 'open files')"
+[ "$(view ls /dev | wc -l)" -lt "$(inside ls /dev | wc -l)" ] \
+  && ok "PrivateDevices: fewer device nodes than the container has" || bad "PrivateDevices"
 for d in /etc /usr; do
   said=$(view touch "$d/chainboot-probe" 2>&1)
   grep -q "Read-only file system" <<<"$said" \
