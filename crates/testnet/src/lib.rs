@@ -6,6 +6,8 @@
 //! test process's PID and a counter, use only 198.18.0.0/15, and are deleted on drop (every exit
 //! path, panics included); processes are killed by their PID on drop, never by name.
 
+pub mod postgres;
+
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
