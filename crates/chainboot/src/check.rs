@@ -108,6 +108,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         chainboot_dhcp::Mode::Off => "off",
     };
     println!("DHCP: {mode} mode");
+    errors += print_store(&cfg);
     print_tls(&cfg);
     let mut warnings = 0usize;
     if cfg.ipv6.router_advertisements != chainboot_ra::RaMode::Off {
@@ -169,6 +170,62 @@ pub fn run(path: Option<&Path>) -> ExitCode {
     }
     println!("ok");
     ExitCode::SUCCESS
+}
+
+/// The store: SQLite's file, or PostgreSQL connected to (without migrating anything), its
+/// schema version and the live servers of the fleet. Returns the number of errors.
+fn print_store(cfg: &config::Config) -> usize {
+    use chainboot_store::{servers, Store, SCHEMA_VERSION};
+    let store = match Store::inspect(&cfg.store) {
+        Ok(None) => {
+            println!(
+                "store: sqlite {}",
+                cfg.server
+                    .state_dir
+                    .join(chainboot_store::DB_FILE)
+                    .display()
+            );
+            return 0;
+        }
+        Ok(Some(store)) => store,
+        Err(e) => {
+            println!("error: [store] {e}");
+            return 1;
+        }
+    };
+    println!(
+        "store: postgres {} (this server: {})",
+        store.location(),
+        store.server_name()
+    );
+    match store.compatible_schema() {
+        Ok(v) if v == SCHEMA_VERSION => println!("  schema version {v} (current)"),
+        Ok(0) => println!("  schema version 0 (empty database: created at the first start)"),
+        Ok(v) => println!("  schema version {v} (migrated to {SCHEMA_VERSION} at the next start)"),
+        Err(e) => {
+            println!("error: [store] {e}");
+            return 1;
+        }
+    }
+    let within = cfg.store.peer_timeout.as_millis() as i64;
+    match servers::all(&store) {
+        Ok(list) if list.is_empty() => println!("  live servers: none"),
+        Ok(list) => {
+            println!("  servers (live: heartbeat within {within} ms):");
+            for s in list {
+                println!(
+                    "    {:<8} {:<24} version {}, last heartbeat {} ms ago",
+                    if s.age_ms <= within { "live" } else { "silent" },
+                    s.name,
+                    s.version,
+                    s.age_ms
+                );
+            }
+        }
+        // A database not yet migrated has no table of servers.
+        Err(_) => println!("  live servers: none (no servers table yet)"),
+    }
+    0
 }
 
 /// Which listeners speak TLS and with what certificate (the files were checked by the config

@@ -179,7 +179,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
 
     // Boot policy: the script iPXE would get.
     out.push_str("\nboot policy:\n");
-    let store = Arc::new(open_store(&cfg.server.state_dir)?);
+    let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
     let policy = Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let facts = chainboot_policy::ClientFacts::from_raw(
         mac,
@@ -217,9 +217,14 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The live store when there is one (pinned profiles and boot-once state matter), otherwise
-/// an empty in-memory one; `explain` never creates files.
-fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
+/// The live store when there is one (pinned profiles and boot-once state matter): the fleet's
+/// database (not migrated: `explain` only reads) or the SQLite file, otherwise an empty
+/// in-memory one; `explain` never creates files.
+fn open_store(cfg: &chainboot_store::StoreConfig, state_dir: &Path) -> anyhow::Result<Store> {
+    if let Some(store) = Store::inspect(cfg)? {
+        store.compatible_schema()?;
+        return Ok(store);
+    }
     if state_dir.join(chainboot_store::DB_FILE).is_file() {
         Ok(Store::open(state_dir)?)
     } else {

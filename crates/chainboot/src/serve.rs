@@ -98,8 +98,14 @@ fn open_shared(
     quick: Option<&QuickBoot>,
 ) -> anyhow::Result<Shared> {
     let store = Arc::new(
-        Store::open(&cfg.server.state_dir)
-            .with_context(|| format!("[server] state_dir {}", cfg.server.state_dir.display()))?,
+        Store::from_config(&cfg.store, &cfg.server.state_dir).with_context(|| {
+            match cfg.store.backend {
+                chainboot_store::StoreBackend::Sqlite => {
+                    format!("[server] state_dir {}", cfg.server.state_dir.display())
+                }
+                chainboot_store::StoreBackend::Postgres => "[store] postgres".to_string(),
+            }
+        })?,
     );
     let events = EventLog::start(store.clone(), cfg.events.clone());
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));

@@ -214,9 +214,10 @@ impl DhcpServer {
         let (tx, rx) = mpsc::channel::<PendingCommit>();
         let store = self.store.clone();
         let counters = self.counters.clone();
+        let engine = self.engine.clone();
         let committer = std::thread::Builder::new()
             .name("dhcp-commit".into())
-            .spawn(move || commit_loop(rx, store, counters))?;
+            .spawn(move || commit_loop(rx, store, engine, counters))?;
         let ifaces = Arc::new(Mutex::new(Interfaces {
             by_index: HashMap::new(),
             refreshed: None,
@@ -375,7 +376,12 @@ const MAX_COMMIT_BATCH: usize = 4096;
 /// the server's CPU time (bench/README.md `## DHCP`).
 const COMMIT_LINGER: Duration = Duration::from_millis(1);
 
-fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: Arc<Counters>) {
+fn commit_loop(
+    rx: mpsc::Receiver<PendingCommit>,
+    store: Arc<Store>,
+    engine: Arc<Mutex<Engine>>,
+    counters: Arc<Counters>,
+) {
     // Blocks for the first pending ACK, then takes everything that queued up meanwhile (while
     // the previous batch was being fsynced): one transaction, one fsync for the lot. When the
     // first one came hard on the heels of the previous (less than COMMIT_LINGER apart: load),
@@ -403,7 +409,10 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
             .flat_map(|p| p.records.iter().cloned())
             .collect();
         match leases::save_batch(&store, &records) {
-            Ok(()) => {
+            Ok(refused) => {
+                if !refused.is_empty() {
+                    withhold_refused(&mut batch, &refused, &engine, &counters);
+                }
                 counters.commit_batches.fetch_add(1, Ordering::Relaxed);
                 counters
                     .committed_leases
@@ -431,6 +440,30 @@ fn commit_loop(rx: mpsc::Receiver<PendingCommit>, store: Arc<Store>, counters: A
             }
         }
     }
+}
+
+/// The fleet's database gave some addresses of this batch to other servers' clients: the
+/// replies of the requests that wrote them are withheld (the clients retry and are answered
+/// from what the engine now knows), and the engine learns who holds each address.
+fn withhold_refused(
+    batch: &mut Vec<PendingCommit>,
+    holders: &[LeaseRecord],
+    engine: &Mutex<Engine>,
+    counters: &Counters,
+) {
+    counters
+        .lease_conflicts
+        .fetch_add(holders.len() as u64, Ordering::Relaxed);
+    tracing::warn!(
+        addresses = holders.len(),
+        "dhcp: the fleet's database holds addresses of this batch for other clients; their replies are withheld"
+    );
+    engine.lock().load_leases(holders);
+    batch.retain(|p| {
+        !p.records
+            .iter()
+            .any(|r| holders.iter().any(|h| h.ip == r.ip))
+    });
 }
 
 /// Where a reply goes, as RFC 2131 section 4.1 says, and the interface it must leave by (0: the

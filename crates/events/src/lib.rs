@@ -571,6 +571,7 @@ fn write_batch(
             "mac": e.mac,
             "kind": e.kind,
             "detail": e.detail,
+            "server": store.server_name(),
         })
         .to_string();
         bytes += json.len() as u64;

@@ -259,6 +259,7 @@ mod tests {
             mac: Some("52:54:00:00:00:01".parse().unwrap()),
             kind: D::KIND.into(),
             detail: d.to_json(),
+            server: None,
         }
     }
 

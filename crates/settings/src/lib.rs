@@ -34,6 +34,7 @@ pub struct Config {
     pub api: chainboot_policy::ApiConfig,
     pub events: chainboot_events::EventSettings,
     pub machines: chainboot_store::limit::MachineLimits,
+    pub store: chainboot_store::StoreConfig,
 }
 
 impl Config {
@@ -82,6 +83,7 @@ impl Validate for Config {
         out.extend(under(&["dhcp"], self.dhcp.validate()));
         out.extend(under(&["events"], self.events.validate()));
         out.extend(under(&["machines"], self.machines.validate()));
+        out.extend(under(&["store"], self.store.validate()));
         out.extend(chainboot_policy::validate(
             &self.profile,
             &self.group,

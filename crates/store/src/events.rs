@@ -6,10 +6,12 @@ use chainboot_machine::Mac;
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use crate::schema::Migration;
+use crate::{Backend, Store, StoreError};
 
-/// Schema of the `events` table; appended to `MIGRATIONS` in lib.rs.
-pub(crate) const MIGRATION: &str = "
+/// Schema of the `events` table (schema version 4; version 5 adds `server`).
+pub(crate) const MIGRATION: Migration = Migration {
+    sqlite: "
 CREATE TABLE events (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms  INTEGER NOT NULL,
@@ -19,7 +21,19 @@ CREATE TABLE events (
 );
 CREATE INDEX events_mac_at ON events(mac, at_ms);
 CREATE INDEX events_kind_at ON events(kind, at_ms);
-";
+",
+    postgres: "
+CREATE TABLE events (
+    id     BIGSERIAL PRIMARY KEY,
+    at_ms  BIGINT NOT NULL,
+    mac    TEXT,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_mac_at ON events(mac, at_ms);
+CREATE INDEX events_kind_at ON events(kind, at_ms);
+",
+};
 
 /// An event to be written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +55,9 @@ pub struct EventRecord {
     pub mac: Option<Mac>,
     pub kind: String,
     pub detail: serde_json::Value,
+    /// The server that recorded it (absent for events recorded before servers were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 /// Which events to list.
@@ -82,24 +99,65 @@ pub struct Retention {
 /// the next few events.
 const PRUNE_TO: f64 = 0.9;
 
-/// Writes a batch in one transaction, returning the new ids in order.
+/// Writes a batch in one transaction, returning the new ids in order; each event is recorded
+/// as this server's.
 pub fn append_batch(store: &Store, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
-    store.write(|tx| {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO events (at_ms, mac, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut ids = Vec::with_capacity(events.len());
-        for e in events {
-            stmt.execute(params![
-                e.at_ms,
-                e.mac.map(|m| m.to_string()),
-                e.kind,
-                e.detail.to_string()
-            ])?;
-            ids.push(tx.last_insert_rowid());
+    let server = store.server_name().to_string();
+    match store.backend() {
+        Backend::Sqlite(db) => db.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (at_ms, mac, kind, detail, server) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut ids = Vec::with_capacity(events.len());
+            for e in events {
+                stmt.execute(params![
+                    e.at_ms,
+                    e.mac.map(|m| m.to_string()),
+                    e.kind,
+                    e.detail.to_string(),
+                    server
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(ids)
+        }),
+        Backend::Postgres(pg) => {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
+            let macs: Vec<Option<String>> = events
+                .iter()
+                .map(|e| e.mac.map(|m| m.to_string()))
+                .collect();
+            let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+            let details: Vec<String> = events.iter().map(|e| e.detail.to_string()).collect();
+            pg.run(move |c| async move {
+                // The ids are taken first, so that each event's id is known for certain (the
+                // order of RETURNING rows is not promised), then the batch is one statement.
+                let n = at.len() as i64;
+                let mut ids: Vec<i64> = c
+                    .query(
+                        "SELECT nextval(pg_get_serial_sequence('events', 'id'))
+                         FROM generate_series(1, $1::int8)",
+                        &[&n],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                ids.sort_unstable();
+                c.execute(
+                    "INSERT INTO events (id, at_ms, mac, kind, detail, server)
+                     SELECT u.*, $6::text
+                     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[]) AS u",
+                    &[&ids, &at, &macs, &kinds, &details, &server],
+                )
+                .await?;
+                Ok(ids)
+            })
         }
-        Ok(ids)
-    })
+    }
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
@@ -111,42 +169,90 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
         mac: mac.and_then(|m| m.parse().ok()),
         kind: row.get(3)?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        server: row.get(5)?,
+    })
+}
+
+fn from_pg_row(row: &tokio_postgres::Row) -> Result<EventRecord, tokio_postgres::Error> {
+    let mac: Option<String> = row.try_get(2)?;
+    let detail: String = row.try_get(4)?;
+    Ok(EventRecord {
+        id: row.try_get(0)?,
+        at_ms: row.try_get(1)?,
+        mac: mac.and_then(|m| m.parse().ok()),
+        kind: row.try_get(3)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        server: row.try_get(5)?,
     })
 }
 
 /// Lists events, newest first.
 pub fn list(store: &Store, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE) as i64;
-    store.read(|conn| {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, at_ms, mac, kind, detail FROM events
-             WHERE (?1 IS NULL OR mac = ?1)
-               AND (?2 IS NULL OR at_ms >= ?2)
-               AND (?3 IS NULL OR id > ?3)
-               AND (?4 IS NULL OR kind = ?4)
-               AND (?6 IS NULL OR id < ?6)
-             ORDER BY id DESC LIMIT ?5",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                filter.mac.map(|m| m.to_string()),
-                filter.since_ms,
-                filter.after_id,
-                filter.kind,
-                limit,
-                filter.before_id
-            ],
-            from_row,
-        )?;
-        rows.collect()
-    })
+    match store.backend() {
+        Backend::Sqlite(db) => db.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at_ms, mac, kind, detail, server FROM events
+                 WHERE (?1 IS NULL OR mac = ?1)
+                   AND (?2 IS NULL OR at_ms >= ?2)
+                   AND (?3 IS NULL OR id > ?3)
+                   AND (?4 IS NULL OR kind = ?4)
+                   AND (?6 IS NULL OR id < ?6)
+                 ORDER BY id DESC LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    filter.mac.map(|m| m.to_string()),
+                    filter.since_ms,
+                    filter.after_id,
+                    filter.kind,
+                    limit,
+                    filter.before_id
+                ],
+                from_row,
+            )?;
+            rows.collect()
+        }),
+        Backend::Postgres(pg) => {
+            let f = filter.clone();
+            pg.run(move |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT id, at_ms, mac, kind, detail, server FROM events
+                         WHERE ($1::text IS NULL OR mac = $1)
+                           AND ($2::int8 IS NULL OR at_ms >= $2)
+                           AND ($3::int8 IS NULL OR id > $3)
+                           AND ($4::text IS NULL OR kind = $4)
+                           AND ($6::int8 IS NULL OR id < $6)
+                         ORDER BY id DESC LIMIT $5",
+                        &[
+                            &f.mac.map(|m| m.to_string()),
+                            &f.since_ms,
+                            &f.after_id,
+                            &f.kind,
+                            &limit,
+                            &f.before_id,
+                        ],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(from_pg_row)
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+        }
+    }
 }
 
-/// Bytes the events take in the database: the pages of their table and its indexes, as SQLite's
-/// `dbstat` counts them (page fragmentation and overflow pages included, which for rows of a few
-/// KiB is up to twice their text).
+/// Bytes the events take in the database. SQLite: the pages of their table and its indexes,
+/// as its `dbstat` counts them (page fragmentation and overflow pages included, which for rows
+/// of a few KiB is up to twice their text). PostgreSQL: the rows' text plus a row's overhead
+/// (its files only shrink when vacuumed, so their size would not follow a prune).
 pub fn stored_bytes(store: &Store) -> Result<u64, StoreError> {
-    store.read(event_pages_bytes)
+    match store.backend() {
+        Backend::Sqlite(db) => db.read(event_pages_bytes),
+        Backend::Postgres(pg) => pg.run(|c| async move { pg_event_bytes(&c).await }),
+    }
 }
 
 fn event_pages_bytes(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
@@ -159,38 +265,105 @@ fn event_pages_bytes(c: &rusqlite::Connection) -> rusqlite::Result<u64> {
     .map(|n| n.max(0) as u64)
 }
 
+/// A row's overhead beyond its text on PostgreSQL: tuple header, the fixed columns and its
+/// entries in the three indexes, about.
+const PG_ROW_OVERHEAD: i64 = 120;
+
+async fn pg_event_bytes(c: &impl deadpool_postgres::GenericClient) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(octet_length(detail) + octet_length(kind)
+                + coalesce(octet_length(mac), 0) + coalesce(octet_length(server), 0) + $1::int8), 0)::int8
+             FROM events",
+            &[&PG_ROW_OVERHEAD],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(n.max(0) as u64)
+}
+
 /// Deletes what `keep` does not keep: events older than its time, unattributed events beyond
 /// their own cap, the oldest beyond the count, then the oldest until the events take at most
 /// [`PRUNE_TO`] of the byte budget. Gives the freed pages back. Returns how many were deleted.
 pub fn prune(store: &Store, keep: &Retention) -> Result<usize, StoreError> {
-    let n = store.write(|tx| {
-        let mut n = tx.execute(
-            "DELETE FROM events WHERE at_ms < ?1",
-            params![keep.min_at_ms],
-        )?;
-        n += tx.execute(
-            "DELETE FROM events WHERE mac IS NULL AND id <= (
-                SELECT id FROM events WHERE mac IS NULL ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-            params![keep.max_unattributed as i64],
-        )?;
-        n += delete_oldest_beyond(tx, keep.max_count as i64)?;
-        // Rows differ in size but not by much on average: keep the newest share that fits,
-        // and measure again (deleted rows free their pages at once).
-        for _ in 0..4 {
-            let bytes = event_pages_bytes(tx)?;
-            if bytes <= keep.max_bytes {
-                break;
-            }
-            let count: i64 = tx.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-            let share = keep.max_bytes as f64 * PRUNE_TO / bytes as f64;
-            n += delete_oldest_beyond(tx, (count as f64 * share) as i64)?;
+    let n = match store.backend() {
+        Backend::Sqlite(db) => db.write(|tx| prune_sqlite(tx, keep))?,
+        Backend::Postgres(pg) => {
+            let keep = *keep;
+            pg.run(move |mut c| async move {
+                let tx = c.transaction().await?;
+                let n = prune_pg(&tx, &keep).await?;
+                tx.commit().await?;
+                Ok(n)
+            })?
         }
-        Ok(n)
-    })?;
+    };
     if n > 0 {
         store.reclaim_space()?;
     }
     Ok(n)
+}
+
+fn prune_sqlite(tx: &rusqlite::Transaction<'_>, keep: &Retention) -> rusqlite::Result<usize> {
+    let mut n = tx.execute(
+        "DELETE FROM events WHERE at_ms < ?1",
+        params![keep.min_at_ms],
+    )?;
+    n += tx.execute(
+        "DELETE FROM events WHERE mac IS NULL AND id <= (
+            SELECT id FROM events WHERE mac IS NULL ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        params![keep.max_unattributed as i64],
+    )?;
+    n += delete_oldest_beyond(tx, keep.max_count as i64)?;
+    // Rows differ in size but not by much on average: keep the newest share that fits,
+    // and measure again (deleted rows free their pages at once).
+    for _ in 0..4 {
+        let bytes = event_pages_bytes(tx)?;
+        if bytes <= keep.max_bytes {
+            break;
+        }
+        let count: i64 = tx.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        n += delete_oldest_beyond(tx, share_to_keep(count, bytes, keep.max_bytes))?;
+    }
+    Ok(n)
+}
+
+/// Of `count` events taking `bytes`, how many to keep so that they take [`PRUNE_TO`] of
+/// `budget`.
+fn share_to_keep(count: i64, bytes: u64, budget: u64) -> i64 {
+    (count as f64 * (budget as f64 * PRUNE_TO / bytes as f64)) as i64
+}
+
+async fn prune_pg(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keep: &Retention,
+) -> Result<usize, StoreError> {
+    let mut n = tx
+        .execute("DELETE FROM events WHERE at_ms < $1", &[&keep.min_at_ms])
+        .await?;
+    n += tx
+        .execute(
+            "DELETE FROM events WHERE mac IS NULL AND id <= (
+                SELECT id FROM events WHERE mac IS NULL ORDER BY id DESC LIMIT 1 OFFSET $1)",
+            &[&(keep.max_unattributed as i64)],
+        )
+        .await?;
+    let beyond = "DELETE FROM events WHERE id <= (
+        SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)";
+    n += tx.execute(beyond, &[&(keep.max_count as i64)]).await?;
+    for _ in 0..4 {
+        let bytes = pg_event_bytes(tx).await?;
+        if bytes <= keep.max_bytes {
+            break;
+        }
+        let count: i64 = tx
+            .query_one("SELECT count(*) FROM events", &[])
+            .await?
+            .try_get(0)?;
+        let left = share_to_keep(count, bytes, keep.max_bytes);
+        n += tx.execute(beyond, &[&left]).await?;
+    }
+    Ok(n as usize)
 }
 
 /// Deletes all but the newest `keep` events.
@@ -205,104 +378,21 @@ fn delete_oldest_beyond(tx: &rusqlite::Transaction<'_>, keep: i64) -> rusqlite::
 mod tests {
     use super::*;
 
-    fn ev(at: i64, mac: &str, kind: &str) -> NewEvent {
-        NewEvent {
-            at_ms: at,
-            mac: Some(mac.parse().unwrap()),
-            kind: kind.into(),
-            detail: serde_json::json!({"n": at}),
-        }
-    }
-
+    /// SQLite only: what pruning frees goes back to the filesystem (the byte budget itself is
+    /// tested on both backends in tests/suite.rs).
     #[test]
-    fn events_round_trip_filter_and_prune() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let a = "52:54:00:00:00:01";
-        let b = "52:54:00:00:00:02";
-        let ids = append_batch(
-            &s,
-            &[
-                ev(1, a, "dhcp"),
-                ev(2, b, "dhcp"),
-                ev(3, a, "tftp"),
-                ev(4, a, "http"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(ids.len(), 4);
-        let all_a = list(
-            &s,
-            &EventFilter {
-                mac: Some(a.parse().unwrap()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            all_a.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
-            vec![4, 3, 1]
-        );
-        assert_eq!(all_a[0].detail["n"], 4);
-        let tftp = list(
-            &s,
-            &EventFilter {
-                kind: Some("tftp".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(tftp.len(), 1);
-        let after = list(
-            &s,
-            &EventFilter {
-                after_id: Some(ids[1]),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(after.len(), 2);
-        let before = list(
-            &s,
-            &EventFilter {
-                before_id: Some(ids[2]),
-                limit: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[1]]);
-        // Age: drop at_ms < 2; count: keep the newest 2.
-        let keep = Retention {
-            max_count: 2,
-            min_at_ms: 2,
-            max_bytes: u64::MAX,
-            max_unattributed: 10,
-        };
-        assert_eq!(prune(&s, &keep).unwrap(), 2);
-        let left = list(&s, &EventFilter::default()).unwrap();
-        assert_eq!(left.iter().map(|e| e.at_ms).collect::<Vec<_>>(), vec![4, 3]);
-    }
-
-    fn sized(at: i64, mac: Option<&str>, bytes: usize) -> NewEvent {
-        NewEvent {
-            at_ms: at,
-            mac: mac.map(|m| m.parse().unwrap()),
-            kind: "http".into(),
-            detail: serde_json::json!({ "pad": "x".repeat(bytes) }),
-        }
-    }
-
-    #[test]
-    fn pruning_keeps_the_byte_budget_newest_first() {
+    fn pruning_gives_space_back_to_the_filesystem() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let batch: Vec<NewEvent> = (0..4000)
-            .map(|i| sized(i, Some("52:54:00:00:00:01"), 1000))
+            .map(|i| NewEvent {
+                at_ms: i,
+                mac: None,
+                kind: "http".into(),
+                detail: serde_json::json!({ "pad": "x".repeat(1000) }),
+            })
             .collect();
         append_batch(&s, &batch).unwrap();
-        let full = stored_bytes(&s).unwrap();
-        assert!(full > 4_000_000, "{full}");
         let file = s.disk_bytes();
         let keep = Retention {
             max_count: 100_000,
@@ -311,52 +401,6 @@ mod tests {
             max_unattributed: 100_000,
         };
         assert!(prune(&s, &keep).unwrap() > 3000);
-        let left = list(&s, &EventFilter::default()).unwrap();
-        let kept = stored_bytes(&s).unwrap();
-        assert!((700_000..=1_000_000).contains(&kept), "{kept}");
-        let count: i64 = s
-            .read(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get(0)))
-            .unwrap();
-        assert!(count >= 600, "{count} kept");
-        assert_eq!(left[0].at_ms, 3999, "the newest stay");
         assert!(s.disk_bytes() < file / 3, "space given back");
-    }
-
-    #[test]
-    fn a_flood_of_unattributed_events_does_not_push_out_machines_history() {
-        let s = Store::in_memory().unwrap();
-        let history: Vec<NewEvent> = (0..50)
-            .map(|i| sized(i, Some("52:54:00:00:00:07"), 10))
-            .collect();
-        append_batch(&s, &history).unwrap();
-        let flood: Vec<NewEvent> = (50..5050).map(|i| sized(i, None, 10)).collect();
-        append_batch(&s, &flood).unwrap();
-        let keep = Retention {
-            max_count: 1000,
-            min_at_ms: 0,
-            max_bytes: u64::MAX,
-            max_unattributed: 100,
-        };
-        prune(&s, &keep).unwrap();
-        let machine = list(
-            &s,
-            &EventFilter {
-                mac: Some("52:54:00:00:00:07".parse().unwrap()),
-                limit: Some(MAX_PAGE),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(machine.len(), 50, "history intact");
-        let all = list(
-            &s,
-            &EventFilter {
-                limit: Some(MAX_PAGE),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(all.len(), 150);
-        assert_eq!(all[0].at_ms, 5049, "the newest unattributed stay");
     }
 }

@@ -4,14 +4,26 @@
 //! and read back at start.
 //!
 //! Writes come in batches so that the DHCP driver can group-commit: every ACK that arrives
-//! while one fsync is in progress is written by the next single transaction.
+//! while one fsync is in progress is written by the next single transaction (one statement
+//! and one round trip on PostgreSQL).
+//!
+//! With PostgreSQL several servers write here, and the database decides who gets an address:
+//! one row per address (the primary key), and a write replaces a row only when the row is the
+//! same client's, released, or expired by the writer's clock. A write the database refuses is
+//! returned to the caller with the row that won, and its ACK must not leave. The embedded
+//! SQLite store has one writer, whose engine already decided: its writes always replace.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, Transaction};
 
-use crate::{Store, StoreError};
+use crate::schema::Migration;
+use crate::{Backend, Store, StoreError};
 
-/// Schema of the `leases` table; appended to `MIGRATIONS` in lib.rs.
-pub(crate) const MIGRATION: &str = "
+/// Schema of the `leases` table (schema version 2).
+pub(crate) const MIGRATION: Migration = Migration {
+    sqlite: "
 CREATE TABLE leases (
     ip        TEXT PRIMARY KEY,
     mac       TEXT NOT NULL,
@@ -22,7 +34,21 @@ CREATE TABLE leases (
     updated   INTEGER NOT NULL
 );
 CREATE INDEX leases_mac ON leases(mac);
-";
+",
+    postgres: "
+CREATE TABLE leases (
+    ip        TEXT PRIMARY KEY,
+    mac       TEXT NOT NULL,
+    client_id BYTEA,
+    hostname  TEXT,
+    state     TEXT NOT NULL CHECK (state IN ('bound', 'released', 'declined')),
+    expires   BIGINT NOT NULL,
+    updated   BIGINT NOT NULL
+);
+CREATE INDEX leases_mac ON leases(mac);
+CREATE INDEX leases_updated ON leases(updated);
+",
+};
 
 /// What an address is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -70,13 +96,103 @@ pub struct LeaseRecord {
     pub updated: i64,
 }
 
-/// Writes (inserts or replaces, by address) every record in one transaction: durable when
-/// this returns `Ok` (the store runs with `synchronous=FULL`).
-pub fn save_batch(store: &Store, records: &[LeaseRecord]) -> Result<(), StoreError> {
+/// Writes every record in one transaction: durable when this returns `Ok` (SQLite runs with
+/// `synchronous=FULL`, PostgreSQL commits synchronously). Returns the writes the database
+/// refused because the address is another client's (PostgreSQL only), each as the row that
+/// holds the address; their ACKs must not be sent.
+pub fn save_batch(store: &Store, records: &[LeaseRecord]) -> Result<Vec<LeaseRecord>, StoreError> {
     if records.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    store.write(|tx| save_in(tx, records))
+    match store.backend() {
+        Backend::Sqlite(db) => db.write(|tx| save_in(tx, records)).map(|()| Vec::new()),
+        Backend::Postgres(pg) => {
+            let batch = last_per_address(records);
+            let server = store.server_name().to_string();
+            pg.run(move |c| async move { save_pg(&c, batch, &server).await })
+        }
+    }
+}
+
+/// One record per address, the last of each (a batch may hold an OFFER's and an ACK's write
+/// of one address; one statement may not change a row twice), in address order so that two
+/// servers' batches lock rows in the same order and never deadlock.
+fn last_per_address(records: &[LeaseRecord]) -> Vec<LeaseRecord> {
+    let mut by_ip: BTreeMap<u32, &LeaseRecord> = BTreeMap::new();
+    for r in records {
+        by_ip.insert(u32::from(r.ip), r);
+    }
+    by_ip.into_values().cloned().collect()
+}
+
+const PG_COLUMNS: &str = "ip, mac, client_id, hostname, state, expires, updated";
+
+async fn save_pg(
+    c: &deadpool_postgres::ClientWrapper,
+    batch: Vec<LeaseRecord>,
+    server: &str,
+) -> Result<Vec<LeaseRecord>, StoreError> {
+    let ips: Vec<String> = batch.iter().map(|r| r.ip.to_string()).collect();
+    let macs: Vec<&str> = batch.iter().map(|r| r.mac.as_str()).collect();
+    let ids: Vec<Option<&[u8]>> = batch.iter().map(|r| r.client_id.as_deref()).collect();
+    let names: Vec<Option<&str>> = batch.iter().map(|r| r.hostname.as_deref()).collect();
+    let states: Vec<&str> = batch.iter().map(|r| r.state.as_str()).collect();
+    let expires: Vec<i64> = batch.iter().map(|r| r.expires).collect();
+    let updated: Vec<i64> = batch.iter().map(|r| r.updated).collect();
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO leases (ip, mac, client_id, hostname, state, expires, updated, server)
+             SELECT u.*, $8::text FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[],
+                 $5::text[], $6::int8[], $7::int8[]) AS u
+             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, client_id = excluded.client_id,
+               hostname = excluded.hostname, state = excluded.state, expires = excluded.expires,
+               updated = excluded.updated, server = excluded.server
+             WHERE leases.mac = excluded.mac OR leases.state = 'released'
+               OR leases.expires <= excluded.updated
+             RETURNING ip",
+        )
+        .await?;
+    let written = c
+        .query(
+            &stmt,
+            &[
+                &ips, &macs, &ids, &names, &states, &expires, &updated, &server,
+            ],
+        )
+        .await?;
+    if written.len() == batch.len() {
+        return Ok(Vec::new());
+    }
+    let written: std::collections::HashSet<String> =
+        written.iter().map(|r| r.get::<_, String>(0)).collect();
+    let refused: Vec<String> = ips.into_iter().filter(|ip| !written.contains(ip)).collect();
+    let rows = c
+        .query(
+            &format!("SELECT {PG_COLUMNS} FROM leases WHERE ip = ANY($1) ORDER BY ip"),
+            &[&refused],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(from_pg_row).collect())
+}
+
+fn from_pg_row(r: &tokio_postgres::Row) -> Option<LeaseRecord> {
+    let ip: String = r.get(0);
+    let state: String = r.get(4);
+    match (ip.parse::<Ipv4Addr>(), LeaseState::parse(&state)) {
+        (Ok(ip), Some(state)) => Some(LeaseRecord {
+            ip,
+            mac: r.get(1),
+            client_id: r.get(2),
+            hostname: r.get(3),
+            state,
+            expires: r.get(5),
+            updated: r.get(6),
+        }),
+        _ => {
+            tracing::warn!(ip, state, "leases: skipping unreadable row");
+            None
+        }
+    }
 }
 
 fn save_in(tx: &Transaction<'_>, records: &[LeaseRecord]) -> Result<(), rusqlite::Error> {
@@ -104,7 +220,33 @@ fn save_in(tx: &Transaction<'_>, records: &[LeaseRecord]) -> Result<(), rusqlite
 /// Every stored lease, ordered by address text. Rows that do not parse (hand-edited
 /// database) are skipped with a warning rather than failing the start.
 pub fn load_all(store: &Store) -> Result<Vec<LeaseRecord>, StoreError> {
-    store.read(load_in)
+    match store.backend() {
+        Backend::Sqlite(db) => db.read(load_in),
+        Backend::Postgres(pg) => pg.run(|c| async move {
+            let rows = c
+                .query(&format!("SELECT {PG_COLUMNS} FROM leases ORDER BY ip"), &[])
+                .await?;
+            Ok(rows.iter().filter_map(from_pg_row).collect())
+        }),
+    }
+}
+
+/// Leases written at or after `since` (seconds; the writers' clocks), by any server, ordered
+/// by address: how a server of a fleet learns what the others handed out. Empty for SQLite
+/// (its only writer is this server).
+pub fn changed_since(store: &Store, since: i64) -> Result<Vec<LeaseRecord>, StoreError> {
+    match store.backend() {
+        Backend::Sqlite(_) => Ok(Vec::new()),
+        Backend::Postgres(pg) => pg.run(move |c| async move {
+            let rows = c
+                .query(
+                    &format!("SELECT {PG_COLUMNS} FROM leases WHERE updated >= $1 ORDER BY ip"),
+                    &[&since],
+                )
+                .await?;
+            Ok(rows.iter().filter_map(from_pg_row).collect())
+        }),
+    }
 }
 
 fn load_in(conn: &Connection) -> Result<Vec<LeaseRecord>, rusqlite::Error> {
@@ -139,60 +281,4 @@ fn load_in(conn: &Connection) -> Result<Vec<LeaseRecord>, rusqlite::Error> {
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(ip: &str, mac: &str, state: LeaseState) -> LeaseRecord {
-        LeaseRecord {
-            ip: ip.parse().unwrap(),
-            mac: mac.into(),
-            client_id: Some(vec![1, 2, 3]),
-            hostname: Some("node".into()),
-            state,
-            expires: 1000,
-            updated: 10,
-        }
-    }
-
-    #[test]
-    fn batch_survives_reopen_and_replaces_by_address() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        save_batch(
-            &s,
-            &[
-                rec("198.18.0.10", "52:54:00:00:00:01", LeaseState::Bound),
-                rec("198.18.0.11", "52:54:00:00:00:02", LeaseState::Bound),
-            ],
-        )
-        .unwrap();
-        save_batch(
-            &s,
-            &[rec(
-                "198.18.0.10",
-                "52:54:00:00:00:01",
-                LeaseState::Released,
-            )],
-        )
-        .unwrap();
-        drop(s);
-        let s = Store::open(dir.path()).unwrap();
-        let all = load_all(&s).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all[0].state, LeaseState::Released);
-        assert_eq!(
-            all[1],
-            rec("198.18.0.11", "52:54:00:00:00:02", LeaseState::Bound)
-        );
-    }
-
-    #[test]
-    fn empty_batch_writes_nothing() {
-        let s = Store::in_memory().unwrap();
-        save_batch(&s, &[]).unwrap();
-        assert!(load_all(&s).unwrap().is_empty());
-    }
 }

@@ -1,15 +1,27 @@
-//! chainboot's embedded state: leases, machines and events in one SQLite
-//! database under `state_dir`, in WAL mode.
+//! chainboot's state: leases, machines, events and the live servers, in one of two backends.
 //!
-//! Each concern owns a module with its schema and queries (`leases`, `machines`, `events`);
-//! this file owns the connection handling and the migration list. Writers share one
-//! connection behind a mutex (SQLite allows one writer at a time anyway); readers use their
-//! own connection so that dashboards and the API never wait behind a write transaction.
+//! - SQLite (the default): one database file under `state_dir`, in WAL mode, for one server.
+//!   Writers share one connection behind a mutex (SQLite allows one writer at a time anyway);
+//!   readers use their own connection so that dashboards and the API never wait behind a write
+//!   transaction.
+//! - PostgreSQL (`[store] backend = "postgres"`): every server pointing at one database is one
+//!   fleet (see `pg`).
+//!
+//! Each concern owns a module with its schema and queries for both backends (`leases`,
+//! `machines`, `events`, `servers`); this file owns the SQLite connection handling, `schema`
+//! the versioned migrations, `pg` the PostgreSQL pool.
 
+pub mod config;
 pub mod events;
 pub mod leases;
 pub mod limit;
 pub mod machines;
+mod pg;
+mod schema;
+pub mod servers;
+
+pub use config::{StoreBackend, StoreConfig};
+pub use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
 
@@ -85,6 +97,21 @@ pub fn restrict_permissions(path: &Path, allowed: u32) -> std::io::Result<()> {
 /// A store failure. The message says what was being done.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The database was migrated by a newer chainboot: this binary does not know its schema
+    /// and must not write to it.
+    #[error(
+        "state store: the database schema is version {found}, newer than this chainboot knows \
+         ({known}); run the newer chainboot, or restore a backup taken before it migrated"
+    )]
+    NewerSchema { found: u32, known: u32 },
+    #[error("state store (PostgreSQL): {}", pg::error_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool (database down, unreachable, or every
+    /// connection busy for longer than the pool's wait).
+    #[error("state store (PostgreSQL): no connection: {0}")]
+    Unavailable(String),
+    #[error("state store: {0}")]
+    Config(String),
     #[error("state store {path}: {source}")]
     Open {
         path: PathBuf,
@@ -106,24 +133,31 @@ pub enum StoreError {
     },
 }
 
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Bytes the write-ahead log is truncated to at checkpoints.
 const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
-/// Schema migrations, applied in order once each; `PRAGMA user_version` records how far a
-/// database got. Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[
-    // 1: nothing yet; modules append theirs below.
-    "SELECT 1;",
-    // 2: DHCP leases.
-    leases::MIGRATION,
-    // 3: machines (policy).
-    machines::MIGRATION,
-    // 4: events (boot timelines).
-    events::MIGRATION,
-];
-
-/// The embedded store.
+/// The state store: one of the backends behind one API.
 pub struct Store {
+    backend: Backend,
+    /// This server's name, recorded with what it writes (events, leases, the live-servers
+    /// table).
+    server: String,
+}
+
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(pg::Postgres),
+}
+
+/// The embedded SQLite database.
+pub(crate) struct Sqlite {
     path: Option<PathBuf>,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
@@ -131,14 +165,115 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        let mut d = f.debug_struct("Store");
+        match &self.backend {
+            Backend::Sqlite(db) => d.field("sqlite", &db.path),
+            Backend::Postgres(pg) => d.field("postgres", &pg.describe()),
+        };
+        d.field("server", &self.server).finish()
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `state_dir` and brings its schema up to date.
-    /// The database holds every machine's secret: `state_dir` is made 0700 and the database
-    /// files 0600 (created so, and tightened with a warning when found looser).
+    /// Opens the backend `cfg` chooses: the SQLite file in `state_dir`, or the PostgreSQL
+    /// database (connected, migrated, this server registered in the live-servers table).
+    pub fn from_config(cfg: &StoreConfig, state_dir: &Path) -> Result<Store, StoreError> {
+        let server = cfg.server_name();
+        match cfg.backend {
+            StoreBackend::Sqlite => Ok(Store::open(state_dir)?.named(server)),
+            StoreBackend::Postgres => Ok(Store {
+                backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, true)?),
+                server,
+            }),
+        }
+    }
+
+    /// Connects to the PostgreSQL database `cfg` names without migrating anything (`check`
+    /// looks; only `serve` changes the schema). `None` for the SQLite backend.
+    pub fn inspect(cfg: &StoreConfig) -> Result<Option<Store>, StoreError> {
+        match cfg.backend {
+            StoreBackend::Sqlite => Ok(None),
+            StoreBackend::Postgres => {
+                let server = cfg.server_name();
+                Ok(Some(Store {
+                    backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, false)?),
+                    server,
+                }))
+            }
+        }
+    }
+
+    /// The same store recording `server` as the name of this server.
+    pub fn named(mut self, server: String) -> Store {
+        self.server = server;
+        self
+    }
+
+    /// This server's name (what it writes is recorded under it).
+    pub fn server_name(&self) -> &str {
+        &self.server
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Where the state is: the SQLite file, or the PostgreSQL host and database.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(db) => db
+                .path
+                .as_deref()
+                .map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string()),
+            Backend::Postgres(pg) => pg.describe(),
+        }
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.read(schema::sqlite_version),
+            Backend::Postgres(pg) => pg.run(|c| async move { schema::pg_version(&c).await }),
+        }
+    }
+
+    /// The database's schema version and whether this binary can use it: `Ok(version)` when
+    /// it is at most [`SCHEMA_VERSION`] (older ones are migrated at start).
+    pub fn compatible_schema(&self) -> Result<u32, StoreError> {
+        let found = self.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(found)
+    }
+
+    /// A round trip to the database (health checks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))),
+            Backend::Postgres(pg) => pg.run(|c| async move {
+                c.simple_query("SELECT 1").await?;
+                Ok(())
+            }),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database in `state_dir` and brings its schema up
+    /// to date. The database holds every machine's secret: `state_dir` is made 0700 and the
+    /// database files 0600 (created so, and tightened with a warning when found looser).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let dir_error = |source| StoreError::Dir {
             path: state_dir.to_path_buf(),
@@ -147,7 +282,7 @@ impl Store {
         create_private_dir(state_dir).map_err(dir_error)?;
         restrict_permissions(state_dir, PRIVATE_DIR_MODE).map_err(dir_error)?;
         create_private_file(&state_dir.join(DB_FILE)).map_err(dir_error)?;
-        let store = Store::open_rw(state_dir).map_err(|e| {
+        let db = Sqlite::open_rw(state_dir).map_err(|e| {
             // SQLite's own message for an unwritable folder is vague ("unable to open database
             // file"): when a probe file cannot be written either, name the cause.
             let probe = state_dir.join(".write-probe");
@@ -167,10 +302,84 @@ impl Store {
                 restrict_permissions(&path, PRIVATE_FILE_MODE).map_err(dir_error)?;
             }
         }
-        Ok(store)
+        Ok(Store::sqlite(db))
     }
 
-    fn open_rw(state_dir: &Path) -> Result<Store, StoreError> {
+    fn sqlite(db: Sqlite) -> Store {
+        Store {
+            backend: Backend::Sqlite(db),
+            server: config::default_server_name(),
+        }
+    }
+
+    /// A private in-memory store for tests and `explain`. Reads go through the writer
+    /// connection (an in-memory database cannot be shared between connections).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let writer = Connection::open_in_memory()?;
+        schema::sqlite_migrate(&writer)?;
+        let reader = Connection::open_in_memory()?;
+        Ok(Store::sqlite(Sqlite {
+            path: None,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        }))
+    }
+
+    /// The SQLite database file, if on disk.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.path.as_deref(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Gives the space freed by deletions back: SQLite's freed pages to the filesystem (the
+    /// database uses `auto_vacuum = INCREMENTAL`, so deleted rows otherwise only become
+    /// reusable space) and a truncated write-ahead log; PostgreSQL's autovacuum does this on
+    /// its own. Returns how many pages were released.
+    pub fn reclaim_space(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.reclaim_space(),
+            Backend::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Bytes the SQLite database takes on disk: the file and its write-ahead log (0 for
+    /// PostgreSQL, whose size is the database server's business).
+    pub fn disk_bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Sqlite(db) => db.disk_bytes(),
+            Backend::Postgres(_) => 0,
+        }
+    }
+
+    /// SQLite only, for this crate's tests: a write transaction.
+    #[cfg(test)]
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.write(f),
+            Backend::Postgres(_) => Err(StoreError::Config("SQLite only".into())),
+        }
+    }
+
+    /// SQLite only, for this crate's tests: the read connection.
+    #[cfg(test)]
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.read(f),
+            Backend::Postgres(_) => Err(StoreError::Config("SQLite only".into())),
+        }
+    }
+}
+
+impl Sqlite {
+    fn open_rw(state_dir: &Path) -> Result<Sqlite, StoreError> {
         let path = state_dir.join(DB_FILE);
         let open = |flags| {
             Connection::open_with_flags(&path, flags).map_err(|source| StoreError::Open {
@@ -181,37 +390,19 @@ impl Store {
         let writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         incremental_vacuum_on(&writer)?;
         configure(&writer)?;
-        migrate(&writer)?;
+        schema::sqlite_migrate(&writer)?;
         let reader = open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         configure(&reader)?;
-        Ok(Store {
+        Ok(Sqlite {
             path: Some(path),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
         })
     }
 
-    /// A private in-memory store for tests and `explain`. Reads go through the writer
-    /// connection (an in-memory database cannot be shared between connections).
-    pub fn in_memory() -> Result<Store, StoreError> {
-        let writer = Connection::open_in_memory()?;
-        migrate(&writer)?;
-        let reader = Connection::open_in_memory()?;
-        Ok(Store {
-            path: None,
-            writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
-        })
-    }
-
-    /// The database file, if on disk.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
     /// Runs `f` in a write transaction and commits it. With `synchronous=FULL` the data is on
     /// disk when this returns `Ok`.
-    pub fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error>,
     ) -> Result<T, StoreError> {
@@ -222,10 +413,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Gives the pages freed by deletions back to the filesystem (the database uses
-    /// `auto_vacuum = INCREMENTAL`, so deleted rows otherwise only become reusable space) and
-    /// truncates the write-ahead log. Returns how many pages were released.
-    pub fn reclaim_space(&self) -> Result<u64, StoreError> {
+    fn reclaim_space(&self) -> Result<u64, StoreError> {
         let conn = self.writer.lock();
         let free: u64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
         // Each step of the pragma frees pages: run it to the end.
@@ -240,8 +428,7 @@ impl Store {
         Ok(free)
     }
 
-    /// Bytes the database takes on disk: the file and its write-ahead log.
-    pub fn disk_bytes(&self) -> u64 {
+    fn disk_bytes(&self) -> u64 {
         let Some(path) = &self.path else { return 0 };
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let mut wal = path.clone().into_os_string();
@@ -251,7 +438,7 @@ impl Store {
 
     /// Runs `f` on the read connection (a consistent snapshot for the duration of `f` if it
     /// opens a transaction itself).
-    pub fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
     ) -> Result<T, StoreError> {
@@ -292,17 +479,6 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // not leave a large WAL file behind.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(())
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-        conn.execute_batch(&format!(
-            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))?;
-    }
     Ok(())
 }
 
@@ -373,7 +549,7 @@ mod tests {
         let v: usize = s
             .read(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
             .unwrap();
-        assert_eq!(v, MIGRATIONS.len());
+        assert_eq!(v, schema::SCHEMA_VERSION as usize);
     }
 
     #[test]

@@ -13,14 +13,16 @@ use chainboot_machine::Mac;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use crate::schema::Migration;
+use crate::{Backend, Store, StoreError};
 
 /// Requests of one boot fall within this span; a machine seen only within it after its first
 /// request has not come back.
 pub const UNPROVEN_SPAN_MS: i64 = 10 * 60 * 1000;
 
-/// The schema for machines; appended to `MIGRATIONS` in lib.rs.
-pub(crate) const MIGRATION: &str = "
+/// The schema for machines (schema version 3).
+pub(crate) const MIGRATION: Migration = Migration {
+    sqlite: "
 CREATE TABLE machines (
     mac TEXT PRIMARY KEY NOT NULL,
     first_seen_ms INTEGER NOT NULL,
@@ -38,7 +40,29 @@ CREATE TABLE machines (
     labels TEXT NOT NULL DEFAULT '{}',
     secret TEXT NOT NULL,
     last_profile TEXT
-)";
+)",
+    postgres: "
+CREATE TABLE machines (
+    mac TEXT PRIMARY KEY NOT NULL,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    arch TEXT,
+    uuid TEXT,
+    hostname TEXT,
+    serial TEXT,
+    manufacturer TEXT,
+    product TEXT,
+    ip TEXT,
+    pinned_profile TEXT,
+    installed_ms BIGINT,
+    installed_reason TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    secret TEXT NOT NULL,
+    last_profile TEXT
+);
+CREATE INDEX machines_ip ON machines(ip, last_seen_ms);
+",
+};
 
 /// What a client told us about itself. `None` means \"not said this time\".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +159,80 @@ fn get(conn: &rusqlite::Connection, mac: Mac) -> rusqlite::Result<Option<Machine
     .optional()
 }
 
+fn from_pg_row(r: &tokio_postgres::Row) -> Result<MachineRecord, StoreError> {
+    let bad =
+        |what: &str, e: String| StoreError::Config(format!("machines: unreadable {what}: {e}"));
+    let mac_text: String = r.try_get(0)?;
+    let mac = mac_text
+        .parse::<Mac>()
+        .map_err(|e| bad("mac", e.to_string()))?;
+    let labels_text: String = r.try_get(13)?;
+    let labels = serde_json::from_str(&labels_text).map_err(|e| bad("labels", e.to_string()))?;
+    Ok(MachineRecord {
+        mac,
+        first_seen_ms: r.try_get(1)?,
+        last_seen_ms: r.try_get(2)?,
+        facts: MachineFacts {
+            arch: r.try_get(3)?,
+            uuid: r.try_get(4)?,
+            hostname: r.try_get(5)?,
+            serial: r.try_get(6)?,
+            manufacturer: r.try_get(7)?,
+            product: r.try_get(8)?,
+            ip: r.try_get(9)?,
+        },
+        pinned_profile: r.try_get(10)?,
+        installed_ms: r.try_get(11)?,
+        installed_reason: r.try_get(12)?,
+        labels,
+        secret: r.try_get(14)?,
+        last_profile: r.try_get(15)?,
+    })
+}
+
+fn pg_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<MachineRecord>, StoreError> {
+    rows.iter().map(from_pg_row).collect()
+}
+
+/// Runs one statement on PostgreSQL that returns machine rows.
+fn pg_query(
+    store: &Store,
+    sql: String,
+    params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+) -> Result<Vec<MachineRecord>, StoreError> {
+    let Backend::Postgres(pg) = store.backend() else {
+        return Err(StoreError::Config("not PostgreSQL".into()));
+    };
+    pg.run(move |c| async move {
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = c.query(&sql, &refs).await?;
+        pg_rows(&rows)
+    })
+}
+
+/// Runs one statement on PostgreSQL; the number of rows it changed.
+fn pg_execute(
+    store: &Store,
+    sql: &'static str,
+    params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+) -> Result<u64, StoreError> {
+    let Backend::Postgres(pg) = store.backend() else {
+        return Err(StoreError::Config("not PostgreSQL".into()));
+    };
+    pg.run(move |c| async move {
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        Ok(c.execute(sql, &refs).await?)
+    })
+}
+
+fn one(rows: Vec<MachineRecord>) -> Result<MachineRecord, StoreError> {
+    rows.into_iter()
+        .next()
+        .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+}
+
 /// Inserts the machine if absent (with `secret`), leaving an existing one untouched.
 fn ensure(
     tx: &rusqlite::Transaction<'_>,
@@ -150,6 +248,17 @@ fn ensure(
     Ok(())
 }
 
+/// Boxed parameters for a PostgreSQL statement run on the store's runtime.
+macro_rules! pg_params {
+    ($($p:expr),* $(,)?) => {
+        vec![$(Box::new($p) as Box<dyn tokio_postgres::types::ToSql + Sync + Send>),*]
+    };
+}
+
+fn pg_columns() -> String {
+    COLUMNS.to_string()
+}
+
 impl Store {
     /// Records that `mac` was seen now with `facts` (facts left `None` keep their old value)
     /// and returns the machine. `secret_if_new` becomes the machine's secret when it is new.
@@ -160,7 +269,39 @@ impl Store {
         now_ms: i64,
         secret_if_new: &str,
     ) -> Result<MachineRecord, StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            let f = facts.clone();
+            return one(pg_query(
+                self,
+                format!(
+                    "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret, arch, uuid,
+                        hostname, serial, manufacturer, product, ip)
+                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (mac) DO UPDATE SET
+                        last_seen_ms = greatest(machines.last_seen_ms, $2),
+                        arch = coalesce($4, machines.arch), uuid = coalesce($5, machines.uuid),
+                        hostname = coalesce($6, machines.hostname),
+                        serial = coalesce($7, machines.serial),
+                        manufacturer = coalesce($8, machines.manufacturer),
+                        product = coalesce($9, machines.product), ip = coalesce($10, machines.ip)
+                     RETURNING {}",
+                    pg_columns()
+                ),
+                pg_params![
+                    mac.to_string(),
+                    now_ms,
+                    secret_if_new.to_string(),
+                    f.arch,
+                    f.uuid,
+                    f.hostname,
+                    f.serial,
+                    f.manufacturer,
+                    f.product,
+                    f.ip
+                ],
+            )?);
+        };
+        db.write(|tx| {
             ensure(tx, mac, now_ms, secret_if_new)?;
             tx.execute(
                 "UPDATE machines SET last_seen_ms = max(last_seen_ms, ?2),
@@ -193,7 +334,21 @@ impl Store {
         now_ms: i64,
         secret_if_new: &str,
     ) -> Result<MachineRecord, StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            // The no-op update makes RETURNING give the existing row too.
+            return one(pg_query(
+                self,
+                format!(
+                    "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret)
+                     VALUES ($1, $2, $2, $3)
+                     ON CONFLICT (mac) DO UPDATE SET mac = machines.mac
+                     RETURNING {}",
+                    pg_columns()
+                ),
+                pg_params![mac.to_string(), now_ms, secret_if_new.to_string()],
+            )?);
+        };
+        db.write(|tx| {
             ensure(tx, mac, now_ms, secret_if_new)?;
             get(tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
         })
@@ -201,15 +356,26 @@ impl Store {
 
     /// One machine.
     pub fn machine(&self, mac: Mac) -> Result<Option<MachineRecord>, StoreError> {
-        self.read(|c| get(c, mac))
+        let Backend::Sqlite(db) = self.backend() else {
+            return Ok(pg_query(
+                self,
+                format!("SELECT {} FROM machines WHERE mac = $1", pg_columns()),
+                pg_params![mac.to_string()],
+            )?
+            .into_iter()
+            .next());
+        };
+        db.read(|c| get(c, mac))
     }
 
     /// Every machine, most recently seen first.
     pub fn machines(&self) -> Result<Vec<MachineRecord>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM machines ORDER BY last_seen_ms DESC, mac"
-            ))?;
+        let sql = format!("SELECT {COLUMNS} FROM machines ORDER BY last_seen_ms DESC, mac");
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_query(self, sql, pg_params![]);
+        };
+        db.read(|c| {
+            let mut st = c.prepare(&sql)?;
             let rows = st.query_map([], from_row)?;
             rows.collect()
         })
@@ -223,7 +389,18 @@ impl Store {
         after: Option<Mac>,
         limit: usize,
     ) -> Result<Vec<MachineRecord>, StoreError> {
-        self.read(|c| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_query(
+                self,
+                format!(
+                    "SELECT {} FROM machines WHERE ($1::text IS NULL OR mac > $1)
+                     ORDER BY mac LIMIT $2",
+                    pg_columns()
+                ),
+                pg_params![after.map(|m| m.to_string()), limit as i64],
+            );
+        };
+        db.read(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM machines WHERE (?1 IS NULL OR mac > ?1) ORDER BY mac LIMIT ?2"
             ))?;
@@ -237,10 +414,19 @@ impl Store {
 
     /// How many machines are recorded.
     pub fn machine_count(&self) -> Result<u64, StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT count(*) FROM machines", [], |r| r.get::<_, i64>(0))
-                .map(|n| n.max(0) as u64)
-        })
+        match self.backend() {
+            Backend::Postgres(pg) => pg.run(|c| async move {
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM machines", &[])
+                    .await?
+                    .try_get(0)?;
+                Ok(n.max(0) as u64)
+            }),
+            Backend::Sqlite(db) => db.read(|c| {
+                c.query_row("SELECT count(*) FROM machines", [], |r| r.get::<_, i64>(0))
+                    .map(|n| n.max(0) as u64)
+            }),
+        }
     }
 
     /// Forgets unproven machines last seen before `older_than_ms`, returning how many. A
@@ -250,7 +436,18 @@ impl Store {
     /// can make such a record by naming a made-up MAC in `/ipxe?mac=`; a real machine that
     /// comes back later simply gets a new record.
     pub fn machine_prune_unproven(&self, older_than_ms: i64) -> Result<usize, StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(
+                self,
+                "DELETE FROM machines WHERE last_seen_ms < $1
+                    AND last_seen_ms - first_seen_ms < $2
+                    AND pinned_profile IS NULL AND installed_ms IS NULL AND labels = '{}'
+                    AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.mac = machines.mac)",
+                pg_params![older_than_ms, UNPROVEN_SPAN_MS],
+            )
+            .map(|n| n as usize);
+        };
+        db.write(|tx| {
             tx.execute(
                 "DELETE FROM machines WHERE last_seen_ms < ?1
                     AND last_seen_ms - first_seen_ms < ?2
@@ -264,7 +461,19 @@ impl Store {
     /// The machine most recently seen with this IP address (PXELINUX asks for its config by
     /// hex IP when it has no MAC-specific file).
     pub fn machine_by_ip(&self, ip: &str) -> Result<Option<MachineRecord>, StoreError> {
-        self.read(|c| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return Ok(pg_query(
+                self,
+                format!(
+                    "SELECT {} FROM machines WHERE ip = $1 ORDER BY last_seen_ms DESC LIMIT 1",
+                    pg_columns()
+                ),
+                pg_params![ip.to_string()],
+            )?
+            .into_iter()
+            .next());
+        };
+        db.read(|c| {
             c.query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM machines WHERE ip = ?1 ORDER BY last_seen_ms DESC LIMIT 1"
@@ -278,7 +487,15 @@ impl Store {
 
     /// Pins (or with `None` unpins) a machine's profile. Returns false for an unknown machine.
     pub fn machine_set_profile(&self, mac: Mac, profile: Option<&str>) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(
+                self,
+                "UPDATE machines SET pinned_profile = $2 WHERE mac = $1",
+                pg_params![mac.to_string(), profile.map(str::to_string)],
+            )
+            .map(|n| n == 1);
+        };
+        db.write(|tx| {
             let n = tx.execute(
                 "UPDATE machines SET pinned_profile = ?2 WHERE mac = ?1",
                 params![mac.to_string(), profile],
@@ -295,7 +512,15 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let text = serde_json::to_string(labels)
             .map_err(|e| StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(
+                self,
+                "UPDATE machines SET labels = $2 WHERE mac = $1",
+                pg_params![mac.to_string(), text],
+            )
+            .map(|n| n == 1);
+        };
+        db.write(|tx| {
             let n = tx.execute(
                 "UPDATE machines SET labels = ?2 WHERE mac = ?1",
                 params![mac.to_string(), text],
@@ -312,7 +537,16 @@ impl Store {
         now_ms: i64,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(
+                self,
+                "UPDATE machines SET installed_ms = coalesce(installed_ms, $2),
+                    installed_reason = coalesce(installed_reason, $3) WHERE mac = $1",
+                pg_params![mac.to_string(), now_ms, reason.to_string()],
+            )
+            .map(|n| n == 1);
+        };
+        db.write(|tx| {
             let n = tx.execute(
                 "UPDATE machines SET installed_ms = coalesce(installed_ms, ?2),
                     installed_reason = coalesce(installed_reason, ?3) WHERE mac = ?1",
@@ -324,18 +558,28 @@ impl Store {
 
     /// Boot-once: forget the install, so the machine boots its group's profile again.
     pub fn machine_rearm(&self, mac: Mac) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE machines SET installed_ms = NULL, installed_reason = NULL WHERE mac = ?1",
-                [mac.to_string()],
-            )?;
+        let sql = "UPDATE machines SET installed_ms = NULL, installed_reason = NULL WHERE mac = $1";
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(self, sql, pg_params![mac.to_string()]).map(|n| n == 1);
+        };
+        db.write(|tx| {
+            let n = tx.execute(&sql.replace('$', "?"), [mac.to_string()])?;
             Ok(n == 1)
         })
     }
 
     /// Records the profile a machine was just given.
     pub fn machine_set_last_profile(&self, mac: Mac, profile: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(
+                self,
+                "UPDATE machines SET last_profile = $2
+                 WHERE mac = $1 AND last_profile IS DISTINCT FROM $2",
+                pg_params![mac.to_string(), profile.to_string()],
+            )
+            .map(|_| ());
+        };
+        db.write(|tx| {
             tx.execute(
                 "UPDATE machines SET last_profile = ?2 WHERE mac = ?1 AND last_profile IS NOT ?2",
                 params![mac.to_string(), profile],
@@ -346,133 +590,13 @@ impl Store {
 
     /// Forgets a machine entirely (a new secret is chosen if it comes back).
     pub fn machine_forget(&self, mac: Mac) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            let n = tx.execute("DELETE FROM machines WHERE mac = ?1", [mac.to_string()])?;
+        let sql = "DELETE FROM machines WHERE mac = $1";
+        let Backend::Sqlite(db) = self.backend() else {
+            return pg_execute(self, sql, pg_params![mac.to_string()]).map(|n| n == 1);
+        };
+        db.write(|tx| {
+            let n = tx.execute(&sql.replace('$', "?"), [mac.to_string()])?;
             Ok(n == 1)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mac(s: &str) -> Mac {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn facts_merge_and_secret_stays() {
-        let s = Store::in_memory().unwrap();
-        let m = mac("52:54:00:00:00:01");
-        let first = MachineFacts {
-            arch: Some("bios".into()),
-            ..Default::default()
-        };
-        let r = s.machine_seen(m, &first, 10, "s1").unwrap();
-        assert_eq!(r.secret, "s1");
-        let later = MachineFacts {
-            hostname: Some("node1".into()),
-            ..Default::default()
-        };
-        let r = s.machine_seen(m, &later, 20, "s2").unwrap();
-        assert_eq!(r.secret, "s1", "secret chosen once");
-        assert_eq!(
-            r.facts.arch.as_deref(),
-            Some("bios"),
-            "unsaid facts are kept"
-        );
-        assert_eq!(r.facts.hostname.as_deref(), Some("node1"));
-        assert_eq!((r.first_seen_ms, r.last_seen_ms), (10, 20));
-    }
-
-    #[test]
-    fn operator_state_round_trips_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = mac("52:54:00:00:00:02");
-        {
-            let s = Store::open(dir.path()).unwrap();
-            assert!(
-                !s.machine_set_profile(m, Some("x")).unwrap(),
-                "unknown machine"
-            );
-            s.machine_ensure(m, 1, "sec").unwrap();
-            assert!(s.machine_set_profile(m, Some("rescue")).unwrap());
-            let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
-            assert!(s.machine_set_labels(m, &labels).unwrap());
-            assert!(s.machine_mark_installed(m, 5, "kernel fetched").unwrap());
-            assert!(s.machine_mark_installed(m, 9, "installed event").unwrap());
-        }
-        let s = Store::open(dir.path()).unwrap();
-        let r = s.machine(m).unwrap().unwrap();
-        assert_eq!(r.pinned_profile.as_deref(), Some("rescue"));
-        assert_eq!(r.labels["rack"], "r1");
-        assert_eq!(r.installed_ms, Some(5), "first install time kept");
-        assert_eq!(r.installed_reason.as_deref(), Some("kernel fetched"));
-        assert!(s.machine_rearm(m).unwrap());
-        assert_eq!(s.machine(m).unwrap().unwrap().installed_ms, None);
-        assert!(s.machine_forget(m).unwrap());
-        assert!(s.machine(m).unwrap().is_none());
-        assert!(s.machines().unwrap().is_empty());
-    }
-
-    #[test]
-    fn unproven_machines_expire_and_proven_ones_stay() {
-        let s = Store::in_memory().unwrap();
-        let facts = MachineFacts::default();
-        let hour = 3_600_000;
-        let stranger = mac("52:54:00:00:00:10");
-        s.machine_seen(stranger, &facts, hour, "a").unwrap();
-        let came_back = mac("52:54:00:00:00:11");
-        s.machine_seen(came_back, &facts, hour, "b").unwrap();
-        s.machine_seen(came_back, &facts, 2 * hour, "b").unwrap();
-        let labelled = mac("52:54:00:00:00:12");
-        s.machine_seen(labelled, &facts, hour, "c").unwrap();
-        let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
-        s.machine_set_labels(labelled, &labels).unwrap();
-        let leased = mac("52:54:00:00:00:13");
-        s.machine_seen(leased, &facts, hour, "d").unwrap();
-        s.write(|tx| {
-            tx.execute(
-                "INSERT INTO leases (ip, mac, state, expires, updated) VALUES ('198.18.0.5', ?1, 'bound', 0, 0)",
-                [leased.to_string()],
-            )
-        })
-        .unwrap();
-        let recent = mac("52:54:00:00:00:14");
-        s.machine_seen(recent, &facts, 5 * hour, "e").unwrap();
-        assert_eq!(s.machine_count().unwrap(), 5);
-
-        assert_eq!(s.machine_prune_unproven(4 * hour).unwrap(), 1);
-        assert!(s.machine(stranger).unwrap().is_none());
-        let left: Vec<Mac> = s
-            .machines_page(None, 10)
-            .unwrap()
-            .iter()
-            .map(|m| m.mac)
-            .collect();
-        assert_eq!(left, [came_back, labelled, leased, recent]);
-        let second: Vec<Mac> = s
-            .machines_page(Some(labelled), 2)
-            .unwrap()
-            .iter()
-            .map(|m| m.mac)
-            .collect();
-        assert_eq!(second, [leased, recent], "the page after `labelled`");
-    }
-
-    #[test]
-    fn secret_is_not_serialised() {
-        let s = Store::in_memory().unwrap();
-        let r = s
-            .machine_seen(
-                mac("52:54:00:00:00:03"),
-                &MachineFacts::default(),
-                1,
-                "topsecret",
-            )
-            .unwrap();
-        let json = serde_json::to_string(&r).unwrap();
-        assert!(!json.contains("topsecret"), "{json}");
     }
 }

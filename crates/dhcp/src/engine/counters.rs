@@ -33,6 +33,9 @@ pub struct Counters {
     /// Filled by the driver.
     pub send_errors: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Lease writes the fleet's database refused (another server's client holds the address);
+    /// their replies were withheld.
+    pub lease_conflicts: AtomicU64,
     pub arp_fallback_broadcast: AtomicU64,
     /// Lease transactions (fsyncs) and the leases they carried: their ratio is the group
     /// commit's batching factor.
@@ -71,6 +74,7 @@ impl Counters {
             ("drop_reply_too_large", g(&self.drop_reply_too_large)),
             ("send_errors", g(&self.send_errors)),
             ("store_errors", g(&self.store_errors)),
+            ("lease_conflicts", g(&self.lease_conflicts)),
             ("arp_fallback_broadcast", g(&self.arp_fallback_broadcast)),
             ("commit_batches", g(&self.commit_batches)),
             ("committed_leases", g(&self.committed_leases)),

@@ -1,0 +1,159 @@
+//! The live servers: every server using the store writes a heartbeat row under its name. With
+//! PostgreSQL this is the fleet (the peers among which DHCP clients are shared, what `check`
+//! and the API list); with SQLite it holds the one server.
+//!
+//! Heartbeat times come from the database's clock on PostgreSQL, so that servers whose clocks
+//! differ still agree on who is alive.
+
+use serde::Serialize;
+
+use crate::schema::Migration;
+use crate::{Backend, Store, StoreError};
+
+/// Schema version 5: the live-servers table, and which server wrote an event or a lease.
+pub(crate) const MIGRATION: Migration = Migration {
+    sqlite: "
+CREATE TABLE servers (
+    name         TEXT PRIMARY KEY,
+    started_ms   INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL,
+    version      TEXT NOT NULL
+);
+ALTER TABLE events ADD COLUMN server TEXT;
+ALTER TABLE leases ADD COLUMN server TEXT;
+",
+    postgres: "
+CREATE TABLE servers (
+    name         TEXT PRIMARY KEY,
+    started_ms   BIGINT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL,
+    version      TEXT NOT NULL
+);
+ALTER TABLE events ADD COLUMN server TEXT;
+ALTER TABLE leases ADD COLUMN server TEXT;
+",
+};
+
+/// One server's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerRecord {
+    pub name: String,
+    /// Unix ms, by the database's clock on PostgreSQL.
+    pub started_ms: i64,
+    pub heartbeat_ms: i64,
+    /// The chainboot version it runs.
+    pub version: String,
+    /// How long ago its last heartbeat was, by the clock heartbeats are written with.
+    pub age_ms: i64,
+}
+
+const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
+
+/// Writes this server's heartbeat (the row is made on the first one; `version` is the
+/// chainboot version it runs). `started_ms` is kept from the first heartbeat of this run.
+pub fn heartbeat(store: &Store, version: &str, first: bool) -> Result<(), StoreError> {
+    let name = store.server_name().to_string();
+    let version = version.to_string();
+    match store.backend() {
+        Backend::Sqlite(db) => {
+            let now = crate::now_ms();
+            db.write(|tx| {
+                tx.execute(
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version)
+                     VALUES (?1, ?2, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
+                        version = excluded.version,
+                        started_ms = CASE WHEN ?4 THEN excluded.started_ms ELSE started_ms END",
+                    rusqlite::params![name, now, version, first],
+                )
+            })
+            .map(|_| ())
+        }
+        Backend::Postgres(pg) => pg.run(move |c| async move {
+            c.execute(
+                &format!(
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version)
+                     VALUES ($1, {PG_NOW_MS}, {PG_NOW_MS}, $2)
+                     ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
+                        version = excluded.version,
+                        started_ms = CASE WHEN $3 THEN excluded.started_ms
+                                     ELSE servers.started_ms END"
+                ),
+                &[&name, &version, &first],
+            )
+            .await?;
+            Ok(())
+        }),
+    }
+}
+
+/// Removes this server's row (a clean stop: its peers take its clients at once rather than
+/// after its heartbeat times out).
+pub fn leave(store: &Store) -> Result<(), StoreError> {
+    let name = store.server_name().to_string();
+    match store.backend() {
+        Backend::Sqlite(db) => db
+            .write(|tx| tx.execute("DELETE FROM servers WHERE name = ?1", [&name]))
+            .map(|_| ()),
+        Backend::Postgres(pg) => pg.run(move |c| async move {
+            c.execute("DELETE FROM servers WHERE name = $1", &[&name])
+                .await?;
+            Ok(())
+        }),
+    }
+}
+
+/// Every server row, by name, with the age of its heartbeat.
+pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
+    match store.backend() {
+        Backend::Sqlite(db) => {
+            let now = crate::now_ms();
+            db.read(|c| {
+                let mut st = c.prepare(
+                    "SELECT name, started_ms, heartbeat_ms, version FROM servers ORDER BY name",
+                )?;
+                let rows = st.query_map([], |r| {
+                    let heartbeat_ms: i64 = r.get(2)?;
+                    Ok(ServerRecord {
+                        name: r.get(0)?,
+                        started_ms: r.get(1)?,
+                        heartbeat_ms,
+                        version: r.get(3)?,
+                        age_ms: now - heartbeat_ms,
+                    })
+                })?;
+                rows.collect()
+            })
+        }
+        Backend::Postgres(pg) => pg.run(|c| async move {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT name, started_ms, heartbeat_ms, version,
+                            {PG_NOW_MS} - heartbeat_ms FROM servers ORDER BY name"
+                    ),
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ServerRecord {
+                        name: r.try_get(0)?,
+                        started_ms: r.try_get(1)?,
+                        heartbeat_ms: r.try_get(2)?,
+                        version: r.try_get(3)?,
+                        age_ms: r.try_get(4)?,
+                    })
+                })
+                .collect()
+        }),
+    }
+}
+
+/// The servers whose last heartbeat is at most `max_age_ms` old, by name.
+pub fn live(store: &Store, max_age_ms: i64) -> Result<Vec<ServerRecord>, StoreError> {
+    Ok(all(store)?
+        .into_iter()
+        .filter(|s| s.age_ms <= max_age_ms)
+        .collect())
+}

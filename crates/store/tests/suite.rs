@@ -1,0 +1,637 @@
+//! The store's behaviour, the same for both backends: every test below runs once on SQLite (a
+//! file in a temporary directory) and once on PostgreSQL (a fresh database in a throw-away
+//! cluster, see chainboot-testnet). Backend-specific behaviour (SQLite's file modes and
+//! vacuum; PostgreSQL's refusal of another client's address) is tested at the end.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use chainboot_machine::Mac;
+use chainboot_store::events::{self, EventFilter, NewEvent, Retention, MAX_PAGE};
+use chainboot_store::leases::{self, LeaseRecord, LeaseState};
+use chainboot_store::machines::MachineFacts;
+use chainboot_store::{servers, Store, StoreBackend, StoreConfig, StoreError};
+use chainboot_testnet::postgres::PgCluster;
+
+/// Opens the same database again (a restart), as often as a test likes.
+struct Db {
+    open: Box<dyn Fn() -> Store>,
+    /// What must live as long as the test: the temporary directory or the cluster.
+    _keep: Box<dyn std::any::Any>,
+}
+
+impl Db {
+    fn open(&self) -> Store {
+        (self.open)()
+    }
+}
+
+fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    Db {
+        open: Box::new(move || Store::open(&path).unwrap()),
+        _keep: Box::new(dir),
+    }
+}
+
+/// One cluster for the tests of this binary that run at the same time; the last one to finish
+/// stops it (a static would never be dropped, and the cluster would outlive the test).
+fn cluster() -> Arc<PgCluster> {
+    static SHARED: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = shared.upgrade() {
+        return c;
+    }
+    let c = Arc::new(PgCluster::start());
+    *shared = Arc::downgrade(&c);
+    c
+}
+
+fn pg_config(cluster: &PgCluster, url: String, server: &str) -> StoreConfig {
+    StoreConfig {
+        backend: StoreBackend::Postgres,
+        url: Some(url),
+        password_file: Some(cluster.password_file()),
+        server_name: Some(server.into()),
+        ..Default::default()
+    }
+}
+
+fn postgres() -> Db {
+    let c = cluster();
+    let cfg = pg_config(&c, c.fresh_database(), "test-server");
+    let state = std::path::PathBuf::from("/nonexistent-state-dir");
+    Db {
+        open: Box::new(move || Store::from_config(&cfg, &state).unwrap()),
+        _keep: Box::new(c),
+    }
+}
+
+/// Runs each behaviour against both backends, as `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(&super::sqlite()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(&super::postgres()) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_lease_batch_survives_reopen_and_replaces_by_address,
+    an_empty_lease_batch_writes_nothing,
+    machine_facts_merge_and_the_secret_stays,
+    operator_state_round_trips_and_survives_reopen,
+    unproven_machines_expire_and_proven_ones_stay,
+    a_machines_secret_is_not_serialised,
+    events_round_trip_filter_and_prune,
+    events_carry_the_name_of_the_server_that_recorded_them,
+    pruning_keeps_the_byte_budget_newest_first,
+    a_flood_of_unattributed_events_does_not_push_out_machines_history,
+    the_schema_is_current_and_reopening_migrates_nothing,
+    heartbeats_list_the_live_servers,
+);
+
+fn mac(s: &str) -> Mac {
+    s.parse().unwrap()
+}
+
+fn rec(ip: &str, mac: &str, state: LeaseState) -> LeaseRecord {
+    LeaseRecord {
+        ip: ip.parse().unwrap(),
+        mac: mac.into(),
+        client_id: Some(vec![1, 2, 3]),
+        hostname: Some("node".into()),
+        state,
+        expires: 1000,
+        updated: 10,
+    }
+}
+
+fn a_lease_batch_survives_reopen_and_replaces_by_address(db: &Db) {
+    let s = db.open();
+    let refused = leases::save_batch(
+        &s,
+        &[
+            rec("198.18.0.10", "52:54:00:00:00:01", LeaseState::Bound),
+            rec("198.18.0.11", "52:54:00:00:00:02", LeaseState::Bound),
+        ],
+    )
+    .unwrap();
+    assert!(refused.is_empty());
+    let refused = leases::save_batch(
+        &s,
+        &[rec(
+            "198.18.0.10",
+            "52:54:00:00:00:01",
+            LeaseState::Released,
+        )],
+    )
+    .unwrap();
+    assert!(refused.is_empty());
+    drop(s);
+    let s = db.open();
+    let all = leases::load_all(&s).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].state, LeaseState::Released);
+    assert_eq!(
+        all[1],
+        rec("198.18.0.11", "52:54:00:00:00:02", LeaseState::Bound)
+    );
+}
+
+fn an_empty_lease_batch_writes_nothing(db: &Db) {
+    let s = db.open();
+    assert!(leases::save_batch(&s, &[]).unwrap().is_empty());
+    assert!(leases::load_all(&s).unwrap().is_empty());
+}
+
+fn machine_facts_merge_and_the_secret_stays(db: &Db) {
+    let s = db.open();
+    let m = mac("52:54:00:00:00:01");
+    let first = MachineFacts {
+        arch: Some("bios".into()),
+        ..Default::default()
+    };
+    let r = s.machine_seen(m, &first, 10, "s1").unwrap();
+    assert_eq!(r.secret, "s1");
+    let later = MachineFacts {
+        hostname: Some("node1".into()),
+        ..Default::default()
+    };
+    let r = s.machine_seen(m, &later, 20, "s2").unwrap();
+    assert_eq!(r.secret, "s1", "secret chosen once");
+    assert_eq!(
+        r.facts.arch.as_deref(),
+        Some("bios"),
+        "unsaid facts are kept"
+    );
+    assert_eq!(r.facts.hostname.as_deref(), Some("node1"));
+    assert_eq!((r.first_seen_ms, r.last_seen_ms), (10, 20));
+    let r = s.machine_seen(m, &later, 15, "s3").unwrap();
+    assert_eq!(
+        r.last_seen_ms, 20,
+        "an older sighting does not move last_seen back"
+    );
+    assert_eq!(s.machine_by_ip("198.18.0.9").unwrap(), None);
+    let with_ip = MachineFacts {
+        ip: Some("198.18.0.9".into()),
+        ..Default::default()
+    };
+    s.machine_seen(m, &with_ip, 30, "s4").unwrap();
+    assert_eq!(s.machine_by_ip("198.18.0.9").unwrap().unwrap().mac, m);
+}
+
+fn operator_state_round_trips_and_survives_reopen(db: &Db) {
+    let m = mac("52:54:00:00:00:02");
+    {
+        let s = db.open();
+        assert!(
+            !s.machine_set_profile(m, Some("x")).unwrap(),
+            "unknown machine"
+        );
+        assert_eq!(s.machine_ensure(m, 1, "sec").unwrap().secret, "sec");
+        assert_eq!(
+            s.machine_ensure(m, 2, "other").unwrap().secret,
+            "sec",
+            "ensure leaves an existing machine alone"
+        );
+        assert!(s.machine_set_profile(m, Some("rescue")).unwrap());
+        let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+        assert!(s.machine_set_labels(m, &labels).unwrap());
+        assert!(s.machine_mark_installed(m, 5, "kernel fetched").unwrap());
+        assert!(s.machine_mark_installed(m, 9, "installed event").unwrap());
+        s.machine_set_last_profile(m, "rescue").unwrap();
+    }
+    let s = db.open();
+    let r = s.machine(m).unwrap().unwrap();
+    assert_eq!(r.pinned_profile.as_deref(), Some("rescue"));
+    assert_eq!(r.last_profile.as_deref(), Some("rescue"));
+    assert_eq!(r.labels["rack"], "r1");
+    assert_eq!(r.installed_ms, Some(5), "first install time kept");
+    assert_eq!(r.installed_reason.as_deref(), Some("kernel fetched"));
+    assert!(s.machine_set_profile(m, None).unwrap());
+    assert_eq!(s.machine(m).unwrap().unwrap().pinned_profile, None);
+    assert!(s.machine_rearm(m).unwrap());
+    assert_eq!(s.machine(m).unwrap().unwrap().installed_ms, None);
+    assert_eq!(s.machine_count().unwrap(), 1);
+    assert!(s.machine_forget(m).unwrap());
+    assert!(s.machine(m).unwrap().is_none());
+    assert!(s.machines().unwrap().is_empty());
+}
+
+fn unproven_machines_expire_and_proven_ones_stay(db: &Db) {
+    let s = db.open();
+    let facts = MachineFacts::default();
+    let hour = 3_600_000;
+    let stranger = mac("52:54:00:00:00:10");
+    s.machine_seen(stranger, &facts, hour, "a").unwrap();
+    let came_back = mac("52:54:00:00:00:11");
+    s.machine_seen(came_back, &facts, hour, "b").unwrap();
+    s.machine_seen(came_back, &facts, 2 * hour, "b").unwrap();
+    let labelled = mac("52:54:00:00:00:12");
+    s.machine_seen(labelled, &facts, hour, "c").unwrap();
+    let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
+    s.machine_set_labels(labelled, &labels).unwrap();
+    let leased = mac("52:54:00:00:00:13");
+    s.machine_seen(leased, &facts, hour, "d").unwrap();
+    leases::save_batch(
+        &s,
+        &[rec("198.18.0.5", "52:54:00:00:00:13", LeaseState::Bound)],
+    )
+    .unwrap();
+    let recent = mac("52:54:00:00:00:14");
+    s.machine_seen(recent, &facts, 5 * hour, "e").unwrap();
+    assert_eq!(s.machine_count().unwrap(), 5);
+
+    assert_eq!(s.machine_prune_unproven(4 * hour).unwrap(), 1);
+    assert!(s.machine(stranger).unwrap().is_none());
+    let left: Vec<Mac> = s
+        .machines_page(None, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.mac)
+        .collect();
+    assert_eq!(left, [came_back, labelled, leased, recent]);
+    let second: Vec<Mac> = s
+        .machines_page(Some(labelled), 2)
+        .unwrap()
+        .iter()
+        .map(|m| m.mac)
+        .collect();
+    assert_eq!(second, [leased, recent], "the page after `labelled`");
+    let newest_first: Vec<Mac> = s.machines().unwrap().iter().map(|m| m.mac).collect();
+    assert_eq!(newest_first[0], recent);
+}
+
+fn a_machines_secret_is_not_serialised(db: &Db) {
+    let s = db.open();
+    let r = s
+        .machine_seen(
+            mac("52:54:00:00:00:03"),
+            &MachineFacts::default(),
+            1,
+            "topsecret",
+        )
+        .unwrap();
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(!json.contains("topsecret"), "{json}");
+}
+
+fn ev(at: i64, mac: &str, kind: &str) -> NewEvent {
+    NewEvent {
+        at_ms: at,
+        mac: Some(mac.parse().unwrap()),
+        kind: kind.into(),
+        detail: serde_json::json!({"n": at}),
+    }
+}
+
+fn events_round_trip_filter_and_prune(db: &Db) {
+    let s = db.open();
+    let a = "52:54:00:00:00:01";
+    let b = "52:54:00:00:00:02";
+    let ids = events::append_batch(
+        &s,
+        &[
+            ev(1, a, "dhcp"),
+            ev(2, b, "dhcp"),
+            ev(3, a, "tftp"),
+            ev(4, a, "http"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+    let all_a = events::list(
+        &s,
+        &EventFilter {
+            mac: Some(a.parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        all_a.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+        vec![4, 3, 1]
+    );
+    assert_eq!(all_a[0].detail["n"], 4);
+    assert_eq!(all_a[0].id, ids[3], "each event got its own id");
+    let tftp = events::list(
+        &s,
+        &EventFilter {
+            kind: Some("tftp".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(tftp.len(), 1);
+    let after = events::list(
+        &s,
+        &EventFilter {
+            after_id: Some(ids[1]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(after.len(), 2);
+    let since = events::list(
+        &s,
+        &EventFilter {
+            since_ms: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(since.len(), 2);
+    let before = events::list(
+        &s,
+        &EventFilter {
+            before_id: Some(ids[2]),
+            limit: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[1]]);
+    // Age: drop at_ms < 2; count: keep the newest 2.
+    let keep = Retention {
+        max_count: 2,
+        min_at_ms: 2,
+        max_bytes: u64::MAX,
+        max_unattributed: 10,
+    };
+    assert_eq!(events::prune(&s, &keep).unwrap(), 2);
+    let left = events::list(&s, &EventFilter::default()).unwrap();
+    assert_eq!(left.iter().map(|e| e.at_ms).collect::<Vec<_>>(), vec![4, 3]);
+}
+
+fn events_carry_the_name_of_the_server_that_recorded_them(db: &Db) {
+    let s = db.open().named("pxe-2".into());
+    events::append_batch(&s, &[ev(1, "52:54:00:00:00:01", "dhcp")]).unwrap();
+    let list = events::list(&s, &EventFilter::default()).unwrap();
+    assert_eq!(list[0].server.as_deref(), Some("pxe-2"));
+    let json = serde_json::to_value(&list[0]).unwrap();
+    assert_eq!(json["server"], "pxe-2");
+}
+
+fn sized(at: i64, mac: Option<&str>, bytes: usize) -> NewEvent {
+    NewEvent {
+        at_ms: at,
+        mac: mac.map(|m| m.parse().unwrap()),
+        kind: "http".into(),
+        detail: serde_json::json!({ "pad": "x".repeat(bytes) }),
+    }
+}
+
+fn pruning_keeps_the_byte_budget_newest_first(db: &Db) {
+    let s = db.open();
+    let batch: Vec<NewEvent> = (0..4000)
+        .map(|i| sized(i, Some("52:54:00:00:00:01"), 1000))
+        .collect();
+    events::append_batch(&s, &batch).unwrap();
+    let full = events::stored_bytes(&s).unwrap();
+    assert!(full > 4_000_000, "{full}");
+    let keep = Retention {
+        max_count: 100_000,
+        min_at_ms: 0,
+        max_bytes: 1_000_000,
+        max_unattributed: 100_000,
+    };
+    assert!(events::prune(&s, &keep).unwrap() > 3000);
+    let kept = events::stored_bytes(&s).unwrap();
+    assert!((600_000..=1_000_000).contains(&kept), "{kept}");
+    let left = events::list(&s, &EventFilter::default()).unwrap();
+    assert_eq!(left[0].at_ms, 3999, "the newest stay");
+    assert!(left.len() >= 500, "{} kept", left.len());
+}
+
+fn a_flood_of_unattributed_events_does_not_push_out_machines_history(db: &Db) {
+    let s = db.open();
+    let history: Vec<NewEvent> = (0..50)
+        .map(|i| sized(i, Some("52:54:00:00:00:07"), 10))
+        .collect();
+    events::append_batch(&s, &history).unwrap();
+    let flood: Vec<NewEvent> = (50..5050).map(|i| sized(i, None, 10)).collect();
+    events::append_batch(&s, &flood).unwrap();
+    let keep = Retention {
+        max_count: 1000,
+        min_at_ms: 0,
+        max_bytes: u64::MAX,
+        max_unattributed: 100,
+    };
+    events::prune(&s, &keep).unwrap();
+    let machine = events::list(
+        &s,
+        &EventFilter {
+            mac: Some("52:54:00:00:00:07".parse().unwrap()),
+            limit: Some(MAX_PAGE),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(machine.len(), 50, "history intact");
+    let all = events::list(
+        &s,
+        &EventFilter {
+            limit: Some(MAX_PAGE),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(all.len(), 150);
+    assert_eq!(all[0].at_ms, 5049, "the newest unattributed stay");
+}
+
+fn the_schema_is_current_and_reopening_migrates_nothing(db: &Db) {
+    let s = db.open();
+    assert_eq!(s.schema_version().unwrap(), chainboot_store::SCHEMA_VERSION);
+    s.machine_ensure(mac("52:54:00:00:00:01"), 1, "x").unwrap();
+    drop(s);
+    let s = db.open();
+    assert_eq!(s.schema_version().unwrap(), chainboot_store::SCHEMA_VERSION);
+    assert_eq!(s.machine_count().unwrap(), 1, "data kept");
+    s.ping().unwrap();
+}
+
+fn heartbeats_list_the_live_servers(db: &Db) {
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    servers::heartbeat(&a, "1.0", true).unwrap();
+    servers::heartbeat(&b, "1.1", true).unwrap();
+    servers::heartbeat(&a, "1.0", false).unwrap();
+    let live = servers::live(&a, 60_000).unwrap();
+    let names: Vec<&str> = live.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["pxe-a", "pxe-b"]);
+    assert_eq!(live[1].version, "1.1");
+    assert!(
+        live.iter().all(|s| (0..60_000).contains(&s.age_ms)),
+        "{live:?}"
+    );
+    assert!(live[0].started_ms <= live[0].heartbeat_ms);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(
+        servers::live(&a, 10).unwrap().is_empty(),
+        "a heartbeat older than the limit is not live"
+    );
+    servers::leave(&b).unwrap();
+    let names: Vec<String> = servers::all(&a)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["pxe-a"], "a server that left is gone at once");
+}
+
+// ---- PostgreSQL only: the database decides who holds an address.
+
+#[test]
+fn postgres_refuses_an_address_another_client_holds_and_returns_the_holder() {
+    let db = postgres();
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let mut held = rec("198.18.0.20", "52:54:00:00:00:01", LeaseState::Bound);
+    held.updated = 100;
+    held.expires = 200;
+    assert!(leases::save_batch(&a, std::slice::from_ref(&held)).unwrap().is_empty());
+    // Another client, while the lease runs: refused, and told who holds it.
+    let mut other = rec("198.18.0.20", "52:54:00:00:00:02", LeaseState::Bound);
+    other.updated = 150;
+    other.expires = 250;
+    let free = rec("198.18.0.21", "52:54:00:00:00:02", LeaseState::Bound);
+    let refused = leases::save_batch(&b, &[other.clone(), free.clone()]).unwrap();
+    assert_eq!(refused, [held.clone()]);
+    // The same client renewing: accepted.
+    let mut renewed = held.clone();
+    renewed.updated = 160;
+    renewed.expires = 400;
+    assert!(leases::save_batch(&b, std::slice::from_ref(&renewed))
+        .unwrap()
+        .is_empty());
+    // Once expired by the writer's clock, or released, another client may have it.
+    other.updated = 400;
+    other.expires = 500;
+    assert!(leases::save_batch(&b, std::slice::from_ref(&other)).unwrap().is_empty());
+    let mut released = free.clone();
+    released.state = LeaseState::Released;
+    leases::save_batch(&b, &[released]).unwrap();
+    let taker = rec("198.18.0.21", "52:54:00:00:00:03", LeaseState::Bound);
+    assert!(leases::save_batch(&a, std::slice::from_ref(&taker)).unwrap().is_empty());
+    let all = leases::load_all(&a).unwrap();
+    assert_eq!(all, [other, taker]);
+    assert_eq!(leases::changed_since(&a, 400).unwrap().len(), 1);
+}
+
+#[test]
+fn postgres_servers_racing_for_the_same_addresses_never_share_one() {
+    let db = postgres();
+    let servers: Vec<Arc<Store>> = (0..3)
+        .map(|i| Arc::new(db.open().named(format!("pxe-{i}"))))
+        .collect();
+    // Every server tries to lease all 200 addresses to its own clients, in batches of 20, at
+    // once.
+    let threads: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut won = Vec::new();
+                for chunk in 0..10u32 {
+                    let batch: Vec<LeaseRecord> = (0..20u32)
+                        .map(|i| {
+                            let host = chunk * 20 + i;
+                            LeaseRecord {
+                                ip: std::net::Ipv4Addr::from(
+                                    u32::from_be_bytes([198, 18, 1, 0]) + host,
+                                ),
+                                mac: format!("52:54:00:0{n}:{:02x}:{:02x}", host >> 8, host & 0xff),
+                                client_id: None,
+                                hostname: None,
+                                state: LeaseState::Bound,
+                                expires: 10_000,
+                                updated: 1,
+                            }
+                        })
+                        .collect();
+                    let refused = leases::save_batch(&s, &batch).unwrap();
+                    won.extend(
+                        batch
+                            .into_iter()
+                            .filter(|r| !refused.iter().any(|x| x.ip == r.ip)),
+                    );
+                }
+                won
+            })
+        })
+        .collect();
+    let won: Vec<Vec<LeaseRecord>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: usize = won.iter().map(Vec::len).sum();
+    assert_eq!(total, 200, "each address won exactly once");
+    let stored = leases::load_all(&servers[0]).unwrap();
+    assert_eq!(stored.len(), 200);
+    for r in won.iter().flatten() {
+        let row = stored.iter().find(|s| s.ip == r.ip).unwrap();
+        assert_eq!(
+            row.mac, r.mac,
+            "{} is held by the client whose write was accepted",
+            r.ip
+        );
+    }
+}
+
+#[test]
+fn postgres_refuses_a_database_newer_than_this_binary() {
+    let c = cluster();
+    let url = c.fresh_database();
+    let cfg = pg_config(&c, url.clone(), "x");
+    drop(Store::from_config(&cfg, std::path::Path::new("/nonexistent")).unwrap());
+    let name = url.rsplit('/').next().unwrap();
+    let future = chainboot_store::SCHEMA_VERSION + 1;
+    c.psql(
+        name,
+        &format!("INSERT INTO schema_version VALUES ({future}, 0)"),
+    );
+    match Store::from_config(&cfg, std::path::Path::new("/nonexistent")) {
+        Err(StoreError::NewerSchema { found, known }) => {
+            assert_eq!((found, known), (future, chainboot_store::SCHEMA_VERSION));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn postgres_with_a_wrong_password_fails_with_the_reason() {
+    let c = cluster();
+    let mut cfg = pg_config(&c, c.fresh_database(), "x");
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not-the-password\n").unwrap();
+    cfg.password_file = Some(wrong.path().to_path_buf());
+    cfg.connect_timeout = std::time::Duration::from_secs(2);
+    let err = Store::from_config(&cfg, std::path::Path::new("/nonexistent"))
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+}
+
+#[test]
+fn sqlite_refuses_a_database_newer_than_this_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let future = chainboot_store::SCHEMA_VERSION + 1;
+    let c = rusqlite::Connection::open(dir.path().join(chainboot_store::DB_FILE)).unwrap();
+    c.pragma_update(None, "user_version", future).unwrap();
+    drop(c);
+    let err = Store::open(dir.path()).expect_err("refused");
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, .. } if found == future),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("newer than this chainboot"),
+        "{err}"
+    );
+}
