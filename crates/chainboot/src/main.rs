@@ -9,6 +9,7 @@ mod api_client;
 mod check;
 mod doctor;
 mod explain;
+mod fleet;
 mod generate;
 mod identity;
 mod init;

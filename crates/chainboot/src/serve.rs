@@ -324,6 +324,15 @@ async fn serve(
     let dhcp = bind_dhcp(&cfg, &sh)?;
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = dhcp.engine();
+    let fleet = (cfg.store.backend == chainboot_store::StoreBackend::Postgres).then(|| {
+        let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| dhcp.engine());
+        tokio::spawn(crate::fleet::run(
+            sh.store.clone(),
+            engine,
+            cfg.store.clone(),
+            shutdown.clone(),
+        ))
+    });
     let tls = Tls::start(&cfg, &ifaces)?;
     let mut http = HttpServer::bind(&cfg.http)
         .context("HTTP cannot listen")?
@@ -424,6 +433,9 @@ async fn serve(
         warn!("some transfers did not finish within {grace:?}; stopping anyway");
     }
     events.flush(Duration::from_secs(2));
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     info!("chainboot stopped");
     result
 }

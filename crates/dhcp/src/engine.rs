@@ -18,6 +18,7 @@
 
 mod counters;
 mod exchange;
+pub mod fleet;
 mod guard;
 mod leases;
 mod pool;
@@ -98,6 +99,8 @@ pub enum Ignored {
     NewClientLimit,
     /// The client selected another server's offer.
     OtherServer,
+    /// Another live server of the fleet answers this client (load balancing by client hash).
+    PeerClient,
     /// A message type this port/mode does not answer (or one that gets no reply: DECLINE,
     /// RELEASE).
     NoReply,
@@ -178,6 +181,8 @@ pub struct Engine {
     relay_buckets: RateTable<Ipv4Addr>,
     unknown_arch_logged: HashSet<Mac>,
     counters: Arc<Counters>,
+    /// The fleet this server shares clients with; `None`: it answers everyone.
+    fleet: Option<fleet::Fleet>,
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -213,6 +218,7 @@ impl Engine {
             buckets: RateTable::new(),
             relay_buckets: RateTable::new(),
             unknown_arch_logged: HashSet::new(),
+            fleet: None,
             counters: Arc::new(Counters::default()),
         }
     }
@@ -241,8 +247,10 @@ impl Engine {
         let leases = std::mem::replace(&mut self.leases, LeaseTable::new());
         let counters = self.counters.clone();
         let boot = self.boot.clone();
+        let fleet = self.fleet.take();
         *self = Engine::new(cfg, boot);
         self.counters = counters;
+        self.fleet = fleet;
         for lease in leases.into_leases() {
             self.insert(
                 Lease {
@@ -265,6 +273,10 @@ impl Engine {
             Err(why) => return Handled::new(Outcome::Dropped(why)),
         };
         self.count_request(req.msg_type);
+        if !self.answers(&req, ingress) {
+            bump(&self.counters.ignored_peer_client);
+            return Handled::new(Outcome::Ignored(Ignored::PeerClient));
+        }
         let facts = ClientFacts::from_request(&req);
         let server = self.boot.server_for(ingress.local_addr);
         let decision = decide(&facts, &self.boot, server);
@@ -288,6 +300,36 @@ impl Engine {
         out.request = Some((req.msg_type, facts));
         out.decision = Some(decision);
         out
+    }
+
+    /// Shares clients with the fleet's other live servers (`None`: answer everyone).
+    pub fn set_fleet(&mut self, fleet: Option<fleet::Fleet>) {
+        self.fleet = fleet;
+    }
+
+    /// The fleet as last set.
+    pub fn fleet(&self) -> Option<&fleet::Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether this server answers `req`: always on the PXE boot server port and for
+    /// messages naming a server (a REQUEST after an OFFER carries its server identifier, and
+    /// only that server answers anyway); otherwise when the client's hash bucket is this
+    /// server's.
+    fn answers(&self, req: &Request, ingress: &Ingress) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return true;
+        };
+        if ingress.local_port == self.cfg.ports.proxy {
+            return true;
+        }
+        match req.msg_type {
+            MessageType::Discover => fleet.serves(req.header.chaddr()),
+            MessageType::Request if req.opt_ip(crate::wire::code::SERVER_ID).is_none() => {
+                fleet.serves(req.header.chaddr())
+            }
+            _ => true,
+        }
     }
 
     /// Parses the packet and applies the rate limits (per relay, then per client).
@@ -353,6 +395,7 @@ impl Engine {
                 Ignored::UnknownArch => bump(&c.ignored_unknown_arch),
                 Ignored::NoSubnet => bump(&c.ignored_no_subnet),
                 Ignored::OtherServer => bump(&c.ignored_other_server),
+                Ignored::PeerClient => {}
                 Ignored::PoolExhausted => bump(&c.pool_exhausted),
                 Ignored::NewClientLimit => bump(&c.refused_new_client),
                 Ignored::ModeOff | Ignored::NoReply => {}

@@ -390,6 +390,7 @@ pub fn dhcp_outcome(o: &chainboot_dhcp::engine::Outcome) -> (Outcome, Option<&'s
             Ignored::ModeOff => (Outcome::Ignored, Some("mode-off")),
             Ignored::NotBootClient => (Outcome::Ignored, Some("not-boot-client")),
             Ignored::OtherServer => (Outcome::Ignored, Some("other-server")),
+            Ignored::PeerClient => (Outcome::Ignored, Some("peer-client")),
             Ignored::NoReply => (Outcome::Ignored, Some("no-reply")),
             Ignored::UnknownArch => (Outcome::Refused, Some("unknown-arch")),
             Ignored::NoSubnet => (Outcome::Refused, Some("no-subnet")),

@@ -231,17 +231,21 @@ pub fn load_all(store: &Store) -> Result<Vec<LeaseRecord>, StoreError> {
     }
 }
 
-/// Leases written at or after `since` (seconds; the writers' clocks), by any server, ordered
-/// by address: how a server of a fleet learns what the others handed out. Empty for SQLite
-/// (its only writer is this server).
+/// Leases other servers wrote at or after `since` (seconds; the writers' clocks), ordered by
+/// address: how a server of a fleet learns what the others handed out. Empty for SQLite (its
+/// only writer is this server).
 pub fn changed_since(store: &Store, since: i64) -> Result<Vec<LeaseRecord>, StoreError> {
+    let me = store.server_name().to_string();
     match store.backend() {
         Backend::Sqlite(_) => Ok(Vec::new()),
         Backend::Postgres(pg) => pg.run(move |c| async move {
             let rows = c
                 .query(
-                    &format!("SELECT {PG_COLUMNS} FROM leases WHERE updated >= $1 ORDER BY ip"),
-                    &[&since],
+                    &format!(
+                        "SELECT {PG_COLUMNS} FROM leases
+                         WHERE updated >= $1 AND server IS DISTINCT FROM $2 ORDER BY ip"
+                    ),
+                    &[&since, &me],
                 )
                 .await?;
             Ok(rows.iter().filter_map(from_pg_row).collect())

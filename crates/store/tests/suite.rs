@@ -496,7 +496,9 @@ fn postgres_refuses_an_address_another_client_holds_and_returns_the_holder() {
     let mut held = rec("198.18.0.20", "52:54:00:00:00:01", LeaseState::Bound);
     held.updated = 100;
     held.expires = 200;
-    assert!(leases::save_batch(&a, std::slice::from_ref(&held)).unwrap().is_empty());
+    assert!(leases::save_batch(&a, std::slice::from_ref(&held))
+        .unwrap()
+        .is_empty());
     // Another client, while the lease runs: refused, and told who holds it.
     let mut other = rec("198.18.0.20", "52:54:00:00:00:02", LeaseState::Bound);
     other.updated = 150;
@@ -514,12 +516,16 @@ fn postgres_refuses_an_address_another_client_holds_and_returns_the_holder() {
     // Once expired by the writer's clock, or released, another client may have it.
     other.updated = 400;
     other.expires = 500;
-    assert!(leases::save_batch(&b, std::slice::from_ref(&other)).unwrap().is_empty());
+    assert!(leases::save_batch(&b, std::slice::from_ref(&other))
+        .unwrap()
+        .is_empty());
     let mut released = free.clone();
     released.state = LeaseState::Released;
     leases::save_batch(&b, &[released]).unwrap();
     let taker = rec("198.18.0.21", "52:54:00:00:00:03", LeaseState::Bound);
-    assert!(leases::save_batch(&a, std::slice::from_ref(&taker)).unwrap().is_empty());
+    assert!(leases::save_batch(&a, std::slice::from_ref(&taker))
+        .unwrap()
+        .is_empty());
     let all = leases::load_all(&a).unwrap();
     assert_eq!(all, [other, taker]);
     assert_eq!(leases::changed_since(&a, 400).unwrap().len(), 1);

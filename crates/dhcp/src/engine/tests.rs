@@ -1207,3 +1207,42 @@ fn pool_usage_counts_each_pools_bound_and_offered_addresses() {
         .count() as u64;
     assert_eq!(first.in_use, scanned);
 }
+
+/// Two servers of a fleet on one segment: each DISCOVER is answered by exactly one; a
+/// client's REQUEST for the offer (it names the server) is answered by that one; when a peer
+/// leaves the fleet, the remaining server answers its clients, renewals included.
+#[test]
+fn a_fleet_of_two_answers_each_client_once_and_takes_over_a_departed_peers_clients() {
+    use super::fleet::Fleet;
+    let both = ["pxe-a".to_string(), "pxe-b".to_string()];
+    let mut a = engine(Mode::Server);
+    a.set_fleet(Some(Fleet::new("pxe-a", both.clone())));
+    let mut b = engine(Mode::Server);
+    b.set_fleet(Some(Fleet::new("pxe-b", both.clone())));
+    let mut b_clients = Vec::new();
+    for n in 0..40u8 {
+        let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(n));
+        let (ha, oa) = send(&mut a, t0(), &ingress(67), &d);
+        let (hb, ob) = send(&mut b, t0(), &ingress(67), &d);
+        assert!(
+            oa.is_some() != ob.is_some(),
+            "client {n}: exactly one server offers"
+        );
+        let ignored = Outcome::Ignored(Ignored::PeerClient);
+        assert!(ha.outcome == ignored || hb.outcome == ignored);
+        if ob.is_some() {
+            b_clients.push(n);
+        }
+    }
+    assert!(
+        (5..35).contains(&b_clients.len()),
+        "shared: b has {}",
+        b_clients.len()
+    );
+    // pxe-b stops heart-beating: pxe-a serves its clients, from the first DISCOVER.
+    a.set_fleet(Some(Fleet::new("pxe-a", Vec::new())));
+    for n in b_clients {
+        assert!(dora(&mut a, t0(), mac(n)) != Ipv4Addr::UNSPECIFIED);
+    }
+    assert!(a.counters().ignored_peer_client.load(Ordering::Relaxed) > 0);
+}
