@@ -136,21 +136,37 @@ impl Engine {
         }
         let plan = &self.subnets[sub];
         let size = plan.size;
+        // In a fleet, each server takes from its own share of the pool first (the addresses
+        // whose hash bucket it owns, as for clients), so that servers answering at the same
+        // moment do not pick the same free address; the database would refuse the second
+        // one's lease and that client would have to ask again. Only when its share is used up
+        // does it take from the others'.
+        let fleet = self.fleet.as_ref().filter(|f| f.live().len() > 1);
+        let shares: &[bool] = if fleet.is_some() {
+            &[true, false]
+        } else {
+            &[false]
+        };
         // First pass: never-used addresses; second: reclaimable ones (expired, released).
         for pass in 0..2 {
-            for i in 0..size {
-                let n = (plan.cursor + i) % size;
-                let ip = plan.nth(n);
-                if self.reserved.contains(&ip) {
-                    continue;
-                }
-                let ok = match self.leases.get(ip) {
-                    None => true,
-                    Some(l) => pass == 1 && l.reclaimable(now),
-                };
-                if ok {
-                    self.subnets[sub].cursor = n + 1;
-                    return Some(ip);
+            for &own_share_only in shares {
+                for i in 0..size {
+                    let n = (plan.cursor + i) % size;
+                    let ip = plan.nth(n);
+                    if self.reserved.contains(&ip) {
+                        continue;
+                    }
+                    if own_share_only && !fleet.is_some_and(|f| f.serves(&ip.octets())) {
+                        continue;
+                    }
+                    let ok = match self.leases.get(ip) {
+                        None => true,
+                        Some(l) => pass == 1 && l.reclaimable(now),
+                    };
+                    if ok {
+                        self.subnets[sub].cursor = n + 1;
+                        return Some(ip);
+                    }
                 }
             }
         }

@@ -1246,3 +1246,30 @@ fn a_fleet_of_two_answers_each_client_once_and_takes_over_a_departed_peers_clien
     }
     assert!(a.counters().ignored_peer_client.load(Ordering::Relaxed) > 0);
 }
+
+/// Servers of a fleet offer from their own shares of the pool first: two servers answering
+/// clients at the same moment, each knowing nothing of the other's offers, pick different
+/// addresses.
+#[test]
+fn fleet_servers_offer_from_disjoint_shares_of_the_pool() {
+    use super::fleet::Fleet;
+    let both = ["pxe-a".to_string(), "pxe-b".to_string()];
+    let mut a = engine(Mode::Server);
+    a.set_fleet(Some(Fleet::new("pxe-a", both.clone())));
+    let mut b = engine(Mode::Server);
+    b.set_fleet(Some(Fleet::new("pxe-b", both.clone())));
+    let mut offered = std::collections::HashSet::new();
+    for n in 0..16u8 {
+        let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac(n));
+        for e in [&mut a, &mut b] {
+            if let (_, Some(offer)) = send(e, t0(), &ingress(67), &d) {
+                assert!(
+                    offered.insert(offer.yiaddr),
+                    "{} offered twice",
+                    offer.yiaddr
+                );
+            }
+        }
+    }
+    assert_eq!(offered.len(), 16);
+}
