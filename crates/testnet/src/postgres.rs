@@ -187,6 +187,16 @@ impl PgCluster {
         )
     }
 
+    /// A connection string through the cluster's unix socket: it reaches the cluster from any
+    /// network namespace (the socket is a file), where the loopback port does not.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user={USER} dbname={db}",
+            path_str(&self.dir),
+            self.port
+        )
+    }
+
     /// A fresh, empty database in this cluster (tests sharing a cluster stay apart); its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("t{}", next_id());

@@ -1,0 +1,454 @@
+//! A fleet on one segment: two or three `chainboot serve` processes, each in a namespace of its
+//! own, joined to the clients' namespace by a bridge (198.18.0.0/20), all storing their state
+//! in one throw-away PostgreSQL cluster (reached through its unix socket, which every
+//! namespace sees). The storm simulator boots machines against all of them at once.
+//!
+//! Asserted: every machine boots; no address was ACKed to two clients, both in the database
+//! and in every DHCP ACK seen on the bridge (captured with tcpdump); the servers shared the
+//! clients (ACKs came from more than one). With kill -9 of one server while its peers still
+//! count it live, every machine still boots: its clients are answered by the others once its
+//! heartbeat times out.
+//!
+//! Needs root, `ip`, `tcpdump`, the iPXE binaries and Debian's PostgreSQL server; a missing
+//! piece fails the test with what is missing.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chainboot_dhcp::client::ReplyView;
+use chainboot_dhcp::wire::MessageType;
+use chainboot_testnet::postgres::PgCluster;
+use chainboot_testnet::{run, Netns, Proc};
+
+const SIM: &str = env!("CARGO_BIN_EXE_chainboot-stormsim");
+
+fn chainboot_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHAINBOOT") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(SIM).with_file_name("chainboot");
+    assert!(
+        p.is_file(),
+        "chainboot binary not found at {} (cargo build -p chainboot, or set CHAINBOOT)",
+        p.display()
+    );
+    p
+}
+
+/// The clients' namespace with the bridge, and one namespace per server.
+struct Segment {
+    client: Netns,
+    servers: Vec<Netns>,
+}
+
+impl Segment {
+    fn new(servers: usize) -> Segment {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("cbfl{}x{n}", std::process::id());
+        let client = Netns(format!("{id}c"));
+        run(&["ip", "netns", "add", &client.0]);
+        let c = client.0.clone();
+        run(&["ip", "-n", &c, "link", "set", "lo", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "addr",
+            "add",
+            "198.18.0.100/20",
+            "dev",
+            "br0",
+        ]);
+        run(&["ip", "-n", &c, "link", "set", "br0", "up"]);
+        // Each simulated machine binds its leased address: the pool is local on this side.
+        run(&[
+            "ip",
+            "-n",
+            &c,
+            "route",
+            "add",
+            "local",
+            "198.18.8.0/21",
+            "dev",
+            "lo",
+        ]);
+        let mut list = Vec::new();
+        for i in 0..servers {
+            let ns = Netns(format!("{id}s{i}"));
+            run(&["ip", "netns", "add", &ns.0]);
+            let port = format!("p{i}");
+            run(&[
+                "ip", "-n", &ns.0, "link", "add", "vs", "type", "veth", "peer", "name", &port,
+                "netns", &c,
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("198.18.0.{}/20", i + 1),
+                "dev",
+                "vs",
+            ]);
+            run(&["ip", "-n", &ns.0, "link", "set", "vs", "up"]);
+            run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+            run(&["ip", "-n", &c, "link", "set", &port, "master", "br0"]);
+            run(&["ip", "-n", &c, "link", "set", &port, "up"]);
+            list.push(ns);
+        }
+        Segment {
+            client,
+            servers: list,
+        }
+    }
+}
+
+fn server_config(dir: &Path, i: usize, db_url: &str, password_file: &Path) -> String {
+    format!(
+        r#"[server]
+interfaces = ["vs"]
+advertise = "198.18.0.{n}"
+state_dir = "{dir}/state{i}"
+[store]
+backend = "postgres"
+url = "{db_url}"
+password_file = "{pw}"
+server_name = "pxe-{i}"
+[dhcp]
+mode = "server"
+[[dhcp.subnet]]
+cidr = "198.18.0.0/20"
+pools = [["198.18.8.1", "198.18.15.254"]]
+router = "198.18.0.1"
+lease_time = "1h"
+[tftp]
+listen = "198.18.0.{n}:69"
+[http]
+listen = "198.18.0.{n}:80"
+root = "{dir}/http"
+[ipxe]
+dir = "/usr/lib/ipxe"
+[ipv6]
+router_advertisements = "off"
+[[profile]]
+name = "storm"
+kernel = "vmlinuz"
+initrd = ["initrd.img"]
+cmdline = "console=ttyS0"
+[boot]
+default = "storm"
+"#,
+        n = i + 1,
+        dir = dir.display(),
+        pw = password_file.display(),
+    )
+}
+
+/// Fields drop in this order: the servers die before their namespaces and the database go.
+struct Fleet {
+    servers: Vec<Proc>,
+    segment: Segment,
+    pg: PgCluster,
+    db: String,
+    logs: Vec<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start(n: usize) -> Fleet {
+        // SAFETY: geteuid has no preconditions.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test creates network namespaces and must run as root"
+        );
+        chainboot_testnet::require(&["ip", "tcpdump"]);
+        assert!(
+            Path::new("/usr/lib/ipxe/undionly.kpxe").is_file(),
+            "missing /usr/lib/ipxe/undionly.kpxe (package ipxe)"
+        );
+        let cb = chainboot_bin();
+        let pg = PgCluster::start();
+        let url = pg.fresh_database();
+        let db = url.rsplit('/').next().unwrap_or_default().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("http")).unwrap();
+        let kernel: Vec<u8> = (0..262_147u32).map(|i| (i * 31 % 251) as u8).collect();
+        let initrd: Vec<u8> = (0..524_309u32).map(|i| (i * 17 % 241) as u8).collect();
+        std::fs::write(d.join("http/vmlinuz"), kernel).unwrap();
+        std::fs::write(d.join("http/initrd.img"), initrd).unwrap();
+        let segment = Segment::new(n);
+        let password = pg.password_file();
+        let mut servers = Vec::new();
+        let mut logs = Vec::new();
+        for (i, ns) in segment.servers.iter().enumerate() {
+            let conf = d.join(format!("chainboot{i}.toml"));
+            std::fs::write(&conf, server_config(d, i, &pg.socket_url(&db), &password)).unwrap();
+            let log_path = d.join(format!("chainboot{i}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            servers.push(Proc(
+                Command::new("ip")
+                    .args(["netns", "exec", &ns.0])
+                    .arg(&cb)
+                    .args(["--log-level", "info", "serve", "--config"])
+                    .arg(&conf)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            ));
+            logs.push(log_path);
+        }
+        // Each server has seen every other live before the storm starts (otherwise one that
+        // started first answers everyone until its next heartbeat).
+        let names: Vec<String> = (0..n).map(|i| format!("\"pxe-{i}\"")).collect();
+        let want = format!("live=[{}]", names.join(", "));
+        let started = Instant::now();
+        for (i, log) in logs.iter().enumerate() {
+            loop {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                if text.contains(&want) && text.contains("ready: SIGHUP") {
+                    break;
+                }
+                if let Ok(Some(st)) = servers[i].0.try_wait() {
+                    panic!("server {i} exited ({st}):\n{text}");
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "server {i} did not see the fleet ({want}) within 60 s:\n{text}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Fleet {
+            servers,
+            segment,
+            pg,
+            db,
+            logs,
+            dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.logs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                format!(
+                    "--- server {i}:\n{}",
+                    std::fs::read_to_string(l).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// tcpdump of the DHCP replies on the bridge, into `path`.
+    fn capture(&self, path: &Path) -> Proc {
+        let p = Proc(
+            Command::new("ip")
+                .args(["netns", "exec", &self.segment.client.0])
+                .args([
+                    "timeout", "600", "tcpdump", "-i", "br0", "-U", "-n", "-B", "8192", "-w",
+                ])
+                .arg(path)
+                .args(["udp", "and", "src", "port", "67"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // tcpdump writes its file header once the capture is open.
+        let started = Instant::now();
+        while std::fs::metadata(path).map_or(0, |m| m.len()) < 24 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "tcpdump did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    /// Runs the simulator in the clients' namespace; its report and per-machine lines.
+    fn storm(&self, machines: usize, spread: u32) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let per = self.dir.path().join("per-machine.jsonl");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.segment.client.0])
+            .arg(SIM)
+            .args(["--machines", &machines.to_string()])
+            .args(["--spread", &spread.to_string()])
+            .args(["--deadline", "240", "--iface", "br0"])
+            .arg("--per-machine")
+            .arg(&per)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "simulator failed:\n{}", self.logs());
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lines = std::fs::read_to_string(&per)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (rep, lines)
+    }
+
+    /// (bound leases, distinct MACs among them, distinct servers that wrote them).
+    fn leases_in_database(&self) -> (u64, u64, u64) {
+        let out = self.pg.psql(
+            &self.db,
+            "SELECT count(*), count(DISTINCT mac), count(DISTINCT server) FROM leases \
+             WHERE state = 'bound'",
+        );
+        let v: Vec<u64> = out.trim().split('|').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    }
+}
+
+/// Every DHCP ACK in a pcap file (Ethernet frames): (server address, client MAC, address).
+fn acks_in_capture(path: &Path) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
+    let data = std::fs::read(path).unwrap();
+    assert!(data.len() >= 24, "no pcap header");
+    assert_eq!(
+        &data[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "little-endian microsecond pcap"
+    );
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut acks = Vec::new();
+    let mut at = 24;
+    // The last record may be cut short when tcpdump is killed: whole records only.
+    while at + 16 <= data.len() {
+        let len = u32_at(&data, at + 8) as usize;
+        let start = at + 16;
+        if start + len > data.len() {
+            break;
+        }
+        let frame = &data[start..start + len];
+        at = start + len;
+        // Ethernet (14) + IPv4 (IHL) + UDP (8).
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let payload = &ip[ihl + 8..];
+        let Some(reply) = ReplyView::parse(payload) else {
+            continue;
+        };
+        if reply.msg_type == Some(MessageType::Ack) && payload.len() >= 34 {
+            let mut chaddr = [0u8; 6];
+            chaddr.copy_from_slice(&payload[28..34]);
+            acks.push((src, chaddr, reply.yiaddr));
+        }
+    }
+    acks
+}
+
+/// No address ACKed to two clients on the wire; the servers that sent ACKs.
+fn assert_no_address_acked_twice(acks: &[(Ipv4Addr, [u8; 6], Ipv4Addr)]) -> HashSet<Ipv4Addr> {
+    let mut holder: HashMap<Ipv4Addr, [u8; 6]> = HashMap::new();
+    let mut servers = HashSet::new();
+    for (server, mac, addr) in acks {
+        servers.insert(*server);
+        if let Some(first) = holder.insert(*addr, *mac) {
+            assert_eq!(
+                &first, mac,
+                "{addr} ACKed to {first:02x?} and to {mac:02x?} (by {server})"
+            );
+        }
+    }
+    servers
+}
+
+fn assert_every_machine_booted(
+    rep: &serde_json::Value,
+    machines: &[serde_json::Value],
+    n: usize,
+    logs: &str,
+) {
+    assert_eq!(rep["machines"], n, "{rep}");
+    assert_eq!(rep["failures"], 0, "{rep}\n{logs}");
+    assert_eq!(rep["ok"], n, "{rep}");
+    let addrs: HashSet<&str> = machines
+        .iter()
+        .map(|m| m["address"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(addrs.len(), n, "one distinct address per machine");
+}
+
+#[test]
+fn two_servers_on_one_segment_share_a_storm_and_never_ack_an_address_twice() {
+    let fleet = Fleet::start(2);
+    let pcap = fleet.dir.path().join("acks.pcap");
+    let mut capture = fleet.capture(&pcap);
+    let (rep, machines) = fleet.storm(60, 3);
+    std::thread::sleep(Duration::from_secs(1));
+    capture.kill9();
+    eprintln!("storm report: {rep}");
+    assert_every_machine_booted(&rep, &machines, 60, &fleet.logs());
+    let acks = acks_in_capture(&pcap);
+    // Two ACKs per machine (firmware and iPXE); a capture may miss a few under load.
+    assert!(acks.len() >= 108, "ACKs seen on the wire: {}", acks.len());
+    let senders = assert_no_address_acked_twice(&acks);
+    assert_eq!(senders.len(), 2, "both servers answered: {senders:?}");
+    let (bound, macs, servers) = fleet.leases_in_database();
+    assert_eq!((bound, macs, servers), (60, 60, 2));
+}
+
+#[test]
+fn with_one_of_three_servers_killed_every_machine_boots() {
+    let mut fleet = Fleet::start(3);
+    let pcap = fleet.dir.path().join("acks.pcap");
+    let mut capture = fleet.capture(&pcap);
+    // kill -9: no goodbye, its row stays in the live-servers table until its heartbeat is
+    // older than peer_timeout; its clients' first DISCOVERs go unanswered until then.
+    fleet.servers[1].kill9();
+    let (rep, machines) = fleet.storm(45, 2);
+    std::thread::sleep(Duration::from_secs(1));
+    capture.kill9();
+    eprintln!("storm report: {rep}");
+    assert_every_machine_booted(&rep, &machines, 45, &fleet.logs());
+    assert!(
+        rep["dhcp_retransmits"].as_u64() > Some(0),
+        "the killed server's clients asked again until the others took them: {rep}"
+    );
+    let acks = acks_in_capture(&pcap);
+    let senders = assert_no_address_acked_twice(&acks);
+    let expected: HashSet<Ipv4Addr> = ["198.18.0.1", "198.18.0.3"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(senders, expected, "the two live servers answered everyone");
+    let (bound, macs, _) = fleet.leases_in_database();
+    assert_eq!((bound, macs), (45, 45));
+    for log in [&fleet.logs[0], &fleet.logs[2]] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            text.contains("live=[\"pxe-0\", \"pxe-2\"]"),
+            "the survivors saw pxe-1 go:\n{text}"
+        );
+    }
+}
