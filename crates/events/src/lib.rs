@@ -29,7 +29,7 @@ use chainboot_store::Store;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::broadcast;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
 pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageSpan};
@@ -162,6 +162,9 @@ pub struct EventStats {
     pub streams_lagged: AtomicU64,
     /// Live streams refused because their address already held `streams_per_ip`.
     pub streams_refused: AtomicU64,
+    /// Events held by the writer while the store fails (a database outage), written when it
+    /// answers again.
+    pub held: AtomicU64,
 }
 
 enum Msg {
@@ -471,6 +474,43 @@ const BATCH_BYTES: usize = 512 * 1024;
 /// How long the writer waits for more events before writing a partial batch.
 const LINGER: Duration = Duration::from_millis(20);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// While the store fails, events are held (oldest dropped and counted beyond these bounds:
+/// with details of at most [`MAX_DETAIL_BYTES`], about 32 MiB) ...
+const MAX_HELD: usize = 50_000;
+const MAX_HELD_BYTES: usize = 32 << 20;
+/// ... and the write is tried again this often.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Events the writer could not write yet, oldest first, bounded.
+#[derive(Default)]
+struct Held {
+    events: std::collections::VecDeque<(NewEvent, usize)>,
+    bytes: usize,
+    retry_at: Option<Instant>,
+}
+
+impl Held {
+    fn hold(&mut self, events: Vec<(NewEvent, usize)>, stats: &EventStats) {
+        for (e, b) in events {
+            self.bytes += b;
+            self.events.push_back((e, b));
+        }
+        while self.events.len() > MAX_HELD || self.bytes > MAX_HELD_BYTES {
+            let Some((_, b)) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= b;
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .held
+            .store(self.events.len() as u64, Ordering::Relaxed);
+    }
+
+    fn waiting(&self) -> bool {
+        self.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+}
 
 fn writer(
     store: Arc<Store>,
@@ -484,16 +524,28 @@ fn writer(
     // up to twice their text in pages: the events stay within about 1.1 times the budget).
     let mut last_prune = Instant::now();
     let mut written_since_prune = settings.max_bytes;
+    let mut held = Held::default();
     loop {
         if written_since_prune >= settings.max_bytes / 16 || last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
             written_since_prune = 0;
             prune(&store, &settings, &stats);
         }
-        let first = match rx.recv_timeout(PRUNE_EVERY) {
+        let wait = if held.events.is_empty() {
+            PRUNE_EVERY
+        } else {
+            RETRY_EVERY
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                if !held.events.is_empty() {
+                    held.retry_at = None;
+                    write_or_hold(&store, Vec::new(), &mut held, &live, &stats);
+                }
+                return;
+            }
         };
         let mut batch = Batch::default();
         if let Some(m) = first {
@@ -507,8 +559,12 @@ fn writer(
                 }
             }
         }
-        if !batch.events.is_empty() {
-            written_since_prune += write_batch(&store, batch.events, &live, &stats);
+        if !batch.events.is_empty() || !held.events.is_empty() {
+            // A flush (tests, shutdown) tries the store at once.
+            if !batch.flushes.is_empty() {
+                held.retry_at = None;
+            }
+            written_since_prune += write_or_hold(&store, batch.events, &mut held, &live, &stats);
         }
         for done in batch.flushes {
             let _ = done.send(());
@@ -516,10 +572,59 @@ fn writer(
     }
 }
 
+/// Writes what is held, then `events`, in batches; while the store fails (a database
+/// outage), keeps them (bounded) to try again after [`RETRY_EVERY`]. Returns the bytes
+/// written.
+fn write_or_hold(
+    store: &Store,
+    events: Vec<(NewEvent, usize)>,
+    held: &mut Held,
+    live: &broadcast::Sender<Arc<LiveEvent>>,
+    stats: &EventStats,
+) -> u64 {
+    if held.waiting() {
+        held.hold(events, stats);
+        return 0;
+    }
+    held.hold(events, stats);
+    let mut written = 0;
+    while !held.events.is_empty() {
+        let n = held.events.len().min(BATCH);
+        let batch: Vec<NewEvent> = held.events.iter().take(n).map(|(e, _)| e.clone()).collect();
+        match write_batch(store, batch, live, stats) {
+            Ok(bytes) => {
+                written += bytes;
+                for _ in 0..n {
+                    if let Some((_, b)) = held.events.pop_front() {
+                        held.bytes -= b;
+                    }
+                }
+                if held.retry_at.take().is_some() {
+                    info!("event log: the store answers again; held events written");
+                }
+            }
+            Err(err) => {
+                if held.retry_at.is_none() {
+                    warn!(
+                        held = held.events.len(),
+                        "event log: the store fails, events are held (at most {MAX_HELD}) and written when it answers: {err}"
+                    );
+                }
+                held.retry_at = Some(Instant::now() + RETRY_EVERY);
+                break;
+            }
+        }
+    }
+    stats
+        .held
+        .store(held.events.len() as u64, Ordering::Relaxed);
+    written
+}
+
 /// What the writer collected for one transaction.
 #[derive(Default)]
 struct Batch {
-    events: Vec<NewEvent>,
+    events: Vec<(NewEvent, usize)>,
     bytes: usize,
     flushes: Vec<mpsc::Sender<()>>,
 }
@@ -528,7 +633,7 @@ impl Batch {
     fn push(&mut self, m: Msg) {
         match m {
             Msg::Event(e, bytes) => {
-                self.events.push(e);
+                self.events.push((e, bytes));
                 self.bytes += bytes;
             }
             Msg::Flush(done) => self.flushes.push(done),
@@ -546,7 +651,7 @@ fn write_batch(
     batch: Vec<NewEvent>,
     live: &broadcast::Sender<Arc<LiveEvent>>,
     stats: &EventStats,
-) -> u64 {
+) -> Result<u64, chainboot_store::StoreError> {
     let started = Instant::now();
     let ids = match events::append_batch(store, &batch) {
         Ok(ids) => ids,
@@ -554,8 +659,7 @@ fn write_batch(
             stats
                 .write_errors
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            warn!("events not written: {err}");
-            return 0;
+            return Err(err);
         }
     };
     stats.written.fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -583,7 +687,7 @@ fn write_batch(
             json: json.into(),
         }));
     }
-    bytes
+    Ok(bytes)
 }
 
 fn prune(store: &Store, settings: &EventSettings, stats: &EventStats) {

@@ -635,7 +635,7 @@ fn write_events(w: &mut Writer, st: &OpsState) {
     );
     w.counter(
         "chainboot_events_write_errors_total",
-        "Events the store refused.",
+        "Events whose write the store refused or could not take (held ones count at each try).",
         g(&es.write_errors),
     );
     w.counter(
@@ -657,6 +657,16 @@ fn write_events(w: &mut Writer, st: &OpsState) {
         "chainboot_events_stored_bytes",
         "Bytes of the events' pages in the store (table and indexes), as of the last pruning.",
         g(&es.stored_bytes) as f64,
+    );
+    w.gauge(
+        "chainboot_events_held",
+        "Events held by the writer while the store does not answer, written when it does.",
+        g(&es.held) as f64,
+    );
+    w.gauge(
+        "chainboot_store_degraded",
+        "1 while the fleet's database did not answer at its last use (PostgreSQL), else 0.",
+        if st.store.degraded() { 1.0 } else { 0.0 },
     );
     w.gauge(
         "chainboot_store_disk_bytes",

@@ -254,6 +254,15 @@ impl Store {
         Ok(found)
     }
 
+    /// Whether the database did not answer at the last use (PostgreSQL down or unreachable;
+    /// never for SQLite). Connections are made again on every use until it answers.
+    pub fn degraded(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(pg) => pg.degraded(),
+        }
+    }
+
     /// A round trip to the database (health checks).
     pub fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {

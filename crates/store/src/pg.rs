@@ -22,6 +22,8 @@ pub(crate) struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     describe: String,
+    /// The last call failed for want of the database (not for a statement's error).
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 /// Runtime threads: the work is waiting on the network, one suffices; a second keeps a slow
@@ -87,6 +89,7 @@ impl Postgres {
             runtime: Some(runtime),
             pool,
             describe,
+            degraded: std::sync::atomic::AtomicBool::new(false),
         };
         if !migrate {
             pg.run(|c| async move {
@@ -134,8 +137,41 @@ impl Postgres {
             };
             let _ = tx.send(out);
         });
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("store runtime stopped".into()))?
+        let out = rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("store runtime stopped".into()))
+            .and_then(|r| r);
+        self.note_health(&out);
+        out
+    }
+
+    /// Whether the database was unreachable at the last call.
+    pub(crate) fn degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Logs the moments the database stops and starts answering (one line each, not one per
+    /// failed call).
+    fn note_health<T>(&self, out: &Result<T, StoreError>) {
+        use std::sync::atomic::Ordering;
+        let unreachable = match out {
+            Ok(_) => false,
+            Err(StoreError::Unavailable(_)) => true,
+            // A statement the server rejected is not an outage; a broken connection is.
+            Err(StoreError::Postgres(e)) => e.as_db_error().is_none(),
+            Err(_) => false,
+        };
+        let was = self.degraded.swap(unreachable, Ordering::Relaxed);
+        match (was, unreachable, out) {
+            (false, true, Err(e)) => tracing::warn!(
+                database = %self.describe,
+                "state store degraded: the database does not answer ({e}); reconnecting on every use"
+            ),
+            (true, false, _) => {
+                tracing::info!(database = %self.describe, "state store: the database answers again")
+            }
+            _ => {}
+        }
     }
 }
 
