@@ -3,6 +3,8 @@
 //! cluster, see chainboot-testnet). Backend-specific behaviour (SQLite's file modes and
 //! vacuum; PostgreSQL's refusal of another client's address) is tested at the end.
 
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
