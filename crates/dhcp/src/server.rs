@@ -388,6 +388,7 @@ fn commit_loop(
     // it also waits up to COMMIT_LINGER for more. A lone client (one machine booting) never
     // waits: its ACK goes out as soon as its lease is on disk.
     let mut previous_arrival: Option<Instant> = None;
+    let mut last_failure: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let arrived = Instant::now();
         let under_load = previous_arrival.is_some_and(|p| arrived - p < COMMIT_LINGER);
@@ -408,8 +409,18 @@ fn commit_loop(
             .iter()
             .flat_map(|p| p.records.iter().cloned())
             .collect();
-        match leases::save_batch(&store, &records) {
+        // While the fleet's database is away, each try costs up to its connect timeout:
+        // renewals are served from the journal meanwhile, and the database tried again
+        // after DEGRADED_RETRY.
+        let skip = store.degraded() && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
+        let saved = if skip {
+            Err(None)
+        } else {
+            leases::save_batch(&store, &records).map_err(Some)
+        };
+        match saved {
             Ok(refused) => {
+                last_failure = None;
                 if !refused.is_empty() {
                     withhold_refused(&mut batch, &refused, &engine, &counters);
                 }
@@ -417,29 +428,76 @@ fn commit_loop(
                 counters
                     .committed_leases
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
-                // One `sendmmsg` per socket (port 67 and 4011) for the whole batch.
-                let mut listeners: Vec<&Arc<Listener>> =
-                    batch.iter().map(|p| &p.listener).collect();
-                listeners.sort_by_key(|l| l.port);
-                listeners.dedup_by_key(|l| l.port);
-                for l in listeners {
-                    let replies = batch
-                        .iter()
-                        .filter(|p| p.listener.port == l.port)
-                        .flat_map(|p| p.outgoing.iter());
-                    send_all(&l.sock, replies, &counters);
-                }
+                send_batch(&batch, &counters);
             }
             Err(e) => {
+                if e.is_some() {
+                    last_failure = Some(Instant::now());
+                }
+                if store.degraded() && serve_renewals(&store, &mut batch, &records, &counters) {
+                    send_batch(&batch, &counters);
+                    continue;
+                }
                 // Not durable, so not acknowledged: the clients retry.
                 counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "dhcp: could not store {} lease(s), replies withheld: {e}",
-                    records.len()
-                );
+                if let Some(e) = e {
+                    tracing::error!(
+                        "dhcp: could not store {} lease(s), replies withheld: {e}",
+                        records.len()
+                    );
+                }
             }
         }
     }
+}
+
+/// How often the committer tries the fleet's database while it does not answer.
+const DEGRADED_RETRY: Duration = Duration::from_secs(1);
+
+/// One `sendmmsg` per socket (port 67 and 4011) for the whole batch.
+fn send_batch(batch: &[PendingCommit], counters: &Counters) {
+    let mut listeners: Vec<&Arc<Listener>> = batch.iter().map(|p| &p.listener).collect();
+    listeners.sort_by_key(|l| l.port);
+    listeners.dedup_by_key(|l| l.port);
+    for l in listeners {
+        let replies = batch
+            .iter()
+            .filter(|p| p.listener.port == l.port)
+            .flat_map(|p| p.outgoing.iter());
+        send_all(&l.sock, replies, counters);
+    }
+}
+
+/// The fleet's database does not answer: the requests of `batch` that only renew leases the
+/// database holds for their clients are made durable in the store's local journal and keep
+/// their replies; the others (new clients, other addresses) are withheld until the database
+/// answers. Returns whether any reply is left to send.
+fn serve_renewals(
+    store: &Store,
+    batch: &mut Vec<PendingCommit>,
+    records: &[LeaseRecord],
+    counters: &Counters,
+) -> bool {
+    let journaled = match leases::save_renewals_while_degraded(store, records) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!("dhcp: renewals could not be journaled, replies withheld: {e}");
+            return false;
+        }
+    };
+    let before = batch.len();
+    batch.retain(|p| !p.records.is_empty() && p.records.iter().all(|r| journaled.contains(&r.ip)));
+    counters
+        .degraded_renewals
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if batch.len() < before {
+        counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            withheld = before - batch.len(),
+            "dhcp: the fleet's database does not answer; new leases wait for it"
+        );
+    }
+    !batch.is_empty()
 }
 
 /// The fleet's database gave some addresses of this batch to other servers' clients: the

@@ -21,7 +21,8 @@ fn events_recorded_while_the_database_is_down_are_written_when_it_returns() {
         server_name: Some("pxe-1".into()),
         ..Default::default()
     };
-    let store = Arc::new(Store::from_config(&cfg, std::path::Path::new("/nonexistent")).unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::from_config(&cfg, state.path()).unwrap());
     let log = EventLog::start(store.clone(), EventSettings::default());
     let mac = Some("52:54:00:00:00:01".parse().unwrap());
     log.record(mac, "api", serde_json::json!({"n": 0}));

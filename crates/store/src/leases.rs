@@ -51,7 +51,7 @@ CREATE INDEX leases_updated ON leases(updated);
 };
 
 /// What an address is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseState {
     /// ACKed to a client until `expires`.
@@ -83,7 +83,7 @@ impl LeaseState {
 }
 
 /// One stored lease. Times are seconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRecord {
     pub ip: std::net::Ipv4Addr,
     /// Lower-case `aa:bb:cc:dd:ee:ff`.
@@ -107,11 +107,56 @@ pub fn save_batch(store: &Store, records: &[LeaseRecord]) -> Result<Vec<LeaseRec
     match store.backend() {
         Backend::Sqlite(db) => db.write(|tx| save_in(tx, records)).map(|()| Vec::new()),
         Backend::Postgres(pg) => {
+            replay_journal(store, pg)?;
             let batch = last_per_address(records);
             let server = store.server_name().to_string();
-            pg.run(move |c| async move { save_pg(&c, batch, &server).await })
+            let written = batch.clone();
+            let refused = pg.run(move |c| async move { save_pg(&c, batch, &server).await })?;
+            let accepted: Vec<LeaseRecord> = written
+                .into_iter()
+                .filter(|r| !refused.iter().any(|h| h.ip == r.ip))
+                .collect();
+            pg.journal.learn(&accepted);
+            pg.journal.learn(&refused);
+            Ok(refused)
         }
     }
+}
+
+/// While the fleet's database does not answer (after [`save_batch`] failed and the store
+/// reports itself degraded): makes the renewals among `records` durable in the server's local
+/// journal and returns their addresses, whose ACKs may leave; the other leases wait for the
+/// database. Nothing for SQLite (its failures are this server's own disk).
+pub fn save_renewals_while_degraded(
+    store: &Store,
+    records: &[LeaseRecord],
+) -> Result<Vec<Ipv4Addr>, StoreError> {
+    match store.backend() {
+        Backend::Sqlite(_) => Ok(Vec::new()),
+        Backend::Postgres(pg) if pg.degraded() => pg.journal.hold_renewals(records),
+        Backend::Postgres(_) => Ok(Vec::new()),
+    }
+}
+
+/// Writes the renewals journaled during an outage, oldest first, before anything newer.
+pub(crate) fn replay_journal(store: &Store, pg: &crate::pg::Postgres) -> Result<(), StoreError> {
+    let pending = pg.journal.pending();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let n = pending.len();
+    let server = store.server_name().to_string();
+    let batch = last_per_address(&pending);
+    let refused = pg.run(move |c| async move { save_pg(&c, batch, &server).await })?;
+    for r in &refused {
+        tracing::warn!(ip = %r.ip, holder = r.mac, "lease journal: a renewal made during the outage was refused: the address changed hands");
+    }
+    pg.journal.written(n)?;
+    tracing::info!(
+        renewals = n,
+        "lease journal: renewals made during the outage written to the database"
+    );
+    Ok(())
 }
 
 /// One record per address, the last of each (a batch may hold an OFFER's and an ACK's write
@@ -238,18 +283,23 @@ pub fn changed_since(store: &Store, since: i64) -> Result<Vec<LeaseRecord>, Stor
     let me = store.server_name().to_string();
     match store.backend() {
         Backend::Sqlite(_) => Ok(Vec::new()),
-        Backend::Postgres(pg) => pg.run(move |c| async move {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {PG_COLUMNS} FROM leases
-                         WHERE updated >= $1 AND server IS DISTINCT FROM $2 ORDER BY ip"
-                    ),
-                    &[&since, &me],
-                )
-                .await?;
-            Ok(rows.iter().filter_map(from_pg_row).collect())
-        }),
+        Backend::Postgres(pg) => {
+            replay_journal(store, pg)?;
+            let changed: Vec<LeaseRecord> = pg.run(move |c| async move {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {PG_COLUMNS} FROM leases
+                             WHERE updated >= $1 AND server IS DISTINCT FROM $2 ORDER BY ip"
+                        ),
+                        &[&since, &me],
+                    )
+                    .await?;
+                Ok(rows.iter().filter_map(from_pg_row).collect())
+            })?;
+            pg.journal.learn(&changed);
+            Ok(changed)
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod events;
+mod journal;
 pub mod leases;
 pub mod limit;
 pub mod machines;
@@ -21,6 +22,7 @@ mod schema;
 pub mod servers;
 
 pub use config::{StoreBackend, StoreConfig};
+pub use journal::JOURNAL_FILE;
 pub use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
@@ -181,10 +183,22 @@ impl Store {
         let server = cfg.server_name();
         match cfg.backend {
             StoreBackend::Sqlite => Ok(Store::open(state_dir)?.named(server)),
-            StoreBackend::Postgres => Ok(Store {
-                backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, true)?),
-                server,
-            }),
+            StoreBackend::Postgres => {
+                create_private_dir(state_dir).map_err(|source| StoreError::Dir {
+                    path: state_dir.to_path_buf(),
+                    source,
+                })?;
+                let pg = pg::Postgres::connect(cfg, &server, Some(state_dir))?;
+                let store = Store {
+                    backend: Backend::Postgres(pg),
+                    server,
+                };
+                // Renewals acknowledged during an outage that ended with this server stopped.
+                if let Backend::Postgres(pg) = &store.backend {
+                    leases::replay_journal(&store, pg)?;
+                }
+                Ok(store)
+            }
         }
     }
 
@@ -196,7 +210,7 @@ impl Store {
             StoreBackend::Postgres => {
                 let server = cfg.server_name();
                 Ok(Some(Store {
-                    backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, false)?),
+                    backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, None)?),
                     server,
                 }))
             }

@@ -24,6 +24,8 @@ pub(crate) struct Postgres {
     describe: String,
     /// The last call failed for want of the database (not for a statement's error).
     degraded: std::sync::atomic::AtomicBool,
+    /// Renewals acknowledged while the database did not answer.
+    pub(crate) journal: crate::journal::Journal,
 }
 
 /// Runtime threads: the work is waiting on the network, one suffices; a second keeps a slow
@@ -36,8 +38,9 @@ impl Postgres {
     pub(crate) fn connect(
         cfg: &StoreConfig,
         server: &str,
-        migrate: bool,
+        journal_dir: Option<&std::path::Path>,
     ) -> Result<Postgres, StoreError> {
+        let migrate = journal_dir.is_some();
         let mut pg = cfg
             .pg_config()
             .map_err(|e| StoreError::Config(format!("url: {e}")))?;
@@ -90,6 +93,7 @@ impl Postgres {
             pool,
             describe,
             degraded: std::sync::atomic::AtomicBool::new(false),
+            journal: crate::journal::Journal::open(journal_dir)?,
         };
         if !migrate {
             pg.run(|c| async move {

@@ -63,10 +63,11 @@ fn pg_config(cluster: &PgCluster, url: String, server: &str) -> StoreConfig {
 fn postgres() -> Db {
     let c = cluster();
     let cfg = pg_config(&c, c.fresh_database(), "test-server");
-    let state = std::path::PathBuf::from("/nonexistent-state-dir");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
     Db {
         open: Box::new(move || Store::from_config(&cfg, &state).unwrap()),
-        _keep: Box::new(c),
+        _keep: Box::new((c, dir)),
     }
 }
 
@@ -594,16 +595,17 @@ fn postgres_servers_racing_for_the_same_addresses_never_share_one() {
 #[test]
 fn postgres_refuses_a_database_newer_than_this_binary() {
     let c = cluster();
+    let state = tempfile::tempdir().unwrap();
     let url = c.fresh_database();
     let cfg = pg_config(&c, url.clone(), "x");
-    drop(Store::from_config(&cfg, std::path::Path::new("/nonexistent")).unwrap());
+    drop(Store::from_config(&cfg, state.path()).unwrap());
     let name = url.rsplit('/').next().unwrap();
     let future = chainboot_store::SCHEMA_VERSION + 1;
     c.psql(
         name,
         &format!("INSERT INTO schema_version VALUES ({future}, 0)"),
     );
-    match Store::from_config(&cfg, std::path::Path::new("/nonexistent")) {
+    match Store::from_config(&cfg, state.path()) {
         Err(StoreError::NewerSchema { found, known }) => {
             assert_eq!((found, known), (future, chainboot_store::SCHEMA_VERSION));
         }
@@ -614,12 +616,13 @@ fn postgres_refuses_a_database_newer_than_this_binary() {
 #[test]
 fn postgres_with_a_wrong_password_fails_with_the_reason() {
     let c = cluster();
+    let state = tempfile::tempdir().unwrap();
     let mut cfg = pg_config(&c, c.fresh_database(), "x");
     let wrong = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(wrong.path(), "not-the-password\n").unwrap();
     cfg.password_file = Some(wrong.path().to_path_buf());
     cfg.connect_timeout = std::time::Duration::from_secs(2);
-    let err = Store::from_config(&cfg, std::path::Path::new("/nonexistent"))
+    let err = Store::from_config(&cfg, state.path())
         .expect_err("refused")
         .to_string();
     assert!(err.contains("password authentication failed"), "{err}");

@@ -133,6 +133,7 @@ backend = "postgres"
 url = "{db_url}"
 password_file = "{pw}"
 server_name = "pxe-{i}"
+connect_timeout = "1s"
 [dhcp]
 mode = "server"
 [[dhcp.subnet]]
@@ -448,4 +449,155 @@ fn with_one_of_three_servers_killed_every_machine_boots() {
             "the survivors saw pxe-1 go:\n{text}"
         );
     }
+}
+
+/// A firmware-like DHCP client in the clients' namespace: port 68 on the bridge, broadcast.
+fn dhcp_socket() -> std::net::UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(b"br0")).unwrap();
+    s.bind(&std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.into()
+}
+
+/// Broadcasts `m` (again every 2 s) until a reply with its xid arrives or `wait` passes.
+fn ask(
+    s: &std::net::UdpSocket,
+    m: &chainboot_dhcp::client::ClientMessage,
+    wait: Duration,
+) -> Option<ReplyView> {
+    let to = std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    let mut next_send = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_send {
+            s.send_to(&m.encode(), to).unwrap();
+            next_send = Instant::now() + Duration::from_secs(2);
+        }
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Some(r) = ReplyView::parse(&buf[..n]) {
+                if r.xid == m.xid {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn client_mac(i: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x0d, 0x00, i]
+}
+
+/// DISCOVER, REQUEST: the ACKed address, or `None` when no ACK came within `wait` per step.
+fn dora(s: &std::net::UdpSocket, mac: [u8; 6], wait: Duration) -> Option<Ipv4Addr> {
+    use chainboot_dhcp::client::{ClientKind, ClientMessage};
+    let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, mac);
+    let offer = ask(s, &d, wait)?;
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac);
+    q.requested_ip = Some(offer.yiaddr);
+    q.server_id = offer.opt_ip(54);
+    let ack = ask(s, &q, wait)?;
+    (ack.msg_type == Some(MessageType::Ack)).then_some(ack.yiaddr)
+}
+
+/// A renewal as a client at T2 sends it (REBINDING: broadcast, its address in ciaddr, no
+/// server named): the reply's type.
+fn renew(s: &std::net::UdpSocket, mac: [u8; 6], addr: Ipv4Addr) -> Option<MessageType> {
+    use chainboot_dhcp::client::{ClientKind, ClientMessage};
+    let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac);
+    q.xid ^= 0x00ff_0000;
+    q.ciaddr = addr;
+    ask(s, &q, Duration::from_secs(15))?.msg_type
+}
+
+#[test]
+fn with_the_database_stopped_known_leases_are_renewed_and_new_ones_wait() {
+    let fleet = Fleet::start(1);
+    let ns = fleet.segment.client.0.clone();
+    let leased: Vec<([u8; 6], Ipv4Addr)> = chainboot_testnet::in_netns(&ns, || {
+        let s = dhcp_socket();
+        (0..8u8)
+            .map(|i| {
+                let mac = client_mac(i);
+                (
+                    mac,
+                    dora(&s, mac, Duration::from_secs(10)).expect("a lease"),
+                )
+            })
+            .collect()
+    });
+    let before: i64 = fleet
+        .pg
+        .psql(&fleet.db, "SELECT max(updated) FROM leases")
+        .trim()
+        .parse()
+        .unwrap();
+    // Renewals must carry a later time than the leases they renew.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    fleet.pg.stop();
+    let renewing = leased.clone();
+    let (renewed, newcomer) = chainboot_testnet::in_netns(&ns, move || {
+        let s = dhcp_socket();
+        let renewed: Vec<Option<MessageType>> = renewing
+            .iter()
+            .map(|(mac, addr)| renew(&s, *mac, *addr))
+            .collect();
+        let newcomer = dora(&s, client_mac(99), Duration::from_secs(5));
+        (renewed, newcomer)
+    });
+    assert!(
+        renewed.iter().all(|t| *t == Some(MessageType::Ack)),
+        "renewals served while the database is down: {renewed:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(newcomer, None, "a new lease waits for the database");
+    let journal = fleet
+        .dir
+        .path()
+        .join("state0")
+        .join(chainboot_store::JOURNAL_FILE);
+    assert!(journal.is_file(), "renewals journaled before their ACKs");
+
+    fleet.pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let renewed_rows: usize = fleet
+            .pg
+            .psql(
+                &fleet.db,
+                &format!("SELECT count(*) FROM leases WHERE updated > {before}"),
+            )
+            .trim()
+            .parse()
+            .unwrap();
+        if renewed_rows == leased.len() && !journal.exists() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "renewals not written after the database returned ({renewed_rows}):\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let newcomer = chainboot_testnet::in_netns(&ns, || {
+        dora(&dhcp_socket(), client_mac(99), Duration::from_secs(10))
+    });
+    let newcomer = newcomer.expect("served once the database is back");
+    assert!(
+        leased.iter().all(|(_, a)| *a != newcomer),
+        "no address twice"
+    );
+    let (bound, macs, _) = fleet.leases_in_database();
+    assert_eq!((bound, macs), (9, 9));
+    let log = fleet.logs();
+    assert!(log.contains("state store degraded"), "{log}");
+    assert!(log.contains("the database answers again"), "{log}");
 }

@@ -38,6 +38,9 @@ pub struct Counters {
     /// Lease writes the fleet's database refused (another server's client holds the address);
     /// their replies were withheld.
     pub lease_conflicts: AtomicU64,
+    /// Renewals acknowledged from the local journal while the fleet's database did not
+    /// answer.
+    pub degraded_renewals: AtomicU64,
     pub arp_fallback_broadcast: AtomicU64,
     /// Lease transactions (fsyncs) and the leases they carried: their ratio is the group
     /// commit's batching factor.
@@ -78,6 +81,7 @@ impl Counters {
             ("send_errors", g(&self.send_errors)),
             ("store_errors", g(&self.store_errors)),
             ("lease_conflicts", g(&self.lease_conflicts)),
+            ("degraded_renewals", g(&self.degraded_renewals)),
             ("arp_fallback_broadcast", g(&self.arp_fallback_broadcast)),
             ("commit_batches", g(&self.commit_batches)),
             ("committed_leases", g(&self.committed_leases)),
