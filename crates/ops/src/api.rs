@@ -71,6 +71,7 @@ pub fn routes(state: OpsState) -> Router {
         .route("/api/v1/events/stream", get(stream_events))
         .route("/api/v1/machines/{mac}/timeline", get(timeline))
         .route("/api/v1/info", get(info))
+        .route("/api/v1/servers", get(servers))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/", get(crate::dashboard::index))
@@ -87,6 +88,24 @@ async fn blocking<T: Send + 'static>(
             format!("task failed: {e}"),
         )
     })
+}
+
+/// The servers sharing this server's store (the fleet, with PostgreSQL), with the age of their
+/// last heartbeat, and which one is this.
+async fn servers(State(st): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Err(r) = st.check_read(&headers) {
+        return r;
+    }
+    let store = st.store.clone();
+    match blocking(move || {
+        chainboot_store::servers::all(&store).map(|list| (list, store.server_name().to_string()))
+    })
+    .await
+    {
+        Ok(Ok((list, me))) => Json(json!({ "this": me, "servers": list })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(r) => r,
+    }
 }
 
 async fn leases(State(st): State<OpsState>, headers: HeaderMap) -> Response {

@@ -176,7 +176,7 @@ struct Fleet {
 
 impl Fleet {
     fn start(n: usize) -> Fleet {
-        chainboot_testnet::require(&["ip", "tcpdump"]);
+        chainboot_testnet::require(&["ip", "tcpdump", "curl"]);
         assert!(
             Path::new("/usr/lib/ipxe/undionly.kpxe").is_file(),
             "missing /usr/lib/ipxe/undionly.kpxe (package ipxe)"
@@ -256,6 +256,21 @@ impl Fleet {
                 )
             })
             .collect()
+    }
+
+    /// GET on server `i`'s management API (its namespace's loopback) with its token.
+    fn api(&self, i: usize, path: &str) -> serde_json::Value {
+        let token =
+            std::fs::read_to_string(self.dir.path().join(format!("state{i}/api.token"))).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.segment.servers[i].0])
+            .args(["curl", "-s", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("http://127.0.0.1:8079{path}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// tcpdump of the DHCP replies on the bridge, into `path`.
@@ -414,6 +429,48 @@ fn two_servers_on_one_segment_share_a_storm_and_never_ack_an_address_twice() {
     assert_eq!(senders.len(), 2, "both servers answered: {senders:?}");
     let (bound, macs, servers) = fleet.leases_in_database();
     assert_eq!((bound, macs, servers), (60, 60, 2));
+
+    // Either server's API shows the whole fleet: both servers, and events both recorded.
+    let listed = fleet.api(0, "/api/v1/servers");
+    assert_eq!(listed["this"], "pxe-0", "{listed}");
+    let names: Vec<&str> = listed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pxe-0", "pxe-1"]);
+    let events = fleet.api(0, "/api/v1/events?kind=dhcp&limit=1000");
+    let recorders: HashSet<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["server"].as_str())
+        .collect();
+    assert_eq!(
+        recorders,
+        HashSet::from(["pxe-0", "pxe-1"]),
+        "events of the whole fleet"
+    );
+    // `check` connects and reports the schema and the live servers.
+    let out = Command::new(chainboot_bin())
+        .args(["check", "--config"])
+        .arg(fleet.dir.path().join("chainboot0.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("store: postgres"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "schema version {} (current)",
+            chainboot_store::SCHEMA_VERSION
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("live     pxe-0") && text.contains("live     pxe-1"),
+        "{text}"
+    );
 }
 
 #[test]
