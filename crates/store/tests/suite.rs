@@ -646,3 +646,39 @@ fn sqlite_refuses_a_database_newer_than_this_binary() {
         "{err}"
     );
 }
+
+#[test]
+fn postgres_over_tls_verifies_the_server_certificate() {
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let pg = PgCluster::start_tls(&server.cert.pem(), &server.key_pair.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    let mut cfg = pg_config(&pg, pg.fresh_database(), "tls");
+    cfg.tls_ca = Some(ca);
+    let store = Store::from_config(&cfg, dir.path()).unwrap();
+    store.ping().unwrap();
+    assert_eq!(
+        store.schema_version().unwrap(),
+        chainboot_store::SCHEMA_VERSION
+    );
+    let tls_sessions = pg.psql(
+        "chainboot",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'chainboot tls'",
+    );
+    assert!(
+        tls_sessions.trim().parse::<u32>().unwrap() >= 1,
+        "{tls_sessions}"
+    );
+    // A certificate from another CA is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let wrong = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    cfg.tls_ca = Some(wrong);
+    cfg.connect_timeout = std::time::Duration::from_secs(2);
+    let err = Store::from_config(&cfg, dir.path())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -24,6 +24,8 @@ pub struct PgCluster {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Extra server options (TLS).
+    options: String,
 }
 
 /// The newest `/usr/lib/postgresql/N/bin` holding `initdb` and `pg_ctl`.
@@ -83,6 +85,16 @@ fn chown_postgres(path: &Path) {
 impl PgCluster {
     /// Makes and starts a cluster with role and database [`USER`] (password [`PASSWORD`]).
     pub fn start() -> PgCluster {
+        PgCluster::start_with(None)
+    }
+
+    /// The same, with TLS on the loopback port: the server presents `cert_pem` (with its key
+    /// `key_pem`).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        PgCluster::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PgCluster {
         crate::require(&["runuser"]);
         let bin = find_bin_dir();
         let dir =
@@ -109,10 +121,27 @@ impl PgCluster {
                 "--no-sync",
             ],
         );
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let p = dir.join(name);
+                std::fs::write(&p, pem).expect("write TLS file");
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod TLS file");
+                chown_postgres(&p);
+            }
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(&dir.join("server.crt")),
+                path_str(&dir.join("server.key"))
+            );
+        }
         let cluster = PgCluster {
             bin,
             dir,
             port: free_loopback_port(),
+            options,
         };
         cluster.start_server();
         cluster.psql("postgres", &format!("CREATE DATABASE {USER}"));
@@ -121,9 +150,10 @@ impl PgCluster {
 
     fn start_server(&self) {
         let opts = format!(
-            "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             path_str(&self.dir),
-            self.port
+            self.port,
+            self.options
         );
         run_as_postgres(
             &self.bin.join("pg_ctl"),
