@@ -248,6 +248,41 @@ fn ensure(
     Ok(())
 }
 
+impl Store {
+    /// PostgreSQL: a machine read or written is remembered; while the database does not
+    /// answer, a machine this server knows is answered from that copy (with `while_away`
+    /// applied: what this request would have changed, not stored), so known machines keep
+    /// booting. Anything else fails as the database did.
+    fn through_cache(
+        &self,
+        mac: Mac,
+        fresh: Result<MachineRecord, StoreError>,
+        while_away: impl FnOnce(MachineRecord) -> MachineRecord,
+    ) -> Result<MachineRecord, StoreError> {
+        let Backend::Postgres(pg) = self.backend() else {
+            return fresh;
+        };
+        let mut cache = pg.machines.lock();
+        match fresh {
+            Ok(r) => {
+                if cache.len() < crate::pg::MAX_CACHED_MACHINES || cache.contains_key(&mac) {
+                    cache.insert(mac, r.clone());
+                }
+                Ok(r)
+            }
+            Err(e) if pg.degraded() => match cache.get(&mac) {
+                Some(cached) => {
+                    let r = while_away(cached.clone());
+                    cache.insert(mac, r.clone());
+                    Ok(r)
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Boxed parameters for a PostgreSQL statement run on the store's runtime.
 macro_rules! pg_params {
     ($($p:expr),* $(,)?) => {
@@ -271,7 +306,7 @@ impl Store {
     ) -> Result<MachineRecord, StoreError> {
         let Backend::Sqlite(db) = self.backend() else {
             let f = facts.clone();
-            return one(pg_query(
+            let fresh = pg_query(
                 self,
                 format!(
                     "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret, arch, uuid,
@@ -299,7 +334,13 @@ impl Store {
                     f.product,
                     f.ip
                 ],
-            )?);
+            )
+            .and_then(one);
+            return self.through_cache(mac, fresh, |cached| MachineRecord {
+                last_seen_ms: cached.last_seen_ms.max(now_ms),
+                facts: facts.merged_over(&cached.facts),
+                ..cached
+            });
         };
         db.write(|tx| {
             ensure(tx, mac, now_ms, secret_if_new)?;
@@ -336,7 +377,7 @@ impl Store {
     ) -> Result<MachineRecord, StoreError> {
         let Backend::Sqlite(db) = self.backend() else {
             // The no-op update makes RETURNING give the existing row too.
-            return one(pg_query(
+            let fresh = pg_query(
                 self,
                 format!(
                     "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret)
@@ -346,7 +387,9 @@ impl Store {
                     pg_columns()
                 ),
                 pg_params![mac.to_string(), now_ms, secret_if_new.to_string()],
-            )?);
+            )
+            .and_then(one);
+            return self.through_cache(mac, fresh, |cached| cached);
         };
         db.write(|tx| {
             ensure(tx, mac, now_ms, secret_if_new)?;
@@ -357,13 +400,17 @@ impl Store {
     /// One machine.
     pub fn machine(&self, mac: Mac) -> Result<Option<MachineRecord>, StoreError> {
         let Backend::Sqlite(db) = self.backend() else {
-            return Ok(pg_query(
+            let fresh = pg_query(
                 self,
                 format!("SELECT {} FROM machines WHERE mac = $1", pg_columns()),
                 pg_params![mac.to_string()],
-            )?
-            .into_iter()
-            .next());
+            )
+            .map(|rows| rows.into_iter().next());
+            return match fresh {
+                Ok(Some(r)) => self.through_cache(mac, Ok(r), |c| c).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => self.through_cache(mac, Err(e), |c| c).map(Some),
+            };
         };
         db.read(|c| get(c, mac))
     }

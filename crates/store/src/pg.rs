@@ -26,7 +26,15 @@ pub(crate) struct Postgres {
     degraded: std::sync::atomic::AtomicBool,
     /// Renewals acknowledged while the database did not answer.
     pub(crate) journal: crate::journal::Journal,
+    /// The machines this server has read or written, as last seen in the database: while it
+    /// does not answer, known machines boot from these (at most [`MAX_CACHED_MACHINES`]).
+    pub(crate) machines: parking_lot::Mutex<
+        std::collections::HashMap<chainboot_machine::Mac, crate::machines::MachineRecord>,
+    >,
 }
+
+/// Machines whose last record a server keeps for an outage (a few hundred bytes each).
+pub(crate) const MAX_CACHED_MACHINES: usize = 100_000;
 
 /// Runtime threads: the work is waiting on the network, one suffices; a second keeps a slow
 /// query from delaying the others' wake-ups.
@@ -94,6 +102,7 @@ impl Postgres {
             describe,
             degraded: std::sync::atomic::AtomicBool::new(false),
             journal: crate::journal::Journal::open(journal_dir)?,
+            machines: parking_lot::Mutex::new(std::collections::HashMap::new()),
         };
         if !migrate {
             pg.run(|c| async move {

@@ -682,3 +682,45 @@ fn postgres_over_tls_verifies_the_server_certificate() {
         .to_string();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+#[test]
+fn postgres_known_machines_are_answered_while_the_database_is_away() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = pg_config(&pg, pg.fresh_database(), "pxe-a");
+    cfg.connect_timeout = std::time::Duration::from_millis(500);
+    let s = Store::from_config(&cfg, dir.path()).unwrap();
+    let known = mac("52:54:00:00:00:21");
+    s.machine_seen(known, &MachineFacts::default(), 10, "sekrit")
+        .unwrap();
+    assert!(s.machine_set_profile(known, Some("rescue")).unwrap());
+    s.machine(known).unwrap();
+    pg.stop();
+    let facts = MachineFacts {
+        hostname: Some("node21".into()),
+        ..Default::default()
+    };
+    let r = s.machine_seen(known, &facts, 20, "other").unwrap();
+    assert!(s.degraded());
+    assert_eq!(r.secret, "sekrit");
+    assert_eq!(
+        r.pinned_profile.as_deref(),
+        Some("rescue"),
+        "operator state kept"
+    );
+    assert_eq!(r.facts.hostname.as_deref(), Some("node21"));
+    assert_eq!(s.machine(known).unwrap().unwrap().last_seen_ms, 20);
+    assert!(
+        s.machine_seen(mac("52:54:00:00:00:22"), &facts, 20, "x")
+            .is_err(),
+        "an unknown machine waits for the database"
+    );
+    assert!(
+        s.machine_set_profile(known, None).is_err(),
+        "operator changes need the database"
+    );
+    pg.restart();
+    let r = s.machine_seen(known, &facts, 30, "other").unwrap();
+    assert!(!s.degraded());
+    assert_eq!((r.last_seen_ms, r.secret.as_str()), (30, "sekrit"));
+}
