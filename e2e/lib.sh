@@ -159,10 +159,12 @@ EOF
 }
 
 # e2e_vm_start LABEL FIRMWARE MAC: FIRMWARE is bios (SeaBIOS + the iPXE NIC ROM of ipxe-qemu) or
-# uefi (OVMF, NIC option ROM disabled so OVMF's own PXE stack boots: arch 7, no iPXE).
+# uefi (OVMF, NIC option ROM disabled so OVMF's own PXE stack boots: arch 7, no iPXE), uefi-sb
+# (the same with Secure Boot on, Microsoft's keys) or uefi-sb-own (Secure Boot on, OVMF's snakeoil
+# keys standing for a site's own).
 e2e_vm_start() {
   local label=$1 fw=$2 mac=$3
-  local tap="tap$label" dev rom fwargs=()
+  local tap="tap$label" dev rom fwargs=() machine=pc
   e2e_ns ip tuntap add dev "$tap" mode tap || e2e_die "cannot create $tap"
   e2e_ns ip link set "$tap" master br0
   e2e_ns ip link set "$tap" up
@@ -192,14 +194,29 @@ e2e_vm_start() {
         -drive "if=pflash,format=raw,unit=1,file=$E2E_RUN/$label.vars.fd")
       dev="$nic,netdev=n0,mac=$mac,romfile="
       ;;
-    *) e2e_die "firmware must be bios or uefi" ;;
+    uefi-sb | uefi-sb-own)
+      # OVMF built with Secure Boot, SMM-protected variables (q35 + SMM + secure pflash, else
+      # the secboot build refuses to start), and variables with Secure Boot on: Microsoft's keys
+      # (uefi-sb) or OVMF's snakeoil test keys (uefi-sb-own: a site's own keys).
+      [ "$E2E_NIC" = virtio-net-pci ] || e2e_die "UEFI VMs need E2E_NIC=virtio-net-pci (OVMF has no e1000 driver)"
+      local code=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd vars=/usr/share/OVMF/OVMF_VARS_4M.ms.fd
+      [ "$fw" = uefi-sb-own ] && vars=/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd
+      [ -f "$code" ] && [ -f "$vars" ] || e2e_die "missing $code or $vars (package ovmf)"
+      cp "$vars" "$E2E_RUN/$label.vars.fd"
+      machine=q35,smm=on
+      fwargs=(-global driver=cfi.pflash01,property=secure,value=on
+        -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
+        -drive "if=pflash,format=raw,unit=1,file=$E2E_RUN/$label.vars.fd")
+      dev="$nic,netdev=n0,mac=$mac,romfile="
+      ;;
+    *) e2e_die "firmware must be bios, uefi, uefi-sb or uefi-sb-own" ;;
   esac
   E2E_FW[$label]=$fw
   : >"$E2E_RUN/$label.serial"
   date +%s.%N >"$E2E_RUN/$label.start"
   # timeout(1) is the hard stop even if this shell dies; the wait loop below normally ends first.
   e2e_spawn "$label.qemu" timeout -k 5 $((E2E_VM_TIMEOUT + 30)) \
-    qemu-system-x86_64 -machine pc -accel tcg -m "$E2E_MEM" -smp 1 \
+    qemu-system-x86_64 -machine "$machine" -accel tcg -m "$E2E_MEM" -smp 1 \
     "${fwargs[@]}" ${E2E_QEMU_EXTRA[@]+"${E2E_QEMU_EXTRA[@]}"} -boot n -nographic -monitor none -no-reboot \
     -serial "file:$E2E_RUN/$label.serial" \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device "$dev"

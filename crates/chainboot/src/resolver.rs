@@ -1,21 +1,72 @@
 //! The TFTP namespace: what a path asked over TFTP names. One place, so that `check`, the logs
 //! and the docs agree on the order:
 //! 1. generated per-machine files (boot policy: `boot.ipxe`, `pxelinux.cfg/...`);
-//! 2. the first-stage iPXE binaries by name (`undionly.kpxe`, `ipxe.efi`, ...);
+//!    and `grub/...` for the signed GRUB);
+//! 2. the first stages: iPXE binaries by name (`undionly.kpxe`, `ipxe.efi`, ...) and the signed
+//!    chains' files in `secureboot/`;
 //! 3. `iso/NAME/path`: files inside ISO images;
 //! 4. files under `[tftp] root`.
 
 use std::sync::Arc;
 
 use chainboot_content::{Content, Request, ResolveError, Resolver, Root};
+use chainboot_policy::AssetRef;
 
+use crate::config::signed::SignedBinaries;
 use crate::ipxe::IpxeBinaries;
 
 pub struct TftpNamespace {
     pub generated: Vec<Arc<dyn Resolver>>,
-    pub ipxe: Arc<IpxeBinaries>,
+    pub first_stages: Arc<FirstStages>,
     pub isos: Option<Arc<dyn Resolver>>,
     pub root: Option<Arc<Root>>,
+}
+
+/// The first stages over TFTP and `/ipxe-bin/` over HTTP: iPXE's binaries at the top, the
+/// signed chains' files in `secureboot/`.
+pub struct FirstStages {
+    pub ipxe: Arc<IpxeBinaries>,
+    pub signed: Arc<SignedBinaries>,
+}
+
+impl Resolver for FirstStages {
+    fn resolve(&self, req: &Request<'_>) -> Result<Content, ResolveError> {
+        match req.path.parts().len() {
+            1 => self.ipxe.resolve(req),
+            2 => self.signed.resolve(req),
+            _ => Err(ResolveError::NotFound),
+        }
+    }
+}
+
+/// The files GRUB loads a profile's kernel and initrds from: `[http] root` and the ISO
+/// images (GRUB fetches only over TFTP, so they come through its `grub/boot/...` names).
+pub struct GrubAssets {
+    pub files: Option<Arc<Root>>,
+    pub isos: Arc<dyn Resolver>,
+}
+
+impl chainboot_policy::tftp::AssetFiles for GrubAssets {
+    fn open(&self, asset: &AssetRef) -> Result<Content, ResolveError> {
+        match asset {
+            AssetRef::Files(path) => match &self.files {
+                Some(root) => root.open(path),
+                None => Err(ResolveError::NotFound),
+            },
+            AssetRef::Iso { name, path } => {
+                let mut parts = vec![name.clone()];
+                parts.extend(path.parts().iter().cloned());
+                let inner = chainboot_content::CleanPath::from_parts(parts)
+                    .map_err(|_| ResolveError::NotFound)?;
+                self.isos.resolve(&Request {
+                    path: &inner,
+                    client: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    transport: chainboot_content::Transport::Tftp,
+                })
+            }
+            _ => Err(ResolveError::NotFound),
+        }
+    }
 }
 
 impl Resolver for TftpNamespace {
@@ -26,8 +77,8 @@ impl Resolver for TftpNamespace {
                 other => return other,
             }
         }
-        if req.path.parts().len() == 1 {
-            match self.ipxe.resolve(req) {
+        if req.path.parts().len() <= 2 {
+            match self.first_stages.resolve(req) {
                 Err(ResolveError::NotFound) => {}
                 other => return other,
             }
@@ -45,5 +96,26 @@ impl Resolver for TftpNamespace {
             Some(root) => root.open(req.path),
             None => Err(ResolveError::NotFound),
         }
+    }
+}
+
+/// The boot policy's answer to the DHCP engine's question "which chain does this firmware
+/// start?" (groups' and profiles' `loader`, `[boot] loader`), reading the live config.
+pub struct PolicyLoader(pub Arc<chainboot_policy::Policy>);
+
+impl chainboot_dhcp::ChooseLoader for PolicyLoader {
+    fn loader(
+        &self,
+        facts: &chainboot_dhcp::ClientFacts,
+        arch: chainboot_machine::Arch,
+    ) -> Option<(chainboot_machine::Loader, String)> {
+        let mac = facts.mac?;
+        let raw = chainboot_policy::RawFacts {
+            arch: Some(arch),
+            hostname: facts.hostname.as_deref(),
+            ..Default::default()
+        };
+        self.0
+            .loader_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw))
     }
 }

@@ -28,9 +28,10 @@ use chainboot_store::limit::NewMachineLimiter;
 use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
+use crate::config::signed::SignedBinaries;
 use crate::identity::{HostAddressBook, NeighbourTable};
 use crate::ipxe::IpxeBinaries;
-use crate::resolver::TftpNamespace;
+use crate::resolver::{FirstStages, GrubAssets, PolicyLoader, TftpNamespace};
 use crate::tls::Tls;
 use crate::{config, interfaces};
 
@@ -80,7 +81,8 @@ pub fn run(path: Option<&Path>, quick: Option<QuickBoot>) -> ExitCode {
 struct Shared {
     store: Arc<Store>,
     events: Arc<EventLog>,
-    ipxe: Arc<IpxeBinaries>,
+    /// iPXE's binaries and the signed chains' files.
+    first_stages: Arc<FirstStages>,
     isos: Arc<IsoLibrary>,
     policy: Arc<Policy>,
     /// The URL scripts rendered for TFTP clients point at (no Host header to go by).
@@ -112,6 +114,11 @@ fn open_shared(
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
     }
+    let signed = Arc::new(SignedBinaries::locate(&cfg.secure_boot));
+    for (name, path) in signed.found() {
+        info!(binary = name, path = %path.display(), "Secure Boot chain file available (secureboot/)");
+    }
+    let first_stages = Arc::new(FirstStages { ipxe, signed });
     let isos = Arc::new(
         IsoLibrary::open(&cfg.iso).map_err(|e| anyhow::anyhow!("a required ISO image: {e}"))?,
     );
@@ -163,7 +170,7 @@ fn open_shared(
     Ok(Shared {
         store,
         events,
-        ipxe,
+        first_stages,
         isos,
         policy,
         base,
@@ -218,11 +225,21 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
         )),
         None => None,
     };
-    let policy_tftp: Arc<dyn chainboot_content::Resolver> =
-        Arc::new(TftpResolver::new(sh.policy.clone(), sh.base.clone())?);
+    let http_root = match &cfg.http.root {
+        Some(dir) => Some(Arc::new(
+            Root::new(dir).with_context(|| format!("[http] root {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let policy_tftp: Arc<dyn chainboot_content::Resolver> = Arc::new(
+        TftpResolver::new(sh.policy.clone(), sh.base.clone())?.with_assets(Arc::new(GrubAssets {
+            files: http_root,
+            isos: sh.isos.clone(),
+        })),
+    );
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: vec![policy_tftp],
-        ipxe: sh.ipxe.clone(),
+        first_stages: sh.first_stages.clone(),
         isos: Some(sh.isos.clone()),
         root: tftp_root,
     });
@@ -236,9 +253,11 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
 /// DHCP; and, since the DHCP engine knows who holds which address, the policy's identity
 /// checks (it acts for a MAC only on requests from that machine).
 fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
+    let mut boot = cfg.boot_settings();
+    boot.loaders.chooser = Some(Arc::new(PolicyLoader(sh.policy.clone())));
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
-        cfg.boot_settings(),
+        boot,
         sh.store.clone(),
         ServerOptions {
             interfaces: cfg.server.interfaces.clone(),
@@ -281,7 +300,7 @@ fn routers(
         )));
     let mut boot = static_routes(StaticContent {
         files,
-        ipxe_bin: sh.ipxe.clone(),
+        ipxe_bin: sh.first_stages.clone(),
         isos: sh.isos.clone(),
         listing: cfg.http.listing,
     })

@@ -13,11 +13,18 @@
 //!   trusts chainboot's certificate;
 //! - iPXE without it → the TFTP path `boot.ipxe` (never the first stage again: a BIOS iPXE ROM
 //!   would chainload undionly.kpxe forever);
-//! - unknown architecture → no answer (the caller logs the value once per MAC).
+//! - unknown architecture → no answer (the caller logs the value once per MAC);
+//! - an x86-64 UEFI firmware client whose loader ([`LoaderChoice`]) is a signed chain gets
+//!   that chain's first stage instead of iPXE: `secureboot/shimx64.efi` (then GRUB) or
+//!   `secureboot/ipxe-shimx64.efi` (then iPXE's signed build). The GRUB chain needs TFTP
+//!   (the distribution's signed GRUB has no HTTP client), so a UEFI HTTP Boot client whose
+//!   loader is `grub` gets iPXE, and the answer's `why` says so.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use chainboot_machine::{Arch, BootTransport, ClientArch, Mac};
+use chainboot_machine::{Arch, BootTransport, ClientArch, Loader, Mac};
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{code, Request};
@@ -67,6 +74,95 @@ pub fn first_stage_names() -> Vec<&'static str> {
     v
 }
 
+/// The folder (TFTP, and `/ipxe-bin/` over HTTP) of the signed chains' binaries. A folder of
+/// their own because shim loads its second stage from beside itself by a fixed name
+/// (`grubx64.efi`), and iPXE's shim loads `ipxe.efi` from beside itself: the signed `ipxe.efi`
+/// must not be the unsigned one served at the top.
+pub const SIGNED_DIR: &str = "secureboot";
+
+/// The file names in [`SIGNED_DIR`] a signed chain is made of.
+pub const SIGNED_NAMES: [&str; 6] = [
+    "shimx64.efi",
+    "grubx64.efi",
+    "ipxe-shimx64.efi",
+    "ipxe.efi",
+    "snponly-shimx64.efi",
+    "snponly.efi",
+];
+
+/// The path (in [`SIGNED_DIR`]) of a signed chain's first stage for x86-64 UEFI; `None` for
+/// plain iPXE.
+pub fn signed_first_stage(loader: Loader, efi_x64: EfiX64Binary) -> Option<&'static str> {
+    match (loader, efi_x64) {
+        (Loader::Ipxe, _) => None,
+        (Loader::Grub, _) => Some("secureboot/shimx64.efi"),
+        (Loader::IpxeShim, EfiX64Binary::IpxeEfi) => Some("secureboot/ipxe-shimx64.efi"),
+        (Loader::IpxeShim, EfiX64Binary::SnponlyEfi) => Some("secureboot/snponly-shimx64.efi"),
+    }
+}
+
+/// Picks the loader of one firmware client from what its DHCP packet says (the boot policy's
+/// groups and profiles, and what was learned about the machine before). Answers without I/O:
+/// it runs inside the DHCP engine.
+pub trait ChooseLoader: Send + Sync {
+    /// The loader and why, or `None` to leave it to `[boot] loader`.
+    fn loader(&self, facts: &ClientFacts, arch: Arch) -> Option<(Loader, String)>;
+}
+
+/// Which loader each firmware client gets: the chooser's answer, else the architecture's
+/// default (`[boot] loader`), else iPXE.
+#[derive(Clone, Default)]
+pub struct LoaderChoice {
+    pub by_arch: BTreeMap<Arch, Loader>,
+    pub chooser: Option<Arc<dyn ChooseLoader>>,
+}
+
+impl std::fmt::Debug for LoaderChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoaderChoice")
+            .field("by_arch", &self.by_arch)
+            .field("chooser", &self.chooser.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for LoaderChoice {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_arch == other.by_arch
+            && match (&self.chooser, &other.chooser) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for LoaderChoice {}
+
+impl LoaderChoice {
+    /// The loader for a firmware client of `arch`, and why.
+    pub fn pick(&self, facts: &ClientFacts, arch: Arch) -> (Loader, String) {
+        let (loader, why) = self
+            .chooser
+            .as_ref()
+            .and_then(|c| c.loader(facts, arch))
+            .or_else(|| {
+                self.by_arch
+                    .get(&arch)
+                    .map(|l| (*l, format!("[boot] loader for {arch}")))
+            })
+            .unwrap_or((Loader::Ipxe, "the default loader".to_string()));
+        if loader.available_for(arch) {
+            (loader, why)
+        } else {
+            (
+                Loader::Ipxe,
+                format!("{why} is {loader}, which has no {arch} build: iPXE"),
+            )
+        }
+    }
+}
+
 /// The iPXE script path: served over HTTP at `/boot.ipxe` and over TFTP as `boot.ipxe`.
 pub const SCRIPT_NAME: &str = "boot.ipxe";
 
@@ -84,6 +180,8 @@ pub struct BootSettings {
     pub https_port: Option<u16>,
     /// UEFI HTTP Boot clients get https:// URLs (their firmware was given the CA).
     pub https_for_http_boot: bool,
+    /// Which chain firmware clients start (iPXE or a signed one).
+    pub loaders: LoaderChoice,
 }
 
 impl Default for BootSettings {
@@ -95,6 +193,7 @@ impl Default for BootSettings {
             efi_x64: EfiX64Binary::IpxeEfi,
             https_port: None,
             https_for_http_boot: false,
+            loaders: LoaderChoice::default(),
         }
     }
 }
@@ -273,6 +372,10 @@ pub struct BootAnswer {
     pub arch: Option<Arch>,
     /// Why this transport (TFTP, http://, https://), for `explain` and the event log.
     pub why: &'static str,
+    /// The chain a firmware client starts (iPXE for clients already running iPXE).
+    pub loader: Loader,
+    /// Why that chain (the group, profile or `[boot] loader` that chose it).
+    pub loader_why: String,
 }
 
 /// Why a client gets no boot information.
@@ -334,13 +437,23 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
             vendor_class: "PXEClient",
             arch: arch.map(|a| a.arch),
             why,
+            loader: Loader::Ipxe,
+            loader_why: "iPXE already runs".to_string(),
         });
     }
     let Some(ClientArch { arch, transport }) = arch else {
         return BootDecision::NoBoot(NoBoot::UnknownArch { value: code });
     };
-    let name = first_stage_name(arch, settings.efi_x64);
     let http_boot = transport == BootTransport::HttpBoot || facts.is_http_client();
+    let (mut loader, mut loader_why) = settings.loaders.pick(facts, arch);
+    if http_boot && loader == Loader::Grub {
+        loader = Loader::Ipxe;
+        loader_why = format!(
+            "{loader_why} is grub, but the signed GRUB fetches only over TFTP and this is a UEFI HTTP Boot client: iPXE"
+        );
+    }
+    let name = signed_first_stage(loader, settings.efi_x64)
+        .unwrap_or_else(|| first_stage_name(arch, settings.efi_x64));
     BootDecision::Boot(if http_boot {
         let (base, why) = match https.filter(|_| settings.https_for_http_boot) {
             Some(https) => (
@@ -359,6 +472,8 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
             vendor_class: "HTTPClient",
             arch: Some(arch),
             why,
+            loader,
+            loader_why,
         }
     } else {
         BootAnswer {
@@ -368,6 +483,8 @@ pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) ->
             vendor_class: "PXEClient",
             arch: Some(arch),
             why: "PXE firmware: the first stage over TFTP",
+            loader,
+            loader_why,
         }
     })
 }
@@ -510,6 +627,94 @@ mod tests {
             decide(&ClientFacts::default(), &s, SERVER),
             BootDecision::NoBoot(NoBoot::NotBootClient)
         );
+    }
+
+    struct ByMac(Mac, Loader);
+    impl ChooseLoader for ByMac {
+        fn loader(&self, facts: &ClientFacts, _: Arch) -> Option<(Loader, String)> {
+            (facts.mac == Some(self.0)).then(|| (self.1, "group signed".to_string()))
+        }
+    }
+
+    #[test]
+    fn signed_chain_machines_get_shim_from_their_own_folder_and_others_ipxe() {
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let s = BootSettings {
+            loaders: LoaderChoice {
+                by_arch: BTreeMap::new(),
+                chooser: Some(Arc::new(ByMac(mac, Loader::Grub))),
+            },
+            ..Default::default()
+        };
+        let mut f = pxe(7);
+        f.mac = Some(mac);
+        let a = answer(&f, &s);
+        assert_eq!(a.file, "secureboot/shimx64.efi");
+        assert_eq!(
+            (a.loader, a.loader_why.as_str()),
+            (Loader::Grub, "group signed")
+        );
+        // Another machine, and the same one once iPXE runs, get iPXE's way.
+        f.mac = Some(Mac([0x52, 0x54, 0, 0, 0, 2]));
+        assert_eq!(answer(&f, &s).file, "ipxe.efi");
+        f.mac = Some(mac);
+        f.is_ipxe = true;
+        f.ipxe_http = true;
+        assert_eq!(answer(&f, &s).file, "http://198.18.0.1/boot.ipxe");
+    }
+
+    #[test]
+    fn arch_default_loader_applies_only_where_a_signed_build_exists() {
+        let s = BootSettings {
+            loaders: LoaderChoice {
+                by_arch: [(Arch::EfiX64, Loader::IpxeShim), (Arch::Bios, Loader::Grub)]
+                    .into_iter()
+                    .collect(),
+                chooser: None,
+            },
+            ..Default::default()
+        };
+        let a = answer(&pxe(7), &s);
+        assert_eq!(a.file, "secureboot/ipxe-shimx64.efi");
+        assert_eq!(a.loader_why, "[boot] loader for efi-x64");
+        let snp = BootSettings {
+            efi_x64: EfiX64Binary::SnponlyEfi,
+            ..s.clone()
+        };
+        assert_eq!(answer(&pxe(7), &snp).file, "secureboot/snponly-shimx64.efi");
+        let bios = answer(&pxe(0), &s);
+        assert_eq!(
+            (bios.file.as_str(), bios.loader),
+            ("undionly.kpxe", Loader::Ipxe)
+        );
+        assert!(
+            bios.loader_why.contains("no bios build"),
+            "{}",
+            bios.loader_why
+        );
+    }
+
+    #[test]
+    fn http_boot_gets_ipxe_shim_over_http_but_never_grub() {
+        let hb = ClientFacts {
+            vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
+            arch_code: Some(16),
+            ..Default::default()
+        };
+        let with = |l: Loader| BootSettings {
+            loaders: LoaderChoice {
+                by_arch: [(Arch::EfiX64, l)].into_iter().collect(),
+                chooser: None,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            answer(&hb, &with(Loader::IpxeShim)).file,
+            "http://198.18.0.1/ipxe-bin/secureboot/ipxe-shimx64.efi"
+        );
+        let a = answer(&hb, &with(Loader::Grub));
+        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert!(a.loader_why.contains("only over TFTP"), "{}", a.loader_why);
     }
 
     #[test]

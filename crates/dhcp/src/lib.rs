@@ -15,7 +15,10 @@ pub mod server;
 pub mod snippet;
 pub mod wire;
 
-pub use boot::{decide, first_stage_name, BootDecision, BootSettings, ClientFacts, EfiX64Binary};
+pub use boot::{
+    decide, first_stage_name, BootDecision, BootSettings, ChooseLoader, ClientFacts, EfiX64Binary,
+    LoaderChoice,
+};
 pub use config::{DhcpConfig, Mode};
 pub use engine::{Engine, Handled, Ingress, Outgoing};
 pub use server::{DhcpError, DhcpObserver, DhcpServer, NoObserver, ServerOptions};

@@ -166,6 +166,50 @@ impl<'de> Deserialize<'de> for Arch {
     }
 }
 
+/// The chain of boot programs a UEFI machine is handed before the boot policy takes over.
+/// Firmware with Secure Boot on refuses an unsigned first stage (the distributions' iPXE is
+/// unsigned), so such machines need a chain signed by a key their firmware trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    /// The distribution's iPXE (unsigned): the whole policy, over HTTP.
+    #[default]
+    Ipxe,
+    /// The distribution's signed shim, then its signed GRUB (network build), which reads a
+    /// per-machine config and the kernel over TFTP; the kernel must be signed too.
+    Grub,
+    /// iPXE's own signed shim and the upstream-signed iPXE it loads from beside itself.
+    IpxeShim,
+}
+
+impl Loader {
+    /// The name used in config, logs and `explain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Ipxe => "ipxe",
+            Loader::Grub => "grub",
+            Loader::IpxeShim => "ipxe-shim",
+        }
+    }
+
+    /// Whether the chain starts with a binary a Secure Boot firmware can verify.
+    pub fn is_signed(self) -> bool {
+        self != Loader::Ipxe
+    }
+
+    /// The architectures the signed chains exist for (the signed shim, GRUB and iPXE that
+    /// Debian and iPXE publish are x86-64 UEFI builds).
+    pub fn available_for(self, arch: Arch) -> bool {
+        self == Loader::Ipxe || arch == Arch::EfiX64
+    }
+}
+
+impl fmt::Display for Loader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An Ethernet MAC address. Displayed as lower-case `aa:bb:cc:dd:ee:ff`, the form used in
 /// URLs, the store and the API; parsed from colons, hyphens (iPXE's `${mac:hexhyp}`), dots
 /// or bare hex.

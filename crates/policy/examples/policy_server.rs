@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             action: None,
             pxelinux: None,
             pxelinux_config: None,
+            loader: None,
         }],
         groups: vec![GroupConfig {
             name: "qemu".into(),
@@ -42,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 mac: vec!["52:54:00:*".into()],
                 ..MatchConfig::default()
             },
+            loader: None,
         }],
         boot: BootConfig::default(),
     };

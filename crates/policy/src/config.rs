@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chainboot_content::CleanPath;
-use chainboot_machine::Arch;
+use chainboot_machine::{Arch, Loader};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::glob::Glob;
@@ -44,6 +44,10 @@ pub struct ProfileConfig {
     /// `initrd` and `cmdline` (one LABEL, booted by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pxelinux_config: Option<String>,
+    /// The chain x86-64 UEFI machines booting this profile start with (`ipxe`, `grub`,
+    /// `ipxe-shim`); a group's own `loader` comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader: Option<Loader>,
 }
 
 /// The built-in profile kinds that need no assets.
@@ -80,6 +84,9 @@ pub struct GroupConfig {
     pub once: bool,
     #[serde(default, rename = "match")]
     pub selectors: MatchConfig,
+    /// The chain its x86-64 UEFI machines start with; before the profile's `loader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader: Option<Loader>,
 }
 
 /// Selectors; every one given must match. A value may be one string or a list (any of).
@@ -194,6 +201,10 @@ pub struct BootConfig {
         with = "chainboot_config::duration"
     )]
     pub capability_lifetime: Duration,
+    /// The chain each architecture's firmware starts with when neither its group nor its
+    /// profile says: `{ efi-x64 = "grub" }`. Unset: iPXE.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loader: BTreeMap<Arch, Loader>,
 }
 
 fn default_profile() -> String {
@@ -219,6 +230,7 @@ impl Default for BootConfig {
             retry_delay: default_retry_delay(),
             trusted_networks: Vec::new(),
             capability_lifetime: default_capability_lifetime(),
+            loader: BTreeMap::new(),
         }
     }
 }

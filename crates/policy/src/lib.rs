@@ -8,6 +8,7 @@
 //! - [`policy`]: [`Policy`], the decision (pinned > group > pixiecore API > default),
 //!   boot-once, `explain`, quick mode;
 //! - [`render`]: iPXE scripts, PXELINUX configs, templates (pure functions);
+//! - [`grub`]: GRUB configs for the signed shim → GRUB chain (pure functions);
 //! - [`pixiecore`]: the pixiecore API boot backend;
 //! - [`http`]: the axum routes (`/boot.ipxe`, `/ipxe`, `/boot/...`, `/config/...`,
 //!   `/pxelinux.cfg/...`, the machine part of API v1);
@@ -19,6 +20,7 @@ pub mod access;
 pub mod config;
 pub mod facts;
 pub mod glob;
+pub mod grub;
 pub mod http;
 pub mod machine_event;
 pub mod paging;

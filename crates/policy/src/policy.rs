@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use chainboot_machine::Mac;
+use chainboot_machine::{Loader, Mac};
 use chainboot_store::machines::MachineRecord;
 use chainboot_store::Store;
 use minijinja::Environment;
@@ -346,6 +346,7 @@ impl Policy {
             action: None,
             pxelinux: None,
             pxelinux_config: None,
+            loader: None,
         };
         Policy::new(
             PolicyConfig {
@@ -358,6 +359,41 @@ impl Policy {
             },
             store,
         )
+    }
+
+    /// The chain a firmware client starts with, from what its DHCP packet tells (`facts`:
+    /// MAC, architecture, hostname; the selectors on UUID, serial and labels cannot match
+    /// yet): its group's `loader`, else the `loader` of the profile its group (or
+    /// `[boot] default`) names, else `[boot] loader` for its architecture. `None`: iPXE.
+    /// No I/O: the DHCP engine asks it for every firmware packet.
+    pub fn loader_for(&self, facts: &ClientFacts) -> Option<(Loader, String)> {
+        let compiled = self.current.load();
+        let no_labels = BTreeMap::new();
+        let (profile, via) = match best_group(&compiled.groups, facts, &no_labels) {
+            Some((g, _)) => {
+                let group = &compiled.cfg.groups[g.index];
+                if let Some(l) = group.loader {
+                    return Some((l, format!("group {}", group.name)));
+                }
+                (group.profile.as_str(), format!("group {}", group.name))
+            }
+            None => (
+                compiled.cfg.boot.default.as_str(),
+                "[boot] default".to_string(),
+            ),
+        };
+        if let Some(ProfileRef::Config(p)) = compiled.profile(profile) {
+            if let Some(l) = p.loader {
+                return Some((l, format!("profile {} ({via})", p.name)));
+            }
+        }
+        let arch = facts.arch?;
+        compiled
+            .cfg
+            .boot
+            .loader
+            .get(&arch)
+            .map(|l| (*l, format!("[boot] loader for {arch}")))
     }
 
     /// Replaces the config (after validating it); on error the old config stays.
@@ -793,15 +829,7 @@ impl Decision {
         let header = self.header();
         match &self.kind {
             Kind::Builtin(ProfileAction::Menu) => {
-                let items: Vec<(String, String)> = self
-                    .compiled
-                    .cfg
-                    .profiles
-                    .iter()
-                    .filter(|p| p.action != Some(ProfileAction::Menu))
-                    .map(|p| (p.name.clone(), p.description.clone().unwrap_or_default()))
-                    .collect();
-                Ok(render::menu_script(&mac, &items, base))
+                Ok(render::menu_script(&mac, &self.menu_items(), base))
             }
             Kind::Builtin(a) => Ok(render::action_script(*a, &header)),
             Kind::Api(ApiBoot::Script(s)) => Ok(s.clone()),
@@ -881,6 +909,122 @@ impl Decision {
                 ))
             }
         }
+    }
+
+    /// The profiles a menu offers (name, description), in config order.
+    fn menu_items(&self) -> Vec<(String, String)> {
+        self.compiled
+            .cfg
+            .profiles
+            .iter()
+            .filter(|p| p.action != Some(ProfileAction::Menu))
+            .map(|p| (p.name.clone(), p.description.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The profile a menu choice of this decision names (`grub/menu/<mac>/<index>.cfg`).
+    pub fn menu_choice(&self, index: usize) -> Option<String> {
+        self.menu_items().into_iter().nth(index).map(|(n, _)| n)
+    }
+
+    /// The TFTP path GRUB loads one of this decision's assets from (absolute on its root).
+    fn grub_path(&self, slot: AssetSlot) -> Result<String, BootError> {
+        match self.asset(slot) {
+            Some(AssetRef::Url(u) | AssetRef::Proxy(u)) => Err(BootError(format!(
+                "profile {}: {u} is a URL, and the signed GRUB fetches only over TFTP (use a path under [http] root, iso:NAME/path or file:///)",
+                self.profile
+            ))),
+            Some(_) => Ok(format!("/{}{}", crate::grub::PREFIX_DIR, slot.path(self.facts.mac))),
+            None => Err(BootError(format!("profile {} has no {slot:?}", self.profile))),
+        }
+    }
+
+    /// The machine's GRUB config (the signed shim → GRUB chain), or why it cannot have one.
+    /// Same decision as [`Decision::try_script`], told in GRUB's language.
+    pub fn try_grub_cfg(&self, retry_secs: u64, base: &HttpBase) -> Result<String, BootError> {
+        let mac = self.facts.mac.to_string();
+        let header = self.header();
+        let cannot = |what: &str| {
+            Err(BootError(format!(
+                "profile {} is {what}, which GRUB cannot run (give this machine the ipxe loader, or another profile)",
+                self.profile
+            )))
+        };
+        match &self.kind {
+            Kind::Builtin(ProfileAction::Menu) => {
+                Ok(crate::grub::menu_config(&mac, &self.menu_items()))
+            }
+            Kind::Builtin(ProfileAction::LocalDisk) => Ok(crate::grub::local_disk_config(&header)),
+            Kind::Builtin(ProfileAction::Shell) => Ok(crate::grub::shell_config(&header)),
+            Kind::Api(ApiBoot::Script(_)) => cannot("the boot API's iPXE script"),
+            Kind::Api(ApiBoot::Kernel {
+                initrd,
+                cmdline,
+                urls,
+                message,
+                ..
+            }) => {
+                let kernel = self.grub_path(AssetSlot::Kernel)?;
+                let initrds = (0..initrd.len())
+                    .map(|i| self.grub_path(AssetSlot::Initrd(i)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut cmd = cmdline.clone();
+                for n in 0..urls.len() {
+                    cmd = cmd.replace(
+                        &format!("{{URL:{n}}}"),
+                        &format!("{base}{}", self.slot_path(AssetSlot::Url(n))),
+                    );
+                }
+                Ok(crate::grub::kernel_config(
+                    &crate::grub::GrubKernel {
+                        mac: &mac,
+                        profile: &self.profile,
+                        header: &header,
+                        message: message.as_deref(),
+                        kernel_path: &kernel,
+                        initrd_paths: &initrds,
+                        cmdline: &cmd,
+                    },
+                    retry_secs,
+                ))
+            }
+            Kind::Config => {
+                let p = self
+                    .config_profile()
+                    .ok_or_else(|| BootError(format!("profile {} vanished", self.profile)))?;
+                if p.script.is_some() {
+                    return cannot("an iPXE script");
+                }
+                if p.pxelinux.is_some() {
+                    return cannot("a PXELINUX profile");
+                }
+                let cmdline = self.render_tpl("cmdline", base)?.unwrap_or_default();
+                let kernel = self.grub_path(AssetSlot::Kernel)?;
+                let initrds = (0..p.initrd.len())
+                    .map(|i| self.grub_path(AssetSlot::Initrd(i)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(crate::grub::kernel_config(
+                    &crate::grub::GrubKernel {
+                        mac: &mac,
+                        profile: &p.name,
+                        header: &header,
+                        message: None,
+                        kernel_path: &kernel,
+                        initrd_paths: &initrds,
+                        cmdline: &cmdline,
+                    },
+                    retry_secs,
+                ))
+            }
+        }
+    }
+
+    /// The machine's GRUB config; on any problem, one that prints why and retries.
+    pub fn grub_cfg(&self, retry_secs: u64, base: &HttpBase) -> String {
+        self.try_grub_cfg(retry_secs, base).unwrap_or_else(|e| {
+            tracing::warn!(mac = %self.facts.mac, profile = %self.profile, error = %e, "cannot render GRUB config");
+            crate::grub::error_config(&self.facts.mac.to_string(), &e.0, retry_secs)
+        })
     }
 
     /// The machine's iPXE script; on any problem, a script that prints why and retries.

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chainboot_machine::{Arch, Loader};
+
 use crate::config::{
     key, valid_name, AssetRef, BootConfig, GroupConfig, Issue, ProfileAction, ProfileConfig,
 };
@@ -22,7 +24,127 @@ pub fn validate(
     let profile_exists = |n: &str| names.contains_key(n) || n == "menu" || n == "local-disk";
     check_groups(groups, profiles, &profile_exists, &mut out);
     check_boot(boot, profiles, &profile_exists, &mut out);
+    check_grub_reach(profiles, groups, boot, &mut out);
     out
+}
+
+/// Profiles (by index) that a machine may boot through a loader for which `uses` is true:
+/// those whose own `loader` is one, those named by a group (or `[boot] default`) whose
+/// machines start it, and every profile of a menu they reach. A machine starts a loader
+/// when its group says so, else its profile, else `[boot] loader` for an architecture the
+/// group admits (with no group: `[boot] default` and every architecture).
+pub fn profiles_reached_by(
+    profiles: &[ProfileConfig],
+    groups: &[GroupConfig],
+    boot: &BootConfig,
+    uses: &dyn Fn(Loader) -> bool,
+) -> Vec<(usize, String)> {
+    let by_name = |n: &str| profiles.iter().position(|p| p.name == n);
+    let arch_default = |arches: &[Arch]| {
+        boot.loader
+            .iter()
+            .find(|(a, l)| {
+                uses(**l) && l.available_for(**a) && (arches.is_empty() || arches.contains(a))
+            })
+            .map(|(a, l)| format!("[boot] loader for {a} is {l}"))
+    };
+    let mut reached: Vec<(usize, String)> = Vec::new();
+    let add = |i: usize, why: String, reached: &mut Vec<(usize, String)>| {
+        if !reached.iter().any(|(j, _)| *j == i) {
+            reached.push((i, why));
+        }
+    };
+    for (i, p) in profiles.iter().enumerate() {
+        if p.loader.is_some_and(uses) {
+            add(
+                i,
+                format!("its loader is {}", p.loader.unwrap_or_default()),
+                &mut reached,
+            );
+        }
+    }
+    let mut entries: Vec<(&str, String)> = Vec::new();
+    for g in groups {
+        let own = by_name(&g.profile).and_then(|i| profiles[i].loader);
+        let why = match g.loader.or(own) {
+            Some(l) if uses(l) => Some(format!("group {} starts {l}", g.name)),
+            Some(_) => None,
+            None => arch_default(&g.selectors.arch).map(|w| format!("group {}: {w}", g.name)),
+        };
+        if let Some(why) = why {
+            entries.push((g.profile.as_str(), why));
+        }
+    }
+    let default_own = by_name(&boot.default).and_then(|i| profiles[i].loader);
+    if default_own.is_none() {
+        if let Some(w) = arch_default(&[]) {
+            entries.push((boot.default.as_str(), format!("[boot] default: {w}")));
+        }
+    }
+    for (name, why) in entries {
+        let menu = name == "menu"
+            || by_name(name).is_some_and(|i| profiles[i].action == Some(ProfileAction::Menu));
+        if menu {
+            for (i, p) in profiles.iter().enumerate() {
+                if p.action != Some(ProfileAction::Menu) {
+                    add(i, format!("{why} and its menu offers it"), &mut reached);
+                }
+            }
+        } else if let Some(i) = by_name(name) {
+            add(i, why, &mut reached);
+        }
+    }
+    reached.sort_by_key(|(i, _)| *i);
+    reached
+}
+
+/// A profile a machine may boot through GRUB must be one GRUB can run: no iPXE script, no
+/// PXELINUX, no asset GRUB would have to fetch over HTTP.
+fn check_grub_reach(
+    profiles: &[ProfileConfig],
+    groups: &[GroupConfig],
+    boot: &BootConfig,
+    out: &mut Vec<Issue>,
+) {
+    for (arch, loader) in &boot.loader {
+        if !loader.available_for(*arch) {
+            out.push(Issue::new(
+                key(&["boot", "loader", arch.name()]),
+                format!("there is no {arch} build of the {loader} chain (signed chains exist for efi-x64)"),
+            ));
+        }
+    }
+    for (i, why) in profiles_reached_by(profiles, groups, boot, &|l| l == Loader::Grub) {
+        let p = &profiles[i];
+        let idx = i.to_string();
+        let mut bad = |k: &str, what: &str| {
+            out.push(Issue::new(
+                key(&["profile", &idx, k]),
+                format!(
+                    "profile {} may boot through GRUB ({why}), and {what}; give those machines the ipxe loader or another profile",
+                    p.name
+                ),
+            ))
+        };
+        if p.script.is_some() {
+            bad("script", "GRUB cannot run an iPXE script");
+        }
+        if p.pxelinux.is_some() {
+            bad("pxelinux", "GRUB cannot run PXELINUX");
+        }
+        let urls = p
+            .kernel
+            .iter()
+            .map(|k| ("kernel", k))
+            .chain(p.initrd.iter().map(|r| ("initrd", r)))
+            .filter(|(_, r)| matches!(AssetRef::parse(r), Ok(AssetRef::Url(_))));
+        for (k, r) in urls.collect::<Vec<_>>() {
+            bad(
+                k,
+                &format!("`{r}` is a URL, and the signed GRUB fetches only over TFTP"),
+            );
+        }
+    }
 }
 
 /// Each profile on its own; the names seen (with their index) for the other checks.

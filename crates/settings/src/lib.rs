@@ -13,6 +13,7 @@ use crate::ipxe::IpxeConfig;
 
 pub mod ipxe;
 pub mod preflight;
+pub mod signed;
 
 /// The config used when `serve` gets no `--config`: proxyDHCP beside the network's own DHCP
 /// server, TFTP and HTTP on every interface, and an iPXE menu.
@@ -23,6 +24,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub ipxe: IpxeConfig,
+    pub secure_boot: signed::SecureBootConfig,
     pub ipv6: chainboot_ra::Ipv6Config,
     pub tftp: chainboot_tftp::TftpConfig,
     pub http: chainboot_http::HttpConfig,
@@ -61,6 +63,10 @@ impl Config {
                 .and_then(|a| a.first().map(|a| a.port()))
                 .filter(|_| self.http.tls.is_some()),
             https_for_http_boot: self.http.https_for_http_boot,
+            loaders: chainboot_dhcp::LoaderChoice {
+                by_arch: self.boot.loader.clone(),
+                chooser: None,
+            },
         }
     }
 
@@ -78,6 +84,7 @@ impl Validate for Config {
     fn validate(&self) -> Vec<Issue> {
         let mut out = under(&["server"], self.server.validate());
         out.extend(under(&["ipxe"], self.ipxe.validate()));
+        out.extend(under(&["secure_boot"], self.secure_boot.validate()));
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
         out.extend(under(&["dhcp"], self.dhcp.validate()));
@@ -143,7 +150,22 @@ pub fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
             })*
         };
     }
-    check!(server, ipxe, ipv6, tftp, http, iso, dhcp, profile, group, boot, api, events, machines);
+    check!(
+        server,
+        ipxe,
+        secure_boot,
+        ipv6,
+        tftp,
+        http,
+        iso,
+        dhcp,
+        profile,
+        group,
+        boot,
+        api,
+        events,
+        machines
+    );
     out
 }
 
