@@ -2,14 +2,14 @@
 # Runs the e2e scenarios (QEMU VMs netbooting in a private network namespace) and prints, per
 # scenario, PASS/FAIL and its wall seconds, then exactly "e2e: N passed, M failed".
 # Usage: e2e/run.sh [anchor|chainboot] [SCENARIO...]   (default: chainboot; scenarios: bios uefi
-#        pxelinux proxy fail uefi-http uefi-https). A failing scenario's own output (serial tail, server log, pcap path) is
+#        pxelinux proxy fail uefi-http uefi-https secureboot secureboot-detect secureboot-own). A failing scenario's own output (serial tail, server log, pcap path) is
 #        printed after its line. Exit status non-zero if any scenario failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 side=${1:-chainboot}
 case $side in anchor | chainboot) shift || true ;; *) side=chainboot ;; esac
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy fail uefi-http uefi-https)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy fail uefi-http uefi-https secureboot secureboot-detect secureboot-own)
 passed=0 failed=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

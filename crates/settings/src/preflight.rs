@@ -115,6 +115,34 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
             }
         }
     }
+    let signed_reach = chainboot_policy::validate::profiles_reached_by(
+        &cfg.profile,
+        &cfg.group,
+        &cfg.boot,
+        &|l| l.is_signed(),
+    );
+    for (i, why) in signed_reach {
+        let Some(kernel) = &cfg.profile[i].kernel else {
+            continue;
+        };
+        let Some(bytes) = read_asset(cfg, root.as_ref(), isos, kernel) else {
+            continue;
+        };
+        let problem = match authenticode_signed(&bytes) {
+            Ok(true) => continue,
+            Ok(false) => "is a PE file without a signature (no certificate table)".to_string(),
+            Err(e) => format!("is {e}"),
+        };
+        push(
+            Level::Warning,
+            vec!["profile".into(), i.to_string(), "kernel".into()],
+            format!(
+                "`{kernel}` {problem}: profile {} may boot under Secure Boot ({why}), where                  an unsigned kernel is refused; use a kernel signed by a key the machines                  trust (sbverify --list shows it)",
+                cfg.profile[i].name
+            ),
+            false,
+        );
+    }
     if let Some(dir) = &cfg.boot.templates {
         for message in check_templates(dir) {
             push(
@@ -126,6 +154,65 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
         }
     }
     out
+}
+
+/// Kernels larger than this are not read for their signature (a Linux kernel is ~10-15 MiB).
+const MAX_KERNEL_BYTES: u64 = 256 << 20;
+
+/// The bytes of an asset chainboot serves itself (`[http] root`, ISO image, `file:///`);
+/// `None` for URLs and for what cannot be read (reported on its own by [`resolve`]).
+fn read_asset(
+    cfg: &Config,
+    root: Option<&(&PathBuf, std::io::Result<Root>)>,
+    isos: &IsoLibrary,
+    reference: &str,
+) -> Option<Vec<u8>> {
+    let content = match AssetRef::parse(reference).ok()? {
+        AssetRef::Files(path) => match root {
+            Some((_, Ok(root))) => root.open(&path).ok()?,
+            _ => return None,
+        },
+        AssetRef::Iso { name, path } => {
+            cfg.iso.iter().find(|i| i.name == name)?;
+            isos.image(&name).ok()?.content(&path).ok()?
+        }
+        AssetRef::Local(path) => {
+            chainboot_content::Content::from_file(std::fs::File::open(path).ok()?).ok()?
+        }
+        AssetRef::Url(_) | AssetRef::Proxy(_) => return None,
+    };
+    if content.len() > MAX_KERNEL_BYTES {
+        return None;
+    }
+    let mut bytes = vec![0u8; usize::try_from(content.len()).ok()?];
+    let mut at = 0;
+    while at < bytes.len() {
+        match content.read_at(at as u64, &mut bytes[at..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => at += n,
+        }
+    }
+    Some(bytes)
+}
+
+/// Whether a PE image (an EFI binary, a Linux kernel's EFI stub) carries an Authenticode
+/// signature: a non-empty certificate table in its data directories, which is where
+/// `sbsign` puts it and what firmware and shim verify. `Err` names what the file is instead.
+pub fn authenticode_signed(data: &[u8]) -> Result<bool, String> {
+    use object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY;
+    use object::read::pe::ImageNtHeaders;
+    fn signed<H: ImageNtHeaders>(data: &[u8]) -> Result<bool, String> {
+        let pe = object::read::pe::PeFile::<H>::parse(data)
+            .map_err(|e| format!("not a readable PE file ({e})"))?;
+        Ok(pe
+            .data_directory(IMAGE_DIRECTORY_ENTRY_SECURITY)
+            .is_some_and(|d| d.size.get(object::LittleEndian) > 0))
+    }
+    match object::FileKind::parse(data) {
+        Ok(object::FileKind::Pe64) => signed::<object::pe::ImageNtHeaders64>(data),
+        Ok(object::FileKind::Pe32) => signed::<object::pe::ImageNtHeaders32>(data),
+        _ => Err("not a PE file (no EFI stub: UEFI firmware cannot verify or start it)".into()),
+    }
 }
 
 /// Resolves one asset reference as the servers will: `Err((why, in a required image))`.
