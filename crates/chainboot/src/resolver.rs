@@ -100,8 +100,13 @@ impl Resolver for TftpNamespace {
 }
 
 /// The boot policy's answer to the DHCP engine's question "which chain does this firmware
-/// start?" (groups' and profiles' `loader`, `[boot] loader`), reading the live config.
-pub struct PolicyLoader(pub Arc<chainboot_policy::Policy>);
+/// start?" (groups' and profiles' `loader`, `[boot] loader`), reading the live config; and
+/// `[boot] secure_boot_fallback` for a machine the event log saw refusing the unsigned first
+/// stage, unless the config already gives it a signed chain.
+pub struct PolicyLoader {
+    pub policy: Arc<chainboot_policy::Policy>,
+    pub events: Arc<chainboot_events::EventLog>,
+}
 
 impl chainboot_dhcp::ChooseLoader for PolicyLoader {
     fn loader(
@@ -115,7 +120,18 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
             hostname: facts.hostname.as_deref(),
             ..Default::default()
         };
-        self.0
-            .loader_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw))
+        let chosen = self
+            .policy
+            .loader_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw));
+        if chosen.as_ref().is_some_and(|(l, _)| l.is_signed()) {
+            return chosen;
+        }
+        match self.policy.secure_boot_fallback() {
+            Some(fallback) if self.events.refused_by_secure_boot(mac) => Some((
+                fallback,
+                "its firmware refused the unsigned first stage (probably Secure Boot): [boot] secure_boot_fallback".into(),
+            )),
+            _ => chosen,
+        }
     }
 }

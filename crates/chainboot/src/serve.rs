@@ -254,7 +254,10 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
 /// checks (it acts for a MAC only on requests from that machine).
 fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
     let mut boot = cfg.boot_settings();
-    boot.loaders.chooser = Some(Arc::new(PolicyLoader(sh.policy.clone())));
+    boot.loaders.chooser = Some(Arc::new(PolicyLoader {
+        policy: sh.policy.clone(),
+        events: sh.events.clone(),
+    }));
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
         boot,

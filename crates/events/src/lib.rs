@@ -32,10 +32,18 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
-pub use timeline::{boots, stage_of, Boot, LoopAlert, LoopDetector, Stage, StageSpan};
+pub use timeline::{
+    boots, secure_boot_signal, stage_of, Boot, LoopAlert, LoopDetector, SecureBootAlert,
+    SecureBootDetector, SecureBootSignal, Stage, StageSpan,
+};
 
 /// The event kind of a detected chainload loop.
 pub const CHAINLOAD_LOOP: &str = "chainload-loop";
+/// Machines remembered as refusing the unsigned first stage, at most.
+const MAX_REFUSED: usize = 10_000;
+
+/// The event kind of a machine whose firmware probably refused the unsigned first stage.
+pub const SECURE_BOOT_REFUSED: &str = "secure-boot-refused";
 
 /// `[events]`: retention and loop-detection settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -147,6 +155,8 @@ pub struct EventStats {
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
     pub chainload_loops: AtomicU64,
+    /// Machines whose firmware probably refused the unsigned first stage (Secure Boot).
+    pub secure_boot_refusals: AtomicU64,
     /// Sum and count of batch write latencies, for the store latency metric.
     pub write_micros_total: AtomicU64,
     pub write_batches: AtomicU64,
@@ -213,6 +223,9 @@ pub struct EventLog {
     live: broadcast::Sender<Arc<LiveEvent>>,
     ips: Mutex<HashMap<IpAddr, Learned>>,
     loops: Mutex<LoopDetector>,
+    refusals: Mutex<SecureBootDetector>,
+    /// Machines seen refusing the unsigned first stage, and when (bounded like the detectors).
+    refused_by_firmware: Mutex<HashMap<Mac, i64>>,
     refused: Mutex<TokenBucket>,
     streams: Arc<Mutex<HashMap<IpAddr, usize>>>,
     settings: EventSettings,
@@ -263,6 +276,8 @@ impl EventLog {
                 settings.loop_threshold,
                 settings.loop_window.as_millis() as i64,
             )),
+            refusals: Mutex::new(SecureBootDetector::new(timeline::SECURE_BOOT_WINDOW_MS)),
+            refused_by_firmware: Mutex::new(HashMap::new()),
             refused: Mutex::new(TokenBucket::new(refused_rate, Instant::now())),
             streams: Arc::new(Mutex::new(HashMap::new())),
             settings: settings.clone(),
@@ -295,6 +310,10 @@ impl EventLog {
             (Some(mac), Some(stage)) => self.loops.lock().observe(at_ms, mac, stage),
             _ => None,
         };
+        let refusal = match (mac, secure_boot_signal(kind, &detail)) {
+            (Some(mac), Some(signal)) => self.refusals.lock().observe(at_ms, mac, signal),
+            _ => None,
+        };
         let event = NewEvent {
             at_ms,
             mac,
@@ -305,6 +324,47 @@ impl EventLog {
         if let Some(alert) = alert {
             self.raise_loop(at_ms, alert);
         }
+        if let Some(refusal) = refusal {
+            self.raise_refusal(at_ms, refusal);
+        }
+    }
+
+    /// Whether `mac`'s firmware was seen refusing the unsigned first stage (since start).
+    pub fn refused_by_secure_boot(&self, mac: Mac) -> bool {
+        self.refused_by_firmware.lock().contains_key(&mac)
+    }
+
+    fn raise_refusal(&self, at_ms: i64, alert: SecureBootAlert) {
+        self.stats
+            .secure_boot_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        {
+            let mut seen = self.refused_by_firmware.lock();
+            if seen.len() >= MAX_REFUSED && !seen.contains_key(&alert.mac) {
+                // The oldest half goes: a flood of forged MACs cannot grow the table.
+                let mut times: Vec<i64> = seen.values().copied().collect();
+                times.sort_unstable();
+                let cutoff = times[times.len() / 2];
+                seen.retain(|_, t| *t > cutoff);
+            }
+            seen.insert(alert.mac, at_ms);
+        }
+        let cause = "the UEFI firmware took the unsigned first stage and was back at DHCP without \
+                     running it: probably Secure Boot refused it (\"Access Denied\"); give this \
+                     machine a signed chain (loader = \"grub\" or \"ipxe-shim\", or \
+                     [boot] secure_boot_fallback)";
+        warn!(mac = %alert.mac, back_after_ms = alert.back_after_ms,
+            "first stage refused by the firmware: {cause}");
+        let event = NewEvent {
+            at_ms,
+            mac: Some(alert.mac),
+            kind: SECURE_BOOT_REFUSED.to_string(),
+            detail: json!({
+                "back_after_ms": alert.back_after_ms,
+                "probable_cause": cause,
+            }),
+        };
+        self.enqueue(event, cause.len() + 64);
     }
 
     /// Records the event of a refused request (a missing or refused path), at most
@@ -755,6 +815,38 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&first.json).unwrap();
         assert_eq!(parsed["detail"]["path"], "undionly.kpxe");
         assert_eq!(parsed["mac"], "52:54:00:aa:bb:cc");
+    }
+
+    #[test]
+    fn a_uefi_machine_back_at_dhcp_after_the_unsigned_first_stage_is_recorded_as_refused() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store.clone(), EventSettings::default());
+        let (refused, healthy): (Mac, Mac) = (
+            "52:54:00:aa:bb:01".parse().unwrap(),
+            "52:54:00:aa:bb:02".parse().unwrap(),
+        );
+        for mac in [refused, healthy] {
+            log.record(Some(mac), "dhcp", json!({"client": "pxe"}));
+            log.record(
+                Some(mac),
+                "tftp",
+                json!({"first_stage": true, "path": "ipxe.efi", "outcome": "ok"}),
+            );
+        }
+        log.record(Some(healthy), "dhcp", json!({"client": "ipxe"}));
+        log.record(Some(refused), "dhcp", json!({"client": "http-boot"}));
+        log.record(Some(healthy), "dhcp", json!({"client": "pxe"}));
+        assert!(log.refused_by_secure_boot(refused));
+        assert!(!log.refused_by_secure_boot(healthy));
+        assert_eq!(log.stats().secure_boot_refusals.load(Ordering::Relaxed), 1);
+        assert!(log.flush(Duration::from_secs(5)));
+        let all = events::list(&store, &EventFilter::default()).unwrap();
+        let alert = all.iter().find(|e| e.kind == SECURE_BOOT_REFUSED).unwrap();
+        assert_eq!(alert.mac, Some(refused));
+        assert!(alert.detail["probable_cause"]
+            .as_str()
+            .unwrap()
+            .contains("Secure Boot"));
     }
 
     #[test]

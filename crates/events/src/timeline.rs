@@ -246,6 +246,109 @@ impl LoopDetector {
     }
 }
 
+/// What an event tells the Secure Boot refusal detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureBootSignal {
+    /// A UEFI machine took an unsigned first stage whole (iPXE's `.efi`, not a file of the
+    /// signed chains' `secureboot/` folder).
+    UnsignedUefiFirstStage,
+    /// The firmware asked DHCP again (this or its next boot option).
+    FirmwareDhcp,
+    /// iPXE (or anything after it) ran: the first stage was not refused.
+    Progress,
+}
+
+/// The folder of the signed chains' files (TFTP and `/ipxe-bin/`): fetching one of them is
+/// never the unsigned first stage.
+const SIGNED_FOLDER: &str = "secureboot/";
+
+/// Classifies an event for [`SecureBootDetector`].
+pub fn secure_boot_signal(kind: &str, detail: &serde_json::Value) -> Option<SecureBootSignal> {
+    let stage = stage_of(kind, detail)?;
+    match stage {
+        Stage::FirmwareDhcp => Some(SecureBootSignal::FirmwareDhcp),
+        Stage::FirstStage => {
+            let path = detail.get("path").and_then(|v| v.as_str()).unwrap_or("");
+            let path = path.trim_start_matches('/');
+            let path = path.strip_prefix("ipxe-bin/").unwrap_or(path);
+            let whole = detail.get("outcome").and_then(|v| v.as_str()) == Some("ok");
+            let efi = path.to_ascii_lowercase().ends_with(".efi");
+            let signed = path.to_ascii_lowercase().starts_with(SIGNED_FOLDER);
+            (whole && efi && !signed).then_some(SecureBootSignal::UnsignedUefiFirstStage)
+        }
+        Stage::IpxeDhcp
+        | Stage::Script
+        | Stage::Kernel
+        | Stage::Initrd
+        | Stage::Config
+        | Stage::OsCallback => Some(SecureBootSignal::Progress),
+    }
+}
+
+/// A UEFI machine that took the unsigned first stage and was back at its firmware's DHCP
+/// within the window without iPXE ever asking: the firmware almost surely refused to run it
+/// (Secure Boot: "Access Denied", then the next boot option).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureBootAlert {
+    pub mac: Mac,
+    /// From the end of the first stage's download to the firmware's next DHCP request.
+    pub back_after_ms: i64,
+}
+
+/// Spots machines whose firmware refuses the unsigned first stage. A healthy UEFI boot goes
+/// first stage → iPXE's own DHCP; a refused one goes first stage → the firmware's DHCP again
+/// (its next boot option, or the same one retried) within seconds. BIOS machines never trip
+/// it (their first stage is not an `.efi`), nor do machines on a signed chain.
+#[derive(Debug, Clone)]
+pub struct SecureBootDetector {
+    window_ms: i64,
+    took_unsigned: HashMap<Mac, i64>,
+}
+
+/// How soon after the unsigned first stage the firmware must be back: OVMF goes on to its
+/// next boot option within a second or two; iPXE asks DHCP within a second of starting.
+pub const SECURE_BOOT_WINDOW_MS: i64 = 30_000;
+
+impl SecureBootDetector {
+    pub fn new(window_ms: i64) -> SecureBootDetector {
+        SecureBootDetector {
+            window_ms,
+            took_unsigned: HashMap::new(),
+        }
+    }
+
+    /// Feeds one event; returns an alert when it completes the refusal pattern.
+    pub fn observe(
+        &mut self,
+        at_ms: i64,
+        mac: Mac,
+        signal: SecureBootSignal,
+    ) -> Option<SecureBootAlert> {
+        match signal {
+            SecureBootSignal::UnsignedUefiFirstStage => {
+                if self.took_unsigned.len() >= MAX_TRACKED {
+                    let cutoff = at_ms - self.window_ms;
+                    self.took_unsigned.retain(|_, t| *t >= cutoff);
+                    if self.took_unsigned.len() >= MAX_TRACKED {
+                        return None;
+                    }
+                }
+                self.took_unsigned.insert(mac, at_ms);
+                None
+            }
+            SecureBootSignal::FirmwareDhcp => {
+                let took = self.took_unsigned.remove(&mac)?;
+                let back_after_ms = at_ms - took;
+                (back_after_ms <= self.window_ms).then_some(SecureBootAlert { mac, back_after_ms })
+            }
+            SecureBootSignal::Progress => {
+                self.took_unsigned.remove(&mac);
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +541,88 @@ mod tests {
             Some(Stage::OsCallback)
         );
         assert_eq!(stage_of("chainload-loop", &json!({})), None);
+    }
+    fn sb_trace(events: &[(i64, &str, serde_json::Value)]) -> Vec<SecureBootAlert> {
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let mut d = SecureBootDetector::new(SECURE_BOOT_WINDOW_MS);
+        events
+            .iter()
+            .filter_map(|(at, kind, detail)| {
+                let signal = secure_boot_signal(kind, detail)?;
+                d.observe(*at, mac, signal)
+            })
+            .collect()
+    }
+
+    fn first_stage(path: &str, outcome: &str) -> serde_json::Value {
+        json!({"path": path, "first_stage": true, "what": "first-stage", "outcome": outcome})
+    }
+
+    #[test]
+    fn uefi_firmware_back_at_dhcp_after_the_unsigned_first_stage_is_a_secure_boot_refusal() {
+        let alerts = sb_trace(&[
+            (0, "dhcp", json!({"client": "pxe"})),
+            (900, "tftp", first_stage("ipxe.efi", "size-probe")),
+            (2_000, "tftp", first_stage("ipxe.efi", "ok")),
+            // OVMF: Access Denied, then its next boot option (UEFI HTTPv4) asks DHCP.
+            (3_500, "dhcp", json!({"client": "http-boot"})),
+        ]);
+        assert_eq!(
+            alerts,
+            [SecureBootAlert {
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                back_after_ms: 1_500
+            }]
+        );
+    }
+
+    #[test]
+    fn healthy_boots_and_signed_chains_never_look_refused() {
+        // UEFI: iPXE's own DHCP follows the first stage.
+        assert!(sb_trace(&[
+            (0, "dhcp", json!({"client": "pxe"})),
+            (2_000, "tftp", first_stage("ipxe.efi", "ok")),
+            (3_000, "dhcp", json!({"client": "ipxe"})),
+            (9_000, "dhcp", json!({"client": "pxe"})),
+        ])
+        .is_empty());
+        // BIOS: undionly.kpxe is no EFI binary, whatever follows.
+        assert!(sb_trace(&[
+            (2_000, "tftp", first_stage("undionly.kpxe", "ok")),
+            (3_000, "dhcp", json!({"client": "pxe"})),
+        ])
+        .is_empty());
+        // The signed chain's files, over TFTP and HTTP Boot.
+        assert!(sb_trace(&[
+            (2_000, "tftp", first_stage("secureboot/ipxe.efi", "ok")),
+            (
+                2_500,
+                "http",
+                first_stage("/ipxe-bin/secureboot/ipxe.efi", "ok")
+            ),
+            (3_000, "dhcp", json!({"client": "pxe"})),
+        ])
+        .is_empty());
+        // Back long after the window: a reboot, not a refusal.
+        assert!(sb_trace(&[
+            (0, "tftp", first_stage("ipxe.efi", "ok")),
+            (SECURE_BOOT_WINDOW_MS + 1, "dhcp", json!({"client": "pxe"})),
+        ])
+        .is_empty());
+        // A failed download proves nothing.
+        assert!(sb_trace(&[
+            (0, "tftp", first_stage("ipxe.efi", "timed-out")),
+            (1_000, "dhcp", json!({"client": "pxe"})),
+        ])
+        .is_empty());
+    }
+
+    #[test]
+    fn uefi_http_boot_of_the_unsigned_binary_counts_too() {
+        let alerts = sb_trace(&[
+            (0, "http", first_stage("/ipxe-bin/ipxe.efi", "ok")),
+            (1_000, "dhcp", json!({"client": "pxe"})),
+        ]);
+        assert_eq!(alerts.len(), 1);
     }
 }

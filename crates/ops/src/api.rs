@@ -643,6 +643,11 @@ fn write_events(w: &mut Writer, st: &OpsState) {
         g(&es.chainload_loops),
     );
     w.counter(
+        "chainboot_secure_boot_refusals_total",
+        "UEFI machines back at DHCP within seconds of taking the unsigned first stage, without running it (probably refused by Secure Boot).",
+        g(&es.secure_boot_refusals),
+    );
+    w.counter(
         "chainboot_events_recorded_total",
         "Events recorded.",
         g(&es.recorded),

@@ -205,6 +205,11 @@ pub struct BootConfig {
     /// profile says: `{ efi-x64 = "grub" }`. Unset: iPXE.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loader: BTreeMap<Arch, Loader>,
+    /// The signed chain a machine gets once its firmware was seen refusing the unsigned first
+    /// stage (back at DHCP within seconds without running it). Unset: such machines are
+    /// reported (event, metric, log) but keep their loader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot_fallback: Option<Loader>,
 }
 
 fn default_profile() -> String {
@@ -231,6 +236,7 @@ impl Default for BootConfig {
             trusted_networks: Vec::new(),
             capability_lifetime: default_capability_lifetime(),
             loader: BTreeMap::new(),
+            secure_boot_fallback: None,
         }
     }
 }

@@ -396,6 +396,12 @@ impl Policy {
             .map(|l| (*l, format!("[boot] loader for {arch}")))
     }
 
+    /// `[boot] secure_boot_fallback`: the chain for machines whose firmware refused the
+    /// unsigned first stage.
+    pub fn secure_boot_fallback(&self) -> Option<Loader> {
+        self.current.load().cfg.boot.secure_boot_fallback
+    }
+
     /// Replaces the config (after validating it); on error the old config stays.
     pub fn reload(&self, cfg: PolicyConfig) -> Result<(), Vec<Issue>> {
         let compiled = Compiled::new(cfg)?;

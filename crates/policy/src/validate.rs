@@ -75,6 +75,19 @@ pub fn profiles_reached_by(
             entries.push((g.profile.as_str(), why));
         }
     }
+    if let Some(l) = boot.secure_boot_fallback.filter(|l| uses(*l)) {
+        // Any machine may be refused and fall back, whatever its group.
+        for g in groups {
+            entries.push((
+                g.profile.as_str(),
+                format!("[boot] secure_boot_fallback is {l}"),
+            ));
+        }
+        entries.push((
+            boot.default.as_str(),
+            format!("[boot] secure_boot_fallback is {l}"),
+        ));
+    }
     let default_own = by_name(&boot.default).and_then(|i| profiles[i].loader);
     if default_own.is_none() {
         if let Some(w) = arch_default(&[]) {
@@ -106,6 +119,12 @@ fn check_grub_reach(
     boot: &BootConfig,
     out: &mut Vec<Issue>,
 ) {
+    if boot.secure_boot_fallback == Some(Loader::Ipxe) {
+        out.push(Issue::new(
+            key(&["boot", "secure_boot_fallback"]),
+            "the fallback for machines that refuse the unsigned first stage must be a signed chain: grub or ipxe-shim".into(),
+        ));
+    }
     for (arch, loader) in &boot.loader {
         if !loader.available_for(*arch) {
             out.push(Issue::new(

@@ -275,3 +275,19 @@ async fn hostile_facts_never_add_a_grub_command_or_kernel_argument() {
         assert_eq!(linux.len(), 2 + 1 + 3, "{evil:?}: {linux:?}");
     }
 }
+
+#[test]
+fn the_secure_boot_fallback_must_be_signed_and_counts_as_reaching_every_group() {
+    let p = problems(&format!(
+        "{PROFILES}\n[boot]\ndefault = \"local\"\nsecure_boot_fallback = \"ipxe\"\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "boot.secure_boot_fallback");
+    let p = problems(&format!(
+        "{PROFILES}\n[[group]]\nname = \"g\"\nprofile = \"custom\"\nmatch = {{ mac = \"52:54:00:*\" }}\n\
+         [boot]\ndefault = \"local\"\nsecure_boot_fallback = \"grub\"\n"
+    ));
+    let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["profile.1.script"], "{p:?}");
+    assert!(p[0].1.contains("secure_boot_fallback"), "{}", p[0].1);
+}
