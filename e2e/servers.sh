@@ -169,7 +169,7 @@ EOF
 }
 
 # chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim at the end,
-# E2E_CHAINBOOT_HTTP_EXTRA inside [http].
+# E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot].
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
@@ -244,6 +244,7 @@ EOF
 
 [boot]
 default = "e2e"
+${E2E_CHAINBOOT_BOOT:-}
 
 [api]
 token_file = "$E2E_RUN/state/api.token"

@@ -15,9 +15,7 @@ for f in /usr/lib/shim/shimx64.efi.signed /usr/lib/grub/x86_64-efi-signed/grubne
   [ -f "$f" ] || { echo "secureboot: missing $f (packages shim-signed, grub-efi-amd64-signed)" >&2; exit 1; }
 done
 # Measured here (TCG, busy host): marker after 44-48 s, within the harness's 240 s.
-E2E_CHAINBOOT_EXTRA='
-[boot.loader]
-efi-x64 = "grub"'
+E2E_CHAINBOOT_BOOT='loader = { efi-x64 = "grub" }'
 e2e_scenario secureboot "$side" uefi-sb boot 1
 serial="$E2E_RUN/vm1.serial"
 for line in 'EFI stub: UEFI Secure Boot is enabled' 'Kernel is locked down from EFI Secure Boot'; do

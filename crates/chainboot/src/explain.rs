@@ -118,7 +118,15 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
             Mode::Off => "off",
         }
     ));
-    let boot = cfg.boot_settings();
+    // The policy answers which loader the firmware starts, as in `serve` (without the event
+    // log's memory of refusals: `explain` runs apart from the server).
+    let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
+    let policy = Arc::new(Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?);
+    let mut boot = cfg.boot_settings();
+    boot.loaders.chooser = Some(Arc::new(crate::resolver::PolicyLoader {
+        policy: policy.clone(),
+        events: None,
+    }));
     let mut engine = Engine::new(cfg.dhcp.clone(), boot.clone());
     let ingress = Ingress {
         ifindex: 1,
@@ -138,6 +146,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         ));
         if let chainboot_dhcp::BootDecision::Boot(a) = d {
             out.push_str(&format!("  why: {}\n", a.why));
+            out.push_str(&format!("  loader: {} ({})\n", a.loader, a.loader_why));
         }
     }
     let (outcome, reason) = chainboot_ops::observe::dhcp_outcome(&handled.outcome);
@@ -179,8 +188,6 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
 
     // Boot policy: the script iPXE would get.
     out.push_str("\nboot policy:\n");
-    let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
-    let policy = Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let facts = chainboot_policy::ClientFacts::from_raw(
         mac,
         &RawFacts {

@@ -105,7 +105,8 @@ impl Resolver for TftpNamespace {
 /// stage, unless the config already gives it a signed chain.
 pub struct PolicyLoader {
     pub policy: Arc<chainboot_policy::Policy>,
-    pub events: Arc<chainboot_events::EventLog>,
+    /// The running server's event log (`None` in `explain`, which runs apart from it).
+    pub events: Option<Arc<chainboot_events::EventLog>>,
 }
 
 impl chainboot_dhcp::ChooseLoader for PolicyLoader {
@@ -127,10 +128,17 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
             return chosen;
         }
         match self.policy.secure_boot_fallback() {
-            Some(fallback) if self.events.refused_by_secure_boot(mac) => Some((
+            Some(fallback)
+                if self
+                    .events
+                    .as_ref()
+                    .is_some_and(|e| e.refused_by_secure_boot(mac)) =>
+            {
+                Some((
                 fallback,
-                "its firmware refused the unsigned first stage (probably Secure Boot): [boot] secure_boot_fallback".into(),
-            )),
+                    "its firmware refused the unsigned first stage (probably Secure Boot): [boot] secure_boot_fallback".into(),
+                ))
+            }
             _ => chosen,
         }
     }

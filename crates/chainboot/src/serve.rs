@@ -256,7 +256,7 @@ fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
     let mut boot = cfg.boot_settings();
     boot.loaders.chooser = Some(Arc::new(PolicyLoader {
         policy: sh.policy.clone(),
-        events: sh.events.clone(),
+        events: Some(sh.events.clone()),
     }));
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),

@@ -164,3 +164,35 @@ fn tftp_serves_shim_grub_the_grub_configs_and_the_kernel_as_shim_and_grub_ask() 
         &out
     ));
 }
+
+#[test]
+fn explain_shows_the_signed_chain_a_machine_starts_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("explain.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[dhcp]\nmode = \"proxy\"\n\
+             [[profile]]\nname = \"linux\"\nkernel = \"file:///boot/vmlinuz\"\n\
+             [[group]]\nname = \"sb\"\nprofile = \"linux\"\nloader = \"grub\"\nmatch = {{ mac = \"52:54:00:00:01:*\" }}\n\
+             [boot]\ndefault = \"local-disk\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let explain = |mac: &str, arch: &str| {
+        let (code, out) = chainboot(&["explain", "--mac", mac, "--arch", arch, "--config", cfg]);
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let out = explain("52:54:00:00:01:01", "efi-x64");
+    assert!(out.contains("file \"secureboot/shimx64.efi\""), "{out}");
+    assert!(out.contains("loader: grub (group sb)"), "{out}");
+    let out = explain("52:54:00:00:02:01", "efi-x64");
+    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+    assert!(out.contains("loader: ipxe"), "{out}");
+    // The group's loader is for x86-64 UEFI: its BIOS machines keep iPXE.
+    let out = explain("52:54:00:00:01:02", "bios");
+    assert!(out.contains("file \"undionly.kpxe\""), "{out}");
+}

@@ -276,7 +276,7 @@ impl EventLog {
                 settings.loop_threshold,
                 settings.loop_window.as_millis() as i64,
             )),
-            refusals: Mutex::new(SecureBootDetector::new(timeline::SECURE_BOOT_WINDOW_MS)),
+            refusals: Mutex::new(SecureBootDetector::new(timeline::SECURE_BOOT_SILENCE_MS)),
             refused_by_firmware: Mutex::new(HashMap::new()),
             refused: Mutex::new(TokenBucket::new(refused_rate, Instant::now())),
             streams: Arc::new(Mutex::new(HashMap::new())),
@@ -289,7 +289,28 @@ impl EventLog {
         if let Err(e) = spawned {
             warn!("event log writer not started, events will be dropped: {e}");
         }
+        // The Secure Boot detector concludes from silence too (a refused machine may not ask
+        // anything for minutes): a tick for it, ending when the log is dropped.
+        let weak = Arc::downgrade(&log);
+        let ticker = std::thread::Builder::new()
+            .name("chainboot-events-tick".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(2));
+                let Some(log) = weak.upgrade() else { return };
+                log.expire_silent(now_ms());
+            });
+        if let Err(e) = ticker {
+            warn!("Secure Boot refusals are only seen when the machine asks again: {e}");
+        }
         log
+    }
+
+    /// Raises the refusals the silence of their machines concluded by `now`.
+    pub fn expire_silent(&self, now: i64) {
+        let alerts = self.refusals.lock().expire(now);
+        for alert in alerts {
+            self.raise_refusal(now, alert);
+        }
     }
 
     /// Counters.
@@ -349,18 +370,19 @@ impl EventLog {
             }
             seen.insert(alert.mac, at_ms);
         }
-        let cause = "the UEFI firmware took the unsigned first stage and was back at DHCP without \
-                     running it: probably Secure Boot refused it (\"Access Denied\"); give this \
+        let cause = "the UEFI firmware took the unsigned first stage and never ran it (no iPXE \
+                     DHCP request followed): probably Secure Boot refused it (\"Access Denied\"); give this \
                      machine a signed chain (loader = \"grub\" or \"ipxe-shim\", or \
                      [boot] secure_boot_fallback)";
-        warn!(mac = %alert.mac, back_after_ms = alert.back_after_ms,
+        warn!(mac = %alert.mac, after_ms = alert.after_ms, evidence = alert.evidence,
             "first stage refused by the firmware: {cause}");
         let event = NewEvent {
             at_ms,
             mac: Some(alert.mac),
             kind: SECURE_BOOT_REFUSED.to_string(),
             detail: json!({
-                "back_after_ms": alert.back_after_ms,
+                "after_ms": alert.after_ms,
+                "evidence": alert.evidence,
                 "probable_cause": cause,
             }),
         };
@@ -847,6 +869,18 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("Secure Boot"));
+        // Silent after the download (OVMF trying PXE over IPv6 next): concluded by the tick.
+        let silent: Mac = "52:54:00:aa:bb:03".parse().unwrap();
+        log.record(
+            Some(silent),
+            "tftp",
+            json!({"first_stage": true, "path": "snponly.efi", "outcome": "ok"}),
+        );
+        log.expire_silent(now_ms() + timeline::SECURE_BOOT_SILENCE_MS / 2);
+        assert!(!log.refused_by_secure_boot(silent));
+        log.expire_silent(now_ms() + timeline::SECURE_BOOT_SILENCE_MS);
+        assert!(log.refused_by_secure_boot(silent));
+        assert!(!log.refused_by_secure_boot(healthy));
     }
 
     #[test]

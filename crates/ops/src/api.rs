@@ -644,7 +644,7 @@ fn write_events(w: &mut Writer, st: &OpsState) {
     );
     w.counter(
         "chainboot_secure_boot_refusals_total",
-        "UEFI machines back at DHCP within seconds of taking the unsigned first stage, without running it (probably refused by Secure Boot).",
+        "UEFI machines that took the unsigned first stage and never ran it (probably refused by Secure Boot).",
         g(&es.secure_boot_refusals),
     );
     w.counter(
