@@ -169,7 +169,8 @@ EOF
 }
 
 # chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim at the end,
-# E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot].
+# E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot]; E2E_IPXE_DIR
+# replaces /usr/lib/ipxe.
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
@@ -211,7 +212,7 @@ root = "$E2E_RUN/http"
 ${E2E_CHAINBOOT_HTTP_EXTRA:-}
 
 [ipxe]
-dir = "/usr/lib/ipxe"
+dir = "${E2E_IPXE_DIR:-/usr/lib/ipxe}"
 
 [ipv6]
 router_advertisements = "${E2E_CHAINBOOT_RA:-auto}"
