@@ -5,7 +5,8 @@
 //! - [`facts`]: what a request says about its client, in the boot decision's shape;
 //! - [`engine`]: the sans-IO engine (stateful IA_NA or boot information only) on the
 //!   DHCPv4 engine's lease table, starvation guard, rate limits and boot decision;
-//! - [`config`]: the `[dhcp6]` section and its validation.
+//! - [`config`]: the `[dhcp6]` section and its validation;
+//! - [`server`]: the driver (UDP 547, ff02::1:2, group-committed leases).
 
 #![deny(unsafe_code)]
 
@@ -13,8 +14,10 @@ pub mod config;
 pub mod duid;
 pub mod engine;
 pub mod facts;
+pub mod server;
 pub mod wire;
 
 pub use config::{Dhcp6Config, Mode6};
 pub use engine::{Counters6, Engine6, Handled6, Ignored6, Ingress6, Outcome6, Outgoing6};
 pub use facts::Facts6;
+pub use server::{Dhcp6Error, Dhcp6Observer, Dhcp6Server, NoObserver6};
