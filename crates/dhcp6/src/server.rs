@@ -173,7 +173,12 @@ impl Dhcp6Server {
             let msg: Vec<String> = problems.iter().map(|i| format!("dhcp6.{i}")).collect();
             return Err(Dhcp6Error::Config(msg.join("; ")));
         }
-        let duid = leases6::server_duid(&store, new_server_duid)?;
+        // Made (and stored) only when DHCPv6 runs: `off` leaves the store untouched.
+        let duid = if cfg.mode == Mode6::Off {
+            Vec::new()
+        } else {
+            leases6::server_duid(&store, new_server_duid)?
+        };
         let mut engine = Engine6::new(cfg.clone(), boot, duid);
         if cfg.mode == Mode6::Server {
             engine.load_leases(&leases6::load_all(&store)?);
