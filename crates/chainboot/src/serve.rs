@@ -275,7 +275,11 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
 
 /// DHCP; and, since the DHCP engine knows who holds which address, the policy's identity
 /// checks (it acts for a MAC only on requests from that machine).
-fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
+fn bind_dhcp(
+    cfg: &config::Config,
+    sh: &Shared,
+    dhcp6: &chainboot_dhcp6::Dhcp6Server,
+) -> anyhow::Result<DhcpServer> {
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
         cfg.boot_settings(),
@@ -289,6 +293,7 @@ fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
     sh.policy.set_access(
         Arc::new(HostAddressBook {
             dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp.engine()),
+            dhcp6: (cfg.dhcp6.mode == chainboot_dhcp6::Mode6::Server).then(|| dhcp6.engine()),
             neighbours: NeighbourTable::new(&interfaces::list().unwrap_or_default()),
         }),
         &sh.token,
@@ -375,8 +380,8 @@ async fn serve(
     ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let tftp = bind_tftp(&cfg, &sh)?;
-    let dhcp = bind_dhcp(&cfg, &sh)?;
     let dhcp6 = bind_dhcp6(&cfg, &sh)?;
+    let dhcp = bind_dhcp(&cfg, &sh, &dhcp6)?;
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = dhcp.engine();
     let fleet = (cfg.store.backend == chainboot_store::StoreBackend::Postgres).then(|| {

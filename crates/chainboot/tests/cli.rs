@@ -317,6 +317,45 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
 }
 
 #[test]
+fn explain_ipv6_shows_the_dhcpv6_answer_with_a_bracketed_url_and_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[dhcp6]\nmode = \"server\"\n[[dhcp6.subnet]]\nprefix = \"2001:db8:1::/64\"\npools = [[\"2001:db8:1::1000\", \"2001:db8:1::1fff\"]]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let args = ["explain", "-c", c, "--ipv6", "--mac", "52:54:00:00:00:01"];
+    let (code, out) = chainboot(&[&args[..], &["--arch", "7"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("DHCPv6 (server mode, Solicit received on 2001:db8:1::1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("option 59 \"tftp://[2001:db8:1::1]/ipxe.efi\""),
+        "{out}"
+    );
+    assert!(out.contains("outcome: advertise\n"), "{out}");
+    assert!(
+        out.contains("machine: 52:54:00:00:00:01 (MAC from its DUID)"),
+        "{out}"
+    );
+    assert!(out.contains("addresses [2001:db8:1::"), "{out}");
+    for debug in ["Replied(", "Some(", "Server mode", "Duid"] {
+        assert!(!out.contains(debug), "{debug} in: {out}");
+    }
+    let (_, out) = chainboot(&[&args[..], &["--arch", "7", "--user-class", "iPXE"]].concat());
+    assert!(out.contains("option 59 \"http://[2001:db8:1::1]:"), "{out}");
+    assert!(out.contains("/boot.ipxe\""), "{out}");
+    assert!(
+        out.contains("kernel --name kernel http://[2001:db8:1::1]:"),
+        "the script's URLs: {out}"
+    );
+}
+
+#[test]
 fn dhcp_config_prints_a_snippet_for_each_server() {
     for (kind, needle) in [
         ("isc", "user-class"),

@@ -22,6 +22,16 @@ pub enum Mode6 {
     BootInfo,
 }
 
+impl Mode6 {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode6::Off => "off",
+            Mode6::Server => "server",
+            Mode6::BootInfo => "boot-info",
+        }
+    }
+}
+
 /// UDP ports; only tests change them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -31,6 +31,16 @@ pub enum MacSource {
     LinkLocal,
 }
 
+impl MacSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacSource::RelayOption79 => "relay option 79",
+            MacSource::Duid => "DUID",
+            MacSource::LinkLocal => "link-local address",
+        }
+    }
+}
+
 /// The Ethernet address inside a DUID-LL or DUID-LLT.
 pub fn duid_mac(duid: &[u8]) -> Option<Mac> {
     let ty = u16::from_be_bytes(duid.get(0..2)?.try_into().ok()?);

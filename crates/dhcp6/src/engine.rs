@@ -95,6 +95,38 @@ pub enum Outcome6 {
     Dropped(DropReason6),
 }
 
+impl Outcome6 {
+    /// The outcome as words (for `explain`, logs and events): what happened, and why when
+    /// nothing was sent.
+    pub fn words(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Outcome6::Replied(t) if *t == msg::ADVERTISE => ("advertise", None),
+            Outcome6::Replied(_) => ("reply", None),
+            Outcome6::Ignored(i) => (
+                "ignored",
+                Some(match i {
+                    Ignored6::ModeOff => "mode-off",
+                    Ignored6::NotBootClient => "not-boot-client",
+                    Ignored6::NoSubnet => "no-subnet",
+                    Ignored6::NoServerAddress => "no-server-address",
+                    Ignored6::PoolExhausted => "pool-exhausted",
+                    Ignored6::NewClientLimit => "new-client-limit",
+                    Ignored6::NotForUs => "other-server",
+                    Ignored6::NoReply => "no-reply",
+                }),
+            ),
+            Outcome6::Dropped(d) => (
+                "dropped",
+                Some(match d {
+                    DropReason6::Malformed(e) => e.as_str(),
+                    DropReason6::RateLimited => "rate-limited",
+                    DropReason6::RelayRateLimited => "relay-rate-limited",
+                }),
+            ),
+        }
+    }
+}
+
 /// Everything the engine decided for one packet.
 #[derive(Debug, Clone)]
 pub struct Handled6 {

@@ -1,5 +1,6 @@
 //! chainboot-dhcp6: the DHCPv6 side of chainboot, in the DHCPv4 side's shape.
 //!
+//! - [`client`]: client messages as firmware builds them (tests, `explain`, fuzz seeds);
 //! - [`wire`]: DHCPv6 messages, relay envelopes (bounded nesting) and reply encoding;
 //! - [`duid`]: the MAC behind a DUID, a link-local address or a relay's option 79;
 //! - [`facts`]: what a request says about its client, in the boot decision's shape;
@@ -10,6 +11,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod duid;
 pub mod engine;

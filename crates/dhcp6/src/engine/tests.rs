@@ -9,9 +9,10 @@ use chainboot_machine::Mac;
 use chainboot_store::leases::LeaseState;
 
 use super::*;
+use crate::client::Client6;
 use crate::config::Subnet6Config;
 use crate::duid::MacSource;
-use crate::wire::{code, message, msg, relay_forward, status, Options, RelayHop, Writer};
+use crate::wire::{code, msg, relay_forward, status, Options, RelayHop};
 
 const SERVER_DUID: &[u8] = &[
     0, 4, 0xc0, 0xff, 0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
@@ -64,44 +65,25 @@ fn duid_uuid(n: u8) -> Vec<u8> {
     d
 }
 
-/// A client message the way a firmware builds it.
-struct Client {
-    duid: Vec<u8>,
-    iaid: u32,
-    vendor: Option<&'static str>,
-    arch: Option<u16>,
-    user_class: Option<&'static str>,
-}
+type Client = Client6;
 
-impl Client {
-    fn ovmf_pxe() -> Client {
-        Client {
-            duid: duid_uuid(7),
-            iaid: 1,
-            vendor: Some("PXEClient:Arch:00007:UNDI:003000"),
-            arch: Some(7),
-            user_class: None,
-        }
+/// The test clients: OVMF's PXEv6 and HTTPv6, iPXE, ordinary ones.
+trait Clients {
+    fn ovmf_pxe() -> Client6 {
+        Client6::firmware(duid_uuid(7), 7, false)
     }
-
-    fn ovmf_http() -> Client {
-        Client {
-            vendor: Some("HTTPClient:Arch:00016:UNDI:003000"),
-            arch: Some(16),
-            ..Client::ovmf_pxe()
-        }
+    fn ovmf_http() -> Client6 {
+        Client6::firmware(duid_uuid(7), 16, true)
     }
-
-    fn ipxe() -> Client {
-        Client {
+    fn ipxe() -> Client6 {
+        Client6 {
             duid: duid_uuid(9),
-            user_class: Some("iPXE"),
-            ..Client::ovmf_pxe()
+            user_class: Some("iPXE".into()),
+            ..Client6::firmware(duid_uuid(9), 7, false)
         }
     }
-
-    fn plain(n: u8) -> Client {
-        Client {
+    fn plain(n: u8) -> Client6 {
+        Client6 {
             duid: duid_uuid(n),
             iaid: 1,
             vendor: None,
@@ -109,55 +91,9 @@ impl Client {
             user_class: None,
         }
     }
-
-    fn msg(&self, t: u8, extra: impl FnOnce(&mut Writer), addr: Option<Ipv6Addr>) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.opt(code::CLIENTID, &self.duid);
-        w.opt(code::ORO, &[0, 59, 0, 60, 0, 23]);
-        if let Some(v) = self.vendor {
-            let mut d = 343u32.to_be_bytes().to_vec();
-            d.extend_from_slice(&(v.len() as u16).to_be_bytes());
-            d.extend_from_slice(v.as_bytes());
-            w.opt(code::VENDOR_CLASS, &d);
-        }
-        if let Some(a) = self.arch {
-            w.opt(code::CLIENT_ARCH, &a.to_be_bytes());
-        }
-        if let Some(u) = self.user_class {
-            let mut d = (u.len() as u16).to_be_bytes().to_vec();
-            d.extend_from_slice(u.as_bytes());
-            w.opt(code::USER_CLASS, &d);
-        }
-        let mut ia = self.iaid.to_be_bytes().to_vec();
-        ia.extend_from_slice(&[0; 8]);
-        if let Some(a) = addr {
-            let mut inner = Writer::new();
-            let mut d = a.octets().to_vec();
-            d.extend_from_slice(&[0; 8]);
-            inner.opt(code::IAADDR, &d);
-            ia.extend_from_slice(&inner.buf);
-        }
-        if t != msg::INFORMATION_REQUEST {
-            w.opt(code::IA_NA, &ia);
-        }
-        extra(&mut w);
-        message(t, [0xab, 0xcd, 0xef], &w.buf)
-    }
-
-    fn solicit(&self) -> Vec<u8> {
-        self.msg(msg::SOLICIT, |_| {}, None)
-    }
-
-    fn with_server(&self, t: u8, addr: Ipv6Addr) -> Vec<u8> {
-        self.msg(
-            t,
-            |w| {
-                w.opt(code::SERVERID, SERVER_DUID);
-            },
-            Some(addr),
-        )
-    }
 }
+
+impl Clients for Client6 {}
 
 /// A reply as the client reads it.
 #[derive(Debug)]
@@ -243,7 +179,11 @@ fn ovmf_pxe_gets_an_address_and_a_bracketed_tftp_url_then_binds_it_durably() {
         "to the client's link-local address"
     );
 
-    let rep = e.handle(t(1), &direct(), &c.with_server(msg::REQUEST, addr));
+    let rep = e.handle(
+        t(1),
+        &direct(),
+        &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+    );
     assert_eq!(rep.outcome, Outcome6::Replied(msg::REPLY));
     assert_eq!(one(&rep).ia(), Ok((addr, 12 * 3600)));
     assert_eq!(rep.lease_writes.len(), 1, "durable before the Reply");
@@ -357,8 +297,16 @@ fn renew_extends_rebind_of_a_foreign_address_is_not_answered_and_unknown_ia_has_
         .ia()
         .unwrap()
         .0;
-    e.handle(t(1), &direct(), &c.with_server(msg::REQUEST, addr));
-    let renew = e.handle(t(100), &direct(), &c.with_server(msg::RENEW, addr));
+    e.handle(
+        t(1),
+        &direct(),
+        &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+    );
+    let renew = e.handle(
+        t(100),
+        &direct(),
+        &c.with_server(msg::RENEW, SERVER_DUID, addr),
+    );
     assert_eq!(one(&renew).ia(), Ok((addr, 12 * 3600)));
     assert_eq!(renew.lease_writes[0].expires, 1_700_000_100 + 12 * 3600);
     assert!(
@@ -382,7 +330,7 @@ fn renew_extends_rebind_of_a_foreign_address_is_not_answered_and_unknown_ia_has_
     let renew = e.handle(
         t(102),
         &direct(),
-        &stranger.with_server(msg::RENEW, other_addr),
+        &stranger.with_server(msg::RENEW, SERVER_DUID, other_addr),
     );
     assert_eq!(
         one(&renew).ia(),
@@ -409,8 +357,16 @@ fn release_and_decline_are_answered_and_persisted() {
         .ia()
         .unwrap()
         .0;
-    e.handle(t(1), &direct(), &c.with_server(msg::REQUEST, addr));
-    let rel = e.handle(t(2), &direct(), &c.with_server(msg::RELEASE, addr));
+    e.handle(
+        t(1),
+        &direct(),
+        &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+    );
+    let rel = e.handle(
+        t(2),
+        &direct(),
+        &c.with_server(msg::RELEASE, SERVER_DUID, addr),
+    );
     assert_eq!(one(&rel).status(), Some(status::SUCCESS));
     assert_eq!(rel.lease_writes[0].state, LeaseState::Released);
     // The same IA comes back to the same address.
@@ -421,8 +377,16 @@ fn release_and_decline_are_answered_and_persisted() {
             .0,
         addr
     );
-    e.handle(t(4), &direct(), &c.with_server(msg::REQUEST, addr));
-    let dec = e.handle(t(5), &direct(), &c.with_server(msg::DECLINE, addr));
+    e.handle(
+        t(4),
+        &direct(),
+        &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+    );
+    let dec = e.handle(
+        t(5),
+        &direct(),
+        &c.with_server(msg::DECLINE, SERVER_DUID, addr),
+    );
     assert_eq!(dec.lease_writes[0].state, LeaseState::Declined);
     let again = one(&e.handle(t(6), &direct(), &c.solicit()))
         .ia()
@@ -592,7 +556,11 @@ fn the_starvation_guard_caps_unproven_clients_and_serves_returning_ones() {
             return Err(h.outcome);
         }
         let addr = one(&h).ia().unwrap().0;
-        e.handle(t(at), &direct(), &c.with_server(msg::REQUEST, addr));
+        e.handle(
+            t(at),
+            &direct(),
+            &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+        );
         Ok(addr)
     };
     let first = bind(&mut e, 1, 0).unwrap();
@@ -605,7 +573,7 @@ fn the_starvation_guard_caps_unproven_clients_and_serves_returning_ones() {
     e.handle(
         t(10),
         &direct(),
-        &Client::plain(1).with_server(msg::RENEW, first),
+        &Client::plain(1).with_server(msg::RENEW, SERVER_DUID, first),
     );
     bind(&mut e, 3, 11).unwrap();
     assert_eq!(e.counters().refused_new_client.load(Ordering::Relaxed), 1);
@@ -668,13 +636,21 @@ fn leases_survive_a_restart_as_proven_with_their_mac() {
         .unwrap()
         .0;
     let writes = e
-        .handle(t(1), &direct(), &c.with_server(msg::REQUEST, addr))
+        .handle(
+            t(1),
+            &direct(),
+            &c.with_server(msg::REQUEST, SERVER_DUID, addr),
+        )
         .lease_writes;
     let mut after = engine(Mode6::Server);
     after.load_leases(&writes);
     assert_eq!(after.bound_to(addr, 1_700_000_002), Some(MAC));
     assert!(after.lease(addr).unwrap().proven);
-    let renew = after.handle(t(2), &direct(), &c.with_server(msg::RENEW, addr));
+    let renew = after.handle(
+        t(2),
+        &direct(),
+        &c.with_server(msg::RENEW, SERVER_DUID, addr),
+    );
     assert_eq!(one(&renew).ia(), Ok((addr, 12 * 3600)));
 }
 
