@@ -356,6 +356,45 @@ fn explain_ipv6_shows_the_dhcpv6_answer_with_a_bracketed_url_and_the_machine() {
 }
 
 #[test]
+fn the_kea_dhcp6_snippet_is_accepted_by_kea_dhcp6() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    let (code, snippet) = chainboot(&[
+        "dhcp-config",
+        "kea",
+        "--ipv6",
+        "2001:db8::1",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{snippet}");
+    assert!(
+        snippet.contains("tftp://[2001:db8::1]/ipxe.efi"),
+        "{snippet}"
+    );
+    let kea = dir.path().join("kea6.json");
+    std::fs::write(
+        &kea,
+        format!(
+            "{{ \"Dhcp6\": {{ \"interfaces-config\": {{ \"interfaces\": [] }},\n\
+             \"lease-database\": {{ \"type\": \"memfile\", \"persist\": false }},\n{snippet} }} }}"
+        ),
+    )
+    .unwrap();
+    // `kea-dhcp6 -t` parses and checks a configuration without serving.
+    let out = std::process::Command::new("kea-dhcp6")
+        .arg("-t")
+        .arg(&kea)
+        .output()
+        .expect("kea-dhcp6 (package kea-dhcp6-server, .ci/install-deps)");
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !log.contains("ERROR"), "{log}");
+    let (code, out) = chainboot(&["dhcp-config", "isc", "--ipv6", "2001:db8::1"]);
+    assert_eq!(code, 2, "kea only: {out}");
+}
+
+#[test]
 fn dhcp_config_prints_a_snippet_for_each_server() {
     for (kind, needle) in [
         ("isc", "user-class"),

@@ -7,6 +7,7 @@
 //! - [`engine`]: the sans-IO engine (stateful IA_NA or boot information only) on the
 //!   DHCPv4 engine's lease table, starvation guard, rate limits and boot decision;
 //! - [`config`]: the `[dhcp6]` section and its validation;
+//! - [`snippet`]: Kea's `Dhcp6` client classes for the same boot answers;
 //! - [`server`]: the driver (UDP 547, ff02::1:2, group-committed leases).
 
 #![deny(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod duid;
 pub mod engine;
 pub mod facts;
 pub mod server;
+pub mod snippet;
 pub mod wire;
 
 pub use config::{Dhcp6Config, Mode6};
