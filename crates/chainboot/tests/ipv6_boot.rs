@@ -65,7 +65,7 @@ fn dhclient_conf(ipxe: bool) -> String {
 fn dhcpv6(ns: &str, dir: &Path, name: &str, ipxe: bool) -> (String, String) {
     let conf = dir.join(format!("{name}.conf"));
     let leases = dir.join(format!("{name}.leases"));
-    std::fs::write(&conf, dhclient_conf(ipxe)).unwrap();
+    std::fs::write(&conf, dhclient_conf(ipxe)).expect("dhclient.conf");
     let child = Command::new("ip")
         .args([
             "netns",
@@ -89,7 +89,7 @@ fn dhcpv6(ns: &str, dir: &Path, name: &str, ipxe: bool) -> (String, String) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("dhclient");
     let _client = Server::adopt(child, dir.join(format!("{name}.log")));
     let until = Instant::now() + Duration::from_secs(30);
     let text = loop {
@@ -129,7 +129,7 @@ fn curl(ns: &str, url: &str, out: Option<&Path>) -> String {
     if let Some(o) = out {
         c.arg("-o").arg(o);
     }
-    let o = c.arg(url).output().unwrap();
+    let o = c.arg(url).output().expect("curl");
     assert!(o.status.success(), "curl {url}: {o:?}");
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -78,7 +78,7 @@ fn start(
     ]);
     wait_link_local(&topo.srv, "vs");
     wait_link_local(&topo.cli, "vc");
-    let cfg: Dhcp6Config = toml::from_str(CONFIG).unwrap();
+    let cfg: Dhcp6Config = toml::from_str(CONFIG).expect("the test config");
     let token = CancellationToken::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (ns, state, stop) = (topo.srv.clone(), dir.join("state"), token.clone());
@@ -87,8 +87,8 @@ fn start(
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            let store = Arc::new(Store::open(&state).unwrap());
+                .expect("a runtime");
+            let store = Arc::new(Store::open(&state).expect("the store"));
             let server = Dhcp6Server::bind(cfg, BootSettings::default(), store, seen);
             let server = match server {
                 Ok(s) => s,
@@ -98,7 +98,7 @@ fn start(
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            rt.block_on(server.run(stop)).unwrap();
+            rt.block_on(server.run(stop)).expect("the server runs");
         })
     });
     ready_rx
@@ -110,7 +110,7 @@ fn start(
 
 fn stop(token: CancellationToken, handle: std::thread::JoinHandle<()>) {
     token.cancel();
-    handle.join().unwrap();
+    handle.join().expect("the server thread");
 }
 
 /// dhclient.conf making ISC dhclient look like OVMF's PXEv6 client.
