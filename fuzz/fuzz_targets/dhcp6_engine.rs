@@ -119,6 +119,7 @@ fn run(mode: Mode6, data: &[u8]) {
             iface: "veth0".into(),
             local: vec!["2001:db8:1::1".parse().expect("local")],
             dst: if relayed { "2001:db8:1::1".parse().expect("dst") } else { "ff02::1:2".parse().expect("mc") },
+            local_port: 547,
             src,
         };
         let before: HashMap<Ipv6Addr, _> = engine.leases().into_iter().map(|l| (l.ip, l)).collect();

@@ -264,6 +264,7 @@ fn explain_dhcp6(
         iface: "explain".into(),
         local: vec![server_ip],
         dst: chainboot_dhcp6::server::ALL_DHCP_SERVERS,
+        local_port: cfg.dhcp6.ports.server,
         src: SocketAddrV6::new(link_local, cfg.dhcp6.ports.client, 0, 1),
     };
     let mut engine = chainboot_dhcp6::Engine6::new(

@@ -307,7 +307,7 @@ fn bind_dhcp6(cfg: &config::Config, sh: &Shared) -> anyhow::Result<chainboot_dhc
         cfg.dhcp6.clone(),
         cfg.boot_settings(),
         sh.store.clone(),
-        Arc::new(chainboot_dhcp6::NoObserver6),
+        sh.observers.clone(),
     )?;
     if cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off {
         info!(mode = ?cfg.dhcp6.mode, "DHCPv6 ready");

@@ -21,7 +21,7 @@ fn config(dir: &Path) -> String {
          [ipv6]\nrouter_advertisements = \"off\"\n\
          [tftp]\nlisten = \"[::]:69\"\n\
          [http]\nlisten = \"[::]:80\"\n\
-         [api]\nlisten = \"127.0.0.1:0\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nread_requires_token = false\n\
          [dhcp]\nmode = \"off\"\n\
          [dhcp6]\nmode = \"server\"\ninterfaces = [\"srv0\"]\n\
          [[dhcp6.subnet]]\nprefix = \"2001:db8:25::/64\"\npools = [[\"2001:db8:25::100\", \"2001:db8:25::1ff\"]]\n",
@@ -146,6 +146,7 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     let path = dir.path().join("chainboot.toml");
     std::fs::write(&path, config(dir.path())).unwrap();
     let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
     server.wait_for_log("DHCPv6 ready", Duration::from_secs(20));
     server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
 
@@ -193,4 +194,24 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
         script.contains("menu chainboot"),
         "the machine's menu, not a refusal: {script}"
     );
+
+    // One machine in the event log: its DHCPv6 exchanges as firmware and as iPXE, and the
+    // first stage it fetched over TFTP/IPv6, all under the MAC behind its DUID.
+    let mac = mac.replace('-', ":");
+    let events = curl(
+        &net.server,
+        &format!("http://{api}/api/v1/events?mac={mac}"),
+        None,
+    );
+    let events: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
+    let events = events.as_array().cloned().unwrap_or_default();
+    let has = |kind: &str, key: &str, value: &str| {
+        events
+            .iter()
+            .any(|e| e["kind"] == kind && e["detail"][key] == value && e["mac"] == mac.as_str())
+    };
+    assert!(has("dhcp", "family", "ipv6"), "{events:#?}");
+    assert!(has("dhcp", "client", "pxe"), "{events:#?}");
+    assert!(has("dhcp", "client", "ipxe"), "{events:#?}");
+    assert!(has("tftp", "path", "ipxe.efi"), "{events:#?}");
 }

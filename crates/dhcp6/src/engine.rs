@@ -38,6 +38,8 @@ pub struct Ingress6 {
     pub local: Vec<Ipv6Addr>,
     /// The packet's destination (ff02::1:2, or a unicast address of ours).
     pub dst: Ipv6Addr,
+    /// The UDP port it arrived on (547 by default).
+    pub local_port: u16,
     /// Sender address (with the interface as scope for link-local ones) and port.
     pub src: SocketAddrV6,
 }

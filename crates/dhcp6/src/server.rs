@@ -271,6 +271,7 @@ fn receive_loop(
         by_index: HashMap::new(),
         refreshed: None,
     };
+    let local_port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut batch = RecvBatch::new(RECEIVE_BATCH, MAX_DATAGRAM);
     let mut replies: Vec<Outgoing6> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -287,7 +288,7 @@ fn receive_loop(
             continue;
         }
         for (datagram, meta) in batch.iter() {
-            let Some(ingress) = ingress_of(meta, &mut ifaces) else {
+            let Some(ingress) = ingress_of(meta, &mut ifaces, local_port) else {
                 continue;
             };
             let started = Instant::now();
@@ -311,7 +312,7 @@ fn receive_loop(
 }
 
 /// The engine's view of where a datagram came in, from its pktinfo.
-fn ingress_of(meta: &RecvMeta, ifaces: &mut Interfaces) -> Option<Ingress6> {
+fn ingress_of(meta: &RecvMeta, ifaces: &mut Interfaces, local_port: u16) -> Option<Ingress6> {
     let (Some(ifindex), Some(IpAddr::V6(dst)), SocketAddr::V6(src)) =
         (meta.ifindex, meta.destination, meta.source)
     else {
@@ -330,6 +331,7 @@ fn ingress_of(meta: &RecvMeta, ifaces: &mut Interfaces) -> Option<Ingress6> {
         iface,
         local,
         dst,
+        local_port,
         src,
     })
 }

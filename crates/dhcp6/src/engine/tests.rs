@@ -54,6 +54,7 @@ fn direct() -> Ingress6 {
         iface: "boot0".into(),
         local: vec![local()],
         dst: "ff02::1:2".parse().unwrap(),
+        local_port: 547,
         src: SocketAddrV6::new("fe80::5054:ff:fe12:3456".parse().unwrap(), 546, 0, 3),
     }
 }
