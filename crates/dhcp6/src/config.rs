@@ -127,8 +127,8 @@ pub struct Dhcp6Config {
     pub decline_time: Duration,
     /// Answer a Solicit with Rapid Commit (option 14) by a Reply at once (RFC 8415 §18.3.1).
     pub rapid_commit: bool,
-    /// Preference option (7) in Advertise messages: 255 makes clients take the offer at once
-    /// instead of collecting others for a second.
+    /// Preference option (7) in server mode's Advertise messages: 255 makes clients take the
+    /// offer at once instead of collecting others for a second. Boot-info mode sends none.
     pub preference: u8,
     pub subnet: Vec<Subnet6Config>,
     pub limits: Limits6,

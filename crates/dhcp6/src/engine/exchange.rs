@@ -311,8 +311,9 @@ impl Engine6 {
             return Handled6::new(Outcome6::Ignored(Ignored6::NotBootClient));
         }
         let mut w = self.header(x);
+        // No Preference option here: 255 would make a client take this address-less
+        // Advertise at once instead of waiting for the site server's offer of an address.
         let t = if x.rx.msg.msg_type == msg::SOLICIT {
-            w.opt(code::PREFERENCE, &[self.cfg.preference]);
             msg::ADVERTISE
         } else {
             msg::REPLY

@@ -606,6 +606,10 @@ fn boot_info_mode_answers_boot_clients_without_addresses() {
     let seen = one(&h);
     assert_eq!(seen.msg_type, msg::ADVERTISE);
     assert!(seen.opts.get(code::IA_NA).is_none());
+    assert!(
+        seen.opts.get(code::PREFERENCE).is_none(),
+        "no 255 that would make clients skip the site server's offer"
+    );
     assert_eq!(
         seen.url().as_deref(),
         Some("tftp://[2001:db8:1::1]/ipxe.efi")
