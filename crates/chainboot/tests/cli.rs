@@ -326,6 +326,11 @@ fn explain_ipv6_shows_the_dhcpv6_answer_with_a_bracketed_url_and_the_machine() {
     );
     std::fs::write(&cfg, text).unwrap();
     let c = cfg.to_str().unwrap();
+    let (_, out) = chainboot(&["check", "-c", c]);
+    assert!(
+        out.contains("DHCPv6: server mode, prefixes 2001:db8:1::/64"),
+        "{out}"
+    );
     let args = ["explain", "-c", c, "--ipv6", "--mac", "52:54:00:00:00:01"];
     let (code, out) = chainboot(&[&args[..], &["--arch", "7"]].concat());
     assert_eq!(code, 0, "{out}");
