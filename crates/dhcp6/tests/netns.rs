@@ -3,7 +3,8 @@
 //! runs in-process on a thread inside the server namespace; addresses come from the IPv6
 //! documentation prefix 2001:db8::/32 inside the namespaces only.
 //!
-//! Needs root and isc-dhcp-client / kea-admin (perfdhcp) from .ci/install-deps.
+//! Needs root and isc-dhcp-client, isc-dhcp-relay and kea-admin (perfdhcp) from
+//! .ci/install-deps.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,6 +29,9 @@ limits = { per_duid_rate = 1000.0, per_duid_burst = 1000.0 }
 prefix = "2001:db8:1::/64"
 pools = [["2001:db8:1::1000", "2001:db8:1::1fff"]]
 dns = ["2001:db8:1::53"]
+[[subnet]]
+prefix = "2001:db8:2::/64"
+pools = [["2001:db8:2::1000", "2001:db8:2::1fff"]]
 "#;
 
 /// Waits until `dev` in `ns` has a link-local address that finished duplicate address
@@ -202,6 +206,98 @@ fn dhclient_as_pxe_firmware_gets_an_address_and_the_tftp_url_and_the_lease_is_du
     // releases instead).
     let seen = seen.0.lock().clone();
     assert_eq!(seen, [(1, Outcome6::Replied(2)), (3, Outcome6::Replied(7))]);
+    stop(token, handle);
+}
+
+#[test]
+fn a_client_behind_isc_dhcrelay_gets_an_address_of_the_relays_link() {
+    require(&["ip", "dhclient", "dhcrelay"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dhclient.conf"), DHCLIENT_PXE).unwrap();
+    let seen = Arc::new(Seen::default());
+    let (topo, token, handle) = start(dir.path(), seen.clone());
+    // The client namespace of the topology is the relay's: upstream `vc` on the server's
+    // link, downstream `rc` on a link of its own (2001:db8:2::/64) with the client behind it.
+    let client = chainboot_testnet::Netns(format!("{}r", topo.cli));
+    run(&["ip", "netns", "add", &client.0]);
+    run(&[
+        "ip", "-n", &topo.cli, "link", "add", "rc", "type", "veth", "peer", "name", "vc", "netns",
+        &client.0,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &topo.cli,
+        "addr",
+        "add",
+        "2001:db8:1::fe/64",
+        "dev",
+        "vc",
+        "nodad",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &topo.cli,
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        "rc",
+        "nodad",
+    ]);
+    run(&["ip", "-n", &topo.cli, "link", "set", "rc", "up"]);
+    run(&["ip", "-n", &client.0, "link", "set", "vc", "up"]);
+    run(&["ip", "-n", &client.0, "link", "set", "lo", "up"]);
+    wait_link_local(&topo.cli, "rc");
+    wait_link_local(&client.0, "vc");
+    let _relay = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &topo.cli, "dhcrelay", "-6", "-d", "-q"])
+            .arg("-pf")
+            .arg(dir.path().join("dhcrelay.pid"))
+            .args(["-l", "rc", "-u", "2001:db8:1::1%vc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dhcrelay"),
+    );
+    let lease_file = dir.path().join("dhclient6.leases");
+    let mut dhclient = Proc(
+        dhclient(&client.0, dir.path(), &["-d"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    let leases = loop {
+        let text = std::fs::read_to_string(&lease_file).unwrap_or_default();
+        if text.contains("iaaddr") {
+            break text;
+        }
+        assert!(
+            Instant::now() < until,
+            "no lease through the relay: {text} {:?}",
+            seen.0.lock()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    dhclient.kill9();
+    assert!(
+        leases.contains("iaaddr 2001:db8:2::1"),
+        "the relay's link: {leases}"
+    );
+    assert!(
+        leases.contains(r#"pxe-url "tftp://[2001:db8:1::1]/ipxe.efi""#),
+        "the address the relay sent to: {leases}"
+    );
+    let stored = load_all(&Store::open(&dir.path().join("state")).unwrap()).unwrap();
+    assert_eq!(
+        stored[0].mac.as_deref(),
+        Some(mac_of(&client.0, "vc").as_str()),
+        "{stored:?}"
+    );
     stop(token, handle);
 }
 
