@@ -163,4 +163,69 @@ fn main() {
     let dir = seeds.join("templates");
     write(&dir, "benign", b"\x00\x02123e4567-e89b-12d3-a456-426614174000\x01node1.lab\x01SN123\x01QEMU\x01Standard PC\x01198.18.0.9");
     write(&dir, "hostile", b"\x01\x01${x}\x01a\nb&&c\x01{{ machine.secret }}\x01x || shell\x01\r\nchain http://evil\x011.2.3.4");
+
+    // dhcp6_engine: [mode] + chunks; OVMF PXE and HTTP Boot, iPXE, relayed, with the DUID
+    // patch point (Client Identifier first, 10 bytes) the target looks for.
+    let dir = seeds.join("dhcp6_engine");
+    for (name, vendor, arch, user) in [
+        ("pxe-x64", Some("PXEClient:Arch:00007:UNDI:003000"), Some(7u16), None),
+        ("http-x64", Some("HTTPClient:Arch:00016:UNDI:003000"), Some(16), None),
+        ("ipxe", Some("PXEClient:Arch:00007:UNDI:003000"), Some(7), Some("iPXE")),
+        ("plain", None, None, None),
+    ] {
+        let m6 = |t: u8, server: bool, addr: Option<[u8; 16]>, rapid: bool| {
+            let mut w = chainboot_dhcp6::wire::Writer::new();
+            w.opt(1, &[0, 3, 0, 1, 0x52, 0x54, 0, 0, 1, 0]);
+            if server {
+                w.opt(2, &[0, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+            }
+            w.opt(6, &[0, 59, 0, 60, 0, 23]);
+            if let Some(v) = vendor {
+                let mut d = 343u32.to_be_bytes().to_vec();
+                d.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                d.extend_from_slice(v.as_bytes());
+                w.opt(16, &d);
+            }
+            if let Some(a) = arch {
+                w.opt(61, &a.to_be_bytes());
+            }
+            if let Some(u) = user {
+                let mut d = (u.len() as u16).to_be_bytes().to_vec();
+                d.extend_from_slice(u.as_bytes());
+                w.opt(15, &d);
+            }
+            if rapid {
+                w.opt(14, &[]);
+            }
+            let mut ia = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+            if let Some(a) = addr {
+                let mut inner = chainboot_dhcp6::wire::Writer::new();
+                let mut d = a.to_vec();
+                d.extend_from_slice(&[0; 8]);
+                inner.opt(5, &d);
+                ia.extend_from_slice(&inner.buf);
+            }
+            w.opt(3, &ia);
+            chainboot_dhcp6::wire::message(t, [1, 2, 3], &w.buf)
+        };
+        let addr = Some(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x100).octets());
+        let mut out = vec![0u8];
+        frame(&mut out, 0, &m6(1, false, None, false));
+        frame(&mut out, 0x20, &m6(3, true, addr, false));
+        frame(&mut out, 0xa0, &m6(5, true, addr, false));
+        frame(&mut out, 0x20, &m6(8, true, addr, false));
+        frame(&mut out, 0x21, &m6(1, false, None, true));
+        frame(&mut out, 0x22, &m6(11, false, None, false));
+        let hop = chainboot_dhcp6::wire::RelayHop {
+            hop_count: 0,
+            link: std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe),
+            peer: "fe80::1".parse().expect("peer"),
+            interface_id: Some(b"eth1".to_vec()),
+            client_link_layer: Some(vec![0, 1, 0x52, 0x54, 0, 0, 1, 3]),
+        };
+        frame(&mut out, 0x0b, &chainboot_dhcp6::wire::relay_forward(&[hop], m6(1, false, None, false)));
+        write(&dir, &format!("server-{name}"), &out);
+        out[0] = 1;
+        write(&dir, &format!("boot-info-{name}"), &out);
+    }
 }

@@ -108,6 +108,23 @@ pub fn run(path: Option<&Path>) -> ExitCode {
         chainboot_dhcp::Mode::Off => "off",
     };
     println!("DHCP: {mode} mode");
+    if cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off {
+        let prefixes: Vec<String> = cfg
+            .dhcp6
+            .subnet
+            .iter()
+            .map(|s| s.prefix.to_string())
+            .collect();
+        println!(
+            "DHCPv6: {} mode, prefixes {}",
+            cfg.dhcp6.mode.as_str(),
+            if prefixes.is_empty() {
+                "none".to_string()
+            } else {
+                prefixes.join(", ")
+            }
+        );
+    }
     errors += print_store(&cfg);
     print_tls(&cfg);
     let mut warnings = 0usize;

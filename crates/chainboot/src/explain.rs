@@ -1,7 +1,7 @@
 //! `chainboot explain`: a dry run of one client through the DHCP engine and the boot policy,
 //! printing what it would be told and why. Nothing is sent; the state store is only read.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,6 +46,13 @@ pub struct ExplainArgs {
     /// first subnet's router, or 192.0.2.1 as a placeholder).
     #[arg(long)]
     pub server_ip: Option<Ipv4Addr>,
+    /// Explain a DHCPv6 client (Solicit through the `[dhcp6]` engine) instead of DHCPv4.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// With --ipv6: the address of the interface the request arrives on (default:
+    /// `[dhcp6] advertise`, else the first address of the first `[[dhcp6.subnet]]` prefix).
+    #[arg(long)]
+    pub server_ip6: Option<Ipv6Addr>,
     /// Config file (TOML).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -109,7 +116,31 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         }
     ));
 
-    // DHCP: the engine itself answers a DISCOVER as it would on the wire.
+    // One policy for both answers, as in `serve` (without the event log's memory of Secure
+    // Boot refusals: `explain` runs apart from the server).
+    let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
+    let policy = Arc::new(Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?);
+    let server: IpAddr = if args.ipv6 {
+        let ip6 = explain_dhcp6(&cfg, args, mac, code, &kind, &mut out);
+        IpAddr::V6(ip6)
+    } else {
+        explain_dhcp4(&cfg, &policy, args, mac, kind, server_ip, &mut out);
+        IpAddr::V4(server_ip)
+    };
+    explain_policy(&cfg, &policy, args, mac, client_arch, server, &mut out)?;
+    Ok(out)
+}
+
+/// DHCP: the engine itself answers a DISCOVER as it would on the wire.
+fn explain_dhcp4(
+    cfg: &config::Config,
+    policy: &Arc<Policy>,
+    args: &ExplainArgs,
+    mac: Mac,
+    kind: ClientKind,
+    server_ip: Ipv4Addr,
+    out: &mut String,
+) {
     out.push_str(&format!(
         "\nDHCP ({} mode, request received on {server_ip}):\n",
         match cfg.dhcp.mode {
@@ -118,10 +149,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
             Mode::Off => "off",
         }
     ));
-    // The policy answers which loader the firmware starts, as in `serve` (without the event
-    // log's memory of refusals: `explain` runs apart from the server).
-    let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
-    let policy = Arc::new(Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?);
+    // The policy answers which loader the firmware starts, as in `serve`.
     let mut boot = cfg.boot_settings();
     boot.loaders.chooser = Some(Arc::new(crate::resolver::PolicyLoader {
         policy: policy.clone(),
@@ -185,8 +213,136 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
     if cfg.dhcp.mode == Mode::Off {
         out.push_str("  (DHCP is off: run `chainboot dhcp-config isc|dnsmasq|kea` for your server's snippet)\n");
     }
+}
 
-    // Boot policy: the script iPXE would get.
+/// DHCPv6: the `[dhcp6]` engine answers a Solicit from a client with a DUID-LL of `mac`,
+/// sent from its EUI-64 link-local address. Returns the server address it used.
+fn explain_dhcp6(
+    cfg: &config::Config,
+    args: &ExplainArgs,
+    mac: Mac,
+    code: u16,
+    kind: &ClientKind,
+    out: &mut String,
+) -> Ipv6Addr {
+    use chainboot_dhcp6::client::Client6;
+    use chainboot_dhcp6::wire::{code as opt, Options};
+    let server_ip = args
+        .server_ip6
+        .or(cfg.dhcp6.advertise)
+        .or_else(|| {
+            let p = cfg.dhcp6.subnet.first()?.prefix;
+            Some(Ipv6Addr::from(u128::from(p.network()) + 1))
+        })
+        .unwrap_or(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+    out.push_str(&format!(
+        "\nDHCPv6 ({} mode, Solicit received on {server_ip}):\n",
+        cfg.dhcp6.mode.as_str()
+    ));
+    let duid = [&[0u8, 3, 0, 1][..], &mac.0].concat();
+    let client = match kind {
+        ClientKind::Ipxe { .. } => Client6 {
+            user_class: Some("iPXE".into()),
+            ..Client6::firmware(duid, code, false)
+        },
+        ClientKind::HttpBoot { .. } => Client6::firmware(duid, code, true),
+        _ => Client6::firmware(duid, code, false),
+    };
+    let m = mac.0;
+    let link_local = Ipv6Addr::from(
+        (0xfe80u128 << 112)
+            | u128::from_be_bytes([
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                m[0] ^ 2,
+                m[1],
+                m[2],
+                0xff,
+                0xfe,
+                m[3],
+                m[4],
+                m[5],
+            ]),
+    );
+    let ingress = chainboot_dhcp6::Ingress6 {
+        ifindex: 1,
+        iface: "explain".into(),
+        local: vec![server_ip],
+        dst: chainboot_dhcp6::server::ALL_DHCP_SERVERS,
+        local_port: cfg.dhcp6.ports.server,
+        src: SocketAddrV6::new(link_local, cfg.dhcp6.ports.client, 0, 1),
+    };
+    let mut engine = chainboot_dhcp6::Engine6::new(
+        cfg.dhcp6.clone(),
+        cfg.boot_settings(),
+        vec![0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    let handled = engine.handle(SystemTime::now(), &ingress, &client.solicit());
+    if let Some(d) = &handled.decision {
+        out.push_str(&format!(
+            "  decision: {}\n",
+            serde_json::to_string(d).unwrap_or_default()
+        ));
+        if let chainboot_dhcp::BootDecision::Boot(a) = d {
+            out.push_str(&format!("  why: {}\n", a.why));
+        }
+    }
+    match handled.outcome.words() {
+        (outcome, Some(r)) => out.push_str(&format!("  outcome: {outcome} ({r})\n")),
+        (outcome, None) => out.push_str(&format!("  outcome: {outcome}\n")),
+    }
+    if let Some((_, facts)) = &handled.request {
+        if let Some((mac, from)) = facts.mac {
+            out.push_str(&format!(
+                "  machine: {mac} (MAC from its {})\n",
+                from.as_str()
+            ));
+        }
+    }
+    for reply in &handled.outgoing {
+        let kind = if reply.msg_type == chainboot_dhcp6::wire::msg::ADVERTISE {
+            "advertise"
+        } else {
+            "reply"
+        };
+        out.push_str(&format!("  {kind} to {}: ", reply.dest));
+        let opts = reply
+            .bytes
+            .get(4..)
+            .and_then(|b| Options::parse(b).ok())
+            .unwrap_or_default();
+        let addrs: Vec<String> = handled.addresses.iter().map(Ipv6Addr::to_string).collect();
+        out.push_str(&format!("addresses [{}]", addrs.join(", ")));
+        if let Some(url) = opts.get(opt::BOOTFILE_URL) {
+            out.push_str(&format!(
+                ", option 59 \"{}\"",
+                String::from_utf8_lossy(url).escape_debug()
+            ));
+        }
+        out.push_str(&format!(", {} bytes\n", reply.bytes.len()));
+    }
+    if cfg.dhcp6.mode == chainboot_dhcp6::Mode6::Off {
+        out.push_str("  (DHCPv6 is off: set [dhcp6] mode, or run `chainboot dhcp-config kea` for Kea's dhcp6 snippet)\n");
+    }
+    server_ip
+}
+
+/// Boot policy: the script iPXE would get from `server`.
+fn explain_policy(
+    cfg: &config::Config,
+    policy: &Policy,
+    args: &ExplainArgs,
+    mac: Mac,
+    client_arch: Option<chainboot_machine::ClientArch>,
+    server: IpAddr,
+    out: &mut String,
+) -> anyhow::Result<()> {
     out.push_str("\nboot policy:\n");
     let facts = chainboot_policy::ClientFacts::from_raw(
         mac,
@@ -198,13 +354,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
             ..RawFacts::default()
         },
     );
-    let port = cfg.http_port();
-    let base = HttpBase::new(&if port == 80 {
-        format!("http://{server_ip}")
-    } else {
-        format!("http://{server_ip}:{port}")
-    })
-    .map_err(anyhow::Error::msg)?;
+    let base = HttpBase::new(&cfg.boot_settings().http_base(server)).map_err(anyhow::Error::msg)?;
     let explanation = match policy.explain_now(&facts, &base, None) {
         Ok(e) => e,
         // Only a decision that needs the pixiecore API costs a runtime.
@@ -221,7 +371,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
     for line in explanation.to_string().lines() {
         out.push_str(&format!("  {line}\n"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The live store when there is one (pinned profiles and boot-once state matter): the fleet's

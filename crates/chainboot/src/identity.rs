@@ -1,6 +1,6 @@
 //! What this host knows about who holds an address, for the policy's identity checks
-//! (`chainboot_policy::access`): the DHCP server's bound leases and the kernel's neighbour
-//! table.
+//! (`chainboot_policy::access`): the DHCP and DHCPv6 servers' bound leases and the kernel's
+//! neighbour table.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -10,29 +10,33 @@ use chainboot_machine::Mac;
 use chainboot_policy::access::AddressBook;
 use parking_lot::Mutex;
 
-/// The DHCP lease table (server mode) and the IPv4 neighbour table.
+/// The DHCP lease tables (server modes) and the IPv4 neighbour table.
 pub struct HostAddressBook {
     pub dhcp: Option<Arc<Mutex<Engine>>>,
+    /// DHCPv6 leases whose MAC is known (from the DUID, the client's EUI-64 link-local address
+    /// or a relay's option 79): an iPXE fetching its script over IPv6 is proven by them.
+    pub dhcp6: Option<Arc<Mutex<chainboot_dhcp6::Engine6>>>,
     pub neighbours: NeighbourTable,
 }
 
 impl AddressBook for HostAddressBook {
     fn leased_to(&self, ip: IpAddr) -> Option<Mac> {
-        let (IpAddr::V4(v4), Some(engine)) = (ip, &self.dhcp) else {
-            return None;
-        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        engine.lock().bound_to(v4, now)
+        match (ip, &self.dhcp, &self.dhcp6) {
+            (IpAddr::V4(v4), Some(engine), _) => engine.lock().bound_to(v4, now),
+            (IpAddr::V6(v6), _, Some(engine)) => engine.lock().bound_to(v6, now),
+            _ => None,
+        }
     }
 
     fn neighbour(&self, ip: IpAddr) -> Option<Mac> {
         match ip {
             IpAddr::V4(v4) => self.neighbours.lookup(v4),
-            // IPv6 neighbours need netlink; until chainboot serves HTTP over IPv6 no boot
-            // request arrives over it from a non-loopback peer.
+            // IPv6 neighbours would need netlink; IPv6 clients are proven by their DHCPv6
+            // lease instead (`leased_to`).
             IpAddr::V6(_) => None,
         }
     }

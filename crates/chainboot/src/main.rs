@@ -107,6 +107,10 @@ enum Command {
         /// advertise`).
         #[arg(long)]
         server_ip: Option<std::net::Ipv4Addr>,
+        /// Kea's `Dhcp6` snippet (only `kea`), for this IPv6 address of chainboot's (default:
+        /// `[dhcp6] advertise`).
+        #[arg(long, value_name = "IPV6")]
+        ipv6: Option<Option<std::net::Ipv6Addr>>,
         /// Config file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -158,12 +162,53 @@ fn main() -> ExitCode {
         Command::DhcpConfig {
             server,
             server_ip,
+            ipv6: Some(ip6),
+            config,
+        } => {
+            let _ = server_ip;
+            dhcp6_config(server, ip6, config.as_deref())
+        }
+        Command::DhcpConfig {
+            server,
+            server_ip,
+            ipv6: None,
             config,
         } => dhcp_config(server, server_ip, config.as_deref()),
         Command::Init(args) => init::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Generate { command } => generate::run(&command, Cli::command()),
     }
+}
+
+/// Kea's Dhcp6 client classes (the other servers' IPv6 configuration is not generated).
+fn dhcp6_config(
+    kind: chainboot_dhcp::SnippetKind,
+    server_ip: Option<std::net::Ipv6Addr>,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    if kind != chainboot_dhcp::SnippetKind::Kea {
+        eprintln!("chainboot dhcp-config: --ipv6 is for kea only (Kea's Dhcp6 snippet)");
+        return ExitCode::from(2);
+    }
+    let cfg = match config::load(config) {
+        Ok((c, _)) => c,
+        Err(p) => {
+            eprintln!("{p}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(ip) = server_ip.or(cfg.dhcp6.advertise) else {
+        eprintln!(
+            "chainboot dhcp-config: the snippet needs this server's IPv6 address: pass \
+             --ipv6 ADDRESS or set [dhcp6] advertise"
+        );
+        return ExitCode::from(2);
+    };
+    print!(
+        "{}",
+        chainboot_dhcp6::snippet::kea6(&cfg.boot_settings(), ip)
+    );
+    ExitCode::SUCCESS
 }
 
 fn dhcp_config(

@@ -193,6 +193,7 @@ fn start_ra(
     if cfg.ipv6.router_advertisements == RaMode::Off {
         return ra_stats;
     }
+    let advertisement = advertisement_for(cfg);
     for iface in ifaces {
         if let Ok(mut list) = ra_stats.interfaces.lock() {
             list.push(iface.name.clone());
@@ -204,7 +205,7 @@ fn start_ra(
         if matches!(state, chainboot_ra::Ipv6State::Disabled(_)) {
             continue;
         }
-        match RaServer::bind(&iface.name, &cfg.ipv6, ra_stats.clone()) {
+        match RaServer::bind(&iface.name, &cfg.ipv6, &advertisement, ra_stats.clone()) {
             Ok(server) => {
                 let token = shutdown.clone();
                 tasks.spawn(async move { ("ipv6-ra", server.run(token).await) });
@@ -215,6 +216,45 @@ fn start_ra(
         }
     }
     ra_stats
+}
+
+/// The router advertisement matching `[dhcp6]`: with chainboot handing out addresses, M and O
+/// with the DHCPv6 prefixes on-link; boot information only, O (iPXE then asks for it with an
+/// Information-Request); DHCPv6 off, the empty advertisement that only ends iPXE's wait.
+fn advertisement_for(cfg: &config::Config) -> chainboot_ra::Advertisement {
+    use chainboot_dhcp6::Mode6;
+    let lifetime = u16::try_from(cfg.ipv6.router_lifetime.as_secs()).unwrap_or(u16::MAX);
+    match cfg.dhcp6.mode {
+        Mode6::Off => chainboot_ra::Advertisement::default(),
+        Mode6::BootInfo => chainboot_ra::Advertisement {
+            other: true,
+            router_lifetime: lifetime,
+            ..Default::default()
+        },
+        Mode6::Server => chainboot_ra::Advertisement {
+            managed: true,
+            other: true,
+            router_lifetime: lifetime,
+            prefixes: cfg
+                .dhcp6
+                .subnet
+                .iter()
+                .map(|s| {
+                    let valid = s
+                        .valid_lifetime
+                        .unwrap_or(cfg.dhcp6.valid_lifetime)
+                        .as_secs();
+                    let valid = u32::try_from(valid).unwrap_or(u32::MAX - 1);
+                    (
+                        s.prefix.network(),
+                        s.prefix.prefix_len(),
+                        valid,
+                        valid / 8 * 5,
+                    )
+                })
+                .collect(),
+        },
+    }
 }
 
 /// TFTP over the generated files, the iPXE binaries, the ISO images and `[tftp] root`.
@@ -252,7 +292,11 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
 
 /// DHCP; and, since the DHCP engine knows who holds which address, the policy's identity
 /// checks (it acts for a MAC only on requests from that machine).
-fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
+fn bind_dhcp(
+    cfg: &config::Config,
+    sh: &Shared,
+    dhcp6: &chainboot_dhcp6::Dhcp6Server,
+) -> anyhow::Result<DhcpServer> {
     let mut boot = cfg.boot_settings();
     boot.loaders.chooser = Some(Arc::new(PolicyLoader {
         policy: sh.policy.clone(),
@@ -271,11 +315,26 @@ fn bind_dhcp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<DhcpServer> {
     sh.policy.set_access(
         Arc::new(HostAddressBook {
             dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp.engine()),
+            dhcp6: (cfg.dhcp6.mode == chainboot_dhcp6::Mode6::Server).then(|| dhcp6.engine()),
             neighbours: NeighbourTable::new(&interfaces::list().unwrap_or_default()),
         }),
         &sh.token,
     );
     Ok(dhcp)
+}
+
+/// DHCPv6 (`[dhcp6]`; bound but idle in mode `off`).
+fn bind_dhcp6(cfg: &config::Config, sh: &Shared) -> anyhow::Result<chainboot_dhcp6::Dhcp6Server> {
+    let dhcp6 = chainboot_dhcp6::Dhcp6Server::bind(
+        cfg.dhcp6.clone(),
+        cfg.boot_settings(),
+        sh.store.clone(),
+        sh.observers.clone(),
+    )?;
+    if cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off {
+        info!(mode = ?cfg.dhcp6.mode, "DHCPv6 ready");
+    }
+    Ok(dhcp6)
 }
 
 /// The boot listener's router (static content and the machine routes) and the management
@@ -343,7 +402,8 @@ async fn serve(
     ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let tftp = bind_tftp(&cfg, &sh)?;
-    let dhcp = bind_dhcp(&cfg, &sh)?;
+    let dhcp6 = bind_dhcp6(&cfg, &sh)?;
+    let dhcp = bind_dhcp(&cfg, &sh, &dhcp6)?;
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = dhcp.engine();
     let fleet = (cfg.store.backend == chainboot_store::StoreBackend::Postgres).then(|| {
@@ -376,12 +436,14 @@ async fn serve(
         metrics: sh.observers.metrics.clone(),
         dhcp_counters: Some(dhcp.counters()),
         dhcp_engine: Some(dhcp.engine()),
+        dhcp6_counters: (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off).then(|| dhcp6.counters()),
         tftp: Some(tftp.stats()),
         http: Some(http.stats()),
         ra: Some(ra_stats),
         info: Arc::new(json!({
             "config": source.to_string(),
             "dhcp_mode": format!("{:?}", cfg.dhcp.mode).to_lowercase(),
+            "dhcp6_mode": format!("{:?}", cfg.dhcp6.mode).to_lowercase(),
             "interfaces": ifaces.iter().map(|i| &i.name).collect::<Vec<_>>(),
             "tftp": cfg.tftp.listen.to_string(),
             "http": http_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -407,6 +469,13 @@ async fn serve(
         (
             "dhcp",
             dhcp.run(shutdown.clone())
+                .map(|r| r.map_err(std::io::Error::other))
+                .boxed(),
+        ),
+        (
+            "dhcp6",
+            dhcp6
+                .run(shutdown.clone())
                 .map(|r| r.map_err(std::io::Error::other))
                 .boxed(),
         ),

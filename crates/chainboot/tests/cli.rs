@@ -317,6 +317,89 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
 }
 
 #[test]
+fn explain_ipv6_shows_the_dhcpv6_answer_with_a_bracketed_url_and_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[dhcp6]\nmode = \"server\"\n[[dhcp6.subnet]]\nprefix = \"2001:db8:1::/64\"\npools = [[\"2001:db8:1::1000\", \"2001:db8:1::1fff\"]]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let (_, out) = chainboot(&["check", "-c", c]);
+    assert!(
+        out.contains("DHCPv6: server mode, prefixes 2001:db8:1::/64"),
+        "{out}"
+    );
+    let args = ["explain", "-c", c, "--ipv6", "--mac", "52:54:00:00:00:01"];
+    let (code, out) = chainboot(&[&args[..], &["--arch", "7"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("DHCPv6 (server mode, Solicit received on 2001:db8:1::1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("option 59 \"tftp://[2001:db8:1::1]/ipxe.efi\""),
+        "{out}"
+    );
+    assert!(out.contains("outcome: advertise\n"), "{out}");
+    assert!(
+        out.contains("machine: 52:54:00:00:00:01 (MAC from its DUID)"),
+        "{out}"
+    );
+    assert!(out.contains("addresses [2001:db8:1::"), "{out}");
+    for debug in ["Replied(", "Some(", "Server mode", "Duid"] {
+        assert!(!out.contains(debug), "{debug} in: {out}");
+    }
+    let (_, out) = chainboot(&[&args[..], &["--arch", "7", "--user-class", "iPXE"]].concat());
+    assert!(out.contains("option 59 \"http://[2001:db8:1::1]:"), "{out}");
+    assert!(out.contains("/boot.ipxe\""), "{out}");
+    assert!(
+        out.contains("kernel --name kernel http://[2001:db8:1::1]:"),
+        "the script's URLs: {out}"
+    );
+}
+
+#[test]
+fn the_kea_dhcp6_snippet_is_accepted_by_kea_dhcp6() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = loopback_config(dir.path(), "");
+    let (code, snippet) = chainboot(&[
+        "dhcp-config",
+        "kea",
+        "--ipv6",
+        "2001:db8::1",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{snippet}");
+    assert!(
+        snippet.contains("tftp://[2001:db8::1]/ipxe.efi"),
+        "{snippet}"
+    );
+    let kea = dir.path().join("kea6.json");
+    std::fs::write(
+        &kea,
+        format!(
+            "{{ \"Dhcp6\": {{ \"interfaces-config\": {{ \"interfaces\": [] }},\n\
+             \"lease-database\": {{ \"type\": \"memfile\", \"persist\": false }},\n{snippet} }} }}"
+        ),
+    )
+    .unwrap();
+    // `kea-dhcp6 -t` parses and checks a configuration without serving.
+    let out = std::process::Command::new("kea-dhcp6")
+        .arg("-t")
+        .arg(&kea)
+        .output()
+        .expect("kea-dhcp6 (package kea-dhcp6-server, .ci/install-deps)");
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !log.contains("ERROR"), "{log}");
+    let (code, out) = chainboot(&["dhcp-config", "isc", "--ipv6", "2001:db8::1"]);
+    assert_eq!(code, 2, "kea only: {out}");
+}
+
+#[test]
 fn dhcp_config_prints_a_snippet_for_each_server() {
     for (kind, needle) in [
         ("isc", "user-class"),

@@ -71,6 +71,37 @@ fn a_solicitation_gets_an_advertisement_with_nothing_in_it() {
 }
 
 #[test]
+fn with_dhcpv6_handing_out_addresses_the_advertisement_says_m_o_and_the_prefix_on_link() {
+    require_root_and(&["ip", "rdisc6"]);
+    let net = NetPair::new("ra3", 22);
+    sh(&format!(
+        "ip -n {} addr add 2001:db8:22::1/64 dev srv0 nodad",
+        net.server
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "auto");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "router_lifetime = \"30m\"\n[dhcp6]\nmode = \"server\"\nports = { server = 10547, client = 10546 }\n\
+         [[dhcp6.subnet]]\nprefix = \"2001:db8:22::/64\"\npools = [[\"2001:db8:22::100\", \"2001:db8:22::1ff\"]]\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    server.wait_for_log("M and O set", Duration::from_secs(20));
+    // rdisc6 aligns its columns: compare with single spaces.
+    let answer = solicit(&net.client);
+    let words = answer.split_whitespace().collect::<Vec<_>>().join(" ");
+    for line in [
+        "Stateful address conf. : Yes",
+        "Stateful other conf. : Yes",
+        "Router lifetime : 1800 ",
+        "Prefix : 2001:db8:22::/64 On-link : Yes Autonomous address conf.: No",
+    ] {
+        assert!(words.contains(line), "{line} in: {answer}");
+    }
+}
+
+#[test]
 fn auto_goes_quiet_when_a_real_router_is_heard_and_off_sends_nothing() {
     require_root_and(&["ip", "rdisc6", "radvd"]);
     let net = NetPair::new("ra2", 21);

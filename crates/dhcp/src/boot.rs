@@ -21,7 +21,7 @@
 //!   loader is `grub` gets iPXE, and the answer's `why` says so.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use chainboot_machine::{Arch, BootTransport, ClientArch, Loader, Mac};
@@ -204,21 +204,52 @@ impl BootSettings {
         self.advertise.unwrap_or(ingress)
     }
 
-    /// `http://server[:port]`.
-    pub fn http_base(&self, server: Ipv4Addr) -> String {
+    /// `http://server[:port]` (an IPv6 server in brackets, as URLs need it).
+    pub fn http_base(&self, server: impl Into<IpAddr>) -> String {
+        let host = url_host(server.into());
         if self.http_port == 80 {
-            format!("http://{server}")
+            format!("http://{host}")
         } else {
-            format!("http://{server}:{}", self.http_port)
+            format!("http://{host}:{}", self.http_port)
         }
     }
 
     /// `https://server[:port]`, when there is a TLS listener.
-    pub fn https_base(&self, server: Ipv4Addr) -> Option<String> {
+    pub fn https_base(&self, server: impl Into<IpAddr>) -> Option<String> {
+        let host = url_host(server.into());
         self.https_port.map(|port| match port {
-            443 => format!("https://{server}"),
-            port => format!("https://{server}:{port}"),
+            443 => format!("https://{host}"),
+            port => format!("https://{host}:{port}"),
         })
+    }
+}
+
+/// An address as a URL's host: IPv6 literals in brackets (RFC 3986 §3.2.2; edk2's URL
+/// parser refuses a `tftp://` or `http://` URL with a bare IPv6 address).
+pub fn url_host(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// `tftp://server/path`: how DHCPv6 names a TFTP file (option 59 is always a URL).
+pub fn tftp_url(server: IpAddr, path: &str) -> String {
+    format!(
+        "tftp://{}/{}",
+        url_host(server),
+        path.trim_start_matches('/')
+    )
+}
+
+impl BootAnswer {
+    /// The answer as one URL, the way DHCPv6 gives it (option 59): a TFTP path becomes
+    /// `tftp://next_server/path`, HTTP answers already are URLs.
+    pub fn url(&self) -> String {
+        match self.stage {
+            BootStage::FirstStage | BootStage::ScriptTftp => tftp_url(self.next_server, &self.file),
+            BootStage::FirstStageHttp | BootStage::ScriptHttp => self.file.clone(),
+        }
     }
 }
 
@@ -366,7 +397,8 @@ pub struct BootAnswer {
     /// Goes into the BOOTP `file` field (and option 67 when asked for): a TFTP path or URL.
     pub file: String,
     /// siaddr: the TFTP server (set in every answer; iPXE ignores proxy replies without it).
-    pub next_server: Ipv4Addr,
+    /// An IPv6 address for DHCPv6 clients, which get TFTP as a `tftp://` URL instead.
+    pub next_server: IpAddr,
     /// Option 60 to send: "PXEClient" or "HTTPClient".
     pub vendor_class: &'static str,
     pub arch: Option<Arch>,
@@ -398,7 +430,12 @@ pub enum BootDecision {
 
 /// Decides what `facts` gets when its request reached chainboot at `server` (the address to
 /// advertise: [`BootSettings::server_for`]).
-pub fn decide(facts: &ClientFacts, settings: &BootSettings, server: Ipv4Addr) -> BootDecision {
+pub fn decide(
+    facts: &ClientFacts,
+    settings: &BootSettings,
+    server: impl Into<IpAddr>,
+) -> BootDecision {
+    let server: IpAddr = server.into();
     if !facts.is_boot_client() {
         return BootDecision::NoBoot(NoBoot::NotBootClient);
     }
@@ -528,7 +565,7 @@ mod tests {
                 (BootStage::FirstStage, file),
                 "arch {code}"
             );
-            assert_eq!(a.next_server, SERVER);
+            assert_eq!(a.next_server, IpAddr::from(SERVER));
             assert_eq!(a.vendor_class, "PXEClient");
         }
         let snp = BootSettings {
@@ -569,7 +606,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a.file, "http://198.18.9.9/boot.ipxe");
-        assert_eq!(a.next_server, Ipv4Addr::new(198, 18, 9, 9));
+        assert_eq!(a.next_server, IpAddr::from(Ipv4Addr::new(198, 18, 9, 9)));
         f.ipxe_http = false;
         let a = answer(&f, &s);
         assert_eq!(
@@ -614,6 +651,30 @@ mod tests {
             answer(&hb, &marked).file,
             "https://198.18.0.1/ipxe-bin/ipxe.efi"
         );
+    }
+
+    #[test]
+    fn ipv6_servers_appear_in_brackets_in_every_url() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let s = BootSettings {
+            http_port: 8080,
+            ..Default::default()
+        };
+        let BootDecision::Boot(a) = decide(&pxe(7), &s, v6) else {
+            panic!()
+        };
+        assert_eq!(a.url(), "tftp://[2001:db8::1]/ipxe.efi");
+        let hb = ClientFacts {
+            vendor_class: Some("HTTPClient:Arch:00016:UNDI:003000".into()),
+            arch_code: Some(16),
+            ..Default::default()
+        };
+        let BootDecision::Boot(a) = decide(&hb, &s, v6) else {
+            panic!()
+        };
+        assert_eq!(a.url(), "http://[2001:db8::1]:8080/ipxe-bin/ipxe.efi");
+        // A v4 answer's URL form is the same TFTP path with the server in front.
+        assert_eq!(answer(&pxe(0), &s).url(), "tftp://198.18.0.1/undionly.kpxe");
     }
 
     #[test]

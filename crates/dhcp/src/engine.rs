@@ -13,6 +13,9 @@
 //! - `leases`: the lease table (generic over the address type);
 //! - `guard`: the starvation guard (generic over the address type);
 //! - `rate`: token buckets per key (generic over the key);
+//!
+//! [`LeaseTable`], [`Guard`] and [`RateTable`] are public for the DHCPv6 engine
+//! (`chainboot-dhcp6`), which keeps IPv6 leases keyed by DUID + IAID in the same tables.
 //! - `counters`: the counters behind `/metrics`;
 //! - `tests`: the engine as packet traces with a fake clock.
 
@@ -38,12 +41,11 @@ use crate::config::{DhcpConfig, Mode};
 use crate::wire::{parse_request, MessageType, ParseError, Request};
 use counters::bump;
 pub use counters::Counters;
-pub use guard::GuardState;
-use leases::{ClientKey, LeaseTable};
-pub use leases::{Lease, LeaseStatus};
+pub use guard::{Guard, GuardState};
+pub use leases::{ClientKey, Lease, LeaseStatus, LeaseTable};
 pub use pool::PoolUsage;
 use pool::SubnetPlan;
-use rate::RateTable;
+pub use rate::RateTable;
 
 /// Where a request came in: the driver learns it from IP_PKTINFO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +246,7 @@ impl Engine {
     /// start full, counters go on. Mode and ports belong to the sockets: the caller restarts
     /// for those.
     pub fn reconfigure(&mut self, cfg: DhcpConfig) {
-        let leases = std::mem::replace(&mut self.leases, LeaseTable::new());
+        let leases = std::mem::take(&mut self.leases);
         let counters = self.counters.clone();
         let boot = self.boot.clone();
         let fleet = self.fleet.take();

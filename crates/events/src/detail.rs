@@ -107,7 +107,10 @@ pub trait Detail: Serialize {
 /// One DHCP exchange of a boot client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DhcpDetail {
-    /// The request's message type, lower case (`discover`, `request`, ...).
+    /// `ipv4` (DHCP) or `ipv6` (DHCPv6): one machine's timeline holds both.
+    pub family: &'static str,
+    /// The request's message type, lower case (`discover`, `request`, ...; DHCPv6: `solicit`,
+    /// `request`, `renew`, `information-request`, ...).
     pub msg: String,
     /// `pxe`, `http-boot` (firmware), `ipxe`, or `other`.
     pub client: &'static str,

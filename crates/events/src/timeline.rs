@@ -394,6 +394,7 @@ mod tests {
 
     fn dhcp(msg: &str, client: &'static str, outcome: Outcome) -> DhcpDetail {
         DhcpDetail {
+            family: "ipv4",
             msg: msg.into(),
             client,
             arch: Some(7),

@@ -42,6 +42,8 @@ pub struct OpsState {
     pub metrics: Arc<Metrics>,
     pub dhcp_counters: Option<Arc<Counters>>,
     pub dhcp_engine: Option<Arc<Mutex<Engine>>>,
+    /// The DHCPv6 engine's counters (family ipv6), when `[dhcp6]` is on.
+    pub dhcp6_counters: Option<Arc<chainboot_dhcp6::Counters6>>,
     pub tftp: Option<Arc<TftpStats>>,
     pub http: Option<Arc<HttpStats>>,
     pub ra: Option<Arc<RaStats>>,
@@ -386,11 +388,25 @@ pub fn render_metrics(st: &OpsState) -> String {
         st.started.elapsed().as_secs_f64(),
     );
     write_dhcp(&mut w, st);
+    write_dhcp6(&mut w, st);
     write_tftp(&mut w, st);
     write_http(&mut w, st);
     write_ra(&mut w, st);
     write_events(&mut w, st);
     w.finish()
+}
+
+/// DHCPv6: the engine's counters (`chainboot_dhcp6_*`, the IPv6 family's).
+fn write_dhcp6(w: &mut Writer, st: &OpsState) {
+    if let Some(c) = &st.dhcp6_counters {
+        for (name, v) in c.snapshot() {
+            w.counter(
+                &format!("chainboot_dhcp6_{name}"),
+                "DHCPv6 engine counter (see docs/api.md).",
+                v,
+            );
+        }
+    }
 }
 
 /// DHCP: the engine's counters, exchanges, decision times, pool usage.

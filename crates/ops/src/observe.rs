@@ -360,6 +360,7 @@ impl chainboot_dhcp::DhcpObserver for Observers {
             None => serde_json::Value::Null,
         };
         let detail = DhcpDetail {
+            family: "ipv4",
             msg: msg_label(*msg).to_string(),
             client: kind,
             arch: facts.arch_code,
@@ -372,6 +373,75 @@ impl chainboot_dhcp::DhcpObserver for Observers {
         };
         self.events
             .record(facts.mac, DhcpDetail::KIND, detail.to_json());
+    }
+}
+
+impl chainboot_dhcp6::Dhcp6Observer for Observers {
+    /// The DHCPv6 side of a machine's timeline, in the same `dhcp` events (family `ipv6`):
+    /// boot clients' exchanges are recorded under the MAC behind the DUID, and a bound
+    /// address maps that machine's later TFTP/HTTP requests over IPv6 to it. Ordinary clients
+    /// are counted only (`chainboot_dhcp6_*`).
+    fn exchange(
+        &self,
+        ingress: &chainboot_dhcp6::Ingress6,
+        handled: &chainboot_dhcp6::Handled6,
+        decided_in: std::time::Duration,
+    ) {
+        use chainboot_dhcp6::wire::msg as m;
+        self.metrics
+            .dhcp_decision_seconds
+            .observe_duration(decided_in);
+        let Some((t, facts)) = &handled.request else {
+            return;
+        };
+        let mac = facts.mac.map(|(mac, _)| mac);
+        if let (Some(mac), chainboot_dhcp6::Outcome6::Replied(m::REPLY)) = (mac, handled.outcome) {
+            for addr in &handled.addresses {
+                self.events.learn_ip(IpAddr::V6(*addr), mac, true);
+            }
+        }
+        let kind = client_kind(&facts.boot);
+        if kind == "other" {
+            return;
+        }
+        let msg = match *t {
+            m::SOLICIT => "solicit",
+            m::REQUEST => "request",
+            m::CONFIRM => "confirm",
+            m::RENEW => "renew",
+            m::REBIND => "rebind",
+            m::RELEASE => "release",
+            m::DECLINE => "decline",
+            _ => "information-request",
+        };
+        let (outcome, reason) = match handled.outcome.words() {
+            ("advertise", _) => (Outcome::Offer, None),
+            ("reply", _) => (Outcome::Ack, None),
+            ("dropped", r) => (Outcome::Dropped, r),
+            (
+                _,
+                r @ Some("no-subnet" | "pool-exhausted" | "new-client-limit" | "no-server-address"),
+            ) => (Outcome::Refused, r),
+            (_, r) => (Outcome::Ignored, r),
+        };
+        let decision = match &handled.decision {
+            Some(BootDecision::Boot(a)) => json!({"stage": a.stage, "file": a.url()}),
+            Some(BootDecision::NoBoot(n)) => json!({"no_boot": n}),
+            None => serde_json::Value::Null,
+        };
+        let detail = DhcpDetail {
+            family: "ipv6",
+            msg: msg.to_string(),
+            client: kind,
+            arch: facts.boot.arch_code,
+            iface: ingress.iface.clone(),
+            port: ingress.local_port,
+            outcome,
+            reason,
+            address: handled.addresses.first().map(|a| a.to_string()),
+            decision,
+        };
+        self.events.record(mac, DhcpDetail::KIND, detail.to_json());
     }
 }
 

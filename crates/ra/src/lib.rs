@@ -10,6 +10,9 @@
 //! address from it), M and O clear (no DHCPv6). In `auto` mode it stays quiet on any link where
 //! a real IPv6 router has been heard.
 //!
+//! When chainboot's DHCPv6 hands out addresses the advertisement says so ([`Advertisement`]):
+//! M and O set, the DHCPv6 prefixes on-link, the router lifetime the operator configured.
+//!
 //! [`responder`] is the sans-IO core; [`RaServer`] owns one raw ICMPv6 socket per interface.
 
 pub mod responder;
@@ -27,7 +30,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use responder::{Policy, Responder};
+pub use responder::{Advertisement, Policy, Responder};
 
 /// `[ipv6] router_advertisements`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -53,6 +56,10 @@ pub struct Ipv6Config {
     /// How long a heard IPv6 router keeps `auto` quiet.
     #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
     pub quiet_after_router: Duration,
+    /// Router lifetime of the advertisements (0: not a default router). Only matters when
+    /// `[dhcp6]` hands out addresses and chainboot's host routes for the boot network.
+    #[serde(deserialize_with = "chainboot_config::duration::deserialize")]
+    pub router_lifetime: Duration,
 }
 
 impl Default for Ipv6Config {
@@ -61,6 +68,7 @@ impl Default for Ipv6Config {
             router_advertisements: RaMode::Auto,
             min_interval: Duration::from_millis(250),
             quiet_after_router: Duration::from_secs(3600),
+            router_lifetime: Duration::ZERO,
         }
     }
 }
@@ -73,6 +81,12 @@ impl chainboot_config::Validate for Ipv6Config {
                 vec!["min_interval".into()],
                 "must be at least 10ms (it bounds the packets a solicitation flood can cause)"
                     .into(),
+            ));
+        }
+        if self.router_lifetime > Duration::from_secs(9000) {
+            out.push(chainboot_config::Issue::new(
+                vec!["router_lifetime".into()],
+                "must be at most 9000s (RFC 4861 §6.2.1 MaxRtrAdvInterval bound)".into(),
             ));
         }
         out
@@ -168,12 +182,19 @@ pub struct RaServer {
     stats: Arc<RaStats>,
     /// Consecutive failed sends (for quiet retries during start-up).
     failures: u32,
+    /// M set (for the log line).
+    managed: bool,
 }
 
 impl RaServer {
     /// Opens the socket on `interface`. Fails (and the caller logs and goes on without RA)
     /// when IPv6 is disabled or the process lacks CAP_NET_RAW.
-    pub fn bind(interface: &str, cfg: &Ipv6Config, stats: Arc<RaStats>) -> io::Result<RaServer> {
+    pub fn bind(
+        interface: &str,
+        cfg: &Ipv6Config,
+        advertisement: &Advertisement,
+        stats: Arc<RaStats>,
+    ) -> io::Result<RaServer> {
         let policy = match cfg.router_advertisements {
             RaMode::Auto => Policy::Auto,
             RaMode::Always => Policy::Always,
@@ -207,7 +228,9 @@ impl RaServer {
             socket: UdpSocket::from_std(std::net::UdpSocket::from(std::os::fd::OwnedFd::from(
                 socket,
             )))?,
-            responder: Responder::new(policy, cfg.min_interval, cfg.quiet_after_router),
+            responder: Responder::new(policy, cfg.min_interval, cfg.quiet_after_router)
+                .with_advertisement(advertisement),
+            managed: advertisement.managed,
             stats,
             failures: 0,
         })
@@ -215,7 +238,11 @@ impl RaServer {
 
     /// Runs until cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) -> io::Result<()> {
-        info!(interface = %self.interface, "answering IPv6 router solicitations with an empty advertisement");
+        if self.managed {
+            info!(interface = %self.interface, "answering IPv6 router solicitations: M and O set (chainboot's DHCPv6 hands out addresses), its prefixes on-link");
+        } else {
+            info!(interface = %self.interface, "answering IPv6 router solicitations with an empty advertisement");
+        }
         let mut buf = [0u8; 1500];
         loop {
             let sleep_until = self
@@ -237,7 +264,7 @@ impl RaServer {
                             Ok(_) => {
                                 self.failures = 0;
                                 self.stats.advertisements_sent.fetch_add(1, Ordering::Relaxed);
-                                debug!(interface = %self.interface, "sent empty router advertisement");
+                                debug!(interface = %self.interface, "sent router advertisement");
                             }
                             Err(e) => {
                                 // Right after start the link-local address may still be

@@ -74,6 +74,40 @@ pub fn classify(msg: &[u8]) -> Heard {
 }
 
 /// Per-link state.
+/// What chainboot advertises: nothing (the empty advertisement, IPv4-only boot networks), or,
+/// when its DHCPv6 hands out addresses, M and O set with the DHCPv6 prefixes on-link (L set, A
+/// clear: addresses come from DHCPv6 only, as /128s, so hosts must learn from here that the
+/// prefix is on the link) and the router lifetime the operator chose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Advertisement {
+    /// M: addresses from DHCPv6 (iPXE then sends a Solicit).
+    pub managed: bool,
+    /// O: other configuration from DHCPv6 (alone: iPXE sends an Information-Request).
+    pub other: bool,
+    /// Seconds; 0 = not a default router.
+    pub router_lifetime: u16,
+    /// On-link prefixes (address, length) with their valid and preferred lifetimes.
+    pub prefixes: Vec<(Ipv6Addr, u8, u32, u32)>,
+}
+
+impl Advertisement {
+    /// The ICMPv6 message (RFC 4861 §4.2, prefix information §4.6.2); the kernel fills the
+    /// checksum of a raw ICMPv6 socket.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = EMPTY_ADVERTISEMENT.to_vec();
+        out[5] = if self.managed { 0x80 } else { 0 } | if self.other { 0x40 } else { 0 };
+        out[6..8].copy_from_slice(&self.router_lifetime.to_be_bytes());
+        for (prefix, len, valid, preferred) in &self.prefixes {
+            out.extend_from_slice(&[3, 4, *len, 0x80]);
+            out.extend_from_slice(&valid.to_be_bytes());
+            out.extend_from_slice(&preferred.to_be_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&prefix.octets());
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Responder {
     policy: Policy,
@@ -86,6 +120,8 @@ pub struct Responder {
     last_sent: Option<Instant>,
     due: Option<Instant>,
     router_heard: Option<Instant>,
+    /// The advertisement sent (encoded once).
+    advertisement: Vec<u8>,
 }
 
 impl Responder {
@@ -97,7 +133,14 @@ impl Responder {
             last_sent: None,
             due: None,
             router_heard: None,
+            advertisement: EMPTY_ADVERTISEMENT.to_vec(),
         }
+    }
+
+    /// Sends `advertisement` instead of the empty one.
+    pub fn with_advertisement(mut self, advertisement: &Advertisement) -> Self {
+        self.advertisement = advertisement.encode();
+        self
     }
 
     /// Feeds one received ICMPv6 message from `source`. Messages from our own addresses must
@@ -141,7 +184,7 @@ impl Responder {
     }
 
     /// The advertisement to multicast now, if one is due.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<&'static [u8]> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
         let due = self.due?;
         if now < due {
             return None;
@@ -151,7 +194,7 @@ impl Responder {
             return None;
         }
         self.last_sent = Some(now);
-        Some(&EMPTY_ADVERTISEMENT)
+        Some(&self.advertisement)
     }
 
     /// The advertisement from the last [`Responder::poll_transmit`] could not be sent (e.g.
@@ -209,6 +252,37 @@ mod tests {
             }
         );
         assert!(r.poll_transmit(t0).is_none());
+    }
+
+    #[test]
+    fn a_managed_advertisement_carries_m_o_the_lifetime_and_on_link_prefixes() {
+        let t0 = Instant::now();
+        let adv = Advertisement {
+            managed: true,
+            other: true,
+            router_lifetime: 1800,
+            prefixes: vec![("2001:db8:1::".parse().unwrap(), 64, 3600, 2250)],
+        };
+        let mut r = responder(Policy::Auto).with_advertisement(&adv);
+        r.handle(t0, SRC, &RS);
+        let ra = r.poll_transmit(t0).unwrap().to_vec();
+        assert_eq!(ra.len(), 16 + 32);
+        assert_eq!(ra[5], 0xc0, "M and O");
+        assert_eq!(&ra[6..8], &1800u16.to_be_bytes());
+        assert_eq!(
+            &ra[16..20],
+            &[3, 4, 64, 0x80],
+            "prefix information, on-link, no SLAAC"
+        );
+        assert_eq!(&ra[20..24], &3600u32.to_be_bytes());
+        assert_eq!(
+            &ra[32..48],
+            &"2001:db8:1::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        // Another router still silences it in auto mode.
+        r.handle(t0, SRC, &real_router_ra());
+        r.handle(t0 + Duration::from_secs(1), SRC, &RS);
+        assert!(r.poll_transmit(t0 + Duration::from_secs(1)).is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Config {
     pub http: chainboot_http::HttpConfig,
     pub iso: Vec<chainboot_iso::IsoConfig>,
     pub dhcp: chainboot_dhcp::DhcpConfig,
+    pub dhcp6: chainboot_dhcp6::Dhcp6Config,
     pub profile: Vec<chainboot_policy::ProfileConfig>,
     pub group: Vec<chainboot_policy::GroupConfig>,
     pub boot: chainboot_policy::BootConfig,
@@ -88,6 +89,7 @@ impl Validate for Config {
         out.extend(under(&["ipv6"], self.ipv6.validate()));
         out.extend(under(&["tftp"], self.tftp.validate()));
         out.extend(under(&["dhcp"], self.dhcp.validate()));
+        out.extend(under(&["dhcp6"], self.dhcp6.validate()));
         out.extend(under(&["events"], self.events.validate()));
         out.extend(under(&["machines"], self.machines.validate()));
         out.extend(under(&["store"], self.store.validate()));
@@ -159,6 +161,7 @@ pub fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
         http,
         iso,
         dhcp,
+        dhcp6,
         profile,
         group,
         boot,

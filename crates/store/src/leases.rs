@@ -72,7 +72,7 @@ impl LeaseState {
         }
     }
 
-    fn parse(s: &str) -> Option<LeaseState> {
+    pub(crate) fn parse(s: &str) -> Option<LeaseState> {
         match s {
             "bound" => Some(LeaseState::Bound),
             "released" => Some(LeaseState::Released),

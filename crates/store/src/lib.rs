@@ -8,13 +8,14 @@
 //!   fleet (see `pg`).
 //!
 //! Each concern owns a module with its schema and queries for both backends (`leases`,
-//! `machines`, `events`, `servers`); this file owns the SQLite connection handling, `schema`
+//! `leases6`, `machines`, `events`, `servers`); this file owns the SQLite connection handling, `schema`
 //! the versioned migrations, `pg` the PostgreSQL pool.
 
 pub mod config;
 pub mod events;
 mod journal;
 pub mod leases;
+pub mod leases6;
 pub mod limit;
 pub mod machines;
 mod pg;

@@ -35,6 +35,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::events::MIGRATION,
     // 5: live servers; which server wrote an event or a lease.
     crate::servers::MIGRATION,
+    // 6: DHCPv6 leases and the server's DUID.
+    crate::leases6::MIGRATION,
 ];
 
 /// The schema version this binary brings databases to.

@@ -17,7 +17,7 @@ use super::leases::LeaseStatus;
 use super::{unix, Engine};
 
 /// One pool's unproven holdings.
-pub(crate) struct Guard<A> {
+pub struct Guard<A> {
     /// The pool addresses held by unproven clients. Kept exact on every state change so that
     /// the check is O(1) per packet.
     held: HashSet<A>,
@@ -43,7 +43,7 @@ pub struct GuardState {
 
 impl<A: Copy + Ord + Hash> Guard<A> {
     /// A guard for a pool of `dynamic` addresses (static hosts' excluded).
-    pub(crate) fn new(share: f64, dynamic: u64) -> Guard<A> {
+    pub fn new(share: f64, dynamic: u64) -> Guard<A> {
         // The epsilon keeps 0.7 x 10 from rounding up to 8.
         let cap = (share * dynamic as f64 - 1e-9).ceil().max(0.0) as u64;
         Guard {
@@ -55,17 +55,17 @@ impl<A: Copy + Ord + Hash> Guard<A> {
         }
     }
 
-    pub(crate) fn held(&self) -> u64 {
+    pub fn held(&self) -> u64 {
         self.held.len() as u64
     }
 
-    pub(crate) fn cap(&self) -> u64 {
+    pub fn cap(&self) -> u64 {
         self.cap
     }
 
     /// Records whether `addr` is now held by an unproven client, and until when. `expiry_of`
     /// says when any address's current holding ends (for the occasional rebuild).
-    pub(crate) fn account(
+    pub fn account(
         &mut self,
         addr: A,
         unproven_until: Option<i64>,
@@ -89,7 +89,7 @@ impl<A: Copy + Ord + Hash> Guard<A> {
     }
 
     /// Stops counting the holdings that lapsed by `now`.
-    pub(crate) fn expire(&mut self, now: i64, expiry_of: impl Fn(&A) -> Option<i64>) {
+    pub fn expire(&mut self, now: i64, expiry_of: impl Fn(&A) -> Option<i64>) {
         while let Some(&Reverse((expires, addr))) = self.expiry.peek() {
             if expires > now {
                 break;
@@ -105,7 +105,7 @@ impl<A: Copy + Ord + Hash> Guard<A> {
     /// May an unproven client take `addr` at `now`? Yes when it already holds it (an offer
     /// turning into a lease) or the pool's unproven holdings are below the cap. Refusals are
     /// logged at most once per `window` seconds for `pool`.
-    pub(crate) fn room(&mut self, addr: A, now: i64, window: i64, pool: &dyn Display) -> bool {
+    pub fn room(&mut self, addr: A, now: i64, window: i64, pool: &dyn Display) -> bool {
         if self.held.contains(&addr) || self.held() < self.cap {
             return true;
         }

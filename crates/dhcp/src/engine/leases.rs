@@ -40,7 +40,7 @@ pub struct Lease<A = Ipv4Addr> {
 
 /// A client's identity for leases: option 61 when sent (RFC 2131 §4.2), else chaddr.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum ClientKey {
+pub enum ClientKey {
     Id(Vec<u8>),
     Hw(Mac),
 }
@@ -50,7 +50,7 @@ impl ClientKey {
     /// (Ethernet) followed by the MAC names the same client as chaddr alone: UEFI firmware
     /// (OVMF) sends no option 61 while the iPXE it loads sends `01:<mac>`, and one machine must
     /// keep one address from firmware to OS (dnsmasq treats them alike too).
-    pub(crate) fn of(client_id: Option<&[u8]>, mac: Mac) -> ClientKey {
+    pub fn of(client_id: Option<&[u8]>, mac: Mac) -> ClientKey {
         let is_hw_form = |id: &[u8]| id.len() == 7 && id[0] == 1 && id[1..] == mac.0;
         match client_id {
             Some(id) if !id.is_empty() && !is_hw_form(id) => ClientKey::Id(id.to_vec()),
@@ -60,12 +60,12 @@ impl ClientKey {
 }
 
 impl<A> Lease<A> {
-    pub(crate) fn key(&self) -> ClientKey {
+    pub fn key(&self) -> ClientKey {
         ClientKey::of(self.client_id.as_deref(), self.mac)
     }
 
     /// Free for another client.
-    pub(crate) fn reclaimable(&self, now: i64) -> bool {
+    pub fn reclaimable(&self, now: i64) -> bool {
         match self.status {
             LeaseStatus::Released => true,
             LeaseStatus::Offered | LeaseStatus::Bound | LeaseStatus::Declined => {
@@ -77,7 +77,7 @@ impl<A> Lease<A> {
 
 impl Lease<Ipv4Addr> {
     /// What the store keeps of it (offers are not persisted).
-    pub(crate) fn record(&self, now: i64) -> Option<LeaseRecord> {
+    pub fn record(&self, now: i64) -> Option<LeaseRecord> {
         let state = match self.status {
             LeaseStatus::Offered => return None,
             LeaseStatus::Bound => LeaseState::Bound,
@@ -97,39 +97,45 @@ impl Lease<Ipv4Addr> {
 }
 
 /// Every address with a lease or offer, and each client's current address.
-pub(crate) struct LeaseTable<A> {
+pub struct LeaseTable<A> {
     by_ip: HashMap<A, Lease<A>>,
     by_client: HashMap<ClientKey, A>,
 }
 
+impl<A: Copy + Eq + Hash> Default for LeaseTable<A> {
+    fn default() -> Self {
+        LeaseTable::new()
+    }
+}
+
 impl<A: Copy + Eq + Hash> LeaseTable<A> {
-    pub(crate) fn new() -> LeaseTable<A> {
+    pub fn new() -> LeaseTable<A> {
         LeaseTable {
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
         }
     }
 
-    pub(crate) fn get(&self, ip: A) -> Option<&Lease<A>> {
+    pub fn get(&self, ip: A) -> Option<&Lease<A>> {
         self.by_ip.get(&ip)
     }
 
-    pub(crate) fn get_mut(&mut self, ip: A) -> Option<&mut Lease<A>> {
+    pub fn get_mut(&mut self, ip: A) -> Option<&mut Lease<A>> {
         self.by_ip.get_mut(&ip)
     }
 
     /// When the lease or offer of `ip` ends.
-    pub(crate) fn expires(&self, ip: A) -> Option<i64> {
+    pub fn expires(&self, ip: A) -> Option<i64> {
         self.by_ip.get(&ip).map(|l| l.expires)
     }
 
     /// The address the client `key` holds or held last.
-    pub(crate) fn of_client(&self, key: &ClientKey) -> Option<A> {
+    pub fn of_client(&self, key: &ClientKey) -> Option<A> {
         self.by_client.get(key).copied()
     }
 
     /// Puts `lease` in the table, replacing whatever held its address.
-    pub(crate) fn insert(&mut self, lease: Lease<A>) {
+    pub fn insert(&mut self, lease: Lease<A>) {
         let key = lease.key();
         if let Some(old) = self.by_ip.get(&lease.ip) {
             let old_key = old.key();
@@ -145,13 +151,13 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
 
     /// Quarantines the address `declined.ip` that the client `key` held: it belongs to
     /// nobody until `declined` expires, and the client is forgotten (it starts over).
-    pub(crate) fn decline(&mut self, key: &ClientKey, declined: Lease<A>) {
+    pub fn decline(&mut self, key: &ClientKey, declined: Lease<A>) {
         self.by_client.remove(key);
         self.by_ip.insert(declined.ip, declined);
     }
 
     /// Drops the client's pending offer (it chose another server). Returns its address.
-    pub(crate) fn withdraw_offer(&mut self, key: &ClientKey) -> Option<A> {
+    pub fn withdraw_offer(&mut self, key: &ClientKey) -> Option<A> {
         let ip = self.of_client(key)?;
         if self
             .by_ip
@@ -166,14 +172,14 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
     }
 
     /// Does `key` hold `ip` (offered or leased, not declined)?
-    pub(crate) fn held_by(&self, ip: A, key: &ClientKey) -> bool {
+    pub fn held_by(&self, ip: A, key: &ClientKey) -> bool {
         self.by_ip
             .get(&ip)
             .is_some_and(|l| &l.key() == key && l.status != LeaseStatus::Declined)
     }
 
     /// May `key` use `ip` at `now` (nobody else holds it)?
-    pub(crate) fn free_for(&self, ip: A, key: &ClientKey, now: i64) -> bool {
+    pub fn free_for(&self, ip: A, key: &ClientKey, now: i64) -> bool {
         match self.by_ip.get(&ip) {
             None => true,
             Some(l) if &l.key() == key => l.status != LeaseStatus::Declined || l.expires <= now,
@@ -184,7 +190,7 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
     /// Has the client `key` come back since it was first given an address? Its record
     /// (current or previous lease) is proven, or it completed an exchange before (bound or
     /// released).
-    pub(crate) fn has_returned(&self, key: &ClientKey) -> bool {
+    pub fn has_returned(&self, key: &ClientKey) -> bool {
         self.of_client(key)
             .and_then(|ip| self.by_ip.get(&ip))
             .is_some_and(|l| {
@@ -193,11 +199,11 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
             })
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Lease<A>> {
+    pub fn values(&self) -> impl Iterator<Item = &Lease<A>> {
         self.by_ip.values()
     }
 
-    pub(crate) fn into_leases(self) -> impl Iterator<Item = Lease<A>> {
+    pub fn into_leases(self) -> impl Iterator<Item = Lease<A>> {
         self.by_ip.into_values()
     }
 }

@@ -23,7 +23,7 @@ struct Bucket {
 /// bench/README.md `## DHCP`.) If a sweep frees too little, the table is emptied: every key
 /// gets a full bucket again, which only forgives clients that were being limited, never
 /// refuses one.
-pub(crate) struct RateTable<K> {
+pub struct RateTable<K> {
     buckets: HashMap<K, Bucket>,
     sweep_at: usize,
 }
@@ -33,8 +33,14 @@ const RATE_SWEEP_AT: usize = 65_536;
 /// Keys kept at most (about 10 MiB).
 const RATE_MAX_KEYS: usize = 262_144;
 
+impl<K: std::hash::Hash + Eq> Default for RateTable<K> {
+    fn default() -> Self {
+        RateTable::new()
+    }
+}
+
 impl<K: std::hash::Hash + Eq> RateTable<K> {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         RateTable {
             buckets: HashMap::new(),
             sweep_at: RATE_SWEEP_AT,
@@ -42,7 +48,7 @@ impl<K: std::hash::Hash + Eq> RateTable<K> {
     }
 
     /// Takes a token from `key`'s bucket (refilled at `rate` per second up to `burst`).
-    pub(crate) fn take(&mut self, key: K, t: f64, rate: f64, burst: f64) -> bool {
+    pub fn take(&mut self, key: K, t: f64, rate: f64, burst: f64) -> bool {
         if self.buckets.len() >= self.sweep_at {
             self.buckets.retain(|_, b| t - b.last < burst / rate);
             if self.buckets.len() * 2 > RATE_MAX_KEYS {

@@ -54,7 +54,9 @@ impl Engine {
     ) {
         let (req, facts) = (x.req, x.facts);
         // siaddr always: iPXE ignores a ProxyDHCP reply without it.
-        r.msg.set_siaddr(a.next_server);
+        if let std::net::IpAddr::V4(next_server) = a.next_server {
+            r.msg.set_siaddr(next_server);
+        }
         if a.file.len() < 128 {
             r.msg.set_fname_str(&a.file);
         }

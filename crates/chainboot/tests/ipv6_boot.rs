@@ -1,0 +1,217 @@
+//! A boot over IPv6 only, step by step with real clients: `chainboot serve` with `[dhcp6]` in
+//! server mode, TFTP and HTTP on `[::]`, in a server namespace; in the client namespace ISC
+//! `dhclient -6` dressed first as UEFI PXEv6 firmware, then as iPXE (user class "iPXE"), and
+//! curl fetching exactly the URLs option 59 named (tftp:// and http:// with bracketed
+//! literals), then the script chain from the address DHCPv6 leased. Addresses from
+//! 2001:db8::/32 inside the namespaces only.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SERVER6: &str = "2001:db8:25::1";
+
+fn config(dir: &Path) -> String {
+    format!(
+        "[server]\ninterfaces = [\"srv0\"]\nstate_dir = \"{}\"\n\
+         [ipv6]\nrouter_advertisements = \"off\"\n\
+         [tftp]\nlisten = \"[::]:69\"\n\
+         [http]\nlisten = \"[::]:80\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\nread_requires_token = false\n\
+         [dhcp]\nmode = \"off\"\n\
+         [dhcp6]\nmode = \"server\"\ninterfaces = [\"srv0\"]\n\
+         [[dhcp6.subnet]]\nprefix = \"2001:db8:25::/64\"\npools = [[\"2001:db8:25::100\", \"2001:db8:25::1ff\"]]\n",
+        dir.join("state").display(),
+    )
+}
+
+/// dhclient.conf: architecture 7, vendor class "PXEClient" (enterprise 343, as raw bytes:
+/// dhclient cannot read the record form back from its own lease file), and for iPXE its user
+/// class; asks for option 59.
+fn dhclient_conf(ipxe: bool) -> String {
+    let vendor: Vec<u8> = [
+        &343u32.to_be_bytes()[..],
+        &32u16.to_be_bytes(),
+        b"PXEClient:Arch:00007:UNDI:003000",
+    ]
+    .concat();
+    let hex = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut c = format!(
+        "option dhcp6.pxe-arch code 61 = unsigned integer 16;\n\
+         option dhcp6.pxe-vendor code 16 = string;\n\
+         option dhcp6.pxe-user code 15 = string;\n\
+         option dhcp6.pxe-url code 59 = string;\n\
+         send dhcp6.pxe-arch 7;\n\
+         send dhcp6.pxe-vendor {};\n\
+         request dhcp6.pxe-url;\n",
+        hex(&vendor)
+    );
+    if ipxe {
+        c.push_str(&format!("send dhcp6.pxe-user {};\n", hex(b"\x00\x04iPXE")));
+    }
+    c
+}
+
+/// One stateful DHCPv6 exchange with dhclient in `ns`: (leased address, option 59).
+fn dhcpv6(ns: &str, dir: &Path, name: &str, ipxe: bool) -> (String, String) {
+    let conf = dir.join(format!("{name}.conf"));
+    let leases = dir.join(format!("{name}.leases"));
+    std::fs::write(&conf, dhclient_conf(ipxe)).expect("dhclient.conf");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "dhclient",
+            "-6",
+            "-d",
+            "-D",
+            "LL",
+            "-sf",
+            "/bin/true",
+        ])
+        .arg("-cf")
+        .arg(&conf)
+        .arg("-lf")
+        .arg(&leases)
+        .arg("-pf")
+        .arg(dir.join(format!("{name}.pid")))
+        .arg("cli0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dhclient");
+    let _client = Server::adopt(child, dir.join(format!("{name}.log")));
+    let until = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&leases).unwrap_or_default();
+        if text.contains("iaaddr") && text.contains("pxe-url") {
+            break text;
+        }
+        assert!(Instant::now() < until, "{name}: no lease: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let after = |key: &str| {
+        let at = text.find(key).unwrap_or_else(|| panic!("{key} in {text}")) + key.len();
+        text[at..]
+            .trim_start()
+            .split([' ', ';', '{', '\n'])
+            .next()
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string()
+    };
+    (after("iaaddr"), after("pxe-url"))
+}
+
+fn curl(ns: &str, url: &str, out: Option<&Path>) -> String {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-g",
+        "-s",
+        "-f",
+        "--max-time",
+        "20",
+    ]);
+    if let Some(o) = out {
+        c.arg("-o").arg(o);
+    }
+    let o = c.arg(url).output().expect("curl");
+    assert!(o.status.success(), "curl {url}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
+    require_root_and(&["ip", "dhclient", "curl"]);
+    let net = NetPair::new("v6b", 25);
+    sh(&format!(
+        "ip -n {} addr add {SERVER6}/64 dev srv0 nodad",
+        net.server
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("DHCPv6 ready", Duration::from_secs(20));
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+
+    // Firmware: an address and the first stage as a tftp:// URL, fetched over TFTP on IPv6.
+    let (addr, url) = dhcpv6(&net.client, dir.path(), "pxe", false);
+    assert_eq!(url, format!("tftp://[{SERVER6}]/ipxe.efi"));
+    // What the firmware does with its lease: the address on its interface (a /128), the
+    // prefix on-link (a router advertisement says so; off in this test).
+    sh(&format!(
+        "ip -n {c} -6 addr add {addr}/128 dev cli0 nodad && ip -n {c} -6 route add 2001:db8:25::/64 dev cli0",
+        c = net.client
+    ));
+    let first_stage = dir.path().join("ipxe.efi");
+    curl(&net.client, &url, Some(&first_stage));
+    let size = std::fs::metadata(&first_stage).unwrap().len();
+    assert!(size > 100_000, "ipxe.efi over TFTP/IPv6: {size} bytes");
+
+    // iPXE: its own address and the script URL, never the first stage again.
+    let (addr, url) = dhcpv6(&net.client, dir.path(), "ipxe", true);
+    assert_eq!(url, format!("http://[{SERVER6}]/boot.ipxe"));
+    // iPXE's own lease replaces the firmware's address.
+    sh(&format!(
+        "ip -n {c} -6 addr flush dev cli0 scope global && ip -n {c} -6 addr add {addr}/128 dev cli0 nodad && ip -n {c} -6 route replace 2001:db8:25::/64 dev cli0",
+        c = net.client
+    ));
+    let stub = curl(&net.client, &url, None);
+    let chain = format!("http://[{SERVER6}]/ipxe?mac=");
+    assert!(stub.contains(&chain), "{stub}");
+    // The chained request from the leased address: proven by the DHCPv6 lease (the MAC came
+    // from dhclient's DUID-LL), so the machine's own script, not a refusal.
+    let mac = sh(&format!("ip -n {} link show cli0", net.client));
+    let mac = String::from_utf8_lossy(&mac.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .replace(':', "-");
+    let script = curl(
+        &net.client,
+        &format!("{chain}{mac}&buildarch=x86_64&platform=efi"),
+        None,
+    );
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(
+        script.contains("menu chainboot"),
+        "the machine's menu, not a refusal: {script}"
+    );
+
+    // One machine in the event log: its DHCPv6 exchanges as firmware and as iPXE, and the
+    // first stage it fetched over TFTP/IPv6, all under the MAC behind its DUID.
+    let mac = mac.replace('-', ":");
+    let events = curl(
+        &net.server,
+        &format!("http://{api}/api/v1/events?mac={mac}"),
+        None,
+    );
+    let events: serde_json::Value = serde_json::from_str(&events).expect("events JSON");
+    let events = events.as_array().cloned().unwrap_or_default();
+    let has = |kind: &str, key: &str, value: &str| {
+        events
+            .iter()
+            .any(|e| e["kind"] == kind && e["detail"][key] == value && e["mac"] == mac.as_str())
+    };
+    assert!(has("dhcp", "family", "ipv6"), "{events:#?}");
+    assert!(has("dhcp", "client", "pxe"), "{events:#?}");
+    assert!(has("dhcp", "client", "ipxe"), "{events:#?}");
+    assert!(has("tftp", "path", "ipxe.efi"), "{events:#?}");
+}
