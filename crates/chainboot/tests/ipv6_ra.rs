@@ -73,7 +73,7 @@ fn a_solicitation_gets_an_advertisement_with_nothing_in_it() {
 #[test]
 fn with_dhcpv6_handing_out_addresses_the_advertisement_says_m_o_and_the_prefix_on_link() {
     require_root_and(&["ip", "rdisc6"]);
-    let net = NetPair::new("ra3", 22);
+    let net = NetPair::new("ra4", 25);
     sh(&format!(
         "ip -n {} addr add 2001:db8:22::1/64 dev srv0 nodad",
         net.server

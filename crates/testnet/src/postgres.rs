@@ -190,8 +190,16 @@ impl PgCluster {
     pub fn password_file(&self) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let p = self.dir.join("client-password");
-        std::fs::write(&p, format!("{PASSWORD}\n")).expect("write password file");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Tests sharing a cluster call this concurrently while others read the file: write a
+        // new file and rename it over, so a reader never sees it empty or half written.
+        let tmp = self.dir.join(format!(
+            "client-password.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&tmp, format!("{PASSWORD}\n")).expect("write password file");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::rename(&tmp, &p).expect("rename password file");
         p
     }
 
