@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chainboot_api::{blocking, ApiAuth, ApiError, Operator, Reader};
+use chainboot_content::{Served, What};
 use chainboot_http::tls::Scheme;
 use chainboot_machine::{Arch, Mac};
 use serde::Deserialize;
@@ -206,7 +207,7 @@ pub fn boot_routes(state: PolicyState) -> Router {
 
 /// The operator's machine API (the management listener).
 pub fn operator_routes(state: PolicyState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/machines", get(list_machines))
         .route(
             "/api/v1/machines/{mac}",
@@ -217,7 +218,8 @@ pub fn operator_routes(state: PolicyState) -> Router {
         .route("/api/v1/machines/{mac}/labels", put(set_labels))
         .route("/api/v1/profiles", get(list_profiles))
         .route("/api/v1/groups", get(list_groups))
-        .with_state(state)
+        .with_state(state);
+    chainboot_http::serving(router, What::Api)
 }
 
 /// Both, on one router (tests, and single-listener setups).
@@ -236,6 +238,12 @@ fn text(body: String) -> Response {
         .into_response()
 }
 
+/// The response, saying what it served and for which machine (only a MAC the request proved
+/// it may act for: anyone can type one).
+fn served(resp: impl IntoResponse, what: What, mac: Option<Mac>) -> Response {
+    chainboot_http::served_as(resp.into_response(), Served { what, mac })
+}
+
 fn parse_mac(s: &str) -> Result<Mac, ApiError> {
     s.parse::<Mac>()
         .map_err(|e| ApiError::bad_request(e.to_string()))
@@ -252,7 +260,8 @@ struct CapQuery {
 }
 
 async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap, scheme: Scheme) -> Response {
-    text(render::stub_script(&st.base(&headers, scheme)))
+    let script = text(render::stub_script(&st.base(&headers, scheme)));
+    served(script, What::Script, None)
 }
 
 /// Reads the facts in `/ipxe`'s query string (untrusted; sanitised by `ClientFacts`).
@@ -304,18 +313,26 @@ async fn ipxe(
     scheme: Scheme,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let base = st.base(&headers, scheme);
+    let (script, mac) = ipxe_script(&st, peer, &headers, scheme, query).await;
+    served(script, What::Script, mac)
+}
+
+/// `/ipxe`'s script, and the machine it is for when the request proved it is that machine.
+async fn ipxe_script(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    scheme: Scheme,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> (Response, Option<Mac>) {
+    let base = st.base(headers, scheme);
     let retry = st.policy.retry_secs();
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
             tracing::warn!(error = %e, "bad /ipxe query");
-            return text(render::error_script(
-                None,
-                "malformed request",
-                &base,
-                retry,
-            ));
+            let script = render::error_script(None, "malformed request", &base, retry);
+            return (text(script), None);
         }
     };
     let peer_addr = peer.map(|ip| SocketAddr::new(ip, 0));
@@ -323,7 +340,7 @@ async fn ipxe(
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(?peer, "{e}");
-            return text(render::error_script(None, &e, &base, retry));
+            return (text(render::error_script(None, &e, &base, retry)), None);
         }
     };
     let mac = facts.mac;
@@ -336,22 +353,19 @@ async fn ipxe(
             }
         }
         Err(r) => {
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                &r.0,
-                &base,
-                retry,
-            ))
+            let script = render::error_script(Some(&mac.to_string()), &r.0, &base, retry);
+            return (text(script), None);
         }
     }
     let chosen = q
         .get("profile")
         .map(|s| s.as_str())
         .filter(|s| !s.is_empty());
-    match chosen {
-        None => own_script(&st, facts, peer, &base).await,
-        Some(p) => menu_choice(&st, facts, p, &base).await,
-    }
+    let script = match chosen {
+        None => own_script(st, facts, peer, &base).await,
+        Some(p) => menu_choice(st, facts, p, &base).await,
+    };
+    (script, Some(mac))
 }
 
 /// The script of a machine that proved who it is: its facts recorded, its decision made (or
@@ -569,13 +583,49 @@ async fn boot_asset(
     scheme: Scheme,
     Path((mac, slot)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
+) -> Response {
+    let slot = parse_slot(&slot);
+    let what = match slot {
+        Some(AssetSlot::Kernel) => What::Kernel,
+        Some(AssetSlot::Initrd(_)) => What::Initrd,
+        Some(AssetSlot::Loader) => What::Loader,
+        Some(AssetSlot::Url(_)) | None => What::File,
+    };
+    let mut proven = None;
+    let resp = asset_response(
+        &st,
+        peer,
+        method,
+        headers,
+        scheme,
+        &mac,
+        slot,
+        q,
+        &mut proven,
+    );
+    served(resp.await, what, proven)
+}
+
+/// A decision's asset; `proven` is set to the machine once the request proved it is it.
+#[allow(clippy::too_many_arguments)]
+async fn asset_response(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    method: Method,
+    headers: HeaderMap,
+    scheme: Scheme,
+    mac: &str,
+    slot: Option<AssetSlot>,
+    q: CapQuery,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let slot = parse_slot(&slot).ok_or_else(|| ApiError::not_found("no such boot asset"))?;
+    let mac = parse_mac(mac)?;
+    let slot = slot.ok_or_else(|| ApiError::not_found("no such boot asset"))?;
     let proof = st
         .verify(mac, peer, q.cap.as_deref(), "boot")
         .map_err(|r| ApiError::forbidden(r.0))?;
-    let d = decision_for(&st, mac, &proof).await?;
+    *proven = Some(mac);
+    let d = decision_for(st, mac, &proof).await?;
     let asset = d
         .asset(slot)
         .ok_or_else(|| ApiError::not_found(format!("profile {} has no such asset", d.profile)))?;
@@ -597,7 +647,7 @@ async fn boot_asset(
         }
     }
     let base = st.base(&headers, scheme);
-    Ok(serve_asset(&st, &asset, &base, slot, mac).await)
+    Ok(serve_asset(st, &asset, &base, slot, mac).await)
 }
 
 async fn serve_asset(
@@ -686,16 +736,35 @@ async fn config_file(
     scheme: Scheme,
     Path((mac, name)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
+) -> Response {
+    let mut proven = None;
+    let resp = config_response(&st, peer, headers, scheme, &mac, name, q, &mut proven).await;
+    served(resp, What::Config, proven)
+}
+
+/// A machine's rendered template; `proven` is set to the machine once the request proved it
+/// is it.
+#[allow(clippy::too_many_arguments)]
+async fn config_response(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    headers: HeaderMap,
+    scheme: Scheme,
+    mac: &str,
+    name: String,
+    q: CapQuery,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
+    let mac = parse_mac(mac)?;
     let proof = st
         .verify(mac, peer, q.cap.as_deref(), "config")
         .map_err(|r| ApiError::forbidden(r.0))?;
+    *proven = Some(mac);
     let dir = st
         .policy
         .templates_dir()
         .ok_or_else(|| ApiError::not_found("no [boot] templates folder configured"))?;
-    let d = decision_for(&st, mac, &proof).await?;
+    let d = decision_for(st, mac, &proof).await?;
     let base = st.base(&headers, scheme);
     match blocking(move || d.config_file(&dir, &name, &base)).await? {
         Ok(Some(body)) => Ok(text(body)),
@@ -713,14 +782,18 @@ async fn pxelinux_cfg(
     headers: HeaderMap,
     scheme: Scheme,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let base = st.base(&headers, scheme);
     let policy = st.policy.clone();
-    match blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await? {
-        Ok(Some(body)) => Ok(text(body)),
-        Ok(None) => Err(ApiError::not_found("no pxelinux config by that name")),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
-    }
+    let found = blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await;
+    // PXELINUX's configuration is its boot script.
+    let resp = match found {
+        Ok(Ok(Some(body))) => Ok(text(body)),
+        Ok(Ok(None)) => Err(ApiError::not_found("no pxelinux config by that name")),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
+        Err(e) => Err(e),
+    };
+    served(resp, What::Script, None)
 }
 
 async fn list_machines(
@@ -864,8 +937,23 @@ async fn machine_event(
     Path(mac): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Bytes,
+) -> Response {
+    let mut proven = None;
+    let resp = machine_report(&st, headers, &mac, q, body, &mut proven).await;
+    served(resp, What::Callback, proven)
+}
+
+/// A machine's report handled; `proven` is set to the machine once the token or its secret
+/// was shown.
+async fn machine_report(
+    st: &PolicyState,
+    headers: HeaderMap,
+    mac: &str,
+    q: HashMap<String, String>,
+    body: axum::body::Bytes,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
+    let mac = parse_mac(mac)?;
     let policy = st.policy.clone();
     let stored = blocking(move || policy.store().machine(mac))
         .await?
@@ -881,6 +969,7 @@ async fn machine_event(
     if stored.is_none() {
         return Err(ApiError::not_found(format!("machine {mac} not known")));
     }
+    *proven = Some(mac);
     let (event, body) =
         crate::machine_event::parse(&body).map_err(|(status, msg)| ApiError::new(status, msg))?;
     let event = render::echo_text(&event);
