@@ -385,35 +385,50 @@ async fn own_script(
         tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
         return text(d.cached_script(base, retry));
     }
-    let record = match record_facts(st, &facts, peer).await {
+    let known = match known_machine(st, mac, peer).await {
         Ok(r) => r,
         Err(RecordError::Store(e)) => return store_error_script(mac, &e, base, retry),
         Err(RecordError::Refused(reason)) => {
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                &reason,
-                base,
-                retry,
-            ))
+            let script = render::error_script(Some(&mac.to_string()), &reason, base, retry);
+            return text(script);
         }
     };
-    match st.policy.decide(&facts, Some(&record), None).await {
+    // The one merge: what the machine says now wins, what it did not say is what it said
+    // before. The decision is made from it, and the store is given it whole.
+    let mut merged = facts.clone();
+    if let Some(r) = &known {
+        merged.merge_stored(&r.facts);
+    }
+    let now = crate::now_ms();
+    let mut record = known.clone().unwrap_or_else(|| new_record(mac, now));
+    record.facts = merged.to_store();
+    record.last_seen_ms = now;
+    let decided = st.policy.decide(&merged, Some(&record), None).await;
+    let profile = decided.as_ref().ok().map(|d| d.profile.clone());
+    // One durable write at most (every commit is an fsync): none when the machine said
+    // nothing new, was seen within a minute and keeps its profile.
+    let unchanged = known.as_ref().is_some_and(|r| {
+        r.facts == record.facts
+            && now - r.last_seen_ms < SEEN_REFRESH_MS
+            && (profile.is_none() || r.last_profile == profile)
+    });
+    if !unchanged {
+        let stored = match store_machine(st, &record, profile).await {
+            Ok(r) => r,
+            Err(e) => return store_error_script(mac, &e, base, retry),
+        };
+        if stored.secret != record.secret {
+            // Another request recorded this new machine first: its secret is the one that
+            // stays, and scripts and templates may render it.
+            return Box::pin(own_script(st, facts, peer, base)).await;
+        }
+    }
+    match decided {
         Ok(d) => {
             let cap = st.policy.capability(mac, None);
             let d = st.policy.remember(&d.answered(facts).with_capability(cap));
-            let script = d.cached_script(base, retry);
             tracing::info!(%mac, profile = %d.profile, source = %d.source, "boot script");
-            if record.last_profile.as_deref() != Some(d.profile.as_str()) {
-                let policy = st.policy.clone();
-                let profile = d.profile.clone();
-                let _ = blocking(move || {
-                    if let Err(e) = policy.store().machine_set_last_profile(mac, &profile) {
-                        tracing::error!(%mac, error = %e, "state store");
-                    }
-                })
-                .await;
-            }
-            text(script)
+            text(d.cached_script(base, retry))
         }
         Err(e) => {
             tracing::warn!(%mac, reason = %e, "machine cannot boot");
@@ -424,6 +439,22 @@ async fn own_script(
                 retry,
             ))
         }
+    }
+}
+
+/// A machine seen for the first time, before it is stored: its secret is chosen now.
+fn new_record(mac: Mac, now: i64) -> chainboot_store::machines::MachineRecord {
+    chainboot_store::machines::MachineRecord {
+        mac,
+        first_seen_ms: now,
+        last_seen_ms: now,
+        facts: Default::default(),
+        pinned_profile: None,
+        installed_ms: None,
+        installed_reason: None,
+        labels: Default::default(),
+        secret: crate::random_hex(16),
+        last_profile: None,
     }
 }
 
@@ -479,44 +510,48 @@ fn store_error_script(mac: Mac, e: &str, base: &HttpBase, retry: u64) -> Respons
     ))
 }
 
-/// Stores what the machine said about itself (one merge: what it says now wins, what it did
-/// not say is kept), skipping the durable write when nothing changed recently: per-machine
-/// scripts are a hot path and every commit is an fsync.
-///
-/// A machine chainboot has no record of yet is admitted by the new-machine limiter first
-/// (per source address, for all sources together, and a cap on the table); a refusal is the
-/// reason its console shows.
-async fn record_facts(
+/// The machine's record, or `None` for a machine chainboot has no record of yet, which the
+/// new-machine limiter admits first (per source address, for all sources together, and a cap
+/// on the table); a refusal is the reason its console shows.
+async fn known_machine(
     st: &PolicyState,
-    facts: &ClientFacts,
+    mac: Mac,
     peer: Option<IpAddr>,
-) -> Result<chainboot_store::machines::MachineRecord, RecordError> {
+) -> Result<Option<chainboot_store::machines::MachineRecord>, RecordError> {
     let policy = st.policy.clone();
     let limiter = st.limiter.clone();
-    let facts = facts.clone();
     blocking(move || -> Result<_, RecordError> {
         let store = policy.store();
-        let now = crate::now_ms();
-        let wanted = facts.to_store();
-        match store.machine(facts.mac)? {
-            Some(r) => {
-                if wanted.merged_over(&r.facts) == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS
-                {
-                    return Ok(r);
-                }
-            }
-            None => {
-                if let Some(l) = &limiter {
-                    let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-                    l.admit(source, std::time::Instant::now(), store.machine_count()?)
-                        .map_err(|r| RecordError::Refused(r.to_string()))?;
-                }
-            }
+        let known = store.machine(mac)?;
+        if let (None, Some(l)) = (&known, &limiter) {
+            let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            l.admit(source, std::time::Instant::now(), store.machine_count()?)
+                .map_err(|r| RecordError::Refused(r.to_string()))?;
         }
-        Ok(store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))?)
+        Ok(known)
     })
     .await
     .map_err(|e| RecordError::Store(e.message))?
+}
+
+/// Writes the machine's facts (merged already), last-seen time and, when decided, profile:
+/// one transaction. Returns the record as stored.
+async fn store_machine(
+    st: &PolicyState,
+    record: &chainboot_store::machines::MachineRecord,
+    profile: Option<String>,
+) -> Result<chainboot_store::machines::MachineRecord, String> {
+    let policy = st.policy.clone();
+    let (mac, facts, now) = (record.mac, record.facts.clone(), record.last_seen_ms);
+    let secret = record.secret.clone();
+    blocking(move || {
+        policy
+            .store()
+            .machine_seen(mac, &facts, now, &secret, profile.as_deref())
+    })
+    .await
+    .map_err(|e| e.message)?
+    .map_err(|e| e.to_string())
 }
 
 /// Why `/ipxe` could not record a machine.

@@ -253,6 +253,33 @@ async fn boot_routes_say_what_they_served_and_name_only_machines_that_proved_it(
 }
 
 #[tokio::test]
+async fn ipxe_merges_facts_once_and_writes_only_what_changed() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let (srv, policy) = start(config(INSTALL), store.clone(), &ApiConfig::default()).await;
+    let m1: chainboot_machine::Mac = M1.parse().unwrap();
+    let s = get_text(&format!("{}/ipxe?mac={M1}&hostname=node1", srv.url)).await;
+    // A new machine: its facts, its profile and the secret its script carries, stored together.
+    let rec = store.machine(m1).unwrap().expect("recorded");
+    assert_eq!(rec.facts.hostname.as_deref(), Some("node1"));
+    assert_eq!(rec.last_profile.as_deref(), Some("install"));
+    assert!(s.contains(&format!("secret={}", rec.secret)), "{s}");
+    // What it says now wins, what it does not say is kept.
+    let uuid = "6d1b0e0c-1a2b-4c3d-8e9f-001122334455";
+    get_text(&format!("{}/ipxe?mac={M1}&uuid={uuid}", srv.url)).await;
+    let rec = store.machine(m1).unwrap().unwrap();
+    assert_eq!(rec.facts.hostname.as_deref(), Some("node1"));
+    assert_eq!(rec.facts.uuid.as_deref(), Some(uuid));
+    // Nothing new within a minute: no write (the last-seen time stays), even when the
+    // remembered decision is gone.
+    let seen = rec.last_seen_ms;
+    policy.forget_recent(m1);
+    std::thread::sleep(Duration::from_millis(5));
+    let again = get_text(&format!("{}/ipxe?mac={M1}&uuid={uuid}", srv.url)).await;
+    assert!(again.contains("kernel --name kernel"), "{again}");
+    assert_eq!(store.machine(m1).unwrap().unwrap().last_seen_ms, seen);
+}
+
+#[tokio::test]
 async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let api = ApiConfig::default();
