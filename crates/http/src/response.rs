@@ -52,7 +52,7 @@ pub fn content_response(
     method: &Method,
     headers: &HeaderMap,
     content: Content,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Response {
     respond(method, headers, content, None, content_type)
 }
@@ -80,7 +80,7 @@ pub(crate) fn respond(
     headers: &HeaderMap,
     content: Content,
     prefetched: Option<Bytes>,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
@@ -170,7 +170,8 @@ pub(crate) fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_type) {
+    // A static string: the header value shares it instead of copying it per response.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from_static(content_type.as_bytes())) {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));

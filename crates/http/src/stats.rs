@@ -190,12 +190,17 @@ impl LoggedBody {
     }
 }
 
-/// Whether `rec` is logged at `info` under `mode` (else at `debug`).
+/// Whether `rec` is logged at `info` under `mode` (else at `debug`). `boot`: a step of a
+/// known machine's boot (what its timeline shows: the route or the observer named the
+/// machine), or a failure.
 pub(crate) fn logged_at_info(rec: &AccessRecord, mode: AccessLog) -> bool {
     match mode {
         AccessLog::All => true,
         AccessLog::Off => false,
-        AccessLog::Boot => rec.served.what.is_boot_step() || rec.status.as_u16() >= 400,
+        AccessLog::Boot => {
+            let step = rec.served.what.is_boot_step() && rec.served.mac.is_some();
+            step || rec.status.as_u16() >= 400
+        }
     }
 }
 
@@ -267,5 +272,49 @@ impl Drop for LoggedBody {
             self.done = true;
         }
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainboot_content::Served;
+
+    fn record(what: What, mac: bool, status: u16) -> AccessRecord {
+        AccessRecord {
+            client: SocketAddr::from(([198, 18, 0, 7], 40000)),
+            method: Method::GET,
+            uri: Uri::from_static("/x"),
+            status: StatusCode::from_u16(status).unwrap(),
+            bytes: 0,
+            duration: Duration::ZERO,
+            complete: true,
+            served: Served {
+                what,
+                mac: mac.then(|| "52:54:00:00:00:01".parse().unwrap()),
+            },
+            file: None,
+        }
+    }
+
+    #[test]
+    fn boot_mode_logs_a_known_machines_boot_steps_and_failures_at_info_only() {
+        let boot = AccessLog::Boot;
+        assert!(logged_at_info(&record(What::Kernel, true, 200), boot));
+        assert!(logged_at_info(&record(What::Script, true, 200), boot));
+        assert!(!logged_at_info(&record(What::Script, false, 200), boot));
+        assert!(!logged_at_info(&record(What::File, true, 200), boot));
+        assert!(!logged_at_info(&record(What::IsoFile, false, 206), boot));
+        assert!(!logged_at_info(&record(What::Api, false, 200), boot));
+        assert!(logged_at_info(&record(What::File, false, 404), boot));
+        assert!(logged_at_info(&record(What::Other, false, 500), boot));
+        assert!(logged_at_info(
+            &record(What::File, false, 200),
+            AccessLog::All
+        ));
+        assert!(!logged_at_info(
+            &record(What::Kernel, true, 500),
+            AccessLog::Off
+        ));
     }
 }

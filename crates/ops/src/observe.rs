@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chainboot_content::shown_path;
-use chainboot_content::{Served, What};
+use chainboot_content::What;
 use chainboot_dhcp::boot::BootDecision;
 use chainboot_dhcp::{Handled, Ingress};
 use chainboot_events::{Detail, DhcpDetail, EventLog, HttpDetail, Outcome, TftpDetail};
@@ -187,9 +187,11 @@ impl HttpObserver for Observers {
             None if failed => self.events.mac_of_address(client_ip),
             None => self.events.mac_for_ip(client_ip),
         };
+        // The access line written after this names the machine too.
+        r.served.mac = mac;
         if let (Some(mac), Some(file)) = (mac, &r.file) {
             if let Some(step) = self.boot_step_of_file(mac, file) {
-                r.served = Served::of(step, mac);
+                r.served.what = step;
             }
         }
         self.count_http(r);
