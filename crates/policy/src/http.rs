@@ -63,9 +63,14 @@ pub trait MachineHooks: Send + Sync + 'static {
 struct NoHooks;
 impl MachineHooks for NoHooks {}
 
-/// Shared state of the policy routes.
+/// Shared state of the policy routes. Handlers get a copy per request: one reference count
+/// (a copy of every field cost a tenth of a script request's time).
 #[derive(Clone)]
-pub struct PolicyState {
+pub struct PolicyState(Arc<PolicyShared>);
+
+/// What [`PolicyState`] shares.
+#[derive(Clone)]
+pub struct PolicyShared {
     pub policy: Arc<Policy>,
     hooks: Arc<dyn MachineHooks>,
     auth: ApiAuth,
@@ -74,6 +79,13 @@ pub struct PolicyState {
     relay: reqwest::Client,
     /// Admits new machine records (none: every verified machine is recorded).
     limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
+}
+
+impl std::ops::Deref for PolicyState {
+    type Target = PolicyShared;
+    fn deref(&self) -> &PolicyShared {
+        &self.0
+    }
 }
 
 impl FromRef<PolicyState> for ApiAuth {
@@ -102,7 +114,7 @@ impl PolicyState {
     /// server at when a request carries no Host header (scripts otherwise use the Host the
     /// client used, which is always reachable).
     pub fn new(policy: Arc<Policy>, auth: ApiAuth, fallback_base: HttpBase) -> PolicyState {
-        PolicyState {
+        PolicyState(Arc::new(PolicyShared {
             policy,
             hooks: Arc::new(NoHooks),
             auth,
@@ -112,7 +124,12 @@ impl PolicyState {
                 .build()
                 .unwrap_or_default(),
             limiter: None,
-        }
+        }))
+    }
+
+    /// For the builder methods, at set-up: copies the shared part when it is shared already.
+    fn shared_mut(&mut self) -> &mut PolicyShared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Bounds how many new machines are recorded, per source and in all.
@@ -120,20 +137,20 @@ impl PolicyState {
         mut self,
         limiter: Arc<chainboot_store::limit::NewMachineLimiter>,
     ) -> PolicyState {
-        self.limiter = Some(limiter);
+        self.shared_mut().limiter = Some(limiter);
         self
     }
 
     /// Attaches the hooks (event log, timelines).
     pub fn with_hooks(mut self, hooks: Arc<dyn MachineHooks>) -> PolicyState {
-        self.hooks = hooks;
+        self.shared_mut().hooks = hooks;
         self
     }
 
     /// The same state with another access rule (the operator routes on the boot listener
     /// need the token for reads too).
     pub fn with_auth(mut self, auth: ApiAuth) -> PolicyState {
-        self.auth = auth;
+        self.shared_mut().auth = auth;
         self
     }
 
