@@ -161,7 +161,11 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
     };
     let r = s.machine_seen(m, &first, 10, "s1", Some("rescue")).unwrap();
     assert_eq!(r.secret, "s1");
-    assert_eq!(r.last_profile.as_deref(), Some("rescue"), "in the same write");
+    assert_eq!(
+        r.last_profile.as_deref(),
+        Some("rescue"),
+        "in the same write"
+    );
     let later = MachineFacts {
         hostname: Some("node1".into()),
         ..Default::default()
@@ -175,7 +179,11 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
     );
     assert_eq!(r.facts.hostname.as_deref(), Some("node1"));
     assert_eq!((r.first_seen_ms, r.last_seen_ms), (10, 20));
-    assert_eq!(r.last_profile.as_deref(), Some("rescue"), "kept when not given");
+    assert_eq!(
+        r.last_profile.as_deref(),
+        Some("rescue"),
+        "kept when not given"
+    );
     let r = s.machine_seen(m, &later, 15, "s3", None).unwrap();
     assert_eq!(
         r.last_seen_ms, 20,
@@ -236,7 +244,8 @@ fn unproven_machines_expire_and_proven_ones_stay(db: &Db) {
     s.machine_seen(stranger, &facts, hour, "a", None).unwrap();
     let came_back = mac("52:54:00:00:00:11");
     s.machine_seen(came_back, &facts, hour, "b", None).unwrap();
-    s.machine_seen(came_back, &facts, 2 * hour, "b", None).unwrap();
+    s.machine_seen(came_back, &facts, 2 * hour, "b", None)
+        .unwrap();
     let labelled = mac("52:54:00:00:00:12");
     s.machine_seen(labelled, &facts, hour, "c", None).unwrap();
     let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
@@ -694,7 +703,8 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
     cfg.connect_timeout = std::time::Duration::from_millis(500);
     let s = Store::from_config(&cfg, dir.path()).unwrap();
     let known = mac("52:54:00:00:00:21");
-    s.machine_seen(known, &MachineFacts::default(), 10, "sekrit", None).unwrap();
+    s.machine_seen(known, &MachineFacts::default(), 10, "sekrit", None)
+        .unwrap();
     assert!(s.machine_set_profile(known, Some("rescue")).unwrap());
     s.machine(known).unwrap();
     pg.stop();
