@@ -313,8 +313,8 @@ impl Store {
                 self,
                 format!(
                     "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret, arch, uuid,
-                        hostname, serial, manufacturer, product, ip)
-                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                        hostname, serial, manufacturer, product, ip, last_profile)
+                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (mac) DO UPDATE SET
                         last_seen_ms = greatest(machines.last_seen_ms, $2),
                         arch = coalesce($4, machines.arch), uuid = coalesce($5, machines.uuid),
