@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use chainboot_content::{Content, Request, ResolveError, Resolver, Root};
+use chainboot_content::{Content, Request, ResolveError, Resolver, Root, Served, What};
+use chainboot_dhcp::boot::first_stage_names;
 use chainboot_policy::AssetRef;
 
 use crate::config::signed::SignedBinaries;
@@ -86,16 +87,31 @@ impl Resolver for TftpNamespace {
         if req.path.first() == "iso" {
             if let Some(isos) = &self.isos {
                 let inner = req.path.strip_prefix(1).ok_or(ResolveError::IsDirectory)?;
-                return isos.resolve(&Request {
+                let content = isos.resolve(&Request {
                     path: &inner,
                     ..req.clone()
-                });
+                })?;
+                return Ok(content.served_as(Served::new(What::IsoFile)));
             }
         }
-        match &self.root {
-            Some(root) => root.open(req.path),
-            None => Err(ResolveError::NotFound),
-        }
+        let content = match &self.root {
+            Some(root) => root.open(req.path)?,
+            None => return Err(ResolveError::NotFound),
+        };
+        // An iPXE build of the operator's own under a first-stage name (the name DHCP hands
+        // out) is a first stage too: its fetches count towards a chainload loop.
+        let first_stage = match req.path.parts() {
+            [name] => first_stage_names()
+                .iter()
+                .chain(&["ipxe.pxe"])
+                .any(|n| n.eq_ignore_ascii_case(name)),
+            _ => false,
+        };
+        Ok(if first_stage {
+            content.served_as(Served::new(What::FirstStage))
+        } else {
+            content
+        })
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::Served;
+
 /// A run of bytes inside a backing file: ISO 9660 stores files over 4 GiB (and, rarely, others)
 /// as several extents, so a file is a list of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,7 @@ pub struct Content {
     len: u64,
     modified: Option<SystemTime>,
     etag: String,
+    served: Served,
 }
 
 fn etag_for(fp: &Fingerprint, first: u64, len: u64) -> String {
@@ -88,6 +91,7 @@ impl Content {
             etag: format!("\"g-{}\"", hex::encode(&digest[..12])),
             body: Body::Bytes(bytes),
             modified: None,
+            served: Served::default(),
         }
     }
 
@@ -124,6 +128,7 @@ impl Content {
             len,
             modified: meta.modified().ok(),
             etag: etag_for(&fingerprint, 0, len),
+            served: Served::default(),
         })
     }
 
@@ -144,6 +149,7 @@ impl Content {
             len,
             modified: meta.modified().ok(),
             etag,
+            served: Served::default(),
         })
     }
 
@@ -153,6 +159,18 @@ impl Content {
             self.modified = modified;
         }
         self
+    }
+
+    /// Says what this content is (resolvers know: a first stage, a script, a file inside an
+    /// ISO image); a plain file when no one said.
+    pub fn served_as(mut self, served: Served) -> Content {
+        self.served = served;
+        self
+    }
+
+    /// What this content is, as its resolver said.
+    pub fn served(&self) -> Served {
+        self.served
     }
 
     /// Total length in bytes.

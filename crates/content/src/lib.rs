@@ -14,12 +14,14 @@ mod path;
 // openat2 (RESOLVE_BENEATH) and O_PATH descriptors, which std does not offer.
 #[allow(unsafe_code)]
 mod root;
+mod served;
 
 use std::net::SocketAddr;
 
 pub use content::{changed_error, Content, Extent};
 pub use path::{CleanPath, PathError, MAX_COMPONENTS, MAX_PATH_LEN};
 pub use root::Root;
+pub use served::{Served, What};
 
 /// Bytes of a requested path shown at most in events and log lines: a stranger's 16 KiB path
 /// must not become 16 KiB per log line.

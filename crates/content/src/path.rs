@@ -88,6 +88,11 @@ impl CleanPath {
         &self.parts[0]
     }
 
+    /// The last component (the file's name).
+    pub fn last(&self) -> &str {
+        self.parts.last().map(String::as_str).unwrap_or("")
+    }
+
     /// Everything after the first `n` components, or `None` when nothing is left.
     pub fn strip_prefix(&self, n: usize) -> Option<CleanPath> {
         if self.parts.len() <= n {

@@ -69,6 +69,23 @@ pub struct HttpConfig {
     /// does not cover this: a connection with a response in flight is never idle.
     #[serde(with = "chainboot_config::duration")]
     pub send_timeout: Duration,
+    /// Which responses get an access-log line at `info` (the others are logged at `debug`).
+    pub access_log: AccessLog,
+}
+
+/// `[http] access_log`: which responses are logged at `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLog {
+    /// Steps of a boot (first stages, scripts, kernels, initrds, loaders, configs, machines'
+    /// reports) and every response of status 400 or more. Plain files and the API are
+    /// logged at `debug`: a line per small file cost a fifth of the throughput.
+    #[default]
+    Boot,
+    /// Every response.
+    All,
+    /// None at `info` (all at `debug`).
+    Off,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`.
@@ -107,6 +124,7 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            access_log: AccessLog::default(),
         }
     }
 }

@@ -36,9 +36,9 @@ mod stats;
 pub mod tls;
 pub mod tls_client;
 
-pub use config::{HttpConfig, HttpConfigError, Listen};
+pub use config::{AccessLog, HttpConfig, HttpConfigError, Listen};
 pub use response::{content_response, CHUNK};
-pub use routes::{static_routes, StaticContent};
+pub use routes::{served_as, serving, static_routes, StaticContent};
 pub use server::HttpServer;
-pub use stats::{AccessRecord, HttpObserver, HttpStats, NoObserver};
+pub use stats::{AccessRecord, HttpObserver, HttpStats, NoObserver, StaticFile};
 pub use tls::{TlsError, TlsFiles, TlsServer, TlsSource};

@@ -52,7 +52,7 @@ pub fn content_response(
     method: &Method,
     headers: &HeaderMap,
     content: Content,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Response {
     respond(method, headers, content, None, content_type)
 }
@@ -80,7 +80,7 @@ pub(crate) fn respond(
     headers: &HeaderMap,
     content: Content,
     prefetched: Option<Bytes>,
-    content_type: &str,
+    content_type: &'static str,
 ) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
@@ -90,22 +90,19 @@ pub(crate) fn respond(
     }
     let len = content.len();
     let modified = content.modified().map(whole_seconds);
-    let etag = content.etag().to_string();
+    let etag = content.etag();
 
-    let mut validators = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        validators.insert(header::ETAG, v);
-    }
-    if let Some(m) = modified {
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
-            validators.insert(header::LAST_MODIFIED, v);
-        }
-    }
+    // Set on every answer below, the 304s and 412s included (built once, cloned by refcount).
+    let validators = Validators {
+        etag: HeaderValue::from_str(etag).ok(),
+        last_modified: modified
+            .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+    };
 
     // RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
     // If-Modified-Since; then If-Range with Range.
     if let Some(im) = header_str(headers, header::IF_MATCH) {
-        if !etag_list_matches(im, &etag, true) {
+        if !etag_list_matches(im, etag, true) {
             return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
         }
     } else if let (Some(ius), Some(m)) =
@@ -116,7 +113,7 @@ pub(crate) fn respond(
         }
     }
     if let Some(inm) = header_str(headers, header::IF_NONE_MATCH) {
-        if etag_list_matches(inm, &etag, false) {
+        if etag_list_matches(inm, etag, false) {
             return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
         }
     } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified)
@@ -173,7 +170,8 @@ pub(crate) fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_type) {
+    // A static string: the header value shares it instead of copying it per response.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from_static(content_type.as_bytes())) {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -192,9 +190,19 @@ fn status_only(status: StatusCode) -> Response {
     r
 }
 
-fn with_headers(mut r: Response, extra: &HeaderMap) -> Response {
-    for (k, v) in extra {
-        r.headers_mut().insert(k.clone(), v.clone());
+/// `ETag` and `Last-Modified` of the content answered for.
+struct Validators {
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+}
+
+fn with_headers(mut r: Response, v: &Validators) -> Response {
+    let h = r.headers_mut();
+    if let Some(e) = &v.etag {
+        h.insert(header::ETAG, e.clone());
+    }
+    if let Some(m) = &v.last_modified {
+        h.insert(header::LAST_MODIFIED, m.clone());
     }
     r
 }

@@ -7,13 +7,16 @@ use axum::extract::{ConnectInfo, Request as AxumRequest};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chainboot_content::{CleanPath, Content, Request, ResolveError, Resolver, Root, Transport};
+use chainboot_content::{
+    CleanPath, Content, Request, ResolveError, Resolver, Root, Served, Transport, What,
+};
 use chainboot_iso::{EntryKind, IsoLibrary};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::response::{prefetch_small, respond};
+use crate::StaticFile;
 use bytes::Bytes;
 
 /// What the static routes serve. Built by the binary from the config.
@@ -63,6 +66,44 @@ pub fn static_routes(content: StaticContent) -> Router {
         .route("/iso", get(iso.clone()))
         .route("/iso/", get(iso.clone()))
         .route("/iso/{*rest}", get(iso))
+}
+
+/// Says what a response served, for the observer and the access log
+/// ([`crate::AccessRecord::served`]); a response that says nothing counts as `other`.
+pub fn served_as(mut resp: Response, served: Served) -> Response {
+    resp.extensions_mut().insert(served);
+    resp
+}
+
+/// Every response of `router`'s routes that does not say what it served is `what` (the
+/// operator's API: none of it is a boot step). Paths no route matches stay `other`.
+pub fn serving(router: Router, what: What) -> Router {
+    router.route_layer(axum::middleware::map_response(
+        move |resp: Response| async move {
+            if resp.extensions().get::<Served>().is_some() {
+                resp
+            } else {
+                served_as(resp, Served::new(what))
+            }
+        },
+    ))
+}
+
+fn static_file(mut resp: Response, iso: Option<String>, path: Option<CleanPath>) -> Response {
+    match path {
+        Some(path) => {
+            resp.extensions_mut().insert(StaticFile { iso, path });
+            resp
+        }
+        None => served_as(
+            resp,
+            Served::new(if iso.is_some() {
+                What::IsoFile
+            } else {
+                What::File
+            }),
+        ),
+    }
 }
 
 /// Why a request path was refused before any lookup.
@@ -152,22 +193,21 @@ fn resolve_error_response(e: &ResolveError) -> Response {
 
 /// Content-Type from the name. Boot assets without a known extension (vmlinuz, initrd,
 /// undionly.kpxe) are octet-stream; scripts and configs are text.
-pub(crate) fn content_type_for(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-    match ext {
-        "ipxe" | "cfg" | "conf" | "seed" | "preseed" | "ks" | "txt" => {
-            return "text/plain; charset=utf-8".into()
-        }
-        "efi" | "kpxe" | "pxe" | "lkrn" | "0" | "img" | "iso" | "gz" | "xz" | "zst" => {
-            return "application/octet-stream".into()
-        }
-        _ => {}
+pub(crate) fn content_type_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let is = |list: &[&str]| list.iter().any(|e| e.eq_ignore_ascii_case(ext));
+    if is(&["ipxe", "cfg", "conf", "seed", "preseed", "ks", "txt"]) {
+        return "text/plain; charset=utf-8";
     }
-    mime_guess::from_path(&lower)
+    if is(&[
+        "efi", "kpxe", "pxe", "lkrn", "0", "img", "iso", "gz", "xz", "zst",
+    ]) {
+        return "application/octet-stream";
+    }
+    // mime_guess looks extensions up case-insensitively.
+    mime_guess::from_ext(ext)
         .first_raw()
         .unwrap_or("application/octet-stream")
-        .to_string()
 }
 
 /// Opening files stats and canonicalises paths and may index an ISO: off the async workers.
@@ -324,7 +364,7 @@ fn found_response(
             req.headers(),
             content,
             pre,
-            &content_type_for(file_name),
+            content_type_for(file_name),
         ),
         Ok(Found::Dir(entries)) => {
             let base = encoded_base(prefix, path);
@@ -348,10 +388,11 @@ fn found_response(
 async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/files") {
         Ok(p) => p,
-        Err(r) => return refusal_response(r),
+        Err(r) => return static_file(refusal_response(r), None, None),
     };
     let Some(root) = c.files.clone() else {
-        return plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
+        let resp = plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
+        return static_file(resp, None, path);
     };
     // Opened on the async worker, not the blocking pool, as nginx does: for a local file the
     // open is one `openat2` and a few `fstat`s (and a small file's single `pread` from the
@@ -368,11 +409,16 @@ async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
             Err(e) => Err(e),
         },
     };
-    let name = path.as_ref().map(|p| p.as_string()).unwrap_or_default();
-    found_response(found, &req, "/files", path.as_ref(), &name)
+    let name = path.as_ref().map(|p| p.last()).unwrap_or_default();
+    let resp = found_response(found, &req, "/files", path.as_ref(), name);
+    static_file(resp, None, path)
 }
 
 async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+    served_as(ipxe_bin(c, req).await, Served::new(What::FirstStage))
+}
+
+async fn ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/ipxe-bin") {
         Ok(Some(p)) => p,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "not found"),
@@ -390,13 +436,13 @@ async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
         file_found(content)
     })
     .await;
-    found_response(found, &req, "/ipxe-bin", Some(&path), &path.as_string())
+    found_response(found, &req, "/ipxe-bin", Some(&path), path.last())
 }
 
 async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/iso") {
         Ok(p) => p,
-        Err(r) => return refusal_response(r),
+        Err(r) => return served_as(refusal_response(r), Served::new(What::IsoFile)),
     };
     let Some(path) = path else {
         // /iso/: the configured images that opened.
@@ -411,23 +457,35 @@ async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
                 size: None,
             })
             .collect();
-        return found_response(Ok(Found::Dir(entries)), &req, "/iso", None, "");
+        let resp = found_response(Ok(Found::Dir(entries)), &req, "/iso", None, "");
+        return served_as(resp, Served::new(What::IsoFile));
     };
-    let name = path.first().to_string();
-    let inner = path.strip_prefix(1);
+    let lookup = (path.first().to_string(), path.strip_prefix(1));
     let isos = c.isos.clone();
-    let i2 = inner.clone();
-    let found = blocking(move || match &i2 {
-        None => isos.list(&name, None).map(iso_entries),
-        Some(p) => match isos.content(&name, p) {
-            Ok(content) => file_found(content),
-            Err(ResolveError::IsDirectory) => isos.list(&name, Some(p)).map(iso_entries),
-            Err(e) => Err(e),
-        },
+    // The image's name and the inner path go to the blocking task and come back, so the
+    // response's tag needs no copies of its own.
+    let resolved = blocking(move || {
+        let found = {
+            let (name, inner) = &lookup;
+            match inner {
+                None => isos.list(name, None).map(iso_entries),
+                Some(p) => match isos.content(name, p) {
+                    Ok(content) => file_found(content),
+                    Err(ResolveError::IsDirectory) => isos.list(name, Some(p)).map(iso_entries),
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        Ok((found, lookup))
     })
     .await;
-    let file_name = inner.as_ref().map(|p| p.as_string()).unwrap_or_default();
-    found_response(found, &req, "/iso", Some(&path), &file_name)
+    let (found, (name, inner)) = match resolved {
+        Ok(r) => r,
+        Err(e) => return served_as(resolve_error_response(&e), Served::new(What::IsoFile)),
+    };
+    let file_name = inner.as_ref().map(|p| p.last()).unwrap_or_default();
+    let resp = found_response(found, &req, "/iso", Some(&path), file_name);
+    static_file(resp, Some(name), inner)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::per_client::PerClient;
 use crate::stats::{AccessRecord, LoggedBody};
 use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
+use chainboot_content::{Served, What};
 
 /// How long `run` waits for responses in flight after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -113,8 +114,9 @@ impl HttpServer {
     }
 
     /// Serves `router` on every listener until `shutdown` is cancelled, then stops accepting,
-    /// lets responses in flight finish (up to 10 s) and returns. Every response is logged
-    /// (target `chainboot::http::access`) and counted; each request carries
+    /// lets responses in flight finish (up to 10 s) and returns. Every response is counted and
+    /// logged (target `chainboot::http::access`, at `info` or `debug` per `[http]
+    /// access_log`); each request carries
     /// `ConnectInfo<SocketAddr>` for handlers that want the client address.
     pub async fn run(self, router: Router, shutdown: CancellationToken) -> io::Result<()> {
         let cfg = Arc::new(self.config);
@@ -470,14 +472,16 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                 tokio::time::Instant::now() + ctx.cfg.request_timeout.saturating_sub(waited);
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight(activity);
-            let record = AccessRecord {
+            let mut record = AccessRecord {
                 client: peer,
                 method: req.method().clone(),
-                path: req.uri().path().to_string(),
+                uri: req.uri().clone(),
                 status: http::StatusCode::OK,
                 bytes: 0,
                 duration: Duration::ZERO,
                 complete: false,
+                served: Served::new(What::Other),
+                file: None,
             };
             // A request without a body (every GET) has it all from the start.
             let body_done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
@@ -498,16 +502,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                     &ctx.cfg,
                     &ctx.stats,
                     peer,
-                    &record.path,
+                    record.path(),
                     body_done.load(Ordering::Relaxed),
                 ),
             };
-            let (parts, body) = resp.into_parts();
-            let record = AccessRecord {
-                status: parts.status,
-                ..record
-            };
-            let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer)
+            let (mut parts, body) = resp.into_parts();
+            record.status = parts.status;
+            record.take_served(&mut parts.extensions);
+            let access_log = ctx.cfg.access_log;
+            let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer, access_log)
                 .with_guard(Box::new(in_flight));
             Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
         }
@@ -733,7 +736,8 @@ async fn api_errors_as_json(
     if !api || !rejected || is_json {
         return resp;
     }
-    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 4096).await {
         Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
         Err(_) => String::new(),
     };
@@ -747,9 +751,12 @@ async fn api_errors_as_json(
     } else {
         format!("{what}: {text}")
     };
-    (
+    let mut resp = (
         http::StatusCode::BAD_REQUEST,
         axum::Json(serde_json::json!({ "error": message })),
     )
-        .into_response()
+        .into_response();
+    // What the route said it served stays said.
+    *resp.extensions_mut() = parts.extensions;
+    resp
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use chainboot_content::{CleanPath, Served, What};
+use http::{Method, StatusCode, Uri};
+
+use crate::AccessLog;
 use http_body::Frame;
 
 /// Counters kept for `/metrics`. All relaxed atomics: they are statistics, not
@@ -60,13 +63,22 @@ impl HttpStats {
     }
 }
 
+/// A file a static route served, as the route resolved it (not as the URL spelled it): what
+/// an observer compares with a machine's boot decision to tell its kernel from any file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticFile {
+    /// The ISO image it came from; `None`: under `[http] root`.
+    pub iso: Option<String>,
+    pub path: CleanPath,
+}
+
 /// One finished response, as logged.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
     pub client: SocketAddr,
     pub method: Method,
-    /// The request path as sent (still percent-encoded), without the query.
-    pub path: String,
+    /// The request's URI as sent (still percent-encoded); shares the request's bytes.
+    pub uri: Uri,
     pub status: StatusCode,
     /// Body bytes sent.
     pub bytes: u64,
@@ -74,13 +86,41 @@ pub struct AccessRecord {
     pub duration: Duration,
     /// False when the body did not complete.
     pub complete: bool,
+    /// What the route said it served ([`Served`] in the response's extensions); `other` when
+    /// it said nothing. An observer may make it more precise (a file that is a machine's
+    /// kernel), and the access log shows what it ends up as.
+    pub served: Served,
+    /// The file, when a static route served one ([`StaticFile`] in the extensions).
+    pub file: Option<StaticFile>,
+}
+
+impl AccessRecord {
+    /// The request path (still percent-encoded), without the query.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// Takes what the route said it served out of a response's extensions.
+    pub(crate) fn take_served(&mut self, ext: &mut http::Extensions) {
+        if let Some(file) = ext.remove::<StaticFile>() {
+            self.served = Served::new(if file.iso.is_some() {
+                What::IsoFile
+            } else {
+                What::File
+            });
+            self.file = Some(file);
+        } else if let Some(served) = ext.remove::<Served>() {
+            self.served = served;
+        }
+    }
 }
 
 /// Hook for events and metrics work (boot timelines, dashboards). Every method has a no-op
 /// default; implementations must be cheap (they run on the serving path).
 pub trait HttpObserver: Send + Sync + 'static {
-    /// A response finished (or was aborted).
-    fn on_response(&self, _record: &AccessRecord) {}
+    /// A response finished (or was aborted). The observer may refine `record.served` (the
+    /// access-log line written after it shows the result).
+    fn on_response(&self, _record: &mut AccessRecord) {}
     /// A connection was accepted.
     fn on_connection(&self, _peer: SocketAddr) {}
 }
@@ -90,8 +130,8 @@ pub trait HttpObserver: Send + Sync + 'static {
 pub struct NoObserver;
 impl HttpObserver for NoObserver {}
 
-/// Wraps a response body: counts bytes and, when the body ends or is dropped, writes the
-/// access log line, updates the counters and calls the observer. Logging at the end (not
+/// Wraps a response body: counts bytes and, when the body ends or is dropped, calls the
+/// observer, updates the counters and writes the access log line. Logging at the end (not
 /// when the handler returns) gives true byte counts and durations for large files.
 pub(crate) struct LoggedBody {
     inner: Body,
@@ -99,6 +139,7 @@ pub(crate) struct LoggedBody {
     started: Instant,
     stats: Arc<HttpStats>,
     observer: Arc<dyn HttpObserver>,
+    access_log: AccessLog,
     done: bool,
     /// Dropped with the body (the connection's in-flight count).
     _guard: Option<Box<dyn Send + Sync>>,
@@ -111,6 +152,7 @@ impl LoggedBody {
         started: Instant,
         stats: Arc<HttpStats>,
         observer: Arc<dyn HttpObserver>,
+        access_log: AccessLog,
     ) -> LoggedBody {
         LoggedBody {
             inner,
@@ -118,6 +160,7 @@ impl LoggedBody {
             started,
             stats,
             observer,
+            access_log,
             done: false,
             _guard: None,
         }
@@ -142,26 +185,48 @@ impl LoggedBody {
         if !rec.complete {
             self.stats.aborted.fetch_add(1, Ordering::Relaxed);
         }
-        let path = chainboot_content::shown_path(&rec.path);
-        tracing::info!(
-            target: "chainboot::http::access",
-            client = %rec.client,
-            method = %rec.method,
-            path = %path,
-            status = rec.status.as_u16(),
-            bytes = rec.bytes,
-            duration_ms = rec.duration.as_secs_f64() * 1000.0,
-            complete = rec.complete,
-            "{} {} {} {} {}B {:.1}ms{}",
-            rec.client,
-            rec.method,
-            path,
-            rec.status.as_u16(),
-            rec.bytes,
-            rec.duration.as_secs_f64() * 1000.0,
-            if rec.complete { "" } else { " (aborted)" }
-        );
-        self.observer.on_response(&rec);
+        self.observer.on_response(&mut rec);
+        access_line(&rec, self.access_log);
+    }
+}
+
+/// Whether `rec` is logged at `info` under `mode` (else at `debug`). `boot`: a step of a
+/// known machine's boot (what its timeline shows: the route or the observer named the
+/// machine), or a failure.
+pub(crate) fn logged_at_info(rec: &AccessRecord, mode: AccessLog) -> bool {
+    match mode {
+        AccessLog::All => true,
+        AccessLog::Off => false,
+        AccessLog::Boot => {
+            let step = rec.served.what.is_boot_step() && rec.served.mac.is_some();
+            step || rec.status.as_u16() >= 400
+        }
+    }
+}
+
+/// The access-log line (target `chainboot::http::access`): the fields only, no message
+/// repeating them.
+fn access_line(rec: &AccessRecord, mode: AccessLog) {
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "chainboot::http::access",
+                client = %rec.client,
+                method = %rec.method,
+                path = %chainboot_content::shown_path(rec.path()),
+                status = rec.status.as_u16(),
+                bytes = rec.bytes,
+                ms = rec.duration.as_micros() as f64 / 1000.0,
+                what = rec.served.what.as_str(),
+                mac = rec.served.mac.map(tracing::field::display),
+                complete = rec.complete,
+            )
+        };
+    }
+    if logged_at_info(rec, mode) {
+        line!(info);
+    } else {
+        line!(debug);
     }
 }
 
@@ -207,5 +272,49 @@ impl Drop for LoggedBody {
             self.done = true;
         }
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainboot_content::Served;
+
+    fn record(what: What, mac: bool, status: u16) -> AccessRecord {
+        AccessRecord {
+            client: SocketAddr::from(([198, 18, 0, 7], 40000)),
+            method: Method::GET,
+            uri: Uri::from_static("/x"),
+            status: StatusCode::from_u16(status).unwrap(),
+            bytes: 0,
+            duration: Duration::ZERO,
+            complete: true,
+            served: Served {
+                what,
+                mac: mac.then(|| "52:54:00:00:00:01".parse().unwrap()),
+            },
+            file: None,
+        }
+    }
+
+    #[test]
+    fn boot_mode_logs_a_known_machines_boot_steps_and_failures_at_info_only() {
+        let boot = AccessLog::Boot;
+        assert!(logged_at_info(&record(What::Kernel, true, 200), boot));
+        assert!(logged_at_info(&record(What::Script, true, 200), boot));
+        assert!(!logged_at_info(&record(What::Script, false, 200), boot));
+        assert!(!logged_at_info(&record(What::File, true, 200), boot));
+        assert!(!logged_at_info(&record(What::IsoFile, false, 206), boot));
+        assert!(!logged_at_info(&record(What::Api, false, 200), boot));
+        assert!(logged_at_info(&record(What::File, false, 404), boot));
+        assert!(logged_at_info(&record(What::Other, false, 500), boot));
+        assert!(logged_at_info(
+            &record(What::File, false, 200),
+            AccessLog::All
+        ));
+        assert!(!logged_at_info(
+            &record(What::Kernel, true, 500),
+            AccessLog::Off
+        ));
     }
 }

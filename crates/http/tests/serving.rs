@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chainboot_content::Root;
+use chainboot_content::{CleanPath, Root, Served, What};
 use chainboot_http::{
     static_routes, AccessRecord, HttpConfig, HttpObserver, HttpServer, HttpStats, Listen,
-    StaticContent,
+    StaticContent, StaticFile,
 };
 use chainboot_iso::{IsoConfig, IsoLibrary};
 use sha2::{Digest, Sha256};
@@ -38,7 +38,7 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 #[derive(Default)]
 struct Recorder(Mutex<Vec<AccessRecord>>);
 impl HttpObserver for Recorder {
-    fn on_response(&self, r: &AccessRecord) {
+    fn on_response(&self, r: &mut AccessRecord) {
         self.0.lock().unwrap().push(r.clone());
     }
 }
@@ -916,19 +916,74 @@ async fn every_response_is_logged_counted_and_observed() {
     }
     let recs = s.recorder.0.lock().unwrap().clone();
     assert_eq!(recs.len(), 3, "{recs:?}");
-    let small = recs.iter().find(|r| r.path == "/files/small.txt").unwrap();
+    let small = recs
+        .iter()
+        .find(|r| r.path() == "/files/small.txt")
+        .unwrap();
     assert_eq!(
         (small.status.as_u16(), small.bytes, small.complete),
         (200, 1024, true)
     );
     assert_eq!(small.client.ip(), s.addr.ip());
-    let nope = recs.iter().find(|r| r.path == "/files/nope").unwrap();
+    let nope = recs.iter().find(|r| r.path() == "/files/nope").unwrap();
     assert_eq!(nope.status.as_u16(), 404);
     let head = recs.iter().find(|r| r.method == "HEAD").unwrap();
     assert_eq!(head.bytes, 0);
     assert_eq!(s.stats.responses(2), 2);
     assert_eq!(s.stats.responses(4), 1);
     assert_eq!(s.stats.requests(), 3);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_say_what_they_served_and_which_file() {
+    let s = start(|_| {}).await;
+    let c = client();
+    let paths = [
+        "/files/small.txt",
+        "/iso/debian/install.amd/vmlinuz",
+        "/ipxe-bin/ipxe.efi",
+        "/files/nope",
+        "/favicon.ico",
+    ];
+    for path in paths {
+        c.get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.recorder.0.lock().unwrap().len() < paths.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recs = s.recorder.0.lock().unwrap().clone();
+    let find = |path: &str| recs.iter().find(|r| r.path() == path).unwrap().clone();
+    let file = |iso: Option<&str>, path: &str| StaticFile {
+        iso: iso.map(str::to_string),
+        path: CleanPath::parse(path).unwrap(),
+    };
+    let small = find("/files/small.txt");
+    assert_eq!(small.served, Served::new(What::File));
+    assert_eq!(small.file, Some(file(None, "small.txt")));
+    let kernel = find("/iso/debian/install.amd/vmlinuz");
+    assert_eq!(kernel.served, Served::new(What::IsoFile));
+    assert_eq!(
+        kernel.file,
+        Some(file(Some("debian"), "install.amd/vmlinuz"))
+    );
+    let first = find("/ipxe-bin/ipxe.efi");
+    assert_eq!(first.served, Served::new(What::FirstStage));
+    assert_eq!(first.file, None);
+    let missing = find("/files/nope");
+    assert_eq!(
+        (missing.status.as_u16(), missing.served.what),
+        (404, What::File)
+    );
+    // No route says anything about a path outside the namespace.
+    assert_eq!(find("/favicon.ico").served.what, What::Other);
     s.shutdown().await;
 }
 
@@ -1186,7 +1241,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
         0
     );
     let recs = s.recorder.0.lock().unwrap().clone();
-    let rec = recs.iter().find(|r| r.path == "/files/huge.bin").unwrap();
+    let rec = recs.iter().find(|r| r.path() == "/files/huge.bin").unwrap();
     assert!(!rec.complete, "{rec:?}");
     s.shutdown().await;
 }

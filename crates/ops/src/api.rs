@@ -67,7 +67,7 @@ impl OpsState {
 
 /// The routes.
 pub fn routes(state: OpsState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/leases", get(leases))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/stream", get(stream_events))
@@ -78,7 +78,8 @@ pub fn routes(state: OpsState) -> Router {
         .route("/healthz", get(healthz))
         .route("/", get(crate::dashboard::index))
         .route("/dashboard/{file}", get(crate::dashboard::asset))
-        .with_state(state)
+        .with_state(state);
+    chainboot_http::serving(router, chainboot_content::What::Api)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -610,12 +611,12 @@ fn write_http(w: &mut Writer, st: &OpsState) {
         "HTTP request durations (to the last body byte).",
         &st.metrics.http_request_seconds,
     );
-    w.labeled(
+    w.by_what(
         "chainboot_http_responses_total",
         "HTTP responses by what was fetched and status class.",
         &st.metrics.http_responses,
     );
-    w.labeled(
+    w.by_what(
         "chainboot_http_bytes_total",
         "HTTP body bytes by what was fetched.",
         &st.metrics.http_bytes,

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chainboot_content::What;
 use parking_lot::Mutex;
 
-/// A histogram with fixed bucket bounds (seconds or bytes), lock-free to observe.
+/// A histogram with fixed bucket bounds (seconds or bytes), lock-free to observe. Buckets hold
+/// their own counts; the exposition's cumulative counts are summed when rendered.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
@@ -37,11 +39,11 @@ impl Histogram {
         }
     }
 
+    /// One atomic add to the value's own bucket (not to every bucket above it: on the serving
+    /// path of every request that was up to 13 contended adds); `render` sums them up.
     pub fn observe(&self, value: f64) {
-        for (b, bound) in self.buckets.iter().zip(self.bounds) {
-            if value <= *bound {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.sum_micro
             .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
@@ -58,11 +60,12 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
         for (b, bound) in self.buckets.iter().zip(self.bounds) {
+            cumulative += b.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                b.load(Ordering::Relaxed)
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
             );
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -99,6 +102,64 @@ impl LabeledCounter {
     fn render(&self, out: &mut String, name: &str) {
         for (labels, v) in self.values.lock().iter() {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// Counters by what was served and, optionally, one more label of a fixed set of values: both
+/// known in advance, so counting is one atomic add (no label text built per request).
+#[derive(Debug)]
+pub struct WhatCounter {
+    /// The second label's name and values (`code`, `1xx`...`5xx`); empty: `what` only.
+    label: &'static str,
+    values: &'static [&'static str],
+    counts: Vec<AtomicU64>,
+}
+
+impl WhatCounter {
+    pub fn new(label: &'static str, values: &'static [&'static str]) -> WhatCounter {
+        let n = What::ALL.len() * values.len().max(1);
+        WhatCounter {
+            label,
+            values,
+            counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Adds `n` to `what` and the second label's `value`-th value (ignored when there is
+    /// no second label; out of range: the last value).
+    pub fn add(&self, what: What, value: usize, n: u64) {
+        let width = self.values.len().max(1);
+        let i = what.index() * width + value.min(width - 1);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count of `what` and `value` (tests).
+    pub fn get(&self, what: What, value: usize) -> u64 {
+        let width = self.values.len().max(1);
+        self.counts[what.index() * width + value.min(width - 1)].load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let width = self.values.len().max(1);
+        for (i, c) in self.counts.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v == 0 {
+                continue;
+            }
+            let what = What::ALL[i / width];
+            match self.values.get(i % width) {
+                Some(value) => {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{what=\"{what}\",{}=\"{value}\"}} {v}",
+                        self.label
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{name}{{what=\"{what}\"}} {v}");
+                }
+            }
         }
     }
 }
@@ -153,6 +214,11 @@ impl Writer {
         c.render(&mut self.out, name);
     }
 
+    pub fn by_what(&mut self, name: &str, help: &str, c: &WhatCounter) {
+        self.head(name, "counter", help);
+        c.render(&mut self.out, name);
+    }
+
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.head(name, "histogram", help);
         h.render(&mut self.out, name, "");
@@ -188,6 +254,35 @@ mod tests {
         assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3"), "{text}");
         assert!(text.contains("x_seconds_sum 5.55"), "{text}");
         assert!(text.contains("x_seconds_count 3"), "{text}");
+    }
+
+    #[test]
+    fn counters_by_what_render_only_what_was_counted() {
+        let c = WhatCounter::new("code", &["1xx", "2xx", "3xx", "4xx", "5xx"]);
+        c.add(What::Script, 1, 2);
+        c.add(What::Kernel, 3, 1);
+        c.add(What::Kernel, 99, 1);
+        let mut w = Writer::new();
+        w.by_what("x_total", "test", &c);
+        let text = w.finish();
+        assert!(
+            text.contains("x_total{what=\"script\",code=\"2xx\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_total{what=\"kernel\",code=\"4xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_total{what=\"kernel\",code=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with("x_total")).count(), 3);
+        let bytes = WhatCounter::new("", &[]);
+        bytes.add(What::File, 0, 1024);
+        let mut w = Writer::new();
+        w.by_what("b_total", "test", &bytes);
+        assert!(w.finish().contains("b_total{what=\"file\"} 1024"));
     }
 
     #[test]

@@ -6,17 +6,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chainboot_content::shown_path;
-use chainboot_dhcp::boot::{first_stage_names, BootDecision, SCRIPT_NAME};
+use chainboot_content::What;
+use chainboot_dhcp::boot::BootDecision;
 use chainboot_dhcp::{Handled, Ingress};
 use chainboot_events::{Detail, DhcpDetail, EventLog, HttpDetail, Outcome, TftpDetail};
-use chainboot_http::{AccessRecord, HttpObserver};
+use chainboot_http::{AccessRecord, HttpObserver, StaticFile};
 use chainboot_machine::Mac;
 use chainboot_policy::policy::AssetSlot;
-use chainboot_policy::{AssetRef, Policy};
+use chainboot_policy::Policy;
 use chainboot_tftp::server::{TransferObserver, TransferSummary};
 use serde_json::json;
 
-use crate::metrics::{Histogram, LabeledCounter, LATENCY_BUCKETS, TRANSFER_BUCKETS};
+use crate::metrics::{Histogram, LabeledCounter, WhatCounter, LATENCY_BUCKETS, TRANSFER_BUCKETS};
 
 /// Histograms and counters the observers fill (the servers' own counters are read directly).
 #[derive(Debug)]
@@ -24,8 +25,9 @@ pub struct Metrics {
     pub tftp_transfer_seconds: Histogram,
     pub tftp_transfers: LabeledCounter,
     pub http_request_seconds: Histogram,
-    pub http_responses: LabeledCounter,
-    pub http_bytes: LabeledCounter,
+    /// By what was served and status class (`code`: `1xx` ... `5xx`).
+    pub http_responses: WhatCounter,
+    pub http_bytes: WhatCounter,
     pub dhcp_exchanges: LabeledCounter,
     pub dhcp_decision_seconds: Histogram,
     /// Requests that named a MAC they could not prove they came from, by route.
@@ -38,8 +40,8 @@ impl Default for Metrics {
             tftp_transfer_seconds: Histogram::new(TRANSFER_BUCKETS),
             tftp_transfers: LabeledCounter::default(),
             http_request_seconds: Histogram::new(LATENCY_BUCKETS),
-            http_responses: LabeledCounter::default(),
-            http_bytes: LabeledCounter::default(),
+            http_responses: WhatCounter::new("code", &["1xx", "2xx", "3xx", "4xx", "5xx"]),
+            http_bytes: WhatCounter::new("", &[]),
             dhcp_exchanges: LabeledCounter::default(),
             dhcp_decision_seconds: Histogram::new(LATENCY_BUCKETS),
             refused_identity: LabeledCounter::default(),
@@ -52,27 +54,6 @@ pub struct Observers {
     pub events: Arc<EventLog>,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<Policy>,
-}
-
-/// Whether a TFTP path is a first-stage iPXE binary (for timelines and loop detection).
-pub fn is_first_stage(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.eq_ignore_ascii_case("ipxe.pxe")
-        || first_stage_names()
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-}
-
-fn tftp_what(path: &str) -> &'static str {
-    if is_first_stage(path) {
-        "first-stage"
-    } else if path == SCRIPT_NAME || path.starts_with("ipxe/") || path.starts_with("pxelinux.cfg/")
-    {
-        // pxelinux's configuration is its boot script.
-        "script"
-    } else {
-        "file"
-    }
 }
 
 /// Files loaders look for and go on without when they are absent: PXELINUX tries
@@ -101,21 +82,26 @@ impl TransferObserver for Observers {
         let secs = s.duration.as_secs_f64();
         let outcome = s.outcome.to_string();
         let ok = s.outcome.is_success();
+        let what = s.served.what;
         self.metrics.tftp_transfer_seconds.observe(secs);
         self.metrics.tftp_transfers.add(
             format!(
-                "what=\"{}\",outcome=\"{}\"",
-                tftp_what(s.path),
+                "what=\"{what}\",outcome=\"{}\"",
                 if ok { "completed" } else { "failed" }
             ),
             1,
         );
-        let mac = self.events.mac_for_ip(s.client.ip());
+        // Every transfer is an event: a transfer is many round trips, and over TFTP even a
+        // plain file is most likely a step of a PXELINUX boot.
+        let mac = s
+            .served
+            .mac
+            .or_else(|| self.events.mac_for_ip(s.client.ip()));
         let detail = TftpDetail {
             client: s.client.to_string(),
             path: s.path.to_string(),
-            what: tftp_what(s.path),
-            first_stage: is_first_stage(s.path),
+            what: what.as_str(),
+            first_stage: what == What::FirstStage,
             bytes: s.bytes,
             blksize: s.blksize,
             windowsize: s.windowsize,
@@ -161,112 +147,72 @@ impl TransferObserver for Observers {
     }
 }
 
-/// What an HTTP request was, for timelines.
-fn http_what(observers: &Observers, path: &str, mac: Option<Mac>) -> &'static str {
-    let rest = |p: &str| path.strip_prefix(p);
-    // pxelinux's configuration is its boot script.
-    if path == "/boot.ipxe"
-        || path == "/ipxe"
-        || path.starts_with("/ipxe/")
-        || path.starts_with("/pxelinux.cfg/")
-    {
-        return "script";
+impl Observers {
+    /// A file a static route served, as one of `mac`'s boot steps when its last decision
+    /// names it (a profile's kernel and initrds may be plain files under `[http] root` or in
+    /// an ISO image, fetched by their `/files/` or `/iso/` URL).
+    fn boot_step_of_file(&self, mac: Mac, file: &StaticFile) -> Option<What> {
+        let d = self.policy.recent(mac)?;
+        Some(match d.slot_of_file(file.iso.as_deref(), &file.path)? {
+            AssetSlot::Kernel => What::Kernel,
+            AssetSlot::Initrd(_) => What::Initrd,
+            AssetSlot::Loader => What::Loader,
+            AssetSlot::Url(_) => return None,
+        })
     }
-    if let Some(r) = rest("/boot/") {
-        let slot = r.split_once('/').map(|(_, s)| s).unwrap_or("");
-        return match slot.split('/').next() {
-            Some("kernel") => "kernel",
-            Some("initrd") => "initrd",
-            Some("loader") => "loader",
-            _ => "file",
-        };
-    }
-    if path.starts_with("/ipxe-bin/") {
-        return "first-stage";
-    }
-    if path.starts_with("/config/") {
-        return "config";
-    }
-    if path.starts_with("/files/") || path.starts_with("/iso/") {
-        // A profile's kernel and initrds may be plain static files: compare with the last
-        // decision made for this machine.
-        if let Some(d) = mac.and_then(|m| observers.policy.recent(m)) {
-            let is = |slot| {
-                d.asset(slot)
-                    .is_some_and(|a| asset_path(&a).as_deref() == Some(path))
-            };
-            if is(AssetSlot::Kernel) {
-                return "kernel";
-            }
-            if (0..16).any(|i| is(AssetSlot::Initrd(i))) {
-                return "initrd";
-            }
-        }
-        return "file";
-    }
-    "other"
-}
-
-/// The URL path under which chainboot serves an asset reference.
-fn asset_path(a: &AssetRef) -> Option<String> {
-    match a {
-        AssetRef::Files(p) => Some(format!("/files/{p}")),
-        AssetRef::Iso { name, path } => Some(format!("/iso/{name}/{path}")),
-        _ => None,
-    }
-}
-
-/// `/api/v1/machines/MAC/events`: the machine reporting its own progress.
-fn callback_mac(path: &str) -> Option<Mac> {
-    let rest = path.strip_prefix("/api/v1/machines/")?;
-    let (mac, tail) = rest.split_once('/')?;
-    (tail == "events").then(|| mac.parse().ok()).flatten()
 }
 
 impl HttpObserver for Observers {
-    fn on_response(&self, r: &AccessRecord) {
-        let path = r.path.as_str();
+    /// Counts every response; records an event only for a step of a machine's boot (what its
+    /// timeline shows) and, rate-limited, for failures. Plain files, strangers' successes and
+    /// the API are counted only: per small request an event costs more than serving it.
+    fn on_response(&self, r: &mut AccessRecord) {
+        let what = r.served.what;
         // Operator traffic (API reads, metrics, dashboard) is not part of any boot.
-        let is_callback = r.method == http::Method::POST && callback_mac(path).is_some();
-        if !is_callback
-            && (path.starts_with("/api/")
-                || path == "/metrics"
-                || path == "/healthz"
-                || path == "/"
-                || path.starts_with("/dashboard/"))
-        {
+        if what == What::Api {
+            return;
+        }
+        let status = r.status.as_u16();
+        let failed = status >= 400;
+        if !failed && what == What::Other {
+            self.count_http(r);
             return;
         }
         let client_ip: IpAddr = r.client.ip();
-        // A refused or missing path (any 4xx) is rate-limited, and belongs to a machine only
-        // when its address is one the machine proved is its own (the policy teaches the event
-        // log an address only after its identity check); anyone else's is unattributed.
-        let refused = r.status.is_client_error();
-        let mac = if refused {
-            self.events.mac_of_address(client_ip)
-        } else {
-            callback_mac(path).or_else(|| self.events.mac_for_ip(client_ip))
+        // A failure belongs to a machine only when the route proved the request came from it,
+        // or when its address is one the machine proved is its own (the policy teaches the
+        // event log an address only after its identity check); anyone else's is unattributed.
+        let mac = match r.served.mac {
+            Some(mac) => Some(mac),
+            None if failed => self.events.mac_of_address(client_ip),
+            None => self.events.mac_for_ip(client_ip),
         };
-        let what = if is_callback {
-            "callback"
+        // The access line written after this names the machine too.
+        r.served.mac = mac;
+        if let (Some(mac), Some(file)) = (mac, &r.file) {
+            if let Some(step) = self.boot_step_of_file(mac, file) {
+                r.served.what = step;
+            }
+        }
+        self.count_http(r);
+        let what = r.served.what;
+        let record = if failed {
+            // Requests outside the boot namespace (a browser's /favicon.ico, scanners) are
+            // kept out of timelines, except a known machine's (an installer probing a mirror
+            // path that is not there).
+            what != What::Other || mac.is_some()
         } else {
-            http_what(self, path, mac)
+            what.is_boot_step() && mac.is_some()
         };
-        let status = r.status.as_u16();
-        self.metrics
-            .http_request_seconds
-            .observe_duration(r.duration);
-        self.metrics
-            .http_responses
-            .add(format!("what=\"{what}\",code=\"{}xx\"", status / 100), 1);
-        self.metrics
-            .http_bytes
-            .add(format!("what=\"{what}\""), r.bytes);
+        if !record {
+            return;
+        }
+        let path = r.path();
         let detail = HttpDetail {
             client: r.client.to_string(),
             method: r.method.as_str().to_string(),
             path: shown_path(path).into_owned(),
-            what,
+            what: what.as_str(),
             status,
             outcome: match Outcome::of_http_status(status) {
                 Outcome::NotFound if is_optional_lookup(path) => Outcome::LookupMiss,
@@ -276,20 +222,26 @@ impl HttpObserver for Observers {
             duration_ms: r.duration.as_millis() as u64,
             complete: r.complete,
         };
-        // Requests for anything outside the boot namespace (a browser's /favicon.ico, scanners)
-        // are counted but kept out of timelines, except a known machine's failures (an
-        // installer probing a mirror path that is not there).
-        if what == "other" && (mac.is_none() || status < 400) {
-            return;
-        }
-        if refused {
+        if failed {
             self.events
                 .record_refused(mac, HttpDetail::KIND, detail.to_json());
-            return;
+        } else {
+            // A machine's own callback (e.g. `installed`) is recorded with its body by the
+            // API hook ([`MachineEvents`]) as an `api` event; this is the request itself.
+            self.events.record(mac, HttpDetail::KIND, detail.to_json());
         }
-        // A machine's own callback (e.g. `installed`) is recorded with its body by the API
-        // hook ([`MachineEvents`]) as an `api` event; this is the request itself.
-        self.events.record(mac, HttpDetail::KIND, detail.to_json());
+    }
+}
+
+impl Observers {
+    fn count_http(&self, r: &AccessRecord) {
+        let what = r.served.what;
+        let class = (r.status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.metrics
+            .http_request_seconds
+            .observe_duration(r.duration);
+        self.metrics.http_responses.add(what, class, 1);
+        self.metrics.http_bytes.add(what, 0, r.bytes);
     }
 }
 
@@ -513,16 +465,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_stage_names_are_recognised_anywhere() {
-        assert!(is_first_stage("undionly.kpxe"));
-        assert!(is_first_stage("IPXE.EFI"));
-        assert!(is_first_stage("ipxe.pxe"));
-        assert!(!is_first_stage("boot.ipxe"));
-        assert_eq!(tftp_what("boot.ipxe"), "script");
-        assert_eq!(tftp_what("pxelinux.cfg/default"), "script");
-    }
-
-    #[test]
     fn the_largest_machine_report_fits_an_event_whole() {
         let body = serde_json::json!({
             "event": "e".repeat(64),
@@ -538,15 +480,5 @@ mod tests {
         let (event, kept) = chainboot_policy::machine_event::parse(body.as_bytes()).unwrap();
         let detail = json!({ "event": event, "body": kept });
         assert!(detail.to_string().len() <= chainboot_events::MAX_DETAIL_BYTES);
-    }
-
-    #[test]
-    fn callbacks_are_recognised_by_path() {
-        assert_eq!(
-            callback_mac("/api/v1/machines/52:54:00:00:00:01/events"),
-            Some("52:54:00:00:00:01".parse().unwrap())
-        );
-        assert_eq!(callback_mac("/api/v1/machines/52:54:00:00:00:01"), None);
-        assert_eq!(callback_mac("/api/v1/machines/xx/events"), None);
     }
 }

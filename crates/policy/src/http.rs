@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chainboot_api::{blocking, ApiAuth, ApiError, Operator, Reader};
+use chainboot_content::{Served, What};
 use chainboot_http::tls::Scheme;
 use chainboot_machine::{Arch, Mac};
 use serde::Deserialize;
@@ -62,9 +63,14 @@ pub trait MachineHooks: Send + Sync + 'static {
 struct NoHooks;
 impl MachineHooks for NoHooks {}
 
-/// Shared state of the policy routes.
+/// Shared state of the policy routes. Handlers get a copy per request: one reference count
+/// (a copy of every field cost a tenth of a script request's time).
 #[derive(Clone)]
-pub struct PolicyState {
+pub struct PolicyState(Arc<PolicyShared>);
+
+/// What [`PolicyState`] shares.
+#[derive(Clone)]
+pub struct PolicyShared {
     pub policy: Arc<Policy>,
     hooks: Arc<dyn MachineHooks>,
     auth: ApiAuth,
@@ -73,6 +79,13 @@ pub struct PolicyState {
     relay: reqwest::Client,
     /// Admits new machine records (none: every verified machine is recorded).
     limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
+}
+
+impl std::ops::Deref for PolicyState {
+    type Target = PolicyShared;
+    fn deref(&self) -> &PolicyShared {
+        &self.0
+    }
 }
 
 impl FromRef<PolicyState> for ApiAuth {
@@ -101,7 +114,7 @@ impl PolicyState {
     /// server at when a request carries no Host header (scripts otherwise use the Host the
     /// client used, which is always reachable).
     pub fn new(policy: Arc<Policy>, auth: ApiAuth, fallback_base: HttpBase) -> PolicyState {
-        PolicyState {
+        PolicyState(Arc::new(PolicyShared {
             policy,
             hooks: Arc::new(NoHooks),
             auth,
@@ -111,7 +124,12 @@ impl PolicyState {
                 .build()
                 .unwrap_or_default(),
             limiter: None,
-        }
+        }))
+    }
+
+    /// For the builder methods, at set-up: copies the shared part when it is shared already.
+    fn shared_mut(&mut self) -> &mut PolicyShared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Bounds how many new machines are recorded, per source and in all.
@@ -119,20 +137,20 @@ impl PolicyState {
         mut self,
         limiter: Arc<chainboot_store::limit::NewMachineLimiter>,
     ) -> PolicyState {
-        self.limiter = Some(limiter);
+        self.shared_mut().limiter = Some(limiter);
         self
     }
 
     /// Attaches the hooks (event log, timelines).
     pub fn with_hooks(mut self, hooks: Arc<dyn MachineHooks>) -> PolicyState {
-        self.hooks = hooks;
+        self.shared_mut().hooks = hooks;
         self
     }
 
     /// The same state with another access rule (the operator routes on the boot listener
     /// need the token for reads too).
     pub fn with_auth(mut self, auth: ApiAuth) -> PolicyState {
-        self.auth = auth;
+        self.shared_mut().auth = auth;
         self
     }
 
@@ -206,7 +224,7 @@ pub fn boot_routes(state: PolicyState) -> Router {
 
 /// The operator's machine API (the management listener).
 pub fn operator_routes(state: PolicyState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/machines", get(list_machines))
         .route(
             "/api/v1/machines/{mac}",
@@ -217,7 +235,8 @@ pub fn operator_routes(state: PolicyState) -> Router {
         .route("/api/v1/machines/{mac}/labels", put(set_labels))
         .route("/api/v1/profiles", get(list_profiles))
         .route("/api/v1/groups", get(list_groups))
-        .with_state(state)
+        .with_state(state);
+    chainboot_http::serving(router, What::Api)
 }
 
 /// Both, on one router (tests, and single-listener setups).
@@ -236,6 +255,12 @@ fn text(body: String) -> Response {
         .into_response()
 }
 
+/// The response, saying what it served and for which machine (only a MAC the request proved
+/// it may act for: anyone can type one).
+fn served(resp: impl IntoResponse, what: What, mac: Option<Mac>) -> Response {
+    chainboot_http::served_as(resp.into_response(), Served { what, mac })
+}
+
 fn parse_mac(s: &str) -> Result<Mac, ApiError> {
     s.parse::<Mac>()
         .map_err(|e| ApiError::bad_request(e.to_string()))
@@ -252,7 +277,8 @@ struct CapQuery {
 }
 
 async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap, scheme: Scheme) -> Response {
-    text(render::stub_script(&st.base(&headers, scheme)))
+    let script = text(render::stub_script(&st.base(&headers, scheme)));
+    served(script, What::Script, None)
 }
 
 /// Reads the facts in `/ipxe`'s query string (untrusted; sanitised by `ClientFacts`).
@@ -304,18 +330,26 @@ async fn ipxe(
     scheme: Scheme,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let base = st.base(&headers, scheme);
+    let (script, mac) = ipxe_script(&st, peer, &headers, scheme, query).await;
+    served(script, What::Script, mac)
+}
+
+/// `/ipxe`'s script, and the machine it is for when the request proved it is that machine.
+async fn ipxe_script(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    scheme: Scheme,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> (Response, Option<Mac>) {
+    let base = st.base(headers, scheme);
     let retry = st.policy.retry_secs();
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
             tracing::warn!(error = %e, "bad /ipxe query");
-            return text(render::error_script(
-                None,
-                "malformed request",
-                &base,
-                retry,
-            ));
+            let script = render::error_script(None, "malformed request", &base, retry);
+            return (text(script), None);
         }
     };
     let peer_addr = peer.map(|ip| SocketAddr::new(ip, 0));
@@ -323,7 +357,7 @@ async fn ipxe(
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(?peer, "{e}");
-            return text(render::error_script(None, &e, &base, retry));
+            return (text(render::error_script(None, &e, &base, retry)), None);
         }
     };
     let mac = facts.mac;
@@ -336,22 +370,19 @@ async fn ipxe(
             }
         }
         Err(r) => {
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                &r.0,
-                &base,
-                retry,
-            ))
+            let script = render::error_script(Some(&mac.to_string()), &r.0, &base, retry);
+            return (text(script), None);
         }
     }
     let chosen = q
         .get("profile")
         .map(|s| s.as_str())
         .filter(|s| !s.is_empty());
-    match chosen {
-        None => own_script(&st, facts, peer, &base).await,
-        Some(p) => menu_choice(&st, facts, p, &base).await,
-    }
+    let script = match chosen {
+        None => own_script(st, facts, peer, &base).await,
+        Some(p) => menu_choice(st, facts, p, &base).await,
+    };
+    (script, Some(mac))
 }
 
 /// The script of a machine that proved who it is: its facts recorded, its decision made (or
@@ -371,35 +402,50 @@ async fn own_script(
         tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
         return text(d.cached_script(base, retry));
     }
-    let record = match record_facts(st, &facts, peer).await {
+    let known = match known_machine(st, mac, peer).await {
         Ok(r) => r,
         Err(RecordError::Store(e)) => return store_error_script(mac, &e, base, retry),
         Err(RecordError::Refused(reason)) => {
-            return text(render::error_script(
-                Some(&mac.to_string()),
-                &reason,
-                base,
-                retry,
-            ))
+            let script = render::error_script(Some(&mac.to_string()), &reason, base, retry);
+            return text(script);
         }
     };
-    match st.policy.decide(&facts, Some(&record), None).await {
+    // The one merge: what the machine says now wins, what it did not say is what it said
+    // before. The decision is made from it, and the store is given it whole.
+    let mut merged = facts.clone();
+    if let Some(r) = &known {
+        merged.merge_stored(&r.facts);
+    }
+    let now = crate::now_ms();
+    let mut record = known.clone().unwrap_or_else(|| new_record(mac, now));
+    record.facts = merged.to_store();
+    record.last_seen_ms = now;
+    let decided = st.policy.decide(&merged, Some(&record), None).await;
+    let profile = decided.as_ref().ok().map(|d| d.profile.clone());
+    // One durable write at most (every commit is an fsync): none when the machine said
+    // nothing new, was seen within a minute and keeps its profile.
+    let unchanged = known.as_ref().is_some_and(|r| {
+        r.facts == record.facts
+            && now - r.last_seen_ms < SEEN_REFRESH_MS
+            && (profile.is_none() || r.last_profile == profile)
+    });
+    if !unchanged {
+        let stored = match store_machine(st, &record, profile).await {
+            Ok(r) => r,
+            Err(e) => return store_error_script(mac, &e, base, retry),
+        };
+        if stored.secret != record.secret {
+            // Another request recorded this new machine first: its secret is the one that
+            // stays, and scripts and templates may render it.
+            return Box::pin(own_script(st, facts, peer, base)).await;
+        }
+    }
+    match decided {
         Ok(d) => {
             let cap = st.policy.capability(mac, None);
             let d = st.policy.remember(&d.answered(facts).with_capability(cap));
-            let script = d.cached_script(base, retry);
             tracing::info!(%mac, profile = %d.profile, source = %d.source, "boot script");
-            if record.last_profile.as_deref() != Some(d.profile.as_str()) {
-                let policy = st.policy.clone();
-                let profile = d.profile.clone();
-                let _ = blocking(move || {
-                    if let Err(e) = policy.store().machine_set_last_profile(mac, &profile) {
-                        tracing::error!(%mac, error = %e, "state store");
-                    }
-                })
-                .await;
-            }
-            text(script)
+            text(d.cached_script(base, retry))
         }
         Err(e) => {
             tracing::warn!(%mac, reason = %e, "machine cannot boot");
@@ -410,6 +456,22 @@ async fn own_script(
                 retry,
             ))
         }
+    }
+}
+
+/// A machine seen for the first time, before it is stored: its secret is chosen now.
+fn new_record(mac: Mac, now: i64) -> chainboot_store::machines::MachineRecord {
+    chainboot_store::machines::MachineRecord {
+        mac,
+        first_seen_ms: now,
+        last_seen_ms: now,
+        facts: Default::default(),
+        pinned_profile: None,
+        installed_ms: None,
+        installed_reason: None,
+        labels: Default::default(),
+        secret: crate::random_hex(16),
+        last_profile: None,
     }
 }
 
@@ -465,44 +527,48 @@ fn store_error_script(mac: Mac, e: &str, base: &HttpBase, retry: u64) -> Respons
     ))
 }
 
-/// Stores what the machine said about itself (one merge: what it says now wins, what it did
-/// not say is kept), skipping the durable write when nothing changed recently: per-machine
-/// scripts are a hot path and every commit is an fsync.
-///
-/// A machine chainboot has no record of yet is admitted by the new-machine limiter first
-/// (per source address, for all sources together, and a cap on the table); a refusal is the
-/// reason its console shows.
-async fn record_facts(
+/// The machine's record, or `None` for a machine chainboot has no record of yet, which the
+/// new-machine limiter admits first (per source address, for all sources together, and a cap
+/// on the table); a refusal is the reason its console shows.
+async fn known_machine(
     st: &PolicyState,
-    facts: &ClientFacts,
+    mac: Mac,
     peer: Option<IpAddr>,
-) -> Result<chainboot_store::machines::MachineRecord, RecordError> {
+) -> Result<Option<chainboot_store::machines::MachineRecord>, RecordError> {
     let policy = st.policy.clone();
     let limiter = st.limiter.clone();
-    let facts = facts.clone();
     blocking(move || -> Result<_, RecordError> {
         let store = policy.store();
-        let now = crate::now_ms();
-        let wanted = facts.to_store();
-        match store.machine(facts.mac)? {
-            Some(r) => {
-                if wanted.merged_over(&r.facts) == r.facts && now - r.last_seen_ms < SEEN_REFRESH_MS
-                {
-                    return Ok(r);
-                }
-            }
-            None => {
-                if let Some(l) = &limiter {
-                    let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-                    l.admit(source, std::time::Instant::now(), store.machine_count()?)
-                        .map_err(|r| RecordError::Refused(r.to_string()))?;
-                }
-            }
+        let known = store.machine(mac)?;
+        if let (None, Some(l)) = (&known, &limiter) {
+            let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            l.admit(source, std::time::Instant::now(), store.machine_count()?)
+                .map_err(|r| RecordError::Refused(r.to_string()))?;
         }
-        Ok(store.machine_seen(facts.mac, &wanted, now, &crate::random_hex(16))?)
+        Ok(known)
     })
     .await
     .map_err(|e| RecordError::Store(e.message))?
+}
+
+/// Writes the machine's facts (merged already), last-seen time and, when decided, profile:
+/// one transaction. Returns the record as stored.
+async fn store_machine(
+    st: &PolicyState,
+    record: &chainboot_store::machines::MachineRecord,
+    profile: Option<String>,
+) -> Result<chainboot_store::machines::MachineRecord, String> {
+    let policy = st.policy.clone();
+    let (mac, facts, now) = (record.mac, record.facts.clone(), record.last_seen_ms);
+    let secret = record.secret.clone();
+    blocking(move || {
+        policy
+            .store()
+            .machine_seen(mac, &facts, now, &secret, profile.as_deref())
+    })
+    .await
+    .map_err(|e| e.message)?
+    .map_err(|e| e.to_string())
 }
 
 /// Why `/ipxe` could not record a machine.
@@ -569,13 +635,49 @@ async fn boot_asset(
     scheme: Scheme,
     Path((mac, slot)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
+) -> Response {
+    let slot = parse_slot(&slot);
+    let what = match slot {
+        Some(AssetSlot::Kernel) => What::Kernel,
+        Some(AssetSlot::Initrd(_)) => What::Initrd,
+        Some(AssetSlot::Loader) => What::Loader,
+        Some(AssetSlot::Url(_)) | None => What::File,
+    };
+    let mut proven = None;
+    let resp = asset_response(
+        &st,
+        peer,
+        method,
+        headers,
+        scheme,
+        &mac,
+        slot,
+        q,
+        &mut proven,
+    );
+    served(resp.await, what, proven)
+}
+
+/// A decision's asset; `proven` is set to the machine once the request proved it is it.
+#[allow(clippy::too_many_arguments)]
+async fn asset_response(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    method: Method,
+    headers: HeaderMap,
+    scheme: Scheme,
+    mac: &str,
+    slot: Option<AssetSlot>,
+    q: CapQuery,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
-    let slot = parse_slot(&slot).ok_or_else(|| ApiError::not_found("no such boot asset"))?;
+    let mac = parse_mac(mac)?;
+    let slot = slot.ok_or_else(|| ApiError::not_found("no such boot asset"))?;
     let proof = st
         .verify(mac, peer, q.cap.as_deref(), "boot")
         .map_err(|r| ApiError::forbidden(r.0))?;
-    let d = decision_for(&st, mac, &proof).await?;
+    *proven = Some(mac);
+    let d = decision_for(st, mac, &proof).await?;
     let asset = d
         .asset(slot)
         .ok_or_else(|| ApiError::not_found(format!("profile {} has no such asset", d.profile)))?;
@@ -597,7 +699,7 @@ async fn boot_asset(
         }
     }
     let base = st.base(&headers, scheme);
-    Ok(serve_asset(&st, &asset, &base, slot, mac).await)
+    Ok(serve_asset(st, &asset, &base, slot, mac).await)
 }
 
 async fn serve_asset(
@@ -686,16 +788,35 @@ async fn config_file(
     scheme: Scheme,
     Path((mac, name)): Path<(String, String)>,
     Query(q): Query<CapQuery>,
+) -> Response {
+    let mut proven = None;
+    let resp = config_response(&st, peer, headers, scheme, &mac, name, q, &mut proven).await;
+    served(resp, What::Config, proven)
+}
+
+/// A machine's rendered template; `proven` is set to the machine once the request proved it
+/// is it.
+#[allow(clippy::too_many_arguments)]
+async fn config_response(
+    st: &PolicyState,
+    peer: Option<IpAddr>,
+    headers: HeaderMap,
+    scheme: Scheme,
+    mac: &str,
+    name: String,
+    q: CapQuery,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
+    let mac = parse_mac(mac)?;
     let proof = st
         .verify(mac, peer, q.cap.as_deref(), "config")
         .map_err(|r| ApiError::forbidden(r.0))?;
+    *proven = Some(mac);
     let dir = st
         .policy
         .templates_dir()
         .ok_or_else(|| ApiError::not_found("no [boot] templates folder configured"))?;
-    let d = decision_for(&st, mac, &proof).await?;
+    let d = decision_for(st, mac, &proof).await?;
     let base = st.base(&headers, scheme);
     match blocking(move || d.config_file(&dir, &name, &base)).await? {
         Ok(Some(body)) => Ok(text(body)),
@@ -713,14 +834,18 @@ async fn pxelinux_cfg(
     headers: HeaderMap,
     scheme: Scheme,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let base = st.base(&headers, scheme);
     let policy = st.policy.clone();
-    match blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await? {
-        Ok(Some(body)) => Ok(text(body)),
-        Ok(None) => Err(ApiError::not_found("no pxelinux config by that name")),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
-    }
+    let found = blocking(move || crate::tftp::pxelinux_lookup(&policy, &name, &base, peer)).await;
+    // PXELINUX's configuration is its boot script.
+    let resp = match found {
+        Ok(Ok(Some(body))) => Ok(text(body)),
+        Ok(Ok(None)) => Err(ApiError::not_found("no pxelinux config by that name")),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)),
+        Err(e) => Err(e),
+    };
+    served(resp, What::Script, None)
 }
 
 async fn list_machines(
@@ -864,8 +989,23 @@ async fn machine_event(
     Path(mac): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Bytes,
+) -> Response {
+    let mut proven = None;
+    let resp = machine_report(&st, headers, &mac, q, body, &mut proven).await;
+    served(resp, What::Callback, proven)
+}
+
+/// A machine's report handled; `proven` is set to the machine once the token or its secret
+/// was shown.
+async fn machine_report(
+    st: &PolicyState,
+    headers: HeaderMap,
+    mac: &str,
+    q: HashMap<String, String>,
+    body: axum::body::Bytes,
+    proven: &mut Option<Mac>,
 ) -> Result<Response, ApiError> {
-    let mac = parse_mac(&mac)?;
+    let mac = parse_mac(mac)?;
     let policy = st.policy.clone();
     let stored = blocking(move || policy.store().machine(mac))
         .await?
@@ -881,6 +1021,7 @@ async fn machine_event(
     if stored.is_none() {
         return Err(ApiError::not_found(format!("machine {mac} not known")));
     }
+    *proven = Some(mac);
     let (event, body) =
         crate::machine_event::parse(&body).map_err(|(status, msg)| ApiError::new(status, msg))?;
     let event = render::echo_text(&event);

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use chainboot_content::CleanPath;
 use chainboot_machine::{Loader, Mac};
 use chainboot_store::machines::MachineRecord;
 use chainboot_store::Store;
@@ -784,6 +785,26 @@ impl Decision {
             AssetSlot::Loader => p.pxelinux.as_ref().and_then(parse),
             AssetSlot::Url(_) => None,
         }
+    }
+
+    /// Which of the decision's kernel, initrds and loader a static route served: `path`
+    /// inside the ISO image `iso`, or under `[http] root` when `iso` is `None`. What an
+    /// observer asks to tell a machine's kernel from any file.
+    pub fn slot_of_file(&self, iso: Option<&str>, path: &CleanPath) -> Option<AssetSlot> {
+        let is = |slot| match (self.asset(slot), iso) {
+            (Some(AssetRef::Files(p)), None) => p == *path,
+            (Some(AssetRef::Iso { name, path: p }), Some(i)) => name == i && p == *path,
+            _ => false,
+        };
+        if is(AssetSlot::Kernel) {
+            return Some(AssetSlot::Kernel);
+        }
+        let initrds = (0..).map(AssetSlot::Initrd);
+        let initrds = initrds.take_while(|s| self.asset(*s).is_some());
+        if let Some(slot) = initrds.into_iter().find(|s| is(*s)) {
+            return Some(slot);
+        }
+        is(AssetSlot::Loader).then_some(AssetSlot::Loader)
     }
 
     fn url(&self, slot: AssetSlot, base: &HttpBase) -> Result<String, BootError> {

@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use chainboot_content::{Content, Request, ResolveError, Resolver};
+use chainboot_content::{Content, Request, ResolveError, Resolver, Served, What};
 use chainboot_machine::Mac;
 
 use crate::config::AssetRef;
@@ -323,10 +323,18 @@ impl TftpResolver {
 impl Resolver for TftpResolver {
     fn resolve(&self, req: &Request<'_>) -> Result<Content, ResolveError> {
         if let Some((mac, slot)) = Self::grub_asset_path(req.path.parts()) {
-            return self.grub_asset(mac, slot, req.client.ip());
+            let what = match slot {
+                AssetSlot::Kernel => What::Kernel,
+                _ => What::Initrd,
+            };
+            // Served only to the machine itself (its decision is asked for it).
+            let content = self.grub_asset(mac, slot, req.client.ip())?;
+            return Ok(content.served_as(Served::of(what, mac)));
         }
+        // Everything else generated here is a script: iPXE's, PXELINUX's and GRUB's configs.
+        let script = Served::new(What::Script);
         match self.lookup(req.path.parts(), req.client.ip()) {
-            Ok(Some(text)) => Ok(Content::from_bytes(text.into_bytes())),
+            Ok(Some(text)) => Ok(Content::from_bytes(text.into_bytes()).served_as(script)),
             Ok(None) => Err(ResolveError::NotFound),
             Err(e) => Err(ResolveError::Generate(e.0)),
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use chainboot_api::ApiAuth;
-use chainboot_content::{CleanPath, Request, ResolveError, Resolver, Transport};
+use chainboot_content::{CleanPath, Request, ResolveError, Resolver, Served, Transport, What};
 use chainboot_policy::{
     routes, ApiConfig, BootConfig, GroupConfig, HttpBase, Policy, PolicyConfig, PolicyState,
     ProfileConfig, TftpResolver,
@@ -137,6 +137,147 @@ match = { mac = "52:54:00:*" }
 
 const M1: &str = "52-54-00-00-00-01";
 const M2: &str = "52-54-00-00-00-02";
+
+/// What a boot route says it served, asked of the router directly with `peer` as the client.
+async fn served_by(router: &Router, peer: [u8; 4], path: &str) -> (u16, Option<Served>) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let peer = SocketAddr::from((peer, 40000));
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let resp = router.clone().oneshot(req).await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.extensions().get::<Served>().copied(),
+    )
+}
+
+#[tokio::test]
+async fn boot_routes_say_what_they_served_and_name_only_machines_that_proved_it() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let policy = Arc::new(Policy::new(config(INSTALL), store).unwrap());
+    let state = PolicyState::new(
+        policy,
+        ApiAuth::new(TOKEN, true),
+        HttpBase::new("http://198.18.0.1").unwrap(),
+    );
+    let router = routes(state);
+    let m1 = M1.parse().unwrap();
+    // Loopback may act for any machine; 198.18.0.9 proves nothing.
+    let (local, stranger) = ([127, 0, 0, 1], [198, 18, 0, 9]);
+    let cases = [
+        (
+            local,
+            "/boot.ipxe".to_string(),
+            200,
+            Some(Served::new(What::Script)),
+        ),
+        (
+            local,
+            format!("/ipxe?mac={M1}"),
+            200,
+            Some(Served::of(What::Script, m1)),
+        ),
+        (
+            stranger,
+            format!("/ipxe?mac={M1}"),
+            200,
+            Some(Served::new(What::Script)),
+        ),
+        (
+            local,
+            "/ipxe?mac=nonsense".into(),
+            200,
+            Some(Served::new(What::Script)),
+        ),
+        // The initrd first: fetching the kernel installs this boot-once machine.
+        (
+            local,
+            format!("/boot/{M1}/initrd/0"),
+            302,
+            Some(Served::of(What::Initrd, m1)),
+        ),
+        (
+            local,
+            format!("/boot/{M1}/kernel"),
+            302,
+            Some(Served::of(What::Kernel, m1)),
+        ),
+        (
+            stranger,
+            format!("/boot/{M1}/kernel"),
+            403,
+            Some(Served::new(What::Kernel)),
+        ),
+        (
+            local,
+            format!("/boot/{M1}/nothing"),
+            404,
+            Some(Served::new(What::File)),
+        ),
+        (
+            local,
+            format!("/config/{M1}/preseed.cfg"),
+            404,
+            Some(Served::of(What::Config, m1)),
+        ),
+        (
+            stranger,
+            format!("/config/{M1}/preseed.cfg"),
+            403,
+            Some(Served::new(What::Config)),
+        ),
+        (
+            local,
+            "/pxelinux.cfg/default".into(),
+            404,
+            Some(Served::new(What::Script)),
+        ),
+        (
+            local,
+            "/api/v1/profiles".into(),
+            401,
+            Some(Served::new(What::Api)),
+        ),
+        (local, "/favicon.ico".into(), 404, None),
+    ];
+    for (peer, path, status, served) in cases {
+        assert_eq!(
+            served_by(&router, peer, &path).await,
+            (status, served),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ipxe_merges_facts_once_and_writes_only_what_changed() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let (srv, policy) = start(config(INSTALL), store.clone(), &ApiConfig::default()).await;
+    let m1: chainboot_machine::Mac = M1.parse().unwrap();
+    let s = get_text(&format!("{}/ipxe?mac={M1}&hostname=node1", srv.url)).await;
+    // A new machine: its facts, its profile and the secret its script carries, stored together.
+    let rec = store.machine(m1).unwrap().expect("recorded");
+    assert_eq!(rec.facts.hostname.as_deref(), Some("node1"));
+    assert_eq!(rec.last_profile.as_deref(), Some("install"));
+    assert!(s.contains(&format!("secret={}", rec.secret)), "{s}");
+    // What it says now wins, what it does not say is kept.
+    let uuid = "6d1b0e0c-1a2b-4c3d-8e9f-001122334455";
+    get_text(&format!("{}/ipxe?mac={M1}&uuid={uuid}", srv.url)).await;
+    let rec = store.machine(m1).unwrap().unwrap();
+    assert_eq!(rec.facts.hostname.as_deref(), Some("node1"));
+    assert_eq!(rec.facts.uuid.as_deref(), Some(uuid));
+    // Nothing new within a minute: no write (the last-seen time stays), even when the
+    // remembered decision is gone.
+    let seen = rec.last_seen_ms;
+    policy.forget_recent(m1);
+    std::thread::sleep(Duration::from_millis(5));
+    let again = get_text(&format!("{}/ipxe?mac={M1}&uuid={uuid}", srv.url)).await;
+    assert!(again.contains("kernel --name kernel"), "{again}");
+    assert_eq!(store.machine(m1).unwrap().unwrap().last_seen_ms, seen);
+}
 
 #[tokio::test]
 async fn boot_once_machine_boots_local_disk_after_its_kernel_fetch_even_after_a_restart() {
@@ -878,6 +1019,25 @@ fn tftp_resolver_serves_the_stub_scripts_and_pxelinux_configs() {
     )
     .unwrap();
     // Called from a plain thread (as a blocking TFTP worker would).
+    let served = |path: &str| {
+        let path = CleanPath::parse(path).unwrap();
+        let client = "127.0.0.1:2000".parse().unwrap();
+        let transport = Transport::Tftp;
+        let req = Request {
+            path: &path,
+            client,
+            transport,
+        };
+        r.resolve(&req).unwrap().served()
+    };
+    // All scripts (PXELINUX's config is its script); the observer finds the machine by the
+    // client's address.
+    assert_eq!(served("boot.ipxe"), Served::new(What::Script));
+    assert_eq!(served("ipxe/52-54-00-00-00-01"), Served::new(What::Script));
+    assert_eq!(
+        served("pxelinux.cfg/01-52-54-00-00-00-01"),
+        Served::new(What::Script)
+    );
     let stub = tftp_get(&r, "boot.ipxe").unwrap();
     assert!(stub.starts_with("#!ipxe\nchain"), "{stub}");
     let script = tftp_get(&r, "ipxe/52-54-00-00-00-01").unwrap();

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chainboot_config::{Issue, Validate};
-use chainboot_content::{Content, Request, ResolveError, Resolver};
+use chainboot_content::{Content, Request, ResolveError, Resolver, Served, What};
 use chainboot_dhcp::boot::EfiX64Binary;
 use serde::Deserialize;
 
@@ -201,7 +201,7 @@ impl Resolver for IpxeBinaries {
         };
         let path = self.file_for(name).ok_or(ResolveError::NotFound)?;
         let file = File::open(path)?;
-        Ok(Content::from_file(file)?)
+        Ok(Content::from_file(file)?.served_as(Served::new(What::FirstStage)))
     }
 }
 

@@ -296,29 +296,33 @@ fn pg_columns() -> String {
 
 impl Store {
     /// Records that `mac` was seen now with `facts` (facts left `None` keep their old value)
-    /// and returns the machine. `secret_if_new` becomes the machine's secret when it is new.
+    /// and, when given, the profile it was just given, in one write; returns the machine.
+    /// `secret_if_new` becomes the machine's secret when it is new.
     pub fn machine_seen(
         &self,
         mac: Mac,
         facts: &MachineFacts,
         now_ms: i64,
         secret_if_new: &str,
+        last_profile: Option<&str>,
     ) -> Result<MachineRecord, StoreError> {
+        let profile = last_profile.map(str::to_string);
         let Backend::Sqlite(db) = self.backend() else {
             let f = facts.clone();
             let fresh = pg_query(
                 self,
                 format!(
                     "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret, arch, uuid,
-                        hostname, serial, manufacturer, product, ip)
-                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                        hostname, serial, manufacturer, product, ip, last_profile)
+                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (mac) DO UPDATE SET
                         last_seen_ms = greatest(machines.last_seen_ms, $2),
                         arch = coalesce($4, machines.arch), uuid = coalesce($5, machines.uuid),
                         hostname = coalesce($6, machines.hostname),
                         serial = coalesce($7, machines.serial),
                         manufacturer = coalesce($8, machines.manufacturer),
-                        product = coalesce($9, machines.product), ip = coalesce($10, machines.ip)
+                        product = coalesce($9, machines.product), ip = coalesce($10, machines.ip),
+                        last_profile = coalesce($11, machines.last_profile)
                      RETURNING {}",
                     pg_columns()
                 ),
@@ -332,13 +336,15 @@ impl Store {
                     f.serial,
                     f.manufacturer,
                     f.product,
-                    f.ip
+                    f.ip,
+                    profile.clone()
                 ],
             )
             .and_then(one);
             return self.through_cache(mac, fresh, |cached| MachineRecord {
                 last_seen_ms: cached.last_seen_ms.max(now_ms),
                 facts: facts.merged_over(&cached.facts),
+                last_profile: profile.or(cached.last_profile),
                 ..cached
             });
         };
@@ -349,7 +355,7 @@ impl Store {
                     arch = coalesce(?3, arch), uuid = coalesce(?4, uuid),
                     hostname = coalesce(?5, hostname), serial = coalesce(?6, serial),
                     manufacturer = coalesce(?7, manufacturer), product = coalesce(?8, product),
-                    ip = coalesce(?9, ip)
+                    ip = coalesce(?9, ip), last_profile = coalesce(?10, last_profile)
                  WHERE mac = ?1",
                 params![
                     mac.to_string(),
@@ -360,7 +366,8 @@ impl Store {
                     facts.serial,
                     facts.manufacturer,
                     facts.product,
-                    facts.ip
+                    facts.ip,
+                    last_profile
                 ],
             )?;
             get(tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)

@@ -159,13 +159,18 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
         arch: Some("bios".into()),
         ..Default::default()
     };
-    let r = s.machine_seen(m, &first, 10, "s1").unwrap();
+    let r = s.machine_seen(m, &first, 10, "s1", Some("rescue")).unwrap();
     assert_eq!(r.secret, "s1");
+    assert_eq!(
+        r.last_profile.as_deref(),
+        Some("rescue"),
+        "in the same write"
+    );
     let later = MachineFacts {
         hostname: Some("node1".into()),
         ..Default::default()
     };
-    let r = s.machine_seen(m, &later, 20, "s2").unwrap();
+    let r = s.machine_seen(m, &later, 20, "s2", None).unwrap();
     assert_eq!(r.secret, "s1", "secret chosen once");
     assert_eq!(
         r.facts.arch.as_deref(),
@@ -174,7 +179,12 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
     );
     assert_eq!(r.facts.hostname.as_deref(), Some("node1"));
     assert_eq!((r.first_seen_ms, r.last_seen_ms), (10, 20));
-    let r = s.machine_seen(m, &later, 15, "s3").unwrap();
+    assert_eq!(
+        r.last_profile.as_deref(),
+        Some("rescue"),
+        "kept when not given"
+    );
+    let r = s.machine_seen(m, &later, 15, "s3", None).unwrap();
     assert_eq!(
         r.last_seen_ms, 20,
         "an older sighting does not move last_seen back"
@@ -184,7 +194,7 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
         ip: Some("198.18.0.9".into()),
         ..Default::default()
     };
-    s.machine_seen(m, &with_ip, 30, "s4").unwrap();
+    s.machine_seen(m, &with_ip, 30, "s4", None).unwrap();
     assert_eq!(s.machine_by_ip("198.18.0.9").unwrap().unwrap().mac, m);
 }
 
@@ -231,23 +241,24 @@ fn unproven_machines_expire_and_proven_ones_stay(db: &Db) {
     let facts = MachineFacts::default();
     let hour = 3_600_000;
     let stranger = mac("52:54:00:00:00:10");
-    s.machine_seen(stranger, &facts, hour, "a").unwrap();
+    s.machine_seen(stranger, &facts, hour, "a", None).unwrap();
     let came_back = mac("52:54:00:00:00:11");
-    s.machine_seen(came_back, &facts, hour, "b").unwrap();
-    s.machine_seen(came_back, &facts, 2 * hour, "b").unwrap();
+    s.machine_seen(came_back, &facts, hour, "b", None).unwrap();
+    s.machine_seen(came_back, &facts, 2 * hour, "b", None)
+        .unwrap();
     let labelled = mac("52:54:00:00:00:12");
-    s.machine_seen(labelled, &facts, hour, "c").unwrap();
+    s.machine_seen(labelled, &facts, hour, "c", None).unwrap();
     let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
     s.machine_set_labels(labelled, &labels).unwrap();
     let leased = mac("52:54:00:00:00:13");
-    s.machine_seen(leased, &facts, hour, "d").unwrap();
+    s.machine_seen(leased, &facts, hour, "d", None).unwrap();
     leases::save_batch(
         &s,
         &[rec("198.18.0.5", "52:54:00:00:00:13", LeaseState::Bound)],
     )
     .unwrap();
     let recent = mac("52:54:00:00:00:14");
-    s.machine_seen(recent, &facts, 5 * hour, "e").unwrap();
+    s.machine_seen(recent, &facts, 5 * hour, "e", None).unwrap();
     assert_eq!(s.machine_count().unwrap(), 5);
 
     assert_eq!(s.machine_prune_unproven(4 * hour).unwrap(), 1);
@@ -278,6 +289,7 @@ fn a_machines_secret_is_not_serialised(db: &Db) {
             &MachineFacts::default(),
             1,
             "topsecret",
+            None,
         )
         .unwrap();
     let json = serde_json::to_string(&r).unwrap();
@@ -691,7 +703,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
     cfg.connect_timeout = std::time::Duration::from_millis(500);
     let s = Store::from_config(&cfg, dir.path()).unwrap();
     let known = mac("52:54:00:00:00:21");
-    s.machine_seen(known, &MachineFacts::default(), 10, "sekrit")
+    s.machine_seen(known, &MachineFacts::default(), 10, "sekrit", None)
         .unwrap();
     assert!(s.machine_set_profile(known, Some("rescue")).unwrap());
     s.machine(known).unwrap();
@@ -700,7 +712,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
         hostname: Some("node21".into()),
         ..Default::default()
     };
-    let r = s.machine_seen(known, &facts, 20, "other").unwrap();
+    let r = s.machine_seen(known, &facts, 20, "other", None).unwrap();
     assert!(s.degraded());
     assert_eq!(r.secret, "sekrit");
     assert_eq!(
@@ -711,7 +723,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
     assert_eq!(r.facts.hostname.as_deref(), Some("node21"));
     assert_eq!(s.machine(known).unwrap().unwrap().last_seen_ms, 20);
     assert!(
-        s.machine_seen(mac("52:54:00:00:00:22"), &facts, 20, "x")
+        s.machine_seen(mac("52:54:00:00:00:22"), &facts, 20, "x", None)
             .is_err(),
         "an unknown machine waits for the database"
     );
@@ -720,7 +732,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
         "operator changes need the database"
     );
     pg.restart();
-    let r = s.machine_seen(known, &facts, 30, "other").unwrap();
+    let r = s.machine_seen(known, &facts, 30, "other", None).unwrap();
     assert!(!s.degraded());
     assert_eq!((r.last_seen_ms, r.secret.as_str()), (30, "sekrit"));
 }

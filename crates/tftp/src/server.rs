@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chainboot_content::{CleanPath, Content, ResolveError, Resolver, Transport};
+use chainboot_content::{CleanPath, Content, ResolveError, Resolver, Served, Transport};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -174,6 +174,8 @@ pub struct TransferSummary<'a> {
     pub windowsize: u16,
     pub duration: Duration,
     pub outcome: &'a Outcome,
+    /// What the resolver said it served (a first stage, a generated script, an ISO file).
+    pub served: Served,
 }
 
 /// Hooks for the event log and metrics (a later issue); every method defaults to doing nothing.
@@ -626,6 +628,7 @@ async fn run_transfer(
         }
     };
     let started = Instant::now();
+    let served = content.served();
     let transfer = Transfer::new(&request, content.len(), started, &shared.settings);
     let stats = &shared.stats;
     bump(&stats.started);
@@ -652,6 +655,7 @@ async fn run_transfer(
         path: &path,
         netascii: request.mode == Mode::Netascii,
         started,
+        served,
     };
     report_finished(&shared, &transfer, &finished);
 }
@@ -774,6 +778,7 @@ struct Finished<'a> {
     path: &'a str,
     netascii: bool,
     started: Instant,
+    served: Served,
 }
 
 /// Counts, logs and tells the observer how a transfer ended.
@@ -823,6 +828,7 @@ fn report_finished(shared: &Shared, transfer: &Transfer, f: &Finished<'_>) {
         windowsize: transfer.windowsize(),
         duration,
         outcome: &outcome,
+        served: f.served,
     });
 }
 
