@@ -128,7 +128,7 @@ pub struct PolicyLoader {
 impl chainboot_dhcp::ChooseLoader for PolicyLoader {
     fn loader(
         &self,
-        facts: &chainboot_dhcp::ClientFacts,
+        facts: &chainboot_dhcp::PacketFacts,
         arch: chainboot_machine::Arch,
     ) -> Option<(chainboot_machine::Loader, String)> {
         let mac = facts.mac?;

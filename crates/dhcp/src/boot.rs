@@ -106,7 +106,7 @@ pub fn signed_first_stage(loader: Loader, efi_x64: EfiX64Binary) -> Option<&'sta
 /// it runs inside the DHCP engine.
 pub trait ChooseLoader: Send + Sync {
     /// The loader and why, or `None` to leave it to `[boot] loader`.
-    fn loader(&self, facts: &ClientFacts, arch: Arch) -> Option<(Loader, String)>;
+    fn loader(&self, facts: &PacketFacts, arch: Arch) -> Option<(Loader, String)>;
 }
 
 /// Which loader each firmware client gets: the chooser's answer, else the architecture's
@@ -141,7 +141,7 @@ impl Eq for LoaderChoice {}
 
 impl LoaderChoice {
     /// The loader for a firmware client of `arch`, and why.
-    pub fn pick(&self, facts: &ClientFacts, arch: Arch) -> (Loader, String) {
+    pub fn pick(&self, facts: &PacketFacts, arch: Arch) -> (Loader, String) {
         let (loader, why) = self
             .chooser
             .as_ref()
@@ -253,10 +253,11 @@ impl BootAnswer {
     }
 }
 
-/// What a DHCP packet tells about the client (the context that travels from packet to reply
-/// and event log).
+/// What a DHCP or DHCPv6 packet tells about its client (the context that travels from packet
+/// to reply and event log). The policy's own view of a machine, merged with what the store
+/// knows, is `policy::ClientFacts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientFacts {
+pub struct PacketFacts {
     pub mac: Option<Mac>,
     /// Option 60 as text.
     pub vendor_class: Option<String>,
@@ -279,9 +280,9 @@ pub struct ClientFacts {
     pub hostname: Option<String>,
 }
 
-impl Default for ClientFacts {
+impl Default for PacketFacts {
     fn default() -> Self {
-        ClientFacts {
+        PacketFacts {
             mac: None,
             vendor_class: None,
             arch_code: None,
@@ -297,8 +298,8 @@ impl Default for ClientFacts {
     }
 }
 
-impl ClientFacts {
-    pub fn from_request(req: &Request) -> ClientFacts {
+impl PacketFacts {
+    pub fn from_request(req: &Request) -> PacketFacts {
         let h = &req.header;
         let mac = if h.hlen() == 6 {
             Mac::from_slice(h.chaddr())
@@ -313,7 +314,7 @@ impl ClientFacts {
         let ipxe = req.opt(code::IPXE);
         let user_class = req.opt(code::USER_CLASS).map(<[u8]>::to_vec);
         let ipxe_user_class = user_class.as_deref().is_some_and(user_class_is_ipxe);
-        ClientFacts {
+        PacketFacts {
             mac,
             vendor_class: text(code::VENDOR_CLASS),
             arch_code,
@@ -431,7 +432,7 @@ pub enum BootDecision {
 /// Decides what `facts` gets when its request reached chainboot at `server` (the address to
 /// advertise: [`BootSettings::server_for`]).
 pub fn decide(
-    facts: &ClientFacts,
+    facts: &PacketFacts,
     settings: &BootSettings,
     server: impl Into<IpAddr>,
 ) -> BootDecision {
@@ -532,15 +533,15 @@ mod tests {
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
-    fn pxe(arch: u16) -> ClientFacts {
-        ClientFacts {
+    fn pxe(arch: u16) -> PacketFacts {
+        PacketFacts {
             vendor_class: Some(format!("PXEClient:Arch:{arch:05}:UNDI:003016")),
             arch_code: Some(arch),
             ..Default::default()
         }
     }
 
-    fn answer(f: &ClientFacts, s: &BootSettings) -> BootAnswer {
+    fn answer(f: &PacketFacts, s: &BootSettings) -> BootAnswer {
         match decide(f, s, SERVER) {
             BootDecision::Boot(a) => a,
             other => panic!("no boot: {other:?}"),
@@ -581,7 +582,7 @@ mod tests {
             http_port: 8080,
             ..Default::default()
         };
-        let f = ClientFacts {
+        let f = PacketFacts {
             vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
             arch_code: Some(16),
             ..Default::default()
@@ -636,7 +637,7 @@ mod tests {
             "http://198.18.0.1/boot.ipxe"
         );
         // UEFI HTTP Boot: only when the site says its firmware trusts the CA.
-        let hb = ClientFacts {
+        let hb = PacketFacts {
             vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
             arch_code: Some(16),
             ..Default::default()
@@ -664,7 +665,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a.url(), "tftp://[2001:db8::1]/ipxe.efi");
-        let hb = ClientFacts {
+        let hb = PacketFacts {
             vendor_class: Some("HTTPClient:Arch:00016:UNDI:003000".into()),
             arch_code: Some(16),
             ..Default::default()
@@ -685,14 +686,14 @@ mod tests {
             BootDecision::NoBoot(NoBoot::UnknownArch { value: 1 })
         );
         assert_eq!(
-            decide(&ClientFacts::default(), &s, SERVER),
+            decide(&PacketFacts::default(), &s, SERVER),
             BootDecision::NoBoot(NoBoot::NotBootClient)
         );
     }
 
     struct ByMac(Mac, Loader);
     impl ChooseLoader for ByMac {
-        fn loader(&self, facts: &ClientFacts, _: Arch) -> Option<(Loader, String)> {
+        fn loader(&self, facts: &PacketFacts, _: Arch) -> Option<(Loader, String)> {
             (facts.mac == Some(self.0)).then(|| (self.1, "group signed".to_string()))
         }
     }
@@ -757,7 +758,7 @@ mod tests {
 
     #[test]
     fn http_boot_gets_ipxe_shim_over_http_but_never_grub() {
-        let hb = ClientFacts {
+        let hb = PacketFacts {
             vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
             arch_code: Some(16),
             ..Default::default()

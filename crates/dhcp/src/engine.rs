@@ -36,7 +36,7 @@ use std::time::SystemTime;
 use chainboot_machine::Mac;
 use chainboot_store::leases::LeaseRecord;
 
-use crate::boot::{decide, BootDecision, BootSettings, BootStage, ClientFacts};
+use crate::boot::{decide, BootDecision, BootSettings, BootStage, PacketFacts};
 use crate::config::{DhcpConfig, Mode};
 use crate::wire::{parse_request, MessageType, ParseError, Request};
 use counters::bump;
@@ -135,7 +135,7 @@ pub struct Handled {
     pub lease_writes: Vec<LeaseRecord>,
     pub outcome: Outcome,
     /// The request's type and facts, when it parsed (for the observer / event log).
-    pub request: Option<(MessageType, ClientFacts)>,
+    pub request: Option<(MessageType, PacketFacts)>,
     pub decision: Option<BootDecision>,
     /// The address offered or acknowledged.
     pub address: Option<Ipv4Addr>,
@@ -157,7 +157,7 @@ impl Handled {
 /// One request on its way through the engine: what every step needs to know about it.
 struct Exchange<'a> {
     req: &'a Request,
-    facts: &'a ClientFacts,
+    facts: &'a PacketFacts,
     decision: &'a BootDecision,
     ingress: &'a Ingress,
     /// Seconds since the Unix epoch.
@@ -279,7 +279,7 @@ impl Engine {
             bump(&self.counters.ignored_peer_client);
             return Handled::new(Outcome::Ignored(Ignored::PeerClient));
         }
-        let facts = ClientFacts::from_request(&req);
+        let facts = PacketFacts::from_request(&req);
         let server = self.boot.server_for(ingress.local_addr);
         let decision = decide(&facts, &self.boot, server);
         let x = Exchange {
@@ -409,7 +409,7 @@ impl Engine {
 
     /// Logs an unknown architecture once per MAC: it gets no answer, and the value in the
     /// log is what tells an operator which binary is missing.
-    fn note_unknown_arch(&mut self, facts: &ClientFacts, value: u16) {
+    fn note_unknown_arch(&mut self, facts: &PacketFacts, value: u16) {
         let Some(mac) = facts.mac else { return };
         if self.unknown_arch_logged.len() >= 4096 {
             self.unknown_arch_logged.clear();

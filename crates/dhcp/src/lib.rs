@@ -16,8 +16,8 @@ pub mod snippet;
 pub mod wire;
 
 pub use boot::{
-    decide, first_stage_name, BootDecision, BootSettings, ChooseLoader, ClientFacts, EfiX64Binary,
-    LoaderChoice,
+    decide, first_stage_name, BootDecision, BootSettings, ChooseLoader, EfiX64Binary, LoaderChoice,
+    PacketFacts,
 };
 pub use config::{DhcpConfig, Mode};
 pub use engine::{Engine, Handled, Ingress, Outgoing};

@@ -3,7 +3,7 @@
 
 use std::net::Ipv6Addr;
 
-use chainboot_dhcp::ClientFacts;
+use chainboot_dhcp::PacketFacts;
 use chainboot_machine::Mac;
 
 use crate::duid::{client_mac, duid_uuid, MacSource};
@@ -31,7 +31,7 @@ pub struct Facts6 {
     /// The client's link as a relay named it (first relay's link-address), if relayed.
     pub relay_link: Option<Ipv6Addr>,
     /// The boot facts in the DHCPv4 engine's shape (for `chainboot_dhcp::decide`).
-    pub boot: ClientFacts,
+    pub boot: PacketFacts,
 }
 
 impl Facts6 {
@@ -71,7 +71,7 @@ impl Facts6 {
             ias_beyond_limit,
             rapid_commit: o.has(code::RAPID_COMMIT),
             relay_link: first.map(|h| h.link).filter(|l| !l.is_unspecified()),
-            boot: ClientFacts {
+            boot: PacketFacts {
                 mac: mac.map(|(m, _)| m),
                 vendor_class,
                 arch_code,
@@ -84,7 +84,7 @@ impl Facts6 {
                 // Option 97's shape (type 0 + UUID), so policy sees the same fact as on v4.
                 uuid: uuid.map(|u| [[0u8].as_slice(), &u].concat()),
                 user_class: user_class.map(<[u8]>::to_vec),
-                ..ClientFacts::default()
+                ..PacketFacts::default()
             },
             duid,
         }

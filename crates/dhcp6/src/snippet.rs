@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use chainboot_dhcp::boot::{decide, BootDecision, BootSettings};
-use chainboot_dhcp::ClientFacts;
+use chainboot_dhcp::PacketFacts;
 use chainboot_machine::{Arch, BootTransport};
 
 use crate::facts::PXE_ENTERPRISE;
@@ -18,15 +18,15 @@ const IPXE_USER_CLASS_HEX: &str = "0x000469505845";
 
 /// The snippet; `server` is the IPv6 address chainboot's TFTP/HTTP answer on.
 pub fn kea6(settings: &BootSettings, server: Ipv6Addr) -> String {
-    let answer = |facts: &ClientFacts| match decide(facts, settings, IpAddr::V6(server)) {
+    let answer = |facts: &PacketFacts| match decide(facts, settings, IpAddr::V6(server)) {
         BootDecision::Boot(a) => Some(a),
         BootDecision::NoBoot(_) => None,
     };
-    let ipxe = ClientFacts {
+    let ipxe = PacketFacts {
         is_ipxe: true,
         ipxe_http: true,
         arch_code: Some(7),
-        ..ClientFacts::default()
+        ..PacketFacts::default()
     };
     let mut classes = Vec::new();
     if let Some(a) = answer(&ipxe) {
@@ -42,10 +42,10 @@ pub fn kea6(settings: &BootSettings, server: Ipv6Addr) -> String {
         };
         let http = c.transport == BootTransport::HttpBoot;
         let class = if http { "HTTPClient" } else { "PXEClient" };
-        let facts = ClientFacts {
+        let facts = PacketFacts {
             vendor_class: Some(format!("{class}:Arch:{v:05}")),
             arch_code: Some(v),
-            ..ClientFacts::default()
+            ..PacketFacts::default()
         };
         let Some(a) = answer(&facts) else { continue };
         let vendor = if http {

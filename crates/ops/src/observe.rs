@@ -246,7 +246,7 @@ impl Observers {
 }
 
 /// How a DHCP client presented itself.
-fn client_kind(f: &chainboot_dhcp::ClientFacts) -> &'static str {
+fn client_kind(f: &chainboot_dhcp::PacketFacts) -> &'static str {
     if f.is_ipxe {
         "ipxe"
     } else if f.is_http_client() {
