@@ -7,6 +7,13 @@ use std::process::ExitCode;
 use crate::config;
 use crate::ipxe::IpxeBinaries;
 
+/// Errors and warnings found so far.
+#[derive(Default)]
+struct Tally {
+    errors: usize,
+    warnings: usize,
+}
+
 pub fn run(path: Option<&Path>) -> ExitCode {
     let (cfg, source) = match config::load(path) {
         Ok(c) => c,
@@ -22,7 +29,7 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut errors = 0usize;
+    let mut t = Tally::default();
     println!("config: {source}");
     println!("state_dir: {}", cfg.server.state_dir.display());
     println!(
@@ -32,6 +39,49 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             |a| a.to_string()
         )
     );
+    print_ipxe(&cfg, &mut t);
+    let isos = chainboot_iso::IsoLibrary::new(&cfg.iso);
+    print_isos(&cfg, &isos, &mut t);
+    print_servers(&cfg);
+    t.errors += print_store(&cfg);
+    print_tls(&cfg);
+    print_ipv6(&cfg, &mut t);
+    print_host(&cfg, &mut t);
+    // What profiles refer to, resolved now rather than at a machine's boot.
+    let (file, text) = config::preflight::source_text(&source);
+    for f in &config::preflight::check(&cfg, &file, &text, &isos) {
+        match f.level {
+            config::preflight::Level::Error => {
+                t.errors += 1;
+                println!("error: {}", f.problem);
+            }
+            config::preflight::Level::Warning => {
+                t.warnings += 1;
+                println!("warning: {}", f.problem);
+            }
+        }
+    }
+    if t.warnings > 0 {
+        println!(
+            "{} warning{}",
+            t.warnings,
+            if t.warnings == 1 { "" } else { "s" }
+        );
+    }
+    if t.errors > 0 {
+        println!(
+            "{} problem{} found",
+            t.errors,
+            if t.errors == 1 { "" } else { "s" }
+        );
+        return ExitCode::from(1);
+    }
+    println!("ok");
+    ExitCode::SUCCESS
+}
+
+/// The iPXE binaries found and missing; an error for each one the config needs and lacks.
+fn print_ipxe(cfg: &config::Config, t: &mut Tally) {
     let bins = IpxeBinaries::locate(&cfg.ipxe);
     let dirs: Vec<String> = bins
         .searched
@@ -56,44 +106,51 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             known.name, known.for_whom, known.package
         );
     }
-    let wanted = ["undionly.kpxe", cfg.ipxe.efi_x64_name()];
-    for name in wanted {
+    for name in ["undionly.kpxe", cfg.ipxe.efi_x64_name()] {
         if !bins.has(name) {
             println!("error: {name} is needed and was not found");
-            errors += 1;
+            t.errors += 1;
         }
     }
-    let isos = chainboot_iso::IsoLibrary::new(&cfg.iso);
-    if !cfg.iso.is_empty() {
-        println!("ISO images:");
-        for st in isos.status() {
-            match &st.result {
-                Ok((scheme, entries)) => println!(
-                    "  ok       {:<16} {} ({entries} entries, {})",
-                    st.name,
-                    st.path.display(),
-                    match scheme {
-                        chainboot_iso::NameScheme::RockRidge => "Rock Ridge names",
-                        chainboot_iso::NameScheme::Joliet => "Joliet names",
-                        chainboot_iso::NameScheme::Iso9660 =>
-                            "plain ISO 9660 names, matched in their upper-case 8.3 forms",
-                    }
-                ),
-                Err(e) => {
-                    println!(
-                        "error: iso {}: {e}{}",
-                        st.name,
-                        if st.required {
-                            " (required: the server will not start)"
-                        } else {
-                            " (the server starts without it)"
-                        }
-                    );
-                    errors += 1;
+}
+
+/// Each `[[iso]]` image indexed, or why not (an error).
+fn print_isos(cfg: &config::Config, isos: &chainboot_iso::IsoLibrary, t: &mut Tally) {
+    if cfg.iso.is_empty() {
+        return;
+    }
+    println!("ISO images:");
+    for st in isos.status() {
+        match &st.result {
+            Ok((scheme, entries)) => println!(
+                "  ok       {:<16} {} ({entries} entries, {})",
+                st.name,
+                st.path.display(),
+                match scheme {
+                    chainboot_iso::NameScheme::RockRidge => "Rock Ridge names",
+                    chainboot_iso::NameScheme::Joliet => "Joliet names",
+                    chainboot_iso::NameScheme::Iso9660 =>
+                        "plain ISO 9660 names, matched in their upper-case 8.3 forms",
                 }
+            ),
+            Err(e) => {
+                println!(
+                    "error: iso {}: {e}{}",
+                    st.name,
+                    if st.required {
+                        " (required: the server will not start)"
+                    } else {
+                        " (the server starts without it)"
+                    }
+                );
+                t.errors += 1;
             }
         }
     }
+}
+
+/// The boot policy's size and the DHCP and DHCPv6 modes.
+fn print_servers(cfg: &config::Config) {
     let profiles = cfg.profile.len();
     let groups = cfg.group.len();
     println!(
@@ -125,68 +182,45 @@ pub fn run(path: Option<&Path>) -> ExitCode {
             }
         );
     }
-    errors += print_store(&cfg);
-    print_tls(&cfg);
-    let mut warnings = 0usize;
-    if cfg.ipv6.router_advertisements != chainboot_ra::RaMode::Off {
-        match crate::interfaces::select(&cfg.server.interfaces) {
-            Ok(list) => {
-                for iface in list {
-                    match chainboot_ra::ipv6_state(&iface.name).problem(&iface.name) {
-                        Some(p) => {
-                            warnings += 1;
-                            println!("warning: {p}");
-                        }
-                        None => println!(
-                            "IPv6 on {}: router solicitations will be answered",
-                            iface.name
-                        ),
+}
+
+/// Whether router advertisements can be sent on each boot interface (a warning if not).
+fn print_ipv6(cfg: &config::Config, t: &mut Tally) {
+    if cfg.ipv6.router_advertisements == chainboot_ra::RaMode::Off {
+        return;
+    }
+    match crate::interfaces::select(&cfg.server.interfaces) {
+        Ok(list) => {
+            for iface in list {
+                match chainboot_ra::ipv6_state(&iface.name).problem(&iface.name) {
+                    Some(p) => {
+                        t.warnings += 1;
+                        println!("warning: {p}");
                     }
+                    None => println!(
+                        "IPv6 on {}: router solicitations will be answered",
+                        iface.name
+                    ),
                 }
             }
-            Err(e) => println!("warning: [server] interfaces: {e}"),
         }
+        Err(e) => println!("warning: [server] interfaces: {e}"),
     }
-    // The host's cheap checks (`chainboot doctor` has them all): warnings here, since `check`
-    // also runs beside a running server or as another user than the service's.
-    let mut host = crate::doctor::check_ports(&cfg);
-    host.push(crate::doctor::check_state_dir(&cfg));
+}
+
+/// The host's cheap checks (`chainboot doctor` has them all): warnings here, since `check`
+/// also runs beside a running server or as another user than the service's.
+fn print_host(cfg: &config::Config, t: &mut Tally) {
+    let mut host = crate::doctor::check_ports(cfg);
+    host.push(crate::doctor::check_state_dir(cfg));
     host.push(crate::doctor::check_clock());
-    for f in host {
+    for mut f in host {
         if f.level >= crate::doctor::Level::Warning {
-            warnings += 1;
-            let mut f = f;
+            t.warnings += 1;
             f.level = crate::doctor::Level::Warning;
             println!("{}", f.check_line());
         }
     }
-    // What profiles refer to, resolved now rather than at a machine's boot.
-    let (file, text) = config::preflight::source_text(&source);
-    let findings = config::preflight::check(&cfg, &file, &text, &isos);
-    for f in &findings {
-        match f.level {
-            config::preflight::Level::Error => {
-                errors += 1;
-                println!("error: {}", f.problem);
-            }
-            config::preflight::Level::Warning => {
-                warnings += 1;
-                println!("warning: {}", f.problem);
-            }
-        }
-    }
-    if warnings > 0 {
-        println!("{warnings} warning{}", if warnings == 1 { "" } else { "s" });
-    }
-    if errors > 0 {
-        println!(
-            "{errors} problem{} found",
-            if errors == 1 { "" } else { "s" }
-        );
-        return ExitCode::from(1);
-    }
-    println!("ok");
-    ExitCode::SUCCESS
 }
 
 /// The store: SQLite's file, or PostgreSQL connected to (without migrating anything), its
