@@ -248,28 +248,7 @@ fn explain_dhcp6(
         ClientKind::HttpBoot { .. } => Client6::firmware(duid, code, true),
         _ => Client6::firmware(duid, code, false),
     };
-    let m = mac.0;
-    let link_local = Ipv6Addr::from(
-        (0xfe80u128 << 112)
-            | u128::from_be_bytes([
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                m[0] ^ 2,
-                m[1],
-                m[2],
-                0xff,
-                0xfe,
-                m[3],
-                m[4],
-                m[5],
-            ]),
-    );
+    let link_local = chainboot_dhcp6::duid::eui64_link_local(mac);
     let ingress = chainboot_dhcp6::Ingress6 {
         ifindex: 1,
         iface: "explain".into(),

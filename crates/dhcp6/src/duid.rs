@@ -81,6 +81,17 @@ pub fn link_local_mac(addr: Ipv6Addr) -> Option<Mac> {
     Some(Mac([o[8] ^ 0x02, o[9], o[10], o[13], o[14], o[15]]))
 }
 
+/// The link-local address a client with `mac` forms from it (modified EUI-64, RFC 4291
+/// appendix A): the inverse of [`link_local_mac`].
+pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
+    let m = mac.0;
+    let mut o = [0u8; 16];
+    o[0] = 0xfe;
+    o[1] = 0x80;
+    o[8..].copy_from_slice(&[m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
+    Ipv6Addr::from(o)
+}
+
 /// Option 79's payload: link-layer type and address.
 pub fn option79_mac(b: &[u8]) -> Option<Mac> {
     let hw = u16::from_be_bytes(b.get(0..2)?.try_into().ok()?);
@@ -130,6 +141,14 @@ mod tests {
         assert_eq!(duid_mac(&uuid), None);
         assert_eq!(duid_uuid(&uuid), Some([7u8; 16]));
         assert_eq!(duid_uuid(&uuid[..10]), None);
+    }
+
+    #[test]
+    fn a_macs_link_local_address_reads_back_as_that_mac() {
+        let mac = Mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        let ll = eui64_link_local(mac);
+        assert_eq!(ll, "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(link_local_mac(ll), Some(mac));
     }
 
     #[test]
