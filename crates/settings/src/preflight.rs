@@ -115,33 +115,8 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
             }
         }
     }
-    let signed_reach = chainboot_policy::validate::profiles_reached_by(
-        &cfg.profile,
-        &cfg.group,
-        &cfg.boot,
-        &|l| l.is_signed(),
-    );
-    for (i, why) in signed_reach {
-        let Some(kernel) = &cfg.profile[i].kernel else {
-            continue;
-        };
-        let Some(bytes) = read_asset(cfg, root.as_ref(), isos, kernel) else {
-            continue;
-        };
-        let problem = match authenticode_signed(&bytes) {
-            Ok(true) => continue,
-            Ok(false) => "is a PE file without a signature (no certificate table)".to_string(),
-            Err(e) => format!("is {e}"),
-        };
-        push(
-            Level::Warning,
-            vec!["profile".into(), i.to_string(), "kernel".into()],
-            format!(
-                "`{kernel}` {problem}: profile {} may boot under Secure Boot ({why}), where                  an unsigned kernel is refused; use a kernel signed by a key the machines                  trust (sbverify --list shows it)",
-                cfg.profile[i].name
-            ),
-            false,
-        );
+    for (key, message) in unsigned_kernels(cfg, root.as_ref(), isos) {
+        push(Level::Warning, key, message, false);
     }
     if let Some(dir) = &cfg.boot.templates {
         for message in check_templates(dir) {
@@ -152,6 +127,45 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
                 false,
             );
         }
+    }
+    out
+}
+
+/// A warning (key, message) for each kernel without an Authenticode signature in a profile
+/// that a signed (Secure Boot) chain can reach.
+fn unsigned_kernels(
+    cfg: &Config,
+    root: Option<&(&PathBuf, std::io::Result<Root>)>,
+    isos: &IsoLibrary,
+) -> Vec<(Vec<String>, String)> {
+    let mut out = Vec::new();
+    let signed_reach = chainboot_policy::validate::profiles_reached_by(
+        &cfg.profile,
+        &cfg.group,
+        &cfg.boot,
+        &|l| l.is_signed(),
+    );
+    for (i, why) in signed_reach {
+        let Some(kernel) = &cfg.profile[i].kernel else {
+            continue;
+        };
+        let Some(bytes) = read_asset(cfg, root, isos, kernel) else {
+            continue;
+        };
+        let problem = match authenticode_signed(&bytes) {
+            Ok(true) => continue,
+            Ok(false) => "is a PE file without a signature (no certificate table)".to_string(),
+            Err(e) => format!("is {e}"),
+        };
+        out.push((
+            vec!["profile".into(), i.to_string(), "kernel".into()],
+            format!(
+                "`{kernel}` {problem}: profile {} may boot under Secure Boot ({why}), where an \
+                 unsigned kernel is refused; use a kernel signed by a key the machines trust \
+                 (sbverify --list shows it)",
+                cfg.profile[i].name
+            ),
+        ));
     }
     out
 }
