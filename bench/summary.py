@@ -78,7 +78,14 @@ def latest(plots):
 
 
 def fmt(v):
-    return f"{v}x" if v else "not run"
+    """A ratio gets its "x"; a verdict in words (a run whose machines failed) stays as it is."""
+    if not v:
+        return "not run"
+    try:
+        float(v)
+    except ValueError:
+        return v
+    return f"{v}x"
 
 
 if __name__ == "__main__":

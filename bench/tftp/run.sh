@@ -6,7 +6,7 @@
 # each round once quiet and once contended (a busy loop pinned to the last CPU, bench/lib.sh).
 #
 # Cases: a big file at blksize 512/1468/8192 x windowsize 1/16, and CLIENTS concurrent clients
-# fetching a 70 KB undionly.kpxe-sized file. Topologies: "loopback" (server and client on lo
+# fetching undionly.kpxe (Debian's, 72 KiB). Topologies: "loopback" (server and client on lo
 # inside a private network namespace, so port 69 is ours) and "lan" (two namespaces joined by a
 # veth pair, 198.18.0.1 <-> 198.18.0.2, with a LAN's 500 us round trip, where windowsize
 # matters). The round trip would be `tc qdisc add dev X root netem delay 250us` on each side,
@@ -84,7 +84,10 @@ trap cleanup EXIT INT TERM
 chmod 755 "$DATA"
 head -c $((BIG_MB << 20)) /dev/urandom >"$DATA/big.img"
 head -c $((LAN_BIG_MB << 20)) "$DATA/big.img" >"$DATA/lan.img"
-head -c 70000 /dev/urandom >"$DATA/undionly.kpxe"
+# The real first stage: chainboot serves `undionly.kpxe` from its [ipxe] dir whatever the
+# root holds, so every server gets the same bytes.
+cp /usr/lib/ipxe/undionly.kpxe "$DATA/undionly.kpxe"
+STORM_SIZE=$(stat -c %s "$DATA/undionly.kpxe")
 chmod 644 "$DATA"/*
 mkdir -p "$RESULTS"
 LOAD_BEFORE=$(check_quiet)
@@ -179,7 +182,9 @@ run_case() {
     ip netns exec "$CLIENT_NS" "$CLIENT" "$SERVER_IP:69" "$@" >"$out" 2>"$out.err"; then
     echo "  ($server $name: some transfers failed: $(head -c 300 "$out.err" | tr '\n' ' '))" >&2
   fi
-  cpu=$(awk '{print $1 + $2}' "$out.time" 2>/dev/null || echo 0)
+  # A client that exits non-zero makes time(1) write a "Command exited" line first.
+  cpu=$(tail -n 1 "$out.time" 2>/dev/null | awk '{print $1 + $2}')
+  cpu=${cpu:-0}
   line=$(cat "$out")
   rm -f "$out" "$out.err" "$out.time"
   if [ -z "$line" ]; then line="ok=0 failed=all wall_s=0 mb_per_s=0 blksize=0 windowsize=0"; fi
@@ -216,7 +221,7 @@ for topo in $TOPOLOGIES; do
         done
       done
       [[ " $CASES " == *" storm "* ]] && run_case "$topo" "$round" "$server" "storm-$CLIENTS" undionly.kpxe \
-        --blksize 1468 --clients "$CLIENTS" --expect-size 70000 "${RTT_ARGS[@]}"
+        --blksize 1468 --clients "$CLIENTS" --expect-size "$STORM_SIZE" "${RTT_ARGS[@]}"
       stop_server
     done
     if [ "$CONDITION" = contended ]; then hog_stop; fi

@@ -23,6 +23,8 @@ def main(path, load):
     runs = defaultdict(list)
     with open(path) as f:
         for r in csv.DictReader(f, delimiter="\t"):
+            if r.get("case") is None:
+                continue  # a stray line (older run.sh wrote a failed client's CPU on two lines)
             r.setdefault("condition", "quiet")
             runs[(r["condition"], r["topology"], r["case"], r["server"])].append(r)
     raw = os.path.basename(path)
@@ -70,7 +72,8 @@ def table(runs, cond, topo):
         anchors = {s: v for s, v in values.items() if s in ANCHORS and v[1] == 0}
         nopoll = values.get("chainboot-nopoll")
         ratio = None
-        if cb and anchors and cb[0] > 0:
+        # A run of ours with failures has no ratio: its time or rate says nothing.
+        if cb and cb[1] == 0 and anchors and cb[0] > 0:
             if storm:
                 # Wall time: lower is better; a ratio > 1 means chainboot is faster.
                 ratio = min(v[0] for v in anchors.values()) / cb[0]
