@@ -260,7 +260,7 @@ with open(os.path.join(summary, f"storm-{n}-{cond}.tsv"), "w") as f:
                 f"{cfail:.0f} of {n} machines failed\t{src}\n")
     elif c99 and a99:
         f.write(f"storm {n}: p99 time-to-kernel vs dnsmasq+nginx (lower is better)\t{cond}\t{c99 / a99:.2f}\t{src}\n")
-    if c1k and a1k:
+    if c1k and a1k and not cfail:
         f.write(f"storm {n}: CPU-s per 1000 boots vs dnsmasq+nginx ({c1k:.1f} vs {a1k:.1f}; lower is better)\t{cond}\t{c1k / a1k:.2f}\t{src}\n")
 plots = []
 for side in ("chainboot", "anchor"):
