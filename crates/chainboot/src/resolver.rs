@@ -158,4 +158,19 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
             _ => chosen,
         }
     }
+
+    fn https_boot(
+        &self,
+        facts: &chainboot_dhcp::PacketFacts,
+        arch: chainboot_machine::Arch,
+    ) -> Option<(bool, String)> {
+        let mac = facts.mac?;
+        let raw = chainboot_policy::RawFacts {
+            arch: Some(arch),
+            hostname: facts.hostname.as_deref(),
+            ..Default::default()
+        };
+        self.policy
+            .https_boot_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw))
+    }
 }

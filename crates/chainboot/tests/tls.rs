@@ -504,3 +504,59 @@ fn https_for_http_boot_starts_beside_a_plain_management_listener() {
     assert!(ok, "the plain API answers: {err}");
     assert!(!body.is_empty());
 }
+
+#[test]
+fn a_group_marked_https_boot_gets_https_for_its_uefi_http_boot_machines_only() {
+    // `explain` runs the DHCP engine's decision without sending anything: proxyDHCP so the
+    // engine answers, a TLS boot listener, one group marked for https and nothing global.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "tls_listen = \"127.0.0.1:0\"\ntls = \"lab\"\n",
+        "[[group]]\nname = \"lab-racks\"\nprofile = \"linux\"\nhttps_boot = true\n\
+         match = { mac = \"52:54:00:00:0a:*\" }\n",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("mode = \"off\"", "mode = \"proxy\"")).unwrap();
+    let explain = |mac: &str| {
+        chainboot(&[
+            "explain",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--mac",
+            mac,
+            "--arch",
+            "16",
+            "--server-ip",
+            "198.18.0.1",
+        ])
+    };
+    let (code, out) = explain("52:54:00:00:0a:01");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"https://198.18.0.1:0/ipxe-bin/ipxe.efi\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("group lab-racks says https_boot = true"),
+        "{out}"
+    );
+    let (code, out) = explain("52:54:00:00:0b:01");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"http://198.18.0.1:0/ipxe-bin/ipxe.efi\""),
+        "{out}"
+    );
+    // Marked without a TLS listener: refused by `check` with the group named.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("tls_listen = \"127.0.0.1:0\"\ntls = \"lab\"\n", ""),
+    )
+    .unwrap();
+    let (code, out) = chainboot(&["check", "-c", plain.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("group lab-racks asks for https://"), "{out}");
+}

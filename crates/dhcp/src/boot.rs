@@ -20,6 +20,7 @@
 //!   (the distribution's signed GRUB has no HTTP client), so a UEFI HTTP Boot client whose
 //!   loader is `grub` gets iPXE, and the answer's `why` says so.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -107,6 +108,12 @@ pub fn signed_first_stage(loader: Loader, efi_x64: EfiX64Binary) -> Option<&'sta
 pub trait ChooseLoader: Send + Sync {
     /// The loader and why, or `None` to leave it to `[boot] loader`.
     fn loader(&self, facts: &PacketFacts, arch: Arch) -> Option<(Loader, String)>;
+
+    /// Whether a UEFI HTTP Boot client gets an `https://` first stage, and why (its group's
+    /// `https_boot`), or `None` to leave it to `[http] https_for_http_boot`.
+    fn https_boot(&self, _facts: &PacketFacts, _arch: Arch) -> Option<(bool, String)> {
+        None
+    }
 }
 
 /// Which loader each firmware client gets: the chooser's answer, else the architecture's
@@ -160,6 +167,18 @@ impl LoaderChoice {
                 format!("{why} is {loader}, which has no {arch} build: iPXE"),
             )
         }
+    }
+}
+
+impl LoaderChoice {
+    /// Whether a UEFI HTTP Boot client of `arch` gets `https://`: the chooser's answer, else
+    /// `default` (`[http] https_for_http_boot`). The boot listener must have a TLS address
+    /// for either to matter.
+    pub fn https_boot(&self, facts: &PacketFacts, arch: Arch, default: bool) -> (bool, String) {
+        self.chooser
+            .as_ref()
+            .and_then(|c| c.https_boot(facts, arch))
+            .unwrap_or_else(|| (default, format!("[http] https_for_http_boot = {default}")))
     }
 }
 
@@ -404,7 +423,7 @@ pub struct BootAnswer {
     pub vendor_class: &'static str,
     pub arch: Option<Arch>,
     /// Why this transport (TFTP, http://, https://), for `explain` and the event log.
-    pub why: &'static str,
+    pub why: Cow<'static, str>,
     /// The chain a firmware client starts (iPXE for clients already running iPXE).
     pub loader: Loader,
     /// Why that chain (the group, profile or `[boot] loader` that chose it).
@@ -474,7 +493,7 @@ pub fn decide(
             next_server: server,
             vendor_class: "PXEClient",
             arch: arch.map(|a| a.arch),
-            why,
+            why: why.into(),
             loader: Loader::Ipxe,
             loader_why: "iPXE already runs".to_string(),
         });
@@ -493,15 +512,20 @@ pub fn decide(
     let name = signed_first_stage(loader, settings.efi_x64)
         .unwrap_or_else(|| first_stage_name(arch, settings.efi_x64));
     BootDecision::Boot(if http_boot {
-        let (base, why) = match https.filter(|_| settings.https_for_http_boot) {
-            Some(https) => (
+        let (wants_https, https_why) =
+            settings
+                .loaders
+                .https_boot(facts, arch, settings.https_for_http_boot);
+        let (base, why) = match (https, wants_https) {
+            (Some(https), true) => (
                 https,
-                "UEFI HTTP Boot with [http] https_for_http_boot: https:// (the firmware must trust chainboot's CA)",
+                format!("UEFI HTTP Boot, {https_why}: https:// (the firmware must trust chainboot's CA)"),
             ),
-            None => (
+            (None, true) => (
                 base,
-                "UEFI HTTP Boot: http:// ([http] https_for_http_boot is off or there is no tls_listen)",
+                format!("UEFI HTTP Boot, {https_why}, but [http] has no tls_listen: http://"),
             ),
+            (_, false) => (base, format!("UEFI HTTP Boot, {https_why}: http://")),
         };
         BootAnswer {
             stage: BootStage::FirstStageHttp,
@@ -509,7 +533,7 @@ pub fn decide(
             next_server: server,
             vendor_class: "HTTPClient",
             arch: Some(arch),
-            why,
+            why: why.into(),
             loader,
             loader_why,
         }
@@ -520,7 +544,7 @@ pub fn decide(
             next_server: server,
             vendor_class: "PXEClient",
             arch: Some(arch),
-            why: "PXE firmware: the first stage over TFTP",
+            why: "PXE firmware: the first stage over TFTP".into(),
             loader,
             loader_why,
         }
@@ -723,6 +747,60 @@ mod tests {
         f.is_ipxe = true;
         f.ipxe_http = true;
         assert_eq!(answer(&f, &s).file, "http://198.18.0.1/boot.ipxe");
+    }
+
+    /// A group that marks (or unmarks) its machines for https:// UEFI HTTP Boot.
+    struct HttpsByMac(Mac, bool);
+    impl ChooseLoader for HttpsByMac {
+        fn loader(&self, _: &PacketFacts, _: Arch) -> Option<(Loader, String)> {
+            None
+        }
+        fn https_boot(&self, facts: &PacketFacts, _: Arch) -> Option<(bool, String)> {
+            (facts.mac == Some(self.0)).then(|| (self.1, "group lab".to_string()))
+        }
+    }
+
+    #[test]
+    fn a_group_marks_its_http_boot_machines_for_https_either_way() {
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let mut hb = PacketFacts {
+            vendor_class: Some("HTTPClient:Arch:00016:UNDI:003001".into()),
+            arch_code: Some(16),
+            mac: Some(mac),
+            ..Default::default()
+        };
+        let with = |on: bool, global: bool, port: Option<u16>| BootSettings {
+            https_port: port,
+            https_for_http_boot: global,
+            loaders: LoaderChoice {
+                by_arch: BTreeMap::new(),
+                chooser: Some(Arc::new(HttpsByMac(mac, on))),
+            },
+            ..Default::default()
+        };
+        // Marked, global off: https for this machine, with the group named as the reason.
+        let a = answer(&hb, &with(true, false, Some(443)));
+        assert_eq!(a.file, "https://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert!(a.why.contains("group lab"), "{}", a.why);
+        // Unmarked, global on: the group keeps its machines on http.
+        assert_eq!(
+            answer(&hb, &with(false, true, Some(443))).file,
+            "http://198.18.0.1/ipxe-bin/ipxe.efi"
+        );
+        // Marked but no TLS listener: http, and the answer says why.
+        let a = answer(&hb, &with(true, false, None));
+        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert!(a.why.contains("no tls_listen"), "{}", a.why);
+        // Another machine: the global setting decides.
+        hb.mac = Some(Mac([0x52, 0x54, 0, 0, 0, 2]));
+        assert_eq!(
+            answer(&hb, &with(true, true, Some(443))).file,
+            "https://198.18.0.1/ipxe-bin/ipxe.efi"
+        );
+        assert_eq!(
+            answer(&hb, &with(true, false, Some(443))).file,
+            "http://198.18.0.1/ipxe-bin/ipxe.efi"
+        );
     }
 
     #[test]

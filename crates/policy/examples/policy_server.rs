@@ -44,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..MatchConfig::default()
             },
             loader: None,
+            https_boot: None,
         }],
         boot: BootConfig::default(),
     };

@@ -87,6 +87,10 @@ pub struct GroupConfig {
     /// The chain its x86-64 UEFI machines start with; before the profile's `loader`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loader: Option<Loader>,
+    /// Whether its UEFI HTTP Boot machines get an `https://` first stage (their firmware was
+    /// given chainboot's CA); unset: `[http] https_for_http_boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_boot: Option<bool>,
 }
 
 /// Selectors; every one given must match. A value may be one string or a list (any of).

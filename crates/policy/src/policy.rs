@@ -397,6 +397,19 @@ impl Policy {
             .map(|l| (*l, format!("[boot] loader for {arch}")))
     }
 
+    /// The `https_boot` of the group a machine falls in, and why; `None` when its group does
+    /// not say (then `[http] https_for_http_boot` decides). Answers without I/O, like
+    /// [`Policy::loader_for`]: the DHCP engine asks it.
+    pub fn https_boot_for(&self, facts: &ClientFacts) -> Option<(bool, String)> {
+        let compiled = self.current.load();
+        let no_labels = BTreeMap::new();
+        let (g, _) = best_group(&compiled.groups, facts, &no_labels)?;
+        let group = &compiled.cfg.groups[g.index];
+        group
+            .https_boot
+            .map(|on| (on, format!("group {} says https_boot = {on}", group.name)))
+    }
+
     /// `[boot] secure_boot_fallback`: the chain for machines whose firmware refused the
     /// unsigned first stage.
     pub fn secure_boot_fallback(&self) -> Option<Loader> {

@@ -110,6 +110,19 @@ impl Validate for Config {
             ));
         }
         out.extend(under(&["api"], api_tls_issues(&self.api)));
+        if self.http.tls_listen.as_list().is_empty() {
+            for (i, g) in self.group.iter().enumerate() {
+                if g.https_boot == Some(true) {
+                    out.push(Issue::at(
+                        &["group", &i.to_string(), "https_boot"],
+                        format!(
+                            "group {} asks for https:// but [http] has no tls_listen and tls",
+                            g.name
+                        ),
+                    ));
+                }
+            }
+        }
         out
     }
 }
