@@ -13,8 +13,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Libraries whose warnings describe what a peer sent, not what chainboot did: any host on the
+/// boot network can trigger them at will (rustls warns on every handshake that names an IP
+/// address in SNI, as wrk and some firmware do), so at the default level they would be a log
+/// flood anyone can start. Handshake failures are counted in `/metrics`; `RUST_LOG` (e.g.
+/// `RUST_LOG=info,rustls=debug`) still shows them.
+const PEER_NOISE: &str = "rustls=error";
+
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},{PEER_NOISE}")));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder

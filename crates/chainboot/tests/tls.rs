@@ -560,3 +560,31 @@ fn a_group_marked_https_boot_gets_https_for_its_uefi_http_boot_machines_only() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("group lab-racks asks for https://"), "{out}");
 }
+
+#[test]
+fn a_peer_naming_an_ip_address_in_sni_writes_no_log_line_per_handshake() {
+    // rustls warns about every ClientHello whose SNI is an IP address (wrk and some firmware
+    // send one): any host could flood the log with them, so the server keeps rustls quiet.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "tls_listen = \"127.0.0.1:0\"\ntls = \"lab\"\n",
+        "",
+    );
+    let mut server = Server::start_in(None, &cfg, dir.path().join("log"));
+    let https = server.listening("HTTPS");
+    for _ in 0..3 {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &https, "-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("BEGIN CERTIFICATE"), "no handshake: {text}");
+    }
+    // The handshakes were served (and the log is written as they happen).
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log_text();
+    assert!(!log.contains("Illegal SNI"), "{log}");
+    assert!(!log.contains("WARN rustls"), "{log}");
+}
