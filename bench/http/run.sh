@@ -156,14 +156,15 @@ cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # wrk prints "Requests/sec: N", "N requests in" and "Transfer/sec: N{KB,MB,GB}".
-# WRK_ARGS: extra wrk arguments (the handshake case closes every connection after its request).
+# WRK_EXTRA: extra wrk arguments (the handshake case closes every connection after its request;
+# an array, since wrk reads a header only as "Name: value" with the space).
+WRK_EXTRA=()
 wrk_run() { # conns url pids... -> "req/s MB/s cpu-us-per-request"
     local conns=$1 url=$2 out c0 c1 threads=2
     shift 2
     [ "$conns" -ge 2 ] || threads=1 # wrk wants at least one connection per thread
     c0=$(cpu_ticks "$@")
-    # shellcheck disable=SC2086 # WRK_ARGS is a list of words
-    out=$(in_ns wrk -t"$threads" -c"$conns" -d"${SECS}s" ${WRK_ARGS:-} "$url")
+    out=$(in_ns wrk -t"$threads" -c"$conns" -d"${SECS}s" "${WRK_EXTRA[@]}" "$url")
     c1=$(cpu_ticks "$@")
     echo "$out" | awk -v ticks=$((c1 - c0)) -v tick_us="$TICK_US" '
         /requests in/ { n = $1 }
@@ -187,8 +188,10 @@ for round in $(seq "$ROUNDS"); do
     read -r _ R[cb_big_$round] _ < <(wrk_run 8 "$CB_URL/files/big.bin" "$CB_PID")
     read -r _ R[cb_iso_$round] _ < <(wrk_run 8 "$CB_URL/iso/bench/big.bin" "$CB_PID")
     if [ "$TLS" = 1 ]; then
-        read -r R[ng_hs_$round] _ _ < <(WRK_ARGS="-H Connection:close" wrk_run 16 "$NG_URL/small.bin" $NGINX_WORKERS)
-        read -r R[cb_hs_$round] _ _ < <(WRK_ARGS="-H Connection:close" wrk_run 16 "$CB_URL/files/small.bin" "$CB_PID")
+        WRK_EXTRA=(-H "Connection: close")
+        read -r R[ng_hs_$round] _ _ < <(wrk_run 16 "$NG_URL/small.bin" $NGINX_WORKERS)
+        read -r R[cb_hs_$round] _ _ < <(wrk_run 16 "$CB_URL/files/small.bin" "$CB_PID")
+        WRK_EXTRA=()
         echo "round $round: new TLS handshakes/s nginx ${R[ng_hs_$round]} chainboot ${R[cb_hs_$round]}"
     fi
     echo "round $round: 1KB req/s (CPU us/req) nginx ${R[ng_small_$round]} (${R[ng_small_cpu_$round]})" \
