@@ -5,11 +5,14 @@
 //! - [`engine`]: the sans-IO proxyDHCP / authoritative DHCP engine with its lease table;
 //! - [`config`]: the `[dhcp]` config section and its validation;
 //! - [`snippet`]: config snippets for ISC dhcpd, dnsmasq and Kea (`chainboot dhcp-config`);
-//! - [`server`]: the tokio driver (sockets, IP_PKTINFO, ARP, group-committed leases).
+//! - [`driver`]: the UDP driver DHCPv4 and DHCPv6 share (receive threads, group commit),
+//!   generic over the engine;
+//! - [`server`]: DHCPv4 on the driver (sockets, IP_PKTINFO, ARP, the fleet's lease rules).
 
 pub mod boot;
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod server;
 pub mod snippet;
@@ -21,5 +24,6 @@ pub use boot::{
 };
 pub use config::{DhcpConfig, Mode};
 pub use engine::{Engine, Handled, Ingress, Outgoing};
-pub use server::{DhcpError, DhcpObserver, DhcpServer, NoObserver, ServerOptions};
+pub use driver::{DhcpError, DhcpObserver, NoObserver};
+pub use server::{DhcpServer, ServerOptions};
 pub use snippet::{snippet, SnippetKind};

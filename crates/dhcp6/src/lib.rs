@@ -8,7 +8,8 @@
 //!   DHCPv4 engine's lease table, starvation guard, rate limits and boot decision;
 //! - [`config`]: the `[dhcp6]` section and its validation;
 //! - [`snippet`]: Kea's `Dhcp6` client classes for the same boot answers;
-//! - [`server`]: the driver (UDP 547, ff02::1:2, group-committed leases).
+//! - [`server`]: DHCPv6 on chainboot-dhcp's driver (UDP 547, ff02::1:2, group-committed
+//!   leases).
 
 pub mod client;
 pub mod config;
@@ -22,4 +23,4 @@ pub mod wire;
 pub use config::{Dhcp6Config, Mode6};
 pub use engine::{Counters6, Engine6, Handled6, Ignored6, Ingress6, Outcome6, Outgoing6};
 pub use facts::Facts6;
-pub use server::{Dhcp6Error, Dhcp6Observer, Dhcp6Server, NoObserver6};
+pub use server::Dhcp6Server;

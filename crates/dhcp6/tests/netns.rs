@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chainboot_dhcp::BootSettings;
-use chainboot_dhcp6::{Dhcp6Config, Dhcp6Observer, Dhcp6Server, Handled6, Ingress6, Outcome6};
+use chainboot_dhcp::{BootSettings, DhcpObserver};
+use chainboot_dhcp6::{Dhcp6Config, Dhcp6Server, Handled6, Ingress6, Outcome6};
 use chainboot_store::leases::LeaseState;
 use chainboot_store::leases6::load_all;
 use chainboot_store::Store;
@@ -55,7 +55,7 @@ fn wait_link_local(ns: &str, dev: &str) {
 #[derive(Default)]
 struct Seen(Mutex<Vec<(u8, Outcome6)>>);
 
-impl Dhcp6Observer for Seen {
+impl DhcpObserver<Ingress6, Handled6> for Seen {
     fn exchange(&self, _: &Ingress6, h: &Handled6, _: Duration) {
         let t = h.request.as_ref().map_or(0, |(t, _)| *t);
         self.0.lock().push((t, h.outcome));

@@ -258,7 +258,7 @@ fn client_kind(f: &chainboot_dhcp::PacketFacts) -> &'static str {
     }
 }
 
-impl chainboot_dhcp::DhcpObserver for Observers {
+impl chainboot_dhcp::DhcpObserver<Ingress, Handled> for Observers {
     fn exchange(&self, ingress: &Ingress, handled: &Handled, decided_in: std::time::Duration) {
         // Runs once per DHCP packet, on the receive path: everything here is paid per exchange
         // at load, so the counter's labels are static strings, and an ordinary client costs no
@@ -328,7 +328,9 @@ impl chainboot_dhcp::DhcpObserver for Observers {
     }
 }
 
-impl chainboot_dhcp6::Dhcp6Observer for Observers {
+impl chainboot_dhcp::DhcpObserver<chainboot_dhcp6::Ingress6, chainboot_dhcp6::Handled6>
+    for Observers
+{
     /// The DHCPv6 side of a machine's timeline, in the same `dhcp` events (family `ipv6`):
     /// boot clients' exchanges are recorded under the MAC behind the DUID, and a bound
     /// address maps that machine's later TFTP/HTTP requests over IPv6 to it. Ordinary clients
