@@ -401,94 +401,18 @@ async fn serve(
         shutdown.clone(),
     ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
-    let tftp = bind_tftp(&cfg, &sh)?;
-    let dhcp6 = bind_dhcp6(&cfg, &sh)?;
-    let dhcp = bind_dhcp(&cfg, &sh, &dhcp6)?;
+    let servers = Servers::bind(&cfg, &sh, &ifaces)?;
+    let fleet = start_fleet(&cfg, &sh, &servers.dhcp, &shutdown);
     // SIGHUP hands a new [dhcp] to the same engine.
-    let reloadable_dhcp = dhcp.engine();
-    let fleet = (cfg.store.backend == chainboot_store::StoreBackend::Postgres).then(|| {
-        let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| dhcp.engine());
-        tokio::spawn(crate::fleet::run(
-            sh.store.clone(),
-            engine,
-            cfg.store.clone(),
-            shutdown.clone(),
-        ))
-    });
-    let tls = Tls::start(&cfg, &ifaces)?;
-    let mut http = HttpServer::bind(&cfg.http)
-        .context("HTTP cannot listen")?
-        .with_observer(sh.observers.clone());
-    if let Some(t) = &tls.http {
-        http = http.with_tls(t.clone());
-    }
-    let http_addrs = http.local_addrs();
-    for addr in &http_addrs {
-        info!(listen = %addr, "HTTP listening");
-    }
-    let https_addrs = http.tls_local_addrs();
-    for addr in &https_addrs {
-        info!(listen = %addr, "HTTPS listening");
-    }
-    let ops = OpsState {
-        store: sh.store.clone(),
-        events: sh.events.clone(),
-        metrics: sh.observers.metrics.clone(),
-        dhcp_counters: Some(dhcp.counters()),
-        dhcp_engine: Some(dhcp.engine()),
-        dhcp6_counters: (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off).then(|| dhcp6.counters()),
-        tftp: Some(tftp.stats()),
-        http: Some(http.stats()),
-        ra: Some(ra_stats),
-        info: Arc::new(json!({
-            "config": source.to_string(),
-            "dhcp_mode": format!("{:?}", cfg.dhcp.mode).to_lowercase(),
-            "dhcp6_mode": format!("{:?}", cfg.dhcp6.mode).to_lowercase(),
-            "interfaces": ifaces.iter().map(|i| &i.name).collect::<Vec<_>>(),
-            "tftp": cfg.tftp.listen.to_string(),
-            "http": http_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "https": https_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "quick_mode": quick.is_some(),
-        })),
-        started,
-        auth: sh.auth.clone(),
-    };
-    let (mut router, management) = routers(&cfg, &sh, ops)?;
-    if let Some(lab) = &tls.lab {
-        router = router.merge(chainboot_http::lab::ca_routes(lab));
-    }
-    let (router, management) = (nosniff(router), nosniff(management));
-    tls.watch(&shutdown);
-    if let Some(server) = bind_management(&cfg, tls.api.clone())? {
-        let token = shutdown.clone();
-        tasks.spawn(async move { ("api", server.run(management, token).await) });
-    }
-    for (name, fut) in [
-        ("tftp", tftp.run(shutdown.clone()).boxed()),
-        ("http", http.run(router, shutdown.clone()).boxed()),
-        (
-            "dhcp",
-            dhcp.run(shutdown.clone())
-                .map(|r| r.map_err(std::io::Error::other))
-                .boxed(),
-        ),
-        (
-            "dhcp6",
-            dhcp6
-                .run(shutdown.clone())
-                .map(|r| r.map_err(std::io::Error::other))
-                .boxed(),
-        ),
-    ] {
-        tasks.spawn(async move { (name, fut.await) });
-    }
-    let (policy, events) = (sh.policy, sh.events);
-
+    let reloadable_dhcp = servers.dhcp.engine();
+    let info = server_info(&cfg, &source, &ifaces, &servers.http, quick.is_some());
+    let ops = ops_state(&cfg, &sh, &servers, ra_stats, info, started);
+    let tls = servers.spawn(&cfg, &sh, ops, &mut tasks, &shutdown)?;
     let mut signals = Signals::new()?;
     let reloader = Reloader::spawn(
         source.clone(),
         cfg.clone(),
-        policy.clone(),
+        sh.policy.clone(),
         reloadable_dhcp,
         sh.isos.clone(),
         quick.is_some(),
@@ -496,39 +420,221 @@ async fn serve(
     // From here on a SIGHUP reloads instead of ending the process (tests wait for this line).
     info!("ready: SIGHUP reloads the config, SIGINT or SIGTERM stops");
     crate::service_manager::ready();
-    let result = loop {
+    let result = until_stopped(&mut signals, &mut tasks, &tls, &reloader).await;
+    shutdown.cancel();
+    drain(&cfg, tasks, &sh.events, fleet).await;
+    info!("chainboot stopped");
+    result
+}
+
+/// Every server bound to its sockets, not running yet.
+struct Servers {
+    tftp: TftpServer,
+    dhcp6: chainboot_dhcp6::Dhcp6Server,
+    dhcp: DhcpServer,
+    tls: Tls,
+    /// The boot listener.
+    http: HttpServer,
+}
+
+impl Servers {
+    /// TFTP, DHCPv6, DHCP (whose identity checks need DHCPv6's leases), TLS and the boot
+    /// listener, in that order.
+    fn bind(
+        cfg: &config::Config,
+        sh: &Shared,
+        ifaces: &[interfaces::Interface],
+    ) -> anyhow::Result<Servers> {
+        let tftp = bind_tftp(cfg, sh)?;
+        let dhcp6 = bind_dhcp6(cfg, sh)?;
+        let dhcp = bind_dhcp(cfg, sh, &dhcp6)?;
+        let tls = Tls::start(cfg, ifaces)?;
+        let http = bind_http(cfg, sh, &tls)?;
+        Ok(Servers {
+            tftp,
+            dhcp6,
+            dhcp,
+            tls,
+            http,
+        })
+    }
+
+    /// Puts the routers on their listeners and runs every server as a task of `tasks` until
+    /// `shutdown`. The TLS state is handed back: SIGHUP re-reads its certificates.
+    fn spawn(
+        self,
+        cfg: &config::Config,
+        sh: &Shared,
+        ops: OpsState,
+        tasks: &mut Tasks,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Tls> {
+        let (mut router, management) = routers(cfg, sh, ops)?;
+        if let Some(lab) = &self.tls.lab {
+            router = router.merge(chainboot_http::lab::ca_routes(lab));
+        }
+        let (router, management) = (nosniff(router), nosniff(management));
+        self.tls.watch(shutdown);
+        if let Some(server) = bind_management(cfg, self.tls.api.clone())? {
+            let token = shutdown.clone();
+            tasks.spawn(async move { ("api", server.run(management, token).await) });
+        }
+        for (name, fut) in [
+            ("tftp", self.tftp.run(shutdown.clone()).boxed()),
+            ("http", self.http.run(router, shutdown.clone()).boxed()),
+            (
+                "dhcp",
+                self.dhcp
+                    .run(shutdown.clone())
+                    .map(|r| r.map_err(std::io::Error::other))
+                    .boxed(),
+            ),
+            (
+                "dhcp6",
+                self.dhcp6
+                    .run(shutdown.clone())
+                    .map(|r| r.map_err(std::io::Error::other))
+                    .boxed(),
+            ),
+        ] {
+            tasks.spawn(async move { (name, fut.await) });
+        }
+        Ok(self.tls)
+    }
+}
+
+/// The boot listener: HTTP, and HTTPS where `[http] tls_listen` says.
+fn bind_http(cfg: &config::Config, sh: &Shared, tls: &Tls) -> anyhow::Result<HttpServer> {
+    let mut http = HttpServer::bind(&cfg.http)
+        .context("HTTP cannot listen")?
+        .with_observer(sh.observers.clone());
+    if let Some(t) = &tls.http {
+        http = http.with_tls(t.clone());
+    }
+    for addr in http.local_addrs() {
+        info!(listen = %addr, "HTTP listening");
+    }
+    for addr in http.tls_local_addrs() {
+        info!(listen = %addr, "HTTPS listening");
+    }
+    Ok(http)
+}
+
+/// On the fleet's PostgreSQL store: the loop that heartbeats, shares the DHCP pool with the
+/// live peers and loads their leases.
+fn start_fleet(
+    cfg: &config::Config,
+    sh: &Shared,
+    dhcp: &DhcpServer,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if cfg.store.backend != chainboot_store::StoreBackend::Postgres {
+        return None;
+    }
+    let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| dhcp.engine());
+    Some(tokio::spawn(crate::fleet::run(
+        sh.store.clone(),
+        engine,
+        cfg.store.clone(),
+        shutdown.clone(),
+    )))
+}
+
+/// What the API's `/api/v1/info` says about this server.
+fn server_info(
+    cfg: &config::Config,
+    source: &config::Source,
+    ifaces: &[interfaces::Interface],
+    http: &HttpServer,
+    quick: bool,
+) -> serde_json::Value {
+    let addrs = |a: Vec<std::net::SocketAddr>| a.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    json!({
+        "config": source.to_string(),
+        "dhcp_mode": format!("{:?}", cfg.dhcp.mode).to_lowercase(),
+        "dhcp6_mode": format!("{:?}", cfg.dhcp6.mode).to_lowercase(),
+        "interfaces": ifaces.iter().map(|i| &i.name).collect::<Vec<_>>(),
+        "tftp": cfg.tftp.listen.to_string(),
+        "http": addrs(http.local_addrs()),
+        "https": addrs(http.tls_local_addrs()),
+        "quick_mode": quick,
+    })
+}
+
+/// The operator's view of the running servers: their counters and engines for the API and
+/// `/metrics`.
+fn ops_state(
+    cfg: &config::Config,
+    sh: &Shared,
+    servers: &Servers,
+    ra: Arc<RaStats>,
+    info: serde_json::Value,
+    started: std::time::Instant,
+) -> OpsState {
+    OpsState {
+        store: sh.store.clone(),
+        events: sh.events.clone(),
+        metrics: sh.observers.metrics.clone(),
+        dhcp_counters: Some(servers.dhcp.counters()),
+        dhcp_engine: Some(servers.dhcp.engine()),
+        dhcp6_counters: (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off)
+            .then(|| servers.dhcp6.counters()),
+        tftp: Some(servers.tftp.stats()),
+        http: Some(servers.http.stats()),
+        ra: Some(ra),
+        info: Arc::new(info),
+        started,
+        auth: sh.auth.clone(),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (`Ok`) or a server that ends (`Err`); a SIGHUP re-reads the
+/// TLS certificates and asks the reloader for the config.
+async fn until_stopped(
+    signals: &mut Signals,
+    tasks: &mut Tasks,
+    tls: &Tls,
+    reloader: &Reloader,
+) -> anyhow::Result<()> {
+    loop {
         tokio::select! {
             sig = signals.next() => match sig {
                 Signal::Stop(name) => {
                     info!("{name}: shutting down");
                     crate::service_manager::stopping();
-                    break Ok(());
+                    return Ok(());
                 }
                 Signal::Reload => {
                     tls.reload();
                     reloader.request()
                 }
             },
-            Some(done) = tasks.join_next() => break match done {
+            Some(done) = tasks.join_next() => return match done {
                 Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} server stopped unexpectedly")),
                 Ok((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
                 Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
             },
         }
-    };
-    shutdown.cancel();
-    // In-flight transfers get a grace period, then everything is dropped.
+    }
+}
+
+/// After shutdown: in-flight transfers get a grace period, then everything is dropped; the
+/// event log writes what it holds and the fleet loop ends.
+async fn drain(
+    cfg: &config::Config,
+    mut tasks: Tasks,
+    events: &EventLog,
+    fleet: Option<tokio::task::JoinHandle<()>>,
+) {
     let grace = cfg.tftp.shutdown_grace.max(SHUTDOWN_GRACE) + Duration::from_secs(1);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
         warn!("some transfers did not finish within {grace:?}; stopping anyway");
     }
     events.flush(Duration::from_secs(2));
     if let Some(fleet) = fleet {
         let _ = fleet.await;
     }
-    info!("chainboot stopped");
-    result
 }
 
 /// Forgets unproven machine records (see `Store::machine_prune_unproven`) once a minute.
