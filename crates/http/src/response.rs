@@ -98,65 +98,27 @@ pub(crate) fn respond(
         last_modified: modified
             .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
     };
-
-    // RFC 9110 13.2.2: If-Match, else If-Unmodified-Since; then If-None-Match, else
-    // If-Modified-Since; then If-Range with Range.
-    if let Some(im) = header_str(headers, header::IF_MATCH) {
-        if !etag_list_matches(im, etag, true) {
-            return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
-        }
-    } else if let (Some(ius), Some(m)) =
-        (header_date(headers, header::IF_UNMODIFIED_SINCE), modified)
-    {
-        if m > ius {
-            return with_headers(status_only(StatusCode::PRECONDITION_FAILED), &validators);
-        }
+    if let Some(status) = preconditions(headers, etag, modified) {
+        return with_headers(status_only(status), &validators);
     }
-    if let Some(inm) = header_str(headers, header::IF_NONE_MATCH) {
-        if etag_list_matches(inm, etag, false) {
-            return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
-        }
-    } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified)
-    {
-        if m <= ims {
-            return with_headers(status_only(StatusCode::NOT_MODIFIED), &validators);
-        }
-    }
-
     // Range handling is defined for GET only (RFC 9110 14.2).
-    let mut range = None;
-    if method == Method::GET {
-        if let Some(r) = header_str(headers, header::RANGE) {
-            let if_range_ok = match header_str(headers, header::IF_RANGE) {
-                None => true,
-                // A strong ETag compares strongly; a date must equal Last-Modified exactly.
-                Some(v) if v.starts_with('"') => v == etag,
-                Some(v) => match (httpdate::parse_http_date(v).ok(), modified) {
-                    (Some(d), Some(m)) => d == m,
-                    _ => false,
-                },
-            };
-            if if_range_ok {
-                match parse_range(r, len) {
-                    RangeSpec::Ignore => {}
-                    RangeSpec::Unsatisfiable => {
-                        let mut resp = status_only(StatusCode::RANGE_NOT_SATISFIABLE);
-                        let h = resp.headers_mut();
-                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                            h.insert(header::CONTENT_RANGE, v);
-                        }
-                        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                        return with_headers(resp, &validators);
-                    }
-                    RangeSpec::Range(start, end) => range = Some((start, end)),
-                }
-            }
-        }
-    }
-
+    let range = if method == Method::GET {
+        requested_range(headers, etag, modified, len)
+    } else {
+        RangeSpec::Ignore
+    };
     let (status, start, end) = match range {
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
-        None => (StatusCode::OK, 0, len),
+        RangeSpec::Ignore => (StatusCode::OK, 0, len),
+        RangeSpec::Range(start, end) => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeSpec::Unsatisfiable => {
+            let mut resp = status_only(StatusCode::RANGE_NOT_SATISFIABLE);
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            return with_headers(resp, &validators);
+        }
     };
     let body = if method == Method::HEAD || start == end {
         Body::empty()
@@ -182,6 +144,64 @@ pub(crate) fn respond(
         }
     }
     with_headers(resp, &validators)
+}
+
+/// What the conditional headers answer instead of the content (412 or 304), in RFC 9110
+/// 13.2.2's order: If-Match, else If-Unmodified-Since; then If-None-Match, else
+/// If-Modified-Since. `None`: go on (If-Range is the range's business).
+fn preconditions(
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<SystemTime>,
+) -> Option<StatusCode> {
+    if let Some(im) = header_str(headers, header::IF_MATCH) {
+        if !etag_list_matches(im, etag, true) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let (Some(ius), Some(m)) =
+        (header_date(headers, header::IF_UNMODIFIED_SINCE), modified)
+    {
+        if m > ius {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    }
+    if let Some(inm) = header_str(headers, header::IF_NONE_MATCH) {
+        if etag_list_matches(inm, etag, false) {
+            return Some(StatusCode::NOT_MODIFIED);
+        }
+    } else if let (Some(ims), Some(m)) = (header_date(headers, header::IF_MODIFIED_SINCE), modified)
+    {
+        if m <= ims {
+            return Some(StatusCode::NOT_MODIFIED);
+        }
+    }
+    None
+}
+
+/// The `Range` of a GET, when there is one and `If-Range` (if sent) still names this content.
+fn requested_range(
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<SystemTime>,
+    len: u64,
+) -> RangeSpec {
+    let Some(r) = header_str(headers, header::RANGE) else {
+        return RangeSpec::Ignore;
+    };
+    let if_range_ok = match header_str(headers, header::IF_RANGE) {
+        None => true,
+        // A strong ETag compares strongly; a date must equal Last-Modified exactly.
+        Some(v) if v.starts_with('"') => v == etag,
+        Some(v) => match (httpdate::parse_http_date(v).ok(), modified) {
+            (Some(d), Some(m)) => d == m,
+            _ => false,
+        },
+    };
+    if if_range_ok {
+        parse_range(r, len)
+    } else {
+        RangeSpec::Ignore
+    }
 }
 
 fn status_only(status: StatusCode) -> Response {

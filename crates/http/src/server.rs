@@ -264,6 +264,24 @@ impl Activity {
             request_started_ms: AtomicU64::new(NOT_STARTED),
         }
     }
+
+    /// When the request beginning now must be answered: request_timeout runs from the
+    /// request's first byte (a pipelined request, read while the previous one was in flight,
+    /// from now).
+    fn request_deadline(&self, request_timeout: Duration) -> tokio::time::Instant {
+        let first_byte = self.request_started_ms.swap(NOT_STARTED, Ordering::Relaxed);
+        let waited = match first_byte {
+            NOT_STARTED => Duration::ZERO,
+            t => Duration::from_millis(now_ms().saturating_sub(t)),
+        };
+        tokio::time::Instant::now() + request_timeout.saturating_sub(waited)
+    }
+
+    /// No request in flight and no bytes moved for `idle_ms`.
+    fn idle_for(&self, idle_ms: u64) -> bool {
+        let idle = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        self.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_ms
+    }
 }
 
 /// Decrements the in-flight count when a response body is gone.
@@ -452,70 +470,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
         .store(NOT_STARTED, Ordering::Relaxed);
     let io = TokioIo::new(io);
 
-    let svc_ctx = ctx.clone();
-    let svc_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        let activity = svc_activity.clone();
-        async move {
-            let started = Instant::now();
-            // request_timeout runs from the request's first byte (a pipelined request, read
-            // while the previous one was in flight, from now).
-            let first_byte = activity
-                .request_started_ms
-                .swap(NOT_STARTED, Ordering::Relaxed);
-            let waited = match first_byte {
-                NOT_STARTED => Duration::ZERO,
-                t => Duration::from_millis(now_ms().saturating_sub(t)),
-            };
-            let deadline =
-                tokio::time::Instant::now() + ctx.cfg.request_timeout.saturating_sub(waited);
-            activity.in_flight.fetch_add(1, Ordering::Relaxed);
-            let in_flight = InFlight(activity);
-            let mut record = AccessRecord {
-                client: peer,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                status: http::StatusCode::OK,
-                bytes: 0,
-                duration: Duration::ZERO,
-                complete: false,
-                served: Served::new(What::Other),
-                file: None,
-            };
-            // A request without a body (every GET) has it all from the start.
-            let body_done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
-            let mut req = req.map(|b| {
-                Body::new(WatchedBody {
-                    inner: b,
-                    done: body_done.clone(),
-                })
-            });
-            req.extensions_mut().insert(ConnectInfo(peer));
-            if ctx.tls.is_some() {
-                req.extensions_mut().insert(crate::tls::OverTls);
-            }
-            let resp = match tokio::time::timeout_at(deadline, ctx.app.oneshot(req)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(never)) => match never {},
-                Err(_) => request_timed_out(
-                    &ctx.cfg,
-                    &ctx.stats,
-                    peer,
-                    record.path(),
-                    body_done.load(Ordering::Relaxed),
-                ),
-            };
-            let (mut parts, body) = resp.into_parts();
-            record.status = parts.status;
-            record.take_served(&mut parts.extensions);
-            let access_log = ctx.cfg.access_log;
-            let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer, access_log)
-                .with_guard(Box::new(in_flight));
-            Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
-        }
-    });
-
+    let service = {
+        let (ctx, activity) = (ctx.clone(), activity.clone());
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            answer(ctx.clone(), activity.clone(), peer, req)
+        })
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -557,8 +517,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
                         }
                         continue;
                     }
-                    let idle = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_ms {
+                    if activity.idle_for(idle_ms) {
                         ctx.stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
                         conn.as_mut().graceful_shutdown();
                         closing_since = Some(Instant::now());
@@ -570,6 +529,61 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
     if let (true, Ok(sock)) = (graceful, closed_rx.try_recv()) {
         linger_close(sock).await;
     }
+}
+
+/// One request of a connection: through the router within its request_timeout, its response
+/// body wrapped so that the observer and the access log see it once it is sent.
+async fn answer(
+    ctx: ConnCtx,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<LoggedBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let deadline = activity.request_deadline(ctx.cfg.request_timeout);
+    activity.in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight(activity);
+    let mut record = AccessRecord {
+        client: peer,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        status: http::StatusCode::OK,
+        bytes: 0,
+        duration: Duration::ZERO,
+        complete: false,
+        served: Served::new(What::Other),
+        file: None,
+    };
+    // A request without a body (every GET) has it all from the start.
+    let body_done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
+    let mut req = req.map(|b| {
+        Body::new(WatchedBody {
+            inner: b,
+            done: body_done.clone(),
+        })
+    });
+    req.extensions_mut().insert(ConnectInfo(peer));
+    if ctx.tls.is_some() {
+        req.extensions_mut().insert(crate::tls::OverTls);
+    }
+    let resp = match tokio::time::timeout_at(deadline, ctx.app.oneshot(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => request_timed_out(
+            &ctx.cfg,
+            &ctx.stats,
+            peer,
+            record.path(),
+            body_done.load(Ordering::Relaxed),
+        ),
+    };
+    let (mut parts, body) = resp.into_parts();
+    record.status = parts.status;
+    record.take_served(&mut parts.extensions);
+    let access_log = ctx.cfg.access_log;
+    let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer, access_log)
+        .with_guard(Box::new(in_flight));
+    Ok(hyper::Response::from_parts(parts, body))
 }
 
 /// Closes a connection hyper is done with without losing what it sent last: stops sending
