@@ -145,6 +145,120 @@ impl fmt::Display for Source {
     }
 }
 
+/// What every decision for one request is made from: the config at the time, the request's
+/// facts over the stored ones, the machine's labels and secret, and every group's verdict.
+struct Grounds {
+    compiled: Arc<Compiled>,
+    facts: ClientFacts,
+    labels: BTreeMap<String, String>,
+    secret: String,
+    groups: Vec<(String, usize, Vec<SelectorOutcome>)>,
+}
+
+impl Grounds {
+    fn new(compiled: Arc<Compiled>, facts: &ClientFacts, stored: Option<&MachineRecord>) -> Grounds {
+        let mut facts = facts.clone();
+        if let Some(r) = stored {
+            facts.merge_stored(&r.facts);
+        }
+        let labels = stored.map(|r| r.labels.clone()).unwrap_or_default();
+        let secret = stored.map(|r| r.secret.clone()).unwrap_or_default();
+        let groups = compiled
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    compiled.cfg.groups[g.index].name.clone(),
+                    g.specificity,
+                    g.evaluate(&facts, &labels),
+                )
+            })
+            .collect();
+        Grounds {
+            compiled,
+            facts,
+            labels,
+            secret,
+            groups,
+        }
+    }
+
+    fn decision(
+        &self,
+        profile: &str,
+        source: Source,
+        once_group: Option<String>,
+        kind: Kind,
+    ) -> Decision {
+        Decision {
+            facts: self.facts.clone(),
+            labels: self.labels.clone(),
+            secret: self.secret.clone(),
+            profile: profile.to_string(),
+            source,
+            once_group,
+            groups: self.groups.clone(),
+            kind,
+            compiled: self.compiled.clone(),
+            request_facts: None,
+            made_at: Instant::now(),
+            script_cache: Arc::new(OnceLock::new()),
+            cap: None,
+        }
+    }
+
+    /// The decision for profile `name` (configured or built in).
+    fn by_name(
+        &self,
+        name: &str,
+        source: Source,
+        once_group: Option<String>,
+    ) -> Result<Decision, BootError> {
+        let kind = match self.compiled.profile(name) {
+            Some(ProfileRef::Config(p)) => match p.action {
+                Some(a) => Kind::Builtin(a),
+                None => Kind::Config,
+            },
+            Some(ProfileRef::Builtin(a)) => Kind::Builtin(a),
+            None => {
+                return Err(BootError(format!(
+                    "profile {name} ({source}) does not exist in the config"
+                )))
+            }
+        };
+        Ok(self.decision(name, source, once_group, kind))
+    }
+
+    /// The decision of the group that matched best: its profile; for a `once` group, the
+    /// local disk once the machine has installed.
+    fn by_group(
+        &self,
+        group: &GroupConfig,
+        ambiguous: bool,
+        stored: Option<&MachineRecord>,
+    ) -> Result<Decision, BootError> {
+        if ambiguous {
+            tracing::warn!(mac = %self.facts.mac, group = %group.name, "several groups of equal specificity match; config not validated?");
+        }
+        let source = Source::Group(group.name.clone());
+        match (group.once, stored.and_then(|r| r.installed_ms)) {
+            (true, Some(_)) => {
+                let reason = stored
+                    .and_then(|r| r.installed_reason.clone())
+                    .unwrap_or_else(|| "installed".into());
+                let source = Source::OnceDone {
+                    group: group.name.clone(),
+                    reason,
+                };
+                let kind = Kind::Builtin(ProfileAction::LocalDisk);
+                Ok(self.decision("local-disk", source, None, kind))
+            }
+            (true, None) => self.by_name(&group.profile, source, Some(group.name.clone())),
+            (false, _) => self.by_name(&group.profile, source, None),
+        }
+    }
+}
+
 /// What was decided, with everything needed to render it later.
 #[derive(Clone)]
 pub struct Decision {
@@ -473,103 +587,30 @@ impl Policy {
         chosen: Option<&str>,
         api_answer: Option<ApiBoot>,
     ) -> Result<Decided, BootError> {
-        let compiled = self.current.load_full();
-        let mut facts = facts.clone();
-        if let Some(r) = stored {
-            facts.merge_stored(&r.facts);
-        }
-        let labels = stored.map(|r| r.labels.clone()).unwrap_or_default();
-        let secret = stored.map(|r| r.secret.clone()).unwrap_or_default();
-        let groups: Vec<(String, usize, Vec<SelectorOutcome>)> = compiled
-            .groups
-            .iter()
-            .map(|g| {
-                (
-                    compiled.cfg.groups[g.index].name.clone(),
-                    g.specificity,
-                    g.evaluate(&facts, &labels),
-                )
-            })
-            .collect();
-        let mk = |profile: &str, source: Source, once_group: Option<String>, kind: Kind| Decision {
-            facts: facts.clone(),
-            labels: labels.clone(),
-            secret: secret.clone(),
-            profile: profile.to_string(),
-            source,
-            once_group,
-            groups: groups.clone(),
-            kind,
-            compiled: compiled.clone(),
-            request_facts: None,
-            made_at: Instant::now(),
-            script_cache: Arc::new(OnceLock::new()),
-            cap: None,
-        };
-        let by_name = |name: &str,
-                       source: Source,
-                       once_group: Option<String>|
-         -> Result<Decision, BootError> {
-            match compiled.profile(name) {
-                Some(ProfileRef::Config(p)) => {
-                    let kind = match p.action {
-                        Some(a) => Kind::Builtin(a),
-                        None => Kind::Config,
-                    };
-                    Ok(mk(name, source, once_group, kind))
-                }
-                Some(ProfileRef::Builtin(a)) => Ok(mk(name, source, once_group, Kind::Builtin(a))),
-                None => Err(BootError(format!(
-                    "profile {name} ({source}) does not exist in the config"
-                ))),
-            }
-        };
-
+        let grounds = Grounds::new(self.current.load_full(), facts, stored);
+        let compiled = &grounds.compiled;
         let decision = if let Some(pinned) = stored.and_then(|r| r.pinned_profile.as_deref()) {
-            by_name(pinned, Source::Pinned, None)?
-        } else if let Some((g, ambiguous)) = best_group(&compiled.groups, &facts, &labels) {
-            let group = &compiled.cfg.groups[g.index];
-            if ambiguous {
-                tracing::warn!(mac = %facts.mac, group = %group.name, "several groups of equal specificity match; config not validated?");
-            }
-            match (group.once, stored.and_then(|r| r.installed_ms)) {
-                (true, Some(_)) => {
-                    let reason = stored
-                        .and_then(|r| r.installed_reason.clone())
-                        .unwrap_or_else(|| "installed".into());
-                    mk(
-                        "local-disk",
-                        Source::OnceDone {
-                            group: group.name.clone(),
-                            reason,
-                        },
-                        None,
-                        Kind::Builtin(ProfileAction::LocalDisk),
-                    )
-                }
-                (true, None) => by_name(
-                    &group.profile,
-                    Source::Group(group.name.clone()),
-                    Some(group.name.clone()),
-                )?,
-                (false, _) => by_name(&group.profile, Source::Group(group.name.clone()), None)?,
-            }
+            grounds.by_name(pinned, Source::Pinned, None)?
+        } else if let Some((g, ambiguous)) =
+            best_group(&compiled.groups, &grounds.facts, &grounds.labels)
+        {
+            grounds.by_group(&compiled.cfg.groups[g.index], ambiguous, stored)?
         } else if let Some(api) = &compiled.cfg.boot.api {
             let Some(boot) = api_answer else {
                 return Ok(Decided::NeedsBootApi(BootApiQuestion {
                     api: api.clone(),
-                    mac: facts.mac,
+                    mac: grounds.facts.mac,
                     timeout: compiled.cfg.boot.api_timeout,
                 }));
             };
-            mk("boot-api", Source::Api, None, Kind::Api(boot))
+            grounds.decision("boot-api", Source::Api, None, Kind::Api(boot))
         } else {
-            by_name(&compiled.cfg.boot.default.clone(), Source::Default, None)?
+            grounds.by_name(&compiled.cfg.boot.default, Source::Default, None)?
         };
-
         if let (Kind::Builtin(ProfileAction::Menu), Some(choice)) = (&decision.kind, chosen) {
             if choice != "menu" {
-                return by_name(choice, Source::MenuChoice, None)
+                return grounds
+                    .by_name(choice, Source::MenuChoice, None)
                     .map(|d| Decided::Done(Box::new(d)));
             }
         }

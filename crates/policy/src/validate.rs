@@ -174,102 +174,119 @@ fn check_profiles<'a>(
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, p) in profiles.iter().enumerate() {
         let idx = i.to_string();
-        let at = |k: &str| key(&["profile", &idx, k]);
-        if !valid_name(&p.name) {
-            out.push(Issue::new(
-                at("name"),
-                format!(
-                    "profile name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
-                    p.name
-                ),
-            ));
-        } else if p.name == "menu" && p.action != Some(ProfileAction::Menu) {
-            out.push(Issue::new(
-                at("name"),
-                "`menu` is reserved for the built-in profile menu".into(),
-            ));
-        }
+        check_profile_name(p, &idx, out);
         if let Some(first) = names.insert(&p.name, i) {
             out.push(Issue::new(
-                at("name"),
+                key(&["profile", &idx, "name"]),
                 format!("profile `{}` is already defined as profile {first}", p.name),
             ));
         }
-        let kinds = [
-            p.kernel.is_some() && p.pxelinux.is_none(),
-            p.script.is_some(),
-            p.action.is_some(),
-            p.pxelinux.is_some(),
-        ];
-        match kinds.iter().filter(|k| **k).count() {
-            0 => out.push(Issue::new(
-                key(&["profile", &idx]),
-                "profile needs one of kernel, script, action or pxelinux".into(),
-            )),
-            1 => {}
-            _ => out.push(Issue::new(
-                key(&["profile", &idx]),
-                "profile must have only one of kernel, script, action or pxelinux (pxelinux may use kernel/initrd/cmdline for its generated config)".into(),
-            )),
+        check_profile_kind(p, &idx, out);
+        check_profile_values(p, &idx, out);
+    }
+    names
+}
+
+/// A profile's name: the allowed characters, and `menu` only for the menu.
+fn check_profile_name(p: &ProfileConfig, idx: &str, out: &mut Vec<Issue>) {
+    let at = key(&["profile", idx, "name"]);
+    if !valid_name(&p.name) {
+        out.push(Issue::new(
+            at,
+            format!(
+                "profile name `{}` must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                p.name
+            ),
+        ));
+    } else if p.name == "menu" && p.action != Some(ProfileAction::Menu) {
+        out.push(Issue::new(
+            at,
+            "`menu` is reserved for the built-in profile menu".into(),
+        ));
+    }
+}
+
+/// What a profile boots: exactly one of kernel, script, action or pxelinux, and only the
+/// keys that go with it.
+fn check_profile_kind(p: &ProfileConfig, idx: &str, out: &mut Vec<Issue>) {
+    let at = |k: &str| key(&["profile", idx, k]);
+    let kinds = [
+        p.kernel.is_some() && p.pxelinux.is_none(),
+        p.script.is_some(),
+        p.action.is_some(),
+        p.pxelinux.is_some(),
+    ];
+    match kinds.iter().filter(|k| **k).count() {
+        0 => out.push(Issue::new(
+            key(&["profile", idx]),
+            "profile needs one of kernel, script, action or pxelinux".into(),
+        )),
+        1 => {}
+        _ => out.push(Issue::new(
+            key(&["profile", idx]),
+            "profile must have only one of kernel, script, action or pxelinux (pxelinux may use kernel/initrd/cmdline for its generated config)".into(),
+        )),
+    }
+    if p.kernel.is_none() && p.pxelinux.is_none() {
+        if !p.initrd.is_empty() {
+            out.push(Issue::new(at("initrd"), "initrd without kernel".into()));
         }
-        if p.kernel.is_none() && p.pxelinux.is_none() {
-            if !p.initrd.is_empty() {
-                out.push(Issue::new(at("initrd"), "initrd without kernel".into()));
-            }
-            if p.cmdline.is_some() {
-                out.push(Issue::new(at("cmdline"), "cmdline without kernel".into()));
-            }
+        if p.cmdline.is_some() {
+            out.push(Issue::new(at("cmdline"), "cmdline without kernel".into()));
         }
-        if p.pxelinux_config.is_some() && p.pxelinux.is_none() {
-            out.push(Issue::new(
-                at("pxelinux_config"),
-                "pxelinux_config needs pxelinux (the loader)".into(),
-            ));
-        }
-        if p.pxelinux.is_some() && p.pxelinux_config.is_none() && p.kernel.is_none() {
-            out.push(Issue::new(
-                at("pxelinux"),
-                "a pxelinux profile needs pxelinux_config or kernel (to generate the config)"
-                    .into(),
-            ));
-        }
-        for (k, v) in [("kernel", &p.kernel), ("pxelinux", &p.pxelinux)] {
-            if let Some(v) = v {
-                if let Err(e) = AssetRef::parse(v) {
-                    out.push(Issue::new(at(k), e));
-                }
-            }
-        }
-        for (j, r) in p.initrd.iter().enumerate() {
-            if let Err(e) = AssetRef::parse(r) {
-                out.push(Issue::new(
-                    key(&["profile", &idx, "initrd", &j.to_string()]),
-                    e,
-                ));
-            }
-        }
-        for (k, v) in [
-            ("cmdline", &p.cmdline),
-            ("script", &p.script),
-            ("pxelinux_config", &p.pxelinux_config),
-        ] {
-            if let Some(v) = v {
-                if let Err(e) = crate::render::check_template(v) {
-                    out.push(Issue::new(at(k), e));
-                }
-            }
-        }
-        if let Some(s) = &p.script {
-            if !s.trim_start().starts_with("#!ipxe") {
-                out.push(Issue::new(
-                    at("script"),
-                    "an iPXE script must start with `#!ipxe`".into(),
-                ));
+    }
+    if p.pxelinux_config.is_some() && p.pxelinux.is_none() {
+        out.push(Issue::new(
+            at("pxelinux_config"),
+            "pxelinux_config needs pxelinux (the loader)".into(),
+        ));
+    }
+    if p.pxelinux.is_some() && p.pxelinux_config.is_none() && p.kernel.is_none() {
+        out.push(Issue::new(
+            at("pxelinux"),
+            "a pxelinux profile needs pxelinux_config or kernel (to generate the config)".into(),
+        ));
+    }
+}
+
+/// A profile's values: asset references that parse, templates that compile, scripts that
+/// are iPXE scripts.
+fn check_profile_values(p: &ProfileConfig, idx: &str, out: &mut Vec<Issue>) {
+    let at = |k: &str| key(&["profile", idx, k]);
+    for (k, v) in [("kernel", &p.kernel), ("pxelinux", &p.pxelinux)] {
+        if let Some(v) = v {
+            if let Err(e) = AssetRef::parse(v) {
+                out.push(Issue::new(at(k), e));
             }
         }
     }
-
-    names
+    for (j, r) in p.initrd.iter().enumerate() {
+        if let Err(e) = AssetRef::parse(r) {
+            out.push(Issue::new(
+                key(&["profile", idx, "initrd", &j.to_string()]),
+                e,
+            ));
+        }
+    }
+    for (k, v) in [
+        ("cmdline", &p.cmdline),
+        ("script", &p.script),
+        ("pxelinux_config", &p.pxelinux_config),
+    ] {
+        if let Some(v) = v {
+            if let Err(e) = crate::render::check_template(v) {
+                out.push(Issue::new(at(k), e));
+            }
+        }
+    }
+    if let Some(s) = &p.script {
+        if !s.trim_start().starts_with("#!ipxe") {
+            out.push(Issue::new(
+                at("script"),
+                "an iPXE script must start with `#!ipxe`".into(),
+            ));
+        }
+    }
 }
 
 /// Each group, and every pair of groups that could match one machine with equal weight.
