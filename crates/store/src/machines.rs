@@ -119,35 +119,77 @@ const COLUMNS: &str = "mac, first_seen_ms, last_seen_ms, arch, uuid, hostname, s
     manufacturer, product, ip, pinned_profile, installed_ms, installed_reason, labels, secret, \
     last_profile";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
-    let mac_text: String = r.get(0)?;
-    let mac = mac_text.parse::<Mac>().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    let labels_text: String = r.get(13)?;
-    let labels = serde_json::from_str(&labels_text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e))
-    })?;
+/// A row of [`COLUMNS`] from either backend, read column by column.
+trait MachineRow {
+    type Error;
+    fn column<T: Column>(&self, i: usize) -> Result<T, Self::Error>;
+    /// Column `i` held text that does not parse as `what`.
+    fn unreadable(i: usize, what: &str, e: String) -> Self::Error;
+}
+
+/// A column type both backends read.
+trait Column: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a> {}
+impl<T: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a>> Column for T {}
+
+impl MachineRow for Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn column<T: Column>(&self, i: usize) -> rusqlite::Result<T> {
+        self.get(i)
+    }
+
+    fn unreadable(i: usize, _what: &str, e: String) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    }
+}
+
+impl MachineRow for tokio_postgres::Row {
+    type Error = StoreError;
+
+    fn column<T: Column>(&self, i: usize) -> Result<T, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn unreadable(_i: usize, what: &str, e: String) -> StoreError {
+        StoreError::Config(format!("machines: unreadable {what}: {e}"))
+    }
+}
+
+/// One machine from a row of [`COLUMNS`].
+fn decode<R: MachineRow>(r: &R) -> Result<MachineRecord, R::Error> {
+    let mac_text: String = r.column(0)?;
+    let mac = mac_text
+        .parse::<Mac>()
+        .map_err(|e| R::unreadable(0, "mac", e.to_string()))?;
+    let labels_text: String = r.column(13)?;
+    let labels = serde_json::from_str(&labels_text)
+        .map_err(|e| R::unreadable(13, "labels", e.to_string()))?;
     Ok(MachineRecord {
         mac,
-        first_seen_ms: r.get(1)?,
-        last_seen_ms: r.get(2)?,
+        first_seen_ms: r.column(1)?,
+        last_seen_ms: r.column(2)?,
         facts: MachineFacts {
-            arch: r.get(3)?,
-            uuid: r.get(4)?,
-            hostname: r.get(5)?,
-            serial: r.get(6)?,
-            manufacturer: r.get(7)?,
-            product: r.get(8)?,
-            ip: r.get(9)?,
+            arch: r.column(3)?,
+            uuid: r.column(4)?,
+            hostname: r.column(5)?,
+            serial: r.column(6)?,
+            manufacturer: r.column(7)?,
+            product: r.column(8)?,
+            ip: r.column(9)?,
         },
-        pinned_profile: r.get(10)?,
-        installed_ms: r.get(11)?,
-        installed_reason: r.get(12)?,
+        pinned_profile: r.column(10)?,
+        installed_ms: r.column(11)?,
+        installed_reason: r.column(12)?,
         labels,
-        secret: r.get(14)?,
-        last_profile: r.get(15)?,
+        secret: r.column(14)?,
+        last_profile: r.column(15)?,
     })
+}
+
+/// [`decode`] for rusqlite's `query_row`/`query_map`, which take a function of rows of any
+/// lifetime.
+fn from_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
+    decode(r)
 }
 
 fn get(conn: &rusqlite::Connection, mac: Mac) -> rusqlite::Result<Option<MachineRecord>> {
@@ -159,39 +201,8 @@ fn get(conn: &rusqlite::Connection, mac: Mac) -> rusqlite::Result<Option<Machine
     .optional()
 }
 
-fn from_pg_row(r: &tokio_postgres::Row) -> Result<MachineRecord, StoreError> {
-    let bad =
-        |what: &str, e: String| StoreError::Config(format!("machines: unreadable {what}: {e}"));
-    let mac_text: String = r.try_get(0)?;
-    let mac = mac_text
-        .parse::<Mac>()
-        .map_err(|e| bad("mac", e.to_string()))?;
-    let labels_text: String = r.try_get(13)?;
-    let labels = serde_json::from_str(&labels_text).map_err(|e| bad("labels", e.to_string()))?;
-    Ok(MachineRecord {
-        mac,
-        first_seen_ms: r.try_get(1)?,
-        last_seen_ms: r.try_get(2)?,
-        facts: MachineFacts {
-            arch: r.try_get(3)?,
-            uuid: r.try_get(4)?,
-            hostname: r.try_get(5)?,
-            serial: r.try_get(6)?,
-            manufacturer: r.try_get(7)?,
-            product: r.try_get(8)?,
-            ip: r.try_get(9)?,
-        },
-        pinned_profile: r.try_get(10)?,
-        installed_ms: r.try_get(11)?,
-        installed_reason: r.try_get(12)?,
-        labels,
-        secret: r.try_get(14)?,
-        last_profile: r.try_get(15)?,
-    })
-}
-
 fn pg_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<MachineRecord>, StoreError> {
-    rows.iter().map(from_pg_row).collect()
+    rows.iter().map(decode).collect()
 }
 
 /// Runs one statement on PostgreSQL that returns machine rows.
