@@ -101,12 +101,12 @@ pub trait DrivenEngine: Send + 'static {
 }
 
 /// Hook for the event log and the metrics: told about every datagram an engine handled (after
-/// its replies were queued), with the engine's ingress and account types. Does nothing unless
-/// told otherwise.
-pub trait DhcpObserver<Ingress, Handled>: Send + Sync {
+/// its replies were queued), with the engine's ingress (`I`) and account (`H`) types. Does
+/// nothing unless told otherwise.
+pub trait DhcpObserver<I, H>: Send + Sync {
     /// `decided_in`: from taking the engine to its answer (includes waiting for the engine
     /// while another packet is being handled), for the decision-latency metric.
-    fn exchange(&self, _ingress: &Ingress, _handled: &Handled, _decided_in: Duration) {}
+    fn exchange(&self, _ingress: &I, _handled: &H, _decided_in: Duration) {}
 }
 
 /// The observer that does nothing.
@@ -381,7 +381,7 @@ impl<F: Family> Receiver<F> {
             .handle(SystemTime::now(), &ingress, datagram);
         self.observer
             .exchange(&ingress, &handled, started.elapsed());
-        let (outgoing, leases) = F::Engine::into_replies(handled);
+        let (outgoing, leases) = <F::Engine as DrivenEngine>::into_replies(handled);
         if leases.is_empty() {
             replies.extend(outgoing);
             return;
@@ -464,5 +464,43 @@ fn send_all<'a, F: Family>(
                 i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static READS: AtomicUsize = AtomicUsize::new(0);
+
+    fn host_with_eth0() -> HashMap<u32, (String, u8)> {
+        READS.fetch_add(1, Ordering::Relaxed);
+        HashMap::from([(2, ("eth0".to_string(), 7))])
+    }
+
+    #[test]
+    fn a_flood_on_an_unknown_interface_reads_the_host_once_a_second_at_most() {
+        let mut table = InterfaceTable::new(host_with_eth0);
+        assert_eq!(table.lookup(2), Some(("eth0".to_string(), 7)));
+        for _ in 0..1000 {
+            assert_eq!(table.lookup(9), None);
+        }
+        assert_eq!(table.lookup(2), Some(("eth0".to_string(), 7)));
+        assert_eq!(READS.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn config_problems_come_all_at_once_under_the_section_name() {
+        let problems = [
+            Issue::new(vec!["subnet".into(), "0".into()], "first".into()),
+            Issue::new(vec!["mode".into()], "second".into()),
+        ];
+        let err = DhcpError::check_config("dhcp6", &problems).expect_err("two problems");
+        assert_eq!(
+            err.to_string(),
+            "dhcp6: config: dhcp6.subnet[0]: first; dhcp6.mode: second"
+        );
+        assert!(DhcpError::check_config("dhcp", &[]).is_ok());
     }
 }

@@ -91,7 +91,7 @@ fn serving_interfaces(cfg: &Dhcp6Config) -> Vec<(String, u32)> {
     out
 }
 
-/// The socket on `port`, joined to ff02::1:2 on the serving interfaces.
+/// The socket on `[dhcp6] ports.server`, joined to ff02::1:2 on the serving interfaces.
 fn listen(cfg: &Dhcp6Config) -> Result<Listener, DhcpError> {
     let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, cfg.ports.server, 0, 0);
     let listener = Listener::bind(Dhcpv6::NAME, addr.into())?;
