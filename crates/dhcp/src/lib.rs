@@ -23,7 +23,7 @@ pub use boot::{
     PacketFacts,
 };
 pub use config::{DhcpConfig, Mode};
-pub use engine::{Engine, Handled, Ingress, Outgoing};
 pub use driver::{DhcpError, DhcpObserver, NoObserver};
+pub use engine::{Engine, Handled, Ingress, Outgoing};
 pub use server::{DhcpServer, ServerOptions};
 pub use snippet::{snippet, SnippetKind};

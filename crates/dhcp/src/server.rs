@@ -217,8 +217,8 @@ impl Family for Dhcpv4 {
         // While the fleet's database is away, each try costs up to its connect timeout:
         // renewals are served from the journal meanwhile, and the database tried again
         // after DEGRADED_RETRY.
-        let skip = self.store.degraded()
-            && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
+        let skip =
+            self.store.degraded() && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
         let saved = if skip {
             Err(None)
         } else {
@@ -281,7 +281,8 @@ impl Dhcpv4 {
             }
         };
         let before = batch.len();
-        batch.retain(|p| !p.leases.is_empty() && p.leases.iter().all(|r| journaled.contains(&r.ip)));
+        batch
+            .retain(|p| !p.leases.is_empty() && p.leases.iter().all(|r| journaled.contains(&r.ip)));
         self.counters
             .degraded_renewals
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -319,11 +320,7 @@ impl Dhcpv4 {
 /// Where a reply goes, as RFC 2131 section 4.1 says, and the interface it must leave by (0: the
 /// routing table decides). A unicast to a client without an address needs an ARP entry first;
 /// when that cannot be made, the reply is broadcast instead.
-fn destination(
-    sock: &UdpSocket,
-    o: &Outgoing,
-    counters: &Counters,
-) -> (SocketAddrV4, u32) {
+fn destination(sock: &UdpSocket, o: &Outgoing, counters: &Counters) -> (SocketAddrV4, u32) {
     match o.dest {
         Destination::Unicast(a) => (a, 0),
         Destination::Broadcast { port } => {
@@ -352,12 +349,7 @@ fn destination(
 
 /// Inserts a complete ARP entry `ip` → `mac` on interface `ifindex`, so that a unicast reply
 /// reaches a client that does not answer ARP yet (RFC 2131 §4.1).
-fn set_arp(
-    sock: &UdpSocket,
-    ifindex: u32,
-    ip: Ipv4Addr,
-    mac: Mac,
-) -> std::io::Result<()> {
+fn set_arp(sock: &UdpSocket, ifindex: u32, ip: Ipv4Addr, mac: Mac) -> std::io::Result<()> {
     let name = nix::net::if_::if_indextoname(ifindex).map_err(std::io::Error::from)?;
     let name = name
         .to_str()

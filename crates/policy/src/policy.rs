@@ -156,7 +156,11 @@ struct Grounds {
 }
 
 impl Grounds {
-    fn new(compiled: Arc<Compiled>, facts: &ClientFacts, stored: Option<&MachineRecord>) -> Grounds {
+    fn new(
+        compiled: Arc<Compiled>,
+        facts: &ClientFacts,
+        stored: Option<&MachineRecord>,
+    ) -> Grounds {
         let mut facts = facts.clone();
         if let Some(r) = stored {
             facts.merge_stored(&r.facts);
