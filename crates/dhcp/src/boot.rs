@@ -466,37 +466,13 @@ pub fn decide(
     let https = settings.https_base(server);
     if facts.is_ipxe {
         // iPXE already runs: give it the script, never the first stage (no chainload loop).
-        let (stage, file, why) = match (&https, facts.ipxe_https, facts.ipxe_http) {
-            (Some(https), true, _) => (
-                BootStage::ScriptHttp,
-                format!("{https}/{SCRIPT_NAME}"),
-                "iPXE advertises HTTPS (option 175.20) and [http] tls_listen is set: https://",
-            ),
-            (_, _, true) => (
-                BootStage::ScriptHttp,
-                format!("{base}/{SCRIPT_NAME}"),
-                if https.is_some() {
-                    "iPXE with HTTP (175.19) but without HTTPS (no 175.20): plain http://"
-                } else {
-                    "iPXE with HTTP (option 175.19): http:// (no [http] tls_listen for https://)"
-                },
-            ),
-            _ => (
-                BootStage::ScriptTftp,
-                SCRIPT_NAME.to_string(),
-                "iPXE without HTTP (no option 175.19): the script over TFTP",
-            ),
-        };
-        return BootDecision::Boot(BootAnswer {
-            stage,
-            file,
-            next_server: server,
-            vendor_class: "PXEClient",
-            arch: arch.map(|a| a.arch),
-            why: why.into(),
-            loader: Loader::Ipxe,
-            loader_why: "iPXE already runs".to_string(),
-        });
+        return BootDecision::Boot(script_for_ipxe(
+            facts,
+            arch,
+            server,
+            &base,
+            https.as_deref(),
+        ));
     }
     let Some(ClientArch { arch, transport }) = arch else {
         return BootDecision::NoBoot(NoBoot::UnknownArch { value: code });
@@ -549,6 +525,48 @@ pub fn decide(
             loader_why,
         }
     })
+}
+
+/// What a client already running iPXE gets: the script, over https:// when both sides can,
+/// else http:// when iPXE has HTTP, else TFTP.
+fn script_for_ipxe(
+    facts: &PacketFacts,
+    arch: Option<ClientArch>,
+    server: IpAddr,
+    base: &str,
+    https: Option<&str>,
+) -> BootAnswer {
+    let (stage, file, why) = match (https, facts.ipxe_https, facts.ipxe_http) {
+        (Some(https), true, _) => (
+            BootStage::ScriptHttp,
+            format!("{https}/{SCRIPT_NAME}"),
+            "iPXE advertises HTTPS (option 175.20) and [http] tls_listen is set: https://",
+        ),
+        (_, _, true) => (
+            BootStage::ScriptHttp,
+            format!("{base}/{SCRIPT_NAME}"),
+            if https.is_some() {
+                "iPXE with HTTP (175.19) but without HTTPS (no 175.20): plain http://"
+            } else {
+                "iPXE with HTTP (option 175.19): http:// (no [http] tls_listen for https://)"
+            },
+        ),
+        _ => (
+            BootStage::ScriptTftp,
+            SCRIPT_NAME.to_string(),
+            "iPXE without HTTP (no option 175.19): the script over TFTP",
+        ),
+    };
+    BootAnswer {
+        stage,
+        file,
+        next_server: server,
+        vendor_class: "PXEClient",
+        arch: arch.map(|a| a.arch),
+        why: why.into(),
+        loader: Loader::Ipxe,
+        loader_why: "iPXE already runs".to_string(),
+    }
 }
 
 #[cfg(test)]
