@@ -1,4 +1,4 @@
-//! The config loader over the binary's whole config (`chainboot_settings::Config`: every
+//! The config loader over the binary's whole config (`chainboot_config_file::Config`: every
 //! section, with the same validation `chainboot check` runs).
 //!
 //! Invariants: never panics; a text that fails yields at least one problem, and every problem
@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use chainboot_settings::Config;
+use chainboot_config_file::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -22,7 +22,7 @@ mod tls;
 
 // The config file's schema and loader live in their own crate (the fuzz target loads the
 // same `Config`); `crate::config` and `crate::ipxe` name them for the modules here.
-use chainboot_settings::{self as config, ipxe};
+use chainboot_config_file::{self as config, ipxe};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
