@@ -31,10 +31,22 @@
 # server and lease file per step. CONTENDED=1 runs a busy loop pinned to the server's CPU
 # during every step (bench/lib.sh), the same for every server.
 #
+# STORE=postgres: every lease in PostgreSQL instead of a local file, chainboot (`[store] backend
+# = "postgres"`) against Kea with its PostgreSQL lease backend (`kea-admin db-init pgsql`), both
+# on one throw-away cluster (initdb + pg_ctl in a temporary directory as the `postgres` user,
+# default durability: fsync and synchronous_commit on) listening on 127.0.0.1 inside the server
+# namespace, a fresh database per step; PostgreSQL is pinned with the server (PG_PIN, default
+# the server's CPU: the whole durable path gets the one core). Each step's line then also says
+# the CPU per ACKed lease of the server and of PostgreSQL (utime+stime over the step, the
+# postmaster's reaped children included). SERVERS defaults to "chainboot kea" there. Smoke test:
+#   STORE=postgres LOADGEN=dhcp-load PERIOD=2 RATES="50" FORCE=1 CHAINBOOT=target/debug/chainboot \
+#     SKIP_BUILD=1 bash bench/dhcp/run.sh
+#
 # Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
 # Env: RATES="500 1000 ..." PERIOD=seconds SERVERS="chainboot kea ..." OUT=results file
 # (default bench/dhcp/results-<stamp>.txt) LOADGEN=perfdhcp|dhcp-load PIN=0|1 KEA_THREADS=0|2
 # CONTENDED=0|1 CHAINBOOT=path SKIP_BUILD=1 FORCE=1 (run although the machine is busy)
+# STORE=file|postgres PG_PIN="taskset -c N"|""
 # The comparison that decides the target (~10 min):
 #   LOADGEN=dhcp-load PERIOD=5 RATES="8000 12000 16000 20000 24000 28000 32000 40000 48000" \
 #     SERVERS="chainboot kea" bash bench/dhcp/run.sh
@@ -49,6 +61,8 @@ PERIOD=${PERIOD:-8}
 if [ "${1:-}" = "--quick" ]; then RATES="500 2000"; PERIOD=3; fi
 OUT=${OUT:-bench/dhcp/results-$(date -u +%Y%m%dT%H%M%SZ).txt}
 KEA_THREADS=${KEA_THREADS:-0}
+STORE=${STORE:-file}
+case "$STORE" in file|postgres) ;; *) echo "STORE: file or postgres" >&2; exit 2 ;; esac
 HOLD_P99_MS=${HOLD_P99_MS:-100}
 CONTENDED=${CONTENDED:-0}
 
@@ -57,6 +71,7 @@ command -v perfdhcp >/dev/null || need+=(kea-admin)
 command -v kea-dhcp4 >/dev/null || [ -x /usr/sbin/kea-dhcp4 ] || need+=(kea-dhcp4-server)
 [ -x /usr/sbin/dhcpd ] || need+=(isc-dhcp-server)
 command -v dnsmasq >/dev/null || need+=(dnsmasq)
+[ "$STORE" = postgres ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing anchors: ${need[*]}"
   # Keep the packages' init scripts from starting daemons on the host.
@@ -76,14 +91,21 @@ SRV_PIN=(); GEN_PIN=()
 if [ "$PIN" = 1 ]; then SRV_PIN=(taskset -c 1); GEN_PIN=(taskset -c 0); fi
 # Kea multi-threaded gets the same CPUs as everyone: both, unpinned, when it runs 2 threads.
 if [ "$KEA_THREADS" -gt 0 ]; then SRV_PIN=(); GEN_PIN=(); fi
+read -ra PG_PIN <<<"${PG_PIN-${SRV_PIN[*]}}"
 
 ID="cbbench$$"
 S=${ID}s
 C=${ID}c
 WORK=$(mktemp -d /tmp/cb-dhcp-bench.XXXXXX)
 SRV_PID=""
+PGDIR=""
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 cleanup() {
   hog_stop
+  if [ -n "$PGDIR" ] && [ -f "$PGDIR/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  [ -n "$PGDIR" ] && rm -rf "$PGDIR"
   [ -n "$SRV_PID" ] && kill -9 "$SRV_PID" 2>/dev/null || true
   ip netns pids "$S" 2>/dev/null | while read -r p; do kill -9 "$p" 2>/dev/null || true; done
   ip netns del "$S" 2>/dev/null || true
@@ -103,14 +125,62 @@ ip -n "$S" link set vs up; ip -n "$C" link set vc up
 POOL_LO=198.18.1.0
 POOL_HI=198.19.254.254
 
+# STORE=postgres: the throw-away cluster, inside the server namespace (127.0.0.1:5432 there,
+# and its unix socket), pinned with the server.
+PG_PASSWORD=throwaway-bench-password
+if [ "$STORE" = postgres ]; then
+  [ -x "$PGBIN/initdb" ] || { echo "PostgreSQL server binaries missing (package postgresql)" >&2; exit 1; }
+  PGDIR=$(mktemp -d /tmp/cb-dhcp-bench-pg.XXXXXX)
+  chown postgres: "$PGDIR"
+  echo "$PG_PASSWORD" >"$PGDIR/pwfile"; chown postgres: "$PGDIR/pwfile"
+  runuser -u postgres -- "$PGBIN/initdb" -D "$PGDIR/data" -U chainboot --pwfile "$PGDIR/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >/dev/null
+  ip netns exec "$S" "${PG_PIN[@]}" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" \
+    -o "-k $PGDIR -p 5432 -c listen_addresses=127.0.0.1 -c max_connections=100" -w start >/dev/null
+  install -m 600 /dev/null "$WORK/db.password"; echo "$PG_PASSWORD" >"$WORK/db.password"
+fi
+PG_STEP=0
+DB=""
+# A fresh database for the next server start, named in DB.
+fresh_db() {
+  PG_STEP=$((PG_STEP + 1))
+  DB="bench$PG_STEP"
+  runuser -u postgres -- "$PGBIN/psql" -h "$PGDIR" -p 5432 -U chainboot -d postgres -v ON_ERROR_STOP=1 \
+    -qAtc "CREATE DATABASE $DB" >/dev/null
+}
+# utime+stime of the processes, in clock ticks.
+ticks_of() {
+  local p t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+# PostgreSQL's CPU so far: the postmaster, its reaped children (backends that ended) and its
+# live children, in clock ticks.
+pg_ticks() {
+  local pm
+  pm=$(head -1 "$PGDIR/data/postmaster.pid")
+  echo $(($(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat") + $(ticks_of $(pgrep -P "$pm" || true))))
+}
+
 # The shipped binary: its defaults plus the scenario's subnet and interface, and the guards a
 # single relay with endless new MACs would trip.
 start_chainboot() {
   rm -rf "$WORK/chainboot-state"
+  local store=""
+  if [ "$STORE" = postgres ]; then
+    fresh_db
+    store="[store]
+backend = \"postgres\"
+url = \"postgres://chainboot@127.0.0.1:5432/$DB\"
+password_file = \"$WORK/db.password\""
+  fi
   cat > "$WORK/chainboot.toml" <<CFG
 [server]
 interfaces = ["vs"]
 state_dir = "$WORK/chainboot-state"
+$store
 [dhcp]
 mode = "server"
 lease_time = "1h"
@@ -127,10 +197,17 @@ CFG
 
 start_kea() {
   rm -f "$WORK/kea-leases.csv"
+  local leases="{ \"type\": \"memfile\", \"persist\": true, \"name\": \"$WORK/kea-leases.csv\", \"lfc-interval\": 0 }"
+  if [ "$STORE" = postgres ]; then
+    fresh_db
+    ip netns exec "$S" kea-admin db-init pgsql -u chainboot -p "$PG_PASSWORD" -n "$DB" -h 127.0.0.1 -P 5432 \
+      > "$WORK/kea-admin.out" 2>&1 || { echo "kea-admin db-init pgsql failed:" >&2; cat "$WORK/kea-admin.out" >&2; exit 1; }
+    leases="{ \"type\": \"postgresql\", \"name\": \"$DB\", \"user\": \"chainboot\", \"password\": \"$PG_PASSWORD\", \"host\": \"127.0.0.1\", \"port\": 5432 }"
+  fi
   cat > "$WORK/kea.json" <<CFG
 { "Dhcp4": {
   "interfaces-config": { "interfaces": [ "vs" ], "dhcp-socket-type": "udp" },
-  "lease-database": { "type": "memfile", "persist": true, "name": "$WORK/kea-leases.csv", "lfc-interval": 0 },
+  "lease-database": $leases,
   "valid-lifetime": 3600,
   "multi-threading": { "enable-multi-threading": $([ "$KEA_THREADS" -gt 0 ] && echo true || echo false),
                        "thread-pool-size": $((KEA_THREADS > 0 ? KEA_THREADS : 1)), "packet-queue-size": 256 },
@@ -240,11 +317,17 @@ step() {
 }
 
 LOAD_BEFORE=$(check_quiet)
-export BENCH_COMMAND=${BENCH_COMMAND:-"LOADGEN=$LOADGEN PERIOD=$PERIOD RATES=\"$RATES\" SERVERS=\"${SERVERS:-chainboot kea dnsmasq dhcpd}\" KEA_THREADS=$KEA_THREADS CONTENDED=$CONTENDED bash bench/dhcp/run.sh"}
+export BENCH_COMMAND=${BENCH_COMMAND:-"STORE=$STORE LOADGEN=$LOADGEN PERIOD=$PERIOD RATES=\"$RATES\" SERVERS=\"${SERVERS:-chainboot kea dnsmasq dhcpd}\" KEA_THREADS=$KEA_THREADS CONTENDED=$CONTENDED bash bench/dhcp/run.sh"}
 declare -A BEST SATURATED
+if [ "$STORE" = postgres ]; then SERVERS=${SERVERS:-"chainboot kea"}; fi
 SERVERS=${SERVERS:-"chainboot kea dnsmasq dhcpd"}
+for s in $SERVERS; do
+  if [ "$STORE" = postgres ] && [ "$s" != chainboot ] && [ "$s" != kea ]; then
+    echo "STORE=postgres: only chainboot and kea keep leases in PostgreSQL (SERVERS=\"$SERVERS\")" >&2; exit 2
+  fi
+done
 {
-  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), load generator $LOADGEN (perfdhcp $(perfdhcp -v 2>&1 | head -1)), pinned $PIN, period ${PERIOD}s, kea threads $KEA_THREADS, contended $CONTENDED, load $LOAD_BEFORE"
+  echo "# DHCP DORA benchmark $(date -u +%FT%TZ), load generator $LOADGEN (perfdhcp $(perfdhcp -v 2>&1 | head -1)), pinned $PIN, period ${PERIOD}s, kea threads $KEA_THREADS, contended $CONTENDED, store $STORE${PGDIR:+ ($("$PGBIN/postgres" -V), pinned ${PG_PIN[*]:-no})}, load $LOAD_BEFORE"
   echo "# chainboot: $CHAINBOOT_BIN serve, config: default + subnet, interfaces, lifted relay/new-client guards"
   echo "# server rate ack/s DO-drop% RA-drop% RA-avg-ms held"
 } > "$OUT"
@@ -257,8 +340,12 @@ for rate in $RATES; do
     "start_$server"
     wait_ready "$server"
     [ "$CONTENDED" = 1 ] && hog_start
+    srv0=$(ticks_of "$SRV_PID"); pg0=0
+    [ "$STORE" = postgres ] && pg0=$(pg_ticks)
     read -r acks dod rad delay gencpu p99 < <(step "$rate")
     hog_stop
+    srv_ticks=$(($(ticks_of "$SRV_PID") - srv0)); pg_used=0
+    [ "$STORE" = postgres ] && pg_used=$(($(pg_ticks) - pg0))
     stop_server
     held=no
     if awk -v a="$dod" -v b="$rad" -v p="${p99:--}" -v max="$HOLD_P99_MS" \
@@ -269,6 +356,10 @@ for rate in $RATES; do
     extra=""
     [ -n "${gencpu:-}" ] && extra="  # generator cpu ${gencpu}s, RA p99 ${p99:-?} ms"
     [ "$server" = chainboot ] && extra="$extra  # $(commit_factor)"
+    if [ "$STORE" = postgres ]; then
+      extra="$extra  # CPU per lease: $(awk -v s="$srv_ticks" -v p="$pg_used" -v a="$acks" -v t="$PERIOD" -v h="$(getconf CLK_TCK)" -v n="$server" \
+        'BEGIN { l = a * t; if (l > 0) printf "%s %.0f us, postgres %.0f us", n, s / h / l * 1e6, p / h / l * 1e6; else printf "no leases" }')"
+    fi
     printf '%-9s %6s %7s %6s %6s %6s %s%s\n' "$server" "$rate" "$acks" "$dod" "$rad" "$delay" "$held" "$extra" | tee -a "$OUT"
     # Stop climbing once a server clearly saturates (a missed step alone may be noise).
     if awk -v a="$dod" -v b="$rad" 'BEGIN { exit !(a > 10 || b > 10) }'; then SATURATED[$server]=yes; fi
@@ -281,4 +372,4 @@ done
     awk -v c="${BEST[chainboot]:-0}" -v o="${BEST[$s]:-0}" -v n="$s" 'BEGIN { if (o > 0) printf "ratio chainboot/%s %.2f\n", n, c / o; else printf "ratio chainboot/%s n/a (%s sustained nothing)\n", n, n }'
   done
 } | tee -a "$OUT"
-python3 bench/dhcp/summarize.py "$OUT" "$LOADGEN" "$KEA_THREADS" "$CONTENDED"
+python3 bench/dhcp/summarize.py "$OUT" "$LOADGEN" "$KEA_THREADS" "$CONTENDED" "$STORE"

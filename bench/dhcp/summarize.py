@@ -3,7 +3,7 @@
 next to the results file) and the lines for the summary table at the top of bench/README.md
 (bench/summary/dhcp-<kea mode>-<condition>.tsv).
 
-Usage: summarize.py RESULTS.txt LOADGEN KEA_THREADS CONTENDED(0|1)
+Usage: summarize.py RESULTS.txt LOADGEN KEA_THREADS CONTENDED(0|1) [STORE(file|postgres)]
 """
 import datetime
 import os
@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 
-def main(path, loadgen, kea_threads, contended):
+def main(path, loadgen, kea_threads, contended, store="file"):
     steps = defaultdict(list)  # server -> [(rate, acks, held)]
     best = {}
     for line in open(path):
@@ -54,6 +54,9 @@ plot x title 'offered' with lines dashtype 2, {lines}
     results = os.path.join(repo, "bench", "summary")
     os.makedirs(results, exist_ok=True)
     mode = "kea-mt" if int(kea_threads) > 0 else "kea"
+    if store == "postgres":
+        mode += "-pg"
+        kea += ", both on PostgreSQL"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
     command = os.environ.get("BENCH_COMMAND", "bash bench/dhcp/run.sh")
     with open(os.path.join(results, f"dhcp-{mode}-{cond}.tsv"), "w") as out:
@@ -67,4 +70,4 @@ plot x title 'offered' with lines dashtype 2, {lines}
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

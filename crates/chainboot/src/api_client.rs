@@ -491,7 +491,12 @@ fn event_line(e: &Value) -> String {
     let mac = e.get("mac").and_then(|v| v.as_str()).unwrap_or("-");
     let kind = e.get("kind").and_then(|v| v.as_str()).unwrap_or("-");
     let detail = e.get("detail").map(|d| d.to_string()).unwrap_or_default();
-    format!("{:>8}  {mac:<17}  {kind:<14} {detail}", ms_ago(at))
+    // Which server of a fleet recorded it (one server's events say its name too).
+    let server = e.get("server").and_then(|v| v.as_str()).unwrap_or("-");
+    format!(
+        "{:>8}  {server:<12} {mac:<17}  {kind:<14} {detail}",
+        ms_ago(at)
+    )
 }
 
 fn ms_until(ms: Option<i64>) -> String {
@@ -592,9 +597,10 @@ fn ms_ago(ms: Option<i64>) -> String {
     }
 }
 
-/// A plain table (MAC, ARCH, IP, HOSTNAME, PROFILE, STATE, LAST SEEN).
+/// A plain table (MAC, ARCH, IP, HOSTNAME, PROFILE, STATE, LAST SEEN, SERVER: the one that
+/// last answered it).
 pub fn print_machine_table(list: &Value) {
-    let rows: Vec<[String; 7]> = list
+    let rows: Vec<[String; 8]> = list
         .as_array()
         .map(|a| a.as_slice())
         .unwrap_or_default()
@@ -623,6 +629,7 @@ pub fn print_machine_table(list: &Value) {
                 profile,
                 state,
                 ms_ago(m.get("last_seen_ms").and_then(|v| v.as_i64())),
+                s(m.get("last_server")),
             ]
         })
         .collect();
@@ -636,6 +643,7 @@ pub fn print_machine_table(list: &Value) {
             "PROFILE",
             "STATE",
             "LAST SEEN",
+            "SERVER",
         ],
         &rows,
     );

@@ -2,14 +2,18 @@
 //! live-servers table, the live peers handed to the DHCP engine (which shares clients with
 //! them by hash), and the leases other servers wrote loaded into the engine, so that a client
 //! whose server stopped is renewed by the server that takes it over, and no server offers an
-//! address another one holds.
+//! address another one holds. The events other servers wrote are read from the database on the
+//! same beat and handed to this server's live streams, so any server's stream shows the fleet.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chainboot_dhcp::engine::fleet::Fleet;
 use chainboot_dhcp::Engine;
-use chainboot_store::{leases, servers, Store, StoreConfig};
+use chainboot_events::follow::Follower;
+use chainboot_events::EventLog;
+use chainboot_store::events::EventRecord;
+use chainboot_store::{events, leases, servers, Store, StoreConfig, StoreError};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -18,10 +22,65 @@ use tracing::{info, warn};
 /// little, and a batch committed just after a poll started carries a time before it.
 const LEASE_OVERLAP_S: i64 = 10;
 
+/// Pages of other servers' events read per beat at most (a page is at most 1000): a beat
+/// takes at most this many from a fleet that writes faster, the rest follows on later beats.
+const EVENT_PAGES_PER_BEAT: usize = 10;
+const EVENT_PAGE: usize = 1000;
+
+/// The events written by other servers since the last call (none on the first: the follower
+/// starts at the newest event).
+fn others_events(store: &Store, follower: &mut Follower) -> Result<Vec<EventRecord>, StoreError> {
+    if !follower.started() {
+        follower.start_at(events::newest_id(store)?);
+        return Ok(Vec::new());
+    }
+    let me = store.server_name();
+    let mut out = Vec::new();
+    for _ in 0..EVENT_PAGES_PER_BEAT {
+        let (after, gaps) = follower.want();
+        let page = events::following(store, after, &gaps, me, EVENT_PAGE)?;
+        let full = page.len() >= EVENT_PAGE;
+        let ids: Vec<i64> = page.iter().map(|e| e.id).collect();
+        let new = follower.took(&ids, Instant::now());
+        out.extend(
+            page.into_iter()
+                .filter(|e| e.server.as_deref() != Some(me) && new.binary_search(&e.id).is_ok()),
+        );
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// What one beat learns: the live servers, the leases changed since `poll_from` (Unix s), the
+/// other servers' new events.
+type Beat = (
+    Vec<servers::ServerRecord>,
+    Vec<leases::LeaseRecord>,
+    Vec<EventRecord>,
+);
+
+/// One beat: this server's heartbeat, then what the others did.
+fn beat(
+    s: &Store,
+    first: bool,
+    within_ms: i64,
+    poll_from: i64,
+    follower: &mut Follower,
+) -> Result<Beat, StoreError> {
+    servers::heartbeat(s, env!("CARGO_PKG_VERSION"), first)?;
+    let live = servers::live(s, within_ms)?;
+    let changed = leases::changed_since(s, poll_from)?;
+    let news = others_events(s, follower)?;
+    Ok((live, changed, news))
+}
+
 /// Runs until `shutdown`, then removes this server from the live-servers table.
 pub async fn run(
     store: Arc<Store>,
     engine: Option<Arc<Mutex<Engine>>>,
+    events: Arc<EventLog>,
     cfg: StoreConfig,
     shutdown: CancellationToken,
 ) {
@@ -32,6 +91,7 @@ pub async fn run(
     let mut since = 0i64;
     let mut failing = false;
     let mut peers: Vec<String> = Vec::new();
+    let mut follower = Some(Follower::new());
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -40,15 +100,19 @@ pub async fn run(
         let s = store.clone();
         let poll_from = since;
         let started = chainboot_events::now_ms() / 1000;
+        let mut f = follower.take().unwrap_or_default();
         let polled = tokio::task::spawn_blocking(move || {
-            servers::heartbeat(&s, env!("CARGO_PKG_VERSION"), first)?;
-            let live = servers::live(&s, within_ms)?;
-            let changed = leases::changed_since(&s, poll_from)?;
-            Ok::<_, chainboot_store::StoreError>((live, changed))
+            let got = beat(&s, first, within_ms, poll_from, &mut f);
+            (got, f)
         })
         .await;
+        let polled = polled.map(|(got, f)| {
+            follower = Some(f);
+            got
+        });
         match polled {
-            Ok(Ok((live, changed))) => {
+            Ok(Ok((live, changed, news))) => {
+                events.relay(news);
                 if failing {
                     info!("fleet: the database answers again");
                     failing = false;

@@ -535,6 +535,7 @@ fn start_fleet(
     Some(tokio::spawn(crate::fleet::run(
         sh.store.clone(),
         engine,
+        sh.events.clone(),
         cfg.store.clone(),
         shutdown.clone(),
     )))

@@ -13,6 +13,7 @@
 //! most a few MiB whoever subscribes), and the store is pruned by count, age and bytes.
 
 pub mod detail;
+pub mod follow;
 pub mod timeline;
 
 use std::collections::HashMap;
@@ -175,6 +176,8 @@ pub struct EventStats {
     /// Events held by the writer while the store fails (a database outage), written when it
     /// answers again.
     pub held: AtomicU64,
+    /// Events other servers of the fleet wrote, handed to this server's live streams.
+    pub relayed: AtomicU64,
 }
 
 enum Msg {
@@ -504,6 +507,24 @@ impl EventLog {
         l
     }
 
+    /// Hands events other servers of the fleet wrote (read from the shared database) to live
+    /// subscribers, as if this server had written them; returns how many.
+    pub fn relay(&self, records: Vec<events::EventRecord>) -> usize {
+        let n = records.len();
+        for r in records {
+            let server = r.server;
+            let e = NewEvent {
+                at_ms: r.at_ms,
+                mac: r.mac,
+                kind: r.kind,
+                detail: r.detail,
+            };
+            send_live(&self.live, r.id, e, server.as_deref());
+        }
+        self.stats.relayed.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
     /// Live events, as they are written.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
@@ -751,25 +772,36 @@ fn write_batch(
     stats.write_batches.fetch_add(1, Ordering::Relaxed);
     let mut bytes = 0u64;
     for (id, e) in ids.into_iter().zip(batch) {
-        let json = json!({
-            "id": id,
-            "at_ms": e.at_ms,
-            "mac": e.mac,
-            "kind": e.kind,
-            "detail": e.detail,
-            "server": store.server_name(),
-        })
-        .to_string();
-        bytes += json.len() as u64;
-        // Serialised here, once: every subscriber shares this text.
-        let _ = live.send(Arc::new(LiveEvent {
-            id,
-            mac: e.mac,
-            kind: e.kind,
-            json: json.into(),
-        }));
+        bytes += send_live(live, id, e, Some(store.server_name()));
     }
     Ok(bytes)
+}
+
+/// Hands one written event to live subscribers, serialised here, once (every subscriber shares
+/// the text) in the shape the API lists it; returns the text's length.
+fn send_live(
+    live: &broadcast::Sender<Arc<LiveEvent>>,
+    id: i64,
+    e: NewEvent,
+    server: Option<&str>,
+) -> u64 {
+    let json = json!({
+        "id": id,
+        "at_ms": e.at_ms,
+        "mac": e.mac,
+        "kind": e.kind,
+        "detail": e.detail,
+        "server": server,
+    })
+    .to_string();
+    let bytes = json.len() as u64;
+    let _ = live.send(Arc::new(LiveEvent {
+        id,
+        mac: e.mac,
+        kind: e.kind,
+        json: json.into(),
+    }));
+    bytes
 }
 
 fn prune(store: &Store, settings: &EventSettings, stats: &EventStats) {

@@ -704,6 +704,11 @@ fn write_events(w: &mut Writer, st: &OpsState) {
         "Events held by the writer while the store does not answer, written when it does.",
         g(&es.held) as f64,
     );
+    w.counter(
+        "chainboot_events_relayed_total",
+        "Events other servers of the fleet wrote, handed to this server's live streams.",
+        g(&es.relayed),
+    );
     w.gauge(
         "chainboot_store_degraded",
         "1 while the fleet's database did not answer at its last use (PostgreSQL), else 0.",

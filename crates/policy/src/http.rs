@@ -423,11 +423,13 @@ async fn own_script(
     let decided = st.policy.decide(&merged, Some(&record), None).await;
     let profile = decided.as_ref().ok().map(|d| d.profile.clone());
     // One durable write at most (every commit is an fsync): none when the machine said
-    // nothing new, was seen within a minute and keeps its profile.
+    // nothing new, was seen within a minute, keeps its profile and was last answered by this
+    // server (in a fleet, which server answered is part of the record).
     let unchanged = known.as_ref().is_some_and(|r| {
         r.facts == record.facts
             && now - r.last_seen_ms < SEEN_REFRESH_MS
             && (profile.is_none() || r.last_profile == profile)
+            && r.last_server.as_deref() == Some(st.policy.store().server_name())
     });
     if !unchanged {
         let stored = match store_machine(st, &record, profile).await {
@@ -472,6 +474,7 @@ fn new_record(mac: Mac, now: i64) -> chainboot_store::machines::MachineRecord {
         labels: Default::default(),
         secret: crate::random_hex(16),
         last_profile: None,
+        last_server: None,
     }
 }
 

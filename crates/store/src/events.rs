@@ -244,6 +244,71 @@ pub fn list(store: &Store, filter: &EventFilter) -> Result<Vec<EventRecord>, Sto
     }
 }
 
+/// Events a follower has not seen: ids above `after_id`, or among `ids` (ones it missed
+/// below), oldest first, at most `limit` (capped at [`MAX_PAGE`]). The details of `own`'s
+/// events are left out (`{}`): the follower already streamed them and needs only their ids.
+pub fn following(
+    store: &Store,
+    after_id: i64,
+    ids: &[i64],
+    own: &str,
+    limit: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let limit = limit.min(MAX_PAGE) as i64;
+    let own = own.to_string();
+    match store.backend() {
+        Backend::Sqlite(db) => {
+            let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+            db.read(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, at_ms, mac, kind,
+                        CASE WHEN server IS ?3 THEN '{}' ELSE detail END, server
+                     FROM events
+                     WHERE id > ?1 OR id IN (SELECT value FROM json_each(?2))
+                     ORDER BY id LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![after_id, ids, own, limit], from_row)?;
+                rows.collect()
+            })
+        }
+        Backend::Postgres(pg) => {
+            let ids = ids.to_vec();
+            pg.run(move |c| async move {
+                let rows = c
+                    .query(
+                        "SELECT id, at_ms, mac, kind,
+                            CASE WHEN server IS NOT DISTINCT FROM $3 THEN '{}' ELSE detail END,
+                            server
+                         FROM events WHERE id > $1 OR id = ANY($2)
+                         ORDER BY id LIMIT $4",
+                        &[&after_id, &ids, &own, &limit],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(from_pg_row)
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+        }
+    }
+}
+
+/// The highest event id (0 when there is none): where a follower starts.
+pub fn newest_id(store: &Store) -> Result<i64, StoreError> {
+    match store.backend() {
+        Backend::Sqlite(db) => db.read(|conn| {
+            conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+        }),
+        Backend::Postgres(pg) => pg.run(|c| async move {
+            Ok(
+                c.query_one("SELECT coalesce(max(id), 0)::int8 FROM events", &[])
+                    .await?
+                    .try_get(0)?,
+            )
+        }),
+    }
+}
+
 /// Bytes the events take in the database. SQLite: the pages of their table and its indexes,
 /// as its `dbstat` counts them (page fragmentation and overflow pages included, which for rows
 /// of a few KiB is up to twice their text). PostgreSQL: the rows' text plus a row's overhead

@@ -113,11 +113,20 @@ pub struct MachineRecord {
     pub secret: String,
     /// The profile the machine was last given (for the dashboard and `machines show`).
     pub last_profile: Option<String>,
+    /// The server that last answered its script request (servers of a fleet share machines).
+    #[serde(default)]
+    pub last_server: Option<String>,
 }
 
 const COLUMNS: &str = "mac, first_seen_ms, last_seen_ms, arch, uuid, hostname, serial, \
     manufacturer, product, ip, pinned_profile, installed_ms, installed_reason, labels, secret, \
-    last_profile";
+    last_profile, last_server";
+
+/// Schema version 7: which server last answered each machine.
+pub(crate) const MIGRATION_LAST_SERVER: Migration = Migration {
+    sqlite: "ALTER TABLE machines ADD COLUMN last_server TEXT",
+    postgres: "ALTER TABLE machines ADD COLUMN last_server TEXT",
+};
 
 /// A row of [`COLUMNS`] from either backend, read column by column.
 trait MachineRow {
@@ -183,6 +192,7 @@ fn decode<R: MachineRow>(r: &R) -> Result<MachineRecord, R::Error> {
         labels,
         secret: r.column(14)?,
         last_profile: r.column(15)?,
+        last_server: r.column(16)?,
     })
 }
 
@@ -318,14 +328,15 @@ impl Store {
         last_profile: Option<&str>,
     ) -> Result<MachineRecord, StoreError> {
         let profile = last_profile.map(str::to_string);
+        let server = self.server_name().to_string();
         let Backend::Sqlite(db) = self.backend() else {
             let f = facts.clone();
             let fresh = pg_query(
                 self,
                 format!(
                     "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret, arch, uuid,
-                        hostname, serial, manufacturer, product, ip, last_profile)
-                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                        hostname, serial, manufacturer, product, ip, last_profile, last_server)
+                     VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                      ON CONFLICT (mac) DO UPDATE SET
                         last_seen_ms = greatest(machines.last_seen_ms, $2),
                         arch = coalesce($4, machines.arch), uuid = coalesce($5, machines.uuid),
@@ -333,7 +344,8 @@ impl Store {
                         serial = coalesce($7, machines.serial),
                         manufacturer = coalesce($8, machines.manufacturer),
                         product = coalesce($9, machines.product), ip = coalesce($10, machines.ip),
-                        last_profile = coalesce($11, machines.last_profile)
+                        last_profile = coalesce($11, machines.last_profile),
+                        last_server = $12
                      RETURNING {}",
                     pg_columns()
                 ),
@@ -348,7 +360,8 @@ impl Store {
                     f.manufacturer,
                     f.product,
                     f.ip,
-                    profile.clone()
+                    profile.clone(),
+                    server.clone()
                 ],
             )
             .and_then(one);
@@ -356,6 +369,7 @@ impl Store {
                 last_seen_ms: cached.last_seen_ms.max(now_ms),
                 facts: facts.merged_over(&cached.facts),
                 last_profile: profile.or(cached.last_profile),
+                last_server: Some(server),
                 ..cached
             });
         };
@@ -366,7 +380,8 @@ impl Store {
                     arch = coalesce(?3, arch), uuid = coalesce(?4, uuid),
                     hostname = coalesce(?5, hostname), serial = coalesce(?6, serial),
                     manufacturer = coalesce(?7, manufacturer), product = coalesce(?8, product),
-                    ip = coalesce(?9, ip), last_profile = coalesce(?10, last_profile)
+                    ip = coalesce(?9, ip), last_profile = coalesce(?10, last_profile),
+                    last_server = ?11
                  WHERE mac = ?1",
                 params![
                     mac.to_string(),
@@ -378,7 +393,8 @@ impl Store {
                     facts.manufacturer,
                     facts.product,
                     facts.ip,
-                    last_profile
+                    last_profile,
+                    server
                 ],
             )?;
             get(tx, mac)?.ok_or(rusqlite::Error::QueryReturnedNoRows)

@@ -37,6 +37,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::servers::MIGRATION,
     // 6: DHCPv6 leases and the server's DUID.
     crate::leases6::MIGRATION,
+    // 7: which server last answered each machine.
+    crate::machines::MIGRATION_LAST_SERVER,
 ];
 
 /// The schema version this binary brings databases to.

@@ -92,6 +92,7 @@ on_both_backends!(
     a_machines_secret_is_not_serialised,
     events_round_trip_filter_and_prune,
     events_carry_the_name_of_the_server_that_recorded_them,
+    events_are_followed_by_id_with_only_other_servers_details,
     pruning_keeps_the_byte_budget_newest_first,
     a_flood_of_unattributed_events_does_not_push_out_machines_history,
     the_schema_is_current_and_reopening_migrates_nothing,
@@ -161,6 +162,14 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
     };
     let r = s.machine_seen(m, &first, 10, "s1", Some("rescue")).unwrap();
     assert_eq!(r.secret, "s1");
+    assert_eq!(r.last_server.as_deref(), Some(s.server_name()));
+    let other = db.open().named("pxe-other".into());
+    let r = other.machine_seen(m, &first, 11, "s9", None).unwrap();
+    assert_eq!(
+        r.last_server.as_deref(),
+        Some("pxe-other"),
+        "the server that answered last"
+    );
     assert_eq!(
         r.last_profile.as_deref(),
         Some("rescue"),
@@ -391,6 +400,43 @@ fn events_carry_the_name_of_the_server_that_recorded_them(db: &Db) {
     assert_eq!(list[0].server.as_deref(), Some("pxe-2"));
     let json = serde_json::to_value(&list[0]).unwrap();
     assert_eq!(json["server"], "pxe-2");
+}
+
+fn events_are_followed_by_id_with_only_other_servers_details(db: &Db) {
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let start = events::newest_id(&b).unwrap();
+    let ida = events::append_batch(
+        &a,
+        &[
+            ev(1, "52:54:00:00:00:01", "dhcp"),
+            ev(2, "52:54:00:00:00:02", "tftp"),
+        ],
+    )
+    .unwrap();
+    let idb = events::append_batch(&b, &[ev(3, "52:54:00:00:00:03", "http")]).unwrap();
+    assert_eq!(events::newest_id(&a).unwrap(), idb[0]);
+    let got = events::following(&b, start, &[], "pxe-b", 1000).unwrap();
+    let ids: Vec<i64> = got.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [ida[0], ida[1], idb[0]], "oldest first");
+    assert_eq!(got[0].server.as_deref(), Some("pxe-a"));
+    assert_eq!(got[0].detail, serde_json::json!({"n": 1}));
+    assert_eq!(got[1].kind, "tftp");
+    assert_eq!(
+        got[2].detail,
+        serde_json::json!({}),
+        "the follower's own details are left out"
+    );
+    // Ids asked for again below the cursor (the follower's gaps), and the page limit.
+    let again = events::following(&b, idb[0], &[ida[1]], "pxe-b", 1000).unwrap();
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), [ida[1]]);
+    assert_eq!(
+        events::following(&b, start, &[], "pxe-b", 1).unwrap().len(),
+        1
+    );
+    assert!(events::following(&b, idb[0], &[], "pxe-b", 1000)
+        .unwrap()
+        .is_empty());
 }
 
 fn sized(at: i64, mac: Option<&str>, bytes: usize) -> NewEvent {

@@ -10,6 +10,10 @@
 //! 5. HTTP GET of the kernel, then of each initrd, streamed and counted against
 //!    `Content-Length`.
 //!
+//! A machine whose boot fails at any step powers on again (as firmware that gives up retries
+//! its boot, or a watchdog resets the machine) up to `boot_attempts` boots in all; its times
+//! count from its first power-on.
+//!
 //! Machines arrive uniformly at random within `spread` (seeded, so a run is repeatable). One
 //! DHCP socket (0.0.0.0:68 bound to the interface) is shared and replies are demultiplexed by
 //! xid; TFTP and HTTP sockets are bound to each machine's leased address, so the client side's
@@ -52,7 +56,15 @@ pub struct StormConfig {
     pub blksize: u16,
     /// Random (seeded, distinct) last three MAC bytes instead of sequential ones.
     pub random_macs: bool,
+    /// Boots a machine tries in all before it counts as failed (1: no second boot; at most
+    /// [`MAX_BOOT_ATTEMPTS`]).
+    pub boot_attempts: u32,
 }
+
+/// Boots per machine at most: each boot's xids differ in four bits.
+pub const MAX_BOOT_ATTEMPTS: u32 = 16;
+/// How long a machine whose boot failed waits before it powers on again.
+const REBOOT_PAUSE: Duration = Duration::from_secs(1);
 
 impl Default for StormConfig {
     fn default() -> Self {
@@ -65,6 +77,7 @@ impl Default for StormConfig {
             mac_prefix: [0x00, 0x00],
             blksize: 1468,
             random_macs: false,
+            boot_attempts: 1,
         }
     }
 }
@@ -85,6 +98,8 @@ pub struct MachineResult {
     pub time_to_done: Option<f64>,
     pub dhcp_retransmits: u64,
     pub tftp_retransmits: u64,
+    /// Boots it took (more than 1 when a boot failed and it powered on again).
+    pub boots: u32,
     pub tftp_bytes: u64,
     pub http_bytes: u64,
     /// Seconds from power-on at which each stage finished.
@@ -106,6 +121,8 @@ pub struct StormReport {
     /// NAKs received (each restarts the DORA, as firmware does).
     pub dhcp_naks: u64,
     pub tftp_retransmits: u64,
+    /// Boots that failed and were tried again (see [`StormConfig::boot_attempts`]).
+    pub reboots: u64,
     pub bytes: u64,
     pub wall_seconds: f64,
     /// The first few distinct errors, with counts.
@@ -137,6 +154,7 @@ struct Shared {
     dhcp_naks: AtomicU64,
     tftp_retx: AtomicU64,
     blksize: u16,
+    boot_attempts: u32,
 }
 
 /// Runs the storm and returns its report. Fails only on setup errors (socket, interface);
@@ -150,6 +168,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         dhcp_naks: AtomicU64::new(0),
         tftp_retx: AtomicU64::new(0),
         blksize: cfg.blksize,
+        boot_attempts: cfg.boot_attempts.clamp(1, MAX_BOOT_ATTEMPTS),
     });
     let rx_task = {
         let s = shared.clone();
@@ -282,6 +301,10 @@ fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, naks: u64, tr: u
         dhcp_retransmits: dr,
         dhcp_naks: naks,
         tftp_retransmits: tr,
+        reboots: results
+            .iter()
+            .map(|r| u64::from(r.boots.saturating_sub(1)))
+            .sum(),
         bytes: results.iter().map(|r| r.tftp_bytes + r.http_bytes).sum(),
         wall_seconds: wall.as_secs_f64(),
         errors,
@@ -303,26 +326,35 @@ async fn machine(s: Arc<Shared>, mac: [u8; 6], arch: u16, xid: u32) -> MachineRe
         arch,
         ..Default::default()
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    // Two DORAs (firmware, then iPXE), each attempt its own xid (top nibble), one channel:
-    // a late or duplicate reply to an earlier attempt never counts for a later one.
-    let xid_ipxe = xid | 0x8000_0000;
-    s.waiters.lock().insert(xid, tx);
-    let m = Machine {
-        mac,
-        arch,
-        xid,
-        xid_ipxe,
-        t0,
-    };
-    let res = flow(&s, &mut r, &mut rx, &m).await;
-    {
-        let mut w = s.waiters.lock();
-        w.remove(&xid);
-    }
-    match res {
-        Ok(()) => r.ok = true,
-        Err(e) => r.error = Some(format!("{e:#}")),
+    for boot in 0..s.boot_attempts {
+        if boot > 0 {
+            tokio::time::sleep(REBOOT_PAUSE).await;
+        }
+        // Each boot its own xids (bits 24-27 of the machine's part), and each of its two DORAs
+        // (firmware, then iPXE) and their attempts (top nibble) too, on one channel: a late or
+        // duplicate reply to an earlier one never counts for a later one.
+        let xid = xid ^ ((boot % MAX_BOOT_ATTEMPTS) << 24);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let xid_ipxe = xid | 0x8000_0000;
+        s.waiters.lock().insert(xid, tx);
+        let m = Machine {
+            mac,
+            arch,
+            xid,
+            xid_ipxe,
+            t0,
+        };
+        let res = flow(&s, &mut r, &mut rx, &m).await;
+        s.waiters.lock().remove(&xid);
+        r.boots = boot + 1;
+        match res {
+            Ok(()) => {
+                r.ok = true;
+                r.error = None;
+                break;
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
     }
     r
 }

@@ -33,6 +33,10 @@ struct Args {
     /// Random (seeded) MACs instead of sequential ones.
     #[arg(long)]
     random_macs: bool,
+    /// Boots a machine tries in all (a failed boot powers on again, as firmware that retries
+    /// or a watchdog does); at most 16.
+    #[arg(long, default_value_t = 1)]
+    boot_attempts: u32,
     /// Write one JSON line per machine here.
     #[arg(long)]
     per_machine: Option<std::path::PathBuf>,
@@ -41,6 +45,11 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     anyhow::ensure!(a.machines <= 65536, "at most 65536 machines");
+    anyhow::ensure!(
+        (1..=chainboot_stormsim::MAX_BOOT_ATTEMPTS).contains(&a.boot_attempts),
+        "--boot-attempts: 1 to {}",
+        chainboot_stormsim::MAX_BOOT_ATTEMPTS
+    );
     let p = u16::from_str_radix(&a.mac_prefix, 16)?.to_be_bytes();
     let cfg = chainboot_stormsim::StormConfig {
         machines: a.machines,
@@ -51,6 +60,7 @@ fn main() -> Result<()> {
         mac_prefix: p,
         blksize: a.blksize,
         random_macs: a.random_macs,
+        boot_attempts: a.boot_attempts,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
