@@ -801,25 +801,79 @@ fn perfdhcp_counts(out: &str) -> (u64, u64, u64, u64) {
     (v[0], v[1], v[2], v[3])
 }
 
-/// perfdhcp against `n` servers: it acts as a relay on the bridge (giaddr 198.18.0.100) and
-/// broadcasts every DISCOVER and REQUEST, so every server sees each one, as from a relay with
-/// one helper address per server; 200 exchanges/s for 5 s over 1000 client MACs.
+/// Where the relay's helper list listens in the clients' namespace.
+const FAN_OUT: &str = "198.18.0.100:6767";
+
+/// A relay agent's helper list: every datagram that reaches [`FAN_OUT`] in the clients'
+/// namespace is sent on to port 67 of each server, as a relay with one helper address per
+/// server forwards each client broadcast to all of them, until `stop` is set (at most 5
+/// minutes). Returns once it listens; the thread's result is how many datagrams it forwarded.
+fn fan_out(
+    fleet: &Fleet,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::sync::atomic::Ordering;
+    let ns = fleet.segment.client.0.clone();
+    let servers: Vec<std::net::SocketAddrV4> = (0..fleet.segment.servers.len())
+        .map(|i| format!("198.18.0.{}:67", i + 1).parse().unwrap())
+        .collect();
+    let (ready, listening) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        chainboot_testnet::in_netns(&ns, move || {
+            let sock = std::net::UdpSocket::bind(FAN_OUT).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            ready.send(()).unwrap();
+            let until = Instant::now() + Duration::from_secs(300);
+            let mut buf = [0u8; 1500];
+            let mut forwarded = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                let Ok(n) = sock.recv(&mut buf) else {
+                    continue;
+                };
+                for to in &servers {
+                    if sock.send_to(&buf[..n], to).is_ok() {
+                        forwarded += 1;
+                    }
+                }
+            }
+            forwarded
+        })
+    });
+    listening
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fan-out listens");
+    handle
+}
+
+/// perfdhcp against `n` servers: it acts as the relay on the bridge (giaddr 198.18.0.100, so
+/// every server answers it by unicast) and sends every DISCOVER and REQUEST to the relay's
+/// helper list ([`fan_out`]), so every server sees each one; 200 exchanges/s for 5 s over
+/// 1000 client MACs.
 fn perfdhcp_against_the_fleet(n: usize) {
     chainboot_testnet::require(&["perfdhcp"]);
     let fleet = Fleet::start_with(n, LIFTED_GUARDS);
     let pcap = fleet.dir.path().join("acks.pcap");
     let mut capture = fleet.capture(&pcap);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let helpers = fan_out(&fleet, stop.clone());
+    let (fan_ip, fan_port) = FAN_OUT.split_once(':').unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &fleet.segment.client.0])
-        .args(["timeout", "120", "perfdhcp", "-4", "-l", "br0"])
+        .args([
+            "timeout", "120", "perfdhcp", "-4", "-l", "br0", "-N", fan_port,
+        ])
         .args([
             "-r", "200", "-R", "1000", "-p", "5", "-d", "5", "-W", "3000000",
         ])
-        .args(["-b", "mac=02:fd:00:00:00:00", "255.255.255.255"])
+        .args(["-b", "mac=02:fd:00:00:00:00", fan_ip])
         .output()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     capture.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forwarded = helpers.join().unwrap();
+    eprintln!("the relay's helper list forwarded {forwarded} datagrams");
     // perfdhcp exits non-zero when anything was dropped: its counts decide.
     let text = format!(
         "{}{}",
