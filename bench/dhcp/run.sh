@@ -40,12 +40,12 @@
 # the CPU per ACKed lease of the server and of PostgreSQL (utime+stime over the step, the
 # postmaster's reaped children included). SERVERS defaults to "chainboot kea" there. Smoke test:
 #   STORE=postgres LOADGEN=dhcp-load PERIOD=2 RATES="50" FORCE=1 CHAINBOOT=target/debug/chainboot \
-#     SKIP_BUILD=1 bash bench/dhcp/run.sh
+#     DHCP_LOAD=target/debug/examples/dhcp-load SKIP_BUILD=1 bash bench/dhcp/run.sh
 #
 # Usage: sudo bench/dhcp/run.sh [--quick]     (needs root; installs the anchors if missing)
 # Env: RATES="500 1000 ..." PERIOD=seconds SERVERS="chainboot kea ..." OUT=results file
 # (default bench/dhcp/results-<stamp>.txt) LOADGEN=perfdhcp|dhcp-load PIN=0|1 KEA_THREADS=0|2
-# CONTENDED=0|1 CHAINBOOT=path SKIP_BUILD=1 FORCE=1 (run although the machine is busy)
+# CONTENDED=0|1 CHAINBOOT=path DHCP_LOAD=path SKIP_BUILD=1 FORCE=1 (run although the machine is busy)
 # STORE=file|postgres PG_PIN="taskset -c N"|""
 # The comparison that decides the target (~10 min):
 #   LOADGEN=dhcp-load PERIOD=5 RATES="8000 12000 16000 20000 24000 28000 32000 40000 48000" \
@@ -82,9 +82,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p chainboot-dhcp --example dhcp-load
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p chainboot-dhcp --example dhcp-load
 CHAINBOOT_BIN=$(chainboot_bin)
-DHCP_LOAD=$CARGO_TARGET_DIR/release/examples/dhcp-load
+DHCP_LOAD=${DHCP_LOAD:-$CARGO_TARGET_DIR/release/examples/dhcp-load}
 LOADGEN=${LOADGEN:-perfdhcp}
 if [ "$LOADGEN" = dhcp-load ] && [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=${PIN:-0}; fi
 SRV_PIN=(); GEN_PIN=()

@@ -164,7 +164,7 @@ LOAD_BEFORE=$(check_quiet)
 echo "# fleet storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s kill_at=${KILL_AT}s boots=$BOOTS nproc=$(nproc) load=$LOAD_BEFORE chainboot=$CB postgres=$PGBIN" | tee "$raw"
 
 run_side() { # run_side SIDE ROUND
-  local side=$1 round=$2 n pids=() logs=() out store db pg0 cb_cpu want=""
+  local side=$1 round=$2 n pids=() logs=() out store db pg0 pg_used cb_cpu want=""
   rm -rf "$WORK"/state*
   if [ "$side" = sqlite1 ]; then
     n=1; store=""
@@ -192,11 +192,13 @@ server_name = \"pxe-$i\"}" >"$WORK/chainboot$i.toml"
         --iface br0 --seed "$round" --boot-attempts "$BOOTS" \
         --per-machine "${raw%.jsonl}-$side-r$round.machines.jsonl") || true
   [ -n "$KILLER" ] && { wait "$KILLER" 2>/dev/null || true; KILLER=""; }
+  # Both read while the servers run: their database sessions are PostgreSQL's live children.
   cb_cpu=$(cpu_of "${pids[@]}")
+  pg_used=$(($(pg_cpu) - pg0))
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -n "$out" ] || out='{"machines":0,"failures":-1}'
-  echo "{\"side\":\"$side\",\"round\":$round,\"chainboot_cpu_s\":$(ticks_s "$cb_cpu"),\"postgres_cpu_s\":$(ticks_s $(($(pg_cpu) - pg0))),\"sim\":$out}" | tee -a "$raw"
+  echo "{\"side\":\"$side\",\"round\":$round,\"chainboot_cpu_s\":$(ticks_s "$cb_cpu"),\"postgres_cpu_s\":$(ticks_s "$pg_used"),\"sim\":$out}" | tee -a "$raw"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
