@@ -3,8 +3,8 @@
 #   sqlite1    one chainboot on its embedded SQLite store (the single-server baseline)
 #   pg2        two chainboot servers on one segment sharing one PostgreSQL database
 #   pg2-kill   the same, with one of the two killed (kill -9) KILL_AT seconds into the storm
-# each in fresh namespaces per run: a client namespace holding the bridge (198.18.0.100/20, the
-# pool 198.18.8.0/21 routed as local so each machine uses its own address) and one namespace per
+# each in fresh namespaces per run: a client namespace holding the bridge (198.18.0.100/17, the
+# pool 198.18.64.0/18 routed as local so each machine uses its own address) and one namespace per
 # server (198.18.0.1, 198.18.0.2) joined to it by veth. PostgreSQL is a throw-away cluster
 # (initdb + pg_ctl in a temporary directory, run as the `postgres` user, default durability:
 # fsync and synchronous_commit on), reached through its unix socket, a fresh database per run.
@@ -74,14 +74,14 @@ ulimit -n "$(ulimit -Hn)"
 ip netns add "$C"
 ip -n "$C" link set lo up
 ip -n "$C" link add br0 type bridge forward_delay 0
-ip -n "$C" addr add 198.18.0.100/20 dev br0
+ip -n "$C" addr add 198.18.0.100/17 dev br0
 ip -n "$C" link set br0 up
-ip -n "$C" route add local 198.18.8.0/21 dev lo
+ip -n "$C" route add local 198.18.64.0/18 dev lo
 for i in 0 1; do
   s=${ID}s$i
   ip netns add "$s"
   ip -n "$s" link add vs type veth peer name "p$i" netns "$C"
-  ip -n "$s" addr add "198.18.0.$((i + 1))/20" dev vs
+  ip -n "$s" addr add "198.18.0.$((i + 1))/17" dev vs
   ip -n "$s" link set vs up; ip -n "$s" link set lo up
   ip -n "$C" link set "p$i" master br0; ip -n "$C" link set "p$i" up
 done
@@ -110,8 +110,8 @@ $2
 [dhcp]
 mode = "server"
 [[dhcp.subnet]]
-cidr = "198.18.0.0/20"
-pools = [["198.18.8.1", "198.18.15.254"]]
+cidr = "198.18.0.0/17"
+pools = [["198.18.64.1", "198.18.127.254"]]
 router = "198.18.0.1"
 lease_time = "1h"
 [tftp]
