@@ -1,8 +1,9 @@
 //! A fleet on one segment: two or three `chainboot serve` processes, each in a namespace of its
 //! own, joined to the clients' namespace by a bridge (198.18.0.0/20), all storing their state
 //! in one throw-away PostgreSQL cluster (reached through its unix socket, which every
-//! namespace sees). The storm simulator and perfdhcp (Kea's load generator, as a relay that
-//! broadcasts on the bridge) run against all of them at once.
+//! namespace sees). The storm simulator and perfdhcp (Kea's load generator, as the relay on
+//! the bridge, its requests sent to every server as by a relay with one helper address per
+//! server) run against all of them at once.
 //!
 //! Asserted: every machine boots; no address was ACKed to two clients, both in the database
 //! and in every DHCP ACK seen on the bridge (captured with tcpdump), and every ACKed address is
