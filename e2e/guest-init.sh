@@ -4,7 +4,9 @@
 #   CHAINBOOT-MARKER token=<e2e.token from the cmdline> mac=<NIC MAC> ip=<address from DHCP>
 # The token is per run, so a marker from a stale image or an earlier boot cannot pass a test.
 # The IP comes from udhcpc (the Debian kernel has no ip= autoconfiguration), so the marker also
-# proves the DHCP server hands the booted OS an address. e2e.ip=skip avoids that DHCP round.
+# proves the DHCP server hands the booted OS an address. e2e.ip=skip avoids that DHCP round;
+# e2e.ip=ADDR reports ADDR (IPv6 boots: the address iPXE leased, see e2e/servers.sh); an empty
+# e2e.ip= (iPXE had no such lease) means DHCP.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -20,6 +22,7 @@ for word in $(cat /proc/cmdline); do
     e2e.ip=*) iparg=${word#e2e.ip=} ;;
   esac
 done
+[ -n "$iparg" ] || iparg=dhcp
 
 while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /lib/modules/load-order
 

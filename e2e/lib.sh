@@ -2,21 +2,27 @@
 # Sourced by the scenario scripts (e2e/scenarios/*.sh). Bash only; needs root (netns, taps).
 #
 # Network safety: everything runs inside namespaces created here (unique names with our PID), on
-# addresses in 198.18.0.0/24; nothing touches the host's interfaces. Every process we start is
+# addresses in 198.18.0.0/24 and 2001:db8:1::/64; nothing touches the host's interfaces. Every process we start is
 # recorded by PID and killed by PID on every exit path (trap), then the namespaces are deleted.
 #
-# Topology:   ns $E2E_NS:  br0 198.18.0.1/24 (the boot server side) + tap<N> per VM
+# Topology:   ns $E2E_NS:  br0 198.18.0.1/24 and/or 2001:db8:1::1/64 (the boot server side,
+#             E2E_FAMILY) + tap<N> per VM
 #             optional ns $E2E_NS-<peer>: a veth into br0 (e.g. the plain DHCP server of "proxy")
 # Tunables (environment): E2E_VM_TIMEOUT (s, default 240), E2E_MEM (MiB, default 512),
 #   E2E_NIC (virtio-net-pci | e1000 (BIOS only), default virtio-net-pci), E2E_KEEP=1 keeps the
 #   run dir (else removed on success), E2E_RESULTS=FILE collects result lines (bench/boot),
 #   E2E_RA=1 starts radvd (router advertisement, M/O clear, router lifetime 0, no prefix),
 #   E2E_OVMF_DIR holds the OVMF images of uefi VMs (default /usr/share/OVMF),
-#   E2E_QEMU_EXTRA (array) is appended to every VM's QEMU command line (e.g. OVMF's fw_cfg knobs).
+#   E2E_QEMU_EXTRA (array) is appended to every VM's QEMU command line (e.g. OVMF's fw_cfg knobs),
+#   E2E_FAMILY: v4 (default: br0 has 198.18.0.1 only), v6 (IPv6 only: br0 has 2001:db8:1::1/64
+#   and no IPv4 address; VMs get a -uuid; the marker must name a DHCPv6 address) or dual (both).
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 E2E_REPO=$(cd "$E2E_DIR/.." && pwd)
 E2E_SERVER_IP=198.18.0.1
+E2E_SERVER_IP6=2001:db8:1::1
+E2E_PREFIX6=2001:db8:1::/64
+E2E_FAMILY=${E2E_FAMILY:-v4}
 E2E_VM_TIMEOUT=${E2E_VM_TIMEOUT:-240}
 E2E_MEM=${E2E_MEM:-512}
 E2E_NIC=${E2E_NIC:-virtio-net-pci}
@@ -109,7 +115,17 @@ e2e_topology() {
   e2e_ns ip link add br0 type bridge
   # No STP/forward delay: ports forward at once (firmware DHCPs immediately after link up).
   e2e_ns ip link set br0 type bridge stp_state 0 forward_delay 0
-  e2e_ns ip addr add "$E2E_SERVER_IP/24" dev br0
+  case $E2E_FAMILY in
+    v4 | dual) e2e_ns ip addr add "$E2E_SERVER_IP/24" dev br0 ;;
+    v6) ;;
+    *) e2e_die "E2E_FAMILY must be v4, v6 or dual" ;;
+  esac
+  if [ "$E2E_FAMILY" != v4 ]; then
+    # No duplicate address detection on the bridge: its addresses are usable at once (servers
+    # bind to them right away), and nothing else on this private link can hold them.
+    e2e_ns sysctl -qw net.ipv6.conf.br0.disable_ipv6=0 net.ipv6.conf.br0.accept_dad=0
+    e2e_ns ip -6 addr add "$E2E_SERVER_IP6/64" dev br0 nodad
+  fi
   e2e_ns ip link set br0 up
   # The bridge only gets carrier (and its IPv6 link-local, which radvd needs) with a port up;
   # an always-up veth stub gives it one before any VM starts.
@@ -118,12 +134,41 @@ e2e_topology() {
   e2e_ns ip link set stub0 up
   e2e_ns ip link set stub1 up
   e2e_spawn tcpdump tcpdump -i br0 -U -n -s 0 -w "$E2E_RUN/bridge.pcap"
-  # Wait (bounded) until the bridge address is usable so servers can bind to it.
+  # Wait (bounded) until the bridge addresses are usable so servers can bind to them (and,
+  # for IPv6, until br0 has its link-local address: router advertisements come from it).
   local n
   for ((n = 0; n < 50; n++)); do
-    e2e_ns ip -4 addr show dev br0 | grep -q "$E2E_SERVER_IP" && break
+    case $E2E_FAMILY in
+      v4) e2e_ns ip -4 addr show dev br0 | grep -q "$E2E_SERVER_IP" && break ;;
+      *) e2e_ns ip -6 addr show dev br0 scope link | grep -v tentative | grep -q 'inet6 fe80' \
+        && e2e_ns ip -6 addr show dev br0 | grep -q "$E2E_SERVER_IP6/" && break ;;
+    esac
     sleep 0.1
   done
+}
+
+# e2e_family_only LABEL FAMILY: the VM behind tap LABEL speaks only FAMILY (v4 or v6) on the
+# bridge: frames of the other family (and ARP, for v6) to and from its tap are dropped. Lets one
+# VM on a dual-stack segment boot once over each family.
+e2e_family_only() {
+  local tap="tap$1" family=$2 types
+  case $family in
+    v4) types="ip6" ;;
+    v6) types="{ ip, arp }" ;;
+    *) e2e_die "e2e_family_only: family must be v4 or v6" ;;
+  esac
+  e2e_require nft:nftables
+  e2e_ns nft -f - <<EOF || e2e_die "cannot install the bridge filter for $tap"
+table bridge e2e_family {
+  chain input { type filter hook input priority 0; policy accept; }
+  chain forward { type filter hook forward priority 0; policy accept; }
+  chain output { type filter hook output priority 0; policy accept; }
+}
+add rule bridge e2e_family input iifname "$tap" ether type $types drop
+add rule bridge e2e_family forward iifname "$tap" ether type $types drop
+add rule bridge e2e_family forward oifname "$tap" ether type $types drop
+add rule bridge e2e_family output oifname "$tap" ether type $types drop
+EOF
 }
 
 # e2e_peer NAME IP: a second namespace on the bridge via a veth (another host on the segment).
@@ -158,12 +203,18 @@ EOF
   e2e_spawn radvd radvd -n -d 1 -m stderr -C "$E2E_RUN/radvd.conf" -p "$E2E_RUN/radvd.pid"
 }
 
-# e2e_vm_start LABEL FIRMWARE MAC: FIRMWARE is bios (SeaBIOS + the iPXE NIC ROM of ipxe-qemu) or
+# e2e_vm_start LABEL FIRMWARE MAC [UUID]: FIRMWARE is bios (SeaBIOS + the iPXE NIC ROM of ipxe-qemu) or
 # uefi (OVMF, NIC option ROM disabled so OVMF's own PXE stack boots: arch 7, no iPXE), uefi-sb
 # (the same with Secure Boot on, Microsoft's keys) or uefi-sb-own (Secure Boot on, OVMF's snakeoil
-# keys standing for a site's own).
+# keys standing for a site's own). UUID is the SMBIOS UUID (-uuid); on IPv6 networks every VM
+# gets one (from its MAC) unless given: the firmware's DHCPv6 DUID is made from it, and without
+# one iPXE's DUID is all zeros for every VM.
 e2e_vm_start() {
-  local label=$1 fw=$2 mac=$3
+  local label=$1 fw=$2 mac=$3 uuid=${4:-} uuidargs=()
+  if [ -z "$uuid" ] && [ "$E2E_FAMILY" != v4 ]; then
+    uuid="e2e0e2e0-0000-4000-8000-${mac//:/}"
+  fi
+  [ -n "$uuid" ] && uuidargs=(-uuid "$uuid")
   local tap="tap$label" dev rom fwargs=() machine=pc
   e2e_ns ip tuntap add dev "$tap" mode tap || e2e_die "cannot create $tap"
   e2e_ns ip link set "$tap" master br0
@@ -217,7 +268,7 @@ e2e_vm_start() {
   # timeout(1) is the hard stop even if this shell dies; the wait loop below normally ends first.
   e2e_spawn "$label.qemu" timeout -k 5 $((E2E_VM_TIMEOUT + 30)) \
     qemu-system-x86_64 -machine "$machine" -accel tcg -m "$E2E_MEM" -smp 1 \
-    "${fwargs[@]}" ${E2E_QEMU_EXTRA[@]+"${E2E_QEMU_EXTRA[@]}"} -boot n -nographic -monitor none -no-reboot \
+    "${fwargs[@]}" ${uuidargs[@]+"${uuidargs[@]}"} ${E2E_QEMU_EXTRA[@]+"${E2E_QEMU_EXTRA[@]}"} -boot n -nographic -monitor none -no-reboot \
     -serial "file:$E2E_RUN/$label.serial" \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device "$dev"
   eval "E2E_VMPID_$label=\$!"
@@ -227,6 +278,8 @@ e2e_vm_start() {
 # resolution). The PXE/iPXE strings are those of OVMF 2022.11 and iPXE 1.0.0+git-20190125.
 E2E_MILESTONES=(
   "pxe|>>Start PXE over IPv4"
+  "pxe6|>>Start PXE over IPv6"
+  "http6|>>Start HTTP Boot over IPv6"
   "ipxe|iPXE initialising devices"
   "configuring|Configuring (net0"
   "script|boot.ipxe"
@@ -284,6 +337,19 @@ e2e_vm_wait() {
   return $rc
 }
 
+# The address the booted OS must report: E2E_MARKER_IP (a regex), else by family: from the DHCPv4
+# pool (v4, dual), or from the DHCPv6 pool 2001:db8:1::100-1ff (v6: iPXE's lease, passed on the
+# kernel command line, see servers.sh).
+e2e_marker_ip() {
+  if [ -n "${E2E_MARKER_IP:-}" ]; then
+    echo "$E2E_MARKER_IP"
+  elif [ "$E2E_FAMILY" = v6 ]; then
+    echo '2001:db8:1::1[0-9a-f]{2}'
+  else
+    echo '198\.18\.0\.[0-9]+'
+  fi
+}
+
 # e2e_vm_check LABEL MAC STATUS (uses `seen` and `start` of the caller): verdict, result file, log.
 e2e_vm_check() {
   local label=$1 mac=$2 st=$3 m key line elapsed times="" ok=0 why=""
@@ -299,8 +365,8 @@ e2e_vm_check() {
     why="marker with wrong token: $line"
   elif ! grep -qi "mac=$mac " <<<"$line"; then
     why="marker with wrong MAC: $line"
-  elif ! grep -qE 'ip=198\.18\.0\.[0-9]+$' <<<"$line"; then
-    why="marker without an address from 198.18.0.0/24: $line"
+  elif ! grep -qE "ip=$(e2e_marker_ip)\$" <<<"$line"; then
+    why="marker without an address matching $(e2e_marker_ip): $line"
   else
     ok=1
   fi
@@ -363,14 +429,26 @@ e2e_scenario() {
 # boot: another fetch would be a chainload loop). Counted in the bridge capture, independent of the
 # server: TFTP read requests for FILE, minus requests the client itself aborted (OVMF first sends an
 # RRQ with "tsize 0" only to learn the size, then aborts it with ERROR 8 and sends the real RRQ).
+# Over IPv6 OVMF names the file with the URL's leading slash ("/ipxe.efi"); both forms count.
 e2e_assert_tftp_once() {
-  local file=$1 boots=$2 rrq aborted n pcap="$E2E_RUN/bridge.pcap"
+  local file=$1 boots=$2 rrq aborted=0 k n pcap="$E2E_RUN/bridge.pcap"
   kill -INT "$E2E_PID_tcpdump" 2>/dev/null || true
   wait "$E2E_PID_tcpdump" 2>/dev/null || true
-  rrq=$(tcpdump -r "$pcap" -n 'udp dst port 69' 2>/dev/null | grep -cF "RRQ \"$file\"" || true)
-  # TFTP ERROR (opcode 5) from a VM (198.18.0.100-200) to the server's transfer port.
-  aborted=$(tcpdump -r "$pcap" -n "udp and dst host $E2E_SERVER_IP and not dst port 69 and \
-    src net 198.18.0.0/24 and not src host $E2E_SERVER_IP and udp[8:2] = 5" 2>/dev/null | grep -c . || true)
+  rrq=$(tcpdump -r "$pcap" -n 'udp dst port 69' 2>/dev/null | grep -cE "RRQ \"/?${file//./\\.}\"" || true)
+  if [ "$E2E_FAMILY" != v6 ]; then
+    # TFTP ERROR (opcode 5) from a VM (198.18.0.100-200) to the server's transfer port.
+    k=$(tcpdump -r "$pcap" -n "udp and dst host $E2E_SERVER_IP and not dst port 69 and \
+      src net 198.18.0.0/24 and not src host $E2E_SERVER_IP and udp[8:2] = 5" 2>/dev/null | grep -c . || true)
+    aborted=$((aborted + k))
+  fi
+  if [ "$E2E_FAMILY" != v4 ]; then
+    # The same over IPv6 (libpcap cannot index udp[] in IPv6 packets; the firmware sends no
+    # extension headers, so the TFTP opcode sits right after the 40-byte IPv6 and 8-byte UDP
+    # headers).
+    k=$(tcpdump -r "$pcap" -n "ip6 and udp and dst host $E2E_SERVER_IP6 and not dst port 69 and \
+      not src host $E2E_SERVER_IP6 and ip6[48:2] = 5" 2>/dev/null | grep -c . || true)
+    aborted=$((aborted + k))
+  fi
   n=$((rrq - aborted))
   if [ "$n" != "$boots" ]; then
     E2E_FAILED=1
@@ -379,7 +457,7 @@ e2e_assert_tftp_once() {
   e2e_log "fetches of $file over TFTP: $n ($rrq read requests, $aborted size probes aborted), expected $boots"
   # And in chainboot's own log: completed transfers of the file (from its log/events).
   if [ -f "$E2E_RUN/chainboot.log" ]; then
-    n=$(grep -a 'tftp transfer finished' "$E2E_RUN/chainboot.log" | grep -a "path=$file " \
+    n=$(grep -a 'tftp transfer finished' "$E2E_RUN/chainboot.log" | grep -aE "path=/?${file//./\\.} " \
       | grep -ac 'outcome=completed' || true)
     [ "$n" = "$boots" ] \
       || e2e_die "chainboot's log shows $n completed TFTP transfers of $file, expected $boots"
@@ -390,7 +468,8 @@ e2e_assert_tftp_once() {
 # e2e_assert_http_fetched PATH: the capture shows an HTTP GET for a path ending in PATH.
 e2e_assert_http_fetched() {
   local path=$1
-  tcpdump -r "$E2E_RUN/bridge.pcap" -n -A "tcp dst port 80 and dst host $E2E_SERVER_IP" 2>/dev/null \
+  tcpdump -r "$E2E_RUN/bridge.pcap" -n -A \
+    "tcp dst port 80 and (dst host $E2E_SERVER_IP or dst host $E2E_SERVER_IP6)" 2>/dev/null \
     | grep -aE "GET [^ ]*$path HTTP" >/dev/null \
     || e2e_die "no HTTP GET for .../$path in the bridge capture"
   e2e_log "HTTP GET .../$path seen"
@@ -437,6 +516,14 @@ if last.get("errors") != 0:
              " ".join(s["stage"] for s in last["stages"] if s["error"]) or "none"))' "$json" "$@" \
     || { e2e_events "$mac"; e2e_die "chainboot's timeline for $mac: $json"; }
   e2e_log "chainboot's timeline for $mac: $*, errors: 0"
+}
+
+# A healthy UEFI boot never looks like a Secure Boot refusal to chainboot (iPXE asked DHCP after
+# the first stage's download; nothing the firmware did after it counts as being back at DHCP).
+e2e_assert_no_secure_boot_refusal() {
+  if grep -aq 'first stage refused by the firmware' "$E2E_RUN/chainboot.log" 2>/dev/null; then
+    e2e_die "a healthy UEFI boot was taken for a Secure Boot refusal"
+  fi
 }
 
 # The machine's events as chainboot recorded them (for a failing timeline assertion).

@@ -11,7 +11,14 @@
 E2E_CMDLINE_BASE="console=ttyS0 loglevel=6"
 
 # E2E_SERVED_TOKEN (testing the harness itself): serve another token; the marker check must fail.
-e2e_cmdline() { echo "$E2E_CMDLINE_BASE e2e.token=${E2E_SERVED_TOKEN:-$E2E_TOKEN}"; }
+# On IPv6 networks the guest has no DHCPv6 client (busybox-static has none), so the address it
+# reports is the one iPXE leased over DHCPv6: iPXE expands ${net0.dhcpv6/ip6} in the kernel
+# command line (empty when iPXE got no DHCPv6 lease: the guest then asks DHCPv4).
+e2e_cmdline() {
+  local ip6=""
+  [ "$E2E_FAMILY" = v4 ] || ip6=' e2e.ip=${net0.dhcpv6/ip6}'
+  echo "$E2E_CMDLINE_BASE e2e.token=${E2E_SERVED_TOKEN:-$E2E_TOKEN}$ip6"
+}
 
 # e2e_place SRC DST: a real file at DST (hard link, else copy). Not a symlink: chainboot's
 # content root refuses symlinks that leave the root (openat2 RESOLVE_BENEATH), by design.
@@ -179,12 +186,29 @@ e2e_chainboot_start() {
   bin="$E2E_RUN/chainboot"
   e2e_server_files
   mkdir -p "$E2E_RUN/state"
-  local conf="$E2E_RUN/chainboot.toml" mode=server
+  local conf="$E2E_RUN/chainboot.toml" mode=server advertise="" tftp_listen http_listen
   [ "$flavor" = proxy ] && mode=proxy
+  # The listeners by family: IPv6 clients reach TFTP and HTTP at 2001:db8:1::1 (the address
+  # DHCPv6 puts into its URLs); dual stack serves TFTP on [::] (IPv4 clients as mapped
+  # addresses) and HTTP on both addresses.
+  case $E2E_FAMILY in
+    v4)
+      advertise="advertise = \"$E2E_SERVER_IP\""
+      tftp_listen="\"$E2E_SERVER_IP:69\"" http_listen="\"$E2E_SERVER_IP:80\""
+      ;;
+    v6)
+      mode=off
+      tftp_listen="\"[$E2E_SERVER_IP6]:69\"" http_listen="\"[$E2E_SERVER_IP6]:80\""
+      ;;
+    dual)
+      advertise="advertise = \"$E2E_SERVER_IP\""
+      tftp_listen='"[::]:69"' http_listen="[\"$E2E_SERVER_IP:80\", \"[$E2E_SERVER_IP6]:80\"]"
+      ;;
+  esac
   cat >"$conf" <<EOF
 [server]
 interfaces = ["br0"]
-advertise = "$E2E_SERVER_IP"
+$advertise
 state_dir = "$E2E_RUN/state"
 
 [dhcp]
@@ -200,14 +224,25 @@ router = "$E2E_SERVER_IP"
 lease_time = "1h"
 EOF
   fi
+  if [ "$E2E_FAMILY" != v4 ]; then
+    cat >>"$conf" <<EOF
+
+[dhcp6]
+mode = "server"
+
+[[dhcp6.subnet]]
+prefix = "$E2E_PREFIX6"
+pools = [["2001:db8:1::100", "2001:db8:1::1ff"]]
+EOF
+  fi
   cat >>"$conf" <<EOF
 
 [tftp]
-listen = "$E2E_SERVER_IP:69"
+listen = $tftp_listen
 root = "$E2E_RUN/tftp"
 
 [http]
-listen = "$E2E_SERVER_IP:80"
+listen = $http_listen
 root = "$E2E_RUN/http"
 ${E2E_CHAINBOOT_HTTP_EXTRA:-}
 

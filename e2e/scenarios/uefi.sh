@@ -9,7 +9,4 @@ side=${1:-}
 e2e_scenario uefi "$side" uefi boot 1
 e2e_assert_tftp_once ipxe.efi 1
 e2e_assert_timeline "$(e2e_mac 1)" first-stage script kernel initrd
-# A healthy UEFI boot never looks like a Secure Boot refusal (iPXE asked DHCP after its download).
-if grep -aq 'first stage refused by the firmware' "$E2E_RUN/chainboot.log" 2>/dev/null; then
-  e2e_die "a healthy UEFI boot was taken for a Secure Boot refusal"
-fi
+e2e_assert_no_secure_boot_refusal

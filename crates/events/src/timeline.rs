@@ -41,13 +41,18 @@ impl Stage {
 }
 
 /// Which stage an event belongs to, from its kind and the facts the producers put in it:
-/// - `dhcp` events carry `client`: `pxe`, `http-boot` (firmware) or `ipxe`;
+/// - `dhcp` events carry `client`: `pxe`, `http-boot` (firmware) or `ipxe`; giving an address
+///   back or extending its lease (`msg` `release`, `decline`, `renew`, `rebind`) is no step of
+///   a boot: UEFI firmware releases its DHCPv6 address when it leaves a boot option, also
+///   after it fetched the first stage, and that must not look like the next power-on (nor,
+///   to [`SecureBootDetector`], like the firmware back at DHCP after refusing the first stage);
 /// - `tftp` events carry `first_stage: true` for iPXE binaries;
 /// - `http` events carry `what`: `first-stage`, `script`, `kernel`, `initrd`, `config`, ...;
 /// - `api` events are callbacks from the booted system.
 pub fn stage_of(kind: &str, detail: &serde_json::Value) -> Option<Stage> {
     let s = |k: &str| detail.get(k).and_then(|v| v.as_str());
     match kind {
+        "dhcp" if matches!(s("msg"), Some("release" | "decline" | "renew" | "rebind")) => None,
         "dhcp" => match s("client") {
             Some("pxe") | Some("http-boot") => Some(Stage::FirmwareDhcp),
             Some("ipxe") => Some(Stage::IpxeDhcp),
@@ -506,6 +511,43 @@ mod tests {
             .stages
             .iter()
             .any(|s| s.stage == Stage::Kernel && s.error));
+    }
+
+    /// A UEFI PXE boot over IPv6 as OVMF runs it: Solicit/Request, the first stage over TFTP,
+    /// then the firmware's Release of its address (sent when it leaves the boot option, after
+    /// the download), then iPXE.
+    #[test]
+    fn a_firmware_release_after_the_first_stage_stays_in_the_same_boot() {
+        let mut events = vec![
+            ev(1, 1_000, &dhcp("solicit", "pxe", Outcome::Offer)),
+            ev(2, 1_100, &dhcp("request", "pxe", Outcome::Ack)),
+            ev(3, 1_900, &tftp("ipxe.efi", 1_000_000, 700, Outcome::Ok)),
+            ev(4, 2_100, &dhcp("release", "pxe", Outcome::Ack)),
+            ev(5, 20_000, &dhcp("solicit", "ipxe", Outcome::Offer)),
+            ev(6, 20_050, &dhcp("request", "ipxe", Outcome::Ack)),
+            ev(7, 20_100, &http("script", 200, 5)),
+            ev(8, 20_500, &http("kernel", 200, 300)),
+            ev(9, 21_500, &http("initrd", 200, 900)),
+        ];
+        let b = boots(&events);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(b[0].reached, Some(Stage::Initrd));
+        let firmware = &b[0].stages[0];
+        assert_eq!(firmware.stage, Stage::FirmwareDhcp);
+        assert_eq!(
+            (firmware.events, firmware.end_ms),
+            (2, 1_100),
+            "the release is no part of the firmware's DHCP stage"
+        );
+        // The next power-on still starts a new boot.
+        events.push(ev(10, 60_000, &dhcp("solicit", "pxe", Outcome::Offer)));
+        assert_eq!(boots(&events).len(), 2);
+        // And the Secure Boot detector does not take the release for the firmware back at
+        // DHCP after refusing the first stage.
+        assert_eq!(
+            secure_boot_signal("dhcp", &dhcp("release", "pxe", Outcome::Ack).to_json()),
+            None
+        );
     }
 
     #[test]
