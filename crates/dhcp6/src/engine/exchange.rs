@@ -331,9 +331,15 @@ impl Engine6 {
     }
 
     /// DNS servers of the client's prefix, and the boot answer: option 59 (the URL; TFTP
-    /// ones as tftp://[addr]/name, the form edk2 parses) and option 16 with the vendor class
-    /// the client sent (HTTP Boot firmware takes an Advertise as an HTTP offer only when its
-    /// option 16 says "HTTPClient" after enterprise number 343).
+    /// ones as tftp://[addr]/name, the form edk2 parses) and, where it helps, option 16 with
+    /// the vendor class the client sent. HTTP Boot firmware takes an Advertise as an HTTP
+    /// offer only when its option 16 says "HTTPClient" after enterprise number 343. PXE
+    /// firmware is the other way round: edk2 takes an offer whose option 16 says "PXEClient"
+    /// for a BINL offer, with or without an address, and asks the server named in the URL on
+    /// UDP 4011 for the boot file again, which chainboot does not serve (OVMF then gives up:
+    /// "PXE-E16: No valid offer received"). So an offer with an address carries the URL
+    /// alone; boot-info mode's address-less Advertise keeps "PXEClient", the mark of a proxy
+    /// offer.
     fn add_config(&self, w: &mut Writer, x: &Exchange6<'_>) {
         if let Some(sub) = x.sub {
             let dns = &self.cfg.subnet[sub].dns;
@@ -344,6 +350,9 @@ impl Engine6 {
         }
         if let BootDecision::Boot(a) = x.decision {
             w.opt(code::BOOTFILE_URL, a.url().as_bytes());
+            if a.vendor_class == "PXEClient" && self.cfg.mode != Mode6::BootInfo {
+                return;
+            }
             let class = a.vendor_class.as_bytes();
             let mut v = PXE_ENTERPRISE.to_be_bytes().to_vec();
             v.extend_from_slice(&(class.len() as u16).to_be_bytes());

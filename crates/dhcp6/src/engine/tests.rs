@@ -169,6 +169,11 @@ fn ovmf_pxe_gets_an_address_and_a_bracketed_tftp_url_then_binds_it_durably() {
     );
     assert_eq!(seen.opts.get(code::SERVERID), Some(SERVER_DUID));
     assert_eq!(seen.opts.get(code::PREFERENCE), Some(&[255u8][..]));
+    assert_eq!(
+        seen.opts.get(code::VENDOR_CLASS),
+        None,
+        "no PXEClient: OVMF would take it for a BINL offer and ask UDP 4011 for the file"
+    );
     let (addr, valid) = seen.ia().unwrap();
     assert!(
         cfg(Mode6::Server, ["2001:db8:1::100", "2001:db8:1::1ff"]).subnet[0].pools[0][0] <= addr
@@ -187,6 +192,7 @@ fn ovmf_pxe_gets_an_address_and_a_bracketed_tftp_url_then_binds_it_durably() {
     );
     assert_eq!(rep.outcome, Outcome6::Replied(msg::REPLY));
     assert_eq!(one(&rep).ia(), Ok((addr, 12 * 3600)));
+    assert_eq!(one(&rep).opts.get(code::VENDOR_CLASS), None);
     assert_eq!(rep.lease_writes.len(), 1, "durable before the Reply");
     let w = &rep.lease_writes[0];
     assert_eq!((w.ip, w.iaid, w.state), (addr, 1, LeaseState::Bound));
@@ -614,6 +620,8 @@ fn boot_info_mode_answers_boot_clients_without_addresses() {
         seen.url().as_deref(),
         Some("tftp://[2001:db8:1::1]/ipxe.efi")
     );
+    let v = seen.opts.get(code::VENDOR_CLASS).expect("PXEClient marks a proxy offer");
+    assert_eq!(&v[6..15], b"PXEClient");
     assert!(h.lease_writes.is_empty());
     let plain = e.handle(t(0), &direct(), &Client::plain(5).solicit());
     assert_eq!(plain.outcome, Outcome6::Ignored(Ignored6::NotBootClient));
