@@ -147,6 +147,21 @@ e2e_topology() {
   done
 }
 
+# e2e_drop_from LABEL MATCH...: frames from the VM behind tap LABEL that match the nftables
+# bridge-family MATCH are dropped at its bridge port (e.g. its TFTP requests, so that a boot
+# option fails on purpose).
+e2e_drop_from() {
+  local tap="tap$1"
+  shift
+  e2e_require nft:nftables
+  e2e_ns nft -f - <<EOF || e2e_die "cannot install the bridge filter for $tap"
+table bridge e2e_drop {
+  chain input { type filter hook input priority 0; policy accept; }
+}
+add rule bridge e2e_drop input iifname "$tap" $* drop
+EOF
+}
+
 # e2e_family_only LABEL FAMILY: the VM behind tap LABEL speaks only FAMILY (v4 or v6) on the
 # bridge: frames of the other family (and ARP, for v6) to and from its tap are dropped. Lets one
 # VM on a dual-stack segment boot once over each family.
