@@ -620,7 +620,10 @@ fn boot_info_mode_answers_boot_clients_without_addresses() {
         seen.url().as_deref(),
         Some("tftp://[2001:db8:1::1]/ipxe.efi")
     );
-    let v = seen.opts.get(code::VENDOR_CLASS).expect("PXEClient marks a proxy offer");
+    let v = seen
+        .opts
+        .get(code::VENDOR_CLASS)
+        .expect("PXEClient marks a proxy offer");
     assert_eq!(&v[6..15], b"PXEClient");
     assert!(h.lease_writes.is_empty());
     let plain = e.handle(t(0), &direct(), &Client::plain(5).solicit());
