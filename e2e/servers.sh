@@ -176,7 +176,8 @@ EOF
 }
 
 # chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim at the end,
-# E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot]; E2E_IPXE_DIR
+# E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot],
+# E2E_CHAINBOOT_IPV6 inside [ipv6]; E2E_IPXE_DIR
 # replaces /usr/lib/ipxe.
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
@@ -251,6 +252,7 @@ dir = "${E2E_IPXE_DIR:-/usr/lib/ipxe}"
 
 [ipv6]
 router_advertisements = "${E2E_CHAINBOOT_RA:-auto}"
+${E2E_CHAINBOOT_IPV6:-}
 EOF
   if [ "$flavor" = pxelinux ]; then
     # Only the loader and ldlinux.c32 are files; pxelinux.cfg/<name> is chainboot's to render.
