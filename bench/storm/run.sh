@@ -6,9 +6,11 @@
 #              (default log level, events, observers) plus DHCP server mode and the subnet,
 #              the TFTP/HTTP roots and the one boot profile, alone
 #   anchor     dnsmasq (DHCP + TFTP, user-class iPXE -> http URL) + nginx (static script)
-# interleaved per round, in a fresh namespace pair (198.18.0.0/17; the pool 198.18.64.0/18, 16 382
-# addresses so that 10 000 machines fit, is routed as local in the client namespace so each
-# machine uses its own leased address).
+# interleaved per round, each run in a fresh namespace pair (198.18.0.0/17; the pool
+# 198.18.64.0/18, 16 382 addresses so that 10 000 machines fit, is routed as local in the client
+# namespace so each machine uses its own leased address, and the server namespace reaches the
+# pool through the client namespace's address as a gateway: one neighbour entry for all machines,
+# see net_up).
 # Usage: bench/storm/run.sh [N=1000] [ROUNDS=1] [KERNEL_MIB=8] [INITRD_MIB=30] [SPREAD=10]
 # Per run: time-to-kernel p50/p99, failures, DHCP/TFTP retransmits, server peak RSS (VmHWM,
 # summed over the server processes) and CPU (utime+stime), and CPU-s per 1000 booted machines.
@@ -18,7 +20,11 @@
 # STORM_SIDES="chainboot" (one side only), STORM_KEEP=1 (keep the work dir and logs),
 # STORM_DEADLINE (s, default 600), CHAINBOOT / STORMSIM (binaries; default release builds),
 # CONTENDED=1 (a busy loop pinned to the last CPU during every run, the same for both sides),
-# FORCE=1 (run although the machine is busy). The 10 000-machine target:
+# FORCE=1 (run although the machine is busy), STORM_PERF=1 (perf record -g of the server
+# processes during each run: <raw>-<side>-r<round>.perf.data and a top-of-profile .perf.txt).
+# Each run's JSON line also says how the harness did ("harness": the host's neighbour-table
+# overflows, UDP receive-buffer drops in each namespace, backlog drops, the simulator's own
+# CPU); the summary warns when the harness lost packets. The 10 000-machine target:
 #   STORM_MACS=random bash bench/storm/run.sh 10000 1 1 4 30
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,19 +52,51 @@ cleanup() {
   hog_stop
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
+  net_down
   if [ "${STORM_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 ulimit -n "$(ulimit -Hn)"
 
-ip netns add "$S"; ip netns add "$C"
-ip -n "$S" link add vs type veth peer name vc netns "$C"
-ip -n "$S" addr add 198.18.0.1/17 dev vs
-ip -n "$C" addr add 198.18.0.2/17 dev vc
-for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
-ip -n "$S" link set vs up; ip -n "$C" link set vc up
-ip -n "$C" route add local 198.18.64.0/18 dev lo
+# A fresh namespace pair per run: nothing of one side's run (neighbour entries, sockets in
+# TIME_WAIT) is left for the next.
+# The kernel's neighbour (ARP) table is one table for every namespace on the host, with
+# gc_thresh3 = 1024 entries by default. With each machine on its own address on the link, the
+# server namespace needed an entry per machine: 10 000 machines (and the second side of a
+# 1000-machine round, after the first side's ~1000 stale entries) overflowed it ("neighbor table
+# overflow" in dmesg), and the kernel then dropped packets to new neighbours, including the
+# 255.255.255.255 entry that every DHCP broadcast uses, the first that forced GC evicts: machines
+# failed with "no Offer after 6 tries" in both namespaces, for chainboot and the anchor alike.
+# Routing the pool through 198.18.0.2 makes that one entry. (A real segment with thousands of
+# machines booting needs net.ipv4.neigh.default.gc_thresh3 raised on the boot server: see
+# docs/install.md.)
+net_up() {
+  ip netns add "$S"; ip netns add "$C"
+  ip -n "$S" link add vs type veth peer name vc netns "$C"
+  ip -n "$S" addr add 198.18.0.1/17 dev vs
+  ip -n "$C" addr add 198.18.0.2/17 dev vc
+  for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
+  ip -n "$S" link set vs up; ip -n "$C" link set vc up
+  ip -n "$C" route add local 198.18.64.0/18 dev lo
+  ip -n "$S" route add 198.18.64.0/18 via 198.18.0.2 dev vs
+}
+net_down() {
+  ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
+}
+# harness_counters: "neighbour-table-fulls backlog-drops" for the host, summed over CPUs.
+harness_counters() {
+  python3 - <<'PY'
+rows = [l.split() for l in open("/proc/net/stat/arp_cache")]
+i = rows[0].index("table_fulls")
+fulls = sum(int(r[i], 16) for r in rows[1:])
+drops = sum(int(l.split()[1], 16) for l in open("/proc/net/softnet_stat"))
+print(fulls, drops)
+PY
+}
+# udp_rcvbuf_errors NS: UDP datagrams dropped for a full receive buffer in namespace NS.
+udp_rcvbuf_errors() {
+  ip netns exec "$1" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
 
 mkdir -p "$WORK/http" "$WORK/tftp" "$WORK/nginx/tmp"
 head -c $((KMIB << 20)) /dev/urandom >"$WORK/http/vmlinuz"
@@ -180,8 +218,9 @@ export BENCH_COMMAND=${BENCH_COMMAND:-"${STORM_MACS:+STORM_MACS=$STORM_MACS }CON
 echo "# storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s nproc=$(nproc) load=$LOAD_BEFORE contended=$CONTENDED chainboot=$CB" | tee "$raw"
 
 run_side() { # run_side SIDE ROUND
-  local side=$1 round=$2 pids=() out usage
+  local side=$1 round=$2 pids=() out usage before after perf_pid= perf_out harness
   rm -rf "$WORK/state" "$WORK/dnsmasq.leases"; mkdir -p "$WORK/state"
+  net_up
   if [ "$side" = chainboot ]; then
     ip netns exec "$S" "$CB" serve --config "$WORK/chainboot.toml" >"$WORK/chainboot.log" 2>&1 &
     pids=($!)
@@ -195,14 +234,30 @@ run_side() { # run_side SIDE ROUND
   wait_port 80 "${pids[@]}"
   sleep 0.5
   if [ "$CONTENDED" = 1 ]; then hog_start; fi
+  if [ -n "${STORM_PERF:-}" ]; then
+    perf_out="${raw%.jsonl}-$side-r$round.perf"
+    perf record -q -g -F 999 -o "$perf_out.data" -p "$(IFS=,; echo "${pids[*]}")" 2>/dev/null &
+    perf_pid=$!
+  fi
+  before=$(harness_counters)
   out=$(ip netns exec "$C" "$SIM" --machines "$N" --spread "$SPREAD" --deadline "$DEADLINE" \
         --iface vc --seed "$round" ${STORM_MACS:+--random-macs} --per-machine "${raw%.jsonl}-$side-r$round.machines.jsonl") || true
+  after=$(harness_counters)
   hog_stop
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$perf_out.data" --no-children --percent-limit 0.5 --stdio -g none 2>/dev/null |
+      grep -v '^$' | head -80 >"$perf_out.txt" || true
+  fi
   usage=$(usage_of "${pids[@]}")
+  harness=$(printf '{"neigh_table_fulls":%d,"backlog_drops":%d,"udp_rcvbuf_errors_client_ns":%d,"udp_rcvbuf_errors_server_ns":%d}' \
+    $((${after% *} - ${before% *})) $((${after#* } - ${before#* })) \
+    "$(udp_rcvbuf_errors "$C")" "$(udp_rcvbuf_errors "$S")")
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  net_down
   [ -n "$out" ] || out='{"machines":0,"failures":-1}'
-  echo "{\"side\":\"$side\",\"round\":$round,\"server_peak_rss_kib\":${usage% *},\"server_cpu_s\":${usage#* },\"sim\":$out}" | tee -a "$raw"
+  echo "{\"side\":\"$side\",\"round\":$round,\"server_peak_rss_kib\":${usage% *},\"server_cpu_s\":${usage#* },\"harness\":$harness,\"sim\":$out}" | tee -a "$raw"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -230,7 +285,8 @@ rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
         ("server peak RSS MiB", lambda r: r["server_peak_rss_kib"] / 1024),
         ("server CPU s", lambda r: r["server_cpu_s"]),
         ("server CPU s / 1000 boots", per_1000),
-        ("wall s", lambda r: r["sim"].get("wall_seconds"))]
+        ("wall s", lambda r: r["sim"].get("wall_seconds")),
+        ("simulator CPU s", lambda r: r["sim"].get("cpu_s"))]
 print(f"{'median over rounds':24} {'chainboot':>10} {'anchor':>10} {'ratio':>7}")
 for name, f in rows:
     c, a = med("chainboot", f), med("anchor", f)
@@ -240,6 +296,12 @@ for name, f in rows:
 for r in runs:
     if r["sim"].get("errors"):
         print(r["side"], r["round"], "errors:", r["sim"]["errors"])
+    h = dict(r.get("harness", {}))
+    if r["sim"].get("cpu_s") is not None:
+        h["simulator_cpu_s"] = r["sim"]["cpu_s"]
+    lost = {k: v for k, v in h.items() if k != "simulator_cpu_s" and k != "udp_rcvbuf_errors_server_ns" and v}
+    print(r["side"], r["round"], "harness:", h,
+          "<- the harness dropped packets: this run measured the harness, not the server" if lost else "")
 # The summary table's lines (bench/summary.py) and a time-to-kernel CDF (last round per side).
 cond = "contended" if sys.argv[2] == "1" else "quiet"
 base = sys.argv[1].rsplit(".", 1)[0]

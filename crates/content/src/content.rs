@@ -248,6 +248,59 @@ impl Content {
         }
     }
 
+    /// Like [`Content::read_at`], but only what the page cache holds now, without waiting for
+    /// the disk (`preadv2` with `RWF_NOWAIT`): `Ok(None)` when even the first byte would block
+    /// (or the file system cannot say), else the bytes read, possibly fewer than asked and at
+    /// most to the end of the extent `offset` lies in. An async task can call this inline and
+    /// go to a blocking thread only on `None`: a boot storm reads the same few files thousands
+    /// of times, so nearly every read is a hit, and a hop to the blocking pool per chunk costs
+    /// more than the copy. Fails with [`changed_error`] as `read_at` does.
+    pub fn read_cached_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if offset >= self.len || buf.is_empty() {
+            return Ok(Some(0));
+        }
+        let want = buf.len().min((self.len - offset) as usize);
+        let (file, extents, fingerprint) = match &self.body {
+            Body::Bytes(_) => return self.read_at(offset, &mut buf[..want]).map(Some),
+            Body::File {
+                file,
+                extents,
+                fingerprint,
+            } => (file, extents, fingerprint),
+        };
+        let mut logical = 0u64;
+        let Some((ext, within)) = extents.iter().find_map(|e| {
+            let found = (offset < logical + e.len).then(|| (*e, offset - logical));
+            logical += e.len;
+            found
+        }) else {
+            return Ok(Some(0));
+        };
+        let n = ((ext.len - within) as usize).min(want);
+        let mut iov = [io::IoSliceMut::new(&mut buf[..n])];
+        let got = loop {
+            match rustix::io::preadv2(
+                &**file,
+                &mut iov,
+                ext.offset + within,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) => return Err(changed_error()), // shorter than its extents: truncated
+                Ok(got) => break got,
+                Err(rustix::io::Errno::INTR) => {}
+                // Not cached, or no RWF_NOWAIT here (old kernel, some file systems).
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP) => return Ok(None),
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // As in `read_at`: checked after reading, so mixed bytes are never returned.
+        if Fingerprint::of(file)? != *fingerprint {
+            return Err(changed_error());
+        }
+        Ok(Some(got))
+    }
+
     /// For callers that can use `sendfile`/zero-copy: the backing file and the absolute byte
     /// range of `[offset, offset+len)` when it lies inside one extent.
     pub fn file_range(&self, offset: u64, len: u64) -> Option<(&Arc<File>, u64)> {
@@ -361,5 +414,33 @@ mod tests {
         f.as_file().set_len(1000).unwrap();
         assert!(c.read_at(2000, &mut buf).is_err());
         assert!(c.read_at(0, &mut buf).is_err(), "changed file must fail");
+    }
+
+    #[test]
+    fn cached_reads_return_the_same_bytes_as_reads_and_stop_at_extent_ends() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"0123456789abcdefghij").unwrap();
+        let c = Content::from_extents(
+            Arc::new(f.reopen().unwrap()),
+            vec![Extent { offset: 10, len: 5 }, Extent { offset: 0, len: 3 }],
+        )
+        .unwrap();
+        // Just written: in the page cache, so NOWAIT reads are answered.
+        let mut buf = [0u8; 16];
+        assert_eq!(c.read_cached_at(0, &mut buf).unwrap(), Some(5));
+        assert_eq!(&buf[..5], b"abcde");
+        assert_eq!(c.read_cached_at(3, &mut buf).unwrap(), Some(2));
+        assert_eq!(&buf[..2], b"de");
+        assert_eq!(c.read_cached_at(5, &mut buf).unwrap(), Some(3));
+        assert_eq!(&buf[..3], b"012");
+        assert_eq!(c.read_cached_at(8, &mut buf).unwrap(), Some(0), "at the end");
+        let g = Content::from_bytes(&b"xyz"[..]);
+        assert_eq!(g.read_cached_at(1, &mut buf).unwrap(), Some(2));
+        assert_eq!(&buf[..2], b"yz");
+        // Changed under the reader: an error, as with `read_at`.
+        f.as_file().set_len(12).unwrap();
+        assert!(c.read_cached_at(0, &mut buf).is_err());
+        f.as_file().set_len(2).unwrap();
+        assert!(c.read_cached_at(5, &mut buf).is_err(), "truncated below the extent");
     }
 }

@@ -315,8 +315,11 @@ fn parse_range(v: &str, len: u64) -> RangeSpec {
     RangeSpec::Range(start, end)
 }
 
-/// A body that reads `[pos, end)` of a content in chunks ([`chunk_size`]) on the blocking
-/// pool, one read ahead of nothing: memory per response is one chunk in flight.
+/// A body that reads `[pos, end)` of a content in chunks ([`chunk_size`]), one at a time:
+/// memory per response is one chunk in flight. A chunk the page cache holds is read inline on
+/// the async worker ([`Content::read_cached_at`]: no blocking-pool hop, which in a boot storm
+/// cost more CPU than the copy, since thousands of machines fetch the same cached kernel); only
+/// a chunk that would wait for the disk goes to the blocking pool.
 struct ContentBody {
     content: Content,
     pos: u64,
@@ -340,6 +343,13 @@ impl ContentBody {
             pending: None,
         }
     }
+
+    /// Poisons the body: an error ends it, and hyper aborts the connection, so the client sees
+    /// a short transfer instead of wrong bytes.
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.pos = self.end;
+        Poll::Ready(Some(Err(e)))
+    }
 }
 
 impl http_body::Body for ContentBody {
@@ -355,11 +365,22 @@ impl http_body::Body for ContentBody {
             return Poll::Ready(None);
         }
         if this.pending.is_none() {
+            let n = (this.end - this.pos).min(chunk_size() as u64) as usize;
+            let mut buf = BytesMut::zeroed(n);
+            match this.content.read_cached_at(this.pos, &mut buf) {
+                Ok(Some(got)) if got > 0 => {
+                    buf.truncate(got);
+                    this.pos += got as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+                }
+                // Nothing before the promised end: the file shrank.
+                Ok(Some(_)) => return this.fail(changed_error()),
+                Ok(None) => {}
+                Err(e) => return this.fail(e),
+            }
             let content = this.content.clone();
             let pos = this.pos;
-            let n = (this.end - this.pos).min(chunk_size() as u64) as usize;
             this.pending = Some(tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed(n);
                 let got = content.read_at(pos, &mut buf)?;
                 if got != n {
                     // The content promised more bytes than the file now has.
@@ -378,15 +399,8 @@ impl http_body::Body for ContentBody {
                 this.pos += bytes.len() as u64;
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
-            Ok(Err(e)) => {
-                // Poison the body: an error ends it, and hyper aborts the connection.
-                this.pos = this.end;
-                Poll::Ready(Some(Err(e)))
-            }
-            Err(join) => {
-                this.pos = this.end;
-                Poll::Ready(Some(Err(io::Error::other(join))))
-            }
+            Ok(Err(e)) => this.fail(e),
+            Err(join) => this.fail(io::Error::other(join)),
         }
     }
 
@@ -415,6 +429,66 @@ mod tests {
         assert!(many >= MIN_CHUNK && many.is_multiple_of(4096), "{many}");
     }
     use super::*;
+
+    /// A file on disk, written, synced and dropped from the page cache.
+    fn uncached_file(dir: &std::path::Path, bytes: &[u8]) -> std::fs::File {
+        use std::io::Write;
+        let path = dir.join("uncached.bin");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        f
+    }
+
+    async fn stream(c: Content) -> io::Result<Bytes> {
+        let len = c.len();
+        axum::body::to_bytes(Body::new(ContentBody::new(c, 0, len)), usize::MAX)
+            .await
+            .map_err(io::Error::other)
+    }
+
+    #[tokio::test]
+    async fn bodies_stream_the_same_bytes_from_the_page_cache_and_from_the_disk() {
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 4099) as u8).collect();
+        // In the crate's directory, not /tmp: a tmpfs has no disk to drop pages to.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let f = uncached_file(dir.path(), &bytes);
+        let c = Content::from_file(f).unwrap();
+        let mut probe = [0u8; 4096];
+        assert_eq!(
+            c.read_cached_at(0, &mut probe).unwrap(),
+            None,
+            "dropped from the page cache: the first chunk goes to the blocking pool"
+        );
+        assert_eq!(stream(c.clone()).await.unwrap(), bytes, "read from the disk");
+        assert!(c.read_cached_at(0, &mut probe).unwrap().is_some());
+        assert_eq!(stream(c).await.unwrap(), bytes, "read from the page cache");
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_short_fails_the_body_on_either_path() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        for cached in [true, false] {
+            let f = uncached_file(dir.path(), &[5u8; 1 << 20]);
+            let c = Content::from_file(f).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("uncached.bin"))
+                .unwrap()
+                .set_len(1000)
+                .unwrap();
+            if cached {
+                use std::os::unix::fs::FileExt;
+                let mut b = [0u8; 1000];
+                let _ = std::fs::File::open(dir.path().join("uncached.bin"))
+                    .unwrap()
+                    .read_exact_at(&mut b, 0);
+            }
+            assert!(stream(c).await.is_err(), "cached: {cached}");
+        }
+    }
 
     #[test]
     fn ranges_parse_per_rfc_9110() {
