@@ -113,6 +113,13 @@ initrd http://198.18.0.1/initrd.img
 boot
 S
 
+# What the scenario needs, for both sides alike: N machines new to the server at once. dnsmasq
+# gets dhcp-lease-max and tftp-max above N; chainboot gets [tftp] max_transfers (default 1000:
+# with 10 000 machines in 30 s more than 1000 lock-step first stages run at once, and the rest
+# got "server busy") and [machines] new_burst (default 1000 new machine records at once, then 10
+# a second: the rest are told to retry in 10 s) of at least N. Both defaults suit a network
+# where a few racks power on together; the README's config tables say how to raise them.
+BIG=$((N > 1000 ? N : 1000))
 cat >"$WORK/chainboot.toml" <<EOF
 [server]
 interfaces = ["vs"]
@@ -128,6 +135,7 @@ lease_time = "1h"
 [tftp]
 listen = "198.18.0.1:69"
 root = "$WORK/tftp"
+max_transfers = $BIG
 [http]
 listen = "198.18.0.1:80"
 root = "$WORK/http"
@@ -140,6 +148,8 @@ initrd = ["initrd.img"]
 cmdline = "console=ttyS0"
 [boot]
 default = "storm"
+[machines]
+new_burst = $BIG
 EOF
 
 cat >"$WORK/nginx/nginx.conf" <<EOF

@@ -425,7 +425,7 @@ async fn flow(
     };
     let (url, script) = follow_scripts(r, m, ip2, url, &vars).await?;
     let kernel = find_cmd(&script, "kernel")
-        .ok_or_else(|| anyhow!("no kernel line after 4 chains: {script:?}"))?;
+        .ok_or_else(|| anyhow!("no kernel line after {MAX_CHAINS} chains: {script:?}"))?;
     r.http_bytes += fetch(ip2, &resolve(&url, &vars.expand(&kernel))).await?;
     r.time_to_kernel = Some(m.t0.elapsed().as_secs_f64());
     m.stage(r, "kernel");
@@ -493,8 +493,15 @@ fn boot_file(ack: &ReplyView) -> String {
     file.trim_end_matches('\0').to_string()
 }
 
-/// Follows `chain` lines (at most four hops) from `url` to the script that boots a kernel;
-/// that script and its URL.
+/// Chains followed before a machine gives up.
+const MAX_CHAINS: usize = 16;
+
+/// Longest `sleep` obeyed in a script (a server asking for more is not waited for longer).
+const MAX_SLEEP: u64 = 60;
+
+/// Follows `chain` lines (at most [`MAX_CHAINS`] hops) from `url` to the script that boots a
+/// kernel, sleeping where a script says `sleep N` first, as iPXE does (a server that is busy
+/// answers "retry in N seconds" that way); that script and its URL.
 async fn follow_scripts(
     r: &mut MachineResult,
     m: &Machine,
@@ -503,7 +510,7 @@ async fn follow_scripts(
     vars: &Vars,
 ) -> Result<(String, String)> {
     let mut script = String::new();
-    for hop in 0..4 {
+    for hop in 0..MAX_CHAINS {
         let (status, body, _) = http_get(ip, &url, true)
             .await
             .with_context(|| format!("GET {url}"))?;
@@ -521,6 +528,9 @@ async fn follow_scripts(
         let Some(next) = find_cmd(&script, "chain") else {
             bail!("script from {url} has neither kernel nor chain: {script:?}");
         };
+        if let Some(secs) = find_cmd(&script, "sleep").and_then(|s| s.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_secs(secs.min(MAX_SLEEP))).await;
+        }
         url = resolve(&url, &vars.expand(&next));
     }
     Ok((url, script))
