@@ -433,7 +433,11 @@ mod tests {
         assert_eq!(&buf[..2], b"de");
         assert_eq!(c.read_cached_at(5, &mut buf).unwrap(), Some(3));
         assert_eq!(&buf[..3], b"012");
-        assert_eq!(c.read_cached_at(8, &mut buf).unwrap(), Some(0), "at the end");
+        assert_eq!(
+            c.read_cached_at(8, &mut buf).unwrap(),
+            Some(0),
+            "at the end"
+        );
         let g = Content::from_bytes(&b"xyz"[..]);
         assert_eq!(g.read_cached_at(1, &mut buf).unwrap(), Some(2));
         assert_eq!(&buf[..2], b"yz");
@@ -441,6 +445,9 @@ mod tests {
         f.as_file().set_len(12).unwrap();
         assert!(c.read_cached_at(0, &mut buf).is_err());
         f.as_file().set_len(2).unwrap();
-        assert!(c.read_cached_at(5, &mut buf).is_err(), "truncated below the extent");
+        assert!(
+            c.read_cached_at(5, &mut buf).is_err(),
+            "truncated below the extent"
+        );
     }
 }

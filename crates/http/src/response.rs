@@ -320,11 +320,19 @@ fn parse_range(v: &str, len: u64) -> RangeSpec {
 /// the async worker ([`Content::read_cached_at`]: no blocking-pool hop, which in a boot storm
 /// cost more CPU than the copy, since thousands of machines fetch the same cached kernel); only
 /// a chunk that would wait for the disk goes to the blocking pool.
+///
+/// Between two inline chunks the body yields once to the scheduler: a read from the page cache
+/// never waits, so without it one connection would fill its socket (megabytes) in a single
+/// poll while a thousand others, and new machines' small requests, wait for the worker. The
+/// yield keeps the round-robin per chunk that the blocking-pool hop used to give, for the
+/// cost of a requeue instead of two thread wake-ups.
 struct ContentBody {
     content: Content,
     pos: u64,
     end: u64,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// The last poll yielded: this one reads.
+    yielded: bool,
 }
 
 impl Drop for ContentBody {
@@ -341,6 +349,7 @@ impl ContentBody {
             pos,
             end,
             pending: None,
+            yielded: false,
         }
     }
 
@@ -365,6 +374,12 @@ impl http_body::Body for ContentBody {
             return Poll::Ready(None);
         }
         if this.pending.is_none() {
+            if !this.yielded {
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.yielded = false;
             let n = (this.end - this.pos).min(chunk_size() as u64) as usize;
             let mut buf = BytesMut::zeroed(n);
             match this.content.read_cached_at(this.pos, &mut buf) {
@@ -451,7 +466,9 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_stream_the_same_bytes_from_the_page_cache_and_from_the_disk() {
-        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + i / 4099) as u8).collect();
+        let bytes: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 31 + i / 4099) as u8)
+            .collect();
         // In the crate's directory, not /tmp: a tmpfs has no disk to drop pages to.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let f = uncached_file(dir.path(), &bytes);
@@ -462,7 +479,11 @@ mod tests {
             None,
             "dropped from the page cache: the first chunk goes to the blocking pool"
         );
-        assert_eq!(stream(c.clone()).await.unwrap(), bytes, "read from the disk");
+        assert_eq!(
+            stream(c.clone()).await.unwrap(),
+            bytes,
+            "read from the disk"
+        );
         assert!(c.read_cached_at(0, &mut probe).unwrap().is_some());
         assert_eq!(stream(c).await.unwrap(), bytes, "read from the page cache");
     }

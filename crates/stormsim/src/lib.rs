@@ -881,7 +881,10 @@ impl Download {
         let block = u16::from_be_bytes([p[2], p[3]]);
         let data = p.len() - 4;
         if data > self.blksize {
-            bail!("block {block} has {data} bytes, blksize is {}", self.blksize);
+            bail!(
+                "block {block} has {data} bytes, blksize is {}",
+                self.blksize
+            );
         }
         if block == self.expect.wrapping_sub(1) {
             return Ok(Step::Repeat);
