@@ -616,14 +616,26 @@ pub fn print_machine_table(list: &Value) {
                 (None, Some(p)) => p.to_string(),
                 (None, None) => "-".into(),
             };
+            let fw = m.get("firmware");
+            let refused = fw
+                .and_then(|f| f.get("secure_boot"))
+                .and_then(|sb| sb.get("proven"))
+                .and_then(|p| p.as_bool());
             let state = if m.get("installed_ms").is_some_and(|v| !v.is_null()) {
                 "installed".to_string()
+            } else if refused == Some(true) {
+                "secure-boot-refused".to_string()
             } else {
-                "-".to_string()
+                // How far its last boot got (a machine that never reached its script too).
+                s(fw.and_then(|f| f.get("stage")))
             };
+            let arch = facts
+                .and_then(|f| f.get("arch"))
+                .filter(|a| !a.is_null())
+                .or_else(|| fw.and_then(|f| f.get("arch")));
             [
                 s(m.get("mac")),
-                s(facts.and_then(|f| f.get("arch"))),
+                s(arch),
                 s(facts.and_then(|f| f.get("ip"))),
                 s(facts.and_then(|f| f.get("hostname"))),
                 profile,

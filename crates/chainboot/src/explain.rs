@@ -116,12 +116,13 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<String> {
         }
     ));
 
-    // One policy for both answers, as in `serve` (without the event log's memory of Secure
-    // Boot refusals: `explain` runs apart from the server).
+    // One policy for both answers, as in `serve` (Secure Boot refusals as the store remembers
+    // them: `explain` runs apart from the server's event log).
     let store = Arc::new(open_store(&cfg.store, &cfg.server.state_dir)?);
+    explain_record(&store, mac, &mut out);
     let policy = Arc::new(Policy::new(cfg.policy(), store).map_err(|p| anyhow::anyhow!("{p:?}"))?);
     let server: IpAddr = if args.ipv6 {
-        let ip6 = explain_dhcp6(&cfg, args, mac, code, &kind, &mut out);
+        let ip6 = explain_dhcp6(&cfg, &policy, args, mac, code, &kind, &mut out);
         IpAddr::V6(ip6)
     } else {
         explain_dhcp4(&cfg, &policy, args, mac, kind, server_ip, &mut out);
@@ -149,13 +150,7 @@ fn explain_dhcp4(
             Mode::Off => "off",
         }
     ));
-    // The policy answers which loader the firmware starts, as in `serve`.
-    let mut boot = cfg.boot_settings();
-    boot.loaders.chooser = Some(Arc::new(crate::resolver::PolicyLoader {
-        policy: policy.clone(),
-        events: None,
-    }));
-    let mut engine = Engine::new(cfg.dhcp.clone(), boot.clone());
+    let mut engine = Engine::new(cfg.dhcp.clone(), boot_settings(cfg, policy));
     let ingress = Ingress {
         ifindex: 1,
         iface: "explain".into(),
@@ -215,10 +210,69 @@ fn explain_dhcp4(
     }
 }
 
+/// What the store remembers of the machine: when it was seen, what its firmware said over
+/// DHCP, how far its last boot got, and a Secure Boot refusal.
+fn explain_record(store: &Store, mac: Mac, out: &mut String) {
+    let Ok(Some(m)) = store.machine(mac) else {
+        out.push_str("record: none (never seen, or forgotten)\n");
+        return;
+    };
+    let fw = &m.firmware;
+    let ago = |ms: i64| {
+        let s = (chainboot_events::now_ms() - ms).max(0) / 1000;
+        format!("{s}s ago")
+    };
+    out.push_str(&format!("record: last seen {}", ago(m.last_seen_ms)));
+    if let (Some(stage), Some(at)) = (&fw.stage, fw.stage_ms) {
+        out.push_str(&format!(", last boot reached {stage} ({})", ago(at)));
+    }
+    out.push('\n');
+    let mut said: Vec<String> = Vec::new();
+    for (k, v) in [
+        ("arch", &fw.arch),
+        ("vendor class", &fw.vendor_class),
+        ("uuid", &fw.uuid),
+    ] {
+        if let Some(v) = v {
+            said.push(format!("{k} {v}"));
+        }
+    }
+    if !said.is_empty() {
+        out.push_str(&format!(
+            "  its firmware said over DHCP: {}\n",
+            said.join(", ")
+        ));
+    }
+    if let Some(sb) = &fw.secure_boot {
+        out.push_str(&format!(
+            "  Secure Boot: its firmware refused the unsigned first stage ({}, {}, {}){}\n",
+            sb.why,
+            ago(sb.at_ms),
+            if sb.proven { "proven" } else { "unproven" },
+            if sb.proven {
+                ": [boot] secure_boot_fallback applies to it"
+            } else {
+                ": a fetch did not come from its own address, so nothing is switched"
+            }
+        ));
+    }
+}
+
+/// `[boot]` with the policy choosing each firmware client's loader, as in `serve`.
+fn boot_settings(cfg: &config::Config, policy: &Arc<Policy>) -> chainboot_dhcp::BootSettings {
+    let mut boot = cfg.boot_settings();
+    boot.loaders.chooser = Some(Arc::new(crate::resolver::PolicyLoader {
+        policy: policy.clone(),
+        events: None,
+    }));
+    boot
+}
+
 /// DHCPv6: the `[dhcp6]` engine answers a Solicit from a client with a DUID-LL of `mac`,
 /// sent from its EUI-64 link-local address. Returns the server address it used.
 fn explain_dhcp6(
     cfg: &config::Config,
+    policy: &Arc<Policy>,
     args: &ExplainArgs,
     mac: Mac,
     code: u16,
@@ -259,7 +313,7 @@ fn explain_dhcp6(
     };
     let mut engine = chainboot_dhcp6::Engine6::new(
         cfg.dhcp6.clone(),
-        cfg.boot_settings(),
+        boot_settings(cfg, policy),
         vec![0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     );
     let handled = engine.handle(SystemTime::now(), &ingress, &client.solicit());
@@ -270,6 +324,7 @@ fn explain_dhcp6(
         ));
         if let chainboot_dhcp::BootDecision::Boot(a) = d {
             out.push_str(&format!("  why: {}\n", a.why));
+            out.push_str(&format!("  loader: {} ({})\n", a.loader, a.loader_why));
         }
     }
     match handled.outcome.words() {

@@ -32,6 +32,13 @@ impl AddressBook for HostAddressBook {
         }
     }
 
+    fn hands_out_addresses(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.dhcp.is_some(),
+            IpAddr::V6(_) => self.dhcp6.is_some(),
+        }
+    }
+
     fn neighbour(&self, ip: IpAddr) -> Option<Mac> {
         match ip {
             IpAddr::V4(v4) => self.neighbours.lookup(v4),

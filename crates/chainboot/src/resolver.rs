@@ -117,12 +117,31 @@ impl Resolver for TftpNamespace {
 
 /// The boot policy's answer to the DHCP engine's question "which chain does this firmware
 /// start?" (groups' and profiles' `loader`, `[boot] loader`), reading the live config; and
-/// `[boot] secure_boot_fallback` for a machine the event log saw refusing the unsigned first
-/// stage, unless the config already gives it a signed chain.
+/// `[boot] secure_boot_fallback` for a machine whose firmware was seen refusing the unsigned
+/// first stage (proven from its own address), unless the config already gives it a signed
+/// chain.
 pub struct PolicyLoader {
     pub policy: Arc<chainboot_policy::Policy>,
-    /// The running server's event log (`None` in `explain`, which runs apart from it).
+    /// The running server's event log, which remembers refusals (`None` in `explain`, which
+    /// runs apart from it and reads the store's record of the machine instead).
     pub events: Option<Arc<chainboot_events::EventLog>>,
+}
+
+impl PolicyLoader {
+    /// Whether `mac`'s firmware was seen refusing the unsigned first stage, proven.
+    fn refused(&self, mac: chainboot_machine::Mac) -> bool {
+        match &self.events {
+            Some(events) => events.refused_by_secure_boot(mac),
+            None => self
+                .policy
+                .store()
+                .machine(mac)
+                .ok()
+                .flatten()
+                .and_then(|m| m.firmware.secure_boot)
+                .is_some_and(|mark| mark.proven),
+        }
+    }
 }
 
 impl chainboot_dhcp::ChooseLoader for PolicyLoader {
@@ -144,12 +163,7 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
             return chosen;
         }
         match self.policy.secure_boot_fallback() {
-            Some(fallback)
-                if self
-                    .events
-                    .as_ref()
-                    .is_some_and(|e| e.refused_by_secure_boot(mac)) =>
-            {
+            Some(fallback) if self.refused(mac) => {
                 Some((
                 fallback,
                     "its firmware refused the unsigned first stage (probably Secure Boot): [boot] secure_boot_fallback".into(),

@@ -109,7 +109,22 @@ fn open_shared(
             }
         })?,
     );
-    let events = EventLog::start(store.clone(), cfg.events.clone());
+    // Boot clients' DHCP requests make machine records too, through a limiter of their own
+    // with the same [machines] rates and half the table: a flood of forged DHCP requests
+    // (any host can name any MAC) can neither use up the budget of machines that prove
+    // themselves on /ipxe nor fill the table they need.
+    let dhcp_records = chainboot_store::limit::MachineLimits {
+        max_records: (cfg.machines.max_records / 2).max(1),
+        ..cfg.machines.clone()
+    };
+    let events = EventLog::start_recording_machines(
+        store.clone(),
+        cfg.events.clone(),
+        Arc::new(NewMachineLimiter::new(
+            dhcp_records,
+            std::time::Instant::now(),
+        )),
+    );
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
@@ -297,14 +312,9 @@ fn bind_dhcp(
     sh: &Shared,
     dhcp6: &chainboot_dhcp6::Dhcp6Server,
 ) -> anyhow::Result<DhcpServer> {
-    let mut boot = cfg.boot_settings();
-    boot.loaders.chooser = Some(Arc::new(PolicyLoader {
-        policy: sh.policy.clone(),
-        events: Some(sh.events.clone()),
-    }));
     let dhcp = DhcpServer::bind(
         cfg.dhcp.clone(),
-        boot,
+        boot_settings(cfg, sh),
         sh.store.clone(),
         ServerOptions {
             interfaces: cfg.server.interfaces.clone(),
@@ -323,11 +333,22 @@ fn bind_dhcp(
     Ok(dhcp)
 }
 
+/// `[boot]` for both DHCP servers, with the boot policy choosing each firmware client's loader
+/// (groups' and profiles' `loader`, and Secure Boot refusals the event log saw).
+fn boot_settings(cfg: &config::Config, sh: &Shared) -> chainboot_dhcp::BootSettings {
+    let mut boot = cfg.boot_settings();
+    boot.loaders.chooser = Some(Arc::new(PolicyLoader {
+        policy: sh.policy.clone(),
+        events: Some(sh.events.clone()),
+    }));
+    boot
+}
+
 /// DHCPv6 (`[dhcp6]`; bound but idle in mode `off`).
 fn bind_dhcp6(cfg: &config::Config, sh: &Shared) -> anyhow::Result<chainboot_dhcp6::Dhcp6Server> {
     let dhcp6 = chainboot_dhcp6::Dhcp6Server::bind(
         cfg.dhcp6.clone(),
-        cfg.boot_settings(),
+        boot_settings(cfg, sh),
         sh.store.clone(),
         sh.observers.clone(),
     )?;

@@ -6,6 +6,11 @@
 //! The attacker names the victim's MAC in every way a URL allows and is refused each time with
 //! a reason; the victim's record, boot-once state and decision stay as they were, and the
 //! victim still boots what it should. The operator's API is not on the boot listener at all.
+//!
+//! The attacker also names the victim in DHCP (its MAC in chaddr, from its own interface),
+//! fetches the unsigned first stage from the address it was given and goes silent, the shape
+//! of a Secure Boot refusal: recorded as unproven, the victim's loader unchanged; the victim's
+//! own refusal switches it.
 #![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
@@ -14,6 +19,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::wire::MessageType;
 use common::*;
 
 const VICTIM: &str = "52:54:00:00:77:01";
@@ -27,12 +34,13 @@ struct Segment {
 }
 
 impl Segment {
-    fn new() -> Segment {
+    /// `tag` keeps the namespaces of this file's tests apart (they run at once, in one process).
+    fn new(tag: &str) -> Segment {
         let id = std::process::id();
         let seg = Segment {
-            server: format!("cb-atk-s-{id}"),
-            victim: format!("cb-atk-v-{id}"),
-            attacker: format!("cb-atk-a-{id}"),
+            server: format!("cb-{tag}-s-{id}"),
+            victim: format!("cb-{tag}-v-{id}"),
+            attacker: format!("cb-{tag}-a-{id}"),
         };
         let s = &seg.server;
         sh(&format!(
@@ -122,7 +130,7 @@ fn hyphen(mac: &str) -> String {
 #[test]
 fn an_attacker_on_the_segment_cannot_steer_read_or_cancel_another_machine() {
     require_root_and(&["ip", "curl"]);
-    let seg = Segment::new();
+    let seg = Segment::new("atk");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let mut server = Server::start_in(Some(&seg.server), &cfg, dir.path().join("log"));
@@ -273,4 +281,190 @@ fn an_attacker_on_the_segment_cannot_steer_read_or_cancel_another_machine() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(refused >= 57.0, "refusals counted: {refused}\n{metrics}");
+}
+
+/// DHCP server mode on the segment, every UEFI machine on iPXE, and machines whose firmware is
+/// seen refusing the unsigned first stage switched to shim -> GRUB.
+fn secure_boot_config(dir: &Path) -> std::path::PathBuf {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("vmlinuz"), b"kernel").unwrap();
+    let path = dir.join("chainboot.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"{state}\"\ninterfaces = [\"br0\"]\n\
+             [dhcp]\nmode = \"server\"\n\
+             [[dhcp.subnet]]\ncidr = \"198.18.31.0/24\"\npools = [[\"198.18.31.100\", \"198.18.31.150\"]]\n\
+             [ipv6]\nrouter_advertisements = \"off\"\n\
+             [tftp]\nlisten = \"198.18.31.1:0\"\n\
+             [http]\nlisten = \"198.18.31.1:0\"\nroot = \"{www}\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\nread_requires_token = false\n\
+             [[profile]]\nname = \"linux\"\nkernel = \"vmlinuz\"\n\
+             [boot]\ndefault = \"linux\"\nsecure_boot_fallback = \"grub\"\n",
+            state = dir.join("state").display(),
+            www = www.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A DORA from inside `ns` with `mac` in chaddr (whatever the interface's own address), as
+/// UEFI x64 PXE firmware asking for broadcast replies: the address it was given and the boot
+/// file it was told.
+fn dora_as(ns: &str, mac: &str) -> (String, String) {
+    let mac: chainboot_machine::Mac = mac.parse().unwrap();
+    chainboot_testnet::in_netns(ns, move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(b"eth0")).unwrap();
+        s.bind(&std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 68).into())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let s: std::net::UdpSocket = s.into();
+        let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::BROADCAST, 67);
+        let exchange = |m: &ClientMessage| -> ReplyView {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut buf = [0u8; 1500];
+            loop {
+                s.send_to(&m.encode(), to).unwrap();
+                let wait = std::time::Instant::now() + Duration::from_secs(1);
+                while std::time::Instant::now() < wait {
+                    if let Ok((n, _)) = s.recv_from(&mut buf) {
+                        if let Some(r) = ReplyView::parse(&buf[..n]) {
+                            if r.xid == m.xid {
+                                return r;
+                            }
+                        }
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "no DHCP answer");
+            }
+        };
+        let kind = ClientKind::Firmware { arch: 7 };
+        let offer = exchange(&ClientMessage::new(
+            kind.clone(),
+            MessageType::Discover,
+            mac.0,
+        ));
+        let mut request = ClientMessage::new(kind, MessageType::Request, mac.0);
+        request.requested_ip = Some(offer.yiaddr);
+        request.server_id = Some("198.18.31.1".parse().unwrap());
+        let ack = exchange(&request);
+        assert_eq!(ack.msg_type, Some(MessageType::Ack), "{ack:?}");
+        (ack.yiaddr.to_string(), ack.file)
+    })
+}
+
+/// `ns`'s only address becomes `ip` (firmware uses the address it was given).
+fn use_address(ns: &str, ip: &str) {
+    sh(&format!(
+        "ip -n {ns} addr flush dev eth0 && ip -n {ns} addr add {ip}/24 dev eth0"
+    ));
+}
+
+fn api_json(ns: &str, api: &str, path: &str) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "10"])
+        .arg(format!("http://{api}{path}"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The victim's `secure-boot-refused` events, once `n` of them are written.
+fn refusals(ns: &str, api: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = api_json(
+            ns,
+            api,
+            &format!("/api/v1/events?mac={VICTIM}&kind=secure-boot-refused"),
+        );
+        let list = v.as_array().cloned().unwrap_or_default();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} refusals expected: {list:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stranger_fetching_the_first_stage_in_a_victims_name_cannot_switch_its_loader() {
+    require_root_and(&["ip", "curl", "busybox", "tftp"]);
+    let seg = Segment::new("sbs");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = secure_boot_config(dir.path());
+    let mut server = Server::start_in(Some(&seg.server), &cfg, dir.path().join("log"));
+    let api = server.listening("API");
+    let tftp = server.listening("TFTP");
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    let uefi = "-V PXEClient:Arch:00007:UNDI:003016 -x 0x5d:0007";
+
+    // The victim's firmware asks first: iPXE, like every UEFI machine here.
+    let (victim_ip, file) = udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
+    assert_eq!(file, "ipxe.efi");
+
+    // The attacker: DHCP in the victim's name from its own interface, the address it is
+    // given (the victim's lease), the unsigned first stage fetched twice and never run, then
+    // the victim's name in DHCP again: every step of a refusal, from a stranger.
+    let (ip, file) = dora_as(&seg.attacker, VICTIM);
+    assert_eq!(
+        (ip.as_str(), file.as_str()),
+        (victim_ip.as_str(), "ipxe.efi")
+    );
+    use_address(&seg.attacker, &ip);
+    assert!(tftp_get_in(&seg.attacker, &tftp, "ipxe.efi"));
+    assert!(tftp_get_in(&seg.attacker, &tftp, "ipxe.efi"));
+    dora_as(&seg.attacker, VICTIM);
+    let seen = refusals(&seg.server, &api, 1);
+    assert_eq!(seen[0]["detail"]["proven"], false, "{seen:#?}");
+    let unproven = server.log_text();
+    assert!(
+        unproven.contains("first stage possibly refused by the firmware, unproven"),
+        "{unproven}"
+    );
+    assert!(
+        !unproven.contains("first stage refused by the firmware:"),
+        "{unproven}"
+    );
+
+    // The victim's next boot is as before, and its record says the refusal is unproven.
+    let (_, file) = udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
+    assert_eq!(file, "ipxe.efi", "a stranger switched the victim's loader");
+    let m = api_json(&seg.server, &api, &format!("/api/v1/machines/{VICTIM}"));
+    assert_eq!(m["firmware"]["secure_boot"]["proven"], false, "{m:#}");
+
+    // The victim itself refused: the unsigned first stage from its own address, taken again
+    // by its next boot option without running it. That switches it to the signed chain.
+    use_address(&seg.victim, &victim_ip);
+    assert!(tftp_get_in(&seg.victim, &tftp, "ipxe.efi"));
+    udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
+    assert!(tftp_get_in(&seg.victim, &tftp, "ipxe.efi"));
+    let seen = refusals(&seg.server, &api, 2);
+    assert_eq!(seen[0]["detail"]["proven"], true, "{seen:#?}");
+    server.wait_for_log(
+        "first stage refused by the firmware:",
+        Duration::from_secs(5),
+    );
+    let (_, file) = udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
+    assert_eq!(file, "secureboot/shimx64.efi");
+    let m = api_json(&seg.server, &api, &format!("/api/v1/machines/{VICTIM}"));
+    assert_eq!(m["firmware"]["secure_boot"]["proven"], true, "{m:#}");
+    // The timeline shows the refusal in the boot where it happened.
+    let t = api_json(
+        &seg.server,
+        &api,
+        &format!("/api/v1/machines/{VICTIM}/timeline"),
+    );
+    let text = t.to_string();
+    assert!(text.contains("\"secure_boot_refused\""), "{t:#}");
 }

@@ -215,3 +215,62 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     assert!(has("dhcp", "client", "ipxe"), "{events:#?}");
     assert!(has("tftp", "path", "ipxe.efi"), "{events:#?}");
 }
+
+#[test]
+fn pxev6_firmware_whose_group_starts_grub_gets_shim_in_option_59_and_fetches_it() {
+    require_root_and(&["ip", "dhclient", "curl"]);
+    let shim = "/usr/lib/shim/shimx64.efi.signed";
+    assert!(
+        Path::new(shim).exists(),
+        "{shim} missing (package shim-signed; bash .ci/install-deps)"
+    );
+    let net = NetPair::new("v6s", 27);
+    let server6 = "2001:db8:27::1";
+    sh(&format!(
+        "ip -n {} addr add {server6}/64 dev srv0 nodad",
+        net.server
+    ));
+    let mac = sh(&format!("ip -n {} link show cli0", net.client));
+    let mac = String::from_utf8_lossy(&mac.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("vmlinuz"), b"kernel").unwrap();
+    let cfg = config(dir.path())
+        .replace("2001:db8:25:", "2001:db8:27:")
+        .replace(
+            "[http]\nlisten = \"[::]:80\"\n",
+            &format!(
+                "[http]\nlisten = \"[::]:80\"\nroot = \"{}\"\n",
+                www.display()
+            ),
+        )
+        + &format!(
+            "[[profile]]\nname = \"linux\"\nkernel = \"vmlinuz\"\n\
+             [[group]]\nname = \"sb\"\nprofile = \"linux\"\nloader = \"grub\"\n\
+             match = {{ mac = [\"{mac}\"] }}\n"
+        );
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    server.wait_for_log("DHCPv6 ready", Duration::from_secs(20));
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+
+    let (addr, url) = dhcpv6(&net.client, dir.path(), "pxe", false);
+    assert_eq!(url, format!("tftp://[{server6}]/secureboot/shimx64.efi"));
+    sh(&format!(
+        "ip -n {c} -6 addr add {addr}/128 dev cli0 nodad && ip -n {c} -6 route add 2001:db8:27::/64 dev cli0",
+        c = net.client
+    ));
+    let got = dir.path().join("shim.efi");
+    curl(&net.client, &url, Some(&got));
+    assert!(
+        std::fs::read(&got).unwrap() == std::fs::read(shim).unwrap(),
+        "option 59's file is not Debian's signed shim byte for byte"
+    );
+}

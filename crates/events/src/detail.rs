@@ -152,6 +152,37 @@ pub struct TftpDetail {
     /// probe's ERROR packet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A first stage taken whole: whether it came from the machine's own address.
+    #[serde(flatten)]
+    pub source: SourceProof,
+}
+
+/// Whether a first stage's fetch came from its machine's own address: chainboot's DHCP
+/// leased that address to the MAC (where chainboot hands out addresses) and the kernel's
+/// neighbour table maps it to the same hardware address. What a Secure Boot refusal needs to
+/// count; `None` for every other transfer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceProof {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_address: Option<bool>,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unproven: Option<String>,
+}
+
+impl SourceProof {
+    pub fn of(check: Result<(), String>) -> SourceProof {
+        match check {
+            Ok(()) => SourceProof {
+                own_address: Some(true),
+                unproven: None,
+            },
+            Err(why) => SourceProof {
+                own_address: Some(false),
+                unproven: Some(why),
+            },
+        }
+    }
 }
 
 impl Detail for TftpDetail {
@@ -172,6 +203,9 @@ pub struct HttpDetail {
     pub duration_ms: u64,
     /// The whole body was sent.
     pub complete: bool,
+    /// A first stage (UEFI HTTP Boot): whether it came from the machine's own address.
+    #[serde(flatten)]
+    pub source: SourceProof,
 }
 
 impl Detail for HttpDetail {

@@ -25,23 +25,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainboot_machine::Mac;
 use chainboot_store::events::{self, NewEvent, Retention};
-use chainboot_store::limit::{Rate, TokenBucket};
+use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
+use chainboot_store::limit::{NewMachineLimiter, Rate, TokenBucket};
 use chainboot_store::Store;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, TftpDetail};
+pub use detail::{Detail, DhcpDetail, HttpDetail, Outcome, SourceProof, TftpDetail};
 pub use timeline::{
-    boots, secure_boot_signal, stage_of, Boot, LoopAlert, LoopDetector, SecureBootAlert,
-    SecureBootDetector, SecureBootSignal, Stage, StageSpan,
+    boots, secure_boot_signal, stage_of, Boot, LoopAlert, LoopDetector, RefusalNote,
+    SecureBootAlert, SecureBootDetector, SecureBootSignal, Stage, StageSpan,
 };
 
 /// The event kind of a detected chainload loop.
 pub const CHAINLOAD_LOOP: &str = "chainload-loop";
 /// Machines remembered as refusing the unsigned first stage, at most.
 const MAX_REFUSED: usize = 10_000;
+/// How often the running server reads the refusals the store remembers (the fleet's other
+/// servers add some).
+const RELOAD_REFUSALS_EVERY: Duration = Duration::from_secs(60);
 
 /// The event kind of a machine whose firmware probably refused the unsigned first stage.
 pub const SECURE_BOOT_REFUSED: &str = "secure-boot-refused";
@@ -156,8 +160,17 @@ pub struct EventStats {
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
     pub chainload_loops: AtomicU64,
-    /// Machines whose firmware probably refused the unsigned first stage (Secure Boot).
+    /// Machines whose firmware probably refused the unsigned first stage (Secure Boot),
+    /// proven from their own address.
     pub secure_boot_refusals: AtomicU64,
+    /// The same pattern where a fetch did not come from the machine's own address: recorded,
+    /// never acted on.
+    pub secure_boot_unproven: AtomicU64,
+    /// Boot clients' DHCP requests turned away from making a machine record (the new-machine
+    /// limiter); they are recorded when they reach their script.
+    pub sightings_refused: AtomicU64,
+    /// Machine updates (records, stages, refusals) the store failed to take.
+    pub machine_write_errors: AtomicU64,
     /// Sum and count of batch write latencies, for the store latency metric.
     pub write_micros_total: AtomicU64,
     pub write_batches: AtomicU64,
@@ -183,7 +196,20 @@ pub struct EventStats {
 enum Msg {
     /// An event and the bytes of its detail's JSON.
     Event(NewEvent, usize),
+    /// A boot client's DHCP request (makes its machine known).
+    Sighted(Sighted, i64),
     Flush(mpsc::Sender<()>),
+}
+
+/// A boot client's DHCP request, as the DHCP observers report it: what its firmware said
+/// (sanitised by the caller) and where the packet came from (the new-machine limiter's source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighted {
+    pub mac: Mac,
+    pub source: IpAddr,
+    pub arch: Option<String>,
+    pub vendor_class: Option<String>,
+    pub uuid: Option<String>,
 }
 
 /// How many events may wait for the writer (each at most [`MAX_DETAIL_BYTES`] of detail).
@@ -227,8 +253,10 @@ pub struct EventLog {
     ips: Mutex<HashMap<IpAddr, Learned>>,
     loops: Mutex<LoopDetector>,
     refusals: Mutex<SecureBootDetector>,
-    /// Machines seen refusing the unsigned first stage, and when (bounded like the detectors).
+    /// Machines seen refusing the unsigned first stage (proven), and when: from the store at
+    /// start, then as seen (bounded like the detectors).
     refused_by_firmware: Mutex<HashMap<Mac, i64>>,
+    store: Arc<Store>,
     refused: Mutex<TokenBucket>,
     streams: Arc<Mutex<HashMap<IpAddr, usize>>>,
     settings: EventSettings,
@@ -262,8 +290,27 @@ pub fn now_ms() -> i64 {
 }
 
 impl EventLog {
-    /// Starts the writer thread.
+    /// Starts the writer thread. Machines are not recorded from DHCP (see
+    /// [`EventLog::start_recording_machines`]).
     pub fn start(store: Arc<Store>, settings: EventSettings) -> Arc<EventLog> {
+        EventLog::start_with(store, settings, None)
+    }
+
+    /// Starts the writer thread; boot clients' DHCP requests ([`EventLog::sighted`]) make
+    /// machine records as far as `limiter` admits them.
+    pub fn start_recording_machines(
+        store: Arc<Store>,
+        settings: EventSettings,
+        limiter: Arc<NewMachineLimiter>,
+    ) -> Arc<EventLog> {
+        EventLog::start_with(store, settings, Some(limiter))
+    }
+
+    fn start_with(
+        store: Arc<Store>,
+        settings: EventSettings,
+        limiter: Option<Arc<NewMachineLimiter>>,
+    ) -> Arc<EventLog> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let stats = Arc::new(EventStats::default());
@@ -281,6 +328,7 @@ impl EventLog {
             )),
             refusals: Mutex::new(SecureBootDetector::new(timeline::SECURE_BOOT_SILENCE_MS)),
             refused_by_firmware: Mutex::new(HashMap::new()),
+            store: store.clone(),
             refused: Mutex::new(TokenBucket::new(refused_rate, Instant::now())),
             streams: Arc::new(Mutex::new(HashMap::new())),
             settings: settings.clone(),
@@ -288,19 +336,28 @@ impl EventLog {
         });
         let spawned = std::thread::Builder::new()
             .name("chainboot-events".into())
-            .spawn(move || writer(store, rx, live, stats, settings));
+            .spawn(move || writer(store, rx, live, stats, settings, limiter));
         if let Err(e) = spawned {
             warn!("event log writer not started, events will be dropped: {e}");
         }
+        log.load_refusals();
         // The Secure Boot detector concludes from silence too (a refused machine may not ask
-        // anything for minutes): a tick for it, ending when the log is dropped.
+        // anything for minutes): a tick for it, ending when the log is dropped. It also reads
+        // the refusals the fleet's other servers stored, now and then.
         let weak = Arc::downgrade(&log);
         let ticker = std::thread::Builder::new()
             .name("chainboot-events-tick".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(2));
-                let Some(log) = weak.upgrade() else { return };
-                log.expire_silent(now_ms());
+            .spawn(move || {
+                let mut last_load = Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_secs(2));
+                    let Some(log) = weak.upgrade() else { return };
+                    log.expire_silent(now_ms());
+                    if last_load.elapsed() >= RELOAD_REFUSALS_EVERY {
+                        last_load = Instant::now();
+                        log.load_refusals();
+                    }
+                }
             });
         if let Err(e) = ticker {
             warn!("Secure Boot refusals are only seen when the machine asks again: {e}");
@@ -353,32 +410,72 @@ impl EventLog {
         }
     }
 
-    /// Whether `mac`'s firmware was seen refusing the unsigned first stage (since start).
+    /// Whether `mac`'s firmware was seen refusing the unsigned first stage, proven from its
+    /// own address (since start, or stored by this or another server of the fleet).
     pub fn refused_by_secure_boot(&self, mac: Mac) -> bool {
         self.refused_by_firmware.lock().contains_key(&mac)
     }
 
-    fn raise_refusal(&self, at_ms: i64, alert: SecureBootAlert) {
-        self.stats
-            .secure_boot_refusals
-            .fetch_add(1, Ordering::Relaxed);
-        {
-            let mut seen = self.refused_by_firmware.lock();
-            if seen.len() >= MAX_REFUSED && !seen.contains_key(&alert.mac) {
-                // The oldest half goes: a flood of forged MACs cannot grow the table.
-                let mut times: Vec<i64> = seen.values().copied().collect();
-                times.sort_unstable();
-                let cutoff = times[times.len() / 2];
-                seen.retain(|_, t| *t > cutoff);
-            }
-            seen.insert(alert.mac, at_ms);
+    /// A boot client's DHCP request: its machine becomes known (within the new-machine
+    /// limits) with what its firmware said. Only memory here: the writer records it with the
+    /// next batch of events.
+    pub fn sighted(&self, s: Sighted) {
+        if self.tx.try_send(Msg::Sighted(s, now_ms())).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Makes the running memory the proven refusals the store remembers (this server's before
+    /// a restart, the fleet's other servers'), keeping those raised in the last minutes that
+    /// may not be written yet; a machine the operator forgot is forgotten here too.
+    fn load_refusals(&self) {
+        match self.store.machines_refusing_secure_boot(MAX_REFUSED) {
+            Ok(list) => {
+                let recent = now_ms() - 2 * RELOAD_REFUSALS_EVERY.as_millis() as i64;
+                self.refused_by_firmware.lock().retain(|_, t| *t > recent);
+                for (mac, at) in list {
+                    self.remember_refusal(mac, at);
+                }
+            }
+            Err(e) => debug!("reading remembered Secure Boot refusals: {e}"),
+        }
+    }
+
+    fn remember_refusal(&self, mac: Mac, at_ms: i64) {
+        let mut seen = self.refused_by_firmware.lock();
+        if seen.len() >= MAX_REFUSED && !seen.contains_key(&mac) {
+            // The oldest half goes: the table cannot grow without bound.
+            let mut times: Vec<i64> = seen.values().copied().collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() / 2];
+            seen.retain(|_, t| *t > cutoff);
+        }
+        let at = seen.entry(mac).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    fn raise_refusal(&self, at_ms: i64, alert: SecureBootAlert) {
         let cause = "the UEFI firmware took the unsigned first stage and never ran it (no iPXE \
                      DHCP request followed): probably Secure Boot refused it (\"Access Denied\"); give this \
                      machine a signed chain (loader = \"grub\" or \"ipxe-shim\", or \
                      [boot] secure_boot_fallback)";
-        warn!(mac = %alert.mac, after_ms = alert.after_ms, evidence = alert.evidence,
-            "first stage refused by the firmware: {cause}");
+        let unproven = "not acted on: a fetch did not come from the machine's own address \
+                        (chainboot's lease for this MAC and the neighbour table must name it), or \
+                        only a DHCP request, which anyone can send, followed it";
+        if alert.proven {
+            self.stats
+                .secure_boot_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            self.remember_refusal(alert.mac, at_ms);
+            warn!(mac = %alert.mac, after_ms = alert.after_ms, evidence = alert.evidence,
+                "first stage refused by the firmware: {cause}");
+        } else {
+            self.stats
+                .secure_boot_unproven
+                .fetch_add(1, Ordering::Relaxed);
+            info!(mac = %alert.mac, after_ms = alert.after_ms, evidence = alert.evidence,
+                "first stage possibly refused by the firmware, unproven ({unproven})");
+        }
         let event = NewEvent {
             at_ms,
             mac: Some(alert.mac),
@@ -386,10 +483,12 @@ impl EventLog {
             detail: json!({
                 "after_ms": alert.after_ms,
                 "evidence": alert.evidence,
+                "proven": alert.proven,
                 "probable_cause": cause,
+                "note": (!alert.proven).then_some(unproven),
             }),
         };
-        self.enqueue(event, cause.len() + 64);
+        self.enqueue(event, cause.len() + unproven.len() + 96);
     }
 
     /// Records the event of a refused request (a missing or refused path), at most
@@ -621,6 +720,7 @@ fn writer(
     live: broadcast::Sender<Arc<LiveEvent>>,
     stats: Arc<EventStats>,
     settings: EventSettings,
+    limiter: Option<Arc<NewMachineLimiter>>,
 ) {
     // Prune at start (the budget may have shrunk, or an older chainboot kept more), then every
     // PRUNE_EVERY, and sooner when a sixteenth of the byte budget was written since (rows take
@@ -662,12 +762,22 @@ fn writer(
                 }
             }
         }
+        // What the batch says about machines, taken before its events go to the store.
+        let mut machines = machine_steps(&batch.events);
         if !batch.events.is_empty() || !held.events.is_empty() {
             // A flush (tests, shutdown) tries the store at once.
             if !batch.flushes.is_empty() {
                 held.retry_at = None;
             }
             written_since_prune += write_or_hold(&store, batch.events, &mut held, &live, &stats);
+        }
+        if !batch.sightings.is_empty() || !machines.is_empty() {
+            machines.sightings =
+                admit_sightings(&store, batch.sightings, limiter.as_deref(), &stats);
+            if let Err(e) = store.machines_observe(&machines) {
+                stats.machine_write_errors.fetch_add(1, Ordering::Relaxed);
+                debug!("recording machines' stages failed: {e}");
+            }
         }
         for done in batch.flushes {
             let _ = done.send(());
@@ -728,6 +838,7 @@ fn write_or_hold(
 #[derive(Default)]
 struct Batch {
     events: Vec<(NewEvent, usize)>,
+    sightings: Vec<(Sighted, i64)>,
     bytes: usize,
     flushes: Vec<mpsc::Sender<()>>,
 }
@@ -739,13 +850,129 @@ impl Batch {
                 self.events.push((e, bytes));
                 self.bytes += bytes;
             }
+            Msg::Sighted(s, at) => self.sightings.push((s, at)),
             Msg::Flush(done) => self.flushes.push(done),
         }
     }
 
     fn is_full(&self) -> bool {
-        self.events.len() >= BATCH || self.bytes >= BATCH_BYTES
+        self.events.len() + self.sightings.len() >= BATCH || self.bytes >= BATCH_BYTES
     }
+}
+
+/// The stage each machine of the batch reached last, and its Secure Boot refusals.
+fn machine_steps(batch: &[(NewEvent, usize)]) -> Observations {
+    let mut latest: HashMap<Mac, (&'static str, i64)> = HashMap::new();
+    let mut obs = Observations::default();
+    for (e, _) in batch {
+        let Some(mac) = e.mac else { continue };
+        let stage = if e.kind == SECURE_BOOT_REFUSED {
+            let proven = e.detail.get("proven").and_then(|v| v.as_bool()) == Some(true);
+            let evidence = e
+                .detail
+                .get("evidence")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            obs.secure_boot.push((
+                mac,
+                SecureBootMark {
+                    proven,
+                    at_ms: e.at_ms,
+                    why: evidence.to_string(),
+                },
+            ));
+            proven.then_some(SECURE_BOOT_REFUSED)
+        } else {
+            stage_of(&e.kind, &e.detail).map(Stage::name)
+        };
+        if let Some(stage) = stage {
+            let slot = latest.entry(mac).or_insert((stage, e.at_ms));
+            if e.at_ms >= slot.1 {
+                *slot = (stage, e.at_ms);
+            }
+        }
+    }
+    obs.stages = latest
+        .into_iter()
+        .map(|(mac, (stage, at))| (mac, stage.to_string(), at))
+        .collect();
+    obs
+}
+
+/// The batch's DHCP sightings, one per machine (the latest, with what earlier ones said), and
+/// for machines without a record whether the limiter lets this one make it.
+fn admit_sightings(
+    store: &Store,
+    sightings: Vec<(Sighted, i64)>,
+    limiter: Option<&NewMachineLimiter>,
+    stats: &EventStats,
+) -> Vec<Sighting> {
+    let mut by_mac: HashMap<Mac, (Sighted, i64)> = HashMap::new();
+    for (s, at) in sightings {
+        match by_mac.get_mut(&s.mac) {
+            Some((old, old_at)) => {
+                *old = Sighted {
+                    arch: s.arch.or(old.arch.take()),
+                    vendor_class: s.vendor_class.or(old.vendor_class.take()),
+                    uuid: s.uuid.or(old.uuid.take()),
+                    ..s
+                };
+                *old_at = (*old_at).max(at);
+            }
+            None => {
+                by_mac.insert(s.mac, (s, at));
+            }
+        }
+    }
+    let macs: Vec<Mac> = by_mac.keys().copied().collect();
+    let known = match store.machines_known(&macs) {
+        Ok(k) => k,
+        // Unknown which are new: nothing is created, known ones are still updated.
+        Err(e) => {
+            debug!("reading which machines are known failed: {e}");
+            macs.iter().copied().collect()
+        }
+    };
+    let mut recorded: Option<u64> = None;
+    let now = Instant::now();
+    by_mac
+        .into_values()
+        .map(|(s, at)| {
+            let create_with_secret = match limiter {
+                Some(l) if !known.contains(&s.mac) => {
+                    let n =
+                        *recorded.get_or_insert_with(|| store.machine_count().unwrap_or(u64::MAX));
+                    match l.admit(s.source, now, n) {
+                        Ok(()) => {
+                            recorded = Some(n + 1);
+                            Some(new_secret())
+                        }
+                        Err(_) => {
+                            stats.sightings_refused.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Sighting {
+                mac: s.mac,
+                at_ms: at,
+                arch: s.arch,
+                vendor_class: s.vendor_class,
+                uuid: s.uuid,
+                create_with_secret,
+            }
+        })
+        .collect()
+}
+
+/// A new machine's secret (as the policy chooses one for a machine first seen on `/ipxe`: 16
+/// random bytes in hex).
+fn new_secret() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes[..]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a batch and hands it to live subscribers; returns the bytes written (estimated).
@@ -871,48 +1098,152 @@ mod tests {
         assert_eq!(parsed["mac"], "52:54:00:aa:bb:cc");
     }
 
+    fn limiter() -> Arc<NewMachineLimiter> {
+        Arc::new(NewMachineLimiter::new(
+            chainboot_store::limit::MachineLimits::default(),
+            Instant::now(),
+        ))
+    }
+
+    fn pxe_sighting(mac: Mac, source: &str) -> Sighted {
+        Sighted {
+            mac,
+            source: source.parse().unwrap(),
+            arch: Some("efi-x64".into()),
+            vendor_class: Some("PXEClient:Arch:00007:UNDI:003016".into()),
+            uuid: None,
+        }
+    }
+
+    /// An unsigned first stage taken whole, from the machine's own address or not.
+    fn took_unsigned(log: &EventLog, mac: Mac, path: &str, own: bool) {
+        log.record(
+            Some(mac),
+            "tftp",
+            json!({"first_stage": true, "path": path, "outcome": "ok", "own_address": own}),
+        );
+    }
+
     #[test]
-    fn a_uefi_machine_back_at_dhcp_after_the_unsigned_first_stage_is_recorded_as_refused() {
-        let store = Arc::new(Store::in_memory().unwrap());
-        let log = EventLog::start(store.clone(), EventSettings::default());
-        let (refused, healthy): (Mac, Mac) = (
+    fn a_proven_refusal_is_remembered_in_the_store_and_an_unproven_one_switches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log =
+            EventLog::start_recording_machines(store.clone(), EventSettings::default(), limiter());
+        let (refused, healthy, victim): (Mac, Mac, Mac) = (
             "52:54:00:aa:bb:01".parse().unwrap(),
             "52:54:00:aa:bb:02".parse().unwrap(),
+            "52:54:00:aa:bb:04".parse().unwrap(),
         );
-        for mac in [refused, healthy] {
+        for mac in [refused, healthy, victim] {
+            log.sighted(pxe_sighting(mac, "0.0.0.0"));
             log.record(Some(mac), "dhcp", json!({"client": "pxe"}));
-            log.record(
-                Some(mac),
-                "tftp",
-                json!({"first_stage": true, "path": "ipxe.efi", "outcome": "ok"}),
-            );
         }
+        took_unsigned(&log, refused, "ipxe.efi", true);
+        took_unsigned(&log, healthy, "ipxe.efi", true);
         log.record(Some(healthy), "dhcp", json!({"client": "ipxe"}));
+        // OVMF's next option: DHCP (proves nothing), then the binary again over HTTP Boot.
         log.record(Some(refused), "dhcp", json!({"client": "http-boot"}));
-        log.record(Some(healthy), "dhcp", json!({"client": "pxe"}));
+        assert!(!log.refused_by_secure_boot(refused), "a DHCP request alone");
+        log.record(
+            Some(refused),
+            "http",
+            json!({"what": "first-stage", "path": "/ipxe-bin/ipxe.efi", "outcome": "ok",
+                "own_address": true}),
+        );
         assert!(log.refused_by_secure_boot(refused));
         assert!(!log.refused_by_secure_boot(healthy));
+        // A stranger's fetch in the victim's name, then a DHCP request in its name.
+        took_unsigned(&log, victim, "ipxe.efi", false);
+        log.record(Some(victim), "dhcp", json!({"client": "pxe"}));
+        assert!(!log.refused_by_secure_boot(victim));
         assert_eq!(log.stats().secure_boot_refusals.load(Ordering::Relaxed), 1);
+        assert_eq!(log.stats().secure_boot_unproven.load(Ordering::Relaxed), 1);
         assert!(log.flush(Duration::from_secs(5)));
         let all = events::list(&store, &EventFilter::default()).unwrap();
-        let alert = all.iter().find(|e| e.kind == SECURE_BOOT_REFUSED).unwrap();
-        assert_eq!(alert.mac, Some(refused));
-        assert!(alert.detail["probable_cause"]
+        let alert = |mac| {
+            all.iter()
+                .find(|e| e.kind == SECURE_BOOT_REFUSED && e.mac == Some(mac))
+                .unwrap()
+        };
+        assert_eq!(alert(refused).detail["proven"], true);
+        assert_eq!(alert(refused).detail["evidence"], "fetched-again");
+        assert!(alert(refused).detail["probable_cause"]
             .as_str()
             .unwrap()
             .contains("Secure Boot"));
+        assert_eq!(alert(victim).detail["proven"], false);
+        // Remembered in the machines' records, the victim's as unproven.
+        let fw = |mac| store.machine(mac).unwrap().unwrap().firmware;
+        let mark = fw(refused).secure_boot.unwrap();
+        assert!(mark.proven);
+        assert_eq!(fw(refused).stage.as_deref(), Some(SECURE_BOOT_REFUSED));
+        assert!(!fw(victim).secure_boot.unwrap().proven);
+        assert_eq!(fw(healthy).secure_boot, None);
+        assert_eq!(fw(healthy).stage.as_deref(), Some("ipxe-dhcp"));
         // Silent after the download (OVMF trying PXE over IPv6 next): concluded by the tick.
         let silent: Mac = "52:54:00:aa:bb:03".parse().unwrap();
-        log.record(
-            Some(silent),
-            "tftp",
-            json!({"first_stage": true, "path": "snponly.efi", "outcome": "ok"}),
-        );
+        took_unsigned(&log, silent, "snponly.efi", true);
         log.expire_silent(now_ms() + timeline::SECURE_BOOT_SILENCE_MS / 2);
         assert!(!log.refused_by_secure_boot(silent));
         log.expire_silent(now_ms() + timeline::SECURE_BOOT_SILENCE_MS);
         assert!(log.refused_by_secure_boot(silent));
+        assert!(log.flush(Duration::from_secs(5)));
+        drop(log);
+
+        // A restart: the proven refusal is known again, the unproven one is not.
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EventLog::start(store, EventSettings::default());
+        assert!(log.refused_by_secure_boot(refused));
+        assert!(!log.refused_by_secure_boot(victim));
         assert!(!log.refused_by_secure_boot(healthy));
+    }
+
+    #[test]
+    fn boot_clients_dhcp_requests_make_machines_known_within_the_new_machine_limits() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log =
+            EventLog::start_recording_machines(store.clone(), EventSettings::default(), limiter());
+        let mac: Mac = "52:54:00:aa:cc:01".parse().unwrap();
+        log.sighted(Sighted {
+            uuid: Some("8d7a0e6c-0000-4000-8000-0000000000aa".into()),
+            ..pxe_sighting(mac, "0.0.0.0")
+        });
+        log.record(Some(mac), "dhcp", json!({"client": "pxe"}));
+        log.record(
+            Some(mac),
+            "tftp",
+            json!({"first_stage": true, "path": "undionly.kpxe", "outcome": "ok"}),
+        );
+        assert!(log.flush(Duration::from_secs(5)));
+        let m = store.machine(mac).unwrap().expect("known from DHCP");
+        assert_eq!(m.firmware.arch.as_deref(), Some("efi-x64"));
+        assert_eq!(
+            m.firmware.vendor_class.as_deref(),
+            Some("PXEClient:Arch:00007:UNDI:003016")
+        );
+        assert_eq!(
+            m.firmware.uuid.as_deref(),
+            Some("8d7a0e6c-0000-4000-8000-0000000000aa")
+        );
+        assert_eq!(m.firmware.stage.as_deref(), Some("first-stage"));
+        // What DHCP said is not a fact the policy decides on.
+        assert_eq!(m.facts, Default::default());
+        // One relay (or one address) announcing random MACs: its per-source budget (20 a
+        // minute), then nothing; the machines it named are not recorded.
+        for i in 0..200u32 {
+            let mac = Mac([0x02, 0, 0, 0, (i >> 8) as u8, i as u8]);
+            log.sighted(pxe_sighting(mac, "198.18.5.1"));
+        }
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(store.machine_count().unwrap(), 1 + 20);
+        assert_eq!(log.stats().sightings_refused.load(Ordering::Relaxed), 180);
+        // Without a limiter (a log that does not record machines) nobody is created.
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store.clone(), EventSettings::default());
+        log.sighted(pxe_sighting(mac, "0.0.0.0"));
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(store.machine_count().unwrap(), 0);
     }
 
     #[test]

@@ -28,6 +28,20 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name, as serialised (`firmware-dhcp`, `first-stage`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::FirmwareDhcp => "firmware-dhcp",
+            Stage::FirstStage => "first-stage",
+            Stage::IpxeDhcp => "ipxe-dhcp",
+            Stage::Script => "script",
+            Stage::Kernel => "kernel",
+            Stage::Initrd => "initrd",
+            Stage::Config => "config",
+            Stage::OsCallback => "os-callback",
+        }
+    }
+
     pub const ALL: [Stage; 8] = [
         Stage::FirmwareDhcp,
         Stage::FirstStage,
@@ -105,6 +119,18 @@ pub struct Boot {
     /// The furthest stage reached.
     pub reached: Option<Stage>,
     pub errors: usize,
+    /// The firmware refused the unsigned first stage in this boot (Secure Boot, probably):
+    /// `proven` when the fetches came from the machine's own address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_boot_refused: Option<RefusalNote>,
+}
+
+/// A Secure Boot refusal as a boot's timeline shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefusalNote {
+    pub at_ms: i64,
+    pub proven: bool,
+    pub evidence: String,
 }
 
 /// A pause this long starts a new boot even without a firmware DHCP event.
@@ -137,6 +163,7 @@ pub fn boots(events: &[EventRecord]) -> Vec<Boot> {
                 stages: Vec::new(),
                 reached: None,
                 errors: 0,
+                secure_boot_refused: None,
             });
         }
         let Some(boot) = current.as_mut() else {
@@ -146,6 +173,18 @@ pub fn boots(events: &[EventRecord]) -> Vec<Boot> {
         let error = crate::detail::is_error(&e.detail);
         if error {
             boot.errors += 1;
+        }
+        if e.kind == crate::SECURE_BOOT_REFUSED {
+            boot.secure_boot_refused = Some(RefusalNote {
+                at_ms: e.at_ms,
+                proven: e.detail.get("proven").and_then(|v| v.as_bool()) == Some(true),
+                evidence: e
+                    .detail
+                    .get("evidence")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            });
         }
         let Some(stage) = stage else { continue };
         boot.reached = Some(boot.reached.map_or(stage, |r| r.max(stage)));
@@ -255,8 +294,10 @@ impl LoopDetector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecureBootSignal {
     /// A UEFI machine took an unsigned first stage whole (iPXE's `.efi`, not a file of the
-    /// signed chains' `secureboot/` folder).
-    UnsignedUefiFirstStage,
+    /// signed chains' `secureboot/` folder). `proven` when the fetch came from the machine's
+    /// own address (the producer's `own_address`: chainboot's lease of that address for the
+    /// MAC, and the kernel's neighbour table naming the same hardware address).
+    UnsignedUefiFirstStage { proven: bool },
     /// The firmware asked DHCP again (this or its next boot option).
     FirmwareDhcp,
     /// iPXE (or anything after it) ran: the first stage was not refused.
@@ -279,7 +320,8 @@ pub fn secure_boot_signal(kind: &str, detail: &serde_json::Value) -> Option<Secu
             let whole = detail.get("outcome").and_then(|v| v.as_str()) == Some("ok");
             let efi = path.to_ascii_lowercase().ends_with(".efi");
             let signed = path.to_ascii_lowercase().starts_with(SIGNED_FOLDER);
-            (whole && efi && !signed).then_some(SecureBootSignal::UnsignedUefiFirstStage)
+            let proven = detail.get("own_address").and_then(|v| v.as_bool()) == Some(true);
+            (whole && efi && !signed).then_some(SecureBootSignal::UnsignedUefiFirstStage { proven })
         }
         Stage::IpxeDhcp
         | Stage::Script
@@ -290,27 +332,46 @@ pub fn secure_boot_signal(kind: &str, detail: &serde_json::Value) -> Option<Secu
     }
 }
 
-/// A UEFI machine that took the unsigned first stage and never ran it: iPXE did not ask DHCP
-/// within [`SECURE_BOOT_SILENCE_MS`], or the firmware asked DHCP again first. Its firmware
-/// almost surely refused to run it (Secure Boot: "Access Denied", then the next boot option).
+/// A UEFI machine that took the unsigned first stage and never ran it. Its firmware almost
+/// surely refused to run it (Secure Boot: "Access Denied", then the next boot option).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecureBootAlert {
     pub mac: Mac,
     /// From the end of the first stage's download to the moment the refusal was concluded.
     pub after_ms: i64,
-    /// What showed it: `firmware-dhcp` (back at the firmware's DHCP) or `silence` (no iPXE).
+    /// What showed it: `silence` (no iPXE within [`SECURE_BOOT_SILENCE_MS`]),
+    /// `fetched-again` (the unsigned first stage again, never run in between) or
+    /// `firmware-dhcp` (back at the firmware's DHCP: for an unproven fetch only).
     pub evidence: &'static str,
+    /// Every fetch it rests on came from the machine's own address, and its evidence is
+    /// something a stranger cannot forge (silence, or another such fetch). Only a proven
+    /// refusal may switch the machine's loader.
+    pub proven: bool,
+}
+
+/// A machine that took the unsigned first stage and has not run it yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    at_ms: i64,
+    proven: bool,
 }
 
 /// Spots machines whose firmware refuses the unsigned first stage. A healthy UEFI boot goes
 /// first stage → iPXE's own DHCP within seconds; a refused one goes first stage → the
-/// firmware's DHCP again (its next boot option, or the same one retried), or → nothing (OVMF's
-/// next option, PXE over IPv6, waits minutes for a DHCPv6 answer). BIOS machines never trip
-/// it (their first stage is not an `.efi`), nor do machines on a signed chain.
+/// firmware's DHCP again (its next boot option, or the same one retried), often → the first
+/// stage again (OVMF's HTTP Boot option), or → nothing (OVMF's PXE over IPv6 waits minutes).
+/// BIOS machines never trip it (their first stage is not an `.efi`), nor do machines on a
+/// signed chain.
+///
+/// What counts as proof: a DHCP request names whatever MAC its sender typed, so it never
+/// concludes a proven refusal. A fetch from the machine's own address that is followed by
+/// silence, or by another such fetch with no progress in between, does. A fetch from an
+/// address not shown to be the machine's concludes (at the firmware's DHCP, another fetch or
+/// silence) as an unproven observation only.
 #[derive(Debug, Clone)]
 pub struct SecureBootDetector {
     silence_ms: i64,
-    took_unsigned: HashMap<Mac, i64>,
+    took_unsigned: HashMap<Mac, Pending>,
 }
 
 /// How long iPXE may take from the end of its download to its first DHCP request before the
@@ -334,20 +395,35 @@ impl SecureBootDetector {
         signal: SecureBootSignal,
     ) -> Option<SecureBootAlert> {
         match signal {
-            SecureBootSignal::UnsignedUefiFirstStage => {
-                if self.took_unsigned.len() >= MAX_TRACKED && !self.took_unsigned.contains_key(&mac)
-                {
+            SecureBootSignal::UnsignedUefiFirstStage { proven } => {
+                if let Some(before) = self.took_unsigned.get(&mac).copied() {
+                    // Taken twice and run neither time.
+                    self.took_unsigned.remove(&mac);
+                    return Some(SecureBootAlert {
+                        mac,
+                        after_ms: at_ms - before.at_ms,
+                        evidence: "fetched-again",
+                        proven: before.proven && proven,
+                    });
+                }
+                if self.took_unsigned.len() >= MAX_TRACKED {
                     return None;
                 }
-                self.took_unsigned.insert(mac, at_ms);
+                self.took_unsigned.insert(mac, Pending { at_ms, proven });
                 None
             }
             SecureBootSignal::FirmwareDhcp => {
-                let took = self.took_unsigned.remove(&mac)?;
+                let pending = self.took_unsigned.get(&mac).copied()?;
+                if pending.proven {
+                    // Anyone can send it: a proven fetch waits for silence or another fetch.
+                    return None;
+                }
+                self.took_unsigned.remove(&mac);
                 Some(SecureBootAlert {
                     mac,
-                    after_ms: at_ms - took,
+                    after_ms: at_ms - pending.at_ms,
                     evidence: "firmware-dhcp",
+                    proven: false,
                 })
             }
             SecureBootSignal::Progress => {
@@ -360,20 +436,21 @@ impl SecureBootDetector {
     /// Machines silent since their download for longer than the silence limit, as of `now_ms`
     /// (called periodically; each machine is reported once).
     pub fn expire(&mut self, now_ms: i64) -> Vec<SecureBootAlert> {
-        let silent: Vec<(Mac, i64)> = self
+        let silent: Vec<(Mac, Pending)> = self
             .took_unsigned
             .iter()
-            .filter(|(_, t)| now_ms - **t >= self.silence_ms)
-            .map(|(m, t)| (*m, *t))
+            .filter(|(_, p)| now_ms - p.at_ms >= self.silence_ms)
+            .map(|(m, p)| (*m, *p))
             .collect();
         silent
             .into_iter()
-            .map(|(mac, took)| {
+            .map(|(mac, p)| {
                 self.took_unsigned.remove(&mac);
                 SecureBootAlert {
                     mac,
-                    after_ms: now_ms - took,
+                    after_ms: now_ms - p.at_ms,
                     evidence: "silence",
+                    proven: p.proven,
                 }
             })
             .collect()
@@ -427,6 +504,7 @@ mod tests {
             error: outcome.is_error().then(|| "timed out".into()),
             note: (outcome == Outcome::SizeProbe)
                 .then(|| "client error 8: User aborted the transfer".into()),
+            source: Default::default(),
         }
     }
 
@@ -441,6 +519,7 @@ mod tests {
             bytes: 1000,
             duration_ms,
             complete: true,
+            source: Default::default(),
         }
     }
 
@@ -495,6 +574,36 @@ mod tests {
         );
         assert_eq!(b[0].reached, Some(Stage::Initrd));
         assert_eq!(b[0].errors, 0);
+    }
+
+    #[test]
+    fn a_secure_boot_refusal_shows_in_the_boot_where_it_happened() {
+        let mut events = a_full_boot(1_000, 1);
+        let mut refused = a_full_boot(20_000, 100);
+        refused.truncate(4);
+        refused.push(EventRecord {
+            id: 200,
+            at_ms: 80_900,
+            mac: refused[0].mac,
+            kind: crate::SECURE_BOOT_REFUSED.into(),
+            detail: json!({"evidence": "silence", "proven": true}),
+            server: None,
+        });
+        events.extend(refused);
+        let b = boots(&events);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].secure_boot_refused, None);
+        assert_eq!(
+            b[1].secure_boot_refused,
+            Some(RefusalNote {
+                at_ms: 80_900,
+                proven: true,
+                evidence: "silence".into()
+            })
+        );
+        assert_eq!(b[1].reached, Some(Stage::FirstStage));
+        let json = serde_json::to_value(&b).unwrap();
+        assert!(json[0].get("secure_boot_refused").is_none(), "{json}");
     }
 
     #[test]
@@ -624,38 +733,78 @@ mod tests {
         out
     }
 
+    /// A first-stage event; `own` when its source address was the machine's own.
+    fn fetch(path: &str, outcome: &str, own: bool) -> serde_json::Value {
+        json!({"path": path, "first_stage": true, "what": "first-stage", "outcome": outcome,
+            "own_address": own})
+    }
+
     fn first_stage(path: &str, outcome: &str) -> serde_json::Value {
-        json!({"path": path, "first_stage": true, "what": "first-stage", "outcome": outcome})
+        fetch(path, outcome, true)
+    }
+
+    fn summary(alerts: &[SecureBootAlert]) -> Vec<(&'static str, bool)> {
+        alerts.iter().map(|a| (a.evidence, a.proven)).collect()
     }
 
     #[test]
-    fn uefi_firmware_back_at_dhcp_after_the_unsigned_first_stage_is_a_secure_boot_refusal() {
+    fn a_proven_unsigned_fetch_followed_by_silence_or_another_fetch_is_a_proven_refusal() {
+        // OVMF's next option is PXE over IPv6, which waits minutes: silence says it, even
+        // with the firmware's DHCP in between (a DHCP request proves nothing by itself).
         let alerts = sb_trace(&[
             (0, "dhcp", json!({"client": "pxe"})),
             (900, "tftp", first_stage("ipxe.efi", "size-probe")),
             (2_000, "tftp", first_stage("ipxe.efi", "ok")),
-            // OVMF: Access Denied, then its next boot option (UEFI HTTPv4) asks DHCP.
             (3_500, "dhcp", json!({"client": "http-boot"})),
-        ]);
-        assert_eq!(
-            alerts,
-            [SecureBootAlert {
-                mac: "52:54:00:00:00:01".parse().unwrap(),
-                after_ms: 1_500,
-                evidence: "firmware-dhcp",
-            }]
-        );
-        // OVMF's next option is PXE over IPv6, which waits minutes: silence says it.
-        let alerts = sb_trace(&[
-            (2_000, "tftp", first_stage("ipxe.efi", "ok")),
             (
                 2_000 + SECURE_BOOT_SILENCE_MS,
                 "dhcp",
                 json!({"client": "other"}),
             ),
         ]);
-        assert_eq!(alerts.len(), 1, "{alerts:?}");
-        assert_eq!(alerts[0].evidence, "silence");
+        assert_eq!(
+            alerts,
+            [SecureBootAlert {
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                after_ms: SECURE_BOOT_SILENCE_MS,
+                evidence: "silence",
+                proven: true,
+            }]
+        );
+        // OVMF's HTTP Boot option takes the unsigned binary again and refuses it again.
+        let alerts = sb_trace(&[
+            (2_000, "tftp", first_stage("ipxe.efi", "ok")),
+            (3_500, "dhcp", json!({"client": "http-boot"})),
+            (4_000, "http", first_stage("/ipxe-bin/ipxe.efi", "ok")),
+        ]);
+        assert_eq!(summary(&alerts), [("fetched-again", true)]);
+    }
+
+    #[test]
+    fn a_fetch_from_an_address_not_the_machines_is_an_unproven_observation_only() {
+        // A stranger's DHCP naming the machine, its fetch from its own address, then silence.
+        let alerts = sb_trace(&[
+            (0, "dhcp", json!({"client": "pxe"})),
+            (2_000, "tftp", fetch("ipxe.efi", "ok", false)),
+            (
+                2_000 + SECURE_BOOT_SILENCE_MS,
+                "dhcp",
+                json!({"client": "other"}),
+            ),
+        ]);
+        assert_eq!(summary(&alerts), [("silence", false)]);
+        // ... or its next DHCP request naming the machine.
+        let alerts = sb_trace(&[
+            (2_000, "tftp", fetch("ipxe.efi", "ok", false)),
+            (3_000, "dhcp", json!({"client": "pxe"})),
+        ]);
+        assert_eq!(summary(&alerts), [("firmware-dhcp", false)]);
+        // A stranger's fetch beside the machine's own proves nothing either.
+        let alerts = sb_trace(&[
+            (2_000, "tftp", fetch("ipxe.efi", "ok", false)),
+            (2_500, "tftp", first_stage("ipxe.efi", "ok")),
+        ]);
+        assert_eq!(summary(&alerts), [("fetched-again", false)]);
     }
 
     #[test]
@@ -666,12 +815,22 @@ mod tests {
             (2_000, "tftp", first_stage("ipxe.efi", "ok")),
             (3_000, "dhcp", json!({"client": "ipxe"})),
             (9_000, "dhcp", json!({"client": "pxe"})),
+            (
+                9_000 + SECURE_BOOT_SILENCE_MS,
+                "dhcp",
+                json!({"client": "other"})
+            ),
         ])
         .is_empty());
         // BIOS: undionly.kpxe is no EFI binary, whatever follows.
         assert!(sb_trace(&[
             (2_000, "tftp", first_stage("undionly.kpxe", "ok")),
             (3_000, "dhcp", json!({"client": "pxe"})),
+            (
+                3_000 + SECURE_BOOT_SILENCE_MS,
+                "dhcp",
+                json!({"client": "other"})
+            ),
         ])
         .is_empty());
         // The signed chain's files, over TFTP and HTTP Boot.
@@ -683,6 +842,11 @@ mod tests {
                 first_stage("/ipxe-bin/secureboot/ipxe.efi", "ok")
             ),
             (3_000, "dhcp", json!({"client": "pxe"})),
+            (
+                3_000 + SECURE_BOOT_SILENCE_MS,
+                "dhcp",
+                json!({"client": "other"})
+            ),
         ])
         .is_empty());
         // iPXE slow to ask, but within the limit.
@@ -704,6 +868,11 @@ mod tests {
         assert!(sb_trace(&[
             (0, "tftp", first_stage("ipxe.efi", "timed-out")),
             (1_000, "dhcp", json!({"client": "pxe"})),
+            (
+                1_000 + SECURE_BOOT_SILENCE_MS,
+                "dhcp",
+                json!({"client": "other"})
+            ),
         ])
         .is_empty());
     }
@@ -712,8 +881,8 @@ mod tests {
     fn uefi_http_boot_of_the_unsigned_binary_counts_too() {
         let alerts = sb_trace(&[
             (0, "http", first_stage("/ipxe-bin/ipxe.efi", "ok")),
-            (1_000, "dhcp", json!({"client": "pxe"})),
+            (SECURE_BOOT_SILENCE_MS, "dhcp", json!({"client": "pxe"})),
         ]);
-        assert_eq!(alerts.len(), 1);
+        assert_eq!(summary(&alerts), [("silence", true)]);
     }
 }

@@ -74,16 +74,29 @@ function renderMachines() {
     if (last && last.errors > 0) tr.className = "err";
     if (warnings.some((w) => w.mac === m.mac)) tr.className = "warn";
     const f = m.facts || {};
+    const fw = m.firmware || {};
     const profile = m.pinned_profile ? m.pinned_profile + " (pinned)" : m.last_profile;
-    const state = m.installed_ms ? "installed (boots local disk)" : (last ? "reached " + last.reached : "seen");
+    const state = machineState(m, fw, last);
+    if (fw.secure_boot && fw.secure_boot.proven) tr.className = "warn";
     const edit = document.createElement("button");
     edit.textContent = "Edit";
     edit.className = "edit";
     edit.onclick = () => openEdit(m);
-    tr.append(td(m.mac, "mono"), td(f.arch), td(f.ip, "mono"), td(f.hostname), td(profile, "profile"),
+    tr.append(td(m.mac, "mono"), td(f.arch || fw.arch), td(f.ip, "mono"), td(f.hostname), td(profile, "profile"),
       td(state, "state"), td(bar(last), "timeline"), td(ago(m.last_seen_ms)), td(edit));
     body.appendChild(tr);
   }
+}
+
+// What a machine's row says it is doing: installed, refused by Secure Boot, or how far its
+// last boot got (from its timeline, or from its record when it never reached a script).
+function machineState(m, fw, last) {
+  if (m.installed_ms) return "installed (boots local disk)";
+  const sb = fw.secure_boot;
+  if (sb && sb.proven && (!fw.stage_ms || fw.stage_ms <= sb.at_ms + 1000)) return "first stage refused by Secure Boot";
+  const reached = last ? last.reached : fw.stage;
+  const note = sb && !sb.proven ? " (a Secure Boot refusal seen from another address: unproven)" : "";
+  return (reached ? "reached " + reached : "seen") + note;
 }
 
 function renderWarnings() {
@@ -92,7 +105,7 @@ function renderWarnings() {
   if (!warnings.length) { const li = document.createElement("li"); li.className = "muted"; li.textContent = "none"; ul.appendChild(li); return; }
   for (const w of warnings.slice(-20).reverse()) {
     const li = document.createElement("li");
-    li.className = w.kind === "chainload-loop" ? "loop" : "";
+    li.className = w.kind === "chainload-loop" || w.kind === "secure-boot-refused" ? "loop" : "";
     li.textContent = new Date(w.at_ms).toLocaleTimeString() + " " + text(w.mac) + ": " + w.text;
     ul.appendChild(li);
   }
@@ -113,21 +126,30 @@ function describe(e) {
     case "tftp": return (failed(d) ? "FAILED " : "") + d.path + " " + text(d.bytes) + " B in " + text(d.duration_ms) + " ms";
     case "http": return d.status + " " + d.method + " " + d.path + " (" + d.what + ", " + d.bytes + " B)";
     case "chainload-loop": return "chainload loop: " + d.probable_cause;
+    case "secure-boot-refused": return refusalText(d);
     default: return JSON.stringify(d);
   }
+}
+
+function refusalText(d) {
+  return (d.proven ? "first stage refused by the firmware (" : "unproven Secure Boot refusal (") +
+    d.evidence + "): " + (d.proven ? d.probable_cause : d.note);
 }
 
 function addEvent(e, prepend) {
   const body = $("#events tbody");
   const tr = document.createElement("tr");
   const d = e.detail || {};
-  if (e.kind === "chainload-loop") tr.className = "err";
+  if (e.kind === "chainload-loop" || (e.kind === "secure-boot-refused" && d.proven)) tr.className = "err";
   else if (failed(d)) tr.className = "warn";
   tr.append(td(new Date(e.at_ms).toLocaleTimeString()), td(e.mac, "mono"), td(e.kind), td(describe(e)));
   if (prepend) body.prepend(tr); else body.appendChild(tr);
   while (body.children.length > 200) body.lastChild.remove();
-  if (e.kind === "chainload-loop" || failed(d)) {
-    warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text: e.kind === "chainload-loop" ? d.probable_cause : (d.error || d.outcome + " " + (d.path || "")) });
+  if (e.kind === "chainload-loop" || e.kind === "secure-boot-refused" || failed(d)) {
+    const text = e.kind === "chainload-loop" ? d.probable_cause
+      : e.kind === "secure-boot-refused" ? refusalText(d)
+      : (d.error || d.outcome + " " + (d.path || ""));
+    warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text });
   }
 }
 

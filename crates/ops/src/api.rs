@@ -661,8 +661,23 @@ fn write_events(w: &mut Writer, st: &OpsState) {
     );
     w.counter(
         "chainboot_secure_boot_refusals_total",
-        "UEFI machines that took the unsigned first stage and never ran it (probably refused by Secure Boot).",
+        "UEFI machines that took the unsigned first stage from their own address and never ran it (probably refused by Secure Boot).",
         g(&es.secure_boot_refusals),
+    );
+    w.counter(
+        "chainboot_secure_boot_unproven_total",
+        "The same pattern where a fetch did not come from the machine's own address (recorded, never acted on).",
+        g(&es.secure_boot_unproven),
+    );
+    w.counter(
+        "chainboot_machines_sightings_refused_total",
+        "Boot clients' DHCP requests the new-machine limiter kept from making a machine record.",
+        g(&es.sightings_refused),
+    );
+    w.counter(
+        "chainboot_machines_write_errors_total",
+        "Batches of machine updates (records from DHCP, stages, refusals) the store failed to take.",
+        g(&es.machine_write_errors),
     );
     w.counter(
         "chainboot_events_recorded_total",

@@ -9,9 +9,12 @@ use chainboot_content::shown_path;
 use chainboot_content::What;
 use chainboot_dhcp::boot::BootDecision;
 use chainboot_dhcp::{Handled, Ingress};
-use chainboot_events::{Detail, DhcpDetail, EventLog, HttpDetail, Outcome, TftpDetail};
+use chainboot_events::{
+    Detail, DhcpDetail, EventLog, HttpDetail, Outcome, Sighted, SourceProof, TftpDetail,
+};
 use chainboot_http::{AccessRecord, HttpObserver, StaticFile};
 use chainboot_machine::Mac;
+use chainboot_policy::facts::sanitize_fact;
 use chainboot_policy::policy::AssetSlot;
 use chainboot_policy::Policy;
 use chainboot_tftp::server::{TransferObserver, TransferSummary};
@@ -114,6 +117,7 @@ impl TransferObserver for Observers {
             outcome: tftp_outcome(s),
             error: None,
             note: None,
+            source: self.source_proof(mac, what, ok, s.client.ip()),
         };
         let detail = match (ok, detail.outcome.is_error()) {
             (true, _) => detail,
@@ -148,6 +152,18 @@ impl TransferObserver for Observers {
 }
 
 impl Observers {
+    /// For a first stage taken whole by a known machine: whether it came from the machine's
+    /// own address (what a Secure Boot refusal needs to count). One lease lookup and one
+    /// neighbour-table ioctl per first stage; nothing for any other transfer.
+    fn source_proof(&self, mac: Option<Mac>, what: What, ok: bool, ip: IpAddr) -> SourceProof {
+        match mac {
+            Some(mac) if ok && what == What::FirstStage => {
+                SourceProof::of(self.policy.own_address(mac, ip))
+            }
+            _ => SourceProof::default(),
+        }
+    }
+
     /// A file a static route served, as one of `mac`'s boot steps when its last decision
     /// names it (a profile's kernel and initrds may be plain files under `[http] root` or in
     /// an ISO image, fetched by their `/files/` or `/iso/` URL).
@@ -221,6 +237,7 @@ impl HttpObserver for Observers {
             bytes: r.bytes,
             duration_ms: r.duration.as_millis() as u64,
             complete: r.complete,
+            source: self.source_proof(mac, what, !failed && r.complete, client_ip),
         };
         if failed {
             self.events
@@ -294,6 +311,30 @@ impl chainboot_dhcp::DhcpObserver<Ingress, Handled> for Observers {
         if let (Some(mac), Some(addr)) = (facts.mac, handled.address) {
             self.events.learn_ip(IpAddr::V4(addr), mac, true);
         }
+        if let Some(mac) = facts
+            .mac
+            .filter(|_| kind != "other" || facts.arch_code.is_some())
+        {
+            // A client without an address asks from 0.0.0.0: the address it is given stands
+            // for it in the new-machine limiter (relayed requests come from their relay).
+            let src = *ingress.src.ip();
+            let source = match handled.address {
+                Some(a) if src.is_unspecified() => a,
+                _ => src,
+            };
+            self.events.sighted(Sighted {
+                mac,
+                source: IpAddr::V4(source),
+                arch: arch_name(facts.arch_code),
+                vendor_class: facts.vendor_class.as_deref().and_then(sanitize_fact),
+                uuid: facts
+                    .uuid
+                    .as_deref()
+                    .and_then(|u| u.get(1..17))
+                    .and_then(|u| <[u8; 16]>::try_from(u).ok())
+                    .map(|u| uuid_text(&u)),
+            });
+        }
         // Ordinary DHCP clients are not booting through chainboot: counted, not logged. (In
         // server mode they get an address and the decision "not a boot client".)
         if kind == "other"
@@ -355,6 +396,15 @@ impl chainboot_dhcp::DhcpObserver<chainboot_dhcp6::Ingress6, chainboot_dhcp6::Ha
             }
         }
         let kind = client_kind(&facts.boot);
+        if let Some(mac) = mac.filter(|_| kind != "other" || facts.boot.arch_code.is_some()) {
+            self.events.sighted(Sighted {
+                mac,
+                source: IpAddr::V6(*ingress.src.ip()),
+                arch: arch_name(facts.boot.arch_code),
+                vendor_class: facts.boot.vendor_class.as_deref().and_then(sanitize_fact),
+                uuid: facts.uuid.map(|u| uuid_text(&u)),
+            });
+        }
         if kind == "other" {
             return;
         }
@@ -397,6 +447,24 @@ impl chainboot_dhcp::DhcpObserver<chainboot_dhcp6::Ingress6, chainboot_dhcp6::Ha
         };
         self.events.record(mac, DhcpDetail::KIND, detail.to_json());
     }
+}
+
+/// Option 93's architecture as chainboot names it (`efi-x64`, `bios`, ...).
+fn arch_name(code: Option<u16>) -> Option<String> {
+    chainboot_machine::Arch::from_option93(code?).map(|c| c.arch.name().to_string())
+}
+
+/// A UUID's 16 bytes in its text form, in the order they were sent.
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The engine's outcome as an event outcome and, when not answered, why. Requests ignored

@@ -36,6 +36,11 @@ pub trait AddressBook: Send + Sync + 'static {
     fn leased_to(&self, ip: IpAddr) -> Option<Mac>;
     /// The hardware address the neighbour table maps `ip` to (on-link clients only).
     fn neighbour(&self, ip: IpAddr) -> Option<Mac>;
+    /// Whether chainboot's own DHCP hands out addresses of `ip`'s family (server mode): then
+    /// an address of a machine's is one it leased.
+    fn hands_out_addresses(&self, _ip: IpAddr) -> bool {
+        false
+    }
 }
 
 /// An address book that knows nothing (tests without a network, `explain`).
@@ -211,6 +216,32 @@ impl Gate<'_> {
     }
 }
 
+/// Whether `ip` is `mac`'s own address, by a stricter rule than [`Gate::verify`]'s, for
+/// evidence that changes what a machine boots without any request of its own (its firmware
+/// refusing the unsigned first stage): the kernel's neighbour table maps `ip` to `mac` (so the
+/// transfer's packets went to that hardware address and were answered), and where chainboot's
+/// DHCP hands out addresses, its bound lease of `ip` is `mac`'s too. A stranger that named
+/// `mac` in its DHCP requests and fetched from the address it was given answers ARP with its
+/// own hardware address and fails the first part; loopback, trusted networks and capabilities
+/// prove nothing here.
+pub fn own_address(book: &dyn AddressBook, mac: Mac, ip: IpAddr) -> Result<(), String> {
+    let ip = canonical(ip);
+    if book.hands_out_addresses(ip) {
+        match book.leased_to(ip) {
+            Some(m) if m == mac => {}
+            Some(m) => return Err(format!("{ip} is leased to {m}")),
+            None => return Err(format!("{ip} holds no lease from this server")),
+        }
+    }
+    match book.neighbour(ip) {
+        Some(m) if m == mac => Ok(()),
+        Some(m) => Err(format!("the neighbour table maps {ip} to {m}")),
+        None => Err(format!(
+            "{ip} is not in the neighbour table (loopback, routed, or IPv6)"
+        )),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (a dual-stack listener) as plain IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -253,6 +284,51 @@ mod tests {
             caps,
             trusted: &[],
         }
+    }
+
+    struct ServerBook(Book);
+    impl AddressBook for ServerBook {
+        fn leased_to(&self, ip: IpAddr) -> Option<Mac> {
+            self.0.leased_to(ip)
+        }
+        fn neighbour(&self, ip: IpAddr) -> Option<Mac> {
+            self.0.neighbour(ip)
+        }
+        fn hands_out_addresses(&self, _ip: IpAddr) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn an_own_address_needs_the_neighbour_table_and_in_server_mode_the_lease_too() {
+        let (v, a, x) = (mac(VICTIM), mac(ATTACKER), ip("198.18.0.100"));
+        // The machine itself: leased to it, and its hardware address answers for it.
+        let own = ServerBook(Book {
+            lease: Some((x, v)),
+            neigh: Some((x, v)),
+        });
+        assert_eq!(own_address(&own, v, x), Ok(()));
+        // A stranger that leased the address in the victim's name answers ARP as itself.
+        let stranger = ServerBook(Book {
+            lease: Some((x, v)),
+            neigh: Some((x, a)),
+        });
+        let why = own_address(&stranger, v, x).unwrap_err();
+        assert!(why.contains("52:54:00:00:00:66"), "{why}");
+        // The right hardware address, but not the address chainboot leased to it.
+        let unleased = ServerBook(Book {
+            lease: None,
+            neigh: Some((x, v)),
+        });
+        assert!(own_address(&unleased, v, x).is_err());
+        // Proxy mode: no lease of ours to ask, the neighbour table decides.
+        let proxy = Book {
+            lease: None,
+            neigh: Some((x, v)),
+        };
+        assert_eq!(own_address(&proxy, v, x), Ok(()));
+        // Loopback and unknown addresses prove nothing.
+        assert!(own_address(&proxy, v, ip("127.0.0.1")).is_err());
     }
 
     #[test]

@@ -475,6 +475,7 @@ fn new_record(mac: Mac, now: i64) -> chainboot_store::machines::MachineRecord {
         secret: crate::random_hex(16),
         last_profile: None,
         last_server: None,
+        firmware: Default::default(),
     }
 }
 

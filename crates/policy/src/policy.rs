@@ -428,6 +428,16 @@ impl Policy {
         .verify(mac, peer, cap, std::time::SystemTime::now())
     }
 
+    /// Whether `ip` is `mac`'s own address by the strict rule for evidence that may change
+    /// what a machine boots without any request of its own (a Secure Boot refusal): see
+    /// [`crate::access::own_address`]. `Err` says why not.
+    pub fn own_address(&self, mac: Mac, ip: std::net::IpAddr) -> Result<(), String> {
+        match self.book.get() {
+            Some(book) => crate::access::own_address(book.as_ref(), mac, ip),
+            None => Err("this server has no address book (no identity checks)".into()),
+        }
+    }
+
     /// A boot capability for `mac` (and one profile, for a menu choice).
     pub fn capability(&self, mac: Mac, profile: Option<&str>) -> String {
         let lifetime = self.current.load().cfg.boot.capability_lifetime;

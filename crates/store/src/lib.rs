@@ -8,11 +8,12 @@
 //!   fleet (see `pg`).
 //!
 //! Each concern owns a module with its schema and queries for both backends (`leases`,
-//! `leases6`, `machines`, `events`, `servers`); this file owns the SQLite connection handling, `schema`
-//! the versioned migrations, `pg` the PostgreSQL pool.
+//! `leases6`, `machines` and `firmware`, `events`, `servers`); this file owns the SQLite
+//! connection handling, `schema` the versioned migrations, `pg` the PostgreSQL pool.
 
 pub mod config;
 pub mod events;
+pub mod firmware;
 mod journal;
 pub mod leases;
 pub mod leases6;

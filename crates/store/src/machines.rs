@@ -13,6 +13,7 @@ use chainboot_machine::Mac;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+pub use crate::firmware::{FirmwareSeen, SecureBootMark};
 use crate::schema::Migration;
 use crate::{Backend, Store, StoreError};
 
@@ -116,11 +117,17 @@ pub struct MachineRecord {
     /// The server that last answered its script request (servers of a fleet share machines).
     #[serde(default)]
     pub last_server: Option<String>,
+    /// What its firmware said over DHCP and how far its last boot got (shown, never decided
+    /// on: see [`crate::firmware`]).
+    #[serde(default)]
+    pub firmware: FirmwareSeen,
 }
 
+/// The machine's own columns, then the firmware's ([`FirmwareSeen`], from column 17 on).
 const COLUMNS: &str = "mac, first_seen_ms, last_seen_ms, arch, uuid, hostname, serial, \
     manufacturer, product, ip, pinned_profile, installed_ms, installed_reason, labels, secret, \
-    last_profile, last_server";
+    last_profile, last_server, fw_arch, fw_vendor_class, fw_uuid, stage, stage_ms, secure_boot, \
+    secure_boot_ms, secure_boot_why";
 
 /// Schema version 7: which server last answered each machine.
 pub(crate) const MIGRATION_LAST_SERVER: Migration = Migration {
@@ -193,6 +200,18 @@ fn decode<R: MachineRow>(r: &R) -> Result<MachineRecord, R::Error> {
         secret: r.column(14)?,
         last_profile: r.column(15)?,
         last_server: r.column(16)?,
+        firmware: FirmwareSeen::from_values(
+            [
+                r.column(17)?,
+                r.column(18)?,
+                r.column(19)?,
+                r.column(20)?,
+                r.column(22)?,
+                r.column(24)?,
+            ],
+            r.column(21)?,
+            r.column(23)?,
+        ),
     })
 }
 
@@ -513,7 +532,8 @@ impl Store {
     /// Forgets unproven machines last seen before `older_than_ms`, returning how many. A
     /// machine is unproven when nothing but its own script requests vouches for it: all its
     /// requests fell within one boot ([`UNPROVEN_SPAN_MS`] of its first), it never had a lease
-    /// from chainboot's DHCP, and no operator pinned, labelled or marked it installed. Anyone
+    /// from chainboot's DHCP, its firmware's Secure Boot refusal was not proven from its own
+    /// address, and no operator pinned, labelled or marked it installed. Anyone
     /// can make such a record by naming a made-up MAC in `/ipxe?mac=`; a real machine that
     /// comes back later simply gets a new record.
     pub fn machine_prune_unproven(&self, older_than_ms: i64) -> Result<usize, StoreError> {
@@ -523,6 +543,7 @@ impl Store {
                 "DELETE FROM machines WHERE last_seen_ms < $1
                     AND last_seen_ms - first_seen_ms < $2
                     AND pinned_profile IS NULL AND installed_ms IS NULL AND labels = '{}'
+                    AND (secure_boot IS NULL OR secure_boot <> 'refused')
                     AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.mac = machines.mac)",
                 pg_params![older_than_ms, UNPROVEN_SPAN_MS],
             )
@@ -533,6 +554,7 @@ impl Store {
                 "DELETE FROM machines WHERE last_seen_ms < ?1
                     AND last_seen_ms - first_seen_ms < ?2
                     AND pinned_profile IS NULL AND installed_ms IS NULL AND labels = '{}'
+                    AND (secure_boot IS NULL OR secure_boot <> 'refused')
                     AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.mac = machines.mac)",
                 params![older_than_ms, UNPROVEN_SPAN_MS],
             )

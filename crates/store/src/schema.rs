@@ -39,6 +39,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::leases6::MIGRATION,
     // 7: which server last answered each machine.
     crate::machines::MIGRATION_LAST_SERVER,
+    // 8: what machines' firmware said over DHCP, their boots' stage, Secure Boot refusals.
+    crate::firmware::MIGRATION,
 ];
 
 /// The schema version this binary brings databases to.

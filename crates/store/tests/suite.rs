@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use chainboot_machine::Mac;
 use chainboot_store::events::{self, EventFilter, NewEvent, Retention, MAX_PAGE};
+use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
 use chainboot_store::leases::{self, LeaseRecord, LeaseState};
 use chainboot_store::machines::MachineFacts;
 use chainboot_store::{servers, Store, StoreBackend, StoreConfig, StoreError};
@@ -97,6 +98,7 @@ on_both_backends!(
     a_flood_of_unattributed_events_does_not_push_out_machines_history,
     the_schema_is_current_and_reopening_migrates_nothing,
     heartbeats_list_the_live_servers,
+    firmware_sightings_stages_and_secure_boot_refusals_survive_reopen,
 );
 
 fn mac(s: &str) -> Mac {
@@ -781,4 +783,110 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
     let r = s.machine_seen(known, &facts, 30, "other", None).unwrap();
     assert!(!s.degraded());
     assert_eq!((r.last_seen_ms, r.secret.as_str()), (30, "sekrit"));
+}
+
+fn sighting(m: &str, at: i64, create: bool) -> Sighting {
+    Sighting {
+        mac: mac(m),
+        at_ms: at,
+        arch: Some("efi-x64".into()),
+        vendor_class: Some("PXEClient:Arch:00007:UNDI:003016".into()),
+        uuid: None,
+        create_with_secret: create.then(|| format!("secret-{m}")),
+    }
+}
+
+fn mark(proven: bool, at: i64, why: &str) -> SecureBootMark {
+    SecureBootMark {
+        proven,
+        at_ms: at,
+        why: why.into(),
+    }
+}
+
+fn firmware_sightings_stages_and_secure_boot_refusals_survive_reopen(db: &Db) {
+    let s = db.open();
+    let (a, b, c) = (
+        "52:54:00:00:70:01",
+        "52:54:00:00:70:02",
+        "52:54:00:00:70:03",
+    );
+    s.machines_observe(&Observations {
+        // `c` was not admitted: only updated if known, and it is not.
+        sightings: vec![
+            sighting(a, 1000, true),
+            sighting(b, 1000, true),
+            sighting(c, 1000, false),
+        ],
+        stages: vec![
+            (mac(a), "firmware-dhcp".into(), 1000),
+            (mac(c), "first-stage".into(), 1000),
+        ],
+        secure_boot: vec![],
+    })
+    .unwrap();
+    assert_eq!(s.machine_count().unwrap(), 2);
+    assert_eq!(
+        s.machines_known(&[mac(a), mac(b), mac(c)]).unwrap(),
+        [mac(a), mac(b)]
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+    );
+    let m = s.machine(mac(a)).unwrap().unwrap();
+    assert_eq!(m.firmware.arch.as_deref(), Some("efi-x64"));
+    assert_eq!(m.firmware.stage.as_deref(), Some("firmware-dhcp"));
+    assert_eq!(
+        m.facts,
+        MachineFacts::default(),
+        "DHCP's words are not facts"
+    );
+    assert_eq!(m.secret, format!("secret-{a}"));
+    // A later sighting keeps the secret and what it did not say; an older stage loses to a
+    // newer one; a proven refusal is not replaced by an unproven one, the reverse is.
+    s.machines_observe(&Observations {
+        sightings: vec![Sighting {
+            arch: None,
+            create_with_secret: Some("other".into()),
+            ..sighting(a, 3000, true)
+        }],
+        stages: vec![
+            (mac(a), "secure-boot-refused".into(), 2500),
+            (mac(b), "script".into(), 2000),
+        ],
+        secure_boot: vec![
+            (mac(a), mark(true, 2500, "silence")),
+            (mac(b), mark(false, 2000, "firmware-dhcp")),
+        ],
+    })
+    .unwrap();
+    s.machines_observe(&Observations {
+        stages: vec![(mac(b), "first-stage".into(), 1500)],
+        secure_boot: vec![
+            (mac(a), mark(false, 4000, "firmware-dhcp")),
+            (mac(b), mark(true, 4000, "fetched-again")),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    drop(s);
+    let s = db.open();
+    let m = s.machine(mac(a)).unwrap().unwrap();
+    assert_eq!(m.secret, format!("secret-{a}"));
+    assert_eq!(m.last_seen_ms, 3000);
+    assert_eq!(m.firmware.arch.as_deref(), Some("efi-x64"));
+    assert_eq!(m.firmware.stage.as_deref(), Some("secure-boot-refused"));
+    assert_eq!(m.firmware.secure_boot, Some(mark(true, 2500, "silence")));
+    let m = s.machine(mac(b)).unwrap().unwrap();
+    assert_eq!(m.firmware.stage.as_deref(), Some("script"));
+    assert_eq!(
+        m.firmware.secure_boot,
+        Some(mark(true, 4000, "fetched-again"))
+    );
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json["firmware"]["secure_boot"]["proven"], true, "{json}");
+    assert_eq!(
+        s.machines_refusing_secure_boot(10).unwrap(),
+        [(mac(b), 4000), (mac(a), 2500)]
+    );
+    assert_eq!(s.machines_refusing_secure_boot(1).unwrap().len(), 1);
 }

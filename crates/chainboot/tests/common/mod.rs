@@ -263,23 +263,46 @@ pub fn loopback_config(dir: &std::path::Path, extra: &str) -> (std::path::PathBu
 /// One DORA with busybox udhcpc on `cli0` in `ns`, with udhcpc's extra `args`; the address it
 /// was given (the test fails if it gets none within udhcpc's five tries).
 pub fn udhcpc_lease(ns: &str, dir: &Path, args: &str) -> String {
+    udhcpc_answer(ns, dir, "cli0", args).0
+}
+
+/// One DORA with busybox udhcpc on `iface` in `ns`: the address it was given and the boot
+/// file name of the answer (empty when none).
+pub fn udhcpc_answer(ns: &str, dir: &Path, iface: &str, args: &str) -> (String, String) {
     let log = dir.join("udhcpc.log");
     let _ = std::fs::remove_file(&log);
     let script = dir.join("udhcpc.sh");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\necho \"$1 $ip\" >> {}\n", log.display()),
+        format!(
+            "#!/bin/sh\necho \"$1 $ip file=$boot_file\" >> {}\n",
+            log.display()
+        ),
     )
     .unwrap();
     sh(&format!("chmod +x {}", script.display()));
     let out = sh(&format!(
-        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i cli0 -t 5 -T 1 {args} -s {}",
+        "timeout 30 ip netns exec {ns} busybox udhcpc -f -q -n -i {iface} -t 5 -T 1 {args} -s {}",
         script.display()
     ));
     assert!(out.status.success(), "udhcpc got no lease: {out:?}");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    text.lines()
+    let bound = text
+        .lines()
         .find_map(|l| l.strip_prefix("bound "))
-        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"))
-        .to_string()
+        .unwrap_or_else(|| panic!("udhcpc never bound:\n{text}"));
+    let (ip, file) = bound.split_once(" file=").unwrap_or((bound, ""));
+    (ip.to_string(), file.trim().to_string())
+}
+
+/// A TFTP download with tftp-hpa's client from inside `ns` (into /dev/null); whether it
+/// completed.
+pub fn tftp_get_in(ns: &str, server: &str, file: &str) -> bool {
+    let (host, port) = server.rsplit_once(':').unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "30", "tftp", host, port])
+        .args(["-m", "binary", "-c", "get", file, "/dev/null"])
+        .status()
+        .unwrap()
+        .success()
 }
