@@ -196,3 +196,79 @@ fn explain_shows_the_signed_chain_a_machine_starts_and_why() {
     let out = explain("52:54:00:00:01:02", "bios");
     assert!(out.contains("file \"undionly.kpxe\""), "{out}");
 }
+
+#[test]
+fn explain_shows_a_remembered_refusal_and_only_a_proven_one_switches_the_loader() {
+    use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (proven, unproven) = ("52:54:00:00:03:01", "52:54:00:00:03:02");
+    {
+        // What a running server left in its store: two machines seen over DHCP, one refusal
+        // proven from the machine's own address, one only observed.
+        let store = chainboot_store::Store::open(&state).unwrap();
+        let seen = |mac: &str| Sighting {
+            mac: mac.parse().unwrap(),
+            at_ms: chainboot_events::now_ms(),
+            arch: Some("efi-x64".into()),
+            vendor_class: Some("PXEClient:Arch:00007:UNDI:003016".into()),
+            uuid: None,
+            create_with_secret: Some("s".into()),
+        };
+        let mark = |proven: bool| SecureBootMark {
+            proven,
+            at_ms: chainboot_events::now_ms(),
+            why: "silence".into(),
+        };
+        store
+            .machines_observe(&Observations {
+                sightings: vec![seen(proven), seen(unproven)],
+                stages: vec![],
+                secure_boot: vec![
+                    (proven.parse().unwrap(), mark(true)),
+                    (unproven.parse().unwrap(), mark(false)),
+                ],
+            })
+            .unwrap();
+    }
+    let cfg = dir.path().join("explain.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[dhcp]\nmode = \"proxy\"\n\
+             [boot]\ndefault = \"local-disk\"\nsecure_boot_fallback = \"grub\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let explain = |mac: &str| {
+        let (code, out) = chainboot(&[
+            "explain",
+            "--mac",
+            mac,
+            "--arch",
+            "efi-x64",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let out = explain(proven);
+    assert!(
+        out.contains("Secure Boot: its firmware refused the unsigned first stage (silence")
+            && out.contains("proven): [boot] secure_boot_fallback applies"),
+        "{out}"
+    );
+    assert!(
+        out.contains("its firmware said over DHCP: arch efi-x64"),
+        "{out}"
+    );
+    assert!(out.contains("file \"secureboot/shimx64.efi\""), "{out}");
+    let out = explain(unproven);
+    assert!(
+        out.contains("unproven): a fetch did not come from its own address"),
+        "{out}"
+    );
+    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+}
