@@ -134,6 +134,25 @@ fn curl(ns: &str, url: &str, out: Option<&Path>) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The hardware address of `cli0` in `ns` (what dhclient's DUID-LL is made of).
+fn cli0_mac(ns: &str) -> String {
+    let out = sh(&format!("ip -n {ns} link show cli0"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no link/ether address on cli0 in {ns}"))
+        .to_string()
+}
+
+/// What firmware does with its DHCPv6 lease: the address on its interface (a /128), and the
+/// prefix on-link (a router advertisement says so; off in these tests).
+fn use_lease6(ns: &str, addr: &str, prefix: &str) {
+    sh(&format!(
+        "ip -n {ns} -6 addr add {addr}/128 dev cli0 nodad && ip -n {ns} -6 route add {prefix} dev cli0"
+    ));
+}
+
 #[test]
 fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     require_root_and(&["ip", "dhclient", "curl"]);
@@ -153,12 +172,7 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     // Firmware: an address and the first stage as a tftp:// URL, fetched over TFTP on IPv6.
     let (addr, url) = dhcpv6(&net.client, dir.path(), "pxe", false);
     assert_eq!(url, format!("tftp://[{SERVER6}]/ipxe.efi"));
-    // What the firmware does with its lease: the address on its interface (a /128), the
-    // prefix on-link (a router advertisement says so; off in this test).
-    sh(&format!(
-        "ip -n {c} -6 addr add {addr}/128 dev cli0 nodad && ip -n {c} -6 route add 2001:db8:25::/64 dev cli0",
-        c = net.client
-    ));
+    use_lease6(&net.client, &addr, "2001:db8:25::/64");
     let first_stage = dir.path().join("ipxe.efi");
     curl(&net.client, &url, Some(&first_stage));
     let size = std::fs::metadata(&first_stage).unwrap().len();
@@ -177,13 +191,7 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     assert!(stub.contains(&chain), "{stub}");
     // The chained request from the leased address: proven by the DHCPv6 lease (the MAC came
     // from dhclient's DUID-LL), so the machine's own script, not a refusal.
-    let mac = sh(&format!("ip -n {} link show cli0", net.client));
-    let mac = String::from_utf8_lossy(&mac.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap()
-        .replace(':', "-");
+    let mac = cli0_mac(&net.client).replace(':', "-");
     let script = curl(
         &net.client,
         &format!("{chain}{mac}&buildarch=x86_64&platform=efi"),
@@ -230,13 +238,7 @@ fn pxev6_firmware_whose_group_starts_grub_gets_shim_in_option_59_and_fetches_it(
         "ip -n {} addr add {server6}/64 dev srv0 nodad",
         net.server
     ));
-    let mac = sh(&format!("ip -n {} link show cli0", net.client));
-    let mac = String::from_utf8_lossy(&mac.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let mac = cli0_mac(&net.client);
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -263,10 +265,7 @@ fn pxev6_firmware_whose_group_starts_grub_gets_shim_in_option_59_and_fetches_it(
 
     let (addr, url) = dhcpv6(&net.client, dir.path(), "pxe", false);
     assert_eq!(url, format!("tftp://[{server6}]/secureboot/shimx64.efi"));
-    sh(&format!(
-        "ip -n {c} -6 addr add {addr}/128 dev cli0 nodad && ip -n {c} -6 route add 2001:db8:27::/64 dev cli0",
-        c = net.client
-    ));
+    use_lease6(&net.client, &addr, "2001:db8:27::/64");
     let got = dir.path().join("shim.efi");
     curl(&net.client, &url, Some(&got));
     assert!(
