@@ -22,6 +22,7 @@
 # CONTENDED=1 (a busy loop pinned to the last CPU during every run, the same for both sides),
 # FORCE=1 (run although the machine is busy), STORM_PERF=1 (perf record -g of the server
 # processes during each run: <raw>-<side>-r<round>.perf.data and a top-of-profile .perf.txt).
+# STORM_TFTP_EXTRA (TOML lines added to chainboot's [tftp], for an A/B run of one setting).
 # Each run's JSON line also says how the harness did ("harness": the host's neighbour-table
 # overflows, UDP receive-buffer drops in each namespace, backlog drops, the simulator's own
 # CPU); the summary warns when the harness lost packets. The 10 000-machine target:
@@ -136,6 +137,7 @@ lease_time = "1h"
 listen = "198.18.0.1:69"
 root = "$WORK/tftp"
 max_transfers = $BIG
+${STORM_TFTP_EXTRA:-}
 [http]
 listen = "198.18.0.1:80"
 root = "$WORK/http"

@@ -92,6 +92,25 @@ struct Shared {
     observers: Arc<Observers>,
 }
 
+/// The event log over the store. Boot clients' DHCP requests make machine records too, through
+/// a limiter of their own with the same [machines] rates and half the table: a flood of forged
+/// DHCP requests (any host can name any MAC) can neither use up the budget of machines that
+/// prove themselves on /ipxe nor fill the table they need.
+fn start_event_log(cfg: &config::Config, store: &Arc<Store>) -> Arc<EventLog> {
+    let dhcp_records = chainboot_store::limit::MachineLimits {
+        max_records: (cfg.machines.max_records / 2).max(1),
+        ..cfg.machines.clone()
+    };
+    EventLog::start_recording_machines(
+        store.clone(),
+        cfg.events.clone(),
+        Arc::new(NewMachineLimiter::new(
+            dhcp_records,
+            std::time::Instant::now(),
+        )),
+    )
+}
+
 /// The store, the event log, the iPXE binaries, the ISO images, the boot policy and the API
 /// token, in the order they depend on each other.
 fn open_shared(
@@ -109,22 +128,7 @@ fn open_shared(
             }
         })?,
     );
-    // Boot clients' DHCP requests make machine records too, through a limiter of their own
-    // with the same [machines] rates and half the table: a flood of forged DHCP requests
-    // (any host can name any MAC) can neither use up the budget of machines that prove
-    // themselves on /ipxe nor fill the table they need.
-    let dhcp_records = chainboot_store::limit::MachineLimits {
-        max_records: (cfg.machines.max_records / 2).max(1),
-        ..cfg.machines.clone()
-    };
-    let events = EventLog::start_recording_machines(
-        store.clone(),
-        cfg.events.clone(),
-        Arc::new(NewMachineLimiter::new(
-            dhcp_records,
-            std::time::Instant::now(),
-        )),
-    );
+    let events = start_event_log(cfg, &store);
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");

@@ -650,10 +650,10 @@ fn write_ra(w: &mut Writer, st: &OpsState) {
     }
 }
 
-/// The event log and the store.
-fn write_events(w: &mut Writer, st: &OpsState) {
+/// What the event log concluded about machines: chainload loops, Secure Boot refusals, machine
+/// records made from DHCP.
+fn write_machine_watch(w: &mut Writer, es: &chainboot_events::EventStats) {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let es = st.events.stats();
     w.counter(
         "chainboot_chainload_loops_total",
         "Chainload loops detected (first stage fetched repeatedly without reaching HTTP).",
@@ -679,6 +679,13 @@ fn write_events(w: &mut Writer, st: &OpsState) {
         "Batches of machine updates (records from DHCP, stages, refusals) the store failed to take.",
         g(&es.machine_write_errors),
     );
+}
+
+/// The event log and the store.
+fn write_events(w: &mut Writer, st: &OpsState) {
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let es = st.events.stats();
+    write_machine_watch(w, es);
     w.counter(
         "chainboot_events_recorded_total",
         "Events recorded.",
