@@ -54,7 +54,7 @@ pub struct TftpConfig {
     pub shutdown_grace: Duration,
     /// Lock-step transfers (windowsize 1) that may run at once on a thread of their own,
     /// which turns each block around faster than a task does; the rest run as tasks. Unset:
-    /// twice the number of CPUs. 0: every transfer runs as a task.
+    /// 64. 0: every transfer runs as a task.
     pub lockstep_threads: Option<usize>,
     /// How long a lock-step transfer's thread polls for the client's next ACK before it
     /// sleeps, when the client has been answering that fast, no other task waits for a CPU,

@@ -948,9 +948,14 @@ async fn drive(
     }
 }
 
-/// `[tftp] lockstep_threads` when unset (see [`lockstep_thread`]).
+/// `[tftp] lockstep_threads` when unset (see [`lockstep_thread`]): 64, whatever the CPU count.
+/// A transfer beyond it runs as a task on the runtime that also streams every HTTP body, and
+/// in a boot storm each of its blocks then waits behind a thousand bodies: with 4 threads
+/// (the former 2 x CPUs) a 1000-machine storm's UEFI first stages (`ipxe.efi`, 580 blocks)
+/// took up to 12 s and the storm's p99 time-to-kernel was 25-27 s; with 64, 7-8 s (A/B in
+/// bench/README.md). A thread blocked in `recvfrom` costs its stack's touched pages only.
 fn default_lockstep_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+    64
 }
 
 /// Transfers running at once up to which lock-step threads busy-poll: one per two CPUs, so
