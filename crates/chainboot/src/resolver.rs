@@ -151,14 +151,7 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
         arch: chainboot_machine::Arch,
     ) -> Option<(chainboot_machine::Loader, String)> {
         let mac = facts.mac?;
-        let raw = chainboot_policy::RawFacts {
-            arch: Some(arch),
-            hostname: facts.hostname.as_deref(),
-            ..Default::default()
-        };
-        let chosen = self
-            .policy
-            .loader_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw));
+        let chosen = self.policy.loader_for(&firmware_facts(facts, arch)?);
         if chosen.as_ref().is_some_and(|(l, _)| l.is_signed()) {
             return chosen;
         }
@@ -178,13 +171,20 @@ impl chainboot_dhcp::ChooseLoader for PolicyLoader {
         facts: &chainboot_dhcp::PacketFacts,
         arch: chainboot_machine::Arch,
     ) -> Option<(bool, String)> {
-        let mac = facts.mac?;
-        let raw = chainboot_policy::RawFacts {
-            arch: Some(arch),
-            hostname: facts.hostname.as_deref(),
-            ..Default::default()
-        };
-        self.policy
-            .https_boot_for(&chainboot_policy::ClientFacts::from_raw(mac, &raw))
+        self.policy.https_boot_for(&firmware_facts(facts, arch)?)
     }
+}
+
+/// What the policy may go by at a firmware's DHCP: the MAC, the architecture and the hostname
+/// (uuid, serial and labels selectors do not match for a choice made here).
+fn firmware_facts(
+    facts: &chainboot_dhcp::PacketFacts,
+    arch: chainboot_machine::Arch,
+) -> Option<chainboot_policy::ClientFacts> {
+    let raw = chainboot_policy::RawFacts {
+        arch: Some(arch),
+        hostname: facts.hostname.as_deref(),
+        ..Default::default()
+    };
+    Some(chainboot_policy::ClientFacts::from_raw(facts.mac?, &raw))
 }

@@ -147,6 +147,16 @@ impl PartialEq for LoaderChoice {
 impl Eq for LoaderChoice {}
 
 impl LoaderChoice {
+    /// Whether a UEFI HTTP Boot client of `arch` gets `https://`: the chooser's answer, else
+    /// `default` (`[http] https_for_http_boot`). The boot listener must have a TLS address
+    /// for either to matter.
+    pub fn https_boot(&self, facts: &PacketFacts, arch: Arch, default: bool) -> (bool, String) {
+        self.chooser
+            .as_ref()
+            .and_then(|c| c.https_boot(facts, arch))
+            .unwrap_or_else(|| (default, format!("[http] https_for_http_boot = {default}")))
+    }
+
     /// The loader for a firmware client of `arch`, and why.
     pub fn pick(&self, facts: &PacketFacts, arch: Arch) -> (Loader, String) {
         let (loader, why) = self
@@ -167,18 +177,6 @@ impl LoaderChoice {
                 format!("{why} is {loader}, which has no {arch} build: iPXE"),
             )
         }
-    }
-}
-
-impl LoaderChoice {
-    /// Whether a UEFI HTTP Boot client of `arch` gets `https://`: the chooser's answer, else
-    /// `default` (`[http] https_for_http_boot`). The boot listener must have a TLS address
-    /// for either to matter.
-    pub fn https_boot(&self, facts: &PacketFacts, arch: Arch, default: bool) -> (bool, String) {
-        self.chooser
-            .as_ref()
-            .and_then(|c| c.https_boot(facts, arch))
-            .unwrap_or_else(|| (default, format!("[http] https_for_http_boot = {default}")))
     }
 }
 
