@@ -423,6 +423,13 @@ e2e_mac() { printf '52:54:00:e2:e0:%02x' "$1"; }
 
 # e2e_scenario NAME SIDE FIRMWARE FLAVOR [VMS]: the whole scenario: topology, server, VMs booted
 # at the same time, each checked for its marker. Exit status 0 only if every VM printed its marker.
+# The x86-64 UEFI first stage a side hands out: the recipe's ipxe.efi; chainboot's `[ipxe] efi_x64`
+# (snponly.efi, unless E2E_CHAINBOOT_IPXE names ipxe.efi).
+e2e_efi_stage() {
+  if [ "$1" = anchor ]; then echo ipxe.efi; return; fi
+  case ${E2E_CHAINBOOT_IPXE:-} in *'"ipxe.efi"'*) echo ipxe.efi ;; *) echo snponly.efi ;; esac
+}
+
 e2e_scenario() {
   local name=$1 side=$2 fw=$3 flavor=$4 vms=${5:-1} i macs=() rc=0
   [ -n "$side" ] || e2e_die "usage: $0 anchor|chainboot"

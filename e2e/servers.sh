@@ -177,7 +177,7 @@ EOF
 
 # chainboot alone, with its config file; E2E_CHAINBOOT_EXTRA is appended verbatim at the end,
 # E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot],
-# E2E_CHAINBOOT_IPV6 inside [ipv6]; E2E_IPXE_DIR
+# E2E_CHAINBOOT_IPV6 inside [ipv6], E2E_CHAINBOOT_IPXE inside [ipxe]; E2E_IPXE_DIR
 # replaces /usr/lib/ipxe.
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
@@ -249,6 +249,7 @@ ${E2E_CHAINBOOT_HTTP_EXTRA:-}
 
 [ipxe]
 dir = "${E2E_IPXE_DIR:-/usr/lib/ipxe}"
+${E2E_CHAINBOOT_IPXE:-}
 
 [ipv6]
 router_advertisements = "${E2E_CHAINBOOT_RA:-auto}"

@@ -6,7 +6,8 @@
 # with a DHCPv4 address; then over IPv6 only (IPv4 and ARP dropped, OVMF's IPv4 stack off):
 # PXE over IPv6 -> TFTP ipxe.efi over IPv6 -> iPXE's DHCPv6 -> HTTP over IPv6 -> marker with a
 # DHCPv6 address. chainboot's API then lists ONE machine, whose timeline holds both boots,
-# each complete, with DHCP events of both families.
+# each complete, with DHCP events of both families. This scenario hands out `ipxe.efi` (iPXE's
+# own NIC drivers) instead of the default snponly.efi, so a VM boots through that choice too.
 # Usage: e2e/scenarios/dual.sh anchor|chainboot
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
@@ -20,6 +21,7 @@ e2e_topology
 mac=$(e2e_mac 1)
 uuid="e2e0e2e0-0000-4000-8000-${mac//:/}"
 E2E_MACS=("$mac")
+export E2E_CHAINBOOT_IPXE='efi_x64 = "ipxe.efi"'
 e2e_server_start "$side" boot "$mac"
 
 # First power-on: IPv4.
@@ -37,7 +39,7 @@ E2E_QEMU_EXTRA=(-fw_cfg name=opt/org.tianocore/IPv4Support,string=no)
 e2e_vm_start v6 uefi "$mac" "$uuid"
 E2E_MARKER_IP='2001:db8:1::1[0-9a-f]{2}' e2e_vm_wait "v6:$mac" || exit 1
 grep -aq '>>Start PXE over IPv6' "$E2E_RUN/v6.serial" || e2e_die "the second power-on did not boot PXE over IPv6"
-e2e_assert_tftp_once ipxe.efi 2
+e2e_assert_tftp_once "$(e2e_efi_stage "$side")" 2
 e2e_assert_timeline "$mac" firmware-dhcp first-stage ipxe-dhcp script kernel initrd
 e2e_assert_no_secure_boot_refusal
 

@@ -5,7 +5,7 @@
 # link-local address to be usable and fails at once, sending nothing ("Unexpected network
 # error"); PXE over IPv6 waits for it. So PXE over IPv6 runs first and is made to fail: its
 # TFTP requests are dropped at the VM's bridge port. Then "HTTP Boot over IPv6": DHCPv6 as
-# HTTPClient (arch 16) -> chainboot's address and http://[2001:db8:1::1]/ipxe-bin/ipxe.efi
+# HTTPClient (arch 16) -> chainboot's address and http://[2001:db8:1::1]/ipxe-bin/snponly.efi
 # (option 16 echoes HTTPClient) -> iPXE over HTTP -> iPXE's DHCPv6 -> script -> kernel ->
 # marker. No TFTP transfer reaches chainboot.
 # chainboot only (dnsmasq cannot build the HTTPClient vendor class edk2 requires).
@@ -32,6 +32,6 @@ done
 if grep -aq 'tftp transfer finished' "$E2E_RUN/chainboot.log"; then
   e2e_die "a TFTP transfer reached chainboot: $(grep -a 'tftp transfer finished' "$E2E_RUN/chainboot.log" | head -1)"
 fi
-e2e_assert_http_fetched ipxe-bin/ipxe.efi
+e2e_assert_http_fetched "ipxe-bin/$(e2e_efi_stage "$side")"
 e2e_assert_timeline "$mac" firmware-dhcp first-stage ipxe-dhcp script kernel initrd
 e2e_assert_no_secure_boot_refusal

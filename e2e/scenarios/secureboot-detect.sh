@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scenario: a Secure Boot machine nobody told chainboot about. OVMF secboot + Microsoft's keys, no
 # `loader` in the config, `[boot] secure_boot_fallback = "grub"`. First power-on: chainboot hands
-# the unsigned ipxe.efi, the firmware refuses it ("Access Denied") and moves on to its next boot
+# the unsigned snponly.efi, the firmware refuses it ("Access Denied") and moves on to its next boot
 # option (PXE over IPv6, which waits minutes for DHCPv6): iPXE never asks DHCP, and a minute after
 # the download chainboot records the refusal (event secure-boot-refused, log line). The harness
 # then powers the VM off and on again (same MAC): the second power-on gets shim -> GRUB -> the

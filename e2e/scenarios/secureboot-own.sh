@@ -2,7 +2,7 @@
 # Scenario: a site's own Secure Boot keys. OVMF secboot with OVMF's snakeoil keys enrolled (they
 # stand for a site's own), q35 + SMM. The site signs Debian's iPXE and the kernel with its key
 # (sbsign) and points [ipxe] dir at the signed iPXE: the plain iPXE flow, every binary verified by
-# the firmware against the site's key: PXE -> TFTP ipxe.efi (site-signed) -> iPXE DHCP -> HTTP
+# the firmware against the site's key: PXE -> TFTP snponly.efi (site-signed) -> iPXE DHCP -> HTTP
 # script -> the site-signed kernel -> marker, with Secure Boot on.
 # Usage: e2e/scenarios/secureboot-own.sh anchor|chainboot (the anchor passes: not its feature)
 set -euo pipefail
@@ -22,7 +22,7 @@ mkdir -p "$keys" "$E2E_RUN/ipxe-signed"
 openssl pkey -in /usr/share/ovmf/PkKek-1-snakeoil.key -passin pass:snakeoil -out "$keys/site.key"
 cp /usr/share/ovmf/PkKek-1-snakeoil.pem "$keys/site.pem"
 sign() { sbsign --key "$keys/site.key" --cert "$keys/site.pem" --output "$2" "$1" 2>/dev/null; }
-sign /usr/lib/ipxe/ipxe.efi "$E2E_RUN/ipxe-signed/ipxe.efi"
+sign /usr/lib/ipxe/snponly.efi "$E2E_RUN/ipxe-signed/snponly.efi"
 cp /usr/lib/ipxe/undionly.kpxe "$E2E_RUN/ipxe-signed/undionly.kpxe"
 # The kernel carries Debian's signature: replace it with the site's.
 cp "$E2E_CACHE/vmlinuz" "$E2E_RUN/vmlinuz.unsigned"

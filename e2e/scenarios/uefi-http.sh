@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scenario 6: UEFI HTTP Boot over IPv4. OVMF with its PXE boot options and IPv6 turned off
 # (fw_cfg knobs), so its "UEFI HTTPv4" option runs: DHCP as HTTPClient (arch 16) -> chainboot
-# answers with http://<server>/ipxe-bin/ipxe.efi and echoes HTTPClient in option 60 -> the
+# answers with http://<server>/ipxe-bin/snponly.efi and echoes HTTPClient in option 60 -> the
 # firmware fetches iPXE over HTTP -> iPXE's own DHCP (recognised) -> script -> kernel -> marker.
 # No TFTP at all. chainboot only: the recipe's dnsmasq has no HTTP Boot answer.
 # Usage: e2e/scenarios/uefi-http.sh anchor|chainboot
@@ -13,6 +13,6 @@ side=${1:-}
 E2E_QEMU_EXTRA=(-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=no
   -fw_cfg name=opt/org.tianocore/IPv6Support,string=no)
 e2e_scenario uefi-http "$side" uefi boot 1
-e2e_assert_tftp_once ipxe.efi 0
-e2e_assert_http_fetched ipxe-bin/ipxe.efi
+e2e_assert_tftp_once "$(e2e_efi_stage "$side")" 0
+e2e_assert_http_fetched "ipxe-bin/$(e2e_efi_stage "$side")"
 e2e_assert_timeline "$(e2e_mac 1)" first-stage script kernel initrd

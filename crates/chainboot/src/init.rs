@@ -313,7 +313,7 @@ impl Plan {
             }
         }
         for m in bins.missing() {
-            if m.name == "undionly.kpxe" || m.name == "ipxe.efi" {
+            if m.name == "undionly.kpxe" || m.name == "snponly.efi" {
                 line(&format!(
                     "# missing {}: {} ({})",
                     m.name, m.for_whom, m.package

@@ -2,7 +2,7 @@
 //! and the docs agree on the order:
 //! 1. generated per-machine files (boot policy: `boot.ipxe`, `pxelinux.cfg/...`);
 //!    and `grub/...` for the signed GRUB);
-//! 2. the first stages: iPXE binaries by name (`undionly.kpxe`, `ipxe.efi`, ...) and the signed
+//! 2. the first stages: iPXE binaries by name (`undionly.kpxe`, `snponly.efi`, ...) and the signed
 //!    chains' files in `secureboot/`;
 //! 3. `iso/NAME/path`: files inside ISO images;
 //! 4. files under `[tftp] root`.

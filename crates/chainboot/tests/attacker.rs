@@ -411,7 +411,7 @@ fn a_stranger_fetching_the_first_stage_in_a_victims_name_cannot_switch_its_loade
 
     // The victim's firmware asks first: iPXE, like every UEFI machine here.
     let (victim_ip, file) = udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
-    assert_eq!(file, "ipxe.efi");
+    assert_eq!(file, "snponly.efi");
 
     // The attacker: DHCP in the victim's name from its own interface, the address it is
     // given (the victim's lease), the unsigned first stage fetched twice and never run, then
@@ -419,11 +419,11 @@ fn a_stranger_fetching_the_first_stage_in_a_victims_name_cannot_switch_its_loade
     let (ip, file) = dora_as(&seg.attacker, VICTIM);
     assert_eq!(
         (ip.as_str(), file.as_str()),
-        (victim_ip.as_str(), "ipxe.efi")
+        (victim_ip.as_str(), "snponly.efi")
     );
     use_address(&seg.attacker, &ip);
-    assert!(tftp_get_in(&seg.attacker, &tftp, "ipxe.efi"));
-    assert!(tftp_get_in(&seg.attacker, &tftp, "ipxe.efi"));
+    assert!(tftp_get_in(&seg.attacker, &tftp, "snponly.efi"));
+    assert!(tftp_get_in(&seg.attacker, &tftp, "snponly.efi"));
     dora_as(&seg.attacker, VICTIM);
     let seen = refusals(&seg.server, &api, 1);
     assert_eq!(seen[0]["detail"]["proven"], false, "{seen:#?}");
@@ -439,16 +439,19 @@ fn a_stranger_fetching_the_first_stage_in_a_victims_name_cannot_switch_its_loade
 
     // The victim's next boot is as before, and its record says the refusal is unproven.
     let (_, file) = udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
-    assert_eq!(file, "ipxe.efi", "a stranger switched the victim's loader");
+    assert_eq!(
+        file, "snponly.efi",
+        "a stranger switched the victim's loader"
+    );
     let m = api_json(&seg.server, &api, &format!("/api/v1/machines/{VICTIM}"));
     assert_eq!(m["firmware"]["secure_boot"]["proven"], false, "{m:#}");
 
     // The victim itself refused: the unsigned first stage from its own address, taken again
     // by its next boot option without running it. That switches it to the signed chain.
     use_address(&seg.victim, &victim_ip);
-    assert!(tftp_get_in(&seg.victim, &tftp, "ipxe.efi"));
+    assert!(tftp_get_in(&seg.victim, &tftp, "snponly.efi"));
     udhcpc_answer(&seg.victim, dir.path(), "eth0", uefi);
-    assert!(tftp_get_in(&seg.victim, &tftp, "ipxe.efi"));
+    assert!(tftp_get_in(&seg.victim, &tftp, "snponly.efi"));
     let seen = refusals(&seg.server, &api, 2);
     assert_eq!(seen[0]["detail"]["proven"], true, "{seen:#?}");
     server.wait_for_log(

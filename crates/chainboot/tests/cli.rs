@@ -38,7 +38,7 @@ fn check_accepts_a_good_config_and_lists_ipxe_binaries() {
     let dir = tempfile::tempdir().unwrap();
     let bins = dir.path().join("ipxe");
     std::fs::create_dir_all(&bins).unwrap();
-    for b in ["undionly.kpxe", "ipxe.efi"] {
+    for b in ["undionly.kpxe", "snponly.efi"] {
         std::fs::write(bins.join(b), b"x").unwrap();
     }
     let (cfg, _) = loopback_config(
@@ -48,7 +48,7 @@ fn check_accepts_a_good_config_and_lists_ipxe_binaries() {
     let (code, out) = chainboot(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok       undionly.kpxe"), "{out}");
-    assert!(out.contains("missing  snponly.efi"), "{out}");
+    assert!(out.contains("missing  ipxe.efi"), "{out}");
 }
 
 /// Builds an ISO of `src` with xorriso: Rock Ridge names, or plain ISO 9660 ones.
@@ -101,8 +101,8 @@ fn check_resolves_every_asset_and_template_a_profile_can_reach() {
     std::fs::create_dir_all(&bins).unwrap();
     std::fs::create_dir_all(&real).unwrap();
     std::fs::write(bins.join("undionly.kpxe"), b"x").unwrap();
-    std::fs::write(real.join("ipxe.efi"), b"x").unwrap();
-    std::os::unix::fs::symlink(real.join("ipxe.efi"), bins.join("ipxe.efi")).unwrap();
+    std::fs::write(real.join("snponly.efi"), b"x").unwrap();
+    std::os::unix::fs::symlink(real.join("snponly.efi"), bins.join("snponly.efi")).unwrap();
     let cfg = d.join("chainboot.toml");
     let text = format!(
         r#"[server]
@@ -179,9 +179,9 @@ templates = "{templates}"
     has("6 problems found");
     // The iPXE binaries as found in the folder, with where a symlink leads; no Rust debug text.
     has(&format!(
-        "ok       ipxe.efi         {} (-> {})",
-        bins.join("ipxe.efi").display(),
-        real.join("ipxe.efi").display()
+        "ok       snponly.efi      {} (-> {})",
+        bins.join("snponly.efi").display(),
+        real.join("snponly.efi").display()
     ));
     has("missing  ipxe-i386.efi    for 32-bit x86 UEFI firmware: not packaged by Debian; build");
     has("DHCP: off mode");
@@ -254,7 +254,7 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
         "--server-ip",
         "198.18.0.1",
     ]);
-    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+    assert!(out.contains("file \"snponly.efi\""), "{out}");
     let (_, out) = chainboot(&[
         "explain",
         "-c",
@@ -270,7 +270,7 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
     ]);
     assert!(
         out.contains("/boot.ipxe\""),
-        "iPXE gets the script URL, never ipxe.efi: {out}"
+        "iPXE gets the script URL, never the first stage: {out}"
     );
     let (_, out) = chainboot(&[
         "explain",
@@ -299,7 +299,7 @@ fn explain_shows_the_dhcp_answer_and_the_script_for_each_client_kind() {
         "198.18.0.1",
     ]);
     assert!(
-        out.contains("HTTPClient") && out.contains("/ipxe-bin/ipxe.efi"),
+        out.contains("HTTPClient") && out.contains("/ipxe-bin/snponly.efi"),
         "{out}"
     );
     let (_, out) = chainboot(&[
@@ -339,7 +339,7 @@ fn explain_ipv6_shows_the_dhcpv6_answer_with_a_bracketed_url_and_the_machine() {
         "{out}"
     );
     assert!(
-        out.contains("option 59 \"tftp://[2001:db8:1::1]/ipxe.efi\""),
+        out.contains("option 59 \"tftp://[2001:db8:1::1]/snponly.efi\""),
         "{out}"
     );
     assert!(out.contains("outcome: advertise\n"), "{out}");
@@ -374,7 +374,7 @@ fn the_kea_dhcp6_snippet_is_accepted_by_kea_dhcp6() {
     ]);
     assert_eq!(code, 0, "{snippet}");
     assert!(
-        snippet.contains("tftp://[2001:db8::1]/ipxe.efi"),
+        snippet.contains("tftp://[2001:db8::1]/snponly.efi"),
         "{snippet}"
     );
     let kea = dir.path().join("kea6.json");

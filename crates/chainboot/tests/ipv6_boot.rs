@@ -171,12 +171,12 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
 
     // Firmware: an address and the first stage as a tftp:// URL, fetched over TFTP on IPv6.
     let (addr, url) = dhcpv6(&net.client, dir.path(), "pxe", false);
-    assert_eq!(url, format!("tftp://[{SERVER6}]/ipxe.efi"));
+    assert_eq!(url, format!("tftp://[{SERVER6}]/snponly.efi"));
     use_lease6(&net.client, &addr, "2001:db8:25::/64");
-    let first_stage = dir.path().join("ipxe.efi");
+    let first_stage = dir.path().join("snponly.efi");
     curl(&net.client, &url, Some(&first_stage));
     let size = std::fs::metadata(&first_stage).unwrap().len();
-    assert!(size > 100_000, "ipxe.efi over TFTP/IPv6: {size} bytes");
+    assert!(size > 100_000, "snponly.efi over TFTP/IPv6: {size} bytes");
 
     // iPXE: its own address and the script URL, never the first stage again.
     let (addr, url) = dhcpv6(&net.client, dir.path(), "ipxe", true);
@@ -221,7 +221,7 @@ fn ipv6_only_pxe_then_ipxe_get_bracketed_urls_that_work_over_tftp_and_http() {
     assert!(has("dhcp", "family", "ipv6"), "{events:#?}");
     assert!(has("dhcp", "client", "pxe"), "{events:#?}");
     assert!(has("dhcp", "client", "ipxe"), "{events:#?}");
-    assert!(has("tftp", "path", "ipxe.efi"), "{events:#?}");
+    assert!(has("tftp", "path", "snponly.efi"), "{events:#?}");
 }
 
 #[test]

@@ -190,7 +190,7 @@ fn explain_shows_the_signed_chain_a_machine_starts_and_why() {
     assert!(out.contains("file \"secureboot/shimx64.efi\""), "{out}");
     assert!(out.contains("loader: grub (group sb)"), "{out}");
     let out = explain("52:54:00:00:02:01", "efi-x64");
-    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+    assert!(out.contains("file \"snponly.efi\""), "{out}");
     assert!(out.contains("loader: ipxe"), "{out}");
     // The group's loader is for x86-64 UEFI: its BIOS machines keep iPXE.
     let out = explain("52:54:00:00:01:02", "bios");
@@ -270,5 +270,5 @@ fn explain_shows_a_remembered_refusal_and_only_a_proven_one_switches_the_loader(
         out.contains("unproven): a fetch did not come from its own address"),
         "{out}"
     );
-    assert!(out.contains("file \"ipxe.efi\""), "{out}");
+    assert!(out.contains("file \"snponly.efi\""), "{out}");
 }

@@ -534,7 +534,7 @@ fn a_group_marked_https_boot_gets_https_for_its_uefi_http_boot_machines_only() {
     let (code, out) = explain("52:54:00:00:0a:01");
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("\"https://198.18.0.1:0/ipxe-bin/ipxe.efi\""),
+        out.contains("\"https://198.18.0.1:0/ipxe-bin/snponly.efi\""),
         "{out}"
     );
     assert!(
@@ -544,7 +544,7 @@ fn a_group_marked_https_boot_gets_https_for_its_uefi_http_boot_machines_only() {
     let (code, out) = explain("52:54:00:00:0b:01");
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("\"http://198.18.0.1:0/ipxe-bin/ipxe.efi\""),
+        out.contains("\"http://198.18.0.1:0/ipxe-bin/snponly.efi\""),
         "{out}"
     );
     // Marked without a TLS listener: refused by `check` with the group named.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 pub struct IpxeConfig {
     /// "auto" (the distribution's folders) or a folder of the user's.
     pub dir: String,
-    /// The x86-64 UEFI first stage: "ipxe.efi" or "snponly.efi".
+    /// The x86-64 UEFI first stage: "snponly.efi" (default) or "ipxe.efi".
     pub efi_x64: EfiX64Binary,
 }
 
@@ -95,12 +95,12 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         name: "ipxe.efi",
-        for_whom: "x86-64 UEFI firmware (default [ipxe] efi_x64)",
+        for_whom: "x86-64 UEFI firmware when [ipxe] efi_x64 = \"ipxe.efi\"",
         package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {
         name: "snponly.efi",
-        for_whom: "x86-64 UEFI firmware when [ipxe] efi_x64 = \"snponly.efi\"",
+        for_whom: "x86-64 UEFI firmware (default [ipxe] efi_x64)",
         package: "install the Debian/Ubuntu package `ipxe`",
     },
     Known {

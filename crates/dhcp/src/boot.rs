@@ -30,13 +30,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{code, Request};
 
-/// Which x86-64 UEFI first stage to hand out (`[ipxe] efi_x64`): `ipxe.efi` carries iPXE's
-/// own NIC drivers; `snponly.efi` uses the firmware's SNP driver (works on more NICs, slower).
+/// Which x86-64 UEFI first stage to hand out (`[ipxe] efi_x64`).
+///
+/// `snponly.efi` (the default) drives the NIC through the firmware's own network driver (SNP),
+/// the one that has just downloaded it, so it works on every NIC the firmware can PXE boot
+/// from, as `undionly.kpxe` does for BIOS; and it starts at once. `ipxe.efi` carries iPXE's own
+/// NIC drivers: it first disconnects the firmware's driver and probes and resets the NIC with its
+/// own, which took 4-5 s more from start to `Configuring` under OVMF with virtio-net (and it is
+/// five times the size over TFTP). It stays for firmware whose SNP driver is broken or slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum EfiX64Binary {
-    #[default]
     #[serde(rename = "ipxe.efi")]
     IpxeEfi,
+    #[default]
     #[serde(rename = "snponly.efi")]
     SnponlyEfi,
 }
@@ -47,7 +53,7 @@ pub enum EfiX64Binary {
 /// |---|---|
 /// | bios | `undionly.kpxe` (uses the ROM's UNDI driver, ipxe#145) |
 /// | efi-ia32 | `ipxe-i386.efi` |
-/// | efi-x64 | `ipxe.efi` or `snponly.efi` |
+/// | efi-x64 | `snponly.efi` (default) or `ipxe.efi` |
 /// | efi-arm32 | `ipxe-arm32.efi` |
 /// | efi-arm64 | `ipxe-arm64.efi` |
 /// | efi-riscv64 | `ipxe-riscv64.efi` |
@@ -207,7 +213,7 @@ impl Default for BootSettings {
             advertise: None,
             http_port: 80,
             tftp_port: 69,
-            efi_x64: EfiX64Binary::IpxeEfi,
+            efi_x64: EfiX64Binary::default(),
             https_port: None,
             https_for_http_boot: false,
             loaders: LoaderChoice::default(),
@@ -594,8 +600,8 @@ mod tests {
         for (code, file) in [
             (0, "undionly.kpxe"),
             (6, "ipxe-i386.efi"),
-            (7, "ipxe.efi"),
-            (9, "ipxe.efi"),
+            (7, "snponly.efi"),
+            (9, "snponly.efi"),
             (10, "ipxe-arm32.efi"),
             (11, "ipxe-arm64.efi"),
             (27, "ipxe-riscv64.efi"),
@@ -609,11 +615,11 @@ mod tests {
             assert_eq!(a.next_server, IpAddr::from(SERVER));
             assert_eq!(a.vendor_class, "PXEClient");
         }
-        let snp = BootSettings {
-            efi_x64: EfiX64Binary::SnponlyEfi,
+        let ipxe_efi = BootSettings {
+            efi_x64: EfiX64Binary::IpxeEfi,
             ..Default::default()
         };
-        assert_eq!(answer(&pxe(7), &snp).file, "snponly.efi");
+        assert_eq!(answer(&pxe(7), &ipxe_efi).file, "ipxe.efi");
     }
 
     #[test]
@@ -628,7 +634,7 @@ mod tests {
             ..Default::default()
         };
         let a = answer(&f, &s);
-        assert_eq!(a.file, "http://198.18.0.1:8080/ipxe-bin/ipxe.efi");
+        assert_eq!(a.file, "http://198.18.0.1:8080/ipxe-bin/snponly.efi");
         assert_eq!(a.vendor_class, "HTTPClient");
         assert_eq!(a.stage, BootStage::FirstStageHttp);
     }
@@ -682,7 +688,10 @@ mod tests {
             arch_code: Some(16),
             ..Default::default()
         };
-        assert_eq!(answer(&hb, &s).file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert_eq!(
+            answer(&hb, &s).file,
+            "http://198.18.0.1/ipxe-bin/snponly.efi"
+        );
         let marked = BootSettings {
             https_port: Some(443),
             https_for_http_boot: true,
@@ -690,7 +699,7 @@ mod tests {
         };
         assert_eq!(
             answer(&hb, &marked).file,
-            "https://198.18.0.1/ipxe-bin/ipxe.efi"
+            "https://198.18.0.1/ipxe-bin/snponly.efi"
         );
     }
 
@@ -704,7 +713,7 @@ mod tests {
         let BootDecision::Boot(a) = decide(&pxe(7), &s, v6) else {
             panic!()
         };
-        assert_eq!(a.url(), "tftp://[2001:db8::1]/ipxe.efi");
+        assert_eq!(a.url(), "tftp://[2001:db8::1]/snponly.efi");
         let hb = PacketFacts {
             vendor_class: Some("HTTPClient:Arch:00016:UNDI:003000".into()),
             arch_code: Some(16),
@@ -713,7 +722,7 @@ mod tests {
         let BootDecision::Boot(a) = decide(&hb, &s, v6) else {
             panic!()
         };
-        assert_eq!(a.url(), "http://[2001:db8::1]:8080/ipxe-bin/ipxe.efi");
+        assert_eq!(a.url(), "http://[2001:db8::1]:8080/ipxe-bin/snponly.efi");
         // A v4 answer's URL form is the same TFTP path with the server in front.
         assert_eq!(answer(&pxe(0), &s).url(), "tftp://198.18.0.1/undionly.kpxe");
     }
@@ -758,7 +767,7 @@ mod tests {
         );
         // Another machine, and the same one once iPXE runs, get iPXE's way.
         f.mac = Some(Mac([0x52, 0x54, 0, 0, 0, 2]));
-        assert_eq!(answer(&f, &s).file, "ipxe.efi");
+        assert_eq!(answer(&f, &s).file, "snponly.efi");
         f.mac = Some(mac);
         f.is_ipxe = true;
         f.ipxe_http = true;
@@ -796,26 +805,26 @@ mod tests {
         };
         // Marked, global off: https for this machine, with the group named as the reason.
         let a = answer(&hb, &with(true, false, Some(443)));
-        assert_eq!(a.file, "https://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert_eq!(a.file, "https://198.18.0.1/ipxe-bin/snponly.efi");
         assert!(a.why.contains("group lab"), "{}", a.why);
         // Unmarked, global on: the group keeps its machines on http.
         assert_eq!(
             answer(&hb, &with(false, true, Some(443))).file,
-            "http://198.18.0.1/ipxe-bin/ipxe.efi"
+            "http://198.18.0.1/ipxe-bin/snponly.efi"
         );
         // Marked but no TLS listener: http, and the answer says why.
         let a = answer(&hb, &with(true, false, None));
-        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/snponly.efi");
         assert!(a.why.contains("no tls_listen"), "{}", a.why);
         // Another machine: the global setting decides.
         hb.mac = Some(Mac([0x52, 0x54, 0, 0, 0, 2]));
         assert_eq!(
             answer(&hb, &with(true, true, Some(443))).file,
-            "https://198.18.0.1/ipxe-bin/ipxe.efi"
+            "https://198.18.0.1/ipxe-bin/snponly.efi"
         );
         assert_eq!(
             answer(&hb, &with(true, false, Some(443))).file,
-            "http://198.18.0.1/ipxe-bin/ipxe.efi"
+            "http://198.18.0.1/ipxe-bin/snponly.efi"
         );
     }
 
@@ -831,13 +840,16 @@ mod tests {
             ..Default::default()
         };
         let a = answer(&pxe(7), &s);
-        assert_eq!(a.file, "secureboot/ipxe-shimx64.efi");
+        assert_eq!(a.file, "secureboot/snponly-shimx64.efi");
         assert_eq!(a.loader_why, "[boot] loader for efi-x64");
-        let snp = BootSettings {
-            efi_x64: EfiX64Binary::SnponlyEfi,
+        let ipxe_efi = BootSettings {
+            efi_x64: EfiX64Binary::IpxeEfi,
             ..s.clone()
         };
-        assert_eq!(answer(&pxe(7), &snp).file, "secureboot/snponly-shimx64.efi");
+        assert_eq!(
+            answer(&pxe(7), &ipxe_efi).file,
+            "secureboot/ipxe-shimx64.efi"
+        );
         let bios = answer(&pxe(0), &s);
         assert_eq!(
             (bios.file.as_str(), bios.loader),
@@ -866,10 +878,10 @@ mod tests {
         };
         assert_eq!(
             answer(&hb, &with(Loader::IpxeShim)).file,
-            "http://198.18.0.1/ipxe-bin/secureboot/ipxe-shimx64.efi"
+            "http://198.18.0.1/ipxe-bin/secureboot/snponly-shimx64.efi"
         );
         let a = answer(&hb, &with(Loader::Grub));
-        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/ipxe.efi");
+        assert_eq!(a.file, "http://198.18.0.1/ipxe-bin/snponly.efi");
         assert!(a.loader_why.contains("only over TFTP"), "{}", a.loader_why);
     }
 

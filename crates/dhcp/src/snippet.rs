@@ -219,7 +219,7 @@ mod tests {
             let s = snippet(kind, &settings, S);
             for name in [
                 "undionly.kpxe",
-                "ipxe.efi",
+                "snponly.efi",
                 "ipxe-i386.efi",
                 "ipxe-arm64.efi",
                 "boot.ipxe",
@@ -228,7 +228,7 @@ mod tests {
             }
             assert!(s.contains("http://198.18.0.1/boot.ipxe"), "{kind:?}");
             assert!(
-                s.contains("http://198.18.0.1/ipxe-bin/ipxe.efi"),
+                s.contains("http://198.18.0.1/ipxe-bin/snponly.efi"),
                 "{kind:?}"
             );
             assert!(s.contains("175"), "{kind:?}: iPXE by option 175");
@@ -238,14 +238,14 @@ mod tests {
     }
 
     #[test]
-    fn snponly_setting_reaches_snippets() {
+    fn ipxe_efi_setting_reaches_snippets() {
         let settings = BootSettings {
-            efi_x64: crate::boot::EfiX64Binary::SnponlyEfi,
+            efi_x64: crate::boot::EfiX64Binary::IpxeEfi,
             http_port: 8080,
             ..Default::default()
         };
         let s = snippet(SnippetKind::Dnsmasq, &settings, S);
-        assert!(s.contains("tag:arch7,snponly.efi,,198.18.0.1"), "{s}");
+        assert!(s.contains("tag:arch7,ipxe.efi,,198.18.0.1"), "{s}");
         assert!(s.contains("http://198.18.0.1:8080/boot.ipxe"), "{s}");
     }
 }

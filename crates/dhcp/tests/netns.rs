@@ -37,9 +37,9 @@ fn expected_file(kind: &ClientKind) -> &'static str {
     match kind {
         ClientKind::Firmware { arch: 0 } | ClientKind::IntelNoUuid => "undionly.kpxe",
         ClientKind::Firmware { arch: 6 } => "ipxe-i386.efi",
-        ClientKind::Firmware { arch: 7 | 9 } => "ipxe.efi",
+        ClientKind::Firmware { arch: 7 | 9 } => "snponly.efi",
         ClientKind::Firmware { arch: 11 } => "ipxe-arm64.efi",
-        ClientKind::HttpBoot { .. } => "http://198.18.0.1/ipxe-bin/ipxe.efi",
+        ClientKind::HttpBoot { .. } => "http://198.18.0.1/ipxe-bin/snponly.efi",
         ClientKind::Ipxe { http: true, .. } => "http://198.18.0.1/boot.ipxe",
         ClientKind::Ipxe { http: false, .. } => "boot.ipxe",
         other => panic!("no expectation for {other:?}"),

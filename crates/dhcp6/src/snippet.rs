@@ -85,9 +85,9 @@ mod tests {
         let s = kea6(&BootSettings::default(), "2001:db8::1".parse().unwrap());
         for url in [
             "tftp://[2001:db8::1]/undionly.kpxe",
-            "tftp://[2001:db8::1]/ipxe.efi",
+            "tftp://[2001:db8::1]/snponly.efi",
             "tftp://[2001:db8::1]/ipxe-arm64.efi",
-            "http://[2001:db8::1]/ipxe-bin/ipxe.efi",
+            "http://[2001:db8::1]/ipxe-bin/snponly.efi",
             "http://[2001:db8::1]/boot.ipxe",
         ] {
             assert!(s.contains(url), "{url} missing:\n{s}");

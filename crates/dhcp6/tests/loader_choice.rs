@@ -77,12 +77,12 @@ fn a_signed_loader_reaches_pxev6_firmware_as_a_tftp_url_and_the_others_keep_ipxe
     );
     assert_eq!(
         option_59(&mut e, PLAIN, false),
-        "tftp://[2001:db8:60::1]/ipxe.efi"
+        "tftp://[2001:db8:60::1]/snponly.efi"
     );
     let mut e = engine(Loader::IpxeShim);
     assert_eq!(
         option_59(&mut e, SIGNED, false),
-        "tftp://[2001:db8:60::1]/secureboot/ipxe-shimx64.efi"
+        "tftp://[2001:db8:60::1]/secureboot/snponly-shimx64.efi"
     );
 }
 
@@ -91,13 +91,13 @@ fn http_boot_over_ipv6_gets_ipxes_signed_shim_by_url_and_never_grub() {
     let mut e = engine(Loader::IpxeShim);
     assert_eq!(
         option_59(&mut e, SIGNED, true),
-        "http://[2001:db8:60::1]/ipxe-bin/secureboot/ipxe-shimx64.efi"
+        "http://[2001:db8:60::1]/ipxe-bin/secureboot/snponly-shimx64.efi"
     );
     // The signed GRUB fetches over TFTP only: an HTTP Boot client whose loader is grub gets
     // iPXE rather than a chain that cannot load its config.
     let mut e = engine(Loader::Grub);
     assert_eq!(
         option_59(&mut e, SIGNED, true),
-        "http://[2001:db8:60::1]/ipxe-bin/ipxe.efi"
+        "http://[2001:db8:60::1]/ipxe-bin/snponly.efi"
     );
 }

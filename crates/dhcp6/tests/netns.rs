@@ -187,7 +187,7 @@ fn dhclient_as_pxe_firmware_gets_an_address_and_the_tftp_url_and_the_lease_is_du
     client.kill9();
     assert!(leases.contains("iaaddr 2001:db8:1::1"), "{leases}");
     assert!(
-        leases.contains(r#"pxe-url "tftp://[2001:db8:1::1]/ipxe.efi""#),
+        leases.contains(r#"pxe-url "tftp://[2001:db8:1::1]/snponly.efi""#),
         "{leases}"
     );
     let state = dir.path().join("state");
@@ -289,7 +289,7 @@ fn a_client_behind_isc_dhcrelay_gets_an_address_of_the_relays_link() {
         "the relay's link: {leases}"
     );
     assert!(
-        leases.contains(r#"pxe-url "tftp://[2001:db8:1::1]/ipxe.efi""#),
+        leases.contains(r#"pxe-url "tftp://[2001:db8:1::1]/snponly.efi""#),
         "the address the relay sent to: {leases}"
     );
     let stored = load_all(&Store::open(&dir.path().join("state")).unwrap()).unwrap();

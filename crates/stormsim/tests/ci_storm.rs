@@ -193,7 +193,9 @@ token_file = "{dir}/state/api.token"
         let first = if m["arch"] == 0 {
             std::fs::metadata(ipxe).unwrap().len()
         } else {
-            std::fs::metadata("/usr/lib/ipxe/ipxe.efi").unwrap().len()
+            std::fs::metadata("/usr/lib/ipxe/snponly.efi")
+                .unwrap()
+                .len()
         };
         assert_eq!(m["tftp_bytes"].as_u64(), Some(first), "{m}");
         let stages: Vec<&str> = m["stages"]

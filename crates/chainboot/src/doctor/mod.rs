@@ -300,7 +300,12 @@ pub fn check_ipxe(cfg: &Config) -> Vec<Finding> {
         } else {
             Level::Note
         };
-        if known.name == "snponly.efi" && cfg.ipxe.efi_x64_name() != "snponly.efi" {
+        // Only the x86-64 UEFI first stage `[ipxe] efi_x64` names is needed; the other is an option.
+        let unchosen_x64 = match cfg.ipxe.efi_x64_name() {
+            "snponly.efi" => "ipxe.efi",
+            _ => "snponly.efi",
+        };
+        if known.name == unchosen_x64 {
             continue;
         }
         out.push(

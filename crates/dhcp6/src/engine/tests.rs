@@ -165,7 +165,7 @@ fn ovmf_pxe_gets_an_address_and_a_bracketed_tftp_url_then_binds_it_durably() {
     );
     assert_eq!(
         seen.url().as_deref(),
-        Some("tftp://[2001:db8:1::1]/ipxe.efi")
+        Some("tftp://[2001:db8:1::1]/snponly.efi")
     );
     assert_eq!(seen.opts.get(code::SERVERID), Some(SERVER_DUID));
     assert_eq!(seen.opts.get(code::PREFERENCE), Some(&[255u8][..]));
@@ -210,7 +210,7 @@ fn http_boot_gets_an_http_url_and_an_httpclient_vendor_class_edk2_accepts() {
     let seen = one(&e.handle(t(0), &direct(), &Client::ovmf_http().solicit()));
     assert_eq!(
         seen.url().as_deref(),
-        Some("http://[2001:db8:1::1]/ipxe-bin/ipxe.efi")
+        Some("http://[2001:db8:1::1]/ipxe-bin/snponly.efi")
     );
     let v = seen.opts.get(code::VENDOR_CLASS).unwrap();
     assert!(v.len() >= 16, "edk2 wants at least 16 bytes");
@@ -509,7 +509,7 @@ fn a_relayed_solicit_is_served_from_the_relays_prefix_and_answered_through_it() 
     let seen = one(&h);
     assert_eq!(
         seen.url().as_deref(),
-        Some("tftp://[2001:db8:ffff::1]/ipxe.efi"),
+        Some("tftp://[2001:db8:ffff::1]/snponly.efi"),
         "the address the relay sent to"
     );
     assert!(seen.ia().is_ok());
@@ -618,7 +618,7 @@ fn boot_info_mode_answers_boot_clients_without_addresses() {
     );
     assert_eq!(
         seen.url().as_deref(),
-        Some("tftp://[2001:db8:1::1]/ipxe.efi")
+        Some("tftp://[2001:db8:1::1]/snponly.efi")
     );
     let v = seen
         .opts
