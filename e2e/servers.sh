@@ -1,8 +1,12 @@
 # e2e/servers.sh — the server side of a scenario, sourced after lib.sh.
-#   e2e_server_start SIDE FLAVOR MAC...   SIDE: anchor | chainboot; FLAVOR: boot | pxelinux | proxy
+#   e2e_server_start SIDE FLAVOR MAC...   SIDE: anchor | chainboot;
+#   FLAVOR: boot | pxelinux | proxy | grub
 # anchor    = the recipe (../shared/seed): dnsmasq for DHCP + TFTP, nginx for HTTP. dnsmasq tells
 #             plain PXE firmware to TFTP undionly.kpxe (BIOS) / ipxe.efi (UEFI) and iPXE (user-class
 #             "iPXE", exactly the seed's test) to fetch http://198.18.0.1/boot.ipxe.
+#             With grub: the signed chain by hand, dnsmasq alone (DHCP + TFTP, no nginx: the
+#             signed GRUB has no HTTP client) serving Debian's shim and signed GRUB and a
+#             hand-written grub.cfg that loads the same kernel and initrd over TFTP.
 # chainboot = target/debug/chainboot (or $CHAINBOOT) `serve --config F` alone, with a config written here.
 # proxy     = a plain DHCP server (dnsmasq, no boot options) on a second host 198.18.0.2 hands out
 #             the addresses; the boot server answers only as proxyDHCP.
@@ -90,8 +94,29 @@ EOF
   e2e_spawn nginx nginx -p "$E2E_RUN/nginx" -e "$E2E_RUN/nginx/error.log" -c "$E2E_RUN/nginx/nginx.conf"
 }
 
+# The signed chain as an operator writes it by hand: Debian's shim as the UEFI first stage in
+# tftp/secureboot/, the signed network GRUB beside it (shim loads grubx64.efi from its own folder),
+# GRUB's config at its prefix (grub/grub.cfg on the TFTP server), the kernel and initrd at the
+# TFTP root (Debian's signed GRUB fetches over TFTP only).
+e2e_grub_files() {
+  local shim=/usr/lib/shim/shimx64.efi.signed grub=/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed
+  [ -f "$shim" ] || e2e_die "missing $shim (package shim-signed)"
+  [ -f "$grub" ] || e2e_die "missing $grub (package grub-efi-amd64-signed)"
+  mkdir -p "$E2E_RUN/tftp/secureboot" "$E2E_RUN/tftp/grub"
+  e2e_place "$shim" "$E2E_RUN/tftp/secureboot/shimx64.efi"
+  e2e_place "$grub" "$E2E_RUN/tftp/secureboot/grubx64.efi"
+  e2e_place "$E2E_CACHE/vmlinuz" "$E2E_RUN/tftp/vmlinuz"
+  e2e_place "$E2E_CACHE/initrd.img" "$E2E_RUN/tftp/initrd.img"
+  cat >"$E2E_RUN/tftp/grub/grub.cfg" <<EOF
+linux /vmlinuz $(e2e_cmdline)
+initrd /initrd.img
+boot
+EOF
+}
+
 # dnsmasq as the recipe's DHCP + TFTP server (or, with proxy, proxyDHCP + TFTP beside another
 # DHCP server). The tag logic is the seed's "if exists user-class and option user-class = iPXE".
+# With grub, UEFI x86-64 firmware gets the shim instead of iPXE.
 e2e_dnsmasq_boot() {
   local flavor=$1 ipxe_url="http://$E2E_SERVER_IP/boot.ipxe" conf="$E2E_RUN/dnsmasq.conf"
   [ "$flavor" = pxelinux ] && ipxe_url="http://$E2E_SERVER_IP/pxelinux/lpxelinux.0"
@@ -123,10 +148,16 @@ EOF
     cat >>"$conf" <<EOF
 dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h
 dhcp-option=option:router,$E2E_SERVER_IP
+EOF
+    if [ "$flavor" = grub ]; then
+      echo "dhcp-boot=tag:efi64,secureboot/shimx64.efi,,$E2E_SERVER_IP" >>"$conf"
+    else
+      cat >>"$conf" <<EOF
 dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,$E2E_SERVER_IP
 dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,$E2E_SERVER_IP
 dhcp-boot=tag:ipxe,$ipxe_url
 EOF
+    fi
   fi
   # Measurement knobs. iPXE's no-pxedhcp setting (175.176 = 1): do not wait for ProxyDHCP offers.
   if [ "${E2E_ANCHOR_NOPXEDHCP:-0}" = 1 ]; then
@@ -161,6 +192,12 @@ EOF
 
 e2e_anchor_start() {
   local flavor=$1; shift
+  if [ "$flavor" = grub ]; then
+    e2e_grub_files
+    e2e_dnsmasq_boot grub
+    e2e_wait_listening 69 udp
+    return 0
+  fi
   e2e_server_files
   cat >"$E2E_RUN/http/boot.ipxe" <<EOF
 #!ipxe
@@ -305,12 +342,14 @@ e2e_server_start() {
   return 0
 }
 
-# Bounded wait (10 s) until something listens on the server address (the servers start async);
-# a server that exits meanwhile fails the run at once, with its log.
+# e2e_wait_listening PORT [tcp|udp]: bounded wait (10 s) until something listens on PORT in the
+# namespace (the servers start async); a server that exits meanwhile fails the run at once, with
+# its log.
 e2e_wait_listening() {
-  local port=$1 n label pid
+  local port=$1 n label pid flags=-Hltn
+  [ "${2:-tcp}" = udp ] && flags=-Hlun
   for ((n = 0; n < 100; n++)); do
-    e2e_ns ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && return 0
+    e2e_ns ss "$flags" "sport = :$port" 2>/dev/null | grep -q . && return 0
     for label in chainboot nginx dnsmasq; do
       eval "pid=\${E2E_PID_$label:-}"
       if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then

@@ -388,7 +388,10 @@ fn explain_policy(
             ..RawFacts::default()
         },
     );
-    let base = HttpBase::new(&cfg.boot_settings().http_base(server)).map_err(anyhow::Error::msg)?;
+    let settings = cfg.boot_settings();
+    let base = HttpBase::new(&settings.http_base(server))
+        .map_err(anyhow::Error::msg)?
+        .with_https_port(settings.https_port);
     let explanation = match policy.explain_now(&facts, &base, None) {
         Ok(e) => e,
         // Only a decision that needs the pixiecore API costs a runtime.

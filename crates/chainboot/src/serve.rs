@@ -156,12 +156,14 @@ fn open_shared(
         .advertise_addr()
         .or_else(|| ifaces.iter().find_map(|i| i.ipv4.first().map(|a| a.0)))
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    // The configured TLS port (the boot listener's, as bound, replaces it for HTTP requests).
     let base = HttpBase::new(&if http_port == 80 {
         format!("http://{base_ip}")
     } else {
         format!("http://{base_ip}:{http_port}")
     })
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_https_port(cfg.boot_settings().https_port);
     let policy = match quick {
         Some(q) => {
             info!(kernel = %q.kernel.display(), "quick mode: every machine boots this kernel");
@@ -368,6 +370,7 @@ fn routers(
     cfg: &config::Config,
     sh: &Shared,
     ops: OpsState,
+    https_port: Option<u16>,
 ) -> anyhow::Result<(axum::Router, axum::Router)> {
     let files = match &cfg.http.root {
         Some(dir) => Some(Arc::new(
@@ -376,6 +379,7 @@ fn routers(
         None => None,
     };
     let policy_state = PolicyState::new(sh.policy.clone(), sh.auth.clone(), sh.base.clone())
+        .with_https_port(https_port)
         .with_hooks(Arc::new(MachineEvents {
             events: sh.events.clone(),
             store: sh.store.clone(),
@@ -494,7 +498,8 @@ impl Servers {
         tasks: &mut Tasks,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Tls> {
-        let (mut router, management) = routers(cfg, sh, ops)?;
+        let https_port = self.http.tls_local_addrs().first().map(|a| a.port());
+        let (mut router, management) = routers(cfg, sh, ops, https_port)?;
         if let Some(lab) = &self.tls.lab {
             router = router.merge(chainboot_http::lab::ca_routes(lab));
         }

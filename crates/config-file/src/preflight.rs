@@ -64,12 +64,26 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
         });
     };
     let root = cfg.http.root.as_ref().map(|r| (r, Root::new(r)));
+    let https = cfg.boot_settings().https_port.is_some();
     for (i, p) in cfg.profile.iter().enumerate() {
         let key = |rest: &[&str]| {
             let mut k = vec!["profile".to_string(), i.to_string()];
             k.extend(rest.iter().map(|s| s.to_string()));
             k
         };
+        for (what, src) in [
+            ("cmdline", &p.cmdline),
+            ("script", &p.script),
+            ("pxelinux_config", &p.pxelinux_config),
+        ] {
+            let asks = src
+                .as_deref()
+                .is_some_and(|src| render::file_asks_for_https(FileKind::Template, src));
+            if asks && !https {
+                let message = render::NO_TLS_FOR_HTTPS.to_string();
+                push(Level::Error, key(&[what]), message, false);
+            }
+        }
         let mut refs: Vec<(Vec<String>, &str)> = Vec::new();
         if let Some(k) = &p.kernel {
             refs.push((key(&["kernel"]), k));
@@ -119,7 +133,7 @@ pub fn check(cfg: &Config, file: &Path, text: &str, isos: &IsoLibrary) -> Vec<Fi
         push(Level::Warning, key, message, false);
     }
     if let Some(dir) = &cfg.boot.templates {
-        for message in check_templates(dir) {
+        for message in check_templates(dir, https) {
             push(
                 Level::Error,
                 vec!["boot".into(), "templates".into()],
@@ -380,8 +394,9 @@ fn config_file_exists(cfg: &Config, profile: &str, name: &str) -> Result<(), Str
 }
 
 /// Compiles every template of the folder (`.raw` files and `pxelinux.cfg/`, served as they
-/// are, excepted): one message per file that does not compile, with its line.
-pub fn check_templates(dir: &Path) -> Vec<String> {
+/// are, excepted): one message per file that does not compile, with its line, or that asks for
+/// `{{ https }}` on a server without a TLS listener (`https` false).
+pub fn check_templates(dir: &Path, https: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = 0usize;
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
@@ -430,7 +445,7 @@ pub fn check_templates(dir: &Path) -> Vec<String> {
             }
             match std::fs::read_to_string(&path) {
                 Ok(src) => {
-                    if let Err(e) = render::check_file(&path, kind, &src) {
+                    if let Err(e) = render::check_file(&path, kind, &src, https) {
                         out.push(e);
                     }
                 }

@@ -76,6 +76,8 @@ pub struct PolicyShared {
     auth: ApiAuth,
     /// Used when a request has no usable Host header.
     fallback_base: HttpBase,
+    /// The boot listener's TLS port, if it has one: templates' `{{ https }}`.
+    https_port: Option<u16>,
     relay: reqwest::Client,
     /// Admits new machine records (none: every verified machine is recorded).
     limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
@@ -118,6 +120,7 @@ impl PolicyState {
             policy,
             hooks: Arc::new(NoHooks),
             auth,
+            https_port: None,
             fallback_base,
             relay: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))
@@ -147,6 +150,15 @@ impl PolicyState {
         self
     }
 
+    /// The port of the boot listener's TLS listener (as bound), for templates that ask for
+    /// `{{ https }}`; without one they are refused.
+    pub fn with_https_port(mut self, port: Option<u16>) -> PolicyState {
+        let shared = self.shared_mut();
+        shared.https_port = port;
+        shared.fallback_base = shared.fallback_base.clone().with_https_port(port);
+        self
+    }
+
     /// The same state with another access rule (the operator routes on the boot listener
     /// need the token for reads too).
     pub fn with_auth(mut self, auth: ApiAuth) -> PolicyState {
@@ -161,6 +173,7 @@ impl PolicyState {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| HttpBase::new(&format!("{}://{h}", scheme.as_str())).ok())
+            .map(|b| b.with_https_port(self.https_port))
             .unwrap_or_else(|| self.fallback_base.clone())
     }
 

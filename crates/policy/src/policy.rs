@@ -8,7 +8,7 @@
 //!    group claims (a non-200 means "do not boot", as in pixiecore);
 //! 4. `[boot] default` (a profile or `menu`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,6 +43,9 @@ pub(crate) struct Compiled {
     by_name: HashMap<String, usize>,
     groups: Vec<CompiledGroup>,
     env: Environment<'static>,
+    /// The profile templates (by name in `env`) that refer to `{{ https }}`: on a server
+    /// without a TLS listener they are refused before rendering.
+    asks_https: HashSet<String>,
 }
 
 fn tpl_name(profile: &str, what: &str) -> String {
@@ -56,6 +59,7 @@ impl Compiled {
             return Err(problems);
         }
         let mut env = render::new_env();
+        let mut asks_https = HashSet::new();
         for p in &cfg.profiles {
             for (what, src) in [
                 ("cmdline", &p.cmdline),
@@ -63,13 +67,20 @@ impl Compiled {
                 ("pxelinux", &p.pxelinux_config),
             ] {
                 if let Some(src) = src {
-                    env.add_template_owned(tpl_name(&p.name, what), src.clone())
+                    let name = tpl_name(&p.name, what);
+                    env.add_template_owned(name.clone(), src.clone())
                         .map_err(|e| {
                             vec![Issue::new(
                                 vec!["profile".into(), p.name.clone(), what.into()],
                                 e.to_string(),
                             )]
                         })?;
+                    if env
+                        .get_template(&name)
+                        .is_ok_and(|t| render::asks_for_https(&t))
+                    {
+                        asks_https.insert(name);
+                    }
                 }
             }
         }
@@ -93,6 +104,7 @@ impl Compiled {
             by_name,
             groups,
             env,
+            asks_https,
         })
     }
 
@@ -282,7 +294,7 @@ pub struct Decision {
     request_facts: Option<ClientFacts>,
     made_at: Instant,
     /// The rendered script for one base URL, so that repeated requests skip rendering.
-    script_cache: Arc<OnceLock<(String, String)>>,
+    script_cache: Arc<OnceLock<(HttpBase, String)>>,
     /// The boot capability put into the `/boot/MAC/...` URLs of this decision's script and
     /// offered to templates, so the machine's later fetches prove themselves from anywhere.
     cap: Option<String>,
@@ -683,6 +695,7 @@ impl Policy {
                 mac: facts.mac,
                 decision: Some(d.summary()),
                 groups: d.groups.clone(),
+                https: d.https_asks(base, self.templates_dir().as_deref()),
                 script: d.script(base, retry),
                 error: None,
             },
@@ -691,6 +704,7 @@ impl Policy {
                 mac: facts.mac,
                 decision: None,
                 groups: vec![],
+                https: vec![],
                 script: render::error_script(Some(&facts.mac.to_string()), &e.0, base, retry),
                 error: Some(e.0),
             },
@@ -706,6 +720,8 @@ pub struct Explanation {
     pub decision: Option<String>,
     /// (group, specificity, selector outcomes), in config order.
     pub groups: Vec<(String, usize, Vec<SelectorOutcome>)>,
+    /// The templates that ask for `{{ https }}` and what they get ([`Decision::https_asks`]).
+    pub https: Vec<String>,
     /// The script the machine would get.
     pub script: String,
     /// Why it cannot boot, if it cannot.
@@ -739,6 +755,9 @@ impl fmt::Display for Explanation {
                 )?;
             }
         }
+        for line in &self.https {
+            writeln!(f, "https: {line}")?;
+        }
         writeln!(f, "script:")?;
         for line in self.script.lines() {
             writeln!(f, "  {line}")?;
@@ -751,6 +770,12 @@ impl fmt::Display for Explanation {
 /// goes through chainboot (API writes, boot-once kernel fetches, config reloads) drops the
 /// remembered decision at once; this bound only limits how stale `last_seen` gets.
 pub const DECISION_FRESH: Duration = Duration::from_secs(60);
+
+/// How many files of one templates folder `explain` reads for [`Decision::https_asks`].
+pub const EXPLAIN_TEMPLATE_FILES: usize = 1000;
+/// The largest template file `explain` reads for [`Decision::https_asks`] (larger ones are
+/// served as they are anyway: `check` tells the operator to name them `.raw`).
+pub const EXPLAIN_TEMPLATE_BYTES: u64 = 16 << 20;
 
 impl Decision {
     /// Marks the decision as the answer to an `/ipxe` request with these facts.
@@ -787,14 +812,12 @@ impl Decision {
     /// [`Decision::script`], rendered once per base URL.
     pub fn cached_script(&self, base: &HttpBase, retry_secs: u64) -> String {
         if let Some((b, s)) = self.script_cache.get() {
-            if b == base.as_str() {
+            if b == base {
                 return s.clone();
             }
         }
         let s = self.script(base, retry_secs);
-        let _ = self
-            .script_cache
-            .set((base.as_str().to_string(), s.clone()));
+        let _ = self.script_cache.set((base.clone(), s.clone()));
         s
     }
 
@@ -906,6 +929,13 @@ impl Decision {
         let Ok(t) = self.compiled.env.get_template(&name) else {
             return Ok(None);
         };
+        if base.https().is_none() && self.compiled.asks_https.contains(&name) {
+            return Err(BootError(format!(
+                "profile {} {what}: {}",
+                self.profile,
+                render::NO_TLS_FOR_HTTPS
+            )));
+        }
         t.render(self.vars(base)).map(Some).map_err(|e| {
             BootError(format!(
                 "profile {} {what}: template error: {e:#}",
@@ -1178,9 +1208,81 @@ impl Decision {
         let Some(env) = kind.env() else {
             return Ok(Some(src));
         };
-        env.render_str(&src, self.vars(base))
+        let t = env
+            .template_from_str(&src)
+            .map_err(|e| BootError(render::file_error(&path, kind, &src, &e)))?;
+        if base.https().is_none() && render::asks_for_https(&t) {
+            return Err(BootError(format!(
+                "{}: {}",
+                path.display(),
+                render::NO_TLS_FOR_HTTPS
+            )));
+        }
+        t.render(self.vars(base))
             .map(Some)
             .map_err(|e| BootError(render::file_error(&path, kind, &src, &e)))
+    }
+
+    /// What `explain` says about `{{ https }}`: each template of this decision's profile that
+    /// asks for it (its cmdline, script and pxelinux templates, and the files of the templates
+    /// folder it is served from, the profile's own before the shared ones) and what it gets.
+    /// Reads at most [`EXPLAIN_TEMPLATE_FILES`] files of [`EXPLAIN_TEMPLATE_BYTES`] per folder.
+    pub fn https_asks(&self, base: &HttpBase, templates: Option<&std::path::Path>) -> Vec<String> {
+        let mut asking: Vec<String> = ["cmdline", "script", "pxelinux"]
+            .into_iter()
+            .filter(|what| {
+                self.compiled
+                    .asks_https
+                    .contains(&tpl_name(&self.profile, what))
+            })
+            .map(|what| format!("profile {} {what}", self.profile))
+            .collect();
+        let mut served = HashSet::new();
+        for dir in templates
+            .into_iter()
+            .flat_map(|t| [t.join(&self.profile), t.to_path_buf()])
+        {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut files: Vec<_> = entries
+                .flatten()
+                .take(EXPLAIN_TEMPLATE_FILES)
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            for path in files {
+                let small = std::fs::metadata(&path)
+                    .is_ok_and(|m| m.is_file() && m.len() <= EXPLAIN_TEMPLATE_BYTES);
+                let Some(file_name) = path.file_name().map(|n| n.to_string_lossy().into_owned())
+                else {
+                    continue;
+                };
+                let (kind, name) = render::FileKind::of(&file_name);
+                if !small || !served.insert(name.to_string()) {
+                    continue;
+                }
+                let asks = std::fs::read_to_string(&path)
+                    .is_ok_and(|src| render::file_asks_for_https(kind, &src));
+                if asks {
+                    asking.push(format!(
+                        "/config/{}/{name} ({})",
+                        self.facts.mac,
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let verdict = match base.https() {
+            Some(url) => format!("gets {url} (the boot listener's TLS port)"),
+            None => {
+                "refused, this server has no TLS listener ([http] tls_listen and tls)".to_string()
+            }
+        };
+        asking
+            .into_iter()
+            .map(|what| format!("{what} asks for {{{{ https }}}}: {verdict}"))
+            .collect()
     }
 }
 

@@ -3,7 +3,10 @@
 //!
 //! Templates (minijinja) see `machine` (mac, mac_hyphen, uuid, arch, ip, hostname, serial,
 //! manufacturer, product, labels, secret, events_url), `profile` (name, description),
-//! `http` (base URL, e.g. `http://198.18.0.1:8080`) and `server` (host, http, api).
+//! `http` (base URL, e.g. `http://198.18.0.1:8080`), `https` (the same host on the boot
+//! listener's TLS port, e.g. `https://198.18.0.1:8443`; only on a server with a TLS listener:
+//! a template that refers to it is refused otherwise, see [`NO_TLS_FOR_HTTPS`]) and `server`
+//! (host, http, api).
 //! Unknown facts are empty strings. Facts were sanitised on the way in (see `facts`), so no
 //! value can carry iPXE, kernel-argument or template syntax; the output of a template is
 //! never rendered again.
@@ -30,9 +33,13 @@ pub fn encode(s: &str) -> String {
 }
 
 /// The HTTP base URL machines reach chainboot at, without a trailing slash
-/// (`http://198.18.0.1:8080`).
+/// (`http://198.18.0.1:8080`), and the boot listener's TLS port when it has one (templates get
+/// `{{ https }}` from it: the same host on that port).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpBase(String);
+pub struct HttpBase {
+    url: String,
+    https_port: Option<u16>,
+}
 
 impl HttpBase {
     /// From `http://host[:port]`; refuses anything with a path, query, or odd characters,
@@ -50,7 +57,10 @@ impl HttpBase {
         {
             return Err(format!("`{url}`: base URL must be scheme://host[:port]"));
         }
-        Ok(HttpBase(trimmed.to_string()))
+        Ok(HttpBase {
+            url: trimmed.to_string(),
+            https_port: None,
+        })
     }
 
     /// From an HTTP request's Host header (untrusted: validated like [`HttpBase::new`]).
@@ -58,19 +68,53 @@ impl HttpBase {
         HttpBase::new(&format!("http://{host}")).ok()
     }
 
+    /// The same base with the boot listener's TLS port (`None`: this server has no TLS
+    /// listener). Port 0 (a listener whose port the system picks) is no port a client can be
+    /// sent to, and counts as none.
+    pub fn with_https_port(mut self, port: Option<u16>) -> HttpBase {
+        self.https_port = port.filter(|p| *p != 0);
+        self
+    }
+
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.url
     }
 
     /// The host[:port] part.
     pub fn host(&self) -> &str {
-        self.0.split_once("://").map(|(_, h)| h).unwrap_or(&self.0)
+        self.url
+            .split_once("://")
+            .map(|(_, h)| h)
+            .unwrap_or(&self.url)
+    }
+
+    /// The host without its port (an IPv6 literal keeps its brackets).
+    pub fn host_name(&self) -> &str {
+        let host = self.host();
+        if host.starts_with('[') {
+            return host.find(']').map_or(host, |i| &host[..=i]);
+        }
+        host.split(':').next().unwrap_or(host)
+    }
+
+    /// `https://host[:port]` for `{{ https }}`: this base itself when the client came over
+    /// TLS, else the same host name on the TLS listener's port. `None` without a TLS listener:
+    /// a template that asks for it is refused, never given an http:// URL instead.
+    pub fn https(&self) -> Option<String> {
+        if self.url.starts_with("https://") {
+            return Some(self.url.clone());
+        }
+        let name = self.host_name();
+        self.https_port.map(|port| match port {
+            443 => format!("https://{name}"),
+            port => format!("https://{name}:{port}"),
+        })
     }
 }
 
 impl std::fmt::Display for HttpBase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.url)
     }
 }
 
@@ -212,14 +256,50 @@ fn unclosed(src: &str, open: &str, close: &str) -> Option<usize> {
     None
 }
 
-/// Compiles a file of the templates folder: `Err` is [`file_error`]'s text.
-pub fn check_file(path: &std::path::Path, kind: FileKind, src: &str) -> Result<(), String> {
+/// Compiles a file of the templates folder: `Err` is [`file_error`]'s text, or, when the server
+/// has no TLS listener (`https` false), [`NO_TLS_FOR_HTTPS`] for a file that refers to it.
+pub fn check_file(
+    path: &std::path::Path,
+    kind: FileKind,
+    src: &str,
+    https: bool,
+) -> Result<(), String> {
     let Some(env) = kind.env() else {
         return Ok(());
     };
-    env.template_from_str(src)
-        .map(|_| ())
-        .map_err(|e| file_error(path, kind, src, &e))
+    let t = env
+        .template_from_str(src)
+        .map_err(|e| file_error(path, kind, src, &e))?;
+    if !https && asks_for_https(&t) {
+        return Err(format!("{}: {NO_TLS_FOR_HTTPS}", path.display()));
+    }
+    Ok(())
+}
+
+/// The template variable that holds the TLS base URL.
+pub const HTTPS_VAR: &str = "https";
+
+/// Why a template that refers to `{{ https }}` is not rendered on a server without a TLS
+/// listener: the installer asked for TLS, and an http:// URL in its place would send its
+/// config (credentials included) in the clear without anyone noticing.
+pub const NO_TLS_FOR_HTTPS: &str = "the template asks for {{ https }}, but this server has no \
+     TLS listener ([http] tls_listen and tls): refused rather than given an http:// URL";
+
+/// Whether a compiled template refers to `https` (anywhere, whatever the control flow).
+pub fn asks_for_https(t: &minijinja::Template<'_, '_>) -> bool {
+    t.undeclared_variables(false).contains(HTTPS_VAR)
+}
+
+/// Whether the source of a file of `kind` refers to `https`; false for raw files and for
+/// sources that do not compile (those fail on their own).
+pub fn file_asks_for_https(kind: FileKind, src: &str) -> bool {
+    let Some(env) = kind.env() else {
+        return false;
+    };
+    let asks = env
+        .template_from_str(src)
+        .is_ok_and(|t| asks_for_https(&t));
+    asks
 }
 
 /// The `machine` template variable.
@@ -250,6 +330,9 @@ pub struct TemplateVars {
     pub machine: MachineVars,
     pub profile: ProfileVars,
     pub http: String,
+    /// Absent without a TLS listener: a template using it then fails instead of rendering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
     pub server: ServerVars,
 }
 
@@ -297,6 +380,7 @@ impl TemplateVars {
             },
             profile,
             http: base.to_string(),
+            https: base.https(),
             server: ServerVars {
                 host: base.host().to_string(),
                 http: base.to_string(),
@@ -620,6 +704,51 @@ mod tests {
         assert!(HttpBase::new("ftp://x").is_err());
         assert!(HttpBase::from_host_header("a\nb").is_none());
         assert!(HttpBase::from_host_header("[::1]:80").is_some());
+    }
+
+    #[test]
+    fn https_base_is_the_same_host_name_on_the_tls_port_and_absent_without_one() {
+        let b = HttpBase::new("http://198.18.0.1:8080").unwrap();
+        assert_eq!(b.https(), None);
+        let on = |b: &HttpBase, port| b.clone().with_https_port(Some(port)).https();
+        assert_eq!(on(&b, 8443).as_deref(), Some("https://198.18.0.1:8443"));
+        assert_eq!(on(&b, 443).as_deref(), Some("https://198.18.0.1"));
+        assert_eq!(on(&b, 0), None);
+        let v6 = HttpBase::from_host_header("[2001:db8::1]:80").unwrap();
+        assert_eq!(on(&v6, 8443).as_deref(), Some("https://[2001:db8::1]:8443"));
+        let named = HttpBase::from_host_header("boot.example").unwrap();
+        assert_eq!(on(&named, 443).as_deref(), Some("https://boot.example"));
+        // A client that came over TLS keeps the address it used.
+        let tls = HttpBase::new("https://198.18.0.1:9443").unwrap();
+        assert_eq!(tls.https().as_deref(), Some("https://198.18.0.1:9443"));
+        assert_eq!(on(&tls, 8443).as_deref(), Some("https://198.18.0.1:9443"));
+    }
+
+    #[test]
+    fn check_refuses_a_file_asking_for_https_on_a_server_without_tls() {
+        let path = std::path::Path::new("/t/preseed.cfg");
+        let src = "d-i preseed/late_command string wget {{ https }}/config/{{ machine.mac }}/x\n";
+        assert_eq!(check_file(path, FileKind::Template, src, true), Ok(()));
+        let err = check_file(path, FileKind::Template, src, false).unwrap_err();
+        assert!(
+            err.starts_with("/t/preseed.cfg: ") && err.contains("no TLS listener"),
+            "{err}"
+        );
+        assert_eq!(check_file(path, FileKind::Template, "{{ http }}", false), Ok(()));
+        // In a marked file only the marked parts are template.
+        let marked = "{{ https }} is text\n";
+        assert_eq!(check_file(path, FileKind::Marked, marked, false), Ok(()));
+        assert!(check_file(path, FileKind::Marked, "{{@ https @}}\n", false).is_err());
+        // Asked for under a condition is asked for; a variable of the template's own is not.
+        assert!(file_asks_for_https(
+            FileKind::Template,
+            "{% if machine.ip %}{{ https }}{% endif %}"
+        ));
+        assert!(!file_asks_for_https(
+            FileKind::Template,
+            "{% set https = http %}{{ https }}"
+        ));
+        assert!(!file_asks_for_https(FileKind::Raw, "{{ https }}"));
     }
 
     #[test]

@@ -596,6 +596,80 @@ async fn template_errors_become_a_retrying_script() {
     assert!(!l.iter().any(|l| l.cmd == "kernel"));
 }
 
+#[tokio::test]
+async fn a_cmdline_asking_for_https_gets_the_tls_port_or_is_refused_never_given_http() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("inst")).unwrap();
+    std::fs::write(
+        dir.path().join("inst").join("preseed.cfg"),
+        "d-i preseed/include string {{ https }}/config/{{ machine.mac }}/more.cfg\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("plain.cfg"), "url {{ http }}\n").unwrap();
+    let cfg = parse(&format!(
+        "[[profile]]\nname = \"inst\"\nkernel = \"vmlinuz\"\n\
+         cmdline = \"url={{{{ https }}}}/config/{{{{ machine.mac }}}}/preseed.cfg\"\n\
+         [boot]\ndefault = \"inst\"\ntemplates = \"{}\"\n",
+        dir.path().display()
+    ));
+    let p = Policy::new(cfg, Arc::new(Store::in_memory().unwrap())).unwrap();
+    let d = p.decide(&node(), None, None).await.unwrap();
+    let tls = base().with_https_port(Some(8443));
+    let s = d.try_script(&tls, 5).unwrap();
+    let lines = parse_ipxe(&s);
+    let url = "url=https://198.18.0.1:8443/config/52:54:00:12:34:56/preseed.cfg";
+    assert!(kernel_line(&lines).args.iter().any(|a| a == url), "{s}");
+    let pre = d
+        .config_file(dir.path(), "preseed.cfg", &tls)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pre,
+        "d-i preseed/include string https://198.18.0.1:8443/config/52:54:00:12:34:56/more.cfg\n"
+    );
+    // The same on a server without a TLS listener: refused, with the reason; no http:// URL.
+    let err = d.try_script(&base(), 5).unwrap_err();
+    assert!(
+        err.0.contains("profile inst cmdline") && err.0.contains("no TLS listener"),
+        "{err}"
+    );
+    let refused = d.script(&base(), 5);
+    assert!(!refused.contains("url=http"), "{refused}");
+    let err = d
+        .config_file(dir.path(), "preseed.cfg", &base())
+        .unwrap_err();
+    assert!(
+        err.0.contains("inst/preseed.cfg: ") && err.0.contains("no TLS listener"),
+        "{err}"
+    );
+    // A template that does not ask renders as before.
+    assert_eq!(
+        d.config_file(dir.path(), "plain.cfg", &base())
+            .unwrap()
+            .unwrap(),
+        "url http://198.18.0.1:8080\n"
+    );
+    // explain names each template that asks, and what it gets.
+    let f = node();
+    let text = p.explain_now(&f, &tls, None).unwrap().to_string();
+    assert!(
+        text.contains("https: profile inst cmdline asks for {{ https }}: gets https://198.18.0.1:8443"),
+        "{text}"
+    );
+    assert!(
+        text.contains("https: /config/52:54:00:12:34:56/preseed.cfg (")
+            && !text.contains("plain.cfg"),
+        "{text}"
+    );
+    let text = p.explain_now(&f, &base(), None).unwrap().to_string();
+    assert!(
+        text.contains(
+            "https: profile inst cmdline asks for {{ https }}: refused, this server has no TLS listener"
+        ),
+        "{text}"
+    );
+}
+
 // ---------------------------------------------------------------- hostile facts
 
 const HOSTILE: &[&str] = &[
