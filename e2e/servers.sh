@@ -5,8 +5,8 @@
 #             plain PXE firmware to TFTP undionly.kpxe (BIOS) / ipxe.efi (UEFI) and iPXE (user-class
 #             "iPXE", exactly the seed's test) to fetch http://198.18.0.1/boot.ipxe.
 #             With grub: the signed chain by hand, dnsmasq alone (DHCP + TFTP, no nginx: the
-#             signed GRUB has no HTTP client) serving Debian's shim and signed GRUB and a
-#             hand-written grub.cfg that loads the same kernel and initrd over TFTP.
+#             signed GRUB has no HTTP client) serving Debian's shim and signed GRUB at its TFTP
+#             root and a hand-written grub.cfg that loads the same kernel and initrd over TFTP.
 # chainboot = target/debug/chainboot (or $CHAINBOOT) `serve --config F` alone, with a config written here.
 # proxy     = a plain DHCP server (dnsmasq, no boot options) on a second host 198.18.0.2 hands out
 #             the addresses; the boot server answers only as proxyDHCP.
@@ -94,17 +94,20 @@ EOF
   e2e_spawn nginx nginx -p "$E2E_RUN/nginx" -e "$E2E_RUN/nginx/error.log" -c "$E2E_RUN/nginx/nginx.conf"
 }
 
-# The signed chain as an operator writes it by hand: Debian's shim as the UEFI first stage in
-# tftp/secureboot/, the signed network GRUB beside it (shim loads grubx64.efi from its own folder),
-# GRUB's config at its prefix (grub/grub.cfg on the TFTP server), the kernel and initrd at the
-# TFTP root (Debian's signed GRUB fetches over TFTP only).
+# The signed chain as an operator writes it by hand: Debian's shim as the UEFI first stage and
+# the signed network GRUB beside it at the TFTP root, GRUB's config at its prefix (grub/grub.cfg
+# on the TFTP server), the kernel and initrd at the root too (Debian's signed GRUB fetches over
+# TFTP only). At the root because shim looks for grubx64.efi in the folder of the boot file
+# named in the DHCP answer's `file` field, and dnsmasq leaves that field empty for a client that
+# asks for option 67 (as OVMF does), putting the name into the option: shim then looks at the
+# root, whatever folder the name had.
 e2e_grub_files() {
   local shim=/usr/lib/shim/shimx64.efi.signed grub=/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed
   [ -f "$shim" ] || e2e_die "missing $shim (package shim-signed)"
   [ -f "$grub" ] || e2e_die "missing $grub (package grub-efi-amd64-signed)"
-  mkdir -p "$E2E_RUN/tftp/secureboot" "$E2E_RUN/tftp/grub"
-  e2e_place "$shim" "$E2E_RUN/tftp/secureboot/shimx64.efi"
-  e2e_place "$grub" "$E2E_RUN/tftp/secureboot/grubx64.efi"
+  mkdir -p "$E2E_RUN/tftp/grub"
+  e2e_place "$shim" "$E2E_RUN/tftp/shimx64.efi"
+  e2e_place "$grub" "$E2E_RUN/tftp/grubx64.efi"
   e2e_place "$E2E_CACHE/vmlinuz" "$E2E_RUN/tftp/vmlinuz"
   e2e_place "$E2E_CACHE/initrd.img" "$E2E_RUN/tftp/initrd.img"
   cat >"$E2E_RUN/tftp/grub/grub.cfg" <<EOF
@@ -150,7 +153,7 @@ dhcp-range=198.18.0.100,198.18.0.200,255.255.255.0,1h
 dhcp-option=option:router,$E2E_SERVER_IP
 EOF
     if [ "$flavor" = grub ]; then
-      echo "dhcp-boot=tag:efi64,secureboot/shimx64.efi,,$E2E_SERVER_IP" >>"$conf"
+      echo "dhcp-boot=tag:efi64,shimx64.efi,,$E2E_SERVER_IP" >>"$conf"
     else
       cat >>"$conf" <<EOF
 dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,$E2E_SERVER_IP

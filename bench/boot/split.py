@@ -8,7 +8,7 @@ defaults to vm1). Prints one line, `split key=value ...`, for bench/boot/run.sh'
   dhcpN=START+DUR        the Nth exchange: first DISCOVER (or REQUEST) to its ACK
                          (`disc`/`offer` give the DISCOVER-to-OFFER wait, dnsmasq's ping shows there)
   tftp:PATH=START+DUR    the completed transfer of PATH: read request to its last DATA block
-                         (size in bytes and the agreed blksize after a slash; probes the client
+                         (size in bytes, the agreed blksize and windowsize; probes the client
                          aborted are counted as `aborted`)
   http:PATH=START+DUR    a GET: request to the last byte the server sent on that connection
   rs, ra                 first router solicitation and advertisement
@@ -114,21 +114,22 @@ def split(run_dir, label="vm1"):
             if dport == 69 and len(data) >= 4 and data[:2] == b"\x00\x01":
                 path = data[2:].split(b"\x00")[0].decode("latin-1").lstrip("/")
                 # 512-byte blocks unless the server's OACK agrees to another size.
-                tftp[(src, sport)] = {"path": path, "start": rel, "bytes": 0, "blk": 512, "last": None}
+                tftp[(src, sport)] = {"path": path, "start": rel, "bytes": 0, "blk": 512, "ws": 1}
                 continue
             tr = tftp.get((dst, dport))
             if tr is not None and len(data) >= 4:
                 op = struct.unpack(">H", data[:2])[0]
                 if op == 3:  # DATA
                     tr["bytes"] += len(data) - 4
-                    tr["last"] = rel
                     if len(data) - 4 < tr["blk"] and tr["path"] not in done:
-                        done[tr["path"]] = (tr["start"], rel, tr["bytes"], tr["blk"])
+                        done[tr["path"]] = (tr["start"], rel, tr["bytes"], tr["blk"], tr["ws"])
                 elif op == 6:  # OACK: the size the server agreed to
                     parts = data[2:].split(b"\x00")
                     opts = dict(zip(parts[0::2], parts[1::2]))
                     if b"blksize" in opts:
                         tr["blk"] = int(opts[b"blksize"] or tr["blk"])
+                    if b"windowsize" in opts:
+                        tr["ws"] = int(opts[b"windowsize"] or 1)
             tr = tftp.get((src, sport))
             if tr is not None and len(data) >= 2 and struct.unpack(">H", data[:2])[0] == 5:
                 aborted += 1  # the client ended a transfer (OVMF's size probes)
@@ -150,8 +151,8 @@ def split(run_dir, label="vm1"):
         out.append(f"dhcp{i}={s:.2f}+{ack - s:.2f}")
         if offer is not None:
             out.append(f"dhcp{i}_offer_wait={offer - s:.2f}")
-    for path, (s, e, n, blk) in sorted(done.items(), key=lambda kv: kv[1][0]):
-        out.append(f"tftp:{path}={s:.2f}+{e - s:.2f}({n}B/{blk})")
+    for path, (s, e, n, blk, ws) in sorted(done.items(), key=lambda kv: kv[1][0]):
+        out.append(f"tftp:{path}={s:.2f}+{e - s:.2f}({n}B/{blk}/w{ws})")
     if aborted:
         out.append(f"tftp_aborted={aborted}")
     for path, s, e in gets:

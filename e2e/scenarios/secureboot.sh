@@ -28,7 +28,7 @@ for line in 'EFI stub: UEFI Secure Boot is enabled' 'Kernel is locked down from 
 done
 if [ "$side" = anchor ]; then
   # The same files went out, as dnsmasq saw it.
-  for f in secureboot/shimx64.efi secureboot/grubx64.efi grub/grub.cfg vmlinuz initrd.img; do
+  for f in shimx64.efi grubx64.efi grub/grub.cfg vmlinuz initrd.img; do
     grep -aq "sent $E2E_RUN/tftp/$f to" "$E2E_RUN/dnsmasq.log" \
       || e2e_die "dnsmasq's log shows no completed TFTP transfer of $f"
     e2e_log "dnsmasq's log: $f sent"

@@ -3,6 +3,8 @@
 //! rendered, `{% raw %}` keeps text literal in an ordinary template, and every template keeps
 //! its final newline.
 
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
+
 mod common;
 
 use std::process::Command;
@@ -98,7 +100,15 @@ fn installer_files_are_served_untouched_marked_only_or_rendered_with_their_final
 /// curl with `extra` arguments: body and status (exit status checked).
 fn get_with(extra: &[&str], url: &str) -> (String, Vec<u8>) {
     let out = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "--max-time", "20", "-D", "/dev/stderr"])
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "20",
+            "-D",
+            "/dev/stderr",
+        ])
         .args(extra)
         .args(["-o", "-", url])
         .output()
@@ -122,8 +132,11 @@ fn https_templates(dir: &std::path::Path) -> std::path::PathBuf {
         "d-i preseed/late_command string in-target wget -O /tmp/late.sh {{ https }}/config/{{ machine.mac }}/late.sh\n",
     )
     .unwrap();
-    std::fs::write(templates.join("late.sh"), "echo late for {{ machine.mac }} from {{ http }}\n")
-        .unwrap();
+    std::fs::write(
+        templates.join("late.sh"),
+        "echo late for {{ machine.mac }} from {{ http }}\n",
+    )
+    .unwrap();
     templates
 }
 
@@ -184,14 +197,24 @@ fn without_a_tls_listener_a_template_asking_for_https_is_refused_by_serve_check_
     let (code, out) = chainboot(&["check", "--config", c]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("preseed.cfg: the template asks for {{ https }}, but this server has no TLS listener"),
+        out.contains(
+            "preseed.cfg: the template asks for {{ https }}, but this server has no TLS listener"
+        ),
         "{out}"
     );
     assert!(out.contains("profile[2].cmdline"), "{out}");
     assert!(!out.contains("late.sh"), "late.sh asks for nothing: {out}");
     let explain = |c: &str| {
         let (code, out) = chainboot(&[
-            "explain", "-c", c, "--mac", MAC, "--arch", "efi-x64", "--server-ip", "198.18.0.1",
+            "explain",
+            "-c",
+            c,
+            "--mac",
+            MAC,
+            "--arch",
+            "efi-x64",
+            "--server-ip",
+            "198.18.0.1",
         ]);
         assert_eq!(code, 0, "{out}");
         out
@@ -209,7 +232,10 @@ fn without_a_tls_listener_a_template_asking_for_https_is_refused_by_serve_check_
     let (status, body) = get(&format!("http://{http}/config/{MAC}/preseed.cfg"));
     let body = String::from_utf8(body).unwrap();
     assert_eq!(status, "500", "{body}");
-    assert!(body.contains("no TLS listener") && !body.contains("wget"), "{body}");
+    assert!(
+        body.contains("no TLS listener") && !body.contains("wget"),
+        "{body}"
+    );
     let (status, _) = get(&format!("http://{http}/config/{MAC}/late.sh"));
     assert_eq!(status, "200");
     drop(server);

@@ -296,9 +296,7 @@ pub fn file_asks_for_https(kind: FileKind, src: &str) -> bool {
     let Some(env) = kind.env() else {
         return false;
     };
-    let asks = env
-        .template_from_str(src)
-        .is_ok_and(|t| asks_for_https(&t));
+    let asks = env.template_from_str(src).is_ok_and(|t| asks_for_https(&t));
     asks
 }
 
@@ -681,15 +679,20 @@ mod tests {
         );
         assert_eq!(new_env().render_str("a\nb\n", &vars).unwrap(), "a\nb\n");
         let path = std::path::Path::new("/etc/chainboot/templates/preseed.cfg");
-        let err =
-            check_file(path, FileKind::Template, "line one\nsh -c 'echo ${#x}'\n").unwrap_err();
+        let err = check_file(
+            path,
+            FileKind::Template,
+            "line one\nsh -c 'echo ${#x}'\n",
+            false,
+        )
+        .unwrap_err();
         assert!(
             err.starts_with("/etc/chainboot/templates/preseed.cfg:2: template error"),
             "{err}"
         );
         assert!(err.contains("preseed.cfg.raw"), "{err}");
-        assert_eq!(check_file(path, FileKind::Raw, "{{ ${#x}"), Ok(()));
-        let err = check_file(path, FileKind::Marked, "ok\n{{@ x + @}}\n").unwrap_err();
+        assert_eq!(check_file(path, FileKind::Raw, "{{ ${#x}", false), Ok(()));
+        let err = check_file(path, FileKind::Marked, "ok\n{{@ x + @}}\n", false).unwrap_err();
         assert!(err.contains("preseed.cfg:2: template error"), "{err}");
     }
 
@@ -734,7 +737,10 @@ mod tests {
             err.starts_with("/t/preseed.cfg: ") && err.contains("no TLS listener"),
             "{err}"
         );
-        assert_eq!(check_file(path, FileKind::Template, "{{ http }}", false), Ok(()));
+        assert_eq!(
+            check_file(path, FileKind::Template, "{{ http }}", false),
+            Ok(())
+        );
         // In a marked file only the marked parts are template.
         let marked = "{{ https }} is text\n";
         assert_eq!(check_file(path, FileKind::Marked, marked, false), Ok(()));

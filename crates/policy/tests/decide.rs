@@ -653,7 +653,9 @@ async fn a_cmdline_asking_for_https_gets_the_tls_port_or_is_refused_never_given_
     let f = node();
     let text = p.explain_now(&f, &tls, None).unwrap().to_string();
     assert!(
-        text.contains("https: profile inst cmdline asks for {{ https }}: gets https://198.18.0.1:8443"),
+        text.contains(
+            "https: profile inst cmdline asks for {{ https }}: gets https://198.18.0.1:8443"
+        ),
         "{text}"
     );
     assert!(
