@@ -1,7 +1,8 @@
 //! Installer files through the binary's real HTTP server, fetched with curl: a preseed full of
 //! shell syntax is served byte for byte (`.raw`), a `.marked` file has only its marked parts
 //! rendered, `{% raw %}` keeps text literal in an ordinary template, and every template keeps
-//! its final newline.
+//! its final newline. `{{ https }}`: the TLS listener's URL with one (curl fetches it over TLS),
+//! refused by the server, `check` and `explain` without one.
 
 #![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
@@ -15,9 +16,23 @@ const MAC: &str = "52:54:00:00:18:03";
 
 /// curl's body bytes and status (exit status checked: the exchange completed).
 fn get(url: &str) -> (String, Vec<u8>) {
+    get_with(&[], url)
+}
+
+/// curl with `extra` arguments: body and status (exit status checked).
+fn get_with(extra: &[&str], url: &str) -> (String, Vec<u8>) {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-D", "/dev/stderr", "-o", "-"])
-        .arg(url)
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "20",
+            "-D",
+            "/dev/stderr",
+        ])
+        .args(extra)
+        .args(["-o", "-", url])
         .output()
         .expect("curl (bash .ci/install-deps installs it)");
     assert!(
@@ -95,32 +110,6 @@ fn installer_files_are_served_untouched_marked_only_or_rendered_with_their_final
     let (status, body) = get(&url("lines.txt"));
     assert_eq!(status, "200");
     assert_eq!(body, b"line1\nline2\n", "12 bytes, final newline kept");
-}
-
-/// curl with `extra` arguments: body and status (exit status checked).
-fn get_with(extra: &[&str], url: &str) -> (String, Vec<u8>) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "20",
-            "-D",
-            "/dev/stderr",
-        ])
-        .args(extra)
-        .args(["-o", "-", url])
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let head = String::from_utf8_lossy(&out.stderr).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap_or("").to_string();
-    (status, out.stdout)
 }
 
 /// A preseed that fetches its late script over TLS, and the script itself.
