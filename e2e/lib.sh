@@ -77,6 +77,7 @@ e2e_cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  e2e_postgres_stop
   for ((i = ${#E2E_NSES[@]} - 1; i >= 0; i--)); do
     ip netns del "${E2E_NSES[$i]}" 2>/dev/null || true
   done
@@ -106,6 +107,53 @@ e2e_spawn_in() {
   local ns=$1 label=$2; shift 2
   ip netns exec "$ns" "$@" >"$E2E_RUN/$label.log" 2>&1 </dev/null &
   E2E_PIDS+=($!)
+  eval "E2E_PID_${label//[^A-Za-z0-9_]/_}=$!"
+}
+
+# e2e_postgres: a throw-away PostgreSQL cluster (Debian's postgresql package: initdb and pg_ctl
+# run as the `postgres` user, which refuses root) in a directory under /tmp (that user cannot
+# reach the run dir in the source tree), listening on its unix socket only: every namespace
+# sees the socket file, and nothing listens on any network. Database and role `chainboot`,
+# trusted on the socket. Sets E2E_PG_URL; stopped (immediate) and removed by e2e_cleanup.
+e2e_postgres() {
+  e2e_require runuser:util-linux
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$bin" ] && [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] \
+    || e2e_die "missing the PostgreSQL server binaries under /usr/lib/postgresql/*/bin (Debian package postgresql; run: bash .ci/install-deps)"
+  E2E_PG_BIN=$bin
+  E2E_PG_DIR=$(mktemp -d /tmp/cbe2e-pg.XXXXXX) || e2e_die "cannot make the cluster's directory"
+  chown postgres: "$E2E_PG_DIR" || e2e_die "cannot give $E2E_PG_DIR to the postgres user"
+  runuser -u postgres -- "$bin/initdb" -D "$E2E_PG_DIR/data" -U chainboot --auth-local=trust \
+    -E UTF8 --no-sync >"$E2E_RUN/postgres-initdb.log" 2>&1 \
+    || { tail -n 20 "$E2E_RUN/postgres-initdb.log" >&2; e2e_die "initdb failed"; }
+  runuser -u postgres -- "$bin/pg_ctl" -D "$E2E_PG_DIR/data" -l "$E2E_PG_DIR/log" \
+    -o "-k $E2E_PG_DIR -p 5432 -c listen_addresses=''" -w -t 60 start >/dev/null 2>&1 \
+    || { tail -n 20 "$E2E_PG_DIR/log" >&2; e2e_die "PostgreSQL did not start"; }
+  e2e_psql postgres "CREATE DATABASE chainboot" >/dev/null || e2e_die "cannot create the database"
+  E2E_PG_URL="host=$E2E_PG_DIR port=5432 user=chainboot dbname=chainboot"
+  e2e_log "PostgreSQL $(basename "$(dirname "$bin")") on $E2E_PG_DIR (unix socket only)"
+}
+
+# e2e_psql DB SQL: runs SQL in the throw-away cluster; its rows, unaligned.
+e2e_psql() {
+  runuser -u postgres -- "$E2E_PG_BIN/psql" -h "$E2E_PG_DIR" -p 5432 -U chainboot -d "$1" \
+    -v ON_ERROR_STOP=1 -Atc "$2"
+}
+
+# Stops the cluster at once (its postmaster is pg_ctl's daemon, not one of E2E_PIDS) and
+# removes its directory.
+e2e_postgres_stop() {
+  [ -n "${E2E_PG_DIR:-}" ] && [ -d "$E2E_PG_DIR" ] || return 0
+  if [ -f "$E2E_PG_DIR/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$E2E_PG_BIN/pg_ctl" -D "$E2E_PG_DIR/data" -m immediate -w stop \
+      >/dev/null 2>&1 || {
+      local pm
+      pm=$(head -1 "$E2E_PG_DIR/data/postmaster.pid" 2>/dev/null)
+      [ -n "$pm" ] && kill -KILL "$pm" 2>/dev/null
+    }
+  fi
+  rm -rf "$E2E_PG_DIR"
 }
 
 e2e_topology() {
@@ -511,9 +559,13 @@ e2e_assert_addresses_from_plain_dhcp() {
 
 # e2e_api PATH: GET chainboot's API on its management listener (loopback inside the namespace,
 # with the token).
-e2e_api() {
-  ip netns exec "$E2E_NS" curl -s --max-time 5 \
-    -H "Authorization: Bearer $(cat "$E2E_RUN/state/api.token")" "http://127.0.0.1:8079$1"
+e2e_api() { e2e_api_of "$E2E_NS" "$E2E_RUN/state" "$1"; }
+
+# e2e_api_of NS STATE_DIR PATH: the same for the server in namespace NS whose token is in
+# STATE_DIR (the second server of a fleet).
+e2e_api_of() {
+  ip netns exec "$1" curl -s --max-time 5 \
+    -H "Authorization: Bearer $(cat "$2/api.token")" "http://127.0.0.1:8079$3"
 }
 
 # e2e_assert_timeline MAC STAGE...: chainboot's own account of the boot (its API) has every STAGE

@@ -3,7 +3,7 @@
 # scenario, PASS/FAIL and its wall seconds, then "e2e: N passed (K only after a retry), M failed".
 # Usage: e2e/run.sh [anchor|chainboot] [SCENARIO...]   (default: chainboot; scenarios: bios uefi
 #        pxelinux proxy fail uefi-http uefi-https secureboot secureboot-detect secureboot-own
-#        pxe6 http6 bios6 dual). A failing scenario's own output (serial tail, server log, pcap path) is
+#        pxe6 http6 bios6 dual fleet). A failing scenario's own output (serial tail, server log, pcap path) is
 #        printed after its line. Exit status non-zero if any scenario failed.
 # A failed scenario runs once more (E2E_RETRIES, default 1): a VM boot under TCG has rare
 # failures of its own (seen: PXELINUX's lwIP HTTP giving up mid-kernel about once in a dozen
@@ -15,7 +15,7 @@ side=${1:-chainboot}
 case $side in anchor | chainboot) shift || true ;; *) side=chainboot ;; esac
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(bios uefi pxelinux proxy fail uefi-http uefi-https secureboot secureboot-detect secureboot-own
-  pxe6 http6 bios6 dual)
+  pxe6 http6 bios6 dual fleet)
 passed=0 failed=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

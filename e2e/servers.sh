@@ -219,23 +219,29 @@ EOF
 # E2E_CHAINBOOT_HTTP_EXTRA inside [http], E2E_CHAINBOOT_BOOT inside [boot],
 # E2E_CHAINBOOT_IPV6 inside [ipv6], E2E_CHAINBOOT_IPXE inside [ipxe]; E2E_IPXE_DIR
 # replaces /usr/lib/ipxe.
+# A second server on the segment (a fleet, IPv4 only): E2E_CB_NAME names its files
+# (chainboot-NAME.toml, .log, state-NAME/), E2E_CB_NS is its namespace (a peer's, see e2e_peer),
+# E2E_CB_IP its address there and E2E_CB_IFACE its interface.
 e2e_chainboot_start() {
   local flavor=$1 bin=${CHAINBOOT:-$E2E_REPO/target/debug/chainboot}; shift
+  local name=${E2E_CB_NAME:+-$E2E_CB_NAME} ip=${E2E_CB_IP:-$E2E_SERVER_IP}
+  local iface=${E2E_CB_IFACE:-br0} ns=${E2E_CB_NS:-$E2E_NS}
+  local state="$E2E_RUN/state$name"
   [ -x "$bin" ] || e2e_die "chainboot binary not found at $bin (cargo build -p chainboot, or set CHAINBOOT)"
   # A private link to this binary, so a rebuild during the run cannot swap it under the test.
   ln -f "$bin" "$E2E_RUN/chainboot" 2>/dev/null || cp "$bin" "$E2E_RUN/chainboot"
   bin="$E2E_RUN/chainboot"
   e2e_server_files
-  mkdir -p "$E2E_RUN/state"
-  local conf="$E2E_RUN/chainboot.toml" mode=server advertise="" tftp_listen http_listen
+  mkdir -p "$state"
+  local conf="$E2E_RUN/chainboot$name.toml" mode=server advertise="" tftp_listen http_listen
   [ "$flavor" = proxy ] && mode=proxy
   # The listeners by family: IPv6 clients reach TFTP and HTTP at 2001:db8:1::1 (the address
   # DHCPv6 puts into its URLs); dual stack serves TFTP on [::] (IPv4 clients as mapped
   # addresses) and HTTP on both addresses.
   case $E2E_FAMILY in
     v4)
-      advertise="advertise = \"$E2E_SERVER_IP\""
-      tftp_listen="\"$E2E_SERVER_IP:69\"" http_listen="\"$E2E_SERVER_IP:80\""
+      advertise="advertise = \"$ip\""
+      tftp_listen="\"$ip:69\"" http_listen="\"$ip:80\""
       ;;
     v6)
       mode=off
@@ -248,9 +254,9 @@ e2e_chainboot_start() {
   esac
   cat >"$conf" <<EOF
 [server]
-interfaces = ["br0"]
+interfaces = ["$iface"]
 $advertise
-state_dir = "$E2E_RUN/state"
+state_dir = "$state"
 
 [dhcp]
 mode = "$mode"
@@ -326,12 +332,12 @@ default = "e2e"
 ${E2E_CHAINBOOT_BOOT:-}
 
 [api]
-token_file = "$E2E_RUN/state/api.token"
+token_file = "$state/api.token"
 ${E2E_CHAINBOOT_EXTRA:-}
 EOF
   [ "$flavor" = proxy ] && e2e_plain_dhcp
-  e2e_spawn chainboot "$bin" serve --config "$conf" --log-level "${E2E_CHAINBOOT_LOG:-info}"
-  e2e_wait_listening 80 tcp
+  e2e_spawn_in "$ns" "chainboot$name" "$bin" serve --config "$conf" --log-level "${E2E_CHAINBOOT_LOG:-info}"
+  e2e_wait_listening 80 tcp "$ns"
 }
 
 e2e_server_start() {
@@ -345,16 +351,16 @@ e2e_server_start() {
   return 0
 }
 
-# e2e_wait_listening PORT [tcp|udp]: bounded wait (10 s) until something listens on PORT in the
-# namespace (the servers start async); a server that exits meanwhile fails the run at once, with
-# its log.
+# e2e_wait_listening PORT [tcp|udp] [NS]: bounded wait (10 s) until something listens on PORT in
+# NS (default: the scenario's namespace; the servers start async); a server that exits
+# meanwhile fails the run at once, with its log.
 e2e_wait_listening() {
-  local port=$1 n label pid flags=-Hltn
+  local port=$1 ns=${3:-$E2E_NS} n label pid flags=-Hltn
   [ "${2:-tcp}" = udp ] && flags=-Hlun
   for ((n = 0; n < 100; n++)); do
-    e2e_ns ss "$flags" "sport = :$port" 2>/dev/null | grep -q . && return 0
-    for label in chainboot nginx dnsmasq; do
-      eval "pid=\${E2E_PID_$label:-}"
+    ip netns exec "$ns" ss "$flags" "sport = :$port" 2>/dev/null | grep -q . && return 0
+    for label in chainboot chainboot-${E2E_CB_NAME:-} nginx dnsmasq; do
+      eval "pid=\${E2E_PID_${label//[^A-Za-z0-9_]/_}:-}"
       if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
         tail -n 20 "$E2E_RUN/$label.log" >&2
         e2e_die "$label exited before listening (log above: $E2E_RUN/$label.log)"

@@ -84,20 +84,6 @@ net_up() {
 net_down() {
   ip netns del "$S" 2>/dev/null || true; ip netns del "$C" 2>/dev/null || true
 }
-# harness_counters: "neighbour-table-fulls backlog-drops" for the host, summed over CPUs.
-harness_counters() {
-  python3 - <<'PY'
-rows = [l.split() for l in open("/proc/net/stat/arp_cache")]
-i = rows[0].index("table_fulls")
-fulls = sum(int(r[i], 16) for r in rows[1:])
-drops = sum(int(l.split()[1], 16) for l in open("/proc/net/softnet_stat"))
-print(fulls, drops)
-PY
-}
-# udp_rcvbuf_errors NS: UDP datagrams dropped for a full receive buffer in namespace NS.
-udp_rcvbuf_errors() {
-  ip netns exec "$1" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
-}
 
 mkdir -p "$WORK/http" "$WORK/tftp" "$WORK/nginx/tmp"
 head -c $((KMIB << 20)) /dev/urandom >"$WORK/http/vmlinuz"

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use chainboot_dhcp::client::{ClientKind, ClientMessage, ReplyView};
+use chainboot_dhcp::engine::fleet::{bucket, Fleet};
 use chainboot_dhcp::wire::MessageType;
 use chainboot_dhcp::{Engine, Ingress, Mode};
 use chainboot_machine::{Arch, BootTransport, Mac};
 use chainboot_policy::{HttpBase, Policy, RawFacts};
-use chainboot_store::Store;
+use chainboot_store::{servers, Store};
 
 use crate::config;
 
@@ -151,6 +152,7 @@ fn explain_dhcp4(
         }
     ));
     let mut engine = Engine::new(cfg.dhcp.clone(), boot_settings(cfg, policy));
+    engine.set_fleet(fleet_view(cfg, policy.store(), mac, out));
     let ingress = Ingress {
         ifindex: 1,
         iface: "explain".into(),
@@ -208,6 +210,32 @@ fn explain_dhcp4(
     if cfg.dhcp.mode == Mode::Off {
         out.push_str("  (DHCP is off: run `chainboot dhcp-config isc|dnsmasq|kea` for your server's snippet)\n");
     }
+}
+
+/// On a fleet's database: the live servers as this server would see them now, and which one
+/// answers the client's DHCP (its hash bucket's owner), so the engine below answers as this
+/// server would, or ignores the client as another server's. `None` for one server alone.
+fn fleet_view(cfg: &config::Config, store: &Store, mac: Mac, out: &mut String) -> Option<Fleet> {
+    if !store.is_shared() {
+        return None;
+    }
+    let within_ms = i64::try_from(cfg.store.peer_timeout.as_millis()).unwrap_or(i64::MAX);
+    let live = match servers::live(store, within_ms) {
+        Ok(live) => live,
+        Err(e) => {
+            out.push_str(&format!("  fleet: the live servers could not be read ({e})\n"));
+            return None;
+        }
+    };
+    let fleet = Fleet::new(store.server_name(), live.into_iter().map(|s| s.name));
+    let b = bucket(&mac.0);
+    out.push_str(&format!(
+        "  fleet: this is {}; live servers {}; the client's hash bucket {b} is answered by {}\n",
+        store.server_name(),
+        fleet.live().join(", "),
+        fleet.owner(b)
+    ));
+    Some(fleet)
 }
 
 /// What the store remembers of the machine: when it was seen, what its firmware said over

@@ -615,6 +615,7 @@ fn ops_state(
         ra: Some(ra),
         info: Arc::new(info),
         started,
+        peer_timeout: cfg.store.peer_timeout,
         auth: sh.auth.clone(),
     }
 }

@@ -83,7 +83,7 @@ function renderMachines() {
     edit.className = "edit";
     edit.onclick = () => openEdit(m);
     tr.append(td(m.mac, "mono"), td(f.arch || fw.arch), td(f.ip, "mono"), td(f.hostname), td(profile, "profile"),
-      td(state, "state"), td(bar(last), "timeline"), td(ago(m.last_seen_ms)), td(edit));
+      td(state, "state"), td(bar(last), "timeline"), td(ago(m.last_seen_ms)), td(m.last_server, "server"), td(edit));
     body.appendChild(tr);
   }
 }
@@ -142,7 +142,7 @@ function addEvent(e, prepend) {
   const d = e.detail || {};
   if (e.kind === "chainload-loop" || (e.kind === "secure-boot-refused" && d.proven)) tr.className = "err";
   else if (failed(d)) tr.className = "warn";
-  tr.append(td(new Date(e.at_ms).toLocaleTimeString()), td(e.mac, "mono"), td(e.kind), td(describe(e)));
+  tr.append(td(new Date(e.at_ms).toLocaleTimeString()), td(e.mac, "mono"), td(e.kind), td(describe(e)), td(e.server, "server"));
   if (prepend) body.prepend(tr); else body.appendChild(tr);
   while (body.children.length > 200) body.lastChild.remove();
   if (e.kind === "chainload-loop" || e.kind === "secure-boot-refused" || failed(d)) {
@@ -151,6 +151,26 @@ function addEvent(e, prepend) {
       : (d.error || d.outcome + " " + (d.path || ""));
     warnings.push({ mac: e.mac, at_ms: e.at_ms, kind: e.kind, text });
   }
+}
+
+// The servers sharing this server's store (a fleet on PostgreSQL: every server's dashboard
+// shows them all): live or not by their heartbeat, and how many of the machines listed each
+// answered last. Shown once there is more than one server, or one that is not live.
+function renderServers(list) {
+  const body = $("#servers tbody");
+  body.replaceChildren();
+  const answered = new Map();
+  for (const m of machines) if (m.last_server) answered.set(m.last_server, (answered.get(m.last_server) || 0) + 1);
+  for (const s of list.servers) {
+    const tr = document.createElement("tr");
+    tr.dataset.name = s.name;
+    if (!s.live) tr.className = "warn";
+    const state = (s.live ? "live" : "not live") + (s.name === list.this ? " (this server)" : "");
+    tr.append(td(s.name, "mono"), td(state, "state"), td(ago(Date.now() - s.age_ms)),
+      td(new Date(s.started_ms).toLocaleString()), td(s.version), td(answered.get(s.name) || 0, "answered"));
+    body.appendChild(tr);
+  }
+  $("#fleet").hidden = !(list.servers.length > 1 || list.servers.some((s) => !s.live));
 }
 
 async function loadTimeline(mac) {
@@ -162,14 +182,16 @@ async function loadTimeline(mac) {
 
 async function refresh() {
   try {
-    const [info, ms, ls, ps] = await Promise.all([
+    const [info, ms, ls, ps, srv] = await Promise.all([
       getJSON("/api/v1/info"), allMachines(), getJSON("/api/v1/leases"), getJSON("/api/v1/profiles"),
+      getJSON("/api/v1/servers").catch(() => null),
     ]);
-    $("#info").textContent = "v" + info.version + " · DHCP " + text(info.dhcp_mode) + " · up " + info.uptime_s + "s";
+    $("#info").textContent = (srv ? "server " + srv.this + " · " : "") + "v" + info.version + " · DHCP " + text(info.dhcp_mode) + " · up " + info.uptime_s + "s";
     machines = ms.sort((a, b) => b.last_seen_ms - a.last_seen_ms);
     profiles = ps.map((p) => p.name || p);
     await Promise.all(machines.slice(0, 100).map((m) => loadTimeline(m.mac)));
     renderMachines();
+    if (srv) renderServers(srv);
     renderWarnings();
     const lb = $("#leases tbody");
     lb.replaceChildren();
@@ -245,6 +267,9 @@ async function start() {
     addEvent(e, true);
     if (e.mac) scheduleRefresh(); else renderWarnings();
   });
+  // Every 30 s, and every 5 s while other servers are listed (their heartbeats and machines
+  // change without an event of this server's).
   setInterval(refresh, 30000);
+  setInterval(() => { if (!$("#fleet").hidden) refresh(); }, 5000);
 }
 start();

@@ -49,6 +49,8 @@ pub struct OpsState {
     pub ra: Option<Arc<RaStats>>,
     pub info: Arc<serde_json::Value>,
     pub started: Instant,
+    /// A server whose heartbeat is older is not live (`[store] peer_timeout`).
+    pub peer_timeout: Duration,
     /// Who may read (and, through the policy's routes, write).
     pub auth: ApiAuth,
 }
@@ -94,18 +96,34 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The servers sharing this server's store (the fleet, with PostgreSQL), with the age of their
-/// last heartbeat, and which one is this.
+/// last heartbeat and whether that makes them live (the peers DHCP clients are shared with),
+/// and which one is this.
 async fn servers(State(st): State<OpsState>, headers: HeaderMap) -> Response {
     if let Err(r) = st.check_read(&headers) {
         return r;
     }
     let store = st.store.clone();
+    let timeout_ms = i64::try_from(st.peer_timeout.as_millis()).unwrap_or(i64::MAX);
     match blocking(move || {
         chainboot_store::servers::all(&store).map(|list| (list, store.server_name().to_string()))
     })
     .await
     {
-        Ok(Ok((list, me))) => Json(json!({ "this": me, "servers": list })).into_response(),
+        Ok(Ok((list, me))) => {
+            let list: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|s| {
+                    let live = s.age_ms <= timeout_ms;
+                    let mut v = json!(s);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("live".into(), json!(live));
+                    }
+                    v
+                })
+                .collect();
+            Json(json!({ "this": me, "peer_timeout_ms": timeout_ms, "servers": list }))
+                .into_response()
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(r) => r,
     }

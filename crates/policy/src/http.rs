@@ -410,8 +410,15 @@ async fn own_script(
     let mac = facts.mac;
     let retry = st.policy.retry_secs();
     // Fast path: the same machine asking again with the same facts gets the script it was
-    // just given, without touching the store (every write path drops the remembered decision).
-    if let Some(d) = st.policy.recent(mac).filter(|d| d.fresh_for(&facts)) {
+    // just given, without touching the store (every write path of this server drops the
+    // remembered decision). Not in a fleet: another server's API may have pinned, re-armed or
+    // relabelled the machine since, and this server would not know.
+    let shared = st.policy.store().is_shared();
+    if let Some(d) = st
+        .policy
+        .recent(mac)
+        .filter(|d| !shared && d.fresh_for(&facts))
+    {
         tracing::debug!(%mac, profile = %d.profile, "boot script (remembered decision)");
         return text(d.cached_script(base, retry));
     }

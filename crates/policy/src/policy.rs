@@ -767,8 +767,9 @@ impl fmt::Display for Explanation {
 }
 
 /// How long `/ipxe` may answer a machine from its remembered decision. Every state change that
-/// goes through chainboot (API writes, boot-once kernel fetches, config reloads) drops the
-/// remembered decision at once; this bound only limits how stale `last_seen` gets.
+/// goes through this server (API writes, boot-once kernel fetches, config reloads) drops the
+/// remembered decision at once; this bound only limits how stale `last_seen` gets. A server of
+/// a fleet never answers from it: the other servers' changes do not pass through it.
 pub const DECISION_FRESH: Duration = Duration::from_secs(60);
 
 /// How many files of one templates folder `explain` reads for [`Decision::https_asks`].

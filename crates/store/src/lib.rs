@@ -230,6 +230,13 @@ impl Store {
         &self.server
     }
 
+    /// Whether other servers write this state too (PostgreSQL: a fleet). What a server read
+    /// from a shared store may be changed by another at any moment, through no path of its
+    /// own, so it must not answer from a copy as if it were current.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// `sqlite` or `postgres`.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
