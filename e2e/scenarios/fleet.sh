@@ -11,8 +11,9 @@
 #   2. powers on again: A answers with the local disk (iPXE `exit`; SeaBIOS has no disk);
 #   3. the operator re-arms it through B's CLI; the next power-on, answered by A again, boots
 #      to the marker: A followed what was set through B.
-# Every DHCP reply on the bridge came from A, none from B; B's API lists every one of the
-# machine's DHCP events and script requests as done by pxe-a. Without shared state the first
+# Every DHCP reply on the bridge came from A, none from B; B's API lists every DHCP answer and
+# HTTP request of the machine as done by pxe-a (B's own events of it: only the REQUESTs that
+# named A, which B saw and left alone). Without shared state the first
 # check (B knows the machine) and the third boot (A would boot the local disk) fail.
 # Usage: e2e/scenarios/fleet.sh anchor|chainboot   (chainboot only)
 set -euo pipefail
@@ -132,15 +133,23 @@ machine=$(b_api "/api/v1/machines/$mac") || e2e_die "B's API did not answer"
 python3 -c '
 import json, sys
 dhcp, http, m = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
-by = sorted({e.get("server") for e in dhcp + http})
-if by != ["pxe-a"]:
-    sys.exit("events of the machine recorded by %s (expected pxe-a only)" % by)
+# A answered every DHCP message and HTTP request; B only saw the machine choose A (a REQUEST
+# naming A, broadcast, is recorded by B as ignored for another server).
+answered = sorted({e.get("server") for e in dhcp if (e.get("detail") or {}).get("outcome") in ("offer", "ack", "nak")})
+if answered != ["pxe-a"]:
+    sys.exit("DHCP answers to the machine by %s (expected pxe-a only)" % answered)
+at_b = [e["detail"] for e in dhcp if e.get("server") != "pxe-a"]
+if any(d.get("outcome") != "ignored" or d.get("reason") != "other-server" for d in at_b):
+    sys.exit("DHCP events of another server than pxe-a: %s" % at_b)
+if sorted({e.get("server") for e in http}) != ["pxe-a"]:
+    sys.exit("HTTP events of the machine by %s (expected pxe-a only)" % sorted({e.get("server") for e in http}))
 scripts = [e for e in http if (e.get("detail") or {}).get("what") == "script"
            and (e["detail"].get("path") or "").startswith("/ipxe")]
 if len(scripts) != 3:
     sys.exit("%d script requests of the machine (expected 3 power-ons): %s" % (len(scripts), scripts))
 if not m.get("installed_ms") or m.get("last_server") != "pxe-a":
     sys.exit("after the third boot B says: %s" % m)
-print("%d DHCP and %d HTTP events, all by pxe-a; 3 script requests" % (len(dhcp), len(http)))
+print("%d DHCP events (%d answers, all by pxe-a; %d by pxe-b, each a REQUEST for pxe-a it left alone), %d HTTP events, all by pxe-a; 3 script requests"
+      % (len(dhcp), len([e for e in dhcp if e["detail"].get("outcome") != "ignored"]), len(at_b), len(http)))
 ' "$dhcp" "$http" "$machine" || e2e_die "B's API on who did what"
-e2e_log "DHCP replies: $from_a from A, none from B; B's API: every event of $mac by pxe-a, 3 power-ons"
+e2e_log "DHCP replies: $from_a from A, none from B; B's API: every answer to $mac by pxe-a, 3 power-ons"
