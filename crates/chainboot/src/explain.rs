@@ -223,7 +223,9 @@ fn fleet_view(cfg: &config::Config, store: &Store, mac: Mac, out: &mut String) -
     let live = match servers::live(store, within_ms) {
         Ok(live) => live,
         Err(e) => {
-            out.push_str(&format!("  fleet: the live servers could not be read ({e})\n"));
+            out.push_str(&format!(
+                "  fleet: the live servers could not be read ({e})\n"
+            ));
             return None;
         }
     };

@@ -166,7 +166,8 @@ fn the_dashboard_and_explain_of_any_fleet_server_show_the_live_servers_and_who_a
     // `explain` on B's config names the server that answers the MAC's DHCP, as the engine's
     // own hash of the live servers does.
     use chainboot_dhcp::engine::fleet::{bucket, Fleet};
-    let owner = Fleet::new("pxe-b", ["pxe-a".to_string()]).owner(bucket(&[0x52, 0x54, 0, 0, 0x20, 2]))
+    let owner = Fleet::new("pxe-b", ["pxe-a".to_string()])
+        .owner(bucket(&[0x52, 0x54, 0, 0, 0x20, 2]))
         .to_string();
     let (code, text) = chainboot(&[
         "explain",

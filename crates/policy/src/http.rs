@@ -718,7 +718,7 @@ async fn asset_response(
             })
             .await?
             .map_err(store_error)?;
-            st.policy.forget_recent(mac);
+            st.policy.stale_recent(mac);
             tracing::info!(%mac, %group, "boot-once: kernel fetched, next boot is local disk");
         }
     }

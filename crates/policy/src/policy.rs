@@ -659,6 +659,19 @@ impl Policy {
         self.recent.lock().remove(&mac);
     }
 
+    /// Keeps the remembered decision for the boot in progress (its asset routes, and the
+    /// observers that tell its initrd from a plain file) but never answers `/ipxe` from it
+    /// again: a boot-once machine's kernel fetch changed what its next boot gets, while the
+    /// initrd of this boot still follows.
+    pub fn stale_recent(&self, mac: Mac) {
+        let mut recent = self.recent.lock();
+        if let Some(d) = recent.get(&mac) {
+            let mut d = (**d).clone();
+            d.request_facts = None;
+            recent.insert(mac, Arc::new(d));
+        }
+    }
+
     /// The last decision made for `mac` by `/ipxe`, if any.
     pub fn recent(&self, mac: Mac) -> Option<Arc<Decision>> {
         self.recent.lock().get(&mac).cloned()

@@ -250,7 +250,7 @@ impl TftpResolver {
                         tracing::warn!(%mac, %group, error = %e, "boot-once: cannot record the kernel fetch")
                     }
                 }
-                self.policy.forget_recent(mac);
+                self.policy.stale_recent(mac);
             }
         }
         Ok(content)
