@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """From a bench/dhcp results file: a plot of ACKs/s per offered rate and server (gnuplot, SVG
 next to the results file) and the lines for the summary table at the top of bench/README.md
-(bench/summary/dhcp-<kea mode>-<condition>.tsv).
+(bench/summary/dhcp-<kea mode>-<condition>.tsv; DHCPv6: dhcp6-...).
 
-Usage: summarize.py RESULTS.txt LOADGEN KEA_THREADS CONTENDED(0|1) [STORE(file|postgres)]
+Usage: summarize.py RESULTS.txt LOADGEN KEA_THREADS CONTENDED(0|1) [STORE(file|postgres)] [FAMILY(4|6)]
 """
 import datetime
 import os
@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 
-def main(path, loadgen, kea_threads, contended, store="file"):
+def main(path, loadgen, kea_threads, contended, store="file", family="4"):
     steps = defaultdict(list)  # server -> [(rate, acks, held)]
     best = {}
     for line in open(path):
@@ -29,16 +29,21 @@ def main(path, loadgen, kea_threads, contended, store="file"):
         with open(f"{base}-{s}.dat", "w") as out:
             for rate, acks, held in sorted(steps[s]):
                 out.write(f"{rate} {acks} {1 if held else 0}\n")
+    v6 = family == "6"
     kea = "Kea multi-threaded" if int(kea_threads) > 0 else "Kea single-threaded"
+    if v6:
+        kea = kea.replace("Kea", "kea-dhcp6")
+    exchange = "DHCPv6 Solicit-Advertise-Request-Reply" if v6 else "DHCP DORA"
+    answers = "Replies" if v6 else "ACKs"
     cond = "contended" if contended == "1" else "quiet"
     lines = ", ".join(
         f"'{base}-{s}.dat' using 1:2 with linespoints title '{s}'" for s in servers
     )
     script = f"""set terminal svg size 900,500
 set output '{base}.svg'
-set title 'DHCP DORA, ACKs/s per offered DISCOVERs/s ({loadgen}, {cond}, {kea})'
+set title '{exchange}, {answers}/s per offered exchanges/s ({loadgen}, {cond}, {kea})'
 set xlabel 'offered exchanges/s'
-set ylabel 'ACKs/s'
+set ylabel '{answers}/s'
 set key top left
 plot x title 'offered' with lines dashtype 2, {lines}
 """
@@ -49,6 +54,10 @@ plot x title 'offered' with lines dashtype 2, {lines}
         print(f"plot: {base}.svg")
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"(no plot: gnuplot: {e})")
+    busy = os.environ.get("BENCH_NO_SUMMARY")
+    if busy:
+        print(f"no summary line: {busy} (numbers from a busy machine decide nothing)")
+        return
     cb = best.get("chainboot", 0)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     results = os.path.join(repo, "bench", "summary")
@@ -59,15 +68,17 @@ plot x title 'offered' with lines dashtype 2, {lines}
         kea += ", both on PostgreSQL"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
     command = os.environ.get("BENCH_COMMAND", "bash bench/dhcp/run.sh")
-    with open(os.path.join(results, f"dhcp-{mode}-{cond}.tsv"), "w") as out:
+    bench = "dhcp6" if v6 else "dhcp"
+    name = "DHCPv6 exchanges/s" if v6 else "DHCP DORA/s"
+    with open(os.path.join(results, f"{bench}-{mode}-{cond}.tsv"), "w") as out:
         for anchor in ("kea", "dnsmasq", "dhcpd"):
             if best.get(anchor):
-                name = kea if anchor == "kea" else anchor
+                anchor_name = kea if anchor == "kea" else anchor
                 out.write(
-                    f"DHCP DORA/s vs {name} ({loadgen})\t{cond}\t{cb / best[anchor]:.2f}\t{date}\t"
+                    f"{name} vs {anchor_name} ({loadgen})\t{cond}\t{cb / best[anchor]:.2f}\t{date}\t"
                     f"{command}\t{os.path.relpath(os.path.abspath(path), repo)}\n"
                 )
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])

@@ -8,13 +8,14 @@
 # HTTPClient (arch 16) -> chainboot's address and http://[2001:db8:1::1]/ipxe-bin/snponly.efi
 # (option 16 echoes HTTPClient) -> iPXE over HTTP -> iPXE's DHCPv6 -> script -> kernel ->
 # marker. No TFTP transfer reaches chainboot.
-# chainboot only (dnsmasq cannot build the HTTPClient vendor class edk2 requires).
+# The anchor side (dnsmasq's DHCPv6 and nginx, e2e/servers.sh) fails here: dnsmasq cannot send
+# option 16 with an enterprise number, and OVMF cancels HTTP Boot without it. The checks of
+# chainboot's log and timeline are chainboot's.
 # Usage: e2e/scenarios/http6.sh anchor|chainboot
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 side=${1:-}
 [ -n "$side" ] || e2e_die "usage: $0 anchor|chainboot"
-[ "$side" = chainboot ] || { echo "http6: chainboot only"; exit 0; }
 E2E_FAMILY=v6
 E2E_QEMU_EXTRA=(-fw_cfg name=opt/org.tianocore/IPv4Support,string=no)
 e2e_init "http6-$side"

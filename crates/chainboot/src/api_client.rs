@@ -331,21 +331,33 @@ pub fn run_leases(args: &ApiArgs, _cmd: &LeasesCommand) -> ExitCode {
             .map(|a| a.as_slice())
             .unwrap_or_default()
             .iter()
-            .map(|l| {
-                let s = |k: &str| l.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
-                let expires = l.get("expires").and_then(|v| v.as_i64()).map(|e| e * 1000);
-                vec![
-                    s("ip"),
-                    s("mac"),
-                    s("hostname"),
-                    s("state"),
-                    ms_until(expires),
-                ]
-            })
+            .map(lease_row)
             .collect();
-        print_table(&["IP", "MAC", "HOSTNAME", "STATE", "EXPIRES"], &rows);
+        print_table(
+            &["IP", "MAC", "CLIENT", "STATE", "EXPIRES", "SERVER"],
+            &rows,
+        );
         Ok(())
     })
+}
+
+/// One lease as a table row. CLIENT is what names the client besides its MAC: the host name
+/// it sent (DHCPv4), or its DUID and IAID (DHCPv6).
+fn lease_row(l: &serde_json::Value) -> Vec<String> {
+    let s = |k: &str| l.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+    let expires = l.get("expires").and_then(|v| v.as_i64()).map(|e| e * 1000);
+    let client = match l.get("iaid").and_then(|v| v.as_u64()) {
+        Some(iaid) => format!("{} iaid {iaid}", s("duid")),
+        None => s("hostname"),
+    };
+    vec![
+        s("ip"),
+        s("mac"),
+        client,
+        s("state"),
+        ms_until(expires),
+        s("server"),
+    ]
 }
 
 pub fn run_events(args: &ApiArgs, cmd: &EventsCommand) -> ExitCode {

@@ -273,3 +273,98 @@ fn pxev6_firmware_whose_group_starts_grub_gets_shim_in_option_59_and_fetches_it(
         "option 59's file is not Debian's signed shim byte for byte"
     );
 }
+
+#[test]
+fn the_api_and_the_cli_list_dhcpv6_leases_with_duid_iaid_and_mac_beside_the_dhcpv4_ones() {
+    require_root_and(&["ip", "dhclient", "busybox", "curl"]);
+    let net = NetPair::new("v6l", 41);
+    let server6 = "2001:db8:41::1";
+    sh(&format!(
+        "ip -n {} addr add {server6}/64 dev srv0 nodad",
+        net.server
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    // Both families served on the one link: DHCPv4 addresses from 198.18.41.0/24 as well.
+    let cfg = config(dir.path())
+        .replace("2001:db8:25:", "2001:db8:41:")
+        .replace(
+            "[dhcp6]\nmode = \"server\"\n",
+            "[dhcp6]\nmode = \"server\"\nvalid_lifetime = \"1h\"\n",
+        )
+        .replace(
+            "[dhcp]\nmode = \"off\"\n",
+            "[dhcp]\nmode = \"server\"\n[[dhcp.subnet]]\ncidr = \"198.18.41.0/24\"\n\
+             pools = [[\"198.18.41.100\", \"198.18.41.110\"]]\n",
+        )
+        + "[store]\nserver_name = \"pxe-41\"\n";
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("DHCPv6 ready", Duration::from_secs(20));
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+
+    let v4 = udhcpc_lease(&net.client, dir.path(), "");
+    let (v6, _) = dhcpv6(&net.client, dir.path(), "pxe", false);
+    let mac = cli0_mac(&net.client);
+
+    let text = curl(&net.server, &format!("http://{api}/api/v1/leases"), None);
+    let leases: serde_json::Value = serde_json::from_str(&text).expect("leases JSON");
+    let leases = leases.as_array().cloned().unwrap_or_default();
+    let find = |ip: &str| {
+        leases
+            .iter()
+            .find(|l| l["ip"] == ip)
+            .unwrap_or_else(|| panic!("no lease of {ip} in {leases:#?}"))
+            .clone()
+    };
+    let l4 = find(&v4);
+    assert_eq!(l4["family"], "ipv4", "{l4:#}");
+    assert_eq!(l4["mac"], mac.as_str(), "{l4:#}");
+    assert_eq!(l4["state"], "bound", "{l4:#}");
+    let l6 = find(&v6);
+    assert_eq!(l6["family"], "ipv6", "{l6:#}");
+    assert_eq!(l6["state"], "bound", "{l6:#}");
+    // dhclient -D LL: a DUID-LL (type 3, Ethernet) of cli0's address; the MAC learned from it.
+    assert_eq!(l6["duid"], format!("00:03:00:01:{mac}").as_str(), "{l6:#}");
+    assert_eq!(l6["mac"], mac.as_str(), "{l6:#}");
+    assert!(l6["iaid"].is_u64(), "{l6:#}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires = l6["expires"].as_i64().unwrap_or_default();
+    assert!(
+        (now + 3600 - 120..=now + 3600 + 5).contains(&expires),
+        "the valid lifetime (1h) from the exchange: {l6:#}"
+    );
+    assert_eq!(l6["server"], "pxe-41", "this server's name: {l6:#}");
+    assert_eq!(leases.len(), 2, "one lease per family: {leases:#?}");
+
+    // The CLI's table: both, the DHCPv6 one with its DUID and IAID.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.server])
+        .arg(chainboot_bin())
+        .args(["leases", "-c"])
+        .arg(&path)
+        .args(["--server", &format!("http://{api}"), "list"])
+        .output()
+        .expect("chainboot leases list");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = |ip: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip} ")))
+            .unwrap_or_else(|| panic!("no row for {ip}:\n{table}"))
+            .to_string()
+    };
+    assert!(row(&v4).contains(&mac), "{table}");
+    let r6 = row(&v6);
+    assert!(
+        r6.contains(&mac)
+            && r6.contains(&format!("00:03:00:01:{mac} iaid "))
+            && r6.contains("bound"),
+        "{table}"
+    );
+}

@@ -129,33 +129,80 @@ async fn servers(State(st): State<OpsState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Both families' leases in one list, each with its `family`: the DHCPv4 engine's table
+/// (what it hands out and holds right now) and the DHCPv6 leases in the store (DUID + IAID,
+/// the MAC when it was learned, the server that wrote them).
 async fn leases(State(st): State<OpsState>, headers: HeaderMap) -> Response {
     if let Err(r) = st.check_read(&headers) {
         return r;
     }
-    let Some(engine) = st.dhcp_engine.clone() else {
-        return Json(json!([])).into_response();
+    let mut list: Vec<serde_json::Value> = match &st.dhcp_engine {
+        Some(engine) => engine
+            .lock()
+            .leases()
+            .into_iter()
+            .map(lease4_json)
+            .collect(),
+        None => Vec::new(),
     };
-    let list: Vec<serde_json::Value> = engine
-        .lock()
-        .leases()
+    let store = st.store.clone();
+    match blocking(move || leases6_json(&store)).await {
+        Ok(Ok(v6)) => list.extend(v6),
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(r) => return r,
+    }
+    Json(list).into_response()
+}
+
+fn lease4_json(l: chainboot_dhcp::engine::Lease) -> serde_json::Value {
+    json!({
+        "family": "ipv4",
+        "ip": l.ip.to_string(),
+        "mac": l.mac.to_string(),
+        "hostname": l.hostname,
+        "state": match l.status {
+            LeaseStatus::Offered => "offered",
+            LeaseStatus::Bound => "bound",
+            LeaseStatus::Released => "released",
+            LeaseStatus::Declined => "declined",
+        },
+        "expires": l.expires,
+    })
+}
+
+/// The stored DHCPv6 leases. A store that keeps none (DHCPv6 leases live in the embedded
+/// SQLite store only) has none to list.
+fn leases6_json(store: &Store) -> Result<Vec<serde_json::Value>, chainboot_store::StoreError> {
+    let records = match chainboot_store::leases6::load_all(store) {
+        Ok(r) => r,
+        Err(chainboot_store::StoreError::Config(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let server = store.server_name();
+    Ok(records
         .into_iter()
         .map(|l| {
             json!({
+                "family": "ipv6",
                 "ip": l.ip.to_string(),
-                "mac": l.mac.to_string(),
-                "hostname": l.hostname,
-                "state": match l.status {
-                    LeaseStatus::Offered => "offered",
-                    LeaseStatus::Bound => "bound",
-                    LeaseStatus::Released => "released",
-                    LeaseStatus::Declined => "declined",
-                },
+                "duid": duid_text(&l.duid),
+                "iaid": l.iaid,
+                "mac": l.mac,
+                "state": l.state.as_str(),
                 "expires": l.expires,
+                "server": server,
             })
         })
-        .collect();
-    Json(list).into_response()
+        .collect())
+}
+
+/// A DUID as colon-separated hex bytes (`00:03:00:01:52:54:00:12:34:56`), as Kea and
+/// dhclient write them.
+fn duid_text(duid: &[u8]) -> String {
+    duid.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[derive(Debug, Deserialize)]
