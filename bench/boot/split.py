@@ -7,6 +7,9 @@ Usage: bench/boot/split.py RUN_DIR [LABEL]   (a run dir kept by the harness, E2E
 defaults to vm1). Prints one line, `split key=value ...`, for bench/boot/run.sh's raw file:
   dhcpN=START+DUR        the Nth exchange: first DISCOVER (or REQUEST) to its ACK
                          (`disc`/`offer` give the DISCOVER-to-OFFER wait, dnsmasq's ping shows there)
+  dhcp6_N=START+DUR      the Nth DHCPv6 exchange: Solicit (or a Request or Information-Request
+                         starting one) to its Reply; `dhcp6_N_request_wait` is the client's time
+                         from the Advertise to its Request (edk2 collects Advertises there)
   tftp:PATH=START+DUR    the completed transfer of PATH: read request to its last DATA block
                          (size in bytes, the agreed blksize and windowsize; probes the client
                          aborted are counted as `aborted`)
@@ -81,12 +84,31 @@ def dhcp_type(payload):
 
 
 DISCOVER, OFFER, REQUEST, ACK = 1, 2, 3, 5
+SOLICIT6, ADVERTISE6, REQUEST6, REPLY6, INFORMATION_REQUEST6 = 1, 2, 3, 7, 11
+
+
+def dhcp6_step(exchanges, kind, rel):
+    """Adds a DHCPv6 client or server message to the exchanges ([start, advertise, request,
+    reply]); Releases and their Replies belong to none (the Reply finds the last one done)."""
+    last = exchanges[-1] if exchanges else None
+    done = last is None or last[3] is not None
+    if kind in (SOLICIT6, INFORMATION_REQUEST6) or (kind == REQUEST6 and done):
+        exchanges.append([rel, None, rel if kind == REQUEST6 else None, None])
+    elif last is None or done:
+        return
+    elif kind == ADVERTISE6 and last[1] is None:
+        last[1] = rel
+    elif kind == REQUEST6 and last[2] is None:
+        last[2] = rel
+    elif kind == REPLY6:
+        last[3] = rel
 
 
 def split(run_dir, label="vm1"):
     start = float(open(os.path.join(run_dir, label + ".start")).read().strip())
     ev = {}
     exchanges = []  # [start, offer, ack]
+    exchanges6 = []  # [start, advertise, request, reply]
     tftp = {}  # (client ip, client port) -> transfer
     done = {}  # path -> (start, end, bytes, blksize)
     aborted = 0
@@ -110,6 +132,9 @@ def split(run_dir, label="vm1"):
                     exchanges[-1][1] = rel
                 elif kind == ACK and exchanges and exchanges[-1][2] is None:
                     exchanges[-1][2] = rel
+                continue
+            if {sport, dport} == {546, 547} and data:
+                dhcp6_step(exchanges6, data[0], rel)
                 continue
             if dport == 69 and len(data) >= 4 and data[:2] == b"\x00\x01":
                 path = data[2:].split(b"\x00")[0].decode("latin-1").lstrip("/")
@@ -151,6 +176,12 @@ def split(run_dir, label="vm1"):
         out.append(f"dhcp{i}={s:.2f}+{ack - s:.2f}")
         if offer is not None:
             out.append(f"dhcp{i}_offer_wait={offer - s:.2f}")
+    for i, (s, adv, req, reply) in enumerate(exchanges6, 1):
+        if reply is None:
+            continue
+        out.append(f"dhcp6_{i}={s:.2f}+{reply - s:.2f}")
+        if adv is not None and req is not None:
+            out.append(f"dhcp6_{i}_request_wait={req - adv:.2f}")
     for path, (s, e, n, blk, ws) in sorted(done.items(), key=lambda kv: kv[1][0]):
         out.append(f"tftp:{path}={s:.2f}+{e - s:.2f}({n}B/{blk}/w{ws})")
     if aborted:
