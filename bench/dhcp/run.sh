@@ -140,16 +140,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ip netns add "$S"; ip netns add "$C"
-# No duplicate address detection inside the namespaces: the link-local addresses are usable
-# at once (perfdhcp -6 sends from vc's).
-for ns in "$S" "$C"; do ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0; done
+SRV6=2001:db8:1::1
+CLI6=2001:db8:1::2
+if [ "$FAMILY" = 6 ]; then
+  # No duplicate address detection inside the namespaces: the link-local addresses are usable
+  # at once (perfdhcp -6 sends from vc's).
+  for ns in "$S" "$C"; do ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0; done
+fi
 ip -n "$S" link add vs type veth peer name vc netns "$C"
 ip -n "$S" addr add 198.18.0.1/15 dev vs
 ip -n "$C" addr add 198.18.0.2/15 dev vc
-SRV6=2001:db8:1::1
-CLI6=2001:db8:1::2
-ip -n "$S" -6 addr add "$SRV6/64" dev vs nodad
-ip -n "$C" -6 addr add "$CLI6/64" dev vc nodad
+if [ "$FAMILY" = 6 ]; then
+  ip -n "$S" -6 addr add "$SRV6/64" dev vs nodad
+  ip -n "$C" -6 addr add "$CLI6/64" dev vc nodad
+fi
 for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
 ip -n "$S" link set vs up; ip -n "$C" link set vc up
 
