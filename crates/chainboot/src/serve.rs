@@ -503,7 +503,6 @@ impl Servers {
         if let Some(lab) = &self.tls.lab {
             router = router.merge(chainboot_http::lab::ca_routes(lab));
         }
-        let (router, management) = (nosniff(router), nosniff(management));
         self.tls.watch(shutdown);
         if let Some(server) = bind_management(cfg, self.tls.api.clone())? {
             let token = shutdown.clone();
@@ -692,20 +691,6 @@ async fn expire_unproven_machines(
     }
 }
 
-/// `X-Content-Type-Options: nosniff` on every response: a browser (the dashboard, an operator
-/// opening a script) takes the Content-Type as given instead of guessing, so an uploaded or
-/// templated text cannot be run as HTML or script.
-fn nosniff(router: axum::Router) -> axum::Router {
-    router.layer(axum::middleware::map_response(
-        |mut resp: axum::response::Response| async move {
-            resp.headers_mut()
-                .entry(axum::http::header::X_CONTENT_TYPE_OPTIONS)
-                .or_insert(axum::http::HeaderValue::from_static("nosniff"));
-            resp
-        },
-    ))
-}
-
 /// The management listener (`[api] listen`): the operator's API, dashboard, event stream and
 /// metrics, off the boot network. Its limits are the boot listener's.
 fn bind_management(
@@ -730,7 +715,10 @@ fn bind_management(
     // Which URLs boot clients get is the boot listener's business; here it would only fail
     // validation on a management listener without TLS.
     http.https_for_http_boot = false;
-    let mut server = HttpServer::bind(&http).context("the API cannot listen ([api] listen)")?;
+    // Operator traffic: one serving thread is plenty.
+    let mut server = HttpServer::bind(&http)
+        .context("the API cannot listen ([api] listen)")?
+        .with_threads(1);
     if let Some(tls) = tls {
         server = server.with_tls(tls);
     }

@@ -45,6 +45,8 @@ pub struct HttpServer {
     config: HttpConfig,
     stats: Arc<HttpStats>,
     observer: Arc<dyn HttpObserver>,
+    /// Serving threads, each with a runtime of its own ([`HttpServer::run`]).
+    threads: usize,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -79,7 +81,15 @@ impl HttpServer {
             config: config.clone(),
             stats: Arc::new(HttpStats::default()),
             observer: Arc::new(NoObserver),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Serves on `n` threads (at least one) instead of one per CPU (a listener that carries
+    /// little traffic, like the operator's API, needs no more than one).
+    pub fn with_threads(mut self, n: usize) -> HttpServer {
+        self.threads = n.max(1);
+        self
     }
 
     /// The bound addresses (with the real port when the config said port 0).
@@ -116,42 +126,115 @@ impl HttpServer {
     /// Serves `router` on every listener until `shutdown` is cancelled, then stops accepting,
     /// lets responses in flight finish (up to 10 s) and returns. Every response is counted and
     /// logged (target `chainboot::http::access`, at `info` or `debug` per `[http]
-    /// access_log`); each request carries
+    /// access_log`) and says `X-Content-Type-Options: nosniff`; each request carries
     /// `ConnectInfo<SocketAddr>` for handlers that want the client address.
+    ///
+    /// Connections are served by threads of their own (one per CPU unless
+    /// [`HttpServer::with_threads`] says otherwise), each running a single-threaded runtime
+    /// and accepting from every listener: a connection lives its whole life on the thread
+    /// that accepted it, with no work stealing and no wake-ups across threads (the multi-threaded
+    /// scheduler's share of a small request's cost). The threads share one listening
+    /// socket per address (each its own descriptor of it), not one `SO_REUSEPORT` socket
+    /// each: a busy thread leaves new connections to an idle one instead of queueing those
+    /// the kernel hashed to it, and a second server on the same port still fails to bind
+    /// instead of silently taking half the connections. The connection caps, per-client
+    /// limits and counters are shared by all threads.
     pub async fn run(self, router: Router, shutdown: CancellationToken) -> io::Result<()> {
         let cfg = Arc::new(self.config);
-        let body_timeout = cfg.body_read_timeout;
-        let app = router
-            .layer(axum::middleware::from_fn(
-                move |req: axum::extract::Request, next: axum::middleware::Next| {
-                    body_deadline(body_timeout, req, next)
-                },
-            ))
-            .layer(RequestBodyLimitLayer::new(cfg.request_body_limit))
-            .layer(axum::middleware::from_fn(api_errors_as_json));
+        let mut listeners: Vec<_> = self.listeners.into_iter().map(|l| (l, None)).collect();
+        listeners.extend(self.tls.into_listeners()?);
+        let ctx = ConnCtx {
+            tls: None,
+            plain: router.clone(),
+            app: with_body_layers(router, &cfg),
+            cfg: cfg.clone(),
+            stats: self.stats,
+            observer: self.observer,
+            // Ends every thread when `shutdown` does, or when one of them failed.
+            shutdown: shutdown.child_token(),
+            per_client: Arc::new(PerClient::new(cfg.max_connections_per_client)),
+        };
+        let stop = ctx.shutdown.clone();
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
-        let per_client = Arc::new(PerClient::new(cfg.max_connections_per_client));
-        let tracker = TaskTracker::new();
-        let mut listeners = Vec::new();
-        for l in self.listeners {
-            listeners.push(TcpListener::from_std(l)?);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(self.threads);
+        let mut started = 0;
+        let mut result = Ok(());
+        for i in 0..self.threads {
+            let done = done_tx.clone();
+            let spawned = listeners
+                .iter()
+                .map(|(l, tls)| Ok((l.try_clone()?, tls.clone())))
+                .collect::<io::Result<Vec<_>>>()
+                .and_then(|mine| {
+                    let (ctx, slots) = (ctx.clone(), slots.clone());
+                    std::thread::Builder::new()
+                        .name(format!("http-{i}"))
+                        .spawn(move || {
+                            let _ = done.blocking_send(serve_thread(mine, ctx, slots));
+                        })
+                });
+            if let Err(e) = spawned {
+                result = Err(io::Error::new(e.kind(), format!("HTTP thread: {e}")));
+                stop.cancel();
+                break;
+            }
+            started += 1;
         }
-        let tls = self.tls.into_listeners()?;
-        let with_tls = listeners.into_iter().map(|l| (l, None)).chain(tls);
-        for (listener, tls) in with_tls {
-            let ctx = ConnCtx {
-                tls,
-                app: app.clone(),
-                cfg: cfg.clone(),
-                stats: self.stats.clone(),
-                observer: self.observer.clone(),
-                shutdown: shutdown.clone(),
-                per_client: per_client.clone(),
+        drop((done_tx, listeners));
+        for _ in 0..started {
+            let ended = match done_rx.recv().await {
+                Some(r) => r,
+                None => Err(io::Error::other("an HTTP thread ended by a panic")),
             };
+            if let Err(e) = ended {
+                stop.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// `router` inside the layers that bound and read request bodies and turn rejections into
+/// JSON for `/api/`. Requests with neither a body nor an `/api/` path (every boot client's
+/// GET) skip them ([`answer`]): the layers would pass such a request through unchanged, for a
+/// boxed future and a service clone each.
+fn with_body_layers(router: Router, cfg: &HttpConfig) -> Router {
+    let body_timeout = cfg.body_read_timeout;
+    router
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                body_deadline(body_timeout, req, next)
+            },
+        ))
+        .layer(RequestBodyLimitLayer::new(cfg.request_body_limit))
+        .layer(axum::middleware::from_fn(api_errors_as_json))
+}
+
+/// One serving thread: its own single-threaded runtime accepting on every listener until
+/// shutdown, then up to [`SHUTDOWN_GRACE`] for the responses in flight.
+fn serve_thread(
+    listeners: Vec<(std::net::TcpListener, Option<Arc<crate::tls::TlsServer>>)>,
+    ctx: ConnCtx,
+    slots: Arc<Semaphore>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let tracker = TaskTracker::new();
+        for (listener, tls) in listeners {
+            let listener = TcpListener::from_std(listener)?;
+            let ctx = Arc::new(ConnCtx {
+                tls,
+                ..ctx.clone()
+            });
             let (slots, tracker2) = (slots.clone(), tracker.clone());
             tracker.spawn(accept_loop(listener, ctx, slots, tracker2));
         }
-        shutdown.cancelled().await;
+        ctx.shutdown.cancelled().await;
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
@@ -163,8 +246,11 @@ impl HttpServer {
                 SHUTDOWN_GRACE.as_secs()
             );
         }
-        Ok(())
-    }
+        Ok::<(), io::Error>(())
+    });
+    // A read still waiting for a slow disk on the blocking pool is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -184,6 +270,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 #[derive(Clone)]
 struct ConnCtx {
+    /// The router as given, for requests without a body outside `/api/`.
+    plain: Router,
+    /// The router inside the body and API-error layers, for every other request.
     app: Router,
     cfg: Arc<HttpConfig>,
     stats: Arc<HttpStats>,
@@ -195,7 +284,7 @@ struct ConnCtx {
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: ConnCtx,
+    ctx: Arc<ConnCtx>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
@@ -285,7 +374,7 @@ impl Activity {
 }
 
 /// Decrements the in-flight count when a response body is gone.
-struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_ms.store(now_ms(), Ordering::Relaxed);
@@ -442,7 +531,7 @@ impl Drop for ConnGuard {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>) {
     ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     ctx.stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ConnGuard(ctx.stats.clone());
@@ -534,7 +623,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: ConnCtx) {
 /// One request of a connection: through the router within its request_timeout, its response
 /// body wrapped so that the observer and the access log see it once it is sent.
 async fn answer(
-    ctx: ConnCtx,
+    ctx: Arc<ConnCtx>,
     activity: Arc<Activity>,
     peer: SocketAddr,
     req: hyper::Request<Incoming>,
@@ -554,19 +643,23 @@ async fn answer(
         served: Served::new(What::Other),
         file: None,
     };
-    // A request without a body (every GET) has it all from the start.
-    let body_done = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
-    let mut req = req.map(|b| {
-        Body::new(WatchedBody {
-            inner: b,
-            done: body_done.clone(),
-        })
-    });
+    let layered = has_body(req.headers()) || req.uri().path().starts_with("/api/");
+    // Whether the request body has been received whole (`None`: there is none, as for every
+    // GET, which then costs neither a flag nor a boxed body).
+    let mut body_done = None;
+    let mut req = if http_body::Body::is_end_stream(req.body()) {
+        req.map(|_| Body::empty())
+    } else {
+        let done = Arc::new(AtomicBool::new(false));
+        body_done = Some(done.clone());
+        req.map(|inner| Body::new(WatchedBody { inner, done }))
+    };
     req.extensions_mut().insert(ConnectInfo(peer));
     if ctx.tls.is_some() {
         req.extensions_mut().insert(crate::tls::OverTls);
     }
-    let resp = match tokio::time::timeout_at(deadline, ctx.app.oneshot(req)).await {
+    let router = if layered { &ctx.app } else { &ctx.plain };
+    let resp = match tokio::time::timeout_at(deadline, router.clone().oneshot(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(never)) => match never {},
         Err(_) => request_timed_out(
@@ -574,16 +667,37 @@ async fn answer(
             &ctx.stats,
             peer,
             record.path(),
-            body_done.load(Ordering::Relaxed),
+            body_done
+                .as_ref()
+                .is_none_or(|d| d.load(Ordering::Relaxed)),
         ),
     };
     let (mut parts, body) = resp.into_parts();
+    // A browser (the dashboard, an operator opening a script) takes the Content-Type as given
+    // instead of guessing, so an uploaded or templated text cannot be run as HTML or script.
+    parts
+        .headers
+        .entry(http::header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(http::HeaderValue::from_static("nosniff"));
     record.status = parts.status;
     record.take_served(&mut parts.extensions);
-    let access_log = ctx.cfg.access_log;
-    let body = LoggedBody::new(body, record, started, ctx.stats, ctx.observer, access_log)
-        .with_guard(Box::new(in_flight));
+    let body = LoggedBody::new(
+        body,
+        record,
+        started,
+        ctx.stats.clone(),
+        ctx.observer.clone(),
+        ctx.cfg.access_log,
+    )
+    .with_guard(in_flight);
     Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// Whether a request announces a body (a length other than 0, or chunked). Without either,
+/// hyper reads none.
+fn has_body(h: &http::HeaderMap) -> bool {
+    use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Closes a connection hyper is done with without losing what it sent last: stops sending
@@ -687,18 +801,14 @@ impl http_body::Body for WatchedBody {
 
 /// Reads a request's whole body within `timeout` of its head (the size limit is applied by
 /// the `RequestBodyLimitLayer` outside this one), then hands it on. Requests without a body
-/// (every GET) pass straight through.
+/// pass straight through (those outside `/api/` do not come this way at all).
 async fn body_deadline(
     timeout: Duration,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-    let h = req.headers();
-    let has_body = h.contains_key(TRANSFER_ENCODING)
-        || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
-    if !has_body {
+    if !has_body(req.headers()) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

@@ -142,7 +142,7 @@ pub(crate) struct LoggedBody {
     access_log: AccessLog,
     done: bool,
     /// Dropped with the body (the connection's in-flight count).
-    _guard: Option<Box<dyn Send + Sync>>,
+    _guard: Option<crate::server::InFlight>,
 }
 
 impl LoggedBody {
@@ -166,7 +166,7 @@ impl LoggedBody {
         }
     }
 
-    pub(crate) fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> LoggedBody {
+    pub(crate) fn with_guard(mut self, guard: crate::server::InFlight) -> LoggedBody {
         self._guard = Some(guard);
         self
     }

@@ -577,11 +577,11 @@ impl TlsListeners {
             .collect()
     }
 
-    /// The listeners for the runtime, each with its TLS.
+    /// The listeners for the serving threads, each with its TLS.
     #[allow(clippy::type_complexity)]
     pub(crate) fn into_listeners(
         self,
-    ) -> io::Result<Vec<(tokio::net::TcpListener, Option<Arc<TlsServer>>)>> {
+    ) -> io::Result<Vec<(std::net::TcpListener, Option<Arc<TlsServer>>)>> {
         if self.listeners.is_empty() {
             return Ok(Vec::new());
         }
@@ -591,10 +591,11 @@ impl TlsListeners {
                 "http.tls_listen: no certificate to serve TLS with",
             ));
         };
-        self.listeners
+        Ok(self
+            .listeners
             .into_iter()
-            .map(|l| Ok((tokio::net::TcpListener::from_std(l)?, Some(server.clone()))))
-            .collect()
+            .map(|l| (l, Some(server.clone())))
+            .collect())
     }
 }
 

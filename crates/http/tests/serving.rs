@@ -1362,3 +1362,101 @@ async fn an_over_limit_chunked_body_gets_its_error_and_a_clean_close() {
     assert!(text.contains("length limit"), "{text}");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn every_response_says_nosniff_with_or_without_a_body_and_when_no_route_matches() {
+    let router = axum::Router::new()
+        .route("/x", axum::routing::get(|| async { "<html>" }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: bytes::Bytes| async move { body }),
+        );
+    let (addr, _stats, stop) = start_router(router, |_| {}).await;
+    let c = client();
+    let get = c.get(format!("http://{addr}/x")).send().await.unwrap();
+    let post = c
+        .post(format!("http://{addr}/echo"))
+        .body("<script>")
+        .send()
+        .await
+        .unwrap();
+    let missing = c.get(format!("http://{addr}/nothing")).send().await.unwrap();
+    let api = c.get(format!("http://{addr}/api/nothing")).send().await.unwrap();
+    for (what, r) in [("get", get), ("post", post), ("404", missing), ("api", api)] {
+        assert_eq!(
+            r.headers().get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{what}: {:?}",
+            r.headers()
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_thread_stuck_in_a_handler_leaves_new_connections_to_the_other_threads() {
+    let router = axum::Router::new()
+        .route(
+            "/stuck",
+            axum::routing::get(|| async {
+                // Blocks its thread, as a slow open on a network file system would.
+                std::thread::sleep(Duration::from_secs(4));
+                "done"
+            }),
+        )
+        .route(
+            "/thread",
+            axum::routing::get(|| async {
+                std::thread::current().name().unwrap_or("").to_string()
+            }),
+        );
+    let config = HttpConfig {
+        listen: Listen::One("127.0.0.1:0".into()),
+        ..HttpConfig::default()
+    };
+    let server = HttpServer::bind(&config).unwrap().with_threads(2);
+    let addr = server.local_addrs()[0];
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(server.run(router, stop.clone()));
+    let stuck = tokio::spawn(async move {
+        client()
+            .get(format!("http://{addr}/stuck"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new connection per request (no idle connections kept): each is accepted afresh.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut threads = Vec::new();
+    for _ in 0..10 {
+        let r = fresh
+            .get(format!("http://{addr}/thread"))
+            .send()
+            .await
+            .unwrap();
+        threads.push(r.text().await.unwrap());
+    }
+    assert!(
+        !stuck.is_finished(),
+        "the stuck request ended before the others were served"
+    );
+    assert!(
+        threads.iter().all(|t| t.starts_with("http-") && *t == threads[0]),
+        "served by the server's own threads, all by the one not stuck: {threads:?}"
+    );
+    assert_eq!(stuck.await.unwrap(), "done");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
