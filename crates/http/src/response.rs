@@ -505,7 +505,7 @@ mod tests {
     use super::*;
 
     async fn next_chunk(body: &mut ContentBody) -> Bytes {
-        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+        std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *body), cx))
             .await
             .expect("a frame")
             .expect("read")
@@ -530,7 +530,11 @@ mod tests {
         let at = first.as_ptr();
         drop(first);
         let second = next_chunk(&mut body).await;
-        assert_eq!(second.as_ptr(), at, "the sent chunk's buffer is read into again");
+        assert_eq!(
+            second.as_ptr(),
+            at,
+            "the sent chunk's buffer is read into again"
+        );
         // Still held (not sent yet): the next chunk needs a buffer of its own.
         let third = next_chunk(&mut body).await;
         assert_ne!(third.as_ptr(), second.as_ptr());

@@ -227,10 +227,7 @@ fn serve_thread(
         let tracker = TaskTracker::new();
         for (listener, tls) in listeners {
             let listener = TcpListener::from_std(listener)?;
-            let ctx = Arc::new(ConnCtx {
-                tls,
-                ..ctx.clone()
-            });
+            let ctx = Arc::new(ConnCtx { tls, ..ctx.clone() });
             let (slots, tracker2) = (slots.clone(), tracker.clone());
             tracker.spawn(accept_loop(listener, ctx, slots, tracker2));
         }
@@ -282,6 +279,11 @@ struct ConnCtx {
     tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
+/// Accepts connections on one listener for one serving thread. A connection takes one of
+/// `slots` (`max_connections`, shared by every listener and thread) after it is accepted: at
+/// the cap each accept loop holds at most one accepted connection waiting for a slot, and the
+/// rest wait in the kernel's backlog. Taking the slot before accepting would leave idle loops
+/// (a listener per address and thread) sitting on slots that a busier listener's clients need.
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnCtx>,
@@ -289,13 +291,6 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             r = listener.accept() => r,
@@ -310,14 +305,20 @@ async fn accept_loop(
             }
         };
         let Some(client_slot) = ctx.per_client.claim(peer) else {
-            // Closed at once with a reset: nothing is read or sent, and the global slot
-            // goes back to the queue.
+            // Closed at once with a reset: nothing is read or sent.
             ctx.stats
                 .connections_refused_per_client
                 .fetch_add(1, Ordering::Relaxed);
             ctx.per_client.log_refusal(peer);
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             continue;
+        };
+        let permit = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
@@ -667,9 +668,7 @@ async fn answer(
             &ctx.stats,
             peer,
             record.path(),
-            body_done
-                .as_ref()
-                .is_none_or(|d| d.load(Ordering::Relaxed)),
+            body_done.as_ref().is_none_or(|d| d.load(Ordering::Relaxed)),
         ),
     };
     let (mut parts, body) = resp.into_parts();

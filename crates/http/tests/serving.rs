@@ -1380,11 +1380,21 @@ async fn every_response_says_nosniff_with_or_without_a_body_and_when_no_route_ma
         .send()
         .await
         .unwrap();
-    let missing = c.get(format!("http://{addr}/nothing")).send().await.unwrap();
-    let api = c.get(format!("http://{addr}/api/nothing")).send().await.unwrap();
+    let missing = c
+        .get(format!("http://{addr}/nothing"))
+        .send()
+        .await
+        .unwrap();
+    let api = c
+        .get(format!("http://{addr}/api/nothing"))
+        .send()
+        .await
+        .unwrap();
     for (what, r) in [("get", get), ("post", post), ("404", missing), ("api", api)] {
         assert_eq!(
-            r.headers().get("x-content-type-options").map(|v| v.as_bytes()),
+            r.headers()
+                .get("x-content-type-options")
+                .map(|v| v.as_bytes()),
             Some(&b"nosniff"[..]),
             "{what}: {:?}",
             r.headers()
@@ -1449,7 +1459,9 @@ async fn a_thread_stuck_in_a_handler_leaves_new_connections_to_the_other_threads
         "the stuck request ended before the others were served"
     );
     assert!(
-        threads.iter().all(|t| t.starts_with("http-") && *t == threads[0]),
+        threads
+            .iter()
+            .all(|t| t.starts_with("http-") && *t == threads[0]),
         "served by the server's own threads, all by the one not stuck: {threads:?}"
     );
     assert_eq!(stuck.await.unwrap(), "done");
