@@ -1,36 +1,22 @@
-//! The process's allocator, and giving memory back to the system after bursts.
+//! Giving memory back to the system after bursts.
 //!
-//! Rust's memory comes from mimalloc (the `mimalloc` crate, which builds Microsoft's allocator
-//! from source; kept up to date with it and used by many Rust servers): allocation and free are
-//! a thread-local free-list pop and push, where glibc's malloc takes its arena's lock and,
-//! for a block freed by another thread than the one that allocated it, a slower path. A
-//! small HTTP request allocates and frees a few dozen blocks (hyper's buffers, the header
-//! map, the router's boxed futures, extensions); under wrk, malloc and free were ~11% of the
-//! server's CPU samples with glibc. jemalloc (tikv-jemallocator) would do the same job; mimalloc
-//! was picked for being one C file to build (jemalloc runs a configure script, minutes here)
-//! and for its free-list sharding, which suits many short-lived blocks best.
-//!
-//! glibc's malloc stays in the process for C code (SQLite), and both keep what threads free
-//! for reuse. After a burst (100 TFTP transfers, each with a 32 KiB read-ahead chunk and a
-//! 23 KiB send batch; a boot storm's HTTP chunks) most of that memory is free but would stay
-//! mapped: with glibc alone RSS stayed ~6.5 MiB above the baseline for good (measured on the
-//! faults test: arenas of 4.8 and 1.4 MiB holding ~100 KiB in use), because a few live
-//! allocations sat above the free space and the arena never shrank from the top.
-//! `malloc_trim` releases free pages anywhere in every glibc arena; `mi_collect(true)` makes
-//! mimalloc return the free memory it has not yet returned (it purges freed pages on its own
-//! after a short delay, but only when the thread that owns them next allocates, and idle
-//! threads do not).
+//! glibc's malloc keeps what the runtime's worker threads free in their per-thread arenas. After
+//! a burst (100 TFTP transfers, each with a 32 KiB read-ahead chunk and a 23 KiB send batch;
+//! a boot storm's HTTP chunks) most of an arena is free but a few live allocations sit above
+//! the free space, so the arena never shrinks from the top and RSS stays ~6.5 MiB above the
+//! baseline for good (measured on the faults test: arenas of 4.8 and 1.4 MiB holding ~100 KiB
+//! in use). `malloc_trim` releases free pages anywhere in every arena and brought RSS back to
+//! within ~1 MiB of the baseline. The other knobs were measured and do not help:
+//! `M_ARENA_MAX` 1 or 2 and a lower `M_TRIM_THRESHOLD` (the free space is not at the top),
+//! a fixed `M_MMAP_THRESHOLD` of 128 KiB (the buffers are smaller); only a 16 KiB mmap
+//! threshold did, at the price of an mmap/munmap pair per HTTP chunk and per transfer.
 //!
 //! So a thread trims once the process goes quiet after doing work: every second it reads the
 //! process's CPU time, and when the last second used at most a tick (10 ms) after some work
-//! since the last trim, it calls both (measured with glibc: 0.6 ms for a 40 MiB process).
+//! since the last trim, it calls `malloc_trim(0)` (measured: 0.6 ms for a 40 MiB process).
 //! Under load nothing is trimmed (the memory is about to be reused); after a burst the first
 //! quiet second trims; a server doing a little now and then trims now and then, which also
 //! catches memory freed after a trim that came too early.
-
-/// Every Rust allocation of the binary (see the module documentation for why mimalloc).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
@@ -45,9 +31,9 @@ extern "C" {
     fn malloc_trim(pad: usize) -> std::os::raw::c_int;
 }
 
-/// Starts the trimming thread (where the process's CPU time can be read: Linux).
+/// Starts the trimming thread (glibc on Linux only; elsewhere nothing to do).
 pub fn spawn_trimmer() {
-    if cpu_ticks().is_some() {
+    if cfg!(all(target_os = "linux", target_env = "gnu")) && cpu_ticks().is_some() {
         let spawned = std::thread::Builder::new()
             .name("malloc-trim".into())
             .spawn(run);
@@ -83,18 +69,8 @@ fn run() {
     }
 }
 
-fn trim() {
-    // SAFETY: mi_collect takes what it needs itself (the calling thread's heap, the shared
-    // segment and arena state under their own locks) and may be called from any thread at any
-    // time.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
-    trim_glibc();
-}
-
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_glibc() {
+fn trim() {
     // SAFETY: malloc_trim takes the arena locks itself and is safe to call from any
     // thread at any time.
     unsafe {
@@ -103,7 +79,7 @@ fn trim_glibc() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_glibc() {}
+fn trim() {}
 
 /// User plus system CPU time of the whole process, in ticks (/proc/self/stat fields 14
 /// and 15, counted after the parenthesised command name, which may hold spaces).

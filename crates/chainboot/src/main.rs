@@ -2,7 +2,7 @@
 //! Each concern lives in its own crate; this one only parses the command line, loads the
 //! config, builds the servers and runs them until a signal says stop.
 
-// glibc's malloc_trim, which no crate wraps, and mimalloc's mi_collect.
+// glibc's malloc_trim, which no crate wraps.
 #[allow(unsafe_code)]
 mod allocator;
 mod api_client;
