@@ -32,7 +32,8 @@ pub struct HttpConfig {
     /// Directory indexes under `/files/` (off by default: a boot server should not publish
     /// its tree). `/iso/NAME/` indexes are always on.
     pub listing: bool,
-    /// Connections served at once; further clients wait in the kernel's accept queue.
+    /// Connections served at once, over all listeners and serving threads; further clients
+    /// wait in the kernel's accept queue (and one per listener and thread, accepted, for a slot).
     pub max_connections: usize,
     /// Connections one client address may hold at once; more are closed as they arrive
     /// (queueing them would hold up everyone behind in the accept queue). iPXE uses one or
