@@ -156,10 +156,11 @@ impl HttpServer {
         };
         let stop = ctx.shutdown.clone();
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(self.threads);
+        let threads = self.threads;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(threads);
         let mut started = 0;
         let mut result = Ok(());
-        for i in 0..self.threads {
+        for i in 0..threads {
             let done = done_tx.clone();
             let spawned = listeners
                 .iter()
@@ -170,7 +171,8 @@ impl HttpServer {
                     std::thread::Builder::new()
                         .name(format!("http-{i}"))
                         .spawn(move || {
-                            let _ = done.blocking_send(serve_thread(mine, ctx, slots));
+                            let share = ThreadShare { slots, of: threads };
+                            let _ = done.blocking_send(serve_thread(mine, ctx, share));
                         })
                 });
             if let Err(e) = spawned {
@@ -213,16 +215,30 @@ fn with_body_layers(router: Router, cfg: &HttpConfig) -> Router {
         .layer(axum::middleware::from_fn(api_errors_as_json))
 }
 
+/// Threads for blocking work (file opens on the blocking paths, reads the page cache does not
+/// hold) of all serving threads together: tokio's default for one runtime, shared out.
+const BLOCKING_THREADS: usize = 512;
+
+/// What one serving thread shares with the others.
+struct ThreadShare {
+    /// `max_connections`.
+    slots: Arc<Semaphore>,
+    /// How many serving threads there are.
+    of: usize,
+}
+
 /// One serving thread: its own single-threaded runtime accepting on every listener until
 /// shutdown, then up to [`SHUTDOWN_GRACE`] for the responses in flight.
 fn serve_thread(
     listeners: Vec<(std::net::TcpListener, Option<Arc<crate::tls::TlsServer>>)>,
     ctx: ConnCtx,
-    slots: Arc<Semaphore>,
+    share: ThreadShare,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads((BLOCKING_THREADS / share.of.max(1)).max(16))
         .build()?;
+    let slots = share.slots;
     let result = rt.block_on(async move {
         let tracker = TaskTracker::new();
         for (listener, tls) in listeners {
