@@ -495,6 +495,24 @@ async fn events_timeline(c: &Client, args: &ApiArgs, mac: &str) -> anyhow::Resul
             );
         }
     }
+    // What operators changed, apart from the boots (which server took it, from which client).
+    for e in list(v.get("operator")) {
+        let d = e.get("detail");
+        let s = |k: &str| d.and_then(|d| d.get(k));
+        let value = |k: &str| s(k).map(|v| v.to_string()).unwrap_or_else(|| "null".into());
+        println!(
+            "operator {} by {}: {} {} -> {}{}",
+            ms_ago(e.get("at_ms").and_then(|v| v.as_i64())),
+            e.get("server").and_then(|v| v.as_str()).unwrap_or("-"),
+            s("action").and_then(|v| v.as_str()).unwrap_or("-"),
+            value("old"),
+            value("new"),
+            s("client")
+                .and_then(|v| v.as_str())
+                .map(|c| format!(" (client {c})"))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

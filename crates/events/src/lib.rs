@@ -50,6 +50,10 @@ const RELOAD_REFUSALS_EVERY: Duration = Duration::from_secs(60);
 /// The event kind of a machine whose firmware probably refused the unsigned first stage.
 pub const SECURE_BOOT_REFUSED: &str = "secure-boot-refused";
 
+/// The event kind of an operator's change of a machine through the API (pin, labels, re-arm,
+/// forget): part of the machine's history, never a stage of one of its boots.
+pub const OPERATOR: &str = chainboot_store::events::OPERATOR;
+
 /// `[events]`: retention and loop-detection settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -622,6 +626,15 @@ impl EventLog {
         }
         self.stats.relayed.fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+
+    /// An event the store wrote itself, in the transaction of the change it records (an
+    /// operator's change of a machine): handed to live subscribers as this server's, like the
+    /// events the writer writes.
+    pub fn written(&self, id: i64, e: NewEvent) {
+        self.stats.recorded.fetch_add(1, Ordering::Relaxed);
+        self.stats.written.fetch_add(1, Ordering::Relaxed);
+        send_live(&self.live, id, e, Some(self.store.server_name()));
     }
 
     /// Live events, as they are written.

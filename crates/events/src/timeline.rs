@@ -143,6 +143,11 @@ pub fn boots(events: &[EventRecord]) -> Vec<Boot> {
     let mut out: Vec<Boot> = Vec::new();
     let mut current: Option<Boot> = None;
     for e in sorted {
+        // An operator's change (a re-arm, a pin) is no part of a boot: it neither starts one
+        // nor stretches it.
+        if e.kind == crate::OPERATOR {
+            continue;
+        }
         let stage = stage_of(&e.kind, &e.detail);
         let starts_new = match (&current, stage) {
             (None, _) => true,
@@ -574,6 +579,40 @@ mod tests {
         );
         assert_eq!(b[0].reached, Some(Stage::Initrd));
         assert_eq!(b[0].errors, 0);
+    }
+
+    #[test]
+    fn an_operator_change_is_neither_a_boot_nor_a_stage_of_one() {
+        let op = |id: i64, at: i64| EventRecord {
+            id,
+            at_ms: at,
+            mac: Some("52:54:00:00:00:01".parse().unwrap()),
+            kind: crate::OPERATOR.into(),
+            detail: json!({"action": "rearm", "detail": {"error": "x"}}),
+            server: Some("pxe-b".into()),
+        };
+        // A re-arm long after the boot, then one in the middle of the next boot.
+        let mut list = a_full_boot(1_000, 1);
+        list.push(op(20, 10_000_000));
+        list.extend(a_full_boot(20_000_000, 30));
+        list.push(op(50, 20_003_200));
+        let b = boots(&list);
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(
+            b[0].end_ms, 5_500,
+            "the re-arm does not stretch the boot before it"
+        );
+        assert_eq!(b[1].stages.len(), 6);
+        assert_eq!(b[1].errors, 0);
+        assert_eq!(
+            b,
+            boots(
+                &a_full_boot(1_000, 1)
+                    .into_iter()
+                    .chain(a_full_boot(20_000_000, 30))
+                    .collect::<Vec<_>>()
+            )
+        );
     }
 
     #[test]

@@ -127,6 +127,10 @@ function describe(e) {
     case "http": return d.status + " " + d.method + " " + d.path + " (" + d.what + ", " + d.bytes + " B)";
     case "chainload-loop": return "chainload loop: " + d.probable_cause;
     case "secure-boot-refused": return refusalText(d);
+    // An operator's change through the API of the server in the Server column.
+    case "operator": return "operator " + d.action +
+      (d.action === "forget" ? "" : ": " + JSON.stringify(d.old) + " → " + JSON.stringify(d.new)) +
+      (d.client ? " (client " + d.client + ")" : "");
     default: return JSON.stringify(d);
   }
 }

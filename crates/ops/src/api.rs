@@ -389,8 +389,17 @@ async fn timeline(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
     };
     let store = st.store.clone();
-    match blocking(move || machine_timeline(&store, mac)).await {
-        Ok(Ok(v)) => Json(json!({ "mac": mac, "boots": v })).into_response(),
+    // The boots, and apart from them what operators changed (no part of any boot).
+    let history = blocking(move || {
+        Ok::<_, String>((
+            machine_timeline(&store, mac)?,
+            crate::timelines::operator_actions(&store, mac)?,
+        ))
+    });
+    match history.await {
+        Ok(Ok((boots, operator))) => {
+            Json(json!({ "mac": mac, "boots": boots, "operator": operator })).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(r) => r,
     }

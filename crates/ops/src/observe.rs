@@ -517,6 +517,14 @@ impl chainboot_policy::MachineHooks for MachineEvents {
         boots.as_array()?.last().cloned()
     }
 
+    fn operator_actions(&self, mac: Mac) -> Option<serde_json::Value> {
+        crate::timelines::operator_actions(&self.store, mac).ok()
+    }
+
+    fn operator_changed(&self, id: i64, event: chainboot_store::events::NewEvent) {
+        self.events.written(id, event);
+    }
+
     fn refused(&self, _mac: Mac, _peer: Option<IpAddr>, route: &'static str) {
         // Counted only: the MAC is whatever the sender typed, so it goes in no machine's
         // history and no per-request log line (a flood would fill both).

@@ -35,6 +35,9 @@ use chainboot_http::tls::Scheme;
 use chainboot_machine::{Arch, Mac};
 use serde::Deserialize;
 
+use chainboot_store::events::NewEvent;
+use chainboot_store::machines::{MachineRecord, OperatorChange, OperatorChanged};
+
 use crate::access::{Proof, Refusal};
 use crate::config::AssetRef;
 use crate::facts::{valid_label, ClientFacts, RawFacts};
@@ -58,6 +61,12 @@ pub trait MachineHooks: Send + Sync + 'static {
     /// that address can be filed under the machine); `by_address` when the address itself is
     /// the proof (a lease or the neighbour table), not a capability or a trusted network.
     fn verified(&self, _mac: Mac, _ip: IpAddr, _by_address: bool) {}
+    /// The machine's newest operator changes, as JSON, for `GET /api/v1/machines/MAC`.
+    fn operator_actions(&self, _mac: Mac) -> Option<serde_json::Value> {
+        None
+    }
+    /// An operator's change was stored with its event (`id`): the live stream shows it.
+    fn operator_changed(&self, _id: i64, _event: chainboot_store::events::NewEvent) {}
 }
 
 struct NoHooks;
@@ -192,26 +201,90 @@ impl PolicyState {
         })
     }
 
-    /// Creates the machine's record if needed, applies `change` to it, and answers with the
-    /// record as stored (the decision cache forgets the machine: its next boot decides anew).
-    async fn update_machine<R>(
+    /// Applies an operator's change to a machine and stores its event (the action, the old
+    /// and new value where short, the client's address; the server is the event's) in the
+    /// same transaction. With `create` an unknown machine is recorded first; without, it
+    /// changes nothing (`None`). Answers with what was done and the record after it (none
+    /// once forgotten); the decision cache forgets the machine: its next boot decides anew.
+    async fn operator_change(
         &self,
         mac: Mac,
-        change: impl FnOnce(&chainboot_store::Store) -> Result<R, chainboot_store::StoreError>
-            + Send
-            + 'static,
-    ) -> Result<Response, ApiError> {
+        change: OperatorChange,
+        create: bool,
+        client: Option<IpAddr>,
+    ) -> Result<Option<(OperatorChanged, Option<MachineRecord>)>, ApiError> {
         let policy = self.policy.clone();
-        let r = blocking(move || {
+        let done = blocking(move || {
             let store = policy.store();
-            store.machine_ensure(mac, crate::now_ms(), &crate::random_hex(16))?;
-            change(store)?;
-            store.machine(mac)
+            let now = crate::now_ms();
+            let secret = create.then(|| crate::random_hex(16));
+            let forget = change == OperatorChange::Forget;
+            let what = change.clone();
+            let event = move |before: &MachineRecord| NewEvent {
+                at_ms: now,
+                mac: Some(mac),
+                kind: chainboot_store::events::OPERATOR.into(),
+                detail: operator_detail(before, &what, client),
+            };
+            let Some(done) =
+                store.machine_operator_change(mac, now, secret.as_deref(), change, event)?
+            else {
+                return Ok(None);
+            };
+            let after = if forget { None } else { store.machine(mac)? };
+            Ok::<_, chainboot_store::StoreError>(Some((done, after)))
         })
-        .await;
+        .await?
+        .map_err(store_error)?;
         self.policy.forget_recent(mac);
-        machine_json(r?, mac)
+        if let Some((d, _)) = &done {
+            tracing::info!(%mac, detail = %d.event.detail, "operator change");
+            self.hooks.operator_changed(d.event_id, d.event.clone());
+        }
+        Ok(done)
     }
+}
+
+/// Labels' JSON kept whole in an operator event up to this size (64 labels of 64-character
+/// keys and values would be 8 KiB); a larger set is recorded as its count.
+const OPERATOR_LABELS_BYTES: usize = 1024;
+
+/// What an operator event says of a change: the action, the old and new value where short,
+/// and the client's address. The API's only client identity is its one bearer token, shared
+/// by every operator, so no name is recorded; the token itself never is.
+fn operator_detail(
+    before: &MachineRecord,
+    change: &OperatorChange,
+    client: Option<IpAddr>,
+) -> serde_json::Value {
+    let labels = |l: &BTreeMap<String, String>| {
+        let v = serde_json::to_value(l).unwrap_or_default();
+        if v.to_string().len() <= OPERATOR_LABELS_BYTES {
+            v
+        } else {
+            serde_json::json!({ "count": l.len() })
+        }
+    };
+    let (action, old, new) = match change {
+        OperatorChange::Profile(p) => (
+            "profile",
+            serde_json::json!(before.pinned_profile),
+            serde_json::json!(p),
+        ),
+        OperatorChange::Labels(l) => ("labels", labels(&before.labels), labels(l)),
+        OperatorChange::Rearm => (
+            "rearm",
+            serde_json::json!(before.installed_reason),
+            serde_json::Value::Null,
+        ),
+        OperatorChange::Forget => ("forget", serde_json::Value::Null, serde_json::Value::Null),
+    };
+    serde_json::json!({
+        "action": action,
+        "old": old,
+        "new": new,
+        "client": client.map(|c| c.to_string()),
+    })
 }
 
 /// A JSON body, or a 400 that says what was `expected`.
@@ -888,11 +961,11 @@ async fn show_machine(
     let mac = parse_mac(&mac)?;
     let policy = st.policy.clone();
     let hooks = st.hooks.clone();
-    let (m, last_boot) = blocking(move || {
+    let (m, last_boot, operator) = blocking(move || {
         policy
             .store()
             .machine(mac)
-            .map(|m| m.map(|m| (m, hooks.last_boot(mac))))
+            .map(|m| m.map(|m| (m, hooks.last_boot(mac), hooks.operator_actions(mac))))
     })
     .await?
     .map_err(store_error)?
@@ -903,6 +976,10 @@ async fn show_machine(
             "last_boot".into(),
             last_boot.unwrap_or(serde_json::Value::Null),
         );
+        o.insert(
+            "operator".into(),
+            operator.unwrap_or(serde_json::Value::Null),
+        );
     }
     Ok(Json(v).into_response())
 }
@@ -910,18 +987,16 @@ async fn show_machine(
 async fn forget_machine(
     _: Operator,
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    let policy = st.policy.clone();
-    let gone = blocking(move || policy.store().machine_forget(mac))
+    match st
+        .operator_change(mac, OperatorChange::Forget, false, peer)
         .await?
-        .map_err(store_error)?;
-    st.policy.forget_recent(mac);
-    if gone {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::not_found(format!("machine {mac} not known")))
+    {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(ApiError::not_found(format!("machine {mac} not known"))),
     }
 }
 
@@ -934,6 +1009,7 @@ struct SetProfile {
 async fn set_profile(
     _: Operator,
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     Path(mac): Path<String>,
     body: Result<Json<SetProfile>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -947,15 +1023,15 @@ async fn set_profile(
             )));
         }
     }
-    st.update_machine(mac, move |store| {
-        store.machine_set_profile(mac, body.profile.as_deref())
-    })
-    .await
+    let done = st
+        .operator_change(mac, OperatorChange::Profile(body.profile), true, peer)
+        .await?;
+    changed_json(done, mac)
 }
 
 /// The stored record as the answer, or 404 / 500.
 fn machine_json(
-    r: Result<Option<chainboot_store::machines::MachineRecord>, chainboot_store::StoreError>,
+    r: Result<Option<MachineRecord>, chainboot_store::StoreError>,
     mac: Mac,
 ) -> Result<Response, ApiError> {
     r.map_err(store_error)?
@@ -963,28 +1039,31 @@ fn machine_json(
         .ok_or_else(|| ApiError::not_found(format!("machine {mac} not known")))
 }
 
+/// The record after an operator's change as the answer, or 404.
+fn changed_json(
+    done: Option<(OperatorChanged, Option<MachineRecord>)>,
+    mac: Mac,
+) -> Result<Response, ApiError> {
+    machine_json(Ok(done.and_then(|(_, after)| after)), mac)
+}
+
 async fn rearm(
     _: Operator,
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     Path(mac): Path<String>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    let policy = st.policy.clone();
-    let r = blocking(move || {
-        let store = policy.store();
-        if !store.machine_rearm(mac)? {
-            return Ok(None);
-        }
-        store.machine(mac)
-    })
-    .await?;
-    st.policy.forget_recent(mac);
-    machine_json(r, mac)
+    let done = st
+        .operator_change(mac, OperatorChange::Rearm, false, peer)
+        .await?;
+    changed_json(done, mac)
 }
 
 async fn set_labels(
     _: Operator,
     State(st): State<PolicyState>,
+    Peer(peer): Peer,
     Path(mac): Path<String>,
     body: Result<Json<BTreeMap<String, String>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -1000,8 +1079,10 @@ async fn set_labels(
             render::echo_text(v)
         )));
     }
-    st.update_machine(mac, move |store| store.machine_set_labels(mac, &labels))
-        .await
+    let done = st
+        .operator_change(mac, OperatorChange::Labels(labels), true, peer)
+        .await?;
+    changed_json(done, mac)
 }
 
 /// A machine's own report. Authorised by the operator's token or the machine's own secret

@@ -47,6 +47,10 @@ pub struct NewEvent {
     pub detail: serde_json::Value,
 }
 
+/// The kind of the event of an operator's change of a machine through the API (pin, labels,
+/// re-arm, forget), written with the change ([`Store::machine_operator_change`]).
+pub const OPERATOR: &str = "operator";
+
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {

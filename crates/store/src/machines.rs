@@ -703,3 +703,155 @@ impl Store {
         })
     }
 }
+
+/// A change an operator makes to a machine through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// Pin a profile (`None`: unpin).
+    Profile(Option<String>),
+    /// Replace the labels.
+    Labels(BTreeMap<String, String>),
+    /// Boot-once: forget the install.
+    Rearm,
+    /// Forget the machine.
+    Forget,
+}
+
+/// What an operator change did: the record before it, and the event that records it (written
+/// in the same transaction) with its id.
+#[derive(Debug, Clone)]
+pub struct OperatorChanged {
+    pub before: MachineRecord,
+    pub event_id: i64,
+    pub event: crate::events::NewEvent,
+}
+
+impl Store {
+    /// Applies an operator's `change` to a machine and records `event(record before)` as this
+    /// server's event, in one transaction: the change and its event are stored together or not
+    /// at all. With `secret_if_new` an unknown machine is recorded first (pinning or labelling
+    /// a machine before it boots); without, an unknown machine changes nothing (`None`).
+    pub fn machine_operator_change(
+        &self,
+        mac: Mac,
+        now_ms: i64,
+        secret_if_new: Option<&str>,
+        change: OperatorChange,
+        event: impl FnOnce(&MachineRecord) -> crate::events::NewEvent + Send + 'static,
+    ) -> Result<Option<OperatorChanged>, StoreError> {
+        let labels = match &change {
+            OperatorChange::Labels(l) => Some(serde_json::to_string(l).map_err(|e| {
+                StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            })?),
+            _ => None,
+        };
+        let server = self.server_name().to_string();
+        let key = mac.to_string();
+        let secret = secret_if_new.map(str::to_string);
+        let pg = match self.backend() {
+            Backend::Postgres(pg) => pg,
+            Backend::Sqlite(db) => {
+                return db.write(|tx| {
+                    if let Some(secret) = &secret {
+                        ensure(tx, mac, now_ms, secret)?;
+                    }
+                    let Some(before) = get(tx, mac)? else {
+                        return Ok(None);
+                    };
+                    match &change {
+                        OperatorChange::Profile(p) => tx.execute(
+                            "UPDATE machines SET pinned_profile = ?2 WHERE mac = ?1",
+                            params![key, p],
+                        )?,
+                        OperatorChange::Labels(_) => tx.execute(
+                            "UPDATE machines SET labels = ?2 WHERE mac = ?1",
+                            params![key, labels],
+                        )?,
+                        OperatorChange::Rearm => tx.execute(
+                            "UPDATE machines SET installed_ms = NULL, installed_reason = NULL
+                             WHERE mac = ?1",
+                            [&key],
+                        )?,
+                        OperatorChange::Forget => {
+                            tx.execute("DELETE FROM machines WHERE mac = ?1", [&key])?
+                        }
+                    };
+                    let e = event(&before);
+                    tx.execute(
+                        "INSERT INTO events (at_ms, mac, kind, detail, server)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![e.at_ms, key, e.kind, e.detail.to_string(), server],
+                    )?;
+                    Ok(Some(OperatorChanged {
+                        before,
+                        event_id: tx.last_insert_rowid(),
+                        event: e,
+                    }))
+                });
+            }
+        };
+        let select = format!(
+            "SELECT {} FROM machines WHERE mac = $1 FOR UPDATE",
+            pg_columns()
+        );
+        pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            if let Some(secret) = &secret {
+                tx.execute(
+                    "INSERT INTO machines (mac, first_seen_ms, last_seen_ms, secret)
+                     VALUES ($1, $2, $2, $3) ON CONFLICT (mac) DO NOTHING",
+                    &[&key, &now_ms, secret],
+                )
+                .await?;
+            }
+            let rows = tx.query(&select, &[&key]).await?;
+            let Some(before) = pg_rows(&rows)?.into_iter().next() else {
+                return Ok(None);
+            };
+            match &change {
+                OperatorChange::Profile(p) => {
+                    tx.execute(
+                        "UPDATE machines SET pinned_profile = $2 WHERE mac = $1",
+                        &[&key, p],
+                    )
+                    .await?
+                }
+                OperatorChange::Labels(_) => {
+                    tx.execute(
+                        "UPDATE machines SET labels = $2 WHERE mac = $1",
+                        &[&key, &labels],
+                    )
+                    .await?
+                }
+                OperatorChange::Rearm => {
+                    tx.execute(
+                        "UPDATE machines SET installed_ms = NULL, installed_reason = NULL
+                         WHERE mac = $1",
+                        &[&key],
+                    )
+                    .await?
+                }
+                OperatorChange::Forget => {
+                    tx.execute("DELETE FROM machines WHERE mac = $1", &[&key])
+                        .await?
+                }
+            };
+            let e = event(&before);
+            let detail = e.detail.to_string();
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO events (at_ms, mac, kind, detail, server)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    &[&e.at_ms, &key, &e.kind, &detail, &server],
+                )
+                .await?
+                .try_get(0)?;
+            tx.commit().await?;
+            Ok(Some(OperatorChanged {
+                before,
+                event_id: id,
+                event: e,
+            }))
+        })
+    }
+}
