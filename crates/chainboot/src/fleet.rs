@@ -5,6 +5,7 @@
 //! address another one holds. The events other servers wrote are read from the database on the
 //! same beat and handed to this server's live streams, so any server's stream shows the fleet.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,18 +69,22 @@ fn beat(
     within_ms: i64,
     poll_from: i64,
     follower: &mut Follower,
+    addresses: &[Ipv4Addr],
 ) -> Result<Beat, StoreError> {
-    servers::heartbeat(s, env!("CARGO_PKG_VERSION"), first)?;
+    servers::heartbeat(s, env!("CARGO_PKG_VERSION"), first, addresses)?;
     let live = servers::live(s, within_ms)?;
     let changed = leases::changed_since(s, poll_from)?;
     let news = others_events(s, follower)?;
     Ok((live, changed, news))
 }
 
-/// Runs until `shutdown`, then removes this server from the live-servers table.
+/// Runs until `shutdown`, then removes this server from the live-servers table. `addresses`
+/// are those this server answers DHCP from (its server identifiers), published so that its
+/// peers know a message naming one is this server's.
 pub async fn run(
     store: Arc<Store>,
     engine: Option<Arc<Mutex<Engine>>>,
+    addresses: Vec<Ipv4Addr>,
     events: Arc<EventLog>,
     cfg: StoreConfig,
     shutdown: CancellationToken,
@@ -101,8 +106,9 @@ pub async fn run(
         let poll_from = since;
         let started = chainboot_events::now_ms() / 1000;
         let mut f = follower.take().unwrap_or_default();
+        let addrs = addresses.clone();
         let polled = tokio::task::spawn_blocking(move || {
-            let got = beat(&s, first, within_ms, poll_from, &mut f);
+            let got = beat(&s, first, within_ms, poll_from, &mut f, &addrs);
             (got, f)
         })
         .await;
@@ -119,6 +125,15 @@ pub async fn run(
                 }
                 first = false;
                 since = started - LEASE_OVERLAP_S;
+                let me = store.server_name();
+                let peer_addresses: Vec<Ipv4Addr> = live
+                    .iter()
+                    .filter(|s| s.name != me)
+                    .flat_map(|s| s.addresses.iter().copied())
+                    // An address this server answers from is never a peer's, whatever a row
+                    // says: its own messages must not be taken for another's.
+                    .filter(|a| !addresses.contains(a))
+                    .collect();
                 let names: Vec<String> = live.into_iter().map(|s| s.name).collect();
                 if names != peers {
                     info!(live = ?names, "fleet: live servers changed");
@@ -126,7 +141,9 @@ pub async fn run(
                 }
                 if let Some(engine) = &engine {
                     let mut e = engine.lock();
-                    e.set_fleet(Some(Fleet::new(store.server_name(), names)));
+                    e.set_fleet(Some(
+                        Fleet::new(store.server_name(), names).with_peer_addresses(peer_addresses),
+                    ));
                     e.load_leases(&changed);
                 }
             }

@@ -431,7 +431,7 @@ async fn serve(
     ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let servers = Servers::bind(&cfg, &sh, &ifaces)?;
-    let fleet = start_fleet(&cfg, &sh, &servers.dhcp, &shutdown);
+    let fleet = start_fleet(&cfg, &sh, &servers.dhcp, &ifaces, &shutdown);
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = servers.dhcp.engine();
     let info = server_info(&cfg, &source, &ifaces, &servers.http, quick.is_some());
@@ -555,15 +555,22 @@ fn start_fleet(
     cfg: &config::Config,
     sh: &Shared,
     dhcp: &DhcpServer,
+    ifaces: &[interfaces::Interface],
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if cfg.store.backend != chainboot_store::StoreBackend::Postgres {
         return None;
     }
     let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| dhcp.engine());
+    // The server identifier of a reply is the address of the interface it leaves from.
+    let addresses = ifaces
+        .iter()
+        .flat_map(|i| i.ipv4.iter().map(|(a, _)| *a))
+        .collect();
     Some(tokio::spawn(crate::fleet::run(
         sh.store.clone(),
         engine,
+        addresses,
         sh.events.clone(),
         cfg.store.clone(),
         shutdown.clone(),

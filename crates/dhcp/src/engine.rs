@@ -99,8 +99,11 @@ pub enum Ignored {
     /// An unproven client (one that has not come back yet) while the pool's unproven holdings
     /// are at `limits.new_client_share` of the pool (starvation guard).
     NewClientLimit,
-    /// The client selected another server's offer.
+    /// The message names another server (option 54), one this fleet does not know: possibly
+    /// another DHCP server on the segment.
     OtherServer,
+    /// The message names a live peer of this fleet (option 54): that server answers it.
+    PeerServer,
     /// Another live server of the fleet answers this client (load balancing by client hash).
     PeerClient,
     /// A message type this port/mode does not answer (or one that gets no reply: DECLINE,
@@ -397,6 +400,7 @@ impl Engine {
                 Ignored::UnknownArch => bump(&c.ignored_unknown_arch),
                 Ignored::NoSubnet => bump(&c.ignored_no_subnet),
                 Ignored::OtherServer => bump(&c.ignored_other_server),
+                Ignored::PeerServer => bump(&c.ignored_peer_server),
                 Ignored::PeerClient => {}
                 Ignored::PoolExhausted => bump(&c.pool_exhausted),
                 Ignored::NewClientLimit => bump(&c.refused_new_client),

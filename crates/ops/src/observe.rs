@@ -308,6 +308,15 @@ impl chainboot_dhcp::DhcpObserver<Ingress, Handled> for Observers {
             ),
             1,
         );
+        // A message for a live peer of the fleet is that server's to record: counted here
+        // (`chainboot_dhcp_ignored_peer_server_total`), or every server of N would add N-1 events
+        // per request. One naming a server the fleet does not know keeps its event.
+        if matches!(
+            handled.outcome,
+            chainboot_dhcp::engine::Outcome::Ignored(chainboot_dhcp::engine::Ignored::PeerServer)
+        ) {
+            return;
+        }
         if let (Some(mac), Some(addr)) = (facts.mac, handled.address) {
             self.events.learn_ip(IpAddr::V4(addr), mac, true);
         }
@@ -482,6 +491,7 @@ pub fn dhcp_outcome(o: &chainboot_dhcp::engine::Outcome) -> (Outcome, Option<&'s
             Ignored::ModeOff => (Outcome::Ignored, Some("mode-off")),
             Ignored::NotBootClient => (Outcome::Ignored, Some("not-boot-client")),
             Ignored::OtherServer => (Outcome::Ignored, Some("other-server")),
+            Ignored::PeerServer => (Outcome::Ignored, Some("peer-server")),
             Ignored::PeerClient => (Outcome::Ignored, Some("peer-client")),
             Ignored::NoReply => (Outcome::Ignored, Some("no-reply")),
             Ignored::UnknownArch => (Outcome::Refused, Some("unknown-arch")),

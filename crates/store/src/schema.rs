@@ -41,6 +41,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::machines::MIGRATION_LAST_SERVER,
     // 8: what machines' firmware said over DHCP, their boots' stage, Secure Boot refusals.
     crate::firmware::MIGRATION,
+    // 9: the addresses each live server answers DHCP from.
+    crate::servers::MIGRATION_ADDRESSES,
 ];
 
 /// The schema version this binary brings databases to.

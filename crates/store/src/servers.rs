@@ -5,6 +5,8 @@
 //! Heartbeat times come from the database's clock on PostgreSQL, so that servers whose clocks
 //! differ still agree on who is alive.
 
+use std::net::Ipv4Addr;
+
 use serde::Serialize;
 
 use crate::schema::Migration;
@@ -34,6 +36,16 @@ ALTER TABLE leases ADD COLUMN server TEXT;
 ",
 };
 
+/// Schema version 9: the addresses each server answers DHCP from (its server identifiers), so
+/// that its peers tell a message for it from one for an unknown DHCP server.
+pub(crate) const MIGRATION_ADDRESSES: Migration = Migration {
+    sqlite: "ALTER TABLE servers ADD COLUMN addresses TEXT NOT NULL DEFAULT '';",
+    postgres: "ALTER TABLE servers ADD COLUMN addresses TEXT NOT NULL DEFAULT '';",
+};
+
+/// Addresses a server publishes at most (a server on more interfaces publishes the first).
+pub const MAX_ADDRESSES: usize = 64;
+
 /// One server's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerRecord {
@@ -45,26 +57,53 @@ pub struct ServerRecord {
     pub version: String,
     /// How long ago its last heartbeat was, by the clock heartbeats are written with.
     pub age_ms: i64,
+    /// The IPv4 addresses it answers DHCP from (its server identifiers).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The stored form of `addresses`: space-separated, at most [`MAX_ADDRESSES`].
+fn addresses_text(addresses: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = addresses
+        .iter()
+        .take(MAX_ADDRESSES)
+        .map(Ipv4Addr::to_string)
+        .collect();
+    list.join(" ")
+}
+
+/// Reads `addresses` back (a word that is no address, from a hand-edited row, is skipped).
+fn addresses_of(text: &str) -> Vec<Ipv4Addr> {
+    text.split_whitespace()
+        .take(MAX_ADDRESSES)
+        .filter_map(|a| a.parse().ok())
+        .collect()
 }
 
 const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
 
 /// Writes this server's heartbeat (the row is made on the first one; `version` is the
-/// chainboot version it runs). `started_ms` is kept from the first heartbeat of this run.
-pub fn heartbeat(store: &Store, version: &str, first: bool) -> Result<(), StoreError> {
+/// chainboot version it runs, `addresses` those it answers DHCP from). `started_ms` is kept
+/// from the first heartbeat of this run.
+pub fn heartbeat(
+    store: &Store,
+    version: &str,
+    first: bool,
+    addresses: &[Ipv4Addr],
+) -> Result<(), StoreError> {
     let name = store.server_name().to_string();
     let version = version.to_string();
+    let addresses = addresses_text(addresses);
     match store.backend() {
         Backend::Sqlite(db) => {
             let now = crate::now_ms();
             db.write(|tx| {
                 tx.execute(
-                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version)
-                     VALUES (?1, ?2, ?2, ?3)
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses)
+                     VALUES (?1, ?2, ?2, ?3, ?5)
                      ON CONFLICT(name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
-                        version = excluded.version,
+                        version = excluded.version, addresses = excluded.addresses,
                         started_ms = CASE WHEN ?4 THEN excluded.started_ms ELSE started_ms END",
-                    rusqlite::params![name, now, version, first],
+                    rusqlite::params![name, now, version, first, addresses],
                 )
             })
             .map(|_| ())
@@ -72,14 +111,14 @@ pub fn heartbeat(store: &Store, version: &str, first: bool) -> Result<(), StoreE
         Backend::Postgres(pg) => pg.run(move |c| async move {
             c.execute(
                 &format!(
-                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version)
-                     VALUES ($1, {PG_NOW_MS}, {PG_NOW_MS}, $2)
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses)
+                     VALUES ($1, {PG_NOW_MS}, {PG_NOW_MS}, $2, $4)
                      ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
-                        version = excluded.version,
+                        version = excluded.version, addresses = excluded.addresses,
                         started_ms = CASE WHEN $3 THEN excluded.started_ms
                                      ELSE servers.started_ms END"
                 ),
-                &[&name, &version, &first],
+                &[&name, &version, &first, &addresses],
             )
             .await?;
             Ok(())
@@ -110,7 +149,8 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
             let now = crate::now_ms();
             db.read(|c| {
                 let mut st = c.prepare(
-                    "SELECT name, started_ms, heartbeat_ms, version FROM servers ORDER BY name",
+                    "SELECT name, started_ms, heartbeat_ms, version, addresses
+                     FROM servers ORDER BY name",
                 )?;
                 let rows = st.query_map([], |r| {
                     let heartbeat_ms: i64 = r.get(2)?;
@@ -120,6 +160,7 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                         heartbeat_ms,
                         version: r.get(3)?,
                         age_ms: now - heartbeat_ms,
+                        addresses: addresses_of(&r.get::<_, String>(4)?),
                     })
                 })?;
                 rows.collect()
@@ -130,7 +171,7 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                 .query(
                     &format!(
                         "SELECT name, started_ms, heartbeat_ms, version,
-                            {PG_NOW_MS} - heartbeat_ms FROM servers ORDER BY name"
+                            {PG_NOW_MS} - heartbeat_ms, addresses FROM servers ORDER BY name"
                     ),
                     &[],
                 )
@@ -143,6 +184,7 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                         heartbeat_ms: r.try_get(2)?,
                         version: r.try_get(3)?,
                         age_ms: r.try_get(4)?,
+                        addresses: addresses_of(r.try_get(5)?),
                     })
                 })
                 .collect()

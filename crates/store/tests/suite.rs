@@ -523,13 +523,20 @@ fn the_schema_is_current_and_reopening_migrates_nothing(db: &Db) {
 fn heartbeats_list_the_live_servers(db: &Db) {
     let a = db.open().named("pxe-a".into());
     let b = db.open().named("pxe-b".into());
-    servers::heartbeat(&a, "1.0", true).unwrap();
-    servers::heartbeat(&b, "1.1", true).unwrap();
-    servers::heartbeat(&a, "1.0", false).unwrap();
+    servers::heartbeat(&a, "1.0", true, &[]).unwrap();
+    servers::heartbeat(&b, "1.1", true, &["198.18.0.2".parse().unwrap()]).unwrap();
+    servers::heartbeat(&a, "1.0", false, &[]).unwrap();
     let live = servers::live(&a, 60_000).unwrap();
     let names: Vec<&str> = live.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["pxe-a", "pxe-b"]);
     assert_eq!(live[1].version, "1.1");
+    let addrs: Vec<String> = live[1].addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        addrs,
+        ["198.18.0.2"],
+        "each server's DHCP addresses are read back"
+    );
+    assert!(live[0].addresses.is_empty());
     assert!(
         live.iter().all(|s| (0..60_000).contains(&s.age_ms)),
         "{live:?}"

@@ -298,6 +298,21 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// The value of an unlabelled metric of server `i` (0 when absent).
+    fn metric(&self, i: usize, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.segment.servers[i].0])
+            .args(["curl", "-s", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token(i)))
+            .arg("http://127.0.0.1:8079/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Server `i`'s live event stream (server-sent events), written to `path` by curl until
     /// it is killed (or 5 minutes pass).
     fn follow_events(&self, i: usize, path: &Path) -> Proc {
@@ -595,6 +610,41 @@ fn two_servers_on_one_segment_share_a_storm_and_never_ack_an_address_twice() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["pxe-0", "pxe-1"]);
+    let addresses: Vec<&serde_json::Value> = listed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["addresses"])
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            &serde_json::json!(["198.18.0.1"]),
+            &serde_json::json!(["198.18.0.2"])
+        ],
+        "each server publishes the address it answers DHCP from: {listed}"
+    );
+    // A REQUEST that took the peer's offer is the peer's to record: counted by the other
+    // server, never its event (no server here is unknown to the fleet).
+    for i in 0..2 {
+        let events = fleet.api(i, "/api/v1/events?kind=dhcp&limit=1000");
+        let noise: Vec<&serde_json::Value> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["reason"] == "other-server")
+            .collect();
+        assert!(
+            noise.is_empty(),
+            "server {i}: {} events for another server, the first {:?}",
+            noise.len(),
+            noise.first()
+        );
+    }
+    let counted: u64 = (0..2)
+        .map(|i| fleet.metric(i, "chainboot_dhcp_ignored_peer_server_total"))
+        .sum();
+    assert!(counted > 0, "REQUESTs naming the peer are counted");
     for i in 0..2 {
         let events = fleet.api(i, "/api/v1/events?kind=dhcp&limit=1000");
         let recorders: HashSet<&str> = events

@@ -22,6 +22,8 @@ pub struct Counters {
     pub ignored_unknown_arch: AtomicU64,
     pub ignored_no_subnet: AtomicU64,
     pub ignored_other_server: AtomicU64,
+    /// Messages naming a live peer of the fleet as their server (counted, no event).
+    pub ignored_peer_server: AtomicU64,
     /// Clients another live server of the fleet answers (load balancing).
     pub ignored_peer_client: AtomicU64,
     pub pool_exhausted: AtomicU64,
@@ -70,6 +72,7 @@ impl Counters {
             ("ignored_unknown_arch", g(&self.ignored_unknown_arch)),
             ("ignored_no_subnet", g(&self.ignored_no_subnet)),
             ("ignored_other_server", g(&self.ignored_other_server)),
+            ("ignored_peer_server", g(&self.ignored_peer_server)),
             ("ignored_peer_client", g(&self.ignored_peer_client)),
             ("pool_exhausted", g(&self.pool_exhausted)),
             ("drop_malformed", g(&self.drop_malformed)),

@@ -117,11 +117,20 @@ impl Engine {
         }
     }
 
-    /// A server identifier (option 54) other than ours: the message is for another server.
-    fn for_other_server(x: &Exchange<'_>) -> bool {
-        x.req
+    /// A server identifier (option 54) other than ours: the message is for another server, a
+    /// live peer of the fleet or not.
+    fn for_other_server(&self, x: &Exchange<'_>) -> Option<Ignored> {
+        let named = x
+            .req
             .opt_ip(code::SERVER_ID)
-            .is_some_and(|s| s != x.ingress.local_addr)
+            .filter(|s| *s != x.ingress.local_addr)?;
+        // A live peer of the fleet answers it; any other server on the segment is worth an
+        // event (a rogue DHCP server).
+        Some(if self.fleet.as_ref().is_some_and(|f| f.is_peer(named)) {
+            Ignored::PeerServer
+        } else {
+            Ignored::OtherServer
+        })
     }
 
     /// DISCOVER: an offer, held for the client for `offer_time`.
@@ -206,11 +215,11 @@ impl Engine {
     /// REQUEST in SELECTING state (RFC 2131 §4.3.2): the client took an offer, ours or not.
     fn selecting(&mut self, x: &Exchange<'_>, c: &Client) -> Result<(Ipv4Addr, bool), Refused> {
         let now = x.now;
-        if Self::for_other_server(x) {
+        if let Some(other) = self.for_other_server(x) {
             if let Some(ip) = self.leases.withdraw_offer(&c.key) {
                 self.account(ip, now);
             }
-            return Err(Refused::Ignored(Ignored::OtherServer));
+            return Err(Refused::Ignored(other));
         }
         let Some(ip) = Self::requested_address(x) else {
             return Err(Refused::Nak("no requested address"));
@@ -261,8 +270,8 @@ impl Engine {
 
     /// DECLINE: the client found its address in use; quarantined for `decline_time`.
     fn decline(&mut self, x: &Exchange<'_>, c: &Client) -> Handled {
-        if Self::for_other_server(x) {
-            return Handled::new(Outcome::Ignored(Ignored::OtherServer));
+        if let Some(other) = self.for_other_server(x) {
+            return Handled::new(Outcome::Ignored(other));
         }
         let now = x.now;
         let mut h = Handled::new(Outcome::Ignored(Ignored::NoReply));
@@ -297,8 +306,8 @@ impl Engine {
 
     /// RELEASE: the client gives its lease back.
     fn release(&mut self, x: &Exchange<'_>, c: &Client) -> Handled {
-        if Self::for_other_server(x) {
-            return Handled::new(Outcome::Ignored(Ignored::OtherServer));
+        if let Some(other) = self.for_other_server(x) {
+            return Handled::new(Outcome::Ignored(other));
         }
         let (now, ciaddr) = (x.now, x.req.header.ciaddr());
         let mut h = Handled::new(Outcome::Ignored(Ignored::NoReply));

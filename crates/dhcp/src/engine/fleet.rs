@@ -12,6 +12,8 @@
 //! firmware and iPXE on one machine send different identifiers but the same MAC, and one
 //! machine is best served by one server from power-on to the installer.
 
+use std::net::Ipv4Addr;
+
 /// RFC 3074 section 6's permutation of 0..=255 for the Pearson hash.
 const PEARSON: [u8; 256] = [
     251, 175, 119, 215, 81, 14, 79, 191, 103, 49, 181, 143, 186, 157, 0, 232, 31, 32, 55, 60, 152,
@@ -55,6 +57,8 @@ pub struct Fleet {
     me: String,
     /// Sorted, without duplicates, `me` included.
     live: Vec<String>,
+    /// The server identifiers (interface addresses) the live peers published, sorted.
+    peer_addresses: Vec<Ipv4Addr>,
 }
 
 impl Fleet {
@@ -68,7 +72,22 @@ impl Fleet {
         Fleet {
             me: me.to_string(),
             live,
+            peer_addresses: Vec::new(),
         }
+    }
+
+    /// The same fleet, knowing the addresses its live peers answer from (their DHCP server
+    /// identifiers, published with their heartbeats).
+    pub fn with_peer_addresses(mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Fleet {
+        self.peer_addresses = addrs.into_iter().collect();
+        self.peer_addresses.sort_unstable();
+        self.peer_addresses.dedup();
+        self
+    }
+
+    /// Whether `server_id` (a client's option 54) is a live peer of this fleet.
+    pub fn is_peer(&self, server_id: Ipv4Addr) -> bool {
+        self.peer_addresses.binary_search(&server_id).is_ok()
     }
 
     /// The live servers' names, sorted.

@@ -287,6 +287,39 @@ fn selecting_another_server_frees_our_offer() {
 }
 
 #[test]
+fn a_message_for_a_live_peer_is_told_apart_from_one_for_an_unknown_server() {
+    use super::fleet::Fleet;
+    let peer = Ipv4Addr::new(198, 18, 0, 2);
+    let rogue = Ipv4Addr::new(198, 18, 0, 254);
+    let mut e = engine(Mode::Server);
+    e.set_fleet(Some(
+        Fleet::new("pxe-a", ["pxe-b".to_string()]).with_peer_addresses([peer]),
+    ));
+    let c = e.counters().clone();
+    for (n, named, want) in [
+        (21u8, peer, Ignored::PeerServer),
+        (22, rogue, Ignored::OtherServer),
+    ] {
+        let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(n));
+        q.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 120));
+        q.server_id = Some(named);
+        let (h, reply) = send(&mut e, t0(), &ingress(67), &q);
+        assert_eq!(h.outcome, Outcome::Ignored(want), "{named}");
+        assert!(reply.is_none());
+        for msg in [MessageType::Release, MessageType::Decline] {
+            let mut m = ClientMessage::new(ClientKind::Plain, msg, mac(n));
+            m.server_id = Some(named);
+            assert_eq!(
+                send(&mut e, t0(), &ingress(67), &m).0.outcome,
+                Outcome::Ignored(want)
+            );
+        }
+    }
+    assert_eq!(c.ignored_peer_server.load(Ordering::Relaxed), 3);
+    assert_eq!(c.ignored_other_server.load(Ordering::Relaxed), 3);
+}
+
+#[test]
 fn init_reboot_and_renew() {
     let mut e = engine(Mode::Server);
     let a = dora(&mut e, t0(), mac(30));
