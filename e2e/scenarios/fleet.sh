@@ -12,9 +12,10 @@
 #   3. the operator re-arms it through B's CLI; the next power-on, answered by A again, boots
 #      to the marker: A followed what was set through B.
 # Every DHCP reply on the bridge came from A, none from B; B's API lists every DHCP answer and
-# HTTP request of the machine as done by pxe-a (B's own events of it: only the REQUESTs that
-# named A, which B saw and left alone). Without shared state the first
-# check (B knows the machine) and the third boot (A would boot the local disk) fail.
+# HTTP request of the machine as done by pxe-a, and no DHCP event of B (the REQUESTs that named
+# A, a live peer, B counts and leaves alone); A's API lists the re-arm as pxe-b's operator
+# event. Without shared state the first check (B knows the machine) and the third boot (A
+# would boot the local disk) fail.
 # Usage: e2e/scenarios/fleet.sh anchor|chainboot   (chainboot only)
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
@@ -137,17 +138,27 @@ from_b=$(tcpdump -r "$E2E_RUN/b.pcap" -n 'udp src port 67' 2>/dev/null | grep -c
 dhcp=$(b_api "/api/v1/events?mac=$mac&kind=dhcp&limit=1000") || e2e_die "B's API did not list the events"
 http=$(b_api "/api/v1/events?mac=$mac&kind=http&limit=1000") || e2e_die "B's API did not list the events"
 machine=$(b_api "/api/v1/machines/$mac") || e2e_die "B's API did not answer"
+operator=$(e2e_api "/api/v1/events?mac=$mac&kind=operator") || e2e_die "A's API did not list the events"
+metrics=$(b_api "/metrics") || e2e_die "B's metrics did not answer"
 python3 -c '
 import json, sys
 dhcp, http, m = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+ops, metrics = json.loads(sys.argv[4]), sys.argv[5]
 # A answered every DHCP message and HTTP request; B only saw the machine choose A (a REQUEST
-# naming A, broadcast, is recorded by B as ignored for another server).
+# naming A, broadcast, which B counts and leaves to A: no event of B).
 answered = sorted({e.get("server") for e in dhcp if (e.get("detail") or {}).get("outcome") in ("offer", "ack", "nak")})
 if answered != ["pxe-a"]:
     sys.exit("DHCP answers to the machine by %s (expected pxe-a only)" % answered)
 at_b = [e["detail"] for e in dhcp if e.get("server") != "pxe-a"]
-if any(d.get("outcome") != "ignored" or d.get("reason") != "other-server" for d in at_b):
+if at_b:
     sys.exit("DHCP events of another server than pxe-a: %s" % at_b)
+peer = [l for l in metrics.splitlines() if l.startswith("chainboot_dhcp_ignored_peer_server_total ")]
+if not peer or int(peer[0].split()[1]) == 0:
+    sys.exit("B counted no REQUEST naming its peer A: %s" % peer)
+# The re-arm through B is an operator event of pxe-b, listed by A.
+rearms = [e for e in ops if e.get("server") == "pxe-b" and (e.get("detail") or {}).get("action") == "rearm"]
+if len(rearms) != 1:
+    sys.exit("operator events of the machine on A: %s (expected one re-arm by pxe-b)" % ops)
 if sorted({e.get("server") for e in http}) != ["pxe-a"]:
     sys.exit("HTTP events of the machine by %s (expected pxe-a only)" % sorted({e.get("server") for e in http}))
 scripts = [e for e in http if (e.get("detail") or {}).get("what") == "script"
@@ -156,7 +167,7 @@ if len(scripts) != 3:
     sys.exit("%d script requests of the machine (expected 3 power-ons): %s" % (len(scripts), scripts))
 if not m.get("installed_ms") or m.get("last_server") != "pxe-a":
     sys.exit("after the third boot B says: %s" % m)
-print("%d DHCP events (%d answers, all by pxe-a; %d by pxe-b, each a REQUEST for pxe-a it left alone), %d HTTP events, all by pxe-a; 3 script requests"
-      % (len(dhcp), len([e for e in dhcp if e["detail"].get("outcome") != "ignored"]), len(at_b), len(http)))
-' "$dhcp" "$http" "$machine" || e2e_die "B's API on who did what"
+print("%d DHCP events (%d answers), all by pxe-a; B counted %s REQUESTs for pxe-a; %d HTTP events, all by pxe-a; 3 script requests; the re-arm an operator event of pxe-b"
+      % (len(dhcp), len([e for e in dhcp if e["detail"].get("outcome") != "ignored"]), peer[0].split()[1], len(http)))
+' "$dhcp" "$http" "$machine" "$operator" "$metrics" || e2e_die "B's API on who did what"
 e2e_log "DHCP replies: $from_a from A, none from B; B's API: every answer to $mac by pxe-a, 3 power-ons"
