@@ -1,7 +1,8 @@
 // Drives chainboot's dashboard in headless Chromium, as an operator would:
 //   node dashboard.mjs BASE_URL TOKEN MAC PROFILE SCREENSHOT.png
 // Checks that the machine shows up with its boot timeline, that the live stream connects,
-// and sets the machine's profile through the page (token typed into the prompt).
+// and sets the machine's profile through the page (token typed into the prompt), which the
+// events table then shows as an operator event (from the live stream).
 // Exit 0 on success; on failure prints why and still writes the screenshot.
 import { chromium } from "playwright-core";
 
@@ -36,7 +37,10 @@ try {
   await page.locator("#edit-token").fill(token);
   await page.locator("#edit-save").click();
   await row.locator(".profile", { hasText: `${profile} (pinned)` }).waitFor({ timeout: 10000 });
-  console.log("dashboard: machine, timeline, live stream and profile change OK");
+  // The change is an operator event, on the live stream into the events table.
+  await page.locator("#events tr", { hasText: `operator profile: null → "${profile}"` })
+    .waitFor({ timeout: 10000 });
+  console.log("dashboard: machine, timeline, live stream, profile change and its operator event OK");
 } catch (err) {
   failed = err;
 }
