@@ -12,7 +12,7 @@ use chainboot_machine::Mac;
 use chainboot_store::events::{self, EventFilter, NewEvent, Retention, MAX_PAGE};
 use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
 use chainboot_store::leases::{self, LeaseRecord, LeaseState};
-use chainboot_store::machines::MachineFacts;
+use chainboot_store::machines::{MachineFacts, MachineRecord, OperatorChange};
 use chainboot_store::{servers, Store, StoreBackend, StoreConfig, StoreError};
 use chainboot_testnet::postgres::PgCluster;
 
@@ -89,6 +89,7 @@ on_both_backends!(
     an_empty_lease_batch_writes_nothing,
     machine_facts_merge_and_the_secret_stays,
     operator_state_round_trips_and_survives_reopen,
+    an_operator_change_and_its_event_are_stored_together,
     unproven_machines_expire_and_proven_ones_stay,
     a_machines_secret_is_not_serialised,
     events_round_trip_filter_and_prune,
@@ -245,6 +246,123 @@ fn operator_state_round_trips_and_survives_reopen(db: &Db) {
     assert!(s.machine_forget(m).unwrap());
     assert!(s.machine(m).unwrap().is_none());
     assert!(s.machines().unwrap().is_empty());
+}
+
+fn an_operator_change_and_its_event_are_stored_together(db: &Db) {
+    let s = db.open().named("pxe-a".into());
+    let m = mac("52:54:00:00:00:07");
+    let event = |action: &'static str| {
+        move |before: &MachineRecord| NewEvent {
+            at_ms: 10,
+            mac: Some(m),
+            kind: events::OPERATOR.into(),
+            detail: serde_json::json!({"action": action, "old": before.pinned_profile}),
+        }
+    };
+    let operator_events = |s: &Store| {
+        events::list(
+            s,
+            &EventFilter {
+                mac: Some(m),
+                kind: Some(events::OPERATOR.into()),
+                ..EventFilter::default()
+            },
+        )
+        .unwrap()
+    };
+    // Unknown and not to be created: nothing changes, no event.
+    let none = s
+        .machine_operator_change(m, 10, None, OperatorChange::Rearm, event("rearm"))
+        .unwrap();
+    assert!(none.is_none());
+    assert!(s.machine(m).unwrap().is_none());
+    assert!(operator_events(&s).is_empty());
+    // Pinning an unknown machine records it, the change and the event.
+    let pin = OperatorChange::Profile(Some("rescue".into()));
+    let done = s
+        .machine_operator_change(m, 10, Some("sec"), pin, event("profile"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.before.pinned_profile, None);
+    let after = s.machine(m).unwrap().unwrap();
+    assert_eq!(
+        (after.pinned_profile.as_deref(), after.secret.as_str()),
+        (Some("rescue"), "sec")
+    );
+    let labels = BTreeMap::from([("rack".to_string(), "r2".to_string())]);
+    s.machine_mark_installed(m, 11, "kernel fetched").unwrap();
+    let l = s
+        .machine_operator_change(
+            m,
+            12,
+            Some("x"),
+            OperatorChange::Labels(labels),
+            event("labels"),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        l.before.secret, "sec",
+        "an existing machine is left as it was"
+    );
+    let r = s
+        .machine_operator_change(m, 13, None, OperatorChange::Rearm, event("rearm"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.before.installed_reason.as_deref(), Some("kernel fetched"));
+    let after = s.machine(m).unwrap().unwrap();
+    assert_eq!(
+        (after.labels["rack"].as_str(), after.installed_ms),
+        ("r2", None)
+    );
+    let f = s
+        .machine_operator_change(m, 14, None, OperatorChange::Forget, event("forget"))
+        .unwrap()
+        .unwrap();
+    assert!(s.machine(m).unwrap().is_none());
+    // Each change's event, as this server's, with the id it was given.
+    let list = operator_events(&s);
+    let got: Vec<(i64, &str, Option<&str>, serde_json::Value)> = list
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e.id,
+                e.detail["action"].as_str().unwrap(),
+                e.server.as_deref(),
+                e.detail["old"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                done.event_id,
+                "profile",
+                Some("pxe-a"),
+                serde_json::Value::Null
+            ),
+            (
+                l.event_id,
+                "labels",
+                Some("pxe-a"),
+                serde_json::json!("rescue")
+            ),
+            (
+                r.event_id,
+                "rearm",
+                Some("pxe-a"),
+                serde_json::json!("rescue")
+            ),
+            (
+                f.event_id,
+                "forget",
+                Some("pxe-a"),
+                serde_json::json!("rescue")
+            ),
+        ]
+    );
 }
 
 fn unproven_machines_expire_and_proven_ones_stay(db: &Db) {
