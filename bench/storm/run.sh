@@ -23,6 +23,11 @@
 # FORCE=1 (run although the machine is busy), STORM_PERF=1 (perf record -g of the server
 # processes during each run: <raw>-<side>-r<round>.perf.data and a top-of-profile .perf.txt).
 # STORM_TFTP_EXTRA (TOML lines added to chainboot's [tftp], for an A/B run of one setting).
+# STORM_SAMPLE=1: once a second during each run, the server's RSS, peak RSS and threads with
+# the server namespace's UDP sockets (TFTP transfers) and established TCP connections (HTTP) in
+# <raw>-<side>-r<round>.samples.tsv: what the memory goes with; and each thread's CPU
+# (utime+stime, last seen) in <raw>-<side>-r<round>.threads.tsv, summed by thread kind in the
+# summary: where the CPU goes.
 # Each run's JSON line also says how the harness did ("harness": the host's neighbour-table
 # overflows, UDP receive-buffer drops in each namespace, backlog drops, the simulator's own
 # CPU); the summary warns when the harness lost packets. The 10 000-machine target:
@@ -199,6 +204,27 @@ wait_port() { # wait_port PORT PID...: bounded (10 s)
   done
   echo "nothing listening on :$port after 10 s" >&2; return 1
 }
+sample_loop() { # sample_loop OUT PID...: bounded by the run's deadline
+  local out=$1 p n t0 rss hwm thr ss udp tcp; shift
+  t0=$(date +%s.%N)
+  echo -e "t_s\trss_kib\thwm_kib\tthreads\tudp_sockets\ttcp_established" >"$out"
+  for ((n = 0; n < DEADLINE + 60; n++)); do
+    rss=0; hwm=0; thr=0
+    for p in "$@"; do
+      [ -r "/proc/$p/status" ] || return 0
+      read -r a b c < <(awk '/^VmRSS:/ {r=$2} /^VmHWM:/ {h=$2} /^Threads:/ {t=$2} END {print r, h, t}' "/proc/$p/status")
+      rss=$((rss + a)); hwm=$((hwm + b)); thr=$((thr + c))
+    done
+    ss=$(ip netns exec "$S" ss -s 2>/dev/null)
+    udp=$(awk '/^UDP/ {print $2; exit}' <<<"$ss")
+    tcp=$(sed -n 's/^TCP: *[0-9]* (estab \([0-9]*\),.*/\1/p' <<<"$ss")
+    echo -e "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.1f", a - b}')\t$rss\t$hwm\t$thr\t${udp:-}\t${tcp:-}" >>"$out"
+    for p in "$@"; do
+      awk -v pid="$p" '{print pid "\t" $1 "\t" $2 "\t" $14 + $15}' /proc/"$p"/task/*/stat 2>/dev/null >>"${out%.samples.tsv}.threads.raw" || true
+    done
+    sleep 1
+  done
+}
 usage_of() { # usage_of PID...: "rss_kib cpu_s" summed over PIDs
   local p rss=0 cpu=0 r t
   for p in "$@"; do
@@ -216,7 +242,7 @@ export BENCH_COMMAND=${BENCH_COMMAND:-"${STORM_MACS:+STORM_MACS=$STORM_MACS }CON
 echo "# storm $(date -u +%FT%TZ) N=$N rounds=$ROUNDS kernel=${KMIB}MiB initrd=${IMIB}MiB spread=${SPREAD}s nproc=$(nproc) load=$LOAD_BEFORE contended=$CONTENDED chainboot=$CB" | tee "$raw"
 
 run_side() { # run_side SIDE ROUND
-  local side=$1 round=$2 pids=() out usage before after perf_pid= perf_out harness
+  local side=$1 round=$2 pids=() out usage before after perf_pid= perf_out harness sample_pid=
   rm -rf "$WORK/state" "$WORK/dnsmasq.leases"; mkdir -p "$WORK/state"
   net_up
   if [ "$side" = chainboot ]; then
@@ -237,6 +263,10 @@ run_side() { # run_side SIDE ROUND
     perf record -q -g -F 999 -o "$perf_out.data" -p "$(IFS=,; echo "${pids[*]}")" 2>/dev/null &
     perf_pid=$!
   fi
+  if [ -n "${STORM_SAMPLE:-}" ]; then
+    sample_loop "${raw%.jsonl}-$side-r$round.samples.tsv" "${pids[@]}" &
+    sample_pid=$!
+  fi
   before=$(harness_counters)
   out=$(ip netns exec "$C" "$SIM" --machines "$N" --spread "$SPREAD" --deadline "$DEADLINE" \
         --iface vc --seed "$round" ${STORM_MACS:+--random-macs} --per-machine "${raw%.jsonl}-$side-r$round.machines.jsonl") || true
@@ -247,6 +277,7 @@ run_side() { # run_side SIDE ROUND
     perf report -i "$perf_out.data" --no-children --percent-limit 0.5 --stdio -g none 2>/dev/null |
       grep -v '^$' | head -80 >"$perf_out.txt" || true
   fi
+  if [ -n "$sample_pid" ]; then kill "$sample_pid" 2>/dev/null || true; wait "$sample_pid" 2>/dev/null || true; fi
   usage=$(usage_of "${pids[@]}")
   harness=$(printf '{"neigh_table_fulls":%d,"backlog_drops":%d,"udp_rcvbuf_errors_client_ns":%d,"udp_rcvbuf_errors_server_ns":%d}' \
     $((${after% *} - ${before% *})) $((${after#* } - ${before#* })) \
@@ -300,6 +331,39 @@ for r in runs:
     lost = {k: v for k, v in h.items() if k != "simulator_cpu_s" and k != "udp_rcvbuf_errors_server_ns" and v}
     print(r["side"], r["round"], "harness:", h,
           "<- the harness dropped packets: this run measured the harness, not the server" if lost else "")
+# Where the server's CPU went, by thread kind (STORM_SAMPLE=1): DHCP's receive and commit
+# threads, the event writer, tokio's workers (the first nproc runtime threads: HTTP, TFTP's
+# request loop and task transfers, the policy) and its blocking pool (TFTP's lock-step
+# transfers, resolutions, file reads that would block). Last value seen per thread, so a
+# thread that ended between two samples loses at most a second of its CPU.
+hz = os.sysconf("SC_CLK_TCK")
+for f in sorted(glob.glob(sys.argv[1].rsplit(".", 1)[0] + "-*-r*.threads.raw")):
+    last = {}
+    for line in open(f):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 4:
+            continue
+        pid, tid, comm, ticks = parts
+        key = (pid, int(tid))
+        last[key] = (comm.strip("()"), max(float(ticks), last.get(key, ("", 0.0))[1]))
+    runtime = sorted(k for k, (c, _) in last.items() if c.startswith("tokio"))
+    workers = set(runtime[: os.cpu_count() or 1])
+    kinds = {}
+    for k, (comm, ticks) in last.items():
+        if comm.startswith("dhcp"):
+            kind = "dhcp threads"
+        elif comm.startswith("chainboot-event"):
+            kind = "event writer"
+        elif k in workers:
+            kind = "tokio workers"
+        elif comm.startswith("tokio"):
+            kind = "tokio blocking pool"
+        else:
+            kind = "other threads"
+        kinds[kind] = kinds.get(kind, 0.0) + ticks / hz
+    total = sum(kinds.values()) or 1.0
+    print(os.path.basename(f), "CPU s by thread:",
+          ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
 # The summary table's lines (bench/summary.py) and a time-to-kernel CDF (last round per side).
 cond = "contended" if sys.argv[2] == "1" else "quiet"
 base = sys.argv[1].rsplit(".", 1)[0]

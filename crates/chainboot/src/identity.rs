@@ -49,6 +49,17 @@ impl AddressBook for HostAddressBook {
     }
 }
 
+/// TFTP's question for a request over its per-prefix cap: is the source a booting machine's
+/// address? Asked of the policy's address book, which the DHCP server fills in after TFTP is
+/// bound (until then, nobody is).
+pub struct BootingMachines(pub Arc<chainboot_policy::Policy>);
+
+impl chainboot_tftp::Vouch for BootingMachines {
+    fn vouches_for(&self, ip: IpAddr) -> bool {
+        self.0.booting_machine_at(ip).is_some()
+    }
+}
+
 /// The kernel's IPv4 neighbour (ARP) table, asked one address at a time with `SIOCGARP` on the
 /// interface whose subnet holds the address: a few microseconds, no matter how many thousand
 /// entries a boot storm leaves in the table (reading `/proc/net/arp` would generate all of

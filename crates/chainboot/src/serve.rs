@@ -29,7 +29,7 @@ use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
 
 use crate::config::signed::SignedBinaries;
-use crate::identity::{HostAddressBook, NeighbourTable};
+use crate::identity::{BootingMachines, HostAddressBook, NeighbourTable};
 use crate::ipxe::IpxeBinaries;
 use crate::resolver::{FirstStages, GrubAssets, PolicyLoader, TftpNamespace};
 use crate::tls::Tls;
@@ -306,7 +306,8 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
     });
     let tftp = TftpServer::bind(&cfg.tftp, tftp_namespace)
         .with_context(|| format!("TFTP cannot listen on {}", cfg.tftp.listen))?
-        .with_observer(sh.observers.clone());
+        .with_observer(sh.observers.clone())
+        .with_vouch(Arc::new(BootingMachines(sh.policy.clone())));
     info!(listen = %tftp.local_addr(), "TFTP listening");
     Ok(tftp)
 }

@@ -583,6 +583,11 @@ fn write_tftp(w: &mut Writer, st: &OpsState) {
             s.unproven as f64,
         );
         w.counter(
+            "chainboot_tftp_leased_over_prefix_total",
+            "TFTP requests admitted over [tftp] max_per_prefix because their address is a booting machine's (a bound lease of this server's DHCP).",
+            s.leased_over_prefix,
+        );
+        w.counter(
             "chainboot_tftp_unproven_timeouts_total",
             "TFTP transfers given up before their client acknowledged anything.",
             s.unproven_timeouts,

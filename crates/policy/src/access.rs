@@ -242,6 +242,20 @@ pub fn own_address(book: &dyn AddressBook, mac: Mac, ip: IpAddr) -> Result<(), S
     }
 }
 
+/// The machine that `ip` belongs to while it boots, by the rule that lets a boot storm's
+/// first stages past TFTP's per-prefix cap: chainboot's DHCP holds a bound lease of `ip` for
+/// that MAC, and the kernel's neighbour table does not map `ip` to another hardware address
+/// (it may not know the address at all: a relayed or routed machine). An address nobody leased
+/// is nobody's, whatever its traffic says; in proxy mode (no leases here) no address is.
+pub fn booting_machine_at(book: &dyn AddressBook, ip: IpAddr) -> Option<Mac> {
+    let ip = canonical(ip);
+    let mac = book.leased_to(ip)?;
+    match book.neighbour(ip) {
+        Some(other) if other != mac => None,
+        _ => Some(mac),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (a dual-stack listener) as plain IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -468,5 +482,38 @@ mod tests {
             ),
             Ok(Proof::Lease)
         );
+    }
+
+    #[test]
+    fn a_booting_machine_is_an_address_leased_here_that_no_other_hardware_answers_for() {
+        let leased = |neigh| Book {
+            lease: Some((ip("198.18.64.10"), mac(VICTIM))),
+            neigh,
+        };
+        // Routed through a relay or a gateway: the neighbour table does not know it.
+        assert_eq!(
+            booting_machine_at(&leased(None), ip("198.18.64.10")),
+            Some(mac(VICTIM))
+        );
+        assert_eq!(
+            booting_machine_at(&leased(None), ip("::ffff:198.18.64.10")),
+            Some(mac(VICTIM))
+        );
+        // On the link, answering with the lease's hardware address.
+        let own = leased(Some((ip("198.18.64.10"), mac(VICTIM))));
+        assert_eq!(
+            booting_machine_at(&own, ip("198.18.64.10")),
+            Some(mac(VICTIM))
+        );
+        // Another host answers ARP for the leased address: not the machine that leased it.
+        let taken = leased(Some((ip("198.18.64.10"), mac(ATTACKER))));
+        assert_eq!(booting_machine_at(&taken, ip("198.18.64.10")), None);
+        // An address nobody leased is nobody's, even with a neighbour entry.
+        let squatter = Book {
+            lease: None,
+            neigh: Some((ip("198.18.64.11"), mac(ATTACKER))),
+        };
+        assert_eq!(booting_machine_at(&squatter, ip("198.18.64.11")), None);
+        assert_eq!(booting_machine_at(&leased(None), ip("198.18.64.12")), None);
     }
 }

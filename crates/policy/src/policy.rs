@@ -450,6 +450,12 @@ impl Policy {
         }
     }
 
+    /// The machine booting from `ip` (a bound lease of this host's DHCP server, not
+    /// contradicted by the neighbour table): see [`crate::access::booting_machine_at`].
+    pub fn booting_machine_at(&self, ip: std::net::IpAddr) -> Option<Mac> {
+        crate::access::booting_machine_at(self.book.get()?.as_ref(), ip)
+    }
+
     /// A boot capability for `mac` (and one profile, for a menu choice).
     pub fn capability(&self, mac: Mac, profile: Option<&str>) -> String {
         let lifetime = self.current.load().cfg.boot.capability_lifetime;

@@ -1,7 +1,8 @@
 //! Read-ahead for transfers: one positioned read (and one changed-file check) per chunk instead
 //! of per block. At blksize 512 a block costs a `pread`, an `fstat` (the content's changed-file
 //! check) and a `sendto`; reading 32 KiB or a whole window at once removes two of the three
-//! system calls per block, which measurably raises small-block throughput.
+//! system calls per block, which measurably raises small-block throughput. Content already in
+//! memory (generated scripts, first stages from the file cache) is read directly: no chunk.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -44,6 +45,9 @@ impl<S: BlockSource + ?Sized> BlockSource for ReadAhead<'_, S> {
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
+        }
+        if let Some(bytes) = self.source.in_memory() {
+            return bytes.read_at(offset, out);
         }
         let (start, len) = self.held.get();
         let end = start + len as u64;

@@ -5,7 +5,7 @@
 //! server's TID), so transfers never share a receive queue and an unknown TID is simply a
 //! datagram from the wrong source on that socket.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +19,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{self, Limits, NoVouch, Occupancy, Place, Refusal, Unproven, Vouch};
 use crate::batch::Batch;
 use crate::busy_poll::{BusyPoll, Waited};
 use crate::config::TftpConfig;
+use crate::filecache::FileCache;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
 use crate::runnable::{Runnable, RunnableSource};
@@ -46,6 +48,9 @@ pub struct TftpStats {
     /// Requests turned away by `max_per_prefix` (unacknowledged transfers per IPv4 /24, IPv6
     /// /64).
     pub busy_prefix: AtomicU64,
+    /// Requests admitted over `max_per_prefix` because their address belongs to a booting
+    /// machine (a bound lease of this host's DHCP server; see `admission.rs`).
+    pub leased_over_prefix: AtomicU64,
     /// Requests turned away because transfers whose client has not acknowledged anything
     /// yet already hold their share (`unproven_percent`) of `max_transfers`.
     pub busy_unproven: AtomicU64,
@@ -70,31 +75,16 @@ pub struct TftpStats {
     /// ACK came while polling (the rest then slept: CPU spent for nothing).
     pub busy_polls: AtomicU64,
     pub busy_polls_answered: AtomicU64,
-    /// Unacknowledged transfers per network prefix (see [`prefix_of`]), for `max_per_prefix`.
-    unproven_by_prefix: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// Unacknowledged transfers in all, per network prefix and per booting machine's address
+    /// (`admission.rs`): claimed by the receive loop, released by the transfers.
+    unproven_ledger: std::sync::Mutex<Unproven>,
 }
 
 impl TftpStats {
-    /// Transfers from `client`'s network prefix whose client has not acknowledged anything.
-    fn unproven_in_prefix(&self, client: SocketAddr) -> usize {
-        self.unproven_by_prefix
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Unproven> {
+        self.unproven_ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&prefix_of(client.ip()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn prefix_unproven(&self, prefix: IpAddr, up: bool) {
-        let mut map = self
-            .unproven_by_prefix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if up {
-            *map.entry(prefix).or_insert(0) += 1;
-        } else {
-            decrement(&mut map, prefix);
-        }
     }
 }
 
@@ -108,6 +98,7 @@ pub struct TftpStatsSnapshot {
     pub not_found: u64,
     pub busy: u64,
     pub busy_prefix: u64,
+    pub leased_over_prefix: u64,
     pub busy_unproven: u64,
     pub unproven_timeouts: u64,
     pub writes_refused: u64,
@@ -132,6 +123,7 @@ impl TftpStats {
             not_found: g(&self.not_found),
             busy: g(&self.busy),
             busy_prefix: g(&self.busy_prefix),
+            leased_over_prefix: g(&self.leased_over_prefix),
             busy_unproven: g(&self.busy_unproven),
             unproven_timeouts: g(&self.unproven_timeouts),
             writes_refused: g(&self.writes_refused),
@@ -206,16 +198,17 @@ struct Shared {
     settings: TransferSettings,
     stats: Arc<TftpStats>,
     observer: Arc<dyn TransferObserver>,
+    /// Whether an address belongs to a booting machine, for requests over `max_per_prefix`.
+    vouch: Arc<dyn Vouch>,
+    /// Small files (first stages) shared in memory by every transfer of them.
+    files: FileCache,
 }
 
 /// A bound TFTP server, ready to [`run`](TftpServer::run).
 pub struct TftpServer {
     socket: UdpSocket,
     local: SocketAddr,
-    max_transfers: usize,
-    max_per_client: usize,
-    max_per_prefix: usize,
-    max_unproven: usize,
+    limits: Limits,
     grace: Duration,
     shared: Arc<Shared>,
 }
@@ -250,16 +243,20 @@ impl TftpServer {
         Ok(TftpServer {
             socket,
             local,
-            max_transfers: config.max_transfers.max(1),
-            max_per_client: config.max_per_client.max(1),
-            max_per_prefix: config.effective_max_per_prefix(),
-            max_unproven: config.max_unproven(),
+            limits: Limits {
+                max_transfers: config.max_transfers.max(1),
+                max_per_client: config.max_per_client.max(1),
+                max_per_prefix: config.effective_max_per_prefix(),
+                max_unproven: config.max_unproven(),
+            },
             grace: config.shutdown_grace,
             shared: Arc::new(Shared {
                 resolver,
                 settings: config.transfer_settings(),
                 stats: Arc::new(TftpStats::default()),
                 observer: Arc::new(NoObserver),
+                vouch: Arc::new(NoVouch),
+                files: FileCache::default(),
                 resolve_slots: Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY)),
                 lockstep_slots: Arc::new(tokio::sync::Semaphore::new(
                     config
@@ -277,6 +274,15 @@ impl TftpServer {
     pub fn with_observer(mut self, observer: Arc<dyn TransferObserver>) -> TftpServer {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.observer = observer;
+        }
+        self
+    }
+
+    /// Installs what tells a booting machine's address (before `run`): a request over
+    /// `max_per_prefix` from such an address is still admitted (see `admission.rs`).
+    pub fn with_vouch(mut self, vouch: Arc<dyn Vouch>) -> TftpServer {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.vouch = vouch;
         }
         self
     }
@@ -343,9 +349,9 @@ impl TftpServer {
                         continue;
                     };
                     let local_ip = dst.unwrap_or(self.local.ip());
-                    match self.admit(&buf[..n], client, &occupancy, tasks.len()).await {
-                        Admission::Start(request) => {
-                            let unproven = UnprovenSlot::claim(&self.shared.stats, client);
+                    match self.admit(&buf[..n], client, &occupancy).await {
+                        Admission::Start(request, place) => {
+                            let unproven = UnprovenSlot::claim(&self.shared.stats, place);
                             let handle = tasks.spawn(run_transfer(
                                 self.shared.clone(),
                                 request,
@@ -367,13 +373,7 @@ impl TftpServer {
         Ok(())
     }
 
-    async fn admit(
-        &self,
-        datagram: &[u8],
-        client: SocketAddr,
-        occupancy: &Occupancy,
-        active: usize,
-    ) -> Admission {
+    async fn admit(&self, datagram: &[u8], client: SocketAddr, occupancy: &Occupancy) -> Admission {
         let stats = &self.shared.stats;
         let request = match proto::parse(datagram) {
             Ok(Packet::Rrq(r)) => r,
@@ -407,55 +407,49 @@ impl TftpServer {
                 return Admission::Answered;
             }
         };
-        if occupancy.running.contains(&client) {
-            // The client resent its RRQ because our first datagram is slow or lost; the
-            // running transfer will resend it. A second transfer would send from a second
-            // TID, which the client must reject.
-            bump(&stats.duplicate_requests);
-            return Admission::Answered;
-        }
-        if active >= self.max_transfers {
-            bump(&stats.busy);
-            warn!(client = %client, limit = self.max_transfers, "tftp request refused: too many transfers");
-            self.reply_error(client, ErrorCode::NotDefined, "server busy, try again")
-                .await;
-            return Admission::Answered;
-        }
-        if occupancy.per_ip(client) >= self.max_per_client {
-            bump(&stats.busy);
-            warn!(client = %client, limit = self.max_per_client, "tftp request refused: too many transfers from this client");
-            self.reply_error(
-                client,
-                ErrorCode::NotDefined,
-                "too many transfers from this client",
-            )
+        let limits = &self.limits;
+        // The vouch (a lease lookup and a neighbour-table ioctl) is asked outside the ledger's
+        // lock, which transfers take when their client first acknowledges. Only this loop
+        // claims places, so what it read cannot grow before the claim.
+        let over_prefix = stats.ledger().needs_vouch(limits, client.ip());
+        let vouched = over_prefix && self.shared.vouch.vouches_for(client.ip());
+        let decided = admission::decide(limits, occupancy, &stats.ledger(), client, || vouched);
+        let (counter, message) = match decided {
+            Ok(place) => {
+                if matches!(place, Place::Vouched(_)) {
+                    bump(&stats.leased_over_prefix);
+                    debug!(client = %client, "tftp request over the prefix cap admitted: the address is a booting machine's");
+                }
+                return Admission::Start(request, place);
+            }
+            Err(Refusal::Duplicate) => {
+                // The client resent its RRQ because our first datagram is slow or lost; the
+                // running transfer will resend it. A second transfer would send from a second
+                // TID, which the client must reject.
+                bump(&stats.duplicate_requests);
+                return Admission::Answered;
+            }
+            Err(Refusal::Busy) => {
+                warn!(client = %client, limit = limits.max_transfers, "tftp request refused: too many transfers");
+                (&stats.busy, "server busy, try again")
+            }
+            Err(Refusal::BusyClient) => {
+                warn!(client = %client, limit = limits.max_per_client, "tftp request refused: too many transfers from this client");
+                (&stats.busy, "too many transfers from this client")
+            }
+            Err(Refusal::BusyPrefix) => {
+                warn!(client = %client, prefix = %admission::prefix_of(client.ip()), limit = limits.max_per_prefix, "tftp request refused: too many transfers from this network prefix");
+                (&stats.busy_prefix, "too many transfers from this network")
+            }
+            Err(Refusal::BusyUnproven) => {
+                debug!(client = %client, limit = limits.max_unproven, "tftp request refused: too many unproven transfers");
+                (&stats.busy_unproven, "server busy, try again")
+            }
+        };
+        bump(counter);
+        self.reply_error(client, ErrorCode::NotDefined, message)
             .await;
-            return Admission::Answered;
-        }
-        // Per prefix, only transfers not yet acknowledged count: a forged or silent source
-        // never acknowledges, while a rack of real machines booting together (hundreds in
-        // one /24) acknowledges within a round trip and is never turned away.
-        if stats.unproven_in_prefix(client) >= self.max_per_prefix {
-            bump(&stats.busy_prefix);
-            warn!(client = %client, prefix = %prefix_of(client.ip()), limit = self.max_per_prefix, "tftp request refused: too many transfers from this network prefix");
-            self.reply_error(
-                client,
-                ErrorCode::NotDefined,
-                "too many transfers from this network",
-            )
-            .await;
-            return Admission::Answered;
-        }
-        // Only the receive loop claims unproven slots, so the count read here cannot grow
-        // before the claim below.
-        if stats.unproven.load(Ordering::Relaxed) >= self.max_unproven as u64 {
-            bump(&stats.busy_unproven);
-            debug!(client = %client, limit = self.max_unproven, "tftp request refused: too many unproven transfers");
-            self.reply_error(client, ErrorCode::NotDefined, "server busy, try again")
-                .await;
-            return Admission::Answered;
-        }
-        Admission::Start(request)
+        Admission::Answered
     }
 
     async fn reply_error(&self, client: SocketAddr, code: ErrorCode, message: &str) {
@@ -500,56 +494,8 @@ async fn wind_down(mut tasks: JoinSet<()>, grace: Duration, abort: CancellationT
 }
 
 enum Admission {
-    Start(Request),
+    Start(Request, Place),
     Answered,
-}
-
-/// Who holds the running transfers: client TIDs, and counts per address.
-#[derive(Default)]
-struct Occupancy {
-    running: HashSet<SocketAddr>,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-impl Occupancy {
-    fn add(&mut self, client: SocketAddr) {
-        self.running.insert(client);
-        *self.per_ip.entry(client.ip()).or_insert(0) += 1;
-    }
-
-    fn remove(&mut self, client: SocketAddr) {
-        self.running.remove(&client);
-        decrement(&mut self.per_ip, client.ip());
-    }
-
-    fn per_ip(&self, client: SocketAddr) -> usize {
-        self.per_ip.get(&client.ip()).copied().unwrap_or(0)
-    }
-}
-
-fn decrement(counts: &mut HashMap<IpAddr, usize>, key: IpAddr) {
-    if let Some(n) = counts.get_mut(&key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&key);
-        }
-    }
-}
-
-/// The network a client address belongs to for `max_per_prefix`: its IPv4 /24 (also for an
-/// IPv4 client seen through a dual-stack socket) or its IPv6 /64, the smallest block a
-/// single site is usually given, so one host cannot escape the per-address cap by using
-/// many addresses of its own network.
-fn prefix_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & 0xffff_ff00)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => prefix_of(IpAddr::V4(v4)),
-            None => IpAddr::V6(Ipv6Addr::from(
-                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
-            )),
-        },
-    }
 }
 
 /// A transfer's place in the unproven share (`[tftp] unproven_percent`), from admission until
@@ -557,19 +503,16 @@ fn prefix_of(ip: IpAddr) -> IpAddr {
 /// carries the counters the transfer reports to.
 struct UnprovenSlot {
     stats: Arc<TftpStats>,
-    held: bool,
-    prefix: IpAddr,
+    place: Option<Place>,
 }
 
 impl UnprovenSlot {
-    fn claim(stats: &Arc<TftpStats>, client: SocketAddr) -> UnprovenSlot {
+    fn claim(stats: &Arc<TftpStats>, place: Place) -> UnprovenSlot {
         stats.unproven.fetch_add(1, Ordering::Relaxed);
-        let prefix = prefix_of(client.ip());
-        stats.prefix_unproven(prefix, true);
+        stats.ledger().claim(place);
         UnprovenSlot {
             stats: stats.clone(),
-            held: true,
-            prefix,
+            place: Some(place),
         }
     }
 
@@ -585,9 +528,9 @@ impl UnprovenSlot {
     }
 
     fn release(&mut self) {
-        if std::mem::take(&mut self.held) {
+        if let Some(place) = self.place.take() {
             self.stats.unproven.fetch_sub(1, Ordering::Relaxed);
-            self.stats.prefix_unproven(self.prefix, false);
+            self.stats.ledger().release(place);
         }
     }
 }
@@ -663,7 +606,7 @@ async fn run_transfer(
 /// The request's path resolved to content, or the error to answer with (counted, logged and
 /// told to the observer here).
 async fn resolve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: &Request,
     client: SocketAddr,
 ) -> Result<(String, Content), (ErrorCode, &'static str)> {
@@ -680,21 +623,25 @@ async fn resolve(
             return Err((ErrorCode::AccessViolation, "access violation"));
         }
     };
-    let resolver = shared.resolver.clone();
     let resolve_path = path.clone();
-    // Resolvers touch the file system (and later render templates): keep that off the
-    // runtime's worker threads.
+    let path = path.as_string();
+    let shared_files = shared.clone();
+    let cache_key = path.clone();
+    // Resolvers touch the file system (and later render templates), and a small file is read
+    // whole into the cache: keep that off the runtime's worker threads.
     let slot = shared.resolve_slots.clone().acquire_owned().await;
     let resolved = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        resolver.resolve(&chainboot_content::Request {
-            path: &resolve_path,
-            client,
-            transport: Transport::Tftp,
-        })
+        shared_files
+            .resolver
+            .resolve(&chainboot_content::Request {
+                path: &resolve_path,
+                client,
+                transport: Transport::Tftp,
+            })
+            .map(|content| shared_files.files.get(&cache_key, content))
     })
     .await;
-    let path = path.as_string();
     match resolved {
         Ok(Ok(content)) => Ok((path, content)),
         Ok(Err(e)) => {
@@ -981,8 +928,8 @@ struct Polling {
 
 impl Polling {
     /// Waits for the client's next datagram right after a block went out: busy-polls first
-    /// when `may_poll` and the sans-IO policy asks for it, else blocks (up to
-    /// [`LOCKSTEP_TICK`]); what it saw (answered within the poll, missed, the client's
+    /// when `may_poll` and the sans-IO policy asks for it, else blocks (up to the socket's
+    /// receive timeout, see [`wait_until`]); what it saw (answered within the poll, missed, the client's
     /// turnaround) goes back into the policy.
     fn wait(
         &mut self,
@@ -1030,9 +977,21 @@ impl Polling {
     }
 }
 
-/// How often a lock-step thread waiting for an ACK looks at the clock and the abort token:
-/// the retransmission timer's resolution on that path.
-const LOCKSTEP_TICK: Duration = Duration::from_millis(20);
+/// Longest a lock-step thread waits for an ACK before it looks at the abort token again; it
+/// wakes earlier when the transfer's retransmission deadline comes first (see
+/// [`wait_until`]). A fixed 20 ms tick used to wake every thread whose client was slower than
+/// that fifty times a second for nothing: in a boot storm on a loaded server, most of them.
+const LOCKSTEP_TICK: Duration = Duration::from_millis(200);
+
+/// The receive timeout that wakes a lock-step thread at `deadline` (whole milliseconds, at
+/// least one, at most [`LOCKSTEP_TICK`]). The thread changes its socket's option only when
+/// this differs from the one set: in lock-step the deadline is a whole timeout away after
+/// every block, so that is around retransmissions only.
+fn wait_until(deadline: Instant, now: Instant) -> Duration {
+    let left = deadline.saturating_duration_since(now);
+    let ms = left.as_micros().div_ceil(1000).max(1);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).min(LOCKSTEP_TICK)
+}
 
 /// A thread for this transfer if it is lock-step and one is free.
 ///
@@ -1066,9 +1025,10 @@ fn drive_blocking(
     mut polling: Polling,
 ) {
     let stats = unproven.stats();
+    let mut tick = LOCKSTEP_TICK;
     if let Err(e) = socket
         .set_nonblocking(false)
-        .and_then(|()| socket.set_read_timeout(Some(LOCKSTEP_TICK)))
+        .and_then(|()| socket.set_read_timeout(Some(tick)))
     {
         warn!(client = %client, error = %e, "tftp: cannot make the transfer socket blocking");
         transfer.abort("internal error: transfer socket");
@@ -1093,10 +1053,17 @@ fn drive_blocking(
             transfer.abort("server shutting down");
             continue;
         }
-        if transfer.poll_timeout().is_none() {
+        let Some(deadline) = transfer.poll_timeout() else {
             // As in `drive`: cannot happen; end rather than hang if it ever does.
             transfer.abort("internal error: transfer stalled");
             continue;
+        };
+        let want = wait_until(deadline, Instant::now());
+        if want != tick {
+            // Best effort: with the old timeout the thread only wakes a little off.
+            if socket.set_read_timeout(Some(want)).is_ok() {
+                tick = want;
+            }
         }
         let may_poll = stats.active.load(Ordering::Relaxed) <= polling.max_transfers;
         let received = polling.wait(&socket, &mut inbuf, client, may_poll, &runnable, &stats);
@@ -1210,6 +1177,18 @@ async fn recv_with_destination(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lockstep_thread_wakes_at_the_deadline_or_after_a_tick() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(wait_until(now + Duration::from_secs(1), now), LOCKSTEP_TICK);
+        assert_eq!(wait_until(now + ms(37), now), ms(37));
+        assert_eq!(wait_until(now + Duration::from_micros(36_100), now), ms(37));
+        // Due or past: the shortest wait the socket option takes (zero would mean "forever").
+        assert_eq!(wait_until(now, now), ms(1));
+        assert_eq!(wait_until(now, now + ms(5)), ms(1));
+    }
 
     #[test]
     fn ipv4_clients_of_a_dual_stack_socket_get_an_ipv4_transfer_socket() {

@@ -22,15 +22,29 @@ use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 pub trait BlockSource {
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at the end.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// All the bytes, when they are in memory: then reading ahead into a buffer of its own
+    /// would only copy them twice.
+    fn in_memory(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl BlockSource for chainboot_content::Content {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         chainboot_content::Content::read_at(self, offset, buf)
     }
+
+    fn in_memory(&self) -> Option<&[u8]> {
+        self.as_bytes().map(|b| &b[..])
+    }
 }
 
 impl BlockSource for [u8] {
+    fn in_memory(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let Ok(start) = usize::try_from(offset) else {
             return Ok(0);

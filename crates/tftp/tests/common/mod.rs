@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chainboot_content::Root;
 use chainboot_tftp::proto::{self, Packet};
-use chainboot_tftp::{TftpConfig, TftpServer, TftpStats, TransferObserver};
+use chainboot_tftp::{TftpConfig, TftpServer, TftpStats, TransferObserver, Vouch};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,20 @@ impl TestServer {
         observer: Option<Arc<dyn TransferObserver>>,
         runnable: Option<u32>,
     ) -> TestServer {
+        TestServer::start_full(config, observer, runnable, None)
+    }
+
+    /// As `start_with`, and with `vouch` telling booting machines' addresses.
+    pub fn start_vouched(config: TftpConfig, vouch: Arc<dyn Vouch>) -> TestServer {
+        TestServer::start_full(config, None, None, Some(vouch))
+    }
+
+    fn start_full(
+        config: TftpConfig,
+        observer: Option<Arc<dyn TransferObserver>>,
+        runnable: Option<u32>,
+        vouch: Option<Arc<dyn Vouch>>,
+    ) -> TestServer {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"SECRET-OUTSIDE-THE-ROOT").unwrap();
@@ -75,6 +89,10 @@ impl TestServer {
         };
         let server = match runnable {
             Some(n) => server.with_runnable_count(n),
+            None => server,
+        };
+        let server = match vouch {
+            Some(v) => server.with_vouch(v),
             None => server,
         };
         let addr = server.local_addr();
