@@ -205,9 +205,9 @@ wait_port() { # wait_port PORT PID...: bounded (10 s)
   echo "nothing listening on :$port after 10 s" >&2; return 1
 }
 sample_loop() { # sample_loop OUT PID...: bounded by the run's deadline
-  local out=$1 p n t0 rss hwm thr ss udp tcp; shift
+  local out=$1 p n t0 rss hwm thr ss udp tcp rq; shift
   t0=$(date +%s.%N)
-  echo -e "t_s\trss_kib\thwm_kib\tthreads\tudp_sockets\ttcp_established" >"$out"
+  echo -e "t_s\trss_kib\thwm_kib\tthreads\tudp_sockets\ttcp_established\ttftp_request_queue_bytes" >"$out"
   for ((n = 0; n < DEADLINE + 60; n++)); do
     rss=0; hwm=0; thr=0
     for p in "$@"; do
@@ -218,7 +218,8 @@ sample_loop() { # sample_loop OUT PID...: bounded by the run's deadline
     ss=$(ip netns exec "$S" ss -s 2>/dev/null)
     udp=$(awk '/^UDP/ {print $2; exit}' <<<"$ss")
     tcp=$(sed -n 's/^TCP: *[0-9]* (estab \([0-9]*\),.*/\1/p' <<<"$ss")
-    echo -e "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.1f", a - b}')\t$rss\t$hwm\t$thr\t${udp:-}\t${tcp:-}" >>"$out"
+    rq=$(ip netns exec "$S" ss -Huln 'sport = :69' 2>/dev/null | awk '{q += $2} END {print q + 0}')
+    echo -e "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.1f", a - b}')\t$rss\t$hwm\t$thr\t${udp:-}\t${tcp:-}\t$rq" >>"$out"
     for p in "$@"; do
       awk -v pid="$p" '{print pid "\t" $1 "\t" $2 "\t" $14 + $15}' /proc/"$p"/task/*/stat 2>/dev/null >>"${out%.samples.tsv}.threads.raw" || true
     done
@@ -354,6 +355,8 @@ for f in sorted(glob.glob(sys.argv[1].rsplit(".", 1)[0] + "-*-r*.threads.raw")):
             kind = "dhcp threads"
         elif comm.startswith("chainboot-event"):
             kind = "event writer"
+        elif comm.startswith("tftp"):
+            kind = "tftp resolvers"
         elif k in workers:
             kind = "tokio workers"
         elif comm.startswith("tokio"):

@@ -28,6 +28,7 @@ mod config;
 mod filecache;
 pub mod proto;
 mod readahead;
+mod resolve_pool;
 mod runnable;
 pub mod server;
 mod socket;

@@ -26,6 +26,7 @@ use crate::config::TftpConfig;
 use crate::filecache::FileCache;
 use crate::proto::{self, ErrorCode, Mode, Packet, Request};
 use crate::readahead::ReadAhead;
+use crate::resolve_pool::ResolvePool;
 use crate::runnable::{Runnable, RunnableSource};
 use crate::socket::{recv_polling, TransferSocket};
 use crate::transfer::{BlockSource, Handled, Outcome, Transfer, TransferSettings};
@@ -185,8 +186,8 @@ impl TransferObserver for NoObserver {}
 /// What every transfer task shares.
 struct Shared {
     resolver: Arc<dyn Resolver>,
-    /// Bounds resolutions running at once on the blocking pool (see [`RESOLVE_CONCURRENCY`]).
-    resolve_slots: Arc<tokio::sync::Semaphore>,
+    /// The threads that resolve paths (see `resolve_pool.rs`).
+    resolvers: ResolvePool,
     /// Lock-step transfers that may run on a thread of their own (see [`lockstep_thread`]).
     lockstep_slots: Arc<tokio::sync::Semaphore>,
     /// `[tftp] busy_poll`, and the most transfers running at once for which a lock-step
@@ -216,11 +217,11 @@ pub struct TftpServer {
 /// Receive buffer of the request socket: a boot storm sends hundreds of RRQs at once, and
 /// each small datagram costs about a kilobyte of buffer in the kernel.
 const REQUEST_SOCKET_RCVBUF: usize = 4 << 20;
-/// Path resolutions running at once. Each runs on tokio's blocking pool; in a boot storm an
-/// unbounded number would make the pool start a thread per request (measured: 246 threads and
-/// 0.57 s for 500 clients on a fresh server, 0.35 s once the threads existed), while a
-/// resolution takes tens of microseconds.
-const RESOLVE_CONCURRENCY: usize = 16;
+/// Threads resolving paths: resolutions running at once. A resolution takes tens of
+/// microseconds (a small file's bytes come from the file cache), so a few threads keep up
+/// with any storm; more would only be idle (an unbounded number used to start a thread per
+/// request: 246 threads for 500 clients on a fresh server).
+const RESOLVE_THREADS: usize = 4;
 /// Largest datagram we read on the request socket; requests longer than this are malformed.
 const MAX_REQUEST: usize = 2048;
 /// Unknown TIDs answered per transfer; beyond this they are only counted (bounded memory and
@@ -257,7 +258,7 @@ impl TftpServer {
                 observer: Arc::new(NoObserver),
                 vouch: Arc::new(NoVouch),
                 files: FileCache::default(),
-                resolve_slots: Arc::new(tokio::sync::Semaphore::new(RESOLVE_CONCURRENCY)),
+                resolvers: ResolvePool::start(RESOLVE_THREADS)?,
                 lockstep_slots: Arc::new(tokio::sync::Semaphore::new(
                     config
                         .lockstep_threads
@@ -627,24 +628,24 @@ async fn resolve(
     let path = path.as_string();
     let shared_files = shared.clone();
     let cache_key = path.clone();
-    // Resolvers touch the file system (and later render templates), and a small file is read
-    // whole into the cache: keep that off the runtime's worker threads.
-    let slot = shared.resolve_slots.clone().acquire_owned().await;
-    let resolved = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        shared_files
-            .resolver
-            .resolve(&chainboot_content::Request {
-                path: &resolve_path,
-                client,
-                transport: Transport::Tftp,
-            })
-            .map(|content| shared_files.files.get(&cache_key, content))
-    })
-    .await;
+    // Resolvers touch the file system (and render templates), and a small file is read whole
+    // into the cache: on the resolver threads, off the runtime's workers.
+    let resolved = shared
+        .resolvers
+        .run(move || {
+            shared_files
+                .resolver
+                .resolve(&chainboot_content::Request {
+                    path: &resolve_path,
+                    client,
+                    transport: Transport::Tftp,
+                })
+                .map(|content| shared_files.files.get(&cache_key, content))
+        })
+        .await;
     match resolved {
-        Ok(Ok(content)) => Ok((path, content)),
-        Ok(Err(e)) => {
+        Some(Ok(content)) => Ok((path, content)),
+        Some(Err(e)) => {
             let answer = match &e {
                 ResolveError::NotFound | ResolveError::IsDirectory => {
                     bump(&stats.not_found);
@@ -665,9 +666,9 @@ async fn resolve(
             shared.observer.on_refused(client, &path, &e.to_string());
             Err(answer)
         }
-        Err(e) => {
+        None => {
             bump(&stats.failed);
-            warn!(client = %client, path = %path, error = %e, "tftp resolver panicked");
+            warn!(client = %client, path = %path, "tftp resolver panicked");
             Err((ErrorCode::NotDefined, "cannot read file"))
         }
     }

@@ -538,9 +538,10 @@ fn ipv6_and_dual_stack_listeners_serve_both_families() {
 }
 
 #[test]
-fn a_file_rewritten_mid_transfer_ends_it_with_an_error_not_mixed_bytes() {
+fn a_large_file_rewritten_mid_transfer_ends_it_with_an_error_not_mixed_bytes() {
     let srv = TestServer::start();
-    let path = srv.file("f", 200_000);
+    // Larger than the file cache keeps (3 MiB): read from the file as it is sent.
+    let path = srv.file("f", (3 << 20) + 1);
     let original = std::fs::read(&path).unwrap();
     let c = raw_client("127.0.0.1");
     c.send_to(&rrq("f", &[]), srv.addr).unwrap();
@@ -571,4 +572,39 @@ fn a_file_rewritten_mid_transfer_ends_it_with_an_error_not_mixed_bytes() {
     );
     eventually(|| srv.stats.snapshot().failed == 1);
     assert_eq!(srv.stats.snapshot().failed, 1);
+}
+
+#[test]
+fn a_small_file_rewritten_mid_transfer_is_sent_whole_as_it_was_and_then_as_it_is() {
+    let srv = TestServer::start();
+    let path = srv.file("ipxe.efi", 200_000);
+    let original = std::fs::read(&path).unwrap();
+    let c = raw_client("127.0.0.1");
+    c.send_to(&rrq("ipxe.efi", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&c).unwrap();
+    assert_eq!(describe(&p), "DATA 1 (512)");
+    let mut got = p[4..].to_vec();
+    // Replaced in place (same inode, new length and mtime), as a careless `cp` would.
+    let new = vec![0xAAu8; 150_000];
+    std::fs::write(&path, &new).unwrap();
+    let mut block = 1u16;
+    loop {
+        c.send_to(&ack(block), tid).unwrap();
+        if got.len() == original.len() {
+            break;
+        }
+        let (p, _) = recv(&c).expect("server went silent");
+        match proto::parse(&p).unwrap() {
+            Packet::Data { block: b, data } => {
+                assert_eq!(b, block.wrapping_add(1));
+                got.extend_from_slice(data);
+                block = b;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(got == original, "the transfer did not send the original whole");
+    assert!(eventually(|| srv.stats.snapshot().finished == 1));
+    // The next transfer sends the file as it is now.
+    assert_eq!(raw_get(srv.addr, "ipxe.efi").as_deref(), Ok(&new[..]));
 }
