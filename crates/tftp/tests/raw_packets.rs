@@ -603,7 +603,10 @@ fn a_small_file_rewritten_mid_transfer_is_sent_whole_as_it_was_and_then_as_it_is
             other => panic!("{other:?}"),
         }
     }
-    assert!(got == original, "the transfer did not send the original whole");
+    assert!(
+        got == original,
+        "the transfer did not send the original whole"
+    );
     assert!(eventually(|| srv.stats.snapshot().finished == 1));
     // The next transfer sends the file as it is now.
     assert_eq!(raw_get(srv.addr, "ipxe.efi").as_deref(), Ok(&new[..]));
