@@ -93,7 +93,9 @@ net_down() {
 mkdir -p "$WORK/http" "$WORK/tftp" "$WORK/nginx/tmp"
 head -c $((KMIB << 20)) /dev/urandom >"$WORK/http/vmlinuz"
 head -c $((IMIB << 20)) /dev/urandom >"$WORK/http/initrd.img"
-cp -L /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$WORK/tftp/"
+# The anchor hands out the same first stages as chainboot's default config (undionly.kpxe and
+# snponly.efi from /usr/lib/ipxe), so both sides move the same bytes over TFTP.
+cp -L /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/snponly.efi "$WORK/tftp/"
 cat >"$WORK/http/boot.ipxe" <<'S'
 #!ipxe
 chain --replace --autofree http://198.18.0.1/ipxe?mac=${mac:hexhyp}&platform=${platform:uristring}
@@ -191,7 +193,7 @@ dhcp-userclass=set:ipxe,iPXE
 dhcp-match=set:efi64,option:client-arch,7
 dhcp-match=set:efi64,option:client-arch,9
 dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,198.18.0.1
-dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,198.18.0.1
+dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi,,198.18.0.1
 dhcp-boot=tag:ipxe,http://198.18.0.1/boot.ipxe
 EOF
 
