@@ -318,6 +318,36 @@ impl Content {
     }
 }
 
+impl Content {
+    /// For `sendfile`: the backing file and the absolute file offset of `[offset, offset+len)`
+    /// when that range lies inside one extent and the page cache holds all of it now, so that
+    /// sending it does not wait for the disk. `None` otherwise (generated content, a range
+    /// across extents, pages not cached, or a kernel that cannot say): read it instead.
+    pub fn cached_file_range(&self, offset: u64, len: u64) -> Option<(&Arc<File>, u64)> {
+        let (file, at) = self.file_range(offset, len)?;
+        crate::cache::range_cached(file, at, len)
+            .unwrap_or(false)
+            .then_some((file, at))
+    }
+
+    /// Fails with [`changed_error`] when the backing file changed since the content was
+    /// opened (what [`Content::read_at`] checks after each read, for callers that send the
+    /// file's bytes without reading them).
+    pub fn check_unchanged(&self) -> io::Result<()> {
+        match &self.body {
+            Body::Bytes(_) => Ok(()),
+            Body::File {
+                file, fingerprint, ..
+            } => {
+                if Fingerprint::of(file)? != *fingerprint {
+                    return Err(changed_error());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
         match file.read_at(buf, offset) {

@@ -31,6 +31,7 @@ pub mod lab;
 mod per_client;
 mod response;
 mod routes;
+mod sendfile;
 mod server;
 mod stats;
 pub mod tls;

@@ -15,6 +15,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::Frame;
 use parking_lot::Mutex;
+
+use crate::sendfile::LaneSlot;
 use tokio::task::JoinHandle;
 
 /// Bytes read per positioned read while streaming. Large enough that the per-read costs (a
@@ -125,6 +127,7 @@ pub(crate) fn respond(
             return with_headers(resp, &validators);
         }
     };
+    let mut slot = None;
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else if let Some(bytes) = content.as_bytes() {
@@ -132,9 +135,15 @@ pub(crate) fn respond(
     } else if let Some(bytes) = prefetched.filter(|b| b.len() as u64 == len) {
         Body::from(bytes.slice(start as usize..end as usize))
     } else {
-        Body::new(ContentBody::new(content, start, end))
+        let body = ContentBody::new(content, start, end);
+        slot = Some(body.lane.clone());
+        Body::new(body)
     };
     let mut resp = Response::new(body);
+    if let Some(slot) = slot {
+        // The server fills it with the connection's lane when the connection is plain TCP.
+        resp.extensions_mut().insert(slot);
+    }
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     // A static string: the header value shares it instead of copying it per response.
@@ -346,6 +355,8 @@ struct ContentBody {
     yielded: bool,
     /// The buffer of a sent chunk, back from hyper.
     spare: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The connection's lane for `sendfile`, once the server has said it has one.
+    lane: LaneSlot,
 }
 
 /// A chunk's buffer as the bytes of a frame: when hyper drops the frame, the buffer goes back
@@ -397,6 +408,7 @@ impl ContentBody {
             pending: None,
             yielded: false,
             spare: Arc::new(Mutex::new(None)),
+            lane: LaneSlot::default(),
         }
     }
 
@@ -412,6 +424,17 @@ impl ContentBody {
             }
             _ => vec![0; n],
         }
+    }
+
+    /// On a plain connection, the next chunk as a stand-in the socket sends with `sendfile`
+    /// ([`crate::sendfile`]), when the page cache holds all of it (`sendfile` must not wait for
+    /// the disk on the async worker). Always a full [`CHUNK`]: a stand-in holds no memory, so
+    /// it need not shrink when many bodies stream. `None`: read the chunk instead.
+    fn stand_in(&self) -> Option<Bytes> {
+        let lane = self.lane.0.get()?;
+        let n = (self.end - self.pos).min(CHUNK as u64);
+        let (file, at) = self.content.cached_file_range(self.pos, n)?;
+        lane.stand_in(&self.content, file, at, n as usize)
     }
 
     /// Poisons the body: an error ends it, and hyper aborts the connection, so the client sees
@@ -441,6 +464,10 @@ impl http_body::Body for ContentBody {
                 return Poll::Pending;
             }
             this.yielded = false;
+            if let Some(bytes) = this.stand_in() {
+                this.pos += bytes.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
             let n = (this.end - this.pos).min(chunk_size() as u64) as usize;
             let mut buf = this.buffer(n);
             match this.content.read_cached_at(this.pos, &mut buf) {

@@ -24,6 +24,7 @@ use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::per_client::PerClient;
+use crate::sendfile::{Lane, LaneSlot};
 use crate::stats::{AccessRecord, LoggedBody};
 use crate::{HttpConfig, HttpObserver, HttpStats, NoObserver};
 use chainboot_content::{Served, What};
@@ -416,6 +417,9 @@ struct TrackedStream {
     /// can be closed gracefully ([`linger_close`]) after hyper is done with it. `None` once
     /// sent, or when the connection is to end with a reset (send timeout).
     on_close: Option<tokio::sync::oneshot::Sender<Socket>>,
+    /// File segments to send with `sendfile` where hyper writes their stand-ins (plain TCP
+    /// only; `None` under TLS).
+    lane: Option<Lane>,
 }
 
 impl Drop for TrackedStream {
@@ -471,6 +475,53 @@ impl TrackedStream {
     }
 }
 
+impl TrackedStream {
+    /// A write of `bufs`, among which is a file chunk's stand-in: the bytes before it are
+    /// written, or, when it comes first, its file range is sent with `sendfile`
+    /// ([`Lane::write`]). Without a lane (or for a stand-in that matches no segment) the write
+    /// fails and the connection ends: a stand-in's zeros are never sent.
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(lane) = &self.lane else {
+            return Poll::Ready(Err(io::Error::other(
+                "file stand-in on a connection without sendfile",
+            )));
+        };
+        let (sock, stats) = (&self.inner, &self.stats);
+        loop {
+            match sock.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.write_pending(cx),
+            }
+            let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+                lane.write(
+                    bufs,
+                    |b| socket2::SockRef::from(sock).send_vectored(b),
+                    |file, offset, len| {
+                        let n = crate::sendfile::sendfile(sock, file, offset, len)?;
+                        stats.sendfile_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        Ok(n)
+                    },
+                )
+            });
+            match r {
+                // Readiness is cleared: the next poll waits for the socket.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => {
+                    if r.is_ok() {
+                        self.wrote();
+                    }
+                    return Poll::Ready(r);
+                }
+            }
+        }
+    }
+}
+
 impl AsyncRead for TrackedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -504,6 +555,9 @@ impl AsyncWrite for TrackedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if crate::sendfile::any_placeholder(&[io::IoSlice::new(buf)]) {
+            return this.poll_send_file(cx, &[io::IoSlice::new(buf)]);
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 this.wrote();
@@ -519,6 +573,9 @@ impl AsyncWrite for TrackedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if crate::sendfile::any_placeholder(bufs) {
+            return this.poll_send_file(cx, bufs);
+        }
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(r) => {
                 this.wrote();
@@ -555,6 +612,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
     ctx.observer.on_connection(peer);
 
     let activity = Arc::new(Activity::new());
+    // File bodies go out with sendfile on plain TCP; TLS must encrypt them in user space.
+    let lane = ctx.tls.is_none().then(Lane::default);
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
     let tracked = TrackedStream {
         inner: stream,
@@ -565,6 +624,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
         send_timer: None,
         write_blocked: false,
         on_close: Some(closed_tx),
+        lane: lane.clone(),
     };
     let Some(io) = crate::tls::wrap(ctx.tls.as_deref(), tracked, &ctx.cfg, &ctx.stats, peer).await
     else {
@@ -579,7 +639,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
     let service = {
         let (ctx, activity) = (ctx.clone(), activity.clone());
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            answer(ctx.clone(), activity.clone(), peer, req)
+            answer(ctx.clone(), activity.clone(), lane.clone(), peer, req)
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -642,6 +702,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
 async fn answer(
     ctx: Arc<ConnCtx>,
     activity: Arc<Activity>,
+    lane: Option<Lane>,
     peer: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<LoggedBody>, std::convert::Infallible> {
@@ -694,6 +755,10 @@ async fn answer(
         .headers
         .entry(http::header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(http::HeaderValue::from_static("nosniff"));
+    if let (Some(slot), Some(lane)) = (parts.extensions.remove::<LaneSlot>(), lane) {
+        // A file body may now send its cached chunks with sendfile.
+        let _ = slot.0.set(lane);
+    }
     record.status = parts.status;
     record.take_served(&mut parts.extensions);
     let body = LoggedBody::new(

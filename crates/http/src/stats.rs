@@ -41,6 +41,9 @@ pub struct HttpStats {
     /// Connections reset because the client accepted no bytes for `send_timeout` (also in
     /// `connections_timed_out`).
     pub send_timeouts: AtomicU64,
+    /// Body bytes sent with `sendfile` (file chunks the page cache held, on plain HTTP),
+    /// also counted in `bytes_sent`.
+    pub sendfile_bytes: AtomicU64,
     /// TLS handshakes completed.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or did not finish within `header_read_timeout` (the latter

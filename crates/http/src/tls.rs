@@ -647,6 +647,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<IO> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            // A file chunk's stand-in would be encrypted as its zeros: refuse it (the body
+            // never yields one on a TLS connection; this keeps a bug from reaching a client).
+            MaybeTls::Tls(_) if crate::sendfile::any_placeholder(&[io::IoSlice::new(buf)]) => {
+                Poll::Ready(Err(io::Error::other("file stand-in on a TLS connection")))
+            }
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -658,6 +663,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<IO> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(_) if crate::sendfile::any_placeholder(bufs) => {
+                Poll::Ready(Err(io::Error::other("file stand-in on a TLS connection")))
+            }
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }

@@ -1472,3 +1472,258 @@ async fn a_thread_stuck_in_a_handler_leaves_new_connections_to_the_other_threads
         .unwrap()
         .unwrap();
 }
+
+fn sendfile_bytes(s: &Server) -> u64 {
+    s.stats
+        .sendfile_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_files_go_out_with_sendfile_byte_exact_whole_and_in_ranges() {
+    let s = start(|_| {}).await;
+    let big = &s.files["big.bin"];
+    let url = format!("{}/files/big.bin", s.base);
+    // Not in the page cache: the chunks are read (blocking pool), and still arrive exact.
+    let f = std::fs::File::open(s.root.join("big.bin")).unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let r = curl(&[&url]).await;
+    assert_eq!((r.status, sha(&r.body)), (200, sha(big)));
+    // Now cached (just read): sent from the page cache without a copy.
+    let before = sendfile_bytes(&s);
+    let r = curl(&[&url]).await;
+    assert_eq!((r.status, sha(&r.body)), (200, sha(big)));
+    let by_sendfile = sendfile_bytes(&s) - before;
+    assert!(
+        by_sendfile >= big.len() as u64 - (1 << 20),
+        "only {by_sendfile} of {} bytes by sendfile",
+        big.len()
+    );
+    // Ranges, across the chunk boundary and the file's end.
+    let chunk = chainboot_http::CHUNK;
+    for (range, from, to) in [
+        (format!("{}-{}", chunk - 1, chunk), chunk - 1, chunk + 1),
+        ("100-300000".to_string(), 100, 300_001),
+        ("0-0".to_string(), 0, 1),
+        ("-1000".to_string(), big.len() - 1000, big.len()),
+        (format!("{}-", 3 * chunk + 7), 3 * chunk + 7, big.len()),
+    ] {
+        let r = curl(&["-r", &range, &url]).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(sha(&r.body), sha(&big[from..to]), "{range}");
+    }
+    // What the access log and the observer saw: every byte, complete.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recs = s.recorder.0.lock().unwrap().clone();
+    let whole: Vec<_> = recs.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(whole.len(), 2);
+    for r in whole {
+        assert_eq!((r.bytes, r.complete), (big.len() as u64, true));
+    }
+    s.shutdown().await;
+}
+
+/// Reads one response (head and Content-Length body) from `sock`, with `buf` holding what was
+/// read past the previous one.
+fn read_response(
+    sock: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head_only: bool,
+) -> (u16, Vec<u8>) {
+    use std::io::Read;
+    let mut tmp = vec![0u8; 64 * 1024];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = sock.read(&mut tmp).unwrap();
+        assert!(n > 0, "connection closed before a response head");
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    let len = if head_only { 0 } else { len };
+    buf.drain(..end);
+    while buf.len() < len {
+        let n = sock.read(&mut tmp).unwrap();
+        assert!(n > 0, "connection closed mid-body");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    (status, buf.drain(..len).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keep_alive_connection_mixes_sendfile_bodies_and_other_responses_in_order() {
+    let s = start(|_| {}).await;
+    let (addr, files) = (s.addr, s.files.clone());
+    // Cache the files first, so the big ones go by sendfile.
+    for name in ["big.bin", "ipxe-bin/ipxe.efi"] {
+        let path = if name.starts_with("ipxe-bin") {
+            name.to_string()
+        } else {
+            format!("files/{name}")
+        };
+        assert_eq!(curl(&[&format!("{}/{path}", s.base)]).await.status, 200);
+    }
+    let before = sendfile_bytes(&s);
+    let big = files["big.bin"].clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let chunk = chainboot_http::CHUNK;
+        // Method, path, Range, status, body.
+        type Req<'a> = (&'a str, &'a str, Option<String>, u16, Option<Vec<u8>>);
+        let reqs: Vec<Req> = vec![
+            (
+                "GET",
+                "/files/big.bin",
+                Some(format!("bytes=10-{}", 2 * chunk + 10)),
+                206,
+                Some(big[10..2 * chunk + 11].to_vec()),
+            ),
+            (
+                "GET",
+                "/files/small.txt",
+                None,
+                200,
+                Some(files["small.txt"].clone()),
+            ),
+            ("GET", "/files/missing", None, 404, None),
+            ("HEAD", "/files/big.bin", None, 200, Some(Vec::new())),
+            (
+                "GET",
+                "/ipxe-bin/ipxe.efi",
+                None,
+                200,
+                Some(files["ipxe-bin/ipxe.efi"].clone()),
+            ),
+            (
+                "GET",
+                "/files/boot.ipxe",
+                None,
+                200,
+                Some(files["boot.ipxe"].clone()),
+            ),
+            ("GET", "/files/big.bin", None, 200, Some(big.clone())),
+            ("GET", "/files/empty", None, 200, Some(Vec::new())),
+        ];
+        // Pipelined: all requests at once, answers read in order.
+        let mut out = Vec::new();
+        for (method, path, range, _, _) in &reqs {
+            write!(out, "{method} {path} HTTP/1.1\r\nHost: t\r\n").unwrap();
+            if let Some(r) = range {
+                write!(out, "Range: {r}\r\n").unwrap();
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        sock.write_all(&out).unwrap();
+        let mut buf = Vec::new();
+        for (method, path, _, status, body) in &reqs {
+            let (got, bytes) = read_response(&mut sock, &mut buf, *method == "HEAD");
+            assert_eq!(got, *status, "{method} {path}");
+            if let Some(b) = body {
+                assert_eq!(sha(&bytes), sha(b), "{method} {path}");
+            }
+        }
+        assert!(buf.is_empty(), "nothing after the last response");
+    })
+    .await
+    .unwrap();
+    assert!(sendfile_bytes(&s) - before >= (8 << 20) as u64);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte_sent_by_sendfile() {
+    let s = start(|_| {}).await;
+    let url = format!("{}/files/big.bin", s.base);
+    assert_eq!(curl(&[&url]).await.status, 200);
+    let before = sendfile_bytes(&s);
+    let (addr, big) = (s.addr, s.files["big.bin"].clone());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        // A 4 KiB receive window read in small bites: the server's socket fills again and
+        // again, and every sendfile resumes where the last one stopped.
+        let mut sock = small_window_client(addr);
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        sock.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let mut bites = 0;
+        let (status, body) = {
+            use std::io::Read;
+            // Slow for the first 2 MiB, then full speed (a bounded test time).
+            let mut tmp = vec![0u8; 16 * 1024];
+            while buf.len() < 2 << 20 {
+                let n = sock.read(&mut tmp).unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&tmp[..n]);
+                bites += 1;
+                if bites % 8 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            read_response(&mut sock, &mut buf, false)
+        };
+        assert_eq!(status, 200);
+        assert_eq!(sha(&body), sha(&big));
+        assert!(started.elapsed() < Duration::from_secs(60));
+    })
+    .await
+    .unwrap();
+    assert!(sendfile_bytes(&s) - before >= (7 << 20) as u64);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_sendfile_body_frees_its_connection_and_is_logged_short() {
+    let s = start(|_| {}).await;
+    let url = format!("{}/files/big.bin", s.base);
+    assert_eq!(curl(&[&url]).await.status, 200);
+    let before = sendfile_bytes(&s);
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = small_window_client(addr);
+        sock.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut tmp = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < 300_000 {
+            got += sock.read(&mut tmp).unwrap();
+        }
+        // Gone with a reset, mid-body.
+        socket2::SockRef::from(&sock)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .stats
+        .active_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the connection is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sendfile_bytes(&s) > before);
+    let recs = s.recorder.0.lock().unwrap().clone();
+    let last = recs.last().unwrap();
+    assert!(
+        !last.complete && last.bytes < 8 << 20,
+        "{:?}",
+        (last.complete, last.bytes)
+    );
+    assert!(s.stats.aborted.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The slot is free: the next client is served.
+    assert_eq!(sha(&curl(&[&url]).await.body), sha(&s.files["big.bin"]));
+    s.shutdown().await;
+}

@@ -662,3 +662,27 @@ async fn firmware_that_only_does_dhe_gets_ffdhe2048_on_the_boot_listener_only() 
         "the management listener offers ECDHE only: {refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_file_bodies_are_copied_and_encrypted_while_plain_http_sends_them_with_sendfile() {
+    let site = site();
+    let srv = serve(&site, None, |_| {}).await;
+    let ca = site.ca_file.to_str().unwrap();
+    let big = std::fs::read(site.dir.path().join("root/big.bin")).unwrap();
+    let sendfile = || {
+        srv.stats
+            .sendfile_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let tls_url = format!("https://127.0.0.1:{}/files/big.bin", srv.tls.port());
+    // Twice: the second time every chunk is in the page cache.
+    let (ok, err, body) = curl(&["--cacert", ca, &tls_url, &tls_url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(sha(&body), sha(&[big.clone(), big.clone()].concat()));
+    assert_eq!(sendfile(), 0, "TLS bodies never go by sendfile");
+    let plain = format!("http://127.0.0.1:{}/files/big.bin", srv.plain.port());
+    let (ok, err, body) = curl(&[&plain]).await;
+    assert!(ok, "{err}");
+    assert_eq!(sha(&body), sha(&big));
+    assert_eq!(sendfile(), big.len() as u64);
+}

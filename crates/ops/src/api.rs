@@ -675,6 +675,11 @@ fn write_http(w: &mut Writer, st: &OpsState) {
             g(&h.send_timeouts),
         );
         w.counter(
+            "chainboot_http_sendfile_bytes_total",
+            "HTTP body bytes sent from the page cache with sendfile (plain HTTP; also in the bytes sent).",
+            g(&h.sendfile_bytes),
+        );
+        w.counter(
             "chainboot_http_tls_handshakes_total",
             "TLS handshakes completed on the boot listener's tls_listen.",
             g(&h.tls_handshakes),
