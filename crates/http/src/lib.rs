@@ -4,7 +4,8 @@
 //! inside ISO images, per-machine configs. This crate provides
 //! - [`content_response`]: a [`chainboot_content::Content`] as a response with everything
 //!   iPXE and curl expect (Content-Length always, single ranges, validators, conditional
-//!   requests), streamed by positioned reads; other crates use it for generated content too;
+//!   requests), streamed by positioned reads, or on plain HTTP from the page cache with
+//!   `sendfile` (`sendfile` module); other crates use it for generated content too;
 //! - [`static_routes`]: `/files/...` (`[http] root`), `/ipxe-bin/NAME`, `/iso/NAME/...`, with
 //!   request paths percent-decoded once and then held to the same rules as TFTP
 //!   ([`chainboot_content::CleanPath`]);

@@ -341,6 +341,11 @@ fn parse_range(v: &str, len: u64) -> RangeSpec {
 /// yield keeps the round-robin per chunk that the blocking-pool hop used to give, for the
 /// cost of a requeue instead of two thread wake-ups.
 ///
+/// On a plain TCP connection the server gives the body its connection's lane
+/// ([`crate::sendfile`]): a chunk the page cache holds wholly then goes out with `sendfile`
+/// and the body yields only a stand-in for it; a chunk not (wholly) cached is read as below,
+/// which also brings it into the cache.
+///
 /// Chunks are read into buffers the body lends to hyper ([`Lent`]): once hyper has sent a
 /// chunk and dropped it, its buffer comes back to the body and the next chunk is read into it.
 /// A fresh buffer per chunk cost an allocation and zeroing 256 KiB before the read overwrote

@@ -144,26 +144,27 @@ impl Lane {
         self.0.lock().queue.len()
     }
 
-    /// Writes what `bufs` holds up to its first stand-in slice with `write` (a vectored write
-    /// of ordinary bytes), or, when `bufs` starts with a stand-in slice, sends the front
+    /// Writes what `bufs` holds up to its first stand-in slice with `write(bufs, more)` (a
+    /// vectored write of ordinary bytes; `more`: a file range follows, so the kernel may hold
+    /// a response head back to send it in one segment with the file's first bytes), or, when `bufs` starts with a stand-in slice, sends the front
     /// segment's file range with `send(file, offset, len)`. Either returns the bytes written.
     /// A stand-in slice that does not continue the front segment exactly fails.
     pub(crate) fn write(
         &self,
         bufs: &[io::IoSlice<'_>],
-        write: impl FnOnce(&[io::IoSlice<'_>]) -> io::Result<usize>,
+        write: impl FnOnce(&[io::IoSlice<'_>], bool) -> io::Result<usize>,
         send: impl FnOnce(&File, &mut u64, usize) -> io::Result<usize>,
     ) -> io::Result<usize> {
         let first = bufs.iter().position(|b| placeholder_offset(b).is_some());
         let (at, slice) = match first {
-            None => return write(bufs),
-            Some(i) if i > 0 => return write(&bufs[..i]),
+            None => return write(bufs, false),
+            Some(i) if i > 0 => return write(&bufs[..i], true),
             Some(i) => match placeholder_offset(&bufs[i]) {
                 Some(at) => (at, bufs[i].len()),
                 None => return Err(stray()),
             },
         };
-        let (content, file, mut offset, left) = {
+        let (id, file, mut offset, left) = {
             let s = self.0.lock();
             let Some(seg) = s.queue.front() else {
                 return Err(stray());
@@ -171,25 +172,26 @@ impl Lane {
             if seg.sent != at || seg.left != slice {
                 return Err(stray());
             }
-            (seg.content.clone(), seg.file.clone(), seg.offset, seg.left)
+            (seg.id, seg.file.clone(), seg.offset, seg.left)
         };
         let n = send(&file, &mut offset, left)?;
         if n == 0 {
             // End of file before the promised end: the file shrank.
             return Err(changed_error());
         }
-        // As a read checks after reading: a file replaced while it was being sent fails the
-        // transfer (the client sees it cut short) instead of completing with mixed bytes.
-        content.check_unchanged()?;
         let n = n.min(left);
         let mut s = self.0.lock();
-        if let Some(seg) = s.queue.front_mut() {
-            seg.offset += n as u64;
-            seg.left -= n;
-            seg.sent += n;
-            if seg.left == 0 {
-                s.queue.pop_front();
-            }
+        let Some(seg) = s.queue.front_mut().filter(|seg| seg.id == id) else {
+            return Err(stray());
+        };
+        // As a read checks after reading: a file replaced while it was being sent fails the
+        // transfer (the client sees it cut short) instead of completing with mixed bytes.
+        seg.content.check_unchanged()?;
+        seg.offset += n as u64;
+        seg.left -= n;
+        seg.sent += n;
+        if seg.left == 0 {
+            s.queue.pop_front();
         }
         Ok(n)
     }
@@ -260,7 +262,10 @@ mod tests {
         let n = lane
             .write(
                 &bufs,
-                |b| Ok(b.iter().map(|s| s.len()).sum()),
+                |b, more| {
+                    assert!(more, "the stand-in follows");
+                    Ok(b.iter().map(|s| s.len()).sum())
+                },
                 |_, _, _| unreachable!(),
             )
             .unwrap();
@@ -269,7 +274,7 @@ mod tests {
         for _ in 0..2 {
             let bufs = [io::IoSlice::new(&a_left), io::IoSlice::new(&b)];
             let n = lane
-                .write(&bufs, |_| unreachable!(), fake_send(&mut sent, 2000))
+                .write(&bufs, |_, _| unreachable!(), fake_send(&mut sent, 2000))
                 .unwrap();
             bytes::Buf::advance(&mut a_left, n);
         }
@@ -279,7 +284,7 @@ mod tests {
         let n = lane
             .write(
                 &[io::IoSlice::new(&b)],
-                |_| unreachable!(),
+                |_, _| unreachable!(),
                 fake_send(&mut sent, 1 << 20),
             )
             .unwrap();
@@ -299,17 +304,21 @@ mod tests {
         // Bytes of the placeholder no segment was registered for.
         let stray_bytes = Bytes::from_static(&PLACEHOLDER[..100]);
         assert!(lane
-            .write(&[io::IoSlice::new(&stray_bytes)], |_| unreachable!(), never)
+            .write(
+                &[io::IoSlice::new(&stray_bytes)],
+                |_, _| unreachable!(),
+                never
+            )
             .is_err());
         // A second stand-in written before the first one.
         let a = lane.stand_in(&c, &f, 0, 100).unwrap();
         let b = lane.stand_in(&c, &f, 100, 50).unwrap();
         assert!(lane
-            .write(&[io::IoSlice::new(&b)], |_| unreachable!(), never)
+            .write(&[io::IoSlice::new(&b)], |_, _| unreachable!(), never)
             .is_err());
         // The right one, but not where the segment says its unsent part starts.
         assert!(lane
-            .write(&[io::IoSlice::new(&a[10..])], |_| unreachable!(), never)
+            .write(&[io::IoSlice::new(&a[10..])], |_, _| unreachable!(), never)
             .is_err());
         // A stand-in dropped unsent takes its segment with it.
         drop((a, b));

@@ -500,7 +500,10 @@ impl TrackedStream {
             let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
                 lane.write(
                     bufs,
-                    |b| socket2::SockRef::from(sock).send_vectored(b),
+                    |b, more| {
+                        let flags = if more { libc::MSG_MORE } else { 0 };
+                        socket2::SockRef::from(sock).send_vectored_with_flags(b, flags)
+                    },
                     |file, offset, len| {
                         let n = crate::sendfile::sendfile(sock, file, offset, len)?;
                         stats.sendfile_bytes.fetch_add(n as u64, Ordering::Relaxed);
