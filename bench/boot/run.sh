@@ -2,7 +2,7 @@
 # Boot-time benchmark: QEMU VMs (TCG) netbooting through the e2e harness, from QEMU start to the
 # initramfs marker, interleaved, for each case of CASES (default "bios uefi"):
 #   bios         SeaBIOS + iPXE ROM
-#   uefi         OVMF PXE -> ipxe.efi
+#   uefi         OVMF PXE -> the UEFI first stage (the anchor ipxe.efi, chainboot snponly.efi)
 #   secureboot   OVMF with Secure Boot on (Microsoft's keys): PXE -> shim -> signed GRUB -> the
 #                Debian-signed kernel and the initrd, all over TFTP (e2e/scenarios/secureboot.sh);
 #                its anchor is dnsmasq (DHCP + TFTP) with a hand-written grub.cfg, no nginx (the
@@ -147,7 +147,7 @@ cat "$raw.summary" >>"$raw" && rm -f "$raw.summary"
 
 # chainboot / anchor, median marker time per case (lower is better), for bench/summary.py.
 declare -A names=([bios]="VM boot BIOS (SeaBIOS + iPXE ROM): QEMU start to marker vs dnsmasq+nginx (lower is better)"
-  [uefi]="VM boot UEFI (OVMF PXE -> ipxe.efi): QEMU start to marker vs dnsmasq+nginx (lower is better)"
+  [uefi]="VM boot UEFI (OVMF PXE -> iPXE): QEMU start to marker vs dnsmasq+nginx (lower is better)"
   [secureboot]="VM boot Secure Boot (shim -> GRUB -> signed kernel): QEMU start to marker vs dnsmasq + grub.cfg (lower is better)"
   [bios6]="VM boot BIOS over IPv6 (iPXE ROM, DHCPv6): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)"
   [pxe6]="VM boot UEFI PXE over IPv6 (OVMF -> ipxe.efi): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)")
