@@ -150,7 +150,7 @@ declare -A names=([bios]="VM boot BIOS (SeaBIOS + iPXE ROM): QEMU start to marke
   [uefi]="VM boot UEFI (OVMF PXE -> iPXE): QEMU start to marker vs dnsmasq+nginx (lower is better)"
   [secureboot]="VM boot Secure Boot (shim -> GRUB -> signed kernel): QEMU start to marker vs dnsmasq + grub.cfg (lower is better)"
   [bios6]="VM boot BIOS over IPv6 (iPXE ROM, DHCPv6): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)"
-  [pxe6]="VM boot UEFI PXE over IPv6 (OVMF -> ipxe.efi): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)")
+  [pxe6]="VM boot UEFI PXE over IPv6 (OVMF -> iPXE): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)")
 # An IPv6 case against chainboot's own IPv4 case of the same firmware.
 declare -A own4=([bios6]=bios [pxe6]=uefi [http6]=uefi-http)
 stamp=$(date -u '+%Y-%m-%d %H:%MZ')
