@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `struct cachestat_range` of the kernel's uapi.
 #[repr(C)]
@@ -24,6 +25,8 @@ struct Cachestat {
 }
 
 const SYS_CACHESTAT: libc::c_long = 451;
+/// Set once the kernel or a system call filter refused cachestat.
+static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 const PAGE: u64 = 4096;
 
 /// `Some(true)` when every page of `[offset, offset+len)` of `file` is in the page cache,
@@ -32,6 +35,9 @@ const PAGE: u64 = 4096;
 pub(crate) fn range_cached(file: &File, offset: u64, len: u64) -> Option<bool> {
     if len == 0 {
         return Some(true);
+    }
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
     }
     let range = CachestatRange { off: offset, len };
     let mut stat = Cachestat::default();
@@ -48,6 +54,12 @@ pub(crate) fn range_cached(file: &File, offset: u64, len: u64) -> Option<bool> {
         )
     };
     if r != 0 {
+        // A kernel before 6.5, or a system call filter (a service manager's seccomp list):
+        // the answer will not change, so the call is not tried again.
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if matches!(e, Some(libc::ENOSYS) | Some(libc::EPERM)) {
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+        }
         return None;
     }
     // The kernel counts whole pages overlapping the range (only those before the end of the
