@@ -262,14 +262,15 @@ fn print_store(cfg: &config::Config) -> usize {
     match servers::all(&store) {
         Ok(list) if list.is_empty() => println!("  live servers: none"),
         Ok(list) => {
-            println!("  servers (live: heartbeat within {within} ms):");
+            println!("  servers (live: heartbeat within {within} ms, connected):");
             for s in list {
                 println!(
-                    "    {:<8} {:<24} version {}, last heartbeat {} ms ago",
-                    if s.age_ms <= within { "live" } else { "silent" },
+                    "    {:<8} {:<24} version {}, last heartbeat {} ms ago{}",
+                    if s.is_live(within) { "live" } else { "silent" },
                     s.name,
                     s.version,
-                    s.age_ms
+                    s.age_ms,
+                    if s.connected { "" } else { ", no session open" }
                 );
             }
         }

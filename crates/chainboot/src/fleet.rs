@@ -23,6 +23,12 @@ use tracing::{info, warn};
 /// little, and a batch committed just after a poll started carries a time before it.
 const LEASE_OVERLAP_S: i64 = 10;
 
+/// How long after a server stopped its address still counts as a departed fleet server's
+/// (whose clients get a NAK rather than silence): a client repeats a REQUEST to the server it
+/// chose for about a minute at most (RFC 2131's backoff reaches 64 s); later that address may
+/// be anybody's.
+const DEPARTED_FOR_MS: i64 = 60_000;
+
 /// Pages of other servers' events read per beat at most (a page is at most 1000): a beat
 /// takes at most this many from a fleet that writes faster, the rest follows on later beats.
 const EVENT_PAGES_PER_BEAT: usize = 10;
@@ -54,8 +60,8 @@ fn others_events(store: &Store, follower: &mut Follower) -> Result<Vec<EventReco
     Ok(out)
 }
 
-/// What one beat learns: the live servers, the leases changed since `poll_from` (Unix s), the
-/// other servers' new events.
+/// What one beat learns: every server's row, the leases changed since `poll_from` (Unix s),
+/// the other servers' new events.
 type Beat = (
     Vec<servers::ServerRecord>,
     Vec<leases::LeaseRecord>,
@@ -66,16 +72,15 @@ type Beat = (
 fn beat(
     s: &Store,
     first: bool,
-    within_ms: i64,
     poll_from: i64,
     follower: &mut Follower,
     addresses: &[Ipv4Addr],
 ) -> Result<Beat, StoreError> {
     servers::heartbeat(s, env!("CARGO_PKG_VERSION"), first, addresses)?;
-    let live = servers::live(s, within_ms)?;
+    let rows = servers::all(s)?;
     let changed = leases::changed_since(s, poll_from)?;
     let news = others_events(s, follower)?;
-    Ok((live, changed, news))
+    Ok((rows, changed, news))
 }
 
 /// Runs until `shutdown`, then removes this server from the live-servers table. `addresses`
@@ -108,7 +113,7 @@ pub async fn run(
         let mut f = follower.take().unwrap_or_default();
         let addrs = addresses.clone();
         let polled = tokio::task::spawn_blocking(move || {
-            let got = beat(&s, first, within_ms, poll_from, &mut f, &addrs);
+            let got = beat(&s, first, poll_from, &mut f, &addrs);
             (got, f)
         })
         .await;
@@ -117,7 +122,7 @@ pub async fn run(
             got
         });
         match polled {
-            Ok(Ok((live, changed, news))) => {
+            Ok(Ok((rows, changed, news))) => {
                 events.relay(news);
                 if failing {
                     info!("fleet: the database answers again");
@@ -126,15 +131,24 @@ pub async fn run(
                 first = false;
                 since = started - LEASE_OVERLAP_S;
                 let me = store.server_name();
-                let peer_addresses: Vec<Ipv4Addr> = live
-                    .iter()
-                    .filter(|s| s.name != me)
-                    .flat_map(|s| s.addresses.iter().copied())
-                    // An address this server answers from is never a peer's, whatever a row
-                    // says: its own messages must not be taken for another's.
-                    .filter(|a| !addresses.contains(a))
+                // An address this server answers from is never a peer's, whatever a row
+                // says: its own messages must not be taken for another's.
+                let addresses_of = |rows: &[&servers::ServerRecord]| -> Vec<Ipv4Addr> {
+                    rows.iter()
+                        .filter(|s| s.name != me)
+                        .flat_map(|s| s.addresses.iter().copied())
+                        .filter(|a| !addresses.contains(a))
+                        .collect()
+                };
+                let (live, gone): (Vec<_>, Vec<_>) =
+                    rows.iter().partition(|s| s.is_live(within_ms));
+                let departed: Vec<&servers::ServerRecord> = gone
+                    .into_iter()
+                    .filter(|s| s.age_ms <= within_ms.saturating_add(DEPARTED_FOR_MS))
                     .collect();
-                let names: Vec<String> = live.into_iter().map(|s| s.name).collect();
+                let peer_addresses = addresses_of(&live);
+                let departed_addresses = addresses_of(&departed);
+                let names: Vec<String> = live.iter().map(|s| s.name.clone()).collect();
                 if names != peers {
                     info!(live = ?names, "fleet: live servers changed");
                     peers = names.clone();
@@ -142,7 +156,9 @@ pub async fn run(
                 if let Some(engine) = &engine {
                     let mut e = engine.lock();
                     e.set_fleet(Some(
-                        Fleet::new(store.server_name(), names).with_peer_addresses(peer_addresses),
+                        Fleet::new(store.server_name(), names)
+                            .with_peer_addresses(peer_addresses)
+                            .with_departed_addresses(departed_addresses),
                     ));
                     e.load_leases(&changed);
                 }

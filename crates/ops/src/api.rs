@@ -113,7 +113,7 @@ async fn servers(State(st): State<OpsState>, headers: HeaderMap) -> Response {
             let list: Vec<serde_json::Value> = list
                 .into_iter()
                 .map(|s| {
-                    let live = s.age_ms <= timeout_ms;
+                    let live = s.is_live(timeout_ms);
                     let mut v = json!(s);
                     if let Some(o) = v.as_object_mut() {
                         o.insert("live".into(), json!(live));

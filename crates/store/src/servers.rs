@@ -4,6 +4,15 @@
 //!
 //! Heartbeat times come from the database's clock on PostgreSQL, so that servers whose clocks
 //! differ still agree on who is alive.
+//!
+//! A heartbeat alone notices a dead server only after `peer_timeout`, and a client it was
+//! serving waits that long. On PostgreSQL a server that dies (a crash, `kill -9`) also loses its
+//! database sessions at once: the kernel closes its sockets and each backend exits. So a server
+//! is live only while at least one session named after it (`application_name` "chainboot
+//! NAME", which every server sets) is open, as well as heart-beating: its peers see it gone
+//! on their next beat. Where sessions cannot be told apart (a connection pooler in front of
+//! the database that does not keep each client's `application_name`; the reading server does
+//! not find its own session under its name), the heartbeat alone decides.
 
 use std::net::Ipv4Addr;
 
@@ -59,7 +68,21 @@ pub struct ServerRecord {
     pub age_ms: i64,
     /// The IPv4 addresses it answers DHCP from (its server identifiers).
     pub addresses: Vec<Ipv4Addr>,
+    /// Whether it has a session open to the database (always true on SQLite, and where
+    /// sessions cannot be told apart: see the module's documentation).
+    pub connected: bool,
 }
+
+impl ServerRecord {
+    /// Whether the server counts as live: heart-beating within `max_age_ms` and connected.
+    pub fn is_live(&self, max_age_ms: i64) -> bool {
+        self.age_ms <= max_age_ms && self.connected
+    }
+}
+
+/// A session's `application_name` holds at most this many bytes (PostgreSQL's NAMEDATALEN
+/// less one); longer names are cut, so the comparison cuts too.
+const PG_APPLICATION_NAME_MAX: i32 = 63;
 
 /// The stored form of `addresses`: space-separated, at most [`MAX_ADDRESSES`].
 fn addresses_text(addresses: &[Ipv4Addr]) -> String {
@@ -161,41 +184,60 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                         version: r.get(3)?,
                         age_ms: now - heartbeat_ms,
                         addresses: addresses_of(&r.get::<_, String>(4)?),
+                        connected: true,
                     })
                 })?;
                 rows.collect()
             })
         }
-        Backend::Postgres(pg) => pg.run(|c| async move {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT name, started_ms, heartbeat_ms, version,
-                            {PG_NOW_MS} - heartbeat_ms, addresses FROM servers ORDER BY name"
-                    ),
-                    &[],
-                )
-                .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ServerRecord {
-                        name: r.try_get(0)?,
-                        started_ms: r.try_get(1)?,
-                        heartbeat_ms: r.try_get(2)?,
-                        version: r.try_get(3)?,
-                        age_ms: r.try_get(4)?,
-                        addresses: addresses_of(r.try_get(5)?),
+        Backend::Postgres(pg) => {
+            let me = store.server_name().to_string();
+            pg.run(move |c| async move {
+                // `connected`: a session of the server (`application_name` "chainboot NAME",
+                // cut as PostgreSQL cuts it) is open on this database. `tracked`: this very
+                // session carries its own server's name, so the others' names can be trusted.
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT name, started_ms, heartbeat_ms, version,
+                                {PG_NOW_MS} - heartbeat_ms, addresses,
+                                EXISTS (SELECT 1 FROM pg_stat_activity a
+                                        WHERE a.datname = current_database()
+                                          AND a.application_name = left('chainboot ' || s.name,
+                                              {PG_APPLICATION_NAME_MAX})),
+                                EXISTS (SELECT 1 FROM pg_stat_activity a
+                                        WHERE a.pid = pg_backend_pid()
+                                          AND a.application_name = left('chainboot ' || $1::text,
+                                              {PG_APPLICATION_NAME_MAX}))
+                             FROM servers s ORDER BY name"
+                        ),
+                        &[&me],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let tracked: bool = r.try_get(7)?;
+                        let connected: bool = r.try_get(6)?;
+                        Ok(ServerRecord {
+                            name: r.try_get(0)?,
+                            started_ms: r.try_get(1)?,
+                            heartbeat_ms: r.try_get(2)?,
+                            version: r.try_get(3)?,
+                            age_ms: r.try_get(4)?,
+                            addresses: addresses_of(r.try_get(5)?),
+                            connected: connected || !tracked,
+                        })
                     })
-                })
-                .collect()
-        }),
+                    .collect()
+            })
+        }
     }
 }
 
-/// The servers whose last heartbeat is at most `max_age_ms` old, by name.
+/// The live servers ([`ServerRecord::is_live`]), by name.
 pub fn live(store: &Store, max_age_ms: i64) -> Result<Vec<ServerRecord>, StoreError> {
     Ok(all(store)?
         .into_iter()
-        .filter(|s| s.age_ms <= max_age_ms)
+        .filter(|s| s.is_live(max_age_ms))
         .collect())
 }

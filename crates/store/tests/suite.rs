@@ -778,6 +778,40 @@ fn postgres_servers_racing_for_the_same_addresses_never_share_one() {
 }
 
 #[test]
+fn postgres_a_server_whose_sessions_closed_is_not_live_although_its_heartbeat_is_fresh() {
+    let c = cluster();
+    let url = c.fresh_database();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::from_config(&pg_config(&c, url.clone(), "pxe-a"), da.path()).unwrap();
+    let b = Store::from_config(&pg_config(&c, url, "pxe-b"), db.path()).unwrap();
+    servers::heartbeat(&a, "1.0", true, &[]).unwrap();
+    servers::heartbeat(&b, "1.0", true, &[]).unwrap();
+    let names = |a: &Store| -> Vec<String> {
+        servers::live(a, 60_000)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(names(&a), ["pxe-a", "pxe-b"]);
+    // A server that dies closes its sessions (the kernel closes a killed process's sockets):
+    // as if pxe-b were killed, its connections go while its heartbeat row stays fresh.
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while names(&a) != ["pxe-a"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pxe-b still live 10 s after its sessions closed: {:?}",
+            servers::all(&a).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let rows = servers::all(&a).unwrap();
+    let b_row = rows.iter().find(|s| s.name == "pxe-b").unwrap();
+    assert!(!b_row.connected && b_row.age_ms < 60_000, "{b_row:?}");
+}
+
+#[test]
 fn postgres_refuses_a_database_newer_than_this_binary() {
     let c = cluster();
     let state = tempfile::tempdir().unwrap();

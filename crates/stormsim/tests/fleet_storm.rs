@@ -9,8 +9,9 @@
 //! and in every DHCP ACK seen on the bridge (captured with tcpdump), and every ACKed address is
 //! the database's lease of the client it was ACKed to; the servers shared the clients (ACKs
 //! came from each). With kill -9 of one server, before a storm or in its middle, every machine
-//! still boots: its clients are answered by the others once its heartbeat times out (a
-//! machine whose boot it broke mid-way powers on again, as firmware retries). Any server's
+//! still boots: its clients are answered by the others once they see it gone (its database
+//! sessions closed; a machine whose boot it broke mid-way powers on again, as firmware
+//! retries). Any server's
 //! API, CLI and event stream show the whole fleet and which server did what.
 //!
 //! Needs root, `ip`, `tcpdump`, `perfdhcp`, the iPXE binaries and Debian's PostgreSQL server;

@@ -14,6 +14,8 @@ pub struct Counters {
     pub offer_sent: AtomicU64,
     pub ack_sent: AtomicU64,
     pub nak_sent: AtomicU64,
+    /// NAKs (also in `nak_sent`) to REQUESTs choosing a fleet server that has stopped.
+    pub nak_departed_server: AtomicU64,
     pub boot_first_stage: AtomicU64,
     pub boot_first_stage_http: AtomicU64,
     pub boot_script_http: AtomicU64,
@@ -64,6 +66,7 @@ impl Counters {
             ("offer_sent", g(&self.offer_sent)),
             ("ack_sent", g(&self.ack_sent)),
             ("nak_sent", g(&self.nak_sent)),
+            ("nak_departed_server", g(&self.nak_departed_server)),
             ("boot_first_stage", g(&self.boot_first_stage)),
             ("boot_first_stage_http", g(&self.boot_first_stage_http)),
             ("boot_script_http", g(&self.boot_script_http)),

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use chainboot_machine::Mac;
 
+use super::counters::bump;
 use super::leases::{ClientKey, Lease, LeaseStatus};
 use super::reply::finish;
 use super::{Client, Destination, Engine, Exchange, Handled, Ignored, Outcome};
@@ -124,13 +125,32 @@ impl Engine {
             .req
             .opt_ip(code::SERVER_ID)
             .filter(|s| *s != x.ingress.local_addr)?;
-        // A live peer of the fleet answers it; any other server on the segment is worth an
-        // event (a rogue DHCP server).
-        Some(if self.fleet.as_ref().is_some_and(|f| f.is_peer(named)) {
-            Ignored::PeerServer
-        } else {
-            Ignored::OtherServer
-        })
+        // A live peer of the fleet answers it (or one that stopped lately, whose clients its
+        // bucket's new owner sends back to the start); any other server on the segment is
+        // worth an event (a rogue DHCP server).
+        Some(
+            if self
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.is_peer(named) || f.is_departed(named))
+            {
+                Ignored::PeerServer
+            } else {
+                Ignored::OtherServer
+            },
+        )
+    }
+
+    /// Whether the REQUEST chose the OFFER of a fleet server that has stopped since, and the
+    /// client's bucket is now this server's (so one server of the fleet tells it to start
+    /// over, not every one).
+    fn departed_server_chosen(&self, x: &Exchange<'_>) -> bool {
+        let (Some(fleet), Some(named)) = (&self.fleet, x.req.opt_ip(code::SERVER_ID)) else {
+            return false;
+        };
+        named != x.ingress.local_addr
+            && fleet.is_departed(named)
+            && fleet.serves(x.req.header.chaddr())
     }
 
     /// DISCOVER: an offer, held for the client for `offer_time`.
@@ -215,6 +235,10 @@ impl Engine {
     /// REQUEST in SELECTING state (RFC 2131 §4.3.2): the client took an offer, ours or not.
     fn selecting(&mut self, x: &Exchange<'_>, c: &Client) -> Result<(Ipv4Addr, bool), Refused> {
         let now = x.now;
+        if self.departed_server_chosen(x) {
+            bump(&self.counters.nak_departed_server);
+            return Err(Refused::Nak("the server you chose has stopped; start over"));
+        }
         if let Some(other) = self.for_other_server(x) {
             if let Some(ip) = self.leases.withdraw_offer(&c.key) {
                 self.account(ip, now);

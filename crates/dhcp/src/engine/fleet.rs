@@ -59,6 +59,8 @@ pub struct Fleet {
     live: Vec<String>,
     /// The server identifiers (interface addresses) the live peers published, sorted.
     peer_addresses: Vec<Ipv4Addr>,
+    /// Those of servers that stopped lately (see [`Fleet::with_departed_addresses`]), sorted.
+    departed_addresses: Vec<Ipv4Addr>,
 }
 
 impl Fleet {
@@ -73,6 +75,7 @@ impl Fleet {
             me: me.to_string(),
             live,
             peer_addresses: Vec::new(),
+            departed_addresses: Vec::new(),
         }
     }
 
@@ -83,6 +86,26 @@ impl Fleet {
         self.peer_addresses.sort_unstable();
         self.peer_addresses.dedup();
         self
+    }
+
+    /// The same fleet, knowing the server identifiers of servers that stopped lately: a client
+    /// that chose one's OFFER just before it stopped repeats its REQUEST to it and would wait
+    /// for its whole retransmission schedule; the server now owning the client's bucket tells
+    /// it to start over instead (a NAK), and answers its next DISCOVER.
+    pub fn with_departed_addresses(mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Fleet {
+        self.departed_addresses = addrs
+            .into_iter()
+            .filter(|a| !self.peer_addresses.contains(a))
+            .collect();
+        self.departed_addresses.sort_unstable();
+        self.departed_addresses.dedup();
+        self
+    }
+
+    /// Whether `server_id` (a client's option 54) is a server of this fleet that stopped
+    /// lately (never a live peer's).
+    pub fn is_departed(&self, server_id: Ipv4Addr) -> bool {
+        self.departed_addresses.binary_search(&server_id).is_ok()
     }
 
     /// Whether `server_id` (a client's option 54) is a live peer of this fleet.
@@ -112,6 +135,18 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_departed_address_is_never_a_live_peers() {
+        let a: Ipv4Addr = "198.18.0.1".parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let b: Ipv4Addr = "198.18.0.2".parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let f = Fleet::new("pxe-a", ["pxe-c".to_string()])
+            .with_peer_addresses([b])
+            .with_departed_addresses([a, b]);
+        assert!(f.is_departed(a));
+        assert!(!f.is_departed(b), "a live peer's address is not departed");
+        assert!(f.is_peer(b));
+    }
 
     #[test]
     fn the_pearson_table_is_a_permutation() {

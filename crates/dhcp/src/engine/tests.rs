@@ -320,6 +320,46 @@ fn a_message_for_a_live_peer_is_told_apart_from_one_for_an_unknown_server() {
 }
 
 #[test]
+fn a_request_choosing_a_stopped_fleet_server_is_told_to_start_over_by_the_new_owner_only() {
+    use super::fleet::Fleet;
+    let gone = Ipv4Addr::new(198, 18, 0, 3);
+    // pxe-c stopped: its clients' buckets now belong to pxe-a or pxe-b.
+    let fleets: Vec<(&str, Fleet)> = ["pxe-a", "pxe-b"]
+        .into_iter()
+        .map(|me| {
+            let f = Fleet::new(me, ["pxe-a".to_string(), "pxe-b".to_string()])
+                .with_departed_addresses([gone]);
+            (me, f)
+        })
+        .collect();
+    for n in 40u8..60 {
+        let mut naks = 0;
+        for (_, f) in &fleets {
+            let mut e = engine(Mode::Server);
+            e.set_fleet(Some(f.clone()));
+            let mut q = ClientMessage::new(ClientKind::Plain, MessageType::Request, mac(n));
+            q.requested_ip = Some(Ipv4Addr::new(198, 18, 0, 120));
+            q.server_id = Some(gone);
+            let (h, reply) = send(&mut e, t0(), &ingress(67), &q);
+            match reply {
+                Some(r) => {
+                    assert_eq!(r.msg_type, Some(MessageType::Nak), "{h:?}");
+                    assert_eq!(e.counters().nak_departed_server.load(Ordering::Relaxed), 1);
+                    assert!(h.lease_writes.is_empty(), "a NAK binds nothing");
+                    naks += 1;
+                }
+                // Counted as a fleet server's message, not recorded as a rogue server's.
+                None => assert_eq!(h.outcome, Outcome::Ignored(Ignored::PeerServer), "{h:?}"),
+            }
+        }
+        assert_eq!(
+            naks, 1,
+            "exactly one server of the fleet answers client {n}"
+        );
+    }
+}
+
+#[test]
 fn init_reboot_and_renew() {
     let mut e = engine(Mode::Server);
     let a = dora(&mut e, t0(), mac(30));
