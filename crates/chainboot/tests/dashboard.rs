@@ -197,8 +197,9 @@ fn the_dashboard_and_explain_of_any_fleet_server_show_the_live_servers_and_who_a
         b.log_text()
     );
 
-    // A stops heart-beating (kill -9: no goodbye): B lists it as not live once its heartbeat
-    // is older than peer_timeout.
+    // A dies (kill -9: no goodbye): B lists it as not live once its database sessions are
+    // gone (at B's next heartbeat), or at the latest once its heartbeat is older than
+    // peer_timeout.
     a.signal("KILL");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
