@@ -946,20 +946,17 @@ fn admit_sightings(
             macs.iter().copied().collect()
         }
     };
-    let mut recorded: Option<u64> = None;
     let now = Instant::now();
     by_mac
         .into_values()
         .map(|(s, at)| {
             let create_with_secret = match limiter {
                 Some(l) if !known.contains(&s.mac) => {
-                    let n =
-                        *recorded.get_or_insert_with(|| store.machine_count().unwrap_or(u64::MAX));
+                    let n = l
+                        .recorded(now, || store.machine_count())
+                        .unwrap_or(u64::MAX);
                     match l.admit(s.source, now, n) {
-                        Ok(()) => {
-                            recorded = Some(n + 1);
-                            Some(new_secret())
-                        }
+                        Ok(()) => Some(new_secret()),
                         Err(_) => {
                             stats.sightings_refused.fetch_add(1, Ordering::Relaxed);
                             None

@@ -639,7 +639,8 @@ async fn known_machine(
         let known = store.machine(mac)?;
         if let (None, Some(l)) = (&known, &limiter) {
             let source = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-            l.admit(source, std::time::Instant::now(), store.machine_count()?)
+            let now = std::time::Instant::now();
+            l.admit(source, now, l.recorded(now, || store.machine_count())?)
                 .map_err(|r| RecordError::Refused(r.to_string()))?;
         }
         Ok(known)

@@ -190,12 +190,27 @@ impl std::fmt::Display for NewMachineRefusal {
 /// Source addresses remembered by the new-machine limiter at most.
 const MAX_SOURCES: usize = 16_384;
 
+/// How long a count of the machine table stands before it is read again. Counting scans the
+/// table (its cost grows with it), too dear for each new machine of a storm; in between, the
+/// machines this server admitted are added to the last count. Records other servers of a fleet
+/// add in the meantime are seen at the next read: the cap may be passed by what they admit in
+/// this time, which their own rate limits bound.
+pub const RECORD_COUNT_REFRESH: Duration = Duration::from_secs(10);
+
+/// The machine table's size as last read, plus what was admitted since.
+#[derive(Debug, Default)]
+struct RecordCount {
+    read_at: Option<Instant>,
+    count: u64,
+}
+
 /// Admission of new machine records: per source address and for all together, plus a cap on
 /// the table. Shared (`Arc`) by the request handlers; one short lock per new machine.
 #[derive(Debug)]
 pub struct NewMachineLimiter {
     limits: MachineLimits,
     state: Mutex<(TokenBucket, KeyedBuckets<IpAddr>)>,
+    recorded: Mutex<RecordCount>,
     refused: AtomicU64,
 }
 
@@ -215,6 +230,7 @@ impl NewMachineLimiter {
                 TokenBucket::new(global, now),
                 KeyedBuckets::new(per_source, MAX_SOURCES),
             )),
+            recorded: Mutex::new(RecordCount::default()),
             refused: AtomicU64::new(0),
         }
     }
@@ -224,8 +240,34 @@ impl NewMachineLimiter {
         &self.limits
     }
 
-    /// May `source` add a machine now, with `recorded` machines in the store? Call it only for
-    /// a MAC that has no record yet; a refusal is counted.
+    /// How many machines the store holds, for [`NewMachineLimiter::admit`]: `read` (a count of
+    /// the table) at most once per [`RECORD_COUNT_REFRESH`], the last count plus the machines
+    /// admitted since in between.
+    pub fn recorded<E>(
+        &self,
+        now: Instant,
+        read: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<u64, E> {
+        {
+            let c = self.recorded.lock();
+            if let Some(at) = c.read_at {
+                if now.saturating_duration_since(at) < RECORD_COUNT_REFRESH {
+                    return Ok(c.count);
+                }
+            }
+        }
+        // Read without the lock held: two requests may both count, and the later stays.
+        let n = read()?;
+        *self.recorded.lock() = RecordCount {
+            read_at: Some(now),
+            count: n,
+        };
+        Ok(n)
+    }
+
+    /// May `source` add a machine now, with `recorded` machines in the store (see
+    /// [`NewMachineLimiter::recorded`])? Call it only for a MAC that has no record yet; a
+    /// refusal is counted, an admission is added to the count.
     pub fn admit(
         &self,
         source: IpAddr,
@@ -246,8 +288,11 @@ impl NewMachineLimiter {
                 Ok(())
             }
         };
-        if verdict.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+        match verdict {
+            Ok(()) => self.recorded.lock().count += 1,
+            Err(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
         verdict
     }
@@ -261,6 +306,40 @@ impl NewMachineLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_counted_once_per_refresh_and_admissions_are_added_in_between() {
+        let t0 = Instant::now();
+        let limits = MachineLimits {
+            max_records: 105,
+            new_per_second: 1000,
+            new_burst: 1000,
+            new_per_source_per_minute: 1000,
+            ..MachineLimits::default()
+        };
+        let l = NewMachineLimiter::new(limits, t0);
+        let reads = std::cell::Cell::new(0);
+        let count = |n: u64| {
+            reads.set(reads.get() + 1);
+            Ok::<u64, ()>(n)
+        };
+        let src: IpAddr = "198.18.0.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let mut admitted = 0;
+        for i in 0..10 {
+            let at = t0 + Duration::from_millis(i);
+            let n = l.recorded(at, || count(100)).unwrap_or(u64::MAX);
+            if l.admit(src, at, n).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(reads.get(), 1, "one count for a burst of new machines");
+        assert_eq!(admitted, 5, "the cap of 105 holds without counting again");
+        // After the refresh the table is read again (machines were forgotten meanwhile).
+        let later = t0 + RECORD_COUNT_REFRESH;
+        let n = l.recorded(later, || count(50)).unwrap_or(u64::MAX);
+        assert_eq!((reads.get(), n), (2, 50));
+        assert!(l.admit(src, later, n).is_ok());
+    }
 
     #[test]
     fn a_bucket_gives_its_burst_then_its_rate() {
