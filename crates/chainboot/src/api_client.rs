@@ -321,7 +321,16 @@ pub fn run_machines(args: &ApiArgs, cmd: &MachinesCommand) -> ExitCode {
 pub fn run_leases(args: &ApiArgs, _cmd: &LeasesCommand) -> ExitCode {
     run("leases", async {
         let c = Client::from_args(args)?;
-        let v = c.call(Method::GET, "/api/v1/leases", None).await?;
+        // Pages of up to 1000, IPv4 then IPv6; the cursor is the last address of a page.
+        let all = c
+            .pages(
+                "/api/v1/leases",
+                "after",
+                |l| l.get("ip").and_then(Value::as_str).map(str::to_string),
+                None,
+            )
+            .await?;
+        let v = Value::Array(all);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());

@@ -368,3 +368,126 @@ fn the_api_and_the_cli_list_dhcpv6_leases_with_duid_iaid_and_mac_beside_the_dhcp
         "{table}"
     );
 }
+
+#[test]
+fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families() {
+    require_root_and(&["ip", "curl"]);
+    let net = NetPair::new("v6p", 43);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path())
+        .replace("2001:db8:25:", "2001:db8:43:")
+        .replace(
+            "[dhcp]\nmode = \"off\"\n",
+            "[dhcp]\nmode = \"server\"\n[[dhcp.subnet]]\ncidr = \"198.18.43.0/24\"\n\
+             pools = [[\"198.18.43.100\", \"198.18.43.110\"]]\n",
+        );
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, cfg).unwrap();
+    // A pool bigger than a page, in the store before the server starts (it loads the DHCPv4
+    // leases into its engine, and lists the DHCPv6 ones from the store): 1200 + 300.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let v4: Vec<chainboot_store::leases::LeaseRecord> = (0..1200u32)
+        .map(|i| chainboot_store::leases::LeaseRecord {
+            ip: std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 44, 0)) + i),
+            mac: format!("52:54:00:44:{:02x}:{:02x}", i >> 8, i & 0xff),
+            client_id: None,
+            hostname: Some(format!("node{i}")),
+            state: chainboot_store::leases::LeaseState::Bound,
+            expires: now + 3600,
+            updated: now,
+        })
+        .collect();
+    let v6: Vec<chainboot_store::leases6::Lease6Record> = (0..300u32)
+        .map(|i| chainboot_store::leases6::Lease6Record {
+            ip: format!("2001:db8:43::{:x}", 0x1000 + i).parse().unwrap(),
+            duid: vec![0, 3, 0, 1, 0x52, 0x54, 0, 0x46, (i >> 8) as u8, i as u8],
+            iaid: i,
+            mac: None,
+            state: chainboot_store::leases::LeaseState::Bound,
+            expires: now + 3600,
+            updated: now,
+        })
+        .collect();
+    {
+        let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
+        chainboot_store::leases::save_batch(&store, &v4).unwrap();
+        chainboot_store::leases6::save_batch(&store, &v6).unwrap();
+    }
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    let get = |query: &str| -> Vec<serde_json::Value> {
+        let text = curl(&net.server, &format!("http://{api}/api/v1/leases{query}"), None);
+        serde_json::from_str(&text).expect("leases JSON")
+    };
+
+    // Without a limit, one page is 1000: the first 1000 IPv4 leases in address order.
+    let first = get("");
+    assert_eq!(first.len(), 1000);
+    assert!(first.iter().all(|l| l["family"] == "ipv4"));
+    assert_eq!(first[0]["ip"], "198.18.44.0");
+    assert_eq!(first[999]["ip"], v4[999].ip.to_string().as_str());
+
+    // Pages of 500 from the last address of each: the third crosses from IPv4 to IPv6.
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut sizes = Vec::new();
+    let mut after = String::new();
+    loop {
+        let q = if after.is_empty() {
+            "?limit=500".to_string()
+        } else {
+            format!("?limit=500&after={after}")
+        };
+        let page = get(&q);
+        sizes.push(page.len());
+        let Some(last) = page.last() else { break };
+        after = last["ip"].as_str().unwrap().to_string();
+        all.extend(page);
+        assert!(sizes.len() < 10, "the cursor does not advance: {sizes:?}");
+    }
+    assert_eq!(sizes, [500, 500, 500, 0]);
+    let ips: Vec<&str> = all.iter().map(|l| l["ip"].as_str().unwrap()).collect();
+    let expected: Vec<String> = v4
+        .iter()
+        .map(|l| l.ip.to_string())
+        .chain({
+            let mut t: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
+            t.sort();
+            t
+        })
+        .collect();
+    assert_eq!(ips, expected, "each lease once, IPv4 by address then IPv6");
+    assert_eq!(all[1200]["family"], "ipv6");
+    assert_eq!(all[1200]["iaid"].as_u64(), Some(0));
+
+    // A limit over the cap is the cap; what does not parse is refused, naming the parameter.
+    assert_eq!(get("?limit=5000").len(), 1000);
+    for (query, word) in [("limit=-1", "limit"), ("after=node7", "after")] {
+        let out = sh(&format!(
+            "ip netns exec {} curl -s -w ' %{{http_code}}' 'http://{api}/api/v1/leases?{query}'",
+            net.server
+        ));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with(" 400") && text.contains(&format!("{{\"error\":\"{word}: ")),
+            "{query}: {text}"
+        );
+    }
+
+    // The CLI follows the pages: every lease is a row.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.server])
+        .arg(chainboot_bin())
+        .args(["leases", "-c"])
+        .arg(&path)
+        .args(["--server", &format!("http://{api}"), "list"])
+        .output()
+        .expect("chainboot leases list");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 1 + 1500, "a header and 1500 rows");
+    assert!(table.contains("node1199") && table.contains("2001:db8:43::112b "));
+}

@@ -27,17 +27,20 @@ async function getJSON(path) {
   if (!r.ok) throw new Error(path + ": " + r.status);
   return r.json();
 }
-// Machines come in pages of up to 1000 in MAC order; follow the cursor (at most 50 pages).
-async function allMachines() {
+// Lists come in pages of up to 1000 (machines in MAC order, leases by address); follow the
+// `after` cursor, the last item's `key`, for at most 50 pages.
+async function allPages(path, key) {
   let all = [], after = "";
   for (let i = 0; i < 50; i++) {
-    const page = await getJSON("/api/v1/machines" + (after ? "?after=" + encodeURIComponent(after) : ""));
+    const page = await getJSON(path + (after ? "?after=" + encodeURIComponent(after) : ""));
     if (!page.length) break;
     all = all.concat(page);
-    after = page[page.length - 1].mac;
+    after = page[page.length - 1][key];
   }
   return all;
 }
+const allMachines = () => allPages("/api/v1/machines", "mac");
+const allLeases = () => allPages("/api/v1/leases", "ip");
 function token() { return sessionStorage.getItem("chainboot-token") || ""; }
 function authHeaders() { const t = token(); return t ? { Authorization: "Bearer " + t } : {}; }
 
@@ -187,7 +190,7 @@ async function loadTimeline(mac) {
 async function refresh() {
   try {
     const [info, ms, ls, ps, srv] = await Promise.all([
-      getJSON("/api/v1/info"), allMachines(), getJSON("/api/v1/leases"), getJSON("/api/v1/profiles"),
+      getJSON("/api/v1/info"), allMachines(), allLeases(), getJSON("/api/v1/profiles"),
       getJSON("/api/v1/servers").catch(() => null),
     ]);
     $("#info").textContent = (srv ? "server " + srv.this + " · " : "") + "v" + info.version + " · DHCP " + text(info.dhcp_mode) + " · up " + info.uptime_s + "s";

@@ -2,8 +2,9 @@
 //! events (list and live stream), timelines, server info; and `/metrics`, `/healthz`, the
 //! dashboard.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use chainboot_dhcp::engine::{Counters, Engine, LeaseStatus};
 use chainboot_events::EventLog;
 use chainboot_http::HttpStats;
 use chainboot_machine::Mac;
-use chainboot_policy::paging::{json_page, Items, PageSource};
+use chainboot_policy::paging::{json_page, page_query, Items, PageSource};
 use chainboot_ra::RaStats;
 use chainboot_store::events::{self, EventFilter};
 use chainboot_store::Store;
@@ -129,29 +130,74 @@ async fn servers(State(st): State<OpsState>, headers: HeaderMap) -> Response {
     }
 }
 
-/// Both families' leases in one list, each with its `family`: the DHCPv4 engine's table
-/// (what it hands out and holds right now) and the DHCPv6 leases in the store (DUID + IAID,
-/// the MAC when it was learned, the server that wrote them).
-async fn leases(State(st): State<OpsState>, headers: HeaderMap) -> Response {
+/// Leases listed when a request names no limit, and at most.
+pub const MAX_LEASES_PAGE: usize = 1000;
+
+/// `GET /api/v1/leases?limit=N&after=IP`: one page of both families' leases, each with its
+/// `family`: first the DHCPv4 engine's table (what it hands out and holds right now) in
+/// address order, then the DHCPv6 leases in the store (DUID + IAID, the MAC when it was
+/// learned, the server that wrote them) in the order of their address text. The cursor is the
+/// last address of a page, whichever family: an IPv4 one continues in the IPv4 table (and
+/// then the IPv6 leases), an IPv6 one among the IPv6 leases.
+async fn leases(
+    State(st): State<OpsState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = st.check_read(&headers) {
         return r;
     }
-    let mut list: Vec<serde_json::Value> = match &st.dhcp_engine {
-        Some(engine) => engine
-            .lock()
-            .leases()
-            .into_iter()
-            .map(lease4_json)
-            .collect(),
-        None => Vec::new(),
-    };
-    let store = st.store.clone();
-    match blocking(move || leases6_json(&store)).await {
-        Ok(Ok(v6)) => list.extend(v6),
-        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(r) => return r,
+    match page_query::<IpAddr>(&q, MAX_LEASES_PAGE) {
+        Ok((limit, after)) => {
+            let pages = LeasePages {
+                engine: st.dhcp_engine.clone(),
+                store: st.store.clone(),
+            };
+            json_page(pages, after, limit).await
+        }
+        Err(e) => e.into_response(),
     }
-    Json(list).into_response()
+}
+
+/// Both families' leases, IPv4 first, the cursor being the address.
+struct LeasePages {
+    engine: Option<Arc<Mutex<Engine>>>,
+    store: Arc<Store>,
+}
+
+impl PageSource for LeasePages {
+    type Cursor = IpAddr;
+    fn fetch(&self, cursor: Option<IpAddr>, n: usize) -> Items<IpAddr> {
+        let (mut out, after6) = match cursor {
+            None => (self.leases4(None, n)?, None),
+            Some(IpAddr::V4(a)) => (self.leases4(Some(a), n)?, None),
+            Some(IpAddr::V6(a)) => (Vec::new(), Some(a)),
+        };
+        if out.len() < n {
+            for l in leases6(&self.store, after6, n - out.len())? {
+                out.push((IpAddr::V6(l.ip), json_bytes(lease6_json(&self.store, l))?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl LeasePages {
+    /// Up to `n` of the DHCPv4 engine's leases after `after`: the engine's lock is held while
+    /// one page is copied, never while it is serialised.
+    fn leases4(&self, after: Option<Ipv4Addr>, n: usize) -> Items<IpAddr> {
+        let Some(engine) = &self.engine else {
+            return Ok(Vec::new());
+        };
+        let page = engine.lock().leases_after(after, n);
+        page.into_iter()
+            .map(|l| Ok((IpAddr::V4(l.ip), json_bytes(lease4_json(l))?)))
+            .collect()
+    }
+}
+
+fn json_bytes(v: serde_json::Value) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
 fn lease4_json(l: chainboot_dhcp::engine::Lease) -> serde_json::Value {
@@ -170,30 +216,31 @@ fn lease4_json(l: chainboot_dhcp::engine::Lease) -> serde_json::Value {
     })
 }
 
-/// The stored DHCPv6 leases. A store that keeps none (DHCPv6 leases live in the embedded
-/// SQLite store only) has none to list.
-fn leases6_json(store: &Store) -> Result<Vec<serde_json::Value>, chainboot_store::StoreError> {
-    let records = match chainboot_store::leases6::load_all(store) {
-        Ok(r) => r,
-        Err(chainboot_store::StoreError::Config(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let server = store.server_name();
-    Ok(records
-        .into_iter()
-        .map(|l| {
-            json!({
-                "family": "ipv6",
-                "ip": l.ip.to_string(),
-                "duid": duid_text(&l.duid),
-                "iaid": l.iaid,
-                "mac": l.mac,
-                "state": l.state.as_str(),
-                "expires": l.expires,
-                "server": server,
-            })
-        })
-        .collect())
+/// Up to `n` stored DHCPv6 leases after `after`. A store that keeps none (DHCPv6 leases live
+/// in the embedded SQLite store only) has none to list.
+fn leases6(
+    store: &Store,
+    after: Option<std::net::Ipv6Addr>,
+    n: usize,
+) -> Result<Vec<chainboot_store::leases6::Lease6Record>, String> {
+    match chainboot_store::leases6::page(store, after, n) {
+        Ok(r) => Ok(r),
+        Err(chainboot_store::StoreError::Config(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn lease6_json(store: &Store, l: chainboot_store::leases6::Lease6Record) -> serde_json::Value {
+    json!({
+        "family": "ipv6",
+        "ip": l.ip.to_string(),
+        "duid": duid_text(&l.duid),
+        "iaid": l.iaid,
+        "mac": l.mac,
+        "state": l.state.as_str(),
+        "expires": l.expires,
+        "server": store.server_name(),
+    })
 }
 
 /// A DUID as colon-separated hex bytes (`00:03:00:01:52:54:00:12:34:56`), as Kea and

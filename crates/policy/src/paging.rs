@@ -1,14 +1,18 @@
 //! Paged list responses: a JSON array streamed in chunks read from the store as the client
 //! takes them, never built in memory in one piece, and ended at a count or a byte budget,
 //! whichever comes first. The client asks for the next page with the cursor of the last item
-//! it got (`before=ID` for events, `after=MAC` for machines); an empty array is the end.
+//! it got (`before=ID` for events, `after=MAC` for machines, `after=IP` for leases); an empty
+//! array is the end.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chainboot_api::ApiError;
 use chainboot_machine::Mac;
 use futures::StreamExt;
 
@@ -149,24 +153,34 @@ impl PageSource for MachinePages {
 
 /// `GET /api/v1/machines?limit=N&after=MAC`: one page of machines in MAC order.
 pub async fn machines(policy: Arc<Policy>, query: &HashMap<String, String>) -> Response {
-    let bad = |msg: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(serde_json::json!({ "error": msg })),
-        )
-            .into_response()
-    };
+    match page_query::<Mac>(query, MAX_MACHINES_PAGE) {
+        Ok((limit, after)) => json_page(MachinePages(policy), after, limit).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A list request's `limit` (at most `max`, and `max` when it names none) and `after` cursor:
+/// the one reading of them for every list that pages forward. A value that does not parse is
+/// a 400 naming the parameter.
+pub fn page_query<C>(
+    query: &HashMap<String, String>,
+    max: usize,
+) -> Result<(usize, Option<C>), ApiError>
+where
+    C: FromStr,
+    C::Err: Display,
+{
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
-        None => MAX_MACHINES_PAGE,
-        Some(Ok(n)) => n.min(MAX_MACHINES_PAGE),
-        Some(Err(e)) => return bad(format!("limit: {e}")),
+        None => max,
+        Some(Ok(n)) => n.min(max),
+        Some(Err(e)) => return Err(ApiError::bad_request(format!("limit: {e}"))),
     };
-    let after = match query.get("after").map(|m| m.parse::<Mac>()) {
+    let after = match query.get("after").map(|c| c.parse::<C>()) {
         None => None,
-        Some(Ok(m)) => Some(m),
-        Some(Err(e)) => return bad(format!("after: {e}")),
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return Err(ApiError::bad_request(format!("after: {e}"))),
     };
-    json_page(MachinePages(policy), after, limit).await
+    Ok((limit, after))
 }
 
 #[cfg(test)]
@@ -230,5 +244,26 @@ mod tests {
         let bytes: usize = items.iter().map(|s| s.len() + 3).sum();
         assert!(items.len() < 1000 && items.len() >= 250, "{}", items.len());
         assert!(bytes <= MAX_PAGE_BYTES + 4100, "{bytes}");
+    }
+
+    #[test]
+    fn a_page_query_caps_the_limit_and_names_what_does_not_parse() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(page_query::<u32>(&q(&[]), 1000), Ok((1000, None)));
+        assert_eq!(
+            page_query::<u32>(&q(&[("limit", "5000"), ("after", "7")]), 1000),
+            Ok((1000, Some(7)))
+        );
+        assert_eq!(page_query::<u32>(&q(&[("limit", "3")]), 1000), Ok((3, None)));
+        let bad = page_query::<u32>(&q(&[("limit", "-1")]), 1000).unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(bad.message.starts_with("limit: "), "{bad}");
+        let bad = page_query::<u32>(&q(&[("after", "x")]), 1000).unwrap_err();
+        assert!(bad.message.starts_with("after: "), "{bad}");
     }
 }

@@ -110,13 +110,32 @@ fn save_in(tx: &Transaction<'_>, records: &[Lease6Record]) -> Result<(), rusqlit
 /// Every stored DHCPv6 lease, ordered by address text; unreadable rows are skipped with a
 /// warning.
 pub fn load_all(store: &Store) -> Result<Vec<Lease6Record>, StoreError> {
-    sqlite(store)?.read(load_in)
+    sqlite(store)?.read(|c| load_in(c, None, i64::MAX))
 }
 
-fn load_in(conn: &Connection) -> Result<Vec<Lease6Record>, rusqlite::Error> {
-    let mut stmt = conn
-        .prepare("SELECT ip, duid, iaid, mac, state, expires, updated FROM leases6 ORDER BY ip")?;
-    let rows = stmt.query_map([], |r| {
+/// At most `n` stored DHCPv6 leases after the address `after` (from the first when `None`),
+/// in the order of their address text (the primary key's: a page is one index range, and the
+/// order stays the same between pages).
+pub fn page(
+    store: &Store,
+    after: Option<std::net::Ipv6Addr>,
+    n: usize,
+) -> Result<Vec<Lease6Record>, StoreError> {
+    let after = after.map(|a| a.to_string());
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    sqlite(store)?.read(|c| load_in(c, after.as_deref(), n))
+}
+
+fn load_in(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Lease6Record>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ip, duid, iaid, mac, state, expires, updated FROM leases6
+         WHERE ?1 IS NULL OR ip > ?1 ORDER BY ip LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, Vec<u8>>(1)?,
@@ -208,6 +227,28 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].state, LeaseState::Released);
         assert_eq!(all[1], rec("2001:db8::11", u32::MAX, LeaseState::Bound));
+    }
+
+    #[test]
+    fn pages_of_v6_leases_follow_the_address_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let all: Vec<Lease6Record> = (0..25u32)
+            .map(|i| rec(&format!("2001:db8::{:x}", 0x100 + i * 7), i, LeaseState::Bound))
+            .collect();
+        save_batch(&s, &all).unwrap();
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let p = page(&s, after, 4).unwrap();
+            assert!(p.len() <= 4);
+            let Some(last) = p.last() else { break };
+            after = Some(last.ip);
+            walked.extend(p.into_iter().map(|l| l.ip));
+        }
+        let expected: Vec<_> = load_all(&s).unwrap().into_iter().map(|l| l.ip).collect();
+        assert_eq!(walked.len(), 25);
+        assert_eq!(walked, expected, "the same order as the whole list, each once");
     }
 
     #[test]

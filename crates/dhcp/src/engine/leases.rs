@@ -3,7 +3,7 @@
 //! keyed by DUID the same way); what is IPv4-only (the store's record, loading, the
 //! `impl Engine`) is said so below.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::net::Ipv4Addr;
 
@@ -100,19 +100,24 @@ impl Lease<Ipv4Addr> {
 pub struct LeaseTable<A> {
     by_ip: HashMap<A, Lease<A>>,
     by_client: HashMap<ClientKey, A>,
+    /// The addresses of `by_ip` in order, so that a listing is read a page at a time (the
+    /// API's) without sorting the whole table per page. The hash map stays the lookup of
+    /// every packet; this is touched only when an address enters or leaves the table.
+    order: BTreeSet<A>,
 }
 
-impl<A: Copy + Eq + Hash> Default for LeaseTable<A> {
+impl<A: Copy + Eq + Hash + Ord> Default for LeaseTable<A> {
     fn default() -> Self {
         LeaseTable::new()
     }
 }
 
-impl<A: Copy + Eq + Hash> LeaseTable<A> {
+impl<A: Copy + Eq + Hash + Ord> LeaseTable<A> {
     pub fn new() -> LeaseTable<A> {
         LeaseTable {
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
+            order: BTreeSet::new(),
         }
     }
 
@@ -146,6 +151,7 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
         if lease.status != LeaseStatus::Declined {
             self.by_client.insert(key, lease.ip);
         }
+        self.order.insert(lease.ip);
         self.by_ip.insert(lease.ip, lease);
     }
 
@@ -153,6 +159,7 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
     /// nobody until `declined` expires, and the client is forgotten (it starts over).
     pub fn decline(&mut self, key: &ClientKey, declined: Lease<A>) {
         self.by_client.remove(key);
+        self.order.insert(declined.ip);
         self.by_ip.insert(declined.ip, declined);
     }
 
@@ -167,6 +174,7 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
             return None;
         }
         self.by_ip.remove(&ip);
+        self.order.remove(&ip);
         self.by_client.remove(key);
         Some(ip)
     }
@@ -205,6 +213,17 @@ impl<A: Copy + Eq + Hash> LeaseTable<A> {
 
     pub fn into_leases(self) -> impl Iterator<Item = Lease<A>> {
         self.by_ip.into_values()
+    }
+
+    /// At most `n` leases in address order, those after `after` (from the first when `None`).
+    pub fn page(&self, after: Option<A>, n: usize) -> Vec<&Lease<A>> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .range((from, Bound::Unbounded))
+            .filter_map(|ip| self.by_ip.get(ip))
+            .take(n)
+            .collect()
     }
 }
 
@@ -246,11 +265,15 @@ impl Engine {
             .map(|l| l.mac)
     }
 
-    /// Every address in the table (offers included).
+    /// Every address in the table (offers included), in address order.
     pub fn leases(&self) -> Vec<Lease> {
-        let mut v: Vec<Lease> = self.leases.values().cloned().collect();
-        v.sort_by_key(|l| u32::from(l.ip));
-        v
+        self.leases_after(None, usize::MAX)
+    }
+
+    /// At most `n` addresses of the table (offers included) in address order, those after
+    /// `after`: one page of a listing, without copying or sorting the rest of the table.
+    pub fn leases_after(&self, after: Option<Ipv4Addr>, n: usize) -> Vec<Lease> {
+        self.leases.page(after, n).into_iter().cloned().collect()
     }
 
     /// Puts `lease` in the table (replacing whatever held its address) and updates the

@@ -1346,3 +1346,48 @@ fn fleet_servers_offer_from_disjoint_shares_of_the_pool() {
     }
     assert_eq!(offered.len(), 16);
 }
+
+#[test]
+fn leases_are_listed_a_page_at_a_time_in_address_order() {
+    let mut e = engine(Mode::Server);
+    // Loaded out of order, and addresses whose text order differs from their numeric order.
+    let ips: Vec<Ipv4Addr> = (0..60u8)
+        .rev()
+        .map(|i| Ipv4Addr::new(198, 18, 0, 2 + i * 4))
+        .chain([Ipv4Addr::new(198, 18, 7, 10)])
+        .collect();
+    let records: Vec<LeaseRecord> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| LeaseRecord {
+            ip: *ip,
+            mac: Mac([0x52, 0x54, 0, 9, 0, i as u8]).to_string(),
+            client_id: None,
+            hostname: None,
+            state: LeaseState::Bound,
+            expires: unix(t0()) + 1800,
+            updated: unix(t0()) - 1800,
+        })
+        .collect();
+    e.load_leases(&records);
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = e.leases_after(after, 7);
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = Some(last.ip);
+        walked.extend(page.iter().map(|l| l.ip));
+    }
+    let mut sorted = ips.clone();
+    sorted.sort();
+    assert_eq!(walked, sorted, "every lease once, in numeric order");
+    assert_eq!(e.leases().len(), ips.len());
+    // A cursor that is no lease's address still continues after it.
+    let page = e.leases_after(Some(Ipv4Addr::new(198, 18, 0, 3)), 2);
+    let got: Vec<Ipv4Addr> = page.iter().map(|l| l.ip).collect();
+    assert_eq!(
+        got,
+        [Ipv4Addr::new(198, 18, 0, 6), Ipv4Addr::new(198, 18, 0, 10)]
+    );
+}
