@@ -16,7 +16,7 @@ pub struct HostAddressBook {
     /// DHCPv6 leases whose MAC is known (from the DUID, the client's EUI-64 link-local address
     /// or a relay's option 79): an iPXE fetching its script over IPv6 is proven by them.
     pub dhcp6: Option<Arc<Mutex<chainboot_dhcp6::Engine6>>>,
-    pub neighbours: NeighbourTable,
+    pub neighbours: Arc<NeighbourTable>,
 }
 
 impl AddressBook for HostAddressBook {
@@ -92,6 +92,17 @@ impl NeighbourTable {
     }
 }
 
+/// The event log names clients it was not taught by the same lookup: one ioctl per address,
+/// whatever the table's size.
+impl chainboot_events::Neighbours for NeighbourTable {
+    fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
+        match ip {
+            IpAddr::V4(v4) => self.lookup(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
 fn same_subnet(ip: Ipv4Addr, addr: Ipv4Addr, prefix: u8) -> bool {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix.min(32)))
@@ -132,5 +143,46 @@ mod tests {
         assert_eq!(t.lookup(Ipv4Addr::new(198, 19, 0, 2)), None);
         // On the subnet, but the device does not exist: the ioctl fails, no entry.
         assert_eq!(t.lookup(Ipv4Addr::new(198, 18, 0, 2)), None);
+    }
+
+    #[test]
+    fn the_event_log_names_an_on_link_client_by_its_entry_among_hundreds() {
+        use chainboot_events::{EventLog, EventSettings};
+        let net = chainboot_testnet::Topology::new("nbr", None);
+        // 500 complete entries on the server's link (198.18.0.1/20), as a storm leaves them.
+        let dir = tempfile::tempdir().unwrap();
+        let batch = dir.path().join("neigh.batch");
+        let lines: String = (0..500u32)
+            .map(|i| {
+                format!(
+                    "neigh replace 198.18.{}.{} lladdr 52:54:00:01:{:02x}:{:02x} dev vs nud permanent\n",
+                    2 + i / 250,
+                    i % 250 + 2,
+                    i >> 8,
+                    i & 0xff
+                )
+            })
+            .collect();
+        std::fs::write(&batch, lines).unwrap();
+        chainboot_testnet::run(&["ip", "-n", &net.srv, "-batch", batch.to_str().unwrap()]);
+        let store = Arc::new(chainboot_store::Store::open(dir.path()).unwrap());
+        let (found, stranger, off_link) = chainboot_testnet::in_netns(&net.srv, move || {
+            // The ioctl's socket belongs to the namespace it is made in.
+            let table = Arc::new(NeighbourTable::new(&[crate::interfaces::Interface {
+                name: "vs".into(),
+                ipv4: vec![(Ipv4Addr::new(198, 18, 0, 1), 20)],
+            }]));
+            let log = EventLog::start(store, EventSettings::default());
+            log.use_neighbours(table);
+            (
+                log.mac_of_address("198.18.3.201".parse().unwrap()),
+                log.mac_for_ip("198.18.9.9".parse().unwrap()),
+                log.mac_for_ip("198.19.0.5".parse().unwrap()),
+            )
+        });
+        // Entry 449: 198.18.3.201, 52:54:00:01:01:c1.
+        assert_eq!(found, Some("52:54:00:01:01:c1".parse().unwrap()));
+        assert_eq!(stranger, None);
+        assert_eq!(off_link, None);
     }
 }

@@ -90,6 +90,9 @@ struct Shared {
     token: String,
     auth: ApiAuth,
     observers: Arc<Observers>,
+    /// The kernel's IPv4 neighbour table, asked one address at a time by the identity checks
+    /// and the event log.
+    neighbours: Arc<NeighbourTable>,
 }
 
 /// The event log over the store. Boot clients' DHCP requests make machine records too, through
@@ -129,6 +132,8 @@ fn open_shared(
         })?,
     );
     let events = start_event_log(cfg, &store);
+    let neighbours = Arc::new(NeighbourTable::new(&interfaces::list().unwrap_or_default()));
+    events.use_neighbours(neighbours.clone());
     let ipxe = Arc::new(IpxeBinaries::locate(&cfg.ipxe));
     for (name, path) in ipxe.found() {
         info!(binary = name, path = %path.display(), "iPXE first stage available");
@@ -198,6 +203,7 @@ fn open_shared(
         token,
         auth,
         observers,
+        neighbours,
     })
 }
 
@@ -333,7 +339,7 @@ fn bind_dhcp(
         Arc::new(HostAddressBook {
             dhcp: (cfg.dhcp.mode == chainboot_dhcp::config::Mode::Server).then(|| dhcp.engine()),
             dhcp6: (cfg.dhcp6.mode == chainboot_dhcp6::Mode6::Server).then(|| dhcp6.engine()),
-            neighbours: NeighbourTable::new(&interfaces::list().unwrap_or_default()),
+            neighbours: sh.neighbours.clone(),
         }),
         &sh.token,
     );

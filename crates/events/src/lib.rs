@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chainboot_machine::Mac;
@@ -224,6 +224,15 @@ const MAX_IPS: usize = 65_536;
 /// How long an answer of the neighbour table (or its silence) is reused.
 const NEIGHBOUR_TTL: Duration = Duration::from_secs(5);
 
+/// The kernel's neighbour table, asked for one address at a time: a client that just
+/// exchanged packets with this host on one of its links is in it. A lookup must cost the same
+/// however many entries the table holds (a boot storm leaves thousands), since every request
+/// of a client the log has not learned asks it.
+pub trait Neighbours: Send + Sync {
+    /// The hardware address of `ip`'s complete entry, if any.
+    fn mac_of(&self, ip: IpAddr) -> Option<Mac>;
+}
+
 /// What is known about a client address.
 #[derive(Debug, Clone, Copy)]
 struct Learned {
@@ -255,6 +264,8 @@ pub struct EventLog {
     tx: SyncSender<Msg>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     ips: Mutex<HashMap<IpAddr, Learned>>,
+    /// Asked when `ips` has no answer for an address (none until the server sets it).
+    neighbours: OnceLock<Arc<dyn Neighbours>>,
     loops: Mutex<LoopDetector>,
     refusals: Mutex<SecureBootDetector>,
     /// Machines seen refusing the unsigned first stage (proven), and when: from the store at
@@ -326,6 +337,7 @@ impl EventLog {
             tx,
             live: live.clone(),
             ips: Mutex::new(HashMap::new()),
+            neighbours: OnceLock::new(),
             loops: Mutex::new(LoopDetector::new(
                 settings.loop_threshold,
                 settings.loop_window.as_millis() as i64,
@@ -568,6 +580,12 @@ impl EventLog {
         );
     }
 
+    /// Where [`EventLog::mac_for_ip`] looks when no machine taught the log an address (set
+    /// once, at start; later calls change nothing).
+    pub fn use_neighbours(&self, neighbours: Arc<dyn Neighbours>) {
+        let _ = self.neighbours.set(neighbours);
+    }
+
     /// The MAC last seen with `ip`; failing that, the kernel's neighbour table. A client that
     /// just exchanged packets with us on the same link is in it, which covers what DHCP cannot
     /// tell in proxy mode (the address comes from another server) and plain TFTP clients.
@@ -588,15 +606,10 @@ impl EventLog {
                 return *l;
             }
         }
-        // The neighbour table is generated in full on every read: its answer (a miss too) is
-        // kept for a few seconds, so a client the table does not know (loopback, routed)
-        // does not make every one of its requests read it.
-        let mac = match ip {
-            IpAddr::V4(v4) => std::fs::read_to_string("/proc/net/arp")
-                .ok()
-                .and_then(|table| neighbour_mac(&table, v4)),
-            IpAddr::V6(_) => None,
-        };
+        // One lookup of one address (never a read of the whole table), outside the lock; its
+        // answer, a miss too, is kept for a few seconds, so a client the table does not know
+        // (loopback, routed) costs one lookup per few seconds, not one per request.
+        let mac = self.neighbours.get().and_then(|n| n.mac_of(ip));
         let l = Learned {
             mac,
             by_address: true,
@@ -666,19 +679,6 @@ impl EventLog {
         }
         rx.recv_timeout(timeout).is_ok()
     }
-}
-
-/// Finds `ip` in the text of /proc/net/arp (complete entries only: flag 0x2).
-fn neighbour_mac(table: &str, ip: std::net::Ipv4Addr) -> Option<Mac> {
-    let want = ip.to_string();
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let (addr, flags, hw) = (cols.first()?, cols.get(2)?, cols.get(3)?);
-        let complete = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()? & 0x2 != 0;
-        (*addr == want && complete)
-            .then(|| hw.parse().ok())
-            .flatten()
-    })
 }
 
 /// Events written per transaction at most...
@@ -1066,18 +1066,53 @@ mod tests {
     use super::*;
     use chainboot_store::events::EventFilter;
 
+    /// A neighbour table that counts its lookups.
+    struct Counting {
+        known: HashMap<IpAddr, Mac>,
+        asked: AtomicU64,
+    }
+
+    impl Neighbours for Counting {
+        fn mac_of(&self, ip: IpAddr) -> Option<Mac> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            self.known.get(&ip).copied()
+        }
+    }
+
     #[test]
-    fn the_neighbour_table_maps_addresses_of_complete_entries() {
-        let table =
-            "IP address       HW type     Flags       HW address            Mask     Device\n\
-                     198.18.0.10      0x1         0x2         52:54:00:00:00:0a     *        br0\n\
-                     198.18.0.11      0x1         0x0         00:00:00:00:00:00     *        br0\n";
-        assert_eq!(
-            neighbour_mac(table, "198.18.0.10".parse().unwrap()),
-            Some("52:54:00:00:00:0a".parse().unwrap())
-        );
-        assert_eq!(neighbour_mac(table, "198.18.0.11".parse().unwrap()), None);
-        assert_eq!(neighbour_mac(table, "198.18.0.12".parse().unwrap()), None);
+    fn a_miss_asks_the_neighbour_table_for_one_address_once_and_remembers_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EventLog::start(store, EventSettings::default());
+        let on_link: IpAddr = "198.18.0.77".parse().unwrap();
+        let mac: Mac = "52:54:00:00:00:77".parse().unwrap();
+        // Before the server gives it a table: nothing known, nothing asked.
+        assert_eq!(log.mac_for_ip("198.18.0.5".parse().unwrap()), None);
+        let table = Arc::new(Counting {
+            known: HashMap::from([(on_link, mac)]),
+            asked: AtomicU64::new(0),
+        });
+        log.use_neighbours(table.clone());
+        // A storm of strangers, each asking three times: one lookup per address.
+        let strangers: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0xc612_1000 + i)))
+            .collect();
+        for _ in 0..3 {
+            for ip in &strangers {
+                assert_eq!(log.mac_for_ip(*ip), None);
+            }
+        }
+        assert_eq!(table.asked.load(Ordering::Relaxed), 2000);
+        // The table's answer names the machine, as its own address.
+        assert_eq!(log.mac_for_ip(on_link), Some(mac));
+        assert_eq!(log.mac_of_address(on_link), Some(mac));
+        assert_eq!(table.asked.load(Ordering::Relaxed), 2001);
+        // What a machine taught the log is never asked of the table.
+        let learned: IpAddr = "198.18.0.9".parse().unwrap();
+        log.learn_ip(learned, mac, false);
+        assert_eq!(log.mac_for_ip(learned), Some(mac));
+        assert_eq!(log.mac_of_address(learned), None, "not shown to be its address");
+        assert_eq!(table.asked.load(Ordering::Relaxed), 2001);
     }
 
     #[test]
