@@ -420,7 +420,11 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
     let api = server.listening("API");
     server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
     let get = |query: &str| -> Vec<serde_json::Value> {
-        let text = curl(&net.server, &format!("http://{api}/api/v1/leases{query}"), None);
+        let text = curl(
+            &net.server,
+            &format!("http://{api}/api/v1/leases{query}"),
+            None,
+        );
         serde_json::from_str(&text).expect("leases JSON")
     };
 

@@ -175,7 +175,8 @@ pub struct EventStats {
     pub sightings_refused: AtomicU64,
     /// Machine updates (records, stages, refusals) the store failed to take.
     pub machine_write_errors: AtomicU64,
-    /// Sum and count of batch write latencies, for the store latency metric.
+    /// Sum and count of the writer's transactions (a batch of events and what they tell about
+    /// machines, one commit each) and their latencies, for the store latency metric.
     pub write_micros_total: AtomicU64,
     pub write_batches: AtomicU64,
     /// Events of refused requests dropped by the rate limit.
@@ -681,11 +682,17 @@ impl EventLog {
     }
 }
 
-/// Events written per transaction at most...
-const BATCH: usize = 1000;
+/// Messages (events and DHCP sightings) the writer takes into one transaction at most: a
+/// quarter of the queue, so that a full queue is four commits. A storm is paid for in commits
+/// (each an fsync, each queued behind the DHCP server's lease commits for the one SQLite
+/// writer), not in rows: the larger the batch a backlog makes, the faster it drains...
+const BATCH: usize = QUEUE / 4;
 /// ... and bytes of their details: a transaction's pages go to the write-ahead log whole, so
-/// this bounds how far one batch can grow it beyond its checkpoint size.
-const BATCH_BYTES: usize = 512 * 1024;
+/// this bounds how far one batch can grow it beyond its checkpoint size (4 MiB).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// What an event's row takes besides its detail (time, MAC, kind, server, index entries), about:
+/// the writer's count of bytes written, which paces pruning.
+const ROW_BYTES: usize = 96;
 /// How long the writer waits for more events before writing a partial batch.
 const LINGER: Duration = Duration::from_millis(20);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -725,6 +732,21 @@ impl Held {
     fn waiting(&self) -> bool {
         self.retry_at.is_some_and(|t| Instant::now() < t)
     }
+
+    /// The oldest `n` events, no longer held.
+    fn take(&mut self, n: usize) -> Vec<(NewEvent, usize)> {
+        let taken: Vec<(NewEvent, usize)> = self.events.drain(..n.min(self.events.len())).collect();
+        self.bytes -= taken.iter().map(|(_, b)| b).sum::<usize>();
+        taken
+    }
+
+    /// `events` (taken by [`Held::take`] and not written) held again, before the rest.
+    fn put_back(&mut self, events: Vec<(NewEvent, usize)>) {
+        for (e, b) in events.into_iter().rev() {
+            self.bytes += b;
+            self.events.push_front((e, b));
+        }
+    }
 }
 
 fn writer(
@@ -758,7 +780,14 @@ fn writer(
             Err(RecvTimeoutError::Disconnected) => {
                 if !held.events.is_empty() {
                     held.retry_at = None;
-                    write_or_hold(&store, Vec::new(), &mut held, &live, &stats);
+                    write_or_hold(
+                        &store,
+                        Vec::new(),
+                        Observations::default(),
+                        &mut held,
+                        &live,
+                        &stats,
+                    );
                 }
                 return;
             }
@@ -775,61 +804,63 @@ fn writer(
                 }
             }
         }
-        // What the batch says about machines, taken before its events go to the store.
+        // What the batch says about machines, written in the transaction of its events.
         let mut machines = machine_steps(&batch.events);
-        if !batch.events.is_empty() || !held.events.is_empty() {
-            // A flush (tests, shutdown) tries the store at once.
-            if !batch.flushes.is_empty() {
-                held.retry_at = None;
-            }
-            written_since_prune += write_or_hold(&store, batch.events, &mut held, &live, &stats);
-        }
-        if !batch.sightings.is_empty() || !machines.is_empty() {
+        if !batch.sightings.is_empty() {
             machines.sightings =
                 admit_sightings(&store, batch.sightings, limiter.as_deref(), &stats);
-            if let Err(e) = store.machines_observe(&machines) {
-                stats.machine_write_errors.fetch_add(1, Ordering::Relaxed);
-                debug!("recording machines' stages failed: {e}");
-            }
         }
+        // A flush (tests, shutdown) tries the store at once.
+        if !batch.flushes.is_empty() {
+            held.retry_at = None;
+        }
+        written_since_prune +=
+            write_or_hold(&store, batch.events, machines, &mut held, &live, &stats);
         for done in batch.flushes {
             let _ = done.send(());
         }
     }
 }
 
-/// Writes what is held, then `events`, in batches; while the store fails (a database
-/// outage), keeps them (bounded) to try again after [`RETRY_EVERY`]. Returns the bytes
+/// Writes what is held, then `events`, in batches of at most [`BATCH`], the machine
+/// observations `obs` in the first one's transaction; while the store fails (a database
+/// outage), keeps the events (bounded) to try again after [`RETRY_EVERY`]. Returns the bytes
 /// written.
 fn write_or_hold(
     store: &Store,
     events: Vec<(NewEvent, usize)>,
+    obs: Observations,
     held: &mut Held,
     live: &broadcast::Sender<Arc<LiveEvent>>,
     stats: &EventStats,
 ) -> u64 {
+    held.hold(events, stats);
     if held.waiting() {
-        held.hold(events, stats);
+        // The store failed moments ago: the events wait for the retry. What they tell about
+        // machines (each one's newest stage, its sightings) is tried now, or lost and counted.
+        if let Err(e) = store.machines_observe(&obs) {
+            stats.machine_write_errors.fetch_add(1, Ordering::Relaxed);
+            debug!("recording machines' stages failed: {e}");
+        }
         return 0;
     }
-    held.hold(events, stats);
+    let mut obs = Some(obs).filter(|o| !o.is_empty());
     let mut written = 0;
-    while !held.events.is_empty() {
-        let n = held.events.len().min(BATCH);
-        let batch: Vec<NewEvent> = held.events.iter().take(n).map(|(e, _)| e.clone()).collect();
-        match write_batch(store, batch, live, stats) {
+    while !held.events.is_empty() || obs.is_some() {
+        let batch = held.take(BATCH);
+        let with = obs.take().unwrap_or_default();
+        match write_batch(store, batch, &with, live, stats) {
             Ok(bytes) => {
                 written += bytes;
-                for _ in 0..n {
-                    if let Some((_, b)) = held.events.pop_front() {
-                        held.bytes -= b;
-                    }
-                }
                 if held.retry_at.take().is_some() {
                     info!("event log: the store answers again; held events written");
                 }
             }
-            Err(err) => {
+            Err((err, batch)) => {
+                if !with.is_empty() {
+                    stats.machine_write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                held.put_back(batch);
                 if held.retry_at.is_none() {
                     warn!(
                         held = held.events.len(),
@@ -985,21 +1016,28 @@ fn new_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a batch and hands it to live subscribers; returns the bytes written (estimated).
+/// A batch the store refused: why, and its events (with their sizes), to hold again.
+type Unwritten = (chainboot_store::StoreError, Vec<(NewEvent, usize)>);
+
+/// Writes a batch of events and the machine observations `obs` in one transaction and hands
+/// the events to live subscribers (serialised only when there are any); returns the bytes
+/// written (estimated), or the error with the events not written.
 fn write_batch(
     store: &Store,
-    batch: Vec<NewEvent>,
+    batch: Vec<(NewEvent, usize)>,
+    obs: &Observations,
     live: &broadcast::Sender<Arc<LiveEvent>>,
     stats: &EventStats,
-) -> Result<u64, chainboot_store::StoreError> {
+) -> Result<u64, Unwritten> {
     let started = Instant::now();
-    let ids = match events::append_batch(store, &batch) {
+    let (events, sizes): (Vec<NewEvent>, Vec<usize>) = batch.into_iter().unzip();
+    let ids = match events::append_observed(store, &events, obs) {
         Ok(ids) => ids,
         Err(err) => {
             stats
                 .write_errors
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            return Err(err);
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            return Err((err, events.into_iter().zip(sizes).collect()));
         }
     };
     stats.written.fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -1007,9 +1045,11 @@ fn write_batch(
         .write_micros_total
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     stats.write_batches.fetch_add(1, Ordering::Relaxed);
-    let mut bytes = 0u64;
-    for (id, e) in ids.into_iter().zip(batch) {
-        bytes += send_live(live, id, e, Some(store.server_name()));
+    let bytes = sizes.iter().map(|b| (b + ROW_BYTES) as u64).sum();
+    if live.receiver_count() > 0 {
+        for (id, e) in ids.into_iter().zip(events) {
+            send_live(live, id, e, Some(store.server_name()));
+        }
     }
     Ok(bytes)
 }
@@ -1111,8 +1151,106 @@ mod tests {
         let learned: IpAddr = "198.18.0.9".parse().unwrap();
         log.learn_ip(learned, mac, false);
         assert_eq!(log.mac_for_ip(learned), Some(mac));
-        assert_eq!(log.mac_of_address(learned), None, "not shown to be its address");
+        assert_eq!(
+            log.mac_of_address(learned),
+            None,
+            "not shown to be its address"
+        );
         assert_eq!(table.asked.load(Ordering::Relaxed), 2001);
+    }
+
+    #[test]
+    fn a_full_queue_is_written_in_four_commits_with_what_it_tells_about_machines() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let macs: Vec<Mac> = (0..1000u32)
+            .map(|i| Mac([0x52, 0x54, 0, 0x33, (i >> 8) as u8, i as u8]))
+            .collect();
+        let known = Observations {
+            sightings: macs
+                .iter()
+                .map(|m| Sighting {
+                    mac: *m,
+                    at_ms: 1,
+                    arch: None,
+                    vendor_class: None,
+                    uuid: None,
+                    create_with_secret: Some("00".into()),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        store.machines_observe(&known).unwrap();
+        // A storm's backlog: the queue full of a thousand machines' first stages and scripts
+        // before the writer takes any.
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        for i in 0..QUEUE {
+            let detail = if i < QUEUE / 2 {
+                json!({"first_stage": true, "path": "undionly.kpxe", "outcome": "ok"})
+            } else {
+                json!({"what": "script", "path": "/boot.ipxe", "outcome": "ok"})
+            };
+            let kind = if i < QUEUE / 2 { "tftp" } else { "http" };
+            let bytes = detail.to_string().len();
+            let event = NewEvent {
+                at_ms: 1000 + i as i64,
+                mac: Some(macs[i % macs.len()]),
+                kind: kind.into(),
+                detail,
+            };
+            assert!(tx.try_send(Msg::Event(event, bytes)).is_ok());
+        }
+        drop(tx);
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let stats = Arc::new(EventStats::default());
+        let before = store.commits();
+        writer(
+            store.clone(),
+            rx,
+            live,
+            stats.clone(),
+            EventSettings::default(),
+            None,
+        );
+        assert_eq!(stats.written.load(Ordering::Relaxed), QUEUE as u64);
+        // One commit prunes at start; then one per BATCH messages, the machines' stages in
+        // the same transactions as their events (not one more commit per batch).
+        assert_eq!(BATCH, 2048);
+        assert_eq!(stats.write_batches.load(Ordering::Relaxed), 4);
+        assert_eq!(store.commits() - before, 1 + 4);
+        for mac in &macs {
+            let fw = store.machine(*mac).unwrap().unwrap().firmware;
+            assert_eq!(fw.stage.as_deref(), Some("script"), "{mac}");
+        }
+        assert_eq!(
+            events::list(&store, &EventFilter::default()).unwrap().len(),
+            500
+        );
+    }
+
+    #[test]
+    fn a_flood_beyond_the_queue_is_written_or_counted_as_dropped_never_lost_silently() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store.clone(), EventSettings::default());
+        let n = 3 * QUEUE as u64;
+        for i in 0..n {
+            log.record(
+                None,
+                "tftp",
+                json!({"client": format!("198.18.0.{}:1000", i % 250), "outcome": "ok"}),
+            );
+        }
+        assert!(log.flush(Duration::from_secs(60)));
+        let s = log.stats();
+        let (written, dropped) = (
+            s.written.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+        );
+        assert_eq!(s.recorded.load(Ordering::Relaxed), n);
+        assert_eq!(written + dropped, n, "written {written}, dropped {dropped}");
+        assert!(
+            written >= QUEUE as u64,
+            "at least a queue's worth: {written}"
+        );
     }
 
     #[test]

@@ -884,7 +884,7 @@ fn write_events(w: &mut Writer, st: &OpsState) {
     let batches = g(&es.write_batches);
     w.counter(
         "chainboot_store_event_batches_total",
-        "Event batches written (one transaction each).",
+        "Event batches written (one transaction each, with what they tell about machines).",
         batches,
     );
     w.counter(

@@ -259,7 +259,10 @@ mod tests {
             page_query::<u32>(&q(&[("limit", "5000"), ("after", "7")]), 1000),
             Ok((1000, Some(7)))
         );
-        assert_eq!(page_query::<u32>(&q(&[("limit", "3")]), 1000), Ok((3, None)));
+        assert_eq!(
+            page_query::<u32>(&q(&[("limit", "3")]), 1000),
+            Ok((3, None))
+        );
         let bad = page_query::<u32>(&q(&[("limit", "-1")]), 1000).unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert!(bad.message.starts_with("limit: "), "{bad}");

@@ -6,6 +6,7 @@ use chainboot_machine::Mac;
 use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
+use crate::firmware::{observe_pg, observe_sqlite, Observations};
 use crate::schema::Migration;
 use crate::{Backend, Store, StoreError};
 
@@ -106,27 +107,25 @@ const PRUNE_TO: f64 = 0.9;
 /// Writes a batch in one transaction, returning the new ids in order; each event is recorded
 /// as this server's.
 pub fn append_batch(store: &Store, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+    append_observed(store, events, &Observations::default())
+}
+
+/// Writes a batch of events and what they tell about machines (`obs`) in one transaction, so
+/// that the event writer pays one commit per batch; returns the new ids in order.
+pub fn append_observed(
+    store: &Store,
+    events: &[NewEvent],
+    obs: &Observations,
+) -> Result<Vec<i64>, StoreError> {
     let server = store.server_name().to_string();
     match store.backend() {
         Backend::Sqlite(db) => db.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (at_ms, mac, kind, detail, server) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut ids = Vec::with_capacity(events.len());
-            for e in events {
-                stmt.execute(params![
-                    e.at_ms,
-                    e.mac.map(|m| m.to_string()),
-                    e.kind,
-                    e.detail.to_string(),
-                    server
-                ])?;
-                ids.push(tx.last_insert_rowid());
-            }
+            let ids = append_sqlite(tx, events, &server)?;
+            observe_sqlite(tx, obs)?;
             Ok(ids)
         }),
         Backend::Postgres(pg) => {
-            if events.is_empty() {
+            if events.is_empty() && obs.is_empty() {
                 return Ok(Vec::new());
             }
             let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
@@ -136,32 +135,64 @@ pub fn append_batch(store: &Store, events: &[NewEvent]) -> Result<Vec<i64>, Stor
                 .collect();
             let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
             let details: Vec<String> = events.iter().map(|e| e.detail.to_string()).collect();
-            pg.run(move |c| async move {
-                // The ids are taken first, so that each event's id is known for certain (the
-                // order of RETURNING rows is not promised), then the batch is one statement.
-                let n = at.len() as i64;
-                let mut ids: Vec<i64> = c
-                    .query(
-                        "SELECT nextval(pg_get_serial_sequence('events', 'id'))
-                         FROM generate_series(1, $1::int8)",
-                        &[&n],
+            let obs = obs.clone();
+            pg.run(move |mut c| async move {
+                let tx = c.transaction().await?;
+                let ids = if at.is_empty() {
+                    Vec::new()
+                } else {
+                    // The ids are taken first, so that each event's id is known for certain
+                    // (the order of RETURNING rows is not promised), then the batch is one
+                    // statement.
+                    let n = at.len() as i64;
+                    let mut ids: Vec<i64> = tx
+                        .query(
+                            "SELECT nextval(pg_get_serial_sequence('events', 'id'))
+                             FROM generate_series(1, $1::int8)",
+                            &[&n],
+                        )
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    ids.sort_unstable();
+                    tx.execute(
+                        "INSERT INTO events (id, at_ms, mac, kind, detail, server)
+                         SELECT u.*, $6::text
+                         FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[]) AS u",
+                        &[&ids, &at, &macs, &kinds, &details, &server],
                     )
-                    .await?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                ids.sort_unstable();
-                c.execute(
-                    "INSERT INTO events (id, at_ms, mac, kind, detail, server)
-                     SELECT u.*, $6::text
-                     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[]) AS u",
-                    &[&ids, &at, &macs, &kinds, &details, &server],
-                )
-                .await?;
+                    .await?;
+                    ids
+                };
+                observe_pg(&tx, &obs).await?;
+                tx.commit().await?;
                 Ok(ids)
             })
         }
     }
+}
+
+fn append_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[NewEvent],
+    server: &str,
+) -> Result<Vec<i64>, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (at_ms, mac, kind, detail, server) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut ids = Vec::with_capacity(events.len());
+    for e in events {
+        stmt.execute(params![
+            e.at_ms,
+            e.mac.map(|m| m.to_string()),
+            e.kind,
+            e.detail.to_string(),
+            server
+        ])?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(ids)
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {

@@ -152,6 +152,60 @@ const SQL_REFUSED: &str = "UPDATE machines SET secure_boot = $2, secure_boot_ms 
     secure_boot_why = $4 WHERE mac = $1 AND ($2 = 'refused' OR secure_boot IS NULL
     OR secure_boot <> 'refused')";
 
+/// Applies `obs` in the caller's SQLite transaction.
+pub(crate) fn observe_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    obs: &Observations,
+) -> Result<(), rusqlite::Error> {
+    let mut create = tx.prepare_cached(&sqlite(SQL_CREATE))?;
+    let mut sighted = tx.prepare_cached(&sqlite(SQL_SIGHTED))?;
+    for s in &obs.sightings {
+        let mac = s.mac.to_string();
+        if let Some(secret) = &s.create_with_secret {
+            create.execute(params![mac, s.at_ms, secret])?;
+        }
+        sighted.execute(params![mac, s.at_ms, s.arch, s.vendor_class, s.uuid])?;
+    }
+    let mut stage = tx.prepare_cached(&sqlite(SQL_STAGE))?;
+    for (mac, name, at) in &obs.stages {
+        stage.execute(params![mac.to_string(), name, at])?;
+    }
+    let mut refused = tx.prepare_cached(&sqlite(SQL_REFUSED))?;
+    for (mac, m) in &obs.secure_boot {
+        refused.execute(params![mac.to_string(), mark_word(m), m.at_ms, m.why])?;
+    }
+    Ok(())
+}
+
+/// Applies `obs` in the caller's PostgreSQL transaction.
+pub(crate) async fn observe_pg(
+    tx: &deadpool_postgres::Transaction<'_>,
+    obs: &Observations,
+) -> Result<(), StoreError> {
+    for s in &obs.sightings {
+        let mac = s.mac.to_string();
+        if let Some(secret) = &s.create_with_secret {
+            tx.execute(SQL_CREATE, &[&mac, &s.at_ms, secret]).await?;
+        }
+        tx.execute(
+            SQL_SIGHTED,
+            &[&mac, &s.at_ms, &s.arch, &s.vendor_class, &s.uuid],
+        )
+        .await?;
+    }
+    for (mac, name, at) in &obs.stages {
+        tx.execute(SQL_STAGE, &[&mac.to_string(), name, at]).await?;
+    }
+    for (mac, m) in &obs.secure_boot {
+        tx.execute(
+            SQL_REFUSED,
+            &[&mac.to_string(), &mark_word(m), &m.at_ms, &m.why],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// SQLite's spelling of the same statements (`?N`, `max`).
 fn sqlite(sql: &str) -> String {
     sql.replace('$', "?").replace("greatest(", "max(")
@@ -200,51 +254,12 @@ impl Store {
             return Ok(());
         }
         match self.backend() {
-            Backend::Sqlite(db) => db.write(|tx| {
-                let mut create = tx.prepare_cached(&sqlite(SQL_CREATE))?;
-                let mut sighted = tx.prepare_cached(&sqlite(SQL_SIGHTED))?;
-                for s in &obs.sightings {
-                    let mac = s.mac.to_string();
-                    if let Some(secret) = &s.create_with_secret {
-                        create.execute(params![mac, s.at_ms, secret])?;
-                    }
-                    sighted.execute(params![mac, s.at_ms, s.arch, s.vendor_class, s.uuid])?;
-                }
-                let mut stage = tx.prepare_cached(&sqlite(SQL_STAGE))?;
-                for (mac, name, at) in &obs.stages {
-                    stage.execute(params![mac.to_string(), name, at])?;
-                }
-                let mut refused = tx.prepare_cached(&sqlite(SQL_REFUSED))?;
-                for (mac, m) in &obs.secure_boot {
-                    refused.execute(params![mac.to_string(), mark_word(m), m.at_ms, m.why])?;
-                }
-                Ok(())
-            }),
+            Backend::Sqlite(db) => db.write(|tx| observe_sqlite(tx, obs)),
             Backend::Postgres(pg) => {
                 let obs = obs.clone();
                 pg.run(move |mut c| async move {
                     let tx = c.transaction().await?;
-                    for s in &obs.sightings {
-                        let mac = s.mac.to_string();
-                        if let Some(secret) = &s.create_with_secret {
-                            tx.execute(SQL_CREATE, &[&mac, &s.at_ms, secret]).await?;
-                        }
-                        tx.execute(
-                            SQL_SIGHTED,
-                            &[&mac, &s.at_ms, &s.arch, &s.vendor_class, &s.uuid],
-                        )
-                        .await?;
-                    }
-                    for (mac, name, at) in &obs.stages {
-                        tx.execute(SQL_STAGE, &[&mac.to_string(), name, at]).await?;
-                    }
-                    for (mac, m) in &obs.secure_boot {
-                        tx.execute(
-                            SQL_REFUSED,
-                            &[&mac.to_string(), &mark_word(m), &m.at_ms, &m.why],
-                        )
-                        .await?;
-                    }
+                    observe_pg(&tx, &obs).await?;
                     tx.commit().await?;
                     Ok(())
                 })

@@ -234,7 +234,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let all: Vec<Lease6Record> = (0..25u32)
-            .map(|i| rec(&format!("2001:db8::{:x}", 0x100 + i * 7), i, LeaseState::Bound))
+            .map(|i| {
+                rec(
+                    &format!("2001:db8::{:x}", 0x100 + i * 7),
+                    i,
+                    LeaseState::Bound,
+                )
+            })
             .collect();
         save_batch(&s, &all).unwrap();
         let mut walked = Vec::new();
@@ -248,7 +254,10 @@ mod tests {
         }
         let expected: Vec<_> = load_all(&s).unwrap().into_iter().map(|l| l.ip).collect();
         assert_eq!(walked.len(), 25);
-        assert_eq!(walked, expected, "the same order as the whole list, each once");
+        assert_eq!(
+            walked, expected,
+            "the same order as the whole list, each once"
+        );
     }
 
     #[test]

@@ -165,6 +165,8 @@ pub(crate) struct Sqlite {
     path: Option<PathBuf>,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Write transactions committed (each one fsync with `synchronous=FULL`).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -354,6 +356,7 @@ impl Store {
             path: None,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            commits: Default::default(),
         }))
     }
 
@@ -373,6 +376,15 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(db) => db.reclaim_space(),
             Backend::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Write transactions the SQLite store committed since it was opened (each one an fsync):
+    /// what batching saves is counted here. 0 for PostgreSQL.
+    pub fn commits(&self) -> u64 {
+        match &self.backend {
+            Backend::Sqlite(db) => db.commits.load(std::sync::atomic::Ordering::Relaxed),
+            Backend::Postgres(_) => 0,
         }
     }
 
@@ -429,6 +441,7 @@ impl Sqlite {
             path: Some(path),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            commits: Default::default(),
         })
     }
 
@@ -442,6 +455,8 @@ impl Sqlite {
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 

@@ -100,6 +100,7 @@ on_both_backends!(
     the_schema_is_current_and_reopening_migrates_nothing,
     heartbeats_list_the_live_servers,
     firmware_sightings_stages_and_secure_boot_refusals_survive_reopen,
+    events_and_what_they_tell_about_machines_are_one_transaction,
 );
 
 fn mac(s: &str) -> Mac {
@@ -1048,4 +1049,43 @@ fn firmware_sightings_stages_and_secure_boot_refusals_survive_reopen(db: &Db) {
         [(mac(b), 4000), (mac(a), 2500)]
     );
     assert_eq!(s.machines_refusing_secure_boot(1).unwrap().len(), 1);
+}
+
+fn events_and_what_they_tell_about_machines_are_one_transaction(db: &Db) {
+    let s = db.open();
+    let a = "52:54:00:00:71:01";
+    let batch = [ev(2000, a, "tftp"), ev(2001, a, "http")];
+    let obs = Observations {
+        sightings: vec![sighting(a, 1990, true)],
+        stages: vec![(mac(a), "script".into(), 2001)],
+        secure_boot: vec![],
+    };
+    let ids = events::append_observed(&s, &batch, &obs).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    let m = s.machine(mac(a)).unwrap().expect("made by the sighting");
+    assert_eq!(m.firmware.stage.as_deref(), Some("script"));
+    let listed = events::list(
+        &s,
+        &EventFilter {
+            mac: Some(mac(a)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [ids[1], ids[0]]
+    );
+    // Observations alone (a batch of DHCP sightings) are a transaction too, with no event.
+    let only = Observations {
+        stages: vec![(mac(a), "kernel".into(), 2002)],
+        ..Default::default()
+    };
+    assert_eq!(
+        events::append_observed(&s, &[], &only).unwrap(),
+        Vec::<i64>::new()
+    );
+    let m = s.machine(mac(a)).unwrap().unwrap();
+    assert_eq!(m.firmware.stage.as_deref(), Some("kernel"));
 }
