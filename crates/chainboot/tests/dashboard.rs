@@ -126,26 +126,10 @@ fn the_dashboard_shows_a_boot_and_changes_a_profile() {
 #[test]
 fn the_dashboard_and_explain_of_any_fleet_server_show_the_live_servers_and_who_answers() {
     browser_dir();
-    let pg = chainboot_testnet::postgres::PgCluster::start();
-    let url = pg.fresh_database();
-    let password = pg.password_file();
-    let start = |name: &str, dir: &std::path::Path| {
-        let store = format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{}\"\n\
-             server_name = \"{name}\"\nheartbeat = \"1s\"\npeer_timeout = \"3s\"\n",
-            password.display()
-        );
-        let (cfg, _) = loopback_config(dir, &store);
-        Server::start_in(None, &cfg, dir.join("log"))
-    };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = start("pxe-a", dir_a.path());
-    let mut b = start("pxe-b", dir_b.path());
+    let mut fleet = FleetOfTwo::start();
+    let (a, b, dir_b) = (&mut fleet.a, &mut fleet.b, &fleet.dir_b);
     let http_a = a.listening("HTTP");
     let api_b = b.listening("API");
-    for s in [&mut a, &mut b] {
-        s.wait_for_log("live=[\"pxe-a\", \"pxe-b\"]", Duration::from_secs(30));
-    }
     // A answers the machine's script request; B does nothing for it.
     let mac = "52:54:00:00:20:02";
     curl_ok(&format!(

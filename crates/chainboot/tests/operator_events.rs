@@ -172,27 +172,12 @@ fn pin_label_rearm(change_api: &str, read_api: &str, token: &str, mac: &str, ser
 
 #[test]
 fn an_operator_change_through_one_fleet_server_is_its_event_on_every_server() {
-    let pg = chainboot_testnet::postgres::PgCluster::start();
-    let url = pg.fresh_database();
-    let password = pg.password_file();
-    let start = |name: &str, dir: &std::path::Path| {
-        let store = format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{}\"\n\
-             server_name = \"{name}\"\nheartbeat = \"1s\"\npeer_timeout = \"3s\"\n",
-            password.display()
-        );
-        let (cfg, _) = loopback_config(dir, &store);
-        Server::start_in(None, &cfg, dir.join("log"))
-    };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = start("pxe-a", dir_a.path());
-    let mut b = start("pxe-b", dir_b.path());
+    let mut fleet = FleetOfTwo::start();
+    let (a, b) = (&mut fleet.a, &mut fleet.b);
+    let (dir_a, dir_b) = (&fleet.dir_a, &fleet.dir_b);
     let http_a = a.listening("HTTP");
     let api_a = a.listening("API");
     let api_b = b.listening("API");
-    for s in [&mut a, &mut b] {
-        s.wait_for_log("live=[\"pxe-a\", \"pxe-b\"]", Duration::from_secs(30));
-    }
     let mac = "52:54:00:00:30:01";
     let script =
         format!("http://{http_a}/ipxe?mac=52-54-00-00-30-01&platform=pcbios&buildarch=i386");

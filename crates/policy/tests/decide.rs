@@ -2,6 +2,8 @@
 //! rendered and parsed back, hostile facts, explain.
 #![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,7 +12,9 @@ use chainboot_policy::{
     validate, BootConfig, ClientFacts, GroupConfig, HttpBase, Policy, PolicyConfig, ProfileConfig,
     RawFacts, Source,
 };
+use chainboot_store::machines::OperatorChange;
 use chainboot_store::Store;
+use common::{operator, pin};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -336,9 +340,11 @@ async fn most_specific_group_wins_then_pin_then_default() {
     let store = p.store().clone();
     let m = mac("aa:bb:cc:00:00:02");
     store.machine_ensure(m, 1, "s").unwrap();
-    store
-        .machine_set_labels(m, &BTreeMap::from([("rack".into(), "r1".into())]))
-        .unwrap();
+    operator(
+        &store,
+        m,
+        OperatorChange::Labels(BTreeMap::from([("rack".into(), "r1".into())])),
+    );
     let rec = store.machine(m).unwrap().unwrap();
     let f = ClientFacts::from_raw(
         m,
@@ -352,7 +358,7 @@ async fn most_specific_group_wins_then_pin_then_default() {
     assert_eq!(d.source, Source::Group("by-serial".into()));
 
     // A pin beats every group.
-    store.machine_set_profile(m, Some("seed")).unwrap();
+    pin(&store, m, "seed");
     let rec = store.machine(m).unwrap().unwrap();
     let d = p.decide(&f, Some(&rec), None).await.unwrap();
     assert_eq!((d.profile.as_str(), &d.source), ("seed", &Source::Pinned));
@@ -381,7 +387,7 @@ async fn menu_choice_only_applies_to_menu_machines() {
 async fn script_for(p: &Policy, profile: &str, facts: &ClientFacts) -> String {
     let store = p.store().clone();
     store.machine_ensure(facts.mac, 1, "0123abcd").unwrap();
-    store.machine_set_profile(facts.mac, Some(profile)).unwrap();
+    pin(&store, facts.mac, profile);
     let rec = store.machine(facts.mac).unwrap().unwrap();
     p.decide(facts, Some(&rec), None)
         .await
@@ -741,7 +747,7 @@ async fn hostile_facts_never_escape_their_slot() {
                 assert_eq!(lines.len(), 2, "{s}");
             }
         }
-        p.store().machine_set_profile(m, Some("seed")).unwrap();
+        pin(p.store(), m, "seed");
         let rec = p.store().machine(m).unwrap().unwrap();
         let d = p.decide(&f, Some(&rec), None).await.unwrap();
         let cfg = d.pxelinux_cfg(&base()).unwrap().unwrap();

@@ -3,6 +3,8 @@
 //! into words the way GRUB reads them, hostile facts included.
 #![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
 use chainboot_machine::{Arch, Loader, Mac};
@@ -12,6 +14,7 @@ use chainboot_policy::{
     RawFacts,
 };
 use chainboot_store::Store;
+use common::pin;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -209,7 +212,7 @@ async fn profiles_grub_cannot_run_give_a_config_that_says_why_and_retries() {
         ("custom", "is an iPXE script, which GRUB cannot run"),
         ("web", "fetches only over TFTP"),
     ] {
-        store.machine_set_profile(m, Some(profile)).unwrap();
+        pin(&store, m, profile);
         let rec = store.machine(m).unwrap().unwrap();
         let d = p
             .decide(&ClientFacts::new(m), Some(&rec), None)

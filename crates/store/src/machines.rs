@@ -588,50 +588,6 @@ impl Store {
         })
     }
 
-    /// Pins (or with `None` unpins) a machine's profile. Returns false for an unknown machine.
-    pub fn machine_set_profile(&self, mac: Mac, profile: Option<&str>) -> Result<bool, StoreError> {
-        let Backend::Sqlite(db) = self.backend() else {
-            return pg_execute(
-                self,
-                "UPDATE machines SET pinned_profile = $2 WHERE mac = $1",
-                pg_params![mac.to_string(), profile.map(str::to_string)],
-            )
-            .map(|n| n == 1);
-        };
-        db.write(|tx| {
-            let n = tx.execute(
-                "UPDATE machines SET pinned_profile = ?2 WHERE mac = ?1",
-                params![mac.to_string(), profile],
-            )?;
-            Ok(n == 1)
-        })
-    }
-
-    /// Replaces a machine's labels. Returns false for an unknown machine.
-    pub fn machine_set_labels(
-        &self,
-        mac: Mac,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<bool, StoreError> {
-        let text = serde_json::to_string(labels)
-            .map_err(|e| StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let Backend::Sqlite(db) = self.backend() else {
-            return pg_execute(
-                self,
-                "UPDATE machines SET labels = $2 WHERE mac = $1",
-                pg_params![mac.to_string(), text],
-            )
-            .map(|n| n == 1);
-        };
-        db.write(|tx| {
-            let n = tx.execute(
-                "UPDATE machines SET labels = ?2 WHERE mac = ?1",
-                params![mac.to_string(), text],
-            )?;
-            Ok(n == 1)
-        })
-    }
-
     /// Boot-once: the machine finished installing (`reason` says how we know). Keeps the first
     /// time if already set. Returns false for an unknown machine.
     pub fn machine_mark_installed(
@@ -659,18 +615,6 @@ impl Store {
         })
     }
 
-    /// Boot-once: forget the install, so the machine boots its group's profile again.
-    pub fn machine_rearm(&self, mac: Mac) -> Result<bool, StoreError> {
-        let sql = "UPDATE machines SET installed_ms = NULL, installed_reason = NULL WHERE mac = $1";
-        let Backend::Sqlite(db) = self.backend() else {
-            return pg_execute(self, sql, pg_params![mac.to_string()]).map(|n| n == 1);
-        };
-        db.write(|tx| {
-            let n = tx.execute(&sql.replace('$', "?"), [mac.to_string()])?;
-            Ok(n == 1)
-        })
-    }
-
     /// Records the profile a machine was just given.
     pub fn machine_set_last_profile(&self, mac: Mac, profile: &str) -> Result<(), StoreError> {
         let Backend::Sqlite(db) = self.backend() else {
@@ -688,18 +632,6 @@ impl Store {
                 params![mac.to_string(), profile],
             )?;
             Ok(())
-        })
-    }
-
-    /// Forgets a machine entirely (a new secret is chosen if it comes back).
-    pub fn machine_forget(&self, mac: Mac) -> Result<bool, StoreError> {
-        let sql = "DELETE FROM machines WHERE mac = $1";
-        let Backend::Sqlite(db) = self.backend() else {
-            return pg_execute(self, sql, pg_params![mac.to_string()]).map(|n| n == 1);
-        };
-        db.write(|tx| {
-            let n = tx.execute(&sql.replace('$', "?"), [mac.to_string()])?;
-            Ok(n == 1)
         })
     }
 }

@@ -211,12 +211,31 @@ fn machine_facts_merge_and_the_secret_stays(db: &Db) {
     assert_eq!(s.machine_by_ip("198.18.0.9").unwrap().unwrap().mac, m);
 }
 
+/// An operator's change as the API makes it: the change and its `operator` event in one
+/// transaction (`None`: the machine is not known, nothing changed).
+fn operator(
+    s: &Store,
+    m: Mac,
+    change: OperatorChange,
+) -> Result<Option<chainboot_store::machines::OperatorChanged>, StoreError> {
+    s.machine_operator_change(m, 1, None, change, move |_| NewEvent {
+        at_ms: 1,
+        mac: Some(m),
+        kind: events::OPERATOR.into(),
+        detail: serde_json::json!({}),
+    })
+}
+
+fn pin(profile: Option<&str>) -> OperatorChange {
+    OperatorChange::Profile(profile.map(str::to_string))
+}
+
 fn operator_state_round_trips_and_survives_reopen(db: &Db) {
     let m = mac("52:54:00:00:00:02");
     {
         let s = db.open();
         assert!(
-            !s.machine_set_profile(m, Some("x")).unwrap(),
+            operator(&s, m, pin(Some("x"))).unwrap().is_none(),
             "unknown machine"
         );
         assert_eq!(s.machine_ensure(m, 1, "sec").unwrap().secret, "sec");
@@ -225,9 +244,11 @@ fn operator_state_round_trips_and_survives_reopen(db: &Db) {
             "sec",
             "ensure leaves an existing machine alone"
         );
-        assert!(s.machine_set_profile(m, Some("rescue")).unwrap());
+        assert!(operator(&s, m, pin(Some("rescue"))).unwrap().is_some());
         let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
-        assert!(s.machine_set_labels(m, &labels).unwrap());
+        assert!(operator(&s, m, OperatorChange::Labels(labels))
+            .unwrap()
+            .is_some());
         assert!(s.machine_mark_installed(m, 5, "kernel fetched").unwrap());
         assert!(s.machine_mark_installed(m, 9, "installed event").unwrap());
         s.machine_set_last_profile(m, "rescue").unwrap();
@@ -239,12 +260,12 @@ fn operator_state_round_trips_and_survives_reopen(db: &Db) {
     assert_eq!(r.labels["rack"], "r1");
     assert_eq!(r.installed_ms, Some(5), "first install time kept");
     assert_eq!(r.installed_reason.as_deref(), Some("kernel fetched"));
-    assert!(s.machine_set_profile(m, None).unwrap());
+    assert!(operator(&s, m, pin(None)).unwrap().is_some());
     assert_eq!(s.machine(m).unwrap().unwrap().pinned_profile, None);
-    assert!(s.machine_rearm(m).unwrap());
+    assert!(operator(&s, m, OperatorChange::Rearm).unwrap().is_some());
     assert_eq!(s.machine(m).unwrap().unwrap().installed_ms, None);
     assert_eq!(s.machine_count().unwrap(), 1);
-    assert!(s.machine_forget(m).unwrap());
+    assert!(operator(&s, m, OperatorChange::Forget).unwrap().is_some());
     assert!(s.machine(m).unwrap().is_none());
     assert!(s.machines().unwrap().is_empty());
 }
@@ -379,7 +400,7 @@ fn unproven_machines_expire_and_proven_ones_stay(db: &Db) {
     let labelled = mac("52:54:00:00:00:12");
     s.machine_seen(labelled, &facts, hour, "c", None).unwrap();
     let labels = BTreeMap::from([("rack".to_string(), "r1".to_string())]);
-    s.machine_set_labels(labelled, &labels).unwrap();
+    operator(&s, labelled, OperatorChange::Labels(labels)).unwrap();
     let leased = mac("52:54:00:00:00:13");
     s.machine_seen(leased, &facts, hour, "d", None).unwrap();
     leases::save_batch(
@@ -913,7 +934,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
     let known = mac("52:54:00:00:00:21");
     s.machine_seen(known, &MachineFacts::default(), 10, "sekrit", None)
         .unwrap();
-    assert!(s.machine_set_profile(known, Some("rescue")).unwrap());
+    assert!(operator(&s, known, pin(Some("rescue"))).unwrap().is_some());
     s.machine(known).unwrap();
     pg.stop();
     let facts = MachineFacts {
@@ -936,7 +957,7 @@ fn postgres_known_machines_are_answered_while_the_database_is_away() {
         "an unknown machine waits for the database"
     );
     assert!(
-        s.machine_set_profile(known, None).is_err(),
+        operator(&s, known, pin(None)).is_err(),
         "operator changes need the database"
     );
     pg.restart();

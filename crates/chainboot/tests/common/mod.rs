@@ -306,3 +306,46 @@ pub fn tftp_get_in(ns: &str, server: &str, file: &str) -> bool {
         .unwrap()
         .success()
 }
+
+/// Two servers of one fleet, `pxe-a` and `pxe-b`, each on loopback with its own state
+/// directory (its config at `dir_*/chainboot.toml`), sharing one fresh PostgreSQL database
+/// (heartbeat 1 s, peer timeout 3 s). Fields drop in order: the servers stop before their
+/// database does.
+pub struct FleetOfTwo {
+    pub a: Server,
+    pub b: Server,
+    pub dir_a: tempfile::TempDir,
+    pub dir_b: tempfile::TempDir,
+    _pg: chainboot_testnet::postgres::PgCluster,
+}
+
+impl FleetOfTwo {
+    /// Starts both and returns once each logs both live.
+    pub fn start() -> FleetOfTwo {
+        let pg = chainboot_testnet::postgres::PgCluster::start();
+        let url = pg.fresh_database();
+        let password = pg.password_file();
+        let start = |name: &str, dir: &Path| {
+            let store = format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{}\"\n\
+                 server_name = \"{name}\"\nheartbeat = \"1s\"\npeer_timeout = \"3s\"\n",
+                password.display()
+            );
+            let (cfg, _) = loopback_config(dir, &store);
+            Server::start_in(None, &cfg, dir.join("log"))
+        };
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = start("pxe-a", dir_a.path());
+        let mut b = start("pxe-b", dir_b.path());
+        for s in [&mut a, &mut b] {
+            s.wait_for_log("live=[\"pxe-a\", \"pxe-b\"]", Duration::from_secs(30));
+        }
+        FleetOfTwo {
+            a,
+            b,
+            dir_a,
+            dir_b,
+            _pg: pg,
+        }
+    }
+}
