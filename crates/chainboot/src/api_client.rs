@@ -212,6 +212,13 @@ impl Client {
         Ok(all)
     }
 
+    /// Every item of a list paged forward with `after=`, the cursor being the last item's
+    /// `key` (machines by MAC, leases by address).
+    pub async fn pages_after(&self, path: &str, key: &str) -> anyhow::Result<Vec<Value>> {
+        let cursor = |v: &Value| v.get(key).and_then(Value::as_str).map(str::to_string);
+        self.pages(path, "after", cursor, None).await
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -322,15 +329,7 @@ pub fn run_leases(args: &ApiArgs, _cmd: &LeasesCommand) -> ExitCode {
     run("leases", async {
         let c = Client::from_args(args)?;
         // Pages of up to 1000, IPv4 then IPv6; the cursor is the last address of a page.
-        let all = c
-            .pages(
-                "/api/v1/leases",
-                "after",
-                |l| l.get("ip").and_then(Value::as_str).map(str::to_string),
-                None,
-            )
-            .await?;
-        let v = Value::Array(all);
+        let v = Value::Array(c.pages_after("/api/v1/leases", "ip").await?);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
@@ -556,14 +555,7 @@ async fn machines(args: &ApiArgs, cmd: &MachinesCommand) -> anyhow::Result<()> {
     let c = Client::from_args(args)?;
     let value = match cmd {
         MachinesCommand::List => {
-            let mut all = c
-                .pages(
-                    "/api/v1/machines",
-                    "after",
-                    |m| m.get("mac").and_then(Value::as_str).map(str::to_string),
-                    None,
-                )
-                .await?;
+            let mut all = c.pages_after("/api/v1/machines", "mac").await?;
             // Pages come in MAC order; the table shows the most recently seen first.
             all.sort_by_key(|m| std::cmp::Reverse(m.get("last_seen_ms").and_then(Value::as_i64)));
             Value::Array(all)

@@ -134,6 +134,20 @@ fn curl(ns: &str, url: &str, out: Option<&Path>) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `chainboot leases list` run in `ns` against the API at `api`: its table.
+fn leases_list(ns: &str, config: &Path, api: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(chainboot_bin())
+        .args(["leases", "-c"])
+        .arg(config)
+        .args(["--server", &format!("http://{api}"), "list"])
+        .output()
+        .expect("chainboot leases list");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The hardware address of `cli0` in `ns` (what dhclient's DUID-LL is made of).
 fn cli0_mac(ns: &str) -> String {
     let out = sh(&format!("ip -n {ns} link show cli0"));
@@ -342,16 +356,7 @@ fn the_api_and_the_cli_list_dhcpv6_leases_with_duid_iaid_and_mac_beside_the_dhcp
     assert_eq!(leases.len(), 2, "one lease per family: {leases:#?}");
 
     // The CLI's table: both, the DHCPv6 one with its DUID and IAID.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.server])
-        .arg(chainboot_bin())
-        .args(["leases", "-c"])
-        .arg(&path)
-        .args(["--server", &format!("http://{api}"), "list"])
-        .output()
-        .expect("chainboot leases list");
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+    let table = leases_list(&net.server, &path, &api);
     let row = |ip: &str| {
         table
             .lines()
@@ -482,16 +487,7 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
     }
 
     // The CLI follows the pages: every lease is a row.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.server])
-        .arg(chainboot_bin())
-        .args(["leases", "-c"])
-        .arg(&path)
-        .args(["--server", &format!("http://{api}"), "list"])
-        .output()
-        .expect("chainboot leases list");
-    assert!(out.status.success(), "{out:?}");
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = leases_list(&net.server, &path, &api);
     assert_eq!(table.lines().count(), 1 + 1500, "a header and 1500 rows");
     assert!(table.contains("node1199") && table.contains("2001:db8:43::112b "));
 }

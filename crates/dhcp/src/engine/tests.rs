@@ -937,21 +937,26 @@ fn returning_clients_are_proven_and_lapses_free_the_budget() {
     assert!(e.counters().refused_new_client.load(Ordering::Relaxed) >= 5);
 }
 
+/// A stored lease of `ip` bound to `mac` from before `t0()`, for half an hour after it.
+fn stored_bound(ip: Ipv4Addr, mac: [u8; 6]) -> LeaseRecord {
+    LeaseRecord {
+        ip,
+        mac: Mac(mac).to_string(),
+        client_id: None,
+        hostname: None,
+        state: LeaseState::Bound,
+        expires: unix(t0()) + 1800,
+        updated: unix(t0()) - 1800,
+    }
+}
+
 #[test]
 fn leases_loaded_at_start_are_proven() {
     // 80 of 100 addresses bound before a restart: none counts, their clients renew and
     // reboot freely, and new clients get the share of the pool (here all 20 left).
     let mut e = engine(Mode::Server);
     let records: Vec<LeaseRecord> = (0..80u8)
-        .map(|i| LeaseRecord {
-            ip: Ipv4Addr::new(198, 18, 0, 100 + i),
-            mac: Mac([0x52, 0x54, 0, 8, 0, i]).to_string(),
-            client_id: None,
-            hostname: None,
-            state: LeaseState::Bound,
-            expires: unix(t0()) + 1800,
-            updated: unix(t0()) - 1800,
-        })
+        .map(|i| stored_bound(Ipv4Addr::new(198, 18, 0, 100 + i), [0x52, 0x54, 0, 8, 0, i]))
         .collect();
     e.load_leases(&records);
     assert_eq!(unproven(&mut e, t0()), 0);
@@ -1359,15 +1364,7 @@ fn leases_are_listed_a_page_at_a_time_in_address_order() {
     let records: Vec<LeaseRecord> = ips
         .iter()
         .enumerate()
-        .map(|(i, ip)| LeaseRecord {
-            ip: *ip,
-            mac: Mac([0x52, 0x54, 0, 9, 0, i as u8]).to_string(),
-            client_id: None,
-            hostname: None,
-            state: LeaseState::Bound,
-            expires: unix(t0()) + 1800,
-            updated: unix(t0()) - 1800,
-        })
+        .map(|(i, ip)| stored_bound(*ip, [0x52, 0x54, 0, 9, 0, i as u8]))
         .collect();
     e.load_leases(&records);
     let mut walked = Vec::new();
