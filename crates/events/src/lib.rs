@@ -1254,6 +1254,48 @@ mod tests {
     }
 
     #[test]
+    fn events_held_through_a_database_outage_are_written_in_their_order_when_it_answers() {
+        use chainboot_store::{StoreBackend, StoreConfig};
+        let pg = chainboot_testnet::postgres::PgCluster::start();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            backend: StoreBackend::Postgres,
+            url: Some(pg.fresh_database()),
+            password_file: Some(pg.password_file()),
+            server_name: Some("pxe-a".into()),
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let store = Arc::new(Store::from_config(&cfg, dir.path()).unwrap());
+        let log = EventLog::start(store.clone(), EventSettings::default());
+        let record = |n: u32| log.record(None, "tftp", json!({"n": n}));
+        record(0);
+        assert!(log.flush(Duration::from_secs(30)));
+        pg.stop();
+        // Two batches tried while the database is away: both held, none dropped.
+        (1..=5).for_each(record);
+        assert!(log.flush(Duration::from_secs(30)));
+        (6..=7).for_each(record);
+        assert!(log.flush(Duration::from_secs(30)));
+        assert_eq!(log.stats().held.load(Ordering::Relaxed), 7);
+        assert_eq!(log.stats().dropped.load(Ordering::Relaxed), 0);
+        pg.restart();
+        assert!(log.flush(Duration::from_secs(30)));
+        assert_eq!(log.stats().held.load(Ordering::Relaxed), 0);
+        let all = events::list(&store, &EventFilter::default()).unwrap();
+        let order: Vec<u64> = all
+            .iter()
+            .rev()
+            .map(|e| e.detail["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [0, 1, 2, 3, 4, 5, 6, 7],
+            "ids follow the order recorded"
+        );
+    }
+
+    #[test]
     fn recorded_events_are_written_streamed_and_loops_raised() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
