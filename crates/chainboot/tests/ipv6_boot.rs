@@ -374,73 +374,59 @@ fn the_api_and_the_cli_list_dhcpv6_leases_with_duid_iaid_and_mac_beside_the_dhcp
     );
 }
 
-#[test]
-fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families() {
-    require_root_and(&["ip", "curl"]);
-    let net = NetPair::new("v6p", 43);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path())
-        .replace("2001:db8:25:", "2001:db8:43:")
-        .replace(
-            "[dhcp]\nmode = \"off\"\n",
-            "[dhcp]\nmode = \"server\"\n[[dhcp.subnet]]\ncidr = \"198.18.43.0/24\"\n\
-             pools = [[\"198.18.43.100\", \"198.18.43.110\"]]\n",
-        );
-    let path = dir.path().join("chainboot.toml");
-    std::fs::write(&path, cfg).unwrap();
-    // A pool bigger than a page, in the store before the server starts (it loads the DHCPv4
-    // leases into its engine, and lists the DHCPv6 ones from the store): 1200 + 300.
+/// A pool bigger than a page of the leases list: 1200 DHCPv4 leases (from 198.18.44.0) and
+/// `v6` DHCPv6 ones, bound for an hour.
+fn big_pool(
+    v6: u32,
+) -> (
+    Vec<chainboot_store::leases::LeaseRecord>,
+    Vec<chainboot_store::leases6::Lease6Record>,
+) {
+    use chainboot_store::leases::{LeaseRecord, LeaseState};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let v4: Vec<chainboot_store::leases::LeaseRecord> = (0..1200u32)
-        .map(|i| chainboot_store::leases::LeaseRecord {
+    let v4 = (0..1200u32)
+        .map(|i| LeaseRecord {
             ip: std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 44, 0)) + i),
             mac: format!("52:54:00:44:{:02x}:{:02x}", i >> 8, i & 0xff),
             client_id: None,
             hostname: Some(format!("node{i}")),
-            state: chainboot_store::leases::LeaseState::Bound,
+            state: LeaseState::Bound,
             expires: now + 3600,
             updated: now,
         })
         .collect();
-    let v6: Vec<chainboot_store::leases6::Lease6Record> = (0..300u32)
+    let v6 = (0..v6)
         .map(|i| chainboot_store::leases6::Lease6Record {
             ip: format!("2001:db8:43::{:x}", 0x1000 + i).parse().unwrap(),
             duid: vec![0, 3, 0, 1, 0x52, 0x54, 0, 0x46, (i >> 8) as u8, i as u8],
             iaid: i,
             mac: None,
-            state: chainboot_store::leases::LeaseState::Bound,
+            state: LeaseState::Bound,
             expires: now + 3600,
             updated: now,
         })
         .collect();
-    {
-        let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
-        chainboot_store::leases::save_batch(&store, &v4).unwrap();
-        chainboot_store::leases6::save_batch(&store, &v6).unwrap();
-    }
-    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
-    let api = server.listening("API");
-    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    (v4, v6)
+}
+
+/// The API of the server in `ns` at `api` (config `path`) pages through exactly `expected`
+/// (addresses, in order; the first 1000 IPv4), and so does the CLI.
+fn walk_lease_pages(ns: &str, path: &Path, api: &str, expected: &[String]) {
     let get = |query: &str| -> Vec<serde_json::Value> {
-        let text = curl(
-            &net.server,
-            &format!("http://{api}/api/v1/leases{query}"),
-            None,
-        );
+        let text = curl(ns, &format!("http://{api}/api/v1/leases{query}"), None);
         serde_json::from_str(&text).expect("leases JSON")
     };
-
     // Without a limit, one page is 1000: the first 1000 IPv4 leases in address order.
     let first = get("");
     assert_eq!(first.len(), 1000);
     assert!(first.iter().all(|l| l["family"] == "ipv4"));
-    assert_eq!(first[0]["ip"], "198.18.44.0");
-    assert_eq!(first[999]["ip"], v4[999].ip.to_string().as_str());
+    assert_eq!(first[0]["ip"], expected[0].as_str());
+    assert_eq!(first[999]["ip"], expected[999].as_str());
 
-    // Pages of 500 from the last address of each: the third crosses from IPv4 to IPv6.
+    // Pages of 500 from the last address of each (the third crosses into IPv6, if any).
     let mut all: Vec<serde_json::Value> = Vec::new();
     let mut sizes = Vec::new();
     let mut after = String::new();
@@ -457,27 +443,17 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
         all.extend(page);
         assert!(sizes.len() < 10, "the cursor does not advance: {sizes:?}");
     }
-    assert_eq!(sizes, [500, 500, 500, 0]);
+    let mut want: Vec<usize> = expected.chunks(500).map(<[String]>::len).collect();
+    want.push(0);
+    assert_eq!(sizes, want);
     let ips: Vec<&str> = all.iter().map(|l| l["ip"].as_str().unwrap()).collect();
-    let expected: Vec<String> = v4
-        .iter()
-        .map(|l| l.ip.to_string())
-        .chain({
-            let mut t: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
-            t.sort();
-            t
-        })
-        .collect();
     assert_eq!(ips, expected, "each lease once, IPv4 by address then IPv6");
-    assert_eq!(all[1200]["family"], "ipv6");
-    assert_eq!(all[1200]["iaid"].as_u64(), Some(0));
 
     // A limit over the cap is the cap; what does not parse is refused, naming the parameter.
     assert_eq!(get("?limit=5000").len(), 1000);
     for (query, word) in [("limit=-1", "limit"), ("after=node7", "after")] {
         let out = sh(&format!(
-            "ip netns exec {} curl -s -w ' %{{http_code}}' 'http://{api}/api/v1/leases?{query}'",
-            net.server
+            "ip netns exec {ns} curl -s -w ' %{{http_code}}' 'http://{api}/api/v1/leases?{query}'"
         ));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -487,7 +463,88 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
     }
 
     // The CLI follows the pages: every lease is a row.
-    let table = leases_list(&net.server, &path, &api);
-    assert_eq!(table.lines().count(), 1 + 1500, "a header and 1500 rows");
-    assert!(table.contains("node1199") && table.contains("2001:db8:43::112b "));
+    let table = leases_list(ns, path, api);
+    assert_eq!(
+        table.lines().count(),
+        1 + expected.len(),
+        "a header and a row each"
+    );
+    assert!(table.contains("node1199"), "{table}");
+}
+
+/// The DHCPv4 server part of the paging tests' config.
+const DHCP4_43: &str = "[dhcp]\nmode = \"server\"\n[[dhcp.subnet]]\ncidr = \"198.18.43.0/24\"\n\
+                        pools = [[\"198.18.43.100\", \"198.18.43.110\"]]\n";
+
+#[test]
+fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families() {
+    require_root_and(&["ip", "curl"]);
+    let net = NetPair::new("v6p", 43);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path())
+        .replace("2001:db8:25:", "2001:db8:43:")
+        .replace("[dhcp]\nmode = \"off\"\n", DHCP4_43);
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, cfg).unwrap();
+    // A pool bigger than a page, in the store before the server starts (it loads the DHCPv4
+    // leases into its engine, and lists the DHCPv6 ones from the store): 1200 + 300.
+    let (v4, v6) = big_pool(300);
+    {
+        let store = chainboot_store::Store::open(&dir.path().join("state")).unwrap();
+        chainboot_store::leases::save_batch(&store, &v4).unwrap();
+        chainboot_store::leases6::save_batch(&store, &v6).unwrap();
+    }
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    let mut v6_text: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
+    v6_text.sort();
+    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).chain(v6_text).collect();
+    walk_lease_pages(&net.server, &path, &api, &expected);
+    let leases = leases_list(&net.server, &path, &api);
+    assert!(leases.contains("2001:db8:43::112b "), "{leases}");
+}
+
+#[test]
+fn on_postgresql_the_leases_list_pages_through_more_dhcpv4_leases_than_one_page() {
+    require_root_and(&["ip", "curl"]);
+    let pg = chainboot_testnet::postgres::PgCluster::start();
+    let url = pg.fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let net = NetPair::new("v4pg", 44);
+    let dir = tempfile::tempdir().unwrap();
+    // DHCPv6 leases are kept in SQLite only: on PostgreSQL the list is the DHCPv4 table.
+    let cfg = config(dir.path())
+        .replace("[dhcp6]\nmode = \"server\"\n", "[dhcp6]\nmode = \"off\"\n")
+        .replace("[dhcp]\nmode = \"off\"\n", DHCP4_43)
+        + &format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
+             server_name = \"pxe-44\"\n",
+            pg.socket_url(&db),
+            pg.password_file().display()
+        );
+    let path = dir.path().join("chainboot.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let (v4, _) = big_pool(0);
+    {
+        let store = chainboot_store::Store::from_config(
+            &chainboot_store::StoreConfig {
+                backend: chainboot_store::StoreBackend::Postgres,
+                url: Some(url),
+                password_file: Some(pg.password_file()),
+                server_name: Some("pxe-44".into()),
+                ..Default::default()
+            },
+            &dir.path().join("state"),
+        )
+        .unwrap();
+        assert!(chainboot_store::leases::save_batch(&store, &v4)
+            .unwrap()
+            .is_empty());
+    }
+    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).collect();
+    walk_lease_pages(&net.server, &path, &api, &expected);
 }
