@@ -4,6 +4,7 @@
 //! curl fetching exactly the URLs option 59 named (tftp:// and http:// with bracketed
 //! literals), then the script chain from the address DHCPv6 leased. Addresses from
 //! 2001:db8::/32 inside the namespaces only.
+#![allow(clippy::unwrap_used)] // a test: a failed step is a failed test
 
 mod common;
 
