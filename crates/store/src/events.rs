@@ -104,14 +104,9 @@ pub struct Retention {
 /// the next few events.
 const PRUNE_TO: f64 = 0.9;
 
-/// Writes a batch in one transaction, returning the new ids in order; each event is recorded
-/// as this server's.
-pub fn append_batch(store: &Store, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
-    append_observed(store, events, &Observations::default())
-}
-
-/// Writes a batch of events and what they tell about machines (`obs`) in one transaction, so
-/// that the event writer pays one commit per batch; returns the new ids in order.
+/// Writes a batch of events, each as this server's, and what they tell about machines (`obs`)
+/// in one transaction, so that the event writer pays one commit per batch; returns the new
+/// ids in order.
 pub fn append_observed(
     store: &Store,
     events: &[NewEvent],
@@ -492,7 +487,7 @@ mod tests {
                 detail: serde_json::json!({ "pad": "x".repeat(1000) }),
             })
             .collect();
-        append_batch(&s, &batch).unwrap();
+        append_observed(&s, &batch, &Observations::default()).unwrap();
         let file = s.disk_bytes();
         let keep = Retention {
             max_count: 100_000,

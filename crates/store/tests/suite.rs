@@ -447,6 +447,11 @@ fn a_machines_secret_is_not_serialised(db: &Db) {
     assert!(!json.contains("topsecret"), "{json}");
 }
 
+/// Events alone, as the event writer writes a batch that tells nothing about machines.
+fn append(s: &Store, batch: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+    events::append_observed(s, batch, &Observations::default())
+}
+
 fn ev(at: i64, mac: &str, kind: &str) -> NewEvent {
     NewEvent {
         at_ms: at,
@@ -460,7 +465,7 @@ fn events_round_trip_filter_and_prune(db: &Db) {
     let s = db.open();
     let a = "52:54:00:00:00:01";
     let b = "52:54:00:00:00:02";
-    let ids = events::append_batch(
+    let ids = append(
         &s,
         &[
             ev(1, a, "dhcp"),
@@ -537,7 +542,7 @@ fn events_round_trip_filter_and_prune(db: &Db) {
 
 fn events_carry_the_name_of_the_server_that_recorded_them(db: &Db) {
     let s = db.open().named("pxe-2".into());
-    events::append_batch(&s, &[ev(1, "52:54:00:00:00:01", "dhcp")]).unwrap();
+    append(&s, &[ev(1, "52:54:00:00:00:01", "dhcp")]).unwrap();
     let list = events::list(&s, &EventFilter::default()).unwrap();
     assert_eq!(list[0].server.as_deref(), Some("pxe-2"));
     let json = serde_json::to_value(&list[0]).unwrap();
@@ -548,7 +553,7 @@ fn events_are_followed_by_id_with_only_other_servers_details(db: &Db) {
     let a = db.open().named("pxe-a".into());
     let b = db.open().named("pxe-b".into());
     let start = events::newest_id(&b).unwrap();
-    let ida = events::append_batch(
+    let ida = append(
         &a,
         &[
             ev(1, "52:54:00:00:00:01", "dhcp"),
@@ -556,7 +561,7 @@ fn events_are_followed_by_id_with_only_other_servers_details(db: &Db) {
         ],
     )
     .unwrap();
-    let idb = events::append_batch(&b, &[ev(3, "52:54:00:00:00:03", "http")]).unwrap();
+    let idb = append(&b, &[ev(3, "52:54:00:00:00:03", "http")]).unwrap();
     assert_eq!(events::newest_id(&a).unwrap(), idb[0]);
     let got = events::following(&b, start, &[], "pxe-b", 1000).unwrap();
     let ids: Vec<i64> = got.iter().map(|e| e.id).collect();
@@ -595,7 +600,7 @@ fn pruning_keeps_the_byte_budget_newest_first(db: &Db) {
     let batch: Vec<NewEvent> = (0..4000)
         .map(|i| sized(i, Some("52:54:00:00:00:01"), 1000))
         .collect();
-    events::append_batch(&s, &batch).unwrap();
+    append(&s, &batch).unwrap();
     let full = events::stored_bytes(&s).unwrap();
     assert!(full > 4_000_000, "{full}");
     let keep = Retention {
@@ -617,9 +622,9 @@ fn a_flood_of_unattributed_events_does_not_push_out_machines_history(db: &Db) {
     let history: Vec<NewEvent> = (0..50)
         .map(|i| sized(i, Some("52:54:00:00:00:07"), 10))
         .collect();
-    events::append_batch(&s, &history).unwrap();
+    append(&s, &history).unwrap();
     let flood: Vec<NewEvent> = (50..5050).map(|i| sized(i, None, 10)).collect();
-    events::append_batch(&s, &flood).unwrap();
+    append(&s, &flood).unwrap();
     let keep = Retention {
         max_count: 1000,
         min_at_ms: 0,
