@@ -219,8 +219,11 @@ pub struct Sighted {
 
 /// How many events may wait for the writer (each at most [`MAX_DETAIL_BYTES`] of detail).
 const QUEUE: usize = 8192;
-/// IP → MAC entries kept.
+/// IP → MAC entries taught by machines (leases) kept, and neighbour-table answers kept apart:
+/// requests from addresses nobody taught (any host can send them, from as many addresses as it
+/// likes) only ever push out other such answers, never what machines proved.
 const MAX_IPS: usize = 65_536;
+const MAX_NEIGHBOUR_ANSWERS: usize = 16_384;
 
 /// How long an answer of the neighbour table (or its silence) is reused.
 const NEIGHBOUR_TTL: Duration = Duration::from_secs(5);
@@ -265,6 +268,8 @@ pub struct EventLog {
     tx: SyncSender<Msg>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     ips: Mutex<HashMap<IpAddr, Learned>>,
+    /// Neighbour-table answers (a miss too), each for [`NEIGHBOUR_TTL`].
+    neighbour_answers: Mutex<HashMap<IpAddr, Learned>>,
     /// Asked when `ips` has no answer for an address (none until the server sets it).
     neighbours: OnceLock<Arc<dyn Neighbours>>,
     loops: Mutex<LoopDetector>,
@@ -338,6 +343,7 @@ impl EventLog {
             tx,
             live: live.clone(),
             ips: Mutex::new(HashMap::new()),
+            neighbour_answers: Mutex::new(HashMap::new()),
             neighbours: OnceLock::new(),
             loops: Mutex::new(LoopDetector::new(
                 settings.loop_threshold,
@@ -603,6 +609,9 @@ impl EventLog {
     fn lookup_ip(&self, ip: IpAddr) -> Learned {
         let now = Instant::now();
         if let Some(l) = self.ips.lock().get(&ip) {
+            return *l;
+        }
+        if let Some(l) = self.neighbour_answers.lock().get(&ip) {
             if l.until.is_none_or(|t| t > now) {
                 return *l;
             }
@@ -616,11 +625,14 @@ impl EventLog {
             by_address: true,
             until: Some(now + NEIGHBOUR_TTL),
         };
-        let mut ips = self.ips.lock();
-        if ips.len() >= MAX_IPS && !ips.contains_key(&ip) {
-            ips.clear();
+        let mut answers = self.neighbour_answers.lock();
+        if answers.len() >= MAX_NEIGHBOUR_ANSWERS && !answers.contains_key(&ip) {
+            answers.retain(|_, a| a.until.is_some_and(|t| t > now));
+            if answers.len() >= MAX_NEIGHBOUR_ANSWERS {
+                answers.clear();
+            }
         }
-        ips.insert(ip, l);
+        answers.insert(ip, l);
         l
     }
 
@@ -1157,6 +1169,38 @@ mod tests {
             "not shown to be its address"
         );
         assert_eq!(table.asked.load(Ordering::Relaxed), 2001);
+    }
+
+    #[test]
+    fn strangers_from_more_addresses_than_the_answers_kept_never_push_out_what_machines_taught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EventLog::start(store, EventSettings::default());
+        let table = Arc::new(Counting {
+            known: HashMap::new(),
+            asked: AtomicU64::new(0),
+        });
+        log.use_neighbours(table.clone());
+        let leased: IpAddr = "198.18.0.9".parse().unwrap();
+        let mac: Mac = "52:54:00:00:00:09".parse().unwrap();
+        log.learn_ip(leased, mac, true);
+        let n = (MAX_IPS + MAX_NEIGHBOUR_ANSWERS) as u32;
+        for i in 0..n {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + 0x100 + i));
+            assert_eq!(log.mac_for_ip(ip), None);
+        }
+        assert_eq!(table.asked.load(Ordering::Relaxed), u64::from(n));
+        assert_eq!(
+            log.mac_of_address(leased),
+            Some(mac),
+            "the lease's mapping stays"
+        );
+        assert!(log.neighbour_answers.lock().len() <= MAX_NEIGHBOUR_ANSWERS);
+        assert_eq!(
+            table.asked.load(Ordering::Relaxed),
+            u64::from(n),
+            "and is not asked"
+        );
     }
 
     #[test]
