@@ -7,13 +7,18 @@
 #
 # Cases: a big file at blksize 512/1468/8192 x windowsize 1/16, and CLIENTS concurrent clients
 # fetching undionly.kpxe (Debian's, 72 KiB). Topologies: "loopback" (server and client on lo
-# inside a private network namespace, so port 69 is ours) and "lan" (two namespaces joined by a
+# inside a private network namespace, so port 69 is ours), "lan" (two namespaces joined by a
 # veth pair, 198.18.0.1 <-> 198.18.0.2, with a LAN's 500 us round trip, where windowsize
-# matters). The round trip would be `tc qdisc add dev X root netem delay 250us` on each side,
-# but this machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM unset, no modules); the
-# script uses netem when the kernel has it and otherwise has the client hold each ACK 500 us
-# (--ack-delay-us 500): for a lock-step or windowed transfer only the round trip per window
-# matters, and every server gets exactly the same treatment.
+# matters), "veth" (the same pair without the delay: a container or VM on this host, where a
+# lock-step block costs wake-ups, not wire time) and "vm" (the veth pair with a client that
+# behaves like firmware in a virtual machine on this host, GRUB or a UEFI PXE driver polling a
+# virtio NIC: it spins on its socket, holding a CPU for the whole transfer, and spends
+# VM_ACK_US (60) microseconds of CPU on each block before it answers). The LAN's round trip
+# would be `tc qdisc add dev X root netem delay 250us` on each side, but this machine's kernel
+# has no sch_netem (CONFIG_NET_SCH_NETEM unset, no modules); the script uses netem when the
+# kernel has it and otherwise has the client hold each ACK 500 us (--ack-delay-us 500): for a
+# lock-step or windowed transfer only the round trip per window matters, and every server gets
+# exactly the same treatment.
 #
 # Usage: bash bench/tftp/run.sh            (needs root for namespaces; runs ~15-25 min)
 #   env: ROUNDS=3 TOPOLOGIES="loopback lan" BIG_MB=64 LAN_BIG_MB=8 CLIENTS=500
@@ -23,6 +28,12 @@
 #        CHAINBOOT=path (another chainboot binary) FORCE=1 (run although the machine is busy)
 # The lock-step comparison (busy polling, quiet and contended), ~5 min:
 #   ROUNDS=5 TOPOLOGIES=loopback BIG_MB=16 BLKSIZES=1468 WINDOWSIZES=1 CASES=big bash bench/tftp/run.sh
+# Small-block lock-step next door (GRUB fetches the kernel with 1 KiB blocks, no window; 8 MiB
+# is about its kernel), per block, ~5 min:
+#   ROUNDS=5 TOPOLOGIES="veth vm" BIG_MB=8 BLKSIZES=1024 WINDOWSIZES=1 CASES=big bash bench/tftp/run.sh
+# Every run also records the server's CPU time (all its threads, and the children it reaped:
+# tftpd-hpa forks one per transfer) and chainboot's busy polls (waits that polled, and those the
+# ACK came in); the summary gives lock-step cases per block.
 # Output: bench/tftp/results/raw-<stamp>.tsv (every run) and summary-<stamp>.md (medians and
 # ratios), printed at the end.
 set -euo pipefail
@@ -52,7 +63,7 @@ NS_C=cbtftp-$$-c
 
 die() { echo "bench/tftp: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, port 69 inside them)"
-for t in in.tftpd dnsmasq ip tc python3 apt-get dpkg /usr/bin/time; do
+for t in in.tftpd dnsmasq ip tc python3 apt-get dpkg curl /usr/bin/time; do
   command -v "$t" >/dev/null || die "$t is missing: bash .ci/install-deps"
 done
 
@@ -92,7 +103,7 @@ chmod 644 "$DATA"/*
 mkdir -p "$RESULTS"
 LOAD_BEFORE=$(check_quiet)
 export BENCH_COMMAND=${BENCH_COMMAND:-"ROUNDS=$ROUNDS TOPOLOGIES=\"$TOPOLOGIES\" BIG_MB=$BIG_MB BLKSIZES=\"$BLKSIZES\" WINDOWSIZES=\"$WINDOWSIZES\" CASES=\"$CASES\" CONDITIONS=\"$CONDITIONS\" bash bench/tftp/run.sh"}
-printf 'condition\ttopology\tround\tserver\tcase\tok\tfailed\twall_s\tmb_per_s\tblksize\twindowsize\tclient_cpu_s\n' >"$RAW"
+printf 'condition\ttopology\tround\tserver\tcase\tok\tfailed\twall_s\tmb_per_s\tblksize\twindowsize\tclient_cpu_s\tserver_cpu_s\tpolls\tpolls_answered\n' >"$RAW"
 
 setup_topology() {
   ip netns del "$NS_S" 2>/dev/null || true
@@ -108,7 +119,7 @@ setup_topology() {
       CLIENT_NS=$NS_S
       RTT_ARGS=()
       ;;
-    lan)
+    lan | veth | vm)
       ip netns add "$NS_C"
       ip -n "$NS_C" link set lo up
       ip link add cbt$$s netns "$NS_S" type veth peer name cbt$$c netns "$NS_C"
@@ -116,7 +127,11 @@ setup_topology() {
       ip -n "$NS_C" addr add 198.18.0.2/24 dev cbt$$c
       ip -n "$NS_S" link set cbt$$s up
       ip -n "$NS_C" link set cbt$$c up
-      if ip netns exec "$NS_S" tc qdisc add dev cbt$$s root netem delay 250us limit 100000 2>/dev/null; then
+      if [ "$1" = veth ]; then
+        RTT_ARGS=()
+      elif [ "$1" = vm ]; then
+        RTT_ARGS=(--spin 1 --ack-work-us "${VM_ACK_US:-60}")
+      elif ip netns exec "$NS_S" tc qdisc add dev cbt$$s root netem delay 250us limit 100000 2>/dev/null; then
         ip netns exec "$NS_C" tc qdisc add dev cbt$$c root netem delay 250us limit 100000
         RTT_ARGS=()
       else
@@ -129,7 +144,8 @@ setup_topology() {
   esac
 }
 
-# The shipped binary's config: its defaults plus what this scenario needs.
+# The shipped binary's config: its defaults plus what this scenario needs (and /metrics readable
+# without the token on the namespace's loopback, for the busy-poll counters).
 chainboot_config() { # NAME EXTRA-TFTP-LINES
   rm -rf "$DATA/state-$1"
   cat >"$DATA/$1.toml" <<EOF
@@ -137,6 +153,8 @@ chainboot_config() { # NAME EXTRA-TFTP-LINES
 state_dir = "$DATA/state-$1"
 [dhcp]
 mode = "off"
+[api]
+read_requires_token = false
 [tftp]
 listen = "$SERVER_IP:69"
 root = "$DATA"
@@ -166,6 +184,28 @@ start_server() {
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; die "$1 did not start"; }
 }
 
+# The server's CPU time so far, in seconds: every thread's (schedstat, nanoseconds) plus the
+# children it reaped (utime + stime of waited-for children, in clock ticks).
+server_cpu() {
+  local pid=$1 ns=0 run x rest
+  for x in /proc/"$pid"/task/*/schedstat; do
+    read -r run _ <"$x" 2>/dev/null && ns=$((ns + run))
+  done
+  # After the command name, which may hold spaces: field 3 (state) is rest[0], 16-17 rest[13-14].
+  read -r -a rest <<<"$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null)"
+  awk -v ns="$ns" -v ticks=$((${rest[13]:-0} + ${rest[14]:-0})) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.4f", ns / 1e9 + ticks / hz }'
+}
+
+# chainboot's busy polls so far, "polled answered" (`[api]` on its default 127.0.0.1:8079);
+# "0 0" for the other servers.
+busy_polls() {
+  case $1 in chainboot*) ;; *) echo "0 0"; return ;; esac
+  ip netns exec "$NS_S" curl -s --max-time 2 http://127.0.0.1:8079/metrics 2>/dev/null |
+    awk '/^chainboot_tftp_busy_polls_total/ { if ($1 ~ /answered/) a = $2; else s = $2 }
+      END { printf "%d %d\n", a + s, a }'
+}
+
 stop_server() {
   kill "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
@@ -176,8 +216,10 @@ stop_server() {
 run_case() {
   local topo=$1 round=$2 server=$3 name=$4
   shift 4
-  local out cpu line
+  local out cpu line cpu0 scpu polls0 answered0 polls1 answered1
   out=$(mktemp)
+  read -r polls0 answered0 <<<"$(busy_polls "$server")"
+  cpu0=$(server_cpu "$SERVER_PID")
   if ! /usr/bin/time -f '%U %S' -o "$out.time" timeout 600 \
     ip netns exec "$CLIENT_NS" "$CLIENT" "$SERVER_IP:69" "$@" >"$out" 2>"$out.err"; then
     echo "  ($server $name: some transfers failed: $(head -c 300 "$out.err" | tr '\n' ' '))" >&2
@@ -185,6 +227,10 @@ run_case() {
   # A client that exits non-zero makes time(1) write a "Command exited" line first.
   cpu=$(tail -n 1 "$out.time" 2>/dev/null | awk '{print $1 + $2}')
   cpu=${cpu:-0}
+  # A forking server reaps its transfer's child just after the client is done.
+  sleep 0.2
+  scpu=$(awk -v a="$cpu0" -v b="$(server_cpu "$SERVER_PID")" 'BEGIN { printf "%.4f", b - a }')
+  read -r polls1 answered1 <<<"$(busy_polls "$server")"
   line=$(cat "$out")
   rm -f "$out" "$out.err" "$out.time"
   if [ -z "$line" ]; then line="ok=0 failed=all wall_s=0 mb_per_s=0 blksize=0 windowsize=0"; fi
@@ -195,10 +241,11 @@ run_case() {
   mbps=$(sed -n 's/.*mb_per_s=\([^ ]*\).*/\1/p' <<<"$line")
   bs=$(sed -n 's/.*blksize=\([^ ]*\).*/\1/p' <<<"$line")
   ws=$(sed -n 's/.*windowsize=\([^ ]*\).*/\1/p' <<<"$line")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$CONDITION" "$topo" "$round" "$server" "$name" \
-    "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu" >>"$RAW"
-  printf '  %-9s %-8s r%s %-16s %-16s ok=%s failed=%s wall=%ss %sMB/s (bs %s ws %s) client cpu %ss\n' \
-    "$CONDITION" "$topo" "$round" "$server" "$name" "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu"
+  local polls=$((polls1 - polls0)) answered=$((answered1 - answered0))
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$CONDITION" "$topo" "$round" "$server" "$name" \
+    "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu" "$scpu" "$polls" "$answered" >>"$RAW"
+  printf '  %-9s %-8s r%s %-16s %-16s ok=%s failed=%s wall=%ss %sMB/s (bs %s ws %s) client cpu %ss server cpu %ss polls %s (%s answered)\n' \
+    "$CONDITION" "$topo" "$round" "$server" "$name" "$ok" "$failed" "$wall" "$mbps" "$bs" "$ws" "$cpu" "$scpu" "$polls" "$answered"
 }
 
 read -r -a server_list <<<"$SERVERS"

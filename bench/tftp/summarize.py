@@ -16,7 +16,7 @@ from collections import defaultdict
 ANCHORS = ["tftpd-hpa", "atftpd", "dnsmasq"]
 OURS = ["chainboot", "chainboot-nopoll"]
 # The cases that go into the summary table at the top of bench/README.md (besides the storm).
-SUMMARY_CASES = ["big-bs1468-ws1", "big-bs1468-ws16"]
+SUMMARY_CASES = ["big-bs1468-ws1", "big-bs1468-ws16", "big-bs1024-ws1"]
 
 
 def main(path, load):
@@ -67,6 +67,8 @@ def table(runs, cond, topo):
                 mbps = statistics.median(float(r["mb_per_s"]) for r in rs)
                 values[s] = (mbps, failed)
                 note = "" if failed == 0 else f", {failed} failed"
+                if rs[0]["windowsize"] == "1":
+                    note += per_block(rs)
                 cells.append(f"{mbps:.1f} MB/s (ws {rs[0]['windowsize']}{note})")
         cb = values.get("chainboot")
         anchors = {s: v for s, v in values.items() if s in ANCHORS and v[1] == 0}
@@ -88,10 +90,35 @@ def table(runs, cond, topo):
         print("| " + " | ".join(cells) + " |")
         if ratio and (case in SUMMARY_CASES or case.startswith("storm")):
             out.append((f"TFTP {topo} {case} vs best anchor", cond, ratio))
-        if case == "big-bs1468-ws1" and cb and nopoll and nopoll[0] > 0:
+        if case in SUMMARY_CASES and case.endswith("-ws1") and cb and nopoll and nopoll[0] > 0:
             out.append((f"TFTP {topo} {case} vs chainboot with polling off", cond, cb[0] / nopoll[0]))
     print()
     return out
+
+
+def per_block(rs):
+    """A lock-step case per block (medians): wall time, the server's CPU time (older raw files
+    have none) and, for chainboot, the waits that busy-polled."""
+    walls, cpus, polls = [], [], []
+    for r in rs:
+        bs, mbps, wall = int(r["blksize"] or 0), float(r["mb_per_s"]), float(r["wall_s"])
+        if bs <= 0 or mbps <= 0:
+            continue
+        blocks = mbps * 1e6 * wall / bs
+        walls.append(bs / mbps)
+        if r.get("server_cpu_s"):
+            cpus.append(float(r["server_cpu_s"]) * 1e6 / blocks)
+        if r.get("polls") and r["server"] in OURS:
+            polls.append(int(r["polls"]))
+    if not walls:
+        return ""
+    text = f"; {statistics.median(walls):.0f} us"
+    if cpus:
+        text += f", CPU {statistics.median(cpus):.1f} us"
+    text += " per block"
+    if polls:
+        text += f", polled {statistics.median(polls):.0f}"
+    return text
 
 
 def write_summary(path, raw, rows):

@@ -5,9 +5,14 @@
 //! ```text
 //! tftp-bench-client SERVER:PORT FILE [--blksize N] [--windowsize N] [--clients N]
 //!                   [--repeat N] [--timeout-ms N] [--expect-size N] [--ack-delay-us N]
+//!                   [--spin 1] [--ack-work-us N]
 //! ```
 //! `--ack-delay-us` holds every ACK (ACK 0 after an OACK included) for that long before sending
 //! it: a LAN round trip emulated at the receiver, for kernels without sch_netem.
+//! `--spin 1` and `--ack-work-us` make the client behave like firmware in a virtual machine on
+//! the same host (GRUB or a UEFI PXE driver polling a virtio NIC): it spins on its socket
+//! instead of sleeping, so it holds a CPU for the whole transfer, and spends that much CPU time
+//! on every datagram before it answers (an emulated guest's turnaround).
 //! Prints one line: `clients=.. ok=.. failed=.. bytes=.. wall_s=.. mb_per_s=.. blksize=..
 //! windowsize=.. p50_ms=.. max_ms=..` (blksize/windowsize as negotiated by the server).
 //! Exit status 1 if any transfer failed.
@@ -29,6 +34,8 @@ struct Opts {
     timeout: Duration,
     expect_size: Option<u64>,
     ack_delay: Option<Duration>,
+    spin: bool,
+    ack_work: Option<Duration>,
 }
 
 struct Result1 {
@@ -41,7 +48,8 @@ struct Result1 {
 fn usage() -> ! {
     eprintln!(
         "usage: tftp-bench-client SERVER:PORT FILE [--blksize N] [--windowsize N] [--clients N] \
-         [--repeat N] [--timeout-ms N] [--expect-size N] [--ack-delay-us N]"
+         [--repeat N] [--timeout-ms N] [--expect-size N] [--ack-delay-us N] [--spin 1] \
+         [--ack-work-us N]"
     );
     std::process::exit(2)
 }
@@ -63,6 +71,8 @@ fn parse_args() -> Opts {
         timeout: Duration::from_millis(1000),
         expect_size: None,
         ack_delay: None,
+        spin: false,
+        ack_work: None,
     };
     while let Some(flag) = args.next() {
         let value: u64 = args
@@ -77,6 +87,8 @@ fn parse_args() -> Opts {
             "--timeout-ms" => o.timeout = Duration::from_millis(value.max(1)),
             "--expect-size" => o.expect_size = Some(value),
             "--ack-delay-us" => o.ack_delay = Some(Duration::from_micros(value)),
+            "--spin" => o.spin = value != 0,
+            "--ack-work-us" => o.ack_work = Some(Duration::from_micros(value)),
             _ => usage(),
         }
     }
@@ -120,7 +132,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
     let mut gap_acked = false;
     let mut ack = [0u8; 4];
     loop {
-        let (n, from) = match s.recv_from(&mut buf) {
+        let (n, from) = match receive(&s, &mut buf, o) {
             Ok(r) => r,
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -163,6 +175,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
                     }
                 }
                 proto::put_ack(&mut ack, 0);
+                work(o.ack_work);
                 hold(o.ack_delay);
                 s.send_to(&ack, from).map_err(|e| e.to_string())?;
             }
@@ -175,6 +188,7 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
                     let last = data.len() < blksize;
                     if last || in_window >= windowsize {
                         proto::put_ack(&mut ack, block);
+                        work(o.ack_work);
                         hold(o.ack_delay);
                         s.send_to(&ack, from).map_err(|e| e.to_string())?;
                         in_window = 0;
@@ -208,6 +222,34 @@ fn fetch(o: &Opts) -> Result<Result1, String> {
         blksize,
         windowsize,
     })
+}
+
+/// One datagram: a blocking receive, or with `--spin` a non-blocking one tried again and again
+/// until the timeout.
+fn receive(s: &UdpSocket, buf: &mut [u8], o: &Opts) -> std::io::Result<(usize, SocketAddr)> {
+    if !o.spin {
+        return s.recv_from(buf);
+    }
+    let until = Instant::now() + o.timeout;
+    loop {
+        match chainboot_udp::try_recv_from(s, buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < until => {
+                std::hint::spin_loop();
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Spends the emulated guest's processing time on the CPU (not asleep: a vCPU that handles a
+/// datagram is running).
+fn work(time: Option<Duration>) {
+    if let Some(t) = time {
+        let until = Instant::now() + t;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// Sleeps for the emulated round trip. The thread's timer slack is set to 1 ns first, so a

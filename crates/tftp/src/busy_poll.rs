@@ -21,7 +21,9 @@
 //!   `/proc/loadavg` at most every [`RUNNABLE_SAMPLE_EVERY`], right after a block is sent so
 //!   that a client woken by it counts) is at most the number of CPUs. The sample counts the
 //!   polling thread itself, so on two CPUs "this thread and its client" polls, "this thread,
-//!   its client and a hog" does not.
+//!   its client and a hog" does not. While the samples keep finding the machine crowded, they
+//!   are taken less and less often (down to one per [`MAX_SAMPLE_EVERY`]): a transfer on a
+//!   busy machine then does what it does with polling off, all but one read per 16 ms.
 //! - **The client answers within the polling time**: after [`MISSES_BEFORE_BACKOFF`] polls in
 //!   a row that the ACK missed (a real LAN, a slow PXE ROM), polling pauses for a growing
 //!   number of blocks.
@@ -49,6 +51,9 @@ pub const PROBE_EVERY: u32 = 32;
 /// How often the runnable-task count is sampled: reading `/proc/loadavg` costs a few
 /// microseconds, so once per millisecond (about 20-50 blocks on a fast path) is under 1%.
 pub const RUNNABLE_SAMPLE_EVERY: Duration = Duration::from_millis(1);
+/// The longest interval between samples, reached after a few crowded ones in a row: a
+/// machine that becomes quiet is noticed within this (16 ms is under 2% of a 1 s transfer).
+pub const MAX_SAMPLE_EVERY: Duration = Duration::from_millis(16);
 
 /// How a wait for the client's datagram went, as the driver saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +103,9 @@ pub struct BusyPoll {
     /// taken (`None`: never).
     crowded: bool,
     sampled_at: Option<Instant>,
+    /// Until the next sample: [`RUNNABLE_SAMPLE_EVERY`], doubled by each crowded sample up
+    /// to [`MAX_SAMPLE_EVERY`].
+    sample_every: Duration,
     /// Polled waits since the last probe, and whether the current wait is a probe.
     polled_since_probe: u32,
     probing: bool,
@@ -118,6 +126,7 @@ impl BusyPoll {
             slow_backoff: FIRST_BACKOFF,
             crowded: false,
             sampled_at: None,
+            sample_every: RUNNABLE_SAMPLE_EVERY,
             polled_since_probe: 0,
             probing: false,
             polled: Average::default(),
@@ -131,7 +140,7 @@ impl BusyPoll {
         !self.budget.is_zero()
             && self
                 .sampled_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= RUNNABLE_SAMPLE_EVERY)
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.sample_every)
     }
 
     /// A runnable-task count sampled at `now` (this thread included); `None`: it could not
@@ -139,6 +148,11 @@ impl BusyPoll {
     pub fn record_runnable(&mut self, now: Instant, runnable: Option<u32>) {
         self.sampled_at = Some(now);
         self.crowded = runnable.is_none_or(|r| r > self.cpus);
+        self.sample_every = if self.crowded {
+            (self.sample_every * 2).min(MAX_SAMPLE_EVERY)
+        } else {
+            RUNNABLE_SAMPLE_EVERY
+        };
     }
 
     /// How long to poll before this wait sleeps; `None`: sleep at once. Call once per wait,
@@ -284,6 +298,40 @@ mod tests {
         p.record_runnable(t0, Some(1));
         assert!(!p.wants_runnable(t0 + RUNNABLE_SAMPLE_EVERY / 2));
         assert!(p.wants_runnable(t0 + RUNNABLE_SAMPLE_EVERY));
+    }
+
+    #[test]
+    fn a_crowded_machine_is_sampled_less_and_less_often_and_a_quiet_sample_restores_the_pace() {
+        let mut p = BusyPoll::new(BUDGET, CPUS);
+        let mut t = Instant::now();
+        // Crowded samples in a row: 2, 4, 8, 16 ms apart, then every 16 ms.
+        let mut gaps = Vec::new();
+        let mut last = t;
+        p.record_runnable(t, Some(5));
+        while gaps.len() < 6 {
+            t += Duration::from_micros(250);
+            assert_eq!(p.next_wait(), None, "a crowded machine never polls");
+            p.record(Waited::Slept(Some(30 * US)));
+            if p.wants_runnable(t) {
+                gaps.push((t - last).as_millis());
+                last = t;
+                p.record_runnable(t, Some(5));
+            }
+        }
+        assert_eq!(gaps, [2, 4, 8, 16, 16, 16]);
+        // The machine turns quiet: noticed at the next sample, within MAX_SAMPLE_EVERY, and
+        // polling and the 1 ms pace resume at once.
+        assert!(!p.wants_runnable(t + MAX_SAMPLE_EVERY - US));
+        t += MAX_SAMPLE_EVERY;
+        assert!(p.wants_runnable(t));
+        p.record_runnable(t, Some(2));
+        assert_eq!(p.next_wait(), Some(BUDGET));
+        assert!(!p.wants_runnable(t + RUNNABLE_SAMPLE_EVERY - US));
+        assert!(p.wants_runnable(t + RUNNABLE_SAMPLE_EVERY));
+        // An unreadable count is crowded too (never spin blind), and backs off the same way.
+        p.record_runnable(t, None);
+        assert!(!p.wants_runnable(t + RUNNABLE_SAMPLE_EVERY));
+        assert!(p.wants_runnable(t + 2 * RUNNABLE_SAMPLE_EVERY));
     }
 
     #[test]

@@ -928,21 +928,22 @@ struct Polling {
 }
 
 impl Polling {
-    /// Waits for the client's next datagram right after a block went out: busy-polls first
-    /// when `may_poll` and the sans-IO policy asks for it, else blocks (up to the socket's
-    /// receive timeout, see [`wait_until`]); what it saw (answered within the poll, missed, the client's
-    /// turnaround) goes back into the policy.
+    /// Waits for the client's next datagram after a block went out at `sent_at`: busy-polls
+    /// first when few enough transfers run and the sans-IO policy asks for it, else blocks (up
+    /// to the socket's receive timeout, see [`wait_until`]); what it saw (answered within the
+    /// poll, missed, the client's turnaround) goes back into the policy. Also returns when the
+    /// wait ended, the one clock reading the caller needs until its next send.
     fn wait(
         &mut self,
         socket: &std::net::UdpSocket,
         inbuf: &mut [u8],
         client: SocketAddr,
-        may_poll: bool,
+        sent_at: Instant,
         runnable: &Runnable,
         stats: &TftpStats,
-    ) -> io::Result<(usize, SocketAddr)> {
+    ) -> (io::Result<(usize, SocketAddr)>, Instant) {
+        let may_poll = stats.active.load(Ordering::Relaxed) <= self.max_transfers;
         // Sampled right after the send, so that a client woken by the block counts.
-        let sent_at = Instant::now();
         if may_poll && self.busy.wants_runnable(sent_at) {
             self.busy.record_runnable(sent_at, runnable.count());
         }
@@ -962,10 +963,11 @@ impl Polling {
             }
             None => (socket.recv_from(inbuf), None),
         };
+        let now = Instant::now();
         if may_poll {
             // The client's turnaround: its datagram's arrival after the block went out.
             let turnaround = match &received {
-                Ok((_, from)) if *from == client => Some(sent_at.elapsed()),
+                Ok((_, from)) if *from == client => Some(now.saturating_duration_since(sent_at)),
                 _ => None,
             };
             self.busy.record(match (answered, turnaround) {
@@ -974,7 +976,7 @@ impl Polling {
                 (None, t) => Waited::Slept(t),
             });
         }
-        received
+        (received, now)
     }
 }
 
@@ -1039,8 +1041,13 @@ fn drive_blocking(
     let mut inbuf = [0u8; 1024];
     let mut unknown_tids = UnknownTids::default();
     let runnable = Runnable::open(polling.runnable);
+    // The clock is read twice per block, right after the send (the retransmission wait and
+    // the client's turnaround start there) and when the wait ends (the datagram's time, and
+    // the next block's send time, a few microseconds off): a lock-step block costs two
+    // system calls, and four more clock reads were about 1% of its CPU time (perf).
+    let mut now = Instant::now();
     loop {
-        while let Some(n) = transfer.poll_transmit(Instant::now(), &source, &mut out) {
+        while let Some(n) = transfer.poll_transmit(now, &source, &mut out) {
             if let Err(e) = socket.send_to(&out[..n], client) {
                 // Like a lost block: the retransmission timer resends it.
                 debug!(client = %client, error = %e, "tftp send failed");
@@ -1059,15 +1066,16 @@ fn drive_blocking(
             transfer.abort("internal error: transfer stalled");
             continue;
         };
-        let want = wait_until(deadline, Instant::now());
+        let sent_at = Instant::now();
+        let want = wait_until(deadline, sent_at);
         if want != tick {
             // Best effort: with the old timeout the thread only wakes a little off.
             if socket.set_read_timeout(Some(want)).is_ok() {
                 tick = want;
             }
         }
-        let may_poll = stats.active.load(Ordering::Relaxed) <= polling.max_transfers;
-        let received = polling.wait(&socket, &mut inbuf, client, may_poll, &runnable, &stats);
+        let (received, at) = polling.wait(&socket, &mut inbuf, client, sent_at, &runnable, &stats);
+        now = at;
         match received {
             Ok((_, from)) if from != client => {
                 bump(&stats.unknown_tid);
@@ -1076,7 +1084,7 @@ fn drive_blocking(
                 }
             }
             Ok((n, _)) => {
-                if transfer.handle(Instant::now(), &inbuf[..n]) == Handled::Malformed {
+                if transfer.handle(now, &inbuf[..n]) == Handled::Malformed {
                     bump(&stats.malformed);
                 }
                 unproven.release_if_proven(transfer);
@@ -1092,7 +1100,7 @@ fn drive_blocking(
                 ) {
                     debug!(client = %client, error = %e, "tftp transfer socket receive error");
                 }
-                transfer.handle_timeout(Instant::now());
+                transfer.handle_timeout(now);
             }
         }
     }
