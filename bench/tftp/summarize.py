@@ -98,7 +98,7 @@ def table(runs, cond, topo):
 
 def per_block(rs):
     """A lock-step case per block (medians): wall time, the server's CPU time (older raw files
-    have none) and, for chainboot, the waits that busy-polled."""
+    have none, tftpd-hpa's is not measurable) and, for chainboot, the waits that busy-polled."""
     walls, cpus, polls = [], [], []
     for r in rs:
         bs, mbps, wall = int(r["blksize"] or 0), float(r["mb_per_s"]), float(r["wall_s"])
@@ -106,7 +106,7 @@ def per_block(rs):
             continue
         blocks = mbps * 1e6 * wall / bs
         walls.append(bs / mbps)
-        if r.get("server_cpu_s"):
+        if r.get("server_cpu_s") not in (None, "", "-"):
             cpus.append(float(r["server_cpu_s"]) * 1e6 / blocks)
         if r.get("polls") and r["server"] in OURS:
             polls.append(int(r["polls"]))
