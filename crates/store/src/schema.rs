@@ -43,6 +43,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::firmware::MIGRATION,
     // 9: the addresses each live server answers DHCP from.
     crate::servers::MIGRATION_ADDRESSES,
+    // 10: which server wrote a DHCPv6 lease; one DUID per server.
+    crate::leases6::MIGRATION_FLEET,
 ];
 
 /// The schema version this binary brings databases to.
@@ -63,9 +65,20 @@ pub(crate) fn sqlite_version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 pub(crate) fn sqlite_migrate(conn: &Connection) -> Result<(), StoreError> {
+    sqlite_migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Brings the database to `version` (tests make databases as older binaries left them).
+pub(crate) fn sqlite_migrate_to(conn: &Connection, version: u32) -> Result<(), StoreError> {
     let done = sqlite_version(conn)?;
     check_not_newer(done)?;
-    for (i, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+    let steps = version.saturating_sub(done) as usize;
+    for (i, m) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(done as usize)
+        .take(steps)
+    {
         conn.execute_batch(&format!(
             "BEGIN; {}; PRAGMA user_version = {}; COMMIT;",
             m.sqlite,

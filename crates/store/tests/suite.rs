@@ -12,6 +12,7 @@ use chainboot_machine::Mac;
 use chainboot_store::events::{self, EventFilter, NewEvent, Retention, MAX_PAGE};
 use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
 use chainboot_store::leases::{self, LeaseRecord, LeaseState};
+use chainboot_store::leases6::{self, Lease6Record};
 use chainboot_store::machines::{MachineFacts, MachineRecord, OperatorChange};
 use chainboot_store::{servers, Store, StoreBackend, StoreConfig, StoreError};
 use chainboot_testnet::postgres::PgCluster;
@@ -101,6 +102,9 @@ on_both_backends!(
     heartbeats_list_the_live_servers,
     firmware_sightings_stages_and_secure_boot_refusals_survive_reopen,
     events_and_what_they_tell_about_machines_are_one_transaction,
+    v6_leases_survive_reopen_replace_by_address_and_name_their_server,
+    pages_of_v6_leases_follow_the_address_cursor,
+    the_dhcpv6_server_duid_is_made_once_and_kept,
 );
 
 fn mac(s: &str) -> Mac {
@@ -701,6 +705,109 @@ fn heartbeats_list_the_live_servers(db: &Db) {
     assert_eq!(names, ["pxe-a"], "a server that left is gone at once");
 }
 
+fn rec6(ip: &str, duid: &[u8], iaid: u32, state: LeaseState) -> Lease6Record {
+    Lease6Record {
+        ip: ip.parse().unwrap(),
+        duid: duid.to_vec(),
+        iaid,
+        mac: Some("52:54:00:00:00:01".into()),
+        state,
+        expires: 1000,
+        updated: 10,
+        server: None,
+    }
+}
+
+/// `r` as read back from a store that `server` wrote it through.
+fn written_by(mut r: Lease6Record, server: &str) -> Lease6Record {
+    r.server = Some(server.into());
+    r
+}
+
+fn v6_leases_survive_reopen_replace_by_address_and_name_their_server(db: &Db) {
+    let s = db.open().named("pxe-a".into());
+    let duid = [0, 4, 1, 2, 3];
+    let refused = leases6::save_batch(
+        &s,
+        &[
+            rec6("2001:db8::10", &duid, 1, LeaseState::Bound),
+            rec6("2001:db8::11", &duid, u32::MAX, LeaseState::Bound),
+        ],
+    )
+    .unwrap();
+    assert!(refused.is_empty());
+    let released = rec6("2001:db8::10", &duid, 1, LeaseState::Released);
+    assert!(leases6::save_batch(&s, std::slice::from_ref(&released))
+        .unwrap()
+        .is_empty());
+    assert!(leases6::save_batch(&s, &[]).unwrap().is_empty());
+    drop(s);
+    let s = db.open();
+    let all = leases6::load_all(&s).unwrap();
+    assert_eq!(
+        all,
+        [
+            written_by(released, "pxe-a"),
+            written_by(
+                rec6("2001:db8::11", &duid, u32::MAX, LeaseState::Bound),
+                "pxe-a"
+            )
+        ]
+    );
+}
+
+fn pages_of_v6_leases_follow_the_address_cursor(db: &Db) {
+    let s = db.open();
+    let all: Vec<Lease6Record> = (0..25u32)
+        .map(|i| {
+            let ip = format!("2001:db8::{:x}", 0x100 + i * 7);
+            rec6(&ip, &[0, 4, 1], i, LeaseState::Bound)
+        })
+        .collect();
+    leases6::save_batch(&s, &all).unwrap();
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let p = leases6::page(&s, after, 4).unwrap();
+        assert!(p.len() <= 4);
+        let Some(last) = p.last() else { break };
+        after = Some(last.ip);
+        walked.extend(p.into_iter().map(|l| l.ip));
+    }
+    let expected: Vec<_> = leases6::load_all(&s)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.ip)
+        .collect();
+    assert_eq!(walked.len(), 25);
+    assert_eq!(
+        walked, expected,
+        "the same order as the whole list, each once"
+    );
+    let mut text: Vec<String> = expected.iter().map(|a| a.to_string()).collect();
+    text.sort();
+    let sorted: Vec<String> = expected.iter().map(|a| a.to_string()).collect();
+    assert_eq!(sorted, text, "address text, byte by byte, on both backends");
+}
+
+fn the_dhcpv6_server_duid_is_made_once_and_kept(db: &Db) {
+    let s = db.open().named("pxe-a".into());
+    let first = leases6::server_duid(&s, || vec![0, 4, 9, 9]).unwrap();
+    assert_eq!(first, [0, 4, 9, 9]);
+    drop(s);
+    let s = db.open().named("pxe-a".into());
+    assert_eq!(
+        leases6::server_duid(&s, || vec![0, 4, 1, 1]).unwrap(),
+        first
+    );
+    let listed: Vec<Vec<u8>> = leases6::server_duids(&s)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(listed, [first]);
+}
+
 // ---- PostgreSQL only: the database decides who holds an address.
 
 #[test]
@@ -1114,4 +1221,105 @@ fn events_and_what_they_tell_about_machines_are_one_transaction(db: &Db) {
     );
     let m = s.machine(mac(a)).unwrap().unwrap();
     assert_eq!(m.firmware.stage.as_deref(), Some("kernel"));
+}
+
+#[test]
+fn postgres_refuses_a_v6_address_another_identity_association_holds() {
+    let db = postgres();
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let mut held = rec6("2001:db8::20", &[0, 4, 1], 7, LeaseState::Bound);
+    held.updated = 100;
+    held.expires = 200;
+    assert!(leases6::save_batch(&a, std::slice::from_ref(&held))
+        .unwrap()
+        .is_empty());
+    // The same DUID with another IAID is another identity association: refused while the
+    // lease runs, and told who holds it (and which server bound it).
+    let mut other_ia = rec6("2001:db8::20", &[0, 4, 1], 8, LeaseState::Bound);
+    other_ia.updated = 150;
+    let free = rec6("2001:db8::21", &[0, 4, 2], 1, LeaseState::Bound);
+    let refused = leases6::save_batch(&b, &[other_ia.clone(), free.clone()]).unwrap();
+    assert_eq!(refused, [written_by(held.clone(), "pxe-a")]);
+    // The holder renewing through the other server: accepted.
+    let mut renewed = held.clone();
+    renewed.updated = 160;
+    renewed.expires = 400;
+    assert!(leases6::save_batch(&b, std::slice::from_ref(&renewed))
+        .unwrap()
+        .is_empty());
+    // Expired by the writer's clock, another identity association may have it.
+    other_ia.updated = 400;
+    assert!(leases6::save_batch(&a, std::slice::from_ref(&other_ia))
+        .unwrap()
+        .is_empty());
+    let changed = leases6::changed_since(&b, 300).unwrap();
+    assert_eq!(
+        changed,
+        [written_by(other_ia, "pxe-a")],
+        "the other server's write"
+    );
+    assert!(
+        leases6::changed_since(&a, 300).unwrap().is_empty(),
+        "not its own"
+    );
+}
+
+#[test]
+fn postgres_each_fleet_server_has_its_own_dhcpv6_duid() {
+    let db = postgres();
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let da = leases6::server_duid(&a, || vec![0, 4, 0xa]).unwrap();
+    let db_ = leases6::server_duid(&b, || vec![0, 4, 0xb]).unwrap();
+    assert_ne!(da, db_);
+    assert_eq!(leases6::server_duid(&a, || vec![0, 4, 0xc]).unwrap(), da);
+    assert_eq!(
+        leases6::server_duids(&b).unwrap(),
+        [("pxe-a".to_string(), da), ("pxe-b".to_string(), db_)]
+    );
+    // Two servers may never answer as one DUID.
+    let c = db.open().named("pxe-c".into());
+    assert!(leases6::server_duid(&c, || vec![0, 4, 0xa]).is_err());
+}
+
+#[test]
+fn postgres_servers_racing_for_the_same_v6_addresses_never_share_one() {
+    let db = postgres();
+    // Three servers bind all 120 addresses, each to IAs of its own, in batches of 30, at once.
+    let threads: Vec<_> = (0..3u8)
+        .map(|n| {
+            let s = db.open().named(format!("pxe-{n}"));
+            std::thread::spawn(move || {
+                let mut won = Vec::new();
+                for chunk in 0..4u32 {
+                    let batch: Vec<Lease6Record> = (0..30u32)
+                        .map(|i| {
+                            let host = chunk * 30 + i;
+                            let ip = format!("2001:db8:5::{:x}", 0x100 + host);
+                            rec6(&ip, &[0, 4, n], host, LeaseState::Bound)
+                        })
+                        .collect();
+                    let refused = leases6::save_batch(&s, &batch).unwrap();
+                    won.extend(
+                        batch
+                            .into_iter()
+                            .filter(|r| refused.iter().all(|x| x.ip != r.ip)),
+                    );
+                }
+                won
+            })
+        })
+        .collect();
+    let won: Vec<Lease6Record> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(won.len(), 120, "each address won exactly once");
+    let stored = leases6::load_all(&db.open()).unwrap();
+    assert_eq!(stored.len(), 120);
+    for r in &won {
+        let row = stored.iter().find(|s| s.ip == r.ip).unwrap();
+        assert_eq!((&row.duid, row.iaid), (&r.duid, r.iaid), "{}", r.ip);
+    }
 }
