@@ -7,9 +7,11 @@
 //!   the boot decision, then the message type's function);
 //! - `exchange`: one function per message type (RFC 8415 §18.3);
 //! - `pool`: prefixes, pools, address choice, leases in the shared lease table;
+//! - `fleet`: which server of a fleet answers a client, and which DUIDs are its peers';
 //! - `tests`: packet traces with a fake clock.
 
 mod exchange;
+mod fleet;
 mod pool;
 
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use chainboot_dhcp::boot::BootStage;
+use chainboot_dhcp::engine::fleet::Fleet;
 use chainboot_dhcp::engine::{LeaseTable, RateTable};
 use chainboot_dhcp::{decide, BootDecision, BootSettings};
 use chainboot_store::leases6::Lease6Record;
@@ -71,8 +74,13 @@ pub enum Ignored6 {
     PoolExhausted,
     /// The starvation guard refused an unproven client.
     NewClientLimit,
-    /// It names another server (option 2), or a message this mode does not answer.
+    /// It names another server (option 2), one this fleet does not know, or a message this
+    /// mode does not answer.
     NotForUs,
+    /// It names a live peer of this fleet (option 2): that server answers it.
+    PeerServer,
+    /// Another live server of the fleet answers this client (load balancing by client hash).
+    PeerClient,
     /// Rebind or Confirm about bindings chainboot cannot speak for (RFC 8415 §18.3.5/§18.3.3:
     /// no reply, another server may know).
     NoReply,
@@ -114,6 +122,8 @@ impl Outcome6 {
                     Ignored6::PoolExhausted => "pool-exhausted",
                     Ignored6::NewClientLimit => "new-client-limit",
                     Ignored6::NotForUs => "other-server",
+                    Ignored6::PeerServer => "peer-server",
+                    Ignored6::PeerClient => "peer-client",
                     Ignored6::NoReply => "no-reply",
                 }),
             ),
@@ -179,6 +189,10 @@ pub struct Counters6 {
     pub ignored_no_subnet: AtomicU64,
     pub ignored_no_server_address: AtomicU64,
     pub ignored_other_server: AtomicU64,
+    /// Messages naming a live peer of the fleet as their server (counted, no event).
+    pub ignored_peer_server: AtomicU64,
+    /// Clients another live server of the fleet answers (load balancing).
+    pub ignored_peer_client: AtomicU64,
     pub pool_exhausted: AtomicU64,
     pub refused_new_client: AtomicU64,
     pub drop_malformed: AtomicU64,
@@ -188,6 +202,9 @@ pub struct Counters6 {
     /// Filled by the driver.
     pub send_errors: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Lease writes the fleet's database refused (another server's client holds the address);
+    /// their replies were withheld.
+    pub lease_conflicts: AtomicU64,
     pub commit_batches: AtomicU64,
     pub committed_leases: AtomicU64,
 }
@@ -226,6 +243,8 @@ impl Counters6 {
                 g(&self.ignored_no_server_address),
             ),
             ("ignored_other_server_total", g(&self.ignored_other_server)),
+            ("ignored_peer_server_total", g(&self.ignored_peer_server)),
+            ("ignored_peer_client_total", g(&self.ignored_peer_client)),
             ("pool_exhausted_total", g(&self.pool_exhausted)),
             ("refused_new_client_total", g(&self.refused_new_client)),
             ("drop_malformed_total", g(&self.drop_malformed)),
@@ -237,6 +256,7 @@ impl Counters6 {
             ),
             ("send_errors_total", g(&self.send_errors)),
             ("store_errors_total", g(&self.store_errors)),
+            ("lease_conflicts_total", g(&self.lease_conflicts)),
             ("commit_batches_total", g(&self.commit_batches)),
             ("committed_leases_total", g(&self.committed_leases)),
         ]
@@ -269,6 +289,10 @@ pub struct Engine6 {
     buckets: RateTable<Vec<u8>>,
     relay_buckets: RateTable<Ipv6Addr>,
     counters: Arc<Counters6>,
+    /// The fleet this server shares clients with; `None`: it answers everyone.
+    fleet: Option<Fleet>,
+    /// The DUIDs of the fleet's live peers, sorted.
+    peer_duids: Vec<Vec<u8>>,
 }
 
 fn unix_f(t: SystemTime) -> f64 {
@@ -291,6 +315,8 @@ impl Engine6 {
             buckets: RateTable::new(),
             relay_buckets: RateTable::new(),
             counters: Arc::new(Counters6::default()),
+            fleet: None,
+            peer_duids: Vec::new(),
         }
     }
 
@@ -318,6 +344,10 @@ impl Engine6 {
         };
         self.count_request(&rx);
         let facts = Facts6::of(&rx, *ingress.src.ip());
+        if !self.answers(&rx, &facts) {
+            bump(&self.counters.ignored_peer_client);
+            return Handled6::new(Outcome6::Ignored(Ignored6::PeerClient));
+        }
         let sub = self.subnet_of(&facts, ingress);
         let decision = match self.server_address(ingress, &rx, sub) {
             Some(server) => decide(&facts.boot, &self.boot, server),
@@ -448,9 +478,10 @@ impl Engine6 {
                 Ignored6::NoSubnet => bump(&c.ignored_no_subnet),
                 Ignored6::NoServerAddress => bump(&c.ignored_no_server_address),
                 Ignored6::NotForUs => bump(&c.ignored_other_server),
+                Ignored6::PeerServer => bump(&c.ignored_peer_server),
                 Ignored6::PoolExhausted => bump(&c.pool_exhausted),
                 Ignored6::NewClientLimit => bump(&c.refused_new_client),
-                Ignored6::ModeOff | Ignored6::NoReply => {}
+                Ignored6::ModeOff | Ignored6::NoReply | Ignored6::PeerClient => {}
             },
             Outcome6::Dropped(_) => {}
         }

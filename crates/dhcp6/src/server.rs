@@ -2,13 +2,15 @@
 //! (IPv6 only) with IPV6_PKTINFO, joined to All_DHCP_Relay_Agents_and_Servers (ff02::1:2) on
 //! the serving interfaces; the driver's receive thread feeds the engine and its committer
 //! makes the leases of a batch durable in one transaction before it sends the batch's
-//! Replies. Never a Reply before its lease is on disk.
+//! Replies. Never a Reply before its lease is on disk. On a fleet's PostgreSQL store an
+//! address the database gave another client withholds the Reply (the client asks again and
+//! gets another address); while the database does not answer, Replies that bind wait for it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use chainboot_dhcp::driver::{
     DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable, Listener, Pending,
@@ -148,14 +150,17 @@ impl Dhcp6Server {
             Mode6::Off => Vec::new(),
             _ => vec![Arc::new(listen(&cfg)?)],
         };
+        let engine = Arc::new(Mutex::new(engine));
         let family = Dhcpv6 {
+            engine: engine.clone(),
+            last_failure: Mutex::new(None),
             store,
             counters: counters.clone(),
             interfaces: Mutex::new(InterfaceTable::new(ipv6_interfaces)),
         };
         let driver = Driver {
             family: Arc::new(family),
-            engine: Arc::new(Mutex::new(engine)),
+            engine,
             listeners,
             observer,
         };
@@ -177,6 +182,31 @@ impl Dhcp6Server {
     }
 }
 
+/// How often the committer tries the fleet's database while it does not answer.
+const DEGRADED_RETRY: Duration = Duration::from_secs(1);
+
+impl Dhcpv6 {
+    /// The fleet's database gave some addresses of this batch to other servers' clients: the
+    /// Replies of the requests that wrote them are withheld (the clients retransmit and are
+    /// answered from what the engine now knows: another address), and the engine learns who
+    /// holds each address.
+    fn withhold_refused(&self, batch: &mut Vec<Pending<Self>>, holders: &[Lease6Record]) {
+        self.counters
+            .lease_conflicts
+            .fetch_add(holders.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            addresses = holders.len(),
+            "dhcp6: the fleet's database holds addresses of this batch for other clients; their replies are withheld"
+        );
+        self.engine.lock().load_leases(holders);
+        batch.retain(|p| {
+            !p.leases
+                .iter()
+                .any(|r| holders.iter().any(|h| h.ip == r.ip))
+        });
+    }
+}
+
 /// A DUID-UUID (RFC 6355) from 16 random bytes: the server's identity, stored once.
 fn new_server_duid() -> Vec<u8> {
     let mut d = vec![0, 4];
@@ -186,6 +216,11 @@ fn new_server_duid() -> Vec<u8> {
 
 /// What DHCPv6 does around its engine.
 struct Dhcpv6 {
+    /// The engine the receive thread uses, for the addresses the fleet's database gave to
+    /// other servers' clients.
+    engine: Arc<Mutex<Engine6>>,
+    /// When the fleet's database last failed a commit (the committer's alone).
+    last_failure: Mutex<Option<Instant>>,
     store: Arc<Store>,
     counters: Arc<Counters6>,
     interfaces: Mutex<InterfaceTable<Vec<Ipv6Addr>>>,
@@ -234,8 +269,22 @@ impl Family for Dhcpv6 {
             .iter()
             .flat_map(|p| p.leases.iter().cloned())
             .collect();
-        match leases6::save_batch(&self.store, &records) {
-            Ok(()) => {
+        let mut last_failure = self.last_failure.lock();
+        // While the fleet's database is away each try costs up to its connect timeout: the
+        // database is tried again after DEGRADED_RETRY, not once per batch.
+        let skip =
+            self.store.degraded() && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
+        let saved = if skip {
+            Err(None)
+        } else {
+            leases6::save_batch(&self.store, &records).map_err(Some)
+        };
+        match saved {
+            Ok(refused) => {
+                *last_failure = None;
+                if !refused.is_empty() {
+                    self.withhold_refused(batch, &refused);
+                }
                 self.counters.commit_batches.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .committed_leases
@@ -245,10 +294,13 @@ impl Family for Dhcpv6 {
                 // Not durable, so not answered: the clients retransmit.
                 batch.clear();
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "dhcp6: could not store {} lease(s), replies withheld: {e}",
-                    records.len()
-                );
+                if let Some(e) = e {
+                    *last_failure = Some(Instant::now());
+                    tracing::error!(
+                        "dhcp6: could not store {} lease(s), replies withheld: {e}",
+                        records.len()
+                    );
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ use chainboot_dhcp6::{Dhcp6Config, Dhcp6Server, Handled6, Ingress6, Outcome6};
 use chainboot_store::leases::LeaseState;
 use chainboot_store::leases6::load_all;
 use chainboot_store::Store;
-use chainboot_testnet::{in_netns, require, run, Proc, Topology};
+use chainboot_testnet::{in_netns, require, run, wait_link_local, Proc, Topology};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -33,23 +33,6 @@ dns = ["2001:db8:1::53"]
 prefix = "2001:db8:2::/64"
 pools = [["2001:db8:2::1000", "2001:db8:2::1fff"]]
 "#;
-
-/// Waits until `dev` in `ns` has a link-local address that finished duplicate address
-/// detection (clients cannot send from a tentative one).
-fn wait_link_local(ns: &str, dev: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = run(&["ip", "-n", ns, "-6", "addr", "show", "dev", dev]);
-        if out.contains("fe80") && !out.contains("tentative") {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{dev} in {ns}: no usable link-local address: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Every exchange's message type and outcome, in order.
 #[derive(Default)]

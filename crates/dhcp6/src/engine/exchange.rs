@@ -21,8 +21,9 @@ struct IaAnswer {
 
 impl Engine6 {
     /// Dispatches by mode and message type. Messages that must name a server (RFC 8415
-    /// §16: Request, Renew, Release, Decline) are ours only when they name this one; those
-    /// that must not (Solicit, Rebind, Confirm) are dropped when they do.
+    /// §16: Request, Renew, Release, Decline) are ours only when they name this one (a live
+    /// peer's are counted apart from an unknown server's); those that must not (Solicit,
+    /// Rebind, Confirm) are dropped when they do.
     pub(super) fn exchange(&mut self, x: &Exchange6<'_>) -> Handled6 {
         let t = x.rx.msg.msg_type;
         let named = x.rx.msg.options.get(code::SERVERID);
@@ -34,7 +35,13 @@ impl Engine6 {
             _ => needs_id && !ours,
         };
         if refused {
-            return Handled6::new(Outcome6::Ignored(Ignored6::NotForUs));
+            // A live peer's DUID: that server answers (and records) it.
+            let peer = needs_id || t == msg::INFORMATION_REQUEST;
+            let why = match named {
+                Some(id) if peer && self.is_peer_duid(id) => Ignored6::PeerServer,
+                _ => Ignored6::NotForUs,
+            };
+            return Handled6::new(Outcome6::Ignored(why));
         }
         match (self.cfg.mode, t) {
             (_, msg::INFORMATION_REQUEST) => self.inform(x),

@@ -125,6 +125,12 @@ impl Engine6 {
 
     /// The address for IA `iaid` of the client: the one it holds, else one it asks for that
     /// is free, else the first free one from its hashed start. `None`: the pool is full.
+    ///
+    /// In a fleet, the scan from the hashed start takes from this server's share of the pool
+    /// first (the addresses whose hash bucket it owns, as for clients), so that two servers
+    /// answering different clients at the same moment do not pick the same free address (the
+    /// database would refuse the second lease and its client would have to ask again); only
+    /// when its share within the probed range is used up does it take from the others'.
     pub(crate) fn choose(
         &self,
         sub: usize,
@@ -143,9 +149,17 @@ impl Engine6 {
             return Some(ip);
         }
         let start = start_offset(duid, iaid, plan.size);
-        (0..plan.size.min(PROBES))
-            .filter_map(|i| plan.nth((start + i) % plan.size))
-            .find(|ip| usable(*ip))
+        let mut probed =
+            (0..plan.size.min(PROBES)).filter_map(|i| plan.nth((start + i) % plan.size));
+        if let Some(fleet) = self.fleet.as_ref().filter(|f| f.live().len() > 1) {
+            let own = probed
+                .clone()
+                .find(|ip| fleet.serves(&ip.octets()) && usable(*ip));
+            if own.is_some() {
+                return own;
+            }
+        }
+        probed.find(|ip| usable(*ip))
     }
 
     /// Has this IA come back since it was first given an address (starvation guard)?
@@ -277,5 +291,6 @@ pub(crate) fn record(l: &Lease<Ipv6Addr>, now: i64) -> Option<Lease6Record> {
         state,
         expires: l.expires,
         updated: now,
+        server: None,
     })
 }

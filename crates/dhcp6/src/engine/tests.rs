@@ -694,3 +694,154 @@ fn malformed_and_oversized_packets_are_counted_and_change_nothing() {
     );
     assert!(e.leases().is_empty());
 }
+
+// ---- A fleet: one server answers each client; the database's holders are respected.
+
+const PEER_DUID: &[u8] = &[0, 4, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// Two servers' engines, "pxe-a" (SERVER_DUID) and "pxe-b" (PEER_DUID), each knowing the other
+/// live.
+fn pair() -> (Engine6, Engine6) {
+    let names = || ["pxe-a", "pxe-b"].map(String::from);
+    let mut a = engine(Mode6::Server);
+    a.set_fleet(Some(Fleet::new("pxe-a", names())), vec![PEER_DUID.to_vec()]);
+    let mut b = Engine6::new(
+        cfg(Mode6::Server, ["2001:db8:1::100", "2001:db8:1::1ff"]),
+        BootSettings::default(),
+        PEER_DUID.to_vec(),
+    );
+    b.set_fleet(
+        Some(Fleet::new("pxe-b", names())),
+        vec![SERVER_DUID.to_vec()],
+    );
+    (a, b)
+}
+
+/// A client on the link whose MAC is `n`-th, sending from its EUI-64 link-local address.
+fn from_mac(n: u16) -> (Mac, Ingress6) {
+    let [hi, lo] = n.to_be_bytes();
+    let mac = Mac([0x52, 0x54, 0x00, 0x00, hi, lo]);
+    let mut ingress = direct();
+    ingress.src = SocketAddrV6::new(crate::duid::eui64_link_local(mac), 546, 0, 3);
+    (mac, ingress)
+}
+
+#[test]
+fn in_a_fleet_each_client_is_answered_by_one_server_keyed_by_its_mac() {
+    let (mut a, mut b) = pair();
+    let mut answered = [0u32; 2];
+    for n in 0..64u16 {
+        let (mac, ingress) = from_mac(n);
+        // Firmware and iPXE of one machine: two DUIDs, one MAC, one server.
+        for duid in [duid_uuid(n as u8), [&[0u8, 3, 0, 1][..], &mac.0].concat()] {
+            let c = Client6::firmware(duid, 7, false);
+            let outcomes = [&mut a, &mut b].map(|e| e.handle(t(0), &ingress, &c.solicit()));
+            let replied: Vec<usize> = (0..2)
+                .filter(|&i| outcomes[i].outcome == Outcome6::Replied(msg::ADVERTISE))
+                .collect();
+            assert_eq!(replied.len(), 1, "{mac}: {outcomes:?}");
+            let i = replied[0];
+            let owner = a
+                .fleet()
+                .unwrap()
+                .owner(chainboot_dhcp::engine::fleet::bucket(&mac.0));
+            assert_eq!(owner, ["pxe-a", "pxe-b"][i], "{mac}");
+            assert_eq!(
+                outcomes[1 - i].outcome,
+                Outcome6::Ignored(Ignored6::PeerClient)
+            );
+            assert!(
+                outcomes[1 - i].request.is_none(),
+                "no event for a peer's client"
+            );
+            // Each takes addresses from its own share of the pool first.
+            let (addr, _) = one(&outcomes[i]).ia().unwrap();
+            let e = if i == 0 { &a } else { &b };
+            assert!(e.fleet().unwrap().serves(&addr.octets()), "{addr}");
+            answered[i] += 1;
+        }
+    }
+    assert!(answered.iter().all(|&n| n >= 32), "shared: {answered:?}");
+    let c = |e: &Engine6| e.counters().ignored_peer_client.load(Ordering::Relaxed);
+    assert_eq!(c(&a) + c(&b), 128);
+}
+
+#[test]
+fn a_request_naming_a_live_peer_is_that_peers_and_counted_apart_from_an_unknown_server() {
+    let (mut a, _) = pair();
+    let c = Client::ovmf_pxe();
+    let addr: Ipv6Addr = "2001:db8:1::150".parse().unwrap();
+    let peers = a.handle(
+        t(0),
+        &direct(),
+        &c.with_server(msg::REQUEST, PEER_DUID, addr),
+    );
+    assert_eq!(peers.outcome, Outcome6::Ignored(Ignored6::PeerServer));
+    let unknown = [0, 3, 0, 1, 1, 2, 3, 4, 5, 6];
+    let other = a.handle(t(0), &direct(), &c.with_server(msg::RENEW, &unknown, addr));
+    assert_eq!(other.outcome, Outcome6::Ignored(Ignored6::NotForUs));
+    let n = a.counters();
+    assert_eq!(n.ignored_peer_server.load(Ordering::Relaxed), 1);
+    assert_eq!(n.ignored_other_server.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn when_a_peer_stops_its_clients_rebind_to_the_survivor_and_keep_their_address() {
+    let (mut a, mut b) = pair();
+    // A client of pxe-b's buckets.
+    let (mac, ingress) = (0..256u16)
+        .map(from_mac)
+        .find(|(m, _)| b.fleet().unwrap().serves(&m.0))
+        .unwrap();
+    let c = Client6::firmware([&[0u8, 3, 0, 1][..], &mac.0].concat(), 7, false);
+    let addr = one(&b.handle(t(0), &ingress, &c.solicit())).ia().unwrap().0;
+    let bound = b.handle(
+        t(1),
+        &ingress,
+        &c.with_server(msg::REQUEST, PEER_DUID, addr),
+    );
+    assert_eq!(one(&bound).ia(), Ok((addr, 12 * 3600)));
+    // pxe-a loads what pxe-b wrote (the fleet's heartbeat does).
+    a.load_leases(&bound.lease_writes);
+    let rebind = c.msg(msg::REBIND, |_| {}, Some(addr));
+    assert_eq!(
+        a.handle(t(2), &ingress, &rebind).outcome,
+        Outcome6::Ignored(Ignored6::PeerClient),
+        "while pxe-b lives, its client is its own"
+    );
+    // pxe-b stops heart-beating: pxe-a is alone.
+    a.set_fleet(Some(Fleet::new("pxe-a", ["pxe-a".to_string()])), Vec::new());
+    let renew = a.handle(t(3), &ingress, &c.with_server(msg::RENEW, PEER_DUID, addr));
+    assert_eq!(renew.outcome, Outcome6::Ignored(Ignored6::NotForUs));
+    let rebound = a.handle(t(4), &ingress, &rebind);
+    assert_eq!(
+        one(&rebound).ia(),
+        Ok((addr, 12 * 3600)),
+        "the same address"
+    );
+    assert_eq!(one(&rebound).opts.get(code::SERVERID), Some(SERVER_DUID));
+    assert_eq!(rebound.lease_writes.len(), 1);
+}
+
+#[test]
+fn an_address_the_database_gave_another_client_is_replaced_when_the_client_asks_again() {
+    let mut e = engine(Mode6::Server);
+    let c = Client::ovmf_pxe();
+    let addr = one(&e.handle(t(0), &direct(), &c.solicit()))
+        .ia()
+        .unwrap()
+        .0;
+    let request = c.with_server(msg::REQUEST, SERVER_DUID, addr);
+    let first = e.handle(t(1), &direct(), &request);
+    // The database refused the write: another server's client holds the address.
+    let mut holder = first.lease_writes[0].clone();
+    holder.duid = duid_uuid(99);
+    holder.mac = None;
+    e.load_leases(&[holder]);
+    let again = e.handle(t(2), &direct(), &request);
+    let (other, valid) = one(&again).ia().unwrap();
+    assert_ne!(other, addr, "re-picked");
+    assert_eq!(valid, 12 * 3600);
+    assert_eq!(again.lease_writes[0].ip, other);
+    assert!(!e.held_by(addr, &c.duid, c.iaid));
+}
