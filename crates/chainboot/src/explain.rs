@@ -299,7 +299,8 @@ fn boot_settings(cfg: &config::Config, policy: &Arc<Policy>) -> chainboot_dhcp::
 }
 
 /// DHCPv6: the `[dhcp6]` engine answers a Solicit from a client with a DUID-LL of `mac`,
-/// sent from its EUI-64 link-local address. Returns the server address it used.
+/// sent from its EUI-64 link-local address, as this server of a fleet would (answering it,
+/// or leaving it to the peer that owns its hash bucket). Returns the server address it used.
 fn explain_dhcp6(
     cfg: &config::Config,
     policy: &Arc<Policy>,
@@ -346,6 +347,11 @@ fn explain_dhcp6(
         boot_settings(cfg, policy),
         vec![0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     );
+    // The client's DUID-LL carries its MAC, the key DHCPv6 clients are shared by in a fleet
+    // too: the same server answers its DHCPv4 and DHCPv6.
+    if cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off {
+        engine.set_fleet(fleet_view(cfg, policy.store(), mac, out), Vec::new());
+    }
     let handled = engine.handle(SystemTime::now(), &ingress, &client.solicit());
     if let Some(d) = &handled.decision {
         out.push_str(&format!(

@@ -1,7 +1,8 @@
 //! A server's part in a fleet (`[store] backend = "postgres"`): its heartbeat in the
-//! live-servers table, the live peers handed to the DHCP engine (which shares clients with
-//! them by hash), and the leases other servers wrote loaded into the engine, so that a client
-//! whose server stopped is renewed by the server that takes it over, and no server offers an
+//! live-servers table, the live peers handed to the DHCP and DHCPv6 engines (which share
+//! clients with them by hash; the DHCPv6 engine also gets the peers' server DUIDs), and the
+//! leases other servers wrote (IPv4 and IPv6) loaded into the engines, so that a client whose
+//! server stopped is renewed by the server that takes it over, and no server offers an
 //! address another one holds. The events other servers wrote are read from the database on the
 //! same beat and handed to this server's live streams, so any server's stream shows the fleet.
 
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use chainboot_dhcp::engine::fleet::Fleet;
 use chainboot_dhcp::Engine;
+use chainboot_dhcp6::Engine6;
 use chainboot_events::follow::Follower;
 use chainboot_events::EventLog;
 use chainboot_store::events::EventRecord;
+use chainboot_store::leases6::{self, Lease6Record};
 use chainboot_store::{events, leases, servers, Store, StoreConfig, StoreError};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -60,13 +63,18 @@ fn others_events(store: &Store, follower: &mut Follower) -> Result<Vec<EventReco
     Ok(out)
 }
 
-/// What one beat learns: every server's row, the leases changed since `poll_from` (Unix s),
-/// the other servers' new events.
-type Beat = (
-    Vec<servers::ServerRecord>,
-    Vec<leases::LeaseRecord>,
-    Vec<EventRecord>,
-);
+/// What one beat learns.
+struct Beat {
+    /// Every server's row.
+    rows: Vec<servers::ServerRecord>,
+    /// The leases other servers changed since the poll's start (Unix s).
+    changed: Vec<leases::LeaseRecord>,
+    /// The same for DHCPv6 leases, and every server's DHCPv6 DUID (when DHCPv6 runs).
+    changed6: Vec<Lease6Record>,
+    duids: Vec<(String, Vec<u8>)>,
+    /// The other servers' new events.
+    news: Vec<EventRecord>,
+}
 
 /// One beat: this server's heartbeat, then what the others did.
 fn beat(
@@ -75,12 +83,27 @@ fn beat(
     poll_from: i64,
     follower: &mut Follower,
     addresses: &[Ipv4Addr],
+    dhcp6: bool,
 ) -> Result<Beat, StoreError> {
     servers::heartbeat(s, env!("CARGO_PKG_VERSION"), first, addresses)?;
     let rows = servers::all(s)?;
     let changed = leases::changed_since(s, poll_from)?;
+    let (changed6, duids) = if dhcp6 {
+        (
+            leases6::changed_since(s, poll_from)?,
+            leases6::server_duids(s)?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let news = others_events(s, follower)?;
-    Ok((rows, changed, news))
+    Ok(Beat {
+        rows,
+        changed,
+        changed6,
+        duids,
+        news,
+    })
 }
 
 /// Runs until `shutdown`, then removes this server from the live-servers table. `addresses`
@@ -89,6 +112,7 @@ fn beat(
 pub async fn run(
     store: Arc<Store>,
     engine: Option<Arc<Mutex<Engine>>>,
+    engine6: Option<Arc<Mutex<Engine6>>>,
     addresses: Vec<Ipv4Addr>,
     events: Arc<EventLog>,
     cfg: StoreConfig,
@@ -112,8 +136,9 @@ pub async fn run(
         let started = chainboot_events::now_ms() / 1000;
         let mut f = follower.take().unwrap_or_default();
         let addrs = addresses.clone();
+        let dhcp6 = engine6.is_some();
         let polled = tokio::task::spawn_blocking(move || {
-            let got = beat(&s, first, poll_from, &mut f, &addrs);
+            let got = beat(&s, first, poll_from, &mut f, &addrs, dhcp6);
             (got, f)
         })
         .await;
@@ -122,7 +147,13 @@ pub async fn run(
             got
         });
         match polled {
-            Ok(Ok((rows, changed, news))) => {
+            Ok(Ok(Beat {
+                rows,
+                changed,
+                changed6,
+                duids,
+                news,
+            })) => {
                 events.relay(news);
                 if failing {
                     info!("fleet: the database answers again");
@@ -149,14 +180,25 @@ pub async fn run(
                 let peer_addresses = addresses_of(&live);
                 let departed_addresses = addresses_of(&departed);
                 let names: Vec<String> = live.iter().map(|s| s.name.clone()).collect();
+                let peer_duids: Vec<Vec<u8>> = duids
+                    .into_iter()
+                    .filter(|(name, _)| name != me && names.contains(name))
+                    .map(|(_, duid)| duid)
+                    .collect();
                 if names != peers {
                     info!(live = ?names, "fleet: live servers changed");
                     peers = names.clone();
                 }
+                let fleet = Fleet::new(store.server_name(), names);
+                if let Some(engine6) = &engine6 {
+                    let mut e = engine6.lock();
+                    e.set_fleet(Some(fleet.clone()), peer_duids);
+                    e.load_leases(&changed6);
+                }
                 if let Some(engine) = &engine {
                     let mut e = engine.lock();
                     e.set_fleet(Some(
-                        Fleet::new(store.server_name(), names)
+                        fleet
                             .with_peer_addresses(peer_addresses)
                             .with_departed_addresses(departed_addresses),
                     ));

@@ -438,7 +438,7 @@ async fn serve(
     ));
     let ra_stats = start_ra(&cfg, &ifaces, &mut tasks, &shutdown);
     let servers = Servers::bind(&cfg, &sh, &ifaces)?;
-    let fleet = start_fleet(&cfg, &sh, &servers.dhcp, &ifaces, &shutdown);
+    let fleet = start_fleet(&cfg, &sh, &servers, &ifaces, &shutdown);
     // SIGHUP hands a new [dhcp] to the same engine.
     let reloadable_dhcp = servers.dhcp.engine();
     let info = server_info(&cfg, &source, &ifaces, &servers.http, quick.is_some());
@@ -556,19 +556,20 @@ fn bind_http(cfg: &config::Config, sh: &Shared, tls: &Tls) -> anyhow::Result<Htt
     Ok(http)
 }
 
-/// On the fleet's PostgreSQL store: the loop that heartbeats, shares the DHCP pool with the
-/// live peers and loads their leases.
+/// On the fleet's PostgreSQL store: the loop that heartbeats, shares the DHCP and DHCPv6
+/// clients and pools with the live peers and loads their leases.
 fn start_fleet(
     cfg: &config::Config,
     sh: &Shared,
-    dhcp: &DhcpServer,
+    servers: &Servers,
     ifaces: &[interfaces::Interface],
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if cfg.store.backend != chainboot_store::StoreBackend::Postgres {
         return None;
     }
-    let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| dhcp.engine());
+    let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| servers.dhcp.engine());
+    let engine6 = (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off).then(|| servers.dhcp6.engine());
     // The server identifier of a reply is the address of the interface it leaves from.
     let addresses = ifaces
         .iter()
@@ -577,6 +578,7 @@ fn start_fleet(
     Some(tokio::spawn(crate::fleet::run(
         sh.store.clone(),
         engine,
+        engine6,
         addresses,
         sh.events.clone(),
         cfg.store.clone(),

@@ -136,7 +136,8 @@ pub const MAX_LEASES_PAGE: usize = 1000;
 /// `GET /api/v1/leases?limit=N&after=IP`: one page of both families' leases, each with its
 /// `family`: first the DHCPv4 engine's table (what it hands out and holds right now) in
 /// address order, then the DHCPv6 leases in the store (DUID + IAID, the MAC when it was
-/// learned, the server that wrote them) in the order of their address text. The cursor is the
+/// learned, the server that bound them: in a fleet, every server's) in the order of their address
+text. The cursor is the
 /// last address of a page, whichever family: an IPv4 one continues in the IPv4 table (and
 /// then the IPv6 leases), an IPv6 one among the IPv6 leases.
 async fn leases(
@@ -216,20 +217,17 @@ fn lease4_json(l: chainboot_dhcp::engine::Lease) -> serde_json::Value {
     })
 }
 
-/// Up to `n` stored DHCPv6 leases after `after`. A store that keeps none (DHCPv6 leases live
-/// in the embedded SQLite store only) has none to list.
+/// Up to `n` stored DHCPv6 leases after `after` (in a fleet, every server's).
 fn leases6(
     store: &Store,
     after: Option<std::net::Ipv6Addr>,
     n: usize,
 ) -> Result<Vec<chainboot_store::leases6::Lease6Record>, String> {
-    match chainboot_store::leases6::page(store, after, n) {
-        Ok(r) => Ok(r),
-        Err(chainboot_store::StoreError::Config(_)) => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
-    }
+    chainboot_store::leases6::page(store, after, n).map_err(|e| e.to_string())
 }
 
+/// One DHCPv6 lease with the server that bound it (a row written before servers were
+/// recorded is this server's: it was alone).
 fn lease6_json(store: &Store, l: chainboot_store::leases6::Lease6Record) -> serde_json::Value {
     json!({
         "family": "ipv6",
@@ -239,7 +237,7 @@ fn lease6_json(store: &Store, l: chainboot_store::leases6::Lease6Record) -> serd
         "mac": l.mac,
         "state": l.state.as_str(),
         "expires": l.expires,
-        "server": store.server_name(),
+        "server": l.server.as_deref().unwrap_or(store.server_name()),
     })
 }
 

@@ -398,6 +398,13 @@ impl chainboot_dhcp::DhcpObserver<chainboot_dhcp6::Ingress6, chainboot_dhcp6::Ha
         let Some((t, facts)) = &handled.request else {
             return;
         };
+        // A message for a live peer of the fleet is that server's to record (counted as
+        // `chainboot_dhcp6_ignored_peer_server_total`), as for DHCPv4.
+        if handled.outcome
+            == chainboot_dhcp6::Outcome6::Ignored(chainboot_dhcp6::Ignored6::PeerServer)
+        {
+            return;
+        }
         let mac = facts.mac.map(|(mac, _)| mac);
         if let (Some(mac), chainboot_dhcp6::Outcome6::Replied(m::REPLY)) = (mac, handled.outcome) {
             for addr in &handled.addresses {

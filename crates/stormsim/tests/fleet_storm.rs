@@ -125,6 +125,47 @@ impl Segment {
             servers: list,
         }
     }
+
+    /// IPv6 on the segment (the documentation prefix 2001:db8:1::/64, inside these namespaces
+    /// only): the clients' side 2001:db8:1::100, server `i` 2001:db8:1::`i+1`; the bridge
+    /// floods multicast to every port (no MLD snooping: a server's join of ff02::1:2 must not
+    /// race its first Solicit).
+    fn add_ipv6(&self) {
+        let c = &self.client.0;
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            "2001:db8:1::100/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        for (i, ns) in self.servers.iter().enumerate() {
+            let addr = format!("2001:db8:1::{}/64", i + 1);
+            run(&[
+                "ip", "-n", &ns.0, "addr", "add", &addr, "dev", "vs", "nodad",
+            ]);
+        }
+        chainboot_testnet::wait_link_local(c, "br0");
+        for ns in &self.servers {
+            chainboot_testnet::wait_link_local(&ns.0, "vs");
+        }
+    }
 }
 
 /// The per-relay and new-client guards lifted, as for any load generator that is one relay
@@ -132,14 +173,16 @@ impl Segment {
 const LIFTED_GUARDS: &str = "limits = { per_relay_rate = 1000000.0, per_relay_burst = 1000000.0, \
      new_client_share = 1.0 }";
 
-/// Lines added to every server's `[dhcp]` and `[store]` sections.
+/// Lines added to every server's `[dhcp]` and `[store]` sections, and a `[dhcp6]` section.
 #[derive(Default)]
 struct Sections {
     dhcp: &'static str,
     store: &'static str,
+    /// With one, the segment has IPv6 too ([`Segment::add_ipv6`]).
+    dhcp6: &'static str,
 }
 
-/// Server `i`'s config; `sections` are added under `[dhcp]` and `[store]`.
+/// Server `i`'s config; `sections` are added under `[dhcp]` and `[store]`, and at the end.
 fn server_config(
     dir: &Path,
     i: usize,
@@ -183,12 +226,14 @@ initrd = ["initrd.img"]
 cmdline = "console=ttyS0"
 [boot]
 default = "storm"
+{dhcp6}
 "#,
         n = i + 1,
         dir = dir.display(),
         pw = password_file.display(),
         store = sections.store,
         dhcp = sections.dhcp,
+        dhcp6 = sections.dhcp6,
     )
 }
 
@@ -205,6 +250,18 @@ struct Fleet {
 impl Fleet {
     fn start(n: usize) -> Fleet {
         Fleet::start_with(n, &Sections::default())
+    }
+
+    /// `n` servers that also serve DHCPv6 with `[dhcp6]` section `dhcp6`: server `i` at
+    /// 2001:db8:1::`i+1`/64 on the bridge, the clients' side at 2001:db8:1::100.
+    fn start_v6(n: usize, dhcp6: &'static str) -> Fleet {
+        Fleet::start_with(
+            n,
+            &Sections {
+                dhcp6,
+                ..Sections::default()
+            },
+        )
     }
 
     /// `n` servers whose `[dhcp]` and `[store]` sections have `sections` added.
@@ -226,6 +283,9 @@ impl Fleet {
         std::fs::write(d.join("http/vmlinuz"), kernel).unwrap();
         std::fs::write(d.join("http/initrd.img"), initrd).unwrap();
         let segment = Segment::new(n);
+        if !sections.dhcp6.is_empty() {
+            segment.add_ipv6();
+        }
         let password = pg.password_file();
         let mut servers = Vec::new();
         let mut logs = Vec::new();
@@ -368,6 +428,11 @@ impl Fleet {
 
     /// tcpdump of the DHCP replies on the bridge, into `path`.
     fn capture(&self, path: &Path) -> Proc {
+        self.capture_matching(path, &["udp", "and", "src", "port", "67"])
+    }
+
+    /// tcpdump of the packets on the bridge that `filter` matches, into `path`.
+    fn capture_matching(&self, path: &Path, filter: &[&str]) -> Proc {
         let p = Proc(
             Command::new("ip")
                 .args(["netns", "exec", &self.segment.client.0])
@@ -375,7 +440,7 @@ impl Fleet {
                     "timeout", "600", "tcpdump", "-i", "br0", "-U", "-n", "-B", "8192", "-w",
                 ])
                 .arg(path)
-                .args(["udp", "and", "src", "port", "67"])
+                .args(filter)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -461,8 +526,8 @@ impl Fleet {
     }
 }
 
-/// Every DHCP ACK in a pcap file (Ethernet frames): (server address, client MAC, address).
-fn acks_in_capture(path: &Path) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
+/// The Ethernet frames of a pcap file.
+fn frames_in_capture(path: &Path) -> Vec<Vec<u8>> {
     let data = std::fs::read(path).unwrap();
     assert!(data.len() >= 24, "no pcap header");
     assert_eq!(
@@ -471,7 +536,7 @@ fn acks_in_capture(path: &Path) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
         "little-endian microsecond pcap"
     );
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let mut acks = Vec::new();
+    let mut frames = Vec::new();
     let mut at = 24;
     // The last record may be cut short when tcpdump is killed: whole records only.
     while at + 16 <= data.len() {
@@ -480,8 +545,17 @@ fn acks_in_capture(path: &Path) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
         if start + len > data.len() {
             break;
         }
-        let frame = &data[start..start + len];
+        frames.push(data[start..start + len].to_vec());
         at = start + len;
+    }
+    frames
+}
+
+/// Every DHCP ACK in a pcap file (Ethernet frames): (server address, client MAC, address).
+fn acks_in_capture(path: &Path) -> Vec<(Ipv4Addr, [u8; 6], Ipv4Addr)> {
+    let mut acks = Vec::new();
+    for frame in frames_in_capture(path) {
+        let frame = frame.as_slice();
         // Ethernet (14) + IPv4 (IHL) + UDP (8).
         if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
             continue;
@@ -856,9 +930,13 @@ fn perfdhcp_counts(out: &str) -> (u64, u64, u64, u64) {
     let mut section = "";
     let mut v = [0u64; 4];
     for line in out.lines() {
-        if line.contains("Statistics for: DISCOVER-OFFER") {
+        if line.contains("Statistics for: DISCOVER-OFFER")
+            || line.contains("Statistics for: SOLICIT-ADVERTISE")
+        {
             section = "do";
-        } else if line.contains("Statistics for: REQUEST-ACK") {
+        } else if line.contains("Statistics for: REQUEST-ACK")
+            || line.contains("Statistics for: REQUEST-REPLY")
+        {
             section = "ra";
         }
         let num = |p: &str| {
@@ -1232,4 +1310,308 @@ fn with_the_database_stopped_30s_known_leases_are_renewed_throughout_and_new_one
     let log = fleet.logs();
     assert!(log.contains("state store degraded"), "{log}");
     assert!(log.contains("the database answers again"), "{log}");
+}
+
+// ---- DHCPv6 in a fleet.
+
+/// The servers' `[dhcp6]`: stateful on the bridge's prefix, the per-DUID and new-client guards
+/// lifted as for any load generator that is endless new clients.
+const DHCP6: &str = r#"
+[dhcp6]
+mode = "server"
+interfaces = ["vs"]
+valid_lifetime = "1h"
+limits = { per_duid_rate = 1000.0, per_duid_burst = 1000.0, new_client_share = 1.0 }
+[[dhcp6.subnet]]
+prefix = "2001:db8:1::/64"
+pools = [["2001:db8:1::1000", "2001:db8:1::1fff"]]
+"#;
+
+/// One DHCPv6 Advertise or Reply seen on the wire.
+#[derive(Debug)]
+struct Reply6 {
+    msg_type: u8,
+    server: Vec<u8>,
+    client: Vec<u8>,
+    /// The IA's IAID and address, when it carries one with a valid lifetime above 0.
+    ia: Option<(u32, std::net::Ipv6Addr)>,
+}
+
+/// Every DHCPv6 Advertise and Reply to a client in a pcap file.
+fn replies6_in_capture(path: &Path) -> Vec<Reply6> {
+    use chainboot_dhcp6::wire::{code, msg, Options};
+    let mut out = Vec::new();
+    for frame in frames_in_capture(path) {
+        // Ethernet (14) + IPv6 (40, next header UDP) + UDP (8).
+        if frame.len() < 14 + 40 + 8 + 4 || frame[12..14] != [0x86, 0xdd] || frame[14 + 6] != 17 {
+            continue;
+        }
+        let dhcp = &frame[14 + 40 + 8..];
+        if dhcp[0] != msg::ADVERTISE && dhcp[0] != msg::REPLY {
+            continue;
+        }
+        let Ok(opts) = Options::parse(&dhcp[4..]) else {
+            continue;
+        };
+        // IA_NA: IAID, T1, T2, then options; IAADDR: address, preferred and valid lifetimes.
+        let ia = opts.get(code::IA_NA).and_then(|ia| {
+            let iaid = u32::from_be_bytes(ia.get(0..4)?.try_into().ok()?);
+            let inner = Options::parse(ia.get(12..)?).ok()?;
+            let a = inner.get(code::IAADDR)?;
+            let addr = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a.get(..16)?).ok()?);
+            let valid = u32::from_be_bytes(a.get(20..24)?.try_into().ok()?);
+            (valid > 0).then_some((iaid, addr))
+        });
+        out.push(Reply6 {
+            msg_type: dhcp[0],
+            server: opts.get(code::SERVERID).unwrap_or_default().to_vec(),
+            client: opts.get(code::CLIENTID).unwrap_or_default().to_vec(),
+            ia,
+        });
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// perfdhcp -6 on the bridge (Solicit to ff02::1:2, which every server receives; Request to
+/// the server whose Advertise it took): `clients` DUID-LLTs whose MACs follow `mac`, 50
+/// exchanges/s for 4 s. Returns (Solicits sent, Advertises received, Requests sent, Replies
+/// received) and perfdhcp's output.
+fn perfdhcp6(fleet: &Fleet, mac: &str, clients: u32) -> ((u64, u64, u64, u64), String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &fleet.segment.client.0])
+        .args(["timeout", "60", "perfdhcp", "-6", "-l", "br0"])
+        .args(["-r", "50", "-p", "4", "-W", "3000000"])
+        .args(["-R", &clients.to_string(), "-b", &format!("mac={mac}")])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (perfdhcp_counts(&text), text)
+}
+
+/// Every reply's client was answered by one server only, and no address was given (with a
+/// valid lifetime) to two identity associations. Returns the server DUIDs that answered.
+fn assert_one_server_per_client_and_no_address_twice(replies: &[Reply6]) -> HashSet<Vec<u8>> {
+    let mut server_of: HashMap<&[u8], &[u8]> = HashMap::new();
+    let mut holder: HashMap<std::net::Ipv6Addr, (&[u8], u32)> = HashMap::new();
+    let mut servers = HashSet::new();
+    for r in replies {
+        servers.insert(r.server.clone());
+        if let Some(first) = server_of.insert(&r.client, &r.server) {
+            assert_eq!(
+                first,
+                r.server.as_slice(),
+                "client {} answered by {} and {}",
+                hex(&r.client),
+                hex(first),
+                hex(&r.server)
+            );
+        }
+        if let (Some((iaid, addr)), chainboot_dhcp6::wire::msg::REPLY) = (r.ia, r.msg_type) {
+            if let Some(first) = holder.insert(addr, (&r.client, iaid)) {
+                assert_eq!(
+                    first,
+                    (r.client.as_slice(), iaid),
+                    "{addr} bound to two identity associations"
+                );
+            }
+        }
+    }
+    servers
+}
+
+impl Fleet {
+    /// Bound DHCPv6 leases in the database: address -> (DUID in hex, IAID, server).
+    fn bound_leases6(&self) -> HashMap<std::net::Ipv6Addr, (String, u32, String)> {
+        self.pg
+            .psql(
+                &self.db,
+                "SELECT ip, encode(duid, 'hex'), iaid, server FROM leases6 WHERE state = 'bound'",
+            )
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('|');
+                let ip = f.next()?.parse().ok()?;
+                let duid = f.next()?.to_string();
+                let iaid = f.next()?.parse().ok()?;
+                Some((ip, (duid, iaid, f.next()?.to_string())))
+            })
+            .collect()
+    }
+}
+
+/// Every Reply seen binds what the database holds: the address is the lease of the identity
+/// association it was given to (a Reply leaves only after its lease is committed).
+fn assert_replies_are_the_database_leases6(
+    replies: &[Reply6],
+    bound: &HashMap<std::net::Ipv6Addr, (String, u32, String)>,
+) {
+    for r in replies
+        .iter()
+        .filter(|r| r.msg_type == chainboot_dhcp6::wire::msg::REPLY)
+    {
+        let Some((iaid, addr)) = r.ia else { continue };
+        let row = bound.get(&addr).map(|(d, i, _)| (d.as_str(), *i));
+        assert_eq!(
+            row,
+            Some((hex(&r.client).as_str(), iaid)),
+            "{addr} given to {} in a Reply, the database says otherwise",
+            hex(&r.client)
+        );
+    }
+}
+
+#[test]
+fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_killed_peer() {
+    chainboot_testnet::require(&["perfdhcp"]);
+    let mut fleet = Fleet::start_v6(2, DHCP6);
+    let pcap = fleet.dir.path().join("replies6.pcap");
+    let mut capture = fleet.capture_matching(&pcap, &["udp", "and", "src", "port", "547"]);
+    let ((solicits, advertises, requests, replies), text) =
+        perfdhcp6(&fleet, "02:fd:00:00:00:00", 100);
+    std::thread::sleep(Duration::from_secs(1));
+    capture.kill9();
+    eprintln!("perfdhcp -6: {solicits} Solicits, {advertises} Advertises, {requests} Requests, {replies} Replies");
+    assert!(solicits >= 100, "{text}");
+    assert_eq!(
+        (advertises, replies),
+        (solicits, requests),
+        "every message answered once:\n{text}\n{}",
+        fleet.logs()
+    );
+    let seen = replies6_in_capture(&pcap);
+    assert!(
+        seen.len() as u64 >= (advertises + replies) * 9 / 10,
+        "seen: {}",
+        seen.len()
+    );
+    let senders = assert_one_server_per_client_and_no_address_twice(&seen);
+    assert_eq!(senders.len(), 2, "both servers answered");
+    let bound = fleet.bound_leases6();
+    assert_replies_are_the_database_leases6(&seen, &bound);
+    let writers: HashSet<&str> = bound.values().map(|(_, _, s)| s.as_str()).collect();
+    assert_eq!(
+        writers,
+        HashSet::from(["pxe-0", "pxe-1"]),
+        "each bound some"
+    );
+    // Each left the other's clients alone: counted, not answered.
+    for i in 0..2 {
+        assert!(
+            fleet.metric(i, "chainboot_dhcp6_ignored_peer_client_total") > 0,
+            "server {i}"
+        );
+        assert_eq!(fleet.metric(i, "chainboot_dhcp6_lease_conflicts_total"), 0);
+    }
+    // Either server's API lists the fleet's DHCPv6 leases with the server that bound them.
+    let listed = fleet.api(0, "/api/v1/leases");
+    let v6: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["family"] == "ipv6" && l["state"] == "bound")
+        .collect();
+    assert_eq!(v6.len(), bound.len());
+    for l in &v6 {
+        let ip: std::net::Ipv6Addr = l["ip"].as_str().unwrap().parse().unwrap();
+        assert_eq!(l["server"].as_str(), Some(bound[&ip].2.as_str()), "{l}");
+    }
+    // `explain --ipv6` names the fleet server that answers the MAC.
+    let mac = [0x52, 0x54, 0, 0, 0x60, 6];
+    let owner = chainboot_dhcp::engine::fleet::Fleet::new("pxe-1", ["pxe-0".to_string()])
+        .owner(chainboot_dhcp::engine::fleet::bucket(&mac))
+        .to_string();
+    let text = fleet.cli(
+        1,
+        &[
+            "explain",
+            "--ipv6",
+            "--mac",
+            "52:54:00:00:60:06",
+            "--arch",
+            "7",
+        ],
+    );
+    assert!(
+        text.contains(&format!(
+            "live servers pxe-0, pxe-1; the client's hash bucket {} is answered by {owner}",
+            chainboot_dhcp::engine::fleet::bucket(&mac)
+        )),
+        "{text}"
+    );
+    let answer = if owner == "pxe-1" {
+        "outcome: advertise"
+    } else {
+        "outcome: ignored (peer-client)"
+    };
+    assert!(text.contains(answer), "{text}");
+
+    // kill -9 of pxe-1: once its heartbeat is older than peer_timeout, pxe-0 answers every
+    // client, and still binds no address to a second client, not even one pxe-1 bound.
+    fleet.servers[1].kill9();
+    let until = Instant::now() + Duration::from_secs(30);
+    // The last change pxe-0 saw (it may have seen itself alone before pxe-1 started, too).
+    let alone = || {
+        std::fs::read_to_string(&fleet.logs[0])
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .find(|l| l.contains("fleet: live servers changed"))
+            .is_some_and(|l| l.contains("live=[\"pxe-0\"]"))
+    };
+    while !alone() {
+        assert!(
+            Instant::now() < until,
+            "pxe-0 never saw pxe-1 go:\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pcap2 = fleet.dir.path().join("replies6-after.pcap");
+    let mut capture = fleet.capture_matching(&pcap2, &["udp", "and", "src", "port", "547"]);
+    let ((solicits, advertises, requests, replies), text) =
+        perfdhcp6(&fleet, "02:fd:00:00:00:00", 200);
+    std::thread::sleep(Duration::from_secs(1));
+    capture.kill9();
+    assert!(solicits >= 100, "{text}");
+    assert_eq!(
+        (advertises, replies),
+        (solicits, requests),
+        "the survivor answers every client:\n{text}\n{}",
+        fleet.logs()
+    );
+    let after = replies6_in_capture(&pcap2);
+    let senders: HashSet<Vec<u8>> = after.iter().map(|r| r.server.clone()).collect();
+    assert_eq!(senders.len(), 1, "pxe-0 alone");
+    let bound_before = bound;
+    for r in after
+        .iter()
+        .filter(|r| r.msg_type == chainboot_dhcp6::wire::msg::REPLY)
+    {
+        let Some((iaid, addr)) = r.ia else { continue };
+        if let Some((duid, was_iaid, _)) = bound_before.get(&addr) {
+            assert_eq!(
+                (duid.as_str(), *was_iaid),
+                (hex(&r.client).as_str(), iaid),
+                "{addr}, bound before the kill, given to another client"
+            );
+        }
+    }
+    let bound = fleet.bound_leases6();
+    assert_replies_are_the_database_leases6(&after, &bound);
+    assert!(
+        bound.values().filter(|(_, _, s)| s == "pxe-0").count()
+            > bound_before
+                .values()
+                .filter(|(_, _, s)| s == "pxe-0")
+                .count(),
+        "pxe-0 took pxe-1's clients"
+    );
 }

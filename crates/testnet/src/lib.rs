@@ -47,6 +47,24 @@ pub fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until `dev` in namespace `ns` has a link-local IPv6 address that finished duplicate
+/// address detection (a DHCPv6 client or server cannot send from a tentative one); fails after
+/// 10 s.
+pub fn wait_link_local(ns: &str, dev: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = run(&["ip", "-n", ns, "-6", "addr", "show", "dev", dev]);
+        if out.contains("fe80") && !out.contains("tentative") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{dev} in {ns}: no usable link-local address: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Two namespaces joined by veth `vs` (server side, 198.18.0.1/20) and `vc` (client side, with
 /// `client_addr` if given), loopback up in both; deleted on drop.
 pub struct Topology {
