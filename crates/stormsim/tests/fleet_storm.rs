@@ -1468,12 +1468,97 @@ fn assert_replies_are_the_database_leases6(
     }
 }
 
+/// The MAC of the dhclient of [`dhclient6_on_the_bridge`], and of `explain`'s client.
+const DHCLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x60, 6];
+
+/// ISC dhclient -6 with a DUID-LL, on an interface of its own (MAC [`DHCLIENT_MAC`]) on the
+/// bridge, until it holds a lease: (its address, the server DUID it took the lease from).
+fn dhclient6_on_the_bridge(fleet: &Fleet) -> (std::net::Ipv6Addr, Vec<u8>) {
+    let c = &fleet.segment.client.0;
+    let d = fleet.dir.path();
+    run(&[
+        "ip", "-n", c, "link", "add", "d6", "type", "veth", "peer", "name", "q6",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        c,
+        "link",
+        "set",
+        "d6",
+        "address",
+        &mac_text(&DHCLIENT_MAC),
+    ]);
+    run(&["ip", "-n", c, "link", "set", "q6", "master", "br0"]);
+    run(&["ip", "-n", c, "link", "set", "q6", "up"]);
+    run(&["ip", "-n", c, "link", "set", "d6", "up"]);
+    chainboot_testnet::wait_link_local(c, "d6");
+    std::fs::write(d.join("dhclient6.conf"), "").unwrap();
+    let leases = d.join("dhclient6.leases");
+    let mut client = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", c, "dhclient", "-6", "-d", "-D", "LL"])
+            .args(["-sf", "/bin/true", "-cf"])
+            .arg(d.join("dhclient6.conf"))
+            .arg("-lf")
+            .arg(&leases)
+            .arg("-pf")
+            .arg(d.join("dhclient6.pid"))
+            .arg("d6")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&leases).unwrap_or_default();
+        if text.contains("iaaddr") && text.contains("dhcp6.server-id") {
+            break text;
+        }
+        assert!(
+            Instant::now() < until,
+            "dhclient got no lease: {text}\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    client.kill9();
+    let word_after = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split([' ', ';']).find(|w| !w.is_empty()))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_string()
+    };
+    let addr = word_after("iaaddr ").parse().unwrap();
+    // dhclient writes option values as colon-separated hex bytes without leading zeros.
+    let server = word_after("option dhcp6.server-id ")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    (addr, server)
+}
+
 #[test]
 fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_killed_peer() {
-    chainboot_testnet::require(&["perfdhcp"]);
+    chainboot_testnet::require(&["perfdhcp", "dhclient"]);
     let mut fleet = Fleet::start_v6(2, DHCP6);
     let pcap = fleet.dir.path().join("replies6.pcap");
     let mut capture = fleet.capture_matching(&pcap, &["udp", "and", "src", "port", "547"]);
+    // A real client first: its lease is from the server that owns its MAC's hash bucket.
+    let owner = chainboot_dhcp::engine::fleet::Fleet::new("pxe-1", ["pxe-0".to_string()])
+        .owner(chainboot_dhcp::engine::fleet::bucket(&DHCLIENT_MAC))
+        .to_string();
+    let (addr, server_duid) = dhclient6_on_the_bridge(&fleet);
+    let duids = fleet.pg.psql(
+        &fleet.db,
+        "SELECT server, encode(duid, 'hex') FROM dhcp6_duids ORDER BY server",
+    );
+    assert!(
+        duids.contains(&format!("{owner}|{}", hex(&server_duid))),
+        "the lease came from {owner}: {duids}"
+    );
     let ((solicits, advertises, requests, replies), text) =
         perfdhcp6(&fleet, "02:fd:00:00:00:00", 100);
     std::thread::sleep(Duration::from_secs(1));
@@ -1496,6 +1581,13 @@ fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_
     assert_eq!(senders.len(), 2, "both servers answered");
     let bound = fleet.bound_leases6();
     assert_replies_are_the_database_leases6(&seen, &bound);
+    let dhclient_duid = [&[0u8, 3, 0, 1][..], &DHCLIENT_MAC].concat();
+    let row = bound.get(&addr).expect("dhclient's lease in the database");
+    assert_eq!(
+        (row.0.as_str(), row.2.as_str()),
+        (hex(&dhclient_duid).as_str(), owner.as_str()),
+        "dhclient's lease, bound by the server that answered it"
+    );
     let writers: HashSet<&str> = bound.values().map(|(_, _, s)| s.as_str()).collect();
     assert_eq!(
         writers,
@@ -1523,11 +1615,8 @@ fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_
         let ip: std::net::Ipv6Addr = l["ip"].as_str().unwrap().parse().unwrap();
         assert_eq!(l["server"].as_str(), Some(bound[&ip].2.as_str()), "{l}");
     }
-    // `explain --ipv6` names the fleet server that answers the MAC.
-    let mac = [0x52, 0x54, 0, 0, 0x60, 6];
-    let owner = chainboot_dhcp::engine::fleet::Fleet::new("pxe-1", ["pxe-0".to_string()])
-        .owner(chainboot_dhcp::engine::fleet::bucket(&mac))
-        .to_string();
+    // `explain --ipv6` names the fleet server that answers the MAC (dhclient's).
+    let mac = DHCLIENT_MAC;
     let text = fleet.cli(
         1,
         &[
