@@ -237,6 +237,35 @@ impl<A: Clone> InterfaceTable<A> {
     }
 }
 
+/// How often a committer tries the fleet's database while it does not answer.
+pub const DEGRADED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A committer's memory of the fleet's database failing: while it does not answer each try
+/// costs up to its connect timeout, so it is tried again after [`DEGRADED_RETRY`], not once
+/// per batch.
+#[derive(Default)]
+pub struct RetryGate {
+    last_failure: Mutex<Option<std::time::Instant>>,
+}
+
+impl RetryGate {
+    /// Runs `save` unless the store is `degraded` and the last try failed less than
+    /// [`DEGRADED_RETRY`] ago (then `Err(None)`: not tried); remembers a failure.
+    pub fn attempt<T, E>(
+        &self,
+        degraded: bool,
+        save: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, Option<E>> {
+        let mut last = self.last_failure.lock();
+        if degraded && last.is_some_and(|t| t.elapsed() < DEGRADED_RETRY) {
+            return Err(None);
+        }
+        let saved = save();
+        *last = saved.is_err().then(std::time::Instant::now);
+        saved.map_err(Some)
+    }
+}
+
 /// An exchange whose replies wait until its leases are durable.
 pub struct Pending<F: Family> {
     pub leases: Vec<Lease<F>>,

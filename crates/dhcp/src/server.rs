@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use chainboot_machine::Mac;
 use chainboot_store::leases::{self, LeaseRecord};
@@ -28,7 +28,7 @@ use crate::boot::BootSettings;
 use crate::config::{DhcpConfig, Mode};
 use crate::driver::{
     DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable, Listener, NoObserver,
-    Pending,
+    Pending, RetryGate,
 };
 use crate::engine::{Counters, Destination, Engine, Handled, Ingress, Outgoing};
 
@@ -127,7 +127,7 @@ impl DhcpServer {
             counters: counters.clone(),
             interfaces: Mutex::new(InterfaceTable::new(ipv4_interfaces)),
             served: options.interfaces,
-            last_failure: Mutex::new(None),
+            retry: RetryGate::default(),
         };
         let driver = Driver {
             family: Arc::new(family),
@@ -164,8 +164,8 @@ struct Dhcpv4 {
     interfaces: Mutex<InterfaceTable<Ipv4Addr>>,
     /// `[server] interfaces` (empty: all).
     served: Vec<String>,
-    /// When the fleet's database last failed a commit (the committer's alone).
-    last_failure: Mutex<Option<Instant>>,
+    /// When the fleet's database is tried again after a failed commit.
+    retry: RetryGate,
 }
 
 impl Family for Dhcpv4 {
@@ -213,20 +213,13 @@ impl Family for Dhcpv4 {
             .iter()
             .flat_map(|p| p.leases.iter().cloned())
             .collect();
-        let mut last_failure = self.last_failure.lock();
-        // While the fleet's database is away, each try costs up to its connect timeout:
-        // renewals are served from the journal meanwhile, and the database tried again
-        // after DEGRADED_RETRY.
-        let skip =
-            self.store.degraded() && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
-        let saved = if skip {
-            Err(None)
-        } else {
-            leases::save_batch(&self.store, &records).map_err(Some)
-        };
+        // While the fleet's database is away renewals are served from the journal, and the
+        // database tried again after DEGRADED_RETRY.
+        let saved = self.retry.attempt(self.store.degraded(), || {
+            leases::save_batch(&self.store, &records)
+        });
         match saved {
             Ok(refused) => {
-                *last_failure = None;
                 if !refused.is_empty() {
                     self.withhold_refused(batch, &refused);
                 }
@@ -236,9 +229,6 @@ impl Family for Dhcpv4 {
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                if e.is_some() {
-                    *last_failure = Some(Instant::now());
-                }
                 if self.store.degraded() && self.serve_renewals(batch, &records) {
                     return;
                 }
@@ -263,9 +253,6 @@ impl Family for Dhcpv4 {
         &self.counters.store_errors
     }
 }
-
-/// How often the committer tries the fleet's database while it does not answer.
-const DEGRADED_RETRY: Duration = Duration::from_secs(1);
 
 impl Dhcpv4 {
     /// The fleet's database does not answer: the requests of `batch` that only renew leases

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use chainboot_dhcp::driver::{
     DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable, Listener, Pending,
+    RetryGate,
 };
 use chainboot_dhcp::BootSettings;
 use chainboot_store::leases6::{self, Lease6Record};
@@ -153,7 +154,7 @@ impl Dhcp6Server {
         let engine = Arc::new(Mutex::new(engine));
         let family = Dhcpv6 {
             engine: engine.clone(),
-            last_failure: Mutex::new(None),
+            retry: RetryGate::default(),
             store,
             counters: counters.clone(),
             interfaces: Mutex::new(InterfaceTable::new(ipv6_interfaces)),
@@ -181,9 +182,6 @@ impl Dhcp6Server {
         self.driver.run(shutdown).await
     }
 }
-
-/// How often the committer tries the fleet's database while it does not answer.
-const DEGRADED_RETRY: Duration = Duration::from_secs(1);
 
 impl Dhcpv6 {
     /// The fleet's database gave some addresses of this batch to other servers' clients: the
@@ -219,8 +217,8 @@ struct Dhcpv6 {
     /// The engine the receive thread uses, for the addresses the fleet's database gave to
     /// other servers' clients.
     engine: Arc<Mutex<Engine6>>,
-    /// When the fleet's database last failed a commit (the committer's alone).
-    last_failure: Mutex<Option<Instant>>,
+    /// When the fleet's database is tried again after a failed commit.
+    retry: RetryGate,
     store: Arc<Store>,
     counters: Arc<Counters6>,
     interfaces: Mutex<InterfaceTable<Vec<Ipv6Addr>>>,
@@ -269,19 +267,11 @@ impl Family for Dhcpv6 {
             .iter()
             .flat_map(|p| p.leases.iter().cloned())
             .collect();
-        let mut last_failure = self.last_failure.lock();
-        // While the fleet's database is away each try costs up to its connect timeout: the
-        // database is tried again after DEGRADED_RETRY, not once per batch.
-        let skip =
-            self.store.degraded() && last_failure.is_some_and(|t| t.elapsed() < DEGRADED_RETRY);
-        let saved = if skip {
-            Err(None)
-        } else {
-            leases6::save_batch(&self.store, &records).map_err(Some)
-        };
+        let saved = self.retry.attempt(self.store.degraded(), || {
+            leases6::save_batch(&self.store, &records)
+        });
         match saved {
             Ok(refused) => {
-                *last_failure = None;
                 if !refused.is_empty() {
                     self.withhold_refused(batch, &refused);
                 }
@@ -295,7 +285,6 @@ impl Family for Dhcpv6 {
                 batch.clear();
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(e) = e {
-                    *last_failure = Some(Instant::now());
                     tracing::error!(
                         "dhcp6: could not store {} lease(s), replies withheld: {e}",
                         records.len()

@@ -205,19 +205,8 @@ async fn save_pg(
             ],
         )
         .await?;
-    if written.len() == batch.len() {
-        return Ok(Vec::new());
-    }
-    let written: std::collections::HashSet<String> =
-        written.iter().map(|r| r.get::<_, String>(0)).collect();
-    let refused: Vec<String> = ips.into_iter().filter(|ip| !written.contains(ip)).collect();
-    let rows = c
-        .query(
-            &format!("SELECT {PG_COLUMNS} FROM leases WHERE ip = ANY($1) ORDER BY ip"),
-            &[&refused],
-        )
-        .await?;
-    Ok(rows.iter().filter_map(from_pg_row).collect())
+    let select = format!("SELECT {PG_COLUMNS} FROM leases WHERE ip = ANY($1) ORDER BY ip");
+    crate::pg::refused_holders(c, ips, written, &select, from_pg_row).await
 }
 
 fn from_pg_row(r: &tokio_postgres::Row) -> Option<LeaseRecord> {

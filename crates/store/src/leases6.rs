@@ -197,19 +197,8 @@ async fn save_pg(
             ],
         )
         .await?;
-    if written.len() == batch.len() {
-        return Ok(Vec::new());
-    }
-    let written: std::collections::HashSet<String> =
-        written.iter().map(|r| r.get::<_, String>(0)).collect();
-    let refused: Vec<String> = ips.into_iter().filter(|ip| !written.contains(ip)).collect();
-    let rows = c
-        .query(
-            &format!("SELECT {PG_COLUMNS} FROM leases6 WHERE ip = ANY($1) ORDER BY ip"),
-            &[&refused],
-        )
-        .await?;
-    Ok(rows.iter().filter_map(from_pg_row).collect())
+    let select = format!("SELECT {PG_COLUMNS} FROM leases6 WHERE ip = ANY($1) ORDER BY ip");
+    crate::pg::refused_holders(c, ips, written, &select, from_pg_row).await
 }
 
 /// A row read back; `None` (with a warning) for one that does not parse (hand-edited).

@@ -198,6 +198,26 @@ impl Drop for Postgres {
     }
 }
 
+/// After a batch's statement whose `RETURNING` gave back the addresses it wrote (`written`,
+/// of the batch's `ips`): the rows holding the others, the writes its conflict rule refused,
+/// read by `select` (taking the refused addresses as `$1`) and parsed by `parse`.
+pub(crate) async fn refused_holders<T>(
+    c: &deadpool_postgres::ClientWrapper,
+    ips: Vec<String>,
+    written: Vec<tokio_postgres::Row>,
+    select: &str,
+    parse: fn(&tokio_postgres::Row) -> Option<T>,
+) -> Result<Vec<T>, StoreError> {
+    if written.len() == ips.len() {
+        return Ok(Vec::new());
+    }
+    let written: std::collections::HashSet<String> =
+        written.iter().map(|r| r.get::<_, String>(0)).collect();
+    let refused: Vec<String> = ips.into_iter().filter(|ip| !written.contains(ip)).collect();
+    let rows = c.query(select, &[&refused]).await?;
+    Ok(rows.iter().filter_map(parse).collect())
+}
+
 /// The driver's error with what the server said (its `Display` alone is often just "db
 /// error") or the cause beneath it (a refused connection, a TLS failure).
 pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
