@@ -180,9 +180,15 @@ pub async fn run(
                 let peer_addresses = addresses_of(&live);
                 let departed_addresses = addresses_of(&departed);
                 let names: Vec<String> = live.iter().map(|s| s.name.clone()).collect();
+                // A DHCPv6 message naming a server that just stopped is a fleet server's too,
+                // not a rogue server's (it goes unanswered: the client falls back to Solicit
+                // or Rebind, which the new owner answers).
                 let peer_duids: Vec<Vec<u8>> = duids
                     .into_iter()
-                    .filter(|(name, _)| name != me && names.contains(name))
+                    .filter(|(name, _)| {
+                        name != me
+                            && (names.contains(name) || departed.iter().any(|s| s.name == *name))
+                    })
                     .map(|(_, duid)| duid)
                     .collect();
                 if names != peers {

@@ -26,8 +26,9 @@ use crate::facts::Facts6;
 use crate::wire::{code, msg, Received};
 
 impl Engine6 {
-    /// Shares clients with the fleet's live peers (`None`: answer everyone), whose DUIDs are
-    /// `peer_duids` (a message naming one is that peer's).
+    /// Shares clients with the fleet's live peers (`None`: answer everyone); `peer_duids` are
+    /// the DUIDs of the fleet's other servers, live or just stopped (a message naming one is a
+    /// fleet server's, not a stranger's).
     pub fn set_fleet(&mut self, fleet: Option<Fleet>, peer_duids: Vec<Vec<u8>>) {
         let mut peer_duids = peer_duids;
         peer_duids.retain(|d| *d != self.server_duid);
