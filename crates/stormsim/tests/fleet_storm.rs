@@ -816,6 +816,7 @@ fn with_one_of_three_servers_killed_every_machine_boots() {
         &Sections {
             dhcp: "",
             store: "peer_timeout = \"60s\"",
+            ..Sections::default()
         },
     );
     let pcap = fleet.dir.path().join("acks.pcap");
@@ -1011,6 +1012,7 @@ fn perfdhcp_against_the_fleet(n: usize) {
         &Sections {
             dhcp: LIFTED_GUARDS,
             store: "",
+            ..Sections::default()
         },
     );
     let pcap = fleet.dir.path().join("acks.pcap");
