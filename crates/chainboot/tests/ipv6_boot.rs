@@ -408,6 +408,7 @@ fn big_pool(
             state: LeaseState::Bound,
             expires: now + 3600,
             updated: now,
+            server: None,
         })
         .collect();
     (v4, v6)
@@ -507,16 +508,15 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
 }
 
 #[test]
-fn on_postgresql_the_leases_list_pages_through_more_dhcpv4_leases_than_one_page() {
+fn on_postgresql_the_leases_list_pages_through_more_leases_than_one_page_across_both_families() {
     require_root_and(&["ip", "curl"]);
     let pg = chainboot_testnet::postgres::PgCluster::start();
     let url = pg.fresh_database();
     let db = url.rsplit('/').next().unwrap().to_string();
     let net = NetPair::new("v4pg", 44);
     let dir = tempfile::tempdir().unwrap();
-    // DHCPv6 leases are kept in SQLite only: on PostgreSQL the list is the DHCPv4 table.
     let cfg = config(dir.path())
-        .replace("[dhcp6]\nmode = \"server\"\n", "[dhcp6]\nmode = \"off\"\n")
+        .replace("2001:db8:25:", "2001:db8:44:")
         .replace("[dhcp]\nmode = \"off\"\n", DHCP4_43)
         + &format!(
             "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
@@ -526,7 +526,7 @@ fn on_postgresql_the_leases_list_pages_through_more_dhcpv4_leases_than_one_page(
         );
     let path = dir.path().join("chainboot.toml");
     std::fs::write(&path, cfg).unwrap();
-    let (v4, _) = big_pool(0);
+    let (v4, v6) = big_pool(300);
     {
         let store = chainboot_store::Store::from_config(
             &chainboot_store::StoreConfig {
@@ -542,10 +542,16 @@ fn on_postgresql_the_leases_list_pages_through_more_dhcpv4_leases_than_one_page(
         assert!(chainboot_store::leases::save_batch(&store, &v4)
             .unwrap()
             .is_empty());
+        assert!(chainboot_store::leases6::save_batch(&store, &v6)
+            .unwrap()
+            .is_empty());
     }
     let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
     let api = server.listening("API");
     server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
-    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).collect();
+    // The DHCPv6 leases in the order of their address text, byte by byte, as on SQLite.
+    let mut v6_text: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
+    v6_text.sort();
+    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).chain(v6_text).collect();
     walk_lease_pages(&net.server, &path, &api, &expected);
 }

@@ -136,10 +136,9 @@ pub const MAX_LEASES_PAGE: usize = 1000;
 /// `GET /api/v1/leases?limit=N&after=IP`: one page of both families' leases, each with its
 /// `family`: first the DHCPv4 engine's table (what it hands out and holds right now) in
 /// address order, then the DHCPv6 leases in the store (DUID + IAID, the MAC when it was
-/// learned, the server that bound them: in a fleet, every server's) in the order of their address
-text. The cursor is the
-/// last address of a page, whichever family: an IPv4 one continues in the IPv4 table (and
-/// then the IPv6 leases), an IPv6 one among the IPv6 leases.
+/// learned, the server that bound them: in a fleet, every server's) in the order of their
+/// address text. The cursor is the last address of a page, whichever family: an IPv4 one
+/// continues in the IPv4 table (and then the IPv6 leases), an IPv6 one among the IPv6 leases.
 async fn leases(
     State(st): State<OpsState>,
     headers: HeaderMap,
