@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -43,6 +43,57 @@ impl Fingerprint {
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
             ino: m.ino(),
         }
+    }
+}
+
+/// One state of a file as `statx` reports it: which inode on which device, its size, and when
+/// its data and its metadata last changed. Writing, truncating, renaming, linking or changing the
+/// permissions of a file moves its status-change time, which no program can set: an unchanged
+/// state means the same bytes, as long as the state was read when the file was
+/// [`settled`](FileState::settled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
+    dev: (u32, u32),
+    ino: u64,
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+}
+
+/// How long ago a file's status must have changed for its state to identify its bytes: two
+/// writes within one tick of the file system's clock (milliseconds locally, a second on some
+/// file systems, a server's clock on a network file system) can leave the same times behind.
+/// A file changed since the state was read always shows a later status-change time than a
+/// settled state's.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileState {
+    /// From `statx`; `None` for anything but a regular file.
+    pub(crate) fn of(st: &rustix::fs::Statx) -> Option<FileState> {
+        (u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG).then_some(FileState {
+            dev: (st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            size: st.stx_size,
+            mtime: (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec),
+            ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec),
+        })
+    }
+
+    /// The attributes a state needs (`STATX_BASIC_STATS` holds them all).
+    pub(crate) const MASK: rustix::fs::StatxFlags = rustix::fs::StatxFlags::BASIC_STATS;
+
+    /// Whether the file's status last changed at least [`SETTLE`] before `now`.
+    pub fn settled(&self, now: SystemTime) -> bool {
+        let Ok(since) = now.duration_since(UNIX_EPOCH) else {
+            return false;
+        };
+        let changed = std::time::Duration::new(self.ctime.0.max(0) as u64, self.ctime.1);
+        self.ctime.0 >= 0 && changed + SETTLE <= since
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 }
 
@@ -159,6 +210,39 @@ impl Content {
             self.modified = modified;
         }
         self
+    }
+
+    /// The same content, its bytes read into memory: the validators (ETag, modification time)
+    /// stay the file's, so a copy answers exactly as the file would. `None` when `bytes` is not
+    /// as long as the content.
+    pub fn with_bytes(&self, bytes: Bytes) -> Option<Content> {
+        (bytes.len() as u64 == self.len).then(|| Content {
+            body: Body::Bytes(bytes),
+            len: self.len,
+            modified: self.modified,
+            etag: self.etag.clone(),
+            served: self.served,
+        })
+    }
+
+    /// The state of the file behind a whole-file content, read from its open descriptor (one
+    /// `statx`); `None` for generated content, extents of an image, or when the call fails.
+    pub fn file_state(&self) -> Option<FileState> {
+        match &self.body {
+            Body::File { file, extents, .. }
+                if extents.len() == 1 && extents[0].offset == 0 && extents[0].len == self.len =>
+            {
+                let st = rustix::fs::statx(
+                    file.as_ref(),
+                    "",
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                    FileState::MASK,
+                )
+                .ok()?;
+                FileState::of(&st).filter(|s| s.size == self.len)
+            }
+            _ => None,
+        }
     }
 
     /// Says what this content is (resolvers know: a first stage, a script, a file inside an

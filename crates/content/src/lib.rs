@@ -21,7 +21,7 @@ mod served;
 
 use std::net::SocketAddr;
 
-pub use content::{changed_error, Content, Extent};
+pub use content::{changed_error, Content, Extent, FileState, SETTLE};
 pub use path::{CleanPath, PathError, MAX_COMPONENTS, MAX_PATH_LEN};
 pub use root::Root;
 pub use served::{Served, What};

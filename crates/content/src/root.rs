@@ -168,6 +168,27 @@ impl Root {
         }
     }
 
+    /// The state of the regular file at exactly `path` under the root (no case folding), from
+    /// one `statx` relative to the root's descriptor (forced to ask the server on a network
+    /// file system, which answers from its attribute cache otherwise); `None` when there is
+    /// none or the call fails. This is no permission to serve the file: the path is not checked
+    /// against escapes, so the state only confirms a file that a checked open found before
+    /// (the same inode, unchanged since).
+    pub fn file_state(&self, path: &str) -> Option<crate::FileState> {
+        if path.starts_with('/') {
+            // An absolute path would ignore the root's descriptor.
+            return None;
+        }
+        let st = rustix::fs::statx(
+            &self.fd,
+            path,
+            rustix::fs::AtFlags::STATX_FORCE_SYNC,
+            crate::content::FileState::MASK,
+        )
+        .ok()?;
+        crate::content::FileState::of(&st)
+    }
+
     /// Lists a directory under the root (for HTTP indexes): names, and whether each is a
     /// directory. Entries whose target leaves the root are left out.
     pub fn list(&self, path: Option<&CleanPath>) -> Result<Vec<(String, bool)>, ResolveError> {

@@ -34,6 +34,7 @@ mod response;
 mod routes;
 mod sendfile;
 mod server;
+mod small_files;
 mod stats;
 pub mod tls;
 pub mod tls_client;

@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::response::{prefetch_small, respond};
+use crate::small_files::SmallFiles;
 use crate::StaticFile;
 use bytes::Bytes;
 
@@ -36,7 +37,10 @@ pub struct StaticContent {
 /// binary merges its own routers (boot scripts, API) into it and hands the result to
 /// [`crate::HttpServer::run`].
 pub fn static_routes(content: StaticContent) -> Router {
-    let c = Arc::new(content);
+    let c = Arc::new(Static {
+        content,
+        small_files: SmallFiles::default(),
+    });
     let files = {
         let c = c.clone();
         move |req: AxumRequest| {
@@ -66,6 +70,20 @@ pub fn static_routes(content: StaticContent) -> Router {
         .route("/iso", get(iso.clone()))
         .route("/iso/", get(iso.clone()))
         .route("/iso/{*rest}", get(iso))
+}
+
+/// What the static routes share: the content, and the small files of `[http] root` kept in
+/// memory.
+struct Static {
+    content: StaticContent,
+    small_files: SmallFiles,
+}
+
+impl std::ops::Deref for Static {
+    type Target = StaticContent;
+    fn deref(&self) -> &StaticContent {
+        &self.content
+    }
 }
 
 /// Says what a response served, for the observer and the access log
@@ -200,7 +218,7 @@ pub(crate) fn content_type_for(name: &str) -> &'static str {
         return "text/plain; charset=utf-8";
     }
     if is(&[
-        "efi", "kpxe", "pxe", "lkrn", "0", "img", "iso", "gz", "xz", "zst",
+        "efi", "kpxe", "pxe", "lkrn", "0", "img", "iso", "gz", "xz", "zst", "bin",
     ]) {
         return "application/octet-stream";
     }
@@ -323,6 +341,24 @@ fn file_found(content: Content) -> Result<Found, ResolveError> {
     Ok(Found::File(content, pre))
 }
 
+/// [`file_found`] for a file under `[http] root`: a small one is read whole and kept in
+/// `small_files` for the next request of `key` when it is settled. Its state is read before the
+/// bytes, and the read confirms the file did not change meanwhile.
+fn file_found_keeping(
+    content: Content,
+    small_files: &SmallFiles,
+    key: String,
+) -> Result<Found, ResolveError> {
+    let state = (content.len() <= crate::small_files::MAX_FILE)
+        .then(|| content.file_state())
+        .flatten();
+    let pre = prefetch_small(&content)?;
+    if let (Some(state), Some(bytes)) = (state, &pre) {
+        small_files.keep(key, state, &content, bytes.clone());
+    }
+    Ok(Found::File(content, pre))
+}
+
 fn root_entries(list: Vec<(String, bool)>) -> Found {
     Found::Dir(
         list.into_iter()
@@ -385,7 +421,7 @@ fn found_response(
     }
 }
 
-async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+async fn serve_files(c: &Arc<Static>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/files") {
         Ok(p) => p,
         Err(r) => return static_file(refusal_response(r), None, None),
@@ -400,25 +436,35 @@ async fn serve_files(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     // twice the CPU per small request (31 vs 14 us, bench/README.md). Large bodies are still
     // read on the blocking pool, chunk by chunk. The trade-off: a root on slow or network
     // storage can stall a worker for the duration of an open.
+    // A small file kept from an earlier request answers after one `statx` that confirms it
+    // (`small_files`); the others are opened and, when small and settled, kept.
     let found = match &path {
         None if c.listing => root.list(None).map(root_entries),
         None => Err(ResolveError::NotFound),
-        Some(p) => match root.open_exact_first(p) {
-            Ok(content) => file_found(content),
-            Err(ResolveError::IsDirectory) if c.listing => root.list(Some(p)).map(root_entries),
-            Err(e) => Err(e),
-        },
+        Some(p) => {
+            let key = p.as_string();
+            match c.small_files.get(&root, &key) {
+                Some(kept) => Ok(Found::File(kept, None)),
+                None => match root.open_exact_first(p) {
+                    Ok(content) => file_found_keeping(content, &c.small_files, key),
+                    Err(ResolveError::IsDirectory) if c.listing => {
+                        root.list(Some(p)).map(root_entries)
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+        }
     };
     let name = path.as_ref().map(|p| p.last()).unwrap_or_default();
     let resp = found_response(found, &req, "/files", path.as_ref(), name);
     static_file(resp, None, path)
 }
 
-async fn serve_ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+async fn serve_ipxe_bin(c: &Arc<Static>, req: AxumRequest) -> Response {
     served_as(ipxe_bin(c, req).await, Served::new(What::FirstStage))
 }
 
-async fn ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+async fn ipxe_bin(c: &Arc<Static>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/ipxe-bin") {
         Ok(Some(p)) => p,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "not found"),
@@ -439,7 +485,7 @@ async fn ipxe_bin(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
     found_response(found, &req, "/ipxe-bin", Some(&path), path.last())
 }
 
-async fn serve_iso(c: &Arc<StaticContent>, req: AxumRequest) -> Response {
+async fn serve_iso(c: &Arc<Static>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/iso") {
         Ok(p) => p,
         Err(r) => return served_as(refusal_response(r), Served::new(What::IsoFile)),

@@ -1727,3 +1727,79 @@ async fn a_client_gone_mid_sendfile_body_frees_its_connection_and_is_logged_shor
     assert_eq!(sha(&curl(&[&url]).await.body), sha(&s.files["big.bin"]));
     s.shutdown().await;
 }
+
+/// A small file is kept in memory once it has not changed for a while (`SETTLE`): the wait
+/// makes sure the requests below are answered from the kept copy, not from the file.
+fn wait_until_settled() {
+    std::thread::sleep(chainboot_content::SETTLE + Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_small_file_answers_until_the_file_changes_even_with_its_old_size_and_time() {
+    let s = start(|_| {}).await;
+    let path = s.root.join("kept.cfg");
+    std::fs::write(&path, b"first version\n").unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    wait_until_settled();
+    let url = format!("{}/files/kept.cfg", s.base);
+    let first = curl(&[&url]).await;
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (200, &b"first version\n"[..])
+    );
+    // Answered again (now from the kept copy), with the same validators and ranges.
+    let again = curl(&[&url]).await;
+    assert_eq!(
+        (again.status, &again.body[..]),
+        (200, &b"first version\n"[..])
+    );
+    assert_eq!(
+        header(&again.headers, "etag"),
+        header(&first.headers, "etag")
+    );
+    assert_eq!(
+        header(&again.headers, "last-modified"),
+        header(&first.headers, "last-modified")
+    );
+    let etag = header(&first.headers, "etag").unwrap().to_string();
+    let not_modified = curl(&["-H", &format!("If-None-Match: {etag}"), &url]).await;
+    assert_eq!(not_modified.status, 304);
+    let range = curl(&["-r", "6-12", &url]).await;
+    assert_eq!((range.status, &range.body[..]), (206, &b"version"[..]));
+    let head = curl(&["-I", &url]).await;
+    assert_eq!(
+        (head.status, header(&head.headers, "content-length")),
+        (200, Some("14"))
+    );
+
+    // Rewritten in place with as many bytes, its modification time put back (`cp -p`, `touch
+    // -r`): inode, size and modification time are the old ones. The next request must see
+    // the new bytes at once.
+    std::fs::write(&path, b"second version").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let changed = curl(&[&url]).await;
+    assert_eq!(
+        (changed.status, &changed.body[..]),
+        (200, &b"second version"[..])
+    );
+
+    // Kept again once settled; then swapped for a symlink out of the root: refused as
+    // before, never answered from the copy.
+    wait_until_settled();
+    assert_eq!(curl(&[&url]).await.body, b"second version");
+    assert_eq!(curl(&[&url]).await.body, b"second version");
+    std::fs::remove_file(&path).unwrap();
+    symlink(s._dir.path().join("secret.txt"), &path).unwrap();
+    let swapped = curl(&[&url]).await;
+    assert!(matches!(swapped.status, 403 | 404), "{}", swapped.status);
+    assert!(!String::from_utf8_lossy(&swapped.body).contains("TOPSECRET"));
+    assert!(!String::from_utf8_lossy(&swapped.body).contains("version"));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(curl(&[&url]).await.status, 404, "removed: not found");
+    s.shutdown().await;
+}

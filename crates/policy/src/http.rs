@@ -90,6 +90,26 @@ pub struct PolicyShared {
     relay: reqwest::Client,
     /// Admits new machine records (none: every verified machine is recorded).
     limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
+    /// `/boot.ipxe` as rendered per scheme and Host header: it depends on nothing else, and
+    /// every machine of a network asks with the same few.
+    stubs: Arc<parking_lot::Mutex<HashMap<StubKey, bytes::Bytes>>>,
+}
+
+/// What `/boot.ipxe` depends on: whether it came over TLS, and its Host header.
+type StubKey = (bool, Option<HeaderValue>);
+
+/// Rendered `/boot.ipxe` stubs kept at most (a request's Host is the client's to choose: when
+/// strangers send more, the kept ones are dropped and rendered again as asked).
+const MAX_STUBS: usize = 64;
+
+/// The Host header of a request, alone (a `HeaderMap` argument copies every header).
+pub struct HostHeader(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for HostHeader {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(HostHeader(parts.headers.get(header::HOST).cloned()))
+    }
 }
 
 impl std::ops::Deref for PolicyState {
@@ -136,6 +156,7 @@ impl PolicyState {
                 .build()
                 .unwrap_or_default(),
             limiter: None,
+            stubs: Arc::default(),
         }))
     }
 
@@ -178,12 +199,32 @@ impl PolicyState {
     /// The base URL for a request: its Host, with the scheme it came over (a client that
     /// fetched over https:// stays on https://).
     fn base(&self, headers: &HeaderMap, scheme: Scheme) -> HttpBase {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
+        self.base_for_host(headers.get(header::HOST), scheme)
+    }
+
+    /// [`PolicyState::base`] from the Host header alone.
+    fn base_for_host(&self, host: Option<&HeaderValue>, scheme: Scheme) -> HttpBase {
+        host.and_then(|h| h.to_str().ok())
             .and_then(|h| HttpBase::new(&format!("{}://{h}", scheme.as_str())).ok())
             .map(|b| b.with_https_port(self.https_port))
             .unwrap_or_else(|| self.fallback_base.clone())
+    }
+
+    /// `/boot.ipxe` for a request with `host` over `scheme`: rendered once per pair.
+    fn stub(&self, host: Option<HeaderValue>, scheme: Scheme) -> bytes::Bytes {
+        let key = (scheme.https, host);
+        if let Some(kept) = self.stubs.lock().get(&key) {
+            return kept.clone();
+        }
+        let script = bytes::Bytes::from(render::stub_script(
+            &self.base_for_host(key.1.as_ref(), scheme),
+        ));
+        let mut kept = self.stubs.lock();
+        if kept.len() >= MAX_STUBS {
+            kept.clear();
+        }
+        kept.insert(key, script.clone());
+        script
     }
 
     /// Whether the request may act for `mac`; a refusal is counted and logged (bounded: the
@@ -330,15 +371,13 @@ pub fn routes(state: PolicyState) -> Router {
     boot_routes(state.clone()).merge(operator_routes(state))
 }
 
-fn text(body: String) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
+fn text(body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// The response, saying what it served and for which machine (only a MAC the request proved
@@ -362,9 +401,12 @@ struct CapQuery {
     cap: Option<String>,
 }
 
-async fn boot_ipxe(State(st): State<PolicyState>, headers: HeaderMap, scheme: Scheme) -> Response {
-    let script = text(render::stub_script(&st.base(&headers, scheme)));
-    served(script, What::Script, None)
+async fn boot_ipxe(
+    State(st): State<PolicyState>,
+    HostHeader(host): HostHeader,
+    scheme: Scheme,
+) -> Response {
+    served(text(st.stub(host, scheme)), What::Script, None)
 }
 
 /// Reads the facts in `/ipxe`'s query string (untrusted; sanitised by `ClientFacts`).

@@ -1178,3 +1178,62 @@ async fn a_menu_choice_answers_its_own_request_and_its_capability_only() {
     let other = url.replace("52:54:00:00:00:01", "52:54:00:00:00:02");
     assert_eq!(client().get(&other).send().await.unwrap().status(), 403);
 }
+
+/// `/boot.ipxe` asked of the router directly with `host` as the Host header, over TLS or not.
+async fn stub_for(router: &Router, host: Option<&str>, tls: bool) -> String {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get("/boot.ipxe");
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let mut req = req.body(axum::body::Body::empty()).unwrap();
+    if tls {
+        req.extensions_mut().insert(chainboot_http::tls::OverTls);
+    }
+    let resp = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_stub_follows_each_requests_host_and_scheme_however_often_asked() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let policy = Arc::new(Policy::new(config(INSTALL), store).unwrap());
+    let state = PolicyState::new(
+        policy,
+        ApiAuth::new(TOKEN, true),
+        HttpBase::new("http://198.18.0.1").unwrap(),
+    )
+    .with_https_port(Some(8443));
+    let router = routes(state);
+    let chain = |base: &str| format!("#!ipxe\nchain --replace --autofree {base}/ipxe?mac=");
+    for _ in 0..3 {
+        // The same Host over both schemes: each keeps its own.
+        let plain = stub_for(&router, Some("198.18.0.1:8080"), false).await;
+        assert!(
+            plain.starts_with(&chain("http://198.18.0.1:8080")),
+            "{plain}"
+        );
+        let tls = stub_for(&router, Some("198.18.0.1:8080"), true).await;
+        assert!(tls.starts_with(&chain("https://198.18.0.1:8080")), "{tls}");
+        // No usable Host: the configured base.
+        for host in [None, Some("bad host/"), Some("x\"y")] {
+            let s = stub_for(&router, host, false).await;
+            assert!(s.starts_with(&chain("http://198.18.0.1")), "{host:?}: {s}");
+        }
+    }
+    // More Hosts than are kept, each answered with its own, then the first ones again.
+    for round in 0..2 {
+        for i in 0..200 {
+            let host = format!("h{i}.example:{}", 1000 + i);
+            let s = stub_for(&router, Some(&host), false).await;
+            assert!(
+                s.starts_with(&chain(&format!("http://{host}"))),
+                "{round} {s}"
+            );
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Small files under `[http] root` kept in memory between requests, each answer confirmed by
+//! one `statx` of its path.
+//!
+//! A small file served from its file costs five system calls per request (the checked open,
+//! `statx`, the read, the `statx` that confirms the read, the close), which on a busy server are
+//! most of a small request's cost; kept here, it costs one: the `statx` that confirms the kept
+//! bytes are still the file's. An entry holds the bytes of one state of one file
+//! ([`FileState`]: device, inode, size, modification and status-change times), read through
+//! the checked open (`Root`'s `openat2(RESOLVE_BENEATH)`, with its refusals). It answers only
+//! while its path still leads to that very inode in that very state: any write, truncation,
+//! rename, link or permission change of the file moves its status-change time, and a replaced,
+//! removed or swapped-in file is another inode, so the next request goes through the checked
+//! open again. A hit therefore never sends a byte that the checked open did not read from that
+//! inode, unchanged since. Files whose status changed within [`SETTLE`] are not kept (two
+//! writes in one tick of the file system's clock can leave equal times behind).
+//!
+//! Bounded: files up to [`MAX_FILE`], [`BUDGET`] bytes and [`MAX_ENTRIES`] files in all, the
+//! least recently used going first. Only files that exist get an entry, so requests for
+//! invented paths add nothing.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use chainboot_content::{Content, FileState, Root};
+use parking_lot::Mutex;
+
+#[cfg(doc)]
+use chainboot_content::SETTLE;
+
+/// Largest file kept: what a request reads whole when it opens the file anyway.
+pub(crate) const MAX_FILE: u64 = crate::response::PREFETCH_MAX;
+/// Bytes kept in all.
+pub(crate) const BUDGET: usize = 16 << 20;
+/// Files kept in all.
+pub(crate) const MAX_ENTRIES: usize = 4096;
+
+struct Entry {
+    state: FileState,
+    /// The file's bytes, with its validators.
+    content: Content,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// By the request's clean path (`a/b/c`).
+    map: HashMap<String, Entry>,
+    bytes: usize,
+    tick: u64,
+}
+
+/// The kept files of one root.
+#[derive(Default)]
+pub(crate) struct SmallFiles {
+    entries: Mutex<Entries>,
+}
+
+impl SmallFiles {
+    /// The kept copy of `path` under `root`, when there is one and the path still leads to
+    /// the file it was read from, unchanged. A kept copy the file no longer matches is dropped.
+    pub(crate) fn get(&self, root: &Root, path: &str) -> Option<Content> {
+        let (state, content) = {
+            let e = self.entries.lock();
+            let entry = e.map.get(path)?;
+            (entry.state, entry.content.clone())
+        };
+        let now = root.file_state(path);
+        let mut e = self.entries.lock();
+        if now != Some(state) {
+            if e.map.get(path).is_some_and(|entry| entry.state == state) {
+                if let Some(gone) = e.map.remove(path) {
+                    e.bytes -= gone.content.len() as usize;
+                }
+            }
+            return None;
+        }
+        e.tick += 1;
+        let tick = e.tick;
+        if let Some(entry) = e.map.get_mut(path) {
+            entry.used = tick;
+        }
+        Some(content)
+    }
+
+    /// Keeps `bytes`, read from `content` (a file opened for `path` whose state was `state`
+    /// before the read, and which the read found unchanged), when the file is small and
+    /// settled.
+    pub(crate) fn keep(&self, path: String, state: FileState, content: &Content, bytes: Bytes) {
+        if state.size() > MAX_FILE
+            || state.size() != content.len()
+            || !state.settled(SystemTime::now())
+        {
+            return;
+        }
+        let Some(copy) = content.with_bytes(bytes) else {
+            return;
+        };
+        let len = copy.len() as usize;
+        let mut e = self.entries.lock();
+        if let Some(old) = e.map.remove(&path) {
+            e.bytes -= old.content.len() as usize;
+        }
+        while e.bytes + len > BUDGET || e.map.len() >= MAX_ENTRIES {
+            let Some(oldest) = e
+                .map
+                .iter()
+                .min_by_key(|(_, v)| v.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = e.map.remove(&oldest) {
+                e.bytes -= gone.content.len() as usize;
+            }
+        }
+        e.tick += 1;
+        let used = e.tick;
+        e.bytes += len;
+        e.map.insert(
+            path,
+            Entry {
+                state,
+                content: copy,
+                used,
+            },
+        );
+    }
+
+    /// Files and bytes kept now.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let e = self.entries.lock();
+        (e.map.len(), e.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainboot_content::CleanPath;
+    use std::time::Duration;
+
+    /// Opens `name` under `root` as a request would, and keeps it when it may be kept.
+    fn open_and_keep(cache: &SmallFiles, root: &Root, name: &str) -> Content {
+        let content = root
+            .open_exact_first(&CleanPath::parse(name).unwrap())
+            .unwrap();
+        let state = content.file_state().unwrap();
+        let bytes = crate::response::prefetch_small(&content).unwrap().unwrap();
+        cache.keep(name.to_string(), state, &content, bytes);
+        content
+    }
+
+    /// Sets a file's modification time back, as `cp -p` or `touch -r` would.
+    fn set_mtime(path: &std::path::Path, t: SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    fn settle() {
+        std::thread::sleep(chainboot_content::SETTLE + Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_settled_small_file_is_answered_from_memory_with_the_files_validators() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.bin"), b"0123456789").unwrap();
+        settle();
+        let root = Root::new(dir.path()).unwrap();
+        let cache = SmallFiles::default();
+        assert!(cache.get(&root, "a.bin").is_none(), "nothing kept yet");
+        let file = open_and_keep(&cache, &root, "a.bin");
+        let kept = cache.get(&root, "a.bin").expect("kept");
+        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"0123456789"[..]));
+        assert_eq!(kept.etag(), file.etag());
+        assert_eq!(kept.modified(), file.modified());
+        assert_eq!(cache.held(), (1, 10));
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_its_size_and_modification_time_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"old bytes!").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        settle();
+        let root = Root::new(dir.path()).unwrap();
+        let cache = SmallFiles::default();
+        open_and_keep(&cache, &root, "a.bin");
+        assert!(cache.get(&root, "a.bin").is_some());
+        // Same inode, same size, same modification time: only the status-change time tells.
+        std::fs::write(&path, b"new bytes!").unwrap();
+        set_mtime(&path, mtime);
+        assert!(
+            cache.get(&root, "a.bin").is_none(),
+            "a changed file is not answered"
+        );
+        assert_eq!(cache.held(), (0, 0), "and its copy is gone");
+    }
+
+    #[test]
+    fn a_removed_replaced_or_swapped_file_is_not_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        for n in ["gone.bin", "replaced.bin", "swapped.bin"] {
+            std::fs::write(dir.path().join(n), b"kept bytes").unwrap();
+        }
+        std::fs::write(outside.path().join("secret"), b"not served").unwrap();
+        settle();
+        let root = Root::new(dir.path()).unwrap();
+        let cache = SmallFiles::default();
+        for n in ["gone.bin", "replaced.bin", "swapped.bin"] {
+            open_and_keep(&cache, &root, n);
+            assert!(cache.get(&root, n).is_some(), "{n}");
+        }
+        std::fs::remove_file(dir.path().join("gone.bin")).unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, b"kept bytes").unwrap();
+        std::fs::rename(&tmp, dir.path().join("replaced.bin")).unwrap();
+        std::fs::remove_file(dir.path().join("swapped.bin")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            dir.path().join("swapped.bin"),
+        )
+        .unwrap();
+        for n in ["gone.bin", "replaced.bin", "swapped.bin"] {
+            assert!(cache.get(&root, n).is_none(), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_file_changed_moments_ago_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fresh.bin"), b"just now").unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let cache = SmallFiles::default();
+        open_and_keep(&cache, &root, "fresh.bin");
+        assert_eq!(cache.held(), (0, 0));
+        assert!(cache.get(&root, "fresh.bin").is_none());
+    }
+
+    #[test]
+    fn kept_files_stay_within_the_count_and_the_oldest_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        settle();
+        let root = Root::new(dir.path()).unwrap();
+        let cache = SmallFiles::default();
+        let content = root
+            .open_exact_first(&CleanPath::parse("f").unwrap())
+            .unwrap();
+        let state = content.file_state().unwrap();
+        // The same file under many names (as many request paths could lead to files).
+        for i in 0..MAX_ENTRIES + 10 {
+            cache.keep(format!("f{i}"), state, &content, Bytes::from_static(b"x"));
+        }
+        assert_eq!(cache.held(), (MAX_ENTRIES, MAX_ENTRIES));
+        let e = cache.entries.lock();
+        assert!(!e.map.contains_key("f0") && e.map.contains_key(&format!("f{}", MAX_ENTRIES + 9)));
+    }
+}
