@@ -22,6 +22,22 @@ mod served;
 use std::net::SocketAddr;
 
 pub use content::{changed_error, Content, Extent, FileState, SETTLE};
+
+/// Takes the entry of `map` used longest ago (`used`: its last use, as a counter or a time),
+/// for the caches that keep contents in memory within a bound; `None` when `map` is empty.
+pub fn remove_least_recent<K, V>(
+    map: &mut std::collections::HashMap<K, V>,
+    used: impl Fn(&V) -> u64,
+) -> Option<V>
+where
+    K: Clone + Eq + std::hash::Hash,
+{
+    let oldest = map
+        .iter()
+        .min_by_key(|(_, v)| used(v))
+        .map(|(k, _)| k.clone())?;
+    map.remove(&oldest)
+}
 pub use path::{CleanPath, PathError, MAX_COMPONENTS, MAX_PATH_LEN};
 pub use root::Root;
 pub use served::{Served, What};

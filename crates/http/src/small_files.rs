@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use chainboot_content::{Content, FileState, Root};
+use chainboot_content::{remove_least_recent, Content, FileState, Root};
 use parking_lot::Mutex;
 
 #[cfg(doc)]
@@ -102,17 +102,10 @@ impl SmallFiles {
             e.bytes -= old.content.len() as usize;
         }
         while e.bytes + len > BUDGET || e.map.len() >= MAX_ENTRIES {
-            let Some(oldest) = e
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.used)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some(gone) = remove_least_recent(&mut e.map, |v| v.used) else {
                 break;
             };
-            if let Some(gone) = e.map.remove(&oldest) {
-                e.bytes -= gone.content.len() as usize;
-            }
+            e.bytes -= gone.content.len() as usize;
         }
         e.tick += 1;
         let used = e.tick;

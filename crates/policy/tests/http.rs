@@ -154,16 +154,20 @@ async fn served_by(router: &Router, peer: [u8; 4], path: &str) -> (u16, Option<S
     )
 }
 
-#[tokio::test]
-async fn boot_routes_say_what_they_served_and_name_only_machines_that_proved_it() {
+/// The state of the routes for the INSTALL config, on a store in memory.
+fn install_state() -> PolicyState {
     let store = Arc::new(Store::in_memory().unwrap());
     let policy = Arc::new(Policy::new(config(INSTALL), store).unwrap());
-    let state = PolicyState::new(
+    PolicyState::new(
         policy,
         ApiAuth::new(TOKEN, true),
         HttpBase::new("http://198.18.0.1").unwrap(),
-    );
-    let router = routes(state);
+    )
+}
+
+#[tokio::test]
+async fn boot_routes_say_what_they_served_and_name_only_machines_that_proved_it() {
+    let router = routes(install_state());
     let m1 = M1.parse().unwrap();
     // Loopback may act for any machine; 198.18.0.9 proves nothing.
     let (local, stranger) = ([127, 0, 0, 1], [198, 18, 0, 9]);
@@ -1200,15 +1204,7 @@ async fn stub_for(router: &Router, host: Option<&str>, tls: bool) -> String {
 
 #[tokio::test]
 async fn the_stub_follows_each_requests_host_and_scheme_however_often_asked() {
-    let store = Arc::new(Store::in_memory().unwrap());
-    let policy = Arc::new(Policy::new(config(INSTALL), store).unwrap());
-    let state = PolicyState::new(
-        policy,
-        ApiAuth::new(TOKEN, true),
-        HttpBase::new("http://198.18.0.1").unwrap(),
-    )
-    .with_https_port(Some(8443));
-    let router = routes(state);
+    let router = routes(install_state().with_https_port(Some(8443)));
     let chain = |base: &str| format!("#!ipxe\nchain --replace --autofree {base}/ipxe?mac=");
     for _ in 0..3 {
         // The same Host over both schemes: each keeps its own.

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use chainboot_content::Content;
+use chainboot_content::{remove_least_recent, Content};
 
 /// Largest file kept: first stages (iPXE, shim, GRUB) are 70 KiB to 2 MiB; kernels and
 /// initrds GRUB fetches over TFTP are larger and are read from their files as they go.
@@ -98,17 +98,10 @@ impl FileCache {
     fn insert(&self, key: Key, content: Content, len: usize) {
         let mut e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         while e.bytes + len > CACHE_BYTES {
-            let Some(oldest) = e
-                .map
-                .iter()
-                .min_by_key(|(_, v)| v.last_used)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some(gone) = remove_least_recent(&mut e.map, |v| v.last_used) else {
                 break;
             };
-            if let Some(gone) = e.map.remove(&oldest) {
-                e.bytes -= gone.content.len() as usize;
-            }
+            e.bytes -= gone.content.len() as usize;
         }
         e.tick += 1;
         let last_used = e.tick;
