@@ -128,7 +128,16 @@ def write_summary(path, raw, rows):
     os.makedirs(results, exist_ok=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
     command = os.environ.get("BENCH_COMMAND", "bash bench/tftp/run.sh")
-    with open(os.path.join(results, "tftp.tsv"), "w") as f:
+    # Lines of other comparisons (another topology's or case's run) stay: a run replaces only
+    # the comparisons it measured.
+    out = os.path.join(results, "tftp.tsv")
+    mine = {(comparison, cond) for comparison, cond, _ in rows}
+    kept = []
+    if os.path.exists(out):
+        with open(out) as f:
+            kept = [l for l in f if tuple(l.split("\t")[:2]) not in mine]
+    with open(out, "w") as f:
+        f.writelines(kept)
         for comparison, cond, ratio in rows:
             f.write(f"{comparison}\t{cond}\t{ratio:.2f}\t{date}\t{command}\tbench/tftp/results/{raw}\n")
 
