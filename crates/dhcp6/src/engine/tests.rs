@@ -151,6 +151,14 @@ fn one(h: &Handled6) -> Seen {
     Seen::of(&h.outgoing[0])
 }
 
+/// The address a direct Solicit from `c` is advertised at time 0.
+fn advertised(e: &mut Engine6, c: &Client6) -> Ipv6Addr {
+    one(&e.handle(t(0), &direct(), &c.solicit()))
+        .ia()
+        .unwrap()
+        .0
+}
+
 #[test]
 fn ovmf_pxe_gets_an_address_and_a_bracketed_tftp_url_then_binds_it_durably() {
     let mut e = engine(Mode6::Server);
@@ -273,10 +281,7 @@ fn rapid_commit_binds_at_once() {
 fn the_same_ia_keeps_its_address_and_other_ias_get_others() {
     let mut e = engine(Mode6::Server);
     let c = Client::ovmf_pxe();
-    let a1 = one(&e.handle(t(0), &direct(), &c.solicit()))
-        .ia()
-        .unwrap()
-        .0;
+    let a1 = advertised(&mut e, &c);
     let a2 = one(&e.handle(t(1), &direct(), &c.solicit()))
         .ia()
         .unwrap()
@@ -300,10 +305,7 @@ fn the_same_ia_keeps_its_address_and_other_ias_get_others() {
 fn renew_extends_rebind_of_a_foreign_address_is_not_answered_and_unknown_ia_has_no_binding() {
     let mut e = engine(Mode6::Server);
     let c = Client::ovmf_pxe();
-    let addr = one(&e.handle(t(0), &direct(), &c.solicit()))
-        .ia()
-        .unwrap()
-        .0;
+    let addr = advertised(&mut e, &c);
     e.handle(
         t(1),
         &direct(),
@@ -360,10 +362,7 @@ fn a_rebind_after_the_server_lost_its_state_binds_the_address_again() {
 fn release_and_decline_are_answered_and_persisted() {
     let mut e = engine(Mode6::Server);
     let c = Client::ovmf_pxe();
-    let addr = one(&e.handle(t(0), &direct(), &c.solicit()))
-        .ia()
-        .unwrap()
-        .0;
+    let addr = advertised(&mut e, &c);
     e.handle(
         t(1),
         &direct(),
@@ -647,10 +646,7 @@ fn a_boot_client_on_an_interface_without_a_routable_address_gets_no_url() {
 fn leases_survive_a_restart_as_proven_with_their_mac() {
     let mut e = engine(Mode6::Server);
     let c = Client::ovmf_pxe();
-    let addr = one(&e.handle(t(0), &direct(), &c.solicit()))
-        .ia()
-        .unwrap()
-        .0;
+    let addr = advertised(&mut e, &c);
     let writes = e
         .handle(
             t(1),
@@ -827,10 +823,7 @@ fn when_a_peer_stops_its_clients_rebind_to_the_survivor_and_keep_their_address()
 fn an_address_the_database_gave_another_client_is_replaced_when_the_client_asks_again() {
     let mut e = engine(Mode6::Server);
     let c = Client::ovmf_pxe();
-    let addr = one(&e.handle(t(0), &direct(), &c.solicit()))
-        .ia()
-        .unwrap()
-        .0;
+    let addr = advertised(&mut e, &c);
     let request = c.with_server(msg::REQUEST, SERVER_DUID, addr);
     let first = e.handle(t(1), &direct(), &request);
     // The database refused the write: another server's client holds the address.
