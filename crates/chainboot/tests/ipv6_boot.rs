@@ -414,6 +414,26 @@ fn big_pool(
     (v4, v6)
 }
 
+/// Starts the server of config `path` in `ns` (its log in `dir`) over a store holding `v4` and
+/// `v6`, and walks its leases list ([`walk_lease_pages`]): the IPv4 leases in address order,
+/// then the IPv6 ones in the order of their address text. Returns the server and its API.
+fn serve_and_walk_lease_pages(
+    ns: &str,
+    path: &Path,
+    dir: &Path,
+    v4: &[chainboot_store::leases::LeaseRecord],
+    v6: &[chainboot_store::leases6::Lease6Record],
+) -> (Server, String) {
+    let mut server = Server::start_in(Some(ns), path, dir.join("log"));
+    let api = server.listening("API");
+    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
+    let mut v6_text: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
+    v6_text.sort();
+    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).chain(v6_text).collect();
+    walk_lease_pages(ns, path, &api, &expected);
+    (server, api)
+}
+
 /// The API of the server in `ns` at `api` (config `path`) pages through exactly `expected`
 /// (addresses, in order; the first 1000 IPv4), and so does the CLI.
 fn walk_lease_pages(ns: &str, path: &Path, api: &str, expected: &[String]) {
@@ -496,13 +516,7 @@ fn the_leases_list_pages_through_more_leases_than_one_page_across_both_families(
         chainboot_store::leases::save_batch(&store, &v4).unwrap();
         chainboot_store::leases6::save_batch(&store, &v6).unwrap();
     }
-    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
-    let api = server.listening("API");
-    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
-    let mut v6_text: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
-    v6_text.sort();
-    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).chain(v6_text).collect();
-    walk_lease_pages(&net.server, &path, &api, &expected);
+    let (_server, api) = serve_and_walk_lease_pages(&net.server, &path, dir.path(), &v4, &v6);
     let leases = leases_list(&net.server, &path, &api);
     assert!(leases.contains("2001:db8:43::112b "), "{leases}");
 }
@@ -546,12 +560,6 @@ fn on_postgresql_the_leases_list_pages_through_more_leases_than_one_page_across_
             .unwrap()
             .is_empty());
     }
-    let mut server = Server::start_in(Some(&net.server), &path, dir.path().join("log"));
-    let api = server.listening("API");
-    server.wait_for_log("ready: SIGHUP", Duration::from_secs(20));
     // The DHCPv6 leases in the order of their address text, byte by byte, as on SQLite.
-    let mut v6_text: Vec<String> = v6.iter().map(|l| l.ip.to_string()).collect();
-    v6_text.sort();
-    let expected: Vec<String> = v4.iter().map(|l| l.ip.to_string()).chain(v6_text).collect();
-    walk_lease_pages(&net.server, &path, &api, &expected);
+    serve_and_walk_lease_pages(&net.server, &path, dir.path(), &v4, &v6);
 }
