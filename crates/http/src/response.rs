@@ -433,11 +433,12 @@ impl ContentBody {
 
     /// On a plain connection, the next chunk as a stand-in the socket sends with `sendfile`
     /// ([`crate::sendfile`]), when the page cache holds all of it (`sendfile` must not wait for
-    /// the disk on the async worker). Always a full [`CHUNK`]: a stand-in holds no memory, so
-    /// it need not shrink when many bodies stream. `None`: read the chunk instead.
+    /// the disk on the async worker). Up to [`crate::sendfile::STAND_IN_MAX`], not a
+    /// [`CHUNK`]: a stand-in holds no memory, so it need not shrink when many bodies stream,
+    /// and each one is a `sendfile` call. `None`: read the chunk instead.
     fn stand_in(&self) -> Option<Bytes> {
         let lane = self.lane.0.get()?;
-        let n = (self.end - self.pos).min(CHUNK as u64);
+        let n = (self.end - self.pos).min(crate::sendfile::STAND_IN_MAX as u64);
         let (file, at) = self.content.cached_file_range(self.pos, n)?;
         lane.stand_in(&self.content, file, at, n as usize)
     }
@@ -573,6 +574,29 @@ mod tests {
         got.extend_from_slice(&second);
         got.extend_from_slice(&third);
         assert_eq!(got, bytes);
+        assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[tokio::test]
+    async fn on_a_plain_connection_a_cached_file_goes_in_stand_ins_of_up_to_four_mib() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let len = crate::sendfile::STAND_IN_MAX + CHUNK;
+        let path = dir.path().join("big.bin");
+        // Just written: the page cache holds it.
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let c = Content::from_file(std::fs::File::open(&path).unwrap()).unwrap();
+        let mut body = ContentBody::new(c, 0, len as u64);
+        let lane = crate::sendfile::Lane::default();
+        assert!(body.lane.0.set(lane.clone()).is_ok());
+        let first = next_chunk(&mut body).await;
+        assert_eq!(
+            first.len(),
+            crate::sendfile::STAND_IN_MAX,
+            "one sendfile call's range"
+        );
+        let second = next_chunk(&mut body).await;
+        assert_eq!(second.len(), CHUNK, "the rest");
+        assert_eq!(lane.pending(), 2, "both are file ranges, not read bytes");
         assert!(http_body::Body::is_end_stream(&body));
     }
 
