@@ -285,11 +285,20 @@ run_side() { # run_side SIDE ROUND
   harness=$(printf '{"neigh_table_fulls":%d,"backlog_drops":%d,"udp_rcvbuf_errors_client_ns":%d,"udp_rcvbuf_errors_server_ns":%d}' \
     $((${after% *} - ${before% *})) $((${after#* } - ${before#* })) \
     "$(udp_rcvbuf_errors "$C")" "$(udp_rcvbuf_errors "$S")")
+  # chainboot's own account of its event log: events the writer could not keep up with are
+  # dropped (counted), and those machines' timelines miss a stage.
+  events=null
+  if [ "$side" = chainboot ] && [ -r "$WORK/state/api.token" ]; then
+    events=$(ip netns exec "$S" curl -s --max-time 5 -H "Authorization: Bearer $(cat "$WORK/state/api.token")" \
+      http://127.0.0.1:8079/metrics | awk '$1 == "chainboot_events_recorded_total" {r = $2}
+        $1 == "chainboot_events_dropped_total" {d = $2}
+        END {if (r != "") printf "{\"recorded\":%d,\"dropped\":%d}", r, d; else printf "null"}') || events=null
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   net_down
   [ -n "$out" ] || out='{"machines":0,"failures":-1}'
-  echo "{\"side\":\"$side\",\"round\":$round,\"server_peak_rss_kib\":${usage% *},\"server_cpu_s\":${usage#* },\"harness\":$harness,\"sim\":$out}" | tee -a "$raw"
+  echo "{\"side\":\"$side\",\"round\":$round,\"server_peak_rss_kib\":${usage% *},\"server_cpu_s\":${usage#* },\"events\":$events,\"harness\":$harness,\"sim\":$out}" | tee -a "$raw"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -317,6 +326,7 @@ rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
         ("server peak RSS MiB", lambda r: r["server_peak_rss_kib"] / 1024),
         ("server CPU s", lambda r: r["server_cpu_s"]),
         ("server CPU s / 1000 boots", per_1000),
+        ("events dropped", lambda r: (r.get("events") or {}).get("dropped")),
         ("wall s", lambda r: r["sim"].get("wall_seconds")),
         ("simulator CPU s", lambda r: r["sim"].get("cpu_s"))]
 print(f"{'median over rounds':24} {'chainboot':>10} {'anchor':>10} {'ratio':>7}")
