@@ -168,9 +168,15 @@ EOF
     if [ "$flavor" = grub ]; then
       echo "dhcp-boot=tag:efi64,shimx64.efi,,$E2E_SERVER_IP" >>"$conf"
     else
+      # UEFI HTTP Boot clients (arch 16) as dnsmasq users set them up: option 60 "HTTPClient"
+      # echoed (the firmware ignores an offer without it) and the first stage as a URL in the
+      # boot file, fetched from nginx.
       cat >>"$conf" <<EOF
-dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,$E2E_SERVER_IP
+dhcp-match=set:efihttp,option:client-arch,16
+dhcp-option-force=tag:efihttp,60,HTTPClient
+dhcp-boot=tag:!ipxe,tag:!efi64,tag:!efihttp,undionly.kpxe,,$E2E_SERVER_IP
 dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,$E2E_SERVER_IP
+dhcp-boot=tag:!ipxe,tag:efihttp,http://$E2E_SERVER_IP/ipxe-bin/ipxe.efi
 dhcp-boot=tag:ipxe,$ipxe_url
 EOF
     fi
@@ -256,11 +262,11 @@ EOF
   [ "$flavor" = pxelinux ] && e2e_pxelinux_files "$@"
   [ "$flavor" = proxy ] && e2e_plain_dhcp
   e2e_nginx
+  # UEFI HTTP Boot fetches the first stage over HTTP (chainboot serves it from /ipxe-bin/).
+  mkdir -p "$E2E_RUN/http/ipxe-bin"
+  e2e_place "$E2E_RUN/tftp/ipxe.efi" "$E2E_RUN/http/ipxe-bin/ipxe.efi"
   if [ "$E2E_FAMILY" = v6 ]; then
     [ "$flavor" = boot ] || e2e_die "the IPv6 anchor has the boot flavor only, not $flavor"
-    # UEFI HTTP Boot fetches the first stage over HTTP (chainboot serves it from /ipxe-bin/).
-    mkdir -p "$E2E_RUN/http/ipxe-bin"
-    e2e_place "$E2E_RUN/tftp/ipxe.efi" "$E2E_RUN/http/ipxe-bin/ipxe.efi"
     e2e_dnsmasq_boot6
   else
     e2e_dnsmasq_boot "$flavor"

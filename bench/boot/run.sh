@@ -11,10 +11,11 @@
 #                seed's own PXELINUX flow)
 #   proxy        proxyDHCP beside a plain DHCP server: a BIOS and a UEFI VM at once (each VM's
 #                marker time counts)
-#   uefi-http    OVMF HTTP Boot over IPv4 (chainboot only: dnsmasq cannot answer HTTP Boot)
+#   uefi-http    OVMF HTTP Boot over IPv4 (the anchor: dnsmasq with its users' HTTP Boot lines,
+#                the first stage from nginx; e2e/servers.sh)
 #   bios6, pxe6, http6   the same firmware on an IPv6-only bridge (e2e/scenarios/*6.sh): BIOS
 #                iPXE ROM, OVMF PXE over IPv6, OVMF HTTP Boot over IPv6 (after a PXE over IPv6
-#                attempt made to fail; chainboot only, as uefi-http)
+#                attempt made to fail; chainboot only: dnsmasq's DHCPv6 cannot answer HTTP Boot)
 # and each variant:
 #   anchor             dnsmasq + nginx doing the recipe (the seed's flow); on the IPv6 cases
 #                      dnsmasq's DHCPv6 + its router advertisements (M flag, the prefix on-link)
@@ -74,8 +75,8 @@ applies() {
   local variant=$1 case=$2 v6=0
   case $case in *6) v6=1 ;; esac
   case $variant in
-    # dnsmasq cannot answer UEFI HTTP Boot (e2e/servers.sh says why), on either family.
-    anchor) [ "$case" != http6 ] && [ "$case" != uefi-http ] ;;
+    # dnsmasq cannot answer UEFI HTTP Boot over IPv6 (e2e/servers.sh says why).
+    anchor) [ "$case" != http6 ] ;;
     chainboot) return 0 ;;
     chainboot-router) [ $v6 = 1 ] ;;
     *) [ $v6 = 0 ] ;;
@@ -155,6 +156,7 @@ declare -A names=([bios]="VM boot BIOS (SeaBIOS + iPXE ROM): QEMU start to marke
   [secureboot]="VM boot Secure Boot (shim -> GRUB -> signed kernel): QEMU start to marker vs dnsmasq + grub.cfg (lower is better)"
   [bios6]="VM boot BIOS over IPv6 (iPXE ROM, DHCPv6): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)"
   [pxe6]="VM boot UEFI PXE over IPv6 (OVMF -> iPXE): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)"
+  [uefi-http]="VM boot UEFI HTTP Boot (OVMF -> iPXE over HTTP): QEMU start to marker vs dnsmasq+nginx (lower is better)"
   [pxelinux]="VM boot PXELINUX over HTTP (iPXE ROM -> lpxelinux.0): QEMU start to marker vs dnsmasq+nginx (lower is better)"
   [proxy]="VM boot proxyDHCP beside a plain DHCP server (a BIOS and a UEFI VM at once): QEMU start to marker vs dnsmasq+nginx (lower is better)")
 # An IPv6 case against chainboot's own IPv4 case of the same firmware.
