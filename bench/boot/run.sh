@@ -11,6 +11,9 @@
 #                seed's own PXELINUX flow)
 #   proxy        proxyDHCP beside a plain DHCP server: a BIOS and a UEFI VM at once (each VM's
 #                marker time counts)
+#   proxy-noping the same with the plain server's ping check off (dnsmasq no-ping): it blocks
+#                the plain server 3 s per new address, the two VMs wait for each other's, and
+#                that decides most of `proxy` on both sides (docs/proxy-dhcp.md)
 #   uefi-http    OVMF HTTP Boot over IPv4 (the anchor: dnsmasq with its users' HTTP Boot lines,
 #                the first stage from nginx; e2e/servers.sh)
 #   bios6, pxe6, http6   the same firmware on an IPv6-only bridge (e2e/scenarios/*6.sh): BIOS
@@ -158,7 +161,8 @@ declare -A names=([bios]="VM boot BIOS (SeaBIOS + iPXE ROM): QEMU start to marke
   [pxe6]="VM boot UEFI PXE over IPv6 (OVMF -> iPXE): QEMU start to marker vs dnsmasq+nginx over IPv6 (lower is better)"
   [uefi-http]="VM boot UEFI HTTP Boot (OVMF -> iPXE over HTTP): QEMU start to marker vs dnsmasq+nginx (lower is better)"
   [pxelinux]="VM boot PXELINUX over HTTP (iPXE ROM -> lpxelinux.0): QEMU start to marker vs dnsmasq+nginx (lower is better)"
-  [proxy]="VM boot proxyDHCP beside a plain DHCP server (a BIOS and a UEFI VM at once): QEMU start to marker vs dnsmasq+nginx (lower is better)")
+  [proxy]="VM boot proxyDHCP beside a plain DHCP server (a BIOS and a UEFI VM at once): QEMU start to marker vs dnsmasq+nginx (lower is better)"
+  [proxy-noping]="VM boot proxyDHCP beside a plain DHCP server without its ping check (a BIOS and a UEFI VM at once): QEMU start to marker vs dnsmasq+nginx (lower is better)")
 # An IPv6 case against chainboot's own IPv4 case of the same firmware.
 declare -A own4=([bios6]=bios [pxe6]=uefi [http6]=uefi-http)
 stamp=$(date -u '+%Y-%m-%d %H:%MZ')

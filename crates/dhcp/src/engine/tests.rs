@@ -227,6 +227,63 @@ fn proxy_ignores_plain_clients_and_unknown_arch_server_still_leases() {
     assert_eq!((r.file.as_str(), r.opt(60)), ("", None));
 }
 
+/// The proxy scenario's two firmware beside a site DHCP server, message by message as captured
+/// (docs/proxy-dhcp.md): every DISCOVER, the first and the one OVMF sends again when its offer
+/// window ends without an address offer, gets everything the firmware needs to boot without
+/// asking anyone again; the REQUESTs for the site server's address get nothing from the proxy.
+#[test]
+fn proxy_answers_every_firmware_discover_in_full_and_leaves_the_site_servers_requests_alone() {
+    const SITE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    let mut e = engine(Mode::Proxy);
+    let at = |s: u64| t0() + Duration::from_secs(s);
+    let request_to_site = |kind: ClientKind, m: [u8; 6], ip: Ipv4Addr| {
+        let mut q = ClientMessage::new(kind, MessageType::Request, m);
+        q.server_id = Some(SITE);
+        q.requested_ip = Some(ip);
+        q
+    };
+
+    // OVMF: DISCOVER at 0 s and, the window over, the same DISCOVER at 4 s.
+    let ovmf = ClientKind::Firmware { arch: 7 };
+    let d = ClientMessage::new(ovmf.clone(), MessageType::Discover, mac(60));
+    for s in [0, 4] {
+        let (_, r) = send(&mut e, at(s), &ingress(67), &d);
+        let r = r.unwrap_or_else(|| panic!("OVMF's DISCOVER at {s} s: no offer"));
+        assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED, "{s} s: a proxy offer");
+        // Discovery control bit 3 and a boot file: no prompt, no menu, no boot server
+        // discovery on 4011; the TFTP server in siaddr.
+        assert_eq!(r.opt(43), Some(&[6u8, 1, 8, 255][..]), "{s} s: 43");
+        assert_eq!(
+            (r.file.as_str(), r.siaddr),
+            ("snponly.efi", SERVER),
+            "{s} s"
+        );
+        assert_eq!(r.opt_str(60).as_deref(), Some("PXEClient"), "{s} s: 60");
+    }
+    let q = request_to_site(ovmf, mac(60), Ipv4Addr::new(198, 18, 0, 136));
+    let (h, r) = send(&mut e, at(8), &ingress(67), &q);
+    assert!(r.is_none(), "OVMF's REQUEST for the site's address");
+    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NoReply));
+
+    // iPXE: siaddr and a file in the offer are its "PXE options", so it never sends a
+    // ProxyDHCP REQUEST to 4011 (and never waits for an answer there).
+    let ipxe = ClientKind::Ipxe {
+        arch: 0,
+        http: true,
+        user_class: true,
+    };
+    let d = ClientMessage::new(ipxe.clone(), MessageType::Discover, mac(61));
+    let (_, r) = send(&mut e, at(9), &ingress(67), &d);
+    let r = r.expect("iPXE's DISCOVER: an offer");
+    assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.siaddr, SERVER);
+    assert_eq!(r.file, "http://198.18.0.1/boot.ipxe");
+    let q = request_to_site(ipxe, mac(61), Ipv4Addr::new(198, 18, 0, 135));
+    let (h, r) = send(&mut e, at(12), &ingress(67), &q);
+    assert!(r.is_none(), "iPXE's REQUEST for the site's address");
+    assert_eq!(h.outcome, Outcome::Ignored(Ignored::NoReply));
+}
+
 /// DISCOVER → OFFER → REQUEST → ACK; returns the address.
 fn dora(e: &mut Engine, now: SystemTime, m: [u8; 6]) -> Ipv4Addr {
     let d = ClientMessage::new(ClientKind::Plain, MessageType::Discover, m);
