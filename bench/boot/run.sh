@@ -43,7 +43,7 @@
 # bench/boot/results/boot-<time>.txt, each run's result line followed by its `split` line
 # (bench/boot/split.py: DHCP, TFTP, HTTP and RA times from the bridge capture). With both
 # `anchor` and `chainboot` run, the ratio of their median marker times per case goes to
-# bench/summary/boot-<case>-quiet.tsv for bench/summary.py; for an IPv6 case also chainboot's
+# bench/summary/boot-<case>-quiet.tsv (CONTENDED=1: -contended.tsv) for bench/summary.py; for an IPv6 case also chainboot's
 # ratio to its own IPv4 case (bios, uefi, uefi-http) when that ran. Timing is never asserted; this is a
 # script.
 set -uo pipefail
@@ -60,18 +60,23 @@ read -ra cases <<<"${CASES:-bios uefi}"
 # shellcheck source=../lib.sh
 . "$repo/bench/lib.sh"
 load=$(check_quiet) || exit 3
-command="CASES=\"${cases[*]}\" bash bench/boot/run.sh $rounds ${variants[*]}"
+# CONTENDED=1: every VM boots with bench/lib.sh's CPU hog on the last CPU (the same for both
+# sides); the summary lines go to bench/summary/boot-<case>-contended.tsv.
+CONTENDED=${CONTENDED:-0}
+cond=quiet
+[ "$CONTENDED" = 1 ] && cond=contended
+command="CONTENDED=$CONTENDED CASES=\"${cases[*]}\" bash bench/boot/run.sh $rounds ${variants[*]}"
 [ -n "${CHAINBOOT:-}" ] && command="CHAINBOOT=$CHAINBOOT $command"
 mkdir -p "$repo/bench/boot/results"
 raw="$repo/bench/boot/results/boot-$(date +%Y%m%d-%H%M%S).txt"
 export E2E_RESULTS="$raw"
 : >"$raw"
-echo "# boot bench $(date -u +%FT%TZ) rounds=$rounds cases=${cases[*]} nproc=$(nproc) load=$load" >>"$raw"
+echo "# boot bench $(date -u +%FT%TZ) rounds=$rounds cases=${cases[*]} nproc=$(nproc) load=$load contended=$CONTENDED" >>"$raw"
 "$repo/e2e/assets.sh" >/dev/null || exit 1
 # Each run keeps its run dir (capture, serial, server logs) in a folder of ours until its split
 # is read, then removes it.
 runs=$(mktemp -d)
-trap 'rm -rf "$runs"' EXIT
+trap 'hog_stop; rm -rf "$runs"' EXIT
 
 # Whether VARIANT is measured on CASE (see the header).
 applies() {
@@ -119,7 +124,10 @@ for ((r = 1; r <= rounds; r++)); do
   echo "round $r/$rounds (load $(cut -d' ' -f1 /proc/loadavg))"
   for fw in "${cases[@]}"; do
     for v in "${variants[@]}"; do
-      applies "$v" "$fw" && run_one "$v" "$fw"
+      applies "$v" "$fw" || continue
+      [ "$CONTENDED" = 1 ] && hog_start
+      run_one "$v" "$fw"
+      hog_stop
     done
   done
 done
@@ -197,9 +205,9 @@ for c in ${cases_summed[@]+"${cases_summed[@]}"}; do
   [ -n "$r" ] && lines+="VM boot $c: QEMU start to marker vs chainboot's own ${own4[$c]} over IPv4 (lower is better; target 1.10 at most)"$'\t'"$r"$'\n'
   [ -n "$lines" ] || continue
   printf '%s' "$lines" | while IFS=$'\t' read -r name value; do
-    printf '%s\tquiet\t%s\t%s\t%s\t%s\n' "$name" "$value" "$stamp" "$command" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$cond" "$value" "$stamp" "$command" \
       "bench/boot/results/$(basename "$raw")"
-  done >"$repo/bench/summary/boot-$c-quiet.tsv"
-  echo "$c: $(cut -f1,3 "$repo/bench/summary/boot-$c-quiet.tsv" | tr '\t\n' ' ;')(bench/summary/boot-$c-quiet.tsv)"
+  done >"$repo/bench/summary/boot-$c-$cond.tsv"
+  echo "$c: $(cut -f1,3 "$repo/bench/summary/boot-$c-$cond.tsv" | tr '\t\n' ' ;')(bench/summary/boot-$c-$cond.tsv)"
 done
 echo "raw: $raw"
