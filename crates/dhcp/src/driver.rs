@@ -274,6 +274,45 @@ pub struct Pending<F: Family> {
     listener: Arc<Listener>,
 }
 
+/// The fleet's database does not answer, and the store's local journal made durable the
+/// renewals among a batch's leases (`journaled`: their addresses; a renewal is a lease the
+/// database holds for the same client, same address, not expired). The exchanges whose leases
+/// are all journaled keep their replies (counted in `renewals`); the others (new clients, other
+/// addresses) are withheld until the database answers: their clients retry (one store error
+/// per batch). Returns whether any reply is left to send.
+pub fn keep_journaled<F: Family, A: Eq + std::hash::Hash>(
+    family: &F,
+    batch: &mut Vec<Pending<F>>,
+    journaled: Result<Vec<A>, chainboot_store::StoreError>,
+    address: impl Fn(&Lease<F>) -> A,
+    renewals: &AtomicU64,
+) -> bool {
+    let journaled: std::collections::HashSet<A> = match journaled {
+        Ok(j) => j.into_iter().collect(),
+        Err(e) => {
+            tracing::error!(
+                "{}: renewals could not be journaled, replies withheld: {e}",
+                F::NAME
+            );
+            return false;
+        }
+    };
+    let before = batch.len();
+    batch.retain(|p| {
+        !p.leases.is_empty() && p.leases.iter().all(|r| journaled.contains(&address(r)))
+    });
+    renewals.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if batch.len() < before {
+        family.store_errors().fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            withheld = before - batch.len(),
+            "{}: the fleet's database does not answer; new leases wait for it",
+            F::NAME
+        );
+    }
+    !batch.is_empty()
+}
+
 /// A family's engine, its sockets and its observer, ready to [`run`](Driver::run).
 pub struct Driver<F: Family> {
     pub family: Arc<F>,

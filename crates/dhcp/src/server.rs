@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::boot::BootSettings;
 use crate::config::{DhcpConfig, Mode};
 use crate::driver::{
-    DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable, Listener, NoObserver,
-    Pending, RetryGate,
+    keep_journaled, DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable,
+    Listener, NoObserver, Pending, RetryGate,
 };
 use crate::engine::{Counters, Destination, Engine, Handled, Ingress, Outgoing};
 
@@ -229,8 +229,12 @@ impl Family for Dhcpv4 {
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                if self.store.degraded() && self.serve_renewals(batch, &records) {
-                    return;
+                if self.store.degraded() {
+                    let journaled = leases::save_renewals_while_degraded(&self.store, &records);
+                    let renewals = &self.counters.degraded_renewals;
+                    if keep_journaled(self, batch, journaled, |r| r.ip, renewals) {
+                        return;
+                    }
                 }
                 // Not durable, so not acknowledged: the clients retry.
                 batch.clear();
@@ -255,34 +259,6 @@ impl Family for Dhcpv4 {
 }
 
 impl Dhcpv4 {
-    /// The fleet's database does not answer: the requests of `batch` that only renew leases
-    /// the database holds for their clients are made durable in the store's local journal
-    /// and keep their replies; the others (new clients, other addresses) are withheld until
-    /// the database answers. Returns whether any reply is left to send.
-    fn serve_renewals(&self, batch: &mut Vec<Pending<Self>>, records: &[LeaseRecord]) -> bool {
-        let journaled = match leases::save_renewals_while_degraded(&self.store, records) {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!("dhcp: renewals could not be journaled, replies withheld: {e}");
-                return false;
-            }
-        };
-        let before = batch.len();
-        batch
-            .retain(|p| !p.leases.is_empty() && p.leases.iter().all(|r| journaled.contains(&r.ip)));
-        self.counters
-            .degraded_renewals
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if batch.len() < before {
-            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                withheld = before - batch.len(),
-                "dhcp: the fleet's database does not answer; new leases wait for it"
-            );
-        }
-        !batch.is_empty()
-    }
-
     /// The fleet's database gave some addresses of this batch to other servers' clients: the
     /// replies of the requests that wrote them are withheld (the clients retry and are
     /// answered from what the engine now knows), and the engine learns who holds each

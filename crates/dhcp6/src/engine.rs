@@ -205,6 +205,8 @@ pub struct Counters6 {
     /// Lease writes the fleet's database refused (another server's client holds the address);
     /// their replies were withheld.
     pub lease_conflicts: AtomicU64,
+    /// Renewals answered from the local journal while the fleet's database did not answer.
+    pub degraded_renewals: AtomicU64,
     pub commit_batches: AtomicU64,
     pub committed_leases: AtomicU64,
 }
@@ -257,6 +259,7 @@ impl Counters6 {
             ("send_errors_total", g(&self.send_errors)),
             ("store_errors_total", g(&self.store_errors)),
             ("lease_conflicts_total", g(&self.lease_conflicts)),
+            ("degraded_renewals_total", g(&self.degraded_renewals)),
             ("commit_batches_total", g(&self.commit_batches)),
             ("committed_leases_total", g(&self.committed_leases)),
         ]

@@ -4,7 +4,8 @@
 //! makes the leases of a batch durable in one transaction before it sends the batch's
 //! Replies. Never a Reply before its lease is on disk. On a fleet's PostgreSQL store an
 //! address the database gave another client withholds the Reply (the client asks again and
-//! gets another address); while the database does not answer, Replies that bind wait for it.
+//! gets another address); while the database does not answer, renewals of leases it holds are
+//! journaled locally and answered, and Replies that bind anything else wait for it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use chainboot_dhcp::driver::{
-    DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable, Listener, Pending,
-    RetryGate,
+    keep_journaled, DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable,
+    Listener, Pending, RetryGate,
 };
 use chainboot_dhcp::BootSettings;
 use chainboot_store::leases6::{self, Lease6Record};
@@ -267,6 +268,8 @@ impl Family for Dhcpv6 {
             .iter()
             .flat_map(|p| p.leases.iter().cloned())
             .collect();
+        // While the fleet's database is away renewals are served from the journal, and the
+        // database tried again after DEGRADED_RETRY.
         let saved = self.retry.attempt(self.store.degraded(), || {
             leases6::save_batch(&self.store, &records)
         });
@@ -281,6 +284,13 @@ impl Family for Dhcpv6 {
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
+                if self.store.degraded() {
+                    let journaled = leases6::save_renewals_while_degraded(&self.store, &records);
+                    let renewals = &self.counters.degraded_renewals;
+                    if keep_journaled(self, batch, journaled, |r| r.ip, renewals) {
+                        return;
+                    }
+                }
                 // Not durable, so not answered: the clients retransmit.
                 batch.clear();
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);

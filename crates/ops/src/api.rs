@@ -864,6 +864,19 @@ fn write_events(w: &mut Writer, st: &OpsState) {
         "1 while the fleet's database did not answer at its last use (PostgreSQL), else 0.",
         if st.store.degraded() { 1.0 } else { 0.0 },
     );
+    let journals = st.store.lease_journals();
+    w.family(
+        "chainboot_store_journal_pending",
+        "gauge",
+        "Renewals answered while the fleet's database did not, in the local journal until it is told, by family.",
+        &journals.map(|(f, j)| (format!("family=\"{f}\""), j.pending as f64)),
+    );
+    w.family(
+        "chainboot_store_journal_refused_total",
+        "counter",
+        "Journaled renewals the fleet's database refused when they were replayed (the address had changed hands), by family.",
+        &journals.map(|(f, j)| (format!("family=\"{f}\""), j.refused as f64)),
+    );
     w.gauge(
         "chainboot_store_disk_bytes",
         "Bytes of the state store on disk (database and write-ahead log).",

@@ -106,20 +106,9 @@ pub fn save_batch(store: &Store, records: &[LeaseRecord]) -> Result<Vec<LeaseRec
     }
     match store.backend() {
         Backend::Sqlite(db) => db.write(|tx| save_in(tx, records)).map(|()| Vec::new()),
-        Backend::Postgres(pg) => {
-            replay_journal(store, pg)?;
-            let batch = last_per_address(records);
-            let server = store.server_name().to_string();
-            let written = batch.clone();
-            let refused = pg.run(move |c| async move { save_pg(&c, batch, &server).await })?;
-            let accepted: Vec<LeaseRecord> = written
-                .into_iter()
-                .filter(|r| !refused.iter().any(|h| h.ip == r.ip))
-                .collect();
-            pg.journal.learn(&accepted);
-            pg.journal.learn(&refused);
-            Ok(refused)
-        }
+        Backend::Postgres(pg) => pg
+            .journal
+            .write_through(records, |r| save_pg_batch(store, pg, r)),
     }
 }
 
@@ -140,23 +129,19 @@ pub fn save_renewals_while_degraded(
 
 /// Writes the renewals journaled during an outage, oldest first, before anything newer.
 pub(crate) fn replay_journal(store: &Store, pg: &crate::pg::Postgres) -> Result<(), StoreError> {
-    let pending = pg.journal.pending();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let n = pending.len();
+    pg.journal.replay(|r| save_pg_batch(store, pg, r))
+}
+
+/// One statement writing `records` (the last of each address); returns the refused writes'
+/// holders.
+fn save_pg_batch(
+    store: &Store,
+    pg: &crate::pg::Postgres,
+    records: &[LeaseRecord],
+) -> Result<Vec<LeaseRecord>, StoreError> {
     let server = store.server_name().to_string();
-    let batch = last_per_address(&pending);
-    let refused = pg.run(move |c| async move { save_pg(&c, batch, &server).await })?;
-    for r in &refused {
-        tracing::warn!(ip = %r.ip, holder = r.mac, "lease journal: a renewal made during the outage was refused: the address changed hands");
-    }
-    pg.journal.written(n)?;
-    tracing::info!(
-        renewals = n,
-        "lease journal: renewals made during the outage written to the database"
-    );
-    Ok(())
+    let batch = last_per_address(records);
+    pg.run(move |c| async move { save_pg(&c, batch, &server).await })
 }
 
 /// One record per address, the last of each (a batch may hold an OFFER's and an ACK's write

@@ -8,7 +8,9 @@
 //! only when it is the same identity association's (DUID and IAID), released, or expired by
 //! the writer's clock. A write the database refuses is returned with the row that won; its
 //! Reply must not leave. The embedded SQLite store has one writer, whose engine already
-//! decided: its writes always replace.
+//! decided: its writes always replace. While the fleet's database does not answer, renewals of
+//! leases it holds for the same identity association are journaled locally and replayed when
+//! it returns, as DHCPv4's are (`crate::journal`).
 //!
 //! Also each server's own DUID: clients renew with it in their Server Identifier option, so it
 //! must outlive restarts, and in a fleet every server needs its own (a client's Request or
@@ -86,7 +88,7 @@ DROP TABLE dhcp6_server;
 };
 
 /// One stored DHCPv6 lease. Times are seconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease6Record {
     pub ip: std::net::Ipv6Addr,
     pub duid: Vec<u8>,
@@ -117,11 +119,42 @@ pub fn save_batch(
         Backend::Sqlite(db) => db
             .write(|tx| save_in(tx, records, &server))
             .map(|()| Vec::new()),
-        Backend::Postgres(pg) => {
-            let batch = last_per_address(records);
-            pg.run(move |c| async move { save_pg(&c, batch, &server).await })
-        }
+        Backend::Postgres(pg) => pg
+            .journal6
+            .write_through(records, |r| save_pg_batch(store, pg, r)),
     }
+}
+
+/// While the fleet's database does not answer (after [`save_batch`] failed and the store
+/// reports itself degraded): makes the renewals among `records` (same address, same DUID and
+/// IAID as the database's unexpired lease) durable in the server's local journal and returns
+/// their addresses, whose Replies may leave; the other leases wait for the database. Nothing
+/// for SQLite (its failures are this server's own disk).
+pub fn save_renewals_while_degraded(
+    store: &Store,
+    records: &[Lease6Record],
+) -> Result<Vec<std::net::Ipv6Addr>, StoreError> {
+    match store.backend() {
+        Backend::Postgres(pg) if pg.degraded() => pg.journal6.hold_renewals(records),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Writes the DHCPv6 renewals journaled during an outage, oldest first, before anything newer.
+pub(crate) fn replay_journal(store: &Store, pg: &crate::pg::Postgres) -> Result<(), StoreError> {
+    pg.journal6.replay(|r| save_pg_batch(store, pg, r))
+}
+
+/// One statement writing `records` (the last of each address); returns the refused writes'
+/// holders.
+fn save_pg_batch(
+    store: &Store,
+    pg: &crate::pg::Postgres,
+    records: &[Lease6Record],
+) -> Result<Vec<Lease6Record>, StoreError> {
+    let server = store.server_name().to_string();
+    let batch = last_per_address(records);
+    pg.run(move |c| async move { save_pg(&c, batch, &server).await })
 }
 
 fn save_in(
@@ -263,19 +296,24 @@ pub fn page(
     let n = i64::try_from(n).unwrap_or(i64::MAX);
     match store.backend() {
         Backend::Sqlite(db) => db.read(|c| load_in(c, after.as_deref(), n)),
-        Backend::Postgres(pg) => pg.run(move |c| async move {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {PG_COLUMNS} FROM leases6
-                         WHERE $1::text IS NULL OR ip COLLATE \"C\" > $1
-                         ORDER BY ip COLLATE \"C\" LIMIT $2"
-                    ),
-                    &[&after, &n],
-                )
-                .await?;
-            Ok(rows.iter().filter_map(from_pg_row).collect())
-        }),
+        Backend::Postgres(pg) => {
+            let rows: Vec<Lease6Record> = pg.run(move |c| async move {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {PG_COLUMNS} FROM leases6
+                             WHERE $1::text IS NULL OR ip COLLATE \"C\" > $1
+                             ORDER BY ip COLLATE \"C\" LIMIT $2"
+                        ),
+                        &[&after, &n],
+                    )
+                    .await?;
+                Ok(rows.iter().filter_map(from_pg_row).collect())
+            })?;
+            // What the database holds: a renewal of one of these may be journaled.
+            pg.journal6.learn(&rows);
+            Ok(rows)
+        }
     }
 }
 
@@ -286,18 +324,23 @@ pub fn changed_since(store: &Store, since: i64) -> Result<Vec<Lease6Record>, Sto
     let me = store.server_name().to_string();
     match store.backend() {
         Backend::Sqlite(_) => Ok(Vec::new()),
-        Backend::Postgres(pg) => pg.run(move |c| async move {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {PG_COLUMNS} FROM leases6
-                         WHERE updated >= $1 AND server IS DISTINCT FROM $2 ORDER BY ip"
-                    ),
-                    &[&since, &me],
-                )
-                .await?;
-            Ok(rows.iter().filter_map(from_pg_row).collect())
-        }),
+        Backend::Postgres(pg) => {
+            replay_journal(store, pg)?;
+            let changed: Vec<Lease6Record> = pg.run(move |c| async move {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT {PG_COLUMNS} FROM leases6
+                             WHERE updated >= $1 AND server IS DISTINCT FROM $2 ORDER BY ip"
+                        ),
+                        &[&since, &me],
+                    )
+                    .await?;
+                Ok(rows.iter().filter_map(from_pg_row).collect())
+            })?;
+            pg.journal6.learn(&changed);
+            Ok(changed)
+        }
     }
 }
 

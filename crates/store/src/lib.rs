@@ -24,7 +24,7 @@ mod schema;
 pub mod servers;
 
 pub use config::{StoreBackend, StoreConfig};
-pub use journal::JOURNAL_FILE;
+pub use journal::{JournalStats, JOURNAL6_FILE, JOURNAL_FILE};
 pub use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
@@ -200,6 +200,7 @@ impl Store {
                 // Renewals acknowledged during an outage that ended with this server stopped.
                 if let Backend::Postgres(pg) = &store.backend {
                     leases::replay_journal(&store, pg)?;
+                    leases6::replay_journal(&store, pg)?;
                 }
                 Ok(store)
             }
@@ -285,6 +286,18 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => false,
             Backend::Postgres(pg) => pg.degraded(),
+        }
+    }
+
+    /// The local journals of renewals made while the fleet's database did not answer:
+    /// DHCPv4's, then DHCPv6's (nothing for SQLite).
+    pub fn lease_journals(&self) -> [(&'static str, JournalStats); 2] {
+        match &self.backend {
+            Backend::Sqlite(_) => [
+                ("ipv4", JournalStats::default()),
+                ("ipv6", JournalStats::default()),
+            ],
+            Backend::Postgres(pg) => [("ipv4", pg.journal.stats()), ("ipv6", pg.journal6.stats())],
         }
     }
 

@@ -24,8 +24,9 @@ pub(crate) struct Postgres {
     describe: String,
     /// The last call failed for want of the database (not for a statement's error).
     degraded: std::sync::atomic::AtomicBool,
-    /// Renewals acknowledged while the database did not answer.
-    pub(crate) journal: crate::journal::Journal,
+    /// Renewals acknowledged while the database did not answer: DHCPv4's and DHCPv6's.
+    pub(crate) journal: crate::journal::Journal<crate::leases::LeaseRecord>,
+    pub(crate) journal6: crate::journal::Journal<crate::leases6::Lease6Record>,
     /// The machines this server has read or written, as last seen in the database: while it
     /// does not answer, known machines boot from these (at most [`MAX_CACHED_MACHINES`]).
     pub(crate) machines: parking_lot::Mutex<
@@ -101,7 +102,8 @@ impl Postgres {
             pool,
             describe,
             degraded: std::sync::atomic::AtomicBool::new(false),
-            journal: crate::journal::Journal::open(journal_dir)?,
+            journal: crate::journal::Journal::open(journal_dir, crate::journal::JOURNAL_FILE),
+            journal6: crate::journal::Journal::open(journal_dir, crate::journal::JOURNAL6_FILE),
             machines: parking_lot::Mutex::new(std::collections::HashMap::new()),
         };
         if !migrate {
