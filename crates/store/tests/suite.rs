@@ -1323,3 +1323,158 @@ fn postgres_servers_racing_for_the_same_v6_addresses_never_share_one() {
         assert_eq!((&row.duid, row.iaid), (&r.duid, r.iaid), "{}", r.ip);
     }
 }
+
+/// A PostgreSQL store of its own cluster (the tests below stop it), with its state directory:
+/// a connect timeout short enough for an outage.
+fn outage_store(pg: &PgCluster, url: &str, dir: &std::path::Path, server: &str) -> Store {
+    let mut cfg = pg_config(pg, url.to_string(), server);
+    cfg.connect_timeout = std::time::Duration::from_millis(500);
+    Store::from_config(&cfg, dir).unwrap()
+}
+
+/// The row of `ip` in `leases6`: (DUID in hex, IAID, expires, updated).
+fn row6(pg: &PgCluster, url: &str, ip: &str) -> String {
+    let db = url.rsplit('/').next().unwrap();
+    pg.psql(
+        db,
+        &format!(
+            "SELECT encode(duid, 'hex'), iaid, expires, updated FROM leases6 WHERE ip = '{ip}'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn postgres_v6_renewals_are_journaled_while_the_database_is_away_and_written_when_it_returns() {
+    let pg = PgCluster::start();
+    let url = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join(chainboot_store::JOURNAL6_FILE);
+    let s = outage_store(&pg, &url, dir.path(), "pxe-a");
+    let mut held = rec6("2001:db8::30", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
+    (held.updated, held.expires) = (100, 200);
+    let mut other = rec6("2001:db8::31", &[0, 3, 0, 1, 0xbb], 1, LeaseState::Bound);
+    (other.updated, other.expires) = (100, 200);
+    assert!(leases6::save_batch(&s, &[held.clone(), other.clone()])
+        .unwrap()
+        .is_empty());
+
+    pg.stop();
+    let mut renewal = held.clone();
+    (renewal.updated, renewal.expires) = (150, 250);
+    let mut stranger = rec6("2001:db8::31", &[0, 3, 0, 1, 0xcc], 1, LeaseState::Bound);
+    stranger.updated = 150;
+    let new = rec6("2001:db8::32", &[0, 3, 0, 1, 0xdd], 1, LeaseState::Bound);
+    let mut other_ia = held.clone();
+    (other_ia.iaid, other_ia.updated) = (8, 150);
+    let batch = [renewal.clone(), stranger, new, other_ia];
+    assert!(leases6::save_batch(&s, &batch).is_err());
+    assert!(s.degraded());
+    assert!(!journal.exists());
+    let journaled = leases6::save_renewals_while_degraded(&s, &batch).unwrap();
+    assert_eq!(
+        journaled,
+        [renewal.ip],
+        "only the renewal of the database's lease, by the same DUID and IAID"
+    );
+    assert!(journal.is_file(), "durable before the Reply leaves");
+    // The renewal renewed again: its journaled expiry counts.
+    let mut again = renewal.clone();
+    (again.updated, again.expires) = (220, 320);
+    assert_eq!(
+        leases6::save_renewals_while_degraded(&s, std::slice::from_ref(&again)).unwrap(),
+        [again.ip]
+    );
+    assert_eq!(s.lease_journals()[1].1.pending, 2);
+    assert_eq!(s.lease_journals()[0].1.pending, 0, "DHCPv4's journal apart");
+    assert!(!dir.path().join(chainboot_store::JOURNAL_FILE).exists());
+
+    pg.restart();
+    // The next use writes the journal first, then what is newer.
+    assert!(leases6::changed_since(&s, 0).unwrap().is_empty());
+    assert!(!s.degraded());
+    assert_eq!(row6(&pg, &url, "2001:db8::30"), "00030001aa|7|320|220");
+    assert!(!journal.exists(), "written, then removed");
+    assert_eq!(
+        s.lease_journals()[1].1,
+        chainboot_store::JournalStats::default()
+    );
+    assert_eq!(row6(&pg, &url, "2001:db8::31"), "00030001bb|1|200|100");
+    assert_eq!(row6(&pg, &url, "2001:db8::32"), "", "the new lease waited");
+}
+
+#[test]
+fn postgres_a_v6_journal_left_by_a_server_stopped_during_the_outage_is_written_at_its_start() {
+    let pg = PgCluster::start();
+    let url = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let s = outage_store(&pg, &url, dir.path(), "pxe-a");
+    let mut held = rec6("2001:db8::40", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
+    (held.updated, held.expires) = (100, 200);
+    leases6::save_batch(&s, std::slice::from_ref(&held)).unwrap();
+    pg.stop();
+    let mut renewal = held.clone();
+    (renewal.updated, renewal.expires) = (150, 250);
+    assert!(leases6::save_batch(&s, std::slice::from_ref(&renewal)).is_err());
+    assert_eq!(
+        leases6::save_renewals_while_degraded(&s, std::slice::from_ref(&renewal)).unwrap(),
+        [renewal.ip]
+    );
+    drop(s);
+    pg.restart();
+    let s = outage_store(&pg, &url, dir.path(), "pxe-a");
+    assert_eq!(row6(&pg, &url, "2001:db8::40"), "00030001aa|7|250|150");
+    assert!(!dir.path().join(chainboot_store::JOURNAL6_FILE).exists());
+    assert_eq!(s.lease_journals()[1].1.pending, 0);
+}
+
+#[test]
+fn postgres_a_v6_renewal_journaled_past_the_leases_expiry_elsewhere_is_refused_and_counted() {
+    let pg = PgCluster::start();
+    let url = pg.fresh_database();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = outage_store(&pg, &url, dir_a.path(), "pxe-a");
+    let mut held = rec6("2001:db8::50", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
+    (held.updated, held.expires) = (100, 200);
+    leases6::save_batch(&a, std::slice::from_ref(&held)).unwrap();
+    pg.stop();
+    let mut renewal = held.clone();
+    (renewal.updated, renewal.expires) = (150, 250);
+    assert!(leases6::save_batch(&a, std::slice::from_ref(&renewal)).is_err());
+    assert_eq!(
+        leases6::save_renewals_while_degraded(&a, std::slice::from_ref(&renewal)).unwrap(),
+        [renewal.ip]
+    );
+    pg.restart();
+    // Another server, whose clock is past the stored expiry, gives the address to another
+    // client before this server's journal is replayed.
+    let b = outage_store(&pg, &url, dir_b.path(), "pxe-b");
+    let mut taker = rec6("2001:db8::50", &[0, 3, 0, 1, 0xee], 1, LeaseState::Bound);
+    (taker.updated, taker.expires) = (300, 400);
+    assert!(leases6::save_batch(&b, std::slice::from_ref(&taker))
+        .unwrap()
+        .is_empty());
+    // The replay, before the next batch: refused, counted, and the newer batch still written.
+    let mut next = rec6("2001:db8::51", &[0, 3, 0, 1, 0xab], 1, LeaseState::Bound);
+    (next.updated, next.expires) = (310, 410);
+    assert!(leases6::save_batch(&a, std::slice::from_ref(&next))
+        .unwrap()
+        .is_empty());
+    assert_eq!(row6(&pg, &url, "2001:db8::50"), "00030001ee|1|400|300");
+    assert_eq!(row6(&pg, &url, "2001:db8::51"), "00030001ab|1|410|310");
+    let (family, stats) = a.lease_journals()[1];
+    assert_eq!((family, stats.pending, stats.refused), ("ipv6", 0, 1));
+    assert!(!dir_a.path().join(chainboot_store::JOURNAL6_FILE).exists());
+    // What the database holds now is known: the old holder's renewal is no longer a renewal.
+    pg.stop();
+    let mut late = held.clone();
+    (late.updated, late.expires) = (320, 420);
+    assert!(leases6::save_batch(&a, std::slice::from_ref(&late)).is_err());
+    assert!(
+        leases6::save_renewals_while_degraded(&a, std::slice::from_ref(&late))
+            .unwrap()
+            .is_empty()
+    );
+}
