@@ -1476,6 +1476,13 @@ const DHCLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x60, 6];
 /// ISC dhclient -6 with a DUID-LL, on an interface of its own (MAC [`DHCLIENT_MAC`]) on the
 /// bridge, until it holds a lease: (its address, the server DUID it took the lease from).
 fn dhclient6_on_the_bridge(fleet: &Fleet) -> (std::net::Ipv6Addr, Vec<u8>) {
+    let (mut client, addr, server) = dhclient6_holding_a_lease(fleet);
+    client.kill9();
+    (addr, server)
+}
+
+/// The same, dhclient left running (it renews at the lease's T1).
+fn dhclient6_holding_a_lease(fleet: &Fleet) -> (Proc, std::net::Ipv6Addr, Vec<u8>) {
     let c = &fleet.segment.client.0;
     let d = fleet.dir.path();
     run(&[
@@ -1497,7 +1504,7 @@ fn dhclient6_on_the_bridge(fleet: &Fleet) -> (std::net::Ipv6Addr, Vec<u8>) {
     chainboot_testnet::wait_link_local(c, "d6");
     std::fs::write(d.join("dhclient6.conf"), "").unwrap();
     let leases = d.join("dhclient6.leases");
-    let mut client = Proc(
+    let client = Proc(
         Command::new("ip")
             .args(["netns", "exec", c, "dhclient", "-6", "-d", "-D", "LL"])
             .args(["-sf", "/bin/true", "-cf"])
@@ -1525,7 +1532,6 @@ fn dhclient6_on_the_bridge(fleet: &Fleet) -> (std::net::Ipv6Addr, Vec<u8>) {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    client.kill9();
     let word_after = |key: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(key))
@@ -1539,7 +1545,7 @@ fn dhclient6_on_the_bridge(fleet: &Fleet) -> (std::net::Ipv6Addr, Vec<u8>) {
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();
-    (addr, server)
+    (client, addr, server)
 }
 
 #[test]
@@ -1704,5 +1710,109 @@ fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_
                 .filter(|(_, _, s)| s == "pxe-0")
                 .count(),
         "pxe-0 took pxe-1's clients"
+    );
+}
+
+/// [`DHCP6`] with a 16 s lifetime: T1 at 5 s, so dhclient renews every 5 s.
+const DHCP6_SHORT: &str = r#"
+[dhcp6]
+mode = "server"
+interfaces = ["vs"]
+valid_lifetime = "16s"
+limits = { per_duid_rate = 1000.0, per_duid_burst = 1000.0, new_client_share = 1.0 }
+[[dhcp6.subnet]]
+prefix = "2001:db8:1::/64"
+pools = [["2001:db8:1::1000", "2001:db8:1::1fff"]]
+"#;
+
+#[test]
+fn with_the_database_stopped_dhclient6_keeps_its_lease_by_renewing_and_new_v6_clients_wait() {
+    chainboot_testnet::require(&["perfdhcp", "dhclient"]);
+    let fleet = Fleet::start_v6(1, DHCP6_SHORT);
+    let (mut dhclient, addr, _) = dhclient6_holding_a_lease(&fleet);
+    let duid = [&[0u8, 3, 0, 1][..], &DHCLIENT_MAC].concat();
+    let before: i64 = fleet
+        .pg
+        .psql(
+            &fleet.db,
+            &format!("SELECT updated FROM leases6 WHERE ip = '{addr}'"),
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    let journal = fleet
+        .dir
+        .path()
+        .join("state0")
+        .join(chainboot_store::JOURNAL6_FILE);
+
+    fleet.pg.stop();
+    let pcap = fleet.dir.path().join("outage6.pcap");
+    let mut capture = fleet.capture_matching(&pcap, &["udp", "and", "src", "port", "547"]);
+    // 25 s without the database (longer than the 16 s lifetime: only renewals answered from
+    // the journal keep the address), dhclient renewing every 5 s throughout; a new client
+    // in the middle of it.
+    std::thread::sleep(Duration::from_secs(12));
+    let ((_, _, requests, replies), text) = perfdhcp6(&fleet, "02:fe:00:00:00:00", 5);
+    std::thread::sleep(Duration::from_secs(9));
+    capture.kill9();
+    assert!(requests > 0, "{text}");
+    assert_eq!(replies, 0, "a new lease waits for the database:\n{text}");
+    let renewed: Vec<Reply6> = replies6_in_capture(&pcap)
+        .into_iter()
+        .filter(|r| r.msg_type == chainboot_dhcp6::wire::msg::REPLY && r.client == duid)
+        .collect();
+    assert!(
+        renewed.len() >= 3 && renewed.iter().all(|r| r.ia.is_some_and(|(_, a)| a == addr)),
+        "dhclient's renewals answered throughout the outage, its address kept: {renewed:?}\n{}",
+        fleet.logs()
+    );
+    assert!(journal.is_file(), "renewals journaled before their Replies");
+    assert!(fleet.metric(0, "chainboot_dhcp6_degraded_renewals_total") >= 3);
+    // Stopped now, so that what the database holds after it returns is the journal's.
+    dhclient.kill9();
+
+    fleet.pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let updated: i64 = fleet
+            .pg
+            .psql(
+                &fleet.db,
+                &format!("SELECT updated FROM leases6 WHERE ip = '{addr}'"),
+            )
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        // Renewals were journaled until the outage's end, 20 s and more after the lease.
+        if updated >= before + 15 && !journal.exists() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "renewals not written after the database returned ({updated}):\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let held = fleet.bound_leases6();
+    assert_eq!(
+        held.get(&addr).map(|(d, _, s)| (d.as_str(), s.as_str())),
+        Some((hex(&duid).as_str(), "pxe-0")),
+        "dhclient still holds its address"
+    );
+    assert_eq!(held.len(), 1, "nothing else bound in the outage: {held:?}");
+    let ((solicits, advertises, requests, replies), text) =
+        perfdhcp6(&fleet, "02:fe:00:00:00:00", 5);
+    assert!(
+        solicits > 0 && (advertises, replies) == (solicits, requests),
+        "new clients served once the database is back:\n{text}"
+    );
+    assert_eq!(fleet.metric(0, "chainboot_dhcp6_lease_conflicts_total"), 0);
+    let log = fleet.logs();
+    assert!(log.contains("state store degraded"), "{log}");
+    assert!(
+        log.contains("lease journal: renewals made during the outage written"),
+        "{log}"
     );
 }
