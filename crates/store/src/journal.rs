@@ -113,12 +113,15 @@ pub struct JournalStats {
     pub refused: u64,
 }
 
+/// Address → (holder, expiry).
+type Known<R> = HashMap<<R as Renewal>::Addr, (<R as Renewal>::Holder, i64)>;
+
 /// What the database is known to hold, and the renewals it has not been told yet.
 pub(crate) struct Journal<R: Renewal> {
     path: Option<PathBuf>,
     /// Address → (holder, expiry) of bound leases the database holds, as far as this server
     /// knows (its own writes and what it read).
-    known: Mutex<HashMap<R::Addr, (R::Holder, i64)>>,
+    known: Mutex<Known<R>>,
     pending: Mutex<Vec<R>>,
     /// Held by a replay from reading the pending renewals until they are dropped, so that two
     /// threads never replay (and drop) the same renewals.
