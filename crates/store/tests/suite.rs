@@ -1404,23 +1404,35 @@ fn postgres_v6_renewals_are_journaled_while_the_database_is_away_and_written_whe
     assert_eq!(row6(&pg, &url, "2001:db8::32"), "", "the new lease waited");
 }
 
+/// `held` (of 2001:db8::`n`, bound from 100 to 200) written through `s`, then the cluster
+/// stopped and its renewal (150 to 250) journaled: the renewal.
+fn journal_a_renewal_while_stopped(pg: &PgCluster, s: &Store, n: u16) -> Lease6Record {
+    let mut held = rec6(
+        &format!("2001:db8::{n:x}"),
+        &[0, 3, 0, 1, 0xaa],
+        7,
+        LeaseState::Bound,
+    );
+    (held.updated, held.expires) = (100, 200);
+    leases6::save_batch(s, std::slice::from_ref(&held)).unwrap();
+    pg.stop();
+    let mut renewal = held;
+    (renewal.updated, renewal.expires) = (150, 250);
+    assert!(leases6::save_batch(s, std::slice::from_ref(&renewal)).is_err());
+    assert_eq!(
+        leases6::save_renewals_while_degraded(s, std::slice::from_ref(&renewal)).unwrap(),
+        [renewal.ip]
+    );
+    renewal
+}
+
 #[test]
 fn postgres_a_v6_journal_left_by_a_server_stopped_during_the_outage_is_written_at_its_start() {
     let pg = PgCluster::start();
     let url = pg.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let s = outage_store(&pg, &url, dir.path(), "pxe-a");
-    let mut held = rec6("2001:db8::40", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
-    (held.updated, held.expires) = (100, 200);
-    leases6::save_batch(&s, std::slice::from_ref(&held)).unwrap();
-    pg.stop();
-    let mut renewal = held.clone();
-    (renewal.updated, renewal.expires) = (150, 250);
-    assert!(leases6::save_batch(&s, std::slice::from_ref(&renewal)).is_err());
-    assert_eq!(
-        leases6::save_renewals_while_degraded(&s, std::slice::from_ref(&renewal)).unwrap(),
-        [renewal.ip]
-    );
+    journal_a_renewal_while_stopped(&pg, &s, 0x40);
     drop(s);
     pg.restart();
     let s = outage_store(&pg, &url, dir.path(), "pxe-a");
@@ -1436,17 +1448,7 @@ fn postgres_a_v6_renewal_journaled_past_the_leases_expiry_elsewhere_is_refused_a
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let a = outage_store(&pg, &url, dir_a.path(), "pxe-a");
-    let mut held = rec6("2001:db8::50", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
-    (held.updated, held.expires) = (100, 200);
-    leases6::save_batch(&a, std::slice::from_ref(&held)).unwrap();
-    pg.stop();
-    let mut renewal = held.clone();
-    (renewal.updated, renewal.expires) = (150, 250);
-    assert!(leases6::save_batch(&a, std::slice::from_ref(&renewal)).is_err());
-    assert_eq!(
-        leases6::save_renewals_while_degraded(&a, std::slice::from_ref(&renewal)).unwrap(),
-        [renewal.ip]
-    );
+    let renewal = journal_a_renewal_while_stopped(&pg, &a, 0x50);
     pg.restart();
     // Another server, whose clock is past the stored expiry, gives the address to another
     // client before this server's journal is replayed.
@@ -1469,7 +1471,7 @@ fn postgres_a_v6_renewal_journaled_past_the_leases_expiry_elsewhere_is_refused_a
     assert!(!dir_a.path().join(chainboot_store::JOURNAL6_FILE).exists());
     // What the database holds now is known: the old holder's renewal is no longer a renewal.
     pg.stop();
-    let mut late = held.clone();
+    let mut late = renewal;
     (late.updated, late.expires) = (320, 420);
     assert!(leases6::save_batch(&a, std::slice::from_ref(&late)).is_err());
     assert!(

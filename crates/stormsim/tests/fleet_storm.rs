@@ -342,6 +342,16 @@ impl Fleet {
         }
     }
 
+    /// Waits up to 30 s for `done` to say `Ok`; fails with its last `Err` and the servers' logs.
+    fn eventually(&self, mut done: impl FnMut() -> Result<(), String>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let Err(why) = done() else { return };
+            assert!(Instant::now() < deadline, "{why}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn logs(&self) -> String {
         self.logs
             .iter()
@@ -1221,8 +1231,7 @@ fn with_the_database_stopped_30s_known_leases_are_renewed_throughout_and_new_one
     assert!(journal.is_file(), "renewals journaled before their ACKs");
 
     fleet.pg.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    fleet.eventually(|| {
         let renewed_rows: usize = fleet
             .pg
             .psql(
@@ -1233,15 +1242,12 @@ fn with_the_database_stopped_30s_known_leases_are_renewed_throughout_and_new_one
             .parse()
             .unwrap();
         if renewed_rows == leased.len() && !journal.exists() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "renewals not written after the database returned ({renewed_rows}):\n{}",
-            fleet.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!(
+            "renewals not written after the database returned ({renewed_rows})"
+        ))
+    });
     let newcomer = chainboot_testnet::in_netns(&ns, || {
         dora(&dhcp_socket(), client_mac(99), Duration::from_secs(10))
     });
@@ -1269,8 +1275,7 @@ fn with_the_database_stopped_30s_known_leases_are_renewed_throughout_and_new_one
                 .count()
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    fleet.eventually(|| {
         let counted: HashMap<String, usize> = fleet
             .pg
             .psql(
@@ -1300,15 +1305,10 @@ fn with_the_database_stopped_30s_known_leases_are_renewed_throughout_and_new_one
             })
             .collect();
         if missing.is_empty() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "held events not all written: {missing:?}\n{}",
-            fleet.logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        Err(format!("held events not all written: {missing:?}"))
+    });
     let log = fleet.logs();
     assert!(log.contains("state store degraded"), "{log}");
     assert!(log.contains("the database answers again"), "{log}");
@@ -1713,33 +1713,22 @@ fn two_servers_share_dhcpv6_clients_never_bind_an_address_twice_and_take_over_a_
     );
 }
 
-/// [`DHCP6`] with a 16 s lifetime: T1 at 5 s, so dhclient renews every 5 s.
-const DHCP6_SHORT: &str = r#"
-[dhcp6]
-mode = "server"
-interfaces = ["vs"]
-valid_lifetime = "16s"
-limits = { per_duid_rate = 1000.0, per_duid_burst = 1000.0, new_client_share = 1.0 }
-[[dhcp6.subnet]]
-prefix = "2001:db8:1::/64"
-pools = [["2001:db8:1::1000", "2001:db8:1::1fff"]]
-"#;
-
 #[test]
 fn with_the_database_stopped_dhclient6_keeps_its_lease_by_renewing_and_new_v6_clients_wait() {
     chainboot_testnet::require(&["perfdhcp", "dhclient"]);
-    let fleet = Fleet::start_v6(1, DHCP6_SHORT);
+    // A 16 s lifetime: T1 at 5 s, so dhclient renews every 5 s.
+    let short = DHCP6.replace("valid_lifetime = \"1h\"", "valid_lifetime = \"16s\"");
+    assert_ne!(short, DHCP6);
+    let fleet = Fleet::start_v6(1, Box::leak(short.into_boxed_str()));
     let (mut dhclient, addr, _) = dhclient6_holding_a_lease(&fleet);
     let duid = [&[0u8, 3, 0, 1][..], &DHCLIENT_MAC].concat();
-    let before: i64 = fleet
-        .pg
-        .psql(
-            &fleet.db,
-            &format!("SELECT updated FROM leases6 WHERE ip = '{addr}'"),
-        )
-        .trim()
-        .parse()
-        .unwrap();
+    // When dhclient's lease was last written (0: no row).
+    let updated = || -> i64 {
+        let sql = format!("SELECT updated FROM leases6 WHERE ip = '{addr}'");
+        fleet.pg.psql(&fleet.db, &sql).trim().parse().unwrap_or(0)
+    };
+    let before = updated();
+    assert!(before > 0);
     let journal = fleet
         .dir
         .path()
@@ -1773,28 +1762,16 @@ fn with_the_database_stopped_dhclient6_keeps_its_lease_by_renewing_and_new_v6_cl
     dhclient.kill9();
 
     fleet.pg.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let updated: i64 = fleet
-            .pg
-            .psql(
-                &fleet.db,
-                &format!("SELECT updated FROM leases6 WHERE ip = '{addr}'"),
-            )
-            .trim()
-            .parse()
-            .unwrap_or(0);
+    fleet.eventually(|| {
+        let updated = updated();
         // Renewals were journaled until the outage's end, 20 s and more after the lease.
         if updated >= before + 15 && !journal.exists() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "renewals not written after the database returned ({updated}):\n{}",
-            fleet.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!(
+            "renewals not written after the database returned ({updated})"
+        ))
+    });
     let held = fleet.bound_leases6();
     assert_eq!(
         held.get(&addr).map(|(d, _, s)| (d.as_str(), s.as_str())),
