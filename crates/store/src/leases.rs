@@ -241,12 +241,18 @@ fn save_in(tx: &Transaction<'_>, records: &[LeaseRecord]) -> Result<(), rusqlite
 pub fn load_all(store: &Store) -> Result<Vec<LeaseRecord>, StoreError> {
     match store.backend() {
         Backend::Sqlite(db) => db.read(load_in),
-        Backend::Postgres(pg) => pg.run(|c| async move {
-            let rows = c
-                .query(&format!("SELECT {PG_COLUMNS} FROM leases ORDER BY ip"), &[])
-                .await?;
-            Ok(rows.iter().filter_map(from_pg_row).collect())
-        }),
+        Backend::Postgres(pg) => {
+            let rows: Vec<LeaseRecord> = pg.run(|c| async move {
+                let rows = c
+                    .query(&format!("SELECT {PG_COLUMNS} FROM leases ORDER BY ip"), &[])
+                    .await?;
+                Ok(rows.iter().filter_map(from_pg_row).collect())
+            })?;
+            // What the database holds, this server's own leases of an earlier run included
+            // (the fleet's polls skip those): a renewal of one of these may be journaled.
+            pg.journal.learn(&rows);
+            Ok(rows)
+        }
     }
 }
 

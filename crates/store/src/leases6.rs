@@ -310,7 +310,8 @@ pub fn page(
                     .await?;
                 Ok(rows.iter().filter_map(from_pg_row).collect())
             })?;
-            // What the database holds: a renewal of one of these may be journaled.
+            // What the database holds, this server's own leases of an earlier run included
+            // (the fleet's polls skip those): a renewal of one of these may be journaled.
             pg.journal6.learn(&rows);
             Ok(rows)
         }

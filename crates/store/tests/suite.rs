@@ -1480,3 +1480,38 @@ fn postgres_a_v6_renewal_journaled_past_the_leases_expiry_elsewhere_is_refused_a
             .is_empty()
     );
 }
+
+#[test]
+fn postgres_leases_read_at_start_may_be_renewed_from_the_journal_in_an_outage() {
+    let pg = PgCluster::start();
+    let url = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let held = rec("198.18.8.9", "52:54:00:00:00:09", LeaseState::Bound);
+    let held6 = rec6("2001:db8::60", &[0, 3, 0, 1, 0xaa], 7, LeaseState::Bound);
+    let s = outage_store(&pg, &url, dir.path(), "pxe-a");
+    leases::save_batch(&s, std::slice::from_ref(&held)).unwrap();
+    leases6::save_batch(&s, std::slice::from_ref(&held6)).unwrap();
+    drop(s);
+    // Restarted: its own leases are known from what it reads at start (as the DHCP servers
+    // do), not from the fleet's polls, which skip a server's own rows.
+    let s = outage_store(&pg, &url, dir.path(), "pxe-a");
+    assert_eq!(leases::load_all(&s).unwrap().len(), 1);
+    assert_eq!(leases6::load_all(&s).unwrap().len(), 1);
+    pg.stop();
+    let mut renewal = held.clone();
+    renewal.updated = 500;
+    let mut renewal6 = held6.clone();
+    renewal6.updated = 500;
+    assert!(leases::save_batch(&s, std::slice::from_ref(&renewal)).is_err());
+    assert_eq!(
+        leases::save_renewals_while_degraded(&s, std::slice::from_ref(&renewal)).unwrap(),
+        [renewal.ip]
+    );
+    assert!(leases6::save_batch(&s, std::slice::from_ref(&renewal6)).is_err());
+    assert_eq!(
+        leases6::save_renewals_while_degraded(&s, std::slice::from_ref(&renewal6)).unwrap(),
+        [renewal6.ip]
+    );
+    let pending: Vec<u64> = s.lease_journals().iter().map(|(_, j)| j.pending).collect();
+    assert_eq!(pending, [1, 1]);
+}
