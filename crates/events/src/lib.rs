@@ -16,6 +16,7 @@ pub mod detail;
 pub mod follow;
 pub mod timeline;
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use chainboot_store::events::{self, NewEvent, Retention};
 use chainboot_store::firmware::{Observations, SecureBootMark, Sighting};
 use chainboot_store::limit::{NewMachineLimiter, Rate, TokenBucket};
 use chainboot_store::Store;
+use hashlink::LruCache;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -221,9 +223,20 @@ pub struct Sighted {
 const QUEUE: usize = 8192;
 /// IP → MAC entries taught by machines (leases) kept, and neighbour-table answers kept apart:
 /// requests from addresses nobody taught (any host can send them, from as many addresses as it
-/// likes) only ever push out other such answers, never what machines proved.
+/// likes) only ever push out other such answers, never what machines proved. Past either cap the
+/// entry taught (or answered) longest ago goes, one per insert: a flood of new addresses costs
+/// the oldest entries only, never what machines taught since.
 const MAX_IPS: usize = 65_536;
 const MAX_NEIGHBOUR_ANSWERS: usize = 16_384;
+
+/// What is known of client addresses, oldest first: inserting past the capacity drops the
+/// oldest entry (O(1)); lookups (`peek`) leave the order alone. SipHash with a per-map key, as
+/// the addresses are chosen by whoever sends.
+type Recent = LruCache<IpAddr, Learned, RandomState>;
+
+fn recent(cap: usize) -> Recent {
+    LruCache::with_hasher(cap, RandomState::new())
+}
 
 /// How long an answer of the neighbour table (or its silence) is reused.
 const NEIGHBOUR_TTL: Duration = Duration::from_secs(5);
@@ -267,9 +280,11 @@ pub struct LiveEvent {
 pub struct EventLog {
     tx: SyncSender<Msg>,
     live: broadcast::Sender<Arc<LiveEvent>>,
-    ips: Mutex<HashMap<IpAddr, Learned>>,
-    /// Neighbour-table answers (a miss too), each for [`NEIGHBOUR_TTL`].
-    neighbour_answers: Mutex<HashMap<IpAddr, Learned>>,
+    /// In the order taught (re-teaching moves an address last); at most [`MAX_IPS`].
+    ips: Mutex<Recent>,
+    /// Neighbour-table answers (a miss too), each for [`NEIGHBOUR_TTL`]: in the order answered,
+    /// which is the order they expire in; at most [`MAX_NEIGHBOUR_ANSWERS`].
+    neighbour_answers: Mutex<Recent>,
     /// Asked when `ips` has no answer for an address (none until the server sets it).
     neighbours: OnceLock<Arc<dyn Neighbours>>,
     loops: Mutex<LoopDetector>,
@@ -342,8 +357,8 @@ impl EventLog {
         let log = Arc::new(EventLog {
             tx,
             live: live.clone(),
-            ips: Mutex::new(HashMap::new()),
-            neighbour_answers: Mutex::new(HashMap::new()),
+            ips: Mutex::new(recent(MAX_IPS)),
+            neighbour_answers: Mutex::new(recent(MAX_NEIGHBOUR_ANSWERS)),
             neighbours: OnceLock::new(),
             loops: Mutex::new(LoopDetector::new(
                 settings.loop_threshold,
@@ -573,11 +588,7 @@ impl EventLog {
     /// from this server, the neighbour table): only then are its failed requests filed under
     /// the machine too (a trusted or loopback address may be shared by many).
     pub fn learn_ip(&self, ip: IpAddr, mac: Mac, by_address: bool) {
-        let mut ips = self.ips.lock();
-        if ips.len() >= MAX_IPS && !ips.contains_key(&ip) {
-            ips.clear();
-        }
-        ips.insert(
+        self.ips.lock().insert(
             ip,
             Learned {
                 mac: Some(mac),
@@ -608,10 +619,10 @@ impl EventLog {
 
     fn lookup_ip(&self, ip: IpAddr) -> Learned {
         let now = Instant::now();
-        if let Some(l) = self.ips.lock().get(&ip) {
+        if let Some(l) = self.ips.lock().peek(&ip) {
             return *l;
         }
-        if let Some(l) = self.neighbour_answers.lock().get(&ip) {
+        if let Some(l) = self.neighbour_answers.lock().peek(&ip) {
             if l.until.is_none_or(|t| t > now) {
                 return *l;
             }
@@ -625,14 +636,7 @@ impl EventLog {
             by_address: true,
             until: Some(now + NEIGHBOUR_TTL),
         };
-        let mut answers = self.neighbour_answers.lock();
-        if answers.len() >= MAX_NEIGHBOUR_ANSWERS && !answers.contains_key(&ip) {
-            answers.retain(|_, a| a.until.is_some_and(|t| t > now));
-            if answers.len() >= MAX_NEIGHBOUR_ANSWERS {
-                answers.clear();
-            }
-        }
-        answers.insert(ip, l);
+        self.neighbour_answers.lock().insert(ip, l);
         l
     }
 
@@ -1200,6 +1204,54 @@ mod tests {
             table.asked.load(Ordering::Relaxed),
             u64::from(n),
             "and is not asked"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_taught_addresses_past_the_cap_pushes_out_the_oldest_not_recent_machines() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let log = EventLog::start(store, EventSettings::default());
+        let stranger = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i));
+        let stranger_mac =
+            |i: u32| Mac([0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let teach = |i: u32| {
+            log.learn_ip(stranger(i), stranger_mac(i), true);
+            assert!(log.ips.lock().len() <= MAX_IPS);
+        };
+        // A machine taught first and taught again half-way through: its place is its latest.
+        let early: IpAddr = "198.19.255.1".parse().unwrap();
+        let early_mac: Mac = "52:54:00:00:01:01".parse().unwrap();
+        log.learn_ip(early, early_mac, true);
+        let cap = MAX_IPS as u32;
+        for i in 0..cap / 2 {
+            teach(i);
+        }
+        log.learn_ip(early, early_mac, true);
+        // Strangers fill the map to its cap, a machine is taught, and strangers keep coming.
+        for i in cap / 2..cap - 2 {
+            teach(i);
+        }
+        let recent: IpAddr = "198.19.255.2".parse().unwrap();
+        let recent_mac: Mac = "52:54:00:00:01:02".parse().unwrap();
+        log.learn_ip(recent, recent_mac, true);
+        assert_eq!(log.ips.lock().len(), MAX_IPS, "full");
+        for i in cap - 2..cap + 1000 {
+            teach(i);
+        }
+        assert_eq!(log.ips.lock().len(), MAX_IPS);
+        assert_eq!(log.mac_of_address(recent), Some(recent_mac));
+        assert_eq!(log.mac_of_address(early), Some(early_mac), "taught again");
+        // The oldest strangers went, one per newcomer; the rest still map.
+        assert_eq!(log.mac_for_ip(stranger(0)), None);
+        assert_eq!(log.mac_for_ip(stranger(1001)), None);
+        assert_eq!(log.mac_for_ip(stranger(1002)), Some(stranger_mac(1002)));
+        assert_eq!(
+            log.mac_for_ip(stranger(cap - 3)),
+            Some(stranger_mac(cap - 3))
+        );
+        assert_eq!(
+            log.mac_for_ip(stranger(cap + 999)),
+            Some(stranger_mac(cap + 999))
         );
     }
 
