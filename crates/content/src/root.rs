@@ -168,25 +168,57 @@ impl Root {
         }
     }
 
-    /// The state of the regular file at exactly `path` under the root (no case folding), from
-    /// one `statx` relative to the root's descriptor (forced to ask the server on a network
-    /// file system, which answers from its attribute cache otherwise); `None` when there is
-    /// none or the call fails. This is no permission to serve the file: the path is not checked
-    /// against escapes, so the state only confirms a file that a checked open found before
-    /// (the same inode, unchanged since).
+    /// The state of the regular file at exactly `path` under the root (no case folding), as
+    /// the checked open's first try reaches it: `openat2(O_PATH, RESOLVE_BENEATH |
+    /// RESOLVE_NO_MAGICLINKS)` relative to the root's descriptor, then one `statx` of what it
+    /// found (forced to ask the server on a network file system, which answers from its
+    /// attribute cache otherwise). A path the checked open would refuse, or resolve elsewhere
+    /// (a directory on it swapped for a symlink out of the root, to the same inode or not),
+    /// has no state here; so has one it reaches only through its fallback (an absolute
+    /// symlink, a case-folded name), and `None` when a call fails. It confirms a file that a
+    /// checked open found before: the same path still leads, by the same rules, to the same
+    /// inode, unchanged since.
+    ///
+    /// Three system calls (the open, `statx`, the close of an `O_PATH` descriptor, which
+    /// opens no file); one for a name directly in the root that is a regular file itself (not
+    /// a symlink): with no directory and no link between, `statx` without following links
+    /// finds exactly what the checked open would.
     pub fn file_state(&self, path: &str) -> Option<crate::FileState> {
+        use crate::content::FileState;
+        use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
         if path.starts_with('/') {
             // An absolute path would ignore the root's descriptor.
             return None;
         }
-        let st = rustix::fs::statx(
+        if !path.contains('/') {
+            let st = rustix::fs::statx(
+                &self.fd,
+                path,
+                AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_FORCE_SYNC,
+                FileState::MASK,
+            )
+            .ok()?;
+            if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFLNK {
+                return FileState::of(&st);
+            }
+            // A symlink: where it leads is the checked open's to say.
+        }
+        let found = rustix::fs::openat2(
             &self.fd,
             path,
-            rustix::fs::AtFlags::STATX_FORCE_SYNC,
-            crate::content::FileState::MASK,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
         )
         .ok()?;
-        crate::content::FileState::of(&st)
+        let st = rustix::fs::statx(
+            &found,
+            "",
+            AtFlags::EMPTY_PATH | AtFlags::STATX_FORCE_SYNC,
+            FileState::MASK,
+        )
+        .ok()?;
+        FileState::of(&st)
     }
 
     /// Lists a directory under the root (for HTTP indexes): names, and whether each is a

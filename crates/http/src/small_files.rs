@@ -1,18 +1,24 @@
 //! Small files under `[http] root` kept in memory between requests, each answer confirmed by
-//! one `statx` of its path.
+//! resolving its path again with the checked open's rules and one `statx` of what it leads to.
 //!
 //! A small file served from its file costs five system calls per request (the checked open,
 //! `statx`, the read, the `statx` that confirms the read, the close), which on a busy server are
-//! most of a small request's cost; kept here, it costs one: the `statx` that confirms the kept
-//! bytes are still the file's. An entry holds the bytes of one state of one file
-//! ([`FileState`]: device, inode, size, modification and status-change times), read through
-//! the checked open (`Root`'s `openat2(RESOLVE_BENEATH)`, with its refusals). It answers only
-//! while its path still leads to that very inode in that very state: any write, truncation,
-//! rename, link or permission change of the file moves its status-change time, and a replaced,
-//! removed or swapped-in file is another inode, so the next request goes through the checked
-//! open again. A hit therefore never sends a byte that the checked open did not read from that
-//! inode, unchanged since. Files whose status changed within [`SETTLE`] are not kept (two
-//! writes in one tick of the file system's clock can leave equal times behind).
+//! most of a small request's cost; kept here, it costs three that open and read no file
+//! ([`Root::file_state`]: the path resolved by `openat2(O_PATH, RESOLVE_BENEATH)` as the checked
+//! open does, the `statx` of what it found, the close), or one `statx` for a regular file
+//! directly in the root. An entry holds the bytes of one state of
+//! one file ([`FileState`]: device, inode, size, modification and status-change times), read
+//! through the checked open (`Root`'s `openat2(RESOLVE_BENEATH)`, with its refusals). It answers
+//! only while its path still leads, by those same rules, to that very inode in that very state.
+//! A directory on the path swapped for a symlink out of the root is refused even when the link
+//! leads back to the same unchanged file; one swapped for a symlink inside the root answers
+//! what the link now leads to. Any write, truncation, rename, link or permission change of the
+//! file moves its status-change time, and a replaced, removed or swapped-in file is another
+//! inode, so the next request goes through the checked open again. A hit therefore never sends
+//! a byte that the checked open would not read from that path now. Files whose status changed
+//! within [`SETTLE`] are not kept (two writes in one tick of the file system's clock can leave
+//! equal times behind). A path the checked open reaches only through its fallback (a
+//! case-folded name, an absolute symlink) is confirmed by no state and always opened.
 //!
 //! Bounded: files up to [`MAX_FILE`], [`BUDGET`] bytes and [`MAX_ENTRIES`] files in all, the
 //! least recently used going first. Only files that exist get an entry, so requests for
@@ -220,6 +226,110 @@ mod tests {
         for n in ["gone.bin", "replaced.bin", "swapped.bin"] {
             assert!(cache.get(&root, n).is_none(), "{n}");
         }
+    }
+
+    /// A root with `sub/f.cfg` kept in memory, and a directory beside the root (outside it).
+    fn kept_in_a_directory() -> (tempfile::TempDir, Root, SmallFiles) {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(base.path().join("root/sub")).unwrap();
+        std::fs::create_dir(base.path().join("outside")).unwrap();
+        std::fs::write(base.path().join("root/sub/f.cfg"), b"kept bytes").unwrap();
+        settle();
+        let root = Root::new(base.path().join("root")).unwrap();
+        let cache = SmallFiles::default();
+        open_and_keep(&cache, &root, "sub/f.cfg");
+        assert!(cache.get(&root, "sub/f.cfg").is_some(), "kept");
+        (base, root, cache)
+    }
+
+    /// What a fresh checked open of `name` answers: the bytes, or that it has none.
+    fn checked(root: &Root, name: &str) -> Result<Vec<u8>, chainboot_content::ResolveError> {
+        let content = root.open_exact_first(&CleanPath::parse(name).unwrap())?;
+        let bytes = crate::response::prefetch_small(&content).unwrap().unwrap();
+        Ok(bytes.to_vec())
+    }
+
+    #[test]
+    fn a_directory_moved_out_of_the_root_and_linked_back_is_not_answered_from_memory() {
+        for link in ["absolute", "relative"] {
+            let (base, root, cache) = kept_in_a_directory();
+            // The very inode, unchanged, now reached through a symlink that leaves the root.
+            let sub = base.path().join("root/sub");
+            let moved = base.path().join("outside/sub");
+            std::fs::rename(&sub, &moved).unwrap();
+            match link {
+                "absolute" => std::os::unix::fs::symlink(&moved, &sub).unwrap(),
+                _ => std::os::unix::fs::symlink("../outside/sub", &sub).unwrap(),
+            }
+            assert!(
+                matches!(
+                    checked(&root, "sub/f.cfg"),
+                    Err(chainboot_content::ResolveError::Forbidden(_))
+                ),
+                "{link}: the checked open refuses it"
+            );
+            assert!(cache.get(&root, "sub/f.cfg").is_none(), "{link}");
+            assert_eq!(cache.held(), (0, 0), "{link}: and its copy is gone");
+        }
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_inside_the_root_answers_what_the_link_leads_to() {
+        // To a directory with another file of that name: the new bytes, never the kept ones.
+        let (base, root, cache) = kept_in_a_directory();
+        let r = base.path().join("root");
+        std::fs::rename(r.join("sub"), r.join("old")).unwrap();
+        std::fs::create_dir(r.join("new")).unwrap();
+        std::fs::write(r.join("new/f.cfg"), b"new bytes!").unwrap();
+        std::os::unix::fs::symlink("new", r.join("sub")).unwrap();
+        assert!(cache.get(&root, "sub/f.cfg").is_none());
+        assert_eq!(checked(&root, "sub/f.cfg").unwrap(), b"new bytes!");
+
+        // To the moved directory itself: the checked open reaches the same unchanged file, so
+        // the kept copy is what it would send.
+        let (base, root, cache) = kept_in_a_directory();
+        let r = base.path().join("root");
+        std::fs::rename(r.join("sub"), r.join("moved")).unwrap();
+        std::os::unix::fs::symlink("moved", r.join("sub")).unwrap();
+        assert_eq!(checked(&root, "sub/f.cfg").unwrap(), b"kept bytes");
+        let kept = cache.get(&root, "sub/f.cfg").expect("still the same file");
+        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"kept bytes"[..]));
+
+        // Removed, with nothing in its place: not found, and no copy.
+        std::fs::remove_file(r.join("sub")).unwrap();
+        assert!(matches!(
+            checked(&root, "sub/f.cfg"),
+            Err(chainboot_content::ResolveError::NotFound)
+        ));
+        assert!(cache.get(&root, "sub/f.cfg").is_none());
+    }
+
+    #[test]
+    fn a_symlink_in_the_root_answers_from_memory_only_while_it_leads_where_the_checked_open_goes() {
+        let base = tempfile::tempdir().unwrap();
+        let r = base.path().join("root");
+        std::fs::create_dir_all(r.join("dir")).unwrap();
+        std::fs::create_dir(base.path().join("outside")).unwrap();
+        std::fs::write(r.join("dir/real.cfg"), b"kept bytes").unwrap();
+        // The same inode under a name outside the root, made before the copy is kept.
+        std::fs::hard_link(r.join("dir/real.cfg"), base.path().join("outside/real.cfg")).unwrap();
+        std::os::unix::fs::symlink("dir/real.cfg", r.join("link.cfg")).unwrap();
+        settle();
+        let root = Root::new(&r).unwrap();
+        let cache = SmallFiles::default();
+        open_and_keep(&cache, &root, "link.cfg");
+        let kept = cache
+            .get(&root, "link.cfg")
+            .expect("a link inside the root is followed");
+        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"kept bytes"[..]));
+        // The link replaced by one out of the root, to the very same unchanged inode.
+        std::os::unix::fs::symlink("../outside/real.cfg", r.join("tmp")).unwrap();
+        std::fs::rename(r.join("tmp"), r.join("link.cfg")).unwrap();
+        assert!(matches!(
+            checked(&root, "link.cfg"),
+            Err(chainboot_content::ResolveError::Forbidden(_))
+        ));
+        assert!(cache.get(&root, "link.cfg").is_none());
     }
 
     #[test]

@@ -1803,3 +1803,38 @@ async fn a_kept_small_file_answers_until_the_file_changes_even_with_its_old_size
     assert_eq!(curl(&[&url]).await.status, 404, "removed: not found");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_file_whose_directory_is_swapped_for_a_symlink_answers_as_a_fresh_open_would() {
+    let s = start(|_| {}).await;
+    let dir = s.root.join("cfg");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("kept.cfg"), b"kept bytes\n").unwrap();
+    wait_until_settled();
+    let url = format!("{}/files/cfg/kept.cfg", s.base);
+    for _ in 0..2 {
+        let r = curl(&[&url]).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"kept bytes\n"[..]));
+    }
+    // The directory moved out of the root and linked back: the same file, unchanged, but the
+    // path now leaves the root, which the checked open refuses.
+    let outside = s._dir.path().join("cfg");
+    std::fs::rename(&dir, &outside).unwrap();
+    symlink(&outside, &dir).unwrap();
+    let escaped = curl(&[&url]).await;
+    assert!(matches!(escaped.status, 403 | 404), "{}", escaped.status);
+    assert!(!String::from_utf8_lossy(&escaped.body).contains("kept bytes"));
+
+    // A symlink to another directory inside the root: its file, never the kept copy.
+    std::fs::remove_file(&dir).unwrap();
+    let other = s.root.join("cfg-new");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("kept.cfg"), b"new bytes!\n").unwrap();
+    symlink("cfg-new", &dir).unwrap();
+    let relinked = curl(&[&url]).await;
+    assert_eq!(
+        (relinked.status, &relinked.body[..]),
+        (200, &b"new bytes!\n"[..])
+    );
+    s.shutdown().await;
+}
