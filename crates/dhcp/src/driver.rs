@@ -15,7 +15,7 @@
 //!   delayed-ack; under load it also waits [`COMMIT_LINGER`] for more) and only then sends
 //!   those replies. Never a reply before its lease is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -98,6 +98,10 @@ pub trait DrivenEngine: Send + 'static {
 
     /// The replies of an exchange and the leases that must be durable before they leave.
     fn into_replies(handled: Self::Handled) -> (Vec<Self::Reply>, Vec<Self::Lease>);
+
+    /// Learns leases as the store holds them (at start; and the fleet's database's answer to
+    /// this server's writes of addresses it gave to other servers' clients).
+    fn load_leases(&mut self, leases: &[Self::Lease]);
 }
 
 /// Hook for the event log and the metrics: told about every datagram an engine handled (after
@@ -264,6 +268,30 @@ impl RetryGate {
         *last = saved.is_err().then(std::time::Instant::now);
         saved.map_err(Some)
     }
+}
+
+/// The fleet's database gave some addresses of `batch` to other servers' clients (`holders`:
+/// those addresses' leases as the database holds them): the replies of the exchanges that wrote
+/// them are withheld (the clients retry and are answered from what the engine now knows:
+/// another address), and the engine learns who holds each address. Counted in `conflicts`, one
+/// per address. A set of the refused addresses (`address` of a lease) keeps the work linear in
+/// the batch, which may hold thousands of exchanges.
+pub fn withhold_refused<F: Family, A: Eq + std::hash::Hash>(
+    engine: &Mutex<F::Engine>,
+    batch: &mut Vec<Pending<F>>,
+    holders: &[Lease<F>],
+    address: impl Fn(&Lease<F>) -> A,
+    conflicts: &AtomicU64,
+) {
+    conflicts.fetch_add(holders.len() as u64, Ordering::Relaxed);
+    tracing::warn!(
+        addresses = holders.len(),
+        "{}: the fleet's database holds addresses of this batch for other clients; their replies are withheld",
+        F::NAME
+    );
+    engine.lock().load_leases(holders);
+    let refused: HashSet<A> = holders.iter().map(&address).collect();
+    batch.retain(|p| !p.leases.iter().any(|r| refused.contains(&address(r))));
 }
 
 /// An exchange whose replies wait until its leases are durable.
@@ -556,6 +584,86 @@ mod tests {
         }
         assert_eq!(table.lookup(2), Some(("eth0".to_string(), 7)));
         assert_eq!(READS.load(Ordering::Relaxed), 1);
+    }
+
+    /// DHCPv4's engine around nothing: only the committer's side is exercised.
+    struct Committed;
+
+    impl Family for Committed {
+        type Engine = crate::Engine;
+        const NAME: &'static str = "dhcp";
+        fn ingress(&self, _: &RecvMeta, _: u16) -> Option<crate::Ingress> {
+            None
+        }
+        fn transmit<'a>(&self, _: &UdpSocket, reply: &'a crate::Outgoing) -> Transmit<'a> {
+            Transmit {
+                destination: SocketAddr::from(([127, 0, 0, 1], 9)),
+                source: None,
+                ifindex: 0,
+                contents: &reply.bytes,
+            }
+        }
+        fn commit(&self, _: &mut Vec<Pending<Self>>) {}
+        fn send_errors(&self) -> &AtomicU64 {
+            unreachable!("nothing is sent")
+        }
+        fn store_errors(&self) -> &AtomicU64 {
+            unreachable!("nothing is stored")
+        }
+    }
+
+    fn lease(ip: [u8; 4], mac: &str) -> chainboot_store::leases::LeaseRecord {
+        chainboot_store::leases::LeaseRecord {
+            ip: ip.into(),
+            mac: mac.into(),
+            client_id: None,
+            hostname: None,
+            state: chainboot_store::leases::LeaseState::Bound,
+            expires: 1_800_003_600,
+            updated: 1_800_000_000,
+        }
+    }
+
+    #[test]
+    fn exchanges_that_wrote_an_address_the_fleet_gave_away_are_withheld_and_the_engine_learns_its_holder(
+    ) {
+        // No pool needed: the leases come from the fleet's database.
+        let cfg = crate::DhcpConfig {
+            mode: crate::Mode::Server,
+            ..Default::default()
+        };
+        let engine = Mutex::new(crate::Engine::new(cfg, crate::BootSettings::default()));
+        let listener = Arc::new(Listener::bind("dhcp", "127.0.0.1:0".parse().unwrap()).unwrap());
+        let pending = |leases| Pending::<Committed> {
+            leases,
+            replies: Vec::new(),
+            listener: listener.clone(),
+        };
+        // Three exchanges of this server: the first and the last wrote addresses the fleet's
+        // database holds for other servers' clients.
+        let mut batch = vec![
+            pending(vec![lease([198, 18, 0, 100], "52:54:00:00:00:01")]),
+            pending(vec![lease([198, 18, 0, 101], "52:54:00:00:00:02")]),
+            pending(vec![lease([198, 18, 0, 102], "52:54:00:00:00:03")]),
+        ];
+        let holders = [
+            lease([198, 18, 0, 100], "52:54:00:00:00:a1"),
+            lease([198, 18, 0, 102], "52:54:00:00:00:a3"),
+        ];
+        let conflicts = AtomicU64::new(0);
+        withhold_refused(&engine, &mut batch, &holders, |r| r.ip, &conflicts);
+        let left: Vec<_> = batch.iter().map(|p| p.leases[0].ip).collect();
+        assert_eq!(left, [std::net::Ipv4Addr::new(198, 18, 0, 101)]);
+        assert_eq!(conflicts.load(Ordering::Relaxed), 2);
+        let e = engine.lock();
+        assert_eq!(
+            e.bound_to([198, 18, 0, 100].into(), 1_800_000_001),
+            Some("52:54:00:00:00:a1".parse().unwrap())
+        );
+        assert_eq!(
+            e.bound_to([198, 18, 0, 102].into(), 1_800_000_001),
+            Some("52:54:00:00:00:a3".parse().unwrap())
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::boot::BootSettings;
 use crate::config::{DhcpConfig, Mode};
 use crate::driver::{
-    keep_journaled, DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable,
-    Listener, NoObserver, Pending, RetryGate,
+    keep_journaled, withhold_refused, DhcpError, DhcpObserver, DrivenEngine, Driver, Family,
+    InterfaceTable, Listener, NoObserver, Pending, RetryGate,
 };
 use crate::engine::{Counters, Destination, Engine, Handled, Ingress, Outgoing};
 
@@ -61,6 +61,10 @@ impl DrivenEngine for Engine {
 
     fn into_replies(handled: Handled) -> (Vec<Outgoing>, Vec<LeaseRecord>) {
         (handled.outgoing, handled.lease_writes)
+    }
+
+    fn load_leases(&mut self, leases: &[LeaseRecord]) {
+        Engine::load_leases(self, leases)
     }
 }
 
@@ -221,7 +225,8 @@ impl Family for Dhcpv4 {
         match saved {
             Ok(refused) => {
                 if !refused.is_empty() {
-                    self.withhold_refused(batch, &refused);
+                    let conflicts = &self.counters.lease_conflicts;
+                    withhold_refused(&self.engine, batch, &refused, |r| r.ip, conflicts);
                 }
                 self.counters.commit_batches.fetch_add(1, Ordering::Relaxed);
                 self.counters
@@ -255,28 +260,6 @@ impl Family for Dhcpv4 {
 
     fn store_errors(&self) -> &AtomicU64 {
         &self.counters.store_errors
-    }
-}
-
-impl Dhcpv4 {
-    /// The fleet's database gave some addresses of this batch to other servers' clients: the
-    /// replies of the requests that wrote them are withheld (the clients retry and are
-    /// answered from what the engine now knows), and the engine learns who holds each
-    /// address.
-    fn withhold_refused(&self, batch: &mut Vec<Pending<Self>>, holders: &[LeaseRecord]) {
-        self.counters
-            .lease_conflicts
-            .fetch_add(holders.len() as u64, Ordering::Relaxed);
-        tracing::warn!(
-            addresses = holders.len(),
-            "dhcp: the fleet's database holds addresses of this batch for other clients; their replies are withheld"
-        );
-        self.engine.lock().load_leases(holders);
-        batch.retain(|p| {
-            !p.leases
-                .iter()
-                .any(|r| holders.iter().any(|h| h.ip == r.ip))
-        });
     }
 }
 

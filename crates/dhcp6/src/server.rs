@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use chainboot_dhcp::driver::{
-    keep_journaled, DhcpError, DhcpObserver, DrivenEngine, Driver, Family, InterfaceTable,
-    Listener, Pending, RetryGate,
+    keep_journaled, withhold_refused, DhcpError, DhcpObserver, DrivenEngine, Driver, Family,
+    InterfaceTable, Listener, Pending, RetryGate,
 };
 use chainboot_dhcp::BootSettings;
 use chainboot_store::leases6::{self, Lease6Record};
@@ -42,6 +42,10 @@ impl DrivenEngine for Engine6 {
 
     fn into_replies(handled: Handled6) -> (Vec<Outgoing6>, Vec<Lease6Record>) {
         (handled.outgoing, handled.lease_writes)
+    }
+
+    fn load_leases(&mut self, leases: &[Lease6Record]) {
+        Engine6::load_leases(self, leases)
     }
 }
 
@@ -184,28 +188,6 @@ impl Dhcp6Server {
     }
 }
 
-impl Dhcpv6 {
-    /// The fleet's database gave some addresses of this batch to other servers' clients: the
-    /// Replies of the requests that wrote them are withheld (the clients retransmit and are
-    /// answered from what the engine now knows: another address), and the engine learns who
-    /// holds each address.
-    fn withhold_refused(&self, batch: &mut Vec<Pending<Self>>, holders: &[Lease6Record]) {
-        self.counters
-            .lease_conflicts
-            .fetch_add(holders.len() as u64, Ordering::Relaxed);
-        tracing::warn!(
-            addresses = holders.len(),
-            "dhcp6: the fleet's database holds addresses of this batch for other clients; their replies are withheld"
-        );
-        self.engine.lock().load_leases(holders);
-        batch.retain(|p| {
-            !p.leases
-                .iter()
-                .any(|r| holders.iter().any(|h| h.ip == r.ip))
-        });
-    }
-}
-
 /// A DUID-UUID (RFC 6355) from 16 random bytes: the server's identity, stored once.
 fn new_server_duid() -> Vec<u8> {
     let mut d = vec![0, 4];
@@ -276,7 +258,8 @@ impl Family for Dhcpv6 {
         match saved {
             Ok(refused) => {
                 if !refused.is_empty() {
-                    self.withhold_refused(batch, &refused);
+                    let conflicts = &self.counters.lease_conflicts;
+                    withhold_refused(&self.engine, batch, &refused, |r| r.ip, conflicts);
                 }
                 self.counters.commit_batches.fetch_add(1, Ordering::Relaxed);
                 self.counters
