@@ -61,7 +61,7 @@ pub fn content_response(
     content: Content,
     content_type: &'static str,
 ) -> Response {
-    respond(method, headers, content, None, content_type)
+    respond(method, headers, &content, None, content_type)
 }
 
 /// Files up to this size are read whole in the blocking task that opened them
@@ -85,9 +85,29 @@ pub(crate) fn prefetch_small(content: &Content) -> io::Result<Option<Bytes>> {
 pub(crate) fn respond(
     method: &Method,
     headers: &HeaderMap,
-    content: Content,
+    content: &Content,
     prefetched: Option<Bytes>,
     content_type: &'static str,
+) -> Response {
+    respond_with(
+        method,
+        headers,
+        content,
+        prefetched,
+        content_type,
+        Validators::of(content),
+    )
+}
+
+/// [`respond`] with the content's validators already built (a kept small file carries its own:
+/// formatting them per request cost more than the rest of its headers together).
+pub(crate) fn respond_with(
+    method: &Method,
+    headers: &HeaderMap,
+    content: &Content,
+    prefetched: Option<Bytes>,
+    content_type: &'static str,
+    validators: Validators,
 ) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut r = status_only(StatusCode::METHOD_NOT_ALLOWED);
@@ -99,14 +119,9 @@ pub(crate) fn respond(
     let modified = content.modified().map(whole_seconds);
     let etag = content.etag();
 
-    // Set on every answer below, the 304s and 412s included (built once, cloned by refcount).
-    let validators = Validators {
-        etag: HeaderValue::from_str(etag).ok(),
-        last_modified: modified
-            .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
-    };
+    // Set on every answer below, the 304s and 412s included.
     if let Some(status) = preconditions(headers, etag, modified) {
-        return with_headers(status_only(status), &validators);
+        return with_headers(status_only(status), validators);
     }
     // Range handling is defined for GET only (RFC 9110 14.2).
     let range = if method == Method::GET {
@@ -124,7 +139,7 @@ pub(crate) fn respond(
                 h.insert(header::CONTENT_RANGE, v);
             }
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            return with_headers(resp, &validators);
+            return with_headers(resp, validators);
         }
     };
     let mut slot = None;
@@ -135,7 +150,7 @@ pub(crate) fn respond(
     } else if let Some(bytes) = prefetched.filter(|b| b.len() as u64 == len) {
         Body::from(bytes.slice(start as usize..end as usize))
     } else {
-        let body = ContentBody::new(content, start, end);
+        let body = ContentBody::new(content.clone(), start, end);
         slot = Some(body.lane.clone());
         Body::new(body)
     };
@@ -157,7 +172,7 @@ pub(crate) fn respond(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    with_headers(resp, &validators)
+    with_headers(resp, validators)
 }
 
 /// What the conditional headers answer instead of the content (412 or 304), in RFC 9110
@@ -224,19 +239,34 @@ fn status_only(status: StatusCode) -> Response {
     r
 }
 
-/// `ETag` and `Last-Modified` of the content answered for.
-struct Validators {
+/// `ETag` and `Last-Modified` of the content answered for, as header values. Cloning them
+/// shares their bytes (a reference count), so values built once serve any number of answers.
+#[derive(Clone)]
+pub(crate) struct Validators {
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
 }
 
-fn with_headers(mut r: Response, v: &Validators) -> Response {
-    let h = r.headers_mut();
-    if let Some(e) = &v.etag {
-        h.insert(header::ETAG, e.clone());
+impl Validators {
+    /// The content's `ETag` and its modification time as an HTTP date (whole seconds).
+    pub(crate) fn of(content: &Content) -> Validators {
+        Validators {
+            etag: HeaderValue::from_str(content.etag()).ok(),
+            last_modified: content
+                .modified()
+                .map(whole_seconds)
+                .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+        }
     }
-    if let Some(m) = &v.last_modified {
-        h.insert(header::LAST_MODIFIED, m.clone());
+}
+
+fn with_headers(mut r: Response, v: Validators) -> Response {
+    let h = r.headers_mut();
+    if let Some(e) = v.etag {
+        h.insert(header::ETAG, e);
+    }
+    if let Some(m) = v.last_modified {
+        h.insert(header::LAST_MODIFIED, m);
     }
     r
 }

@@ -15,8 +15,8 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::response::{prefetch_small, respond};
-use crate::small_files::SmallFiles;
+use crate::response::{prefetch_small, respond, respond_with};
+use crate::small_files::{Kept, SmallFiles};
 use crate::StaticFile;
 use bytes::Bytes;
 
@@ -332,6 +332,8 @@ fn encoded_base(prefix: &str, path: Option<&CleanPath>) -> String {
 enum Found {
     /// A file, with its bytes when small enough to have been read at once.
     File(Content, Option<Bytes>),
+    /// A small file under `[http] root` kept in memory, confirmed unchanged.
+    Kept(Arc<Kept>),
     /// A directory to index.
     Dir(Vec<IndexEntry>),
 }
@@ -398,9 +400,17 @@ fn found_response(
         Ok(Found::File(content, pre)) => respond(
             req.method(),
             req.headers(),
-            content,
+            &content,
             pre,
             content_type_for(file_name),
+        ),
+        Ok(Found::Kept(kept)) => respond_with(
+            req.method(),
+            req.headers(),
+            &kept.content,
+            None,
+            content_type_for(file_name),
+            kept.validators.clone(),
         ),
         Ok(Found::Dir(entries)) => {
             let base = encoded_base(prefix, path);
@@ -421,12 +431,21 @@ fn found_response(
     }
 }
 
+/// The key of a clean path among the kept small files: its components joined with `/`
+/// (borrowed when there is one, the common case of a file at the top of the root).
+fn kept_key(p: &CleanPath) -> std::borrow::Cow<'_, str> {
+    match p.parts() {
+        [only] => std::borrow::Cow::Borrowed(only),
+        _ => std::borrow::Cow::Owned(p.as_string()),
+    }
+}
+
 async fn serve_files(c: &Arc<Static>, req: AxumRequest) -> Response {
     let path = match decode_path(req.uri().path(), "/files") {
         Ok(p) => p,
         Err(r) => return static_file(refusal_response(r), None, None),
     };
-    let Some(root) = c.files.clone() else {
+    let Some(root) = c.files.as_deref() else {
         let resp = plain(StatusCode::NOT_FOUND, "not found ([http] root is not set)");
         return static_file(resp, None, path);
     };
@@ -441,19 +460,14 @@ async fn serve_files(c: &Arc<Static>, req: AxumRequest) -> Response {
     let found = match &path {
         None if c.listing => root.list(None).map(root_entries),
         None => Err(ResolveError::NotFound),
-        Some(p) => {
-            let key = p.as_string();
-            match c.small_files.get(&root, &key) {
-                Some(kept) => Ok(Found::File(kept, None)),
-                None => match root.open_exact_first(p) {
-                    Ok(content) => file_found_keeping(content, &c.small_files, key),
-                    Err(ResolveError::IsDirectory) if c.listing => {
-                        root.list(Some(p)).map(root_entries)
-                    }
-                    Err(e) => Err(e),
-                },
-            }
-        }
+        Some(p) => match c.small_files.get(root, &kept_key(p)) {
+            Some(kept) => Ok(Found::Kept(kept)),
+            None => match root.open_exact_first(p) {
+                Ok(content) => file_found_keeping(content, &c.small_files, p.as_string()),
+                Err(ResolveError::IsDirectory) if c.listing => root.list(Some(p)).map(root_entries),
+                Err(e) => Err(e),
+            },
+        },
     };
     let name = path.as_ref().map(|p| p.last()).unwrap_or_default();
     let resp = found_response(found, &req, "/files", path.as_ref(), name);
@@ -586,6 +600,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kept_files_are_keyed_by_their_clean_path() {
+        for raw in [
+            "a.bin",
+            "/a.bin",
+            "dir/a.bin",
+            "dir//sub/./a.bin",
+            "dir\\a.bin",
+        ] {
+            let p = CleanPath::parse(raw).unwrap();
+            assert_eq!(kept_key(&p), p.as_string(), "{raw}");
+        }
+        let top = CleanPath::parse("a.bin").unwrap();
+        assert!(matches!(
+            kept_key(&top),
+            std::borrow::Cow::Borrowed("a.bin")
+        ));
     }
 
     #[test]

@@ -650,7 +650,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.cfg.header_read_timeout)
         .max_buf_size(ctx.cfg.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        // Without it hyper reads the socket once more while each request is answered, to
+        // notice a client that closed its side early: with the request's head still held,
+        // that read takes a fresh 8 KiB read buffer per request (the old one is freed after
+        // the answer), glibc's slow path for a large block every time. With it, a client that
+        // shuts down its sending side after its request (`printf ... | nc`) is answered
+        // instead of cut off; one that is really gone fails the next write, and a handler
+        // still running is bounded by request_timeout.
+        .half_close(true);
     // Ends with whether the connection may be closed gracefully (not when a peer ignored the
     // close during shutdown: it has had its grace time).
     let graceful = {

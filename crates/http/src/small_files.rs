@@ -25,11 +25,14 @@
 //! invented paths add nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use chainboot_content::{remove_least_recent, Content, FileState, Root};
 use parking_lot::Mutex;
+
+use crate::response::Validators;
 
 #[cfg(doc)]
 use chainboot_content::SETTLE;
@@ -43,9 +46,15 @@ pub(crate) const MAX_ENTRIES: usize = 4096;
 
 struct Entry {
     state: FileState,
-    /// The file's bytes, with its validators.
-    content: Content,
+    kept: Arc<Kept>,
     used: u64,
+}
+
+/// A kept file: its bytes, with its validators, and those validators as the header values
+/// every answer for it carries (built once, when it is kept).
+pub(crate) struct Kept {
+    pub(crate) content: Content,
+    pub(crate) validators: Validators,
 }
 
 #[derive(Default)]
@@ -65,28 +74,27 @@ pub(crate) struct SmallFiles {
 impl SmallFiles {
     /// The kept copy of `path` under `root`, when there is one and the path still leads to
     /// the file it was read from, unchanged. A kept copy the file no longer matches is dropped.
-    pub(crate) fn get(&self, root: &Root, path: &str) -> Option<Content> {
-        let (state, content) = {
-            let e = self.entries.lock();
-            let entry = e.map.get(path)?;
-            (entry.state, entry.content.clone())
-        };
-        let now = root.file_state(path);
-        let mut e = self.entries.lock();
-        if now != Some(state) {
-            if e.map.get(path).is_some_and(|entry| entry.state == state) {
-                if let Some(gone) = e.map.remove(path) {
-                    e.bytes -= gone.content.len() as usize;
-                }
-            }
-            return None;
-        }
-        e.tick += 1;
-        let tick = e.tick;
-        if let Some(entry) = e.map.get_mut(path) {
+    pub(crate) fn get(&self, root: &Root, path: &str) -> Option<Arc<Kept>> {
+        // Marked as used before it is confirmed: a copy the file no longer matches goes below
+        // anyway, and a hit takes the lock once.
+        let (state, kept) = {
+            let mut e = self.entries.lock();
+            e.tick += 1;
+            let tick = e.tick;
+            let entry = e.map.get_mut(path)?;
             entry.used = tick;
+            (entry.state, entry.kept.clone())
+        };
+        if root.file_state(path) == Some(state) {
+            return Some(kept);
         }
-        Some(content)
+        let mut e = self.entries.lock();
+        if e.map.get(path).is_some_and(|entry| entry.state == state) {
+            if let Some(gone) = e.map.remove(path) {
+                e.bytes -= gone.kept.content.len() as usize;
+            }
+        }
+        None
     }
 
     /// Keeps `bytes`, read from `content` (a file opened for `path` whose state was `state`
@@ -103,27 +111,24 @@ impl SmallFiles {
             return;
         };
         let len = copy.len() as usize;
+        let kept = Arc::new(Kept {
+            validators: Validators::of(&copy),
+            content: copy,
+        });
         let mut e = self.entries.lock();
         if let Some(old) = e.map.remove(&path) {
-            e.bytes -= old.content.len() as usize;
+            e.bytes -= old.kept.content.len() as usize;
         }
         while e.bytes + len > BUDGET || e.map.len() >= MAX_ENTRIES {
             let Some(gone) = remove_least_recent(&mut e.map, |v| v.used) else {
                 break;
             };
-            e.bytes -= gone.content.len() as usize;
+            e.bytes -= gone.kept.content.len() as usize;
         }
         e.tick += 1;
         let used = e.tick;
         e.bytes += len;
-        e.map.insert(
-            path,
-            Entry {
-                state,
-                content: copy,
-                used,
-            },
-        );
+        e.map.insert(path, Entry { state, kept, used });
     }
 
     /// Files and bytes kept now.
@@ -171,9 +176,20 @@ mod tests {
         assert!(cache.get(&root, "a.bin").is_none(), "nothing kept yet");
         let file = open_and_keep(&cache, &root, "a.bin");
         let kept = cache.get(&root, "a.bin").expect("kept");
-        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"0123456789"[..]));
-        assert_eq!(kept.etag(), file.etag());
-        assert_eq!(kept.modified(), file.modified());
+        let copy = &kept.content;
+        assert_eq!(copy.as_bytes().map(|b| &b[..]), Some(&b"0123456789"[..]));
+        assert_eq!(copy.etag(), file.etag());
+        assert_eq!(copy.modified(), file.modified());
+        // The header values built when it was kept are the ones the file itself answers with.
+        let (get, none) = (http::Method::GET, http::HeaderMap::new());
+        let from_copy =
+            crate::response::respond_with(&get, &none, copy, None, "x", kept.validators.clone());
+        let from_file = crate::response::respond(&get, &none, &file, None, "x");
+        for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
+            let want = from_file.headers().get(&name);
+            assert!(want.is_some(), "{name}");
+            assert_eq!(from_copy.headers().get(&name), want, "{name}");
+        }
         assert_eq!(cache.held(), (1, 10));
     }
 
@@ -293,7 +309,10 @@ mod tests {
         std::os::unix::fs::symlink("moved", r.join("sub")).unwrap();
         assert_eq!(checked(&root, "sub/f.cfg").unwrap(), b"kept bytes");
         let kept = cache.get(&root, "sub/f.cfg").expect("still the same file");
-        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"kept bytes"[..]));
+        assert_eq!(
+            kept.content.as_bytes().map(|b| &b[..]),
+            Some(&b"kept bytes"[..])
+        );
 
         // Removed, with nothing in its place: not found, and no copy.
         std::fs::remove_file(r.join("sub")).unwrap();
@@ -321,7 +340,10 @@ mod tests {
         let kept = cache
             .get(&root, "link.cfg")
             .expect("a link inside the root is followed");
-        assert_eq!(kept.as_bytes().map(|b| &b[..]), Some(&b"kept bytes"[..]));
+        assert_eq!(
+            kept.content.as_bytes().map(|b| &b[..]),
+            Some(&b"kept bytes"[..])
+        );
         // The link replaced by one out of the root, to the very same unchanged inode.
         std::os::unix::fs::symlink("../outside/real.cfg", r.join("tmp")).unwrap();
         std::fs::rename(r.join("tmp"), r.join("link.cfg")).unwrap();

@@ -1156,6 +1156,36 @@ async fn a_handler_slower_than_request_timeout_gets_503_and_others_are_served_me
     stop.cancel();
 }
 
+/// A client may shut down its sending side once its request is out (`printf 'GET ...' | nc`
+/// does; HTTP/1.1 allows it): the answer still comes, even from a handler that takes its time,
+/// and then the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let router = axum::Router::new().route(
+        "/later",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "answered"
+        }),
+    );
+    let (addr, stats, stop) = start_router(router, |_| {}).await;
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    sock.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+        .await
+        .expect("the connection ends after the answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("answered"), "{text}");
+    assert_eq!(stats.responses(2), 1);
+    stop.cancel();
+}
+
 /// A client socket with a small receive buffer, so a server's writes block soon.
 fn small_window_client(addr: SocketAddr) -> std::net::TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
