@@ -541,9 +541,11 @@ impl Servers {
 
 /// The boot listener: HTTP, and HTTPS where `[http] tls_listen` says.
 fn bind_http(cfg: &config::Config, sh: &Shared, tls: &Tls) -> anyhow::Result<HttpServer> {
+    // Many short answers, no long-lived ones: half-close spares each request a read buffer.
     let mut http = HttpServer::bind(&cfg.http)
         .context("HTTP cannot listen")?
-        .with_observer(sh.observers.clone());
+        .with_observer(sh.observers.clone())
+        .with_half_close();
     if let Some(t) = &tls.http {
         http = http.with_tls(t.clone());
     }

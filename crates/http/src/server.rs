@@ -48,6 +48,8 @@ pub struct HttpServer {
     observer: Arc<dyn HttpObserver>,
     /// Serving threads, each with a runtime of its own ([`HttpServer::run`]).
     threads: usize,
+    /// [`HttpServer::with_half_close`].
+    half_close: bool,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -83,7 +85,22 @@ impl HttpServer {
             stats: Arc::new(HttpStats::default()),
             observer: Arc::new(NoObserver),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            half_close: false,
         })
+    }
+
+    /// Lets clients half-close: the server does not read a connection while it answers a
+    /// request on it. A client that shuts down its sending side after its request
+    /// (`printf ... | nc`) gets the answer instead of being cut off; one that is really gone is
+    /// noticed when a write fails, not at once, and a handler still running is bounded by
+    /// `request_timeout`. For listeners of many short answers (the boot listener): the read
+    /// that notices a departure at once costs each request a fresh 8 KiB read buffer (the
+    /// request's head still holds the old one), glibc's slow path for a large block every
+    /// time. Not for long-lived answers that write rarely (the operator's event stream, whose
+    /// per-address slots must come back as soon as a client leaves).
+    pub fn with_half_close(mut self) -> HttpServer {
+        self.half_close = true;
+        self
     }
 
     /// Serves on `n` threads (at least one) instead of one per CPU (a listener that carries
@@ -154,6 +171,7 @@ impl HttpServer {
             // Ends every thread when `shutdown` does, or when one of them failed.
             shutdown: shutdown.child_token(),
             per_client: Arc::new(PerClient::new(cfg.max_connections_per_client)),
+            half_close: self.half_close,
         };
         let stop = ctx.shutdown.clone();
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -294,6 +312,8 @@ struct ConnCtx {
     shutdown: CancellationToken,
     per_client: Arc<PerClient>,
     tls: Option<Arc<crate::tls::TlsServer>>,
+    /// [`HttpServer::with_half_close`].
+    half_close: bool,
 }
 
 /// Accepts connections on one listener for one serving thread. A connection takes one of
@@ -651,14 +671,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnCtx>
         .header_read_timeout(ctx.cfg.header_read_timeout)
         .max_buf_size(ctx.cfg.max_header_bytes.max(8192))
         .keep_alive(true)
-        // Without it hyper reads the socket once more while each request is answered, to
-        // notice a client that closed its side early: with the request's head still held,
-        // that read takes a fresh 8 KiB read buffer per request (the old one is freed after
-        // the answer), glibc's slow path for a large block every time. With it, a client that
-        // shuts down its sending side after its request (`printf ... | nc`) is answered
-        // instead of cut off; one that is really gone fails the next write, and a handler
-        // still running is bounded by request_timeout.
-        .half_close(true);
+        .half_close(ctx.half_close);
     // Ends with whether the connection may be closed gracefully (not when a peer ignored the
     // close during shutdown: it has had its grace time).
     let graceful = {

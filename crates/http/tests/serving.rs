@@ -1016,12 +1016,21 @@ async fn start_router(
     router: axum::Router,
     tweak: impl FnOnce(&mut HttpConfig),
 ) -> (SocketAddr, Arc<HttpStats>, CancellationToken) {
+    start_router_on(router, tweak, |s| s).await
+}
+
+/// [`start_router`] with the server set up further by `setup`.
+async fn start_router_on(
+    router: axum::Router,
+    tweak: impl FnOnce(&mut HttpConfig),
+    setup: impl FnOnce(HttpServer) -> HttpServer,
+) -> (SocketAddr, Arc<HttpStats>, CancellationToken) {
     let mut config = HttpConfig {
         listen: Listen::One("127.0.0.1:0".into()),
         ..HttpConfig::default()
     };
     tweak(&mut config);
-    let server = HttpServer::bind(&config).unwrap();
+    let server = setup(HttpServer::bind(&config).unwrap());
     let addr = server.local_addrs()[0];
     let stats = server.stats();
     let stop = CancellationToken::new();
@@ -1156,9 +1165,9 @@ async fn a_handler_slower_than_request_timeout_gets_503_and_others_are_served_me
     stop.cancel();
 }
 
-/// A client may shut down its sending side once its request is out (`printf 'GET ...' | nc`
-/// does; HTTP/1.1 allows it): the answer still comes, even from a handler that takes its time,
-/// and then the connection ends.
+/// On a server that allows it (the boot listener), a client may shut down its sending side
+/// once its request is out (`printf 'GET ...' | nc` does; HTTP/1.1 allows it): the answer
+/// still comes, even from a handler that takes its time, and then the connection ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     let router = axum::Router::new().route(
@@ -1168,7 +1177,7 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
             "answered"
         }),
     );
-    let (addr, stats, stop) = start_router(router, |_| {}).await;
+    let (addr, stats, stop) = start_router_on(router, |_| {}, HttpServer::with_half_close).await;
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -1183,6 +1192,77 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("answered"), "{text}");
     assert_eq!(stats.responses(2), 1);
+    stop.cancel();
+}
+
+/// Without half-close (the operator's listener), a client that leaves in the middle of a
+/// long answer that writes nothing for now (an event stream between events) is noticed at
+/// once: the answer is dropped, with whatever it holds (a per-address stream slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_from_a_quiet_long_answer_is_noticed_at_once() {
+    struct Held(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    /// A first line, then nothing (never ends by itself).
+    struct Quiet {
+        first: bool,
+        _held: Held,
+    }
+    impl http_body::Body for Quiet {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            if std::mem::take(&mut self.first) {
+                let line = bytes::Bytes::from_static(b"hello\n");
+                return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(line))));
+            }
+            std::task::Poll::Pending
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = dropped.clone();
+    let router = axum::Router::new().route(
+        "/stream",
+        axum::routing::get(move || {
+            let held = Held(flag.clone());
+            async move {
+                axum::body::Body::new(Quiet {
+                    first: true,
+                    _held: held,
+                })
+            }
+        }),
+    );
+    let (addr, _stats, stop) = start_router(router, |_| {}).await;
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == b"hello\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+            .await
+            .expect("the first line comes")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(sock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !dropped.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
 }
 
