@@ -63,7 +63,7 @@ fn a_storm_run_of_both_sides_writes_its_ratios_to_the_summary() {
         "{table}"
     );
     assert!(
-        lines[1].starts_with("storm 1000: CPU-s per 1000 boots vs dnsmasq+nginx (18.9 vs 12.3")
+        lines[1].starts_with("storm 1000: CPU-s per 1000 boots vs dnsmasq+nginx (lower is better)")
             && lines[1].contains("\tquiet\t1.54\t"),
         "{table}"
     );
