@@ -25,14 +25,25 @@ pub struct Extent {
 /// What the backing file looked like when the content was opened. Reads check it again so that
 /// a file replaced in place (truncated, rewritten) fails the transfer instead of sending a mix of
 /// old and new bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Fingerprint {
     len: u64,
     mtime_ns: i128,
+    /// In the ETag only: a file rewritten in place at the same size with its old mtime put back
+    /// (`cp -p`, `touch -r`) looks unchanged by size and mtime, and no program can set the
+    /// ctime back. Not in [`Fingerprint::same_bytes`]: replacing a file by rename unlinks the
+    /// old one, which moves its ctime, and the readers holding it must keep reading its
+    /// unchanged bytes.
+    ctime_ns: i128,
     ino: u64,
 }
 
 impl Fingerprint {
+    /// Whether `now` describes the same bytes as when the content was opened.
+    fn same_bytes(&self, now: &Fingerprint) -> bool {
+        (self.len, self.mtime_ns, self.ino) == (now.len, now.mtime_ns, now.ino)
+    }
+
     fn of(file: &File) -> io::Result<Fingerprint> {
         Ok(Fingerprint::from_metadata(&file.metadata()?))
     }
@@ -41,6 +52,7 @@ impl Fingerprint {
         Fingerprint {
             len: m.len(),
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
             ino: m.ino(),
         }
     }
@@ -121,8 +133,8 @@ pub struct Content {
 
 fn etag_for(fp: &Fingerprint, first: u64, len: u64) -> String {
     format!(
-        "\"{:x}-{:x}-{:x}-{:x}\"",
-        fp.ino, fp.mtime_ns as u64, first, len
+        "\"{:x}-{:x}-{:x}-{:x}-{:x}\"",
+        fp.ino, fp.mtime_ns as u64, fp.ctime_ns as u64, first, len
     )
 }
 
@@ -324,7 +336,7 @@ impl Content {
                 }
                 // Checked after reading: if the file changed during the read, the bytes in
                 // `buf` may be mixed, and the caller gets an error instead of them.
-                if Fingerprint::of(file)? != *fingerprint {
+                if !fingerprint.same_bytes(&Fingerprint::of(file)?) {
                     return Err(changed_error());
                 }
                 Ok(done)
@@ -379,7 +391,7 @@ impl Content {
             }
         };
         // As in `read_at`: checked after reading, so mixed bytes are never returned.
-        if Fingerprint::of(file)? != *fingerprint {
+        if !fingerprint.same_bytes(&Fingerprint::of(file)?) {
             return Err(changed_error());
         }
         Ok(Some(got))
@@ -423,7 +435,7 @@ impl Content {
             Body::File {
                 file, fingerprint, ..
             } => {
-                if Fingerprint::of(file)? != *fingerprint {
+                if !fingerprint.same_bytes(&Fingerprint::of(file)?) {
                     return Err(changed_error());
                 }
                 Ok(())
@@ -475,6 +487,28 @@ mod tests {
             assert_eq!(all(&c, chunk), b"hello world");
         }
         assert!(c.etag().starts_with("\"g-"));
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_its_mtime_put_back_gets_a_new_etag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"old bytes").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let before = Content::from_file(File::open(&path).unwrap()).unwrap();
+        // The ctime has a clock tick to move on coarse file systems.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Same size, same inode, the old modification time restored (`cp -p`, `touch -r`).
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"new bytes", 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let after = Content::from_file(File::open(&path).unwrap()).unwrap();
+        assert_ne!(
+            before.etag(),
+            after.etag(),
+            "a client's If-None-Match must not match"
+        );
     }
 
     #[test]
