@@ -315,7 +315,7 @@ pub fn keep_journaled<F: Family, A: Eq + std::hash::Hash>(
     address: impl Fn(&Lease<F>) -> A,
     renewals: &AtomicU64,
 ) -> bool {
-    let journaled: std::collections::HashSet<A> = match journaled {
+    let journaled: HashSet<A> = match journaled {
         Ok(j) => j.into_iter().collect(),
         Err(e) => {
             tracing::error!(

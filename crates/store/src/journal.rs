@@ -236,9 +236,11 @@ impl<R: Renewal> Journal<R> {
     ) -> Result<Vec<R>, StoreError> {
         self.replay(&write)?;
         let refused = write(records)?;
+        // A set: a batch may hold thousands of leases, and in a conflict as many refusals.
+        let taken: std::collections::HashSet<R::Addr> = refused.iter().map(|h| h.addr()).collect();
         let accepted: Vec<R> = records
             .iter()
-            .filter(|r| !refused.iter().any(|h| h.addr() == r.addr()))
+            .filter(|r| !taken.contains(&r.addr()))
             .cloned()
             .collect();
         self.learn(&accepted);
