@@ -5,7 +5,12 @@
 //! server stopped is renewed by the server that takes it over, and no server offers an
 //! address another one holds. The events other servers wrote are read from the database on the
 //! same beat and handed to this server's live streams, so any server's stream shows the fleet.
+//!
+//! A peer that dies is noticed through its presence lock (`chainboot_store::presence`) the
+//! moment its database sessions close, and a beat runs at once, so that its clients are
+//! answered by the others within milliseconds instead of at the next heartbeat.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +22,7 @@ use chainboot_events::follow::Follower;
 use chainboot_events::EventLog;
 use chainboot_store::events::EventRecord;
 use chainboot_store::leases6::{self, Lease6Record};
+use chainboot_store::presence::PresenceWatch;
 use chainboot_store::{events, leases, servers, Store, StoreConfig, StoreError};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +42,74 @@ const DEPARTED_FOR_MS: i64 = 60_000;
 /// takes at most this many from a fleet that writes faster, the rest follows on later beats.
 const EVENT_PAGES_PER_BEAT: usize = 10;
 const EVENT_PAGE: usize = 1000;
+
+/// Peers whose presence is watched at most (each watch holds a database session); beyond
+/// them, the heartbeat alone notices a death.
+const MAX_WATCHED_PEERS: usize = 16;
+
+/// What this server knows of its peers' presence: the watches running, and the peers whose
+/// presence ended, with when this server learnt it.
+#[derive(Default)]
+struct Presence {
+    watches: HashMap<String, PresenceWatch>,
+    gone: HashMap<String, Instant>,
+}
+
+impl Presence {
+    /// Whether `row` counts as live: heart-beating and connected, and, if its presence ended,
+    /// heart-beating since (a server whose lock was released while it lives, say while its
+    /// presence session reconnects after a database restart, is back at its next heartbeat).
+    fn is_live(&self, row: &servers::ServerRecord, within_ms: i64) -> bool {
+        if !row.is_live(within_ms) {
+            return false;
+        }
+        match self.gone.get(&row.name) {
+            Some(at) => row.age_ms < at.elapsed().as_millis() as i64,
+            None => true,
+        }
+    }
+
+    /// After a beat: forget ended presences of servers live again or no longer listed, stop
+    /// watching servers not live, and watch the live peers not yet watched (at most
+    /// [`MAX_WATCHED_PEERS`]); a watch that fires sends the peer's name on `gone`.
+    fn after_beat(
+        &mut self,
+        store: &Store,
+        rows: &[servers::ServerRecord],
+        live: &[&servers::ServerRecord],
+        gone: &tokio::sync::mpsc::Sender<String>,
+    ) {
+        let me = store.server_name();
+        self.gone.retain(|name, _| {
+            rows.iter().any(|r| r.name == *name) && !live.iter().any(|r| r.name == *name)
+        });
+        self.watches
+            .retain(|name, _| live.iter().any(|r| r.name == *name));
+        for row in live {
+            if row.name == me
+                || self.watches.contains_key(&row.name)
+                || self.watches.len() >= MAX_WATCHED_PEERS
+            {
+                continue;
+            }
+            let tx = gone.clone();
+            let name = row.name.clone();
+            let watch = store.watch_presence(&row.name, move || {
+                // At most one message per watch, and the loop reads them as they come.
+                let _ = tx.try_send(name);
+            });
+            if let Some(w) = watch {
+                self.watches.insert(row.name.clone(), w);
+            }
+        }
+    }
+
+    /// A watch fired: `name`'s presence session closed.
+    fn ended(&mut self, name: String) {
+        self.watches.remove(&name);
+        self.gone.insert(name, Instant::now());
+    }
+}
 
 /// The events written by other servers since the last call (none on the first: the follower
 /// starts at the newest event).
@@ -126,9 +200,20 @@ pub async fn run(
     let mut failing = false;
     let mut peers: Vec<String> = Vec::new();
     let mut follower = Some(Follower::new());
+    let mut presence = Presence::default();
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::channel::<String>(MAX_WATCHED_PEERS);
+    // This server's own presence lock, held before its first heartbeat, so that a peer that
+    // sees it live finds the lock held.
+    let s = store.clone();
+    let wait = cfg.connect_timeout;
+    let _ = tokio::task::spawn_blocking(move || s.hold_presence(wait)).await;
     loop {
         tokio::select! {
             _ = every.tick() => {}
+            Some(name) = gone_rx.recv() => {
+                info!(server = %name, "fleet: a server's database sessions closed: it is gone, its clients are taken over now");
+                presence.ended(name);
+            }
             _ = shutdown.cancelled() => break,
         }
         let s = store.clone();
@@ -172,7 +257,8 @@ pub async fn run(
                         .collect()
                 };
                 let (live, gone): (Vec<_>, Vec<_>) =
-                    rows.iter().partition(|s| s.is_live(within_ms));
+                    rows.iter().partition(|s| presence.is_live(s, within_ms));
+                presence.after_beat(&store, &rows, &live, &gone_tx);
                 let departed: Vec<&servers::ServerRecord> = gone
                     .into_iter()
                     .filter(|s| s.age_ms <= within_ms.saturating_add(DEPARTED_FOR_MS))

@@ -20,6 +20,7 @@ pub mod leases6;
 pub mod limit;
 pub mod machines;
 mod pg;
+pub mod presence;
 mod schema;
 pub mod servers;
 

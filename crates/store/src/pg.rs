@@ -21,6 +21,9 @@ use crate::{StoreConfig, StoreError};
 pub(crate) struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    /// How to open a session outside the pool (the presence lock and its watches hold theirs
+    /// for as long as they run, which a pooled connection must not).
+    session: Arc<Session>,
     describe: String,
     /// The last call failed for want of the database (not for a statement's error).
     degraded: std::sync::atomic::AtomicBool,
@@ -72,13 +75,26 @@ impl Postgres {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match &cfg.tls_ca {
+        let (manager, session) = match &cfg.tls_ca {
             Some(ca) => {
                 pg.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(ca)?);
-                Manager::from_config(pg, tls, manager_config)
+                let session = Session {
+                    config: pg.clone(),
+                    tls: Some(tls.clone()),
+                };
+                (Manager::from_config(pg, tls, manager_config), session)
             }
-            None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+            None => {
+                let session = Session {
+                    config: pg.clone(),
+                    tls: None,
+                };
+                (
+                    Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+                    session,
+                )
+            }
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
@@ -100,6 +116,7 @@ impl Postgres {
         let pg = Postgres {
             runtime: Some(runtime),
             pool,
+            session: Arc::new(session),
             describe,
             degraded: std::sync::atomic::AtomicBool::new(false),
             journal: crate::journal::Journal::open(journal_dir, crate::journal::JOURNAL_FILE),
@@ -160,6 +177,16 @@ impl Postgres {
         out
     }
 
+    /// The store's runtime, for tasks that outlive a call (presence sessions).
+    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Runtime> {
+        self.runtime.as_ref()
+    }
+
+    /// How to open a session of its own, outside the pool.
+    pub(crate) fn session(&self) -> Arc<Session> {
+        self.session.clone()
+    }
+
     /// Whether the database was unreachable at the last call.
     pub(crate) fn degraded(&self) -> bool {
         self.degraded.load(std::sync::atomic::Ordering::Relaxed)
@@ -197,6 +224,33 @@ impl Drop for Postgres {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// A way to open a database session outside the pool: the pool's settings (address,
+/// password, TLS, `application_name`, connect timeout).
+pub(crate) struct Session {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Session {
+    /// Connects; the session's connection runs as a task of the current runtime, which ends
+    /// (the returned handle completes) when the session closes, from either side. Dropping the
+    /// client closes it.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+        Ok(match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                (client, tokio::spawn(async move { drop(conn.await) }))
+            }
+            None => {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                (client, tokio::spawn(async move { drop(conn.await) }))
+            }
+        })
     }
 }
 

@@ -946,6 +946,53 @@ fn postgres_a_server_whose_sessions_closed_is_not_live_although_its_heartbeat_is
 }
 
 #[test]
+fn postgres_a_watched_servers_death_is_told_when_its_sessions_close_and_not_before() {
+    let c = cluster();
+    let url = c.fresh_database();
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = Store::from_config(&pg_config(&c, url.clone(), "pxe-a"), da.path()).unwrap();
+    let b = Store::from_config(&pg_config(&c, url.clone(), "pxe-b"), db.path()).unwrap();
+    let old = Store::from_config(&pg_config(&c, url.clone(), "pxe-old"), dc.path()).unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    assert!(b.hold_presence(wait), "pxe-b took its presence lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tell = |name: &'static str| {
+        let tx = tx.clone();
+        move || tx.send(name).unwrap()
+    };
+    let _watch_b = a.watch_presence("pxe-b", tell("pxe-b")).unwrap();
+    // A server that never holds a presence lock (an older version) is never taken for dead.
+    let _watch_old = a.watch_presence("pxe-old", tell("pxe-old")).unwrap();
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "nobody died yet"
+    );
+    // A second server under pxe-b's name cannot take the lock while pxe-b lives.
+    let dd = tempfile::tempdir().unwrap();
+    let twin = Store::from_config(&pg_config(&c, url, "pxe-b"), dd.path()).unwrap();
+    assert!(!twin.hold_presence(std::time::Duration::from_millis(500)));
+    drop(twin);
+    // As if pxe-b were killed: its sessions close, and its watcher hears of it at once.
+    drop(b);
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok("pxe-b"),
+        "pxe-b's death was told"
+    );
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "pxe-old, which never held the lock, is not taken for dead"
+    );
+    drop(old);
+}
+
+#[test]
 fn postgres_refuses_a_database_newer_than_this_binary() {
     let c = cluster();
     let state = tempfile::tempdir().unwrap();

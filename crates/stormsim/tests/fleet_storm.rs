@@ -820,22 +820,23 @@ fn two_servers_on_one_segment_share_a_storm_and_never_ack_an_address_twice() {
 
 #[test]
 fn with_one_of_three_servers_killed_every_machine_boots() {
-    // A heartbeat older than a minute would be needed for the others to count pxe-1 out.
+    // A heartbeat older than a minute would be needed for the others to count pxe-1 out, and
+    // their next beats are 20 s away when the fleet is up (each has just seen the others).
     let mut fleet = Fleet::start_with(
         3,
         &Sections {
             dhcp: "",
-            store: "peer_timeout = \"60s\"",
+            store: "heartbeat = \"20s\"\npeer_timeout = \"60s\"",
             ..Sections::default()
         },
     );
     let pcap = fleet.dir.path().join("acks.pcap");
     let mut capture = fleet.capture(&pcap);
     // kill -9: no goodbye, its row stays fresh in the live-servers table, but its database
-    // sessions closed with it: the survivors count it out within a few heartbeats, not a
-    // minute.
+    // sessions closed with it, and with them its presence lock: the survivors, waiting for
+    // that lock, count it out at once, not at their next beat, let alone in a minute.
     fleet.servers[1].kill9();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while ![&fleet.logs[0], &fleet.logs[2]].iter().all(|log| {
         std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -843,7 +844,7 @@ fn with_one_of_three_servers_killed_every_machine_boots() {
     }) {
         assert!(
             Instant::now() < deadline,
-            "the survivors did not see pxe-1 go within 15 s (peer_timeout is 60 s):\n{}",
+            "the survivors did not see pxe-1 go within 10 s (heartbeat 20 s, peer_timeout 60 s):\n{}",
             fleet.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
