@@ -87,6 +87,9 @@ impl Default for StormConfig {
 pub struct MachineResult {
     pub mac: String,
     pub arch: u16,
+    /// Seconds from the storm's start to this machine's first power-on (to line its stages up
+    /// with events of the run, such as a server killed at a known time).
+    pub powered_on: f64,
     pub ok: bool,
     /// Address leased to the firmware, then to iPXE.
     pub firmware_address: Option<String>,
@@ -207,7 +210,10 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
         let salt = (cfg.seed as u32).wrapping_mul(0x9e37_79b9) & 0x0fff_0000;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(offset).await;
-            machine(s, mac, arch, salt | u32::from(idx)).await
+            let on = start.elapsed().as_secs_f64();
+            let mut r = machine(s, mac, arch, salt | u32::from(idx)).await;
+            r.powered_on = on;
+            r
         }));
     }
     let deadline = start + cfg.deadline;

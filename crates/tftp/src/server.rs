@@ -701,7 +701,13 @@ async fn move_datagrams(
     let socket = socket.into_std();
     let polling = Polling {
         busy: BusyPoll::new(shared.busy_poll, cpus()),
-        max_transfers: shared.busy_poll_transfers,
+        // Busy-polling is tuned for a lock-step client's turnaround; a window's client answers
+        // once per window.
+        max_transfers: if transfer.windowsize() == 1 {
+            shared.busy_poll_transfers
+        } else {
+            0
+        },
         runnable: shared.runnable,
     };
     tokio::task::spawn_blocking(move || {
@@ -996,28 +1002,33 @@ fn wait_until(deadline: Instant, now: Instant) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).min(LOCKSTEP_TICK)
 }
 
-/// A thread for this transfer if it is lock-step and one is free.
+/// Windows of at most this many blocks may run on a thread: lock-step (what every PXE ROM and
+/// iPXE ask for) and UEFI PXE's small windows (edk2, so OVMF and most vendors' UEFI, asks for
+/// 4). Larger windows are bulk transfers, which the task's `sendmmsg` batches serve better.
+const THREAD_WINDOW_MAX: u16 = 8;
+
+/// A thread for this transfer if its window is small and one is free.
 ///
-/// Lock-step transfers (windowsize 1, what every PXE ROM asks for) are bound by the round
-/// trip per block, and on a fast link the server's share of it is its wake-up: a thread
-/// blocked in `recvfrom`, as the C servers do it, is woken straight into the system call,
-/// where a task costs an `epoll_wait`, the reactor's dispatch and a `recvfrom` per block.
-/// Only a few get a thread (`[tftp] lockstep_threads`; a boot storm of a thousand would be a
-/// thousand threads); the rest run as tasks, where a thousand cost nothing but memory.
-/// Measured on loopback (bench/README.md `## TFTP`): lock-step went from 0.92-1.01x to
-/// 0.94-1.01x of the best C server in quiet runs, a round trip both sides spend almost
-/// entirely in the kernel.
+/// Lock-step and small-window transfers are bound by the round trip per window, and on a
+/// fast link the server's share of it is its wake-up: a thread blocked in `recvfrom`, as the
+/// C servers do it, is woken straight into the system call, where a task costs an
+/// `epoll_wait`, the reactor's dispatch and a `recvfrom` per window, and in a boot storm
+/// waits for a runtime worker behind every HTTP body. Only a few get a thread (`[tftp]
+/// lockstep_threads`; a boot storm of a thousand would be a thousand threads); the rest run
+/// as tasks, where a thousand cost nothing but memory. Measured on loopback (bench/README.md
+/// `## TFTP`): lock-step went from 0.92-1.01x to 0.94-1.01x of the best C server in quiet
+/// runs, a round trip both sides spend almost entirely in the kernel.
 fn lockstep_thread(
     shared: &Shared,
     transfer: &Transfer,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if transfer.windowsize() != 1 {
+    if transfer.windowsize() > THREAD_WINDOW_MAX {
         return None;
     }
     shared.lockstep_slots.clone().try_acquire_owned().ok()
 }
 
-/// Moves one lock-step transfer's datagrams on the calling (blocking) thread.
+/// Moves one lock-step or small-window transfer's datagrams on the calling (blocking) thread.
 fn drive_blocking(
     transfer: &mut Transfer,
     content: &Content,
@@ -1036,7 +1047,11 @@ fn drive_blocking(
         warn!(client = %client, error = %e, "tftp: cannot make the transfer socket blocking");
         transfer.abort("internal error: transfer socket");
     }
-    let source = ReadAhead::new(content, transfer.blksize(), content.len());
+    let source = ReadAhead::new(
+        content,
+        transfer.blksize() * transfer.windowsize() as usize,
+        content.len(),
+    );
     let mut out = vec![0u8; transfer.datagram_capacity()];
     let mut inbuf = [0u8; 1024];
     let mut unknown_tids = UnknownTids::default();

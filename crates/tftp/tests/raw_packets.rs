@@ -107,6 +107,52 @@ fn garbage_to_the_request_port_is_counted_and_unanswered_but_bad_requests_get_er
 }
 
 #[test]
+fn a_small_window_transfer_keeps_moving_while_the_runtime_is_busy() {
+    // UEFI PXE asks for windowsize 4; in a boot storm every runtime worker may be streaming
+    // HTTP bodies. A small window's transfer runs on a thread of its own, as a lock-step one
+    // does, so its blocks do not wait for a worker.
+    let srv = TestServer::start();
+    let len = 200 * 1024 + 7;
+    srv.file("snponly.efi", len);
+    let s = raw_client("127.0.0.1");
+    s.send_to(
+        &rrq("snponly.efi", &[("blksize", "1024"), ("windowsize", "4")]),
+        srv.addr,
+    )
+    .unwrap();
+    let (oack, tid) = recv(&s).unwrap();
+    assert_eq!(describe(&oack), "OACK blksize=1024 windowsize=4");
+    s.send_to(&ack(0), tid).unwrap();
+    let busy = srv.occupy_workers(Duration::from_secs(4));
+    let mut got = Vec::new();
+    let mut expect: u16 = 1;
+    loop {
+        let (p, from) = recv(&s).expect("the transfer stalled");
+        assert_eq!(from, tid);
+        let Ok(Packet::Data { block, data }) = proto::parse(&p) else {
+            panic!("{}", describe(&p));
+        };
+        if block != expect {
+            continue;
+        }
+        got.extend_from_slice(data);
+        expect = expect.wrapping_add(1);
+        let last = data.len() < 1024;
+        if last || block % 4 == 0 {
+            s.send_to(&ack(block), tid).unwrap();
+        }
+        if last {
+            break;
+        }
+    }
+    assert!(
+        busy.load(Ordering::SeqCst),
+        "the last block came only after the runtime's workers were free"
+    );
+    assert_eq!(got, pattern(len, "snponly.efi".len() as u64));
+}
+
+#[test]
 fn unknown_tid_gets_error_5_once_and_the_transfer_goes_on() {
     // Both drivers: a thread of its own (the default for a lone lock-step transfer) and a task.
     for lockstep_threads in [None, Some(0)] {

@@ -119,6 +119,28 @@ impl TestServer {
         self.addr.port()
     }
 
+    /// Blocks every worker of the server's runtime (2) for `how_long`, as a storm's HTTP
+    /// bodies can keep them all busy; the flag is true until they are free again.
+    pub fn occupy_workers(&self, how_long: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let busy = Arc::new(AtomicBool::new(true));
+        let rt = self.rt.as_ref().expect("running");
+        let started = Arc::new(std::sync::Barrier::new(3));
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            let (busy, started, done) = (busy.clone(), started.clone(), done.clone());
+            rt.spawn(async move {
+                started.wait();
+                std::thread::sleep(how_long);
+                if done.fetch_add(1, Ordering::SeqCst) == 1 {
+                    busy.store(false, Ordering::SeqCst);
+                }
+            });
+        }
+        started.wait();
+        busy
+    }
+
     /// Writes a file of `len` deterministic pseudo-random bytes under the root.
     pub fn file(&self, name: &str, len: usize) -> PathBuf {
         let p = self.root.path().join(name);
