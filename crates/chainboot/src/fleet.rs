@@ -48,23 +48,24 @@ const EVENT_PAGE: usize = 1000;
 const MAX_WATCHED_PEERS: usize = 16;
 
 /// What this server knows of its peers' presence: the watches running, and the peers whose
-/// presence ended, with when this server learnt it.
+/// presence ended, with when (Unix ms by the database's clock, as heartbeats are written).
 #[derive(Default)]
 struct Presence {
     watches: HashMap<String, PresenceWatch>,
-    gone: HashMap<String, Instant>,
+    gone: HashMap<String, i64>,
 }
 
 impl Presence {
     /// Whether `row` counts as live: heart-beating and connected, and, if its presence ended,
     /// heart-beating since (a server whose lock was released while it lives, say while its
-    /// presence session reconnects after a database restart, is back at its next heartbeat).
+    /// presence session reconnects after a database restart, is back at its next heartbeat;
+    /// a server killed just after a heartbeat is not).
     fn is_live(&self, row: &servers::ServerRecord, within_ms: i64) -> bool {
         if !row.is_live(within_ms) {
             return false;
         }
         match self.gone.get(&row.name) {
-            Some(at) => row.age_ms < at.elapsed().as_millis() as i64,
+            Some(at_ms) => row.heartbeat_ms > *at_ms,
             None => true,
         }
     }
@@ -77,7 +78,7 @@ impl Presence {
         store: &Store,
         rows: &[servers::ServerRecord],
         live: &[&servers::ServerRecord],
-        gone: &tokio::sync::mpsc::Sender<String>,
+        gone: &tokio::sync::mpsc::Sender<(String, i64)>,
     ) {
         let me = store.server_name();
         self.gone.retain(|name, _| {
@@ -94,9 +95,9 @@ impl Presence {
             }
             let tx = gone.clone();
             let name = row.name.clone();
-            let watch = store.watch_presence(&row.name, move || {
+            let watch = store.watch_presence(&row.name, move |at_ms| {
                 // At most one message per watch, and the loop reads them as they come.
-                let _ = tx.try_send(name);
+                let _ = tx.try_send((name, at_ms));
             });
             if let Some(w) = watch {
                 self.watches.insert(row.name.clone(), w);
@@ -104,10 +105,10 @@ impl Presence {
         }
     }
 
-    /// A watch fired: `name`'s presence session closed.
-    fn ended(&mut self, name: String) {
+    /// A watch fired: `name`'s presence session closed at `at_ms`.
+    fn ended(&mut self, name: String, at_ms: i64) {
         self.watches.remove(&name);
-        self.gone.insert(name, Instant::now());
+        self.gone.insert(name, at_ms);
     }
 }
 
@@ -201,7 +202,7 @@ pub async fn run(
     let mut peers: Vec<String> = Vec::new();
     let mut follower = Some(Follower::new());
     let mut presence = Presence::default();
-    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::channel::<String>(MAX_WATCHED_PEERS);
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::channel::<(String, i64)>(MAX_WATCHED_PEERS);
     // This server's own presence lock, held before its first heartbeat, so that a peer that
     // sees it live finds the lock held.
     let s = store.clone();
@@ -210,9 +211,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            Some(name) = gone_rx.recv() => {
+            Some((name, at_ms)) = gone_rx.recv() => {
                 info!(server = %name, "fleet: a server's database sessions closed: it is gone, its clients are taken over now");
-                presence.ended(name);
+                presence.ended(name, at_ms);
             }
             _ = shutdown.cancelled() => break,
         }

@@ -15,7 +15,8 @@
 //! whose sessions go through a pooler that does not keep sessions, never holds it, and is
 //! left to the heartbeat instead of being taken for dead. A lock granted while the database
 //! itself was away and back (the holder not yet reconnected) also looks like a death; the
-//! caller sees the server's next heartbeat and counts it live again (see the fleet loop).
+//! caller counts the server live again at its next heartbeat (the watch tells when, by the
+//! database's clock, the lock came free: a heartbeat written later is a living server's).
 
 use std::time::Duration;
 
@@ -119,12 +120,13 @@ impl Store {
     }
 
     /// Watches `peer`'s presence: once its lock has been seen held, waits for it on a session
-    /// of its own and calls `gone` when it is released (the peer's session ended), once.
-    /// `None` on SQLite.
+    /// of its own and calls `gone` when it is released (the peer's session ended), once, with
+    /// the moment it was taken (Unix ms by the database's clock, the clock heartbeats are
+    /// written with). `None` on SQLite.
     pub fn watch_presence(
         &self,
         peer: &str,
-        gone: impl FnOnce() + Send + 'static,
+        gone: impl FnOnce(i64) + Send + 'static,
     ) -> Option<PresenceWatch> {
         let Backend::Postgres(pg) = &self.backend else {
             return None;
@@ -132,14 +134,28 @@ impl Store {
         let runtime = pg.runtime()?;
         let key = lock_key(peer);
         let session = pg.session();
+        let name = peer.to_string();
         let task = runtime.spawn(async move {
+            let mut told = false;
+            let mut armed = false;
             loop {
-                match watch_once(&session, key).await {
-                    Ok(()) => {
-                        gone();
+                let on_armed = || {
+                    if !armed {
+                        tracing::info!(server = %name, "fleet: watching a peer's presence: its death is seen when its database sessions close");
+                    }
+                    armed = true;
+                };
+                match watch_once(&session, key, on_armed).await {
+                    Ok(at_ms) => {
+                        gone(at_ms);
                         return;
                     }
-                    Err(e) => tracing::debug!("fleet: presence watch: {e}"),
+                    // Once per watch: a database that is away fails every try.
+                    Err(e) if !told => {
+                        told = true;
+                        tracing::warn!(server = %name, "fleet: watching a peer's presence failed, trying again every second: {e}");
+                    }
+                    Err(_) => {}
                 }
                 tokio::time::sleep(RECONNECT_AFTER).await;
             }
@@ -149,8 +165,13 @@ impl Store {
 }
 
 /// One session's watch: waits until the lock is held by someone, then until it is free;
-/// `Ok` when the lock was taken (and given back), an error when the session failed.
-async fn watch_once(session: &crate::pg::Session, key: i32) -> Result<(), StoreError> {
+/// `Ok` with the database's time when the lock was taken (and given back), an error when the
+/// session failed.
+async fn watch_once(
+    session: &crate::pg::Session,
+    key: i32,
+    on_armed: impl FnOnce(),
+) -> Result<i64, StoreError> {
     let (client, _closed) = session.connect().await?;
     // pg_locks shows the two keys as unsigned object ids.
     let (class, object) = (i64::from(PRESENCE_CLASS as u32), i64::from(key as u32));
@@ -163,6 +184,7 @@ async fn watch_once(session: &crate::pg::Session, key: i32) -> Result<(), StoreE
             )
             .await?;
         if held.is_some() {
+            on_armed();
             break;
         }
         tokio::time::sleep(ARM_POLL).await;
@@ -170,13 +192,16 @@ async fn watch_once(session: &crate::pg::Session, key: i32) -> Result<(), StoreE
     client
         .execute("SELECT pg_advisory_lock($1, $2)", &[&PRESENCE_CLASS, &key])
         .await?;
-    client
-        .execute(
-            "SELECT pg_advisory_unlock($1, $2)",
+    let at = client
+        .query_one(
+            &format!(
+                "SELECT pg_advisory_unlock($1, $2), {}",
+                crate::servers::PG_NOW_MS
+            ),
             &[&PRESENCE_CLASS, &key],
         )
         .await?;
-    Ok(())
+    Ok(at.try_get(1)?)
 }
 
 #[cfg(test)]

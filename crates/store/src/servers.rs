@@ -102,7 +102,7 @@ fn addresses_of(text: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
+pub(crate) const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
 
 /// Writes this server's heartbeat (the row is made on the first one; `version` is the
 /// chainboot version it runs, `addresses` those it answers DHCP from). `started_ms` is kept

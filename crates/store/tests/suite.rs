@@ -962,7 +962,7 @@ fn postgres_a_watched_servers_death_is_told_when_its_sessions_close_and_not_befo
     let (tx, rx) = std::sync::mpsc::channel();
     let tell = |name: &'static str| {
         let tx = tx.clone();
-        move || tx.send(name).unwrap()
+        move |_at_ms: i64| tx.send(name).unwrap()
     };
     let _watch_b = a.watch_presence("pxe-b", tell("pxe-b")).unwrap();
     // A server that never holds a presence lock (an older version) is never taken for dead.

@@ -832,6 +832,18 @@ fn with_one_of_three_servers_killed_every_machine_boots() {
     );
     let pcap = fleet.dir.path().join("acks.pcap");
     let mut capture = fleet.capture(&pcap);
+    fleet.eventually(|| {
+        for i in [0, 2] {
+            let log = std::fs::read_to_string(&fleet.logs[i]).unwrap_or_default();
+            if !log
+                .lines()
+                .any(|l| l.contains("watching a peer's presence") && l.contains("server=pxe-1"))
+            {
+                return Err(format!("pxe-{i} does not watch pxe-1's presence yet"));
+            }
+        }
+        Ok(())
+    });
     // kill -9: no goodbye, its row stays fresh in the live-servers table, but its database
     // sessions closed with it, and with them its presence lock: the survivors, waiting for
     // that lock, count it out at once, not at their next beat, let alone in a minute.
@@ -914,11 +926,10 @@ fn a_server_killed_with_kill_9_in_the_middle_of_a_storm_loses_no_machine() {
         killed_after < Duration::from_secs(9),
         "the kill came {killed_after:?} after the start: machines were still to power on"
     );
+    // The survivors take pxe-1's clients the moment its sessions close, so a machine need not
+    // notice the kill at all: what holds is that every machine boots, no address goes to two
+    // clients, and the database agrees with what went out on the wire.
     assert_every_machine_booted(&rep, &machines, 60, &fleet.logs());
-    assert!(
-        rep["dhcp_retransmits"].as_u64() > Some(0) || rep["reboots"].as_u64() > Some(0),
-        "the killed server's clients asked again until the others took them: {rep}"
-    );
     let acks = acks_in_capture(&pcap);
     let senders = assert_no_address_acked_twice(&acks);
     assert!(
