@@ -154,6 +154,8 @@ pub struct Store {
     /// This server's name, recorded with what it writes (events, leases, the live-servers
     /// table).
     server: String,
+    /// Where machines reach this server's boot listener, written with its heartbeats.
+    boot_base: parking_lot::Mutex<Option<servers::BootBase>>,
 }
 
 enum Backend {
@@ -197,6 +199,7 @@ impl Store {
                 let store = Store {
                     backend: Backend::Postgres(pg),
                     server,
+                    boot_base: Default::default(),
                 };
                 // Renewals acknowledged during an outage that ended with this server stopped.
                 if let Backend::Postgres(pg) = &store.backend {
@@ -218,6 +221,7 @@ impl Store {
                 Ok(Some(Store {
                     backend: Backend::Postgres(pg::Postgres::connect(cfg, &server, None)?),
                     server,
+                    boot_base: Default::default(),
                 }))
             }
         }
@@ -232,6 +236,17 @@ impl Store {
     /// This server's name (what it writes is recorded under it).
     pub fn server_name(&self) -> &str {
         &self.server
+    }
+
+    /// Where machines reach this server's boot listener, published with every heartbeat from
+    /// now on (the listener is bound after the store is opened).
+    pub fn set_boot_base(&self, base: Option<servers::BootBase>) {
+        *self.boot_base.lock() = base;
+    }
+
+    /// What [`Store::set_boot_base`] gave.
+    pub fn boot_base(&self) -> Option<servers::BootBase> {
+        self.boot_base.lock().clone()
     }
 
     /// Whether other servers write this state too (PostgreSQL: a fleet). What a server read
@@ -357,6 +372,7 @@ impl Store {
         Store {
             backend: Backend::Sqlite(db),
             server: config::default_server_name(),
+            boot_base: Default::default(),
         }
     }
 

@@ -45,6 +45,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::servers::MIGRATION_ADDRESSES,
     // 10: which server wrote a DHCPv6 lease; one DUID per server.
     crate::leases6::MIGRATION_FLEET,
+    // 11: where each server's boot listener is (its peers' scripts name it as an alternative).
+    crate::servers::MIGRATION_BOOT_BASE,
 ];
 
 /// The schema version this binary brings databases to.

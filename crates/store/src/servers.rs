@@ -52,8 +52,54 @@ pub(crate) const MIGRATION_ADDRESSES: Migration = Migration {
     postgres: "ALTER TABLE servers ADD COLUMN addresses TEXT NOT NULL DEFAULT '';",
 };
 
+/// Schema version 11: the base URL machines fetch a server's boot scripts and files from, so
+/// that its peers can name it in their scripts as the place to go on when they die mid-boot.
+pub(crate) const MIGRATION_BOOT_BASE: Migration = Migration {
+    sqlite: "ALTER TABLE servers ADD COLUMN boot_http TEXT NOT NULL DEFAULT '';
+ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;",
+    postgres: "ALTER TABLE servers ADD COLUMN boot_http TEXT NOT NULL DEFAULT '';
+ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;",
+};
+
 /// Addresses a server publishes at most (a server on more interfaces publishes the first).
 pub const MAX_ADDRESSES: usize = 64;
+
+/// The longest boot base URL written or read back (a host name of DNS's 253 characters, the
+/// scheme and a port fit).
+pub const MAX_BOOT_BASE: usize = 280;
+
+/// Where machines reach a server's boot listener: its HTTP base URL (`http://host[:port]`, no
+/// path) and the port of its TLS listener when it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootBase {
+    pub http: String,
+    pub https_port: Option<u16>,
+}
+
+impl BootBase {
+    /// A row's base as read back: another server wrote it, so anything but a bounded
+    /// `http://` or `https://` URL of printable characters without spaces is no base, and a
+    /// port outside 1..=65535 is no port. (Whoever uses it parses it further.)
+    fn from_row(http: &str, https_port: Option<i32>) -> Option<BootBase> {
+        let plausible = http.len() <= MAX_BOOT_BASE
+            && (http.starts_with("http://") || http.starts_with("https://"))
+            && http.bytes().all(|b| b.is_ascii_graphic());
+        plausible.then(|| BootBase {
+            http: http.to_string(),
+            https_port: https_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+        })
+    }
+
+    /// The stored form (a base too long to read back is not written).
+    fn row(base: Option<&BootBase>) -> (String, Option<i32>) {
+        match base.filter(|b| b.http.len() <= MAX_BOOT_BASE) {
+            Some(b) => (b.http.clone(), b.https_port.map(i32::from)),
+            None => (String::new(), None),
+        }
+    }
+}
 
 /// One server's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,6 +114,9 @@ pub struct ServerRecord {
     pub age_ms: i64,
     /// The IPv4 addresses it answers DHCP from (its server identifiers).
     pub addresses: Vec<Ipv4Addr>,
+    /// Where machines fetch its boot scripts and files (none: it did not say, or what its row
+    /// holds is no URL).
+    pub boot: Option<BootBase>,
     /// Whether it has a session open to the database (always true on SQLite, and where
     /// sessions cannot be told apart: see the module's documentation).
     pub connected: bool,
@@ -105,8 +154,9 @@ fn addresses_of(text: &str) -> Vec<Ipv4Addr> {
 pub(crate) const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
 
 /// Writes this server's heartbeat (the row is made on the first one; `version` is the
-/// chainboot version it runs, `addresses` those it answers DHCP from). `started_ms` is kept
-/// from the first heartbeat of this run.
+/// chainboot version it runs, `addresses` those it answers DHCP from, and the boot base is
+/// the one [`Store::set_boot_base`] gave). `started_ms` is kept from the first heartbeat of
+/// this run.
 pub fn heartbeat(
     store: &Store,
     version: &str,
@@ -116,17 +166,29 @@ pub fn heartbeat(
     let name = store.server_name().to_string();
     let version = version.to_string();
     let addresses = addresses_text(addresses);
+    let (boot_http, boot_https_port) = BootBase::row(store.boot_base().as_ref());
     match store.backend() {
         Backend::Sqlite(db) => {
             let now = crate::now_ms();
             db.write(|tx| {
                 tx.execute(
-                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses)
-                     VALUES (?1, ?2, ?2, ?3, ?5)
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses,
+                        boot_http, boot_https_port)
+                     VALUES (?1, ?2, ?2, ?3, ?5, ?6, ?7)
                      ON CONFLICT(name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
                         version = excluded.version, addresses = excluded.addresses,
+                        boot_http = excluded.boot_http,
+                        boot_https_port = excluded.boot_https_port,
                         started_ms = CASE WHEN ?4 THEN excluded.started_ms ELSE started_ms END",
-                    rusqlite::params![name, now, version, first, addresses],
+                    rusqlite::params![
+                        name,
+                        now,
+                        version,
+                        first,
+                        addresses,
+                        boot_http,
+                        boot_https_port
+                    ],
                 )
             })
             .map(|_| ())
@@ -134,14 +196,24 @@ pub fn heartbeat(
         Backend::Postgres(pg) => pg.run(move |c| async move {
             c.execute(
                 &format!(
-                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses)
-                     VALUES ($1, {PG_NOW_MS}, {PG_NOW_MS}, $2, $4)
+                    "INSERT INTO servers (name, started_ms, heartbeat_ms, version, addresses,
+                        boot_http, boot_https_port)
+                     VALUES ($1, {PG_NOW_MS}, {PG_NOW_MS}, $2, $4, $5, $6)
                      ON CONFLICT (name) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms,
                         version = excluded.version, addresses = excluded.addresses,
+                        boot_http = excluded.boot_http,
+                        boot_https_port = excluded.boot_https_port,
                         started_ms = CASE WHEN $3 THEN excluded.started_ms
                                      ELSE servers.started_ms END"
                 ),
-                &[&name, &version, &first, &addresses],
+                &[
+                    &name,
+                    &version,
+                    &first,
+                    &addresses,
+                    &boot_http,
+                    &boot_https_port,
+                ],
             )
             .await?;
             Ok(())
@@ -172,7 +244,8 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
             let now = crate::now_ms();
             db.read(|c| {
                 let mut st = c.prepare(
-                    "SELECT name, started_ms, heartbeat_ms, version, addresses
+                    "SELECT name, started_ms, heartbeat_ms, version, addresses, boot_http,
+                        boot_https_port
                      FROM servers ORDER BY name",
                 )?;
                 let rows = st.query_map([], |r| {
@@ -184,6 +257,7 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                         version: r.get(3)?,
                         age_ms: now - heartbeat_ms,
                         addresses: addresses_of(&r.get::<_, String>(4)?),
+                        boot: BootBase::from_row(&r.get::<_, String>(5)?, r.get(6)?),
                         connected: true,
                     })
                 })?;
@@ -208,7 +282,8 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                                 EXISTS (SELECT 1 FROM pg_stat_activity a
                                         WHERE a.pid = pg_backend_pid()
                                           AND a.application_name = left('chainboot ' || $1::text,
-                                              {PG_APPLICATION_NAME_MAX}))
+                                              {PG_APPLICATION_NAME_MAX})),
+                                boot_http, boot_https_port
                              FROM servers s ORDER BY name"
                         ),
                         &[&me],
@@ -225,6 +300,7 @@ pub fn all(store: &Store) -> Result<Vec<ServerRecord>, StoreError> {
                             version: r.try_get(3)?,
                             age_ms: r.try_get(4)?,
                             addresses: addresses_of(r.try_get(5)?),
+                            boot: BootBase::from_row(r.try_get(8)?, r.try_get(9)?),
                             connected: connected || !tracked,
                         })
                     })

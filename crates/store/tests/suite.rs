@@ -100,6 +100,7 @@ on_both_backends!(
     a_flood_of_unattributed_events_does_not_push_out_machines_history,
     the_schema_is_current_and_reopening_migrates_nothing,
     heartbeats_list_the_live_servers,
+    heartbeats_carry_each_servers_boot_base_and_a_bad_one_reads_back_as_none,
     firmware_sightings_stages_and_secure_boot_refusals_survive_reopen,
     events_and_what_they_tell_about_machines_are_one_transaction,
     v6_leases_survive_reopen_replace_by_address_and_name_their_server,
@@ -703,6 +704,71 @@ fn heartbeats_list_the_live_servers(db: &Db) {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["pxe-a"], "a server that left is gone at once");
+}
+
+fn heartbeats_carry_each_servers_boot_base_and_a_bad_one_reads_back_as_none(db: &Db) {
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let base = |http: &str, https_port| servers::BootBase {
+        http: http.into(),
+        https_port,
+    };
+    let boot_of = |name: &str| {
+        servers::all(&a)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .boot
+    };
+    servers::heartbeat(&a, "1.0", true, &[]).unwrap();
+    assert_eq!(
+        boot_of("pxe-a"),
+        None,
+        "a server that said nothing has none"
+    );
+    a.set_boot_base(Some(base("http://198.18.0.1:8080", Some(8443))));
+    b.set_boot_base(Some(base("http://198.18.0.2", None)));
+    servers::heartbeat(&a, "1.0", false, &[]).unwrap();
+    servers::heartbeat(&b, "1.0", true, &[]).unwrap();
+    assert_eq!(
+        boot_of("pxe-a"),
+        Some(base("http://198.18.0.1:8080", Some(8443)))
+    );
+    assert_eq!(boot_of("pxe-b"), Some(base("http://198.18.0.2", None)));
+    // Each heartbeat writes the base again: a changed one replaces the old.
+    b.set_boot_base(Some(base("https://198.18.0.3:9443", Some(9443))));
+    servers::heartbeat(&b, "1.0", false, &[]).unwrap();
+    assert_eq!(
+        boot_of("pxe-b"),
+        Some(base("https://198.18.0.3:9443", Some(9443)))
+    );
+    // What another server wrote is checked when read: no URL, spaces, control bytes, an
+    // over-long one (not even written) and port 0 are no base or no port.
+    for bad in [
+        "ftp://198.18.0.2",
+        "javascript:alert(1)",
+        "http://198.18.0.2 || shell",
+        "http://198.18.0.2\nshell",
+        &format!("http://{}", "a".repeat(servers::MAX_BOOT_BASE)),
+    ] {
+        b.set_boot_base(Some(base(bad, Some(8443))));
+        servers::heartbeat(&b, "1.0", false, &[]).unwrap();
+        assert_eq!(boot_of("pxe-b"), None, "{bad:?}");
+    }
+    b.set_boot_base(Some(base("http://198.18.0.2", Some(0))));
+    servers::heartbeat(&b, "1.0", false, &[]).unwrap();
+    assert_eq!(boot_of("pxe-b"), Some(base("http://198.18.0.2", None)));
+    b.set_boot_base(None);
+    servers::heartbeat(&b, "1.0", false, &[]).unwrap();
+    assert_eq!(
+        boot_of("pxe-b"),
+        None,
+        "a server that stops saying has none"
+    );
+    let json = serde_json::to_value(&servers::all(&a).unwrap()[0]).unwrap();
+    assert_eq!(json["boot"]["http"], "http://198.18.0.1:8080", "{json}");
+    assert_eq!(json["boot"]["https_port"], 8443, "{json}");
 }
 
 fn rec6(ip: &str, duid: &[u8], iaid: u32, state: LeaseState) -> Lease6Record {
