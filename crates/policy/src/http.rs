@@ -41,6 +41,7 @@ use chainboot_store::machines::{MachineRecord, OperatorChange, OperatorChanged};
 use crate::access::{Proof, Refusal};
 use crate::config::AssetRef;
 use crate::facts::{valid_label, ClientFacts, RawFacts};
+use crate::peers::PeerBases;
 use crate::policy::{AssetSlot, Decision, Policy};
 use crate::render::{self, HttpBase};
 
@@ -90,9 +91,19 @@ pub struct PolicyShared {
     relay: reqwest::Client,
     /// Admits new machine records (none: every verified machine is recorded).
     limiter: Option<Arc<chainboot_store::limit::NewMachineLimiter>>,
-    /// `/boot.ipxe` as rendered per scheme and Host header: it depends on nothing else, and
-    /// every machine of a network asks with the same few.
-    stubs: Arc<parking_lot::Mutex<HashMap<StubKey, bytes::Bytes>>>,
+    /// The live fleet peers' boot listeners, named in scripts as alternatives to this
+    /// server's URLs (none alone).
+    peers: PeerBases,
+    /// `/boot.ipxe` as rendered per scheme and Host header, for the peers it was rendered
+    /// with: it depends on nothing else, and every machine of a network asks with the same few.
+    stubs: Arc<parking_lot::Mutex<Stubs>>,
+}
+
+/// The kept `/boot.ipxe` stubs and the peers they name (when those change, all are dropped).
+#[derive(Default)]
+struct Stubs {
+    peers: Arc<Vec<HttpBase>>,
+    by_key: HashMap<StubKey, bytes::Bytes>,
 }
 
 /// What `/boot.ipxe` depends on: whether it came over TLS, and its Host header.
@@ -156,6 +167,7 @@ impl PolicyState {
                 .build()
                 .unwrap_or_default(),
             limiter: None,
+            peers: PeerBases::default(),
             stubs: Arc::default(),
         }))
     }
@@ -189,6 +201,12 @@ impl PolicyState {
         self
     }
 
+    /// The handle through which the fleet loop hands over the live peers' boot listeners.
+    pub fn with_peer_bases(mut self, peers: PeerBases) -> PolicyState {
+        self.shared_mut().peers = peers;
+        self
+    }
+
     /// The same state with another access rule (the operator routes on the boot listener
     /// need the token for reads too).
     pub fn with_auth(mut self, auth: ApiAuth) -> PolicyState {
@@ -204,26 +222,56 @@ impl PolicyState {
 
     /// [`PolicyState::base`] from the Host header alone.
     fn base_for_host(&self, host: Option<&HeaderValue>, scheme: Scheme) -> HttpBase {
-        host.and_then(|h| h.to_str().ok())
-            .and_then(|h| HttpBase::new(&format!("{}://{h}", scheme.as_str())).ok())
-            .map(|b| b.with_https_port(self.https_port))
-            .unwrap_or_else(|| self.fallback_base.clone())
+        self.base_with_peers(host, scheme, &self.peers.current())
     }
 
-    /// `/boot.ipxe` for a request with `host` over `scheme`: rendered once per pair.
+    /// [`PolicyState::base_for_host`] naming `peers` as alternatives.
+    fn base_with_peers(
+        &self,
+        host: Option<&HeaderValue>,
+        scheme: Scheme,
+        peers: &[HttpBase],
+    ) -> HttpBase {
+        let base = host
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| HttpBase::new(&format!("{}://{h}", scheme.as_str())).ok())
+            .map(|b| b.with_https_port(self.https_port))
+            .unwrap_or_else(|| self.fallback_base.clone());
+        if peers.is_empty() {
+            return base;
+        }
+        base.with_peers(peers)
+    }
+
+    /// `/boot.ipxe` for a request with `host` over `scheme`: rendered once per pair (and
+    /// again when the live peers change).
     fn stub(&self, host: Option<HeaderValue>, scheme: Scheme) -> bytes::Bytes {
         let key = (scheme.https, host);
-        if let Some(kept) = self.stubs.lock().get(&key) {
-            return kept.clone();
+        let peers = self.peers.current();
+        {
+            let mut kept = self.stubs.lock();
+            if !Arc::ptr_eq(&kept.peers, &peers) {
+                kept.by_key.clear();
+                kept.peers = peers.clone();
+            }
+            if let Some(stub) = kept.by_key.get(&key) {
+                return stub.clone();
+            }
         }
-        let script = bytes::Bytes::from(render::stub_script(
-            &self.base_for_host(key.1.as_ref(), scheme),
-        ));
+        let script = bytes::Bytes::from(render::stub_script(&self.base_with_peers(
+            key.1.as_ref(),
+            scheme,
+            &peers,
+        )));
         let mut kept = self.stubs.lock();
-        if kept.len() >= MAX_STUBS {
-            kept.clear();
+        if !Arc::ptr_eq(&kept.peers, &peers) {
+            // The peers changed while this one was rendered: it is not kept.
+            return script;
         }
-        kept.insert(key, script.clone());
+        if kept.by_key.len() >= MAX_STUBS {
+            kept.by_key.clear();
+        }
+        kept.by_key.insert(key, script.clone());
         script
     }
 

@@ -14,6 +14,7 @@
 //!   `/pxelinux.cfg/...`, the machine part of API v1);
 //! - [`machine_event`]: the bounded fields a machine may report about itself;
 //! - [`paging`]: list responses streamed page by page, bounded by count and bytes;
+//! - [`peers`]: the live fleet peers' boot listeners, alternatives in generated scripts;
 //! - [`tftp`]: a [`chainboot_content::Resolver`] for `boot.ipxe` and `pxelinux.cfg/` over TFTP.
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod grub;
 pub mod http;
 pub mod machine_event;
 pub mod paging;
+pub mod peers;
 pub mod pixiecore;
 pub mod policy;
 pub mod render;
@@ -36,6 +38,7 @@ pub use config::{
 };
 pub use facts::{ClientFacts, RawFacts};
 pub use http::{routes, MachineHooks, PolicyState};
+pub use peers::PeerBases;
 pub use policy::{Decision, Explanation, Policy, PolicyConfig, Source};
 pub use render::HttpBase;
 pub use tftp::TftpResolver;

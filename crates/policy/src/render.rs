@@ -12,6 +12,7 @@
 //! never rendered again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use minijinja::{Environment, UndefinedBehavior};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -35,11 +36,22 @@ pub fn encode(s: &str) -> String {
 /// The HTTP base URL machines reach chainboot at, without a trailing slash
 /// (`http://198.18.0.1:8080`), and the boot listener's TLS port when it has one (templates get
 /// `{{ https }}` from it: the same host on that port).
+///
+/// In a fleet it also carries the live peers' bases in its own scheme ([`HttpBase::with_peers`]):
+/// every fetch a generated script makes from this server is followed by the same fetch from
+/// each peer (`kernel http://A/k || kernel http://B/k || goto failed`), so a machine whose
+/// server dies mid-boot goes on with a live one. Alone it has none, and scripts are as they
+/// were.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpBase {
     url: String,
     https_port: Option<u16>,
+    peers: Arc<[String]>,
 }
+
+/// Peers named as alternatives at most: each is one more attempt (a connection timeout, when
+/// its server died without a word) before a machine gives up and retries.
+pub const MAX_ALTERNATIVES: usize = 8;
 
 impl HttpBase {
     /// From `http://host[:port]`; refuses anything with a path, query, or odd characters,
@@ -60,6 +72,7 @@ impl HttpBase {
         Ok(HttpBase {
             url: trimmed.to_string(),
             https_port: None,
+            peers: Arc::new([]),
         })
     }
 
@@ -78,6 +91,55 @@ impl HttpBase {
 
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// The same base naming `peers` (the live fleet peers' bases, in the order given) as
+    /// alternatives: each peer's base in this one's scheme (an `https://` base gets the peers'
+    /// TLS listeners, and none of a peer without one), never this base itself, each once, at
+    /// most [`MAX_ALTERNATIVES`].
+    pub fn with_peers(mut self, peers: &[HttpBase]) -> HttpBase {
+        let tls = self.url.starts_with("https://");
+        let mut alternatives: Vec<String> = Vec::new();
+        for p in peers {
+            let same_scheme = if tls {
+                p.https()
+            } else {
+                Some(p.url.clone()).filter(|u| u.starts_with("http://"))
+            };
+            if let Some(u) = same_scheme {
+                if u != self.url && !alternatives.contains(&u) {
+                    alternatives.push(u);
+                }
+            }
+            if alternatives.len() >= MAX_ALTERNATIVES {
+                break;
+            }
+        }
+        self.peers = alternatives.into();
+        self
+    }
+
+    /// The peers' bases [`HttpBase::with_peers`] kept.
+    pub fn peers(&self) -> &[String] {
+        &self.peers
+    }
+
+    /// `command(url)` for a fetch of `url`, followed, when `url` is one of this server's
+    /// (under this base), by the same command for each peer's equivalent (the same path and
+    /// query under its base), joined with `||`: iPXE runs the next only when one fails. A URL
+    /// elsewhere (an operator's absolute URL to another host) has no alternative.
+    pub fn or_peers(&self, url: &str, command: impl Fn(&str) -> String) -> String {
+        let mut out = command(url);
+        let own_path = url
+            .strip_prefix(self.url.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
+        if let Some(rest) = own_path {
+            for p in self.peers.iter() {
+                out.push_str(" || ");
+                out.push_str(&command(&format!("{p}{rest}")));
+            }
+        }
+        out
     }
 
     /// The host[:port] part.
@@ -442,8 +504,11 @@ pub fn asset_url(asset: &AssetRef, base: &HttpBase, slot_path: &str, via_policy:
 /// The iPXE script lines that retry after a failure: print why, wait, start over from
 /// `/boot.ipxe` (which re-reads the machine's facts).
 fn retry_tail(out: &mut String, base: &HttpBase, retry_secs: u64) {
+    let chain = base.or_peers(&format!("{base}/boot.ipxe"), |u| {
+        format!("chain --replace --autofree {u}")
+    });
     out.push_str(&format!(
-        "echo chainboot: retrying in {retry_secs} seconds\nsleep {retry_secs}\nchain --replace --autofree {base}/boot.ipxe\n"
+        "echo chainboot: retrying in {retry_secs} seconds\nsleep {retry_secs}\n{chain}\n"
     ));
 }
 
@@ -463,9 +528,11 @@ pub fn error_script(mac: Option<&str>, reason: &str, base: &HttpBase, retry_secs
 /// `/boot.ipxe`: the stub that sends iPXE's facts to `/ipxe`. String settings are expanded as
 /// `:uristring` so iPXE percent-encodes them (an SMBIOS product name may hold spaces or `&`).
 pub fn stub_script(base: &HttpBase) -> String {
-    format!(
-        "#!ipxe\nchain --replace --autofree {base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}&serial=${{serial:uristring}}&manufacturer=${{manufacturer:uristring}}&product=${{product:uristring}}&hostname=${{hostname:uristring}}&ip=${{ip}}\n"
-    )
+    let url = format!(
+        "{base}/ipxe?mac=${{mac:hexhyp}}&uuid=${{uuid}}&buildarch=${{buildarch:uristring}}&platform=${{platform:uristring}}&serial=${{serial:uristring}}&manufacturer=${{manufacturer:uristring}}&product=${{product:uristring}}&hostname=${{hostname:uristring}}&ip=${{ip}}"
+    );
+    let chain = base.or_peers(&url, |u| format!("chain --replace --autofree {u}"));
+    format!("#!ipxe\n{chain}\n")
 }
 
 /// A kernel boot.
@@ -541,12 +608,11 @@ pub fn kernel_script(k: &KernelBoot<'_>, base: &HttpBase, retry_secs: u64) -> St
     } else {
         format!(" {}", args.join(" "))
     };
-    out.push_str(&format!(
-        "kernel --name kernel {}{args} || goto failed\n",
-        k.kernel_url
-    ));
+    let kernel = base.or_peers(k.kernel_url, |u| format!("kernel --name kernel {u}{args}"));
+    out.push_str(&format!("{kernel} || goto failed\n"));
     for (i, u) in k.initrd_urls.iter().enumerate() {
-        out.push_str(&format!("initrd --name {} {u} || goto failed\n", name(i)));
+        let initrd = base.or_peers(u, |u| format!("initrd --name {} {u}", name(i)));
+        out.push_str(&format!("{initrd} || goto failed\n"));
     }
     out.push_str("boot || goto failed\n:failed\n");
     out.push_str(&format!(
@@ -595,11 +661,9 @@ pub fn menu_script(mac: &str, profiles: &[(String, String)], base: &HttpBase) ->
     out.push_str("item --gap\nitem shell iPXE shell\nitem exit Boot from local disk\n");
     out.push_str("choose target || goto exit\ngoto ${target}\n");
     for (i, (name, _)) in profiles.iter().enumerate() {
-        out.push_str(&format!(
-            ":p{i}\nchain --replace --autofree {base}/ipxe?mac={}&profile={}\n",
-            encode(mac),
-            encode(name)
-        ));
+        let url = format!("{base}/ipxe?mac={}&profile={}", encode(mac), encode(name));
+        let chain = base.or_peers(&url, |u| format!("chain --replace --autofree {u}"));
+        out.push_str(&format!(":p{i}\n{chain}\n"));
     }
     out.push_str(":shell\nshell\n:exit\nexit\n");
     out
@@ -628,7 +692,8 @@ pub fn pxelinux_script(
     out.push_str(&format!(
         "set 209:string {base}/pxelinux.cfg/{mac_pxelinux_name}\n"
     ));
-    out.push_str(&format!("chain {loader_url} || goto failed\n:failed\n"));
+    let chain = base.or_peers(loader_url, |u| format!("chain {u}"));
+    out.push_str(&format!("{chain} || goto failed\n:failed\n"));
     out.push_str("echo chainboot: loading PXELINUX failed\n");
     retry_tail(&mut out, base, retry_secs);
     out
@@ -767,6 +832,181 @@ mod tests {
                 && !t.contains('\n')
                 && !t.contains('#'),
             "{t}"
+        );
+    }
+
+    fn two_peers(base: &str) -> HttpBase {
+        let peer = |u: &str, tls| HttpBase::new(u).unwrap().with_https_port(tls);
+        HttpBase::new(base)
+            .unwrap()
+            .with_https_port(Some(8443))
+            .with_peers(&[
+                peer("http://198.18.0.2:8080", Some(8443)),
+                peer("http://198.18.0.3", None),
+            ])
+    }
+
+    fn kernel_boot<'a>(kernel_url: &'a str, initrd_urls: &'a [String]) -> KernelBoot<'a> {
+        KernelBoot {
+            mac: "52:54:00:00:00:01",
+            profile: "install",
+            header: "52:54:00:00:00:01 boots profile install (group lab)",
+            message: None,
+            kernel_url,
+            initrd_urls,
+            initrd_names: &[],
+            cmdline: "auto=true",
+        }
+    }
+
+    #[test]
+    fn in_a_fleet_every_fetch_from_this_server_is_followed_by_the_same_fetch_from_each_peer() {
+        let base = two_peers("http://198.18.0.1:8080");
+        let initrds = [
+            "http://198.18.0.1:8080/iso/debian/initrd.gz".to_string(),
+            "http://mirror.example/extra.gz".to_string(),
+        ];
+        let k = kernel_boot(
+            "http://198.18.0.1:8080/boot/52-54-00-00-00-01/kernel?cap=abc",
+            &initrds,
+        );
+        assert_eq!(
+            kernel_script(&k, &base, 5),
+            "#!ipxe\n\
+             echo chainboot: 52:54:00:00:00:01 boots profile install (group lab)\n\
+             kernel --name kernel http://198.18.0.1:8080/boot/52-54-00-00-00-01/kernel?cap=abc initrd=initrd0 initrd=initrd1 auto=true \
+             || kernel --name kernel http://198.18.0.2:8080/boot/52-54-00-00-00-01/kernel?cap=abc initrd=initrd0 initrd=initrd1 auto=true \
+             || kernel --name kernel http://198.18.0.3/boot/52-54-00-00-00-01/kernel?cap=abc initrd=initrd0 initrd=initrd1 auto=true \
+             || goto failed\n\
+             initrd --name initrd0 http://198.18.0.1:8080/iso/debian/initrd.gz \
+             || initrd --name initrd0 http://198.18.0.2:8080/iso/debian/initrd.gz \
+             || initrd --name initrd0 http://198.18.0.3/iso/debian/initrd.gz || goto failed\n\
+             initrd --name initrd1 http://mirror.example/extra.gz || goto failed\n\
+             boot || goto failed\n\
+             :failed\n\
+             echo chainboot: booting profile install failed for 52:54:00:00:00:01 (see the server log)\n\
+             echo chainboot: retrying in 5 seconds\n\
+             sleep 5\n\
+             chain --replace --autofree http://198.18.0.1:8080/boot.ipxe \
+             || chain --replace --autofree http://198.18.0.2:8080/boot.ipxe \
+             || chain --replace --autofree http://198.18.0.3/boot.ipxe\n"
+        );
+        let stub = stub_script(&base);
+        let chains: Vec<&str> = stub.lines().nth(1).unwrap().split(" || ").collect();
+        assert_eq!(chains.len(), 3, "{stub}");
+        assert!(chains[0].starts_with(
+            "chain --replace --autofree http://198.18.0.1:8080/ipxe?mac=${mac:hexhyp}&"
+        ));
+        assert_eq!(
+            chains[1],
+            chains[0].replace("198.18.0.1:8080", "198.18.0.2:8080")
+        );
+        assert_eq!(
+            chains[2],
+            chains[0].replace("198.18.0.1:8080", "198.18.0.3")
+        );
+        let menu = menu_script(
+            "52:54:00:00:00:01",
+            &[("install".into(), String::new())],
+            &base,
+        );
+        assert!(menu.contains(
+            ":p0\nchain --replace --autofree http://198.18.0.1:8080/ipxe?mac=52%3A54%3A00%3A00%3A00%3A01&profile=install \
+             || chain --replace --autofree http://198.18.0.2:8080/ipxe?mac=52%3A54%3A00%3A00%3A00%3A01&profile=install \
+             || chain --replace --autofree http://198.18.0.3/ipxe?mac=52%3A54%3A00%3A00%3A00%3A01&profile=install\n"
+        ), "{menu}");
+        let own = pxelinux_script(
+            "01-52-54-00-00-00-01",
+            "h",
+            "http://198.18.0.1:8080/files/lpxelinux.0",
+            &base,
+            5,
+        );
+        assert!(own.contains(
+            "chain http://198.18.0.1:8080/files/lpxelinux.0 || chain http://198.18.0.2:8080/files/lpxelinux.0 \
+             || chain http://198.18.0.3/files/lpxelinux.0 || goto failed\n"
+        ), "{own}");
+        let elsewhere = pxelinux_script(
+            "01-52-54-00-00-00-01",
+            "h",
+            "http://198.18.0.10/lpxelinux.0",
+            &base,
+            5,
+        );
+        assert!(
+            elsewhere.contains("chain http://198.18.0.10/lpxelinux.0 || goto failed\n"),
+            "{elsewhere}"
+        );
+        // Not a URL of this server: a host whose name starts like this one's.
+        let k = kernel_boot("http://198.18.0.1:80800/k", &[]);
+        assert!(kernel_script(&k, &base, 5)
+            .contains("kernel --name kernel http://198.18.0.1:80800/k auto=true || goto failed\n"));
+    }
+
+    #[test]
+    fn alone_scripts_name_no_alternative() {
+        let alone = HttpBase::new("http://198.18.0.1:8080").unwrap();
+        let no_peers = alone.clone().with_peers(&[]);
+        assert_eq!(alone, no_peers);
+        let initrds = ["http://198.18.0.1:8080/files/initrd.gz".to_string()];
+        let k = kernel_boot("http://198.18.0.1:8080/files/vmlinuz", &initrds);
+        let script = kernel_script(&k, &alone, 5);
+        assert!(
+            !script.contains("||  ") && script.matches(" || ").count() == 3,
+            "{script}"
+        );
+        assert!(script.contains("kernel --name kernel http://198.18.0.1:8080/files/vmlinuz initrd=initrd0 auto=true || goto failed\n"));
+        assert!(
+            script.ends_with(
+                "sleep 5\nchain --replace --autofree http://198.18.0.1:8080/boot.ipxe\n"
+            ),
+            "{script}"
+        );
+        assert_eq!(
+            error_script(None, "x", &alone, 5),
+            "#!ipxe\necho chainboot: cannot boot this machine: x\necho chainboot: retrying in 5 seconds\nsleep 5\nchain --replace --autofree http://198.18.0.1:8080/boot.ipxe\n"
+        );
+        // A peer that is this very server is none.
+        let me = HttpBase::new("http://198.18.0.1:8080").unwrap();
+        assert!(alone.clone().with_peers(&[me]).peers().is_empty());
+    }
+
+    #[test]
+    fn an_https_url_gets_the_peers_tls_listeners_and_a_peer_without_one_is_no_alternative() {
+        let base = two_peers("https://198.18.0.1:8443");
+        assert_eq!(base.peers(), ["https://198.18.0.2:8443"]);
+        let k = kernel_boot("https://198.18.0.1:8443/files/vmlinuz", &[]);
+        assert!(kernel_script(&k, &base, 5).contains(
+            "kernel --name kernel https://198.18.0.1:8443/files/vmlinuz auto=true \
+             || kernel --name kernel https://198.18.0.2:8443/files/vmlinuz auto=true || goto failed\n"
+        ));
+        // An http:// URL in a script fetched over TLS (an operator's) is not this base's.
+        let k = kernel_boot("http://198.18.0.1:8080/files/vmlinuz", &[]);
+        assert!(kernel_script(&k, &base, 5).contains(
+            "kernel --name kernel http://198.18.0.1:8080/files/vmlinuz auto=true || goto failed\n"
+        ));
+        // Over plain HTTP the peers' http:// bases, whatever TLS they have.
+        let plain = two_peers("http://198.18.0.1:8080");
+        assert_eq!(
+            plain.peers(),
+            ["http://198.18.0.2:8080", "http://198.18.0.3"]
+        );
+    }
+
+    #[test]
+    fn at_most_eight_peers_are_alternatives() {
+        let peers: Vec<HttpBase> = (2..30)
+            .map(|i| HttpBase::new(&format!("http://198.18.0.{i}")).unwrap())
+            .collect();
+        let base = HttpBase::new("http://198.18.0.1")
+            .unwrap()
+            .with_peers(&peers);
+        assert_eq!(base.peers().len(), MAX_ALTERNATIVES);
+        assert_eq!(
+            base.or_peers("http://198.18.0.1/x", |u| u.to_string())
+                .matches(" || ")
+                .count(),
+            8
         );
     }
 

@@ -20,6 +20,7 @@ use chainboot_machine::Mac;
 
 use crate::config::AssetRef;
 use crate::facts::ClientFacts;
+use crate::peers::PeerBases;
 use crate::pixiecore::ApiBoot;
 use crate::policy::{AssetSlot, BootApiQuestion, BootError, Decided, Decision, Policy};
 use crate::render::HttpBase;
@@ -98,6 +99,8 @@ pub struct TftpResolver {
     policy: Arc<Policy>,
     base: HttpBase,
     assets: Option<Arc<dyn AssetFiles>>,
+    /// The live fleet peers' boot listeners, alternatives in the iPXE scripts it serves.
+    peers: PeerBases,
 }
 
 impl TftpResolver {
@@ -107,7 +110,14 @@ impl TftpResolver {
             policy,
             base,
             assets: None,
+            peers: PeerBases::default(),
         })
+    }
+
+    /// The handle through which the fleet loop hands over the live peers' boot listeners.
+    pub fn with_peer_bases(mut self, peers: PeerBases) -> TftpResolver {
+        self.peers = peers;
+        self
     }
 
     /// Where GRUB's kernels and initrds under `[http] root` and in ISO images are opened
@@ -173,14 +183,15 @@ impl TftpResolver {
     /// The machine's script for `ipxe/MAC`, or a script saying why it cannot have one.
     fn script(&self, mac: Mac, requester: IpAddr) -> Result<String, BootError> {
         let retry = self.policy.retry_secs();
+        let base = self.base.clone().with_peers(&self.peers.current());
         let error = |reason: &str| {
-            crate::render::error_script(Some(&mac.to_string()), reason, &self.base, retry)
+            crate::render::error_script(Some(&mac.to_string()), reason, &base, retry)
         };
         Ok(match self.decided(mac, requester, None) {
             Ok(d) => {
                 let cap = self.policy.capability(mac, None);
                 let d = self.policy.remember(&d.with_capability(cap));
-                d.script(&self.base, retry)
+                d.script(&base, retry)
             }
             Err(e) => error(&e.0),
         })

@@ -1233,3 +1233,94 @@ async fn the_stub_follows_each_requests_host_and_scheme_however_often_asked() {
         }
     }
 }
+
+/// A live-servers row as the fleet loop reads it.
+fn live_row(
+    name: &str,
+    http: &str,
+    https_port: Option<u16>,
+) -> chainboot_store::servers::ServerRecord {
+    chainboot_store::servers::ServerRecord {
+        name: name.into(),
+        started_ms: 0,
+        heartbeat_ms: 0,
+        version: "x".into(),
+        age_ms: 0,
+        addresses: Vec::new(),
+        boot: Some(chainboot_store::servers::BootBase {
+            http: http.into(),
+            https_port,
+        }),
+        connected: true,
+    }
+}
+
+#[tokio::test]
+async fn scripts_name_the_live_peers_as_they_are_now_and_none_when_alone() {
+    let peers = chainboot_policy::PeerBases::new();
+    let state = install_state()
+        .with_https_port(Some(8443))
+        .with_peer_bases(peers.clone());
+    let router = routes(state);
+    let alone = stub_for(&router, Some("198.18.0.1:8080"), false).await;
+    assert!(!alone.contains("||"), "{alone}");
+    let (b, c) = (
+        live_row("pxe-b", "http://198.18.0.2:8080", Some(8443)),
+        live_row("pxe-c", "http://198.18.0.3:8080", None),
+    );
+    peers.set_live("pxe-a", &[&c, &b]);
+    let chains = |s: &str| -> Vec<String> {
+        s.lines()
+            .nth(1)
+            .unwrap()
+            .split(" || ")
+            .map(|c| c.split("/ipxe?").next().unwrap().to_string())
+            .collect()
+    };
+    // The peers in name order, each in the scheme the stub was fetched over.
+    let plain = stub_for(&router, Some("198.18.0.1:8080"), false).await;
+    assert_eq!(
+        chains(&plain),
+        [
+            "chain --replace --autofree http://198.18.0.1:8080",
+            "chain --replace --autofree http://198.18.0.2:8080",
+            "chain --replace --autofree http://198.18.0.3:8080",
+        ]
+    );
+    let tls = stub_for(&router, Some("198.18.0.1:8443"), true).await;
+    assert_eq!(
+        chains(&tls),
+        [
+            "chain --replace --autofree https://198.18.0.1:8443",
+            "chain --replace --autofree https://198.18.0.2:8443",
+        ]
+    );
+    // The machine's own script (loopback may act for it) names them on every fetch.
+    let srv = serve(router.clone()).await;
+    let script = get_text(&format!("{}/ipxe?mac={M1}", srv.url)).await;
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let fetches: Vec<&str> = kernel.split(" || ").collect();
+    assert_eq!(fetches.len(), 4, "{script}");
+    let own = srv.url.clone();
+    for (i, peer) in ["http://198.18.0.2:8080", "http://198.18.0.3:8080"]
+        .iter()
+        .enumerate()
+    {
+        // The same fetch from the peer; the command line is the machine's, untouched.
+        assert_eq!(
+            fetches[i + 1],
+            fetches[0].replacen(&own, peer, 1),
+            "{script}"
+        );
+    }
+    assert_eq!(fetches[3], "goto failed");
+    // A peer gone: the kept stub is rendered again without it.
+    peers.set_live("pxe-a", &[&c]);
+    let plain = stub_for(&router, Some("198.18.0.1:8080"), false).await;
+    assert_eq!(chains(&plain).len(), 2, "{plain}");
+    peers.set_live("pxe-a", &[]);
+    assert_eq!(
+        stub_for(&router, Some("198.18.0.1:8080"), false).await,
+        alone
+    );
+}
