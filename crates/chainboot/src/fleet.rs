@@ -20,6 +20,7 @@ use chainboot_dhcp::Engine;
 use chainboot_dhcp6::Engine6;
 use chainboot_events::follow::Follower;
 use chainboot_events::EventLog;
+use chainboot_policy::PeerBases;
 use chainboot_store::events::EventRecord;
 use chainboot_store::leases6::{self, Lease6Record};
 use chainboot_store::presence::PresenceWatch;
@@ -183,7 +184,9 @@ fn beat(
 
 /// Runs until `shutdown`, then removes this server from the live-servers table. `addresses`
 /// are those this server answers DHCP from (its server identifiers), published so that its
-/// peers know a message naming one is this server's.
+/// peers know a message naming one is this server's. `peer_bases` gets the live peers' boot
+/// listeners, which the script routes name as alternatives to this server's URLs.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Arc<Store>,
     engine: Option<Arc<Mutex<Engine>>>,
@@ -191,6 +194,7 @@ pub async fn run(
     addresses: Vec<Ipv4Addr>,
     events: Arc<EventLog>,
     cfg: StoreConfig,
+    peer_bases: PeerBases,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(cfg.heartbeat);
@@ -283,6 +287,16 @@ pub async fn run(
                     peers = names.clone();
                 }
                 let fleet = Fleet::new(store.server_name(), names);
+                // Where a machine of this server goes on when it dies mid-boot: the same
+                // live servers the DHCP engines share clients with.
+                if peer_bases.set_live(me, &live) {
+                    let bases: Vec<String> =
+                        peer_bases.current().iter().map(|b| b.to_string()).collect();
+                    info!(
+                        ?bases,
+                        "fleet: scripts name these live peers as alternatives"
+                    );
+                }
                 if let Some(engine6) = &engine6 {
                     let mut e = engine6.lock();
                     e.set_fleet(Some(fleet.clone()), peer_duids);

@@ -23,7 +23,7 @@ use chainboot_dhcp::{DhcpServer, ServerOptions};
 use chainboot_http::{static_routes, HttpServer, StaticContent};
 use chainboot_iso::IsoLibrary;
 use chainboot_policy::http::{boot_routes, operator_routes};
-use chainboot_policy::{HttpBase, Policy, PolicyState, TftpResolver};
+use chainboot_policy::{HttpBase, PeerBases, Policy, PolicyState, TftpResolver};
 use chainboot_store::limit::NewMachineLimiter;
 use chainboot_store::Store;
 use chainboot_tftp::TftpServer;
@@ -93,6 +93,8 @@ struct Shared {
     /// The kernel's IPv4 neighbour table, asked one address at a time by the identity checks
     /// and the event log.
     neighbours: Arc<NeighbourTable>,
+    /// The live fleet peers' boot listeners (the fleet loop publishes, scripts name them).
+    peers: PeerBases,
 }
 
 /// The event log over the store. Boot clients' DHCP requests make machine records too, through
@@ -204,6 +206,7 @@ fn open_shared(
         auth,
         observers,
         neighbours,
+        peers: PeerBases::new(),
     })
 }
 
@@ -299,10 +302,12 @@ fn bind_tftp(cfg: &config::Config, sh: &Shared) -> anyhow::Result<TftpServer> {
         None => None,
     };
     let policy_tftp: Arc<dyn chainboot_content::Resolver> = Arc::new(
-        TftpResolver::new(sh.policy.clone(), sh.base.clone())?.with_assets(Arc::new(GrubAssets {
-            files: http_root,
-            isos: sh.isos.clone(),
-        })),
+        TftpResolver::new(sh.policy.clone(), sh.base.clone())?
+            .with_peer_bases(sh.peers.clone())
+            .with_assets(Arc::new(GrubAssets {
+                files: http_root,
+                isos: sh.isos.clone(),
+            })),
     );
     let tftp_namespace = Arc::new(TftpNamespace {
         generated: vec![policy_tftp],
@@ -387,6 +392,7 @@ fn routers(
     };
     let policy_state = PolicyState::new(sh.policy.clone(), sh.auth.clone(), sh.base.clone())
         .with_https_port(https_port)
+        .with_peer_bases(sh.peers.clone())
         .with_hooks(Arc::new(MachineEvents {
             events: sh.events.clone(),
             store: sh.store.clone(),
@@ -577,6 +583,18 @@ fn start_fleet(
         .iter()
         .flat_map(|i| i.ipv4.iter().map(|(a, _)| *a))
         .collect();
+    // Where machines reach this server's boot listener (the TLS port as bound, as the script
+    // routes say it), for the peers' scripts to name.
+    sh.store
+        .set_boot_base(Some(chainboot_store::servers::BootBase {
+            http: sh.base.to_string(),
+            https_port: servers
+                .http
+                .tls_local_addrs()
+                .first()
+                .map(|a| a.port())
+                .filter(|p| *p != 0),
+        }));
     Some(tokio::spawn(crate::fleet::run(
         sh.store.clone(),
         engine,
@@ -584,6 +602,7 @@ fn start_fleet(
         addresses,
         sh.events.clone(),
         cfg.store.clone(),
+        sh.peers.clone(),
         shutdown.clone(),
     )))
 }

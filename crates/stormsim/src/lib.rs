@@ -430,20 +430,15 @@ async fn flow(
         ip: ip2,
     };
     let (url, script) = follow_scripts(r, m, ip2, url, &vars).await?;
-    let kernel = find_cmd(&script, "kernel")
+    let kernel = find_alternatives(&script, "kernel")
         .ok_or_else(|| anyhow!("no kernel line after {MAX_CHAINS} chains: {script:?}"))?;
-    r.http_bytes += fetch(ip2, &resolve(&url, &vars.expand(&kernel))).await?;
+    r.http_bytes += fetch_first(ip2, &url, &kernel, &vars).await?;
     r.time_to_kernel = Some(m.t0.elapsed().as_secs_f64());
     m.stage(r, "kernel");
     for line in script.lines() {
-        let mut w = line.split_whitespace();
-        if w.next() != Some("initrd") {
-            continue;
+        if let Some(initrd) = alternatives(line, "initrd") {
+            r.http_bytes += fetch_first(ip2, &url, &initrd, &vars).await?;
         }
-        let Some(u) = first_arg(w) else {
-            continue;
-        };
-        r.http_bytes += fetch(ip2, &resolve(&url, &vars.expand(&u))).await?;
     }
     r.time_to_done = Some(m.t0.elapsed().as_secs_f64());
     m.stage(r, "initrd");
@@ -512,34 +507,67 @@ async fn follow_scripts(
     r: &mut MachineResult,
     m: &Machine,
     ip: Ipv4Addr,
-    mut url: String,
+    url: String,
     vars: &Vars,
 ) -> Result<(String, String)> {
     let mut script = String::new();
+    let mut urls = vec![url];
+    let mut url = String::new();
     for hop in 0..MAX_CHAINS {
-        let (status, body, _) = http_get(ip, &url, true)
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        if status != 200 {
-            bail!("GET {url}: status {status}");
-        }
-        script = String::from_utf8_lossy(&body).into_owned();
-        if !script.starts_with("#!ipxe") {
-            bail!("GET {url}: not an iPXE script");
-        }
+        (url, script) = first_script(ip, &urls).await?;
         m.stage(r, &format!("script{hop}"));
         if find_cmd(&script, "kernel").is_some() {
             break;
         }
-        let Some(next) = find_cmd(&script, "chain") else {
+        let Some(next) = find_alternatives(&script, "chain") else {
             bail!("script from {url} has neither kernel nor chain: {script:?}");
         };
         if let Some(secs) = find_cmd(&script, "sleep").and_then(|s| s.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_secs(secs.min(MAX_SLEEP))).await;
         }
-        url = resolve(&url, &vars.expand(&next));
+        urls = next
+            .iter()
+            .map(|n| resolve(&url, &vars.expand(n)))
+            .collect();
     }
     Ok((url, script))
+}
+
+/// The first of `urls` (a `chain` line's alternatives, tried in order as iPXE does) that
+/// answers an iPXE script: its URL and the script. The last failure when none does.
+async fn first_script(ip: Ipv4Addr, urls: &[String]) -> Result<(String, String)> {
+    let mut failed = anyhow!("a chain line with no URL");
+    for url in urls {
+        let got = http_get(ip, url, true)
+            .await
+            .with_context(|| format!("GET {url}"));
+        match got {
+            Ok((200, body, _)) => {
+                let script = String::from_utf8_lossy(&body).into_owned();
+                if script.starts_with("#!ipxe") {
+                    return Ok((url.clone(), script));
+                }
+                failed = anyhow!("GET {url}: not an iPXE script");
+            }
+            Ok((status, _, _)) => failed = anyhow!("GET {url}: status {status}"),
+            Err(e) => failed = e,
+        }
+    }
+    Err(failed)
+}
+
+/// GETs the first of `alternatives` (a `kernel` or `initrd` line's URLs, resolved against the
+/// script's `url`) that answers 200 with its whole body, trying them in order as iPXE does;
+/// the body's length, or the last failure when none does.
+async fn fetch_first(ip: Ipv4Addr, url: &str, alternatives: &[String], vars: &Vars) -> Result<u64> {
+    let mut failed = anyhow!("a line with no URL");
+    for a in alternatives {
+        match fetch(ip, &resolve(url, &vars.expand(a))).await {
+            Ok(n) => return Ok(n),
+            Err(e) => failed = e,
+        }
+    }
+    Err(failed)
 }
 
 /// GET `url` from `ip`, body counted and dropped; its length, or an error for any status
@@ -1009,13 +1037,27 @@ impl Vars {
 
 /// The first argument of the first `cmd` line that is not an option.
 fn find_cmd(script: &str, cmd: &str) -> Option<String> {
-    script.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        if w.next()? != cmd {
-            return None;
+    find_alternatives(script, cmd)?.into_iter().next()
+}
+
+/// The alternatives of the first `cmd` line ([`alternatives`]).
+fn find_alternatives(script: &str, cmd: &str) -> Option<Vec<String>> {
+    script.lines().find_map(|l| alternatives(l, cmd))
+}
+
+/// When `line` is a `cmd` command, its first argument and those of the `cmd` commands that
+/// follow it after `||` (iPXE runs each only when the one before failed), up to the first
+/// other command (`goto failed`: running out of alternatives fails as before).
+fn alternatives(line: &str, cmd: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for part in line.split("||") {
+        let mut w = part.split_whitespace();
+        if w.next() != Some(cmd) {
+            break;
         }
-        first_arg(w)
-    })
+        out.extend(first_arg(w));
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The first non-option argument of an iPXE image command (`--name X`, `-n X`, `--timeout X`
@@ -1218,6 +1260,33 @@ mod tests {
             )
             .as_deref(),
             Some("http://h/k")
+        );
+    }
+
+    #[test]
+    fn a_lines_alternatives_are_its_commands_urls_up_to_another_command() {
+        let script = "#!ipxe\necho x || echo y\n\
+            kernel --name kernel http://a/k x=1 || kernel --name kernel http://b/k x=1 || goto failed\n\
+            initrd --name i http://a/i || goto failed\n\
+            chain --replace http://a/boot.ipxe || chain --replace http://b/boot.ipxe\n";
+        assert_eq!(
+            find_alternatives(script, "kernel").unwrap(),
+            ["http://a/k", "http://b/k"]
+        );
+        assert_eq!(find_alternatives(script, "initrd").unwrap(), ["http://a/i"]);
+        assert_eq!(
+            find_alternatives(script, "chain").unwrap(),
+            ["http://a/boot.ipxe", "http://b/boot.ipxe"]
+        );
+        assert_eq!(find_alternatives(script, "boot"), None);
+        // A command after `goto` is never reached.
+        assert_eq!(
+            alternatives(
+                "kernel http://a/k || goto failed || kernel http://b/k",
+                "kernel"
+            )
+            .unwrap(),
+            ["http://a/k"]
         );
     }
 }
