@@ -430,14 +430,20 @@ async fn flow(
         ip: ip2,
     };
     let (url, script) = follow_scripts(r, m, ip2, url, &vars).await?;
+    let urls = |alternatives: Vec<String>| -> Vec<String> {
+        alternatives
+            .iter()
+            .map(|a| resolve(&url, &vars.expand(a)))
+            .collect()
+    };
     let kernel = find_alternatives(&script, "kernel")
         .ok_or_else(|| anyhow!("no kernel line after {MAX_CHAINS} chains: {script:?}"))?;
-    r.http_bytes += fetch_first(ip2, &url, &kernel, &vars).await?;
+    r.http_bytes += fetch_first(ip2, &urls(kernel)).await?.1;
     r.time_to_kernel = Some(m.t0.elapsed().as_secs_f64());
     m.stage(r, "kernel");
     for line in script.lines() {
         if let Some(initrd) = alternatives(line, "initrd") {
-            r.http_bytes += fetch_first(ip2, &url, &initrd, &vars).await?;
+            r.http_bytes += fetch_first(ip2, &urls(initrd)).await?.1;
         }
     }
     r.time_to_done = Some(m.t0.elapsed().as_secs_f64());
@@ -556,18 +562,36 @@ async fn first_script(ip: Ipv4Addr, urls: &[String]) -> Result<(String, String)>
     Err(failed)
 }
 
-/// GETs the first of `alternatives` (a `kernel` or `initrd` line's URLs, resolved against the
-/// script's `url`) that answers 200 with its whole body, trying them in order as iPXE does;
-/// the body's length, or the last failure when none does.
-async fn fetch_first(ip: Ipv4Addr, url: &str, alternatives: &[String], vars: &Vars) -> Result<u64> {
+/// GETs the first of `urls` (a `kernel` or `initrd` line's alternatives) that answers 200
+/// with its whole body, trying them in order as iPXE does: that URL and the body's length, or
+/// the last failure when none does.
+async fn fetch_first(ip: Ipv4Addr, urls: &[String]) -> Result<(String, u64)> {
     let mut failed = anyhow!("a line with no URL");
-    for a in alternatives {
-        match fetch(ip, &resolve(url, &vars.expand(a))).await {
-            Ok(n) => return Ok(n),
+    for url in urls {
+        match fetch(ip, url).await {
+            Ok(n) => return Ok((url.clone(), n)),
             Err(e) => failed = e,
         }
     }
     Err(failed)
+}
+
+/// What iPXE does with the first `cmd` line (`kernel`, `initrd`) of `script`, fetched from
+/// `script_url`, as a machine at `local` of the storm does it: each `||` alternative in order,
+/// the first that answers in full wins. Its URL and length.
+pub async fn fetch_line(
+    local: Ipv4Addr,
+    script_url: &str,
+    script: &str,
+    cmd: &str,
+) -> Result<(String, u64)> {
+    let alternatives =
+        find_alternatives(script, cmd).ok_or_else(|| anyhow!("no {cmd} line in {script:?}"))?;
+    let urls: Vec<String> = alternatives
+        .iter()
+        .map(|a| resolve(script_url, a))
+        .collect();
+    fetch_first(local, &urls).await
 }
 
 /// GET `url` from `ip`, body counted and dropped; its length, or an error for any status

@@ -948,6 +948,126 @@ fn a_server_killed_with_kill_9_in_the_middle_of_a_storm_loses_no_machine() {
     }
 }
 
+/// GET `url` from `local` inside namespace `ns`, as the simulator's machines do: status, body.
+fn get_in(ns: &str, local: Ipv4Addr, url: &str) -> (u16, String) {
+    let url = url.to_string();
+    chainboot_testnet::in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (status, body, _) = rt
+            .block_on(chainboot_stormsim::http_get(local, &url, true))
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// The simulator's fetch of the first `cmd` line of `script` (from `script_url`) inside
+/// namespace `ns`: each `||` alternative in order; the URL that answered and its length.
+fn fetch_line_in(
+    ns: &str,
+    local: Ipv4Addr,
+    script_url: &str,
+    script: &str,
+    cmd: &'static str,
+) -> anyhow::Result<(String, u64)> {
+    let (url, script) = (script_url.to_string(), script.to_string());
+    chainboot_testnet::in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(chainboot_stormsim::fetch_line(local, &url, &script, cmd))
+    })
+}
+
+#[test]
+fn a_machine_whose_server_is_killed_mid_boot_fetches_the_rest_from_the_live_peer() {
+    let mut fleet = Fleet::start(2);
+    let client = fleet.segment.client.0.clone();
+    let local: Ipv4Addr = "198.18.0.100".parse().unwrap();
+    // The machine is the clients' side of the bridge: the servers' neighbour tables prove
+    // that its requests come from it.
+    let link: serde_json::Value =
+        serde_json::from_str(&run(&["ip", "-n", &client, "-j", "link", "show", "br0"])).unwrap();
+    let mac = link[0]["address"].as_str().unwrap().replace(':', "-");
+    // Each server's row carries its boot base, and each names the other in its scripts.
+    fleet.eventually(|| {
+        let servers = fleet.api(0, "/api/v1/servers");
+        let boot = |name: &str| {
+            servers["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == name)
+                .map(|s| s["boot"]["http"].clone())
+        };
+        match (boot("pxe-0"), boot("pxe-1")) {
+            (Some(a), Some(b)) if a == "http://198.18.0.1" && b == "http://198.18.0.2" => Ok(()),
+            _ => Err(format!("boot bases not published yet: {servers}")),
+        }
+    });
+    fleet.eventually(|| {
+        let (_, stub) = get_in(&client, local, "http://198.18.0.2/boot.ipxe");
+        if stub.contains(" || chain --replace --autofree http://198.18.0.1/ipxe?mac=${mac:hexhyp}&")
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "server 1's stub names no alternative on server 0:\n{stub}"
+            ))
+        }
+    });
+    // The machine's script from server 1 names server 0's URLs after each of its own.
+    let script_url = format!("http://198.18.0.2/ipxe?mac={mac}");
+    let (status, script) = get_in(&client, local, &script_url);
+    assert_eq!(status, 200);
+    let args = "initrd=initrd.img console=ttyS0";
+    for want in [
+        format!(
+            "kernel --name kernel http://198.18.0.2/files/vmlinuz {args} \
+             || kernel --name kernel http://198.18.0.1/files/vmlinuz {args} || goto failed\n"
+        ),
+        "initrd --name initrd.img http://198.18.0.2/files/initrd.img \
+         || initrd --name initrd.img http://198.18.0.1/files/initrd.img || goto failed\n"
+            .to_string(),
+        "chain --replace --autofree http://198.18.0.2/boot.ipxe \
+         || chain --replace --autofree http://198.18.0.1/boot.ipxe\n"
+            .to_string(),
+    ] {
+        assert!(script.contains(&want), "{want:?} not in:\n{script}");
+    }
+    // Before the kill, the first alternative answers.
+    let (from, _) = fetch_line_in(&client, local, &script_url, &script, "kernel").unwrap();
+    assert_eq!(from, "http://198.18.0.2/files/vmlinuz");
+    fleet.servers[1].kill9();
+    // Server 1 is gone mid-boot: its kernel and initrd come from server 0, whole.
+    let (from, n) = fetch_line_in(&client, local, &script_url, &script, "kernel").unwrap();
+    assert_eq!(
+        (from.as_str(), n),
+        ("http://198.18.0.1/files/vmlinuz", 262_147)
+    );
+    let (from, n) = fetch_line_in(&client, local, &script_url, &script, "initrd").unwrap();
+    assert_eq!(
+        (from.as_str(), n),
+        ("http://198.18.0.1/files/initrd.img", 524_309)
+    );
+    // Without the alternative the line fails: it was server 1's URL that could not answer.
+    let own_only = script.replace(" || kernel --name kernel http://198.18.0.1/", " || goto x ");
+    assert!(fetch_line_in(&client, local, &script_url, &own_only, "kernel").is_err());
+    // The retry chain's alternative: server 0 answers the machine's stub and its own script
+    // (the machine proves itself to the peer as it did to server 1).
+    let (status, stub) = get_in(&client, local, "http://198.18.0.1/boot.ipxe");
+    assert!(status == 200 && stub.starts_with("#!ipxe\n"), "{stub}");
+    let (status, own) = get_in(&client, local, &format!("http://198.18.0.1/ipxe?mac={mac}"));
+    assert!(
+        status == 200 && own.contains("kernel --name kernel http://198.18.0.1/files/vmlinuz"),
+        "{own}\n{}",
+        fleet.logs()
+    );
+}
+
 /// perfdhcp's counts: (DISCOVERs sent, OFFERs received, REQUESTs sent, ACKs received).
 fn perfdhcp_counts(out: &str) -> (u64, u64, u64, u64) {
     let mut section = "";
