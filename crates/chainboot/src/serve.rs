@@ -346,9 +346,28 @@ fn bind_dhcp(
             dhcp6: (cfg.dhcp6.mode == chainboot_dhcp6::Mode6::Server).then(|| dhcp6.engine()),
             neighbours: sh.neighbours.clone(),
         }),
-        &sh.token,
+        &capability_secret(sh)?,
     );
     Ok(dhcp)
+}
+
+/// What boot capabilities are keyed by: the API token; in a fleet the secret its servers
+/// share through the database, so that a capability one server put in a machine's script is
+/// good on the peer the machine goes on to when that server dies mid-boot.
+fn capability_secret(sh: &Shared) -> anyhow::Result<String> {
+    if !sh.store.is_shared() {
+        return Ok(sh.token.clone());
+    }
+    chainboot_store::servers::fleet_secret(
+        &sh.store,
+        chainboot_store::servers::BOOT_CAPABILITY_SECRET,
+        || {
+            let mut bytes = [0u8; 32];
+            rand::fill(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        },
+    )
+    .context("the fleet's boot capability key")
 }
 
 /// `[boot]` for both DHCP servers, with the boot policy choosing each firmware client's loader

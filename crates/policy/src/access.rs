@@ -94,11 +94,12 @@ pub struct Capabilities {
 const TAG_LEN: usize = 16;
 
 impl Capabilities {
-    /// Keys derived from the API token (rotating the token revokes every capability).
-    pub fn new(api_token: &str) -> Capabilities {
+    /// Keys derived from `secret`: the API token (rotating it revokes every capability), or
+    /// in a fleet the secret the servers share through the database.
+    pub fn new(secret: &str) -> Capabilities {
         let mut h = Sha256::new();
         h.update(b"chainboot boot capability key v1\0");
-        h.update(api_token.as_bytes());
+        h.update(secret.as_bytes());
         Capabilities {
             key: h.finalize().into(),
         }

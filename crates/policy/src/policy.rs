@@ -408,10 +408,12 @@ impl Policy {
     }
 
     /// Connects the policy to what the host knows about addresses and keys its boot
-    /// capabilities from the API token. Called once at start; later calls change nothing.
-    pub fn set_access(&self, book: Arc<dyn AddressBook>, api_token: &str) {
+    /// capabilities from `secret`: the API token, or in a fleet the secret its servers share
+    /// (so that each accepts the capabilities the others put in scripts). Called once at
+    /// start; later calls change nothing.
+    pub fn set_access(&self, book: Arc<dyn AddressBook>, secret: &str) {
         let _ = self.book.set(book);
-        let _ = self.caps.set(Capabilities::new(api_token));
+        let _ = self.caps.set(Capabilities::new(secret));
     }
 
     fn caps(&self) -> &Capabilities {

@@ -53,13 +53,77 @@ pub(crate) const MIGRATION_ADDRESSES: Migration = Migration {
 };
 
 /// Schema version 11: the base URL machines fetch a server's boot scripts and files from, so
-/// that its peers can name it in their scripts as the place to go on when they die mid-boot.
+/// that its peers can name it in their scripts as the place to go on when they die mid-boot;
+/// and the secrets the servers of a fleet share (the key of the boot capabilities in those
+/// URLs, so that a peer accepts them).
 pub(crate) const MIGRATION_BOOT_BASE: Migration = Migration {
     sqlite: "ALTER TABLE servers ADD COLUMN boot_http TEXT NOT NULL DEFAULT '';
-ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;",
+ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;
+CREATE TABLE fleet_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
     postgres: "ALTER TABLE servers ADD COLUMN boot_http TEXT NOT NULL DEFAULT '';
-ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;",
+ALTER TABLE servers ADD COLUMN boot_https_port INTEGER;
+CREATE TABLE fleet_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
 };
+
+/// The name of the fleet's boot capability key in `fleet_secrets`.
+pub const BOOT_CAPABILITY_SECRET: &str = "boot-capability";
+
+/// A shared secret's stored value is 32 to 256 characters (what `fresh` makes is checked too).
+const SECRET_LEN: std::ops::RangeInclusive<usize> = 32..=256;
+
+/// The secret `name` every server of the fleet shares: the stored one, else `fresh()` stored
+/// now (the first server to ask makes it; when two race, both get the one that was stored).
+/// A stored value that is too short or too long to be one is an error, not used.
+pub fn fleet_secret(
+    store: &Store,
+    name: &str,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, StoreError> {
+    let name = name.to_string();
+    let fresh = fresh();
+    let stored = match store.backend() {
+        Backend::Sqlite(db) => {
+            let key = name.clone();
+            db.write(move |tx| {
+                tx.execute(
+                    "INSERT INTO fleet_secrets (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO NOTHING",
+                    rusqlite::params![key, fresh],
+                )?;
+                tx.query_row(
+                    "SELECT value FROM fleet_secrets WHERE name = ?1",
+                    [&key],
+                    |r| r.get::<_, String>(0),
+                )
+            })?
+        }
+        Backend::Postgres(pg) => {
+            let key = name.clone();
+            pg.run(move |c| async move {
+                c.execute(
+                    "INSERT INTO fleet_secrets (name, value) VALUES ($1, $2)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&key, &fresh],
+                )
+                .await?;
+                let row = c
+                    .query_one("SELECT value FROM fleet_secrets WHERE name = $1", &[&key])
+                    .await?;
+                Ok(row.try_get::<_, String>(0)?)
+            })?
+        }
+    };
+    if !SECRET_LEN.contains(&stored.len()) {
+        return Err(StoreError::Config(format!(
+            "the fleet's secret {name:?} in the database is {} characters long, not {} to {} \
+             (delete its row in fleet_secrets and start the servers again to make a new one)",
+            stored.len(),
+            SECRET_LEN.start(),
+            SECRET_LEN.end()
+        )));
+    }
+    Ok(stored)
+}
 
 /// Addresses a server publishes at most (a server on more interfaces publishes the first).
 pub const MAX_ADDRESSES: usize = 64;

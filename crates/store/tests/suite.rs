@@ -101,6 +101,7 @@ on_both_backends!(
     the_schema_is_current_and_reopening_migrates_nothing,
     heartbeats_list_the_live_servers,
     heartbeats_carry_each_servers_boot_base_and_a_bad_one_reads_back_as_none,
+    a_fleet_secret_is_made_by_the_first_server_and_read_by_every_other,
     firmware_sightings_stages_and_secure_boot_refusals_survive_reopen,
     events_and_what_they_tell_about_machines_are_one_transaction,
     v6_leases_survive_reopen_replace_by_address_and_name_their_server,
@@ -769,6 +770,28 @@ fn heartbeats_carry_each_servers_boot_base_and_a_bad_one_reads_back_as_none(db: 
     let json = serde_json::to_value(&servers::all(&a).unwrap()[0]).unwrap();
     assert_eq!(json["boot"]["http"], "http://198.18.0.1:8080", "{json}");
     assert_eq!(json["boot"]["https_port"], 8443, "{json}");
+}
+
+fn a_fleet_secret_is_made_by_the_first_server_and_read_by_every_other(db: &Db) {
+    let a = db.open().named("pxe-a".into());
+    let b = db.open().named("pxe-b".into());
+    let name = servers::BOOT_CAPABILITY_SECRET;
+    let first = servers::fleet_secret(&a, name, || "a".repeat(64)).unwrap();
+    assert_eq!(first, "a".repeat(64));
+    let other = servers::fleet_secret(&b, name, || other_secret("b")).unwrap();
+    assert_eq!(other, first, "the second server gets the first one's");
+    drop((a, b));
+    let again = servers::fleet_secret(&db.open(), name, || other_secret("c")).unwrap();
+    assert_eq!(again, first, "kept across restarts");
+    // What is stored must be a secret: a short one is refused, not used.
+    let c = db.open();
+    let e = servers::fleet_secret(&c, "short", || "x".into()).unwrap_err();
+    assert!(e.to_string().contains("not 32 to 256"), "{e}");
+}
+
+/// A fresh secret other than the stored one.
+fn other_secret(c: &str) -> String {
+    c.repeat(64)
 }
 
 fn rec6(ip: &str, duid: &[u8], iaid: u32, state: LeaseState) -> Lease6Record {

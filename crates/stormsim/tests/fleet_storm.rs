@@ -180,6 +180,8 @@ struct Sections {
     store: &'static str,
     /// With one, the segment has IPv6 too ([`Segment::add_ipv6`]).
     dhcp6: &'static str,
+    /// Added at the end (profiles, groups); `{dir}` is the fleet's temporary directory.
+    tail: &'static str,
 }
 
 /// Server `i`'s config; `sections` are added under `[dhcp]` and `[store]`, and at the end.
@@ -227,6 +229,7 @@ cmdline = "console=ttyS0"
 [boot]
 default = "storm"
 {dhcp6}
+{tail}
 "#,
         n = i + 1,
         dir = dir.display(),
@@ -234,6 +237,7 @@ default = "storm"
         store = sections.store,
         dhcp = sections.dhcp,
         dhcp6 = sections.dhcp6,
+        tail = sections.tail.replace("{dir}", &dir.display().to_string()),
     )
 }
 
@@ -982,9 +986,34 @@ fn fetch_line_in(
     })
 }
 
+/// Every machine boots a kernel served by the policy's `/boot/MAC/kernel` route (a local
+/// file), whose URL carries a boot capability.
+const LOCAL_KERNEL: &str = r#"
+[[profile]]
+name = "installer"
+kernel = "file://{dir}/http/vmlinuz"
+initrd = ["initrd.img"]
+cmdline = "console=ttyS0"
+[[group]]
+name = "installs"
+profile = "installer"
+match = { mac = "*" }
+"#;
+
 #[test]
 fn a_machine_whose_server_is_killed_mid_boot_fetches_the_rest_from_the_live_peer() {
-    let mut fleet = Fleet::start(2);
+    let mut fleet = Fleet::start_with(
+        2,
+        &Sections {
+            tail: LOCAL_KERNEL,
+            ..Sections::default()
+        },
+    );
+    assert_ne!(
+        fleet.token(0),
+        fleet.token(1),
+        "each server has a token of its own"
+    );
     let client = fleet.segment.client.0.clone();
     let local: Ipv4Addr = "198.18.0.100".parse().unwrap();
     // The machine is the clients' side of the bridge: the servers' neighbour tables prove
@@ -1019,16 +1048,26 @@ fn a_machine_whose_server_is_killed_mid_boot_fetches_the_rest_from_the_live_peer
             ))
         }
     });
-    // The machine's script from server 1 names server 0's URLs after each of its own.
+    // The machine's script from server 1 names server 0's URLs after each of its own, the
+    // kernel's boot capability (which server 0 accepts: the fleet shares its key) included.
     let script_url = format!("http://198.18.0.2/ipxe?mac={mac}");
     let (status, script) = get_in(&client, local, &script_url);
     assert_eq!(status, 200);
-    let args = "initrd=initrd.img console=ttyS0";
+    let kernel: Vec<&str> = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line:\n{script}"))
+        .split(" || ")
+        .collect();
+    let own = format!("kernel --name kernel http://198.18.0.2/boot/{mac}/kernel?cap=");
+    assert!(kernel.len() == 3 && kernel[0].starts_with(&own), "{script}");
+    assert!(
+        kernel[0].ends_with(" initrd=initrd.img console=ttyS0"),
+        "{script}"
+    );
+    assert_eq!(kernel[1], kernel[0].replacen("198.18.0.2", "198.18.0.1", 1));
+    assert_eq!(kernel[2], "goto failed");
     for want in [
-        format!(
-            "kernel --name kernel http://198.18.0.2/files/vmlinuz {args} \
-             || kernel --name kernel http://198.18.0.1/files/vmlinuz {args} || goto failed\n"
-        ),
         "initrd --name initrd.img http://198.18.0.2/files/initrd.img \
          || initrd --name initrd.img http://198.18.0.1/files/initrd.img || goto failed\n"
             .to_string(),
@@ -1038,23 +1077,21 @@ fn a_machine_whose_server_is_killed_mid_boot_fetches_the_rest_from_the_live_peer
     ] {
         assert!(script.contains(&want), "{want:?} not in:\n{script}");
     }
+    let url_of = |fetch: &str| fetch.split_whitespace().nth(3).unwrap().to_string();
     // Before the kill, the first alternative answers.
     let (from, _) = fetch_line_in(&client, local, &script_url, &script, "kernel").unwrap();
-    assert_eq!(from, "http://198.18.0.2/files/vmlinuz");
+    assert_eq!(from, url_of(kernel[0]));
     fleet.servers[1].kill9();
     // Server 1 is gone mid-boot: its kernel and initrd come from server 0, whole.
     let (from, n) = fetch_line_in(&client, local, &script_url, &script, "kernel").unwrap();
-    assert_eq!(
-        (from.as_str(), n),
-        ("http://198.18.0.1/files/vmlinuz", 262_147)
-    );
+    assert_eq!((from, n), (url_of(kernel[1]), 262_147));
     let (from, n) = fetch_line_in(&client, local, &script_url, &script, "initrd").unwrap();
     assert_eq!(
         (from.as_str(), n),
         ("http://198.18.0.1/files/initrd.img", 524_309)
     );
     // Without the alternative the line fails: it was server 1's URL that could not answer.
-    let own_only = script.replace(" || kernel --name kernel http://198.18.0.1/", " || goto x ");
+    let own_only = script.replace(&format!(" || {}", kernel[1]), "");
     assert!(fetch_line_in(&client, local, &script_url, &own_only, "kernel").is_err());
     // The retry chain's alternative: server 0 answers the machine's stub and its own script
     // (the machine proves itself to the peer as it did to server 1).
@@ -1062,7 +1099,10 @@ fn a_machine_whose_server_is_killed_mid_boot_fetches_the_rest_from_the_live_peer
     assert!(status == 200 && stub.starts_with("#!ipxe\n"), "{stub}");
     let (status, own) = get_in(&client, local, &format!("http://198.18.0.1/ipxe?mac={mac}"));
     assert!(
-        status == 200 && own.contains("kernel --name kernel http://198.18.0.1/files/vmlinuz"),
+        status == 200
+            && own.contains(&format!(
+                "kernel --name kernel http://198.18.0.1/boot/{mac}/kernel?cap="
+            )),
         "{own}\n{}",
         fleet.logs()
     );
