@@ -10,6 +10,10 @@
 //! 5. HTTP GET of the kernel, then of each initrd, streamed and counted against
 //!    `Content-Length`.
 //!
+//! As iPXE does, a `kernel`, `initrd` or `chain` line's `||` alternatives (a fleet's scripts
+//! name each live peer's URL after the server's own) are tried in order, and the first that
+//! answers counts; running out of them (`goto failed`) fails the boot.
+//!
 //! A machine whose boot fails at any step powers on again (as firmware that gives up retries
 //! its boot, or a watchdog resets the machine) up to `boot_attempts` boots in all; its times
 //! count from its first power-on.
