@@ -33,6 +33,11 @@ impl PeerBases {
         for row in rows {
             let Some(boot) = &row.boot else { continue };
             match HttpBase::new(&boot.http) {
+                // A server that found no address of its own says loopback: a machine would
+                // only reach itself there.
+                Ok(b) if !reachable(&b) => {
+                    tracing::debug!(server = %row.name, base = %b, "fleet: a peer's boot base is not reachable from machines; left out");
+                }
                 Ok(b) => bases.push(b.with_https_port(boot.https_port)),
                 Err(e) => {
                     tracing::debug!(server = %row.name, error = %e, "fleet: a peer's boot base is no URL; left out");
@@ -52,6 +57,18 @@ impl PeerBases {
     /// The bases last published (the same `Arc` until they change).
     pub fn current(&self) -> Arc<Vec<HttpBase>> {
         self.0.load_full()
+    }
+}
+
+/// Whether machines could reach `base`: not a loopback or unspecified address.
+fn reachable(base: &HttpBase) -> bool {
+    let host = base
+        .host_name()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Err(_) => !host.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -85,6 +102,10 @@ mod tests {
             row("me", Some("http://198.18.0.9"), None),
             row("pxe-b", Some("http://198.18.0.2/path"), None),
             row("pxe-d", None, None),
+            row("pxe-e", Some("http://127.0.0.1:8080"), None),
+            row("pxe-f", Some("http://[::1]"), None),
+            row("pxe-g", Some("http://0.0.0.0"), None),
+            row("pxe-h", Some("http://localhost"), None),
         ];
         let refs: Vec<&ServerRecord> = rows.iter().collect();
         assert!(p.set_live("me", &refs));

@@ -45,7 +45,8 @@ const MIGRATIONS: &[Migration] = &[
     crate::servers::MIGRATION_ADDRESSES,
     // 10: which server wrote a DHCPv6 lease; one DUID per server.
     crate::leases6::MIGRATION_FLEET,
-    // 11: where each server's boot listener is (its peers' scripts name it as an alternative).
+    // 11: where each server's boot listener is (its peers' scripts name it as an
+    // alternative); the secrets a fleet's servers share (the boot capabilities' key).
     crate::servers::MIGRATION_BOOT_BASE,
 ];
 
