@@ -109,6 +109,9 @@ pub struct MachineResult {
     pub boots: u32,
     pub tftp_bytes: u64,
     pub http_bytes: u64,
+    /// Scripts, kernels and initrds fetched from a `||` alternative because the URLs before
+    /// it failed (in a fleet: the machine's server died mid-boot and a peer answered).
+    pub http_alternatives: u64,
     /// Seconds from power-on at which each stage finished.
     pub stages: Vec<(String, f64)>,
 }
@@ -130,6 +133,9 @@ pub struct StormReport {
     pub tftp_retransmits: u64,
     /// Boots that failed and were tried again (see [`StormConfig::boot_attempts`]).
     pub reboots: u64,
+    /// Fetches answered by a `||` alternative after the ones before it failed
+    /// ([`MachineResult::http_alternatives`], all machines).
+    pub http_alternatives: u64,
     pub bytes: u64,
     pub wall_seconds: f64,
     /// The simulator's own CPU time (user + system), seconds: beside the server's CPU it says
@@ -318,6 +324,7 @@ fn report(results: Vec<MachineResult>, wall: Duration, dr: u64, naks: u64, tr: u
             .iter()
             .map(|r| u64::from(r.boots.saturating_sub(1)))
             .sum(),
+        http_alternatives: results.iter().map(|r| r.http_alternatives).sum(),
         bytes: results.iter().map(|r| r.tftp_bytes + r.http_bytes).sum(),
         wall_seconds: wall.as_secs_f64(),
         cpu_s: own_cpu_seconds(),
@@ -442,12 +449,12 @@ async fn flow(
     };
     let kernel = find_alternatives(&script, "kernel")
         .ok_or_else(|| anyhow!("no kernel line after {MAX_CHAINS} chains: {script:?}"))?;
-    r.http_bytes += fetch_first(ip2, &urls(kernel)).await?.1;
+    fetch_counted(r, ip2, &urls(kernel)).await?;
     r.time_to_kernel = Some(m.t0.elapsed().as_secs_f64());
     m.stage(r, "kernel");
     for line in script.lines() {
         if let Some(initrd) = alternatives(line, "initrd") {
-            r.http_bytes += fetch_first(ip2, &urls(initrd)).await?.1;
+            fetch_counted(r, ip2, &urls(initrd)).await?;
         }
     }
     r.time_to_done = Some(m.t0.elapsed().as_secs_f64());
@@ -525,6 +532,9 @@ async fn follow_scripts(
     let mut url = String::new();
     for hop in 0..MAX_CHAINS {
         (url, script) = first_script(ip, &urls).await?;
+        if urls.first() != Some(&url) {
+            r.http_alternatives += 1;
+        }
         m.stage(r, &format!("script{hop}"));
         if find_cmd(&script, "kernel").is_some() {
             break;
@@ -578,6 +588,16 @@ async fn fetch_first(ip: Ipv4Addr, urls: &[String]) -> Result<(String, u64)> {
         }
     }
     Err(failed)
+}
+
+/// [`fetch_first`] for a machine: its bytes and whether an alternative answered, counted.
+async fn fetch_counted(r: &mut MachineResult, ip: Ipv4Addr, urls: &[String]) -> Result<()> {
+    let (from, n) = fetch_first(ip, urls).await?;
+    r.http_bytes += n;
+    if urls.first() != Some(&from) {
+        r.http_alternatives += 1;
+    }
+    Ok(())
 }
 
 /// What iPXE does with the first `cmd` line (`kernel`, `initrd`) of `script`, fetched from
