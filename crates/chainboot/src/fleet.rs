@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chainboot_dhcp::driver::Takeover;
 use chainboot_dhcp::engine::fleet::Fleet;
 use chainboot_dhcp::Engine;
 use chainboot_dhcp6::Engine6;
@@ -189,8 +190,8 @@ fn beat(
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Arc<Store>,
-    engine: Option<Arc<Mutex<Engine>>>,
-    engine6: Option<Arc<Mutex<Engine6>>>,
+    engine: Option<(Arc<Mutex<Engine>>, Takeover)>,
+    engine6: Option<(Arc<Mutex<Engine6>>, Takeover)>,
     addresses: Vec<Ipv4Addr>,
     events: Arc<EventLog>,
     cfg: StoreConfig,
@@ -282,6 +283,9 @@ pub async fn run(
                     })
                     .map(|(_, duid)| duid)
                     .collect();
+                // A peer gone: its clients are this server's now, those whose messages it left
+                // to that peer in the last seconds too.
+                let lost_a_peer = peers.iter().any(|p| !names.contains(p));
                 if names != peers {
                     info!(live = ?names, "fleet: live servers changed");
                     peers = names.clone();
@@ -297,12 +301,12 @@ pub async fn run(
                         "fleet: scripts name these live peers as alternatives"
                     );
                 }
-                if let Some(engine6) = &engine6 {
+                if let Some((engine6, _)) = &engine6 {
                     let mut e = engine6.lock();
                     e.set_fleet(Some(fleet.clone()), peer_duids);
                     e.load_leases(&changed6);
                 }
-                if let Some(engine) = &engine {
+                if let Some((engine, _)) = &engine {
                     let mut e = engine.lock();
                     e.set_fleet(Some(
                         fleet
@@ -310,6 +314,14 @@ pub async fn run(
                             .with_departed_addresses(departed_addresses),
                     ));
                     e.load_leases(&changed);
+                }
+                if lost_a_peer {
+                    for (_, t) in engine.iter() {
+                        t.now();
+                    }
+                    for (_, t) in engine6.iter() {
+                        t.now();
+                    }
                 }
             }
             Ok(Err(e)) => {

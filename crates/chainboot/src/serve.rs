@@ -595,8 +595,10 @@ fn start_fleet(
     if cfg.store.backend != chainboot_store::StoreBackend::Postgres {
         return None;
     }
-    let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off).then(|| servers.dhcp.engine());
-    let engine6 = (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off).then(|| servers.dhcp6.engine());
+    let engine = (cfg.dhcp.mode != chainboot_dhcp::Mode::Off)
+        .then(|| (servers.dhcp.engine(), servers.dhcp.takeover()));
+    let engine6 = (cfg.dhcp6.mode != chainboot_dhcp6::Mode6::Off)
+        .then(|| (servers.dhcp6.engine(), servers.dhcp6.takeover()));
     // The server identifier of a reply is the address of the interface it leaves from.
     let addresses = ifaces
         .iter()

@@ -10,12 +10,16 @@
 //!   and wake-ups were most of the receive side's CPU time.
 //! - A burst's replies leave in one `sendmmsg` ([`chainboot_udp::send`]), each to its own
 //!   destination from its own address and interface.
+//! - Datagrams the engine leaves to a fleet peer are kept a few seconds per socket; when the
+//!   fleet loses that peer, the receive threads run them through the engine again
+//!   ([`Takeover`]), so its clients' pending exchanges are answered at once rather than at
+//!   their next retransmission.
 //! - Replies that carry a lease go through the committer thread: it writes all leases that
 //!   queued up during the previous fsync in one transaction (group commit, like ISC's
 //!   delayed-ack; under load it also waits [`COMMIT_LINGER`] for more) and only then sends
 //!   those replies. Never a reply before its lease is durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -102,6 +106,69 @@ pub trait DrivenEngine: Send + 'static {
     /// Learns leases as the store holds them (at start; and the fleet's database's answer to
     /// this server's writes of addresses it gave to other servers' clients).
     fn load_leases(&mut self, leases: &[Self::Lease]);
+
+    /// Whether the engine left the datagram to a fleet peer (a client of a peer's, or a
+    /// message naming a peer): the datagrams a [`Takeover`] runs again.
+    fn left_to_peer(handled: &Self::Handled) -> bool;
+}
+
+/// How long a datagram left to a peer is kept for a [`Takeover`]: about one retransmission
+/// interval of PXE firmware (4 s); a client still waiting on it by then has sent it again.
+pub const HELD_FOR_PEERS: Duration = Duration::from_secs(4);
+/// Datagrams kept per socket for a [`Takeover`] (the oldest go first): a storm's few seconds
+/// of a peer's clients; a flood of them only pushes the oldest out.
+const HELD_FOR_PEERS_MAX: usize = 1024;
+
+/// Tells the receive threads that the fleet lost a peer whose clients this server now
+/// answers: each runs the datagrams it left to peers in the last [`HELD_FOR_PEERS`] through
+/// the engine again (what still belongs to a live peer is left again). An exchange the dead
+/// peer had begun (a DISCOVER not yet answered, a REQUEST naming it) is then answered within
+/// a receive tick ([`RECEIVE_TICK`], at once when datagrams flow) instead of after the
+/// client's retransmission timer, seconds later.
+#[derive(Clone, Default)]
+pub struct Takeover(Arc<AtomicU64>);
+
+impl Takeover {
+    /// Asks for the held datagrams to be run again.
+    pub fn now(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A receive thread's datagrams left to peers: when each came, its bytes and what the kernel
+/// said about it; and the [`Takeover`] generation it last ran them for.
+struct HeldForPeers {
+    queue: VecDeque<(Instant, Vec<u8>, RecvMeta)>,
+    generation: u64,
+}
+
+impl HeldForPeers {
+    fn keep(&mut self, datagram: &[u8], meta: &RecvMeta) {
+        if self.queue.len() >= HELD_FOR_PEERS_MAX {
+            self.queue.pop_front();
+        }
+        self.queue
+            .push_back((Instant::now(), datagram.to_vec(), *meta));
+    }
+
+    /// The datagrams to run again if a takeover was asked for since the last call (those not
+    /// older than [`HELD_FOR_PEERS`]), emptying the queue.
+    fn take_if_asked(&mut self, takeover: &Takeover) -> Vec<(Vec<u8>, RecvMeta)> {
+        let generation = takeover.generation();
+        if generation == self.generation {
+            return Vec::new();
+        }
+        self.generation = generation;
+        std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter(|(at, _, _)| at.elapsed() <= HELD_FOR_PEERS)
+            .map(|(_, d, m)| (d, m))
+            .collect()
+    }
 }
 
 /// Hook for the event log and the metrics: told about every datagram an engine handled (after
@@ -348,6 +415,8 @@ pub struct Driver<F: Family> {
     /// None: the server is off, and `run` only waits for shutdown.
     pub listeners: Vec<Arc<Listener>>,
     pub observer: Arc<dyn DhcpObserver<Ingress<F>, Handled<F>>>,
+    /// Asked by the fleet loop when a peer is gone.
+    pub takeover: Takeover,
 }
 
 impl<F: Family> Driver<F> {
@@ -404,6 +473,7 @@ impl<F: Family> Driver<F> {
                 observer: self.observer.clone(),
                 tx: tx.clone(),
                 listener: listener.clone(),
+                takeover: self.takeover.clone(),
             };
             let stop = stop.clone();
             let spawned = std::thread::Builder::new()
@@ -431,6 +501,7 @@ struct Receiver<F: Family> {
     observer: Arc<dyn DhcpObserver<Ingress<F>, Handled<F>>>,
     tx: mpsc::Sender<Pending<F>>,
     listener: Arc<Listener>,
+    takeover: Takeover,
 }
 
 impl<F: Family> Receiver<F> {
@@ -441,7 +512,25 @@ impl<F: Family> Receiver<F> {
         // else has queued: one system call and one wake-up for a burst.
         let mut batch = RecvBatch::new(RECEIVE_BATCH, MAX_DATAGRAM);
         let mut replies: Vec<Reply<F>> = Vec::with_capacity(RECEIVE_BATCH);
+        let mut held = HeldForPeers {
+            queue: VecDeque::new(),
+            generation: self.takeover.generation(),
+        };
         while !stop.load(Ordering::Relaxed) {
+            let again = held.take_if_asked(&self.takeover);
+            if !again.is_empty() {
+                tracing::info!(
+                    datagrams = again.len(),
+                    port = self.listener.port,
+                    "{}: a fleet peer is gone: answering what its clients sent it in the last seconds",
+                    F::NAME
+                );
+                for (datagram, meta) in &again {
+                    self.handle(datagram, meta, &mut replies, &mut held);
+                }
+                send_all(&*self.family, &self.listener.sock, replies.iter());
+                replies.clear();
+            }
             if let Err(e) = batch.recv(&self.listener.sock) {
                 if !matches!(
                     e.kind(),
@@ -457,7 +546,7 @@ impl<F: Family> Receiver<F> {
                 continue;
             }
             for (datagram, meta) in batch.iter() {
-                self.handle(datagram, meta, &mut replies);
+                self.handle(datagram, meta, &mut replies, &mut held);
             }
             send_all(&*self.family, &self.listener.sock, replies.iter());
             replies.clear();
@@ -465,8 +554,15 @@ impl<F: Family> Receiver<F> {
     }
 
     /// One datagram through the engine; its replies added to `replies` (sent when the burst
-    /// is done), or queued for the committer when they carry a lease.
-    fn handle(&self, datagram: &[u8], meta: &RecvMeta, replies: &mut Vec<Reply<F>>) {
+    /// is done), or queued for the committer when they carry a lease; kept in `held` when the
+    /// engine left it to a peer.
+    fn handle(
+        &self,
+        datagram: &[u8],
+        meta: &RecvMeta,
+        replies: &mut Vec<Reply<F>>,
+        held: &mut HeldForPeers,
+    ) {
         let Some(ingress) = self.family.ingress(meta, self.listener.port) else {
             return;
         };
@@ -477,6 +573,9 @@ impl<F: Family> Receiver<F> {
             .handle(SystemTime::now(), &ingress, datagram);
         self.observer
             .exchange(&ingress, &handled, started.elapsed());
+        if <F::Engine as DrivenEngine>::left_to_peer(&handled) {
+            held.keep(datagram, meta);
+        }
         let (outgoing, leases) = <F::Engine as DrivenEngine>::into_replies(handled);
         if leases.is_empty() {
             replies.extend(outgoing);
@@ -567,6 +666,55 @@ fn send_all<'a, F: Family>(
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    fn meta(port: u16) -> RecvMeta {
+        RecvMeta {
+            len: 1,
+            source: SocketAddr::from(([198, 18, 0, 9], port)),
+            destination: None,
+            local: None,
+            ifindex: Some(2),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn datagrams_left_to_peers_are_run_again_once_per_takeover_and_bounded() {
+        let takeover = Takeover::default();
+        let mut held = HeldForPeers {
+            queue: VecDeque::new(),
+            generation: takeover.generation(),
+        };
+        for i in 0..HELD_FOR_PEERS_MAX + 10 {
+            held.keep(&[1, 2, 3], &meta(i as u16));
+        }
+        assert_eq!(held.queue.len(), HELD_FOR_PEERS_MAX, "bounded");
+        assert!(
+            held.take_if_asked(&takeover).is_empty(),
+            "no takeover asked"
+        );
+        takeover.now();
+        let again = held.take_if_asked(&takeover);
+        assert_eq!(again.len(), HELD_FOR_PEERS_MAX);
+        // The oldest went first.
+        assert_eq!(again[0].1.source.port(), 10);
+        assert!(held.queue.is_empty());
+        assert!(
+            held.take_if_asked(&takeover).is_empty(),
+            "once per takeover"
+        );
+        // Older than a retransmission interval: not worth answering any more.
+        held.queue.push_back((
+            Instant::now() - HELD_FOR_PEERS - Duration::from_millis(1),
+            vec![4],
+            meta(1),
+        ));
+        held.keep(&[5], &meta(2));
+        takeover.now();
+        let again = held.take_if_asked(&takeover);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, vec![5]);
+    }
 
     static READS: AtomicUsize = AtomicUsize::new(0);
 

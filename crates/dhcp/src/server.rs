@@ -28,9 +28,9 @@ use crate::boot::BootSettings;
 use crate::config::{DhcpConfig, Mode};
 use crate::driver::{
     keep_journaled, withhold_refused, DhcpError, DhcpObserver, DrivenEngine, Driver, Family,
-    InterfaceTable, Listener, NoObserver, Pending, RetryGate,
+    InterfaceTable, Listener, NoObserver, Pending, RetryGate, Takeover,
 };
-use crate::engine::{Counters, Destination, Engine, Handled, Ingress, Outgoing};
+use crate::engine::{Counters, Destination, Engine, Handled, Ignored, Ingress, Outcome, Outgoing};
 
 /// Options of the driver that are not part of `[dhcp]`.
 #[derive(Clone)]
@@ -65,6 +65,13 @@ impl DrivenEngine for Engine {
 
     fn load_leases(&mut self, leases: &[LeaseRecord]) {
         Engine::load_leases(self, leases)
+    }
+
+    fn left_to_peer(handled: &Handled) -> bool {
+        matches!(
+            handled.outcome,
+            Outcome::Ignored(Ignored::PeerClient | Ignored::PeerServer)
+        )
     }
 }
 
@@ -138,6 +145,7 @@ impl DhcpServer {
             engine,
             listeners,
             observer: options.observer,
+            takeover: Takeover::default(),
         };
         Ok(DhcpServer { driver, counters })
     }
@@ -149,6 +157,11 @@ impl DhcpServer {
     /// The engine, for read-only views (leases in the API, `explain` against live state).
     pub fn engine(&self) -> Arc<Mutex<Engine>> {
         self.driver.engine.clone()
+    }
+
+    /// What the fleet loop tells when a peer is gone (see [`Takeover`]).
+    pub fn takeover(&self) -> Takeover {
+        self.driver.takeover.clone()
     }
 
     /// Serves until `shutdown` is cancelled. Leases queued for commit are written (and their

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use chainboot_dhcp::driver::{
     keep_journaled, withhold_refused, DhcpError, DhcpObserver, DrivenEngine, Driver, Family,
-    InterfaceTable, Listener, Pending, RetryGate,
+    InterfaceTable, Listener, Pending, RetryGate, Takeover,
 };
 use chainboot_dhcp::BootSettings;
 use chainboot_store::leases6::{self, Lease6Record};
@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Dhcp6Config, Mode6};
-use crate::engine::{Counters6, Engine6, Handled6, Ingress6, Outgoing6};
+use crate::engine::{Counters6, Engine6, Handled6, Ignored6, Ingress6, Outcome6, Outgoing6};
 
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
 pub const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -46,6 +46,13 @@ impl DrivenEngine for Engine6 {
 
     fn load_leases(&mut self, leases: &[Lease6Record]) {
         Engine6::load_leases(self, leases)
+    }
+
+    fn left_to_peer(handled: &Handled6) -> bool {
+        matches!(
+            handled.outcome,
+            Outcome6::Ignored(Ignored6::PeerClient | Ignored6::PeerServer)
+        )
     }
 }
 
@@ -169,6 +176,7 @@ impl Dhcp6Server {
             engine,
             listeners,
             observer,
+            takeover: Takeover::default(),
         };
         Ok(Dhcp6Server { driver, counters })
     }
@@ -180,6 +188,11 @@ impl Dhcp6Server {
     /// The engine, for read-only views (leases, which machine an address belongs to).
     pub fn engine(&self) -> Arc<Mutex<Engine6>> {
         self.driver.engine.clone()
+    }
+
+    /// What the fleet loop tells when a peer is gone (see `chainboot_dhcp::driver::Takeover`).
+    pub fn takeover(&self) -> Takeover {
+        self.driver.takeover.clone()
     }
 
     /// Serves until `shutdown`; queued leases are written (and their Replies sent) first.

@@ -822,6 +822,100 @@ fn two_servers_on_one_segment_share_a_storm_and_never_ack_an_address_twice() {
     );
 }
 
+/// Waits until server `i` logs that it watches `peer`'s presence.
+fn watching(fleet: &Fleet, i: usize, peer: &str) {
+    let want = format!("server={peer}");
+    fleet.eventually(|| {
+        let log = std::fs::read_to_string(&fleet.logs[i]).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("watching a peer's presence") && l.contains(&want))
+        {
+            Ok(())
+        } else {
+            Err(format!("pxe-{i} does not watch {peer}'s presence yet"))
+        }
+    });
+}
+
+#[test]
+fn what_a_killed_server_left_unanswered_its_peer_answers_without_a_retransmission() {
+    let mut fleet = Fleet::start(2);
+    watching(&fleet, 0, "pxe-1");
+    // Two clients of pxe-1's buckets: one DISCOVERs, one REQUESTs an address from pxe-1 (a
+    // client that took its OFFER).
+    let pxe1 = chainboot_dhcp::engine::fleet::Fleet::new(
+        "pxe-1",
+        ["pxe-0".to_string(), "pxe-1".to_string()],
+    );
+    let macs: Vec<[u8; 6]> = (0..=255u8)
+        .map(client_mac)
+        .filter(|m| pxe1.serves(m))
+        .take(2)
+        .collect();
+    assert_eq!(macs.len(), 2);
+    // pxe-1 stopped: alive to the database (its sessions and presence lock stay), deaf to its
+    // clients, as a server is in the instant before it dies.
+    let pid = nix::unistd::Pid::from_raw(fleet.servers[1].0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let ns = fleet.segment.client.0.clone();
+    let client = std::thread::spawn(move || {
+        chainboot_testnet::in_netns(&ns, move || {
+            use chainboot_dhcp::client::ClientMessage;
+            let s = dhcp_socket();
+            let to = std::net::SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+            let discover = ClientMessage::new(PXE, MessageType::Discover, macs[0]);
+            let mut request = ClientMessage::new(PXE, MessageType::Request, macs[1]);
+            request.requested_ip = Some("198.18.8.200".parse().unwrap());
+            request.server_id = Some("198.18.0.2".parse().unwrap());
+            // Each sent once: an answer can only come from what the fleet kept.
+            s.send_to(&discover.encode(), to).unwrap();
+            s.send_to(&request.encode(), to).unwrap();
+            sent_tx.send(()).unwrap();
+            let mut got: HashMap<u32, (Option<MessageType>, Ipv4Addr)> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut buf = [0u8; 1500];
+            while got.len() < 2 && Instant::now() < deadline {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    if let Some(r) = ReplyView::parse(&buf[..n]) {
+                        if r.xid == discover.xid || r.xid == request.xid {
+                            got.insert(r.xid, (r.msg_type, r.opt_ip(54).unwrap_or(r.siaddr)));
+                        }
+                    }
+                }
+            }
+            (
+                got.get(&discover.xid).copied(),
+                got.get(&request.xid).copied(),
+            )
+        })
+    });
+    sent_rx.recv().unwrap();
+    // pxe-0 has left both to pxe-1 by now; then pxe-1 dies.
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.servers[1].kill9();
+    let (offer, nak) = client.join().unwrap();
+    let survivor: Ipv4Addr = "198.18.0.1".parse().unwrap();
+    assert_eq!(
+        offer,
+        Some((Some(MessageType::Offer), survivor)),
+        "the DISCOVER sent once while pxe-1 was dying was answered by pxe-0:\n{}",
+        fleet.logs()
+    );
+    assert_eq!(
+        nak,
+        Some((Some(MessageType::Nak), survivor)),
+        "the REQUEST naming pxe-1 was told to start over by pxe-0:\n{}",
+        fleet.logs()
+    );
+    let log = std::fs::read_to_string(&fleet.logs[0]).unwrap_or_default();
+    assert!(
+        log.contains("a fleet peer is gone: answering what its clients sent it"),
+        "{log}"
+    );
+}
+
 #[test]
 fn with_one_of_three_servers_killed_every_machine_boots() {
     // A heartbeat older than a minute would be needed for the others to count pxe-1 out, and
@@ -836,18 +930,8 @@ fn with_one_of_three_servers_killed_every_machine_boots() {
     );
     let pcap = fleet.dir.path().join("acks.pcap");
     let mut capture = fleet.capture(&pcap);
-    fleet.eventually(|| {
-        for i in [0, 2] {
-            let log = std::fs::read_to_string(&fleet.logs[i]).unwrap_or_default();
-            if !log
-                .lines()
-                .any(|l| l.contains("watching a peer's presence") && l.contains("server=pxe-1"))
-            {
-                return Err(format!("pxe-{i} does not watch pxe-1's presence yet"));
-            }
-        }
-        Ok(())
-    });
+    watching(&fleet, 0, "pxe-1");
+    watching(&fleet, 2, "pxe-1");
     // kill -9: no goodbye, its row stays fresh in the live-servers table, but its database
     // sessions closed with it, and with them its presence lock: the survivors, waiting for
     // that lock, count it out at once, not at their next beat, let alone in a minute.
