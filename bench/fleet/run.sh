@@ -234,6 +234,7 @@ rows = [("time-to-kernel p50 s", lambda r: r["sim"].get("time_to_kernel_p50")),
         ("failures", lambda r: r["sim"].get("failures")),
         ("reboots", lambda r: r["sim"].get("reboots")),
         ("DHCP retransmits", lambda r: r["sim"].get("dhcp_retransmits")),
+        ("fetches from a peer (||)", lambda r: r["sim"].get("http_alternatives")),
         ("chainboot CPU s", lambda r: r["chainboot_cpu_s"]),
         ("PostgreSQL CPU s", lambda r: r["postgres_cpu_s"]),
         ("wall s", lambda r: r["sim"].get("wall_seconds"))]
