@@ -147,12 +147,21 @@ struct HeldForPeers {
 }
 
 impl HeldForPeers {
+    /// Keeps a copy of `datagram`; once full, in the buffer of the oldest, which it replaces
+    /// (in a fleet of N servers (N-1)/N of the datagrams are kept: no allocation per datagram
+    /// on the receive path once the queue is full).
     fn keep(&mut self, datagram: &[u8], meta: &RecvMeta) {
-        if self.queue.len() >= HELD_FOR_PEERS_MAX {
-            self.queue.pop_front();
-        }
-        self.queue
-            .push_back((Instant::now(), datagram.to_vec(), *meta));
+        let mut bytes = if self.queue.len() >= HELD_FOR_PEERS_MAX {
+            self.queue
+                .pop_front()
+                .map(|(_, b, _)| b)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        bytes.clear();
+        bytes.extend_from_slice(datagram);
+        self.queue.push_back((Instant::now(), bytes, *meta));
     }
 
     /// The datagrams to run again if a takeover was asked for since the last call (those not
