@@ -183,21 +183,31 @@ fn beat(
     })
 }
 
-/// Runs until `shutdown`, then removes this server from the live-servers table. `addresses`
-/// are those this server answers DHCP from (its server identifiers), published so that its
-/// peers know a message naming one is this server's. `peer_bases` gets the live peers' boot
-/// listeners, which the script routes name as alternatives to this server's URLs.
-#[allow(clippy::too_many_arguments)]
+/// What a server hands the fleet loop: its DHCP engines (with what tells their drivers that
+/// a peer is gone), the addresses it answers DHCP from (its server identifiers, published so
+/// that its peers know a message naming one is this server's) and where the live peers' boot
+/// listeners go (the script routes name them as alternatives to this server's URLs).
+pub struct Member {
+    pub engine: Option<(Arc<Mutex<Engine>>, Takeover)>,
+    pub engine6: Option<(Arc<Mutex<Engine6>>, Takeover)>,
+    pub addresses: Vec<Ipv4Addr>,
+    pub peer_bases: PeerBases,
+}
+
+/// Runs until `shutdown`, then removes this server from the live-servers table.
 pub async fn run(
     store: Arc<Store>,
-    engine: Option<(Arc<Mutex<Engine>>, Takeover)>,
-    engine6: Option<(Arc<Mutex<Engine6>>, Takeover)>,
-    addresses: Vec<Ipv4Addr>,
+    member: Member,
     events: Arc<EventLog>,
     cfg: StoreConfig,
-    peer_bases: PeerBases,
     shutdown: CancellationToken,
 ) {
+    let Member {
+        engine,
+        engine6,
+        addresses,
+        peer_bases,
+    } = member;
     let mut every = tokio::time::interval(cfg.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let within_ms = cfg.peer_timeout.as_millis() as i64;

@@ -616,14 +616,17 @@ fn start_fleet(
                 .map(|a| a.port())
                 .filter(|p| *p != 0),
         }));
-    Some(tokio::spawn(crate::fleet::run(
-        sh.store.clone(),
+    let member = crate::fleet::Member {
         engine,
         engine6,
         addresses,
+        peer_bases: sh.peers.clone(),
+    };
+    Some(tokio::spawn(crate::fleet::run(
+        sh.store.clone(),
+        member,
         sh.events.clone(),
         cfg.store.clone(),
-        sh.peers.clone(),
         shutdown.clone(),
     )))
 }
